@@ -1,0 +1,33 @@
+//! Kafka for omnirouter, over rdkafka (librdkafka).
+//!
+//! The guarantees the rest of the daemon builds on:
+//! - [`Producer::send`] returns `Ok` only after the broker acknowledged the record with
+//!   `acks=all` on an idempotent producer, so a caller may then acknowledge its provider.
+//! - [`Consumer::run`] commits an offset only after the handler finished with the record
+//!   (at least once); a handler asks for a retry or a skip explicitly.
+//! - [`ensure_topics`] creates the configured topics at start-up (the router-state topic
+//!   compacted) and tolerates ones that exist.
+//! - Broker reachability, producer queue depth and consumer lag are exported as Prometheus
+//!   metrics from librdkafka's statistics (see [`BusMetrics`]).
+//!
+//! # Layout
+//! - [`config`]: the `[kafka]` settings and the librdkafka properties derived from them.
+//! - [`producer`]: the acknowledged producer and readiness checks.
+//! - [`consumer`]: the consumer-group loop with commit-after-processing.
+//! - [`admin`]: topic creation.
+//! - [`metrics`]: metric families and the librdkafka client context that feeds them.
+//! - [`error`]: the crate's error type.
+
+pub mod admin;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod metrics;
+pub mod producer;
+
+pub use admin::ensure_topics;
+pub use config::BusConfig;
+pub use consumer::{Consumer, HandlerOutcome, Record};
+pub use error::BusError;
+pub use metrics::BusMetrics;
+pub use producer::Producer;

@@ -1,0 +1,272 @@
+//! The generic API channel: `POST /v1/inbound/{tenant}` with a JSON message, for sites, apps
+//! and systems that have no provider of their own. Authenticated per tenant by a bearer token
+//! (`Authorization: Bearer …`) or an HMAC-SHA256 of the raw body
+//! (`X-Omni-Signature: sha256=<hex>`).
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use omni_core::{
+    Attachment, ChannelKind, ChannelRef, CloudEvent, Contact, ConversationId, Direction, EventId,
+    EventType, Message, MessageReceived, Secret, TenantId,
+};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+use crate::error::IngressError;
+use crate::signature::{secrets_match, verify_hmac_sha256_hex};
+use crate::webhook::{Accepted, PreparedEvent, WebhookAdapter};
+
+/// The header carrying the body's HMAC-SHA256, as `sha256=<hex>`.
+pub const SIGNATURE_HEADER: &str = "x-omni-signature";
+
+/// Longest id (contact, client message id) accepted, to keep keys and caches bounded.
+const MAX_ID_LEN: usize = 256;
+
+/// A tenant's credentials for the API channel; at least one is set (checked at start-up).
+#[derive(Debug, Clone)]
+pub struct ApiCredentials {
+    /// Accepted as `Authorization: Bearer <token>`.
+    pub bearer_token: Option<Secret>,
+    /// Key for `X-Omni-Signature: sha256=<hex HMAC-SHA256(key, raw body)>`.
+    pub hmac_secret: Option<Secret>,
+}
+
+/// The API channel adapter: the configured tenants and their credentials.
+pub struct ApiChannel {
+    tenants: HashMap<String, (TenantId, ApiCredentials)>,
+}
+
+impl ApiChannel {
+    /// An adapter serving these tenants.
+    pub fn new(tenants: impl IntoIterator<Item = (TenantId, ApiCredentials)>) -> Self {
+        Self {
+            tenants: tenants
+                .into_iter()
+                .map(|(t, c)| (t.as_str().to_owned(), (t, c)))
+                .collect(),
+        }
+    }
+}
+
+/// The request body of `POST /v1/inbound/{tenant}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiInbound {
+    contact: Contact,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    attachments: Vec<Attachment>,
+    #[serde(default)]
+    client_message_id: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    sent_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    account: Option<String>,
+}
+
+impl WebhookAdapter for ApiChannel {
+    type Account = ApiCredentials;
+    const CHANNEL: ChannelKind = ChannelKind::Api;
+
+    fn account(&self, tenant: &str) -> Option<(&TenantId, &ApiCredentials)> {
+        self.tenants.get(tenant).map(|(t, c)| (t, c))
+    }
+
+    fn verify(
+        &self,
+        creds: &ApiCredentials,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), IngressError> {
+        if let Some(sig) = headers.get(SIGNATURE_HEADER) {
+            let secret = creds
+                .hmac_secret
+                .as_ref()
+                .ok_or(IngressError::BadCredentials("signatures are not enabled for this tenant"))?;
+            let sig = sig
+                .to_str()
+                .ok()
+                .and_then(|s| s.strip_prefix("sha256="))
+                .ok_or(IngressError::BadCredentials("signature must be sha256=<hex>"))?;
+            return if verify_hmac_sha256_hex(secret.expose().as_bytes(), body, sig) {
+                Ok(())
+            } else {
+                Err(IngressError::BadCredentials("signature does not match the body"))
+            };
+        }
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            let token = creds
+                .bearer_token
+                .as_ref()
+                .ok_or(IngressError::BadCredentials("bearer tokens are not enabled for this tenant"))?;
+            let presented = auth
+                .as_bytes()
+                .strip_prefix(b"Bearer ")
+                .ok_or(IngressError::BadCredentials("authorization must be 'Bearer <token>'"))?;
+            return if secrets_match(presented, token.expose().as_bytes()) {
+                Ok(())
+            } else {
+                Err(IngressError::BadCredentials("bearer token is not valid"))
+            };
+        }
+        Err(IngressError::MissingCredentials(
+            "send Authorization: Bearer <token> or X-Omni-Signature: sha256=<hex>",
+        ))
+    }
+
+    fn parse(
+        &self,
+        tenant: &TenantId,
+        _creds: &ApiCredentials,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<PreparedEvent>, IngressError> {
+        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+            let is_json = ct
+                .to_str()
+                .map(|s| {
+                    s.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case("application/json")
+                })
+                .unwrap_or(false);
+            if !is_json {
+                return Err(IngressError::UnsupportedMediaType("application/json"));
+            }
+        }
+        let req: ApiInbound = serde_json::from_slice(body).map_err(json_error)?;
+        validate(&req)?;
+
+        let channel = ChannelRef::new(
+            ChannelKind::Api,
+            req.account.unwrap_or_else(|| "default".to_owned()),
+        );
+        let (message_id, event_id) = match req.client_message_id {
+            Some(id) => {
+                let event = EventId::from_provider(tenant, &channel, "message", &id);
+                (id, event)
+            }
+            None => {
+                let event = EventId::new_random();
+                (event.to_string(), event)
+            }
+        };
+        let conversation = ConversationId::derive(tenant, &channel, &req.contact.id, None);
+        let data = MessageReceived {
+            tenant: tenant.clone(),
+            conversation_id: conversation,
+            channel: channel.clone(),
+            contact: req.contact,
+            message: Message {
+                id: message_id,
+                direction: Direction::Inbound,
+                text: req.text,
+                subject: req.subject,
+                attachments: req.attachments,
+                reply_to: req.reply_to,
+                sent_at: req.sent_at,
+            },
+            received_at: now,
+        };
+        let event = CloudEvent::new(
+            event_id,
+            EventType::MessageReceived,
+            tenant.clone(),
+            &channel,
+            conversation,
+            now,
+            data,
+        );
+        let payload = serde_json::to_vec(&event)
+            .map_err(|e| IngressError::Malformed(format!("cannot serialize event: {e}")))?;
+        Ok(vec![PreparedEvent {
+            id: event_id,
+            conversation_id: conversation,
+            payload,
+        }])
+    }
+
+    fn respond(&self, accepted: Accepted) -> Response {
+        let (id, conversation, duplicate) = accepted
+            .events
+            .first()
+            .map(|(id, c, d)| (id.to_string(), c.to_string(), *d))
+            .unwrap_or_default();
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({
+                "event_id": id,
+                "conversation_id": conversation,
+                "duplicate": duplicate,
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// Maps serde_json's error to a missing-field or malformed-body refusal with its position.
+fn json_error(e: serde_json::Error) -> IngressError {
+    let msg = e.to_string();
+    if msg.starts_with("missing field") {
+        IngressError::MissingField(msg)
+    } else {
+        IngressError::Malformed(msg)
+    }
+}
+
+fn validate(req: &ApiInbound) -> Result<(), IngressError> {
+    let invalid = |field: &str, reason: &str| IngressError::InvalidField {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    };
+    check_id("contact.id", &req.contact.id)?;
+    if let Some(id) = &req.client_message_id {
+        check_id("client_message_id", id)?;
+    }
+    if req.text.trim().is_empty() && req.attachments.is_empty() {
+        return Err(IngressError::MissingField(
+            "text (or at least one attachment)".into(),
+        ));
+    }
+    for (i, a) in req.attachments.iter().enumerate() {
+        if a.url.trim().is_empty() {
+            return Err(IngressError::MissingField(format!("attachments[{i}].url")));
+        }
+    }
+    if let Some(account) = &req.account {
+        let ok = !account.is_empty()
+            && account.len() <= 64
+            && account
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'));
+        if !ok {
+            return Err(invalid(
+                "account",
+                "use 1-64 chars of letters, digits, '.', '_', '-', '@', '+'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), IngressError> {
+    if id.trim().is_empty() {
+        return Err(IngressError::MissingField(field.to_owned()));
+    }
+    if id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(IngressError::InvalidField {
+            field: field.to_owned(),
+            reason: format!("at most {MAX_ID_LEN} bytes, no control characters"),
+        });
+    }
+    Ok(())
+}

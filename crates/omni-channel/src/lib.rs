@@ -1,0 +1,31 @@
+//! What every channel adapter shares, so no adapter copies another.
+//!
+//! A webhook adapter implements [`WebhookAdapter`]: find the tenant's account, verify the
+//! provider's signature on the raw bytes, parse the body into prepared events, and shape the
+//! provider's answer. Everything else lives once, in [`webhook::handle`]: the body limit, the
+//! order of checks, dedupe of provider retries, publishing and waiting for Kafka's
+//! acknowledgement before answering, the status codes, and the metrics.
+//!
+//! # Layout
+//! - [`webhook`]: the adapter trait and the generic handler.
+//! - [`sink`]: where accepted events go ([`EventSink`]: Kafka in the daemon).
+//! - [`dedupe`]: the bounded, windowed cache of recently published event ids.
+//! - [`signature`]: constant-time bearer and HMAC checks shared by adapters.
+//! - [`api`]: the generic API channel (`POST /v1/inbound/{tenant}`).
+//! - [`metrics`]: ingress metric families.
+//! - [`error`]: why a request was refused, with its status code and metric label.
+
+pub mod api;
+pub mod dedupe;
+pub mod error;
+pub mod metrics;
+pub mod signature;
+pub mod sink;
+pub mod webhook;
+
+pub use api::{ApiChannel, ApiCredentials};
+pub use dedupe::DedupeCache;
+pub use error::IngressError;
+pub use metrics::IngressMetrics;
+pub use sink::{EventSink, SinkError};
+pub use webhook::{Accepted, Ingress, PreparedEvent, WebhookAdapter};

@@ -1,0 +1,93 @@
+//! Where accepted events go. In the daemon this is Kafka ([`omni_bus::Producer`]); unit tests
+//! use [`MemorySink`] to see exactly what would have been published.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+/// The sink did not take the event; the caller must not acknowledge its provider.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("publish to {topic} failed: {reason}")]
+pub struct SinkError {
+    /// The topic written to.
+    pub topic: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A boxed publish future.
+pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// Something that durably takes a keyed record and says when it has it.
+pub trait EventSink: Send + Sync + 'static {
+    /// Publishes and resolves only once the record is durable.
+    fn publish<'a>(&'a self, topic: &'a str, key: &'a [u8], payload: &'a [u8])
+        -> PublishFuture<'a>;
+}
+
+impl EventSink for omni_bus::Producer {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a [u8],
+        payload: &'a [u8],
+    ) -> PublishFuture<'a> {
+        Box::pin(async move {
+            self.send(topic, key, payload)
+                .await
+                .map_err(|e| SinkError {
+                    topic: topic.to_owned(),
+                    reason: std::error::Error::source(&e)
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| e.to_string()),
+                })
+        })
+    }
+}
+
+/// An in-memory sink for unit tests: records what was published, and can be switched to fail
+/// like a broker that is down.
+#[derive(Default)]
+pub struct MemorySink {
+    records: Mutex<Vec<(String, Vec<u8>, Vec<u8>)>>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl MemorySink {
+    /// Everything published so far as (topic, key, payload).
+    pub fn records(&self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes every publish fail (true) or succeed (false).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl EventSink for MemorySink {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a [u8],
+        payload: &'a [u8],
+    ) -> PublishFuture<'a> {
+        Box::pin(async move {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SinkError {
+                    topic: topic.to_owned(),
+                    reason: "sink is failing".into(),
+                });
+            }
+            self.records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((topic.to_owned(), key.to_vec(), payload.to_vec()));
+            Ok(())
+        })
+    }
+}

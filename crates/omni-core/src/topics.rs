@@ -1,0 +1,50 @@
+//! Topic names. Versions are part of the name: a breaking change to a payload makes `.v2`.
+
+use serde::Deserialize;
+
+/// The Kafka topics omnirouter reads and writes. Defaults follow DESIGN.md; operators may rename
+/// them (for a shared cluster with naming rules) in `[kafka.topics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topics {
+    /// Normalized customer messages and channel signals.
+    pub inbound: String,
+    /// Replies to send, produced by agents, CRMs or the HTTP API.
+    pub outbound: String,
+    /// The fate of each outbound message.
+    pub delivery: String,
+    /// Agent presence, skills, offers, resolve, transfer, reopen, CSAT.
+    pub commands: String,
+    /// The router's decisions.
+    pub routing: String,
+    /// Compacted changelog the router rebuilds its state from.
+    pub router_state: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            inbound: "omni.inbound.v1".into(),
+            outbound: "omni.outbound.v1".into(),
+            delivery: "omni.delivery.v1".into(),
+            commands: "omni.commands.v1".into(),
+            routing: "omni.routing.v1".into(),
+            router_state: "omni.router-state.v1".into(),
+        }
+    }
+}
+
+impl Topics {
+    /// Every topic with whether it is compacted, in a stable order (for topic creation and
+    /// readiness checks).
+    pub fn all(&self) -> [(&str, bool); 6] {
+        [
+            (&self.inbound, false),
+            (&self.outbound, false),
+            (&self.delivery, false),
+            (&self.commands, false),
+            (&self.routing, false),
+            (&self.router_state, true),
+        ]
+    }
+}

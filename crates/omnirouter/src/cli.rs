@@ -1,0 +1,133 @@
+//! The command line: `omnirouter run` and `omnirouter check-config`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::settings::RawSettings;
+
+/// omnirouter: the omni-channel message router daemon.
+///
+/// Takes customer messages from every channel, publishes them on Kafka as CloudEvents, and
+/// serves Prometheus metrics. Config comes from built-in defaults, then --config FILE, then
+/// environment variables OMNI__SECTION__KEY (e.g. OMNI__KAFKA__BOOTSTRAP_SERVERS).
+#[derive(Debug, Parser)]
+#[command(name = "omnirouter", version, about, long_about)]
+pub struct Cli {
+    /// Config file (TOML); see config/default.toml for every key.
+    #[arg(long, short = 'c', global = true, env = "OMNI_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: pretty for a terminal, json for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: serve the inbound endpoints, /healthz, /readyz and /metrics until
+    /// SIGTERM or SIGINT, then drain in-flight requests and flush Kafka.
+    Run,
+    /// Validate the config (file + environment) without starting; exits non-zero naming the
+    /// bad key. With --connect, also checks that Kafka answers.
+    CheckConfig {
+        /// Also connect to Kafka and check the topics.
+        #[arg(long)]
+        connect: bool,
+    },
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let raw = match RawSettings::load(cli.config.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let settings = match raw.validate() {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    init_logging(cli.log_format, &settings.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    match cli.command {
+        Command::Run => match runtime.block_on(crate::daemon::run(settings)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "omnirouter failed");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::CheckConfig { connect } => {
+            eprintln!(
+                "config ok: listen {}, kafka {}, {} tenant(s), topics {}",
+                settings.listen,
+                settings.kafka.bootstrap_servers,
+                settings.api_tenants.len(),
+                settings.kafka.topics.inbound
+            );
+            if connect {
+                let result = runtime.block_on(async {
+                    let registry = prometheus::Registry::new();
+                    let metrics = std::sync::Arc::new(omni_bus::BusMetrics::register(&registry)?);
+                    let producer = omni_bus::Producer::new(&settings.kafka, metrics)?;
+                    producer
+                        .check_ready(std::time::Duration::from_secs(5))
+                        .await?;
+                    anyhow::Ok(())
+                });
+                if let Err(e) = result {
+                    eprintln!("kafka check failed: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("kafka ok: reachable, topics present");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,121 @@
+//! Start-up and shutdown: build the producer, create topics, serve HTTP, and on SIGTERM/SIGINT
+//! stop accepting, drain in-flight requests and flush the producer.
+
+use anyhow::Context as _;
+use omni_bus::{BusMetrics, Producer};
+use omni_channel::{ApiChannel, DedupeCache, Ingress, IngressMetrics};
+use prometheus::{IntGauge, Opts, Registry};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+use crate::server::{router, AppState};
+use crate::settings::Settings;
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let build_info = IntGauge::with_opts(
+        Opts::new("omni_build_info", "Build information; always 1.")
+            .const_label("version", env!("CARGO_PKG_VERSION")),
+    )?;
+    build_info.set(1);
+    registry.register(Box::new(build_info))?;
+    let bus_metrics = Arc::new(BusMetrics::register(&registry)?);
+    let ingress_metrics = IngressMetrics::register(&registry)?;
+
+    let producer =
+        Producer::new(&settings.kafka, bus_metrics.clone()).context("creating kafka producer")?;
+
+    if settings.kafka.create_topics {
+        let kafka = settings.kafka.clone();
+        let metrics = bus_metrics.clone();
+        tokio::spawn(async move { create_topics_until_done(kafka, metrics).await });
+    }
+
+    let ingress = Ingress::new(
+        Arc::new(producer.clone()),
+        settings.kafka.topics.inbound.clone(),
+        DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
+        settings.max_body_bytes,
+        ingress_metrics,
+    );
+    let state = Arc::new(AppState {
+        ingress,
+        api: ApiChannel::new(settings.api_tenants),
+        producer: producer.clone(),
+        registry,
+    });
+
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, kafka = %settings.kafka.bootstrap_servers,
+        "omnirouter listening: POST /v1/inbound/{{tenant}}, GET /metrics /healthz /readyz");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(async move { server.await });
+
+    shutdown_signal().await;
+    tracing::info!(grace_secs = settings.shutdown_grace.as_secs(),
+        "shutdown requested: draining in-flight requests");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(settings.shutdown_grace, server).await {
+        Ok(joined) => joined.context("http server task")?.context("http server")?,
+        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+    }
+    let pending = producer.in_flight();
+    producer
+        .flush(settings.shutdown_grace)
+        .await
+        .with_context(|| format!("flushing {pending} unacknowledged records"))?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn create_topics_until_done(kafka: omni_bus::BusConfig, metrics: Arc<BusMetrics>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match omni_bus::ensure_topics(&kafka, metrics.clone(), Duration::from_secs(10)).await {
+            Ok(()) => {
+                tracing::info!("kafka topics present");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(0),
+                    "cannot create topics yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
