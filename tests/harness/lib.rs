@@ -1,1 +1,367 @@
-//! placeholder
+//! The end-to-end harness: real servers on 127.0.0.1, started and stopped by the tests.
+//!
+//! - [`Broker`]: the tansu Kafka-protocol broker (in memory, or SQLite-backed to survive a
+//!   restart), on a free port.
+//! - [`Daemon`]: the `omnirouter` binary with `config/default.toml` plus environment overrides.
+//! - [`read_topic`]: reads a topic back with an independent rdkafka consumer.
+//!
+//! Every process is stopped when its handle drops; logs go to the handle's temp dir and are
+//! printed when a wait fails, so a red test says why.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = PathBuf::from(home).join(".cache/omnirouter/tansu-0.6.0/bin/tansu");
+    assert!(
+        p.exists(),
+        "tansu not found at {} (set TANSU_BIN, or run `make deps`)",
+        p.display()
+    );
+    p
+}
+
+fn omnirouter_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("OMNIROUTER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>/omnirouter
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("omnirouter");
+    assert!(
+        p.exists(),
+        "omnirouter binary not found at {} (run `cargo build -p omnirouter` first; `make test` does)",
+        p.display()
+    );
+    p
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// A tansu broker on 127.0.0.1.
+pub struct Broker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    storage: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// A broker keeping data in memory (fast; lost on restart).
+    pub fn memory() -> Self {
+        Self::start("memory://tansu/".to_owned())
+    }
+
+    /// A broker keeping data in SQLite in its temp dir (survives [`Broker::restart`]).
+    pub fn durable() -> Self {
+        // tansu resolves the SQLite path relative to its working directory, which is the
+        // broker's temp dir (see `spawn`).
+        Self::start("sqlite://tansu.db".to_owned())
+    }
+
+    fn start(storage: String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Self {
+            port: free_port(),
+            dir,
+            storage,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(20)),
+            "tansu did not listen on {}; log: {}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The omnirouter daemon, started with `config/default.toml` and overrides.
+pub struct Daemon {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts the daemon against `broker` and waits until `/readyz` says ready.
+    pub async fn start(broker: &Broker, env: &[(&str, &str)]) -> Self {
+        let d = Self::spawn(&broker.bootstrap(), env);
+        d.wait_ready(Duration::from_secs(30)).await;
+        d
+    }
+
+    /// Starts the daemon without waiting for readiness.
+    pub fn spawn(bootstrap: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("omnirouter.log")).unwrap();
+        let mut cmd = Command::new(omnirouter_bin());
+        cmd.arg("--config")
+            .arg(workspace().join("config/default.toml"))
+            .args(["--log-format", "json", "run"])
+            .env("OMNI__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("OMNI__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
+            .env("OMNI__KAFKA__PARTITIONS", "3")
+            .env("OMNI__KAFKA__STATISTICS_INTERVAL_MS", "1000")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start omnirouter");
+        Self {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("omnirouter not ready after {timeout:?}; log:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(&child, "TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("omnirouter.log")).unwrap_or_default()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain every `label="value"` given.
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// A record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub value: serde_json::Value,
+}
+
+/// Reads `topic` from the beginning with an independent consumer until `want` records arrived
+/// (then for `settle` more, to catch extras) or `timeout` passed.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("e2e-reader-{}", free_port()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline || settle_until.is_some_and(|s| now >= s) {
+            break;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let value = serde_json::from_slice(m.payload().unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null);
+            out.push(Read {
+                partition: m.partition(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value,
+            });
+        }
+        if out.len() >= want && settle_until.is_none() {
+            settle_until = Some(Instant::now() + settle);
+        }
+    }
+    out
+}
+
+/// A JSON Schema validator for a file in `crates/omni-core/schemas/`.
+pub fn schema(file: &str) -> jsonschema::Validator {
+    let path = workspace().join("crates/omni-core/schemas").join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&json)
+        .unwrap_or_else(|e| panic!("schema {file}: {e}"))
+}

@@ -6,6 +6,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Arc;
 
 /// Metric families of the Kafka layer. Labels are bounded: client role, topic, partition,
@@ -142,7 +143,17 @@ impl ClientContext for MetricsContext {
             .client_errors
             .with_label_values(&[self.client.as_str(), code.as_str()])
             .inc();
-        tracing::warn!(client = %self.client, error = %error, reason, "kafka client error");
+        // librdkafka retries connections itself and repeats these while a broker is down: keep
+        // them out of the warning stream (they are counted above); anything else is news.
+        let transient = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+        );
+        if transient {
+            tracing::debug!(client = %self.client, error = %error, reason, "kafka connection error");
+        } else {
+            tracing::warn!(client = %self.client, error = %error, reason, "kafka client error");
+        }
     }
 }
 

@@ -29,3 +29,6 @@ pub use error::IngressError;
 pub use metrics::IngressMetrics;
 pub use sink::{EventSink, SinkError};
 pub use webhook::{Accepted, Ingress, PreparedEvent, WebhookAdapter};
+
+#[cfg(test)]
+mod tests;
