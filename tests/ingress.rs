@@ -38,18 +38,31 @@ async fn a_posted_message_is_read_back_with_tenant_key_and_valid_schema() {
     let (status, answer) = post(&daemon, "demo", "demo-token", &message("m-1")).await;
     assert_eq!(status, 202, "{answer}");
 
-    let records = read_topic(&broker.bootstrap(), INBOUND, 1, Duration::from_secs(20), Duration::ZERO);
+    let records = read_topic(
+        &broker.bootstrap(),
+        INBOUND,
+        1,
+        Duration::from_secs(20),
+        Duration::ZERO,
+    );
     assert_eq!(records.len(), 1, "daemon log:\n{}", daemon.log());
     let r = &records[0];
     assert_eq!(r.key, b"demo");
     assert_eq!(r.value["id"], answer["event_id"]);
     assert_eq!(r.value["subject"], answer["conversation_id"]);
     assert_eq!(r.value["type"], "omni.message.received");
-    assert_eq!(r.value["data"]["message"]["text"], "Chào shop, đơn hàng #1234 của tôi giao chưa ạ?");
+    assert_eq!(
+        r.value["data"]["message"]["text"],
+        "Chào shop, đơn hàng #1234 của tôi giao chưa ạ?"
+    );
     let envelope = schema("cloudevent.schema.json");
     let data = schema("message-received.schema.json");
     assert!(envelope.is_valid(&r.value), "envelope invalid: {}", r.value);
-    assert!(data.is_valid(&r.value["data"]), "data invalid: {}", r.value["data"]);
+    assert!(
+        data.is_valid(&r.value["data"]),
+        "data invalid: {}",
+        r.value["data"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,11 +76,23 @@ async fn a_duplicate_post_is_published_once_with_the_same_event_id() {
     assert_eq!(a["event_id"], b["event_id"]);
     assert_eq!(b["duplicate"], true);
 
-    let records = read_topic(&broker.bootstrap(), INBOUND, 1, Duration::from_secs(20), Duration::from_secs(2));
+    let records = read_topic(
+        &broker.bootstrap(),
+        INBOUND,
+        1,
+        Duration::from_secs(20),
+        Duration::from_secs(2),
+    );
     assert_eq!(records.len(), 1, "{records:?}");
     let m = daemon.metrics().await;
-    assert_eq!(metric_value(&m, "omni_ingress_duplicates_total", &["channel=\"api\""]), 1.0);
-    assert_eq!(metric_value(&m, "omni_messages_received_total", &["tenant=\"demo\""]), 1.0);
+    assert_eq!(
+        metric_value(&m, "omni_ingress_duplicates_total", &["channel=\"api\""]),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, "omni_messages_received_total", &["tenant=\"demo\""]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,14 +103,71 @@ async fn bad_inputs_get_4xx_json_errors_are_counted_and_publish_nothing() {
     let url = daemon.url("/v1/inbound/demo");
     let huge = json!({"contact": {"id": "c"}, "text": "x".repeat(5000)});
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("unknown tenant", client.post(daemon.url("/v1/inbound/nobody")).bearer_auth("demo-token").json(&message("x")), 404, "unknown_tenant"),
-        ("no auth", client.post(&url).json(&message("x")), 401, "missing_credentials"),
-        ("bad token", client.post(&url).bearer_auth("wrong").json(&message("x")), 401, "bad_credentials"),
-        ("bad signature", client.post(&url).header("x-omni-signature", "sha256=deadbeef").json(&message("x")), 401, "bad_credentials"),
-        ("oversized", client.post(&url).bearer_auth("demo-token").json(&huge), 413, "payload_too_large"),
-        ("malformed", client.post(&url).bearer_auth("demo-token").header("content-type", "application/json").body("{\"contact\": {"), 400, "malformed"),
-        ("missing field", client.post(&url).bearer_auth("demo-token").json(&json!({"text": "hi"})), 400, "missing_field"),
-        ("wrong media type", client.post(&url).bearer_auth("demo-token").header("content-type", "text/plain").body("hi"), 415, "unsupported_media_type"),
+        (
+            "unknown tenant",
+            client
+                .post(daemon.url("/v1/inbound/nobody"))
+                .bearer_auth("demo-token")
+                .json(&message("x")),
+            404,
+            "unknown_tenant",
+        ),
+        (
+            "no auth",
+            client.post(&url).json(&message("x")),
+            401,
+            "missing_credentials",
+        ),
+        (
+            "bad token",
+            client.post(&url).bearer_auth("wrong").json(&message("x")),
+            401,
+            "bad_credentials",
+        ),
+        (
+            "bad signature",
+            client
+                .post(&url)
+                .header("x-omni-signature", "sha256=deadbeef")
+                .json(&message("x")),
+            401,
+            "bad_credentials",
+        ),
+        (
+            "oversized",
+            client.post(&url).bearer_auth("demo-token").json(&huge),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "malformed",
+            client
+                .post(&url)
+                .bearer_auth("demo-token")
+                .header("content-type", "application/json")
+                .body("{\"contact\": {"),
+            400,
+            "malformed",
+        ),
+        (
+            "missing field",
+            client
+                .post(&url)
+                .bearer_auth("demo-token")
+                .json(&json!({"text": "hi"})),
+            400,
+            "missing_field",
+        ),
+        (
+            "wrong media type",
+            client
+                .post(&url)
+                .bearer_auth("demo-token")
+                .header("content-type", "text/plain")
+                .body("hi"),
+            415,
+            "unsupported_media_type",
+        ),
     ];
     for (name, req, want, code) in cases {
         let r = req.send().await.unwrap();
@@ -97,19 +179,42 @@ async fn bad_inputs_get_4xx_json_errors_are_counted_and_publish_nothing() {
     // A good message afterwards is the only thing on the topic.
     let (status, ok) = post(&daemon, "demo", "demo-token", &message("sentinel")).await;
     assert_eq!(status, 202);
-    let records = read_topic(&broker.bootstrap(), INBOUND, 1, Duration::from_secs(20), Duration::from_secs(2));
+    let records = read_topic(
+        &broker.bootstrap(),
+        INBOUND,
+        1,
+        Duration::from_secs(20),
+        Duration::from_secs(2),
+    );
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].value["id"], ok["event_id"]);
 
     let m = daemon.metrics().await;
-    for code in ["unknown_tenant", "missing_credentials", "payload_too_large", "malformed", "missing_field"] {
+    for code in [
+        "unknown_tenant",
+        "missing_credentials",
+        "payload_too_large",
+        "malformed",
+        "missing_field",
+    ] {
         assert_eq!(
-            metric_value(&m, "omni_ingress_rejected_total", &[&format!("reason=\"{code}\"")]),
+            metric_value(
+                &m,
+                "omni_ingress_rejected_total",
+                &[&format!("reason=\"{code}\"")]
+            ),
             1.0,
             "{code}"
         );
     }
-    assert_eq!(metric_value(&m, "omni_ingress_rejected_total", &["reason=\"bad_credentials\""]), 2.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            "omni_ingress_rejected_total",
+            &["reason=\"bad_credentials\""]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,7 +223,13 @@ async fn broker_down_answers_503_and_after_restart_nothing_acknowledged_is_lost(
     let daemon = Daemon::start(&broker, &[("OMNI__KAFKA__PUBLISH_TIMEOUT_MS", "2000")]).await;
     let mut acked = BTreeSet::new();
     for i in 0..10 {
-        let (s, a) = post(&daemon, "demo", "demo-token", &message(&format!("before-{i}"))).await;
+        let (s, a) = post(
+            &daemon,
+            "demo",
+            "demo-token",
+            &message(&format!("before-{i}")),
+        )
+        .await;
         assert_eq!(s, 202, "{a}");
         acked.insert(a["event_id"].as_str().unwrap().to_owned());
     }
@@ -130,7 +241,11 @@ async fn broker_down_answers_503_and_after_restart_nothing_acknowledged_is_lost(
     let ready = reqwest::get(daemon.url("/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
     let health = reqwest::get(daemon.url("/healthz")).await.unwrap();
-    assert_eq!(health.status().as_u16(), 200, "liveness must not depend on Kafka");
+    assert_eq!(
+        health.status().as_u16(),
+        200,
+        "liveness must not depend on Kafka"
+    );
 
     broker.restart();
     // The provider retries the refused message; it is accepted once the broker is back.
@@ -143,19 +258,42 @@ async fn broker_down_answers_503_and_after_restart_nothing_acknowledged_is_lost(
         }
         assert_eq!(s, 503, "{a}");
     }
-    let a = accepted.unwrap_or_else(|| panic!("never accepted after restart; log:\n{}", daemon.log()));
-    assert_eq!(a["duplicate"], false, "a refused message must not be remembered as published");
+    let a =
+        accepted.unwrap_or_else(|| panic!("never accepted after restart; log:\n{}", daemon.log()));
+    assert_eq!(
+        a["duplicate"], false,
+        "a refused message must not be remembered as published"
+    );
     acked.insert(a["event_id"].as_str().unwrap().to_owned());
     for i in 0..10 {
-        let (s, a) = post(&daemon, "demo", "demo-token", &message(&format!("after-{i}"))).await;
+        let (s, a) = post(
+            &daemon,
+            "demo",
+            "demo-token",
+            &message(&format!("after-{i}")),
+        )
+        .await;
         assert_eq!(s, 202, "{a}");
         acked.insert(a["event_id"].as_str().unwrap().to_owned());
     }
 
-    let records = read_topic(&broker.bootstrap(), INBOUND, acked.len(), Duration::from_secs(30), Duration::from_secs(1));
-    let seen: BTreeSet<String> = records.iter().map(|r| r.value["id"].as_str().unwrap_or("").to_owned()).collect();
+    let records = read_topic(
+        &broker.bootstrap(),
+        INBOUND,
+        acked.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    let seen: BTreeSet<String> = records
+        .iter()
+        .map(|r| r.value["id"].as_str().unwrap_or("").to_owned())
+        .collect();
     let lost: Vec<_> = acked.difference(&seen).collect();
-    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}\nbroker log:\n{}", broker.log());
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost: {lost:?}\nbroker log:\n{}",
+        broker.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,7 +310,13 @@ async fn sigterm_during_load_loses_no_acknowledged_message() {
             let mut acked = Vec::new();
             for i in 0.. {
                 let body = message(&format!("load-{w}-{i}"));
-                match client.post(&url).bearer_auth("demo-token").json(&body).send().await {
+                match client
+                    .post(&url)
+                    .bearer_auth("demo-token")
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().as_u16() == 202 => {
                         let a: Value = r.json().await.unwrap();
                         acked.push(a["event_id"].as_str().unwrap().to_owned());
@@ -194,21 +338,45 @@ async fn sigterm_during_load_loses_no_acknowledged_message() {
     let (status, daemon) = status;
     let status = status.unwrap_or_else(|| panic!("daemon did not exit; log:\n{}", daemon.log()));
     assert!(status.success(), "exit {status:?}; log:\n{}", daemon.log());
-    assert!(daemon.log().contains("shutdown complete"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("shutdown complete"),
+        "{}",
+        daemon.log()
+    );
 
     let mut acked = Vec::new();
     for w in workers {
         acked.extend(w.await.unwrap());
     }
-    assert!(acked.len() > 50, "load too light to mean anything: {}", acked.len());
-    let records = read_topic(&broker.bootstrap(), INBOUND, acked.len(), Duration::from_secs(30), Duration::from_secs(1));
+    assert!(
+        acked.len() > 50,
+        "load too light to mean anything: {}",
+        acked.len()
+    );
+    let records = read_topic(
+        &broker.bootstrap(),
+        INBOUND,
+        acked.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
     let mut count: HashMap<String, usize> = HashMap::new();
     for r in &records {
-        *count.entry(r.value["id"].as_str().unwrap_or("").to_owned()).or_default() += 1;
+        *count
+            .entry(r.value["id"].as_str().unwrap_or("").to_owned())
+            .or_default() += 1;
     }
     let lost: Vec<_> = acked.iter().filter(|id| !count.contains_key(*id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged messages lost", lost.len(), acked.len());
-    println!("{} messages acknowledged during load, all on the topic", acked.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost",
+        lost.len(),
+        acked.len()
+    );
+    println!(
+        "{} messages acknowledged during load, all on the topic",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -227,12 +395,23 @@ async fn an_external_python_kafka_client_reads_a_valid_cloudevent() {
     let script = omni_e2e::workspace().join("tests/crm_consume.py");
     let out = tokio::process::Command::new(&python)
         .arg(&script)
-        .args(["--bootstrap", &broker.bootstrap(), "--topic", INBOUND, "--count", "1"])
+        .args([
+            "--bootstrap",
+            &broker.bootstrap(),
+            "--topic",
+            INBOUND,
+            "--count",
+            "1",
+        ])
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: Value = serde_json::from_str(stdout.lines().next().unwrap_or("")).unwrap();
     assert_eq!(line["key"], "demo");
     assert_eq!(line["event"]["id"], answer["event_id"]);

@@ -7,7 +7,12 @@
 //!
 //! Every process is stopped when its handle drops; logs go to the handle's temp dir and are
 //! printed when a wait fails, so a red test says why.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    missing_docs
+)]
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -123,7 +128,13 @@ impl Broker {
             .open(self.dir.path().join("tansu.log"))
             .unwrap();
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
@@ -240,7 +251,10 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("omnirouter not ready after {timeout:?}; log:\n{}", self.log());
+        panic!(
+            "omnirouter not ready after {timeout:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// Sends SIGTERM and waits for the exit status (at most `timeout`).
@@ -357,8 +371,8 @@ pub fn read_topic(
 /// A JSON Schema validator for a file in `crates/omni-core/schemas/`.
 pub fn schema(file: &str) -> jsonschema::Validator {
     let path = workspace().join("crates/omni-core/schemas").join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     jsonschema::options()
         .should_validate_formats(true)

@@ -107,10 +107,17 @@ impl BusConfig {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
             if !valid {
-                return Err(bad(name, "a topic name is 1-249 chars of a-z A-Z 0-9 . _ -"));
+                return Err(bad(
+                    name,
+                    "a topic name is 1-249 chars of a-z A-Z 0-9 . _ -",
+                ));
             }
         }
-        let both: Vec<(&str, &str)> = PINNED_PRODUCER.iter().chain(PINNED_CONSUMER).copied().collect();
+        let both: Vec<(&str, &str)> = PINNED_PRODUCER
+            .iter()
+            .chain(PINNED_CONSUMER)
+            .copied()
+            .collect();
         for (table, map, pinned) in [
             ("librdkafka", &self.librdkafka, both.as_slice()),
             ("producer", &self.producer, PINNED_PRODUCER),
@@ -123,7 +130,9 @@ impl BusConfig {
                     if value != required {
                         return Err(bad(
                             &path,
-                            &format!("omnirouter requires {prop}={required} for its delivery guarantee"),
+                            &format!(
+                                "omnirouter requires {prop}={required} for its delivery guarantee"
+                            ),
                         ));
                     }
                 }
@@ -242,10 +251,18 @@ mod tests {
             partitions: 0,
             ..BusConfig::default()
         };
-        assert!(cfg.validate().unwrap_err().to_string().contains("kafka.partitions"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("kafka.partitions"));
         let mut cfg = BusConfig::default();
         cfg.topics.inbound = "bad topic".into();
-        assert!(cfg.validate().unwrap_err().to_string().contains("kafka.topics.inbound"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("kafka.topics.inbound"));
         assert!(BusConfig::default().validate().is_ok());
     }
 }

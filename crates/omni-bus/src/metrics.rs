@@ -127,7 +127,11 @@ impl ClientContext for MetricsContext {
                     }
                     self.metrics
                         .consumer_lag
-                        .with_label_values(&[group.as_str(), topic.as_str(), &partition.to_string()])
+                        .with_label_values(&[
+                            group.as_str(),
+                            topic.as_str(),
+                            &partition.to_string(),
+                        ])
                         .set(p.consumer_lag);
                 }
             }

@@ -9,8 +9,8 @@
 
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -74,7 +74,10 @@ impl Producer {
             let generation = guard.0 + 1;
             std::mem::replace(&mut *guard, (generation, fresh))
         };
-        tracing::info!(generation = old.0 + 1, "replaced kafka producer after a timed-out record");
+        tracing::info!(
+            generation = old.0 + 1,
+            "replaced kafka producer after a timed-out record"
+        );
         // Destroying a librdkafka handle blocks until its threads stop: not on the runtime.
         tokio::task::spawn_blocking(move || drop(old));
     }

@@ -88,27 +88,37 @@ impl WebhookAdapter for ApiChannel {
             let secret = creds
                 .hmac_secret
                 .as_ref()
-                .ok_or(IngressError::BadCredentials("signatures are not enabled for this tenant"))?;
+                .ok_or(IngressError::BadCredentials(
+                    "signatures are not enabled for this tenant",
+                ))?;
             let sig = sig
                 .to_str()
                 .ok()
                 .and_then(|s| s.strip_prefix("sha256="))
-                .ok_or(IngressError::BadCredentials("signature must be sha256=<hex>"))?;
+                .ok_or(IngressError::BadCredentials(
+                    "signature must be sha256=<hex>",
+                ))?;
             return if verify_hmac_sha256_hex(secret.expose().as_bytes(), body, sig) {
                 Ok(())
             } else {
-                Err(IngressError::BadCredentials("signature does not match the body"))
+                Err(IngressError::BadCredentials(
+                    "signature does not match the body",
+                ))
             };
         }
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let token = creds
                 .bearer_token
                 .as_ref()
-                .ok_or(IngressError::BadCredentials("bearer tokens are not enabled for this tenant"))?;
-            let presented = auth
-                .as_bytes()
-                .strip_prefix(b"Bearer ")
-                .ok_or(IngressError::BadCredentials("authorization must be 'Bearer <token>'"))?;
+                .ok_or(IngressError::BadCredentials(
+                    "bearer tokens are not enabled for this tenant",
+                ))?;
+            let presented =
+                auth.as_bytes()
+                    .strip_prefix(b"Bearer ")
+                    .ok_or(IngressError::BadCredentials(
+                        "authorization must be 'Bearer <token>'",
+                    ))?;
             return if secrets_match(presented, token.expose().as_bytes()) {
                 Ok(())
             } else {
@@ -245,9 +255,9 @@ fn validate(req: &ApiInbound) -> Result<(), IngressError> {
     if let Some(account) = &req.account {
         let ok = !account.is_empty()
             && account.len() <= 64
-            && account
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'));
+            && account.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+')
+            });
         if !ok {
             return Err(invalid(
                 "account",

@@ -33,29 +33,38 @@ impl EventSink for omni_bus::Producer {
         payload: &'a [u8],
     ) -> PublishFuture<'a> {
         Box::pin(async move {
-            self.send(topic, key, payload)
-                .await
-                .map_err(|e| SinkError {
-                    topic: topic.to_owned(),
-                    reason: std::error::Error::source(&e)
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| e.to_string()),
-                })
+            self.send(topic, key, payload).await.map_err(|e| SinkError {
+                topic: topic.to_owned(),
+                reason: std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.to_string()),
+            })
         })
     }
+}
+
+/// A record as [`MemorySink`] received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedRecord {
+    /// The topic.
+    pub topic: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub payload: Vec<u8>,
 }
 
 /// An in-memory sink for unit tests: records what was published, and can be switched to fail
 /// like a broker that is down.
 #[derive(Default)]
 pub struct MemorySink {
-    records: Mutex<Vec<(String, Vec<u8>, Vec<u8>)>>,
+    records: Mutex<Vec<PublishedRecord>>,
     failing: std::sync::atomic::AtomicBool,
 }
 
 impl MemorySink {
-    /// Everything published so far as (topic, key, payload).
-    pub fn records(&self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    /// Everything published so far.
+    pub fn records(&self) -> Vec<PublishedRecord> {
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -86,7 +95,11 @@ impl EventSink for MemorySink {
             self.records
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((topic.to_owned(), key.to_vec(), payload.to_vec()));
+                .push(PublishedRecord {
+                    topic: topic.to_owned(),
+                    key: key.to_vec(),
+                    payload: payload.to_vec(),
+                });
             Ok(())
         })
     }

@@ -78,7 +78,9 @@ fn post_json(tenant: &str) -> axum::http::request::Builder {
 async fn send(app: &Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
     let resp: Response = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, json)
 }
@@ -108,13 +110,16 @@ async fn accepted_message_is_published_as_a_cloudevent_keyed_by_tenant() {
     assert_eq!(status, StatusCode::ACCEPTED, "{json}");
     let records = f.sink.records();
     assert_eq!(records.len(), 1);
-    let (topic, key, payload) = &records[0];
-    assert_eq!(topic, "omni.inbound.v1");
-    assert_eq!(key, b"acme");
-    let event: CloudEvent<MessageReceived> = serde_json::from_slice(payload).unwrap();
+    let record = &records[0];
+    assert_eq!(record.topic, "omni.inbound.v1");
+    assert_eq!(record.key, b"acme");
+    let event: CloudEvent<MessageReceived> = serde_json::from_slice(&record.payload).unwrap();
     assert_eq!(event.event_type, EventType::MessageReceived);
     assert_eq!(event.id.to_string(), json["event_id"].as_str().unwrap());
-    assert_eq!(event.subject.to_string(), json["conversation_id"].as_str().unwrap());
+    assert_eq!(
+        event.subject.to_string(),
+        json["conversation_id"].as_str().unwrap()
+    );
     assert_eq!(event.data.message.text, "Xin chào, tôi cần hỗ trợ");
     assert_eq!(event.data.contact.name.as_deref(), Some("Nguyễn Thị Hoa"));
     assert_eq!(event.data.message.id, "m-1");
@@ -173,14 +178,24 @@ async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
         "x".repeat(2000)
     );
     let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
-        ("unknown tenant", bearer("nope", "tok", GOOD), StatusCode::NOT_FOUND, "unknown_tenant"),
+        (
+            "unknown tenant",
+            bearer("nope", "tok", GOOD),
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+        ),
         (
             "no credentials",
             post_json("acme").body(Body::from(GOOD)).unwrap(),
             StatusCode::UNAUTHORIZED,
             "missing_credentials",
         ),
-        ("wrong token", bearer("acme", "nope", GOOD), StatusCode::UNAUTHORIZED, "bad_credentials"),
+        (
+            "wrong token",
+            bearer("acme", "nope", GOOD),
+            StatusCode::UNAUTHORIZED,
+            "bad_credentials",
+        ),
         (
             "another tenant's token",
             bearer("tokenonly", "tok", GOOD),
@@ -196,7 +211,12 @@ async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
             StatusCode::UNAUTHORIZED,
             "bad_credentials",
         ),
-        ("oversized body", bearer("acme", "tok", &big), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        (
+            "oversized body",
+            bearer("acme", "tok", &big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
         (
             "oversized chunked body",
             post_json("acme")
@@ -206,19 +226,43 @@ async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
-        ("malformed json", bearer("acme", "tok", "{\"contact\":"), StatusCode::BAD_REQUEST, "malformed"),
-        ("not json at all", bearer("acme", "tok", "hello"), StatusCode::BAD_REQUEST, "malformed"),
-        ("missing contact", bearer("acme", "tok", r#"{"text":"hi"}"#), StatusCode::BAD_REQUEST, "missing_field"),
+        (
+            "malformed json",
+            bearer("acme", "tok", "{\"contact\":"),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "not json at all",
+            bearer("acme", "tok", "hello"),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "missing contact",
+            bearer("acme", "tok", r#"{"text":"hi"}"#),
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+        ),
         (
             "empty contact id",
             bearer("acme", "tok", r#"{"contact":{"id":" "},"text":"hi"}"#),
             StatusCode::BAD_REQUEST,
             "missing_field",
         ),
-        ("no text nor attachment", bearer("acme", "tok", r#"{"contact":{"id":"c"}}"#), StatusCode::BAD_REQUEST, "missing_field"),
+        (
+            "no text nor attachment",
+            bearer("acme", "tok", r#"{"contact":{"id":"c"}}"#),
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+        ),
         (
             "unknown field",
-            bearer("acme", "tok", r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#),
+            bearer(
+                "acme",
+                "tok",
+                r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#,
+            ),
             StatusCode::BAD_REQUEST,
             "malformed",
         ),
@@ -230,13 +274,21 @@ async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
         ),
         (
             "bad account",
-            bearer("acme", "tok", r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#),
+            bearer(
+                "acme",
+                "tok",
+                r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#,
+            ),
             StatusCode::BAD_REQUEST,
             "invalid_field",
         ),
         (
             "control char in id",
-            bearer("acme", "tok", "{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}"),
+            bearer(
+                "acme",
+                "tok",
+                "{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}",
+            ),
             StatusCode::BAD_REQUEST,
             "invalid_field",
         ),
@@ -269,7 +321,11 @@ async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
             !json["error"]["message"].as_str().unwrap_or("").is_empty(),
             "{name}: no message"
         );
-        assert_eq!(rejected(&f.registry, want_code), before + 1, "{name}: not counted");
+        assert_eq!(
+            rejected(&f.registry, want_code),
+            before + 1,
+            "{name}: not counted"
+        );
     }
     assert!(f.sink.records().is_empty(), "something was published");
 }

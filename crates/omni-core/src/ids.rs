@@ -204,7 +204,10 @@ mod tests {
         assert_ne!(a, EventId::from_provider(&t, &api("app"), "message", "m-1"));
         assert_ne!(a, EventId::from_provider(&t, &api("web"), "signal", "m-1"));
         let other = TenantId::new("other").unwrap();
-        assert_ne!(a, EventId::from_provider(&other, &api("web"), "message", "m-1"));
+        assert_ne!(
+            a,
+            EventId::from_provider(&other, &api("web"), "message", "m-1")
+        );
     }
 
     #[test]

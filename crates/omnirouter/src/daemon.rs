@@ -55,15 +55,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "omnirouter listening: POST /v1/inbound/{{tenant}}, GET /metrics /healthz /readyz");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
     let server = tokio::spawn(async move { server.await });
 
     shutdown_signal().await;
-    tracing::info!(grace_secs = settings.shutdown_grace.as_secs(),
-        "shutdown requested: draining in-flight requests");
+    tracing::info!(
+        grace_secs = settings.shutdown_grace.as_secs(),
+        "shutdown requested: draining in-flight requests"
+    );
     let _ = stop_tx.send(());
     match tokio::time::timeout(settings.shutdown_grace, server).await {
         Ok(joined) => joined.context("http server task")?.context("http server")?,

@@ -78,7 +78,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     match TextEncoder::new().encode(&families, &mut buf) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             buf,
         )
             .into_response(),

@@ -172,7 +172,10 @@ impl RawSettings {
             ));
         }
         if self.ingress.dedupe_capacity == 0 {
-            return Err(invalid("ingress.dedupe_capacity", "must be at least 1".into()));
+            return Err(invalid(
+                "ingress.dedupe_capacity",
+                "must be at least 1".into(),
+            ));
         }
         self.kafka.validate()?;
         let mut api_tenants = Vec::new();
@@ -246,9 +249,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let err = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n[tenants.a]\napi_token=\"t\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = load_str(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n[tenants.a]\napi_token=\"t\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 
@@ -258,7 +263,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.listen"), "{err}");
-        let err = load_str("[tenants.Bad]\napi_token=\"t\"\n").unwrap_err().to_string();
+        let err = load_str("[tenants.Bad]\napi_token=\"t\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tenants.Bad"), "{err}");
         let err = load_str("[tenants.a]\n").unwrap_err().to_string();
         assert!(err.contains("tenants.a"), "{err}");
