@@ -50,7 +50,8 @@ fn tansu_bin() -> PathBuf {
     p
 }
 
-fn omnirouter_bin() -> PathBuf {
+/// The daemon binary built by `cargo build -p omnirouter`.
+pub fn omnirouter_bin() -> PathBuf {
     if let Ok(p) = std::env::var("OMNIROUTER_BIN") {
         return PathBuf::from(p);
     }

@@ -82,8 +82,11 @@ impl Consumer {
         S: Future<Output = ()>,
     {
         tokio::pin!(shutdown);
+        let mut processed_any = false;
         loop {
             let message = tokio::select! {
+                // Shutdown first: once asked to stop, take no new record.
+                biased;
                 () = &mut shutdown => break,
                 m = self.inner.recv() => m,
             };
@@ -127,6 +130,7 @@ impl Consumer {
                             retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                             "record processing failed, will retry");
                         tokio::select! {
+                            biased;
                             () = &mut shutdown => return Ok(()),
                             () = tokio::time::sleep(backoff) => {}
                         }
@@ -135,6 +139,14 @@ impl Consumer {
                 }
             }
             self.commit(&record)?;
+            processed_any = true;
+        }
+        // Between records every fetched record is processed, so the position is exactly what
+        // may be committed; commit it synchronously so a successor starts right after it.
+        if processed_any {
+            if let Err(e) = self.inner.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(group = %self.group, error = %e, "final commit failed");
+            }
         }
         Ok(())
     }

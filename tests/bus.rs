@@ -1,0 +1,176 @@
+//! omni-bus against the real broker: acknowledged sends, commit-after-processing consumers,
+//! retries and skips, lag metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_bus::{BusConfig, BusMetrics, Consumer, HandlerOutcome, Producer};
+use omni_e2e::Broker;
+use prometheus::Registry;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn config(broker: &Broker, topic: &str) -> BusConfig {
+    let mut c = BusConfig {
+        bootstrap_servers: broker.bootstrap(),
+        partitions: 1,
+        statistics_interval_ms: 200,
+        ..BusConfig::default()
+    };
+    c.topics.inbound = topic.to_owned();
+    c
+}
+
+async fn setup(broker: &Broker, topic: &str) -> (BusConfig, Arc<BusMetrics>, Registry, Producer) {
+    let cfg = config(broker, topic);
+    let registry = Registry::new();
+    let metrics = Arc::new(BusMetrics::register(&registry).unwrap());
+    omni_bus::ensure_topics(&cfg, metrics.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Creating topics again is not an error.
+    omni_bus::ensure_topics(&cfg, metrics.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let producer = Producer::new(&cfg, metrics.clone()).unwrap();
+    producer.check_ready(Duration::from_secs(10)).await.unwrap();
+    (cfg, metrics, registry, producer)
+}
+
+/// Runs a consumer in `group` until it has seen `until` records or 20 s pass.
+async fn consume(
+    cfg: &BusConfig,
+    metrics: Arc<BusMetrics>,
+    group: &str,
+    until: usize,
+    mut decide: impl FnMut(&str, usize) -> HandlerOutcome,
+) -> Vec<String> {
+    let consumer = Consumer::new(cfg, group, &[cfg.topics.inbound.as_str()], metrics).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let seen2 = seen.clone();
+    let done2 = done.clone();
+    let stop = async move {
+        let _ = tokio::time::timeout(Duration::from_secs(20), done2.notified()).await;
+    };
+    consumer
+        .run(
+            |record| {
+                let value = String::from_utf8(record.payload.unwrap_or_default()).unwrap();
+                let mut s = seen2.lock().unwrap();
+                s.push(value.clone());
+                let outcome = decide(&value, s.len());
+                if s.len() >= until {
+                    done.notify_one();
+                }
+                async move { outcome }
+            },
+            stop,
+        )
+        .await
+        .unwrap();
+    let out = seen.lock().unwrap().clone();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_commits_only_processed_records_and_resumes_after_them() {
+    let broker = Broker::memory();
+    let (cfg, metrics, registry, producer) = setup(&broker, "bus.commit").await;
+    for i in 0..6 {
+        producer
+            .send("bus.commit", b"acme", format!("r{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    // First member processes three records, then stops.
+    let first = consume(&cfg, metrics.clone(), "g1", 3, |_, _| HandlerOutcome::Done).await;
+    assert_eq!(first, ["r0", "r1", "r2"]);
+    // A new member of the same group resumes after the last committed record.
+    let second = consume(&cfg, metrics.clone(), "g1", 3, |_, _| HandlerOutcome::Done).await;
+    assert_eq!(second, ["r3", "r4", "r5"]);
+
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains("omni_kafka_consumed_total{group=\"g1\",topic=\"bus.commit\"} 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("omni_kafka_produced_total{topic=\"bus.commit\"} 6"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_redelivers_the_same_record_in_order_and_skip_moves_on() {
+    let broker = Broker::memory();
+    let (cfg, metrics, registry, producer) = setup(&broker, "bus.retry").await;
+    for v in ["a", "poison", "b"] {
+        producer
+            .send("bus.retry", b"acme", v.as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut attempts_a = 0;
+    let seen = consume(&cfg, metrics.clone(), "g2", 4, |v, _| match v {
+        "a" => {
+            attempts_a += 1;
+            if attempts_a < 2 {
+                HandlerOutcome::Retry("provider down".into())
+            } else {
+                HandlerOutcome::Done
+            }
+        }
+        "poison" => HandlerOutcome::Skip("malformed".into()),
+        _ => HandlerOutcome::Done,
+    })
+    .await;
+    assert_eq!(seen, ["a", "a", "poison", "b"], "retry keeps order");
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains("omni_kafka_consume_skipped_total{group=\"g2\",topic=\"bus.retry\"} 1"),
+        "{text}"
+    );
+    // Nothing left for the group: everything was committed.
+    let again = consume(&cfg, metrics, "g2", 1, |_, _| HandlerOutcome::Done);
+    let again = tokio::time::timeout(Duration::from_secs(8), again).await;
+    assert!(
+        again.is_err(),
+        "records were redelivered after commit: {again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_lag_is_exported_from_librdkafka_statistics() {
+    let broker = Broker::memory();
+    let (cfg, metrics, registry, producer) = setup(&broker, "bus.lag").await;
+    for i in 0..20 {
+        producer
+            .send("bus.lag", b"acme", format!("{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    // Process 5 of 20 slowly enough for statistics to report the remaining lag.
+    let _ = consume(&cfg, metrics, "g3", 5, |_, _| HandlerOutcome::Done).await;
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    let lag: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("omni_kafka_consumer_lag_messages{group=\"g3\""))
+        .collect();
+    assert!(!lag.is_empty(), "no lag metric: {text}");
+    let value: i64 = lag[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value > 0 && value <= 20, "lag {value}");
+    let up: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("omni_kafka_brokers_up{client=\"producer\"}"))
+        .collect();
+    assert_eq!(
+        up,
+        ["omni_kafka_brokers_up{client=\"producer\"} 1"],
+        "{text}"
+    );
+}
