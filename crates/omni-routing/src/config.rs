@@ -1,0 +1,316 @@
+//! Routing configuration: queues, the rules that choose a queue, and tenant-wide settings.
+//! Deserialized from the operator's config, then [`RoutingConfig::validate`]d once; the engine
+//! only ever sees a valid configuration.
+
+use omni_core::ChannelKind;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hours::BusinessHours;
+use crate::model::{QueueId, Skill};
+
+/// Why a routing configuration was refused; names the offending key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid routing config {key}: {reason}")]
+pub struct ConfigError {
+    /// The key, e.g. `queues.billing.overflow[0].spill_to`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// How a queue picks among the agents who could take a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The agent whose last assignment (or log-in) is oldest.
+    LongestIdle,
+    /// The lowest open/capacity ratio; ties to the longest idle, so the first to log in is not
+    /// flooded.
+    LeastLoaded,
+    /// Agents in turn, by id.
+    RoundRobin,
+    /// The highest proficiency in the required skills; ties to least loaded, then longest idle.
+    BestSkill,
+}
+
+impl Strategy {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::LongestIdle => "longest_idle",
+            Strategy::LeastLoaded => "least_loaded",
+            Strategy::RoundRobin => "round_robin",
+            Strategy::BestSkill => "best_skill",
+        }
+    }
+}
+
+/// Service-level targets of a queue, in seconds. A breach emits an event and a metric; the
+/// targets should also be histogram bucket bounds so "% within target" is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sla {
+    /// Time from the customer's first message to the first agent reply.
+    pub first_response_secs: Option<u64>,
+    /// Time from any later unanswered customer message to the next agent reply.
+    pub next_response_secs: Option<u64>,
+    /// Time from the first message to resolution.
+    pub resolution_secs: Option<u64>,
+}
+
+/// What an overflow step does once a conversation has waited long enough.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OverflowAction {
+    /// Accept agents with this much less proficiency in the required skills (never below 1).
+    RelaxProficiency(u8),
+    /// Move the conversation to another queue, keeping its arrival time.
+    SpillTo(QueueId),
+}
+
+/// One overflow step: after `after_secs` of waiting in this queue, apply `action`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverflowStep {
+    /// Seconds of waiting (since arrival) before the step applies.
+    pub after_secs: u64,
+    /// What to do.
+    pub action: OverflowAction,
+}
+
+/// What happens to a conversation that arrives while its queue is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AfterHours {
+    /// Wait in the queue until it opens (an `after_hours` event lets a bot tell the customer).
+    #[default]
+    Wait,
+    /// Go to another queue (e.g. a 24/7 team).
+    SpillTo(QueueId),
+}
+
+/// A queue: who may serve it, how agents are chosen, and its service levels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Required skills with minimum proficiency (1–5).
+    #[serde(default)]
+    pub skills: BTreeMap<Skill, u8>,
+    /// Base priority: higher is served first. Conversations age: every `aging_step_secs` of
+    /// waiting is worth one priority point.
+    #[serde(default)]
+    pub priority: i32,
+    /// How an agent is chosen.
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    /// Offer to an agent, who accepts or declines within this time; `None` assigns directly.
+    #[serde(default)]
+    pub offer_timeout_secs: Option<u64>,
+    /// Service-level targets.
+    #[serde(default)]
+    pub sla: Sla,
+    /// Overflow steps, in order of `after_secs`.
+    #[serde(default)]
+    pub overflow: Vec<OverflowStep>,
+    /// Opening hours; `None` means always open.
+    #[serde(default)]
+    pub hours: Option<BusinessHours>,
+    /// What happens outside the hours.
+    #[serde(default)]
+    pub after_hours: AfterHours,
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::LeastLoaded
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            skills: BTreeMap::new(),
+            priority: 0,
+            strategy: Strategy::LeastLoaded,
+            offer_timeout_secs: None,
+            sla: Sla::default(),
+            overflow: Vec::new(),
+            hours: None,
+            after_hours: AfterHours::Wait,
+        }
+    }
+}
+
+/// When a rule applies to a new conversation. Every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleMatch {
+    /// The channel kind.
+    pub channel: Option<ChannelKind>,
+    /// The channel account (page id, phone number, mailbox…).
+    pub account: Option<String>,
+    /// Any of these words in the first message (case-insensitive).
+    pub keywords: Vec<String>,
+    /// Any of these contact tags.
+    pub tags: Vec<String>,
+    /// The contact's language (BCP 47 primary tag, e.g. `vi`).
+    pub language: Option<String>,
+}
+
+/// A rule: the first one that matches a new conversation chooses its queue, and may add skills
+/// and raise priority.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Conditions.
+    #[serde(rename = "match", default)]
+    pub when: RuleMatch,
+    /// The queue to use.
+    pub queue: QueueId,
+    /// Extra required skills for this conversation.
+    #[serde(default)]
+    pub add_skills: BTreeMap<Skill, u8>,
+    /// Added to the queue's priority.
+    #[serde(default)]
+    pub priority_boost: i32,
+}
+
+/// A tenant's routing configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Queues by id.
+    pub queues: BTreeMap<QueueId, QueueConfig>,
+    /// Rules, tried in order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Where a conversation goes when no rule matches.
+    pub default_queue: QueueId,
+    /// Seconds of waiting worth one priority point.
+    #[serde(default = "default_aging")]
+    pub aging_step_secs: u64,
+    /// Prefer the contact's last agent if they were assigned within this window.
+    #[serde(default = "default_sticky")]
+    pub sticky_window_secs: u64,
+    /// A customer message this soon after resolution reopens the conversation (FCR counts it);
+    /// later, it starts a new contact.
+    #[serde(default = "default_reopen")]
+    pub reopen_window_secs: u64,
+}
+
+fn default_aging() -> u64 {
+    60
+}
+fn default_sticky() -> u64 {
+    24 * 3600
+}
+fn default_reopen() -> u64 {
+    72 * 3600
+}
+
+impl RoutingConfig {
+    /// A configuration with one always-open queue named `default` and no rules.
+    pub fn single_queue(queue: QueueConfig) -> Self {
+        let id = QueueId::from("default");
+        Self {
+            queues: BTreeMap::from([(id.clone(), queue)]),
+            rules: Vec::new(),
+            default_queue: id,
+            aging_step_secs: default_aging(),
+            sticky_window_secs: default_sticky(),
+            reopen_window_secs: default_reopen(),
+        }
+    }
+
+    /// Checks references and ranges; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.queues.is_empty() {
+            return Err(err("queues", "configure at least one queue"));
+        }
+        if !self.queues.contains_key(&self.default_queue) {
+            return Err(err(
+                "default_queue",
+                format!("no queue named {:?}", self.default_queue.0),
+            ));
+        }
+        if self.aging_step_secs == 0 {
+            return Err(err("aging_step_secs", "must be at least 1"));
+        }
+        let known: BTreeSet<&QueueId> = self.queues.keys().collect();
+        for (id, q) in &self.queues {
+            let key = format!("queues.{id}");
+            for (skill, level) in &q.skills {
+                if !(1..=5).contains(level) {
+                    return Err(err(
+                        format!("{key}.skills.{}", skill.0),
+                        "proficiency is 1-5",
+                    ));
+                }
+            }
+            if q.offer_timeout_secs == Some(0) {
+                return Err(err(
+                    format!("{key}.offer_timeout_secs"),
+                    "must be at least 1",
+                ));
+            }
+            let mut last = 0;
+            for (i, step) in q.overflow.iter().enumerate() {
+                let k = format!("{key}.overflow[{i}]");
+                if step.after_secs < last {
+                    return Err(err(k, "steps must be in order of after_secs"));
+                }
+                last = step.after_secs;
+                if let OverflowAction::SpillTo(target) = &step.action {
+                    if !known.contains(target) {
+                        return Err(err(
+                            format!("{k}.spill_to"),
+                            format!("no queue named {:?}", target.0),
+                        ));
+                    }
+                    if target == id {
+                        return Err(err(
+                            format!("{k}.spill_to"),
+                            "a queue cannot spill into itself",
+                        ));
+                    }
+                }
+            }
+            if let AfterHours::SpillTo(target) = &q.after_hours {
+                if !known.contains(target) || target == id {
+                    return Err(err(
+                        format!("{key}.after_hours.spill_to"),
+                        format!("must name another queue, got {:?}", target.0),
+                    ));
+                }
+            }
+            if let Some(hours) = &q.hours {
+                hours
+                    .validate()
+                    .map_err(|reason| err(format!("{key}.hours"), reason))?;
+            }
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !known.contains(&rule.queue) {
+                return Err(err(
+                    format!("rules[{i}].queue"),
+                    format!("no queue named {:?}", rule.queue.0),
+                ));
+            }
+            for (skill, level) in &rule.add_skills {
+                if !(1..=5).contains(level) {
+                    return Err(err(
+                        format!("rules[{i}].add_skills.{}", skill.0),
+                        "proficiency is 1-5",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1859 @@
+//! The routing state machine of one tenant.
+//!
+//! # Design note: a decision that stays cheap at 10,000 agents
+//!
+//! Available agents (online, below total capacity) sit in a few *global* ordered indexes, one
+//! per ordering a strategy needs: by idle time (`longest_idle`), by load ratio then idle time
+//! (`least_loaded`), by id (`round_robin`), and per skill by proficiency then load then idle
+//! (`best_skill`, only for skills that are some best-skill queue's primary skill). To route a
+//! conversation, the engine walks the strategy's index in order and takes the first agent who
+//! passes the per-conversation checks (skills at the conversation's overflow level, capacity
+//! for its channel kind, not having declined it). An agent change updates a handful of index
+//! entries (not one per queue), and the walk length depends on the share of agents that are
+//! eligible, not on how many agents there are — so the cost of a decision grows with log(N).
+//!
+//! Waiting conversations sit per queue, ordered by `arrival − priority × aging_step`: since every
+//! waiting conversation ages at the same rate, that key orders them by aged priority forever,
+//! and FIFO among equals, without re-sorting. When an agent frees capacity, the engine looks at
+//! the queues the agent can serve (computed once per agent) and takes the best conversation
+//! among their heads — a queue drains the moment capacity frees, never on a timer.
+//!
+//! Timers (offer expiry, overflow steps, SLA targets, queue opening, forgetting resolved
+//! conversations) live in one ordered map and fire on [`Input::Tick`]; a timer that no longer
+//! matches the conversation's state is ignored.
+//!
+//! Everything iterates ordered maps or vectors, never hash maps, so outputs are a function of
+//! inputs alone.
+
+use omni_core::{ChannelKind, ChannelRef, ConversationId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::config::{AfterHours, OverflowAction, RoutingConfig, Strategy};
+use crate::input::{AgentProfile, Command, Inbound, Input, TransferTarget};
+use crate::model::{AgentId, Presence, QueueId, Skill, Timestamp};
+use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent, SlaKind};
+use crate::ConfigError;
+
+type AgentIdx = u32;
+type QueueIdx = usize;
+type SkillIdx = u16;
+
+/// Ratio scale for load keys: open/capacity in millionths.
+const RATIO_SCALE: u64 = 1_000_000;
+/// How many waiting conversations of one queue are examined for one agent.
+const SCAN_LIMIT: usize = 64;
+
+/// Ordering key of an agent in an index: three numbers compared in order, then the agent.
+type Key = (u64, u64, u64);
+
+#[derive(Debug, Clone)]
+struct Agent {
+    id: AgentId,
+    removed: bool,
+    presence: Presence,
+    skills: Vec<(SkillIdx, u8)>,
+    capacity: u32,
+    channel_capacity: BTreeMap<ChannelKind, u32>,
+    /// Offered and assigned conversations, with when they were taken (for capacity cuts).
+    open: BTreeMap<ConversationId, Timestamp>,
+    open_by_kind: BTreeMap<ChannelKind, u32>,
+    idle_since: Timestamp,
+    /// Queues whose required skills the agent meets at full proficiency.
+    queues: Vec<QueueIdx>,
+    /// Index entries currently held (so they can be removed before a change).
+    indexed: Option<IndexEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct IndexEntry {
+    idle: (u64, AgentIdx),
+    load: (Key, AgentIdx),
+    skills: Vec<(SkillIdx, Key, AgentIdx)>,
+}
+
+impl Agent {
+    fn level(&self, skill: SkillIdx) -> u8 {
+        self.skills
+            .binary_search_by_key(&skill, |(s, _)| *s)
+            .map(|i| self.skills[i].1)
+            .unwrap_or(0)
+    }
+
+    fn available(&self) -> bool {
+        !self.removed
+            && self.presence == Presence::Online
+            && (self.open.len() as u64) < u64::from(self.capacity)
+    }
+
+    fn kind_has_room(&self, kind: ChannelKind) -> bool {
+        let used = self.open_by_kind.get(&kind).copied().unwrap_or(0);
+        let cap = self
+            .channel_capacity
+            .get(&kind)
+            .copied()
+            .unwrap_or(self.capacity);
+        used < cap
+    }
+
+    fn ratio(&self) -> u64 {
+        if self.capacity == 0 {
+            return RATIO_SCALE;
+        }
+        self.open.len() as u64 * RATIO_SCALE / u64::from(self.capacity)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Waiting,
+    Offered { agent: AgentIdx, expires: Timestamp },
+    Assigned { agent: AgentIdx },
+    Resolved { at: Timestamp },
+}
+
+#[derive(Debug, Clone)]
+struct Conversation {
+    channel: ChannelRef,
+    sticky_key: String,
+    queue: QueueIdx,
+    priority: i32,
+    extra_skills: Vec<(SkillIdx, u8)>,
+    /// Original arrival: kept through requeues, so a requeued conversation is not sent back.
+    arrival: Timestamp,
+    /// Start of this contact (first customer message), for first response and resolution.
+    created_at: Timestamp,
+    /// When it entered its current queue (overflow steps count from here).
+    entered_queue_at: Timestamp,
+    queue_epoch: u64,
+    state: State,
+    relax: u8,
+    next_step: usize,
+    declined: BTreeSet<AgentIdx>,
+    first_reply_at: Option<Timestamp>,
+    awaiting_since: Option<Timestamp>,
+    awaiting_seq: u64,
+    offer_seq: u64,
+    episode: u64,
+    pending_explanation: Option<Explanation>,
+    after_hours_noted: bool,
+}
+
+impl Conversation {
+    fn wait_key(&self, aging_ms: i64) -> i64 {
+        i64::try_from(self.arrival.0).unwrap_or(i64::MAX) - i64::from(self.priority) * aging_ms
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Queue {
+    id: QueueId,
+    cfg: crate::config::QueueConfig,
+    required: Vec<(SkillIdx, u8)>,
+    /// The skill `best_skill` orders by: the highest minimum, ties by name.
+    primary: Option<SkillIdx>,
+    waiting: BTreeSet<(i64, ConversationId)>,
+    available_agents: usize,
+    rr_last: Option<AgentIdx>,
+    open_cache: Option<(u64, bool)>,
+    open_timer: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    OfferExpiry {
+        conv: ConversationId,
+        seq: u64,
+    },
+    Overflow {
+        conv: ConversationId,
+        epoch: u64,
+        step: usize,
+    },
+    Sla {
+        conv: ConversationId,
+        kind: SlaKindOrd,
+        seq: u64,
+    },
+    QueueOpen {
+        queue: QueueIdx,
+    },
+    Forget {
+        conv: ConversationId,
+        episode: u64,
+    },
+}
+
+/// `SlaKind` with an order, for the timer map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SlaKindOrd {
+    First,
+    Next,
+    Resolution,
+}
+
+/// One tenant's routing state and the rules that change it. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    config: RoutingConfig,
+    aging_ms: i64,
+    skills: HashMap<Skill, SkillIdx>,
+    skill_names: Vec<Skill>,
+    queues: Vec<Queue>,
+    queue_index: HashMap<QueueId, QueueIdx>,
+    default_queue: QueueIdx,
+    agents: Vec<Agent>,
+    agent_index: HashMap<AgentId, AgentIdx>,
+    by_idle: BTreeSet<(u64, AgentIdx)>,
+    by_load: BTreeSet<(Key, AgentIdx)>,
+    by_id: BTreeSet<AgentIdx>,
+    by_skill: BTreeMap<SkillIdx, BTreeSet<(Key, AgentIdx)>>,
+    indexed_skills: BTreeSet<SkillIdx>,
+    conversations: HashMap<ConversationId, Conversation>,
+    /// Waiting conversations with relaxed proficiency, across queues.
+    relaxed: BTreeSet<(i64, ConversationId)>,
+    sticky: HashMap<String, (AgentIdx, Timestamp)>,
+    timers: BTreeMap<(Timestamp, u64), Timer>,
+    timer_seq: u64,
+}
+
+/// A queue as the agent/operator API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueView {
+    /// The queue.
+    pub id: QueueId,
+    /// Conversations waiting.
+    pub waiting: usize,
+    /// Conversations offered to an agent, not yet accepted.
+    pub offered: usize,
+    /// Conversations assigned.
+    pub assigned: usize,
+    /// Arrival of the oldest waiting conversation.
+    pub oldest_arrival: Option<Timestamp>,
+    /// Agents available with the queue's skills.
+    pub available_agents: usize,
+}
+
+/// An agent as the agent/operator API shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentView {
+    /// The agent.
+    pub id: AgentId,
+    /// Presence.
+    pub presence: Presence,
+    /// Open (offered + assigned) conversations.
+    pub open: usize,
+    /// Total capacity.
+    pub capacity: u32,
+}
+
+/// A conversation's routing state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationView {
+    /// The queue it is (or was last) in.
+    pub queue: QueueId,
+    /// `waiting`, `offered`, `assigned` or `resolved`.
+    pub state: &'static str,
+    /// The agent it is offered or assigned to.
+    pub agent: Option<AgentId>,
+    /// Original arrival time.
+    pub arrival: Timestamp,
+    /// Priority.
+    pub priority: i32,
+}
+
+impl Engine {
+    /// An engine for a validated configuration.
+    pub fn new(config: RoutingConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut engine = Engine {
+            aging_ms: i64::try_from(config.aging_step_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            skills: HashMap::new(),
+            skill_names: Vec::new(),
+            queues: Vec::new(),
+            queue_index: HashMap::new(),
+            default_queue: 0,
+            agents: Vec::new(),
+            agent_index: HashMap::new(),
+            by_idle: BTreeSet::new(),
+            by_load: BTreeSet::new(),
+            by_id: BTreeSet::new(),
+            by_skill: BTreeMap::new(),
+            indexed_skills: BTreeSet::new(),
+            conversations: HashMap::new(),
+            relaxed: BTreeSet::new(),
+            sticky: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            config: config.clone(),
+        };
+        for (id, q) in &config.queues {
+            let mut required: Vec<(SkillIdx, u8)> = q
+                .skills
+                .iter()
+                .map(|(s, l)| (engine.intern(s), *l))
+                .collect();
+            required.sort_unstable();
+            let primary = q
+                .skills
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|(s, _)| engine.intern(s));
+            if q.strategy == Strategy::BestSkill {
+                if let Some(p) = primary {
+                    engine.indexed_skills.insert(p);
+                }
+            }
+            engine.queue_index.insert(id.clone(), engine.queues.len());
+            engine.queues.push(Queue {
+                id: id.clone(),
+                cfg: q.clone(),
+                required,
+                primary,
+                waiting: BTreeSet::new(),
+                available_agents: 0,
+                rr_last: None,
+                open_cache: None,
+                open_timer: None,
+            });
+        }
+        engine.default_queue = engine.queue_index[&config.default_queue];
+        Ok(engine)
+    }
+
+    fn intern(&mut self, skill: &Skill) -> SkillIdx {
+        if let Some(i) = self.skills.get(skill) {
+            return *i;
+        }
+        let i = SkillIdx::try_from(self.skill_names.len()).unwrap_or(SkillIdx::MAX);
+        self.skills.insert(skill.clone(), i);
+        self.skill_names.push(skill.clone());
+        i
+    }
+
+    /// The earliest pending timer: when the runner should send the next [`Input::Tick`].
+    pub fn next_timer(&self) -> Option<Timestamp> {
+        self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Applies one input at time `now` and returns what happened, in order.
+    pub fn handle(&mut self, now: Timestamp, input: &Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Inbound(msg) => self.inbound(now, msg, &mut out),
+            Input::Command(cmd) => self.command(now, cmd, &mut out),
+            Input::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    // ----- inbound -------------------------------------------------------------------------
+
+    fn inbound(&mut self, now: Timestamp, msg: &Inbound, out: &mut Vec<Output>) {
+        let reopen_ms = self.config.reopen_window_secs.saturating_mul(1000);
+        let existing = self
+            .conversations
+            .get(&msg.conversation)
+            .map(|c| c.state.clone());
+        match existing {
+            Some(State::Resolved { at }) if now.0.saturating_sub(at.0) <= reopen_ms => {
+                self.reopen(now, msg.conversation, out);
+                self.note_customer_message(now, msg.conversation);
+            }
+            Some(State::Resolved { .. }) | None => self.new_contact(now, msg, out),
+            Some(_) => self.note_customer_message(now, msg.conversation),
+        }
+    }
+
+    /// Records an unanswered customer message (for response times and the next-response SLA).
+    fn note_customer_message(&mut self, now: Timestamp, id: ConversationId) {
+        let (queue, seq, first_done) = {
+            let Some(c) = self.conversations.get_mut(&id) else {
+                return;
+            };
+            if c.awaiting_since.is_some() {
+                return;
+            }
+            c.awaiting_since = Some(now);
+            c.awaiting_seq += 1;
+            (c.queue, c.awaiting_seq, c.first_reply_at.is_some())
+        };
+        if first_done {
+            if let Some(secs) = self.queues[queue].cfg.sla.next_response_secs {
+                self.schedule(
+                    now.plus_secs(secs),
+                    Timer::Sla {
+                        conv: id,
+                        kind: SlaKindOrd::Next,
+                        seq,
+                    },
+                );
+            }
+        }
+    }
+
+    fn new_contact(&mut self, now: Timestamp, msg: &Inbound, out: &mut Vec<Output>) {
+        let (queue, priority, extra) = self.choose_queue(msg);
+        let episode = self
+            .conversations
+            .get(&msg.conversation)
+            .map_or(0, |c| c.episode + 1);
+        let conv = Conversation {
+            channel: msg.channel.clone(),
+            sticky_key: format!(
+                "{}/{}/{}",
+                msg.channel.kind.as_str(),
+                msg.channel.account,
+                msg.contact_id
+            ),
+            queue,
+            priority,
+            extra_skills: extra,
+            arrival: now,
+            created_at: now,
+            entered_queue_at: now,
+            queue_epoch: 0,
+            state: State::Waiting,
+            relax: 0,
+            next_step: 0,
+            declined: BTreeSet::new(),
+            first_reply_at: None,
+            awaiting_since: Some(now),
+            awaiting_seq: 1,
+            offer_seq: 0,
+            episode,
+            pending_explanation: None,
+            after_hours_noted: false,
+        };
+        let id = msg.conversation;
+        self.conversations.insert(id, conv);
+        let sla = self.queues[queue].cfg.sla;
+        if let Some(s) = sla.first_response_secs {
+            self.schedule(
+                now.plus_secs(s),
+                Timer::Sla {
+                    conv: id,
+                    kind: SlaKindOrd::First,
+                    seq: episode,
+                },
+            );
+        }
+        if let Some(s) = sla.resolution_secs {
+            self.schedule(
+                now.plus_secs(s),
+                Timer::Sla {
+                    conv: id,
+                    kind: SlaKindOrd::Resolution,
+                    seq: episode,
+                },
+            );
+        }
+        out.push(Output::Event(RoutingEvent::Queued {
+            conversation: id,
+            queue: self.queues[queue].id.clone(),
+            priority,
+        }));
+        self.enter_queue(now, id, queue, out);
+    }
+
+    fn choose_queue(&mut self, msg: &Inbound) -> (QueueIdx, i32, Vec<(SkillIdx, u8)>) {
+        let text = msg.text.to_lowercase();
+        let lang = msg
+            .language
+            .as_deref()
+            .map(|l| l.split(['-', '_']).next().unwrap_or(l).to_ascii_lowercase());
+        let rules = self.config.rules.clone();
+        for rule in &rules {
+            let w = &rule.when;
+            let ok = w.channel.is_none_or(|k| k == msg.channel.kind)
+                && w.account.as_ref().is_none_or(|a| *a == msg.channel.account)
+                && (w.keywords.is_empty()
+                    || w.keywords.iter().any(|k| text.contains(&k.to_lowercase())))
+                && (w.tags.is_empty() || w.tags.iter().any(|t| msg.tags.contains(t)))
+                && w.language
+                    .as_ref()
+                    .is_none_or(|l| lang.as_deref() == Some(l.to_ascii_lowercase().as_str()));
+            if ok {
+                let q = self.queue_index[&rule.queue];
+                let mut extra: Vec<(SkillIdx, u8)> = rule
+                    .add_skills
+                    .iter()
+                    .map(|(s, l)| (self.intern(s), *l))
+                    .collect();
+                extra.sort_unstable();
+                return (
+                    q,
+                    self.queues[q]
+                        .cfg
+                        .priority
+                        .saturating_add(rule.priority_boost),
+                    extra,
+                );
+            }
+        }
+        let q = self.default_queue;
+        (q, self.queues[q].cfg.priority, Vec::new())
+    }
+
+    /// Puts a waiting conversation into `queue` (new epoch, overflow restarts) and tries to
+    /// route it: sticky agent first, then the queue's strategy.
+    fn enter_queue(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        queue: QueueIdx,
+        out: &mut Vec<Output>,
+    ) {
+        let (key, epoch) = {
+            let Some(c) = self.conversations.get_mut(&id) else {
+                return;
+            };
+            c.queue = queue;
+            c.state = State::Waiting;
+            c.entered_queue_at = now;
+            c.queue_epoch += 1;
+            c.next_step = 0;
+            (c.wait_key(self.aging_ms), c.queue_epoch)
+        };
+        self.queues[queue].waiting.insert((key, id));
+        if self.conversations[&id].relax > 0 {
+            self.relaxed.insert((key, id));
+        }
+        if let Some(step) = self.queues[queue].cfg.overflow.first() {
+            let at = now.plus_secs(step.after_secs);
+            self.schedule(
+                at,
+                Timer::Overflow {
+                    conv: id,
+                    epoch,
+                    step: 0,
+                },
+            );
+        }
+        if !self.queue_open(queue, now) {
+            self.after_hours(now, id, queue, out);
+            return;
+        }
+        if !self.try_sticky(now, id, out) {
+            self.route_conversation(now, id, out);
+        }
+    }
+
+    fn after_hours(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        queue: QueueIdx,
+        out: &mut Vec<Output>,
+    ) {
+        match self.queues[queue].cfg.after_hours.clone() {
+            AfterHours::SpillTo(target) => {
+                let to = self.queue_index[&target];
+                self.leave_waiting(id);
+                out.push(Output::Event(RoutingEvent::Escalated {
+                    conversation: id,
+                    from_queue: self.queues[queue].id.clone(),
+                    to_queue: target,
+                    action: "after_hours".into(),
+                }));
+                // A chain of closed queues ends in the last one waiting, never in a loop.
+                if self.queue_open(to, now)
+                    || matches!(self.queues[to].cfg.after_hours, AfterHours::Wait)
+                {
+                    self.enter_queue(now, id, to, out);
+                } else {
+                    self.enter_queue_waiting(now, id, to);
+                }
+            }
+            AfterHours::Wait => {
+                let opens = self.queues[queue]
+                    .cfg
+                    .hours
+                    .as_ref()
+                    .and_then(|h| h.next_open(now));
+                let noted = self
+                    .conversations
+                    .get(&id)
+                    .is_some_and(|c| c.after_hours_noted);
+                if !noted {
+                    if let Some(c) = self.conversations.get_mut(&id) {
+                        c.after_hours_noted = true;
+                    }
+                    out.push(Output::Event(RoutingEvent::AfterHours {
+                        conversation: id,
+                        queue: self.queues[queue].id.clone(),
+                        opens_at: opens,
+                    }));
+                }
+                if let Some(at) = opens {
+                    if self.queues[queue].open_timer.is_none_or(|t| t != at) {
+                        self.queues[queue].open_timer = Some(at);
+                        self.schedule(at, Timer::QueueOpen { queue });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Enters a queue without routing (the end of an after-hours spill chain).
+    fn enter_queue_waiting(&mut self, now: Timestamp, id: ConversationId, queue: QueueIdx) {
+        if let Some(c) = self.conversations.get_mut(&id) {
+            c.queue = queue;
+            c.state = State::Waiting;
+            c.entered_queue_at = now;
+            c.queue_epoch += 1;
+            c.next_step = 0;
+            let key = c.wait_key(self.aging_ms);
+            self.queues[queue].waiting.insert((key, id));
+        }
+    }
+
+    fn queue_open(&mut self, queue: QueueIdx, now: Timestamp) -> bool {
+        let minute = now.0 / 60_000;
+        let q = &mut self.queues[queue];
+        let Some(hours) = &q.cfg.hours else {
+            return true;
+        };
+        if let Some((m, open)) = q.open_cache {
+            if m == minute {
+                return open;
+            }
+        }
+        let open = hours.is_open(now);
+        q.open_cache = Some((minute, open));
+        open
+    }
+
+    // ----- choosing an agent ---------------------------------------------------------------
+
+    /// The skills a conversation needs: its queue's plus any a rule added.
+    fn requirement(&self, c: &Conversation) -> impl Iterator<Item = (SkillIdx, u8)> + '_ {
+        let relax = c.relax;
+        self.queues[c.queue]
+            .required
+            .iter()
+            .chain(c.extra_skills.iter())
+            .map(move |(s, l)| (*s, l.saturating_sub(relax).max(1)))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn can_take(&self, a: AgentIdx, c: &Conversation) -> bool {
+        let agent = &self.agents[a as usize];
+        agent.available()
+            && agent.kind_has_room(c.channel.kind)
+            && !c.declined.contains(&a)
+            && self.requirement(c).all(|(s, l)| agent.level(s) >= l)
+    }
+
+    fn try_sticky(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) -> bool {
+        let Some(c) = self.conversations.get(&id) else {
+            return false;
+        };
+        let Some(&(agent, at)) = self.sticky.get(&c.sticky_key) else {
+            return false;
+        };
+        if now.0.saturating_sub(at.0) > self.config.sticky_window_secs.saturating_mul(1000)
+            || !self.can_take(agent, c)
+        {
+            return false;
+        }
+        let eligible = self.queues[c.queue].available_agents;
+        let explanation = Explanation {
+            strategy: "sticky".into(),
+            eligible,
+            reason: format!(
+                "the customer's last agent, assigned {}s ago, is online with free capacity",
+                now.0.saturating_sub(at.0) / 1000
+            ),
+        };
+        self.take(now, id, agent, explanation, out);
+        true
+    }
+
+    /// Finds an agent for a waiting conversation by its queue's strategy and gives it to them.
+    fn route_conversation(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(c) = self.conversations.get(&id) else {
+            return false;
+        };
+        if c.state != State::Waiting {
+            return false;
+        }
+        let q = &self.queues[c.queue];
+        let strategy = q.cfg.strategy;
+        let found = match strategy {
+            Strategy::LongestIdle => self
+                .by_idle
+                .iter()
+                .map(|(_, a)| *a)
+                .find(|a| self.can_take(*a, c)),
+            Strategy::LeastLoaded => self
+                .by_load
+                .iter()
+                .map(|(_, a)| *a)
+                .find(|a| self.can_take(*a, c)),
+            Strategy::RoundRobin => {
+                let start = q.rr_last.map_or(0, |l| l + 1);
+                self.by_id
+                    .range(start..)
+                    .chain(self.by_id.range(..start))
+                    .copied()
+                    .find(|a| self.can_take(*a, c))
+            }
+            Strategy::BestSkill => match q.primary.and_then(|p| self.by_skill.get(&p)) {
+                Some(index) => index.iter().map(|(_, a)| *a).find(|a| self.can_take(*a, c)),
+                None => self
+                    .by_load
+                    .iter()
+                    .map(|(_, a)| *a)
+                    .find(|a| self.can_take(*a, c)),
+            },
+        };
+        let Some(agent) = found else {
+            return false;
+        };
+        let explanation = self.explain(now, strategy, c, agent);
+        if strategy == Strategy::RoundRobin {
+            let queue = c.queue;
+            self.queues[queue].rr_last = Some(agent);
+        }
+        self.take(now, id, agent, explanation, out);
+        true
+    }
+
+    fn explain(
+        &self,
+        now: Timestamp,
+        strategy: Strategy,
+        c: &Conversation,
+        a: AgentIdx,
+    ) -> Explanation {
+        let agent = &self.agents[a as usize];
+        let idle = now.0.saturating_sub(agent.idle_since.0) / 1000;
+        let load = format!("{}/{} open", agent.open.len(), agent.capacity);
+        let reason = match strategy {
+            Strategy::LongestIdle => {
+                format!("idle longest ({idle}s) among agents who can take it; {load}")
+            }
+            Strategy::LeastLoaded => format!("least loaded ({load}), idle {idle}s"),
+            Strategy::RoundRobin => format!("next in turn; {load}"),
+            Strategy::BestSkill => {
+                let q = &self.queues[c.queue];
+                let level = q.primary.map_or(0, |p| agent.level(p));
+                let skill = q
+                    .primary
+                    .map_or("-", |p| self.skill_names[p as usize].0.as_str());
+                format!("highest proficiency in {skill} ({level}/5); {load}, idle {idle}s")
+            }
+        };
+        let reason = if c.relax > 0 {
+            format!("{reason}; overflow: proficiency relaxed by {}", c.relax)
+        } else {
+            reason
+        };
+        Explanation::new(strategy, self.queues[c.queue].available_agents, reason)
+    }
+
+    /// Gives a waiting conversation to `agent`: an offer, or an assignment in auto-assign queues.
+    fn take(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        a: AgentIdx,
+        explanation: Explanation,
+        out: &mut Vec<Output>,
+    ) {
+        self.leave_waiting(id);
+        let (kind, queue) = {
+            let c = &self.conversations[&id];
+            (c.channel.kind, c.queue)
+        };
+        self.update_agent(a, |agent| {
+            agent.open.insert(id, now);
+            *agent.open_by_kind.entry(kind).or_insert(0) += 1;
+        });
+        let timeout = self.queues[queue].cfg.offer_timeout_secs;
+        match timeout {
+            Some(secs) => {
+                let expires = now.plus_secs(secs);
+                let seq = {
+                    let Some(c) = self.conversations.get_mut(&id) else {
+                        return;
+                    };
+                    c.offer_seq += 1;
+                    c.state = State::Offered { agent: a, expires };
+                    c.pending_explanation = Some(explanation);
+                    c.offer_seq
+                };
+                self.schedule(expires, Timer::OfferExpiry { conv: id, seq });
+                out.push(Output::Event(RoutingEvent::Offered {
+                    conversation: id,
+                    agent: self.agents[a as usize].id.clone(),
+                    queue: self.queues[queue].id.clone(),
+                    expires_at: expires,
+                }));
+            }
+            None => self.assign(now, id, a, explanation, out),
+        }
+    }
+
+    fn assign(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        a: AgentIdx,
+        explanation: Explanation,
+        out: &mut Vec<Output>,
+    ) {
+        let (queue, kind, arrival, sticky_key) = {
+            let Some(c) = self.conversations.get_mut(&id) else {
+                return;
+            };
+            c.state = State::Assigned { agent: a };
+            c.declined.clear();
+            c.pending_explanation = None;
+            (c.queue, c.channel.kind, c.arrival, c.sticky_key.clone())
+        };
+        self.update_agent(a, |agent| agent.idle_since = agent.idle_since.max(now));
+        self.sticky.insert(sticky_key, (a, now));
+        out.push(Output::Event(RoutingEvent::Assigned {
+            conversation: id,
+            agent: self.agents[a as usize].id.clone(),
+            queue: self.queues[queue].id.clone(),
+            explanation,
+        }));
+        out.push(Output::Observe(Observation {
+            kind: ObservationKind::QueueWait,
+            queue: self.queues[queue].id.clone(),
+            channel: kind,
+            value: now.secs_since(arrival),
+        }));
+    }
+
+    /// Removes a conversation from its queue's waiting set (and the relaxed set).
+    fn leave_waiting(&mut self, id: ConversationId) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        let key = (c.wait_key(self.aging_ms), id);
+        self.queues[c.queue].waiting.remove(&key);
+        self.relaxed.remove(&key);
+    }
+
+    /// Gives a freed agent the best waiting conversations they can take, until full.
+    fn drain_agent(&mut self, now: Timestamp, a: AgentIdx, out: &mut Vec<Output>) {
+        loop {
+            if !self.agents[a as usize].available() {
+                return;
+            }
+            let mut best: Option<(i64, ConversationId)> = None;
+            for &q in &self.agents[a as usize].queues {
+                if !self.queue_open_cached(q, now) {
+                    continue;
+                }
+                for &(key, id) in self.queues[q].waiting.iter().take(SCAN_LIMIT) {
+                    if best.is_some_and(|(k, _)| k <= key) {
+                        break;
+                    }
+                    if self.can_take(a, &self.conversations[&id]) {
+                        best = Some((key, id));
+                        break;
+                    }
+                }
+            }
+            for &(key, id) in self.relaxed.iter().take(SCAN_LIMIT) {
+                if best.is_some_and(|(k, _)| k <= key) {
+                    break;
+                }
+                let c = &self.conversations[&id];
+                if self.queue_open_cached(c.queue, now) && self.can_take(a, c) {
+                    best = Some((key, id));
+                    break;
+                }
+            }
+            let Some((_, id)) = best else {
+                return;
+            };
+            let c = &self.conversations[&id];
+            let strategy = self.queues[c.queue].cfg.strategy;
+            let mut explanation = self.explain(now, strategy, c, a);
+            explanation.reason = format!(
+                "capacity freed: the longest-waiting conversation this agent can take ({})",
+                explanation.reason
+            );
+            self.take(now, id, a, explanation, out);
+        }
+    }
+
+    /// Queue open state from the per-minute cache, without mutating (cache filled by
+    /// `queue_open` on every routing path; a stale cache means "recompute").
+    fn queue_open_cached(&self, queue: QueueIdx, now: Timestamp) -> bool {
+        let q = &self.queues[queue];
+        match (&q.cfg.hours, q.open_cache) {
+            (None, _) => true,
+            (Some(_), Some((m, open))) if m == now.0 / 60_000 => open,
+            (Some(h), _) => h.is_open(now),
+        }
+    }
+
+    /// Routes as many waiting conversations of a queue as agents allow (when it opens).
+    fn drain_queue(&mut self, now: Timestamp, queue: QueueIdx, out: &mut Vec<Output>) {
+        let waiting: Vec<ConversationId> = self.queues[queue]
+            .waiting
+            .iter()
+            .map(|(_, id)| *id)
+            .collect();
+        for id in waiting {
+            if self.queues[queue].available_agents == 0
+                && self.relaxed.is_empty()
+                && self.by_id.is_empty()
+            {
+                break;
+            }
+            self.route_conversation(now, id, out);
+        }
+    }
+
+    // ----- agent index ---------------------------------------------------------------------
+
+    /// Applies a change to an agent, keeping every index consistent with it.
+    fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
+        let was_available = self.agents[a as usize].available();
+        self.unindex(a);
+        change(&mut self.agents[a as usize]);
+        self.index(a);
+        let now_available = self.agents[a as usize].available();
+        if was_available != now_available {
+            let queues = self.agents[a as usize].queues.clone();
+            for q in queues {
+                let n = &mut self.queues[q].available_agents;
+                *n = if now_available {
+                    *n + 1
+                } else {
+                    n.saturating_sub(1)
+                };
+            }
+        }
+    }
+
+    fn unindex(&mut self, a: AgentIdx) {
+        let Some(entry) = self.agents[a as usize].indexed.take() else {
+            return;
+        };
+        self.by_idle.remove(&entry.idle);
+        self.by_load.remove(&entry.load);
+        self.by_id.remove(&a);
+        for (skill, key, idx) in entry.skills {
+            if let Some(set) = self.by_skill.get_mut(&skill) {
+                set.remove(&(key, idx));
+            }
+        }
+    }
+
+    fn index(&mut self, a: AgentIdx) {
+        let agent = &self.agents[a as usize];
+        if !agent.available() {
+            return;
+        }
+        let idle = agent.idle_since.0;
+        let ratio = agent.ratio();
+        let entry = IndexEntry {
+            idle: (idle, a),
+            load: ((ratio, idle, 0), a),
+            skills: agent
+                .skills
+                .iter()
+                .filter(|(s, _)| self.indexed_skills.contains(s))
+                .map(|(s, l)| (*s, (u64::from(5 - (*l).min(5)), ratio, idle), a))
+                .collect(),
+        };
+        self.by_idle.insert(entry.idle);
+        self.by_load.insert(entry.load);
+        self.by_id.insert(a);
+        for (skill, key, idx) in &entry.skills {
+            self.by_skill
+                .entry(*skill)
+                .or_default()
+                .insert((*key, *idx));
+        }
+        self.agents[a as usize].indexed = Some(entry);
+    }
+
+    // ----- commands ------------------------------------------------------------------------
+
+    fn command(&mut self, now: Timestamp, cmd: &Command, out: &mut Vec<Output>) {
+        match cmd {
+            Command::UpsertAgent(profile) => self.upsert_agent(now, profile, out),
+            Command::RemoveAgent { agent } => {
+                let Some(&a) = self.agent_index.get(agent) else {
+                    return reject(out, None, format!("unknown agent {agent}"));
+                };
+                self.requeue_agent_conversations(now, a, "agent removed", out);
+                self.update_agent(a, |ag| ag.removed = true);
+                self.agent_index.remove(agent);
+                self.sticky.retain(|_, (s, _)| *s != a);
+            }
+            Command::SetPresence { agent, presence } => {
+                let Some(&a) = self.agent_index.get(agent) else {
+                    return reject(out, None, format!("unknown agent {agent}"));
+                };
+                self.set_presence(now, a, *presence, out);
+            }
+            Command::Accept {
+                agent,
+                conversation,
+            } => self.accept(now, agent, *conversation, out),
+            Command::Decline {
+                agent,
+                conversation,
+            } => self.decline(now, agent, *conversation, false, out),
+            Command::AgentReplied { conversation, .. } => self.replied(now, *conversation, out),
+            Command::Resolve { conversation } => self.resolve(now, *conversation, out),
+            Command::Transfer { conversation, to } => self.transfer(now, *conversation, to, out),
+            Command::Reopen { conversation } => {
+                match self.conversations.get(conversation).map(|c| &c.state) {
+                    Some(State::Resolved { .. }) => self.reopen(now, *conversation, out),
+                    Some(_) => reject(
+                        out,
+                        Some(*conversation),
+                        "conversation is not resolved".into(),
+                    ),
+                    None => reject(out, Some(*conversation), "unknown conversation".into()),
+                }
+            }
+            Command::Csat {
+                conversation,
+                score,
+            } => {
+                let Some(c) = self.conversations.get(conversation) else {
+                    return reject(out, Some(*conversation), "unknown conversation".into());
+                };
+                if !(1..=5).contains(score) {
+                    return reject(
+                        out,
+                        Some(*conversation),
+                        format!("CSAT score {score} is not 1-5"),
+                    );
+                }
+                out.push(Output::Observe(Observation {
+                    kind: ObservationKind::Csat,
+                    queue: self.queues[c.queue].id.clone(),
+                    channel: c.channel.kind,
+                    value: f64::from(*score),
+                }));
+            }
+        }
+    }
+
+    fn upsert_agent(&mut self, now: Timestamp, p: &AgentProfile, out: &mut Vec<Output>) {
+        for (skill, level) in &p.skills {
+            if !(1..=5).contains(level) {
+                return reject(
+                    out,
+                    None,
+                    format!("skill {} proficiency {level} is not 1-5", skill.0),
+                );
+            }
+        }
+        let mut skills: Vec<(SkillIdx, u8)> =
+            p.skills.iter().map(|(s, l)| (self.intern(s), *l)).collect();
+        skills.sort_unstable();
+        let queues: Vec<QueueIdx> = (0..self.queues.len())
+            .filter(|q| {
+                self.queues[*q].required.iter().all(|(s, l)| {
+                    skills
+                        .binary_search_by_key(s, |(x, _)| *x)
+                        .is_ok_and(|i| skills[i].1 >= *l)
+                })
+            })
+            .collect();
+        let a = match self.agent_index.get(&p.agent) {
+            Some(&a) => a,
+            None => {
+                let a = AgentIdx::try_from(self.agents.len()).unwrap_or(AgentIdx::MAX);
+                self.agents.push(Agent {
+                    id: p.agent.clone(),
+                    removed: false,
+                    presence: Presence::Offline,
+                    skills: Vec::new(),
+                    capacity: 0,
+                    channel_capacity: BTreeMap::new(),
+                    open: BTreeMap::new(),
+                    open_by_kind: BTreeMap::new(),
+                    idle_since: now,
+                    queues: Vec::new(),
+                    indexed: None,
+                });
+                self.agent_index.insert(p.agent.clone(), a);
+                a
+            }
+        };
+        // Availability counters belong to the old queue list: take the agent out first.
+        let was_available = self.agents[a as usize].available();
+        if was_available {
+            self.update_agent(a, |ag| ag.removed = true);
+        }
+        {
+            let ag = &mut self.agents[a as usize];
+            ag.skills = skills;
+            ag.capacity = p.capacity;
+            ag.channel_capacity = p.channel_capacity.clone();
+            ag.queues = queues;
+        }
+        if was_available {
+            self.update_agent(a, |ag| ag.removed = false);
+        }
+        self.enforce_capacity(now, a, out);
+        self.drain_agent(now, a, out);
+    }
+
+    /// Requeues an agent's newest conversations while they hold more than their capacity
+    /// (total or per channel kind) allows, after a capacity cut.
+    fn enforce_capacity(&mut self, now: Timestamp, a: AgentIdx, out: &mut Vec<Output>) {
+        loop {
+            let agent = &self.agents[a as usize];
+            let over_total = agent.open.len() as u64 > u64::from(agent.capacity);
+            let over_kind = |kind: ChannelKind| {
+                agent.open_by_kind.get(&kind).copied().unwrap_or(0)
+                    > agent
+                        .channel_capacity
+                        .get(&kind)
+                        .copied()
+                        .unwrap_or(agent.capacity)
+            };
+            let victim = agent
+                .open
+                .iter()
+                .filter(|(id, _)| {
+                    over_total
+                        || self
+                            .conversations
+                            .get(id)
+                            .is_some_and(|c| over_kind(c.channel.kind))
+                })
+                .max_by_key(|(id, at)| (**at, **id))
+                .map(|(id, _)| *id);
+            let Some(id) = victim else {
+                return;
+            };
+            self.requeue(now, id, "agent capacity reduced", out);
+        }
+    }
+
+    fn set_presence(
+        &mut self,
+        now: Timestamp,
+        a: AgentIdx,
+        presence: Presence,
+        out: &mut Vec<Output>,
+    ) {
+        let before = self.agents[a as usize].presence;
+        if before == presence {
+            return;
+        }
+        self.update_agent(a, |ag| {
+            ag.presence = presence;
+            if presence == Presence::Online {
+                ag.idle_since = ag.idle_since.max(now);
+            }
+        });
+        match presence {
+            Presence::Offline => {
+                self.requeue_agent_conversations(now, a, "agent went offline", out)
+            }
+            Presence::Away => {
+                // Pending offers go to someone who is there; assigned conversations stay.
+                let offered: Vec<ConversationId> = self.agents[a as usize]
+                    .open
+                    .keys()
+                    .filter(|id| {
+                        matches!(
+                            self.conversations.get(id).map(|c| &c.state),
+                            Some(State::Offered { .. })
+                        )
+                    })
+                    .copied()
+                    .collect();
+                for id in offered {
+                    self.requeue(now, id, "agent went away", out);
+                }
+            }
+            Presence::Online => self.drain_agent(now, a, out),
+        }
+    }
+
+    fn requeue_agent_conversations(
+        &mut self,
+        now: Timestamp,
+        a: AgentIdx,
+        reason: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let open: Vec<ConversationId> = self.agents[a as usize].open.keys().copied().collect();
+        for id in open {
+            self.requeue(now, id, reason, out);
+        }
+    }
+
+    /// Takes a conversation from its agent and puts it back in its queue with its original
+    /// arrival time, then routes it (to someone else if possible).
+    fn requeue(&mut self, now: Timestamp, id: ConversationId, reason: &str, out: &mut Vec<Output>) {
+        let Some(agent) = self.release(id) else {
+            return;
+        };
+        let queue = self.conversations[&id].queue;
+        out.push(Output::Event(RoutingEvent::Requeued {
+            conversation: id,
+            queue: self.queues[queue].id.clone(),
+            from_agent: Some(self.agents[agent as usize].id.clone()),
+            reason: reason.to_owned(),
+        }));
+        let key = {
+            let Some(c) = self.conversations.get_mut(&id) else {
+                return;
+            };
+            c.state = State::Waiting;
+            c.wait_key(self.aging_ms)
+        };
+        self.queues[queue].waiting.insert((key, id));
+        if self.conversations[&id].relax > 0 {
+            self.relaxed.insert((key, id));
+        }
+        if self.queue_open(queue, now) {
+            self.route_conversation(now, id, out);
+        } else {
+            self.after_hours(now, id, queue, out);
+        }
+        self.drain_agent(now, agent, out);
+    }
+
+    /// Detaches a conversation from the agent holding it (offer or assignment); returns them.
+    fn release(&mut self, id: ConversationId) -> Option<AgentIdx> {
+        let c = self.conversations.get(&id)?;
+        let agent = match c.state {
+            State::Offered { agent, .. } | State::Assigned { agent } => agent,
+            _ => return None,
+        };
+        let kind = c.channel.kind;
+        self.update_agent(agent, |ag| {
+            ag.open.remove(&id);
+            if let Some(n) = ag.open_by_kind.get_mut(&kind) {
+                *n = n.saturating_sub(1);
+            }
+        });
+        Some(agent)
+    }
+
+    fn accept(
+        &mut self,
+        now: Timestamp,
+        agent: &AgentId,
+        id: ConversationId,
+        out: &mut Vec<Output>,
+    ) {
+        let a = self.agent_index.get(agent).copied();
+        let offered_to = match self.conversations.get(&id).map(|c| &c.state) {
+            Some(State::Offered { agent, .. }) => Some(*agent),
+            _ => None,
+        };
+        match (a, offered_to) {
+            (Some(a), Some(o)) if a == o => {
+                let explanation = self
+                    .conversations
+                    .get_mut(&id)
+                    .and_then(|c| c.pending_explanation.take())
+                    .unwrap_or_else(|| Explanation {
+                        strategy: "offer".into(),
+                        eligible: 0,
+                        reason: "accepted".into(),
+                    });
+                self.assign(now, id, a, explanation, out);
+            }
+            _ => reject(
+                out,
+                Some(id),
+                format!("no pending offer of this conversation to {agent}"),
+            ),
+        }
+    }
+
+    fn decline(
+        &mut self,
+        now: Timestamp,
+        agent: &AgentId,
+        id: ConversationId,
+        timed_out: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let a = self.agent_index.get(agent).copied();
+        let offered_to = match self.conversations.get(&id).map(|c| &c.state) {
+            Some(State::Offered { agent, .. }) => Some(*agent),
+            _ => None,
+        };
+        let Some(a) = a.filter(|a| Some(*a) == offered_to) else {
+            return reject(
+                out,
+                Some(id),
+                format!("no pending offer of this conversation to {agent}"),
+            );
+        };
+        self.release(id);
+        let (queue, kind, key) = {
+            let Some(c) = self.conversations.get_mut(&id) else {
+                return;
+            };
+            c.declined.insert(a);
+            c.state = State::Waiting;
+            c.pending_explanation = None;
+            (c.queue, c.channel.kind, c.wait_key(self.aging_ms))
+        };
+        self.queues[queue].waiting.insert((key, id));
+        if self.conversations[&id].relax > 0 {
+            self.relaxed.insert((key, id));
+        }
+        out.push(Output::Event(RoutingEvent::OfferDeclined {
+            conversation: id,
+            agent: self.agents[a as usize].id.clone(),
+            timed_out,
+        }));
+        out.push(Output::Observe(Observation {
+            kind: if timed_out {
+                ObservationKind::OfferTimedOut
+            } else {
+                ObservationKind::OfferDeclined
+            },
+            queue: self.queues[queue].id.clone(),
+            channel: kind,
+            value: 1.0,
+        }));
+        if self.queue_open(queue, now) {
+            self.route_conversation(now, id, out);
+        }
+        self.drain_agent(now, a, out);
+    }
+
+    fn replied(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        let Some(c) = self.conversations.get_mut(&id) else {
+            return reject(out, Some(id), "unknown conversation".into());
+        };
+        let queue = self.queues[c.queue].id.clone();
+        let channel = c.channel.kind;
+        if c.first_reply_at.is_none() {
+            c.first_reply_at = Some(now);
+            out.push(Output::Observe(Observation {
+                kind: ObservationKind::FirstResponse,
+                queue: queue.clone(),
+                channel,
+                value: now.secs_since(c.created_at),
+            }));
+        }
+        if let Some(since) = c.awaiting_since.take() {
+            out.push(Output::Observe(Observation {
+                kind: ObservationKind::Response,
+                queue,
+                channel,
+                value: now.secs_since(since),
+            }));
+        }
+    }
+
+    fn resolve(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        let Some(c) = self.conversations.get(&id) else {
+            return reject(out, Some(id), "unknown conversation".into());
+        };
+        if matches!(c.state, State::Resolved { .. }) {
+            return reject(out, Some(id), "already resolved".into());
+        }
+        self.leave_waiting(id);
+        let agent = self.release(id);
+        let (queue, kind, created, episode) = {
+            let Some(c) = self.conversations.get_mut(&id) else {
+                return;
+            };
+            c.state = State::Resolved { at: now };
+            c.awaiting_since = None;
+            c.relax = 0;
+            (c.queue, c.channel.kind, c.created_at, c.episode)
+        };
+        let qid = self.queues[queue].id.clone();
+        out.push(Output::Event(RoutingEvent::Resolved {
+            conversation: id,
+            agent: agent.map(|a| self.agents[a as usize].id.clone()),
+            queue: qid.clone(),
+        }));
+        out.push(Output::Observe(Observation {
+            kind: ObservationKind::Resolution,
+            queue: qid.clone(),
+            channel: kind,
+            value: now.secs_since(created),
+        }));
+        out.push(Output::Observe(Observation {
+            kind: ObservationKind::Resolved,
+            queue: qid,
+            channel: kind,
+            value: 1.0,
+        }));
+        self.schedule(
+            now.plus_secs(self.config.reopen_window_secs),
+            Timer::Forget { conv: id, episode },
+        );
+        if let Some(a) = agent {
+            self.drain_agent(now, a, out);
+        }
+    }
+
+    fn reopen(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        let (queue, kind) = {
+            let Some(c) = self.conversations.get_mut(&id) else {
+                return;
+            };
+            c.arrival = now;
+            c.state = State::Waiting;
+            c.declined.clear();
+            c.after_hours_noted = false;
+            (c.queue, c.channel.kind)
+        };
+        out.push(Output::Event(RoutingEvent::Reopened { conversation: id }));
+        out.push(Output::Observe(Observation {
+            kind: ObservationKind::Reopened,
+            queue: self.queues[queue].id.clone(),
+            channel: kind,
+            value: 1.0,
+        }));
+        self.enter_queue(now, id, queue, out);
+    }
+
+    fn transfer(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        to: &TransferTarget,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(c) = self.conversations.get(&id) else {
+            return reject(out, Some(id), "unknown conversation".into());
+        };
+        if matches!(c.state, State::Resolved { .. }) {
+            return reject(out, Some(id), "conversation is resolved".into());
+        }
+        match to {
+            TransferTarget::Agent(target) => {
+                let Some(&t) = self.agent_index.get(target) else {
+                    return reject(out, Some(id), format!("unknown agent {target}"));
+                };
+                let current = match c.state {
+                    State::Assigned { agent } | State::Offered { agent, .. } => Some(agent),
+                    _ => None,
+                };
+                if current == Some(t) {
+                    return reject(out, Some(id), format!("{target} already has it"));
+                }
+                // The target is checked as if the conversation were waiting (no decline history).
+                let mut probe = c.clone();
+                probe.declined.clear();
+                if !self.can_take(t, &probe) {
+                    return reject(
+                        out,
+                        Some(id),
+                        format!(
+                            "{target} is not online with free capacity and the required skills"
+                        ),
+                    );
+                }
+                let from = self.release(id);
+                self.leave_waiting(id);
+                if let Some(c) = self.conversations.get_mut(&id) {
+                    c.state = State::Waiting;
+                }
+                let explanation = Explanation {
+                    strategy: "transfer".into(),
+                    eligible: 1,
+                    reason: format!(
+                        "transferred{}",
+                        from.map(|f| format!(" from {}", self.agents[f as usize].id))
+                            .unwrap_or_default()
+                    ),
+                };
+                self.assign_direct(now, id, t, explanation, out);
+                if let Some(f) = from {
+                    self.drain_agent(now, f, out);
+                }
+            }
+            TransferTarget::Queue(target) => {
+                let Some(&q) = self.queue_index.get(target) else {
+                    return reject(out, Some(id), format!("unknown queue {target}"));
+                };
+                let from = self.release(id);
+                self.leave_waiting(id);
+                if let Some(c) = self.conversations.get_mut(&id) {
+                    c.state = State::Waiting;
+                    c.relax = 0;
+                    c.declined.clear();
+                }
+                out.push(Output::Event(RoutingEvent::Requeued {
+                    conversation: id,
+                    queue: target.clone(),
+                    from_agent: from.map(|f| self.agents[f as usize].id.clone()),
+                    reason: "transferred".into(),
+                }));
+                self.enter_queue(now, id, q, out);
+                if let Some(f) = from {
+                    self.drain_agent(now, f, out);
+                }
+            }
+        }
+    }
+
+    /// Assigns without an offer (transfers go straight to the named agent).
+    fn assign_direct(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        a: AgentIdx,
+        explanation: Explanation,
+        out: &mut Vec<Output>,
+    ) {
+        let kind = self.conversations[&id].channel.kind;
+        self.update_agent(a, |agent| {
+            agent.open.insert(id, now);
+            *agent.open_by_kind.entry(kind).or_insert(0) += 1;
+        });
+        self.assign(now, id, a, explanation, out);
+    }
+
+    // ----- timers --------------------------------------------------------------------------
+
+    fn schedule(&mut self, at: Timestamp, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        while let Some((&(at, seq), _)) = self.timers.iter().next() {
+            if at > now {
+                break;
+            }
+            let Some(timer) = self.timers.remove(&(at, seq)) else {
+                break;
+            };
+            self.fire(now, timer, out);
+        }
+    }
+
+    fn fire(&mut self, now: Timestamp, timer: Timer, out: &mut Vec<Output>) {
+        match timer {
+            Timer::OfferExpiry { conv, seq } => {
+                let agent = match self.conversations.get(&conv) {
+                    Some(c) if c.offer_seq == seq => match c.state {
+                        State::Offered { agent, .. } => Some(agent),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(a) = agent {
+                    let id = self.agents[a as usize].id.clone();
+                    self.decline(now, &id, conv, true, out);
+                }
+            }
+            Timer::Overflow { conv, epoch, step } => self.overflow(now, conv, epoch, step, out),
+            Timer::Sla { conv, kind, seq } => {
+                let Some(c) = self.conversations.get(&conv) else {
+                    return;
+                };
+                let breached = match kind {
+                    SlaKindOrd::First => {
+                        c.episode == seq
+                            && c.first_reply_at.is_none()
+                            && !matches!(c.state, State::Resolved { .. })
+                    }
+                    SlaKindOrd::Next => {
+                        c.awaiting_seq == seq
+                            && c.awaiting_since.is_some()
+                            && !matches!(c.state, State::Resolved { .. })
+                    }
+                    SlaKindOrd::Resolution => {
+                        c.episode == seq && !matches!(c.state, State::Resolved { .. })
+                    }
+                };
+                if breached {
+                    let sla = match kind {
+                        SlaKindOrd::First => SlaKind::FirstResponse,
+                        SlaKindOrd::Next => SlaKind::NextResponse,
+                        SlaKindOrd::Resolution => SlaKind::Resolution,
+                    };
+                    let queue = self.queues[c.queue].id.clone();
+                    let channel = c.channel.kind;
+                    out.push(Output::Event(RoutingEvent::SlaBreached {
+                        conversation: conv,
+                        queue: queue.clone(),
+                        sla,
+                    }));
+                    out.push(Output::Observe(Observation {
+                        kind: ObservationKind::SlaBreach(sla),
+                        queue,
+                        channel,
+                        value: 1.0,
+                    }));
+                }
+            }
+            Timer::QueueOpen { queue } => {
+                self.queues[queue].open_timer = None;
+                self.queues[queue].open_cache = None;
+                if self.queue_open(queue, now) {
+                    self.drain_queue(now, queue, out);
+                } else if let Some(at) = self.queues[queue]
+                    .cfg
+                    .hours
+                    .as_ref()
+                    .and_then(|h| h.next_open(now))
+                {
+                    self.queues[queue].open_timer = Some(at);
+                    self.schedule(at, Timer::QueueOpen { queue });
+                }
+            }
+            Timer::Forget { conv, episode } => {
+                if self.conversations.get(&conv).is_some_and(|c| {
+                    c.episode == episode && matches!(c.state, State::Resolved { .. })
+                }) {
+                    self.conversations.remove(&conv);
+                }
+            }
+        }
+    }
+
+    fn overflow(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        epoch: u64,
+        step: usize,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        if c.queue_epoch != epoch || c.next_step != step || c.state != State::Waiting {
+            return;
+        }
+        let queue = c.queue;
+        let entered = c.entered_queue_at;
+        let Some(action) = self.queues[queue]
+            .cfg
+            .overflow
+            .get(step)
+            .map(|s| s.action.clone())
+        else {
+            return;
+        };
+        if let Some(next) = self.queues[queue].cfg.overflow.get(step + 1) {
+            let at = entered.plus_secs(next.after_secs);
+            self.schedule(
+                at,
+                Timer::Overflow {
+                    conv: id,
+                    epoch,
+                    step: step + 1,
+                },
+            );
+        }
+        if let Some(c) = self.conversations.get_mut(&id) {
+            c.next_step = step + 1;
+        }
+        let from = self.queues[queue].id.clone();
+        match action {
+            OverflowAction::RelaxProficiency(by) => {
+                self.leave_waiting(id);
+                let key = {
+                    let Some(c) = self.conversations.get_mut(&id) else {
+                        return;
+                    };
+                    c.relax = c.relax.max(by);
+                    c.declined.clear();
+                    c.wait_key(self.aging_ms)
+                };
+                self.queues[queue].waiting.insert((key, id));
+                self.relaxed.insert((key, id));
+                out.push(Output::Event(RoutingEvent::Escalated {
+                    conversation: id,
+                    from_queue: from.clone(),
+                    to_queue: from,
+                    action: format!("relax_proficiency({by})"),
+                }));
+                if self.queue_open(queue, now) {
+                    self.route_conversation(now, id, out);
+                }
+            }
+            OverflowAction::SpillTo(target) => {
+                let to = self.queue_index[&target];
+                self.leave_waiting(id);
+                if let Some(c) = self.conversations.get_mut(&id) {
+                    c.declined.clear();
+                }
+                out.push(Output::Event(RoutingEvent::Escalated {
+                    conversation: id,
+                    from_queue: from,
+                    to_queue: target,
+                    action: "spill_to".into(),
+                }));
+                self.enter_queue(now, id, to, out);
+            }
+        }
+    }
+
+    // ----- views ---------------------------------------------------------------------------
+
+    /// Every queue with its depth, oldest wait and available agents.
+    pub fn queue_views(&self) -> Vec<QueueView> {
+        let mut offered = vec![0usize; self.queues.len()];
+        let mut assigned = vec![0usize; self.queues.len()];
+        for c in self.conversations.values() {
+            match c.state {
+                State::Offered { .. } => offered[c.queue] += 1,
+                State::Assigned { .. } => assigned[c.queue] += 1,
+                _ => {}
+            }
+        }
+        self.queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| QueueView {
+                id: q.id.clone(),
+                waiting: q.waiting.len(),
+                offered: offered[i],
+                assigned: assigned[i],
+                oldest_arrival: q
+                    .waiting
+                    .iter()
+                    .map(|(_, id)| self.conversations[id].arrival)
+                    .min(),
+                available_agents: q.available_agents,
+            })
+            .collect()
+    }
+
+    /// Every agent with presence and load, by id.
+    pub fn agent_views(&self) -> Vec<AgentView> {
+        let mut v: Vec<AgentView> = self
+            .agents
+            .iter()
+            .filter(|a| !a.removed)
+            .map(|a| AgentView {
+                id: a.id.clone(),
+                presence: a.presence,
+                open: a.open.len(),
+                capacity: a.capacity,
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// A conversation's routing state, if known.
+    pub fn conversation(&self, id: ConversationId) -> Option<ConversationView> {
+        let c = self.conversations.get(&id)?;
+        let (state, agent) = match c.state {
+            State::Waiting => ("waiting", None),
+            State::Offered { agent, .. } => ("offered", Some(agent)),
+            State::Assigned { agent } => ("assigned", Some(agent)),
+            State::Resolved { .. } => ("resolved", None),
+        };
+        Some(ConversationView {
+            queue: self.queues[c.queue].id.clone(),
+            state,
+            agent: agent.map(|a| self.agents[a as usize].id.clone()),
+            arrival: c.arrival,
+            priority: c.priority,
+        })
+    }
+
+    /// Checks the engine's invariants; `Err` names the first one broken. Used by the property
+    /// tests after every step, and cheap enough for a debug endpoint.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut holders: HashMap<ConversationId, AgentIdx> = HashMap::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            let i = AgentIdx::try_from(i).map_err(|e| e.to_string())?;
+            if a.open.len() as u64 > u64::from(a.capacity) {
+                return Err(format!(
+                    "agent {} over capacity: {} > {}",
+                    a.id,
+                    a.open.len(),
+                    a.capacity
+                ));
+            }
+            for (kind, n) in &a.open_by_kind {
+                if *n > a.channel_capacity.get(kind).copied().unwrap_or(a.capacity) {
+                    return Err(format!("agent {} over {kind} capacity", a.id));
+                }
+            }
+            if (a.removed || a.presence == Presence::Offline) && !a.open.is_empty() {
+                return Err(format!("offline agent {} holds conversations", a.id));
+            }
+            for id in a.open.keys() {
+                if let Some(other) = holders.insert(*id, i) {
+                    return Err(format!(
+                        "conversation {id} held by two agents ({other} and {i})"
+                    ));
+                }
+                let c = self
+                    .conversations
+                    .get(id)
+                    .ok_or_else(|| format!("agent {} holds unknown conversation {id}", a.id))?;
+                match c.state {
+                    State::Offered { agent, .. } | State::Assigned { agent } if agent == i => {}
+                    _ => {
+                        return Err(format!(
+                            "agent {} holds {id} but its state is {:?}",
+                            a.id, c.state
+                        ))
+                    }
+                }
+            }
+            if a.available() != a.indexed.is_some() {
+                return Err(format!("agent {} index out of date", a.id));
+            }
+        }
+        let mut waiting = 0;
+        for q in &self.queues {
+            waiting += q.waiting.len();
+        }
+        for (id, c) in &self.conversations {
+            match c.state {
+                State::Waiting => {
+                    let key = (c.wait_key(self.aging_ms), *id);
+                    if !self.queues[c.queue].waiting.contains(&key) {
+                        return Err(format!("waiting conversation {id} is in no queue"));
+                    }
+                }
+                State::Offered { agent, .. } | State::Assigned { agent } => {
+                    if holders.get(id) != Some(&agent) {
+                        return Err(format!("conversation {id} not held by its agent"));
+                    }
+                }
+                State::Resolved { .. } => {}
+            }
+        }
+        let expected = self
+            .conversations
+            .values()
+            .filter(|c| c.state == State::Waiting)
+            .count();
+        if waiting != expected {
+            return Err(format!(
+                "queues hold {waiting} conversations, {expected} are waiting"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn reject(out: &mut Vec<Output>, conversation: Option<ConversationId>, reason: String) {
+    out.push(Output::Event(RoutingEvent::Rejected {
+        conversation,
+        reason,
+    }));
+}
