@@ -34,6 +34,8 @@ use crate::model::{AgentId, Presence, QueueId, Skill, Timestamp};
 use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent, SlaKind};
 use crate::ConfigError;
 
+pub mod state;
+
 type AgentIdx = u32;
 type QueueIdx = usize;
 type SkillIdx = u16;
@@ -136,6 +138,8 @@ struct Conversation {
     episode: u64,
     pending_explanation: Option<Explanation>,
     after_hours_noted: bool,
+    /// The agent it was last assigned to, and when (sticky routing).
+    last_agent: Option<(AgentIdx, Timestamp)>,
 }
 
 impl Conversation {
@@ -214,6 +218,10 @@ pub struct Engine {
     sticky: HashMap<String, (AgentIdx, Timestamp)>,
     timers: BTreeMap<(Timestamp, u64), Timer>,
     timer_seq: u64,
+    /// Entities changed since the last [`Engine::take_changes`].
+    dirty_agents: BTreeSet<AgentIdx>,
+    dirty_convs: BTreeSet<ConversationId>,
+    dirty_queues: BTreeSet<QueueIdx>,
 }
 
 /// A queue as the agent/operator API shows it.
@@ -285,6 +293,9 @@ impl Engine {
             sticky: HashMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
+            dirty_agents: BTreeSet::new(),
+            dirty_convs: BTreeSet::new(),
+            dirty_queues: BTreeSet::new(),
             config: config.clone(),
         };
         for (id, q) in &config.queues {
@@ -368,7 +379,7 @@ impl Engine {
     /// Records an unanswered customer message (for response times and the next-response SLA).
     fn note_customer_message(&mut self, now: Timestamp, id: ConversationId) {
         let (queue, seq, first_done) = {
-            let Some(c) = self.conversations.get_mut(&id) else {
+            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             if c.awaiting_since.is_some() {
@@ -424,8 +435,13 @@ impl Engine {
             episode,
             pending_explanation: None,
             after_hours_noted: false,
+            last_agent: self
+                .conversations
+                .get(&msg.conversation)
+                .and_then(|c| c.last_agent),
         };
         let id = msg.conversation;
+        self.dirty_convs.insert(id);
         self.conversations.insert(id, conv);
         let sla = self.queues[queue].cfg.sla;
         if let Some(s) = sla.first_response_secs {
@@ -505,7 +521,7 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let (key, epoch) = {
-            let Some(c) = self.conversations.get_mut(&id) else {
+            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             c.queue = queue;
@@ -576,7 +592,7 @@ impl Engine {
                     .get(&id)
                     .is_some_and(|c| c.after_hours_noted);
                 if !noted {
-                    if let Some(c) = self.conversations.get_mut(&id) {
+                    if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
                         c.after_hours_noted = true;
                     }
                     out.push(Output::Event(RoutingEvent::AfterHours {
@@ -597,7 +613,7 @@ impl Engine {
 
     /// Enters a queue without routing (the end of an after-hours spill chain).
     fn enter_queue_waiting(&mut self, now: Timestamp, id: ConversationId, queue: QueueIdx) {
-        if let Some(c) = self.conversations.get_mut(&id) {
+        if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
             c.queue = queue;
             c.state = State::Waiting;
             c.entered_queue_at = now;
@@ -721,6 +737,7 @@ impl Engine {
         if strategy == Strategy::RoundRobin {
             let queue = c.queue;
             self.queues[queue].rr_last = Some(agent);
+            self.dirty_queues.insert(queue);
         }
         self.take(now, id, agent, explanation, out);
         true
@@ -782,7 +799,7 @@ impl Engine {
             Some(secs) => {
                 let expires = now.plus_secs(secs);
                 let seq = {
-                    let Some(c) = self.conversations.get_mut(&id) else {
+                    let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                         return;
                     };
                     c.offer_seq += 1;
@@ -811,12 +828,13 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let (queue, kind, arrival, sticky_key) = {
-            let Some(c) = self.conversations.get_mut(&id) else {
+            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Assigned { agent: a };
             c.declined.clear();
             c.pending_explanation = None;
+            c.last_agent = Some((a, now));
             (c.queue, c.channel.kind, c.arrival, c.sticky_key.clone())
         };
         self.update_agent(a, |agent| agent.idle_since = agent.idle_since.max(now));
@@ -924,6 +942,7 @@ impl Engine {
     /// Applies a change to an agent, keeping every index consistent with it.
     fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
         let was_available = self.agents[a as usize].available();
+        self.dirty_agents.insert(a);
         self.unindex(a);
         change(&mut self.agents[a as usize]);
         self.index(a);
@@ -1099,6 +1118,7 @@ impl Engine {
             self.update_agent(a, |ag| ag.removed = true);
         }
         {
+            self.dirty_agents.insert(a);
             let ag = &mut self.agents[a as usize];
             ag.skills = skills;
             ag.capacity = p.capacity;
@@ -1214,7 +1234,7 @@ impl Engine {
             reason: reason.to_owned(),
         }));
         let key = {
-            let Some(c) = self.conversations.get_mut(&id) else {
+            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Waiting;
@@ -1224,12 +1244,30 @@ impl Engine {
         if self.conversations[&id].relax > 0 {
             self.relaxed.insert((key, id));
         }
+        self.catch_up_overflow(now, id, out);
         if self.queue_open(queue, now) {
             self.route_conversation(now, id, out);
         } else {
             self.after_hours(now, id, queue, out);
         }
         self.drain_agent(now, agent, out);
+    }
+
+    /// Applies an overflow step that fell due while the conversation was offered or assigned,
+    /// now that it waits again (its timer found it not waiting and did nothing).
+    fn catch_up_overflow(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        let due = self.queues[c.queue]
+            .cfg
+            .overflow
+            .get(c.next_step)
+            .map(|step| c.entered_queue_at.plus_secs(step.after_secs));
+        if due.is_some_and(|at| at <= now) {
+            let (epoch, step) = (c.queue_epoch, c.next_step);
+            self.overflow(now, id, epoch, step, out);
+        }
     }
 
     /// Detaches a conversation from the agent holding it (offer or assignment); returns them.
@@ -1304,7 +1342,7 @@ impl Engine {
         };
         self.release(id);
         let (queue, kind, key) = {
-            let Some(c) = self.conversations.get_mut(&id) else {
+            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             c.declined.insert(a);
@@ -1331,6 +1369,7 @@ impl Engine {
             channel: kind,
             value: 1.0,
         }));
+        self.catch_up_overflow(now, id, out);
         if self.queue_open(queue, now) {
             self.route_conversation(now, id, out);
         }
@@ -1338,7 +1377,7 @@ impl Engine {
     }
 
     fn replied(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
-        let Some(c) = self.conversations.get_mut(&id) else {
+        let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
             return reject(out, Some(id), "unknown conversation".into());
         };
         let queue = self.queues[c.queue].id.clone();
@@ -1372,7 +1411,7 @@ impl Engine {
         self.leave_waiting(id);
         let agent = self.release(id);
         let (queue, kind, created, episode) = {
-            let Some(c) = self.conversations.get_mut(&id) else {
+            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Resolved { at: now };
@@ -1409,7 +1448,7 @@ impl Engine {
 
     fn reopen(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
         let (queue, kind) = {
-            let Some(c) = self.conversations.get_mut(&id) else {
+            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             c.arrival = now;
@@ -1467,7 +1506,7 @@ impl Engine {
                 }
                 let from = self.release(id);
                 self.leave_waiting(id);
-                if let Some(c) = self.conversations.get_mut(&id) {
+                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
                     c.state = State::Waiting;
                 }
                 let explanation = Explanation {
@@ -1490,7 +1529,7 @@ impl Engine {
                 };
                 let from = self.release(id);
                 self.leave_waiting(id);
-                if let Some(c) = self.conversations.get_mut(&id) {
+                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
                     c.state = State::Waiting;
                     c.relax = 0;
                     c.declined.clear();
@@ -1620,6 +1659,7 @@ impl Engine {
                 if self.conversations.get(&conv).is_some_and(|c| {
                     c.episode == episode && matches!(c.state, State::Resolved { .. })
                 }) {
+                    self.dirty_convs.insert(conv);
                     self.conversations.remove(&conv);
                 }
             }
@@ -1661,7 +1701,7 @@ impl Engine {
                 },
             );
         }
-        if let Some(c) = self.conversations.get_mut(&id) {
+        if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
             c.next_step = step + 1;
         }
         let from = self.queues[queue].id.clone();
@@ -1669,7 +1709,7 @@ impl Engine {
             OverflowAction::RelaxProficiency(by) => {
                 self.leave_waiting(id);
                 let key = {
-                    let Some(c) = self.conversations.get_mut(&id) else {
+                    let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                         return;
                     };
                     c.relax = c.relax.max(by);
@@ -1691,7 +1731,7 @@ impl Engine {
             OverflowAction::SpillTo(target) => {
                 let to = self.queue_index[&target];
                 self.leave_waiting(id);
-                if let Some(c) = self.conversations.get_mut(&id) {
+                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
                     c.declined.clear();
                 }
                 out.push(Output::Event(RoutingEvent::Escalated {
@@ -1849,6 +1889,16 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// A conversation to change, recorded as changed (for the state changelog).
+fn touch<'a>(
+    dirty: &mut BTreeSet<ConversationId>,
+    conversations: &'a mut HashMap<ConversationId, Conversation>,
+    id: ConversationId,
+) -> Option<&'a mut Conversation> {
+    dirty.insert(id);
+    conversations.get_mut(&id)
 }
 
 fn reject(out: &mut Vec<Output>, conversation: Option<ConversationId>, reason: String) {

@@ -27,6 +27,7 @@ pub use config::{
     AfterHours, ConfigError, OverflowAction, OverflowStep, QueueConfig, RoutingConfig, Rule,
     RuleMatch, Sla, Strategy,
 };
+pub use engine::state::{StateChange, StateEntry};
 pub use engine::{AgentView, ConversationView, Engine, QueueView};
 pub use input::{AgentProfile, Command, Inbound, Input, TransferTarget};
 pub use model::{AgentId, Presence, QueueId, Skill, Timestamp};
