@@ -364,7 +364,7 @@ impl Engine {
                 state: state.clone(),
                 relax: r.relax,
                 next_step: r.next_step,
-                declined: r.declined.iter().filter_map(|a| agent_of(a)).collect(),
+                declined: r.declined.iter().filter_map(&agent_of).collect(),
                 first_reply_at: r.first_reply_at,
                 awaiting_since: r.awaiting_since,
                 awaiting_seq: r.awaiting_seq,
