@@ -30,4 +30,4 @@ pub use config::BusConfig;
 pub use consumer::{Consumer, HandlerOutcome, Record};
 pub use error::BusError;
 pub use metrics::BusMetrics;
-pub use producer::Producer;
+pub use producer::{OutRecord, Producer};

@@ -18,6 +18,19 @@ use crate::config::BusConfig;
 use crate::error::BusError;
 use crate::metrics::{BusMetrics, MetricsContext};
 
+/// One record for [`Producer::send_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct OutRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Explicit partition (co-partitioned changelogs), or `None` to partition by key.
+    pub partition: Option<i32>,
+    /// Key.
+    pub key: &'a [u8],
+    /// Value, or `None` for a tombstone.
+    pub payload: Option<&'a [u8]>,
+}
+
 /// A cheaply clonable handle to one idempotent librdkafka producer shared by the whole process.
 #[derive(Clone)]
 pub struct Producer {
@@ -122,6 +135,62 @@ impl Producer {
         }
     }
 
+    /// Publishes several records at once (each to an explicit partition or by key, `None`
+    /// payload = a compaction tombstone) and returns once the broker acknowledged all of them,
+    /// or with the first error. Records are enqueued together, so their acknowledgements
+    /// overlap instead of adding up.
+    pub async fn send_batch(&self, records: &[OutRecord<'_>]) -> Result<(), BusError> {
+        let (generation, producer) = self.current();
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(r.topic).key(r.key);
+            if let Some(payload) = r.payload {
+                record = record.payload(payload);
+            }
+            if let Some(partition) = r.partition {
+                record = record.partition(partition);
+            }
+            match producer.send_result(record) {
+                Ok(delivery) => pending.push((r.topic, delivery)),
+                Err((source, _)) => {
+                    return Err(BusError::Publish {
+                        topic: r.topic.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+        let mut first_error = None;
+        for (topic, delivery) in pending {
+            let result = match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((source, _))) => Err(source),
+                Err(_cancelled) => Err(rdkafka::error::KafkaError::Canceled),
+            };
+            match result {
+                Ok(()) => self.metrics.produced.with_label_values(&[topic]).inc(),
+                Err(source) => {
+                    let code = source
+                        .rdkafka_error_code()
+                        .map(|c| format!("{c:?}"))
+                        .unwrap_or_else(|| "other".into());
+                    self.metrics
+                        .produce_errors
+                        .with_label_values(&[topic, code.as_str()])
+                        .inc();
+                    if source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+                        self.replace(generation);
+                    }
+                    first_error.get_or_insert(BusError::Publish {
+                        topic: topic.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Waits until every queued record is acknowledged (or `timeout` passes), for shutdown.
     pub async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
         let (_, producer) = self.current();
@@ -137,6 +206,34 @@ impl Producer {
     /// Records not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
         self.current().1.in_flight_count()
+    }
+
+    /// The partition count of each of `topics` (an error names any that is missing).
+    pub async fn partition_counts(
+        &self,
+        topics: &[String],
+        timeout: Duration,
+    ) -> Result<std::collections::BTreeMap<String, usize>, BusError> {
+        let (_, producer) = self.current();
+        let wanted = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map_err(|e| BusError::NotReady(format!("kafka unreachable: {e}")))?;
+            let mut out = std::collections::BTreeMap::new();
+            for w in &wanted {
+                let t = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == w.as_str() && t.error().is_none())
+                    .ok_or_else(|| BusError::NotReady(format!("missing topic {w}")))?;
+                out.insert(w.clone(), t.partitions().len());
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BusError::NotReady(format!("metadata task failed: {e}")))?
     }
 
     /// Readiness: the cluster answers a metadata request within `timeout` and every configured

@@ -98,6 +98,17 @@ impl EventId {
         Self(Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()))
     }
 
+    /// The id of an event derived from other named facts (e.g. the router's decision number
+    /// `k` for input record `topic/partition/offset`): the same parts give the same id, so a
+    /// replayed computation publishes identical ids.
+    pub fn derived(tenant: &TenantId, parts: &[&str]) -> Self {
+        let mut all = Vec::with_capacity(parts.len() + 2);
+        all.push("derived");
+        all.push(tenant.as_str());
+        all.extend_from_slice(parts);
+        Self(Uuid::new_v5(&EVENT_NAMESPACE, join_name(&all).as_bytes()))
+    }
+
     /// A fresh, time-ordered id for events with no provider id to derive from.
     pub fn new_random() -> Self {
         Self(Uuid::now_v7())
@@ -160,6 +171,13 @@ impl ConversationId {
 impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+impl FromStr for ConversationId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
     }
 }
 

@@ -40,6 +40,42 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.max_body_bytes,
         ingress_metrics,
     );
+    let (router_stop_tx, router_stop_rx) = tokio::sync::watch::channel(false);
+    let mut router_task = None;
+    let mut shared = None;
+    if let Some(router_settings) = settings.router.clone() {
+        let metrics = omni_router::RouterMetrics::register(&registry, &settings.response_buckets)?;
+        let router = Arc::new(omni_router::Router::new(
+            router_settings,
+            settings.kafka.clone(),
+            producer.clone(),
+            metrics,
+            bus_metrics.clone(),
+        ));
+        shared = Some(router.shared());
+        let mut stop = router_stop_rx.clone();
+        router_task = Some(tokio::spawn(async move {
+            let result = router
+                .run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "router stopped: conversations are not being routed");
+            }
+            result
+        }));
+    }
+    let agent_api = Arc::new(omni_router::api::ApiState {
+        shared,
+        producer: producer.clone(),
+        topics: settings.kafka.topics.clone(),
+        tokens: settings
+            .agent_tokens
+            .iter()
+            .map(|(t, s)| (t.as_str().to_owned(), (t.clone(), s.clone())))
+            .collect(),
+    });
     let state = Arc::new(AppState {
         ingress,
         api: ApiChannel::new(settings.api_tenants),
@@ -55,7 +91,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "omnirouter listening: POST /v1/inbound/{{tenant}}, GET /metrics /healthz /readyz");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    let app = router(state).merge(omni_router::api::routes(agent_api));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.await;
     });
     let server = tokio::spawn(async move { server.await });
@@ -69,6 +106,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     match tokio::time::timeout(settings.shutdown_grace, server).await {
         Ok(joined) => joined.context("http server task")?.context("http server")?,
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+    }
+    let _ = router_stop_tx.send(true);
+    if let Some(task) = router_task {
+        match tokio::time::timeout(settings.shutdown_grace, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(_))) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "router task failed"),
+            Err(_) => tracing::warn!("router did not stop within the grace period"),
+        }
     }
     let pending = producer.in_flight();
     producer

@@ -42,6 +42,8 @@ pub struct RawSettings {
     pub kafka: BusConfig,
     /// `[log]`.
     pub log: RawLog,
+    /// `[router]`.
+    pub router: RawRouter,
     /// `[tenants.<id>]`.
     pub tenants: BTreeMap<String, RawTenant>,
 }
@@ -87,6 +89,31 @@ impl Default for RawIngress {
     }
 }
 
+/// `[router]`: the routing engine's runner.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRouter {
+    /// Run a router in this daemon (instances share tenants through the consumer group).
+    pub enabled: bool,
+    /// Consumer group shared by every router instance.
+    pub group_id: String,
+    /// How often due timers (offer timeouts, overflow, SLA) are checked, and gauges refreshed.
+    pub tick_interval_ms: u64,
+    /// Bucket bounds (seconds) of the response-time histograms; make SLA targets bounds.
+    pub response_buckets_secs: Vec<f64>,
+}
+
+impl Default for RawRouter {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            group_id: "omnirouter-router".into(),
+            tick_interval_ms: 1000,
+            response_buckets_secs: omni_router::metrics::DEFAULT_BUCKETS.to_vec(),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -111,6 +138,10 @@ pub struct RawTenant {
     pub api_token: Option<Secret>,
     /// HMAC-SHA256 key for signed API channel requests.
     pub api_hmac_secret: Option<Secret>,
+    /// Bearer token of the agent/operator API (`/v1/tenants/<id>/…`).
+    pub agent_api_token: Option<Secret>,
+    /// Queues, rules and strategies; without it, one `default` queue, least loaded.
+    pub routing: Option<omni_routing::RoutingConfig>,
 }
 
 /// Validated settings: what the daemon runs with.
@@ -132,7 +163,16 @@ pub struct Settings {
     pub log_level: String,
     /// Tenants with API channel credentials.
     pub api_tenants: Vec<(TenantId, ApiCredentials)>,
+    /// Agent API tokens per tenant.
+    pub agent_tokens: Vec<(TenantId, Secret)>,
+    /// The router, if enabled.
+    pub router: Option<RouterSettings>,
+    /// Response-time histogram buckets.
+    pub response_buckets: Vec<f64>,
 }
+
+/// Validated `[router]` settings plus every tenant's routing configuration.
+pub type RouterSettings = omni_router::RouterSettings;
 
 /// Largest body limit allowed (16 MiB): attachments travel by URL, not inline.
 const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -179,6 +219,24 @@ impl RawSettings {
         }
         self.kafka.validate()?;
         let mut api_tenants = Vec::new();
+        let mut agent_tokens = Vec::new();
+        let mut routing = BTreeMap::new();
+        let buckets = self.router.response_buckets_secs.clone();
+        if buckets.is_empty()
+            || buckets.windows(2).any(|w| w[0] >= w[1])
+            || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+        {
+            return Err(invalid(
+                "router.response_buckets_secs",
+                "give increasing positive bounds in seconds".into(),
+            ));
+        }
+        if self.router.tick_interval_ms == 0 {
+            return Err(invalid(
+                "router.tick_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
         for (name, raw) in self.tenants {
             let key = format!("tenants.{name}");
             let tenant = TenantId::new(name.clone()).map_err(|e| invalid(&key, e.to_string()))?;
@@ -190,6 +248,16 @@ impl RawSettings {
                     "set api_token and/or api_hmac_secret (or remove the tenant)".into(),
                 ));
             }
+            if let Some(agent) = raw.agent_api_token.filter(|s| !s.is_empty()) {
+                agent_tokens.push((tenant.clone(), agent));
+            }
+            let config = raw.routing.unwrap_or_else(|| {
+                omni_routing::RoutingConfig::single_queue(omni_routing::QueueConfig::default())
+            });
+            config
+                .validate()
+                .map_err(|e| invalid(&format!("{key}.routing.{}", e.key), e.reason.clone()))?;
+            routing.insert(tenant.clone(), config);
             api_tenants.push((
                 tenant,
                 ApiCredentials {
@@ -210,6 +278,13 @@ impl RawSettings {
             kafka: self.kafka,
             log_level: self.log.level,
             api_tenants,
+            agent_tokens,
+            router: self.router.enabled.then(|| omni_router::RouterSettings {
+                group_id: self.router.group_id.clone(),
+                tick_interval: Duration::from_millis(self.router.tick_interval_ms),
+                tenants: routing,
+            }),
+            response_buckets: buckets,
         })
     }
 }

@@ -1,0 +1,371 @@
+//! The agent/operator HTTP API, per tenant, with a bearer token per tenant
+//! (`tenants.<id>.agent_api_token`). Documented in `openapi.json` beside this crate.
+//!
+//! Reads (queues, agents, a conversation) come from the engines this instance owns: in a
+//! cluster, ask the instance that owns the tenant (a 503 `tenant_not_local` says it is another
+//! one). Writes (replies, commands) go to Kafka and work on every instance.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router as HttpRouter};
+use omni_bus::Producer;
+use omni_core::{
+    Attachment, ChannelRef, CloudEvent, ConversationId, EventId, EventType, OutboundMessage,
+    Secret, TenantId, Topics,
+};
+use omni_routing::{Command, Timestamp};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::runner::SharedState;
+use crate::wire::{time_of, Envelope, COMMAND_TYPE};
+
+/// What the API handlers share.
+pub struct ApiState {
+    /// The router's engines, when this instance runs a router.
+    pub shared: Option<Arc<Mutex<SharedState>>>,
+    /// Publishes replies and commands.
+    pub producer: Producer,
+    /// Topic names.
+    pub topics: Topics,
+    /// Agent API tokens per tenant.
+    pub tokens: HashMap<String, (TenantId, Secret)>,
+}
+
+/// The API routes (mounted by the daemon).
+pub fn routes(state: Arc<ApiState>) -> HttpRouter {
+    HttpRouter::new()
+        .route("/v1/tenants/{tenant}/queues", get(queues))
+        .route("/v1/tenants/{tenant}/agents", get(agents))
+        .route(
+            "/v1/tenants/{tenant}/conversations/{conversation}",
+            get(conversation),
+        )
+        .route("/v1/tenants/{tenant}/replies", post(reply))
+        .route("/v1/tenants/{tenant}/commands", post(command))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+/// Why an API request was refused; becomes `{"error": {"code", "message"}}`.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("unknown tenant")]
+    UnknownTenant,
+    #[error("send Authorization: Bearer <agent_api_token>")]
+    MissingCredentials,
+    #[error("agent API token is not valid")]
+    BadCredentials,
+    #[error("this instance does not hold the tenant's routing state; ask the instance that owns its partition")]
+    NotLocal,
+    #[error("{1}")]
+    Invalid(&'static str, String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::UnknownTenant => (StatusCode::NOT_FOUND, "unknown_tenant"),
+            ApiError::MissingCredentials => (StatusCode::UNAUTHORIZED, "missing_credentials"),
+            ApiError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            ApiError::NotLocal => (StatusCode::SERVICE_UNAVAILABLE, "tenant_not_local"),
+            ApiError::Invalid(code, _) => (StatusCode::BAD_REQUEST, *code),
+        };
+        error(status, code, self.to_string())
+    }
+}
+
+fn authorize(state: &ApiState, tenant: &str, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    let Some((id, token)) = state.tokens.get(tenant) else {
+        return Err(ApiError::UnknownTenant);
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let Some(presented) = presented else {
+        return Err(ApiError::MissingCredentials);
+    };
+    // Constant time: compare every byte whatever the first difference.
+    let expected = token.expose().as_bytes();
+    let same = presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(id.clone())
+    } else {
+        Err(ApiError::BadCredentials)
+    }
+}
+
+fn with_engine<T>(
+    state: &ApiState,
+    tenant: &TenantId,
+    f: impl FnOnce(&crate::runner::TenantSlot) -> T,
+) -> Result<T, ApiError> {
+    let shared = state.shared.as_ref().ok_or(ApiError::NotLocal)?;
+    let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    s.tenants.get(tenant).map(f).ok_or(ApiError::NotLocal)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+async fn queues(
+    State(state): State<Arc<ApiState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match authorize(&state, &tenant, &headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let now = Timestamp(now_ms());
+    match with_engine(&state, &tenant, |slot| slot.engine.queue_views()) {
+        Ok(views) => {
+            let queues: Vec<serde_json::Value> = views
+                .iter()
+                .map(|q| {
+                    json!({
+                        "id": q.id.0,
+                        "waiting": q.waiting,
+                        "offered": q.offered,
+                        "assigned": q.assigned,
+                        "oldest_wait_secs": q.oldest_arrival.map(|a| now.secs_since(a)),
+                        "available_agents": q.available_agents,
+                    })
+                })
+                .collect();
+            Json(json!({ "queues": queues })).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn agents(
+    State(state): State<Arc<ApiState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match authorize(&state, &tenant, &headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    match with_engine(&state, &tenant, |slot| slot.engine.agent_views()) {
+        Ok(views) => {
+            let agents: Vec<serde_json::Value> = views
+                .iter()
+                .map(|a| json!({"id": a.id.0, "presence": a.presence.as_str(), "open": a.open, "capacity": a.capacity}))
+                .collect();
+            Json(json!({ "agents": agents })).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn conversation(
+    State(state): State<Arc<ApiState>>,
+    Path((tenant, conversation)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match authorize(&state, &tenant, &headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(id) = conversation.parse::<ConversationId>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "conversation id must be a UUID",
+        );
+    };
+    let found = with_engine(&state, &tenant, |slot| {
+        slot.engine.conversation(id).map(|v| {
+            let history: Vec<serde_json::Value> = slot
+                .history
+                .get(&id)
+                .map(|h| h.iter().cloned().collect())
+                .unwrap_or_default();
+            json!({
+                "id": id.to_string(),
+                "queue": v.queue.0,
+                "state": v.state,
+                "agent": v.agent.map(|a| a.0),
+                "arrival": time_of(v.arrival.0),
+                "priority": v.priority,
+                "history": history,
+            })
+        })
+    });
+    match found {
+        Ok(Some(body)) => Json(body).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_conversation",
+            "no such conversation",
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Body of `POST /v1/tenants/{tenant}/replies`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplyRequest {
+    conversation_id: ConversationId,
+    channel: ChannelRef,
+    recipient: String,
+    text: String,
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    attachments: Vec<Attachment>,
+    #[serde(default)]
+    reply_to: Option<String>,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.to_string().starts_with("missing field") {
+            "missing_field"
+        } else {
+            "malformed"
+        };
+        ApiError::Invalid(code, e.to_string())
+    })
+}
+
+async fn publish(
+    state: &ApiState,
+    topic: &str,
+    tenant: &TenantId,
+    id: EventId,
+    payload: Vec<u8>,
+) -> Response {
+    match state
+        .producer
+        .send(topic, tenant.as_str().as_bytes(), &payload)
+        .await
+    {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "event_id": id.to_string() })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(tenant = %tenant, error = %e, "agent API publish failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kafka_unavailable",
+                "event store unavailable, retry later",
+            )
+        }
+    }
+}
+
+async fn reply(
+    State(state): State<Arc<ApiState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let tenant = match authorize(&state, &tenant, &headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let req: ReplyRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if req.text.trim().is_empty() && req.attachments.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            "text (or at least one attachment)",
+        );
+    }
+    if req.recipient.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "missing_field", "recipient");
+    }
+    let id = EventId::new_random();
+    let channel = req.channel.clone();
+    let event = CloudEvent::new(
+        id,
+        EventType::MessageSend,
+        tenant.clone(),
+        &channel,
+        req.conversation_id,
+        time_of(now_ms()),
+        OutboundMessage {
+            tenant: tenant.clone(),
+            conversation_id: req.conversation_id,
+            channel: req.channel,
+            recipient: req.recipient,
+            agent_id: req.agent_id,
+            text: req.text,
+            subject: req.subject,
+            attachments: req.attachments,
+            reply_to: req.reply_to,
+        },
+    );
+    let payload = serde_json::to_vec(&event).unwrap_or_default();
+    publish(&state, &state.topics.outbound, &tenant, id, payload).await
+}
+
+async fn command(
+    State(state): State<Arc<ApiState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let tenant = match authorize(&state, &tenant, &headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let cmd: Command = match parse(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let id = EventId::new_random();
+    let subject = match &cmd {
+        Command::Accept { conversation, .. }
+        | Command::Decline { conversation, .. }
+        | Command::AgentReplied { conversation, .. }
+        | Command::Resolve { conversation }
+        | Command::Transfer { conversation, .. }
+        | Command::Reopen { conversation }
+        | Command::Csat { conversation, .. } => Some(conversation.to_string()),
+        _ => None,
+    };
+    let env = Envelope::new(
+        id,
+        tenant.clone(),
+        COMMAND_TYPE,
+        format!("/omnirouter/{tenant}/api"),
+        time_of(now_ms()),
+        subject,
+        cmd,
+    );
+    let payload = serde_json::to_vec(&env).unwrap_or_default();
+    publish(&state, &state.topics.commands, &tenant, id, payload).await
+}
