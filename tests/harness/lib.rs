@@ -274,6 +274,14 @@ impl Daemon {
         None
     }
 
+    /// Kills the daemon outright (SIGKILL): no draining, no flush, no final commit.
+    pub fn terminate_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("omnirouter.log")).unwrap_or_default()

@@ -622,13 +622,17 @@ fn read_partition(
     tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
     consumer.assign(&tpl)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Past the high watermark, keep reading until the partition is quiet: some brokers (tansu
+    // 0.6) report the watermark of the last batch's first record, not of its last one.
+    let mut reached = false;
     loop {
         if std::time::Instant::now() > deadline {
             return Err(RouterError::Bus(BusError::NotReady(format!(
                 "reading {topic}/{partition} did not reach offset {high}"
             ))));
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        let wait = if reached { 300 } else { 200 };
+        match consumer.poll(Duration::from_millis(wait)) {
             Some(Ok(m)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                 match m.payload() {
@@ -640,10 +644,11 @@ fn read_partition(
                     }
                 }
                 if m.offset() >= high - 1 {
-                    break;
+                    reached = true;
                 }
             }
             Some(Err(e)) => return Err(e.into()),
+            None if reached => break,
             None => {}
         }
     }

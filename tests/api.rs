@@ -1,0 +1,948 @@
+//! The OpenAPI document of the daemon's HTTP surface (`crates/omni-router/openapi.json`)
+//! checked against the real daemon and a real Kafka-protocol broker (tansu): every documented
+//! operation is called with the document's own examples, every answer must have a documented
+//! status and validate against the documented schema, the documented failures (no or wrong
+//! token, unknown tenant, bad bodies, a tenant not held, Kafka down) are produced for real, every
+//! documented status is seen at least once, and every route the daemon serves is documented.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_e2e::{workspace, Broker, Daemon};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "demo";
+/// `tenants.demo.agent_api_token` in config/default.toml.
+const AGENT_TOKEN: &str = "demo-agent-token";
+/// `tenants.demo.api_token` in config/default.toml.
+const INBOUND_TOKEN: &str = "demo-token";
+
+/// Every route the daemon serves, listed by hand from `crates/omnirouter/src/server.rs` and
+/// `crates/omni-router/src/api.rs`. A route added there must be added here and documented.
+const SERVED: &[(&str, &str)] = &[
+    ("post", "/v1/inbound/{tenant}"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/v1/tenants/{tenant}/queues"),
+    ("get", "/v1/tenants/{tenant}/agents"),
+    ("get", "/v1/tenants/{tenant}/conversations/{conversation}"),
+    ("post", "/v1/tenants/{tenant}/replies"),
+    ("post", "/v1/tenants/{tenant}/commands"),
+];
+
+/// Documented statuses no black-box test can provoke.
+const UNREACHABLE: &[(&str, &str, u16)] = &[
+    // The Prometheus encoder failing on the daemon's own registry.
+    ("get", "/metrics", 500),
+];
+
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
+
+/// One documented operation.
+#[derive(Clone)]
+struct Op {
+    method: String,
+    path: String,
+    op: Value,
+}
+
+impl Op {
+    fn label(&self) -> String {
+        format!("{} {}", self.method.to_uppercase(), self.path)
+    }
+
+    fn key(&self) -> (String, String) {
+        (self.method.clone(), self.path.clone())
+    }
+
+    fn token(&self) -> &'static str {
+        if self.path.starts_with("/v1/inbound/") {
+            INBOUND_TOKEN
+        } else {
+            AGENT_TOKEN
+        }
+    }
+}
+
+/// An answer from the daemon.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn media_type(&self) -> String {
+        self.headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(media_type)
+            .unwrap_or_default()
+    }
+}
+
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The OpenAPI document.
+struct Doc {
+    doc: Value,
+}
+
+impl Doc {
+    fn load() -> Self {
+        let path = workspace().join("crates/omni-router/openapi.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let doc: Value = serde_json::from_str(&text).expect("openapi.json is JSON");
+        assert!(
+            doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1")),
+            "an OpenAPI 3.1 document"
+        );
+        Self { doc }
+    }
+
+    /// `v` with local `$ref`s (to components) followed.
+    fn resolve(&self, v: &Value) -> Value {
+        let mut v = v.clone();
+        for _ in 0..16 {
+            let Some(r) = v.get("$ref").and_then(Value::as_str) else {
+                return v;
+            };
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("only local refs: {r}"));
+            v = self
+                .doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling $ref {r}"))
+                .clone();
+        }
+        panic!("$ref chain too long");
+    }
+
+    fn ops(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for (path, item) in self.doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                if METHODS.contains(&method.as_str()) {
+                    ops.push(Op {
+                        method: method.clone(),
+                        path: path.clone(),
+                        op: op.clone(),
+                    });
+                }
+            }
+        }
+        ops
+    }
+
+    fn op(&self, method: &str, path: &str) -> Op {
+        self.ops()
+            .into_iter()
+            .find(|o| o.method == method && o.path == path)
+            .unwrap_or_else(|| panic!("{method} {path} is not documented"))
+    }
+
+    /// A JSON Schema validator for a schema inside the document: the schema is wrapped in a
+    /// root that also carries `components`, so `#/components/schemas/X` resolves in it.
+    fn validator(&self, schema: &Value) -> jsonschema::Validator {
+        let root = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "allOf": [schema],
+            "components": self.doc["components"],
+        });
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("schema {schema}: {e}"))
+    }
+
+    fn assert_valid(&self, schema: &Value, instance: &Value, what: &str) {
+        let validator = self.validator(schema);
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|e| format!("at {}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: does not match the documented schema:\n  {}\ninstance: {instance:#}",
+            errors.join("\n  ")
+        );
+    }
+
+    fn statuses(&self, op: &Op) -> BTreeSet<u16> {
+        op.op["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .map(|k| k.parse::<u16>().unwrap_or_else(|_| panic!("status {k}")))
+            .collect()
+    }
+
+    fn response(&self, op: &Op, status: u16) -> Option<Value> {
+        op.op["responses"]
+            .get(status.to_string())
+            .map(|r| self.resolve(r))
+    }
+
+    fn security(&self, op: &Op) -> Vec<Value> {
+        op.op
+            .get("security")
+            .or_else(|| self.doc.get("security"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether the operation documents that it needs credentials (no empty alternative).
+    fn requires_auth(&self, op: &Op) -> bool {
+        let security = self.security(op);
+        !security.is_empty()
+            && security
+                .iter()
+                .all(|req| req.as_object().is_some_and(|o| !o.is_empty()))
+    }
+
+    fn request_schema(&self, op: &Op) -> Option<Value> {
+        op.op.get("requestBody").map(|rb| {
+            let rb = self.resolve(rb);
+            self.resolve(&rb["content"]["application/json"]["schema"])
+        })
+    }
+
+    /// The documented request examples, by name.
+    fn request_examples(&self, op: &Op) -> Vec<(String, Value)> {
+        let Some(rb) = op.op.get("requestBody") else {
+            return Vec::new();
+        };
+        let content = self.resolve(rb)["content"]["application/json"].clone();
+        let mut out = Vec::new();
+        if let Some(examples) = content.get("examples").and_then(Value::as_object) {
+            for (name, ex) in examples {
+                out.push((name.clone(), self.resolve(ex)["value"].clone()));
+            }
+        }
+        if let Some(ex) = content.get("example") {
+            out.push(("example".into(), ex.clone()));
+        }
+        out
+    }
+
+    /// The documented example of a path parameter (components or inline).
+    fn parameter_example(&self, name: &str) -> Value {
+        for op in self.ops() {
+            let item = &self.doc["paths"][&op.path];
+            let params = item["parameters"]
+                .as_array()
+                .into_iter()
+                .chain(op.op["parameters"].as_array())
+                .flatten();
+            for p in params {
+                let p = self.resolve(p);
+                if p["name"] == name && p["in"] == "path" {
+                    return p["example"].clone();
+                }
+            }
+        }
+        panic!("no documented example for path parameter {name}");
+    }
+
+    /// Checks an answer against the operation's documentation and returns its body (JSON, or
+    /// a JSON string for text bodies).
+    fn check(&self, op: &Op, answer: &Answer, what: &str) -> Value {
+        let label = format!("{} ({what})", op.label());
+        let documented = self.statuses(op);
+        let body_text = String::from_utf8_lossy(&answer.body).into_owned();
+        let Some(response) = self.response(op, answer.status) else {
+            panic!(
+                "{label}: status {} is not documented (documented: {documented:?}); body: {body_text}",
+                answer.status
+            );
+        };
+        if let Some(headers) = response.get("headers").and_then(Value::as_object) {
+            for (name, header) in headers {
+                let header = self.resolve(header);
+                let value = answer
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{label}: documented header {name} missing on {}",
+                            answer.status
+                        )
+                    });
+                if let Some(schema) = header.get("schema") {
+                    let parsed = serde_json::from_str::<Value>(value)
+                        .ok()
+                        .filter(|v| !v.is_string())
+                        .unwrap_or_else(|| Value::String(value.to_owned()));
+                    self.assert_valid(schema, &parsed, &format!("{label}: header {name}"));
+                }
+            }
+        }
+        let Some(content) = response.get("content").and_then(Value::as_object) else {
+            assert!(
+                answer.body.is_empty(),
+                "{label}: {} documents no body, got {body_text}",
+                answer.status
+            );
+            return Value::Null;
+        };
+        let got = answer.media_type();
+        let (key, media) = content
+            .iter()
+            .find(|(k, _)| media_type(k) == got)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{label}: {} answered {got:?}, documented {:?}; body: {body_text}",
+                    answer.status,
+                    content.keys().collect::<Vec<_>>()
+                )
+            });
+        let body = if media_type(key) == "application/json" {
+            serde_json::from_slice::<Value>(&answer.body).unwrap_or_else(|e| {
+                panic!(
+                    "{label}: {} body is not JSON ({e}): {body_text}",
+                    answer.status
+                )
+            })
+        } else {
+            Value::String(
+                String::from_utf8(answer.body.clone())
+                    .unwrap_or_else(|_| panic!("{label}: text body is not UTF-8")),
+            )
+        };
+        let schema = self.resolve(&media["schema"]);
+        self.assert_valid(
+            &schema,
+            &body,
+            &format!("{label}: {} {key} body", answer.status),
+        );
+        body
+    }
+}
+
+/// Replaces every string equal to `from` with `to`, anywhere in `v`.
+fn substitute(v: &Value, from: &str, to: &str) -> Value {
+    match v {
+        Value::String(s) if s == from => Value::String(to.to_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| substitute(x, from, to)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), substitute(x, from, to)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The path with its parameters filled in.
+fn fill(path: &str, tenant: &str, conversation: &str) -> String {
+    path.replace("{tenant}", tenant)
+        .replace("{conversation}", conversation)
+}
+
+enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+}
+
+enum Body {
+    None,
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}
+
+async fn call(daemon: &Daemon, method: &str, path: &str, auth: Auth<'_>, body: Body) -> Answer {
+    let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+    let mut req = reqwest::Client::new()
+        .request(method, daemon.url(path))
+        .timeout(Duration::from_secs(30));
+    if let Auth::Bearer(token) = auth {
+        req = req.bearer_auth(token);
+    }
+    req = match body {
+        Body::None => req,
+        Body::Json(v) => req.json(&v),
+        Body::Raw(content_type, bytes) => req.header("content-type", content_type).body(bytes),
+    };
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}; log:\n{}", daemon.log()));
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap().to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Polls `GET /v1/tenants/demo/conversations/{id}` until `done` holds for its body.
+async fn wait_conversation(
+    daemon: &Daemon,
+    conversation: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/v1/tenants/{TENANT}/conversations/{conversation}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let a = call(daemon, "get", &path, Auth::Bearer(AGENT_TOKEN), Body::None).await;
+        if a.status == 200 {
+            let body: Value = serde_json::from_slice(&a.body).unwrap();
+            if done(&body) {
+                return body;
+            }
+        }
+        last = format!("{} {}", a.status, String::from_utf8_lossy(&a.body));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "conversation {conversation} never {what}; last answer: {last}\nlog:\n{}",
+        daemon.log()
+    );
+}
+
+fn has_event(conversation: &Value, event_type: &str) -> bool {
+    conversation["history"]
+        .as_array()
+        .is_some_and(|h| h.iter().any(|e| e["type"] == event_type))
+}
+
+/// Records what was seen and checks it against the document.
+struct Run<'a> {
+    doc: &'a Doc,
+    seen: BTreeSet<(String, String, u16)>,
+}
+
+impl Run<'_> {
+    fn check(&mut self, op: &Op, answer: &Answer, what: &str) -> Value {
+        let body = self.doc.check(op, answer, what);
+        self.seen
+            .insert((op.method.clone(), op.path.clone(), answer.status));
+        body
+    }
+
+    /// A documented refusal with its error code.
+    fn expect_error(&mut self, op: &Op, answer: &Answer, status: u16, code: &str, what: &str) {
+        let body = self.check(op, answer, what);
+        assert_eq!(answer.status, status, "{} ({what}): {body}", op.label());
+        assert_eq!(
+            body["error"]["code"],
+            code,
+            "{} ({what}): {body}",
+            op.label()
+        );
+    }
+
+    /// A documented refusal with a plain-text body.
+    fn expect_text(&mut self, op: &Op, answer: &Answer, status: u16, what: &str) {
+        let body = self.check(op, answer, what);
+        assert_eq!(answer.status, status, "{} ({what}): {body}", op.label());
+        assert!(body.is_string(), "{} ({what}): {body}", op.label());
+    }
+}
+
+#[test]
+fn the_document_is_consistent_and_lists_every_served_route() {
+    let doc = Doc::load();
+    let documented: BTreeSet<(String, String)> = doc.ops().iter().map(Op::key).collect();
+    let served: BTreeSet<(String, String)> = SERVED
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    let missing: Vec<_> = served.difference(&documented).collect();
+    assert!(missing.is_empty(), "served but not documented: {missing:?}");
+    let extra: Vec<_> = documented.difference(&served).collect();
+    assert!(extra.is_empty(), "documented but not served: {extra:?}");
+
+    for op in doc.ops() {
+        let label = op.label();
+        assert!(op.op["operationId"].is_string(), "{label}: no operationId");
+        for status in doc.statuses(&op) {
+            let response = doc.response(&op, status).unwrap();
+            assert!(
+                response["description"].is_string(),
+                "{label} {status}: no description"
+            );
+            let Some(content) = response.get("content").and_then(Value::as_object) else {
+                continue;
+            };
+            for (media, m) in content {
+                let schema = doc.resolve(&m["schema"]);
+                // Every documented example of an answer matches its schema…
+                let examples = m
+                    .get("examples")
+                    .and_then(Value::as_object)
+                    .map(|e| {
+                        e.values()
+                            .map(|x| doc.resolve(x)["value"].clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(m.get("example").cloned());
+                for ex in examples {
+                    doc.assert_valid(&schema, &ex, &format!("{label} {status} {media} example"));
+                }
+                // …and the schema is not vacuous: a stray object does not match it.
+                if media == "application/json" {
+                    assert!(
+                        !doc.validator(&schema)
+                            .is_valid(&json!({"unexpected": true})),
+                        "{label} {status}: schema accepts anything"
+                    );
+                }
+            }
+        }
+        let examples = doc.request_examples(&op);
+        if let Some(schema) = doc.request_schema(&op) {
+            assert!(
+                !examples.is_empty(),
+                "{label}: request body without example"
+            );
+            for (name, ex) in &examples {
+                doc.assert_valid(&schema, ex, &format!("{label} request example {name}"));
+            }
+            assert!(
+                !doc.validator(&schema)
+                    .is_valid(&json!({"unexpected": true})),
+                "{label}: request schema accepts anything"
+            );
+        }
+    }
+
+    // Every command variant has an example, and the examples cover every variant.
+    let commands = doc.op("post", "/v1/tenants/{tenant}/commands");
+    let variants: BTreeSet<String> = doc.doc["components"]["schemas"]["Command"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            doc.resolve(r)["properties"]["command"]["const"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let exemplified: BTreeSet<String> = doc
+        .request_examples(&commands)
+        .iter()
+        .map(|(_, ex)| ex["command"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(variants, exemplified, "one example per command at least");
+    assert_eq!(
+        variants,
+        [
+            "upsert_agent",
+            "remove_agent",
+            "set_presence",
+            "accept",
+            "decline",
+            "agent_replied",
+            "resolve",
+            "transfer",
+            "reopen",
+            "csat"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        "the Command variants of omni-routing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_running_daemon_answers_as_documented() {
+    let doc = Doc::load();
+    let mut run = Run {
+        doc: &doc,
+        seen: BTreeSet::new(),
+    };
+    let mut broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[("OMNI__KAFKA__PUBLISH_TIMEOUT_MS", "2000")]).await;
+
+    // A real conversation: agent lan (vi 4, capacity 3) online, then a customer message.
+    let commands = doc.op("post", "/v1/tenants/{tenant}/commands");
+    let inbound = doc.op("post", "/v1/inbound/{tenant}");
+    for cmd in [
+        json!({"command": "upsert_agent", "agent": "lan", "skills": {"vi": 4}, "capacity": 3}),
+        json!({"command": "set_presence", "agent": "lan", "presence": "online"}),
+    ] {
+        let a = call(
+            &daemon,
+            "post",
+            "/v1/tenants/demo/commands",
+            Auth::Bearer(AGENT_TOKEN),
+            Body::Json(cmd.clone()),
+        )
+        .await;
+        run.check(&commands, &a, "set-up command");
+        assert_eq!(a.status, 202, "{cmd}");
+    }
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/inbound/demo",
+        Auth::Bearer(INBOUND_TOKEN),
+        Body::Json(json!({
+            "contact": {"id": "cust-42", "name": "Trần Thị Bích", "language": "vi"},
+            "text": "Chào shop, đơn hàng #1234 của tôi giao chưa ạ?",
+            "client_message_id": "setup-1"
+        })),
+    )
+    .await;
+    let accepted = run.check(&inbound, &a, "set-up message");
+    assert_eq!(a.status, 202, "{accepted}");
+    let conversation = accepted["conversation_id"].as_str().unwrap().to_owned();
+    let example_conversation = doc.parameter_example("conversation");
+    assert_eq!(
+        example_conversation.as_str(),
+        Some(conversation.as_str()),
+        "the documented example conversation id is the one derived for the documented example \
+         contact (demo, api/default, cust-42)"
+    );
+    let example_conversation = example_conversation.as_str().unwrap().to_owned();
+    assert_eq!(
+        doc.parameter_example("tenant"),
+        TENANT,
+        "the documented example tenant"
+    );
+    let first = wait_conversation(&daemon, &conversation, "assigned to lan", |c| {
+        c["state"] == "assigned" && c["agent"] == "lan" && has_event(c, "omni.routing.assigned")
+    })
+    .await;
+    println!("conversation before the examples: {first}");
+
+    // Every documented operation with the document's examples: writes first, then reads.
+    let mut ops = doc.ops();
+    ops.sort_by_key(|o| (o.method == "get", o.path.clone()));
+    for op in &ops {
+        let url = fill(&op.path, TENANT, &conversation);
+        let auth = || {
+            if doc.requires_auth(op) {
+                Auth::Bearer(op.token())
+            } else {
+                Auth::None
+            }
+        };
+        let examples = doc.request_examples(op);
+        if op.op.get("requestBody").is_some() {
+            for (name, example) in &examples {
+                let body = substitute(example, &example_conversation, &conversation);
+                let a = call(&daemon, &op.method, &url, auth(), Body::Json(body)).await;
+                let got = run.check(op, &a, &format!("example {name}"));
+                assert!(
+                    (200..300).contains(&a.status),
+                    "{} example {name}: {} {got}",
+                    op.label(),
+                    a.status
+                );
+            }
+        } else {
+            if op.path.contains("/conversations/") {
+                // The example commands resolved it (after replies and rejections): wait until
+                // the router applied them, so the history has a variety of events to check.
+                wait_conversation(&daemon, &conversation, "resolved", |c| {
+                    has_event(c, "omni.routing.resolved")
+                })
+                .await;
+            }
+            let a = call(&daemon, &op.method, &url, auth(), Body::None).await;
+            let got = run.check(op, &a, "documented request");
+            assert!(
+                (200..300).contains(&a.status),
+                "{}: {} {got}",
+                op.label(),
+                a.status
+            );
+            if op.path.contains("/conversations/") {
+                let types: Vec<&str> = got["history"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|e| e["type"].as_str())
+                    .collect();
+                println!("conversation history checked: {types:?}");
+                assert_eq!(got["id"], conversation.as_str());
+            }
+            if op.path == "/metrics" {
+                assert!(got.as_str().unwrap().contains("omni_build_info"));
+            }
+        }
+    }
+
+    // The documented refusals of every operation.
+    for op in &ops {
+        let url = fill(&op.path, TENANT, &conversation);
+        let body = || match doc.request_examples(op).first() {
+            Some((_, ex)) => Body::Json(substitute(ex, &example_conversation, &conversation)),
+            None => Body::None,
+        };
+        if doc.requires_auth(op) {
+            let a = call(&daemon, &op.method, &url, Auth::None, body()).await;
+            run.expect_error(op, &a, 401, "missing_credentials", "no credentials");
+            let a = call(
+                &daemon,
+                &op.method,
+                &url,
+                Auth::Bearer("wrong-token"),
+                body(),
+            )
+            .await;
+            run.expect_error(op, &a, 401, "bad_credentials", "wrong token");
+            // The other surface's token is not this one's.
+            let other = if op.token() == AGENT_TOKEN {
+                INBOUND_TOKEN
+            } else {
+                AGENT_TOKEN
+            };
+            let a = call(&daemon, &op.method, &url, Auth::Bearer(other), body()).await;
+            run.expect_error(op, &a, 401, "bad_credentials", "the other API's token");
+        }
+        if op.path.contains("{tenant}") {
+            let url = fill(&op.path, "nobody", &conversation);
+            let a = call(&daemon, &op.method, &url, Auth::Bearer(op.token()), body()).await;
+            run.expect_error(op, &a, 404, "unknown_tenant", "unknown tenant");
+        }
+        if op.op.get("requestBody").is_some() {
+            let token = Auth::Bearer(op.token());
+            let a = call(
+                &daemon,
+                &op.method,
+                &url,
+                token,
+                Body::Raw("application/json", b"{\"contact\": {".to_vec()),
+            )
+            .await;
+            run.expect_error(op, &a, 400, "malformed", "malformed JSON");
+            let a = call(
+                &daemon,
+                &op.method,
+                &url,
+                Auth::Bearer(op.token()),
+                Body::Json(json!({})),
+            )
+            .await;
+            run.expect_error(op, &a, 400, "missing_field", "empty object");
+            let a = call(
+                &daemon,
+                &op.method,
+                &url,
+                Auth::Bearer(op.token()),
+                Body::Json(json!({"unexpected": true})),
+            )
+            .await;
+            let body = run.check(op, &a, "stray object");
+            assert_eq!(a.status, 400, "{} stray object: {body}", op.label());
+        }
+    }
+
+    // Refusals particular to one operation.
+    let conv_op = doc.op("get", "/v1/tenants/{tenant}/conversations/{conversation}");
+    let a = call(
+        &daemon,
+        "get",
+        "/v1/tenants/demo/conversations/not-a-uuid",
+        Auth::Bearer(AGENT_TOKEN),
+        Body::None,
+    )
+    .await;
+    run.expect_error(&conv_op, &a, 400, "invalid_field", "not a UUID");
+    let a = call(
+        &daemon,
+        "get",
+        "/v1/tenants/demo/conversations/00000000-0000-4000-8000-000000000000",
+        Auth::Bearer(AGENT_TOKEN),
+        Body::None,
+    )
+    .await;
+    run.expect_error(
+        &conv_op,
+        &a,
+        404,
+        "unknown_conversation",
+        "unknown conversation",
+    );
+
+    let replies = doc.op("post", "/v1/tenants/{tenant}/replies");
+    let (_, text_reply) = doc
+        .request_examples(&replies)
+        .into_iter()
+        .find(|(_, ex)| ex.get("attachments").is_none())
+        .expect("a documented text-only reply");
+    let reply = substitute(&text_reply, &example_conversation, &conversation);
+    let mut blank = reply.clone();
+    blank["text"] = json!("  ");
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/tenants/demo/replies",
+        Auth::Bearer(AGENT_TOKEN),
+        Body::Json(blank),
+    )
+    .await;
+    run.expect_error(
+        &replies,
+        &a,
+        400,
+        "missing_field",
+        "blank text, no attachment",
+    );
+    let mut nobody = reply.clone();
+    nobody["recipient"] = json!("");
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/tenants/demo/replies",
+        Auth::Bearer(AGENT_TOKEN),
+        Body::Json(nobody),
+    )
+    .await;
+    run.expect_error(&replies, &a, 400, "missing_field", "blank recipient");
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/tenants/demo/commands",
+        Auth::Bearer(AGENT_TOKEN),
+        Body::Json(json!({"command": "promote", "agent": "lan"})),
+    )
+    .await;
+    run.expect_error(&commands, &a, 400, "malformed", "unknown command");
+    // Bodies over the framework's 2 MiB limit on the agent API (plain text, documented so).
+    for path in ["/v1/tenants/demo/replies", "/v1/tenants/demo/commands"] {
+        let op = doc.op("post", &path.replace("demo", "{tenant}"));
+        let huge = format!("{{\"text\": \"{}\"}}", "x".repeat(2 * 1024 * 1024 + 16));
+        let a = call(
+            &daemon,
+            "post",
+            path,
+            Auth::Bearer(AGENT_TOKEN),
+            Body::Raw("application/json", huge.into_bytes()),
+        )
+        .await;
+        run.expect_text(&op, &a, 413, "over 2 MiB");
+    }
+    // The API channel's own checks.
+    let huge = json!({"contact": {"id": "c"}, "text": "x".repeat(70_000)});
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/inbound/demo",
+        Auth::Bearer(INBOUND_TOKEN),
+        Body::Json(huge),
+    )
+    .await;
+    run.expect_error(
+        &inbound,
+        &a,
+        413,
+        "payload_too_large",
+        "over max_body_bytes",
+    );
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/inbound/demo",
+        Auth::Bearer(INBOUND_TOKEN),
+        Body::Raw("text/plain", b"hi".to_vec()),
+    )
+    .await;
+    run.expect_error(&inbound, &a, 415, "unsupported_media_type", "text/plain");
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/inbound/demo",
+        Auth::Bearer(INBOUND_TOKEN),
+        Body::Json(json!({"contact": {"id": "c"}, "text": "hi", "account": "bad account!"})),
+    )
+    .await;
+    run.expect_error(&inbound, &a, 400, "invalid_field", "bad account");
+
+    // An instance without a router holds no tenant: reads answer 503 tenant_not_local.
+    let no_router = Daemon::start(&broker, &[("OMNI__ROUTER__ENABLED", "false")]).await;
+    for op in ops
+        .iter()
+        .filter(|o| o.path.starts_with("/v1/tenants/") && o.method == "get")
+    {
+        let url = fill(&op.path, TENANT, &conversation);
+        let a = call(
+            &no_router,
+            "get",
+            &url,
+            Auth::Bearer(AGENT_TOKEN),
+            Body::None,
+        )
+        .await;
+        run.expect_error(op, &a, 503, "tenant_not_local", "instance without a router");
+    }
+    drop(no_router);
+
+    // Kafka down: writes answer 503 kafka_unavailable, readiness 503.
+    broker.stop();
+    for op in ops.iter().filter(|o| o.method == "post") {
+        let url = fill(&op.path, TENANT, &conversation);
+        let (_, example) = doc.request_examples(op).into_iter().next().unwrap();
+        let mut body = substitute(&example, &example_conversation, &conversation);
+        if body.get("client_message_id").is_some() {
+            // Not one already published (a repeat is answered from the dedupe cache).
+            body["client_message_id"] = json!("while-kafka-is-down");
+        }
+        let a = call(
+            &daemon,
+            "post",
+            &url,
+            Auth::Bearer(op.token()),
+            Body::Json(body),
+        )
+        .await;
+        run.expect_error(op, &a, 503, "kafka_unavailable", "Kafka down");
+    }
+    let readyz = doc.op("get", "/readyz");
+    let a = call(&daemon, "get", "/readyz", Auth::None, Body::None).await;
+    let body = run.check(&readyz, &a, "Kafka down");
+    assert_eq!(a.status, 503, "{body}");
+    let healthz = doc.op("get", "/healthz");
+    let a = call(&daemon, "get", "/healthz", Auth::None, Body::None).await;
+    run.check(&healthz, &a, "Kafka down");
+    assert_eq!(a.status, 200, "liveness does not depend on Kafka");
+
+    // Every documented status was produced by the daemon.
+    let mut unseen = Vec::new();
+    for op in &ops {
+        for status in doc.statuses(op) {
+            let key = (op.method.clone(), op.path.clone(), status);
+            let exempt = UNREACHABLE
+                .iter()
+                .any(|(m, p, s)| *m == op.method && *p == op.path && *s == status);
+            if !exempt && !run.seen.contains(&key) {
+                unseen.push(format!("{} {status}", op.label()));
+            }
+        }
+    }
+    assert!(
+        unseen.is_empty(),
+        "documented but never produced: {unseen:?}"
+    );
+    println!(
+        "{} (operation, status) pairs produced and validated against openapi.json",
+        run.seen.len()
+    );
+}
