@@ -5,7 +5,7 @@
 //! cluster, ask the instance that owns the tenant (a 503 `tenant_not_local` says it is another
 //! one). Writes (replies, commands) go to Kafka and work on every instance.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +35,8 @@ pub struct ApiState {
     pub topics: Topics,
     /// Agent API tokens per tenant.
     pub tokens: HashMap<String, (TenantId, Secret)>,
+    /// Largest request body accepted (`server.max_body_bytes`).
+    pub max_body_bytes: usize,
 }
 
 /// The API routes (mounted by the daemon).
@@ -72,6 +74,10 @@ enum ApiError {
     NotLocal,
     #[error("{1}")]
     Invalid(&'static str, String),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("unsupported content type, expected application/json")]
+    UnsupportedMediaType,
 }
 
 impl IntoResponse for ApiError {
@@ -82,6 +88,10 @@ impl IntoResponse for ApiError {
             ApiError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
             ApiError::NotLocal => (StatusCode::SERVICE_UNAVAILABLE, "tenant_not_local"),
             ApiError::Invalid(code, _) => (StatusCode::BAD_REQUEST, *code),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
         };
         error(status, code, self.to_string())
     }
@@ -244,6 +254,40 @@ struct ReplyRequest {
     reply_to: Option<String>,
 }
 
+/// Reads a JSON request body within the configured limit.
+async fn read_body(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    let limit = state.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let json = ct
+            .to_str()
+            .map(|s| {
+                s.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            })
+            .unwrap_or(false);
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(limit))
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.to_string().starts_with("missing field") {
@@ -287,10 +331,14 @@ async fn reply(
     State(state): State<Arc<ApiState>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let tenant = match authorize(&state, &tenant, &headers) {
         Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let body = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
         Err(e) => return e.into_response(),
     };
     let req: ReplyRequest = match parse(&body) {
@@ -303,6 +351,9 @@ async fn reply(
             "missing_field",
             "text (or at least one attachment)",
         );
+    }
+    if let Some(i) = req.attachments.iter().position(|a| a.url.trim().is_empty()) {
+        return ApiError::Invalid("missing_field", format!("attachments[{i}].url")).into_response();
     }
     if req.recipient.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "missing_field", "recipient");
@@ -336,10 +387,14 @@ async fn command(
     State(state): State<Arc<ApiState>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let tenant = match authorize(&state, &tenant, &headers) {
         Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let body = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
         Err(e) => return e.into_response(),
     };
     let cmd: Command = match parse(&body) {

@@ -75,6 +75,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .iter()
             .map(|(t, s)| (t.as_str().to_owned(), (t.clone(), s.clone())))
             .collect(),
+        max_body_bytes: settings.max_body_bytes,
     });
     let state = Arc::new(AppState {
         ingress,
