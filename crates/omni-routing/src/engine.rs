@@ -566,6 +566,9 @@ impl Engine {
             AfterHours::SpillTo(target) => {
                 let to = self.queue_index[&target];
                 self.leave_waiting(id);
+                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                    c.relax = 0;
+                }
                 out.push(Output::Event(RoutingEvent::Escalated {
                     conversation: id,
                     from_queue: self.queues[queue].id.clone(),
@@ -1012,8 +1015,12 @@ impl Engine {
                 let Some(&a) = self.agent_index.get(agent) else {
                     return reject(out, None, format!("unknown agent {agent}"));
                 };
+                // Out of every index first, so nothing is routed back to them.
+                self.update_agent(a, |ag| {
+                    ag.removed = true;
+                    ag.presence = Presence::Offline;
+                });
                 self.requeue_agent_conversations(now, a, "agent removed", out);
-                self.update_agent(a, |ag| ag.removed = true);
                 self.agent_index.remove(agent);
                 self.sticky.retain(|_, (s, _)| *s != a);
             }
@@ -1112,11 +1119,9 @@ impl Engine {
                 a
             }
         };
-        // Availability counters belong to the old queue list: take the agent out first.
-        let was_available = self.agents[a as usize].available();
-        if was_available {
-            self.update_agent(a, |ag| ag.removed = true);
-        }
+        // Availability counters belong to the old queue list: take the agent out of every index
+        // first, change the profile, then put them back as the new profile says.
+        self.update_agent(a, |ag| ag.removed = true);
         {
             self.dirty_agents.insert(a);
             let ag = &mut self.agents[a as usize];
@@ -1125,8 +1130,23 @@ impl Engine {
             ag.channel_capacity = p.channel_capacity.clone();
             ag.queues = queues;
         }
-        if was_available {
-            self.update_agent(a, |ag| ag.removed = false);
+        self.update_agent(a, |ag| ag.removed = false);
+        // Pending offers the agent no longer has the skills for go to someone else.
+        let offers: Vec<ConversationId> = self.agents[a as usize]
+            .open
+            .keys()
+            .filter(|id| {
+                self.conversations.get(id).is_some_and(|c| {
+                    matches!(c.state, State::Offered { .. })
+                        && !self
+                            .requirement(c)
+                            .all(|(s, l)| self.agents[a as usize].level(s) >= l)
+                })
+            })
+            .copied()
+            .collect();
+        for id in offers {
+            self.requeue(now, id, "agent no longer has the required skills", out);
         }
         self.enforce_capacity(now, a, out);
         self.drain_agent(now, a, out);
@@ -1245,12 +1265,25 @@ impl Engine {
             self.relaxed.insert((key, id));
         }
         self.catch_up_overflow(now, id, out);
+        self.route_if_waiting(now, id, out);
+        self.drain_agent(now, agent, out);
+    }
+
+    /// Routes a conversation that is (still) waiting in its current queue, or applies the
+    /// queue's after-hours rule; after an overflow step it may already sit elsewhere.
+    fn route_if_waiting(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        if c.state != State::Waiting {
+            return;
+        }
+        let queue = c.queue;
         if self.queue_open(queue, now) {
             self.route_conversation(now, id, out);
         } else {
             self.after_hours(now, id, queue, out);
         }
-        self.drain_agent(now, agent, out);
     }
 
     /// Applies an overflow step that fell due while the conversation was offered or assigned,
@@ -1370,9 +1403,7 @@ impl Engine {
             value: 1.0,
         }));
         self.catch_up_overflow(now, id, out);
-        if self.queue_open(queue, now) {
-            self.route_conversation(now, id, out);
-        }
+        self.route_if_waiting(now, id, out);
         self.drain_agent(now, a, out);
     }
 
@@ -1731,8 +1762,10 @@ impl Engine {
             OverflowAction::SpillTo(target) => {
                 let to = self.queue_index[&target];
                 self.leave_waiting(id);
+                // A relaxation belongs to the queue that granted it.
                 if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
                     c.declined.clear();
+                    c.relax = 0;
                 }
                 out.push(Output::Event(RoutingEvent::Escalated {
                     conversation: id,
