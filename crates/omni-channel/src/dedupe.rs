@@ -4,6 +4,7 @@
 //! deterministic id, which consumers drop by id.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,31 @@ pub struct DedupeCache {
     shards: Vec<Mutex<Shard>>,
 }
 
+/// Event ids are UUIDs (v5: a SHA-1 digest; v7: random low bits), already uniformly
+/// distributed, so folding them is as good a hash as SipHash and several times cheaper. The
+/// cache is never keyed by attacker-chosen raw values: ids are digests of them.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    seen: HashMap<u128, Instant>,
+    seen: HashMap<u128, Instant, BuildHasherDefault<FoldHasher>>,
     order: VecDeque<(u128, Instant)>,
 }
 

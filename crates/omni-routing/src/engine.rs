@@ -62,11 +62,14 @@ struct Agent {
     idle_since: Timestamp,
     /// Queues whose required skills the agent meets at full proficiency.
     queues: Vec<QueueIdx>,
+    /// The same queues as a bit set, so most agents who cannot serve a conversation's queue
+    /// are skipped in one test while walking an index.
+    queue_bits: Vec<u64>,
     /// Index entries currently held (so they can be removed before a change).
     indexed: Option<IndexEntry>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct IndexEntry {
     idle: (u64, AgentIdx),
     load: (Key, AgentIdx),
@@ -79,6 +82,13 @@ impl Agent {
             .binary_search_by_key(&skill, |(s, _)| *s)
             .map(|i| self.skills[i].1)
             .unwrap_or(0)
+    }
+
+    /// Whether the agent has the queue's skills at full proficiency.
+    fn serves(&self, queue: QueueIdx) -> bool {
+        self.queue_bits
+            .get(queue / 64)
+            .is_some_and(|w| w & (1u64 << (queue % 64)) != 0)
     }
 
     fn available(&self) -> bool {
@@ -222,6 +232,21 @@ pub struct Engine {
     dirty_agents: BTreeSet<AgentIdx>,
     dirty_convs: BTreeSet<ConversationId>,
     dirty_queues: BTreeSet<QueueIdx>,
+    rules: Vec<CompiledRule>,
+    rules_need_text: bool,
+}
+
+/// A rule with its queue resolved and its words lower-cased once, at start-up.
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    channel: Option<ChannelKind>,
+    account: Option<String>,
+    keywords: Vec<String>,
+    tags: Vec<String>,
+    language: Option<String>,
+    queue: QueueIdx,
+    add_skills: Vec<(SkillIdx, u8)>,
+    priority_boost: i32,
 }
 
 /// A queue as the agent/operator API shows it.
@@ -296,6 +321,8 @@ impl Engine {
             dirty_agents: BTreeSet::new(),
             dirty_convs: BTreeSet::new(),
             dirty_queues: BTreeSet::new(),
+            rules: Vec::new(),
+            rules_need_text: false,
             config: config.clone(),
         };
         for (id, q) in &config.queues {
@@ -329,6 +356,26 @@ impl Engine {
             });
         }
         engine.default_queue = engine.queue_index[&config.default_queue];
+        for rule in &config.rules {
+            let mut add_skills: Vec<(SkillIdx, u8)> = rule
+                .add_skills
+                .iter()
+                .map(|(s, l)| (engine.intern(s), *l))
+                .collect();
+            add_skills.sort_unstable();
+            let w = &rule.when;
+            engine.rules.push(CompiledRule {
+                channel: w.channel,
+                account: w.account.clone(),
+                keywords: w.keywords.iter().map(|k| k.to_lowercase()).collect(),
+                tags: w.tags.clone(),
+                language: w.language.as_ref().map(|l| l.to_ascii_lowercase()),
+                queue: engine.queue_index[&rule.queue],
+                add_skills,
+                priority_boost: rule.priority_boost,
+            });
+        }
+        engine.rules_need_text = engine.rules.iter().any(|r| !r.keywords.is_empty());
         Ok(engine)
     }
 
@@ -472,39 +519,35 @@ impl Engine {
         self.enter_queue(now, id, queue, out);
     }
 
-    fn choose_queue(&mut self, msg: &Inbound) -> (QueueIdx, i32, Vec<(SkillIdx, u8)>) {
-        let text = msg.text.to_lowercase();
+    fn choose_queue(&self, msg: &Inbound) -> (QueueIdx, i32, Vec<(SkillIdx, u8)>) {
+        let text = if self.rules_need_text {
+            msg.text.to_lowercase()
+        } else {
+            String::new()
+        };
         let lang = msg
             .language
             .as_deref()
             .map(|l| l.split(['-', '_']).next().unwrap_or(l).to_ascii_lowercase());
-        let rules = self.config.rules.clone();
-        for rule in &rules {
-            let w = &rule.when;
-            let ok = w.channel.is_none_or(|k| k == msg.channel.kind)
-                && w.account.as_ref().is_none_or(|a| *a == msg.channel.account)
-                && (w.keywords.is_empty()
-                    || w.keywords.iter().any(|k| text.contains(&k.to_lowercase())))
-                && (w.tags.is_empty() || w.tags.iter().any(|t| msg.tags.contains(t)))
-                && w.language
+        for rule in &self.rules {
+            let ok = rule.channel.is_none_or(|k| k == msg.channel.kind)
+                && rule
+                    .account
                     .as_ref()
-                    .is_none_or(|l| lang.as_deref() == Some(l.to_ascii_lowercase().as_str()));
+                    .is_none_or(|a| *a == msg.channel.account)
+                && (rule.keywords.is_empty()
+                    || rule.keywords.iter().any(|k| text.contains(k.as_str())))
+                && (rule.tags.is_empty() || rule.tags.iter().any(|t| msg.tags.contains(t)))
+                && rule
+                    .language
+                    .as_ref()
+                    .is_none_or(|l| lang.as_deref() == Some(l.as_str()));
             if ok {
-                let q = self.queue_index[&rule.queue];
-                let mut extra: Vec<(SkillIdx, u8)> = rule
-                    .add_skills
-                    .iter()
-                    .map(|(s, l)| (self.intern(s), *l))
-                    .collect();
-                extra.sort_unstable();
-                return (
-                    q,
-                    self.queues[q]
-                        .cfg
-                        .priority
-                        .saturating_add(rule.priority_boost),
-                    extra,
-                );
+                let priority = self.queues[rule.queue]
+                    .cfg
+                    .priority
+                    .saturating_add(rule.priority_boost);
+                return (rule.queue, priority, rule.add_skills.clone());
             }
         }
         let q = self.default_queue;
@@ -646,19 +689,20 @@ impl Engine {
     // ----- choosing an agent ---------------------------------------------------------------
 
     /// The skills a conversation needs: its queue's plus any a rule added.
-    fn requirement(&self, c: &Conversation) -> impl Iterator<Item = (SkillIdx, u8)> + '_ {
+    fn requirement<'a>(&'a self, c: &'a Conversation) -> impl Iterator<Item = (SkillIdx, u8)> + 'a {
         let relax = c.relax;
         self.queues[c.queue]
             .required
             .iter()
             .chain(c.extra_skills.iter())
             .map(move |(s, l)| (*s, l.saturating_sub(relax).max(1)))
-            .collect::<Vec<_>>()
-            .into_iter()
     }
 
     fn can_take(&self, a: AgentIdx, c: &Conversation) -> bool {
         let agent = &self.agents[a as usize];
+        if c.relax == 0 && !agent.serves(c.queue) {
+            return false;
+        }
         agent.available()
             && agent.kind_has_room(c.channel.kind)
             && !c.declined.contains(&a)
@@ -705,6 +749,11 @@ impl Engine {
         }
         let q = &self.queues[c.queue];
         let strategy = q.cfg.strategy;
+        // Nobody with the queue's skills is available: skip the walk (unless overflow relaxed
+        // the skills, when agents outside the count may qualify).
+        if q.available_agents == 0 && c.relax == 0 {
+            return false;
+        }
         let found = match strategy {
             Strategy::LongestIdle => self
                 .by_idle
@@ -946,13 +995,15 @@ impl Engine {
     fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
         let was_available = self.agents[a as usize].available();
         self.dirty_agents.insert(a);
-        self.unindex(a);
+        let old = self.agents[a as usize].indexed.take();
         change(&mut self.agents[a as usize]);
-        self.index(a);
+        let new = self.index_entry(a);
+        self.reindex(a, old, new.as_ref());
+        self.agents[a as usize].indexed = new;
         let now_available = self.agents[a as usize].available();
         if was_available != now_available {
-            let queues = self.agents[a as usize].queues.clone();
-            for q in queues {
+            for i in 0..self.agents[a as usize].queues.len() {
+                let q = self.agents[a as usize].queues[i];
                 let n = &mut self.queues[q].available_agents;
                 *n = if now_available {
                     *n + 1
@@ -963,28 +1014,15 @@ impl Engine {
         }
     }
 
-    fn unindex(&mut self, a: AgentIdx) {
-        let Some(entry) = self.agents[a as usize].indexed.take() else {
-            return;
-        };
-        self.by_idle.remove(&entry.idle);
-        self.by_load.remove(&entry.load);
-        self.by_id.remove(&a);
-        for (skill, key, idx) in entry.skills {
-            if let Some(set) = self.by_skill.get_mut(&skill) {
-                set.remove(&(key, idx));
-            }
-        }
-    }
-
-    fn index(&mut self, a: AgentIdx) {
+    /// The index entries an agent should have now (`None` when not available).
+    fn index_entry(&self, a: AgentIdx) -> Option<IndexEntry> {
         let agent = &self.agents[a as usize];
         if !agent.available() {
-            return;
+            return None;
         }
         let idle = agent.idle_since.0;
         let ratio = agent.ratio();
-        let entry = IndexEntry {
+        Some(IndexEntry {
             idle: (idle, a),
             load: ((ratio, idle, 0), a),
             skills: agent
@@ -993,17 +1031,60 @@ impl Engine {
                 .filter(|(s, _)| self.indexed_skills.contains(s))
                 .map(|(s, l)| (*s, (u64::from(5 - (*l).min(5)), ratio, idle), a))
                 .collect(),
-        };
-        self.by_idle.insert(entry.idle);
-        self.by_load.insert(entry.load);
-        self.by_id.insert(a);
-        for (skill, key, idx) in &entry.skills {
-            self.by_skill
-                .entry(*skill)
-                .or_default()
-                .insert((*key, *idx));
+        })
+    }
+
+    /// Moves an agent's index entries from `old` to `new`, touching only the keys that changed
+    /// (a release changes the load keys, not the idle one; the id set changes only when the
+    /// agent becomes available or unavailable).
+    fn reindex(&mut self, a: AgentIdx, old: Option<IndexEntry>, new: Option<&IndexEntry>) {
+        match (old, new) {
+            (None, None) => {}
+            (Some(o), None) => {
+                self.by_idle.remove(&o.idle);
+                self.by_load.remove(&o.load);
+                self.by_id.remove(&a);
+                for (skill, key, idx) in o.skills {
+                    if let Some(set) = self.by_skill.get_mut(&skill) {
+                        set.remove(&(key, idx));
+                    }
+                }
+            }
+            (None, Some(n)) => {
+                self.by_idle.insert(n.idle);
+                self.by_load.insert(n.load);
+                self.by_id.insert(a);
+                for (skill, key, idx) in &n.skills {
+                    self.by_skill
+                        .entry(*skill)
+                        .or_default()
+                        .insert((*key, *idx));
+                }
+            }
+            (Some(o), Some(n)) => {
+                if o.idle != n.idle {
+                    self.by_idle.remove(&o.idle);
+                    self.by_idle.insert(n.idle);
+                }
+                if o.load != n.load {
+                    self.by_load.remove(&o.load);
+                    self.by_load.insert(n.load);
+                }
+                if o.skills != n.skills {
+                    for (skill, key, idx) in o.skills {
+                        if let Some(set) = self.by_skill.get_mut(&skill) {
+                            set.remove(&(key, idx));
+                        }
+                    }
+                    for (skill, key, idx) in &n.skills {
+                        self.by_skill
+                            .entry(*skill)
+                            .or_default()
+                            .insert((*key, *idx));
+                    }
+                }
+            }
         }
-        self.agents[a as usize].indexed = Some(entry);
     }
 
     // ----- commands ------------------------------------------------------------------------
@@ -1113,6 +1194,7 @@ impl Engine {
                     open_by_kind: BTreeMap::new(),
                     idle_since: now,
                     queues: Vec::new(),
+                    queue_bits: Vec::new(),
                     indexed: None,
                 });
                 self.agent_index.insert(p.agent.clone(), a);
@@ -1128,6 +1210,7 @@ impl Engine {
             ag.skills = skills;
             ag.capacity = p.capacity;
             ag.channel_capacity = p.channel_capacity.clone();
+            ag.queue_bits = queue_bits(&queues, self.queues.len());
             ag.queues = queues;
         }
         self.update_agent(a, |ag| ag.removed = false);
@@ -1922,6 +2005,15 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// `queues` as a bit set over `count` queues.
+fn queue_bits(queues: &[QueueIdx], count: usize) -> Vec<u64> {
+    let mut bits = vec![0u64; count.div_ceil(64)];
+    for q in queues {
+        bits[q / 64] |= 1u64 << (q % 64);
+    }
+    bits
 }
 
 /// A conversation to change, recorded as changed (for the state changelog).

@@ -1,8 +1,8 @@
 //! The HTTP surface: inbound endpoints, health, readiness and metrics.
 
-use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -37,12 +37,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn api_inbound(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // Taking the request whole avoids the header map copy the `HeaderMap` extractor makes.
+    let (parts, body) = request.into_parts();
     state
         .ingress
-        .handle(&state.api, &tenant, &headers, body)
+        .handle(&state.api, &tenant, &parts.headers, body)
         .await
 }
 

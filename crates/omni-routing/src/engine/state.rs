@@ -298,7 +298,8 @@ impl Engine {
             let idx = u32::try_from(e.agents.len()).unwrap_or(u32::MAX);
             e.agents.push(Agent {
                 id: a.id.clone(),
-                removed: false,
+                // Indexed (and counted as available) below, once their conversations are known.
+                removed: true,
                 presence: a.presence,
                 skills,
                 capacity: a.capacity,
@@ -306,6 +307,7 @@ impl Engine {
                 open: BTreeMap::new(),
                 open_by_kind: BTreeMap::new(),
                 idle_since: a.idle_since,
+                queue_bits: super::queue_bits(&queues_ok, e.queues.len()),
                 queues: queues_ok,
                 indexed: None,
             });
@@ -418,7 +420,7 @@ impl Engine {
         let mut out = Vec::new();
         for a in 0..e.agents.len() {
             let a = u32::try_from(a).unwrap_or(u32::MAX);
-            e.update_agent(a, |_| {});
+            e.update_agent(a, |ag| ag.removed = false);
             if e.agents[a as usize].presence == Presence::Offline {
                 e.requeue_agent_conversations(now, a, "agent offline at recovery", &mut out);
             }
