@@ -377,7 +377,10 @@ impl Router {
                 events.push(routing_envelope(&tenant, id, now, ev));
             }
         }
-        // 1. state (with progress), 2. events, then the caller commits.
+        // State (with progress) and events go out in one batch, then the caller commits. The
+        // order between them does not matter: with events but no state, a replay recomputes
+        // the same events (same ids) from the old state; with state but no events, the
+        // progress record re-publishes them. Only the commit must come last.
         let progress = Progress {
             offset: rec.offset,
             time: now.0,
@@ -398,6 +401,10 @@ impl Router {
             )])
             .collect();
         let topic = self.bus.topics.router_state.as_str();
+        let event_payloads: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap_or_default())
+            .collect();
         let records: Vec<OutRecord<'_>> = state
             .iter()
             .map(|(key, value)| OutRecord {
@@ -406,10 +413,14 @@ impl Router {
                 key: key.as_bytes(),
                 payload: value.as_deref(),
             })
+            .chain(event_payloads.iter().map(|p| OutRecord {
+                topic: self.bus.topics.routing.as_str(),
+                partition: None,
+                key: tenant.as_str().as_bytes(),
+                payload: Some(p),
+            }))
             .collect();
         self.producer.send_batch(&records).await?;
-        self.publish_events(tenant.as_str().as_bytes(), &events)
-            .await?;
         {
             let mut s = self.lock();
             s.progress.insert(progress_key, progress);

@@ -226,8 +226,9 @@ pub struct Engine {
     /// Waiting conversations with relaxed proficiency, across queues.
     relaxed: BTreeSet<(i64, ConversationId)>,
     sticky: HashMap<String, (AgentIdx, Timestamp)>,
-    timers: BTreeMap<(Timestamp, u64), Timer>,
-    timer_seq: u64,
+    /// Pending timers ordered by (time, timer): a canonical order, so an engine restored from
+    /// its changelog fires simultaneous timers in the same order as the original did.
+    timers: BTreeSet<(Timestamp, Timer)>,
     /// Entities changed since the last [`Engine::take_changes`].
     dirty_agents: BTreeSet<AgentIdx>,
     dirty_convs: BTreeSet<ConversationId>,
@@ -316,8 +317,7 @@ impl Engine {
             conversations: HashMap::new(),
             relaxed: BTreeSet::new(),
             sticky: HashMap::new(),
-            timers: BTreeMap::new(),
-            timer_seq: 0,
+            timers: BTreeSet::new(),
             dirty_agents: BTreeSet::new(),
             dirty_convs: BTreeSet::new(),
             dirty_queues: BTreeSet::new(),
@@ -391,7 +391,7 @@ impl Engine {
 
     /// The earliest pending timer: when the runner should send the next [`Input::Tick`].
     pub fn next_timer(&self) -> Option<Timestamp> {
-        self.timers.keys().next().map(|(t, _)| *t)
+        self.timers.first().map(|(t, _)| *t)
     }
 
     /// Applies one input at time `now` and returns what happened, in order.
@@ -1682,16 +1682,12 @@ impl Engine {
     // ----- timers --------------------------------------------------------------------------
 
     fn schedule(&mut self, at: Timestamp, timer: Timer) {
-        self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), timer);
+        self.timers.insert((at, timer));
     }
 
     fn tick(&mut self, now: Timestamp, out: &mut Vec<Output>) {
-        while let Some((&(at, seq), _)) = self.timers.iter().next() {
-            if at > now {
-                break;
-            }
-            let Some(timer) = self.timers.remove(&(at, seq)) else {
+        while self.timers.first().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, timer)) = self.timers.pop_first() else {
                 break;
             };
             self.fire(now, timer, out);
