@@ -295,6 +295,10 @@ async fn failover(departure: Departure) {
         }
         Departure::Crashed => {
             a.terminate_hard();
+            // Let the dead member's session (6 s) expire before the replacement joins: tansu 0.6
+            // re-forms a group without a new generation when a session expires, so a member
+            // joining while the dead one is still listed could be handed a stale assignment.
+            tokio::time::sleep(Duration::from_secs(8)).await;
             Some(Daemon::start(&broker, &env_refs).await)
         }
     };
