@@ -8,7 +8,7 @@ TANSU_VERSION := 0.6.0
 TANSU_ROOT    := $(CACHE)/tansu-$(TANSU_VERSION)
 TANSU         := $(TANSU_ROOT)/bin/tansu
 VENV          := $(CURDIR)/.venv
-APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl
+APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose
 BENCH_PACKAGES := wrk
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -20,7 +20,7 @@ export CARGO_TERM_COLOR ?= never
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: $(TANSU) $(VENV)/.ok ## Install what builds and tests need (apt packages, tansu broker, Python client)
+deps: apt $(TANSU) $(VENV)/.ok ## Install what builds and tests need (apt packages, tansu broker, Python client)
 
 .PHONY: apt
 apt:
@@ -35,9 +35,9 @@ $(TANSU): | apt
 	@echo "building the tansu $(TANSU_VERSION) Kafka broker into $(TANSU_ROOT) (once; ~12 min cold)"
 	cargo install tansu --locked --version $(TANSU_VERSION) --features dynostore,libsql --root $(TANSU_ROOT)
 
-$(VENV)/.ok:
+$(VENV)/.ok: Makefile
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check confluent-kafka
+	$(VENV)/bin/pip install -q --disable-pip-version-check confluent-kafka kubernetes-validate pyyaml
 	touch $@
 
 build: apt ## Build the daemon (debug)
