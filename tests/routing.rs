@@ -104,7 +104,11 @@ async fn a_posted_conversation_is_assigned_and_its_first_response_time_is_on_met
 
     let view = api
         .wait_for(&format!("conversations/{conv}"), "assignment", |v| {
+            // The history follows the state once the decision is written to Kafka.
             v["state"] == "assigned"
+                && v["history"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().any(|e| e["type"] == "omni.routing.assigned"))
         })
         .await;
     assert_eq!(view["agent"], "lan");

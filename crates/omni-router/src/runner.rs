@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::metrics::RouterMetrics;
-use crate::wire::{
-    decode_input, routing_conversation, routing_subject, routing_type, time_of, Envelope, TICK_TYPE,
-};
+use crate::wire::{decode_input, routing_subject, routing_type, time_of, Envelope, TICK_TYPE};
 
 /// How many routing events per conversation the API can show.
 const HISTORY_LEN: usize = 50;
@@ -66,14 +64,17 @@ pub struct TenantSlot {
     pub history: HashMap<ConversationId, VecDeque<serde_json::Value>>,
 }
 
-/// The input offset last applied on a (topic, partition), with the step's events, so a replay
-/// re-publishes them instead of applying the input again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The input offset last applied on a (topic, partition), with the events of the last batch
+/// per input offset, so a replay re-publishes them instead of applying the inputs again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Progress {
     offset: i64,
     time: u64,
-    events: Vec<serde_json::Value>,
+    events: Vec<(i64, Vec<serde_json::Value>)>,
 }
+
+/// Most input records applied together, with one write to Kafka for all of them.
+const MAX_BATCH: usize = 500;
 
 /// State shared by the loop, the ticker and the API.
 #[derive(Default)]
@@ -107,6 +108,18 @@ impl ConsumerContext for RouterContext {
             let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
             revoked.extend(tpl.elements().iter().map(|e| e.partition()));
         }
+    }
+}
+
+/// Copies what the router needs out of a consumed message.
+fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
+    Rec {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        payload: m.payload().map(<[u8]>::to_vec),
+        timestamp: m.timestamp().to_millis(),
     }
 }
 
@@ -212,38 +225,43 @@ impl Router {
                 () = &mut shutdown => break,
                 m = consumer.recv() => m,
             };
-            let rec = match message {
-                Ok(m) => Rec {
-                    topic: m.topic().to_owned(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    timestamp: m.timestamp().to_millis(),
-                },
+            let first = match message {
+                Ok(m) => detach(&m),
                 Err(e) => {
                     tracing::warn!(error = %e, "router receive failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
+            // Take whatever else is already fetched, so one write to Kafka covers many inputs.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(detach(&m)),
+                    _ => break,
+                }
+            }
             let mut backoff = Duration::from_millis(100);
             loop {
                 self.forget_revoked(&revoked);
-                match self.step(&rec).await {
-                    Ok(outcome) => {
-                        self.metrics
-                            .inputs
-                            .with_label_values(&[rec.topic.as_str(), outcome])
-                            .inc();
+                match self.step_batch(&batch).await {
+                    Ok(outcomes) => {
+                        for (rec, outcome) in batch.iter().zip(outcomes) {
+                            self.metrics
+                                .inputs
+                                .with_label_values(&[rec.topic.as_str(), outcome])
+                                .inc();
+                        }
                         break;
                     }
                     Err(e) => {
-                        // Memory may hold a step Kafka does not: forget the partition and
-                        // rebuild it from the changelog before trying the record again.
-                        tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
-                            error = %e, "router step failed, will reload and retry");
-                        self.unload(rec.partition);
+                        // Memory may hold steps Kafka does not: forget the partitions and
+                        // rebuild them from the changelog before trying the records again.
+                        tracing::warn!(records = batch.len(), error = %e,
+                            "router step failed, will reload and retry");
+                        for rec in &batch {
+                            self.unload(rec.partition);
+                        }
                         tokio::select! {
                             biased;
                             () = &mut shutdown => { ticker.abort(); return Ok(()); }
@@ -253,10 +271,17 @@ impl Router {
                     }
                 }
             }
+            let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+            for rec in &batch {
+                let o = next.entry((rec.topic.as_str(), rec.partition)).or_insert(0);
+                *o = (*o).max(rec.offset + 1);
+            }
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&rec.topic, rec.partition, Offset::Offset(rec.offset + 1))?;
+            for ((topic, partition), offset) in next {
+                tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+            }
             if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                tracing::warn!(error = %e, "router commit failed (the record will be replayed)");
+                tracing::warn!(error = %e, "router commit failed (the records will be replayed)");
             }
         }
         ticker.abort();
@@ -306,173 +331,200 @@ impl Router {
             .set(s.loaded.len() as i64);
     }
 
-    /// Applies one record; returns the outcome label.
-    async fn step(&self, rec: &Rec) -> Result<&'static str, RouterError> {
-        if !self.lock().loaded.contains(&rec.partition) {
-            self.load(rec.partition).await?;
+    /// Applies a batch of records and writes their state, progress and events in one batch;
+    /// returns each record's outcome label. On error nothing of the batch may be assumed
+    /// written: the caller reloads the partitions and retries the whole batch.
+    async fn step_batch(&self, batch: &[Rec]) -> Result<Vec<&'static str>, RouterError> {
+        let partitions: BTreeSet<i32> = batch.iter().map(|r| r.partition).collect();
+        for p in partitions {
+            if !self.lock().loaded.contains(&p) {
+                self.load(p).await?;
+            }
         }
-        let progress_key = (rec.topic.clone(), rec.partition);
-        let replay = self
-            .lock()
-            .progress
-            .get(&progress_key)
-            .filter(|p| rec.offset <= p.offset)
-            .cloned();
-        if let Some(p) = replay {
-            if p.offset == rec.offset {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        // Latest value per state key (several inputs may change one entity), in key order.
+        let mut state: BTreeMap<(i32, String), Option<Vec<u8>>> = BTreeMap::new();
+        let mut progress: BTreeMap<(String, i32), Progress> = BTreeMap::new();
+        let mut events: Vec<(TenantId, serde_json::Value)> = Vec::new();
+        let mut replayed: Vec<(Vec<u8>, serde_json::Value)> = Vec::new();
+        let mut observations = Vec::new();
+        for rec in batch {
+            let progress_key = (rec.topic.clone(), rec.partition);
+            let replay = self
+                .lock()
+                .progress
+                .get(&progress_key)
+                .filter(|p| rec.offset <= p.offset)
+                .map(|p| {
+                    p.events
+                        .iter()
+                        .find(|(o, _)| *o == rec.offset)
+                        .map(|(_, e)| e.clone())
+                });
+            if let Some(stored) = replay {
                 // Applied and recorded, but its events may not have been written: write them
                 // again with their deterministic ids.
-                self.publish_events(&rec.key, &p.events).await?;
+                for e in stored.unwrap_or_default() {
+                    replayed.push((rec.key.clone(), e));
+                }
+                outcomes.push("replayed");
+                continue;
             }
-            return Ok("replayed");
-        }
-        let Some(payload) = rec.payload.as_deref() else {
-            return Ok("ignored");
-        };
-        let (tenant, input) = match decode_input(&rec.key, payload) {
-            Ok(Some(x)) => x,
-            Ok(None) => return Ok("ignored"),
-            Err(e) => {
-                tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
-                    error = %e, "skipping undecodable router input");
-                return Ok("skipped");
-            }
-        };
-        let Some(config) = self.settings.tenants.get(&tenant) else {
-            return Ok("ignored");
-        };
-        let now = Timestamp(
-            rec.timestamp
-                .and_then(|t| u64::try_from(t).ok())
-                .unwrap_or_else(wall_clock_ms),
-        );
-        let (outputs, changes) = {
-            let mut s = self.lock();
-            if matches!(input, Input::Tick) {
-                s.pending_ticks.remove(&tenant);
-            }
-            let slot = match s.tenants.entry(tenant.clone()) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(TenantSlot {
-                    engine: Engine::new(config.clone())?,
-                    partition: rec.partition,
-                    history: HashMap::new(),
-                }),
+            let Some(payload) = rec.payload.as_deref() else {
+                outcomes.push("ignored");
+                continue;
             };
-            let outputs = slot.engine.handle(now, &input);
-            (outputs, slot.engine.take_changes())
-        };
-        let mut events = Vec::new();
-        for (i, out) in outputs.iter().enumerate() {
-            if let Output::Event(ev) = out {
-                let id = EventId::derived(
-                    &tenant,
-                    &[
-                        &rec.topic,
-                        &rec.partition.to_string(),
-                        &rec.offset.to_string(),
-                        &i.to_string(),
-                    ],
-                );
-                events.push(routing_envelope(&tenant, id, now, ev));
-            }
-        }
-        // State (with progress) and events go out in one batch, then the caller commits. The
-        // order between them does not matter: with events but no state, a replay recomputes
-        // the same events (same ids) from the old state; with state but no events, the
-        // progress record re-publishes them. Only the commit must come last.
-        let progress = Progress {
-            offset: rec.offset,
-            time: now.0,
-            events: events.clone(),
-        };
-        let state: Vec<(String, Option<Vec<u8>>)> = changes
-            .iter()
-            .map(|c| {
+            let (tenant, input) = match decode_input(&rec.key, payload) {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    outcomes.push("ignored");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
+                        error = %e, "skipping undecodable router input");
+                    outcomes.push("skipped");
+                    continue;
+                }
+            };
+            let Some(config) = self.settings.tenants.get(&tenant) else {
+                outcomes.push("ignored");
+                continue;
+            };
+            let now = Timestamp(
+                rec.timestamp
+                    .and_then(|t| u64::try_from(t).ok())
+                    .unwrap_or_else(wall_clock_ms),
+            );
+            let (outputs, changes) = {
+                let mut s = self.lock();
+                if matches!(input, Input::Tick) {
+                    s.pending_ticks.remove(&tenant);
+                }
+                let slot = match s.tenants.entry(tenant.clone()) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(TenantSlot {
+                        engine: Engine::new(config.clone())?,
+                        partition: rec.partition,
+                        history: HashMap::new(),
+                    }),
+                };
+                let outputs = slot.engine.handle(now, &input);
+                (outputs, slot.engine.take_changes())
+            };
+            for c in changes {
                 let value = c
                     .entry
                     .as_ref()
                     .map(|e| serde_json::to_vec(e).unwrap_or_default());
-                (format!("{}/{}", tenant, c.key), value)
-            })
-            .chain([(
-                format!("~progress/{}", rec.topic),
-                Some(serde_json::to_vec(&progress).unwrap_or_default()),
-            )])
-            .collect();
-        let topic = self.bus.topics.router_state.as_str();
-        let event_payloads: Vec<Vec<u8>> = events
+                state.insert((rec.partition, format!("{}/{}", tenant, c.key)), value);
+            }
+            let mut step_events = Vec::new();
+            for (i, out) in outputs.iter().enumerate() {
+                match out {
+                    Output::Event(ev) => {
+                        let id = EventId::derived(
+                            &tenant,
+                            &[
+                                &rec.topic,
+                                &rec.partition.to_string(),
+                                &rec.offset.to_string(),
+                                &i.to_string(),
+                            ],
+                        );
+                        let env = routing_envelope(&tenant, id, now, ev);
+                        step_events.push(env.clone());
+                        events.push((tenant.clone(), env));
+                    }
+                    Output::Observe(o) => observations.push((tenant.clone(), o.clone())),
+                }
+            }
+            let p = progress.entry(progress_key).or_default();
+            p.offset = rec.offset;
+            p.time = now.0;
+            p.events.push((rec.offset, step_events));
+            outcomes.push("applied");
+        }
+        // State and progress on the tenant's partition, events on the routing topic, all in
+        // one batch; then the caller commits. Their order does not matter: with events but no
+        // state, a replay recomputes the same events (same ids) from the old state (the engine
+        // is deterministic, timers included); with state but no events, the progress record
+        // re-publishes them. Only the commit must come last.
+        let state_topic = self.bus.topics.router_state.as_str();
+        let routing_topic = self.bus.topics.routing.as_str();
+        let progress_values: Vec<(i32, String, Vec<u8>)> = progress
             .iter()
-            .map(|e| serde_json::to_vec(e).unwrap_or_default())
+            .map(|((topic, p), prog)| {
+                (
+                    *p,
+                    format!("~progress/{topic}"),
+                    serde_json::to_vec(prog).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let event_values: Vec<(Vec<u8>, Vec<u8>)> = events
+            .iter()
+            .map(|(t, e)| {
+                (
+                    t.as_str().as_bytes().to_vec(),
+                    serde_json::to_vec(e).unwrap_or_default(),
+                )
+            })
+            .chain(
+                replayed
+                    .iter()
+                    .map(|(k, e)| (k.clone(), serde_json::to_vec(e).unwrap_or_default())),
+            )
             .collect();
         let records: Vec<OutRecord<'_>> = state
             .iter()
-            .map(|(key, value)| OutRecord {
-                topic,
-                partition: Some(rec.partition),
+            .map(|((p, key), value)| OutRecord {
+                topic: state_topic,
+                partition: Some(*p),
                 key: key.as_bytes(),
                 payload: value.as_deref(),
             })
-            .chain(event_payloads.iter().map(|p| OutRecord {
-                topic: self.bus.topics.routing.as_str(),
+            .chain(progress_values.iter().map(|(p, key, value)| OutRecord {
+                topic: state_topic,
+                partition: Some(*p),
+                key: key.as_bytes(),
+                payload: Some(value),
+            }))
+            .chain(event_values.iter().map(|(key, value)| OutRecord {
+                topic: routing_topic,
                 partition: None,
-                key: tenant.as_str().as_bytes(),
-                payload: Some(p),
+                key,
+                payload: Some(value),
             }))
             .collect();
-        self.producer.send_batch(&records).await?;
+        if !records.is_empty() {
+            self.producer.send_batch(&records).await?;
+        }
         {
             let mut s = self.lock();
-            s.progress.insert(progress_key, progress);
-            if let Some(slot) = s.tenants.get_mut(&tenant) {
-                for (ev, out) in events
-                    .iter()
-                    .zip(outputs.iter().filter(|o| matches!(o, Output::Event(_))))
-                {
-                    if let Output::Event(e) = out {
-                        if let Some(c) = routing_conversation(e) {
-                            let h = slot.history.entry(c).or_default();
-                            h.push_back(ev.clone());
-                            if h.len() > HISTORY_LEN {
-                                h.pop_front();
-                            }
-                        }
+            for (key, prog) in progress {
+                s.progress.insert(key, prog);
+            }
+            for (tenant, ev) in &events {
+                let Some(slot) = s.tenants.get_mut(tenant) else {
+                    continue;
+                };
+                let conv = ev["subject"]
+                    .as_str()
+                    .and_then(|c| c.parse::<ConversationId>().ok());
+                if let Some(c) = conv {
+                    let h = slot.history.entry(c).or_default();
+                    h.push_back(ev.clone());
+                    if h.len() > HISTORY_LEN {
+                        h.pop_front();
                     }
                 }
             }
         }
-        for out in &outputs {
-            if let Output::Observe(o) = out {
-                self.metrics.observe(tenant.as_str(), o);
-            }
+        for (tenant, o) in &observations {
+            self.metrics.observe(tenant.as_str(), o);
         }
-        Ok("applied")
-    }
-
-    async fn publish_events(
-        &self,
-        key: &[u8],
-        events: &[serde_json::Value],
-    ) -> Result<(), RouterError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let payloads: Vec<Vec<u8>> = events
-            .iter()
-            .map(|e| serde_json::to_vec(e).unwrap_or_default())
-            .collect();
-        let topic = self.bus.topics.routing.as_str();
-        let records: Vec<OutRecord<'_>> = payloads
-            .iter()
-            .map(|p| OutRecord {
-                topic,
-                partition: None,
-                key,
-                payload: Some(p),
-            })
-            .collect();
-        self.producer.send_batch(&records).await?;
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Reads a state partition to its end and restores the engines of its tenants.
