@@ -125,6 +125,22 @@ impl RouterMetrics {
         }
     }
 
+    /// Removes a tenant's gauges when this instance stops holding it (another instance reports
+    /// them now; stale values here would be summed twice).
+    pub fn forget_tenant(&self, tenant: &str, queues: &[QueueView]) {
+        for q in queues {
+            let id = q.id.0.as_str();
+            for state in ["waiting", "offered", "assigned"] {
+                let _ = self.backlog.remove_label_values(&[tenant, id, state]);
+            }
+            let _ = self.oldest_wait.remove_label_values(&[tenant, id]);
+        }
+        for p in [Presence::Online, Presence::Away, Presence::Offline] {
+            let _ = self.agents.remove_label_values(&[tenant, p.as_str()]);
+        }
+        let _ = self.utilization.remove_label_values(&[tenant]);
+    }
+
     /// Sets the backlog, agent and utilization gauges of a tenant from the engine's views.
     pub fn set_gauges(
         &self,

@@ -321,6 +321,14 @@ impl Router {
     fn unload(&self, partition: i32) {
         let mut s = self.lock();
         s.loaded.remove(&partition);
+        for (tenant, slot) in s
+            .tenants
+            .iter()
+            .filter(|(_, slot)| slot.partition == partition)
+        {
+            self.metrics
+                .forget_tenant(tenant.as_str(), &slot.engine.queue_views());
+        }
         s.tenants.retain(|_, slot| slot.partition != partition);
         s.progress.retain(|(_, p), _| *p != partition);
         let owned: BTreeSet<TenantId> = s.tenants.keys().cloned().collect();
