@@ -104,13 +104,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "shutdown requested: draining in-flight requests"
     );
     let _ = stop_tx.send(());
-    match tokio::time::timeout(settings.shutdown_grace, server).await {
+    // One deadline for the whole shutdown (drain, router, flush), so an orchestrator's grace
+    // period a little above `server.shutdown_grace_secs` always covers it.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(joined) => joined.context("http server task")?.context("http server")?,
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     let _ = router_stop_tx.send(true);
     if let Some(task) = router_task {
-        match tokio::time::timeout(settings.shutdown_grace, task).await {
+        match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(_))) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "router task failed"),
@@ -119,7 +123,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let pending = producer.in_flight();
     producer
-        .flush(settings.shutdown_grace)
+        .flush(left().max(std::time::Duration::from_millis(100)))
         .await
         .with_context(|| format!("flushing {pending} unacknowledged records"))?;
     tracing::info!("shutdown complete");
