@@ -8,6 +8,7 @@
 //! failed or been acknowledged by then, so the guarantee "Ok means durable" is unchanged.
 
 use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -95,6 +96,26 @@ impl Producer {
         tokio::task::spawn_blocking(move || drop(old));
     }
 
+    /// Counts a record the broker did not take, replaces the producer after a timeout (see the
+    /// module docs), and returns the error for the caller.
+    fn failed(&self, topic: &str, source: KafkaError, generation: u64) -> BusError {
+        let code = source
+            .rdkafka_error_code()
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "other".into());
+        self.metrics
+            .produce_errors
+            .with_label_values(&[topic, code.as_str()])
+            .inc();
+        if source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+            self.replace(generation);
+        }
+        BusError::Publish {
+            topic: topic.to_owned(),
+            source,
+        }
+    }
+
     /// The Kafka settings this producer was built from (topic names, deadlines).
     pub fn config(&self) -> &BusConfig {
         &self.config
@@ -115,23 +136,7 @@ impl Producer {
                 self.metrics.produced.with_label_values(&[topic]).inc();
                 Ok(())
             }
-            Err((source, _message)) => {
-                let code = source
-                    .rdkafka_error_code()
-                    .map(|c| format!("{c:?}"))
-                    .unwrap_or_else(|| "other".into());
-                self.metrics
-                    .produce_errors
-                    .with_label_values(&[topic, code.as_str()])
-                    .inc();
-                if source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
-                    self.replace(generation);
-                }
-                Err(BusError::Publish {
-                    topic: topic.to_owned(),
-                    source,
-                })
-            }
+            Err((source, _message)) => Err(self.failed(topic, source, generation)),
         }
     }
 
@@ -165,26 +170,13 @@ impl Producer {
             let result = match delivery.await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((source, _))) => Err(source),
-                Err(_cancelled) => Err(rdkafka::error::KafkaError::Canceled),
+                Err(_cancelled) => Err(KafkaError::Canceled),
             };
             match result {
                 Ok(()) => self.metrics.produced.with_label_values(&[topic]).inc(),
                 Err(source) => {
-                    let code = source
-                        .rdkafka_error_code()
-                        .map(|c| format!("{c:?}"))
-                        .unwrap_or_else(|| "other".into());
-                    self.metrics
-                        .produce_errors
-                        .with_label_values(&[topic, code.as_str()])
-                        .inc();
-                    if source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
-                        self.replace(generation);
-                    }
-                    first_error.get_or_insert(BusError::Publish {
-                        topic: topic.to_owned(),
-                        source,
-                    });
+                    let error = self.failed(topic, source, generation);
+                    first_error.get_or_insert(error);
                 }
             }
         }
