@@ -254,6 +254,18 @@ struct ReplyRequest {
     reply_to: Option<String>,
 }
 
+/// The checks every write starts with: credentials, then a JSON body within the limit.
+async fn json_request<T: for<'de> Deserialize<'de>>(
+    state: &ApiState,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(TenantId, T), ApiError> {
+    let tenant = authorize(state, tenant, headers)?;
+    let body = read_body(state, headers, body).await?;
+    Ok((tenant, parse(&body)?))
+}
+
 /// Reads a JSON request body within the configured limit.
 async fn read_body(
     state: &ApiState,
@@ -333,18 +345,11 @@ async fn reply(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let tenant = match authorize(&state, &tenant, &headers) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
-    };
-    let body = match read_body(&state, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: ReplyRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+    let (tenant, req): (TenantId, ReplyRequest) =
+        match json_request(&state, &tenant, &headers, body).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
     if req.text.trim().is_empty() && req.attachments.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -389,18 +394,11 @@ async fn command(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let tenant = match authorize(&state, &tenant, &headers) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
-    };
-    let body = match read_body(&state, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let cmd: Command = match parse(&body) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+    let (tenant, cmd): (TenantId, Command) =
+        match json_request(&state, &tenant, &headers, body).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
     let id = EventId::new_random();
     let subject = match &cmd {
         Command::Accept { conversation, .. }

@@ -1403,6 +1403,15 @@ impl Engine {
         Some(agent)
     }
 
+    /// The agent, if `agent` names the one a pending offer of `id` is for.
+    fn offered_to(&self, agent: &AgentId, id: ConversationId) -> Option<AgentIdx> {
+        let a = self.agent_index.get(agent).copied()?;
+        match self.conversations.get(&id).map(|c| &c.state) {
+            Some(State::Offered { agent: o, .. }) if *o == a => Some(a),
+            _ => None,
+        }
+    }
+
     fn accept(
         &mut self,
         now: Timestamp,
@@ -1410,13 +1419,8 @@ impl Engine {
         id: ConversationId,
         out: &mut Vec<Output>,
     ) {
-        let a = self.agent_index.get(agent).copied();
-        let offered_to = match self.conversations.get(&id).map(|c| &c.state) {
-            Some(State::Offered { agent, .. }) => Some(*agent),
-            _ => None,
-        };
-        match (a, offered_to) {
-            (Some(a), Some(o)) if a == o => {
+        match self.offered_to(agent, id) {
+            Some(a) => {
                 let explanation = self
                     .conversations
                     .get_mut(&id)
@@ -1444,12 +1448,7 @@ impl Engine {
         timed_out: bool,
         out: &mut Vec<Output>,
     ) {
-        let a = self.agent_index.get(agent).copied();
-        let offered_to = match self.conversations.get(&id).map(|c| &c.state) {
-            Some(State::Offered { agent, .. }) => Some(*agent),
-            _ => None,
-        };
-        let Some(a) = a.filter(|a| Some(*a) == offered_to) else {
+        let Some(a) = self.offered_to(agent, id) else {
             return reject(
                 out,
                 Some(id),
