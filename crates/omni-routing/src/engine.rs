@@ -997,8 +997,16 @@ impl Engine {
         self.dirty_agents.insert(a);
         let old = self.agents[a as usize].indexed.take();
         change(&mut self.agents[a as usize]);
-        let new = self.index_entry(a);
-        self.reindex(a, old, new.as_ref());
+        let new = match old {
+            // Still available with the same skills (a profile change goes through
+            // `removed`): move the existing entries in place, no allocation.
+            Some(entry) if self.agents[a as usize].available() => Some(self.rekey(a, entry)),
+            old => {
+                let new = self.index_entry(a);
+                self.reindex(a, old, new.as_ref());
+                new
+            }
+        };
         self.agents[a as usize].indexed = new;
         let now_available = self.agents[a as usize].available();
         if was_available != now_available {
@@ -1012,6 +1020,35 @@ impl Engine {
                 };
             }
         }
+    }
+
+    /// Moves an available agent's entries to its current idle time and load, touching only the
+    /// keys that changed.
+    fn rekey(&mut self, a: AgentIdx, mut entry: IndexEntry) -> IndexEntry {
+        let agent = &self.agents[a as usize];
+        let (idle, ratio) = (agent.idle_since.0, agent.ratio());
+        if entry.idle.0 != idle {
+            self.by_idle.remove(&entry.idle);
+            entry.idle = (idle, a);
+            self.by_idle.insert(entry.idle);
+        }
+        let load = ((ratio, idle, 0), a);
+        if entry.load != load {
+            self.by_load.remove(&entry.load);
+            entry.load = load;
+            self.by_load.insert(load);
+        }
+        for (skill, key, idx) in &mut entry.skills {
+            let moved = (key.0, ratio, idle);
+            if *key != moved {
+                if let Some(set) = self.by_skill.get_mut(skill) {
+                    set.remove(&(*key, *idx));
+                    set.insert((moved, *idx));
+                }
+                *key = moved;
+            }
+        }
+        entry
     }
 
     /// The index entries an agent should have now (`None` when not available).
@@ -1967,6 +2004,32 @@ impl Engine {
             if a.available() != a.indexed.is_some() {
                 return Err(format!("agent {} index out of date", a.id));
             }
+            if let Some(entry) = &a.indexed {
+                let fresh = self.index_entry(i);
+                let in_sets = self.by_idle.contains(&entry.idle)
+                    && self.by_load.contains(&entry.load)
+                    && self.by_id.contains(&i)
+                    && entry.skills.iter().all(|(s, k, x)| {
+                        self.by_skill
+                            .get(s)
+                            .is_some_and(|set| set.contains(&(*k, *x)))
+                    });
+                if fresh.as_ref() != Some(entry) || !in_sets {
+                    return Err(format!("agent {} index keys out of date", a.id));
+                }
+            }
+        }
+        let available = self.agents.iter().filter(|a| a.available()).count();
+        if self.by_idle.len() != available
+            || self.by_load.len() != available
+            || self.by_id.len() != available
+        {
+            return Err(format!(
+                "indexes hold {}/{}/{} agents, {available} are available",
+                self.by_idle.len(),
+                self.by_load.len(),
+                self.by_id.len()
+            ));
         }
         let mut waiting = 0;
         for q in &self.queues {
