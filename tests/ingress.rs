@@ -10,15 +10,7 @@ use std::time::Duration;
 const INBOUND: &str = "omni.inbound.v1";
 
 async fn post(daemon: &Daemon, tenant: &str, token: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(daemon.url(&format!("/v1/inbound/{tenant}")))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    omni_e2e::post_json(&daemon.url(&format!("/v1/inbound/{tenant}")), token, body).await
 }
 
 fn message(client_id: &str) -> Value {

@@ -149,16 +149,7 @@ impl<'a> Traffic<'a> {
     }
 
     async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.daemon.url(path))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        omni_e2e::post_json(&self.daemon.url(path), token, body).await
     }
 
     async fn command(&self, body: Value) {
@@ -468,19 +459,8 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            omni_e2e::stop_child(child, Duration::from_secs(10));
         }
     }
 }

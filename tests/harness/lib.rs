@@ -88,6 +88,39 @@ fn signal(child: &Child, sig: &str) {
         .status();
 }
 
+/// Stops a child process: SIGTERM, then SIGKILL if it has not exited within `grace`. Returns
+/// its exit status if it exited by itself.
+pub fn stop_child(mut child: Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    signal(&child, "TERM");
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// POSTs `body` as JSON with a bearer token; returns the status and the JSON answer (or null).
+pub async fn post_json(
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// A tansu broker on 127.0.0.1.
 pub struct Broker {
     pub port: u16,
@@ -158,17 +191,8 @@ impl Broker {
 
     /// Stops the broker (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_child(child, Duration::from_secs(5));
         }
     }
 
@@ -260,18 +284,7 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        signal(&child, "TERM");
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        stop_child(self.child.take()?, timeout)
     }
 
     /// Kills the daemon outright (SIGKILL): no draining, no flush, no final commit.

@@ -326,12 +326,7 @@ impl Engine {
             config: config.clone(),
         };
         for (id, q) in &config.queues {
-            let mut required: Vec<(SkillIdx, u8)> = q
-                .skills
-                .iter()
-                .map(|(s, l)| (engine.intern(s), *l))
-                .collect();
-            required.sort_unstable();
+            let required = engine.intern_skills(&q.skills);
             let primary = q
                 .skills
                 .iter()
@@ -357,12 +352,7 @@ impl Engine {
         }
         engine.default_queue = engine.queue_index[&config.default_queue];
         for rule in &config.rules {
-            let mut add_skills: Vec<(SkillIdx, u8)> = rule
-                .add_skills
-                .iter()
-                .map(|(s, l)| (engine.intern(s), *l))
-                .collect();
-            add_skills.sort_unstable();
+            let add_skills = engine.intern_skills(&rule.add_skills);
             let w = &rule.when;
             engine.rules.push(CompiledRule {
                 channel: w.channel,
@@ -377,6 +367,14 @@ impl Engine {
         }
         engine.rules_need_text = engine.rules.iter().any(|r| !r.keywords.is_empty());
         Ok(engine)
+    }
+
+    /// A skill map as interned (skill, level) pairs, sorted by skill for binary search.
+    fn intern_skills(&mut self, skills: &BTreeMap<Skill, u8>) -> Vec<(SkillIdx, u8)> {
+        let mut pairs: Vec<(SkillIdx, u8)> =
+            skills.iter().map(|(s, l)| (self.intern(s), *l)).collect();
+        pairs.sort_unstable();
+        pairs
     }
 
     fn intern(&mut self, skill: &Skill) -> SkillIdx {
@@ -1204,9 +1202,7 @@ impl Engine {
                 );
             }
         }
-        let mut skills: Vec<(SkillIdx, u8)> =
-            p.skills.iter().map(|(s, l)| (self.intern(s), *l)).collect();
-        skills.sort_unstable();
+        let skills = self.intern_skills(&p.skills);
         let queues: Vec<QueueIdx> = (0..self.queues.len())
             .filter(|q| {
                 self.queues[*q].required.iter().all(|(s, l)| {

@@ -283,9 +283,7 @@ impl Engine {
         agents.sort_by(|a, b| a.id.cmp(&b.id));
         convs.sort_by_key(|c| c.id);
         for a in &agents {
-            let mut skills: Vec<(u16, u8)> =
-                a.skills.iter().map(|(s, l)| (e.intern(s), *l)).collect();
-            skills.sort_unstable();
+            let skills = e.intern_skills(&a.skills);
             let queues_ok: Vec<QueueIdx> = (0..e.queues.len())
                 .filter(|q| {
                     e.queues[*q].required.iter().all(|(s, l)| {
@@ -318,15 +316,7 @@ impl Engine {
             .flat_map(|a| a.open.iter().map(move |(c, t)| ((&a.id, *c), *t)))
             .collect();
         for r in convs {
-            let extra: Vec<(u16, u8)> = {
-                let mut v: Vec<(u16, u8)> = r
-                    .extra_skills
-                    .iter()
-                    .map(|(s, l)| (e.intern(s), *l))
-                    .collect();
-                v.sort_unstable();
-                v
-            };
+            let extra = e.intern_skills(&r.extra_skills);
             let queue = e.queue_index.get(&r.queue).copied();
             let agent_of = |id: &AgentId| e.agent_index.get(id).copied();
             let mut state = match &r.state {
