@@ -9,8 +9,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
+
 use crate::config::BusConfig;
 use crate::error::BusError;
+use crate::lanes::Lanes;
 use crate::metrics::{BusMetrics, MetricsContext};
 
 /// One consumed record, owned so a handler may hold it across awaits.
@@ -151,6 +154,134 @@ impl Consumer {
         Ok(())
     }
 
+    /// Like [`Consumer::run`], but up to `max_in_flight` records are processed at once: records
+    /// with the same `order_key` (a conversation) one after another in arrival order, others
+    /// side by side. A partition's offset is committed only up to its oldest unfinished record.
+    /// On shutdown no new record is taken, running handlers finish (retries stop), and what was
+    /// not finished is redelivered to the next owner.
+    pub async fn run_concurrent<K, H, Fut, S>(
+        &self,
+        max_in_flight: usize,
+        order_key: K,
+        handler: H,
+        shutdown: S,
+    ) -> Result<(), BusError>
+    where
+        K: Fn(&Record) -> u64,
+        H: Fn(Record) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerOutcome> + Send + 'static,
+        S: Future<Output = ()>,
+    {
+        let handler = Arc::new(handler);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut lanes = Lanes::default();
+        let mut running: JoinSet<(u64, Record, Option<HandlerOutcome>)> = JoinSet::new();
+        let spawn = |running: &mut JoinSet<_>, key: u64, record: Record| {
+            let handler = handler.clone();
+            let mut stop = stop_rx.clone();
+            running.spawn(async move {
+                let outcome = retry_until_final(&*handler, record.clone(), &mut stop).await;
+                (key, record, outcome)
+            });
+        };
+        tokio::pin!(shutdown);
+        let mut stopping = false;
+        loop {
+            if stopping && running.is_empty() {
+                break;
+            }
+            let room = !stopping && lanes.held() < max_in_flight.max(1);
+            tokio::select! {
+                biased;
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    let _ = stop_tx.send(true);
+                }
+                Some(joined) = running.join_next() => {
+                    let (key, record, outcome) = match joined {
+                        Ok(done) => done,
+                        Err(e) => {
+                            // A handler panicked: its record stays uncommitted forever in this
+                            // session (the partition stops advancing) and is redelivered.
+                            tracing::error!(group = %self.group, error = %e, "record handler failed");
+                            continue;
+                        }
+                    };
+                    let Some(outcome) = outcome else {
+                        // Stopped while retrying: leave it uncommitted for the next owner.
+                        continue;
+                    };
+                    self.count(&record, &outcome);
+                    let (next, commit) = lanes.finish(key, &record);
+                    if let Some(next) = next {
+                        spawn(&mut running, key, next);
+                    }
+                    if let Some((topic, partition, offset)) = commit {
+                        self.commit_position(&topic, partition, offset, CommitMode::Async)?;
+                    }
+                }
+                m = self.inner.recv(), if room => {
+                    let record = match m {
+                        Ok(m) => Record {
+                            topic: m.topic().to_owned(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            payload: m.payload().map(<[u8]>::to_vec),
+                        },
+                        Err(e) => {
+                            tracing::warn!(group = %self.group, error = %e, "kafka receive failed");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    let key = order_key(&record);
+                    if let Some(record) = lanes.admit(key, record) {
+                        spawn(&mut running, key, record);
+                    }
+                }
+            }
+        }
+        for (topic, partition, offset) in lanes.positions() {
+            if let Err(e) = self.commit_position(&topic, partition, offset, CommitMode::Sync) {
+                tracing::debug!(group = %self.group, error = %e, "final commit failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, record: &Record, outcome: &HandlerOutcome) {
+        match outcome {
+            HandlerOutcome::Skip(reason) => {
+                self.metrics
+                    .consume_skipped
+                    .with_label_values(&[self.group.as_str(), record.topic.as_str()])
+                    .inc();
+                tracing::warn!(group = %self.group, topic = %record.topic,
+                    partition = record.partition, offset = record.offset, %reason,
+                    "skipping unprocessable record");
+            }
+            HandlerOutcome::Done | HandlerOutcome::Retry(_) => self
+                .metrics
+                .consumed
+                .with_label_values(&[self.group.as_str(), record.topic.as_str()])
+                .inc(),
+        }
+    }
+
+    fn commit_position(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        mode: CommitMode,
+    ) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .map_err(BusError::Consume)?;
+        self.inner.commit(&tpl, mode).map_err(BusError::Consume)
+    }
+
     fn commit(&self, record: &Record) -> Result<(), BusError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(
@@ -162,5 +293,36 @@ impl Consumer {
         self.inner
             .commit(&tpl, CommitMode::Async)
             .map_err(BusError::Consume)
+    }
+}
+
+/// Runs `handler` on `record` until it returns `Done` or `Skip`, backing off between retries.
+/// `None` if asked to stop while retrying.
+async fn retry_until_final<H, Fut>(
+    handler: &H,
+    record: Record,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<HandlerOutcome>
+where
+    H: Fn(Record) -> Fut,
+    Fut: Future<Output = HandlerOutcome>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match handler(record.clone()).await {
+            HandlerOutcome::Retry(reason) => {
+                tracing::warn!(topic = %record.topic, partition = record.partition,
+                    offset = record.offset, %reason,
+                    retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                    "record processing failed, will retry");
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            done => return Some(done),
+        }
     }
 }

@@ -13,7 +13,8 @@
 //! # Layout
 //! - [`config`]: the `[kafka]` settings and the librdkafka properties derived from them.
 //! - [`producer`]: the acknowledged producer and readiness checks.
-//! - [`consumer`]: the consumer-group loop with commit-after-processing.
+//! - [`consumer`]: the consumer-group loops with commit-after-processing, one record at a time
+//!   or concurrently with per-key order (`lanes`: the pure bookkeeping behind the latter).
 //! - [`admin`]: topic creation.
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod error;
+mod lanes;
 pub mod metrics;
 pub mod producer;
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use crate::error::IngressError;
 use crate::signature::{secrets_match, verify_hmac_sha256_hex};
-use crate::webhook::{Accepted, PreparedEvent, WebhookAdapter};
+use crate::webhook::{Accepted, Parsed, PreparedEvent, WebhookAdapter};
 
 /// The header carrying the body's HMAC-SHA256, as `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "x-omni-signature";
@@ -137,7 +137,7 @@ impl WebhookAdapter for ApiChannel {
         headers: &HeaderMap,
         body: &[u8],
         now: DateTime<Utc>,
-    ) -> Result<Vec<PreparedEvent>, IngressError> {
+    ) -> Result<Parsed, IngressError> {
         if let Some(ct) = headers.get(header::CONTENT_TYPE) {
             let is_json = ct
                 .to_str()
@@ -183,6 +183,7 @@ impl WebhookAdapter for ApiChannel {
                 subject: req.subject,
                 attachments: req.attachments,
                 reply_to: req.reply_to,
+                payload: None,
                 sent_at: req.sent_at,
             },
             received_at: now,
@@ -196,13 +197,7 @@ impl WebhookAdapter for ApiChannel {
             now,
             data,
         );
-        let payload = serde_json::to_vec(&event)
-            .map_err(|e| IngressError::Malformed(format!("cannot serialize event: {e}")))?;
-        Ok(vec![PreparedEvent {
-            id: event_id,
-            conversation_id: conversation,
-            payload,
-        }])
+        Ok(vec![PreparedEvent::from_event(&event)?].into())
     }
 
     fn respond(&self, accepted: Accepted) -> Response {

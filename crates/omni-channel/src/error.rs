@@ -16,6 +16,9 @@ pub enum IngressError {
     /// Credentials or signature did not match.
     #[error("invalid credentials: {0}")]
     BadCredentials(&'static str),
+    /// A subscription handshake (Meta's `hub.verify_token`) did not match.
+    #[error("subscription verification failed: {0}")]
+    VerificationFailed(&'static str),
     /// The body is larger than the configured limit.
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge {
@@ -54,6 +57,7 @@ impl IngressError {
             IngressError::UnknownTenant => StatusCode::NOT_FOUND,
             IngressError::MissingCredentials(_) => StatusCode::UNAUTHORIZED,
             IngressError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            IngressError::VerificationFailed(_) => StatusCode::FORBIDDEN,
             IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::Malformed(_)
             | IngressError::MissingField(_)
@@ -70,6 +74,7 @@ impl IngressError {
             IngressError::UnknownTenant => "unknown_tenant",
             IngressError::MissingCredentials(_) => "missing_credentials",
             IngressError::BadCredentials(_) => "bad_credentials",
+            IngressError::VerificationFailed(_) => "verification_failed",
             IngressError::PayloadTooLarge { .. } => "payload_too_large",
             IngressError::Malformed(_) => "malformed",
             IngressError::MissingField(_) => "missing_field",

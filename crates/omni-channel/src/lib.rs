@@ -4,7 +4,8 @@
 //! provider's signature on the raw bytes, parse the body into prepared events, and shape the
 //! provider's answer. Everything else lives once, in [`webhook::handle`]: the body limit, the
 //! order of checks, dedupe of provider retries, publishing and waiting for Kafka's
-//! acknowledgement before answering, the status codes, and the metrics.
+//! acknowledgement before answering, the status codes, and the metrics. On the way out, a
+//! channel implements [`ChannelSender`] and the [`Dispatcher`] does the rest.
 //!
 //! # Layout
 //! - [`webhook`]: the adapter trait and the generic handler.
@@ -12,6 +13,10 @@
 //! - [`dedupe`]: the bounded, windowed cache of recently published event ids.
 //! - [`signature`]: constant-time bearer and HMAC checks shared by adapters.
 //! - [`api`]: the generic API channel (`POST /v1/inbound/{tenant}`).
+//! - [`outbound`]: the way out: [`ChannelSender`] per channel, and the [`Dispatcher`] that
+//!   takes replies from the outbound topic, retries what may pass and publishes each reply's
+//!   fate on the delivery topic.
+//! - [`ratelimit`]: per-account send rate limits.
 //! - [`metrics`]: ingress metric families.
 //! - [`error`]: why a request was refused, with its status code and metric label.
 
@@ -19,6 +24,8 @@ pub mod api;
 pub mod dedupe;
 pub mod error;
 pub mod metrics;
+pub mod outbound;
+pub mod ratelimit;
 pub mod signature;
 pub mod sink;
 pub mod webhook;
@@ -27,8 +34,13 @@ pub use api::{ApiChannel, ApiCredentials};
 pub use dedupe::DedupeCache;
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
+pub use outbound::{
+    ChannelSender, DispatchMetrics, Dispatcher, FailureReason, RetryPolicy, SendError, SendFuture,
+    SendProgress, SendReceipt, SendRequest,
+};
+pub use ratelimit::RateLimiter;
 pub use sink::{EventSink, SinkError};
-pub use webhook::{Accepted, Ingress, PreparedEvent, WebhookAdapter};
+pub use webhook::{Accepted, Ingress, Parsed, PreparedEvent, WebhookAdapter};
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,8 @@ pub struct IngressMetrics {
     pub rejected: IntCounterVec,
     /// Repeats answered from the dedupe cache without publishing.
     pub duplicates: IntCounterVec,
+    /// Items accepted but knowingly not published (unknown event kinds, our own echoes).
+    pub ignored: IntCounterVec,
     /// Time from request start to answer, for accepted requests.
     pub duration: HistogramVec,
 }
@@ -40,6 +42,13 @@ impl IngressMetrics {
             ),
             &["channel"],
         )?;
+        let ignored = IntCounterVec::new(
+            Opts::new(
+                "omni_ingress_ignored_total",
+                "Inbound items accepted but not published (unknown event kinds, own echoes), by kind.",
+            ),
+            &["channel", "kind"],
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "omni_ingress_request_duration_seconds",
@@ -53,11 +62,13 @@ impl IngressMetrics {
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(ignored.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         Ok(Self {
             received,
             rejected,
             duplicates,
+            ignored,
             duration,
         })
     }

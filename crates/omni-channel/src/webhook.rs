@@ -8,7 +8,10 @@ use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use omni_core::{ChannelKind, ConversationId, EventId, TenantId};
+use omni_core::{
+    ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact, ConversationId, EventId,
+    EventType, Message, MessageReceived, TenantId,
+};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +29,94 @@ pub struct PreparedEvent {
     pub conversation_id: ConversationId,
     /// The serialized CloudEvent.
     pub payload: Vec<u8>,
+}
+
+impl PreparedEvent {
+    /// Serializes a CloudEvent for publishing.
+    pub fn from_event<T: serde::Serialize>(event: &CloudEvent<T>) -> Result<Self, IngressError> {
+        let payload = serde_json::to_vec(event)
+            .map_err(|e| IngressError::Malformed(format!("cannot serialize event: {e}")))?;
+        Ok(Self {
+            id: event.id,
+            conversation_id: event.subject,
+            payload,
+        })
+    }
+
+    /// A customer message (`MessageReceived`) or an echo of one the business sent elsewhere
+    /// (`MessageEchoed`) from `contact` on `channel`, in the contact's conversation, with an
+    /// id derived from the provider's message id.
+    pub fn message(
+        tenant: &TenantId,
+        channel: ChannelRef,
+        contact: Contact,
+        event_type: EventType,
+        message: Message,
+        now: DateTime<Utc>,
+    ) -> Result<Self, IngressError> {
+        let conversation = ConversationId::derive(tenant, &channel, &contact.id, None);
+        let kind = match event_type {
+            EventType::MessageEchoed => "echo",
+            _ => "message",
+        };
+        let id = EventId::from_provider(tenant, &channel, kind, &message.id);
+        let data = MessageReceived {
+            tenant: tenant.clone(),
+            conversation_id: conversation,
+            channel: channel.clone(),
+            contact,
+            message,
+            received_at: now,
+        };
+        Self::from_event(&CloudEvent::new(
+            id,
+            event_type,
+            tenant.clone(),
+            &channel,
+            conversation,
+            now,
+            data,
+        ))
+    }
+
+    /// A channel signal, with an id derived from `provider_id` (what names it at the
+    /// provider: a watermark, or the event, user and time).
+    pub fn signal(
+        provider_id: &str,
+        data: ChannelSignal,
+        now: DateTime<Utc>,
+    ) -> Result<Self, IngressError> {
+        let id = EventId::from_provider(&data.tenant, &data.channel, "signal", provider_id);
+        Self::from_event(&CloudEvent::new(
+            id,
+            EventType::ChannelSignal,
+            data.tenant.clone(),
+            &data.channel.clone(),
+            data.conversation_id,
+            now,
+            data,
+        ))
+    }
+}
+
+/// What an adapter made of a verified body.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    /// Events to publish, in order.
+    pub events: Vec<PreparedEvent>,
+    /// Items the body carried that we knowingly do not publish (unknown event kinds, our own
+    /// echoes), by a bounded kind label: accepted and counted, never failed, so a provider
+    /// adding a new event kind does not make it retry forever.
+    pub ignored: Vec<&'static str>,
+}
+
+impl From<Vec<PreparedEvent>> for Parsed {
+    fn from(events: Vec<PreparedEvent>) -> Self {
+        Self {
+            events,
+            ignored: Vec::new(),
+        }
+    }
 }
 
 /// What a request produced, for the adapter to shape its answer.
@@ -62,10 +153,18 @@ pub trait WebhookAdapter: Send + Sync + 'static {
         headers: &HeaderMap,
         body: &[u8],
         now: DateTime<Utc>,
-    ) -> Result<Vec<PreparedEvent>, IngressError>;
+    ) -> Result<Parsed, IngressError>;
 
     /// The answer the provider expects once every event is acknowledged.
     fn respond(&self, accepted: Accepted) -> Response;
+
+    /// How long the provider waits for an answer, if it is shorter than Kafka's publish
+    /// timeout: past it the request is answered 503 (the provider retries; the retry carries
+    /// the same event ids, so a late acknowledgement only yields a duplicate id consumers
+    /// already drop).
+    fn deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The shared machinery behind every inbound endpoint: where events go, the dedupe cache, the
@@ -105,7 +204,18 @@ impl Ingress {
         body: Body,
     ) -> Response {
         let started = Instant::now();
-        match self.accept(adapter, tenant, headers, body).await {
+        let accepted = match adapter.deadline() {
+            Some(deadline) => {
+                match tokio::time::timeout(deadline, self.accept(adapter, tenant, headers, body))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(IngressError::Unavailable),
+                }
+            }
+            None => self.accept(adapter, tenant, headers, body).await,
+        };
+        match accepted {
             Ok(accepted) => {
                 self.metrics
                     .duration
@@ -113,20 +223,24 @@ impl Ingress {
                     .observe(started.elapsed().as_secs_f64());
                 adapter.respond(accepted)
             }
-            Err(err) => {
-                self.metrics
-                    .rejected
-                    .with_label_values(&[A::CHANNEL.as_str(), err.reason()])
-                    .inc();
-                if matches!(err, IngressError::Unavailable) {
-                    tracing::warn!(channel = %A::CHANNEL, "kafka unavailable, answered 503");
-                } else {
-                    tracing::debug!(channel = %A::CHANNEL, reason = err.reason(), error = %err,
-                        "inbound request refused");
-                }
-                err.into_response()
-            }
+            Err(err) => self.refuse(A::CHANNEL, err),
         }
+    }
+
+    /// Counts and answers a refused request (also for endpoints outside [`Ingress::handle`],
+    /// such as a subscription handshake).
+    pub fn refuse(&self, channel: ChannelKind, err: IngressError) -> Response {
+        self.metrics
+            .rejected
+            .with_label_values(&[channel.as_str(), err.reason()])
+            .inc();
+        if matches!(err, IngressError::Unavailable) {
+            tracing::warn!(channel = %channel, "kafka unavailable, answered 503");
+        } else {
+            tracing::debug!(channel = %channel, reason = err.reason(), error = %err,
+                "inbound request refused");
+        }
+        err.into_response()
     }
 
     async fn accept<A: WebhookAdapter>(
@@ -139,7 +253,14 @@ impl Ingress {
         let (tenant, account) = adapter.account(tenant).ok_or(IngressError::UnknownTenant)?;
         let body = read_limited(headers, body, self.max_body_bytes).await?;
         adapter.verify(account, headers, &body)?;
-        let events = adapter.parse(tenant, account, headers, &body, Utc::now())?;
+        let Parsed { events, ignored } =
+            adapter.parse(tenant, account, headers, &body, Utc::now())?;
+        for kind in ignored {
+            self.metrics
+                .ignored
+                .with_label_values(&[A::CHANNEL.as_str(), kind])
+                .inc();
+        }
         let mut accepted = Accepted {
             events: Vec::with_capacity(events.len()),
         };

@@ -99,6 +99,16 @@ pub struct Contact {
     pub tags: Vec<String>,
 }
 
+impl Contact {
+    /// A contact known only by its channel handle, as most channels deliver it.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,6 +156,10 @@ pub struct Message {
     /// The provider id of the message this one replies to or quotes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The payload of the button or quick reply the customer chose (Messenger postbacks and
+    /// quick replies, Zalo buttons), for bots and CRMs to act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
     /// When the provider says it was sent, if it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<DateTime<Utc>>,

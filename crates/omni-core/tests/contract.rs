@@ -158,6 +158,7 @@ fn message_received(event_type: EventType, full: bool) -> Value {
             subject: Some("Hỗ trợ đơn hàng #1024".into()),
             attachments: full_attachments(),
             reply_to: Some("<CAF=x0@mail.example.vn>".into()),
+            payload: Some("XEM_DON_HANG_1024".into()),
             sent_at: Some(at("2025-03-14T09:26:52+07:00")),
         };
         (channel, contact, message)
@@ -171,6 +172,7 @@ fn message_received(event_type: EventType, full: bool) -> Value {
             subject: None,
             attachments: vec![],
             reply_to: None,
+            payload: None,
             sent_at: None,
         };
         (channel, contact, message)

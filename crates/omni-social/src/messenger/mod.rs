@@ -1,0 +1,56 @@
+//! Facebook Messenger: Meta's page webhook in, the Graph Send API out.
+//!
+//! - [`MessengerChannel`] is the webhook adapter: the `GET` subscription handshake, the
+//!   `X-Hub-Signature-256` check on the exact bytes received (Meta escapes non-ASCII as
+//!   `\uXXXX`, so re-serialized JSON would never match), and every entry and messaging item.
+//! - [`MessengerSender`] sends replies through the Send API.
+//!
+//! What each item becomes on `omni.inbound.v1`:
+//! | item | event |
+//! |---|---|
+//! | `message` (text, attachments, quick reply, reply-to) | `omni.message.received` |
+//! | `postback` (a button) | `omni.message.received`, text = the button title, `payload` |
+//! | `message` with `is_echo` | `omni.message.echoed` (sent from the page by a person or app) |
+//! | echo of a reply omnirouter sent | not published (its `omni.message.send` is the record) |
+//! | `delivery` | `omni.channel.signal` `delivered` with the watermark and mids |
+//! | `read` | `omni.channel.signal` `read` with the watermark |
+//! | anything else (reactions, referrals, handover…) | accepted and counted as ignored |
+
+mod inbound;
+mod send;
+
+#[cfg(test)]
+mod tests;
+
+pub use inbound::MessengerChannel;
+pub use send::{MessengerSendSettings, MessengerSender};
+
+use omni_core::Secret;
+use std::collections::HashMap;
+
+/// The `metadata` prefix omnirouter puts on every message it sends, so the echo Meta sends
+/// back for it is recognized and not published a second time.
+pub const ECHO_MARKER: &str = "omnirouter:";
+
+/// One tenant's Messenger app and pages.
+#[derive(Debug, Clone)]
+pub struct MessengerTenant {
+    /// The Meta app secret: the key of the webhook signatures.
+    pub app_secret: Secret,
+    /// The token typed into Meta's webhook settings, echoed in the `GET` handshake.
+    pub verify_token: Secret,
+    /// Also accept the legacy `X-Hub-Signature: sha1=…` when the SHA-256 header is absent.
+    pub accept_sha1: bool,
+    /// The pages this tenant answers for, by page id.
+    pub pages: HashMap<String, PageSettings>,
+}
+
+/// One Facebook page's sending settings.
+#[derive(Debug, Clone)]
+pub struct PageSettings {
+    /// The page access token for the Send API.
+    pub access_token: Secret,
+    /// Send human replies between 24 hours and 7 days after the customer's last message with
+    /// the `HUMAN_AGENT` tag (the app must have that permission).
+    pub human_agent_tag: bool,
+}

@@ -1,0 +1,284 @@
+//! Replies out through the Graph Send API.
+//!
+//! A reply becomes one Send API call per part: the text (split at Messenger's 2,000-character
+//! limit), then each attachment. A reply is first sent as `RESPONSE` (inside the 24-hour
+//! window); when Meta answers that the window is closed and the page enables it, a human
+//! agent's reply is sent again with the `HUMAN_AGENT` tag (7 days). Every part carries
+//! `metadata: "omnirouter:<outbound event id>"` so its echo is recognized.
+
+use omni_channel::{
+    ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
+    SendRequest,
+};
+use omni_core::{Attachment, TenantId};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{MessengerTenant, PageSettings, ECHO_MARKER};
+use crate::wire::split_text;
+
+/// Messenger's longest text message, in characters.
+const MAX_TEXT_CHARS: usize = 2000;
+
+/// Where and how fast to call the Graph API.
+#[derive(Debug, Clone)]
+pub struct MessengerSendSettings {
+    /// `https://graph.facebook.com` in production; a local stand-in in tests.
+    pub graph_base_url: String,
+    /// The Graph API version in the path, e.g. `v23.0`.
+    pub api_version: String,
+    /// Send API calls per second per page (Meta allows about 300 for text).
+    pub rate_per_page: f64,
+    /// Timeout of one Send API call.
+    pub timeout: Duration,
+}
+
+/// Sends Messenger replies for every configured page.
+pub struct MessengerSender {
+    pages: HashMap<(String, String), PageSettings>,
+    http: reqwest::Client,
+    settings: MessengerSendSettings,
+    limiter: RateLimiter,
+}
+
+impl MessengerSender {
+    /// A sender for these tenants' pages.
+    pub fn new<'a>(
+        tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
+        settings: MessengerSendSettings,
+    ) -> Result<Self, reqwest::Error> {
+        let pages = tenants
+            .into_iter()
+            .flat_map(|(tenant, m)| {
+                m.pages.iter().map(move |(page, settings)| {
+                    ((tenant.as_str().to_owned(), page.clone()), settings.clone())
+                })
+            })
+            .collect();
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .build()?;
+        let limiter = RateLimiter::new(settings.rate_per_page, 20);
+        Ok(Self {
+            pages,
+            http,
+            settings,
+            limiter,
+        })
+    }
+
+    async fn send_reply(
+        &self,
+        request: &SendRequest,
+        progress: &mut SendProgress,
+    ) -> Result<SendReceipt, SendError> {
+        let message = &request.message;
+        let page_id = &message.channel.account;
+        let page = self
+            .pages
+            .get(&(message.tenant.as_str().to_owned(), page_id.clone()))
+            .ok_or_else(|| {
+                SendError::permanent(
+                    FailureReason::AccountNotConfigured,
+                    format!("no access token for page {page_id}"),
+                )
+            })?;
+        let parts = parts(&message.text, &message.attachments)?;
+        let metadata = format!("{ECHO_MARKER}{}", request.event_id);
+        let mut tagged = false;
+        for (index, part) in parts.iter().enumerate().skip(progress.parts_sent) {
+            let mut body = json!({
+                "recipient": {"id": message.recipient},
+                "messaging_type": "RESPONSE",
+                "message": part,
+            });
+            body["message"]["metadata"] = json!(metadata);
+            if index == 0 {
+                if let Some(mid) = &message.reply_to {
+                    body["message"]["reply_to"] = json!({"mid": mid});
+                }
+            }
+            let result = match tagged {
+                true => {
+                    self.call(page_id, page, with_human_agent_tag(body.clone()))
+                        .await
+                }
+                false => self.call(page_id, page, body.clone()).await,
+            };
+            let message_id = match result {
+                Ok(id) => id,
+                Err(e)
+                    if e.reason == FailureReason::OutsideWindow
+                        && !tagged
+                        && page.human_agent_tag
+                        && message.agent_id.is_some() =>
+                {
+                    tagged = true;
+                    self.call(page_id, page, with_human_agent_tag(body))
+                        .await
+                        .map_err(|e| match e.reason {
+                            FailureReason::OutsideWindow => SendError::permanent(
+                                FailureReason::OutsideWindow,
+                                format!("outside the 7-day human agent window: {}", e.detail),
+                            ),
+                            _ => e,
+                        })?
+                }
+                Err(e) => return Err(e),
+            };
+            progress.parts_sent = index + 1;
+            progress.provider_message_ids.push(message_id);
+        }
+        Ok(SendReceipt {
+            provider_message_id: progress.provider_message_ids.first().cloned(),
+            segments: None,
+        })
+    }
+
+    /// One Send API call; the `message_id` Meta assigned.
+    async fn call(
+        &self,
+        page_id: &str,
+        page: &PageSettings,
+        body: serde_json::Value,
+    ) -> Result<String, SendError> {
+        self.limiter.acquire(page_id).await;
+        let url = format!(
+            "{}/{}/{}/messages",
+            self.settings.graph_base_url.trim_end_matches('/'),
+            self.settings.api_version,
+            page_id
+        );
+        let response = self
+            .http
+            .post(url)
+            .query(&[("access_token", page.access_token.expose())])
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| SendError::from_transport(&e))?;
+        let status = response.status();
+        let retry_after = omni_channel::outbound::retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| SendError::from_transport(&e))?;
+        if status.is_success() {
+            #[derive(Deserialize)]
+            struct Sent {
+                message_id: String,
+            }
+            return serde_json::from_slice::<Sent>(&bytes)
+                .map(|s| s.message_id)
+                .map_err(|e| {
+                    SendError::permanent(
+                        FailureReason::Rejected,
+                        format!("Send API answered {status} without a message_id: {e}"),
+                    )
+                });
+        }
+        #[derive(Deserialize)]
+        struct GraphErrorBody {
+            error: GraphError,
+        }
+        match serde_json::from_slice::<GraphErrorBody>(&bytes) {
+            Ok(body) => Err(classify(&body.error, status).after(retry_after)),
+            Err(_) => Err(SendError::from_status(status, retry_after)),
+        }
+    }
+}
+
+impl ChannelSender for MessengerSender {
+    fn send<'a>(
+        &'a self,
+        request: &'a SendRequest,
+        progress: &'a mut SendProgress,
+    ) -> SendFuture<'a> {
+        Box::pin(self.send_reply(request, progress))
+    }
+}
+
+/// A Graph API error object.
+#[derive(Debug, Deserialize)]
+pub(crate) struct GraphError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    error_subcode: Option<i64>,
+}
+
+/// Sorts a Graph error into retryable and permanent failures, per Meta's error codes.
+pub(crate) fn classify(error: &GraphError, status: reqwest::StatusCode) -> SendError {
+    let detail = format!(
+        "Graph error {}{}: {}",
+        error.code,
+        error
+            .error_subcode
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default(),
+        error.message
+    );
+    match (error.code, error.error_subcode) {
+        // Application, user, page and Send API rate limits.
+        (4 | 17 | 32 | 613 | 80006, _) => SendError::retryable(FailureReason::RateLimited, detail),
+        // Unknown/temporary errors and "temporary send message failure".
+        (1 | 2 | 1200, _) => SendError::retryable(FailureReason::ProviderUnavailable, detail),
+        (10, Some(2_018_278)) | (10, None) => {
+            SendError::permanent(FailureReason::OutsideWindow, detail)
+        }
+        (551, _) | (100, Some(2_018_001)) | (200, Some(1_545_041)) => {
+            SendError::permanent(FailureReason::UserUnavailable, detail)
+        }
+        (190 | 102, _) => SendError::permanent(FailureReason::BadToken, detail),
+        (100, _) => SendError::permanent(FailureReason::InvalidMessage, detail),
+        _ if status.is_server_error() => {
+            SendError::retryable(FailureReason::ProviderUnavailable, detail)
+        }
+        _ => SendError::permanent(FailureReason::Rejected, detail),
+    }
+}
+
+fn with_human_agent_tag(mut body: serde_json::Value) -> serde_json::Value {
+    body["messaging_type"] = json!("MESSAGE_TAG");
+    body["tag"] = json!("HUMAN_AGENT");
+    body
+}
+
+/// The Send API `message` objects of a reply: its text in ≤2,000-character pieces, then one
+/// per attachment.
+fn parts(text: &str, attachments: &[Attachment]) -> Result<Vec<serde_json::Value>, SendError> {
+    let mut parts: Vec<serde_json::Value> = split_text(text, MAX_TEXT_CHARS)
+        .into_iter()
+        .map(|t| json!({"text": t}))
+        .collect();
+    for a in attachments {
+        parts.push(json!({
+            "attachment": {
+                "type": attachment_type(a.content_type.as_deref()),
+                "payload": {"url": a.url, "is_reusable": true},
+            }
+        }));
+    }
+    if parts.is_empty() {
+        return Err(SendError::permanent(
+            FailureReason::InvalidMessage,
+            "a reply needs text or an attachment",
+        ));
+    }
+    Ok(parts)
+}
+
+/// Messenger's attachment type for a MIME type.
+fn attachment_type(content_type: Option<&str>) -> &'static str {
+    match content_type.and_then(|c| c.split('/').next()) {
+        Some("image") => "image",
+        Some("video") => "video",
+        Some("audio") => "audio",
+        _ => "file",
+    }
+}

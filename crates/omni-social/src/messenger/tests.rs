@@ -1,0 +1,390 @@
+//! The Messenger webhook through the shared handler, with an in-memory sink standing in for
+//! Kafka, and payloads built from Meta's documented shapes and signed as Meta signs them.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use omni_channel::signature::{hmac_sha1_hex, hmac_sha256_hex};
+use omni_channel::sink::MemorySink;
+use omni_channel::{DedupeCache, Ingress, IngressMetrics};
+use omni_core::{ChannelSignal, CloudEvent, MessageReceived, Secret, TenantId};
+use prometheus::Registry;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+const SECRET: &str = "meta-app-secret";
+const PAGE: &str = "104912345678901";
+const PSID: &str = "5384937120339286147";
+
+struct Fixture {
+    sink: Arc<MemorySink>,
+    registry: Registry,
+    ingress: Ingress,
+    channel: MessengerChannel,
+}
+
+fn fixture(accept_sha1: bool) -> Fixture {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = Ingress::new(
+        sink.clone(),
+        "omni.inbound.v1",
+        DedupeCache::new(Duration::from_secs(600), 1000),
+        64 * 1024,
+        IngressMetrics::register(&registry).unwrap(),
+    );
+    let tenant = MessengerTenant {
+        app_secret: Secret::new(SECRET),
+        verify_token: Secret::new("verify-me"),
+        accept_sha1,
+        pages: HashMap::from([(
+            PAGE.to_owned(),
+            PageSettings {
+                access_token: Secret::new("page-token"),
+                human_agent_tag: true,
+            },
+        )]),
+    };
+    let channel = MessengerChannel::new([(TenantId::new("acme").unwrap(), tenant)]);
+    Fixture {
+        sink,
+        registry,
+        ingress,
+        channel,
+    }
+}
+
+fn signed(body: &[u8]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "x-hub-signature-256",
+        HeaderValue::from_str(&format!(
+            "sha256={}",
+            hmac_sha256_hex(SECRET.as_bytes(), body)
+        ))
+        .unwrap(),
+    );
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h
+}
+
+async fn post(f: &Fixture, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
+    let resp = f
+        .ingress
+        .handle(&f.channel, "acme", headers, Body::from(body.to_vec()))
+        .await;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|m| m.name() == name)
+        .flat_map(|m| m.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// Meta escapes non-ASCII as \uXXXX: "Xin chào, đơn hàng" as Meta sends it.
+const VI_ESCAPED: &str = r"Xin ch\u00e0o, \u0111\u01a1n h\u00e0ng c\u1ee7a t\u00f4i \u0111\u00e2u?";
+const VI: &str = "Xin chào, đơn hàng của tôi đâu?";
+
+fn text_message(mid: &str) -> String {
+    format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":1700000000000,"messaging":[{{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000000,"message":{{"mid":"{mid}","text":"{VI_ESCAPED}","reply_to":{{"mid":"m_prev"}},"quick_reply":{{"payload":"ORDER_STATUS"}}}}}}]}}]}}"#
+    )
+}
+
+#[test]
+fn handshake_echoes_the_challenge_only_for_the_right_token() {
+    let f = fixture(false);
+    let q = |mode: &str, token: &str| {
+        HashMap::from([
+            ("hub.mode".to_owned(), mode.to_owned()),
+            ("hub.verify_token".to_owned(), token.to_owned()),
+            ("hub.challenge".to_owned(), "1158201444".to_owned()),
+        ])
+    };
+    assert_eq!(
+        f.channel.handshake("acme", &q("subscribe", "verify-me")),
+        Ok("1158201444".to_owned())
+    );
+    let wrong = f
+        .channel
+        .handshake("acme", &q("subscribe", "guess"))
+        .unwrap_err();
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert!(f
+        .channel
+        .handshake("acme", &q("unsubscribe", "verify-me"))
+        .is_err());
+    assert_eq!(
+        f.channel
+            .handshake("nobody", &q("subscribe", "verify-me"))
+            .unwrap_err()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_signed_text_message_becomes_a_received_message_with_vietnamese_intact() {
+    let f = fixture(false);
+    let body = text_message("m_1");
+    let (status, answer) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (StatusCode::OK, "EVENT_RECEIVED")
+    );
+    let records = f.sink.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key, b"acme");
+    let event: CloudEvent<MessageReceived> = serde_json::from_slice(&records[0].payload).unwrap();
+    assert_eq!(event.event_type.as_str(), "omni.message.received");
+    let m = &event.data;
+    assert_eq!(m.message.text, VI);
+    assert_eq!(m.message.id, "m_1");
+    assert_eq!(m.message.reply_to.as_deref(), Some("m_prev"));
+    assert_eq!(m.message.payload.as_deref(), Some("ORDER_STATUS"));
+    assert_eq!(m.contact.id, PSID);
+    assert_eq!(m.channel.account, PAGE);
+    assert_eq!(
+        m.message.sent_at.map(|t| t.timestamp_millis()),
+        Some(1_700_000_000_000)
+    );
+}
+
+#[tokio::test]
+async fn every_item_kind_in_every_entry_is_handled() {
+    let f = fixture(false);
+    let body = format!(
+        r#"{{"object":"page","entry":[
+        {{"id":"{PAGE}","time":1,"messaging":[
+          {{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000001,
+            "message":{{"mid":"m_att","attachments":[
+              {{"type":"image","payload":{{"url":"https://scontent.example/img.jpg"}}}},
+              {{"type":"location","payload":{{"coordinates":{{"lat":10.7769,"long":106.7009}}}}}},
+              {{"type":"fallback","payload":null}}]}}}},
+          {{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000002,
+            "postback":{{"mid":"m_pb","title":"Gặp nhân viên","payload":"TALK_TO_AGENT"}}}}
+        ]}},
+        {{"id":"{PAGE}","time":2,"messaging":[
+          {{"sender":{{"id":"{PAGE}"}},"recipient":{{"id":"{PSID}"}},"timestamp":1700000000003,
+            "message":{{"mid":"m_echo","is_echo":true,"app_id":1517776481860111,"text":"Chào anh"}}}},
+          {{"sender":{{"id":"{PAGE}"}},"recipient":{{"id":"{PSID}"}},"timestamp":1700000000004,
+            "message":{{"mid":"m_own","is_echo":true,"metadata":"omnirouter:abc","text":"x"}}}},
+          {{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000005,
+            "delivery":{{"mids":["m_echo"],"watermark":1700000000003}}}},
+          {{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000006,
+            "read":{{"watermark":1700000000004}}}},
+          {{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000007,
+            "reaction":{{"mid":"m_echo","action":"react","emoji":"❤"}}}},
+          {{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000008,
+            "brand_new_kind":{{}}}}
+        ]}}]}}"#
+    );
+    let (status, _) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    let records = f.sink.records();
+    let types: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            v["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "omni.message.received",
+            "omni.message.received",
+            "omni.message.echoed",
+            "omni.channel.signal",
+            "omni.channel.signal"
+        ]
+    );
+    let att: CloudEvent<MessageReceived> = serde_json::from_slice(&records[0].payload).unwrap();
+    let urls: Vec<&str> = att
+        .data
+        .message
+        .attachments
+        .iter()
+        .map(|a| a.url.as_str())
+        .collect();
+    assert_eq!(
+        urls,
+        ["https://scontent.example/img.jpg", "geo:10.7769,106.7009"]
+    );
+    assert_eq!(
+        att.data.message.attachments[0].content_type.as_deref(),
+        Some("image/*")
+    );
+    let postback: CloudEvent<MessageReceived> =
+        serde_json::from_slice(&records[1].payload).unwrap();
+    assert_eq!(postback.data.message.text, "Gặp nhân viên");
+    assert_eq!(
+        postback.data.message.payload.as_deref(),
+        Some("TALK_TO_AGENT")
+    );
+    let echo: CloudEvent<MessageReceived> = serde_json::from_slice(&records[2].payload).unwrap();
+    assert_eq!(
+        echo.data.contact.id, PSID,
+        "an echo's contact is the customer"
+    );
+    assert_eq!(echo.data.message.direction, omni_core::Direction::Outbound);
+    assert_eq!(
+        echo.subject, att.subject,
+        "same conversation as the customer's"
+    );
+    let delivered: CloudEvent<ChannelSignal> = serde_json::from_slice(&records[3].payload).unwrap();
+    assert_eq!(delivered.data.signal, omni_core::SignalKind::Delivered);
+    assert_eq!(delivered.data.message_ids, ["m_echo"]);
+    assert_eq!(
+        delivered.data.watermark.map(|w| w.timestamp_millis()),
+        Some(1_700_000_000_003)
+    );
+    let read: CloudEvent<ChannelSignal> = serde_json::from_slice(&records[4].payload).unwrap();
+    assert_eq!(read.data.signal, omni_core::SignalKind::Read);
+    for kind in ["own_echo", "reaction", "unknown"] {
+        assert_eq!(
+            counter(
+                &f.registry,
+                "omni_ingress_ignored_total",
+                &[("channel", "messenger"), ("kind", kind)]
+            ),
+            1.0,
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_signatures_and_bad_bodies_publish_nothing() {
+    let f = fixture(false);
+    let body = text_message("m_2");
+    let mut wrong = HeaderMap::new();
+    wrong.insert(
+        "x-hub-signature-256",
+        HeaderValue::from_str(&format!(
+            "sha256={}",
+            hmac_sha256_hex(b"other", body.as_bytes())
+        ))
+        .unwrap(),
+    );
+    assert_eq!(
+        post(&f, &wrong, body.as_bytes()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(&f, &HeaderMap::new(), body.as_bytes()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // The signature of a body re-serialized (without Meta's escapes) does not match the raw one.
+    let reserialized =
+        serde_json::to_vec(&serde_json::from_str::<serde_json::Value>(&body).unwrap()).unwrap();
+    assert_ne!(reserialized, body.as_bytes());
+    assert_eq!(
+        post(&f, &signed(&reserialized), body.as_bytes()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Legacy SHA-1 is refused unless the tenant accepts it.
+    let mut sha1 = HeaderMap::new();
+    sha1.insert(
+        "x-hub-signature",
+        HeaderValue::from_str(&format!(
+            "sha1={}",
+            hmac_sha1_hex(SECRET.as_bytes(), body.as_bytes())
+        ))
+        .unwrap(),
+    );
+    assert_eq!(
+        post(&f, &sha1, body.as_bytes()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Properly signed but truncated, not UTF-8, or not a page webhook.
+    let truncated = &body.as_bytes()[..body.len() / 2];
+    assert_eq!(
+        post(&f, &signed(truncated), truncated).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let binary = b"\xff\xfe{\"object\":\"page\"}";
+    assert_eq!(
+        post(&f, &signed(binary), binary).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let other = br#"{"object":"instagram","entry":[]}"#;
+    assert_eq!(
+        post(&f, &signed(other), other).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Larger than the limit: refused before the signature is even computed.
+    let huge = vec![b' '; 65 * 1024];
+    assert_eq!(
+        post(&f, &signed(&huge), &huge).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert!(f.sink.records().is_empty());
+    assert_eq!(
+        counter(
+            &f.registry,
+            "omni_ingress_rejected_total",
+            &[("channel", "messenger"), ("reason", "bad_credentials")]
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn legacy_sha1_signature_is_accepted_when_configured() {
+    let f = fixture(true);
+    let body = text_message("m_3");
+    let mut sha1 = HeaderMap::new();
+    sha1.insert(
+        "x-hub-signature",
+        HeaderValue::from_str(&format!(
+            "sha1={}",
+            hmac_sha1_hex(SECRET.as_bytes(), body.as_bytes())
+        ))
+        .unwrap(),
+    );
+    assert_eq!(post(&f, &sha1, body.as_bytes()).await.0, StatusCode::OK);
+    assert_eq!(f.sink.records().len(), 1);
+}
+
+#[tokio::test]
+async fn a_redelivered_webhook_is_published_once_and_kafka_down_means_503() {
+    let f = fixture(false);
+    let body = text_message("m_4");
+    assert_eq!(
+        post(&f, &signed(body.as_bytes()), body.as_bytes()).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(&f, &signed(body.as_bytes()), body.as_bytes()).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(f.sink.records().len(), 1);
+    f.sink.set_failing(true);
+    let other = text_message("m_5");
+    assert_eq!(
+        post(&f, &signed(other.as_bytes()), other.as_bytes())
+            .await
+            .0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(f.sink.records().len(), 1);
+}

@@ -1,0 +1,366 @@
+//! Replies out through the Zalo OA v3 customer-service message API.
+//!
+//! Text goes to `POST /v3.0/oa/message/cs` with the quoted message id when the reply quotes
+//! one (Zalo's 2,000-character limit splits longer text). An image is fetched from its URL,
+//! uploaded to `/v2.0/oa/upload/image` and sent as a media template by `attachment_id`; any
+//! other file is uploaded to `/v2.0/oa/upload/file` and sent by `token`. Zalo answers HTTP 200
+//! even for failures: a non-zero `error` is a failure, classified by its code.
+
+use omni_channel::{
+    ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
+    SendRequest,
+};
+use omni_core::{Attachment, Secret};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::token::{OaToken, TokenError};
+use crate::wire::{split_text, IdText};
+
+/// Zalo's longest text message, in characters.
+const MAX_TEXT_CHARS: usize = 2000;
+/// Zalo's upload limits: images 1 MB, files 5 MB.
+const MAX_IMAGE_BYTES: usize = 1024 * 1024;
+const MAX_FILE_BYTES: usize = 5 * 1024 * 1024;
+
+/// Where and how fast to call the OA API.
+#[derive(Debug, Clone)]
+pub struct ZaloSendSettings {
+    /// `https://openapi.zalo.me` in production; a local stand-in in tests.
+    pub openapi_base_url: String,
+    /// Calls per second per OA.
+    pub rate_per_oa: f64,
+    /// Timeout of one API call (and of fetching an attachment to upload).
+    pub timeout: Duration,
+}
+
+/// Sends Zalo replies for every configured OA.
+pub struct ZaloSender {
+    /// Token keepers by (tenant, OA id).
+    tokens: HashMap<(String, String), Arc<OaToken>>,
+    http: reqwest::Client,
+    settings: ZaloSendSettings,
+    limiter: RateLimiter,
+}
+
+/// One part of a reply: text, or an uploaded attachment.
+enum Part<'a> {
+    Text(String),
+    Image(&'a Attachment),
+    File(&'a Attachment),
+}
+
+/// Zalo's answer envelope.
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    error: i64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    data: Option<AnswerData>,
+}
+
+#[derive(Deserialize)]
+struct AnswerData {
+    #[serde(default)]
+    message_id: Option<IdText>,
+    #[serde(default)]
+    attachment_id: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+impl ZaloSender {
+    /// A sender using these token keepers, by (tenant, OA id).
+    pub fn new(
+        tokens: HashMap<(String, String), Arc<OaToken>>,
+        settings: ZaloSendSettings,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .build()?;
+        let limiter = RateLimiter::new(settings.rate_per_oa, 10);
+        Ok(Self {
+            tokens,
+            http,
+            settings,
+            limiter,
+        })
+    }
+
+    async fn send_reply(
+        &self,
+        request: &SendRequest,
+        progress: &mut SendProgress,
+    ) -> Result<SendReceipt, SendError> {
+        let message = &request.message;
+        let oa = &message.channel.account;
+        let token = self
+            .tokens
+            .get(&(message.tenant.as_str().to_owned(), oa.clone()))
+            .ok_or_else(|| {
+                SendError::permanent(
+                    FailureReason::AccountNotConfigured,
+                    format!("OA {oa} is not configured for tenant {}", message.tenant),
+                )
+            })?;
+        let mut parts: Vec<Part<'_>> = split_text(&message.text, MAX_TEXT_CHARS)
+            .into_iter()
+            .map(Part::Text)
+            .collect();
+        for a in &message.attachments {
+            let is_image = a
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("image/"));
+            parts.push(if is_image {
+                Part::Image(a)
+            } else {
+                Part::File(a)
+            });
+        }
+        if parts.is_empty() {
+            return Err(SendError::permanent(
+                FailureReason::InvalidMessage,
+                "a reply needs text or an attachment",
+            ));
+        }
+        for (index, part) in parts.iter().enumerate().skip(progress.parts_sent) {
+            let access = token.access_token().await.map_err(token_failure)?;
+            let quote = (index == 0)
+                .then_some(message.reply_to.as_deref())
+                .flatten();
+            let body = match part {
+                Part::Text(text) => {
+                    let mut m = json!({"text": text});
+                    if let Some(q) = quote {
+                        m["quote_message_id"] = json!(q);
+                    }
+                    m
+                }
+                Part::Image(a) => {
+                    let id = self.upload(&access, oa, a, "image").await?;
+                    json!({"attachment": {"type": "template", "payload": {
+                        "template_type": "media",
+                        "elements": [{"media_type": "image", "attachment_id": id}],
+                    }}})
+                }
+                Part::File(a) => {
+                    let file_token = self.upload(&access, oa, a, "file").await?;
+                    json!({"attachment": {"type": "file", "payload": {"token": file_token}}})
+                }
+            };
+            let body = json!({"recipient": {"user_id": message.recipient}, "message": body});
+            let answer = self
+                .call(&access, oa, "/v3.0/oa/message/cs", Body::Json(body))
+                .await;
+            let data = match answer {
+                Ok(data) => data,
+                Err(e) => {
+                    if e.reason == FailureReason::BadToken && e.retryable {
+                        token.invalidate().await;
+                    }
+                    return Err(e);
+                }
+            };
+            let id = data
+                .and_then(|d| d.message_id)
+                .map(|m| m.0)
+                .unwrap_or_default();
+            progress.parts_sent = index + 1;
+            progress.provider_message_ids.push(id);
+        }
+        Ok(SendReceipt {
+            provider_message_id: progress
+                .provider_message_ids
+                .first()
+                .filter(|id| !id.is_empty())
+                .cloned(),
+            segments: None,
+        })
+    }
+
+    /// Fetches an attachment and uploads it; the `attachment_id` (images) or `token` (files).
+    async fn upload(
+        &self,
+        access: &Secret,
+        oa: &str,
+        attachment: &Attachment,
+        kind: &str,
+    ) -> Result<String, SendError> {
+        let limit = if kind == "image" {
+            MAX_IMAGE_BYTES
+        } else {
+            MAX_FILE_BYTES
+        };
+        let bytes = self.fetch(&attachment.url, limit).await?;
+        let name = attachment
+            .name
+            .clone()
+            .or_else(|| {
+                attachment
+                    .url
+                    .rsplit('/')
+                    .next()
+                    .map(|s| s.split('?').next().unwrap_or(s).to_owned())
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| kind.to_owned());
+        let mut file = reqwest::multipart::Part::bytes(bytes).file_name(name);
+        if let Some(ct) = attachment
+            .content_type
+            .as_deref()
+            .filter(|c| !c.contains('*'))
+        {
+            file = file.mime_str(ct).map_err(|e| {
+                SendError::permanent(
+                    FailureReason::InvalidMessage,
+                    format!("bad content type: {e}"),
+                )
+            })?;
+        }
+        let form = reqwest::multipart::Form::new().part("file", file);
+        let path = format!("/v2.0/oa/upload/{kind}");
+        let data = self.call(access, oa, &path, Body::Form(form)).await?;
+        data.and_then(|d| {
+            if kind == "image" {
+                d.attachment_id
+            } else {
+                d.token
+            }
+        })
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            SendError::permanent(
+                FailureReason::Rejected,
+                format!("Zalo upload of a {kind} answered without its id"),
+            )
+        })
+    }
+
+    /// Downloads an attachment, refusing it past `limit` bytes.
+    async fn fetch(&self, url: &str, limit: usize) -> Result<Vec<u8>, SendError> {
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| SendError::from_transport(&e))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            return Err(if status.is_server_error() {
+                SendError::retryable(
+                    FailureReason::ProviderUnavailable,
+                    format!("fetching the attachment answered HTTP {status}"),
+                )
+            } else {
+                SendError::permanent(
+                    FailureReason::InvalidMessage,
+                    format!("fetching the attachment answered HTTP {status}"),
+                )
+            });
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| SendError::from_transport(&e))?
+        {
+            if bytes.len() + chunk.len() > limit {
+                return Err(SendError::permanent(
+                    FailureReason::InvalidMessage,
+                    format!("attachment larger than Zalo's {limit}-byte limit"),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
+    /// One OA API call with the `access_token` header; the answer's `data` when `error` is 0.
+    async fn call(
+        &self,
+        access: &Secret,
+        oa: &str,
+        path: &str,
+        body: Body,
+    ) -> Result<Option<AnswerData>, SendError> {
+        self.limiter.acquire(oa).await;
+        let url = format!(
+            "{}{path}",
+            self.settings.openapi_base_url.trim_end_matches('/')
+        );
+        let request = self.http.post(url).header("access_token", access.expose());
+        let request = match body {
+            Body::Json(v) => request.json(&v),
+            Body::Form(f) => request.multipart(f),
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| SendError::from_transport(&e))?;
+        let status = response.status();
+        let retry_after = omni_channel::outbound::retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| SendError::from_transport(&e))?;
+        match serde_json::from_slice::<Answer>(&bytes) {
+            Ok(answer) if status.is_success() && answer.error == 0 => Ok(answer.data),
+            Ok(answer) if answer.error != 0 => Err(classify(answer.error, &answer.message)),
+            _ => Err(SendError::from_status(status, retry_after)),
+        }
+    }
+}
+
+enum Body {
+    Json(serde_json::Value),
+    Form(reqwest::multipart::Form),
+}
+
+impl ChannelSender for ZaloSender {
+    fn send<'a>(
+        &'a self,
+        request: &'a SendRequest,
+        progress: &'a mut SendProgress,
+    ) -> SendFuture<'a> {
+        Box::pin(self.send_reply(request, progress))
+    }
+}
+
+/// A token that could not be had, as a send failure.
+fn token_failure(e: TokenError) -> SendError {
+    if e.is_transient() {
+        SendError::retryable(FailureReason::BadToken, e.to_string())
+    } else {
+        SendError::permanent(FailureReason::BadToken, e.to_string())
+    }
+}
+
+/// Sorts a Zalo error code into retryable and permanent failures. The codes are from Zalo's
+/// error table as far as it is published (UNCONFIRMED ones are treated as permanent).
+pub(crate) fn classify(code: i64, message: &str) -> SendError {
+    let detail = format!("Zalo error {code}: {message}");
+    match code {
+        // Internal error / too many requests.
+        -32 | -100 => SendError::retryable(FailureReason::ProviderUnavailable, detail),
+        // Access token invalid or expired: refresh and try again.
+        -124 | -216 => SendError::retryable(FailureReason::BadToken, detail),
+        // The user has not interacted within the window, or the OA may not message them now.
+        -213 | -217 | -227 | -230 | -232 | -244 => {
+            SendError::permanent(FailureReason::OutsideWindow, detail)
+        }
+        // The night curfew (22:00–06:00): a retry within our deadline cannot pass it.
+        -234 => SendError::permanent(FailureReason::OutsideWindow, detail),
+        // Quota of replies or messages used up (UNCONFIRMED codes).
+        -211 | -240 => SendError::permanent(FailureReason::QuotaExceeded, detail),
+        // Parameters invalid (a bad user id or message shape).
+        -201 => SendError::permanent(FailureReason::InvalidMessage, detail),
+        _ => SendError::permanent(FailureReason::Rejected, detail),
+    }
+}

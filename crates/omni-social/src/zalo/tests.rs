@@ -1,0 +1,316 @@
+//! The Zalo OA webhook through the shared handler, with an in-memory sink standing in for
+//! Kafka; events built from Zalo's documented shapes and signed as CHANNELS.md describes:
+//! `mac = hex(SHA-256(app_id + raw body + timestamp + OA secret key))`.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use omni_channel::signature::sha256_hex;
+use omni_channel::sink::{EventSink, MemorySink, PublishFuture};
+use omni_channel::{DedupeCache, Ingress, IngressMetrics};
+use omni_core::{ChannelSignal, CloudEvent, MessageReceived, Secret, SignalKind, TenantId};
+use prometheus::Registry;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+const APP: &str = "1183926498471234567";
+const OA: &str = "4318458798374519001";
+const OA2: &str = "579745863508352884";
+const USER: &str = "2512523625412515123";
+const KEY: &str = "oa-secret-key";
+const KEY2: &str = "second-oa-key";
+
+fn tenant() -> ZaloTenant {
+    let oa = |key: &str| OaSettings {
+        app_id: APP.into(),
+        oa_secret_key: Secret::new(key),
+        app_secret: Secret::new("app-secret"),
+        token_file: "unused.json".into(),
+        initial_refresh_token: None,
+        initial_access_token: None,
+    };
+    ZaloTenant {
+        oas: HashMap::from([(OA.to_owned(), oa(KEY)), (OA2.to_owned(), oa(KEY2))]),
+    }
+}
+
+fn ingress(sink: Arc<dyn EventSink>, registry: &Registry) -> Ingress {
+    Ingress::new(
+        sink,
+        "omni.inbound.v1",
+        DedupeCache::new(Duration::from_secs(600), 1000),
+        64 * 1024,
+        IngressMetrics::register(registry).unwrap(),
+    )
+}
+
+fn channel() -> ZaloChannel {
+    ZaloChannel::new([(TenantId::new("acme").unwrap(), tenant())])
+}
+
+fn signed(body: &str, timestamp: &str, key: &str) -> HeaderMap {
+    let mac = sha256_hex(&[
+        APP.as_bytes(),
+        body.as_bytes(),
+        timestamp.as_bytes(),
+        key.as_bytes(),
+    ]);
+    let mut h = HeaderMap::new();
+    h.insert(
+        "x-zevent-signature",
+        HeaderValue::from_str(&format!("mac={mac}")).unwrap(),
+    );
+    h
+}
+
+fn user_event(name: &str, msg_id: &str, message: &str, ts: &str) -> String {
+    format!(
+        r#"{{"app_id":"{APP}","user_id_by_app":"552177279717587730","event_name":"{name}","timestamp":"{ts}","sender":{{"id":"{USER}"}},"recipient":{{"id":"{OA}"}},"message":{{"msg_id":"{msg_id}",{message}}}}}"#
+    )
+}
+
+async fn post(
+    ingress: &Ingress,
+    channel: &ZaloChannel,
+    headers: &HeaderMap,
+    body: &str,
+) -> StatusCode {
+    ingress
+        .handle(channel, "acme", headers, Body::from(body.to_owned()))
+        .await
+        .status()
+}
+
+#[tokio::test]
+async fn every_user_send_kind_becomes_a_customer_message_with_string_ids() {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = ingress(sink.clone(), &registry);
+    let channel = channel();
+    let cases = [
+        (
+            "user_send_text",
+            r#""text":"Cho mình hỏi giá sản phẩm này ạ","quote_msg_id":"9d6b1c2a""#,
+        ),
+        (
+            "user_send_image",
+            r#""text":"","attachments":[{"type":"image","payload":{"thumbnail":"https://z.example/t.jpg","url":"https://z.example/i.jpg"}}]"#,
+        ),
+        (
+            "user_send_link",
+            r#""text":"xem","attachments":[{"type":"link","payload":{"url":"https://shop.example.vn/p/1","title":"Áo"}}]"#,
+        ),
+        (
+            "user_send_file",
+            r#""attachments":[{"type":"file","payload":{"url":"https://z.example/f.pdf","name":"hoa-don.pdf","size":"20480","type":"pdf"}}]"#,
+        ),
+        (
+            "user_send_sticker",
+            r#""attachments":[{"type":"sticker","payload":{"id":"abc","url":"https://z.example/s.png"}}]"#,
+        ),
+        (
+            "user_send_gif",
+            r#""attachments":[{"type":"gif","payload":{"url":"https://z.example/g.gif"}}]"#,
+        ),
+        (
+            "user_send_audio",
+            r#""attachments":[{"type":"audio","payload":{"url":"https://z.example/a.aac"}}]"#,
+        ),
+        (
+            "user_send_video",
+            r#""attachments":[{"type":"video","payload":{"url":"https://z.example/v.mp4","thumbnail":"https://z.example/v.jpg"}}]"#,
+        ),
+        (
+            "user_send_location",
+            r#""attachments":[{"type":"location","payload":{"coordinates":{"latitude":"10.7769","longitude":"106.7009"}}}]"#,
+        ),
+        (
+            "user_send_business_card",
+            r#""attachments":[{"type":"business_card","payload":{"thumbnail":"https://z.example/c.jpg","description":"{\"phone\":\"0901234567\"}"}}]"#,
+        ),
+    ];
+    for (i, (name, message)) in cases.iter().enumerate() {
+        let ts = format!("17000000000{i:02}");
+        let body = user_event(name, &format!("msg{i}"), message, &ts);
+        assert_eq!(
+            post(&ingress, &channel, &signed(&body, &ts, KEY), &body).await,
+            StatusCode::OK,
+            "{name}"
+        );
+    }
+    let records = sink.records();
+    assert_eq!(records.len(), cases.len());
+    let events: Vec<CloudEvent<MessageReceived>> = records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    for e in &events {
+        assert_eq!(e.event_type.as_str(), "omni.message.received");
+        assert_eq!(e.data.contact.id, USER, "ids stay exact strings");
+        assert_eq!(e.data.channel.account, OA);
+    }
+    assert_eq!(
+        events[0].data.message.text,
+        "Cho mình hỏi giá sản phẩm này ạ"
+    );
+    assert_eq!(events[0].data.message.reply_to.as_deref(), Some("9d6b1c2a"));
+    assert_eq!(
+        events[1].data.message.attachments[0].url,
+        "https://z.example/i.jpg"
+    );
+    assert_eq!(
+        events[3].data.message.attachments[0].name.as_deref(),
+        Some("hoa-don.pdf")
+    );
+    assert_eq!(events[3].data.message.attachments[0].size, Some(20480));
+    assert_eq!(
+        events[8].data.message.attachments[0].url,
+        "geo:10.7769,106.7009"
+    );
+    assert_eq!(
+        events[9].data.message.attachments[0].url,
+        "https://z.example/c.jpg"
+    );
+    assert_eq!(
+        events[0].data.message.sent_at.map(|t| t.timestamp_millis()),
+        Some(1_700_000_000_000)
+    );
+}
+
+#[tokio::test]
+async fn echoes_follows_buttons_and_receipts_are_recorded_and_unknown_events_counted() {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = ingress(sink.clone(), &registry);
+    let channel = channel();
+    let ts = "1700000001000";
+    let echo = format!(
+        r#"{{"app_id":"{APP}","event_name":"oa_send_text","timestamp":"{ts}","sender":{{"id":"{OA}"}},"recipient":{{"id":"{USER}"}},"message":{{"msg_id":"oa1","text":"Dạ shop chào bạn"}}}}"#
+    );
+    let follow = format!(
+        r#"{{"app_id":"{APP}","oa_id":"{OA2}","event_name":"follow","timestamp":"{ts}","user_id_by_app":"1","follower":{{"id":"{USER}"}}}}"#
+    );
+    let unfollow = follow.replace("\"follow\"", "\"unfollow\"");
+    let click = user_event("user_click_button", "c1", r##""text":"#xem_don_hang""##, ts);
+    let seen = format!(
+        r#"{{"app_id":"{APP}","event_name":"user_seen_message","timestamp":"{ts}","sender":{{"id":"{USER}"}},"recipient":{{"id":"{OA}"}},"message":{{"msg_ids":["oa1","oa0"]}}}}"#
+    );
+    let received = seen.replace("user_seen_message", "user_received_message");
+    let unknown = format!(
+        r#"{{"app_id":"{APP}","event_name":"user_did_something_new","timestamp":"{ts}","sender":{{"id":"{USER}"}},"recipient":{{"id":"{OA}"}}}}"#
+    );
+    for (body, key) in [
+        (&echo, KEY),
+        (&follow, KEY2),
+        (&unfollow, KEY2),
+        (&click, KEY),
+        (&seen, KEY),
+        (&received, KEY),
+        (&unknown, KEY),
+    ] {
+        assert_eq!(
+            post(&ingress, &channel, &signed(body, ts, key), body).await,
+            StatusCode::OK,
+            "{body}"
+        );
+    }
+    let records = sink.records();
+    assert_eq!(records.len(), 6, "the unknown event is not published");
+    let echo: CloudEvent<MessageReceived> = serde_json::from_slice(&records[0].payload).unwrap();
+    assert_eq!(echo.event_type.as_str(), "omni.message.echoed");
+    assert_eq!(echo.data.contact.id, USER);
+    assert_eq!(echo.data.channel.account, OA);
+    let signals: Vec<CloudEvent<ChannelSignal>> = records[1..]
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    let kinds: Vec<SignalKind> = signals.iter().map(|s| s.data.signal).collect();
+    assert_eq!(
+        kinds,
+        [
+            SignalKind::Follow,
+            SignalKind::Unfollow,
+            SignalKind::Action,
+            SignalKind::Read,
+            SignalKind::Delivered
+        ]
+    );
+    assert_eq!(signals[0].data.channel.account, OA2);
+    assert_eq!(signals[0].data.contact.id, USER);
+    assert_ne!(signals[0].id, signals[1].id, "follow and unfollow differ");
+    assert_eq!(signals[2].data.payload.as_deref(), Some("#xem_don_hang"));
+    assert_eq!(signals[3].data.message_ids, ["oa1", "oa0"]);
+    let ignored = registry
+        .gather()
+        .iter()
+        .filter(|m| m.name() == "omni_ingress_ignored_total")
+        .flat_map(|m| m.get_metric().iter())
+        .map(|m| m.get_counter().get_value())
+        .sum::<f64>();
+    assert_eq!(ignored, 1.0);
+}
+
+#[tokio::test]
+async fn wrong_or_missing_signatures_and_bad_bodies_publish_nothing() {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = ingress(sink.clone(), &registry);
+    let channel = channel();
+    let ts = "1700000002000";
+    let body = user_event("user_send_text", "m1", r#""text":"chào""#, ts);
+    // Another OA's key, a changed timestamp, a body changed after signing, no header.
+    for headers in [
+        signed(&body, ts, "wrong-key"),
+        signed(&body, "1700000002001", KEY),
+        signed(&body.replace("chào", "chao"), ts, KEY),
+        HeaderMap::new(),
+    ] {
+        assert_eq!(
+            post(&ingress, &channel, &headers, &body).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // An app this tenant does not have.
+    let foreign = body.replace(APP, "999");
+    assert_eq!(
+        post(&ingress, &channel, &signed(&foreign, ts, KEY), &foreign).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Truncated and missing fields.
+    let truncated = &body[..body.len() - 10];
+    assert_eq!(
+        post(&ingress, &channel, &signed(truncated, ts, KEY), truncated).await,
+        StatusCode::BAD_REQUEST
+    );
+    let no_msg_id = user_event("user_send_text", "", r#""text":"x""#, ts);
+    assert_eq!(
+        post(&ingress, &channel, &signed(&no_msg_id, ts, KEY), &no_msg_id).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(sink.records().is_empty());
+}
+
+/// A sink that never acknowledges, like a broker that hangs.
+struct HangingSink;
+
+impl EventSink for HangingSink {
+    fn publish<'a>(&'a self, _: &'a str, _: &'a [u8], _: &'a [u8]) -> PublishFuture<'a> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_broker_is_answered_503_inside_zalos_two_second_deadline() {
+    let registry = Registry::new();
+    let ingress = ingress(Arc::new(HangingSink), &registry);
+    let channel = channel();
+    let ts = "1700000003000";
+    let body = user_event("user_send_text", "m9", r#""text":"alo""#, ts);
+    let started = tokio::time::Instant::now();
+    let status = post(&ingress, &channel, &signed(&body, ts, KEY), &body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() >= Duration::from_millis(1800));
+}

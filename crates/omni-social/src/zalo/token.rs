@@ -1,0 +1,513 @@
+//! Zalo OA access tokens, refreshed before they expire.
+//!
+//! A refresh token is single-use: the refresh that consumes it returns the next one, and if
+//! that one is lost the OA must be re-authorized by hand. So the new pair is written to the
+//! OA's token file (temporary file, fsync, rename, fsync of the directory) before the new
+//! access token is used; if the write fails the pair is kept in memory, nothing is sent with
+//! it, and the write is retried first on the next call. Failures are logged at `error` and
+//! counted in `omni_zalo_token_refreshes_total{result="error"}`.
+//!
+//! Several daemons may share one token file: before refreshing, the file is read again and a
+//! fresher pair written by another process is adopted instead (two processes refreshing in
+//! the same instant can still race; run the refresh on one instance if that matters).
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use omni_core::Secret;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::OaSettings;
+use crate::wire::IdText;
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file could not be read or written.
+    #[error("token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file is not valid JSON of the expected shape.
+    #[error("token file {path} is corrupt: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Neither the file nor the settings hold a refresh token.
+    #[error("no refresh token for OA {oa}: set initial_refresh_token or provide the token file")]
+    NoRefreshToken {
+        /// The OA.
+        oa: String,
+    },
+    /// The OAuth endpoint could not be reached or answered garbage.
+    #[error("token refresh for OA {oa} failed: {detail}")]
+    Unreachable {
+        /// The OA.
+        oa: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Zalo refused the refresh token (expired, already used, revoked).
+    #[error("Zalo refused the refresh token of OA {oa}: {detail}")]
+    Refused {
+        /// The OA.
+        oa: String,
+        /// Zalo's error.
+        detail: String,
+    },
+}
+
+impl TokenError {
+    /// Whether retrying later may help (a network failure or a disk hiccup may pass; a refused
+    /// refresh token will not).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            TokenError::Refused { .. } | TokenError::NoRefreshToken { .. }
+        )
+    }
+}
+
+/// What the token file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTokens {
+    /// The OA access token.
+    pub access_token: String,
+    /// When it expires; unknown means "refresh before use".
+    #[serde(default)]
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// The single-use refresh token.
+    pub refresh_token: String,
+    /// When this pair was obtained.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One OA's token file.
+#[derive(Debug, Clone)]
+pub struct TokenFile {
+    path: PathBuf,
+}
+
+impl TokenFile {
+    /// The file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored pair, or `None` if the file does not exist yet.
+    pub fn load(&self) -> Result<Option<StoredTokens>, TokenError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| TokenError::Corrupt {
+                        path: self.path.clone(),
+                        source,
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TokenError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Replaces the stored pair durably: a crash at any point leaves the old or the new pair,
+    /// never a torn file, and once this returns the new pair survives power loss.
+    pub fn save(&self, tokens: &StoredTokens) -> Result<(), TokenError> {
+        let io = |source| TokenError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let bytes = serde_json::to_vec_pretty(tokens).map_err(|source| TokenError::Corrupt {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+/// Token metric families.
+#[derive(Clone)]
+pub struct TokenMetrics {
+    /// Refresh attempts by OA and result (`ok`, `error`).
+    pub refreshes: IntCounterVec,
+    /// When each OA's access token expires (Unix seconds).
+    pub expires_at: IntGaugeVec,
+}
+
+impl TokenMetrics {
+    /// Creates the families and registers them into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "omni_zalo_token_refreshes_total",
+                "Zalo OA access token refreshes, by OA and result (ok, error).",
+            ),
+            &["oa", "result"],
+        )?;
+        let expires_at = IntGaugeVec::new(
+            Opts::new(
+                "omni_zalo_token_expiry_timestamp_seconds",
+                "When each Zalo OA's current access token expires, in Unix seconds.",
+            ),
+            &["oa"],
+        )?;
+        registry.register(Box::new(refreshes.clone()))?;
+        registry.register(Box::new(expires_at.clone()))?;
+        Ok(Self {
+            refreshes,
+            expires_at,
+        })
+    }
+}
+
+/// Where and when to refresh.
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    /// `https://oauth.zaloapp.com` in production; a local stand-in in tests.
+    pub oauth_base_url: String,
+    /// Refresh this long before the access token expires.
+    pub refresh_before: Duration,
+    /// Timeout of one refresh call.
+    pub timeout: Duration,
+}
+
+/// The current pair and whether it still has to reach the file.
+#[derive(Debug, Default)]
+struct State {
+    tokens: Option<StoredTokens>,
+    unsaved: bool,
+}
+
+/// One OA's access token, refreshed on demand and ahead of expiry.
+pub struct OaToken {
+    oa: String,
+    app_id: String,
+    app_secret: Secret,
+    file: TokenFile,
+    seed: (Option<Secret>, Option<Secret>),
+    state: tokio::sync::Mutex<State>,
+    http: reqwest::Client,
+    settings: RefreshSettings,
+    metrics: TokenMetrics,
+}
+
+impl OaToken {
+    /// The token keeper of OA `oa`.
+    pub fn new(
+        oa: &str,
+        settings: &OaSettings,
+        refresh: RefreshSettings,
+        metrics: TokenMetrics,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            oa: oa.to_owned(),
+            app_id: settings.app_id.clone(),
+            app_secret: settings.app_secret.clone(),
+            file: TokenFile::new(settings.token_file.clone()),
+            seed: (
+                settings.initial_access_token.clone(),
+                settings.initial_refresh_token.clone(),
+            ),
+            state: tokio::sync::Mutex::new(State::default()),
+            http: reqwest::Client::builder()
+                .timeout(refresh.timeout)
+                .build()?,
+            settings: refresh,
+            metrics,
+        })
+    }
+
+    /// The OA id.
+    pub fn oa(&self) -> &str {
+        &self.oa
+    }
+
+    /// A usable access token, refreshing first if it expires within `refresh_before`.
+    pub async fn access_token(&self) -> Result<Secret, TokenError> {
+        let now = Utc::now();
+        let mut state = self.state.lock().await;
+        if state.tokens.is_none() {
+            state.tokens = Some(self.load_or_seed()?);
+        }
+        if state.unsaved {
+            self.save(&mut state)?;
+        }
+        if let Some(tokens) = state.tokens.as_ref().filter(|t| self.fresh(t, now)) {
+            return Ok(Secret::new(tokens.access_token.clone()));
+        }
+        // Another process sharing the file may have refreshed already.
+        if let Some(stored) = self.file.load()?.filter(|t| self.fresh(t, now)) {
+            let token = Secret::new(stored.access_token.clone());
+            self.publish_expiry(&stored);
+            state.tokens = Some(stored);
+            return Ok(token);
+        }
+        let refresh_token = state
+            .tokens
+            .as_ref()
+            .map(|t| t.refresh_token.clone())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| TokenError::NoRefreshToken {
+                oa: self.oa.clone(),
+            })?;
+        let fresh = match self.call_refresh(&refresh_token, now).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.metrics
+                    .refreshes
+                    .with_label_values(&[self.oa.as_str(), "error"])
+                    .inc();
+                tracing::error!(channel = "zalo", oa = %self.oa, error = %e,
+                    "Zalo access token refresh failed: replies on this OA will fail until it succeeds");
+                return Err(e);
+            }
+        };
+        self.metrics
+            .refreshes
+            .with_label_values(&[self.oa.as_str(), "ok"])
+            .inc();
+        state.tokens = Some(fresh);
+        state.unsaved = true;
+        self.save(&mut state)?;
+        let tokens = state
+            .tokens
+            .as_ref()
+            .ok_or_else(|| TokenError::NoRefreshToken {
+                oa: self.oa.clone(),
+            })?;
+        self.publish_expiry(tokens);
+        tracing::info!(channel = "zalo", oa = %self.oa,
+            expires_at = ?tokens.access_token_expires_at, "Zalo access token refreshed");
+        Ok(Secret::new(tokens.access_token.clone()))
+    }
+
+    /// Forgets the access token (Zalo said it is invalid), so the next use refreshes.
+    pub async fn invalidate(&self) {
+        let mut state = self.state.lock().await;
+        if let Some(tokens) = state.tokens.as_mut() {
+            tokens.access_token_expires_at = Some(DateTime::<Utc>::MIN_UTC);
+        }
+    }
+
+    /// When the current access token should next be refreshed, if known.
+    pub async fn refresh_due(&self) -> Option<DateTime<Utc>> {
+        let state = self.state.lock().await;
+        let expires = state.tokens.as_ref()?.access_token_expires_at?;
+        Some(expires - self.refresh_margin())
+    }
+
+    fn refresh_margin(&self) -> ChronoDuration {
+        ChronoDuration::from_std(self.settings.refresh_before).unwrap_or(ChronoDuration::zero())
+    }
+
+    fn fresh(&self, tokens: &StoredTokens, now: DateTime<Utc>) -> bool {
+        !tokens.access_token.is_empty()
+            && tokens
+                .access_token_expires_at
+                .is_some_and(|at| at - self.refresh_margin() > now)
+    }
+
+    fn save(&self, state: &mut State) -> Result<(), TokenError> {
+        let Some(tokens) = state.tokens.as_ref() else {
+            return Ok(());
+        };
+        match self.file.save(tokens) {
+            Ok(()) => {
+                state.unsaved = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .refreshes
+                    .with_label_values(&[self.oa.as_str(), "error"])
+                    .inc();
+                tracing::error!(channel = "zalo", oa = %self.oa, error = %e,
+                    "cannot store the new Zalo refresh token; it is held in memory and not used until stored");
+                Err(e)
+            }
+        }
+    }
+
+    fn publish_expiry(&self, tokens: &StoredTokens) {
+        if let Some(at) = tokens.access_token_expires_at {
+            self.metrics
+                .expires_at
+                .with_label_values(&[self.oa.as_str()])
+                .set(at.timestamp());
+        }
+    }
+
+    fn load_or_seed(&self) -> Result<StoredTokens, TokenError> {
+        if let Some(stored) = self.file.load()? {
+            self.publish_expiry(&stored);
+            return Ok(stored);
+        }
+        let refresh_token = self
+            .seed
+            .1
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+            .ok_or_else(|| TokenError::NoRefreshToken {
+                oa: self.oa.clone(),
+            })?;
+        let seeded = StoredTokens {
+            access_token: self
+                .seed
+                .0
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
+            access_token_expires_at: None,
+            refresh_token,
+            updated_at: Utc::now(),
+        };
+        self.file.save(&seeded)?;
+        Ok(seeded)
+    }
+
+    /// `POST /v4/oa/access_token` with the app's secret key.
+    async fn call_refresh(
+        &self,
+        refresh_token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<StoredTokens, TokenError> {
+        let unreachable = |detail: String| TokenError::Unreachable {
+            oa: self.oa.clone(),
+            detail,
+        };
+        let url = format!(
+            "{}/v4/oa/access_token",
+            self.settings.oauth_base_url.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .post(url)
+            .header("secret_key", self.app_secret.expose())
+            .form(&[
+                ("refresh_token", refresh_token),
+                ("app_id", self.app_id.as_str()),
+                ("grant_type", "refresh_token"),
+            ])
+            .send()
+            .await
+            .map_err(|e| unreachable(omni_channel::SendError::from_transport(&e).detail))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| unreachable(omni_channel::SendError::from_transport(&e).detail))?;
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            access_token: Option<String>,
+            #[serde(default)]
+            refresh_token: Option<String>,
+            #[serde(default)]
+            expires_in: Option<IdText>,
+            #[serde(default)]
+            error: Option<i64>,
+            #[serde(default)]
+            error_name: Option<String>,
+            #[serde(default)]
+            error_description: Option<String>,
+        }
+        let answer: Answer = serde_json::from_slice(&body)
+            .map_err(|e| unreachable(format!("HTTP {status}, not a token answer: {e}")))?;
+        match (answer.access_token, answer.refresh_token) {
+            (Some(access), Some(refresh)) if !access.is_empty() && !refresh.is_empty() => {
+                let expires_in = answer
+                    .expires_in
+                    .and_then(|e| e.0.parse::<i64>().ok())
+                    .unwrap_or(3600);
+                Ok(StoredTokens {
+                    access_token: access,
+                    access_token_expires_at: Some(now + ChronoDuration::seconds(expires_in)),
+                    refresh_token: refresh,
+                    updated_at: now,
+                })
+            }
+            _ if status.is_server_error() => Err(unreachable(format!("HTTP {status}"))),
+            _ => Err(TokenError::Refused {
+                oa: self.oa.clone(),
+                detail: format!(
+                    "HTTP {status}, error {} {} {}",
+                    answer.error.unwrap_or_default(),
+                    answer.error_name.unwrap_or_default(),
+                    answer.error_description.unwrap_or_default()
+                ),
+            }),
+        }
+    }
+}
+
+/// Keeps every OA's token fresh even when nothing is sent, so the refresh-token chain (valid
+/// three months per link) never lapses. Runs until `stop` turns true.
+pub async fn keep_fresh(tokens: Vec<Arc<OaToken>>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    loop {
+        let mut next = Utc::now() + ChronoDuration::minutes(10);
+        let mut failed = false;
+        for token in &tokens {
+            if let Err(e) = token.access_token().await {
+                failed = true;
+                // Already logged loudly; a refused token needs a human, keep reminding.
+                tracing::debug!(oa = %token.oa(), error = %e, "token upkeep failed");
+            }
+            if let Some(due) = token.refresh_due().await {
+                next = next.min(due);
+            }
+        }
+        failures = if failed { failures + 1 } else { 0 };
+        let wait = if failed {
+            Duration::from_secs(5u64 << failures.min(6))
+        } else {
+            (next - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1))
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
