@@ -68,7 +68,7 @@ fn ingest_path(c: &mut Criterion) {
     assert!(
         channel
             .parse(&tenant, &creds, &headers, &body, Utc::now())
-            .is_ok_and(|events| events.len() == 1),
+            .is_ok_and(|parsed| parsed.events.len() == 1),
         "the body must parse into one event"
     );
 

@@ -4,6 +4,7 @@
 //!   restart), on a free port.
 //! - [`Daemon`]: the `omnirouter` binary with `config/default.toml` plus environment overrides.
 //! - [`read_topic`]: reads a topic back with an independent rdkafka consumer.
+//! - [`standin::StandIn`]: a local HTTP server standing in for a provider's API.
 //!
 //! Every process is stopped when its handle drops; logs go to the handle's temp dir and are
 //! printed when a wait fails, so a red test says why.
@@ -13,6 +14,8 @@
     clippy::print_stdout,
     missing_docs
 )]
+
+pub mod standin;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;

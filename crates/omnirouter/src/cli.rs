@@ -79,10 +79,16 @@ pub fn main() -> ExitCode {
         },
         Command::CheckConfig { connect } => {
             eprintln!(
-                "config ok: listen {}, kafka {}, {} tenant(s), topics {}",
+                "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Zalo), topics {}",
                 settings.listen,
                 settings.kafka.bootstrap_servers,
+                settings
+                    .router
+                    .as_ref()
+                    .map_or(settings.api_tenants.len(), |r| r.tenants.len()),
                 settings.api_tenants.len(),
+                settings.messenger_tenants.len(),
+                settings.zalo_tenants.len(),
                 settings.kafka.topics.inbound
             );
             if connect {

@@ -3,14 +3,19 @@
 
 use anyhow::Context as _;
 use omni_bus::{BusMetrics, Producer};
-use omni_channel::{ApiChannel, DedupeCache, Ingress, IngressMetrics};
+use omni_channel::{ApiChannel, DedupeCache, DispatchMetrics, Dispatcher, Ingress, IngressMetrics};
+use omni_core::ChannelKind;
+use omni_social::messenger::{MessengerChannel, MessengerSender};
+use omni_social::zalo::token::{OaToken, TokenMetrics};
+use omni_social::zalo::{ZaloChannel, ZaloSender};
 use prometheus::{IntGauge, Opts, Registry};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::server::{router, AppState};
-use crate::settings::Settings;
+use crate::settings::{OutboundSettings, Settings};
 
 /// Runs the daemon until a shutdown signal.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -77,9 +82,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .collect(),
         max_body_bytes: settings.max_body_bytes,
     });
+    let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
+    let outbound_task = match &settings.outbound {
+        Some(outbound) => Some(start_outbound(
+            &settings,
+            outbound,
+            &registry,
+            producer.clone(),
+            bus_metrics.clone(),
+            outbound_stop_rx,
+        )?),
+        None => None,
+    };
     let state = Arc::new(AppState {
         ingress,
         api: ApiChannel::new(settings.api_tenants),
+        messenger: MessengerChannel::new(settings.messenger_tenants),
+        zalo: ZaloChannel::new(settings.zalo_tenants),
         producer: producer.clone(),
         registry,
     });
@@ -113,6 +132,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     let _ = router_stop_tx.send(true);
+    let _ = outbound_stop_tx.send(true);
+    if let Some(task) = outbound_task {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "outbound task failed"),
+            Err(_) => tracing::warn!("outbound sends did not finish within the grace period"),
+        }
+    }
     if let Some(task) = router_task {
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(Ok(()))) => {}
@@ -128,6 +155,89 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("flushing {pending} unacknowledged records"))?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Starts sending replies from the outbound topic: a sender per configured channel, the Zalo
+/// token upkeep, and the dispatcher over a consumer group. Ends when `stop` turns true.
+fn start_outbound(
+    settings: &Settings,
+    outbound: &OutboundSettings,
+    registry: &Registry,
+    producer: Producer,
+    bus_metrics: Arc<BusMetrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let metrics = DispatchMetrics::register(registry)?;
+    let mut dispatcher = Dispatcher::new(
+        Arc::new(producer),
+        settings.kafka.topics.delivery.clone(),
+        outbound.policy,
+        metrics,
+        stop.clone(),
+    );
+    if !settings.messenger_tenants.is_empty() {
+        let sender = MessengerSender::new(
+            settings.messenger_tenants.iter().map(|(t, m)| (t, m)),
+            settings.messenger_api.clone(),
+        )
+        .context("building the Messenger HTTP client")?;
+        dispatcher = dispatcher.with_sender(ChannelKind::Messenger, Arc::new(sender));
+    }
+    if !settings.zalo_tenants.is_empty() {
+        let token_metrics = TokenMetrics::register(registry)?;
+        let mut tokens = HashMap::new();
+        for (tenant, zalo) in &settings.zalo_tenants {
+            for (oa, oa_settings) in &zalo.oas {
+                let keeper = OaToken::new(
+                    oa,
+                    oa_settings,
+                    settings.zalo_refresh.clone(),
+                    token_metrics.clone(),
+                )
+                .context("building the Zalo OAuth HTTP client")?;
+                tokens.insert((tenant.as_str().to_owned(), oa.clone()), Arc::new(keeper));
+            }
+        }
+        tokio::spawn(omni_social::zalo::token::keep_fresh(
+            tokens.values().cloned().collect(),
+            stop.clone(),
+        ));
+        let sender = ZaloSender::new(tokens, settings.zalo_api.clone())
+            .context("building the Zalo HTTP client")?;
+        dispatcher = dispatcher.with_sender(ChannelKind::Zalo, Arc::new(sender));
+    }
+    let dispatcher = Arc::new(dispatcher);
+    let consumer = omni_bus::Consumer::new(
+        &settings.kafka,
+        &outbound.group_id,
+        &[settings.kafka.topics.outbound.as_str()],
+        bus_metrics,
+    )
+    .context("joining the outbound consumer group")?;
+    let max_in_flight = outbound.max_in_flight;
+    let mut stop = stop;
+    Ok(tokio::spawn(async move {
+        let result = consumer
+            .run_concurrent(
+                max_in_flight,
+                |r| Dispatcher::order_key(r.payload.as_deref()),
+                move |r| {
+                    let dispatcher = dispatcher.clone();
+                    async move {
+                        dispatcher
+                            .handle(r.key.as_deref(), r.payload.as_deref())
+                            .await
+                    }
+                },
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "outbound dispatch stopped: replies are not being sent");
+        }
+    }))
 }
 
 async fn create_topics_until_done(kafka: omni_bus::BusConfig, metrics: Arc<BusMetrics>) {

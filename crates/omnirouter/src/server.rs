@@ -7,8 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use omni_bus::Producer;
-use omni_channel::{ApiChannel, Ingress};
+use omni_channel::{ApiChannel, Ingress, WebhookAdapter};
+use omni_social::messenger::MessengerChannel;
+use omni_social::zalo::ZaloChannel;
 use prometheus::{Encoder, Registry, TextEncoder};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +21,10 @@ pub struct AppState {
     pub ingress: Ingress,
     /// The API channel adapter.
     pub api: ApiChannel,
+    /// The Messenger webhook adapter.
+    pub messenger: MessengerChannel,
+    /// The Zalo OA webhook adapter.
+    pub zalo: ZaloChannel,
     /// For readiness checks.
     pub producer: Producer,
     /// Everything `/metrics` serves.
@@ -28,6 +35,11 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/inbound/{tenant}", post(api_inbound))
+        .route(
+            "/v1/webhooks/messenger/{tenant}",
+            get(messenger_handshake).post(messenger_webhook),
+        )
+        .route("/v1/webhooks/zalo/{tenant}", post(zalo_webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -44,6 +56,47 @@ async fn api_inbound(
     state
         .ingress
         .handle(&state.api, &tenant, &parts.headers, body)
+        .await
+}
+
+async fn messenger_webhook(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    state
+        .ingress
+        .handle(&state.messenger, &tenant, &parts.headers, body)
+        .await
+}
+
+/// Meta's `GET` subscription handshake: echo `hub.challenge` for the right verify token.
+async fn messenger_handshake(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    match state.messenger.handshake(&tenant, &query) {
+        Ok(challenge) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            challenge,
+        )
+            .into_response(),
+        Err(e) => state.ingress.refuse(MessengerChannel::CHANNEL, e),
+    }
+}
+
+async fn zalo_webhook(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    state
+        .ingress
+        .handle(&state.zalo, &tenant, &parts.headers, body)
         .await
 }
 

@@ -5,6 +5,9 @@
 use omni_bus::BusConfig;
 use omni_channel::ApiCredentials;
 use omni_core::{Secret, TenantId};
+use omni_social::messenger::{MessengerSendSettings, MessengerTenant, PageSettings};
+use omni_social::zalo::token::RefreshSettings;
+use omni_social::zalo::{OaSettings, ZaloSendSettings, ZaloTenant};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +47,12 @@ pub struct RawSettings {
     pub log: RawLog,
     /// `[router]`.
     pub router: RawRouter,
+    /// `[outbound]`.
+    pub outbound: RawOutbound,
+    /// `[messenger]`.
+    pub messenger: RawMessengerApi,
+    /// `[zalo]`.
+    pub zalo: RawZaloApi,
     /// `[tenants.<id>]`.
     pub tenants: BTreeMap<String, RawTenant>,
 }
@@ -114,6 +123,149 @@ impl Default for RawRouter {
     }
 }
 
+/// `[outbound]`: sending agents' replies from the outbound topic through the channels.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOutbound {
+    /// Send replies from this daemon (instances share the work through the consumer group).
+    pub enabled: bool,
+    /// Consumer group shared by every sending instance.
+    pub group_id: String,
+    /// Replies sent at once (replies within one conversation always go out in order).
+    pub max_in_flight: usize,
+    /// Provider calls per reply at most, the first included, for retryable failures.
+    pub max_attempts: u32,
+    /// Wait before the first retry (doubles each time, with jitter).
+    pub initial_backoff_ms: u64,
+    /// Longest wait between retries.
+    pub max_backoff_ms: u64,
+    /// No retry starts later than this after the first attempt.
+    pub deadline_secs: u64,
+}
+
+impl Default for RawOutbound {
+    fn default() -> Self {
+        let policy = omni_channel::RetryPolicy::default();
+        Self {
+            enabled: true,
+            group_id: "omnirouter-outbound".into(),
+            max_in_flight: 64,
+            max_attempts: policy.max_attempts,
+            initial_backoff_ms: u64::try_from(policy.initial_backoff.as_millis()).unwrap_or(500),
+            max_backoff_ms: u64::try_from(policy.max_backoff.as_millis()).unwrap_or(30_000),
+            deadline_secs: policy.deadline.as_secs(),
+        }
+    }
+}
+
+/// `[messenger]`: the Graph API, shared by every tenant's pages.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMessengerApi {
+    /// The Graph API base URL.
+    pub graph_base_url: String,
+    /// The Graph API version in request paths.
+    pub api_version: String,
+    /// Send API calls per second per page.
+    pub rate_per_page: f64,
+    /// Timeout of one Send API call.
+    pub timeout_secs: u64,
+}
+
+impl Default for RawMessengerApi {
+    fn default() -> Self {
+        Self {
+            graph_base_url: "https://graph.facebook.com".into(),
+            api_version: "v23.0".into(),
+            rate_per_page: 250.0,
+            timeout_secs: 15,
+        }
+    }
+}
+
+/// `[zalo]`: the Zalo OA and OAuth APIs, shared by every tenant's OAs.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawZaloApi {
+    /// The OA API base URL.
+    pub openapi_base_url: String,
+    /// The OAuth base URL (token refresh).
+    pub oauth_base_url: String,
+    /// OA API calls per second per OA.
+    pub rate_per_oa: f64,
+    /// Timeout of one API call.
+    pub timeout_secs: u64,
+    /// Refresh an access token this long before it expires.
+    pub refresh_before_secs: u64,
+}
+
+impl Default for RawZaloApi {
+    fn default() -> Self {
+        Self {
+            openapi_base_url: "https://openapi.zalo.me".into(),
+            oauth_base_url: "https://oauth.zaloapp.com".into(),
+            rate_per_oa: 50.0,
+            timeout_secs: 15,
+            refresh_before_secs: 3600,
+        }
+    }
+}
+
+/// `[tenants.<id>.messenger]`: a tenant's Meta app and pages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMessenger {
+    /// The Meta app secret (signs webhooks).
+    pub app_secret: Secret,
+    /// The verify token typed into Meta's webhook settings.
+    pub verify_token: Secret,
+    /// Accept the legacy `X-Hub-Signature` (SHA-1) when the SHA-256 header is absent.
+    #[serde(default)]
+    pub accept_sha1: bool,
+    /// Pages by page id.
+    #[serde(default)]
+    pub pages: BTreeMap<String, RawPage>,
+}
+
+/// `[tenants.<id>.messenger.pages.<page id>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPage {
+    /// The page access token for the Send API.
+    pub access_token: Secret,
+    /// Send human replies 24 h–7 days after the customer's last message with `HUMAN_AGENT`.
+    #[serde(default)]
+    pub human_agent_tag: bool,
+}
+
+/// `[tenants.<id>.zalo]`: a tenant's Official Accounts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZalo {
+    /// OAs by OA id.
+    pub oas: BTreeMap<String, RawOa>,
+}
+
+/// `[tenants.<id>.zalo.oas.<oa id>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOa {
+    /// The Zalo app connected to the OA.
+    pub app_id: String,
+    /// The OA secret key (webhook signatures).
+    pub oa_secret_key: Secret,
+    /// The app secret key (token refresh).
+    pub app_secret: Secret,
+    /// Where the current token pair is kept (written before a new refresh token is used).
+    pub token_file: std::path::PathBuf,
+    /// The first refresh token, used only when `token_file` does not exist yet.
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
+    /// An access token to start with, used only when `token_file` does not exist yet.
+    #[serde(default)]
+    pub access_token: Option<Secret>,
+}
+
 /// `[log]`.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -142,6 +294,10 @@ pub struct RawTenant {
     pub agent_api_token: Option<Secret>,
     /// Queues, rules and strategies; without it, one `default` queue, least loaded.
     pub routing: Option<omni_routing::RoutingConfig>,
+    /// Facebook Messenger pages.
+    pub messenger: Option<RawMessenger>,
+    /// Zalo Official Accounts.
+    pub zalo: Option<RawZalo>,
 }
 
 /// Validated settings: what the daemon runs with.
@@ -169,6 +325,29 @@ pub struct Settings {
     pub router: Option<RouterSettings>,
     /// Response-time histogram buckets.
     pub response_buckets: Vec<f64>,
+    /// Tenants with Messenger pages.
+    pub messenger_tenants: Vec<(TenantId, MessengerTenant)>,
+    /// Tenants with Zalo OAs.
+    pub zalo_tenants: Vec<(TenantId, ZaloTenant)>,
+    /// The Graph API.
+    pub messenger_api: MessengerSendSettings,
+    /// The Zalo OA API.
+    pub zalo_api: ZaloSendSettings,
+    /// Zalo token refresh.
+    pub zalo_refresh: RefreshSettings,
+    /// Outbound dispatch, if enabled.
+    pub outbound: Option<OutboundSettings>,
+}
+
+/// Validated `[outbound]`.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Consumer group.
+    pub group_id: String,
+    /// Replies in flight at most.
+    pub max_in_flight: usize,
+    /// Retries.
+    pub policy: omni_channel::RetryPolicy,
 }
 
 /// Validated `[router]` settings plus every tenant's routing configuration.
@@ -237,15 +416,28 @@ impl RawSettings {
                 "must be at least 1".into(),
             ));
         }
+        let mut messenger_tenants = Vec::new();
+        let mut zalo_tenants = Vec::new();
+        let mut tenant_count = 0;
         for (name, raw) in self.tenants {
             let key = format!("tenants.{name}");
             let tenant = TenantId::new(name.clone()).map_err(|e| invalid(&key, e.to_string()))?;
+            tenant_count += 1;
             let token = raw.api_token.filter(|s| !s.is_empty());
             let hmac = raw.api_hmac_secret.filter(|s| !s.is_empty());
-            if token.is_none() && hmac.is_none() {
+            if let Some(m) = raw.messenger {
+                messenger_tenants.push((tenant.clone(), messenger_tenant(&key, m)?));
+            }
+            if let Some(z) = raw.zalo {
+                zalo_tenants.push((tenant.clone(), zalo_tenant(&key, z)?));
+            }
+            let has_social = messenger_tenants.last().is_some_and(|(t, _)| *t == tenant)
+                || zalo_tenants.last().is_some_and(|(t, _)| *t == tenant);
+            if token.is_none() && hmac.is_none() && !has_social {
                 return Err(invalid(
                     &key,
-                    "set api_token and/or api_hmac_secret (or remove the tenant)".into(),
+                    "give the tenant a channel: api_token and/or api_hmac_secret, messenger or zalo"
+                        .into(),
                 ));
             }
             if let Some(agent) = raw.agent_api_token.filter(|s| !s.is_empty()) {
@@ -258,15 +450,48 @@ impl RawSettings {
                 .validate()
                 .map_err(|e| invalid(&format!("{key}.routing.{}", e.key), e.reason.clone()))?;
             routing.insert(tenant.clone(), config);
-            api_tenants.push((
-                tenant,
-                ApiCredentials {
-                    bearer_token: token,
-                    hmac_secret: hmac,
-                },
+            if token.is_some() || hmac.is_some() {
+                api_tenants.push((
+                    tenant,
+                    ApiCredentials {
+                        bearer_token: token,
+                        hmac_secret: hmac,
+                    },
+                ));
+            }
+        }
+        let outbound = self.outbound.enabled.then(|| OutboundSettings {
+            group_id: self.outbound.group_id.clone(),
+            max_in_flight: self.outbound.max_in_flight,
+            policy: omni_channel::RetryPolicy {
+                max_attempts: self.outbound.max_attempts,
+                initial_backoff: Duration::from_millis(self.outbound.initial_backoff_ms),
+                max_backoff: Duration::from_millis(self.outbound.max_backoff_ms),
+                deadline: Duration::from_secs(self.outbound.deadline_secs),
+            },
+        });
+        if self.outbound.max_in_flight == 0 || self.outbound.max_attempts == 0 {
+            return Err(invalid(
+                "outbound.max_in_flight / outbound.max_attempts",
+                "must be at least 1".into(),
             ));
         }
-        if api_tenants.is_empty() {
+        for (key, url) in [
+            ("messenger.graph_base_url", &self.messenger.graph_base_url),
+            ("zalo.openapi_base_url", &self.zalo.openapi_base_url),
+            ("zalo.oauth_base_url", &self.zalo.oauth_base_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid(key, format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if self.messenger.timeout_secs == 0 || self.zalo.timeout_secs == 0 {
+            return Err(invalid(
+                "messenger.timeout_secs / zalo.timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if tenant_count == 0 {
             return Err(invalid("tenants", "configure at least one tenant".into()));
         }
         Ok(Settings {
@@ -285,8 +510,99 @@ impl RawSettings {
                 tenants: routing,
             }),
             response_buckets: buckets,
+            messenger_tenants,
+            zalo_tenants,
+            messenger_api: MessengerSendSettings {
+                graph_base_url: self.messenger.graph_base_url,
+                api_version: self.messenger.api_version,
+                rate_per_page: self.messenger.rate_per_page,
+                timeout: Duration::from_secs(self.messenger.timeout_secs),
+            },
+            zalo_api: ZaloSendSettings {
+                openapi_base_url: self.zalo.openapi_base_url,
+                rate_per_oa: self.zalo.rate_per_oa,
+                timeout: Duration::from_secs(self.zalo.timeout_secs),
+            },
+            zalo_refresh: RefreshSettings {
+                oauth_base_url: self.zalo.oauth_base_url,
+                refresh_before: Duration::from_secs(self.zalo.refresh_before_secs),
+                timeout: Duration::from_secs(self.zalo.timeout_secs),
+            },
+            outbound,
         })
     }
+}
+
+fn messenger_tenant(key: &str, raw: RawMessenger) -> Result<MessengerTenant, SettingsError> {
+    let invalid = |k: &str, reason: &str| SettingsError::Invalid {
+        key: format!("{key}.messenger.{k}"),
+        reason: reason.to_owned(),
+    };
+    if raw.app_secret.is_empty() {
+        return Err(invalid("app_secret", "must not be empty"));
+    }
+    if raw.verify_token.is_empty() {
+        return Err(invalid("verify_token", "must not be empty"));
+    }
+    let mut pages = std::collections::HashMap::new();
+    for (page, p) in raw.pages {
+        if page.is_empty() || !page.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(&format!("pages.{page}"), "a page id is digits"));
+        }
+        if p.access_token.is_empty() {
+            return Err(invalid(
+                &format!("pages.{page}.access_token"),
+                "must not be empty",
+            ));
+        }
+        pages.insert(
+            page,
+            PageSettings {
+                access_token: p.access_token,
+                human_agent_tag: p.human_agent_tag,
+            },
+        );
+    }
+    Ok(MessengerTenant {
+        app_secret: raw.app_secret,
+        verify_token: raw.verify_token,
+        accept_sha1: raw.accept_sha1,
+        pages,
+    })
+}
+
+fn zalo_tenant(key: &str, raw: RawZalo) -> Result<ZaloTenant, SettingsError> {
+    let mut oas = std::collections::HashMap::new();
+    for (oa, o) in raw.oas {
+        let invalid = |k: &str, reason: &str| SettingsError::Invalid {
+            key: format!("{key}.zalo.oas.{oa}.{k}"),
+            reason: reason.to_owned(),
+        };
+        if oa.is_empty() || !oa.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("", "an OA id is digits"));
+        }
+        if o.app_id.is_empty() {
+            return Err(invalid("app_id", "must not be empty"));
+        }
+        if o.oa_secret_key.is_empty() || o.app_secret.is_empty() {
+            return Err(invalid("oa_secret_key / app_secret", "must not be empty"));
+        }
+        if o.token_file.as_os_str().is_empty() {
+            return Err(invalid("token_file", "must name a file"));
+        }
+        oas.insert(
+            oa.clone(),
+            OaSettings {
+                app_id: o.app_id,
+                oa_secret_key: o.oa_secret_key,
+                app_secret: o.app_secret,
+                token_file: o.token_file,
+                initial_refresh_token: o.refresh_token.filter(|s| !s.is_empty()),
+                initial_access_token: o.access_token.filter(|s| !s.is_empty()),
+            },
+        );
+    }
+    Ok(ZaloTenant { oas })
 }
 
 #[cfg(test)]

@@ -215,6 +215,8 @@ pub struct RefreshSettings {
 struct State {
     tokens: Option<StoredTokens>,
     unsaved: bool,
+    /// An access token Zalo called invalid: never adopted again from the file.
+    rejected: Option<String>,
 }
 
 /// One OA's access token, refreshed on demand and ahead of expiry.
@@ -275,7 +277,9 @@ impl OaToken {
             return Ok(Secret::new(tokens.access_token.clone()));
         }
         // Another process sharing the file may have refreshed already.
-        if let Some(stored) = self.file.load()?.filter(|t| self.fresh(t, now)) {
+        if let Some(stored) = self.file.load()?.filter(|t| {
+            self.fresh(t, now) && state.rejected.as_deref() != Some(t.access_token.as_str())
+        }) {
             let token = Secret::new(stored.access_token.clone());
             self.publish_expiry(&stored);
             state.tokens = Some(stored);
@@ -324,7 +328,9 @@ impl OaToken {
     pub async fn invalidate(&self) {
         let mut state = self.state.lock().await;
         if let Some(tokens) = state.tokens.as_mut() {
-            tokens.access_token_expires_at = Some(DateTime::<Utc>::MIN_UTC);
+            tokens.access_token_expires_at = None;
+            let rejected = tokens.access_token.clone();
+            state.rejected = Some(rejected);
         }
     }
 
@@ -332,7 +338,7 @@ impl OaToken {
     pub async fn refresh_due(&self) -> Option<DateTime<Utc>> {
         let state = self.state.lock().await;
         let expires = state.tokens.as_ref()?.access_token_expires_at?;
-        Some(expires - self.refresh_margin())
+        expires.checked_sub_signed(self.refresh_margin())
     }
 
     fn refresh_margin(&self) -> ChronoDuration {
@@ -343,7 +349,8 @@ impl OaToken {
         !tokens.access_token.is_empty()
             && tokens
                 .access_token_expires_at
-                .is_some_and(|at| at - self.refresh_margin() > now)
+                .and_then(|at| at.checked_sub_signed(self.refresh_margin()))
+                .is_some_and(|due| due > now)
     }
 
     fn save(&self, state: &mut State) -> Result<(), TokenError> {
@@ -460,7 +467,9 @@ impl OaToken {
                     .unwrap_or(3600);
                 Ok(StoredTokens {
                     access_token: access,
-                    access_token_expires_at: Some(now + ChronoDuration::seconds(expires_in)),
+                    access_token_expires_at: now.checked_add_signed(ChronoDuration::seconds(
+                        expires_in.clamp(0, 366 * 86_400),
+                    )),
                     refresh_token: refresh,
                     updated_at: now,
                 })
@@ -484,7 +493,9 @@ impl OaToken {
 pub async fn keep_fresh(tokens: Vec<Arc<OaToken>>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut failures: u32 = 0;
     loop {
-        let mut next = Utc::now() + ChronoDuration::minutes(10);
+        let mut next = Utc::now()
+            .checked_add_signed(ChronoDuration::minutes(10))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut failed = false;
         for token in &tokens {
             if let Err(e) = token.access_token().await {

@@ -1,0 +1,801 @@
+//! Messenger and Zalo OA end to end: the senders against local servers standing in for the
+//! Graph API and Zalo's OA and OAuth APIs (asserting the exact requests and answering
+//! success, retryable and permanent errors), and the daemon from a signed webhook to
+//! `omni.inbound.v1`, an agent's reply to the stand-in provider, and the delivery event.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_channel::signature::{hmac_sha256_hex, sha256_hex};
+use omni_channel::{ChannelSender, FailureReason, SendProgress, SendRequest};
+use omni_core::{
+    Attachment, ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret, TenantId,
+};
+use omni_e2e::standin::StandIn;
+use omni_e2e::{metric_value, read_topic, Broker, Daemon};
+use omni_social::messenger::{
+    MessengerSendSettings, MessengerSender, MessengerTenant, PageSettings,
+};
+use omni_social::zalo::token::{OaToken, RefreshSettings, StoredTokens, TokenFile, TokenMetrics};
+use omni_social::zalo::{OaSettings, ZaloSendSettings, ZaloSender};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PAGE: &str = "104912345678901";
+const PSID: &str = "5384937120339286147";
+const OA: &str = "4318458798374519001";
+const ZUSER: &str = "2512523625412515123";
+const VI: &str = "Dạ, đơn hàng #1024 của anh/chị đã được giao hôm nay ạ. Cảm ơn quý khách!";
+
+fn reply(kind: ChannelKind, account: &str, recipient: &str, agent: Option<&str>) -> SendRequest {
+    let tenant = TenantId::new("acme").unwrap();
+    let channel = ChannelRef::new(kind, account);
+    SendRequest {
+        event_id: EventId::new_random(),
+        message: OutboundMessage {
+            tenant: tenant.clone(),
+            conversation_id: ConversationId::derive(&tenant, &channel, recipient, None),
+            channel,
+            recipient: recipient.into(),
+            agent_id: agent.map(str::to_owned),
+            text: VI.into(),
+            subject: None,
+            attachments: vec![],
+            reply_to: None,
+        },
+    }
+}
+
+fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
+    let tenant = TenantId::new("acme").unwrap();
+    let m = MessengerTenant {
+        app_secret: Secret::new("s"),
+        verify_token: Secret::new("v"),
+        accept_sha1: false,
+        pages: HashMap::from([(
+            PAGE.to_owned(),
+            PageSettings {
+                access_token: Secret::new("PAGE-TOKEN"),
+                human_agent_tag,
+            },
+        )]),
+    };
+    MessengerSender::new(
+        [(&tenant, &m)],
+        MessengerSendSettings {
+            graph_base_url: graph.url.clone(),
+            api_version: "v23.0".into(),
+            rate_per_page: 0.0,
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap()
+}
+
+const SEND_PATH: &str = "/v23.0/104912345678901/messages";
+
+#[tokio::test]
+async fn messenger_sends_exactly_the_documented_request_per_part() {
+    let graph = StandIn::start().await;
+    graph.answer(
+        SEND_PATH,
+        200,
+        r#"{"recipient_id":"5384937120339286147","message_id":"m_text"}"#,
+    );
+    graph.answer(
+        SEND_PATH,
+        200,
+        r#"{"recipient_id":"5384937120339286147","message_id":"m_img"}"#,
+    );
+    let sender = messenger(&graph, false);
+    let mut request = reply(ChannelKind::Messenger, PAGE, PSID, Some("agent-7"));
+    request.message.reply_to = Some("m_customer".into());
+    request.message.attachments = vec![Attachment {
+        url: "https://cdn.shop.example.vn/hoa-don.png".into(),
+        content_type: Some("image/png".into()),
+        name: None,
+        size: None,
+    }];
+    let mut progress = SendProgress::default();
+    let receipt = sender.send(&request, &mut progress).await.unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("m_text"));
+    assert_eq!(progress.provider_message_ids, ["m_text", "m_img"]);
+    let sent = graph.requests_to(SEND_PATH);
+    assert_eq!(sent.len(), 2);
+    for r in &sent {
+        assert_eq!(r.method, "POST");
+        assert_eq!(
+            r.query_pairs(),
+            [("access_token".to_owned(), "PAGE-TOKEN".to_owned())]
+        );
+        assert_eq!(r.headers["content-type"], "application/json");
+    }
+    let marker = format!("omnirouter:{}", request.event_id);
+    assert_eq!(
+        sent[0].json(),
+        json!({
+            "recipient": {"id": PSID},
+            "messaging_type": "RESPONSE",
+            "message": {"text": VI, "metadata": marker, "reply_to": {"mid": "m_customer"}},
+        })
+    );
+    assert_eq!(
+        sent[1].json(),
+        json!({
+            "recipient": {"id": PSID},
+            "messaging_type": "RESPONSE",
+            "message": {
+                "attachment": {"type": "image", "payload": {
+                    "url": "https://cdn.shop.example.vn/hoa-don.png", "is_reusable": true}},
+                "metadata": marker,
+            },
+        })
+    );
+    // The UTF-8 bytes on the wire are the Vietnamese text itself, not a lossy rewrite.
+    assert!(String::from_utf8(sent[0].body.clone())
+        .unwrap()
+        .contains(VI));
+}
+
+#[tokio::test]
+async fn messenger_errors_are_classified_by_graph_code() {
+    let graph = StandIn::start().await;
+    let sender = messenger(&graph, false);
+    let cases = [
+        (
+            400,
+            r#"{"error":{"message":"(#613) Calls to this api have exceeded the rate limit.","type":"OAuthException","code":613}}"#,
+            FailureReason::RateLimited,
+            true,
+        ),
+        (
+            400,
+            r#"{"error":{"message":"(#551) This person isn't available right now.","type":"OAuthException","code":551,"error_subcode":1545041}}"#,
+            FailureReason::UserUnavailable,
+            false,
+        ),
+        (
+            400,
+            r#"{"error":{"message":"Error validating access token","type":"OAuthException","code":190,"error_subcode":463}}"#,
+            FailureReason::BadToken,
+            false,
+        ),
+        (
+            400,
+            r#"{"error":{"message":"(#10) This message is sent outside of allowed window.","type":"OAuthException","code":10,"error_subcode":2018278}}"#,
+            FailureReason::OutsideWindow,
+            false,
+        ),
+        (
+            503,
+            "<html>unavailable</html>",
+            FailureReason::ProviderUnavailable,
+            true,
+        ),
+    ];
+    for (status, body, reason, retryable) in cases {
+        graph.answer(SEND_PATH, status, body);
+        let request = reply(ChannelKind::Messenger, PAGE, PSID, Some("a"));
+        let err = sender
+            .send(&request, &mut SendProgress::default())
+            .await
+            .unwrap_err();
+        assert_eq!((err.reason, err.retryable), (reason, retryable), "{body}");
+        assert!(!err.detail.contains("PAGE-TOKEN"), "no token in details");
+    }
+    // An unknown page is a clear, permanent failure without a call.
+    let before = graph.requests().len();
+    let err = sender
+        .send(
+            &reply(ChannelKind::Messenger, "999", PSID, None),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, FailureReason::AccountNotConfigured);
+    assert_eq!(graph.requests().len(), before);
+}
+
+#[tokio::test]
+async fn outside_the_24h_window_a_human_reply_goes_again_with_the_human_agent_tag() {
+    let outside = r#"{"error":{"message":"(#10) This message is sent outside of allowed window.","code":10,"error_subcode":2018278}}"#;
+    let graph = StandIn::start().await;
+    graph.answer(SEND_PATH, 400, outside);
+    graph.answer(
+        SEND_PATH,
+        200,
+        r#"{"recipient_id":"1","message_id":"m_tagged"}"#,
+    );
+    let sender = messenger(&graph, true);
+    let receipt = sender
+        .send(
+            &reply(ChannelKind::Messenger, PAGE, PSID, Some("agent-7")),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("m_tagged"));
+    let sent = graph.requests_to(SEND_PATH);
+    assert_eq!(sent[0].json()["messaging_type"], "RESPONSE");
+    assert_eq!(sent[1].json()["messaging_type"], "MESSAGE_TAG");
+    assert_eq!(sent[1].json()["tag"], "HUMAN_AGENT");
+    // Past 7 days the tagged send fails too: a clear outside_window failure.
+    graph.answer(SEND_PATH, 400, outside);
+    graph.answer(SEND_PATH, 400, outside);
+    let err = sender
+        .send(
+            &reply(ChannelKind::Messenger, PAGE, PSID, Some("agent-7")),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, FailureReason::OutsideWindow);
+    assert!(err.detail.contains("7-day"), "{}", err.detail);
+    // A bot's reply (no agent) is never tagged.
+    graph.answer(SEND_PATH, 400, outside);
+    let before = graph.requests_to(SEND_PATH).len();
+    let err = sender
+        .send(
+            &reply(ChannelKind::Messenger, PAGE, PSID, None),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, FailureReason::OutsideWindow);
+    assert_eq!(graph.requests_to(SEND_PATH).len(), before + 1);
+}
+
+struct Zalo {
+    api: StandIn,
+    oauth: StandIn,
+    dir: tempfile::TempDir,
+    sender: ZaloSender,
+    registry: prometheus::Registry,
+}
+
+const CS_PATH: &str = "/v3.0/oa/message/cs";
+const OAUTH_PATH: &str = "/v4/oa/access_token";
+
+/// A Zalo sender whose token file holds `stored`.
+async fn zalo(stored: Option<StoredTokens>) -> Zalo {
+    let api = StandIn::start().await;
+    let oauth = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("oa.json");
+    if let Some(stored) = stored {
+        TokenFile::new(&file).save(&stored).unwrap();
+    }
+    let settings = OaSettings {
+        app_id: "1183926498471234567".into(),
+        oa_secret_key: Secret::new("k"),
+        app_secret: Secret::new("APP-SECRET"),
+        token_file: file,
+        initial_refresh_token: Some(Secret::new("R0")),
+        initial_access_token: None,
+    };
+    let registry = prometheus::Registry::new();
+    let keeper = OaToken::new(
+        OA,
+        &settings,
+        RefreshSettings {
+            oauth_base_url: oauth.url.clone(),
+            refresh_before: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        },
+        TokenMetrics::register(&registry).unwrap(),
+    )
+    .unwrap();
+    let sender = ZaloSender::new(
+        HashMap::from([(("acme".to_owned(), OA.to_owned()), Arc::new(keeper))]),
+        ZaloSendSettings {
+            openapi_base_url: api.url.clone(),
+            rate_per_oa: 0.0,
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
+    Zalo {
+        api,
+        oauth,
+        dir,
+        sender,
+        registry,
+    }
+}
+
+fn valid_tokens(access: &str, refresh: &str) -> StoredTokens {
+    StoredTokens {
+        access_token: access.into(),
+        access_token_expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(20)),
+        refresh_token: refresh.into(),
+        updated_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn zalo_sends_text_with_a_quote_exactly_as_documented() {
+    let z = zalo(Some(valid_tokens("ACCESS-1", "R1"))).await;
+    z.api.answer(CS_PATH, 200, r#"{"error":0,"message":"Success","data":{"message_id":"a0b1c2d3","user_id":"2512523625412515123"}}"#);
+    let mut request = reply(ChannelKind::Zalo, OA, ZUSER, Some("agent-7"));
+    request.message.reply_to = Some("9d6b1c2a".into());
+    let receipt = z
+        .sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("a0b1c2d3"));
+    let sent = z.api.requests_to(CS_PATH);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].headers["access_token"], "ACCESS-1");
+    assert_eq!(
+        sent[0].json(),
+        json!({"recipient": {"user_id": ZUSER}, "message": {"text": VI, "quote_message_id": "9d6b1c2a"}})
+    );
+    assert!(
+        z.oauth.requests().is_empty(),
+        "a fresh token is not refreshed"
+    );
+}
+
+#[tokio::test]
+async fn zalo_error_codes_in_a_200_answer_are_failures_classified_by_code() {
+    let z = zalo(Some(valid_tokens("ACCESS-1", "R1"))).await;
+    for (body, reason, retryable) in [
+        (
+            r#"{"error":-230,"message":"User has not interacted with the OA in the past 7 days"}"#,
+            FailureReason::OutsideWindow,
+            false,
+        ),
+        (
+            r#"{"error":-234,"message":"Cannot send messages at night"}"#,
+            FailureReason::OutsideWindow,
+            false,
+        ),
+        (
+            r#"{"error":-32,"message":"Exceed rate limit"}"#,
+            FailureReason::ProviderUnavailable,
+            true,
+        ),
+        (
+            r#"{"error":-999,"message":"Something new"}"#,
+            FailureReason::Rejected,
+            false,
+        ),
+    ] {
+        z.api.answer(CS_PATH, 200, body);
+        let err = z
+            .sender
+            .send(
+                &reply(ChannelKind::Zalo, OA, ZUSER, None),
+                &mut SendProgress::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!((err.reason, err.retryable), (reason, retryable), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_refreshed_and_the_new_refresh_token_stored_before_use() {
+    let z = zalo(None).await; // seeded from settings: refresh token R0, no access token
+    let file = z.dir.path().join("oa.json");
+    z.oauth.answer(
+        OAUTH_PATH,
+        200,
+        r#"{"access_token":"ACCESS-2","refresh_token":"R1","expires_in":"90000"}"#,
+    );
+    // When the send arrives, what is in the file?
+    let observed = file.clone();
+    z.api.hook(CS_PATH, move |_| {
+        std::fs::read_to_string(&observed).unwrap()
+    });
+    z.api.answer(
+        CS_PATH,
+        200,
+        r#"{"error":0,"message":"Success","data":{"message_id":"x1"}}"#,
+    );
+    z.sender
+        .send(
+            &reply(ChannelKind::Zalo, OA, ZUSER, None),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap();
+    let refresh = z.oauth.requests_to(OAUTH_PATH);
+    assert_eq!(refresh.len(), 1);
+    assert_eq!(refresh[0].headers["secret_key"], "APP-SECRET");
+    let mut form = refresh[0].form();
+    form.sort();
+    assert_eq!(
+        form,
+        [
+            ("app_id".to_owned(), "1183926498471234567".to_owned()),
+            ("grant_type".to_owned(), "refresh_token".to_owned()),
+            ("refresh_token".to_owned(), "R0".to_owned()),
+        ]
+    );
+    let sent = z.api.requests_to(CS_PATH);
+    assert_eq!(sent[0].headers["access_token"], "ACCESS-2");
+    let at_send: Value = serde_json::from_str(sent[0].note.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        at_send["refresh_token"], "R1",
+        "stored before the new token was used"
+    );
+    assert_eq!(at_send["access_token"], "ACCESS-2");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "token file readable by its owner only");
+    }
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&z.registry.gather())
+        .unwrap();
+    assert_eq!(
+        metric_value(&text, "omni_zalo_token_refreshes_total", &["result=\"ok\""]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_token_answer_forces_a_refresh_and_a_refused_refresh_is_loud() {
+    let z = zalo(Some(valid_tokens("ACCESS-OLD", "R5"))).await;
+    z.api.answer(
+        CS_PATH,
+        200,
+        r#"{"error":-216,"message":"Access token is invalid"}"#,
+    );
+    let request = reply(ChannelKind::Zalo, OA, ZUSER, None);
+    let err = z
+        .sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!((err.reason, err.retryable), (FailureReason::BadToken, true));
+    // The retry refreshes first; Zalo refuses the refresh token: permanent bad_token.
+    z.oauth.answer(
+        OAUTH_PATH,
+        400,
+        r#"{"error":-14014,"error_name":"Invalid refresh token","error_description":"refresh token is invalid"}"#,
+    );
+    let err = z
+        .sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.retryable),
+        (FailureReason::BadToken, false)
+    );
+    assert!(err.detail.contains("-14014"), "{}", err.detail);
+    assert_eq!(
+        z.api.requests_to(CS_PATH).len(),
+        1,
+        "nothing sent without a token"
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&z.registry.gather())
+        .unwrap();
+    assert_eq!(
+        metric_value(
+            &text,
+            "omni_zalo_token_refreshes_total",
+            &["result=\"error\""]
+        ),
+        1.0
+    );
+    // The old pair is still on disk: nothing was lost.
+    let stored = TokenFile::new(z.dir.path().join("oa.json"))
+        .load()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.refresh_token, "R5");
+}
+
+#[tokio::test]
+async fn zalo_images_and_files_are_fetched_uploaded_and_sent_by_their_ids() {
+    let z = zalo(Some(valid_tokens("ACCESS-1", "R1"))).await;
+    let png = b"\x89PNG\r\n\x1a\nnot-really-an-image".to_vec();
+    z.api.always("/media/bill.png", 200, "image/png", &png);
+    z.api.always(
+        "/media/bill.pdf",
+        200,
+        "application/pdf",
+        b"%PDF-1.4 hoa don",
+    );
+    z.api.answer(
+        "/v2.0/oa/upload/image",
+        200,
+        r#"{"error":0,"message":"Success","data":{"attachment_id":"ATT-1"}}"#,
+    );
+    z.api.answer(
+        "/v2.0/oa/upload/file",
+        200,
+        r#"{"error":0,"message":"Success","data":{"token":"FILE-1"}}"#,
+    );
+    z.api
+        .answer(CS_PATH, 200, r#"{"error":0,"data":{"message_id":"t1"}}"#);
+    z.api
+        .answer(CS_PATH, 200, r#"{"error":0,"data":{"message_id":"i1"}}"#);
+    z.api
+        .answer(CS_PATH, 200, r#"{"error":0,"data":{"message_id":"f1"}}"#);
+    let mut request = reply(ChannelKind::Zalo, OA, ZUSER, None);
+    request.message.attachments = vec![
+        Attachment {
+            url: format!("{}/media/bill.png", z.api.url),
+            content_type: Some("image/png".into()),
+            name: None,
+            size: None,
+        },
+        Attachment {
+            url: format!("{}/media/bill.pdf", z.api.url),
+            content_type: Some("application/pdf".into()),
+            name: Some("hoa-don.pdf".into()),
+            size: None,
+        },
+    ];
+    let mut progress = SendProgress::default();
+    z.sender.send(&request, &mut progress).await.unwrap();
+    assert_eq!(progress.provider_message_ids, ["t1", "i1", "f1"]);
+    let upload = &z.api.requests_to("/v2.0/oa/upload/image")[0];
+    assert_eq!(upload.headers["access_token"], "ACCESS-1");
+    assert!(upload.headers["content-type"].starts_with("multipart/form-data"));
+    assert!(
+        upload.body.windows(png.len()).any(|w| w == png.as_slice()),
+        "the image bytes are uploaded"
+    );
+    let file_upload = &z.api.requests_to("/v2.0/oa/upload/file")[0];
+    assert!(String::from_utf8_lossy(&file_upload.body).contains("filename=\"hoa-don.pdf\""));
+    let sent = z.api.requests_to(CS_PATH);
+    assert_eq!(
+        sent[1].json()["message"],
+        json!({"attachment": {"type": "template", "payload": {"template_type": "media",
+            "elements": [{"media_type": "image", "attachment_id": "ATT-1"}]}}})
+    );
+    assert_eq!(
+        sent[2].json()["message"],
+        json!({"attachment": {"type": "file", "payload": {"token": "FILE-1"}}})
+    );
+}
+
+/// The daemon end to end: webhooks in (signed as the providers sign), replies out to the
+/// stand-ins, delivery events back on Kafka. (Multi-threaded: the stand-ins keep answering
+/// while the test blocks reading Kafka.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
+    let broker = Broker::memory();
+    let graph = StandIn::start().await;
+    let zapi = StandIn::start().await;
+    let oauth = StandIn::start().await;
+    let tokens = tempfile::tempdir().unwrap();
+    let token_file = tokens.path().join("zalo-oa.json");
+    let token_file_str = token_file.to_str().unwrap().to_owned();
+    oauth.always(
+        OAUTH_PATH,
+        200,
+        "application/json",
+        br#"{"access_token":"Z-ACCESS","refresh_token":"Z-R1","expires_in":"90000"}"#,
+    );
+    let pages_key = format!("OMNI__TENANTS__DEMO__MESSENGER__PAGES__{PAGE}__ACCESS_TOKEN");
+    let oa_key = |k: &str| format!("OMNI__TENANTS__DEMO__ZALO__OAS__{OA}__{k}");
+    let env: Vec<(String, String)> = vec![
+        ("OMNI__MESSENGER__GRAPH_BASE_URL".into(), graph.url.clone()),
+        ("OMNI__ZALO__OPENAPI_BASE_URL".into(), zapi.url.clone()),
+        ("OMNI__ZALO__OAUTH_BASE_URL".into(), oauth.url.clone()),
+        ("OMNI__OUTBOUND__INITIAL_BACKOFF_MS".into(), "100".into()),
+        (
+            "OMNI__TENANTS__DEMO__MESSENGER__APP_SECRET".into(),
+            "META-SECRET".into(),
+        ),
+        (
+            "OMNI__TENANTS__DEMO__MESSENGER__VERIFY_TOKEN".into(),
+            "VERIFY".into(),
+        ),
+        (pages_key, "PAGE-TOKEN".into()),
+        (oa_key("APP_ID"), "1183926498471234567".into()),
+        (oa_key("OA_SECRET_KEY"), "OA-KEY".into()),
+        (oa_key("APP_SECRET"), "Z-APP-SECRET".into()),
+        (oa_key("TOKEN_FILE"), token_file_str),
+        (oa_key("REFRESH_TOKEN"), "Z-R0".into()),
+    ];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let daemon = Daemon::start(&broker, &env_refs).await;
+    let http = reqwest::Client::new();
+
+    // Meta's handshake.
+    let ok = http
+        .get(daemon.url("/v1/webhooks/messenger/demo?hub.mode=subscribe&hub.verify_token=VERIFY&hub.challenge=31337"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "31337");
+    let bad = http
+        .get(daemon.url(
+            "/v1/webhooks/messenger/demo?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 403);
+
+    // A customer writes on Messenger (Meta escapes non-ASCII) and on Zalo.
+    let escaped: String = VI
+        .chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                format!("\\u{:04x}", c as u32)
+            }
+        })
+        .collect();
+    let fb = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":1700000000000,"messaging":[{{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000000,"message":{{"mid":"m_e2e","text":"{escaped}"}}}}]}}]}}"#
+    );
+    let r = http
+        .post(daemon.url("/v1/webhooks/messenger/demo"))
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_sha256_hex(b"META-SECRET", fb.as_bytes())),
+        )
+        .header("content-type", "application/json")
+        .body(fb.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ts = "1700000000500";
+    let zalo_body = format!(
+        r#"{{"app_id":"1183926498471234567","event_name":"user_send_text","timestamp":"{ts}","sender":{{"id":"{ZUSER}"}},"recipient":{{"id":"{OA}"}},"message":{{"msg_id":"z_e2e","text":"{VI}"}}}}"#
+    );
+    let mac = sha256_hex(&[
+        b"1183926498471234567",
+        zalo_body.as_bytes(),
+        ts.as_bytes(),
+        b"OA-KEY",
+    ]);
+    let r = http
+        .post(daemon.url("/v1/webhooks/zalo/demo"))
+        .header("x-zevent-signature", format!("mac={mac}"))
+        .body(zalo_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let inbound = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        2,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    assert_eq!(inbound.len(), 2);
+    let by_kind = |kind: &str| -> Value {
+        inbound
+            .iter()
+            .map(|r| r.value.clone())
+            .find(|v| v["data"]["channel"]["kind"] == kind)
+            .unwrap()
+    };
+    let fb_event = by_kind("messenger");
+    let zalo_event = by_kind("zalo");
+    assert_eq!(fb_event["data"]["message"]["text"], VI);
+    assert_eq!(zalo_event["data"]["message"]["text"], VI);
+    assert_eq!(zalo_event["data"]["contact"]["id"], ZUSER);
+
+    // Agents answer both conversations through the API; a third reply will be refused by Meta.
+    graph.answer(
+        SEND_PATH,
+        200,
+        r#"{"recipient_id":"5384937120339286147","message_id":"m_reply"}"#,
+    );
+    graph.answer(
+        SEND_PATH,
+        400,
+        r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#,
+    );
+    zapi.answer(
+        CS_PATH,
+        200,
+        r#"{"error":0,"message":"Success","data":{"message_id":"z_reply"}}"#,
+    );
+    let answer = |event: &Value, text: &str| {
+        json!({
+            "conversation_id": event["subject"],
+            "channel": event["data"]["channel"],
+            "recipient": event["data"]["contact"]["id"],
+            "agent_id": "agent-7",
+            "text": text,
+            "reply_to": event["data"]["message"]["id"],
+        })
+    };
+    for body in [answer(&fb_event, VI), answer(&zalo_event, VI)] {
+        let (status, json) = omni_e2e::post_json(
+            &daemon.url("/v1/tenants/demo/replies"),
+            "demo-agent-token",
+            &body,
+        )
+        .await;
+        assert_eq!(status, 202, "{json}");
+    }
+    let fb_sent = graph.wait_for(SEND_PATH, 1, Duration::from_secs(20)).await;
+    assert_eq!(fb_sent[0].json()["message"]["text"], VI);
+    assert_eq!(fb_sent[0].json()["recipient"]["id"], PSID);
+    let z_sent = zapi.wait_for(CS_PATH, 1, Duration::from_secs(20)).await;
+    assert_eq!(z_sent[0].json()["message"]["text"], VI);
+    assert_eq!(z_sent[0].json()["message"]["quote_message_id"], "z_e2e");
+    assert_eq!(
+        z_sent[0].headers["access_token"], "Z-ACCESS",
+        "refreshed at start"
+    );
+    let stored = TokenFile::new(&token_file).load().unwrap().unwrap();
+    assert_eq!(stored.refresh_token, "Z-R1");
+
+    let (status, _) = omni_e2e::post_json(
+        &daemon.url("/v1/tenants/demo/replies"),
+        "demo-agent-token",
+        &answer(&fb_event, "Anh/chị còn cần hỗ trợ gì không ạ?"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let deliveries = read_topic(
+        &broker.bootstrap(),
+        "omni.delivery.v1",
+        3,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    );
+    let mut seen: Vec<(String, String, String)> = deliveries
+        .iter()
+        .map(|d| {
+            let data = &d.value["data"];
+            (
+                data["channel"]["kind"].as_str().unwrap_or("").to_owned(),
+                data["status"].as_str().unwrap_or("").to_owned(),
+                data["provider_message_id"]
+                    .as_str()
+                    .or(data["reason"].as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                "messenger".into(),
+                "failed".into(),
+                "user_unavailable".into()
+            ),
+            ("messenger".into(), "sent".into(), "m_reply".into()),
+            ("zalo".into(), "sent".into(), "z_reply".into()),
+        ],
+        "{}",
+        daemon.log()
+    );
+    let schema = omni_e2e::schema("delivery-update.schema.json");
+    for d in &deliveries {
+        assert!(schema.is_valid(&d.value["data"]), "{}", d.value);
+        assert_eq!(d.key, b"demo");
+    }
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "omni_delivery_failures_total",
+            &["channel=\"messenger\"", "reason=\"user_unavailable\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "omni_messages_received_total",
+            &["channel=\"zalo\""]
+        ),
+        1.0
+    );
+}
