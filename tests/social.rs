@@ -52,13 +52,22 @@ fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
         app_secret: Secret::new("s"),
         verify_token: Secret::new("v"),
         accept_sha1: false,
-        pages: HashMap::from([(
-            PAGE.to_owned(),
-            PageSettings {
-                access_token: Secret::new("PAGE-TOKEN"),
-                human_agent_tag,
-            },
-        )]),
+        pages: HashMap::from([
+            (
+                PAGE.to_owned(),
+                PageSettings {
+                    access_token: Secret::new("PAGE-TOKEN"),
+                    human_agent_tag,
+                },
+            ),
+            (
+                "222333444555".to_owned(),
+                PageSettings {
+                    access_token: Secret::new("SECOND-PAGE-TOKEN"),
+                    human_agent_tag: false,
+                },
+            ),
+        ]),
     };
     MessengerSender::new(
         [(&tenant, &m)],

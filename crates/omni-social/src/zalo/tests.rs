@@ -289,7 +289,54 @@ async fn wrong_or_missing_signatures_and_bad_bodies_publish_nothing() {
         post(&ingress, &channel, &signed(&no_msg_id, ts, KEY), &no_msg_id).await,
         StatusCode::BAD_REQUEST
     );
+    // Not UTF-8 (signed correctly), and larger than the body limit.
+    let binary = b"\xff\xfe\x00garbage";
+    let mac = sha256_hex(&[APP.as_bytes(), binary, ts.as_bytes(), KEY.as_bytes()]);
+    let mut h = HeaderMap::new();
+    h.insert(
+        "x-zevent-signature",
+        HeaderValue::from_str(&format!("mac={mac}")).unwrap(),
+    );
+    let status = ingress
+        .handle(&channel, "acme", &h, Body::from(binary.to_vec()))
+        .await
+        .status();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    assert_eq!(
+        post(&ingress, &channel, &signed(&huge, ts, KEY), &huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        ingress
+            .handle(
+                &channel,
+                "nobody",
+                &signed(&body, ts, KEY),
+                Body::from(body.clone())
+            )
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
     assert!(sink.records().is_empty());
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_published_once() {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = ingress(sink.clone(), &registry);
+    let channel = channel();
+    let ts = "1700000004000";
+    let body = user_event("user_send_text", "m-retry", r#""text":"alo shop""#, ts);
+    for _ in 0..3 {
+        assert_eq!(
+            post(&ingress, &channel, &signed(&body, ts, KEY), &body).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(sink.records().len(), 1);
 }
 
 /// A sink that never acknowledges, like a broker that hangs.
