@@ -8,7 +8,8 @@ TANSU_VERSION := 0.6.0
 TANSU_ROOT    := $(CACHE)/tansu-$(TANSU_VERSION)
 TANSU         := $(TANSU_ROOT)/bin/tansu
 VENV          := $(CURDIR)/.venv
-APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose
+APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose \
+                 dovecot-imapd dovecot-lmtpd opensmtpd
 BENCH_PACKAGES := wrk
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target

@@ -15,6 +15,7 @@
     missing_docs
 )]
 
+pub mod mail;
 pub mod standin;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
