@@ -49,6 +49,8 @@ pub enum FailureReason {
     ChannelNotConfigured,
     /// The tenant has no credentials for the channel account.
     AccountNotConfigured,
+    /// The reply was older than the dispatcher's maximum age when taken: not sent.
+    Expired,
 }
 
 impl FailureReason {
@@ -67,6 +69,7 @@ impl FailureReason {
             FailureReason::ProviderUnavailable => "provider_unavailable",
             FailureReason::ChannelNotConfigured => "channel_not_configured",
             FailureReason::AccountNotConfigured => "account_not_configured",
+            FailureReason::Expired => "expired",
         }
     }
 }
@@ -330,6 +333,7 @@ pub struct Dispatcher {
     policy: RetryPolicy,
     metrics: DispatchMetrics,
     stop: tokio::sync::watch::Receiver<bool>,
+    max_age: Option<Duration>,
 }
 
 impl Dispatcher {
@@ -350,7 +354,16 @@ impl Dispatcher {
             policy,
             metrics,
             stop,
+            max_age: None,
         }
+    }
+
+    /// Fails replies older than `max_age` (by their event time) as `expired` instead of
+    /// sending them: a new consumer group reading a long outbound topic from its beginning
+    /// must not message customers with stale replies.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
     }
 
     /// Registers the sender for a channel kind.
@@ -413,7 +426,12 @@ impl Dispatcher {
             message,
         };
         let started = Instant::now();
+        let age = (Utc::now() - event.time).to_std().unwrap_or(Duration::ZERO);
         let result = match self.senders.get(&kind) {
+            _ if self.max_age.is_some_and(|max| age > max) => Err(SendError::permanent(
+                FailureReason::Expired,
+                format!("written {}s ago, older than the maximum age", age.as_secs()),
+            )),
             Some(sender) => match self.send_with_retries(sender.as_ref(), &request).await {
                 Some(result) => result,
                 None => return HandlerOutcome::Retry("stopping while retrying a send".into()),
@@ -830,6 +848,25 @@ mod tests {
         stop.send(true).unwrap();
         assert!(matches!(task.await.unwrap(), HandlerOutcome::Retry(_)));
         assert_eq!(sink.records().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_replies_are_failed_as_expired_not_sent() {
+        let sender = Arc::new(Scripted::default());
+        let sink = Arc::new(MemorySink::default());
+        let registry = Registry::new();
+        let (d, _stop) = dispatcher(sender.clone(), sink.clone(), &registry);
+        let d = d.with_max_age(Duration::from_secs(3600));
+        let mut event: serde_json::Value =
+            serde_json::from_slice(&outbound(ChannelKind::Messenger)).unwrap();
+        event["time"] = serde_json::json!((Utc::now() - chrono::Duration::hours(2)).to_rfc3339());
+        let payload = serde_json::to_vec(&event).unwrap();
+        assert_eq!(
+            d.handle(Some(b"acme"), Some(&payload)).await,
+            HandlerOutcome::Done
+        );
+        assert!(sender.seen.lock().unwrap().is_empty(), "nothing sent");
+        assert_eq!(delivery(&sink).reason.as_deref(), Some("expired"));
     }
 
     #[test]

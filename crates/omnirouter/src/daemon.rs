@@ -174,7 +174,8 @@ fn start_outbound(
         outbound.policy,
         metrics,
         stop.clone(),
-    );
+    )
+    .with_max_age(outbound.max_age);
     if !settings.messenger_tenants.is_empty() {
         let sender = MessengerSender::new(
             settings.messenger_tenants.iter().map(|(t, m)| (t, m)),

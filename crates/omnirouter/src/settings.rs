@@ -141,6 +141,9 @@ pub struct RawOutbound {
     pub max_backoff_ms: u64,
     /// No retry starts later than this after the first attempt.
     pub deadline_secs: u64,
+    /// A reply older than this when taken is not sent but failed as `expired` (a new consumer
+    /// group starting from the beginning of a long topic must not resend old replies).
+    pub max_age_secs: u64,
 }
 
 impl Default for RawOutbound {
@@ -154,6 +157,7 @@ impl Default for RawOutbound {
             initial_backoff_ms: u64::try_from(policy.initial_backoff.as_millis()).unwrap_or(500),
             max_backoff_ms: u64::try_from(policy.max_backoff.as_millis()).unwrap_or(30_000),
             deadline_secs: policy.deadline.as_secs(),
+            max_age_secs: 86_400,
         }
     }
 }
@@ -348,6 +352,8 @@ pub struct OutboundSettings {
     pub max_in_flight: usize,
     /// Retries.
     pub policy: omni_channel::RetryPolicy,
+    /// Older replies are failed as `expired`, not sent.
+    pub max_age: Duration,
 }
 
 /// Validated `[router]` settings plus every tenant's routing configuration.
@@ -469,6 +475,7 @@ impl RawSettings {
                 max_backoff: Duration::from_millis(self.outbound.max_backoff_ms),
                 deadline: Duration::from_secs(self.outbound.deadline_secs),
             },
+            max_age: Duration::from_secs(self.outbound.max_age_secs),
         });
         if self.outbound.max_in_flight == 0 || self.outbound.max_attempts == 0 {
             return Err(invalid(
