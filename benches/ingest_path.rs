@@ -61,6 +61,8 @@ fn ingest_path(c: &mut Criterion) {
     if let Ok(v) = HeaderValue::from_str(&format!("sha256={sig}")) {
         headers.insert(SIGNATURE_HEADER, v);
     }
+    let headers =
+        omni_channel::request_head(axum::http::Method::POST, "/v1/inbound/bench", headers);
     assert!(
         channel.verify(&creds, &headers, &body).is_ok(),
         "the signed body must verify"

@@ -1,2 +1,1006 @@
-//! E-mail end to end against real dovecot and opensmtpd. Filled in by the e-mail channel work.
+//! The e-mail channel against real servers: dovecot (IMAP, LMTP) and opensmtpd (SMTP) from the
+//! harness, and the tansu Kafka broker. Mail goes in with IMAP APPEND (as a mail client or an
+//! MTA would) and out through the channel's SMTP sender; events are read back from Kafka.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_bus::{BusConfig, BusMetrics, Producer};
+use omni_channel::sink::PublishFuture;
+use omni_channel::{ChannelSender, EventSink, FailureReason, SendProgress, SendRequest};
+use omni_core::{
+    Attachment, ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret, TenantId,
+};
+use omni_e2e::mail::{MailServer, PASSWORD};
+use omni_e2e::{read_topic, Broker, Read};
+use omni_email::{
+    AttachmentStore, Checkpoint, EmailSendSettings, EmailSender, FirstStart, ImapSettings,
+    KafkaCheckpoints, MailboxReader, MailboxSettings, Metrics, Security, SmtpSettings, ThreadIndex,
+};
+use prometheus::Registry;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const VI_TEXT: &str =
+    "Chào shop, tôi đặt đơn hàng #1024 hôm thứ Hai nhưng chưa nhận được. Nhờ shop kiểm tra giúp ạ.";
+
+/// One test's world: mail servers, a broker, an attachment directory.
+struct World {
+    mail: Arc<MailServer>,
+    broker: Broker,
+    bus: BusConfig,
+    producer: Producer,
+    registry: Registry,
+    metrics: Metrics,
+    threads: Arc<ThreadIndex>,
+    files: tempfile::TempDir,
+    tenant: TenantId,
+}
+
+impl World {
+    async fn new() -> Self {
+        let mail = MailServer::shared();
+        let broker = Broker::memory();
+        let bus = BusConfig {
+            bootstrap_servers: broker.bootstrap(),
+            partitions: 1,
+            ..BusConfig::default()
+        };
+        let registry = Registry::new();
+        let bus_metrics = Arc::new(BusMetrics::register(&registry).unwrap());
+        omni_bus::ensure_topics(&bus, bus_metrics.clone(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let producer = Producer::new(&bus, bus_metrics).unwrap();
+        producer.check_ready(Duration::from_secs(10)).await.unwrap();
+        Self {
+            mail,
+            broker,
+            bus,
+            producer,
+            metrics: Metrics::register(&registry).unwrap(),
+            registry,
+            threads: Arc::new(ThreadIndex::default()),
+            files: tempfile::tempdir().unwrap(),
+            tenant: TenantId::new("acme").unwrap(),
+        }
+    }
+
+    fn mailbox(&self, address: &str, folder: &str, first_start: FirstStart) -> MailboxSettings {
+        let mut imap = ImapSettings::new(
+            "127.0.0.1",
+            self.mail.imap_port,
+            Security::Plain,
+            address,
+            Secret::new(PASSWORD),
+        );
+        imap.folder = folder.to_owned();
+        imap.first_start = first_start;
+        imap.command_timeout = Duration::from_secs(20);
+        imap.initial_backoff = Duration::from_millis(100);
+        imap.max_backoff = Duration::from_secs(1);
+        MailboxSettings {
+            tenant: self.tenant.clone(),
+            address: address.to_owned(),
+            display_name: Some("CSKH Shop".into()),
+            imap,
+            smtp: Some(SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: self.mail.smtp_port,
+                security: Security::Plain,
+                user: None,
+                password: None,
+                timeout: Duration::from_secs(10),
+            }),
+            attachments: AttachmentStore {
+                dir: self.files.path().to_path_buf(),
+                base_url: None,
+                max_attachment_bytes: 10 * 1024 * 1024,
+            },
+        }
+    }
+
+    /// Starts a reader on `settings`, publishing through `sink`.
+    fn start(
+        &self,
+        settings: MailboxSettings,
+        sink: Arc<dyn EventSink>,
+    ) -> (watch::Sender<bool>, JoinHandle<()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let checkpoints = Arc::new(KafkaCheckpoints::new(&self.bus, sink.clone()));
+        let reader = MailboxReader::new(
+            settings,
+            self.bus.topics.inbound.clone(),
+            sink,
+            checkpoints,
+            self.metrics.clone(),
+            self.threads.clone(),
+        )
+        .unwrap();
+        let task = tokio::spawn(async move { reader.run(stop_rx).await.unwrap() });
+        (stop_tx, task)
+    }
+
+    fn producer_sink(&self) -> Arc<dyn EventSink> {
+        Arc::new(self.producer.clone())
+    }
+
+    /// Reads the inbound topic (off the runtime: the reader runs on it meanwhile).
+    async fn events(&self, want: usize, settle: Duration) -> Vec<Read> {
+        let (bootstrap, topic) = (self.broker.bootstrap(), self.bus.topics.inbound.clone());
+        tokio::task::spawn_blocking(move || {
+            read_topic(&bootstrap, &topic, want, Duration::from_secs(20), settle)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn checkpoints(&self) -> BTreeMap<String, Checkpoint> {
+        let bus = self.bus.clone();
+        let topic = self.bus.topics.email_checkpoints.clone();
+        tokio::task::spawn_blocking(move || omni_bus::table::read_table(&bus, &topic))
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
+            .collect()
+    }
+
+    fn metric(&self, name: &str, label: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| label.is_empty() || m.get_label().iter().any(|l| l.value() == label))
+            // A family is either counters or gauges; the other reads 0.
+            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+            .sum()
+    }
+
+    /// Waits until `name{…label…}` reaches `value`.
+    async fn wait_metric(&self, name: &str, label: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric(name, label) < value {
+            assert!(
+                Instant::now() < deadline,
+                "{name}{{{label}}} = {}, wanted {value}; mail logs:\n{}",
+                self.metric(name, label),
+                self.mail.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn channel(address: &str) -> ChannelRef {
+    ChannelRef::new(ChannelKind::Email, address)
+}
+
+/// A customer mail, CRLF line ends.
+fn customer_mail(
+    from: &str,
+    to: &str,
+    id: &str,
+    extra_headers: &str,
+    subject: &str,
+    body: &str,
+) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nMessage-ID: <{id}>\r\nDate: Mon, 1 Jul 2024 10:00:00 +0700\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n{extra_headers}Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+fn ids(events: &[Read]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.value["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mail_appended_while_idling_arrives_on_kafka_within_seconds() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let (stop, task) = w.start(
+        w.mailbox(&support, "INBOX", FirstStart::New),
+        w.producer_sink(),
+    );
+    // The first read sets the checkpoint at the folder's end, then idles.
+    w.wait_metric("omni_email_checkpoint_writes_total", &support, 1.0)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let raw = format!(
+        "From: =?UTF-8?B?Tmd1eeG7hW4gVsSDbiBBbg==?= <An.Nguyen@Khach.example.test>\r\nTo: {support}\r\nMessage-ID: <c1.an@khach.example.test>\r\nDate: Mon, 1 Jul 2024 10:00:00 +0700\r\nSubject: =?UTF-8?Q?=C4=90=C6=A1n_h=C3=A0ng_=231024_ch=C6=B0a_giao?=\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{}\r\n--b1\r\nContent-Type: image/png; name=\"=?UTF-8?Q?h=C3=B3a_=C4=91=C6=A1n.png?=\"\r\nContent-Disposition: attachment; filename=\"=?UTF-8?Q?h=C3=B3a_=C4=91=C6=A1n.png?=\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--b1--\r\n",
+        quoted_printable(VI_TEXT)
+    );
+    let appended = Instant::now();
+    w.mail.append(&support, "INBOX", raw.as_bytes()).await;
+    let events = w.events(1, Duration::from_millis(500)).await;
+    let took = appended.elapsed();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(took < Duration::from_secs(5), "arrived after {took:?}");
+
+    let e = &events[0];
+    assert_eq!(e.key, b"acme");
+    let v = &e.value;
+    assert_eq!(v["type"], "omni.message.received");
+    assert_eq!(v["tenant"], "acme");
+    let ch = channel(&support);
+    let expected_id = EventId::from_provider(&w.tenant, &ch, "message", "c1.an@khach.example.test");
+    assert_eq!(v["id"], expected_id.to_string());
+    let conversation = ConversationId::derive(
+        &w.tenant,
+        &ch,
+        "an.nguyen@khach.example.test",
+        Some("c1.an@khach.example.test"),
+    );
+    assert_eq!(v["subject"], conversation.to_string());
+    let data = &v["data"];
+    assert_eq!(data["conversation_id"], conversation.to_string());
+    assert_eq!(data["channel"]["kind"], "email");
+    assert_eq!(data["channel"]["account"], support);
+    assert_eq!(data["contact"]["id"], "an.nguyen@khach.example.test");
+    assert_eq!(data["contact"]["email"], "an.nguyen@khach.example.test");
+    assert_eq!(data["contact"]["name"], "Nguyễn Văn An");
+    assert_eq!(data["message"]["subject"], "Đơn hàng #1024 chưa giao");
+    assert_eq!(data["message"]["text"], VI_TEXT);
+    assert_eq!(data["message"]["id"], "c1.an@khach.example.test");
+    let attachment = &data["message"]["attachments"][0];
+    assert_eq!(attachment["name"], "hóa đơn.png");
+    assert_eq!(attachment["content_type"], "image/png");
+    let path = attachment["url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("file://")
+        .unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"\x89PNG\r\n\x1a\n");
+    // The whole mail is kept beside it.
+    let original = std::path::Path::new(path).with_file_name("original.eml");
+    assert_eq!(std::fs::read(original).unwrap(), raw.as_bytes());
+    let errors: Vec<String> = omni_e2e::schema("message-received.schema.json")
+        .iter_errors(data)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // Read with BODY.PEEK[]: the mail is still unread for the people using the mailbox.
+    let mails = w.mail.mails(&support, "INBOX").await;
+    assert!(
+        !mails[0].1.iter().any(|f| f.contains("Seen")),
+        "{:?}",
+        mails[0].1
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        w.metric("omni_email_messages_published_total", &support),
+        1.0
+    );
+    let cps = w.checkpoints().await;
+    let cp = &cps[&format!("acme/{support}/INBOX")];
+    assert_eq!(cp.last_uid, 1);
+}
+
+#[tokio::test]
+async fn a_reply_joins_its_conversation_and_a_new_mail_starts_another() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let cust = "binh@khach.example.test";
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            &customer_mail(
+                cust,
+                &support,
+                "q1@khach.example.test",
+                "",
+                "Hỏi giá",
+                "Áo này giá bao nhiêu?",
+            ),
+        )
+        .await;
+    // A reply to our answer (r1), as a mail client builds it.
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            &customer_mail(
+                cust,
+                &support,
+                "q2@khach.example.test",
+                "In-Reply-To: <r1.omni@shop.example.test>\r\nReferences: <q1@khach.example.test> <r1.omni@shop.example.test>\r\n",
+                "Re: Hỏi giá",
+                "Vậy còn size M không ạ?\r\n\r\nOn Mon, 1 Jul 2024 at 11:00, CSKH Shop <s@shop> wrote:\r\n> Dạ áo giá 200.000đ ạ.",
+            ),
+        )
+        .await;
+    // A client that sends only In-Reply-To still joins.
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            &customer_mail(
+                cust,
+                &support,
+                "q3@khach.example.test",
+                "In-Reply-To: <q1@khach.example.test>\r\n",
+                "Re: Hỏi giá",
+                "Cảm ơn shop",
+            ),
+        )
+        .await;
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            &customer_mail(
+                cust,
+                &support,
+                "n1@khach.example.test",
+                "",
+                "Đổi địa chỉ",
+                "Tôi muốn đổi địa chỉ giao hàng",
+            ),
+        )
+        .await;
+    let (stop, task) = w.start(
+        w.mailbox(&support, "INBOX", FirstStart::All),
+        w.producer_sink(),
+    );
+    let events = w.events(4, Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(events.len(), 4);
+    let conv: Vec<&str> = events
+        .iter()
+        .map(|e| e.value["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        conv[0], conv[1],
+        "the reply joins the first mail's conversation"
+    );
+    assert_eq!(conv[0], conv[2], "In-Reply-To alone joins too");
+    assert_ne!(conv[0], conv[3], "a new mail starts a new conversation");
+    let root = ConversationId::derive(
+        &w.tenant,
+        &channel(&support),
+        cust,
+        Some("q1@khach.example.test"),
+    );
+    assert_eq!(conv[0], root.to_string());
+    let reply = &events[1].value["data"]["message"];
+    assert_eq!(
+        reply["text"], "Vậy còn size M không ạ?",
+        "quoted history trimmed"
+    );
+    assert_eq!(reply["reply_to"], "r1.omni@shop.example.test");
+    assert_eq!(reply["subject"], "Re: Hỏi giá");
+}
+
+/// Publishes through the producer until `after` inbound events went out, then stops the
+/// reader and fails every later write: a crash right after Kafka acknowledged a mail and
+/// before its checkpoint was written.
+struct CrashAfter {
+    inner: Producer,
+    inbound: String,
+    after: usize,
+    published: AtomicUsize,
+    dead: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl EventSink for CrashAfter {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a [u8],
+        payload: &'a [u8],
+    ) -> PublishFuture<'a> {
+        Box::pin(async move {
+            if self.dead.load(Ordering::SeqCst) {
+                return Err(omni_channel::SinkError {
+                    topic: topic.to_owned(),
+                    reason: "crashed".into(),
+                });
+            }
+            self.inner.publish(topic, key, payload).await?;
+            if topic == self.inbound
+                && self.published.fetch_add(1, Ordering::SeqCst) + 1 == self.after
+            {
+                self.dead.store(true, Ordering::SeqCst);
+                let _ = self.stop.send(true);
+            }
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, topic: &'a str, key: &'a [u8]) -> PublishFuture<'a> {
+        self.inner.delete(topic, key)
+    }
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_of_a_batch_loses_and_duplicates_nothing() {
+    const M: usize = 12;
+    const N: usize = 5;
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    for i in 1..=M {
+        w.mail
+            .append(
+                &support,
+                "INBOX",
+                &customer_mail(
+                    &format!("c{i}@khach.example.test"),
+                    &support,
+                    &format!("m{i}@khach.example.test"),
+                    "",
+                    &format!("Thư {i}"),
+                    "Nội dung",
+                ),
+            )
+            .await;
+    }
+    let settings = w.mailbox(&support, "INBOX", FirstStart::All);
+    let key = format!("acme/{support}/INBOX");
+
+    // First run: crashes after N mails were acknowledged, before the Nth checkpoint.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let crash = Arc::new(CrashAfter {
+        inner: w.producer.clone(),
+        inbound: w.bus.topics.inbound.clone(),
+        after: N,
+        published: AtomicUsize::new(0),
+        dead: AtomicBool::new(false),
+        stop: stop_tx,
+    });
+    let sink: Arc<dyn EventSink> = crash.clone();
+    let reader = MailboxReader::new(
+        settings.clone(),
+        w.bus.topics.inbound.clone(),
+        sink.clone(),
+        Arc::new(KafkaCheckpoints::new(&w.bus, sink)),
+        w.metrics.clone(),
+        w.threads.clone(),
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), reader.run(stop_rx))
+        .await
+        .unwrap()
+        .unwrap();
+    let cps = w.checkpoints().await;
+    assert_eq!(
+        cps[&key].last_uid,
+        u32::try_from(N - 1).unwrap(),
+        "the Nth checkpoint was lost in the crash"
+    );
+
+    // Restart with a healthy producer: picks up at mail N again and finishes the batch.
+    let (stop, task) = w.start(settings, w.producer_sink());
+    let events = w.events(M + 1, Duration::from_millis(800)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let all = ids(&events);
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), M, "every mail published, none lost");
+    assert_eq!(
+        all.len(),
+        M + 1,
+        "only the mail in flight at the crash went out again"
+    );
+    let nth = EventId::from_provider(
+        &w.tenant,
+        &channel(&support),
+        "message",
+        &format!("m{N}@khach.example.test"),
+    );
+    assert_eq!(
+        all.iter().filter(|id| **id == nth.to_string()).count(),
+        2,
+        "with the same id"
+    );
+    let cps = w.checkpoints().await;
+    assert_eq!(cps[&key].last_uid, u32::try_from(M).unwrap());
+    assert!(w.metric("omni_email_checkpoint_writes_total", &support) >= M as f64);
+}
+
+#[tokio::test]
+async fn a_uidvalidity_change_rescans_without_republishing() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let folder = "Support";
+    w.mail.create_folder(&support, folder).await;
+    let mails: Vec<Vec<u8>> = (1..=3)
+        .map(|i| {
+            customer_mail(
+                "lan@khach.example.test",
+                &support,
+                &format!("u{i}@khach.example.test"),
+                "",
+                &format!("Thư {i}"),
+                "Xin chào",
+            )
+        })
+        .collect();
+    for m in &mails {
+        w.mail.append(&support, folder, m).await;
+    }
+    let settings = w.mailbox(&support, folder, FirstStart::All);
+    let (stop, task) = w.start(settings.clone(), w.producer_sink());
+    assert_eq!(w.events(3, Duration::from_millis(300)).await.len(), 3);
+    w.wait_metric("omni_email_checkpoint_last_uid", &support, 3.0)
+        .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let before = w.mail.uidvalidity(&support, folder).await;
+
+    // The folder is deleted and made again (a migration, a restore): same mail, new UIDs.
+    w.mail.delete_folder(&support, folder).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    w.mail.create_folder(&support, folder).await;
+    for m in &mails {
+        w.mail.append(&support, folder, m).await;
+    }
+    w.mail
+        .append(
+            &support,
+            folder,
+            &customer_mail(
+                "lan@khach.example.test",
+                &support,
+                "u4@khach.example.test",
+                "",
+                "Thư 4",
+                "Mới",
+            ),
+        )
+        .await;
+    assert_ne!(w.mail.uidvalidity(&support, folder).await, before);
+
+    let (stop, task) = w.start(settings, w.producer_sink());
+    w.wait_metric("omni_email_checkpoint_last_uid", &support, 4.0)
+        .await;
+    let events = w.events(4, Duration::from_millis(800)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        events.len(),
+        4,
+        "only the new mail was published again: {:?}",
+        ids(&events)
+    );
+    assert_eq!(
+        events[3].value["data"]["message"]["id"],
+        "u4@khach.example.test"
+    );
+    assert_eq!(
+        w.metric("omni_email_uidvalidity_rescans_total", &support),
+        1.0
+    );
+    assert_eq!(
+        w.metric("omni_email_messages_skipped_total", "duplicate"),
+        3.0
+    );
+    let cp = &w.checkpoints().await[&format!("acme/{support}/{folder}")];
+    assert_eq!(cp.uidvalidity, w.mail.uidvalidity(&support, folder).await);
+    assert_eq!(cp.last_uid, 4);
+}
+
+#[tokio::test]
+async fn broken_mime_and_a_huge_mail_are_handled_without_a_crash() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    // Unclosed multipart, invalid base64, an unknown charset, a header with no colon.
+    let broken = format!(
+        "From: hoa@khach.example.test\r\nTo: {support}\r\nMessage-ID: <broken@khach.example.test>\r\nSubject: =?x-unknown?Q?=C4=90?= =?UTF-8?B?not base64!?=\r\nthis header has no colon\r\nContent-Type: multipart/mixed; boundary=\"never-closed\"\r\n\r\n--never-closed\r\nContent-Type: text/plain; charset=x-klingon\r\n\r\nvẫn đọc được\r\n--never-closed\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not*base64***\r\n"
+    );
+    // About 6 MB of attachment: larger than this mailbox's 1 MiB limit.
+    let huge_b64 = "QUJDRA==\r\n".repeat(6 * 1024 * 1024 / 10);
+    let huge = format!(
+        "From: hoa@khach.example.test\r\nTo: {support}\r\nMessage-ID: <huge@khach.example.test>\r\nSubject: File lớn\r\nContent-Type: multipart/mixed; boundary=\"h\"\r\n\r\n--h\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGửi shop file video\r\n--h\r\nContent-Type: video/mp4; name=\"clip.mp4\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{huge_b64}--h--\r\n"
+    );
+    w.mail.append(&support, "INBOX", broken.as_bytes()).await;
+    w.mail.append(&support, "INBOX", huge.as_bytes()).await;
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            b"\x00\x01\x02 no headers at all \xff\xfe",
+        )
+        .await;
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            &customer_mail(
+                "hoa@khach.example.test",
+                &support,
+                "after@khach.example.test",
+                "",
+                "Sau đó",
+                "Thư bình thường",
+            ),
+        )
+        .await;
+    let mut settings = w.mailbox(&support, "INBOX", FirstStart::All);
+    settings.imap.max_message_bytes = 1024 * 1024;
+    let (stop, task) = w.start(settings, w.producer_sink());
+    w.wait_metric("omni_email_checkpoint_last_uid", &support, 4.0)
+        .await;
+    let events = w.events(3, Duration::from_millis(800)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let by_id: BTreeMap<&str, &Value> = events
+        .iter()
+        .map(|e| {
+            (
+                e.value["data"]["message"]["id"].as_str().unwrap(),
+                &e.value["data"]["message"],
+            )
+        })
+        .collect();
+    assert_eq!(by_id.len(), 3, "{:?}", by_id.keys());
+    assert!(by_id["broken@khach.example.test"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("vẫn đọc được"));
+    assert_eq!(
+        by_id["huge@khach.example.test"]["text"],
+        "Gửi shop file video"
+    );
+    assert_eq!(by_id["after@khach.example.test"]["text"], "Thư bình thường");
+    assert_eq!(
+        w.metric("omni_email_messages_truncated_total", &support),
+        1.0
+    );
+    assert_eq!(
+        w.metric("omni_email_messages_skipped_total", "unreadable")
+            + w.metric("omni_email_messages_skipped_total", "no_sender"),
+        1.0
+    );
+    assert_eq!(
+        w.metric("omni_email_imap_reconnects_total", ""),
+        0.0,
+        "no session failed"
+    );
+}
+
+#[tokio::test]
+async fn auto_replies_and_bounces_are_not_routed_as_customer_messages() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let ooo = customer_mail(
+        "sale@doitac.example.test",
+        &support,
+        "ooo@doitac.example.test",
+        "Auto-Submitted: auto-replied\r\n",
+        "Vắng mặt: Re: Báo giá",
+        "Tôi đang nghỉ phép đến 10/7.",
+    );
+    let bounce = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.test>\r\nTo: {support}\r\nMessage-ID: <bounce1@mx.example.test>\r\nSubject: Undelivered Mail Returned to Sender\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"r\"\r\n\r\n--r\r\nContent-Type: text/plain\r\n\r\nThis is the mail system.\r\n--r\r\nContent-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822; x@unknown.test\r\nAction: failed\r\nStatus: 5.1.1\r\n--r--\r\n"
+    );
+    let bulk = customer_mail(
+        "news@shop.example.test",
+        &support,
+        "news1@shop.example.test",
+        "Precedence: bulk\r\n",
+        "Khuyến mãi",
+        "Giảm giá 50%",
+    );
+    let person = customer_mail(
+        "mai@khach.example.test",
+        &support,
+        "p1@khach.example.test",
+        "",
+        "Hỏi hàng",
+        "Còn hàng không ạ?",
+    );
+    for m in [ooo, bounce.into_bytes(), bulk, person] {
+        w.mail.append(&support, "INBOX", &m).await;
+    }
+    let (stop, task) = w.start(
+        w.mailbox(&support, "INBOX", FirstStart::All),
+        w.producer_sink(),
+    );
+    w.wait_metric("omni_email_checkpoint_last_uid", &support, 4.0)
+        .await;
+    let events = w.events(1, Duration::from_millis(800)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].value["data"]["message"]["id"],
+        "p1@khach.example.test"
+    );
+    assert_eq!(
+        w.metric("omni_email_messages_skipped_total", "auto_reply"),
+        2.0
+    );
+    assert_eq!(w.metric("omni_email_messages_skipped_total", "bounce"), 1.0);
+}
+
+fn reply_request(
+    w: &World,
+    support: &str,
+    customer: &str,
+    parent: Option<&str>,
+    attachments: Vec<Attachment>,
+) -> SendRequest {
+    let ch = channel(support);
+    SendRequest {
+        event_id: EventId::new_random(),
+        message: OutboundMessage {
+            tenant: w.tenant.clone(),
+            conversation_id: ConversationId::derive(&w.tenant, &ch, customer, parent),
+            channel: ch,
+            recipient: customer.into(),
+            agent_id: Some("agent-7".into()),
+            text: "Dạ, đơn hàng #1024 của anh/chị đã được giao hôm nay ạ. Cảm ơn quý khách!".into(),
+            subject: Some("Re: Đơn hàng #1024".into()),
+            attachments,
+            reply_to: parent.map(str::to_owned),
+        },
+    }
+}
+
+#[tokio::test]
+async fn an_agent_reply_goes_out_over_smtp_with_threading_headers() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let customer = w.mail.address("khach");
+    // The customer's second mail of a thread (root q1) arrives with an attachment; the reader
+    // publishes it and records its thread.
+    let inbound = format!(
+        "From: {customer}\r\nTo: {support}\r\nMessage-ID: <q2@khach.example.test>\r\nIn-Reply-To: <r1.omni@example.test>\r\nReferences: <q1@khach.example.test> <r1.omni@example.test>\r\nSubject: Re: =?UTF-8?Q?=C4=90=C6=A1n_h=C3=A0ng_=231024?=\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nẢnh đơn hàng đây ạ\r\n--b\r\nContent-Type: image/png; name=\"don.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--b--\r\n"
+    );
+    w.mail.append(&support, "INBOX", inbound.as_bytes()).await;
+    let (stop, task) = w.start(
+        w.mailbox(&support, "INBOX", FirstStart::All),
+        w.producer_sink(),
+    );
+    let events = w.events(1, Duration::from_millis(200)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let stored: Attachment =
+        serde_json::from_value(events[0].value["data"]["message"]["attachments"][0].clone())
+            .unwrap();
+
+    let sender = EmailSender::new(
+        [&w.mailbox(&support, "INBOX", FirstStart::New)],
+        EmailSendSettings::default(),
+        w.threads.clone(),
+    )
+    .unwrap();
+    let request = reply_request(
+        &w,
+        &support,
+        &customer,
+        Some("q2@khach.example.test"),
+        vec![stored],
+    );
+    let mut progress = SendProgress::default();
+    let receipt = sender.send(&request, &mut progress).await.unwrap();
+    let message_id = format!("{}.omni@example.test", request.event_id);
+    assert_eq!(
+        receipt.provider_message_id.as_deref(),
+        Some(message_id.as_str())
+    );
+
+    // Read back from the customer's mailbox.
+    let mails = w
+        .mail
+        .wait_for_mails(&customer, "INBOX", 1, Duration::from_secs(10))
+        .await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&mails[0])
+        .unwrap();
+    assert_eq!(parsed.message_id(), Some(message_id.as_str()));
+    assert_eq!(parsed.subject(), Some("Re: Đơn hàng #1024"), "no Re: Re:");
+    let headers: BTreeMap<String, String> = parsed
+        .headers_raw()
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                v.trim().replace(['\r', '\n'], "").replace('\t', " "),
+            )
+        })
+        .collect();
+    assert_eq!(headers["in-reply-to"], "<q2@khach.example.test>");
+    let refs: Vec<&str> = headers["references"].split_whitespace().collect();
+    assert_eq!(
+        refs,
+        ["<q1@khach.example.test>", "<q2@khach.example.test>"],
+        "root first, then the parent"
+    );
+    assert_eq!(
+        parsed.from().unwrap().first().unwrap().address(),
+        Some(support.as_str())
+    );
+    assert_eq!(
+        parsed.from().unwrap().first().unwrap().name(),
+        Some("CSKH Shop")
+    );
+    assert_eq!(
+        parsed.body_text(0).unwrap().trim(),
+        "Dạ, đơn hàng #1024 của anh/chị đã được giao hôm nay ạ. Cảm ơn quý khách!"
+    );
+    let attachment = parsed
+        .attachments()
+        .next()
+        .expect("the attachment went out");
+    assert_eq!(attachment.contents(), b"\x89PNG\r\n\x1a\n");
+
+    // A retry of a reply that already went out does not send it twice.
+    let again = sender.send(&request, &mut progress).await.unwrap();
+    assert_eq!(again, receipt);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.mail.mails(&customer, "INBOX").await.len(), 1);
+}
+
+#[tokio::test]
+async fn smtp_refusals_and_outages_are_classified() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let sender = EmailSender::new(
+        [&w.mailbox(&support, "INBOX", FirstStart::New)],
+        EmailSendSettings::default(),
+        w.threads.clone(),
+    )
+    .unwrap();
+    // opensmtpd answers 550 for a domain it does not serve.
+    let request = reply_request(&w, &support, "nobody@unknown.test", None, vec![]);
+    let err = sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, FailureReason::InvalidRecipient, "{err}");
+    assert!(!err.retryable);
+    assert!(err.detail.contains("550"), "{}", err.detail);
+
+    // An address that is not one.
+    let request = reply_request(&w, &support, "not an address", None, vec![]);
+    let err = sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.retryable),
+        (FailureReason::InvalidRecipient, false)
+    );
+
+    // A file outside the attachment store is never attached.
+    let request = reply_request(
+        &w,
+        &support,
+        "khach@example.test",
+        None,
+        vec![Attachment {
+            url: "file:///etc/passwd".into(),
+            content_type: None,
+            name: None,
+            size: None,
+        }],
+    );
+    let err = sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.retryable),
+        (FailureReason::InvalidMessage, false)
+    );
+
+    // A mailbox this daemon does not send for.
+    let mut request = reply_request(&w, &support, "khach@example.test", None, vec![]);
+    request.message.channel.account = "other@example.test".into();
+    let err = sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.retryable),
+        (FailureReason::AccountNotConfigured, false)
+    );
+
+    // The SMTP server is down: may pass, so the dispatcher retries.
+    let mut down = w.mailbox(&support, "INBOX", FirstStart::New);
+    down.smtp.as_mut().unwrap().port = omni_e2e::free_port();
+    let sender =
+        EmailSender::new([&down], EmailSendSettings::default(), w.threads.clone()).unwrap();
+    let request = reply_request(&w, &support, "khach@example.test", None, vec![]);
+    let err = sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.retryable),
+        (FailureReason::ProviderUnavailable, true),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn idle_is_reissued_on_its_timer_and_a_dropped_connection_is_remade() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let mut settings = w.mailbox(&support, "INBOX", FirstStart::New);
+    settings.imap.idle_refresh = Duration::from_secs(1);
+    let (stop, task) = w.start(settings, w.producer_sink());
+    w.wait_metric("omni_email_checkpoint_writes_total", &support, 1.0)
+        .await;
+    w.wait_metric("omni_email_idle_refreshes_total", &support, 2.0)
+        .await;
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            &customer_mail(
+                "x@khach.example.test",
+                &support,
+                "after-refresh@khach.example.test",
+                "",
+                "Hi",
+                "Sau khi làm mới IDLE",
+            ),
+        )
+        .await;
+    assert_eq!(w.events(1, Duration::from_millis(100)).await.len(), 1);
+
+    // The server drops the connection: the reader reconnects (with backoff) and resumes from
+    // its checkpoint, so mail that arrived meanwhile is not missed.
+    w.mail.kick(&support);
+    w.mail
+        .append(
+            &support,
+            "INBOX",
+            &customer_mail(
+                "x@khach.example.test",
+                &support,
+                "after-kick@khach.example.test",
+                "",
+                "Hi",
+                "Sau khi mất kết nối",
+            ),
+        )
+        .await;
+    let events = w.events(2, Duration::from_millis(300)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(ids(&events).len(), 2, "{events:?}");
+    assert_eq!(
+        events[1].value["data"]["message"]["id"],
+        "after-kick@khach.example.test"
+    );
+    assert!(w.metric("omni_email_imap_reconnects_total", &support) >= 1.0);
+}
+
+fn quoted_printable(s: &str) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for b in s.bytes() {
+        let piece = if b.is_ascii_alphanumeric() || b == b' ' || b == b'.' || b == b',' {
+            (b as char).to_string()
+        } else {
+            format!("={b:02X}")
+        };
+        if line + piece.len() > 72 {
+            out.push_str("=\r\n");
+            line = 0;
+        }
+        line += piece.len();
+        out.push_str(&piece);
+    }
+    out
+}

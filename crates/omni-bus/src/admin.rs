@@ -10,8 +10,8 @@ use crate::config::BusConfig;
 use crate::error::BusError;
 use crate::metrics::{BusMetrics, MetricsContext};
 
-/// Creates every configured topic that does not exist yet (the router-state topic with
-/// `cleanup.policy=compact`). Topics that exist are left as they are.
+/// Creates every configured topic that does not exist yet (the router-state and e-mail
+/// checkpoint topics with `cleanup.policy=compact`). Topics that exist are left as they are.
 pub async fn ensure_topics(
     config: &BusConfig,
     metrics: Arc<BusMetrics>,

@@ -100,6 +100,7 @@ impl BusConfig {
             ("topics.commands", &self.topics.commands),
             ("topics.routing", &self.topics.routing),
             ("topics.router_state", &self.topics.router_state),
+            ("topics.email_checkpoints", &self.topics.email_checkpoints),
         ] {
             let valid = !value.is_empty()
                 && value.len() <= 249

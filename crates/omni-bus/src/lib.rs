@@ -16,6 +16,7 @@
 //! - [`consumer`]: the consumer-group loops with commit-after-processing, one record at a time
 //!   or concurrently with per-key order (`lanes`: the pure bookkeeping behind the latter).
 //! - [`admin`]: topic creation.
+//! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state.
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
 
@@ -26,6 +27,7 @@ pub mod error;
 mod lanes;
 pub mod metrics;
 pub mod producer;
+pub mod table;
 
 pub use admin::ensure_topics;
 pub use config::BusConfig;

@@ -3,7 +3,8 @@
 //! (`Authorization: Bearer …`) or an HMAC-SHA256 of the raw body
 //! (`X-Omni-Signature: sha256=<hex>`).
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use omni_core::{
@@ -81,9 +82,10 @@ impl WebhookAdapter for ApiChannel {
     fn verify(
         &self,
         creds: &ApiCredentials,
-        headers: &HeaderMap,
+        request: &Parts,
         body: &[u8],
     ) -> Result<(), IngressError> {
+        let headers = &request.headers;
         if let Some(sig) = headers.get(SIGNATURE_HEADER) {
             let secret = creds
                 .hmac_secret
@@ -134,10 +136,11 @@ impl WebhookAdapter for ApiChannel {
         &self,
         tenant: &TenantId,
         _creds: &ApiCredentials,
-        headers: &HeaderMap,
+        request: &Parts,
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Parsed, IngressError> {
+        let headers = &request.headers;
         if let Some(ct) = headers.get(header::CONTENT_TYPE) {
             let is_json = ct
                 .to_str()

@@ -40,7 +40,10 @@ pub use outbound::{
 };
 pub use ratelimit::RateLimiter;
 pub use sink::{EventSink, SinkError};
-pub use webhook::{Accepted, Ingress, Parsed, PreparedEvent, WebhookAdapter};
+pub use webhook::{
+    delivery_event_id, request_head, Accepted, Destination, Ingress, Parsed, PreparedEvent,
+    WebhookAdapter,
+};
 
 #[cfg(test)]
 mod tests;

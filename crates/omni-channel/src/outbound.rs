@@ -531,10 +531,7 @@ impl Dispatcher {
             occurred_at: now,
         };
         CloudEvent::new(
-            EventId::derived(
-                &message.tenant,
-                &[&request.event_id.to_string(), status_label],
-            ),
+            crate::webhook::delivery_event_id(&message.tenant, request.event_id, status),
             EventType::DeliveryUpdated,
             message.tenant.clone(),
             &message.channel,

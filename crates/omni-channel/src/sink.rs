@@ -23,6 +23,10 @@ pub trait EventSink: Send + Sync + 'static {
     /// Publishes and resolves only once the record is durable.
     fn publish<'a>(&'a self, topic: &'a str, key: &'a [u8], payload: &'a [u8])
         -> PublishFuture<'a>;
+
+    /// Publishes a tombstone for `key` (a compacted topic then forgets it) and resolves once
+    /// it is durable.
+    fn delete<'a>(&'a self, topic: &'a str, key: &'a [u8]) -> PublishFuture<'a>;
 }
 
 impl EventSink for omni_bus::Producer {
@@ -41,6 +45,23 @@ impl EventSink for omni_bus::Producer {
             })
         })
     }
+
+    fn delete<'a>(&'a self, topic: &'a str, key: &'a [u8]) -> PublishFuture<'a> {
+        Box::pin(async move {
+            let record = omni_bus::OutRecord {
+                topic,
+                partition: None,
+                key,
+                payload: None,
+            };
+            self.send_batch(&[record]).await.map_err(|e| SinkError {
+                topic: topic.to_owned(),
+                reason: std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.to_string()),
+            })
+        })
+    }
 }
 
 /// A record as [`MemorySink`] received it.
@@ -50,8 +71,10 @@ pub struct PublishedRecord {
     pub topic: String,
     /// The key.
     pub key: Vec<u8>,
-    /// The value.
+    /// The value (empty for a tombstone).
     pub payload: Vec<u8>,
+    /// True for a tombstone.
+    pub tombstone: bool,
 }
 
 /// An in-memory sink for unit tests: records what was published, and can be switched to fail
@@ -78,29 +101,38 @@ impl MemorySink {
     }
 }
 
+impl MemorySink {
+    fn record(&self, topic: &str, key: &[u8], payload: Option<&[u8]>) -> Result<(), SinkError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SinkError {
+                topic: topic.to_owned(),
+                reason: "sink is failing".into(),
+            });
+        }
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(PublishedRecord {
+                topic: topic.to_owned(),
+                key: key.to_vec(),
+                payload: payload.unwrap_or_default().to_vec(),
+                tombstone: payload.is_none(),
+            });
+        Ok(())
+    }
+}
+
 impl EventSink for MemorySink {
+    fn delete<'a>(&'a self, topic: &'a str, key: &'a [u8]) -> PublishFuture<'a> {
+        Box::pin(async move { self.record(topic, key, None) })
+    }
+
     fn publish<'a>(
         &'a self,
         topic: &'a str,
         key: &'a [u8],
         payload: &'a [u8],
     ) -> PublishFuture<'a> {
-        Box::pin(async move {
-            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(SinkError {
-                    topic: topic.to_owned(),
-                    reason: "sink is failing".into(),
-                });
-            }
-            self.records
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(PublishedRecord {
-                    topic: topic.to_owned(),
-                    key: key.to_vec(),
-                    payload: payload.to_vec(),
-                });
-            Ok(())
-        })
+        Box::pin(async move { self.record(topic, key, Some(payload)) })
     }
 }

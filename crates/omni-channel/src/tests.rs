@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
@@ -30,6 +30,7 @@ fn fixture() -> Fixture {
     let ingress = Ingress::new(
         sink.clone(),
         "omni.inbound.v1",
+        "omni.delivery.v1",
         DedupeCache::new(Duration::from_secs(60), 1000),
         1024,
         IngressMetrics::register(&registry).unwrap(),
@@ -57,8 +58,10 @@ fn fixture() -> Fixture {
             post(
                 |State(s): State<Arc<(Ingress, ApiChannel)>>,
                  Path(t): Path<String>,
-                 h: HeaderMap,
-                 b: Body| async move { s.0.handle(&s.1, &t, &h, b).await },
+                 req: Request<Body>| async move {
+                    let (head, body) = req.into_parts();
+                    s.0.handle(&s.1, &t, &head, body).await
+                },
             ),
         )
         .with_state(state);

@@ -3,14 +3,18 @@
 //! Order of checks, the same for every provider: tenant known → body within the limit → the
 //! provider's signature on the raw bytes → parse → dedupe → publish and await Kafka's
 //! acknowledgement → answer. A request refused at any step publishes nothing.
+//!
+//! Adapters see the request's head ([`Parts`]: method, URI, headers), not only its headers:
+//! Twilio signs the full public URL, and Vonage may call with `GET` and its fields in the query.
 
 use axum::body::Body;
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use omni_core::{
-    ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact, ConversationId, EventId,
-    EventType, Message, MessageReceived, TenantId,
+    ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact, ConversationId, DeliveryUpdate,
+    EventId, EventType, Message, MessageReceived, TenantId,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,27 +24,63 @@ use crate::error::IngressError;
 use crate::metrics::IngressMetrics;
 use crate::sink::EventSink;
 
-/// One normalized event ready to publish on the inbound topic.
+/// Which topic an accepted event goes to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// `omni.inbound.v1`: customer messages and channel signals.
+    #[default]
+    Inbound,
+    /// `omni.delivery.v1`: the fate of an outbound message, reported by a provider's status
+    /// callback (Twilio `StatusCallback`, Vonage DLR, eSMS `CallbackUrl`).
+    Delivery,
+}
+
+/// One normalized event ready to publish.
 #[derive(Debug, Clone)]
 pub struct PreparedEvent {
     /// The CloudEvents id (deterministic from the provider's message id when there is one).
     pub id: EventId,
     /// The conversation it belongs to.
     pub conversation_id: ConversationId,
+    /// The topic it goes to.
+    pub destination: Destination,
     /// The serialized CloudEvent.
     pub payload: Vec<u8>,
 }
 
 impl PreparedEvent {
-    /// Serializes a CloudEvent for publishing.
+    /// Serializes a CloudEvent for publishing on the inbound topic.
     pub fn from_event<T: serde::Serialize>(event: &CloudEvent<T>) -> Result<Self, IngressError> {
         let payload = serde_json::to_vec(event)
             .map_err(|e| IngressError::Malformed(format!("cannot serialize event: {e}")))?;
         Ok(Self {
             id: event.id,
             conversation_id: event.subject,
+            destination: Destination::Inbound,
             payload,
         })
+    }
+
+    /// A provider's report on an outbound message, for the delivery topic. Its id is derived
+    /// from the outbound event and the status, exactly as the dispatcher derives the `sent`
+    /// and `failed` events, so a provider's `sent` callback repeats the dispatcher's own event
+    /// id (consumers keep one) and a callback retried by the provider yields the same id.
+    pub fn delivery(update: DeliveryUpdate, now: DateTime<Utc>) -> Result<Self, IngressError> {
+        let id = delivery_event_id(&update.tenant, update.outbound_event_id, update.status);
+        let channel = update.channel.clone();
+        let tenant = update.tenant.clone();
+        let conversation = update.conversation_id;
+        let mut prepared = Self::from_event(&CloudEvent::new(
+            id,
+            EventType::DeliveryUpdated,
+            tenant,
+            &channel,
+            conversation,
+            now,
+            update,
+        ))?;
+        prepared.destination = Destination::Delivery;
+        Ok(prepared)
     }
 
     /// A customer message (`MessageReceived`) or an echo of one the business sent elsewhere
@@ -119,6 +159,22 @@ impl From<Vec<PreparedEvent>> for Parsed {
     }
 }
 
+/// The id of the delivery event reporting `status` for the outbound event `outbound`: the one
+/// the dispatcher and every status callback use, so the same fact always has the same id.
+pub fn delivery_event_id(
+    tenant: &TenantId,
+    outbound: EventId,
+    status: omni_core::DeliveryStatus,
+) -> EventId {
+    let label = match status {
+        omni_core::DeliveryStatus::Sent => "sent",
+        omni_core::DeliveryStatus::Failed => "failed",
+        omni_core::DeliveryStatus::Delivered => "delivered",
+        omni_core::DeliveryStatus::Read => "read",
+    };
+    EventId::derived(tenant, &[&outbound.to_string(), label])
+}
+
 /// What a request produced, for the adapter to shape its answer.
 #[derive(Debug, Clone, Default)]
 pub struct Accepted {
@@ -137,20 +193,21 @@ pub trait WebhookAdapter: Send + Sync + 'static {
     /// The tenant's account for this channel, or `None` if the tenant is unknown here.
     fn account(&self, tenant: &str) -> Option<(&TenantId, &Self::Account)>;
 
-    /// Checks the provider's credentials or signature over the exact bytes received.
+    /// Checks the provider's credentials or signature over the exact bytes received (and, for
+    /// providers that sign it, the request's URL).
     fn verify(
         &self,
         account: &Self::Account,
-        headers: &HeaderMap,
+        request: &Parts,
         body: &[u8],
     ) -> Result<(), IngressError>;
 
-    /// Turns a verified body into events. Never panics on any input.
+    /// Turns a verified request into events. Never panics on any input.
     fn parse(
         &self,
         tenant: &TenantId,
         account: &Self::Account,
-        headers: &HeaderMap,
+        request: &Parts,
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Parsed, IngressError>;
@@ -172,16 +229,19 @@ pub trait WebhookAdapter: Send + Sync + 'static {
 pub struct Ingress {
     sink: Arc<dyn EventSink>,
     topic: String,
+    delivery_topic: String,
     dedupe: DedupeCache,
     max_body_bytes: usize,
     metrics: IngressMetrics,
 }
 
 impl Ingress {
-    /// Ingress publishing to `topic` on `sink`.
+    /// Ingress publishing customer messages and signals to `topic` and providers' delivery
+    /// reports to `delivery_topic`, on `sink`.
     pub fn new(
         sink: Arc<dyn EventSink>,
         topic: impl Into<String>,
+        delivery_topic: impl Into<String>,
         dedupe: DedupeCache,
         max_body_bytes: usize,
         metrics: IngressMetrics,
@@ -189,6 +249,7 @@ impl Ingress {
         Self {
             sink,
             topic: topic.into(),
+            delivery_topic: delivery_topic.into(),
             dedupe,
             max_body_bytes,
             metrics,
@@ -200,20 +261,20 @@ impl Ingress {
         &self,
         adapter: &A,
         tenant: &str,
-        headers: &HeaderMap,
+        request: &Parts,
         body: Body,
     ) -> Response {
         let started = Instant::now();
         let accepted = match adapter.deadline() {
             Some(deadline) => {
-                match tokio::time::timeout(deadline, self.accept(adapter, tenant, headers, body))
+                match tokio::time::timeout(deadline, self.accept(adapter, tenant, request, body))
                     .await
                 {
                     Ok(result) => result,
                     Err(_) => Err(IngressError::Unavailable),
                 }
             }
-            None => self.accept(adapter, tenant, headers, body).await,
+            None => self.accept(adapter, tenant, request, body).await,
         };
         match accepted {
             Ok(accepted) => {
@@ -247,18 +308,40 @@ impl Ingress {
         &self,
         adapter: &A,
         tenant: &str,
-        headers: &HeaderMap,
+        request: &Parts,
         body: Body,
     ) -> Result<Accepted, IngressError> {
         let (tenant, account) = adapter.account(tenant).ok_or(IngressError::UnknownTenant)?;
-        let body = read_limited(headers, body, self.max_body_bytes).await?;
-        adapter.verify(account, headers, &body)?;
-        let Parsed { events, ignored } =
-            adapter.parse(tenant, account, headers, &body, Utc::now())?;
+        let body = self.read_body(request, body).await?;
+        adapter.verify(account, request, &body)?;
+        let parsed = adapter.parse(tenant, account, request, &body, Utc::now())?;
+        self.publish(A::CHANNEL, tenant, parsed).await
+    }
+
+    /// Reads a request's whole body within the configured limit (for handlers that drive the
+    /// steps themselves, such as multipart SMS reassembly).
+    pub async fn read_body(
+        &self,
+        request: &Parts,
+        body: Body,
+    ) -> Result<bytes::Bytes, IngressError> {
+        read_limited(&request.headers, body, self.max_body_bytes).await
+    }
+
+    /// Dedupes and publishes what an adapter parsed, each event to its destination, and
+    /// returns once Kafka acknowledged every one: the dedupe, publish and metrics steps of
+    /// [`Ingress::handle`], for handlers that drive the steps themselves.
+    pub async fn publish(
+        &self,
+        channel: ChannelKind,
+        tenant: &TenantId,
+        parsed: Parsed,
+    ) -> Result<Accepted, IngressError> {
+        let Parsed { events, ignored } = parsed;
         for kind in ignored {
             self.metrics
                 .ignored
-                .with_label_values(&[A::CHANNEL.as_str(), kind])
+                .with_label_values(&[channel.as_str(), kind])
                 .inc();
         }
         let mut accepted = Accepted {
@@ -269,31 +352,61 @@ impl Ingress {
             if self.dedupe.contains(id, Instant::now()) {
                 self.metrics
                     .duplicates
-                    .with_label_values(&[A::CHANNEL.as_str()])
+                    .with_label_values(&[channel.as_str()])
                     .inc();
                 accepted
                     .events
                     .push((event.id, event.conversation_id, true));
                 continue;
             }
+            let topic = match event.destination {
+                Destination::Inbound => &self.topic,
+                Destination::Delivery => &self.delivery_topic,
+            };
             self.sink
-                .publish(&self.topic, tenant.as_str().as_bytes(), &event.payload)
+                .publish(topic, tenant.as_str().as_bytes(), &event.payload)
                 .await
                 .map_err(|e| {
-                    tracing::warn!(channel = %A::CHANNEL, tenant = %tenant, error = %e, "publish failed");
+                    tracing::warn!(channel = %channel, tenant = %tenant, error = %e, "publish failed");
                     IngressError::Unavailable
                 })?;
             self.dedupe.insert(id, Instant::now());
-            self.metrics
-                .received
-                .with_label_values(&[A::CHANNEL.as_str(), tenant.as_str()])
-                .inc();
+            if event.destination == Destination::Inbound {
+                self.metrics
+                    .received
+                    .with_label_values(&[channel.as_str(), tenant.as_str()])
+                    .inc();
+            }
             accepted
                 .events
                 .push((event.id, event.conversation_id, false));
         }
         Ok(accepted)
     }
+
+    /// Records the time an accepted request took, for handlers that drive the steps
+    /// themselves.
+    pub fn observe_accepted(&self, channel: ChannelKind, started: Instant) {
+        self.metrics
+            .duration
+            .with_label_values(&[channel.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Where events go (for handlers that keep durable state of their own on Kafka).
+    pub fn sink(&self) -> &Arc<dyn EventSink> {
+        &self.sink
+    }
+}
+
+/// A request head with `method`, `uri` and `headers`, as [`Ingress::handle`] takes it (for
+/// tests, benches and callers that do not come through axum's router).
+pub fn request_head(method: axum::http::Method, uri: &str, headers: HeaderMap) -> Parts {
+    let mut request = axum::http::Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri.parse().unwrap_or_default();
+    *request.headers_mut() = headers;
+    request.into_parts().0
 }
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `limit` (by its

@@ -19,6 +19,12 @@ pub struct Topics {
     pub routing: String,
     /// Compacted changelog the router rebuilds its state from.
     pub router_state: String,
+    /// Compacted checkpoints of the e-mail channel: per watched mailbox folder, the
+    /// UIDVALIDITY and the last UID whose mail Kafka acknowledged.
+    pub email_checkpoints: String,
+    /// Compacted store of received parts of multipart SMS not yet reassembled, so a part
+    /// acknowledged to the provider survives a restart (keyed `<tenant>/<message>/<part>`).
+    pub sms_parts: String,
 }
 
 impl Default for Topics {
@@ -30,6 +36,8 @@ impl Default for Topics {
             commands: "omni.commands.v1".into(),
             routing: "omni.routing.v1".into(),
             router_state: "omni.router-state.v1".into(),
+            email_checkpoints: "omni.email-checkpoints.v1".into(),
+            sms_parts: "omni.sms-parts.v1".into(),
         }
     }
 }
@@ -37,7 +45,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 6] {
+    pub fn all(&self) -> [(&str, bool); 8] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -45,6 +53,8 @@ impl Topics {
             (&self.commands, false),
             (&self.routing, false),
             (&self.router_state, true),
+            (&self.email_checkpoints, true),
+            (&self.sms_parts, true),
         ]
     }
 }

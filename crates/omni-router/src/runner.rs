@@ -539,9 +539,11 @@ impl Router {
     async fn load(&self, partition: i32) -> Result<(), RouterError> {
         let bus = self.bus.clone();
         let topic = self.bus.topics.router_state.clone();
-        let records = tokio::task::spawn_blocking(move || read_partition(&bus, &topic, partition))
-            .await
-            .map_err(|e| RouterError::Bus(BusError::NotReady(format!("state load task: {e}"))))??;
+        let records = tokio::task::spawn_blocking(move || {
+            omni_bus::table::read_partition(&bus, &topic, partition)
+        })
+        .await
+        .map_err(|e| RouterError::Bus(BusError::NotReady(format!("state load task: {e}"))))??;
         let mut by_tenant: BTreeMap<TenantId, Vec<StateEntry>> = BTreeMap::new();
         let mut progress = HashMap::new();
         let mut latest = 0u64;
@@ -672,56 +674,4 @@ fn wall_clock_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-/// Reads one partition of the state topic from the beginning to its end: last value per key,
-/// tombstones removing keys.
-fn read_partition(
-    bus: &BusConfig,
-    topic: &str,
-    partition: i32,
-) -> Result<BTreeMap<String, Vec<u8>>, RouterError> {
-    let mut config = bus.consumer_config("omnirouter-state-reader");
-    config.set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = config.create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-    let mut out = BTreeMap::new();
-    if high <= low {
-        return Ok(out);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
-    consumer.assign(&tpl)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    // Past the high watermark, keep reading until the partition is quiet: some brokers (tansu
-    // 0.6) report the watermark of the last batch's first record, not of its last one.
-    let mut reached = false;
-    loop {
-        if std::time::Instant::now() > deadline {
-            return Err(RouterError::Bus(BusError::NotReady(format!(
-                "reading {topic}/{partition} did not reach offset {high}"
-            ))));
-        }
-        let wait = if reached { 300 } else { 200 };
-        match consumer.poll(Duration::from_millis(wait)) {
-            Some(Ok(m)) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                match m.payload() {
-                    Some(v) => {
-                        out.insert(key, v.to_vec());
-                    }
-                    None => {
-                        out.remove(&key);
-                    }
-                }
-                if m.offset() >= high - 1 {
-                    reached = true;
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None if reached => break,
-            None => {}
-        }
-    }
-    Ok(out)
 }

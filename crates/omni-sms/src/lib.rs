@@ -1,12 +1,24 @@
-//! SMS channel: Twilio, Vonage and gateway webhooks in, provider APIs out.
+//! SMS channel: Twilio, Vonage, eSMS.vn and generic gateway webhooks in, provider APIs out.
 //!
-//! This crate is the pure core of the SMS channel: no I/O, no async, no clock reads (the
-//! current time is passed in). It verifies and parses what providers send, measures and builds
-//! what we send, and reassembles multipart messages; the HTTP handlers, Kafka publishing and
-//! config loading live elsewhere and call in here with what an axum handler has: the raw body
-//! bytes, the headers and the full public URL.
+//! Two layers. The pure core (no I/O, no async, no clock reads: the current time is passed
+//! in) verifies and parses what providers send, measures and builds what we send, and
+//! reassembles multipart messages. The I/O edge on top of it is what the daemon wires: the
+//! webhook adapters `omni_channel::Ingress` drives, the durable multipart handler, and the
+//! [`omni_channel::ChannelSender`] the outbound dispatcher calls. Nothing here decides
+//! retries or talks to Kafka directly: `omni-channel` does.
 //!
 //! # Layout
+//! The I/O edge:
+//! - [`settings`]: a tenant's providers, numbers and public URL, as validated config.
+//! - [`webhook`]: the adapters of every SMS endpoint (inbound messages to `omni.inbound.v1`,
+//!   status callbacks to `omni.delivery.v1`).
+//! - [`multipart`]: Vonage inbound with parts stored on a compacted topic before they are
+//!   acknowledged, and reassembled before they are published.
+//! - [`callback`]: how a status callback finds its outbound event (references sent out with
+//!   the message and read back).
+//! - [`send`]: [`send::SmsSender`], replies through Twilio, Vonage or eSMS.vn per number.
+//!
+//! The pure core:
 //! - [`params`]: a request's parameters (query string, form body or flat JSON) as one list,
 //!   read the same way by every provider.
 //! - [`phone`]: E.164 phone numbers, short codes and alphanumeric sender ids.
@@ -31,16 +43,24 @@
 //! Every parser returns an error rather than panicking, whatever the input; error enums are
 //! per module, with messages in lowercase and an `error_type()` label for metrics.
 
+pub mod callback;
 pub mod concat;
 mod crypto;
 pub mod encoding;
 pub mod esms;
 pub mod gateway;
+pub mod multipart;
 pub mod params;
 pub mod phone;
+pub mod send;
+pub mod settings;
 pub mod status;
 pub mod twilio;
 pub mod vonage;
+pub mod webhook;
+
+#[cfg(test)]
+mod tests;
 
 pub use encoding::{layout, SmsEncoding, SmsLayout};
 pub use params::Params;

@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
         },
         Command::CheckConfig { connect } => {
             eprintln!(
-                "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Zalo), topics {}",
+                "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Zalo, {} on SMS), topics {}",
                 settings.listen,
                 settings.kafka.bootstrap_servers,
                 settings
@@ -89,6 +89,7 @@ pub fn main() -> ExitCode {
                 settings.api_tenants.len(),
                 settings.messenger_tenants.len(),
                 settings.zalo_tenants.len(),
+                settings.sms_tenants.len(),
                 settings.kafka.topics.inbound
             );
             if connect {

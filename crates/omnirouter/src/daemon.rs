@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::server::{router, AppState};
+use crate::server::{router, AppState, SmsEndpoints};
 use crate::settings::{OutboundSettings, Settings};
+use omni_sms::multipart::{ConcatMetrics, ConcatStore};
+use omni_sms::send::SmsSender;
+use omni_sms::webhook::{Endpoint, SmsWebhook};
 
 /// Runs the daemon until a shutdown signal.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let ingress = Ingress::new(
         Arc::new(producer.clone()),
         settings.kafka.topics.inbound.clone(),
+        settings.kafka.topics.delivery.clone(),
         DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
         settings.max_body_bytes,
         ingress_metrics,
@@ -94,14 +98,45 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let sms_tenants = omni_sms::webhook::tenants(settings.sms_tenants.clone());
+    let sms_endpoint = |endpoint| SmsWebhook::new(sms_tenants.clone(), endpoint);
+    let concat = Arc::new(ConcatStore::new(
+        sms_endpoint(Endpoint::VonageMessage),
+        settings.kafka.topics.sms_parts.clone(),
+        settings.sms_concat.clone(),
+        ConcatMetrics::register(&registry)?,
+    ));
+    let sms = SmsEndpoints {
+        twilio_message: sms_endpoint(Endpoint::TwilioMessage),
+        twilio_status: sms_endpoint(Endpoint::TwilioStatus),
+        vonage_message: concat.clone(),
+        vonage_dlr: sms_endpoint(Endpoint::VonageDlr),
+        esms_callback: sms_endpoint(Endpoint::EsmsCallback),
+        gateway: sms_endpoint(Endpoint::Gateway),
+    };
     let state = Arc::new(AppState {
         ingress,
         api: ApiChannel::new(settings.api_tenants),
         messenger: MessengerChannel::new(settings.messenger_tenants),
         zalo: ZaloChannel::new(settings.zalo_tenants),
+        sms,
         producer: producer.clone(),
         registry,
     });
+
+    let concat_task = settings
+        .sms_tenants
+        .iter()
+        .any(|(_, s)| s.vonage.is_some())
+        .then(|| {
+            tokio::spawn(run_concat(
+                state.clone(),
+                concat,
+                settings.kafka.clone(),
+                // Ends with the router, after the HTTP drain: no part arrives after it.
+                router_stop_rx.clone(),
+            ))
+        });
 
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -132,6 +167,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     let _ = router_stop_tx.send(true);
+    if let Some(task) = concat_task {
+        let _ = tokio::time::timeout_at(deadline, task).await;
+    }
     let _ = outbound_stop_tx.send(true);
     if let Some(task) = outbound_task {
         match tokio::time::timeout_at(deadline, task).await {
@@ -183,6 +221,11 @@ fn start_outbound(
         )
         .context("building the Messenger HTTP client")?;
         dispatcher = dispatcher.with_sender(ChannelKind::Messenger, Arc::new(sender));
+    }
+    if !settings.sms_tenants.is_empty() {
+        let sender = SmsSender::new(settings.sms_tenants.clone(), settings.sms_api.clone())
+            .context("building the SMS HTTP client")?;
+        dispatcher = dispatcher.with_sender(ChannelKind::Sms, Arc::new(sender));
     }
     if !settings.zalo_tenants.is_empty() {
         let token_metrics = TokenMetrics::register(registry)?;
@@ -239,6 +282,37 @@ fn start_outbound(
             tracing::error!(error = %e, "outbound dispatch stopped: replies are not being sent");
         }
     }))
+}
+
+/// The multipart SMS upkeep: restores stored parts once the parts topic can be read, then
+/// expires incomplete messages past their TTL until `stop`.
+async fn run_concat(
+    state: Arc<AppState>,
+    concat: Arc<ConcatStore>,
+    kafka: omni_bus::BusConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let topic = kafka.topics.sms_parts.clone();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let (bus, t) = (kafka.clone(), topic.clone());
+        let read = tokio::task::spawn_blocking(move || omni_bus::table::read_table(&bus, &t)).await;
+        match read {
+            Ok(Ok(table)) => {
+                let restored = concat.restore(&state.ingress, table).await;
+                tracing::info!(parts = restored, topic = %topic, "stored SMS parts restored");
+                break;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read stored SMS parts yet"),
+            Err(e) => tracing::warn!(error = %e, "reading stored SMS parts failed"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+    concat.run(&state.ingress, stop).await;
 }
 
 async fn create_topics_until_done(kafka: omni_bus::BusConfig, metrics: Arc<BusMetrics>) {

@@ -8,6 +8,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use omni_bus::Producer;
 use omni_channel::{ApiChannel, Ingress, WebhookAdapter};
+use omni_sms::multipart::ConcatStore;
+use omni_sms::webhook::SmsWebhook;
 use omni_social::messenger::MessengerChannel;
 use omni_social::zalo::ZaloChannel;
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -25,10 +27,28 @@ pub struct AppState {
     pub messenger: MessengerChannel,
     /// The Zalo OA webhook adapter.
     pub zalo: ZaloChannel,
+    /// The SMS endpoints.
+    pub sms: SmsEndpoints,
     /// For readiness checks.
     pub producer: Producer,
     /// Everything `/metrics` serves.
     pub registry: Registry,
+}
+
+/// One adapter per SMS endpoint, over the same tenants.
+pub struct SmsEndpoints {
+    /// Twilio inbound messages.
+    pub twilio_message: SmsWebhook,
+    /// Twilio status callbacks.
+    pub twilio_status: SmsWebhook,
+    /// Vonage inbound messages, multipart reassembled.
+    pub vonage_message: Arc<ConcatStore>,
+    /// Vonage delivery receipts.
+    pub vonage_dlr: SmsWebhook,
+    /// eSMS delivery callbacks.
+    pub esms_callback: SmsWebhook,
+    /// Generic gateways.
+    pub gateway: SmsWebhook,
 }
 
 /// The daemon's routes.
@@ -40,6 +60,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(messenger_handshake).post(messenger_webhook),
         )
         .route("/v1/webhooks/zalo/{tenant}", post(zalo_webhook))
+        .route("/v1/webhooks/sms/twilio/{tenant}", post(twilio_message))
+        .route(
+            "/v1/webhooks/sms/twilio/{tenant}/status",
+            post(twilio_status),
+        )
+        .route(
+            "/v1/webhooks/sms/vonage/{tenant}",
+            get(vonage_message).post(vonage_message),
+        )
+        .route(
+            "/v1/webhooks/sms/vonage/{tenant}/dlr",
+            get(vonage_dlr).post(vonage_dlr),
+        )
+        .route(
+            "/v1/webhooks/sms/esms/{tenant}/callback",
+            get(esms_callback).post(esms_callback),
+        )
+        .route("/v1/webhooks/sms/gateway/{tenant}/{gateway}", post(gateway))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -55,7 +93,7 @@ async fn api_inbound(
     let (parts, body) = request.into_parts();
     state
         .ingress
-        .handle(&state.api, &tenant, &parts.headers, body)
+        .handle(&state.api, &tenant, &parts, body)
         .await
 }
 
@@ -67,7 +105,7 @@ async fn messenger_webhook(
     let (parts, body) = request.into_parts();
     state
         .ingress
-        .handle(&state.messenger, &tenant, &parts.headers, body)
+        .handle(&state.messenger, &tenant, &parts, body)
         .await
 }
 
@@ -96,8 +134,67 @@ async fn zalo_webhook(
     let (parts, body) = request.into_parts();
     state
         .ingress
-        .handle(&state.zalo, &tenant, &parts.headers, body)
+        .handle(&state.zalo, &tenant, &parts, body)
         .await
+}
+
+/// One SMS endpoint through the shared handler.
+async fn sms(state: &AppState, adapter: &SmsWebhook, tenant: &str, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    state.ingress.handle(adapter, tenant, &parts, body).await
+}
+
+async fn twilio_message(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    sms(&state, &state.sms.twilio_message, &tenant, request).await
+}
+
+async fn twilio_status(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    sms(&state, &state.sms.twilio_status, &tenant, request).await
+}
+
+async fn vonage_message(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    state
+        .sms
+        .vonage_message
+        .handle(&state.ingress, &tenant, &parts, body)
+        .await
+}
+
+async fn vonage_dlr(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    sms(&state, &state.sms.vonage_dlr, &tenant, request).await
+}
+
+async fn esms_callback(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    sms(&state, &state.sms.esms_callback, &tenant, request).await
+}
+
+async fn gateway(
+    State(state): State<Arc<AppState>>,
+    Path((tenant, _gateway)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    sms(&state, &state.sms.gateway, &tenant, request).await
 }
 
 /// The process is up and serving HTTP (liveness): says nothing about Kafka.

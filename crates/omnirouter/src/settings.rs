@@ -5,6 +5,10 @@
 use omni_bus::BusConfig;
 use omni_channel::ApiCredentials;
 use omni_core::{Secret, TenantId};
+use omni_sms::settings::{
+    EsmsAccount, GatewayAccount, NumberRoute, SmsApiSettings, SmsTenant, TwilioAccount,
+    VonageAccount,
+};
 use omni_social::messenger::{MessengerSendSettings, MessengerTenant, PageSettings};
 use omni_social::zalo::token::RefreshSettings;
 use omni_social::zalo::{OaSettings, ZaloSendSettings, ZaloTenant};
@@ -53,6 +57,8 @@ pub struct RawSettings {
     pub messenger: RawMessengerApi,
     /// `[zalo]`.
     pub zalo: RawZaloApi,
+    /// `[sms]`.
+    pub sms: RawSmsApi,
     /// `[tenants.<id>]`.
     pub tenants: BTreeMap<String, RawTenant>,
 }
@@ -215,6 +221,141 @@ impl Default for RawZaloApi {
     }
 }
 
+/// `[sms]`: the SMS providers' APIs and multipart reassembly, shared by every tenant.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSmsApi {
+    /// Twilio's REST API base URL.
+    pub twilio_base_url: String,
+    /// Vonage's SMS API base URL.
+    pub vonage_base_url: String,
+    /// eSMS.vn's API base URL.
+    pub esms_base_url: String,
+    /// Timeout of one provider call.
+    pub timeout_secs: u64,
+    /// Sends per second per sending number (0: no limit).
+    pub rate_per_number: f64,
+    /// How long a multipart SMS waits for its missing parts before it is published as it is.
+    pub concat_ttl_secs: u64,
+    /// Incomplete multipart SMS held at most per tenant (the oldest is published when full).
+    pub concat_max_pending: usize,
+}
+
+impl Default for RawSmsApi {
+    fn default() -> Self {
+        let api = SmsApiSettings::default();
+        Self {
+            twilio_base_url: api.twilio_base_url,
+            vonage_base_url: api.vonage_base_url,
+            esms_base_url: api.esms_base_url,
+            timeout_secs: api.timeout.as_secs(),
+            rate_per_number: api.rate_per_number,
+            concat_ttl_secs: 900,
+            concat_max_pending: 10_000,
+        }
+    }
+}
+
+/// `[tenants.<id>.sms]`: a tenant's SMS providers and numbers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSms {
+    /// `https://host[:port][/prefix]` providers reach this daemon at (Twilio signs it).
+    pub public_base_url: String,
+    /// Country calling code of national numbers (`0901234567` → `+84901234567`).
+    #[serde(default = "default_country_code")]
+    pub country_code: String,
+    /// `?token=` of callbacks providers do not sign (eSMS; unsigned Vonage and gateways).
+    #[serde(default)]
+    pub callback_token: Option<Secret>,
+    /// The Twilio account.
+    #[serde(default)]
+    pub twilio: Option<RawTwilio>,
+    /// The Vonage account.
+    #[serde(default)]
+    pub vonage: Option<RawVonage>,
+    /// The eSMS.vn account.
+    #[serde(default)]
+    pub esms: Option<RawEsms>,
+    /// Generic inbound gateways by name (`/v1/webhooks/sms/gateway/<tenant>/<name>`).
+    #[serde(default)]
+    pub gateways: BTreeMap<String, RawGateway>,
+    /// Our numbers, short codes and brandnames, and the provider each sends through.
+    #[serde(default)]
+    pub numbers: BTreeMap<String, RawNumber>,
+}
+
+fn default_country_code() -> String {
+    "84".into()
+}
+
+/// `[tenants.<id>.sms.twilio]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTwilio {
+    /// `AC…`.
+    pub account_sid: String,
+    /// The auth token (REST API password, webhook signature key).
+    pub auth_token: Secret,
+}
+
+/// `[tenants.<id>.sms.vonage]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVonage {
+    /// `api_key`.
+    pub api_key: String,
+    /// `api_secret`.
+    pub api_secret: Secret,
+    /// Signed webhooks: `md5hash`, `md5`, `sha1`, `sha256` or `sha512` (the dashboard's).
+    #[serde(default)]
+    pub signature_method: Option<omni_sms::vonage::SignatureMethod>,
+    /// The dashboard's signature secret.
+    #[serde(default)]
+    pub signature_secret: Option<Secret>,
+    /// Refuse signed requests whose `timestamp` is further than this from now.
+    #[serde(default)]
+    pub signature_max_age_secs: Option<u64>,
+}
+
+/// `[tenants.<id>.sms.esms]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEsms {
+    /// `ApiKey`.
+    pub api_key: Secret,
+    /// `SecretKey`.
+    pub secret_key: Secret,
+    /// `Sandbox=1`: requests are checked, nothing is delivered.
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+/// `[tenants.<id>.sms.gateways.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Key of the mapping's HMAC-SHA256 signature header.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Where the fields are (`omni_sms::gateway::GatewayMapping`).
+    pub mapping: omni_sms::gateway::GatewayMapping,
+}
+
+/// `[tenants.<id>.sms.numbers."<number>"]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNumber {
+    /// `twilio`, `vonage` or `esms`.
+    pub provider: String,
+    /// Twilio: send from this messaging service instead of the number.
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// eSMS: `2` (brandname customer care, the default) or `8` (eSMS fixed number).
+    #[serde(default)]
+    pub sms_type: Option<String>,
+}
+
 /// `[tenants.<id>.messenger]`: a tenant's Meta app and pages.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,6 +443,8 @@ pub struct RawTenant {
     pub messenger: Option<RawMessenger>,
     /// Zalo Official Accounts.
     pub zalo: Option<RawZalo>,
+    /// SMS providers and numbers.
+    pub sms: Option<RawSms>,
 }
 
 /// Validated settings: what the daemon runs with.
@@ -339,6 +482,12 @@ pub struct Settings {
     pub zalo_api: ZaloSendSettings,
     /// Zalo token refresh.
     pub zalo_refresh: RefreshSettings,
+    /// Tenants with SMS.
+    pub sms_tenants: Vec<(TenantId, SmsTenant)>,
+    /// The SMS providers' APIs.
+    pub sms_api: SmsApiSettings,
+    /// Multipart SMS reassembly.
+    pub sms_concat: omni_sms::concat::ReassemblerConfig,
     /// Outbound dispatch, if enabled.
     pub outbound: Option<OutboundSettings>,
 }
@@ -424,6 +573,7 @@ impl RawSettings {
         }
         let mut messenger_tenants = Vec::new();
         let mut zalo_tenants = Vec::new();
+        let mut sms_tenants = Vec::new();
         let mut tenant_count = 0;
         for (name, raw) in self.tenants {
             let key = format!("tenants.{name}");
@@ -437,12 +587,16 @@ impl RawSettings {
             if let Some(z) = raw.zalo {
                 zalo_tenants.push((tenant.clone(), zalo_tenant(&key, z)?));
             }
+            if let Some(sms) = raw.sms {
+                sms_tenants.push((tenant.clone(), sms_tenant(&key, sms)?));
+            }
             let has_social = messenger_tenants.last().is_some_and(|(t, _)| *t == tenant)
-                || zalo_tenants.last().is_some_and(|(t, _)| *t == tenant);
+                || zalo_tenants.last().is_some_and(|(t, _)| *t == tenant)
+                || sms_tenants.last().is_some_and(|(t, _)| *t == tenant);
             if token.is_none() && hmac.is_none() && !has_social {
                 return Err(invalid(
                     &key,
-                    "give the tenant a channel: api_token and/or api_hmac_secret, messenger or zalo"
+                    "give the tenant a channel: api_token and/or api_hmac_secret, messenger, zalo or sms"
                         .into(),
                 ));
             }
@@ -487,6 +641,9 @@ impl RawSettings {
             ("messenger.graph_base_url", &self.messenger.graph_base_url),
             ("zalo.openapi_base_url", &self.zalo.openapi_base_url),
             ("zalo.oauth_base_url", &self.zalo.oauth_base_url),
+            ("sms.twilio_base_url", &self.sms.twilio_base_url),
+            ("sms.vonage_base_url", &self.sms.vonage_base_url),
+            ("sms.esms_base_url", &self.sms.esms_base_url),
         ] {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(invalid(key, format!("{url:?} is not an http(s) URL")));
@@ -496,6 +653,18 @@ impl RawSettings {
             return Err(invalid(
                 "messenger.timeout_secs / zalo.timeout_secs",
                 "must be at least 1".into(),
+            ));
+        }
+        if self.sms.timeout_secs == 0 || self.sms.concat_ttl_secs == 0 {
+            return Err(invalid(
+                "sms.timeout_secs / sms.concat_ttl_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if !self.sms.rate_per_number.is_finite() || self.sms.rate_per_number < 0.0 {
+            return Err(invalid(
+                "sms.rate_per_number",
+                "must be 0 (no limit) or a positive number".into(),
             ));
         }
         if tenant_count == 0 {
@@ -535,9 +704,200 @@ impl RawSettings {
                 refresh_before: Duration::from_secs(self.zalo.refresh_before_secs),
                 timeout: Duration::from_secs(self.zalo.timeout_secs),
             },
+            sms_tenants,
+            sms_api: SmsApiSettings {
+                twilio_base_url: self.sms.twilio_base_url,
+                vonage_base_url: self.sms.vonage_base_url,
+                esms_base_url: self.sms.esms_base_url,
+                timeout: Duration::from_secs(self.sms.timeout_secs),
+                rate_per_number: self.sms.rate_per_number,
+            },
+            sms_concat: omni_sms::concat::ReassemblerConfig {
+                ttl: Duration::from_secs(self.sms.concat_ttl_secs),
+                max_pending: self.sms.concat_max_pending.max(1),
+                ..Default::default()
+            },
             outbound,
         })
     }
+}
+
+fn sms_tenant(key: &str, raw: RawSms) -> Result<SmsTenant, SettingsError> {
+    let invalid = |k: &str, reason: String| SettingsError::Invalid {
+        key: format!("{key}.sms.{k}"),
+        reason,
+    };
+    let base = raw.public_base_url.trim_end_matches('/').to_owned();
+    let host = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"));
+    if host.is_none_or(|h| h.is_empty() || h.contains(['?', '#'])) {
+        return Err(invalid(
+            "public_base_url",
+            format!("{base:?} is not an http(s) URL without query"),
+        ));
+    }
+    if omni_sms::PhoneNumber::parse("0901234567", &raw.country_code).is_err() {
+        return Err(invalid(
+            "country_code",
+            "give a country calling code such as 84".into(),
+        ));
+    }
+    let callback_token = raw.callback_token.filter(|s| !s.is_empty());
+    let twilio = match raw.twilio {
+        Some(t) => {
+            if t.account_sid.trim().is_empty() || t.auth_token.is_empty() {
+                return Err(invalid(
+                    "twilio.account_sid / twilio.auth_token",
+                    "must not be empty".into(),
+                ));
+            }
+            Some(TwilioAccount {
+                account_sid: t.account_sid.trim().to_owned(),
+                auth_token: t.auth_token,
+            })
+        }
+        None => None,
+    };
+    let vonage = match raw.vonage {
+        Some(v) => {
+            if v.api_key.trim().is_empty() || v.api_secret.is_empty() {
+                return Err(invalid(
+                    "vonage.api_key / vonage.api_secret",
+                    "must not be empty".into(),
+                ));
+            }
+            let signature = match (
+                v.signature_method,
+                v.signature_secret.filter(|s| !s.is_empty()),
+            ) {
+                (Some(method), Some(secret)) => Some((
+                    omni_sms::vonage::SignatureSettings {
+                        method,
+                        max_age: v.signature_max_age_secs.map(Duration::from_secs),
+                    },
+                    secret,
+                )),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "vonage.signature_method / vonage.signature_secret",
+                        "give both for signed webhooks, or neither".into(),
+                    ))
+                }
+            };
+            if signature.is_none() && callback_token.is_none() {
+                return Err(invalid(
+                    "vonage",
+                    "unsigned Vonage webhooks need callback_token (in their URL as ?token=)".into(),
+                ));
+            }
+            Some(VonageAccount {
+                api_key: v.api_key.trim().to_owned(),
+                api_secret: v.api_secret,
+                signature,
+            })
+        }
+        None => None,
+    };
+    let esms = match raw.esms {
+        Some(e) => {
+            if e.api_key.is_empty() || e.secret_key.is_empty() {
+                return Err(invalid(
+                    "esms.api_key / esms.secret_key",
+                    "must not be empty".into(),
+                ));
+            }
+            Some(EsmsAccount {
+                credentials: omni_sms::esms::EsmsCredentials {
+                    api_key: e.api_key,
+                    secret_key: e.secret_key,
+                },
+                sandbox: e.sandbox,
+            })
+        }
+        None => None,
+    };
+    let mut gateways = std::collections::HashMap::new();
+    for (name, g) in raw.gateways {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(invalid(
+                &format!("gateways.{name}"),
+                "a gateway name is letters, digits, '-' and '_'".into(),
+            ));
+        }
+        let gateway = g
+            .mapping
+            .build()
+            .map_err(|e| invalid(&format!("gateways.{name}.mapping"), e.to_string()))?;
+        let secret = g.secret.filter(|s| !s.is_empty());
+        if gateway.signature_header().is_some() && secret.is_none() {
+            return Err(invalid(
+                &format!("gateways.{name}.secret"),
+                "the mapping has a signature header: give its HMAC key".into(),
+            ));
+        }
+        if gateway.signature_header().is_none() && callback_token.is_none() {
+            return Err(invalid(
+                &format!("gateways.{name}"),
+                "an unsigned gateway needs callback_token (in its URL as ?token=)".into(),
+            ));
+        }
+        gateways.insert(name, GatewayAccount { gateway, secret });
+    }
+    let mut numbers = std::collections::HashMap::new();
+    for (number, n) in raw.numbers {
+        let k = format!("numbers.{number}");
+        let address = omni_sms::Address::parse(&number, &raw.country_code)
+            .map_err(|e| invalid(&k, e.to_string()))?;
+        let route = match n.provider.as_str() {
+            "twilio" if twilio.is_some() => NumberRoute::Twilio {
+                messaging_service_sid: n.messaging_service_sid.filter(|s| !s.is_empty()),
+            },
+            "vonage" if vonage.is_some() => NumberRoute::Vonage,
+            "esms" if esms.is_some() => NumberRoute::Esms {
+                sms_type: match n.sms_type.as_deref().map(str::trim) {
+                    None | Some("2") | Some("brandname_care") => {
+                        omni_sms::esms::SmsType::BrandnameCare
+                    }
+                    Some("8") | Some("fixed_number") => omni_sms::esms::SmsType::FixedNumber,
+                    Some(other) => {
+                        return Err(invalid(
+                            &format!("{k}.sms_type"),
+                            format!("{other:?} is not 2 (brandname care) or 8 (fixed number)"),
+                        ))
+                    }
+                },
+            },
+            p @ ("twilio" | "vonage" | "esms") => {
+                return Err(invalid(
+                    &format!("{k}.provider"),
+                    format!("{p} is not configured: add [{key}.sms.{p}]"),
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    &format!("{k}.provider"),
+                    format!("{other:?} is not twilio, vonage or esms"),
+                ))
+            }
+        };
+        numbers.insert(address.as_str().to_owned(), route);
+    }
+    Ok(SmsTenant {
+        public_base_url: base,
+        country_code: raw.country_code,
+        twilio,
+        vonage,
+        esms,
+        gateways,
+        numbers,
+        callback_token,
+    })
 }
 
 fn messenger_tenant(key: &str, raw: RawMessenger) -> Result<MessengerTenant, SettingsError> {
@@ -671,6 +1031,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafka.partitions"), "{err}");
+    }
+
+    #[test]
+    fn sms_settings_are_validated_naming_the_key() {
+        let base = "[tenants.a.sms]\npublic_base_url = \"https://sms.example.vn/\"\n\
+            callback_token = \"t\"\n[tenants.a.sms.twilio]\naccount_sid = \"AC1\"\n\
+            auth_token = \"x\"\n";
+        let ok = load_str(&format!(
+            "{base}[tenants.a.sms.numbers.\"0281234567\"]\nprovider = \"twilio\"\n"
+        ))
+        .unwrap();
+        let (_, sms) = &ok.sms_tenants[0];
+        assert_eq!(sms.public_base_url, "https://sms.example.vn");
+        assert!(
+            sms.numbers.contains_key("+84281234567"),
+            "numbers are normalized"
+        );
+        for (extra, key) in [
+            (
+                "[tenants.a.sms.numbers.\"0281234567\"]\nprovider = \"vonage\"\n",
+                "tenants.a.sms.numbers.0281234567.provider",
+            ),
+            (
+                "[tenants.a.sms.numbers.\"OMNI CARE\"]\nprovider = \"esms\"\n",
+                "tenants.a.sms.numbers.OMNI CARE.provider",
+            ),
+            (
+                "[tenants.a.sms.vonage]\napi_key = \"k\"\napi_secret = \"s\"\nsignature_method = \"sha256\"\n",
+                "tenants.a.sms.vonage.signature_method",
+            ),
+        ] {
+            let err = load_str(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let err = load_str(
+            "[tenants.a.sms]\npublic_base_url = \"ftp://x\"\n[tenants.a.sms.twilio]\naccount_sid = \"AC1\"\nauth_token = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tenants.a.sms.public_base_url"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Messenger webhook adapter.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use omni_channel::signature::{secrets_match, verify_hmac_sha1_hex, verify_hmac_sha256_hex};
@@ -202,9 +203,10 @@ impl WebhookAdapter for MessengerChannel {
     fn verify(
         &self,
         account: &MessengerTenant,
-        headers: &HeaderMap,
+        request: &Parts,
         body: &[u8],
     ) -> Result<(), IngressError> {
+        let headers = &request.headers;
         let key = account.app_secret.expose().as_bytes();
         if let Some(sig) = headers.get(SIGNATURE_256) {
             let hex = sig
@@ -252,7 +254,7 @@ impl WebhookAdapter for MessengerChannel {
         &self,
         tenant: &TenantId,
         _account: &MessengerTenant,
-        _headers: &HeaderMap,
+        _request: &Parts,
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Parsed, IngressError> {

@@ -31,6 +31,7 @@ fn fixture(accept_sha1: bool) -> Fixture {
     let ingress = Ingress::new(
         sink.clone(),
         "omni.inbound.v1",
+        "omni.delivery.v1",
         DedupeCache::new(Duration::from_secs(600), 1000),
         64 * 1024,
         IngressMetrics::register(&registry).unwrap(),
@@ -73,7 +74,16 @@ fn signed(body: &[u8]) -> HeaderMap {
 async fn post(f: &Fixture, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
     let resp = f
         .ingress
-        .handle(&f.channel, "acme", headers, Body::from(body.to_vec()))
+        .handle(
+            &f.channel,
+            "acme",
+            &omni_channel::request_head(
+                axum::http::Method::POST,
+                "/v1/webhooks/messenger/acme",
+                headers.clone(),
+            ),
+            Body::from(body.to_vec()),
+        )
         .await;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)

@@ -1,6 +1,7 @@
 //! The Zalo OA webhook adapter.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use omni_channel::signature::{hex_digests_match, sha256_hex};
@@ -132,9 +133,10 @@ impl WebhookAdapter for ZaloChannel {
     fn verify(
         &self,
         account: &ZaloTenant,
-        headers: &HeaderMap,
+        request: &Parts,
         body: &[u8],
     ) -> Result<(), IngressError> {
+        let headers = &request.headers;
         let presented = headers
             .get(SIGNATURE)
             .ok_or(IngressError::MissingCredentials(
@@ -183,7 +185,7 @@ impl WebhookAdapter for ZaloChannel {
         &self,
         tenant: &TenantId,
         _account: &ZaloTenant,
-        _headers: &HeaderMap,
+        _request: &Parts,
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Parsed, IngressError> {

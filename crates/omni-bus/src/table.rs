@@ -1,0 +1,105 @@
+//! Reading a compacted topic as a table: the latest value per key, tombstones removing keys.
+//!
+//! Used at start-up by components that keep their durable state on a compacted topic (the
+//! router's state changelog, the e-mail channel's mailbox checkpoints). Reads with a
+//! group-less assignment and never commits, so it disturbs no consumer group.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::config::BusConfig;
+use crate::error::BusError;
+
+/// Latest value per key.
+pub type Table = BTreeMap<String, Vec<u8>>;
+
+/// Longest time a table read may take before it fails.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Reads one partition of `topic` from its start to its end. Blocking: call it from
+/// `spawn_blocking`.
+pub fn read_partition(bus: &BusConfig, topic: &str, partition: i32) -> Result<Table, BusError> {
+    read(bus, topic, Some(&[partition]))
+}
+
+/// Reads every partition of `topic` from its start to its end. Blocking: call it from
+/// `spawn_blocking`.
+pub fn read_table(bus: &BusConfig, topic: &str) -> Result<Table, BusError> {
+    read(bus, topic, None)
+}
+
+fn read(bus: &BusConfig, topic: &str, only: Option<&[i32]>) -> Result<Table, BusError> {
+    let mut config = bus.consumer_config("omnirouter-table-reader");
+    config.set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = config.create().map_err(BusError::Client)?;
+    let partitions: Vec<i32> = match only {
+        Some(p) => p.to_vec(),
+        None => {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(BusError::Consume)?;
+            metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect()
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    // The last offset to reach, per partition still being read.
+    let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(BusError::Consume)?;
+        if high > low {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+                .map_err(BusError::Consume)?;
+            pending.insert(partition, high - 1);
+        }
+    }
+    let mut out = Table::new();
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(BusError::Consume)?;
+    let deadline = Instant::now() + READ_DEADLINE;
+    // Past the high watermark, keep reading until the partitions are quiet: some brokers
+    // (tansu 0.6) report the watermark of the last batch's first record, not of its last one.
+    let mut reached: HashSet<i32> = HashSet::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(BusError::NotReady(format!(
+                "reading {topic} did not reach its end within {READ_DEADLINE:?}"
+            )));
+        }
+        let all_reached = reached.len() == pending.len();
+        let wait = if all_reached { 300 } else { 200 };
+        match consumer.poll(Duration::from_millis(wait)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                match m.payload() {
+                    Some(v) => {
+                        out.insert(key, v.to_vec());
+                    }
+                    None => {
+                        out.remove(&key);
+                    }
+                }
+                if pending
+                    .get(&m.partition())
+                    .is_some_and(|last| m.offset() >= *last)
+                {
+                    reached.insert(m.partition());
+                }
+            }
+            Some(Err(e)) => return Err(BusError::Consume(e)),
+            None if all_reached => break,
+            None => {}
+        }
+    }
+    Ok(out)
+}

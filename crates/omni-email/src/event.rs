@@ -1,0 +1,157 @@
+//! A parsed mail → the identity and the `omni.message.received` event it becomes. Pure.
+
+use chrono::{DateTime, Utc};
+use omni_channel::{IngressError, PreparedEvent};
+use omni_core::{
+    Attachment, ChannelRef, CloudEvent, Contact, ConversationId, Direction, EventId, EventType,
+    Message, MessageReceived, TenantId,
+};
+
+use crate::parse::ParsedMail;
+use crate::thread::thread_root;
+
+/// Where a mail was found.
+#[derive(Debug, Clone, Copy)]
+pub struct Location<'a> {
+    /// The folder.
+    pub folder: &'a str,
+    /// The folder's UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// The mail's UID.
+    pub uid: u32,
+}
+
+/// Who a mail is from and where it belongs, decided before anything is stored or published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The dedupe key: the Message-ID, or `imap:<folder>:<uidvalidity>:<uid>` without one.
+    pub provider_id: String,
+    /// `EventId::from_provider(tenant, channel, "message", provider_id)`.
+    pub event_id: EventId,
+    /// The thread root (see [`crate::thread`]).
+    pub root: String,
+    /// `ConversationId::derive(tenant, channel, sender, Some(root))`.
+    pub conversation_id: ConversationId,
+    /// The sender's address (the contact id).
+    pub contact: String,
+}
+
+/// The identity of a mail, or `None` when it has no sender address to answer.
+pub fn identify(
+    tenant: &TenantId,
+    channel: &ChannelRef,
+    mail: &ParsedMail,
+    at: Location<'_>,
+) -> Option<Identity> {
+    let contact = mail.from.as_ref()?.address.clone();
+    let provider_id = mail
+        .message_id
+        .clone()
+        .unwrap_or_else(|| format!("imap:{}:{}:{}", at.folder, at.uidvalidity, at.uid));
+    let root = thread_root(&mail.references, mail.in_reply_to.as_deref(), &provider_id).to_owned();
+    Some(Identity {
+        event_id: EventId::from_provider(tenant, channel, "message", &provider_id),
+        conversation_id: ConversationId::derive(tenant, channel, &contact, Some(&root)),
+        provider_id,
+        root,
+        contact,
+    })
+}
+
+/// The `omni.message.received` event of a customer mail.
+pub fn message_event(
+    tenant: &TenantId,
+    channel: &ChannelRef,
+    mail: &ParsedMail,
+    identity: &Identity,
+    attachments: Vec<Attachment>,
+    now: DateTime<Utc>,
+) -> Result<PreparedEvent, IngressError> {
+    let contact = Contact {
+        email: Some(identity.contact.clone()),
+        name: mail.from.as_ref().and_then(|f| f.name.clone()),
+        ..Contact::new(identity.contact.clone())
+    };
+    let data = MessageReceived {
+        tenant: tenant.clone(),
+        conversation_id: identity.conversation_id,
+        channel: channel.clone(),
+        contact,
+        message: Message {
+            id: identity.provider_id.clone(),
+            direction: Direction::Inbound,
+            text: mail.text.clone(),
+            subject: mail.subject.clone(),
+            attachments,
+            reply_to: mail.in_reply_to.clone(),
+            payload: None,
+            sent_at: mail.sent_at,
+        },
+        received_at: now,
+    };
+    PreparedEvent::from_event(&CloudEvent::new(
+        identity.event_id,
+        EventType::MessageReceived,
+        tenant.clone(),
+        channel,
+        identity.conversation_id,
+        now,
+        data,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_mail;
+    use omni_core::ChannelKind;
+
+    fn at(uid: u32) -> Location<'static> {
+        Location {
+            folder: "INBOX",
+            uidvalidity: 7,
+            uid,
+        }
+    }
+
+    #[test]
+    fn a_reply_joins_its_thread_and_a_new_mail_does_not() {
+        let tenant = TenantId::new("acme").unwrap();
+        let channel = ChannelRef::new(ChannelKind::Email, "support@shop.vn");
+        let first =
+            parse_mail(b"From: a@x.vn\r\nMessage-ID: <m1@x.vn>\r\nSubject: hi\r\n\r\nhello")
+                .unwrap();
+        let reply = parse_mail(b"From: A <A@X.vn>\r\nMessage-ID: <m3@x.vn>\r\nIn-Reply-To: <r1@shop.vn>\r\nReferences: <m1@x.vn> <r1@shop.vn>\r\n\r\nthanks").unwrap();
+        let other = parse_mail(b"From: a@x.vn\r\nMessage-ID: <m4@x.vn>\r\nSubject: new\r\n\r\nnew")
+            .unwrap();
+        let i1 = identify(&tenant, &channel, &first, at(1)).unwrap();
+        let i2 = identify(&tenant, &channel, &reply, at(2)).unwrap();
+        let i3 = identify(&tenant, &channel, &other, at(3)).unwrap();
+        assert_eq!(i1.conversation_id, i2.conversation_id);
+        assert_ne!(i1.conversation_id, i3.conversation_id);
+        assert_eq!(i2.root, "m1@x.vn");
+        assert_eq!(
+            i1.event_id,
+            EventId::from_provider(&tenant, &channel, "message", "m1@x.vn")
+        );
+        let event = message_event(&tenant, &channel, &reply, &i2, vec![], Utc::now()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        assert_eq!(json["type"], "omni.message.received");
+        assert_eq!(json["data"]["contact"]["id"], "a@x.vn");
+        assert_eq!(json["data"]["contact"]["name"], "A");
+        assert_eq!(json["data"]["message"]["reply_to"], "r1@shop.vn");
+        assert_eq!(json["subject"], i2.conversation_id.to_string());
+    }
+
+    #[test]
+    fn mail_without_message_id_is_named_by_its_uid_and_without_sender_is_refused() {
+        let tenant = TenantId::new("acme").unwrap();
+        let channel = ChannelRef::new(ChannelKind::Email, "support@shop.vn");
+        let m = parse_mail(b"From: a@x.vn\r\nSubject: x\r\n\r\nbody").unwrap();
+        let i = identify(&tenant, &channel, &m, at(42)).unwrap();
+        assert_eq!(i.provider_id, "imap:INBOX:7:42");
+        assert_eq!(i.root, "imap:INBOX:7:42");
+        let m = parse_mail(b"Subject: x\r\n\r\nbody").unwrap();
+        assert!(identify(&tenant, &channel, &m, at(43)).is_none());
+    }
+}

@@ -1,0 +1,106 @@
+//! The e-mail channel's metric families, registered into a registry the caller passes.
+//! Labels are bounded: `mailbox` is a configured address, `reason`/`error` fixed words.
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Counters and gauges of every mailbox.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Mails fetched from IMAP.
+    pub fetched: IntCounterVec,
+    /// Customer mails published on the inbound topic (acknowledged by Kafka).
+    pub published: IntCounterVec,
+    /// Mails not published, by reason (`auto_reply`, `bounce`, `duplicate`, `unreadable`,
+    /// `no_sender`).
+    pub skipped: IntCounterVec,
+    /// Mails read only up to the size limit.
+    pub truncated: IntCounterVec,
+    /// Checkpoints written.
+    pub checkpoint_writes: IntCounterVec,
+    /// UIDVALIDITY changes that triggered a rescan.
+    pub rescans: IntCounterVec,
+    /// Connections re-made after a failure, by error kind.
+    pub reconnects: IntCounterVec,
+    /// IDLE commands ended by the refresh timer and re-issued.
+    pub idle_refreshes: IntCounterVec,
+    /// 1 while the mailbox is connected and idling or fetching.
+    pub connected: IntGaugeVec,
+    /// The last checkpointed UID.
+    pub last_uid: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates the families and registers them into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let m = Self {
+            fetched: counter(
+                "omni_email_messages_fetched_total",
+                "Mails fetched over IMAP.",
+                &["mailbox"],
+            )?,
+            published: counter(
+                "omni_email_messages_published_total",
+                "Customer mails published on the inbound topic and acknowledged by Kafka.",
+                &["mailbox"],
+            )?,
+            skipped: counter(
+                "omni_email_messages_skipped_total",
+                "Mails not published as customer messages, by reason.",
+                &["mailbox", "reason"],
+            )?,
+            truncated: counter(
+                "omni_email_messages_truncated_total",
+                "Mails larger than the size limit, read only up to it.",
+                &["mailbox"],
+            )?,
+            checkpoint_writes: counter(
+                "omni_email_checkpoint_writes_total",
+                "Mailbox checkpoints written to the checkpoint topic.",
+                &["mailbox"],
+            )?,
+            rescans: counter(
+                "omni_email_uidvalidity_rescans_total",
+                "UIDVALIDITY changes that made a mailbox folder be read again.",
+                &["mailbox"],
+            )?,
+            reconnects: counter(
+                "omni_email_imap_reconnects_total",
+                "IMAP connections re-made after a failure, by error kind.",
+                &["mailbox", "error"],
+            )?,
+            idle_refreshes: counter(
+                "omni_email_idle_refreshes_total",
+                "IDLE commands ended by the refresh timer and issued again.",
+                &["mailbox"],
+            )?,
+            connected: IntGaugeVec::new(
+                Opts::new(
+                    "omni_email_imap_connected",
+                    "1 while the mailbox has a logged-in IMAP connection.",
+                ),
+                &["mailbox"],
+            )?,
+            last_uid: IntGaugeVec::new(
+                Opts::new(
+                    "omni_email_checkpoint_last_uid",
+                    "The last UID of the mailbox folder whose mail Kafka acknowledged.",
+                ),
+                &["mailbox"],
+            )?,
+        };
+        registry.register(Box::new(m.fetched.clone()))?;
+        registry.register(Box::new(m.published.clone()))?;
+        registry.register(Box::new(m.skipped.clone()))?;
+        registry.register(Box::new(m.truncated.clone()))?;
+        registry.register(Box::new(m.checkpoint_writes.clone()))?;
+        registry.register(Box::new(m.rescans.clone()))?;
+        registry.register(Box::new(m.reconnects.clone()))?;
+        registry.register(Box::new(m.idle_refreshes.clone()))?;
+        registry.register(Box::new(m.connected.clone()))?;
+        registry.register(Box::new(m.last_uid.clone()))?;
+        Ok(m)
+    }
+}

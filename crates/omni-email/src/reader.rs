@@ -1,0 +1,519 @@
+//! One task per mailbox folder: connect, catch up from the checkpoint, IDLE, repeat.
+//!
+//! For each mail, in UID order: fetch it with `BODY.PEEK[]` (never sets `\Seen`; bounded by
+//! `max_message_bytes`), parse it, store its attachments and original, publish its event and
+//! wait for Kafka's acknowledgement, then advance the checkpoint and wait for that too. A
+//! crash anywhere in between re-reads the mail on restart and publishes the same event id.
+//! Auto-replies, bounces, mail from the mailbox itself, mail with no sender and unreadable
+//! bytes are counted in `omni_email_messages_skipped_total` and passed (the checkpoint
+//! moves on, so one bad mail never blocks a mailbox).
+//!
+//! When the folder's UIDVALIDITY differs from the checkpoint's, every UID is void: the folder
+//! is read again from UID 1, skipping mail whose id the checkpoint remembers as published.
+
+use async_imap::extensions::idle::IdleResponse;
+use chrono::Utc;
+use futures_util::TryStreamExt;
+use omni_channel::EventSink;
+use omni_core::{ChannelKind, ChannelRef};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::conn::{connect, ImapSession};
+use crate::error::EmailError;
+use crate::event::{identify, message_event, Location};
+use crate::metrics::Metrics;
+use crate::parse::{parse_mail, MailKind};
+use crate::settings::{FirstStart, MailboxSettings};
+use crate::store::Store;
+use crate::thread::ThreadIndex;
+
+/// Reads one mailbox folder until told to stop.
+pub struct MailboxReader {
+    settings: MailboxSettings,
+    inbound_topic: String,
+    sink: Arc<dyn EventSink>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    metrics: Metrics,
+    threads: Arc<ThreadIndex>,
+    channel: ChannelRef,
+    label: String,
+}
+
+/// Reads `settings`' folder until `stop` turns true (or its sender is dropped). See
+/// [`MailboxReader::run`].
+pub async fn run_mailbox(
+    settings: MailboxSettings,
+    inbound_topic: String,
+    sink: Arc<dyn EventSink>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    metrics: Metrics,
+    threads: Arc<ThreadIndex>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), EmailError> {
+    MailboxReader::new(settings, inbound_topic, sink, checkpoints, metrics, threads)?
+        .run(stop)
+        .await
+}
+
+impl MailboxReader {
+    /// A reader publishing on `inbound_topic` through `sink` (the daemon's acknowledged Kafka
+    /// producer), keeping its checkpoint in `checkpoints`, recording threads in `threads` (the
+    /// same index the [`crate::EmailSender`] reads). Fails only on invalid settings.
+    pub fn new(
+        settings: MailboxSettings,
+        inbound_topic: String,
+        sink: Arc<dyn EventSink>,
+        checkpoints: Arc<dyn CheckpointStore>,
+        metrics: Metrics,
+        threads: Arc<ThreadIndex>,
+    ) -> Result<Self, EmailError> {
+        settings.validate()?;
+        let label = settings.address.to_ascii_lowercase();
+        Ok(Self {
+            channel: ChannelRef::new(ChannelKind::Email, label.clone()),
+            settings,
+            inbound_topic,
+            sink,
+            checkpoints,
+            metrics,
+            threads,
+            label,
+        })
+    }
+
+    /// Runs until `stop` turns true: reconnects after any failure with exponential backoff
+    /// (`initial_backoff` doubling to `max_backoff`), so it returns only when stopped.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), EmailError> {
+        let key = self.settings.checkpoint_key();
+        let imap = &self.settings.imap;
+        let mut backoff = imap.initial_backoff;
+        let mut checkpoint = loop {
+            match self.checkpoints.load(&key).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(mailbox = %self.label, error = %e, "cannot read the mailbox checkpoint yet");
+                    if sleep_or_stop(&mut stop, backoff).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(imap.max_backoff);
+                }
+            }
+        };
+        backoff = imap.initial_backoff;
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let result = self.session(&mut checkpoint, &mut stop, &mut backoff).await;
+            self.metrics
+                .connected
+                .with_label_values(&[&self.label])
+                .set(0);
+            match result {
+                Ok(()) | Err(EmailError::Stopped) => return Ok(()),
+                Err(e) => {
+                    self.metrics
+                        .reconnects
+                        .with_label_values(&[self.label.as_str(), e.label()])
+                        .inc();
+                    tracing::warn!(mailbox = %self.label, error = %e,
+                        cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
+                        retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        "imap session failed, reconnecting");
+                    if sleep_or_stop(&mut stop, backoff).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(imap.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// One connection: select, settle the checkpoint, then catch up and idle until an error
+    /// or a stop.
+    async fn session(
+        &self,
+        checkpoint: &mut Option<Checkpoint>,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Duration,
+    ) -> Result<(), EmailError> {
+        let imap = &self.settings.imap;
+        let mut session = self
+            .step("connect", stop, async {
+                connect(imap, &self.label)
+                    .await
+                    .map_err(|e| Box::new(e) as BoxError)
+            })
+            .await?;
+        let mailbox = self
+            .step("select", stop, session.select(&imap.folder))
+            .await?;
+        self.metrics
+            .connected
+            .with_label_values(&[&self.label])
+            .set(1);
+        *backoff = imap.initial_backoff;
+        let uidvalidity = mailbox
+            .uid_validity
+            .ok_or_else(|| EmailError::NoUidValidity {
+                mailbox: self.label.clone(),
+                folder: imap.folder.clone(),
+            })?;
+        let mut cp = match checkpoint.take() {
+            Some(cp) if cp.uidvalidity == uidvalidity => cp,
+            Some(old) => {
+                self.metrics.rescans.with_label_values(&[&self.label]).inc();
+                tracing::warn!(mailbox = %self.label, old = old.uidvalidity, new = uidvalidity,
+                    "UIDVALIDITY changed: reading the folder again, skipping mail already published");
+                Checkpoint {
+                    uidvalidity,
+                    last_uid: 0,
+                    recent: old.recent,
+                    updated_at: None,
+                }
+            }
+            None => {
+                let last_uid = match imap.first_start {
+                    FirstStart::All => 0,
+                    FirstStart::New => match mailbox.uid_next {
+                        Some(next) => next.saturating_sub(1),
+                        None => self.highest_uid(&mut session, stop).await?,
+                    },
+                };
+                let cp = Checkpoint {
+                    uidvalidity,
+                    last_uid,
+                    ..Checkpoint::default()
+                };
+                self.save(&cp, stop).await?;
+                tracing::info!(mailbox = %self.label, uidvalidity, last_uid, "first read of the mailbox");
+                cp
+            }
+        };
+        let mut slot = Some(session);
+        let result = self.serve(&mut slot, &mut cp, stop).await;
+        *checkpoint = Some(cp);
+        if let (Err(EmailError::Stopped), Some(mut session)) = (&result, slot) {
+            // Best effort: a polite goodbye.
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
+        }
+        result
+    }
+
+    /// Catch up, then IDLE until something changes, forever.
+    async fn serve(
+        &self,
+        session: &mut Option<ImapSession>,
+        cp: &mut Checkpoint,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), EmailError> {
+        let imap = &self.settings.imap;
+        loop {
+            let s = session.as_mut().ok_or(EmailError::Stopped)?;
+            self.catch_up(s, cp, stop).await?;
+            // Mail that arrived while we were fetching was announced (EXISTS) in answers we
+            // have already read; IDLE would not announce it again. Catch up once more first.
+            if announced_new_mail(s) {
+                continue;
+            }
+            let Some(s) = session.take() else {
+                return Err(EmailError::Stopped);
+            };
+            let mut idle = s.idle();
+            self.step("idle", stop, idle.init()).await?;
+            let outcome = {
+                let (wait, _interrupt) = idle.wait_with_timeout(imap.idle_refresh);
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => None,
+                    r = wait => Some(r),
+                }
+            };
+            match outcome {
+                None => {
+                    // Stopping: leave IDLE politely so the server is not left waiting.
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_secs(2), idle.done()).await
+                    {
+                        *session = Some(s);
+                    }
+                    return Err(EmailError::Stopped);
+                }
+                Some(Err(e)) => {
+                    return Err(self.imap_error("idle", e.into()));
+                }
+                Some(Ok(IdleResponse::Timeout)) => {
+                    self.metrics
+                        .idle_refreshes
+                        .with_label_values(&[&self.label])
+                        .inc();
+                }
+                Some(Ok(IdleResponse::NewData(_) | IdleResponse::ManualInterrupt)) => {}
+            }
+            *session = Some(self.step("idle done", stop, idle.done()).await?);
+        }
+    }
+
+    /// Handles every mail after the checkpoint, in UID order.
+    async fn catch_up(
+        &self,
+        session: &mut ImapSession,
+        cp: &mut Checkpoint,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), EmailError> {
+        let query = format!("UID {}:*", cp.last_uid.saturating_add(1));
+        let found = self
+            .step("search", stop, session.uid_search(&query))
+            .await?;
+        // `n:*` always matches the last mail, even below n: keep only new UIDs.
+        let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > cp.last_uid).collect();
+        uids.sort_unstable();
+        for uid in uids {
+            if *stop.borrow() {
+                return Err(EmailError::Stopped);
+            }
+            self.handle(session, uid, cp, stop).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches, publishes and checkpoints one mail.
+    async fn handle(
+        &self,
+        session: &mut ImapSession,
+        uid: u32,
+        cp: &mut Checkpoint,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), EmailError> {
+        let max = self.settings.imap.max_message_bytes;
+        let query = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{max}>)");
+        let fetched = self
+            .step("fetch", stop, async {
+                let stream = session.uid_fetch(uid.to_string(), &query).await?;
+                stream.try_collect::<Vec<_>>().await
+            })
+            .await?;
+        let found = fetched
+            .iter()
+            .find(|f| f.uid == Some(uid))
+            .map(|f| (f.body().unwrap_or_default(), f.size));
+        match found {
+            None => self.skip("vanished", uid),
+            Some((raw, size)) => {
+                self.metrics.fetched.with_label_values(&[&self.label]).inc();
+                if size.is_some_and(|s| s > max) {
+                    self.metrics
+                        .truncated
+                        .with_label_values(&[&self.label])
+                        .inc();
+                    tracing::warn!(mailbox = %self.label, uid, size, max, "mail larger than the limit: read only its beginning");
+                }
+                self.publish_mail(raw, uid, cp, stop).await?;
+            }
+        }
+        cp.last_uid = uid;
+        self.save(cp, stop).await
+    }
+
+    /// Decides what a mail is and publishes it if a customer wrote it.
+    async fn publish_mail(
+        &self,
+        raw: &[u8],
+        uid: u32,
+        cp: &mut Checkpoint,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), EmailError> {
+        let Ok(mail) = parse_mail(raw) else {
+            self.skip("unreadable", uid);
+            return Ok(());
+        };
+        if mail.kind != MailKind::Person {
+            tracing::info!(mailbox = %self.label, uid, kind = mail.kind.as_str(),
+                message_id = mail.message_id.as_deref().unwrap_or(""), "automatic mail not routed");
+            self.skip(mail.kind.as_str(), uid);
+            return Ok(());
+        }
+        let tenant = &self.settings.tenant;
+        let at = Location {
+            folder: &self.settings.imap.folder,
+            uidvalidity: cp.uidvalidity,
+            uid,
+        };
+        let Some(identity) = identify(tenant, &self.channel, &mail, at) else {
+            self.skip("no_sender", uid);
+            return Ok(());
+        };
+        if identity.contact == self.label {
+            self.skip("own_address", uid);
+            return Ok(());
+        }
+        if cp.seen(&identity.provider_id) {
+            self.skip("duplicate", uid);
+            return Ok(());
+        }
+        let attachments = Store::new(&self.settings.attachments)
+            .put(tenant, identity.event_id, raw, &mail.attachments)
+            .await?;
+        let event = message_event(
+            tenant,
+            &self.channel,
+            &mail,
+            &identity,
+            attachments,
+            Utc::now(),
+        )
+        .map_err(|e| EmailError::Checkpoint {
+            key: self.settings.checkpoint_key(),
+            reason: format!("cannot build the event of uid {uid}: {e}"),
+        })?;
+        self.until_done(stop, "publish", || {
+            self.sink.publish(
+                &self.inbound_topic,
+                tenant.as_str().as_bytes(),
+                &event.payload,
+            )
+        })
+        .await?;
+        self.metrics
+            .published
+            .with_label_values(&[&self.label])
+            .inc();
+        tracing::debug!(mailbox = %self.label, uid, event_id = %identity.event_id, "mail published");
+        if let Some(id) = &mail.message_id {
+            self.threads.record(id, &identity.root);
+        }
+        cp.remember(&identity.provider_id);
+        Ok(())
+    }
+
+    fn skip(&self, reason: &str, uid: u32) {
+        tracing::debug!(mailbox = %self.label, uid, reason, "mail skipped");
+        self.metrics
+            .skipped
+            .with_label_values(&[&self.label, reason])
+            .inc();
+    }
+
+    /// Writes the checkpoint, retrying until it is durable or the reader stops.
+    async fn save(
+        &self,
+        cp: &Checkpoint,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), EmailError> {
+        let key = self.settings.checkpoint_key();
+        let mut cp = cp.clone();
+        cp.updated_at = Some(Utc::now());
+        self.until_done(stop, "checkpoint", || self.checkpoints.save(&key, &cp))
+            .await?;
+        self.metrics
+            .checkpoint_writes
+            .with_label_values(&[&self.label])
+            .inc();
+        self.metrics
+            .last_uid
+            .with_label_values(&[&self.label])
+            .set(i64::from(cp.last_uid));
+        Ok(())
+    }
+
+    /// Retries `op` with backoff (200 ms doubling to 10 s) until it succeeds; `Stopped` if the
+    /// reader is told to stop first. Kafka being down stalls the mailbox, never skips mail.
+    async fn until_done<F, Fut, E>(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        what: &'static str,
+        mut op: F,
+    ) -> Result<(), EmailError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match op().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(mailbox = %self.label, error = %e, what, "kafka did not take it yet, retrying");
+                }
+            }
+            if sleep_or_stop(stop, wait).await {
+                return Err(EmailError::Stopped);
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// The highest UID in the folder (for servers that do not announce UIDNEXT).
+    async fn highest_uid(
+        &self,
+        session: &mut ImapSession,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<u32, EmailError> {
+        let all = self.step("search", stop, session.uid_search("ALL")).await?;
+        Ok(all.into_iter().max().unwrap_or(0))
+    }
+
+    /// Runs one IMAP step within the command timeout, giving up at once when told to stop.
+    async fn step<T, E, Fut>(
+        &self,
+        stage: &'static str,
+        stop: &mut watch::Receiver<bool>,
+        fut: Fut,
+    ) -> Result<T, EmailError>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<BoxError>,
+    {
+        let limit = self.settings.imap.command_timeout;
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => Err(EmailError::Stopped),
+            r = tokio::time::timeout(limit, fut) => match r {
+                Err(_) => Err(EmailError::Timeout { mailbox: self.label.clone(), stage }),
+                Ok(Err(e)) => Err(self.imap_error(stage, e.into())),
+                Ok(Ok(v)) => Ok(v),
+            },
+        }
+    }
+
+    fn imap_error(&self, stage: &'static str, source: BoxError) -> EmailError {
+        // A connect error is already ours: keep it as it is.
+        match source.downcast::<EmailError>() {
+            Ok(e) => *e,
+            Err(source) => EmailError::Imap {
+                mailbox: self.label.clone(),
+                stage,
+                source,
+            },
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Drains the responses the server sent unasked; true if one announced new mail.
+fn announced_new_mail(session: &mut ImapSession) -> bool {
+    let mut exists = false;
+    while let Ok(response) = session.unsolicited_responses.try_recv() {
+        exists |= matches!(
+            response,
+            async_imap::types::UnsolicitedResponse::Exists(_)
+                | async_imap::types::UnsolicitedResponse::Recent(_)
+        );
+    }
+    exists
+}
+
+/// Sleeps for `wait`; true if told to stop first (or the stop sender is gone).
+async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}

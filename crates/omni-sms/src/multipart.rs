@@ -1,0 +1,415 @@
+//! Vonage inbound messages, with multipart (`concat-*`) messages reassembled before they are
+//! published, and without ever acknowledging a part that is not durable.
+//!
+//! Design:
+//! - A part is first written to the compacted `omni.sms-parts.v1` topic, keyed
+//!   `<tenant>/<sender>/<to>/<concat-ref>/<part>`; Vonage gets its 200 only once Kafka
+//!   acknowledged it. Then it is offered to this instance's in-memory
+//!   [`Reassembler`] (one per tenant).
+//! - When the last part arrives, the whole message is published to `omni.inbound.v1` with an
+//!   event id derived from the sorted part ids (two instances completing the same message
+//!   publish the same id), and then the parts are deleted (tombstones).
+//! - A message still incomplete after the TTL is published with the parts that arrived (never
+//!   lost), counted in `omni_sms_concat_partials_total`.
+//! - On start-up the pending parts are read back from the topic ([`ConcatStore::restore`]),
+//!   keeping their arrival time, so a restart between two parts still assembles the message.
+//! - If publishing a completed message fails, the parts stay on the topic and the message is
+//!   retried by the ticker ([`ConcatStore::run`]); a crash meanwhile restores and completes it
+//!   again with the same id.
+//!
+//! Limitation: parts are reassembled in the instance that received them. Behind a load
+//! balancer, parts of one message that reach different instances are each published as a
+//! partial after the TTL (text split, nothing lost). Route Vonage's webhook to one instance
+//! (or use sticky routing by `msisdn`) where this matters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use omni_channel::{Ingress, IngressError, Parsed, PreparedEvent, WebhookAdapter};
+use omni_core::{
+    ChannelKind, ChannelRef, CloudEvent, ConversationId, Direction, EventId, EventType, Message,
+    MessageReceived, TenantId,
+};
+use prometheus::{IntCounter, IntGauge, Opts, Registry};
+use serde::{Deserialize, Serialize};
+
+use crate::concat::{ConcatKey, Offer, Part, Reassembler, ReassemblerConfig};
+use crate::vonage::VonageInbound;
+use crate::webhook::{address, request_params, verify_vonage, vonage_error, SmsWebhook};
+
+/// A part as kept on the parts topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredPart {
+    tenant: String,
+    sender: String,
+    to: String,
+    reference: String,
+    number: u16,
+    total: u16,
+    message_id: String,
+    text: String,
+    received_at: DateTime<Utc>,
+}
+
+impl StoredPart {
+    fn key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.tenant, self.sender, self.to, self.reference, self.number
+        )
+    }
+
+    fn part(&self) -> Part {
+        Part {
+            key: ConcatKey {
+                sender: self.sender.clone(),
+                to: self.to.clone(),
+                reference: self.reference.clone(),
+            },
+            number: self.number,
+            total: self.total,
+            message_id: self.message_id.clone(),
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// A message ready to publish (complete or partial), with the keys of its stored parts.
+struct Ready {
+    tenant: TenantId,
+    key: ConcatKey,
+    text: String,
+    message_ids: Vec<String>,
+    first_received_at: DateTime<Utc>,
+    total: u16,
+    part_numbers: Vec<u16>,
+}
+
+/// Metric families of multipart reassembly.
+#[derive(Clone)]
+pub struct ConcatMetrics {
+    /// Incomplete messages held.
+    pub pending: IntGauge,
+    /// Messages published incomplete after the TTL (or evicted).
+    pub partials: IntCounter,
+}
+
+impl ConcatMetrics {
+    /// Creates the families and registers them into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let pending = IntGauge::with_opts(Opts::new(
+            "omni_sms_concat_pending",
+            "Multipart SMS waiting for missing parts in this instance.",
+        ))?;
+        let partials = IntCounter::with_opts(Opts::new(
+            "omni_sms_concat_partials_total",
+            "Multipart SMS published with parts missing after the reassembly TTL.",
+        ))?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(partials.clone()))?;
+        Ok(Self { pending, partials })
+    }
+}
+
+/// The Vonage inbound handler with durable multipart reassembly.
+pub struct ConcatStore {
+    adapter: SmsWebhook,
+    parts_topic: String,
+    config: ReassemblerConfig,
+    reassemblers: Mutex<HashMap<String, Reassembler>>,
+    retry: Mutex<Vec<Ready>>,
+    metrics: ConcatMetrics,
+}
+
+impl ConcatStore {
+    /// A store for the Vonage message endpoint `adapter`, keeping parts on `parts_topic`.
+    pub fn new(
+        adapter: SmsWebhook,
+        parts_topic: impl Into<String>,
+        config: ReassemblerConfig,
+        metrics: ConcatMetrics,
+    ) -> Self {
+        Self {
+            adapter,
+            parts_topic: parts_topic.into(),
+            config,
+            reassemblers: Mutex::new(HashMap::new()),
+            retry: Mutex::new(Vec::new()),
+            metrics,
+        }
+    }
+
+    /// Handles `GET`/`POST /v1/webhooks/sms/vonage/{tenant}`: single-part messages as any
+    /// webhook, parts durably stored and reassembled. Never panics on input.
+    pub async fn handle(
+        &self,
+        ingress: &Ingress,
+        tenant: &str,
+        request: &Parts,
+        body: Body,
+    ) -> Response {
+        let started = Instant::now();
+        match self.accept(ingress, tenant, request, body).await {
+            Ok(()) => {
+                ingress.observe_accepted(ChannelKind::Sms, started);
+                self.adapter.respond(Default::default())
+            }
+            Err(e) => ingress.refuse(ChannelKind::Sms, e),
+        }
+    }
+
+    async fn accept(
+        &self,
+        ingress: &Ingress,
+        tenant: &str,
+        request: &Parts,
+        body: Body,
+    ) -> Result<(), IngressError> {
+        let (tenant, sms) = self
+            .adapter
+            .account(tenant)
+            .ok_or(IngressError::UnknownTenant)?;
+        let body = ingress.read_body(request, body).await?;
+        let params = request_params(request, &body)?;
+        let now = Utc::now();
+        verify_vonage(sms, request, &params, now)?;
+        let inbound = VonageInbound::from_params(&params).map_err(vonage_error)?;
+        let Some(concat) = &inbound.concat else {
+            let parsed = self.adapter.parse(tenant, sms, request, &body, now)?;
+            ingress.publish(ChannelKind::Sms, tenant, parsed).await?;
+            return Ok(());
+        };
+        let sender = address(sms, "msisdn", &inbound.msisdn)?;
+        let to = address(sms, "to", &inbound.to)?;
+        let stored = StoredPart {
+            tenant: tenant.as_str().to_owned(),
+            sender: sender.as_str().to_owned(),
+            to: to.as_str().to_owned(),
+            reference: concat.reference.clone(),
+            number: concat.part,
+            total: concat.total,
+            message_id: inbound.message_id.clone(),
+            text: inbound.text.clone(),
+            received_at: now,
+        };
+        let payload = serde_json::to_vec(&stored)
+            .map_err(|e| IngressError::Malformed(format!("cannot store the part: {e}")))?;
+        ingress
+            .sink()
+            .publish(&self.parts_topic, stored.key().as_bytes(), &payload)
+            .await
+            .map_err(|e| {
+                tracing::warn!(tenant = %tenant, error = %e, "cannot store an SMS part");
+                IngressError::Unavailable
+            })?;
+        let ready = self.offer(tenant, stored, now)?;
+        self.publish_ready(ingress, ready).await;
+        Ok(())
+    }
+
+    /// Offers a durable part; what became publishable.
+    fn offer(
+        &self,
+        tenant: &TenantId,
+        stored: StoredPart,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Ready>, IngressError> {
+        let mut reassemblers = self.reassemblers.lock().unwrap_or_else(|p| p.into_inner());
+        let reassembler = reassemblers
+            .entry(tenant.as_str().to_owned())
+            .or_insert_with(|| Reassembler::new(self.config.clone()));
+        let offer = reassembler
+            .offer(stored.part(), stored.received_at.min(now))
+            .map_err(|e| IngressError::InvalidField {
+                field: "concat-part".into(),
+                reason: e.to_string(),
+            })?;
+        let mut ready = Vec::new();
+        match offer {
+            Offer::Duplicate => {}
+            Offer::Stored { evicted, .. } => {
+                if let Some(p) = evicted {
+                    self.metrics.partials.inc();
+                    ready.push(Ready {
+                        tenant: tenant.clone(),
+                        text: p.text(),
+                        message_ids: p.message_ids(),
+                        part_numbers: p.parts.iter().map(|x| x.number).collect(),
+                        key: p.key,
+                        first_received_at: p.first_received_at,
+                        total: p.total,
+                    });
+                }
+            }
+            Offer::Complete(done) => {
+                ready.push(Ready {
+                    tenant: tenant.clone(),
+                    part_numbers: (1..=stored.total).collect(),
+                    total: stored.total,
+                    text: done.text,
+                    message_ids: done.message_ids,
+                    key: done.key,
+                    first_received_at: done.first_received_at,
+                });
+            }
+        }
+        let pending: usize = reassemblers.values().map(Reassembler::pending_len).sum();
+        self.metrics
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        Ok(ready)
+    }
+
+    /// Publishes each ready message, then deletes its parts; failures wait for the ticker.
+    async fn publish_ready(&self, ingress: &Ingress, ready: Vec<Ready>) {
+        for r in ready {
+            let event = match assembled_event(&r, Utc::now()) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build an assembled SMS");
+                    continue;
+                }
+            };
+            let parsed = Parsed::from(vec![event]);
+            if let Err(e) = ingress.publish(ChannelKind::Sms, &r.tenant, parsed).await {
+                tracing::warn!(tenant = %r.tenant, error = %e,
+                    "assembled SMS not published yet, will retry");
+                self.retry.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                continue;
+            }
+            for number in &r.part_numbers {
+                let key = format!(
+                    "{}/{}/{}/{}/{number}",
+                    r.tenant, r.key.sender, r.key.to, r.key.reference
+                );
+                if let Err(e) = ingress
+                    .sink()
+                    .delete(&self.parts_topic, key.as_bytes())
+                    .await
+                {
+                    // Left on the topic: a restart reassembles it again with the same id.
+                    tracing::warn!(error = %e, "cannot delete a stored SMS part");
+                }
+            }
+        }
+    }
+
+    /// Expires incomplete messages past their TTL and retries unpublished ones, once.
+    pub async fn tick(&self, ingress: &Ingress, now: DateTime<Utc>) {
+        let mut ready: Vec<Ready> =
+            std::mem::take(&mut *self.retry.lock().unwrap_or_else(|p| p.into_inner()));
+        {
+            let mut reassemblers = self.reassemblers.lock().unwrap_or_else(|p| p.into_inner());
+            for (tenant, reassembler) in reassemblers.iter_mut() {
+                let Ok(tenant) = TenantId::new(tenant.clone()) else {
+                    continue;
+                };
+                for p in reassembler.expire(now) {
+                    self.metrics.partials.inc();
+                    tracing::warn!(tenant = %tenant, missing = ?p.missing(),
+                        "multipart SMS incomplete after the TTL, published with the parts received");
+                    ready.push(Ready {
+                        tenant: tenant.clone(),
+                        text: p.text(),
+                        message_ids: p.message_ids(),
+                        part_numbers: p.parts.iter().map(|x| x.number).collect(),
+                        key: p.key,
+                        first_received_at: p.first_received_at,
+                        total: p.total,
+                    });
+                }
+            }
+            let pending: usize = reassemblers.values().map(Reassembler::pending_len).sum();
+            self.metrics
+                .pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        }
+        self.publish_ready(ingress, ready).await;
+    }
+
+    /// Runs [`ConcatStore::tick`] every second until `stop` turns true.
+    pub async fn run(&self, ingress: &Ingress, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            self.tick(ingress, Utc::now()).await;
+        }
+    }
+
+    /// Restores the parts read back from the parts topic (latest value per key), with their
+    /// original arrival times, and publishes the messages they complete.
+    pub async fn restore(&self, ingress: &Ingress, table: BTreeMap<String, Vec<u8>>) -> usize {
+        let mut parts: Vec<StoredPart> = table
+            .values()
+            .filter_map(|v| serde_json::from_slice(v).ok())
+            .collect();
+        parts.sort_by_key(|p| p.received_at);
+        let count = parts.len();
+        let now = Utc::now();
+        let mut ready = Vec::new();
+        for part in parts {
+            let Ok(tenant) = TenantId::new(part.tenant.clone()) else {
+                continue;
+            };
+            match self.offer(&tenant, part, now) {
+                Ok(r) => ready.extend(r),
+                Err(e) => tracing::warn!(error = %e, "stored SMS part refused on restore"),
+            }
+        }
+        self.publish_ready(ingress, ready).await;
+        count
+    }
+}
+
+/// The `omni.message.received` of a reassembled (or partial) message: its id is derived from
+/// the sorted part ids, the message id is the first part's.
+fn assembled_event(r: &Ready, now: DateTime<Utc>) -> Result<PreparedEvent, IngressError> {
+    let channel = ChannelRef::new(ChannelKind::Sms, r.key.to.clone());
+    let mut sorted = r.message_ids.clone();
+    sorted.sort();
+    let id = EventId::from_provider(&r.tenant, &channel, "message", &sorted.join(","));
+    let mut contact = omni_core::Contact::new(r.key.sender.clone());
+    if r.key.sender.starts_with('+') {
+        contact.phone = Some(r.key.sender.clone());
+    }
+    let conversation = ConversationId::derive(&r.tenant, &channel, &contact.id, None);
+    let complete = r.part_numbers.len() == usize::from(r.total);
+    let data = MessageReceived {
+        tenant: r.tenant.clone(),
+        conversation_id: conversation,
+        channel: channel.clone(),
+        contact,
+        message: Message {
+            id: r.message_ids.first().cloned().unwrap_or_default(),
+            direction: Direction::Inbound,
+            text: r.text.clone(),
+            subject: None,
+            attachments: vec![],
+            reply_to: None,
+            payload: (!complete).then(|| {
+                format!(
+                    "sms_partial: received parts {:?} of {}",
+                    r.part_numbers, r.total
+                )
+            }),
+            sent_at: Some(r.first_received_at),
+        },
+        received_at: now,
+    };
+    PreparedEvent::from_event(&CloudEvent::new(
+        id,
+        EventType::MessageReceived,
+        r.tenant.clone(),
+        &channel,
+        conversation,
+        now,
+        data,
+    ))
+}
