@@ -224,6 +224,7 @@ async fn a_mail_appended_while_idling_arrives_on_kafka_within_seconds() {
     w.mail.append(&support, "INBOX", raw.as_bytes()).await;
     let events = w.events(1, Duration::from_millis(500)).await;
     let took = appended.elapsed();
+    println!("APPEND → event read back from Kafka (including the reader's 0.5 s settle): {took:?}");
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(took < Duration::from_secs(5), "arrived after {took:?}");
 
@@ -1003,4 +1004,100 @@ fn quoted_printable(s: &str) -> String {
         out.push_str(&piece);
     }
     out
+}
+
+/// The daemon end to end: a mailbox configured like an operator would (environment), a mail
+/// arriving while it idles reaches `omni.inbound.v1`, an agent's reply through the API goes
+/// out over SMTP with the threading headers, and its delivery event says `sent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reads_a_mailbox_and_sends_the_agents_reply() {
+    let mail = MailServer::shared();
+    let broker = Broker::memory();
+    let files = tempfile::tempdir().unwrap();
+    let support = mail.address("support");
+    let customer = mail.address("khach");
+    let k = |s: &str| format!("OMNI__TENANTS__DEMO__EMAIL__MAILBOXES__SUPPORT__{s}");
+    let env: Vec<(String, String)> = vec![
+        (
+            "OMNI__EMAIL__ATTACHMENT_DIR".into(),
+            files.path().display().to_string(),
+        ),
+        (k("ADDRESS"), support.clone()),
+        (k("DISPLAY_NAME"), "CSKH Shop".into()),
+        (k("IMAP__HOST"), "127.0.0.1".into()),
+        (k("IMAP__PORT"), mail.imap_port.to_string()),
+        (k("IMAP__SECURITY"), "plain".into()),
+        (k("IMAP__PASSWORD"), PASSWORD.into()),
+        (k("SMTP__HOST"), "127.0.0.1".into()),
+        (k("SMTP__PORT"), mail.smtp_port.to_string()),
+        (k("SMTP__SECURITY"), "plain".into()),
+    ];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let daemon = omni_e2e::Daemon::start(&broker, &env_refs).await;
+    // `first_start = new`: wait until the reader is idling before the mail arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while omni_e2e::metric_value(&daemon.metrics().await, "omni_email_imap_connected", &[]) < 1.0 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let raw = format!(
+        "From: Khách <{customer}>\r\nTo: {support}\r\nMessage-ID: <d1@khach.example.test>\r\nSubject: =?UTF-8?Q?H=E1=BB=8Fi_v=E1=BB=81_=C4=91=C6=A1n_h=C3=A0ng?=\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{VI_TEXT}\r\n"
+    );
+    mail.append(&support, "INBOX", raw.as_bytes()).await;
+    let inbound = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        1,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+    );
+    assert_eq!(inbound.len(), 1, "{}", daemon.log());
+    let event = &inbound[0].value;
+    assert_eq!(event["data"]["message"]["text"], VI_TEXT);
+    assert_eq!(event["data"]["message"]["subject"], "Hỏi về đơn hàng");
+    assert_eq!(event["data"]["channel"]["kind"], "email");
+
+    let reply = serde_json::json!({
+        "conversation_id": event["subject"],
+        "channel": event["data"]["channel"],
+        "recipient": customer,
+        "agent_id": "lan",
+        "subject": "Hỏi về đơn hàng",
+        "text": "Dạ, shop đã gửi hàng hôm nay ạ.",
+        "reply_to": "d1@khach.example.test",
+    });
+    let (status, body) = omni_e2e::post_json(
+        &daemon.url("/v1/tenants/demo/replies"),
+        "demo-agent-token",
+        &reply,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let mails = mail
+        .wait_for_mails(&customer, "INBOX", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(mails.len(), 1, "{}", daemon.log());
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&mails[0])
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("Re: Hỏi về đơn hàng"));
+    assert_eq!(
+        parsed.in_reply_to().as_text(),
+        Some("d1@khach.example.test")
+    );
+    assert!(parsed.body_text(0).unwrap().contains("shop đã gửi hàng"));
+    let deliveries = read_topic(
+        &broker.bootstrap(),
+        "omni.delivery.v1",
+        1,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+    );
+    assert_eq!(
+        deliveries[0].value["data"]["status"],
+        "sent",
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(deliveries[0].value["data"]["channel"]["kind"], "email");
 }

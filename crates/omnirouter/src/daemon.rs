@@ -86,6 +86,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .collect(),
         max_body_bytes: settings.max_body_bytes,
     });
+    // Readers record e-mail threads; the e-mail sender reads them for References.
+    let threads = Arc::new(omni_email::ThreadIndex::default());
     let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
     let outbound_task = match &settings.outbound {
         Some(outbound) => Some(start_outbound(
@@ -94,10 +96,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             &registry,
             producer.clone(),
             bus_metrics.clone(),
+            threads.clone(),
             outbound_stop_rx,
         )?),
         None => None,
     };
+    let (email_stop_tx, email_stop_rx) = tokio::sync::watch::channel(false);
+    let email_tasks = start_mailboxes(&settings, &registry, &producer, threads, email_stop_rx)?;
     let sms_tenants = omni_sms::webhook::tenants(settings.sms_tenants.clone());
     let sms_endpoint = |endpoint| SmsWebhook::new(sms_tenants.clone(), endpoint);
     let concat = Arc::new(ConcatStore::new(
@@ -167,6 +172,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     let _ = router_stop_tx.send(true);
+    let _ = email_stop_tx.send(true);
+    for task in email_tasks {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!("a mailbox reader did not stop within the grace period");
+        }
+    }
     if let Some(task) = concat_task {
         let _ = tokio::time::timeout_at(deadline, task).await;
     }
@@ -195,6 +206,45 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts one IMAP reader per configured mailbox (each reconnects on its own until `stop`);
+/// their checkpoints share one view of the compacted checkpoint topic.
+fn start_mailboxes(
+    settings: &Settings,
+    registry: &Registry,
+    producer: &Producer,
+    threads: Arc<omni_email::ThreadIndex>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    if settings.mailboxes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let metrics = omni_email::Metrics::register(registry)?;
+    let sink: Arc<dyn omni_channel::EventSink> = Arc::new(producer.clone());
+    let checkpoints: Arc<dyn omni_email::CheckpointStore> = Arc::new(
+        omni_email::KafkaCheckpoints::new(&settings.kafka, sink.clone()),
+    );
+    let mut tasks = Vec::new();
+    for mailbox in &settings.mailboxes {
+        let address = mailbox.address.clone();
+        let reader = omni_email::MailboxReader::new(
+            mailbox.clone(),
+            settings.kafka.topics.inbound.clone(),
+            sink.clone(),
+            checkpoints.clone(),
+            metrics.clone(),
+            threads.clone(),
+        )
+        .with_context(|| format!("mailbox {address}"))?;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = reader.run(stop).await {
+                tracing::error!(mailbox = %address, error = %e, "mailbox reader stopped");
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
 /// Starts sending replies from the outbound topic: a sender per configured channel, the Zalo
 /// token upkeep, and the dispatcher over a consumer group. Ends when `stop` turns true.
 fn start_outbound(
@@ -203,6 +253,7 @@ fn start_outbound(
     registry: &Registry,
     producer: Producer,
     bus_metrics: Arc<BusMetrics>,
+    threads: Arc<omni_email::ThreadIndex>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let metrics = DispatchMetrics::register(registry)?;
@@ -221,6 +272,15 @@ fn start_outbound(
         )
         .context("building the Messenger HTTP client")?;
         dispatcher = dispatcher.with_sender(ChannelKind::Messenger, Arc::new(sender));
+    }
+    if !settings.mailboxes.is_empty() {
+        let sender = omni_email::EmailSender::new(
+            &settings.mailboxes,
+            omni_email::EmailSendSettings::default(),
+            threads,
+        )
+        .context("building the e-mail senders")?;
+        dispatcher = dispatcher.with_sender(ChannelKind::Email, Arc::new(sender));
     }
     if !settings.sms_tenants.is_empty() {
         let sender = SmsSender::new(settings.sms_tenants.clone(), settings.sms_api.clone())

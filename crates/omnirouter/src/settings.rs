@@ -59,6 +59,8 @@ pub struct RawSettings {
     pub zalo: RawZaloApi,
     /// `[sms]`.
     pub sms: RawSmsApi,
+    /// `[email]`.
+    pub email: RawEmail,
     /// `[tenants.<id>]`.
     pub tenants: BTreeMap<String, RawTenant>,
 }
@@ -445,6 +447,8 @@ pub struct RawTenant {
     pub zalo: Option<RawZalo>,
     /// SMS providers and numbers.
     pub sms: Option<RawSms>,
+    /// E-mail mailboxes.
+    pub email: Option<RawTenantEmail>,
 }
 
 /// Validated settings: what the daemon runs with.
@@ -490,6 +494,8 @@ pub struct Settings {
     pub sms_concat: omni_sms::concat::ReassemblerConfig,
     /// Outbound dispatch, if enabled.
     pub outbound: Option<OutboundSettings>,
+    /// Every tenant's e-mail mailboxes.
+    pub mailboxes: Vec<omni_email::MailboxSettings>,
 }
 
 /// Validated `[outbound]`.
@@ -574,6 +580,7 @@ impl RawSettings {
         let mut messenger_tenants = Vec::new();
         let mut zalo_tenants = Vec::new();
         let mut sms_tenants = Vec::new();
+        let mut mailboxes = Vec::new();
         let mut tenant_count = 0;
         for (name, raw) in self.tenants {
             let key = format!("tenants.{name}");
@@ -590,13 +597,20 @@ impl RawSettings {
             if let Some(sms) = raw.sms {
                 sms_tenants.push((tenant.clone(), sms_tenant(&key, sms)?));
             }
-            let has_social = messenger_tenants.last().is_some_and(|(t, _)| *t == tenant)
+            let mut has_email = false;
+            if let Some(email) = raw.email {
+                let found = email_mailboxes(&key, &tenant, email, &self.email)?;
+                has_email = !found.is_empty();
+                mailboxes.extend(found);
+            }
+            let has_social = has_email
+                || messenger_tenants.last().is_some_and(|(t, _)| *t == tenant)
                 || zalo_tenants.last().is_some_and(|(t, _)| *t == tenant)
                 || sms_tenants.last().is_some_and(|(t, _)| *t == tenant);
             if token.is_none() && hmac.is_none() && !has_social {
                 return Err(invalid(
                     &key,
-                    "give the tenant a channel: api_token and/or api_hmac_secret, messenger, zalo or sms"
+                    "give the tenant a channel: api_token and/or api_hmac_secret, messenger, zalo, sms or email"
                         .into(),
                 ));
             }
@@ -718,6 +732,7 @@ impl RawSettings {
                 ..Default::default()
             },
             outbound,
+            mailboxes,
         })
     }
 }
@@ -970,6 +985,209 @@ fn zalo_tenant(key: &str, raw: RawZalo) -> Result<ZaloTenant, SettingsError> {
         );
     }
     Ok(ZaloTenant { oas })
+}
+
+/// `[email]`: where mail content is kept, shared by every mailbox.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawEmail {
+    /// Attachments and each mail's original (`<dir>/<tenant>/<event id>/`), never in Kafka.
+    pub attachment_dir: std::path::PathBuf,
+    /// The URL where a file server publishes `attachment_dir`; without it events carry
+    /// `file://` URLs.
+    pub attachment_base_url: Option<String>,
+    /// Largest attachment stored (a larger one is listed with the original's URL).
+    pub max_attachment_bytes: u64,
+    /// Largest mail read whole; longer mail is read up to this and marked truncated.
+    pub max_message_bytes: u32,
+}
+
+impl Default for RawEmail {
+    fn default() -> Self {
+        Self {
+            attachment_dir: "/var/lib/omnirouter/mail".into(),
+            attachment_base_url: None,
+            max_attachment_bytes: 20 * 1024 * 1024,
+            max_message_bytes: 50 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[tenants.<id>.email]`: the tenant's mailboxes, by a short name of your choosing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantEmail {
+    /// Mailboxes by name (`[tenants.<id>.email.mailboxes.support]`).
+    pub mailboxes: BTreeMap<String, RawMailbox>,
+}
+
+/// One mailbox: read over IMAP, replied to over SMTP from the same address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMailbox {
+    /// The mailbox's address (the channel account; replies come from it).
+    pub address: String,
+    /// The name replies are sent under.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Reading.
+    pub imap: RawImap,
+    /// Sending; without it replies on this mailbox fail as `account_not_configured`.
+    #[serde(default)]
+    pub smtp: Option<RawSmtp>,
+}
+
+/// `…mailboxes.<name>.imap`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImap {
+    /// Server host.
+    pub host: String,
+    /// Port; default 993 for `tls`, 143 otherwise.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `tls` (default), `starttls`, or `plain` (127.0.0.1 only).
+    #[serde(default = "default_tls")]
+    pub security: String,
+    /// Login; default the address.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password or app password.
+    pub password: Secret,
+    /// Folder to watch.
+    #[serde(default = "default_inbox")]
+    pub folder: String,
+    /// Re-issue IDLE this often (at most 29 minutes).
+    #[serde(default = "default_idle_refresh")]
+    pub idle_refresh_secs: u64,
+    /// `new` (default): only mail arriving from the first start on; `all`: import the folder.
+    #[serde(default = "default_first_start")]
+    pub first_start: String,
+}
+
+/// `…mailboxes.<name>.smtp`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    /// Server host.
+    pub host: String,
+    /// Port; default 465 for `tls`, 587 for `starttls`, 25 for `plain`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls`, or `plain` (127.0.0.1 only).
+    #[serde(default = "default_starttls")]
+    pub security: String,
+    /// Login; default the address when a password is set.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password or app password; none for an unauthenticated relay.
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+fn default_tls() -> String {
+    "tls".into()
+}
+fn default_starttls() -> String {
+    "starttls".into()
+}
+fn default_inbox() -> String {
+    "INBOX".into()
+}
+fn default_idle_refresh() -> u64 {
+    25 * 60
+}
+fn default_first_start() -> String {
+    "new".into()
+}
+
+fn email_mailboxes(
+    key: &str,
+    tenant: &TenantId,
+    raw: RawTenantEmail,
+    email: &RawEmail,
+) -> Result<Vec<omni_email::MailboxSettings>, SettingsError> {
+    use omni_email::{AttachmentStore, FirstStart, ImapSettings, Security, SmtpSettings};
+    let mut out = Vec::new();
+    for (name, m) in raw.mailboxes {
+        let base = format!("{key}.email.mailboxes.{name}");
+        let invalid = |k: &str, reason: String| SettingsError::Invalid {
+            key: format!("{base}.{k}"),
+            reason,
+        };
+        let security = |k: &str, v: &str| {
+            Security::parse(v)
+                .ok_or_else(|| invalid(k, format!("{v:?}: use tls, starttls or plain")))
+        };
+        let imap_security = security("imap.security", &m.imap.security)?;
+        let mut imap = ImapSettings::new(
+            m.imap.host,
+            m.imap.port.unwrap_or(match imap_security {
+                Security::Tls => 993,
+                _ => 143,
+            }),
+            imap_security,
+            m.imap.user.unwrap_or_else(|| m.address.clone()),
+            m.imap.password,
+        );
+        imap.folder = m.imap.folder;
+        if m.imap.idle_refresh_secs == 0 || m.imap.idle_refresh_secs > 29 * 60 {
+            return Err(invalid(
+                "imap.idle_refresh_secs",
+                "between 1 and 1740 (RFC 2177: at most 29 minutes)".into(),
+            ));
+        }
+        imap.idle_refresh = Duration::from_secs(m.imap.idle_refresh_secs);
+        imap.max_message_bytes = email.max_message_bytes;
+        imap.first_start = match m.imap.first_start.as_str() {
+            "new" => FirstStart::New,
+            "all" => FirstStart::All,
+            other => {
+                return Err(invalid(
+                    "imap.first_start",
+                    format!("{other:?}: use new or all"),
+                ))
+            }
+        };
+        let smtp = match m.smtp {
+            Some(s) => {
+                let sec = security("smtp.security", &s.security)?;
+                Some(SmtpSettings {
+                    port: s.port.unwrap_or(match sec {
+                        Security::Tls => 465,
+                        Security::StartTls => 587,
+                        Security::Plain => 25,
+                    }),
+                    host: s.host,
+                    security: sec,
+                    user: s
+                        .user
+                        .or_else(|| s.password.as_ref().map(|_| m.address.clone())),
+                    password: s.password,
+                    timeout: Duration::from_secs(30),
+                })
+            }
+            None => None,
+        };
+        let settings = omni_email::MailboxSettings {
+            tenant: tenant.clone(),
+            address: m.address,
+            display_name: m.display_name,
+            imap,
+            smtp,
+            attachments: AttachmentStore {
+                dir: email.attachment_dir.clone(),
+                base_url: email.attachment_base_url.clone(),
+                max_attachment_bytes: email.max_attachment_bytes,
+            },
+        };
+        settings.validate().map_err(|e| match e {
+            omni_email::EmailError::Config { key, reason } => invalid(&key, reason),
+            other => invalid("", other.to_string()),
+        })?;
+        out.push(settings);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
