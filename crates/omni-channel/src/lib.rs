@@ -16,6 +16,7 @@
 //! - [`outbound`]: the way out: [`ChannelSender`] per channel, and the [`Dispatcher`] that
 //!   takes replies from the outbound topic, retries what may pass and publishes each reply's
 //!   fate on the delivery topic.
+//! - [`provider`]: calling providers' HTTP APIs the same way from every sender.
 //! - [`ratelimit`]: per-account send rate limits.
 //! - [`metrics`]: ingress metric families.
 //! - [`error`]: why a request was refused, with its status code and metric label.
@@ -25,6 +26,7 @@ pub mod dedupe;
 pub mod error;
 pub mod metrics;
 pub mod outbound;
+pub mod provider;
 pub mod ratelimit;
 pub mod signature;
 pub mod sink;

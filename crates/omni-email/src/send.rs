@@ -114,13 +114,12 @@ impl EmailSender {
                     store: mailbox.attachments.clone(),
                 });
         }
-        let http = reqwest::Client::builder()
-            .timeout(settings.fetch_timeout)
-            .build()
-            .map_err(|e| EmailError::Config {
+        let http = omni_channel::provider::client(settings.fetch_timeout).map_err(|e| {
+            EmailError::Config {
                 key: "http client".into(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         Ok(Self {
             accounts,
             settings,
@@ -287,46 +286,12 @@ impl EmailSender {
     }
 
     async fn fetch(&self, url: &str, limit: u64, n: usize) -> Result<Vec<u8>, SendError> {
-        let mut response = self
-            .http
-            .get(url)
-            .send()
+        omni_channel::provider::fetch_attachment(&self.http, url, limit)
             .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let e = SendError::from_status(status, None);
-            return Err(SendError {
-                reason: if e.retryable {
-                    e.reason
-                } else {
-                    FailureReason::InvalidMessage
-                },
+            .map_err(|e| SendError {
                 detail: format!("attachment {n}: {}", e.detail),
                 ..e
-            });
-        }
-        if response.content_length().is_some_and(|l| l > limit) {
-            return Err(SendError::permanent(
-                FailureReason::InvalidMessage,
-                format!("attachment {n} is larger than the limit"),
-            ));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?
-        {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() as u64 > limit {
-                return Err(SendError::permanent(
-                    FailureReason::InvalidMessage,
-                    format!("attachment {n} is larger than the limit"),
-                ));
-            }
-        }
-        Ok(bytes)
+            })
     }
 }
 

@@ -18,7 +18,6 @@
 //! attachments through them fails as `unsupported`.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use omni_channel::{
     ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
@@ -77,10 +76,7 @@ impl SmsSender {
         tenants: impl IntoIterator<Item = (TenantId, SmsTenant)>,
         settings: SmsApiSettings,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .build()?;
+        let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_number, 5);
         Ok(Self {
             tenants: tenants
@@ -215,20 +211,14 @@ impl SmsSender {
             form.push(("MediaUrl", url));
         }
         form.push(("StatusCallback", &status_callback));
-        let response = self
-            .http
-            .post(url)
-            .basic_auth(&twilio.account_sid, Some(twilio.auth_token.expose()))
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        let status = response.status();
-        let retry_after = omni_channel::outbound::retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
+        let answer = omni_channel::provider::call(
+            self.http
+                .post(url)
+                .basic_auth(&twilio.account_sid, Some(twilio.auth_token.expose()))
+                .form(&form),
+        )
+        .await?;
+        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
         if status.is_success() {
             return Ok(serde_json::from_slice::<TwilioCreated>(&bytes)
                 .ok()
@@ -280,19 +270,8 @@ impl SmsSender {
         }
         form.push(("client-ref", &client_ref));
         form.push(("callback", &dlr));
-        let response = self
-            .http
-            .post(url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        let status = response.status();
-        let retry_after = omni_channel::outbound::retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
+        let answer = omni_channel::provider::call(self.http.post(url).form(&form)).await?;
+        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
         if !status.is_success() {
             return Err(SendError::from_status(status, retry_after));
         }
@@ -352,19 +331,8 @@ impl SmsSender {
             "{}/MainService.svc/json/SendMultipleMessage_V4_post_json/",
             self.settings.esms_base_url.trim_end_matches('/')
         );
-        let response = self
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        let status = response.status();
-        let retry_after = omni_channel::outbound::retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
+        let answer = omni_channel::provider::call(self.http.post(url).json(&body)).await?;
+        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
         if !status.is_success() {
             return Err(SendError::from_status(status, retry_after));
         }

@@ -57,10 +57,7 @@ impl MessengerSender {
                 })
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .build()?;
+        let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_page, 20);
         Ok(Self {
             pages,
@@ -152,26 +149,20 @@ impl MessengerSender {
             self.settings.api_version,
             page_id
         );
-        let response = self
-            .http
-            .post(url)
-            .query(&[("access_token", page.access_token.expose())])
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        let status = response.status();
-        let retry_after = omni_channel::outbound::retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
+        let answer = omni_channel::provider::call(
+            self.http
+                .post(url)
+                .query(&[("access_token", page.access_token.expose())])
+                .json(&body),
+        )
+        .await?;
+        let (status, bytes) = (answer.status, &answer.body);
         if status.is_success() {
             #[derive(Deserialize)]
             struct Sent {
                 message_id: String,
             }
-            return serde_json::from_slice::<Sent>(&bytes)
+            return serde_json::from_slice::<Sent>(bytes)
                 .map(|s| s.message_id)
                 .map_err(|e| {
                     SendError::permanent(
@@ -184,9 +175,9 @@ impl MessengerSender {
         struct GraphErrorBody {
             error: GraphError,
         }
-        match serde_json::from_slice::<GraphErrorBody>(&bytes) {
-            Ok(body) => Err(classify(&body.error, status).after(retry_after)),
-            Err(_) => Err(SendError::from_status(status, retry_after)),
+        match serde_json::from_slice::<GraphErrorBody>(bytes) {
+            Ok(body) => Err(classify(&body.error, status).after(answer.retry_after)),
+            Err(_) => Err(answer.status_error()),
         }
     }
 }

@@ -23,8 +23,8 @@ use crate::wire::{split_text, IdText};
 /// Zalo's longest text message, in characters.
 const MAX_TEXT_CHARS: usize = 2000;
 /// Zalo's upload limits: images 1 MB, files 5 MB.
-const MAX_IMAGE_BYTES: usize = 1024 * 1024;
-const MAX_FILE_BYTES: usize = 5 * 1024 * 1024;
+const MAX_IMAGE_BYTES: u64 = 1024 * 1024;
+const MAX_FILE_BYTES: u64 = 5 * 1024 * 1024;
 
 /// Where and how fast to call the OA API.
 #[derive(Debug, Clone)]
@@ -80,10 +80,7 @@ impl ZaloSender {
         tokens: HashMap<(String, String), Arc<OaToken>>,
         settings: ZaloSendSettings,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .build()?;
+        let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_oa, 10);
         Ok(Self {
             tokens,
@@ -198,7 +195,8 @@ impl ZaloSender {
         } else {
             MAX_FILE_BYTES
         };
-        let bytes = self.fetch(&attachment.url, limit).await?;
+        let bytes =
+            omni_channel::provider::fetch_attachment(&self.http, &attachment.url, limit).await?;
         let name = attachment
             .name
             .clone()
@@ -243,45 +241,6 @@ impl ZaloSender {
         })
     }
 
-    /// Downloads an attachment, refusing it past `limit` bytes.
-    async fn fetch(&self, url: &str, limit: usize) -> Result<Vec<u8>, SendError> {
-        let mut response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(if status.is_server_error() {
-                SendError::retryable(
-                    FailureReason::ProviderUnavailable,
-                    format!("fetching the attachment answered HTTP {status}"),
-                )
-            } else {
-                SendError::permanent(
-                    FailureReason::InvalidMessage,
-                    format!("fetching the attachment answered HTTP {status}"),
-                )
-            });
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?
-        {
-            if bytes.len() + chunk.len() > limit {
-                return Err(SendError::permanent(
-                    FailureReason::InvalidMessage,
-                    format!("attachment larger than Zalo's {limit}-byte limit"),
-                ));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
-    }
-
     /// One OA API call with the `access_token` header; the answer's `data` when `error` is 0.
     async fn call(
         &self,
@@ -300,20 +259,11 @@ impl ZaloSender {
             Body::Json(v) => request.json(&v),
             Body::Form(f) => request.multipart(f),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        let status = response.status();
-        let retry_after = omni_channel::outbound::retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SendError::from_transport(&e))?;
-        match serde_json::from_slice::<Answer>(&bytes) {
-            Ok(answer) if status.is_success() && answer.error == 0 => Ok(answer.data),
-            Ok(answer) if answer.error != 0 => Err(classify(answer.error, &answer.message)),
-            _ => Err(SendError::from_status(status, retry_after)),
+        let answer = omni_channel::provider::call(request).await?;
+        match serde_json::from_slice::<Answer>(&answer.body) {
+            Ok(zalo) if answer.status.is_success() && zalo.error == 0 => Ok(zalo.data),
+            Ok(zalo) if zalo.error != 0 => Err(classify(zalo.error, &zalo.message)),
+            _ => Err(answer.status_error()),
         }
     }
 }
