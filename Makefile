@@ -9,7 +9,7 @@ TANSU_ROOT    := $(CACHE)/tansu-$(TANSU_VERSION)
 TANSU         := $(TANSU_ROOT)/bin/tansu
 VENV          := $(CURDIR)/.venv
 APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose \
-                 dovecot-imapd dovecot-lmtpd opensmtpd
+                 dovecot-imapd dovecot-lmtpd opensmtpd chromium
 BENCH_PACKAGES := wrk
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -57,9 +57,11 @@ lint: apt ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench: deps ## Ingest load test (wrk) with its references, and criterion benches
+bench: deps ## Ingest load test (wrk) with its references, the 10k idle live chat sockets test, and criterion benches
 	$(MAKE) apt EXTRA_APT="$(BENCH_PACKAGES)"
 	bash benches/ingest.sh
+	cargo build --release -p omnirouter -p omni-benches --bin omnirouter --bin livechat-load
+	$(CARGO_TARGET_DIR)/release/livechat-load --daemon $(CARGO_TARGET_DIR)/release/omnirouter --connections 10000
 	cargo bench -p omni-benches
 
 clean-run: ## Remove the local broker's data (.run/)

@@ -28,6 +28,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/agents"),
     ("get", "/v1/tenants/{tenant}/conversations/{conversation}"),
     ("post", "/v1/tenants/{tenant}/replies"),
+    ("post", "/v1/tenants/{tenant}/typing"),
     ("post", "/v1/tenants/{tenant}/commands"),
 ];
 
@@ -819,8 +820,31 @@ async fn the_running_daemon_answers_as_documented() {
     )
     .await;
     run.expect_error(&commands, &a, 400, "malformed", "unknown command");
+    let typing = doc.op("post", "/v1/tenants/{tenant}/typing");
+    let a = call(
+        &daemon,
+        "post",
+        "/v1/tenants/demo/typing",
+        Auth::Bearer(AGENT_TOKEN),
+        Body::Json(
+            json!({"conversation_id": conversation, "channel": {"kind": "zalo", "account": "1"},
+                          "recipient": "u", "on": true}),
+        ),
+    )
+    .await;
+    run.expect_error(
+        &typing,
+        &a,
+        400,
+        "invalid_field",
+        "typing on a channel without typing",
+    );
     // Bodies over server.max_body_bytes, and bodies that are not JSON, on the agent API.
-    for path in ["/v1/tenants/demo/replies", "/v1/tenants/demo/commands"] {
+    for path in [
+        "/v1/tenants/demo/replies",
+        "/v1/tenants/demo/typing",
+        "/v1/tenants/demo/commands",
+    ] {
         let op = doc.op("post", &path.replace("demo", "{tenant}"));
         let huge = format!("{{\"text\": \"{}\"}}", "x".repeat(70_000));
         let a = call(

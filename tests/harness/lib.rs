@@ -4,6 +4,7 @@
 //!   restart), on a free port.
 //! - [`Daemon`]: the `omnirouter` binary with `config/default.toml` plus environment overrides.
 //! - [`read_topic`]: reads a topic back with an independent rdkafka consumer.
+//! - [`browser::Chromium`]: Debian's headless chromium driven over the DevTools protocol.
 //! - [`standin::StandIn`]: a local HTTP server standing in for a provider's API.
 //!
 //! Every process is stopped when its handle drops; logs go to the handle's temp dir and are
@@ -15,6 +16,7 @@
     missing_docs
 )]
 
+pub mod browser;
 pub mod mail;
 pub mod standin;
 

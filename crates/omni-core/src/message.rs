@@ -198,6 +198,11 @@ pub enum SignalKind {
     Unfollow,
     /// The customer pressed a button or quick reply with no text message.
     Action,
+    /// Someone started typing: the visitor (live chat, on the inbound topic) or an agent (on
+    /// the outbound topic, for live chat to show the visitor). Ephemeral: nothing to store.
+    TypingOn,
+    /// Someone stopped typing (or sent their message).
+    TypingOff,
 }
 
 /// `data` of `omni.channel.signal`: something a channel tells us that is not a message.

@@ -562,6 +562,8 @@ fn all_signal_kinds() -> Vec<SignalKind> {
         SignalKind::Follow,
         SignalKind::Unfollow,
         SignalKind::Action,
+        SignalKind::TypingOn,
+        SignalKind::TypingOff,
     ];
     for s in &all {
         match s {
@@ -569,7 +571,9 @@ fn all_signal_kinds() -> Vec<SignalKind> {
             | SignalKind::Read
             | SignalKind::Follow
             | SignalKind::Unfollow
-            | SignalKind::Action => {}
+            | SignalKind::Action
+            | SignalKind::TypingOn
+            | SignalKind::TypingOff => {}
         }
     }
     all

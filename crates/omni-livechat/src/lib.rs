@@ -1,3 +1,180 @@
-//! Website live chat: WebSocket server and the embeddable widget. Built in the live chat issue.
+//! Website live chat: visitor sessions with signed tokens, one WebSocket per visitor, visitor
+//! messages to `omni.inbound.v1` (acknowledged only after Kafka did), agent replies from
+//! `omni.outbound.v1` pushed by whichever daemon instance holds the visitor's socket, cursors
+//! that let a reconnecting widget resume on any instance with nothing lost or repeated, and
+//! the embeddable, dependency-free widget (`GET /v1/livechat/widget.js`).
 //!
-//! This crate is a placeholder so the workspace has its final shape; it has no code yet.
+//! # Layout
+//! - [`token`]: visitor tokens (HMAC-signed, expiring) and identity verification.
+//! - [`protocol`]: the JSON frames, their validation, and [`protocol::Cursor`].
+//! - [`hub`]: per-instance state: conversation logs, attached sockets, rate limits, IP caps
+//!   (with the design note on cursors).
+//! - [`feed`]: the group-less Kafka tail that gives every instance every live chat message.
+//! - [`server`]: the HTTP routes (session, WebSocket, widget script) and the socket loop.
+//! - [`settings`]: validated settings: limits, widgets, allowed origins, opening hours.
+//! - [`metrics`]: metric families.
+
+pub mod feed;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod settings;
+pub mod token;
+
+use chrono::Utc;
+use omni_bus::BusConfig;
+use omni_channel::{delivery_event_id, EventSink, Ingress};
+use omni_core::{ChannelKind, ChannelRef, CloudEvent, DeliveryStatus, DeliveryUpdate, EventType};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use hub::{Hub, HubLimits};
+pub use metrics::LivechatMetrics;
+pub use settings::{Hours, LivechatSettings, WidgetSettings, Widgets};
+
+/// The widget script, served as is.
+pub const WIDGET_JS: &str = include_str!("../widget/widget.js");
+
+/// The live chat channel of one daemon instance.
+pub struct Livechat {
+    /// Limits and timings.
+    pub settings: LivechatSettings,
+    /// Widgets by (tenant, widget id).
+    pub widgets: Widgets,
+    /// Conversations and sockets on this instance.
+    pub hub: Arc<Hub>,
+    /// Publishes visitor messages (dedupe, acknowledgement, ingress metrics).
+    pub ingress: Ingress,
+    /// Where delivery reports go.
+    pub sink: Arc<dyn EventSink>,
+    /// Kafka, for the feed.
+    pub bus: BusConfig,
+    /// Metrics.
+    pub metrics: LivechatMetrics,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Stops the feed and the sweeper when dropped or stopped.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    feed: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the background work and waits for the feed thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.feed.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Livechat {
+    /// The channel. Call from within the tokio runtime (delivery reports are spawned on it).
+    pub fn new(
+        settings: LivechatSettings,
+        widgets: Widgets,
+        ingress: Ingress,
+        sink: Arc<dyn EventSink>,
+        bus: BusConfig,
+        metrics: LivechatMetrics,
+    ) -> Self {
+        let hub = Arc::new(Hub::new(HubLimits {
+            log_max_messages: settings.log_max_messages,
+            log_ttl: settings.log_ttl,
+            rate_per_minute: settings.rate_per_minute,
+            burst: settings.burst,
+            queue_cap: settings.queue_cap,
+        }));
+        Self {
+            settings,
+            widgets,
+            hub,
+            ingress,
+            sink,
+            bus,
+            metrics,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Starts the Kafka feed (its own thread) and the periodic sweep of expired entries.
+    pub fn start(self: &Arc<Self>) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (chat, flag) = (self.clone(), stop.clone());
+        let feed = std::thread::Builder::new()
+            .name("livechat-feed".into())
+            .spawn(move || feed::run(chat, flag))
+            .ok();
+        let (hub, flag) = (self.hub.clone(), stop.clone());
+        self.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            while !flag.load(Ordering::Relaxed) {
+                tick.tick().await;
+                hub.sweep(Utc::now());
+            }
+        });
+        Running { stop, feed }
+    }
+
+    /// True when the widget is configured here.
+    pub fn has_widget(&self, tenant: &str, widget: &str) -> bool {
+        self.widgets
+            .contains_key(&(tenant.to_owned(), widget.to_owned()))
+    }
+
+    /// Publishes what became of agent replies on the delivery topic, in the background. Ids
+    /// are derived from the reply and the status, so instances reporting the same fact (two
+    /// tabs on two instances) write the same event id and consumers keep one.
+    pub fn report(&self, reached: Vec<hub::Reached>, status: DeliveryStatus) {
+        if reached.is_empty() {
+            return;
+        }
+        let sink = self.sink.clone();
+        let topic = self.bus.topics.delivery.clone();
+        self.runtime.spawn(async move {
+            for r in reached {
+                let now = Utc::now();
+                let channel = ChannelRef::new(ChannelKind::Livechat, r.widget.clone());
+                let update = DeliveryUpdate {
+                    tenant: r.tenant.clone(),
+                    conversation_id: r.conversation,
+                    outbound_event_id: r.event_id,
+                    channel: channel.clone(),
+                    status,
+                    provider_message_id: None,
+                    reason: None,
+                    detail: None,
+                    segments: None,
+                    occurred_at: now,
+                };
+                let event = CloudEvent::new(
+                    delivery_event_id(&r.tenant, r.event_id, status),
+                    EventType::DeliveryUpdated,
+                    r.tenant.clone(),
+                    &channel,
+                    r.conversation,
+                    now,
+                    update,
+                );
+                let Ok(payload) = serde_json::to_vec(&event) else {
+                    continue;
+                };
+                if let Err(e) = sink
+                    .publish(&topic, r.tenant.as_str().as_bytes(), &payload)
+                    .await
+                {
+                    tracing::warn!(tenant = %r.tenant, error = %e, "live chat delivery report not published");
+                }
+            }
+        });
+    }
+}

@@ -13,8 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use omni_bus::Producer;
 use omni_core::{
-    Attachment, ChannelRef, CloudEvent, ConversationId, EventId, EventType, OutboundMessage,
-    Secret, TenantId, Topics,
+    Attachment, ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact, ConversationId,
+    EventId, EventType, OutboundMessage, Secret, SignalKind, TenantId, Topics,
 };
 use omni_routing::{Command, Timestamp};
 use serde::Deserialize;
@@ -49,6 +49,7 @@ pub fn routes(state: Arc<ApiState>) -> HttpRouter {
             get(conversation),
         )
         .route("/v1/tenants/{tenant}/replies", post(reply))
+        .route("/v1/tenants/{tenant}/typing", post(typing))
         .route("/v1/tenants/{tenant}/commands", post(command))
         .with_state(state)
 }
@@ -383,6 +384,69 @@ async fn reply(
             attachments: req.attachments,
             reply_to: req.reply_to,
         },
+    );
+    let payload = serde_json::to_vec(&event).unwrap_or_default();
+    publish(&state, &state.topics.outbound, &tenant, id, payload).await
+}
+
+/// Body of `POST /v1/tenants/{tenant}/typing`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypingRequest {
+    conversation_id: ConversationId,
+    channel: ChannelRef,
+    recipient: String,
+    on: bool,
+}
+
+/// An agent's typing indicator: an `omni.channel.signal` on the outbound topic, which live
+/// chat shows to the visitor. Only live chat shows typing, so other channels are refused.
+async fn typing(
+    State(state): State<Arc<ApiState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (tenant, req): (TenantId, TypingRequest) =
+        match json_request(&state, &tenant, &headers, body).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
+    if req.recipient.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "missing_field", "recipient");
+    }
+    if req.channel.kind != ChannelKind::Livechat {
+        return ApiError::Invalid(
+            "invalid_field",
+            "channel.kind: typing indicators are shown on live chat only".into(),
+        )
+        .into_response();
+    }
+    let now = time_of(now_ms());
+    let id = EventId::new_random();
+    let signal = ChannelSignal {
+        tenant: tenant.clone(),
+        conversation_id: req.conversation_id,
+        channel: req.channel.clone(),
+        contact: Contact::new(req.recipient),
+        signal: if req.on {
+            SignalKind::TypingOn
+        } else {
+            SignalKind::TypingOff
+        },
+        message_ids: Vec::new(),
+        watermark: None,
+        payload: None,
+        occurred_at: now,
+    };
+    let event = CloudEvent::new(
+        id,
+        EventType::ChannelSignal,
+        tenant.clone(),
+        &req.channel,
+        req.conversation_id,
+        now,
+        signal,
     );
     let payload = serde_json::to_vec(&event).unwrap_or_default();
     publish(&state, &state.topics.outbound, &tenant, id, payload).await

@@ -22,6 +22,12 @@ use omni_sms::webhook::{Endpoint, SmsWebhook};
 
 /// Runs the daemon until a shutdown signal.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Every live chat visitor holds a socket: take the hard limit on open files, not the
+    // (often 1024) soft one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let registry = Registry::new();
     let build_info = IntGauge::with_opts(
         Opts::new("omni_build_info", "Build information; always 1.")
@@ -41,6 +47,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(async move { create_topics_until_done(kafka, metrics).await });
     }
 
+    let livechat = match &settings.livechat {
+        Some(chat) => {
+            let ingress = Ingress::new(
+                Arc::new(producer.clone()),
+                settings.kafka.topics.inbound.clone(),
+                settings.kafka.topics.delivery.clone(),
+                DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
+                chat.settings.max_frame_bytes,
+                ingress_metrics.clone(),
+            );
+            Some(Arc::new(omni_livechat::Livechat::new(
+                chat.settings.clone(),
+                chat.widgets.clone(),
+                ingress,
+                Arc::new(producer.clone()),
+                settings.kafka.clone(),
+                omni_livechat::LivechatMetrics::register(&registry)?,
+            )))
+        }
+        None => None,
+    };
+    let livechat_running = livechat.as_ref().map(|chat| chat.start());
     let ingress = Ingress::new(
         Arc::new(producer.clone()),
         settings.kafka.topics.inbound.clone(),
@@ -151,8 +179,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "omnirouter listening: POST /v1/inbound/{{tenant}}, GET /metrics /healthz /readyz");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(state).merge(omni_router::api::routes(agent_api));
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let mut app = router(state).merge(omni_router::api::routes(agent_api));
+    if let Some(chat) = &livechat {
+        app = app.merge(omni_livechat::server::routes(chat.clone()));
+    }
+    // Connection info: live chat caps sockets per client IP.
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         let _ = stop_rx.await;
     });
     let server = tokio::spawn(async move { server.await });
@@ -173,6 +209,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = router_stop_tx.send(true);
     let _ = email_stop_tx.send(true);
+    if let Some(running) = livechat_running {
+        // The feed thread notices within one poll (100 ms).
+        let _ = tokio::task::spawn_blocking(move || running.stop()).await;
+    }
     for task in email_tasks {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
             tracing::warn!("a mailbox reader did not stop within the grace period");
@@ -264,7 +304,9 @@ fn start_outbound(
         metrics,
         stop.clone(),
     )
-    .with_max_age(outbound.max_age);
+    .with_max_age(outbound.max_age)
+    // Live chat replies reach visitors through the sockets: every instance reads them itself.
+    .delivered_elsewhere(ChannelKind::Livechat);
     if !settings.messenger_tenants.is_empty() {
         let sender = MessengerSender::new(
             settings.messenger_tenants.iter().map(|(t, m)| (t, m)),

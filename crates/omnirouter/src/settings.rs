@@ -61,6 +61,8 @@ pub struct RawSettings {
     pub sms: RawSmsApi,
     /// `[email]`.
     pub email: RawEmail,
+    /// `[livechat]`.
+    pub livechat: RawLivechat,
     /// `[tenants.<id>]`.
     pub tenants: BTreeMap<String, RawTenant>,
 }
@@ -449,6 +451,8 @@ pub struct RawTenant {
     pub sms: Option<RawSms>,
     /// E-mail mailboxes.
     pub email: Option<RawTenantEmail>,
+    /// Website live chat widgets.
+    pub livechat: Option<RawTenantLivechat>,
 }
 
 /// Validated settings: what the daemon runs with.
@@ -496,6 +500,17 @@ pub struct Settings {
     pub outbound: Option<OutboundSettings>,
     /// Every tenant's e-mail mailboxes.
     pub mailboxes: Vec<omni_email::MailboxSettings>,
+    /// Website live chat, when enabled and some tenant has a widget.
+    pub livechat: Option<LivechatConfig>,
+}
+
+/// Validated live chat: shared limits and every tenant's widgets.
+#[derive(Debug, Clone)]
+pub struct LivechatConfig {
+    /// Limits and timings.
+    pub settings: omni_livechat::LivechatSettings,
+    /// Widgets by (tenant, widget id).
+    pub widgets: omni_livechat::Widgets,
 }
 
 /// Validated `[outbound]`.
@@ -581,6 +596,7 @@ impl RawSettings {
         let mut zalo_tenants = Vec::new();
         let mut sms_tenants = Vec::new();
         let mut mailboxes = Vec::new();
+        let mut widgets = omni_livechat::Widgets::new();
         let mut tenant_count = 0;
         for (name, raw) in self.tenants {
             let key = format!("tenants.{name}");
@@ -603,14 +619,24 @@ impl RawSettings {
                 has_email = !found.is_empty();
                 mailboxes.extend(found);
             }
+            let mut has_livechat = false;
+            if let Some(chat) = raw.livechat {
+                for (id, w) in chat.widgets {
+                    let settings =
+                        widget_settings(&format!("{key}.livechat.widgets.{id}"), &id, w)?;
+                    widgets.insert((name.clone(), id), (tenant.clone(), settings));
+                    has_livechat = true;
+                }
+            }
             let has_social = has_email
+                || has_livechat
                 || messenger_tenants.last().is_some_and(|(t, _)| *t == tenant)
                 || zalo_tenants.last().is_some_and(|(t, _)| *t == tenant)
                 || sms_tenants.last().is_some_and(|(t, _)| *t == tenant);
             if token.is_none() && hmac.is_none() && !has_social {
                 return Err(invalid(
                     &key,
-                    "give the tenant a channel: api_token and/or api_hmac_secret, messenger, zalo, sms or email"
+                    "give the tenant a channel: api_token and/or api_hmac_secret, messenger, zalo, sms, email or livechat"
                         .into(),
                 ));
             }
@@ -684,6 +710,11 @@ impl RawSettings {
         if tenant_count == 0 {
             return Err(invalid("tenants", "configure at least one tenant".into()));
         }
+        let livechat = self.livechat.validate()?;
+        let livechat = (livechat.is_some() && !widgets.is_empty()).then(|| LivechatConfig {
+            settings: livechat.unwrap_or_default(),
+            widgets,
+        });
         Ok(Settings {
             listen,
             max_body_bytes: self.server.max_body_bytes,
@@ -733,6 +764,7 @@ impl RawSettings {
             },
             outbound,
             mailboxes,
+            livechat,
         })
     }
 }
@@ -985,6 +1017,273 @@ fn zalo_tenant(key: &str, raw: RawZalo) -> Result<ZaloTenant, SettingsError> {
         );
     }
     Ok(ZaloTenant { oas })
+}
+
+/// `[livechat]`: limits shared by every tenant's widgets.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLivechat {
+    /// Serve live chat (sessions, sockets, the widget) from this daemon.
+    pub enabled: bool,
+    /// Lifetime of a visitor token; the widget renews it with a new session request.
+    pub token_ttl_secs: u64,
+    /// A token expired less than this long ago still renews into the same visitor.
+    pub renew_window_secs: u64,
+    /// Largest WebSocket frame/message from a widget, in bytes (larger: closed with 1009).
+    pub max_frame_bytes: usize,
+    /// Longest visitor message in characters.
+    pub max_text_chars: usize,
+    /// Visitor messages per minute per conversation, sustained…
+    pub rate_per_minute: u32,
+    /// …and in a burst.
+    pub burst: u32,
+    /// A socket silent for this long is closed (the widget pings every 25 s).
+    pub idle_timeout_secs: u64,
+    /// Open sockets per client IP.
+    pub max_connections_per_ip: u32,
+    /// How far back each instance reads inbound and outbound at start to rebuild conversations.
+    pub history_window_secs: u64,
+    /// Messages kept per conversation in memory (what a reconnecting widget can catch up on).
+    pub log_max_messages: usize,
+    /// Messages older than this are not replayed.
+    pub log_ttl_secs: u64,
+    /// Frames queued for one socket before it is closed as lagging.
+    pub queue_cap: usize,
+    /// Read buffer per socket in bytes (allocated up front for every idle socket).
+    pub ws_read_buffer_bytes: usize,
+    /// Count connections per IP by the first `X-Forwarded-For` entry (only behind a proxy
+    /// that sets it).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for RawLivechat {
+    fn default() -> Self {
+        let d = omni_livechat::LivechatSettings::default();
+        Self {
+            enabled: true,
+            token_ttl_secs: d.token_ttl.as_secs(),
+            renew_window_secs: d.renew_window.as_secs(),
+            max_frame_bytes: d.max_frame_bytes,
+            max_text_chars: d.max_text_chars,
+            rate_per_minute: d.rate_per_minute,
+            burst: d.burst,
+            idle_timeout_secs: d.idle_timeout.as_secs(),
+            max_connections_per_ip: d.max_connections_per_ip,
+            history_window_secs: d.history_window.as_secs(),
+            log_max_messages: d.log_max_messages,
+            log_ttl_secs: d.log_ttl.as_secs(),
+            queue_cap: d.queue_cap,
+            ws_read_buffer_bytes: d.ws_read_buffer_bytes,
+            trust_forwarded_for: d.trust_forwarded_for,
+        }
+    }
+}
+
+impl RawLivechat {
+    /// The validated limits, or `None` when live chat is disabled.
+    fn validate(self) -> Result<Option<omni_livechat::LivechatSettings>, SettingsError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        for (key, value) in [
+            ("livechat.token_ttl_secs", self.token_ttl_secs),
+            ("livechat.max_frame_bytes", self.max_frame_bytes as u64),
+            ("livechat.max_text_chars", self.max_text_chars as u64),
+            ("livechat.rate_per_minute", u64::from(self.rate_per_minute)),
+            ("livechat.burst", u64::from(self.burst)),
+            ("livechat.idle_timeout_secs", self.idle_timeout_secs),
+            (
+                "livechat.max_connections_per_ip",
+                u64::from(self.max_connections_per_ip),
+            ),
+            ("livechat.log_max_messages", self.log_max_messages as u64),
+            ("livechat.queue_cap", self.queue_cap as u64),
+            (
+                "livechat.ws_read_buffer_bytes",
+                self.ws_read_buffer_bytes as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::Invalid {
+                    key: key.into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.max_frame_bytes > MAX_BODY_LIMIT {
+            return Err(SettingsError::Invalid {
+                key: "livechat.max_frame_bytes".into(),
+                reason: format!("must be at most {MAX_BODY_LIMIT}"),
+            });
+        }
+        Ok(Some(omni_livechat::LivechatSettings {
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+            renew_window: Duration::from_secs(self.renew_window_secs),
+            max_frame_bytes: self.max_frame_bytes,
+            max_text_chars: self.max_text_chars,
+            rate_per_minute: self.rate_per_minute,
+            burst: self.burst,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_connections_per_ip: self.max_connections_per_ip,
+            history_window: Duration::from_secs(self.history_window_secs),
+            log_max_messages: self.log_max_messages,
+            log_ttl: Duration::from_secs(self.log_ttl_secs),
+            queue_cap: self.queue_cap,
+            ws_read_buffer_bytes: self.ws_read_buffer_bytes,
+            trust_forwarded_for: self.trust_forwarded_for,
+        }))
+    }
+}
+
+/// `[tenants.<id>.livechat]`: a tenant's website widgets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTenantLivechat {
+    /// Widgets by id (the live chat channel account, `data-widget` in the embed snippet).
+    pub widgets: BTreeMap<String, RawWidget>,
+}
+
+/// `[tenants.<id>.livechat.widgets.<widget id>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWidget {
+    /// Signs visitor tokens (long and random; rotate by changing it: visitors get new tokens).
+    pub secret: Secret,
+    /// Verifies `user_hash = hex(HMAC-SHA256(identity_secret, user_id))` for logged-in customers.
+    #[serde(default)]
+    pub identity_secret: Option<Secret>,
+    /// Page origins allowed to embed the widget: a list, or a comma-separated string from the
+    /// environment. `http://127.0.0.1:*` allows any port; `*` any origin.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_origins: Vec<String>,
+    /// Opening hours; outside them the widget shows an after-hours notice.
+    #[serde(default)]
+    pub hours: Option<RawChatHours>,
+}
+
+/// Opening hours of a widget's team.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChatHours {
+    /// `mon` … `sun`.
+    pub days: Vec<String>,
+    /// `HH:MM` local.
+    pub from: String,
+    /// `HH:MM` local, after `from`.
+    pub to: String,
+    /// Local time's offset from UTC in minutes (Vietnam: 420).
+    #[serde(default = "default_vn_offset")]
+    pub utc_offset_minutes: i32,
+}
+
+fn default_vn_offset() -> i32 {
+    420
+}
+
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(v) => v,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
+    })
+}
+
+fn widget_settings(
+    key: &str,
+    id: &str,
+    raw: RawWidget,
+) -> Result<omni_livechat::WidgetSettings, SettingsError> {
+    let invalid = |k: &str, reason: &str| SettingsError::Invalid {
+        key: if k.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{key}.{k}")
+        },
+        reason: reason.to_owned(),
+    };
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(
+            "",
+            "a widget id is 1-64 chars of a-z, 0-9, '-', '_'",
+        ));
+    }
+    if raw.secret.expose().len() < 16 {
+        return Err(invalid("secret", "use at least 16 characters"));
+    }
+    if raw.allowed_origins.is_empty() {
+        return Err(invalid(
+            "allowed_origins",
+            "list the page origins allowed to embed the widget",
+        ));
+    }
+    for o in &raw.allowed_origins {
+        let ok = o == "*" || o.starts_with("https://") || o.starts_with("http://");
+        if !ok || o.trim_end_matches('/').matches('/').count() != 2 {
+            return Err(invalid(
+                "allowed_origins",
+                &format!("{o:?} is not an origin like https://shop.example.vn"),
+            ));
+        }
+    }
+    let hours = match raw.hours {
+        None => None,
+        Some(h) => {
+            let minute = |v: &str, k: &str| -> Result<u32, SettingsError> {
+                let (hh, mm) = v.split_once(':').ok_or_else(|| invalid(k, "use HH:MM"))?;
+                match (hh.parse::<u32>(), mm.parse::<u32>()) {
+                    (Ok(h), Ok(m)) if h <= 24 && m < 60 && h * 60 + m <= 1440 => Ok(h * 60 + m),
+                    _ => Err(invalid(k, "use HH:MM")),
+                }
+            };
+            let open = minute(&h.from, "hours.from")?;
+            let close = minute(&h.to, "hours.to")?;
+            if close <= open {
+                return Err(invalid("hours.to", "must be after hours.from"));
+            }
+            let mut days = [false; 7];
+            for d in &h.days {
+                let i = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                    .iter()
+                    .position(|x| x.eq_ignore_ascii_case(d))
+                    .ok_or_else(|| {
+                        invalid("hours.days", "use mon, tue, wed, thu, fri, sat, sun")
+                    })?;
+                days[i] = true;
+            }
+            if !(-720..=840).contains(&h.utc_offset_minutes) {
+                return Err(invalid(
+                    "hours.utc_offset_minutes",
+                    "must be between -720 and 840",
+                ));
+            }
+            Some(omni_livechat::Hours {
+                days,
+                open,
+                close,
+                utc_offset_minutes: h.utc_offset_minutes,
+            })
+        }
+    };
+    Ok(omni_livechat::WidgetSettings {
+        secret: raw.secret,
+        identity_secret: raw.identity_secret.filter(|s| !s.is_empty()),
+        allowed_origins: raw.allowed_origins,
+        hours,
+    })
 }
 
 /// `[email]`: where mail content is kept, shared by every mailbox.

@@ -1,0 +1,316 @@
+/*! omnirouter live chat widget. No dependencies. Embed with:
+ *   <script src="https://chat.example.vn/v1/livechat/widget.js"
+ *           data-tenant="demo" data-widget="web" async></script>
+ * Optional attributes: data-lang="vi|en" (default: the page's <html lang>, then the browser's), data-title="…", data-user-id + data-user-hash (a
+ * logged-in customer; the hash is hex HMAC-SHA256(identity secret, user id) computed by the
+ * site's server), data-open="true" (start open).
+ * Protocol: POST {base}/v1/livechat/{tenant}/{widget}/session → token; one WebSocket
+ * {base}/v1/livechat/{tenant}/{widget}/ws?token=…&after=<cursor>; see the README. */
+(function () {
+  "use strict";
+  if (window.OmniChat) return;
+  var script = document.currentScript ||
+    document.querySelector('script[src*="/v1/livechat/widget.js"][data-widget]');
+  if (!script) return;
+  var ds = script.dataset;
+  var tenant = ds.tenant, widget = ds.widget;
+  if (!tenant || !widget) { console.error("omnichat: data-tenant and data-widget are required"); return; }
+  var base = new URL(script.src, location.href).origin;
+  // The page's language first (the site knows its audience), then the browser's.
+  var lang = (ds.lang || document.documentElement.lang || navigator.language || "vi").toLowerCase().indexOf("en") === 0 ? "en" : "vi";
+  var T = {
+    vi: {
+      open: "Mở cửa sổ trò chuyện", close: "Đóng cửa sổ trò chuyện", title: "Hỗ trợ khách hàng",
+      placeholder: "Nhập tin nhắn…", send: "Gửi", label: "Tin nhắn của bạn",
+      welcome: "Xin chào! Chúng tôi có thể giúp gì cho bạn?",
+      afterHours: "Hiện ngoài giờ làm việc. Bạn cứ để lại tin nhắn, chúng tôi sẽ trả lời sớm nhất.",
+      connecting: "Đang kết nối…", reconnecting: "Mất kết nối, đang thử lại…", offline: "Bạn đang ngoại tuyến.",
+      rateLimited: "Bạn gửi hơi nhanh, vui lòng đợi một chút.", failed: "Chưa gửi được, sẽ thử lại.",
+      sending: "Đang gửi", you: "Bạn", agent: "Nhân viên hỗ trợ", typing: "Nhân viên đang soạn tin…"
+    },
+    en: {
+      open: "Open chat", close: "Close chat", title: "Customer support",
+      placeholder: "Type a message…", send: "Send", label: "Your message",
+      welcome: "Hello! How can we help you?",
+      afterHours: "We are outside our opening hours. Leave a message and we will reply as soon as we can.",
+      connecting: "Connecting…", reconnecting: "Connection lost, retrying…", offline: "You are offline.",
+      rateLimited: "You are sending quickly, please wait a moment.", failed: "Not sent yet, will retry.",
+      sending: "Sending", you: "You", agent: "Support agent", typing: "An agent is typing…"
+    }
+  }[lang];
+  var key = "omnichat:" + tenant + ":" + widget;
+  var store = {
+    get: function () { try { return JSON.parse(localStorage.getItem(key)) || {}; } catch (e) { return {}; } },
+    set: function (v) { try { localStorage.setItem(key, JSON.stringify(v)); } catch (e) { /* private mode */ } }
+  };
+  var saved = store.get();
+  var state = {
+    token: saved.token || null, exp: saved.exp || 0, cursor: saved.cursor || null,
+    ws: null, attempts: 0, timer: null, ping: null, open: false, online: true,
+    seen: {}, pending: {}, outbox: []
+  };
+
+  // ---- markup -------------------------------------------------------------------------
+  var css = "#omni-chat-launcher{position:fixed;right:20px;bottom:20px;width:56px;height:56px;border-radius:50%;border:0;background:#0b63ce;color:#fff;display:flex;align-items:center;justify-content:center;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.25);z-index:2147483000}" +
+    "#omni-chat-launcher:focus-visible,#omni-chat-panel button:focus-visible,#omni-chat-input:focus-visible{outline:3px solid #ffbf47;outline-offset:2px}" +
+    "#omni-chat-panel{position:fixed;right:20px;bottom:88px;width:340px;max-width:calc(100vw - 40px);height:460px;max-height:calc(100vh - 120px);display:flex;flex-direction:column;background:#fff;color:#1b1b1b;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);font:14px/1.4 system-ui,sans-serif;z-index:2147483000;overflow:hidden}" +
+    "#omni-chat-panel[hidden]{display:none}" +
+    "#omni-chat-panel header{display:flex;align-items:center;justify-content:space-between;padding:12px 14px;background:#0b63ce;color:#fff}" +
+    "#omni-chat-panel h2{margin:0;font-size:16px}" +
+    "#omni-chat-panel header button{background:transparent;border:0;color:#fff;font-size:22px;cursor:pointer;line-height:1}" +
+    "#omni-chat-notice{padding:8px 14px;background:#fff4d6;color:#5c4300;font-size:13px}" +
+    "#omni-chat-notice:empty{display:none}" +
+    "#omni-chat-typing{padding:2px 14px 6px;color:#555;font-size:12px;font-style:italic;min-height:1em}" +
+    "#omni-chat-log{flex:1;overflow-y:auto;padding:12px 14px;margin:0;list-style:none}" +
+    ".omni-msg{max-width:80%;margin:6px 0;padding:8px 11px;border-radius:12px;white-space:pre-wrap;word-wrap:break-word}" +
+    ".omni-visitor{margin-left:auto;background:#0b63ce;color:#fff;border-bottom-right-radius:3px}" +
+    ".omni-agent{margin-right:auto;background:#eef1f5;border-bottom-left-radius:3px}" +
+    ".omni-system{margin:6px auto;color:#555;font-size:13px;text-align:center}" +
+    ".omni-pending{opacity:.6}" +
+    ".omni-sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}" +
+    "#omni-chat-form{display:flex;gap:8px;padding:10px;border-top:1px solid #e3e6ea}" +
+    "#omni-chat-input{flex:1;resize:none;height:40px;padding:9px 10px;border:1px solid #c4cad1;border-radius:8px;font:inherit}" +
+    "#omni-chat-form button{padding:0 14px;border:0;border-radius:8px;background:#0b63ce;color:#fff;font:600 14px system-ui,sans-serif;cursor:pointer}";
+  var style = document.createElement("style");
+  style.textContent = css;
+  document.head.appendChild(style);
+
+  function el(tag, attrs, text) {
+    var e = document.createElement(tag);
+    for (var k in attrs) e.setAttribute(k, attrs[k]);
+    if (text) e.textContent = text;
+    return e;
+  }
+  var launcher = el("button", {
+    id: "omni-chat-launcher", type: "button", "aria-label": T.open,
+    "aria-expanded": "false", "aria-controls": "omni-chat-panel"
+  });
+  // A speech bubble drawn inline: no emoji font or image request needed.
+  launcher.innerHTML = '<svg width="28" height="28" viewBox="0 0 24 24" aria-hidden="true" focusable="false">' +
+    '<path fill="currentColor" d="M12 3C6.5 3 2 6.6 2 11c0 2.4 1.3 4.6 3.4 6.1L4.6 21l4.3-2.4c1 .3 2 .4 3.1.4 5.5 0 10-3.6 10-8s-4.5-8-10-8z"/></svg>';
+  var panel = el("section", {
+    id: "omni-chat-panel", role: "dialog", "aria-modal": "false",
+    "aria-labelledby": "omni-chat-title", hidden: "", lang: lang
+  });
+  var header = el("header", {});
+  var title = el("h2", { id: "omni-chat-title" }, ds.title || T.title);
+  var closeBtn = el("button", { type: "button", "aria-label": T.close }, "\u00D7");
+  header.appendChild(title);
+  header.appendChild(closeBtn);
+  var notice = el("div", { id: "omni-chat-notice", role: "status", "aria-live": "polite" });
+  var log = el("ol", { id: "omni-chat-log", role: "log", "aria-live": "polite", "aria-relevant": "additions" });
+  var typingLine = el("div", { id: "omni-chat-typing", role: "status", "aria-live": "polite" });
+  var form = el("form", { id: "omni-chat-form" });
+  var label = el("label", { "for": "omni-chat-input", "class": "omni-sr" }, T.label);
+  var input = el("textarea", { id: "omni-chat-input", rows: "1", placeholder: T.placeholder, maxlength: "4000" });
+  var sendBtn = el("button", { type: "submit" }, T.send);
+  form.appendChild(label);
+  form.appendChild(input);
+  form.appendChild(sendBtn);
+  panel.appendChild(header);
+  panel.appendChild(notice);
+  panel.appendChild(log);
+  panel.appendChild(typingLine);
+  panel.appendChild(form);
+  function mount() {
+    document.body.appendChild(panel);
+    document.body.appendChild(launcher);
+    system(T.welcome);
+  }
+
+  function system(text) {
+    var li = el("li", { "class": "omni-msg omni-system" }, text);
+    log.appendChild(li);
+    log.scrollTop = log.scrollHeight;
+  }
+  function bubble(from, text, id) {
+    var li = el("li", { "class": "omni-msg omni-" + from, "data-id": id || "" });
+    li.appendChild(el("span", { "class": "omni-sr" }, (from === "visitor" ? T.you : T.agent) + ": "));
+    li.appendChild(document.createTextNode(text));
+    log.appendChild(li);
+    log.scrollTop = log.scrollHeight;
+    return li;
+  }
+  function setNotice(text) { notice.textContent = text || ""; }
+
+  // ---- open / close, keyboard ---------------------------------------------------------
+  function openPanel() {
+    state.open = true;
+    panel.hidden = false;
+    launcher.setAttribute("aria-expanded", "true");
+    launcher.setAttribute("aria-label", T.close);
+    input.focus();
+    connectSoon(0);
+    markRead();
+  }
+  function closePanel() {
+    state.open = false;
+    panel.hidden = true;
+    launcher.setAttribute("aria-expanded", "false");
+    launcher.setAttribute("aria-label", T.open);
+    launcher.focus();
+  }
+  launcher.addEventListener("click", function () { state.open ? closePanel() : openPanel(); });
+  closeBtn.addEventListener("click", closePanel);
+  panel.addEventListener("keydown", function (e) { if (e.key === "Escape") { e.preventDefault(); closePanel(); } });
+  input.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
+  });
+  form.addEventListener("submit", function (e) { e.preventDefault(); submit(); });
+
+  // ---- typing, both ways ------------------------------------------------------------------
+  // The visitor's: "on" when they type (again every 3 s while they keep typing), "off" after
+  // 4 s without a key or when they send. The agent's: shown until "off", or 8 s without news.
+  var typing = { on: false, sent: 0, idle: null, shown: null };
+  function sendTyping(on) {
+    if (!state.ws || state.ws.readyState !== 1) return;
+    state.ws.send(JSON.stringify({ type: "typing", on: on }));
+    typing.on = on;
+    typing.sent = Date.now();
+  }
+  input.addEventListener("input", function () {
+    if (!input.value.trim()) { if (typing.on) sendTyping(false); return; }
+    if (!typing.on || Date.now() - typing.sent > 3000) sendTyping(true);
+    clearTimeout(typing.idle);
+    typing.idle = setTimeout(function () { if (typing.on) sendTyping(false); }, 4000);
+  });
+  function agentTyping(on) {
+    clearTimeout(typing.shown);
+    typingLine.textContent = on ? T.typing : "";
+    if (on) typing.shown = setTimeout(function () { typingLine.textContent = ""; }, 8000);
+  }
+
+  // ---- sending ------------------------------------------------------------------------
+  function newId() {
+    return "c-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
+  }
+  function submit() {
+    var text = input.value.trim();
+    if (!text) return;
+    input.value = "";
+    clearTimeout(typing.idle);
+    if (typing.on) sendTyping(false);
+    var id = newId();
+    var li = bubble("visitor", text, "");
+    li.classList.add("omni-pending");
+    li.setAttribute("aria-busy", "true");
+    state.pending[id] = { text: text, li: li };
+    state.outbox.push(id);
+    flush();
+  }
+  function flush() {
+    if (!state.ws || state.ws.readyState !== 1) { connectSoon(0); return; }
+    state.outbox.forEach(function (id) {
+      var p = state.pending[id];
+      if (p) state.ws.send(JSON.stringify({ type: "message", client_id: id, text: p.text }));
+    });
+  }
+  function markRead() {
+    if (state.open && state.cursor && state.ws && state.ws.readyState === 1) {
+      state.ws.send(JSON.stringify({ type: "read", cursor: state.cursor }));
+    }
+  }
+
+  // ---- session and socket -------------------------------------------------------------
+  function session() {
+    var body = { language: lang };
+    if (ds.userId && ds.userHash) { body.user_id = ds.userId; body.user_hash = ds.userHash; }
+    else if (state.token) { body.token = state.token; }
+    return fetch(base + "/v1/livechat/" + encodeURIComponent(tenant) + "/" + encodeURIComponent(widget) + "/session", {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), credentials: "omit"
+    }).then(function (r) {
+      if (!r.ok) throw new Error("session " + r.status);
+      return r.json();
+    }).then(function (s) {
+      if (s.visitor_id !== saved.visitor) state.cursor = null;
+      state.token = s.token; state.exp = s.expires_at; state.wsPath = s.ws_path;
+      saved = { token: s.token, exp: s.expires_at, visitor: s.visitor_id, cursor: state.cursor };
+      store.set(saved);
+      if (s.open === false) setNotice(T.afterHours);
+    });
+  }
+  function connectSoon(delay) {
+    if (state.ws || state.timer) return;
+    state.timer = setTimeout(connect, delay);
+  }
+  function backoff() {
+    // Exponential backoff with full jitter, 0.5 s … 30 s.
+    var cap = Math.min(30000, 500 * Math.pow(2, state.attempts));
+    state.attempts++;
+    return Math.floor(cap / 2 + Math.random() * cap / 2);
+  }
+  function connect() {
+    state.timer = null;
+    if (!navigator.onLine) { setNotice(T.offline); return; }
+    setNotice(state.attempts ? T.reconnecting : T.connecting);
+    var fresh = !state.token || !state.wsPath || state.exp - Date.now() / 1000 < 60 || state.attempts >= 2;
+    (fresh ? session() : Promise.resolve()).then(open, function () {
+      setNotice(T.reconnecting);
+      state.timer = setTimeout(connect, backoff());
+    });
+  }
+  function open() {
+    var url = base.replace(/^http/, "ws") + state.wsPath + "?token=" + encodeURIComponent(state.token) +
+      (state.cursor ? "&after=" + encodeURIComponent(state.cursor) : "");
+    var ws = new WebSocket(url);
+    state.ws = ws;
+    ws.onopen = function () {
+      state.attempts = 0;
+      setNotice("");
+      flush();
+      clearInterval(state.ping);
+      state.ping = setInterval(function () { if (ws.readyState === 1) ws.send('{"type":"ping"}'); }, 25000);
+    };
+    ws.onmessage = function (e) {
+      var f;
+      try { f = JSON.parse(e.data); } catch (err) { return; }
+      onFrame(f);
+    };
+    ws.onclose = function () {
+      clearInterval(state.ping);
+      state.ws = null;
+      state.timer = setTimeout(connect, backoff());
+    };
+  }
+  function onFrame(f) {
+    if (f.type === "status") {
+      setNotice(f.open === false ? T.afterHours : "");
+    } else if (f.type === "message") {
+      state.cursor = f.cursor;
+      saved.cursor = f.cursor;
+      store.set(saved);
+      if (state.seen[f.id]) return;
+      state.seen[f.id] = true;
+      var p = f.client_id && state.pending[f.client_id];
+      if (p) {
+        p.li.classList.remove("omni-pending");
+        p.li.removeAttribute("aria-busy");
+        p.li.setAttribute("data-id", f.id);
+        delete state.pending[f.client_id];
+        state.outbox = state.outbox.filter(function (id) { return id !== f.client_id; });
+      } else {
+        bubble(f.from === "agent" ? "agent" : "visitor", f.text || "", f.id);
+      }
+      if (f.from === "agent") { agentTyping(false); markRead(); }
+    } else if (f.type === "typing") {
+      if (f.from === "agent") agentTyping(!!f.on);
+    } else if (f.type === "ack") {
+      state.outbox = state.outbox.filter(function (id) { return id !== f.client_id; });
+      var q = state.pending[f.client_id];
+      if (q) q.li.setAttribute("data-event-id", f.event_id);
+    } else if (f.type === "error") {
+      if (f.code === "rate_limited") setNotice(T.rateLimited);
+      else if (f.code === "unavailable") setNotice(T.failed);
+    }
+  }
+  window.addEventListener("online", function () { setNotice(""); connectSoon(0); });
+  window.addEventListener("offline", function () { setNotice(T.offline); });
+
+  window.OmniChat = {
+    open: openPanel, close: closePanel,
+    state: function () { return { connected: !!(state.ws && state.ws.readyState === 1), cursor: state.cursor, lang: lang }; }
+  };
+  if (document.body) mount(); else document.addEventListener("DOMContentLoaded", mount);
+  // Reconnect at load when this browser already has a conversation, so replies show up.
+  if (saved.token || ds.open === "true") { if (ds.open === "true") openPanel(); else connectSoon(0); }
+})();

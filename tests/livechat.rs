@@ -1,0 +1,665 @@
+//! Website live chat end to end: the real daemon (one or two instances) on a real tansu broker,
+//! a Rust WebSocket client speaking the widget's protocol, and Debian's headless chromium
+//! running the real widget on the example page.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use futures_util::{SinkExt, StreamExt};
+use omni_channel::signature::hmac_sha256_hex;
+use omni_e2e::{post_json, read_topic, Broker, Daemon};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+const ORIGIN: &str = "http://127.0.0.1:5173";
+const AGENT: &str = "demo-agent-token";
+const SECRET: &str = "demo-widget-secret-change-me";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A session as the widget gets it.
+struct Session {
+    token: String,
+    visitor: String,
+    conversation: String,
+}
+
+async fn session(daemon: &Daemon, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(daemon.url("/v1/livechat/demo/web/session"))
+        .header("origin", ORIGIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn new_session(daemon: &Daemon) -> Session {
+    let (status, v) = session(daemon, json!({"language": "vi"})).await;
+    assert_eq!(status, 200, "{v}");
+    Session {
+        token: v["token"].as_str().unwrap().into(),
+        visitor: v["visitor_id"].as_str().unwrap().into(),
+        conversation: v["conversation_id"].as_str().unwrap().into(),
+    }
+}
+
+fn ws_url(daemon: &Daemon, token: &str, after: Option<&str>) -> String {
+    let base = daemon
+        .url("/v1/livechat/demo/web/ws")
+        .replace("http://", "ws://");
+    match after {
+        Some(a) => format!("{base}?token={token}&after={a}"),
+        None => format!("{base}?token={token}"),
+    }
+}
+
+/// Connects with `origin`; `Err(status)` when the upgrade is refused.
+async fn connect_from(url: &str, origin: Option<&str>) -> Result<Ws, u16> {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(o) = origin {
+        request
+            .headers_mut()
+            .insert("origin", HeaderValue::from_str(o).unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+async fn connect(daemon: &Daemon, s: &Session, after: Option<&str>) -> Ws {
+    let mut ws = connect_from(&ws_url(daemon, &s.token, after), Some(ORIGIN))
+        .await
+        .unwrap();
+    let status = next(&mut ws).await;
+    assert_eq!(status["type"], "status", "{status}");
+    assert_eq!(status["conversation_id"], s.conversation.as_str());
+    ws
+}
+
+/// The next JSON frame (control frames skipped); panics after 15 s.
+async fn next(ws: &mut Ws) -> Value {
+    try_next(ws, Duration::from_secs(15))
+        .await
+        .expect("no frame within 15 s")
+}
+
+async fn try_next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match frame {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Message::Close(c)) => {
+                return Some(json!({"type": "closed", "code": c.map(|c| u16::from(c.code))}))
+            }
+            Ok(_) => continue,
+            Err(_) => return Some(json!({"type": "closed"})),
+        }
+    }
+}
+
+/// Frames until one of `kind` arrives (others collected in the second value).
+async fn next_of(ws: &mut Ws, kind: &str) -> (Value, Vec<Value>) {
+    let mut other = Vec::new();
+    loop {
+        let v = next(ws).await;
+        if v["type"] == kind {
+            return (v, other);
+        }
+        other.push(v);
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+async fn reply(daemon: &Daemon, s: &Session, text: &str) {
+    let (status, body) = post_json(
+        &daemon.url("/v1/tenants/demo/replies"),
+        AGENT,
+        &json!({
+            "conversation_id": s.conversation,
+            "channel": {"kind": "livechat", "account": "web"},
+            "recipient": s.visitor,
+            "agent_id": "agent-lan",
+            "text": text,
+        }),
+    )
+    .await;
+    assert!(status == 202 || status == 200, "{status} {body}");
+}
+
+fn livechat_events(records: &[omni_e2e::Read]) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r.value["data"]["channel"]["kind"] == "livechat")
+        .map(|r| r.value.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_visitor_message_is_published_once_and_acked_after_kafka() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let s = new_session(&daemon).await;
+    let mut ws = connect(&daemon, &s, None).await;
+
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "c-1", "text": "Cho mình hỏi đơn #1024"}),
+    )
+    .await;
+    let (ack, _) = next_of(&mut ws, "ack").await;
+    assert_eq!(ack["client_id"], "c-1");
+    assert_eq!(ack["duplicate"], false);
+    // The message comes back as part of the conversation, with the client id and a cursor.
+    let (echo, _) = next_of(&mut ws, "message").await;
+    assert_eq!(echo["from"], "visitor");
+    assert_eq!(echo["client_id"], "c-1");
+    assert_eq!(echo["id"], ack["event_id"]);
+    assert!(echo["cursor"].as_str().unwrap().contains('.'));
+
+    // A resend (the widget did not see the ack) is the same event, published once.
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "c-1", "text": "Cho mình hỏi đơn #1024"}),
+    )
+    .await;
+    let (again, _) = next_of(&mut ws, "ack").await;
+    assert_eq!(again["event_id"], ack["event_id"]);
+    assert_eq!(again["duplicate"], true);
+
+    let records = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        1,
+        Duration::from_secs(15),
+        Duration::from_secs(2),
+    );
+    let events = livechat_events(&records);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(e["specversion"], "1.0");
+    assert_eq!(e["type"], "omni.message.received");
+    assert_eq!(e["id"], ack["event_id"]);
+    assert_eq!(e["subject"], s.conversation.as_str());
+    assert_eq!(e["source"], "/omnirouter/demo/livechat/web");
+    assert_eq!(e["data"]["contact"]["id"], s.visitor.as_str());
+    assert_eq!(e["data"]["contact"]["language"], "vi");
+    assert_eq!(e["data"]["message"]["text"], "Cho mình hỏi đơn #1024");
+    assert_eq!(e["data"]["message"]["direction"], "inbound");
+    assert!(omni_e2e::schema("message-received.schema.json").is_valid(&e["data"]));
+    assert!(records.iter().all(|r| r.key == b"demo"));
+}
+
+#[tokio::test]
+async fn replies_reach_the_socket_and_a_reconnect_resumes_exactly_the_missed_ones() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let s = new_session(&daemon).await;
+    let mut ws = connect(&daemon, &s, None).await;
+
+    reply(&daemon, &s, "Dạ em chào anh/chị").await;
+    let (first, _) = next_of(&mut ws, "message").await;
+    assert_eq!(first["from"], "agent");
+    assert_eq!(first["text"], "Dạ em chào anh/chị");
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    ws.close(None).await.unwrap();
+
+    reply(&daemon, &s, "Đơn #1024 đang được giao").await;
+    reply(&daemon, &s, "Anh/chị cần gì thêm không ạ?").await;
+    // Let the instance read both replies before the widget comes back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ws = connect(&daemon, &s, Some(&cursor)).await;
+    let a = next(&mut ws).await;
+    let b = next(&mut ws).await;
+    assert_eq!(
+        [a["text"].as_str().unwrap(), b["text"].as_str().unwrap()],
+        ["Đơn #1024 đang được giao", "Anh/chị cần gì thêm không ạ?"]
+    );
+    assert!(
+        try_next(&mut ws, Duration::from_secs(2)).await.is_none(),
+        "nothing repeated"
+    );
+
+    // A `resume` frame on an open socket replays from any cursor, e.g. the beginning.
+    send(&mut ws, json!({"type": "resume", "after": "-1.-1"})).await;
+    let mut texts = Vec::new();
+    for _ in 0..3 {
+        texts.push(next(&mut ws).await["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(texts[0], "Dạ em chào anh/chị");
+
+    // The widget reports it read them: the fate of each reply is on the delivery topic.
+    let last = b["cursor"].as_str().unwrap();
+    send(&mut ws, json!({"type": "read", "cursor": last})).await;
+    let deliveries = read_topic(
+        &broker.bootstrap(),
+        "omni.delivery.v1",
+        6,
+        Duration::from_secs(15),
+        Duration::from_secs(1),
+    );
+    let statuses: Vec<_> = deliveries
+        .iter()
+        .filter(|r| r.value["data"]["channel"]["kind"] == "livechat")
+        .map(|r| r.value["data"]["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "sent").count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "read").count(),
+        3,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reply_written_through_one_instance_reaches_a_socket_on_another() {
+    let broker = Broker::memory();
+    let a = Daemon::start(&broker, &[]).await;
+    let b = Daemon::start(&broker, &[]).await;
+    let s = new_session(&a).await;
+    let mut ws = connect(&b, &s, None).await;
+    // The visitor writes through B; the agent answers through A's API.
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "q1", "text": "Shop ơi"}),
+    )
+    .await;
+    next_of(&mut ws, "ack").await;
+    reply(&a, &s, "Dạ shop nghe ạ").await;
+    let (m, _) = loop {
+        let (m, o) = next_of(&mut ws, "message").await;
+        if m["from"] == "agent" {
+            break (m, o);
+        }
+    };
+    assert_eq!(m["text"], "Dạ shop nghe ạ");
+    // Reconnecting to A with B's cursor repeats nothing.
+    let cursor = m["cursor"].as_str().unwrap().to_owned();
+    ws.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ws = connect(&a, &s, Some(&cursor)).await;
+    assert!(try_next(&mut ws, Duration::from_secs(2)).await.is_none());
+}
+
+/// Typing both ways: the visitor's typing reaches agents as an `omni.channel.signal` on the
+/// inbound topic (changes only, not every keystroke); an agent's typing, posted to the agent
+/// API of another instance, reaches the visitor's socket and is not replayed as a message.
+#[tokio::test]
+async fn typing_travels_both_ways_and_is_never_stored() {
+    let broker = Broker::memory();
+    let a = Daemon::start(&broker, &[]).await;
+    let b = Daemon::start(&broker, &[]).await;
+    let s = new_session(&b).await;
+    let mut ws = connect(&b, &s, None).await;
+    // on, on (too soon: dropped), off, off (no change: dropped).
+    for on in [true, true, false, false] {
+        send(&mut ws, json!({"type": "typing", "on": on})).await;
+    }
+    send(&mut ws, json!({"type": "ping"})).await;
+    next_of(&mut ws, "pong").await;
+    let records = omni_e2e::read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        2,
+        Duration::from_secs(15),
+        Duration::from_millis(500),
+    );
+    let signals: Vec<String> = livechat_events(&records)
+        .iter()
+        .filter(|e| e["type"] == "omni.channel.signal")
+        .map(|e| e["data"]["signal"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(signals, ["typing_on", "typing_off"]);
+    let schema = omni_e2e::schema("channel-signal.schema.json");
+    for e in livechat_events(&records) {
+        assert!(schema.is_valid(&e["data"]), "{e}");
+        assert_eq!(e["subject"], s.conversation.as_str());
+    }
+
+    // The agent types, through instance A's API.
+    for on in [true, false] {
+        let (status, body) = post_json(
+            &a.url("/v1/tenants/demo/typing"),
+            AGENT,
+            &json!({
+                "conversation_id": s.conversation,
+                "channel": {"kind": "livechat", "account": "web"},
+                "recipient": s.visitor,
+                "on": on,
+            }),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        let (frame, _) = next_of(&mut ws, "typing").await;
+        assert_eq!(frame["from"], "agent");
+        assert_eq!(frame["on"], on);
+    }
+    // Typing is not part of the conversation: a reconnect from the start replays nothing.
+    ws.close(None).await.unwrap();
+    let mut ws = connect(&b, &s, None).await;
+    while let Some(f) = try_next(&mut ws, Duration::from_secs(2)).await {
+        assert!(f["type"] != "message" && f["type"] != "typing", "{f}");
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_limits_hold() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(
+        &broker,
+        &[
+            ("OMNI__LIVECHAT__BURST", "3"),
+            ("OMNI__LIVECHAT__RATE_PER_MINUTE", "1"),
+            ("OMNI__LIVECHAT__MAX_CONNECTIONS_PER_IP", "3"),
+            ("OMNI__LIVECHAT__MAX_FRAME_BYTES", "2048"),
+        ],
+    )
+    .await;
+    let s = new_session(&daemon).await;
+    let mut ws = connect(&daemon, &s, None).await;
+    for (frame, code) in [
+        (Message::text("not json"), "bad_frame"),
+        (Message::text(r#"{"type":"shout"}"#), "bad_frame"),
+        (
+            Message::text(r#"{"type":"message","client_id":"x y","text":"a"}"#),
+            "bad_client_id",
+        ),
+        (
+            Message::text(r#"{"type":"message","client_id":"e","text":" "}"#),
+            "empty_message",
+        ),
+        (Message::binary(vec![1u8, 2, 3]), "binary_not_supported"),
+    ] {
+        ws.send(frame).await.unwrap();
+        let err = next(&mut ws).await;
+        assert_eq!(err["type"], "error", "{err}");
+        assert_eq!(err["code"], code);
+    }
+    // Still usable; then the burst runs out.
+    for i in 0..3 {
+        send(
+            &mut ws,
+            json!({"type": "message", "client_id": format!("ok-{i}"), "text": "hi"}),
+        )
+        .await;
+        next_of(&mut ws, "ack").await;
+    }
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "too-many", "text": "hi"}),
+    )
+    .await;
+    let (err, _) = next_of(&mut ws, "error").await;
+    assert_eq!(err["code"], "rate_limited");
+    assert_eq!(err["client_id"], "too-many");
+
+    // Three sockets per IP: the fourth is refused, and a closed one frees its slot.
+    let url = ws_url(&daemon, &s.token, None);
+    let second = connect_from(&url, Some(ORIGIN)).await.unwrap();
+    let _third = connect_from(&url, Some(ORIGIN)).await.unwrap();
+    assert_eq!(connect_from(&url, Some(ORIGIN)).await.err(), Some(429));
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _again = connect_from(&url, Some(ORIGIN)).await.unwrap();
+
+    // An oversized frame: an error frame, then the socket is closed with 1009.
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "big", "text": "x".repeat(4096)}),
+    )
+    .await;
+    let (err, _) = next_of(&mut ws, "error").await;
+    assert_eq!(err["code"], "frame_too_large", "{err}");
+    let (closed, _) = next_of(&mut ws, "closed").await;
+    assert_eq!(closed["code"], 1009, "{closed}");
+    let metrics = daemon.metrics().await;
+    assert!(
+        omni_e2e::metric_value(
+            &metrics,
+            "omni_livechat_frames_rejected_total",
+            &["code=\"rate_limited\""]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn tokens_origins_and_identities_are_checked() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[("OMNI__LIVECHAT__IDLE_TIMEOUT_SECS", "2")]).await;
+    let s = new_session(&daemon).await;
+    let url = ws_url(&daemon, &s.token, None);
+    assert_eq!(
+        connect_from(&url, Some("https://evil.example")).await.err(),
+        Some(403)
+    );
+    assert_eq!(connect_from(&url, None).await.err(), Some(403));
+    let claims = |exp: i64| omni_livechat::token::VisitorClaims {
+        tenant: "demo".into(),
+        widget: "web".into(),
+        visitor: s.visitor.clone(),
+        exp,
+        language: None,
+    };
+    let expired = omni_livechat::token::sign(
+        &claims(chrono::Utc::now().timestamp() - 10),
+        SECRET.as_bytes(),
+    );
+    assert_eq!(
+        connect_from(&ws_url(&daemon, &expired, None), Some(ORIGIN))
+            .await
+            .err(),
+        Some(401)
+    );
+    let forged = omni_livechat::token::sign(&claims(i64::MAX / 2), b"guessed-secret-of-the-widget");
+    assert_eq!(
+        connect_from(&ws_url(&daemon, &forged, None), Some(ORIGIN))
+            .await
+            .err(),
+        Some(401)
+    );
+
+    // Sessions: wrong origin refused; a previous token keeps the visitor; identities verified.
+    let r = reqwest::Client::new()
+        .post(daemon.url("/v1/livechat/demo/web/session"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let (_, renewed) = session(&daemon, json!({"token": s.token})).await;
+    assert_eq!(renewed["visitor_id"], s.visitor.as_str());
+    let (status, _) = session(&daemon, json!({"user_id": "kh-42", "user_hash": "00"})).await;
+    assert_eq!(status, 403);
+    let hash = hmac_sha256_hex(b"demo-identity-secret", b"kh-42");
+    let (status, phone) = session(&daemon, json!({"user_id": "kh-42", "user_hash": hash})).await;
+    assert_eq!(status, 200);
+    let (_, laptop) = session(&daemon, json!({"user_id": "kh-42", "user_hash": hash})).await;
+    assert_eq!(phone["visitor_id"], "user:kh-42");
+    assert_eq!(
+        phone["conversation_id"], laptop["conversation_id"],
+        "one conversation across devices"
+    );
+
+    // CORS preflight for the widget's page.
+    let r = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            daemon.url("/v1/livechat/demo/web/session"),
+        )
+        .header("origin", ORIGIN)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
+
+    // A silent socket is closed after the idle timeout; pings keep one open.
+    let mut quiet = connect(&daemon, &s, None).await;
+    let mut chatty = connect(&daemon, &s, None).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        send(&mut chatty, json!({"type": "ping"})).await;
+        assert_eq!(next(&mut chatty).await["type"], "pong");
+    }
+    let closed = try_next(&mut quiet, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(closed["type"], "closed", "{closed}");
+    assert_eq!(closed["code"], 1000);
+}
+
+/// Serves the example page (pointing at `daemon`) from its own origin on 127.0.0.1.
+async fn serve_example(daemon: &Daemon) -> String {
+    let page = std::fs::read_to_string(omni_e2e::workspace().join("deploy/livechat/example.html"))
+        .unwrap()
+        .replace("http://127.0.0.1:8080", &daemon.url(""));
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { axum::response::Html(page) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+#[tokio::test]
+async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let page = serve_example(&daemon).await;
+    let mut browser = omni_e2e::browser::Chromium::start().await;
+    browser.navigate(&page).await;
+    browser
+        .wait_for(
+            "!!document.getElementById('omni-chat-launcher')",
+            Duration::from_secs(15),
+        )
+        .await;
+    // The launcher is a labelled button; opening it shows a dialog and focuses the input.
+    assert_eq!(
+        browser
+            .eval("document.getElementById('omni-chat-launcher').getAttribute('aria-label')")
+            .await,
+        "Mở cửa sổ trò chuyện"
+    );
+    browser
+        .eval("document.getElementById('omni-chat-launcher').click()")
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('omni-chat-panel').getAttribute('role') === 'dialog' && !document.getElementById('omni-chat-panel').hidden && document.activeElement.id === 'omni-chat-input'",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser
+        .wait_for("OmniChat.state().connected", Duration::from_secs(15))
+        .await;
+
+    // Type like a user and press Enter.
+    let text = "Áo dài size M còn hàng không shop?";
+    browser
+        .call("Input.insertText", json!({"text": text}))
+        .await;
+    for kind in ["keyDown", "keyUp"] {
+        browser
+            .call(
+                "Input.dispatchKeyEvent",
+                json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}),
+            )
+            .await;
+    }
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('.omni-visitor')].some(e => e.dataset.id && !e.classList.contains('omni-pending'))",
+            Duration::from_secs(15),
+        )
+        .await;
+    let records = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        1,
+        Duration::from_secs(15),
+        Duration::from_millis(500),
+    );
+    let events = livechat_events(&records);
+    let event = events
+        .iter()
+        .find(|e| e["data"]["message"]["text"] == text)
+        .unwrap_or_else(|| panic!("not on kafka: {events:#?}"));
+    assert_eq!(event["data"]["contact"]["language"], "vi");
+    let s = Session {
+        token: String::new(),
+        visitor: event["data"]["contact"]["id"].as_str().unwrap().into(),
+        conversation: event["subject"].as_str().unwrap().into(),
+    };
+
+    // The agent starts typing: the widget says so, until the reply arrives.
+    let (status, body) = post_json(
+        &daemon.url("/v1/tenants/demo/typing"),
+        AGENT,
+        &json!({
+            "conversation_id": s.conversation,
+            "channel": {"kind": "livechat", "account": "web"},
+            "recipient": s.visitor,
+            "on": true,
+        }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    browser
+        .wait_for(
+            "document.getElementById('omni-chat-typing').textContent.includes('đang soạn tin')",
+            Duration::from_secs(15),
+        )
+        .await;
+    reply(&daemon, &s, "Dạ còn ạ, shop giữ cho anh/chị một chiếc nhé!").await;
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('#omni-chat-log .omni-agent')].some(e => e.textContent.includes('shop giữ cho anh/chị'))",
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('omni-chat-log').getAttribute('aria-live')")
+            .await,
+        "polite"
+    );
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"));
+    // Kept beside the test's build output; `OMNI_UPDATE_SCREENSHOT=1` refreshes the README's.
+    let shot = std::env::temp_dir().join(format!("livechat-widget-{}.png", std::process::id()));
+    std::fs::write(&shot, &png).unwrap();
+    println!("screenshot: {}", shot.display());
+    if std::env::var_os("OMNI_UPDATE_SCREENSHOT").is_some() {
+        let docs = omni_e2e::workspace().join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::write(docs.join("livechat-widget.png"), &png).unwrap();
+    }
+
+    // Esc closes the dialog and gives focus back to the launcher.
+    browser.call("Input.dispatchKeyEvent", json!({"type": "keyDown", "key": "Escape", "code": "Escape", "windowsVirtualKeyCode": 27})).await;
+    browser
+        .wait_for(
+            "document.getElementById('omni-chat-panel').hidden && document.activeElement.id === 'omni-chat-launcher'",
+            Duration::from_secs(5),
+        )
+        .await;
+}
