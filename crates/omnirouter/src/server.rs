@@ -4,7 +4,7 @@ use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use omni_bus::Producer;
 use omni_channel::{ApiChannel, Ingress, WebhookAdapter};
@@ -53,17 +53,28 @@ pub struct SmsEndpoints {
 
 /// The daemon's routes.
 pub fn router(state: Arc<AppState>) -> Router {
+    let post_only = MethodFilter::POST;
+    let get_or_post = MethodFilter::GET.or(MethodFilter::POST);
     Router::new()
-        .route("/v1/inbound/{tenant}", post(api_inbound))
+        .route(
+            "/v1/inbound/{tenant}",
+            webhook(post_only, |s: &AppState| &s.api),
+        )
         .route(
             "/v1/webhooks/messenger/{tenant}",
-            get(messenger_handshake).post(messenger_webhook),
+            webhook(post_only, |s: &AppState| &s.messenger).get(messenger_handshake),
         )
-        .route("/v1/webhooks/zalo/{tenant}", post(zalo_webhook))
-        .route("/v1/webhooks/sms/twilio/{tenant}", post(twilio_message))
+        .route(
+            "/v1/webhooks/zalo/{tenant}",
+            webhook(post_only, |s: &AppState| &s.zalo),
+        )
+        .route(
+            "/v1/webhooks/sms/twilio/{tenant}",
+            webhook(post_only, |s: &AppState| &s.sms.twilio_message),
+        )
         .route(
             "/v1/webhooks/sms/twilio/{tenant}/status",
-            post(twilio_status),
+            webhook(post_only, |s: &AppState| &s.sms.twilio_status),
         )
         .route(
             "/v1/webhooks/sms/vonage/{tenant}",
@@ -71,42 +82,44 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/v1/webhooks/sms/vonage/{tenant}/dlr",
-            get(vonage_dlr).post(vonage_dlr),
+            webhook(get_or_post, |s: &AppState| &s.sms.vonage_dlr),
         )
         .route(
             "/v1/webhooks/sms/esms/{tenant}/callback",
-            get(esms_callback).post(esms_callback),
+            webhook(get_or_post, |s: &AppState| &s.sms.esms_callback),
         )
-        .route("/v1/webhooks/sms/gateway/{tenant}/{gateway}", post(gateway))
+        .route(
+            "/v1/webhooks/sms/gateway/{tenant}/{gateway}",
+            webhook(post_only, |s: &AppState| &s.sms.gateway),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn api_inbound(
-    State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    request: Request,
-) -> Response {
-    // Taking the request whole avoids the header map copy the `HeaderMap` extractor makes.
-    let (parts, body) = request.into_parts();
-    state
-        .ingress
-        .handle(&state.api, &tenant, &parts, body)
-        .await
-}
-
-async fn messenger_webhook(
-    State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    request: Request,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    state
-        .ingress
-        .handle(&state.messenger, &tenant, &parts, body)
-        .await
+/// The route of one webhook adapter (picked out of the state): the request goes whole through
+/// the shared inbound handler. The tenant is the path's `{tenant}`; other path parameters (a
+/// gateway's name) are the adapter's to read from the URI.
+fn webhook<A: WebhookAdapter>(
+    methods: MethodFilter,
+    pick: fn(&AppState) -> &A,
+) -> MethodRouter<Arc<AppState>> {
+    on(
+        methods,
+        move |State(state): State<Arc<AppState>>,
+              Path(params): Path<HashMap<String, String>>,
+              request: Request| async move {
+            // Taking the request whole avoids the header map copy the `HeaderMap` extractor
+            // makes.
+            let tenant = params.get("tenant").map_or("", String::as_str);
+            let (parts, body) = request.into_parts();
+            state
+                .ingress
+                .handle(pick(&state), tenant, &parts, body)
+                .await
+        },
+    )
 }
 
 /// Meta's `GET` subscription handshake: echo `hub.challenge` for the right verify token.
@@ -126,40 +139,8 @@ async fn messenger_handshake(
     }
 }
 
-async fn zalo_webhook(
-    State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    request: Request,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    state
-        .ingress
-        .handle(&state.zalo, &tenant, &parts, body)
-        .await
-}
-
-/// One SMS endpoint through the shared handler.
-async fn sms(state: &AppState, adapter: &SmsWebhook, tenant: &str, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    state.ingress.handle(adapter, tenant, &parts, body).await
-}
-
-async fn twilio_message(
-    State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    request: Request,
-) -> Response {
-    sms(&state, &state.sms.twilio_message, &tenant, request).await
-}
-
-async fn twilio_status(
-    State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    request: Request,
-) -> Response {
-    sms(&state, &state.sms.twilio_status, &tenant, request).await
-}
-
+/// Vonage messages go through the multipart store (parts made durable before they are
+/// acknowledged, then reassembled).
 async fn vonage_message(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
@@ -171,30 +152,6 @@ async fn vonage_message(
         .vonage_message
         .handle(&state.ingress, &tenant, &parts, body)
         .await
-}
-
-async fn vonage_dlr(
-    State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    request: Request,
-) -> Response {
-    sms(&state, &state.sms.vonage_dlr, &tenant, request).await
-}
-
-async fn esms_callback(
-    State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    request: Request,
-) -> Response {
-    sms(&state, &state.sms.esms_callback, &tenant, request).await
-}
-
-async fn gateway(
-    State(state): State<Arc<AppState>>,
-    Path((tenant, _gateway)): Path<(String, String)>,
-    request: Request,
-) -> Response {
-    sms(&state, &state.sms.gateway, &tenant, request).await
 }
 
 /// The process is up and serving HTTP (liveness): says nothing about Kafka.
