@@ -93,19 +93,8 @@ impl Consumer {
                 () = &mut shutdown => break,
                 m = self.inner.recv() => m,
             };
-            let record = match message {
-                Ok(m) => Record {
-                    topic: m.topic().to_owned(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                },
-                Err(e) => {
-                    tracing::warn!(group = %self.group, error = %e, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
+            let Some(record) = self.take(message).await else {
+                continue;
             };
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -221,19 +210,8 @@ impl Consumer {
                     }
                 }
                 m = self.inner.recv(), if room => {
-                    let record = match m {
-                        Ok(m) => Record {
-                            topic: m.topic().to_owned(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key().map(<[u8]>::to_vec),
-                            payload: m.payload().map(<[u8]>::to_vec),
-                        },
-                        Err(e) => {
-                            tracing::warn!(group = %self.group, error = %e, "kafka receive failed");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
+                    let Some(record) = self.take(m).await else {
+                        continue;
                     };
                     let key = order_key(&record);
                     if let Some(record) = lanes.admit(key, record) {
@@ -248,6 +226,27 @@ impl Consumer {
             }
         }
         Ok(())
+    }
+
+    /// A received message as an owned record; after a receive error, a short pause and `None`.
+    async fn take(
+        &self,
+        message: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    ) -> Option<Record> {
+        match message {
+            Ok(m) => Some(Record {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+            }),
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                None
+            }
+        }
     }
 
     fn count(&self, record: &Record, outcome: &HandlerOutcome) {

@@ -36,12 +36,9 @@ fn body_tail(body: &Body<'_>) -> Arc<str> {
     Arc::from(json.get(1..).unwrap_or("}"))
 }
 
-/// What one record means for live chat, if anything: (tenant, widget, conversation, entry).
-pub fn decode(
-    stream: Stream,
-    offset: i64,
-    payload: &[u8],
-) -> Option<(TenantId, String, omni_core::ConversationId, Entry)> {
+/// The event type of a live chat record; `None` for every other channel. A cheap probe (the
+/// type and the channel only), read once per record: most records are other channels.
+fn probe(payload: &[u8]) -> Option<EventType> {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "type")]
@@ -52,13 +49,28 @@ pub fn decode(
     struct ProbeData {
         channel: omni_core::ChannelRef,
     }
-    // Cheap filter first: most records are other channels.
     let probe: Probe = serde_json::from_slice(payload).ok()?;
-    if probe.data.channel.kind != ChannelKind::Livechat {
-        return None;
-    }
+    (probe.data.channel.kind == ChannelKind::Livechat).then_some(probe.event_type)
+}
+
+/// What one record means for live chat, if anything: (tenant, widget, conversation, entry).
+pub fn decode(
+    stream: Stream,
+    offset: i64,
+    payload: &[u8],
+) -> Option<(TenantId, String, omni_core::ConversationId, Entry)> {
+    decode_as(stream, offset, payload, probe(payload)?)
+}
+
+/// [`decode`] of a live chat record already probed as `event_type`.
+fn decode_as(
+    stream: Stream,
+    offset: i64,
+    payload: &[u8],
+    event_type: EventType,
+) -> Option<(TenantId, String, omni_core::ConversationId, Entry)> {
     let position = Position { stream, offset };
-    match (stream, probe.event_type) {
+    match (stream, event_type) {
         (Stream::Inbound, EventType::MessageReceived) => {
             let event: CloudEvent<MessageReceived> = serde_json::from_slice(payload).ok()?;
             let m = &event.data.message;
@@ -214,10 +226,13 @@ fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), rdkafka::error::KafkaE
                     Stream::Outbound
                 };
                 let Some(payload) = m.payload() else { continue };
+                let Some(event_type) = probe(payload) else {
+                    continue;
+                };
                 let Some((tenant, widget, conversation, entry)) =
-                    decode(stream, m.offset(), payload)
+                    decode_as(stream, m.offset(), payload, event_type)
                 else {
-                    if stream == Stream::Outbound {
+                    if stream == Stream::Outbound && event_type == EventType::ChannelSignal {
                         if let Some((tenant, widget, conversation, on)) =
                             decode_typing(payload, Utc::now())
                         {
