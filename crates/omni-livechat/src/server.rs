@@ -435,6 +435,9 @@ impl Conn {
         self.send(frame).await
     }
 
+    /// Sends a close frame and completes the closing handshake (at most [`CLOSE_WAIT`]):
+    /// dropping a socket with unread input (the rest of an oversized frame) makes the kernel
+    /// reset the connection, and the peer may then lose the close frame and its code.
     async fn close(&mut self, code: u16, reason: &'static str) {
         let _ = self
             .ws
@@ -443,6 +446,18 @@ impl Conn {
                 reason: reason.into(),
             })))
             .await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            loop {
+                match self.ws.recv().await {
+                    None | Some(Ok(WsMessage::Close(_))) => break,
+                    Some(Ok(_)) => continue,
+                    // The stream cannot read on (a frame over the limit): give the peer time
+                    // to read what was sent before the connection goes.
+                    Some(Err(_)) => tokio::time::sleep(CLOSE_WAIT).await,
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -586,6 +601,9 @@ async fn reject(
 }
 
 /// Handles one text frame; `false` when the socket is gone.
+/// How long a closing socket waits for the peer's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// How often a visitor who keeps typing is reported again.
 const TYPING_REPEAT: Duration = Duration::from_secs(3);
 
