@@ -24,9 +24,24 @@
 //!
 //! Everything iterates ordered maps or vectors, never hash maps, so outputs are a function of
 //! inputs alone.
+//!
+//! # Design note: a restore decides as the live engine would
+//!
+//! A new owner of a tenant rebuilds the engine from the latest record of every key
+//! ([`state`]), and from then on must produce byte for byte the outputs the old owner would
+//! have. So everything a decision reads is either in a record or recomputed from records
+//! exactly: agents carry a creation number (`seq`, never reused) that breaks every tie and
+//! drives round robin; the round-robin cursor is a number, so it survives its agent's removal;
+//! sticky agents have records of their own; and the timer set is *exact*: every timer is
+//! cancelled when it is superseded (a reply cancels the response targets, a new queue entry
+//! cancels the pending overflow step…), and the timers a conversation's state does not imply
+//! are written in its record as deadlines, so a restored engine holds the same timers as the
+//! live one, not a superset. `tests/restore.rs` checks it over random inputs with restores at
+//! random points.
 
 use omni_core::{ChannelKind, ChannelRef, ConversationId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::config::{AfterHours, OverflowAction, RoutingConfig, Strategy};
 use crate::input::{AgentProfile, Command, Inbound, Input, TransferTarget};
@@ -67,6 +82,73 @@ struct Agent {
     queue_bits: Vec<u64>,
     /// Index entries currently held (so they can be removed before a change).
     indexed: Option<IndexEntry>,
+}
+
+/// Agents by number. Numbers are handed out in creation order and never reused, so every
+/// tie between agents (the indexes below order equal keys by number) and the round-robin
+/// cursor mean the same thing in a restored engine as in the live one: the number is written
+/// in the agent's record (`seq`). A removed agent's number simply disappears from the map.
+#[derive(Debug, Clone, Default)]
+struct Agents(HashMap<AgentIdx, Agent, BuildHasherDefault<IdxHasher>>);
+
+impl Agents {
+    fn get(&self, a: AgentIdx) -> Option<&Agent> {
+        self.0.get(&a)
+    }
+
+    fn insert(&mut self, a: AgentIdx, agent: Agent) {
+        self.0.insert(a, agent);
+    }
+
+    fn remove(&mut self, a: AgentIdx) -> Option<Agent> {
+        self.0.remove(&a)
+    }
+
+    /// Every agent number, ascending (creation order).
+    fn numbers(&self) -> Vec<AgentIdx> {
+        let mut v: Vec<AgentIdx> = self.0.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Agent> {
+        self.0.values()
+    }
+}
+
+impl std::ops::Index<AgentIdx> for Agents {
+    type Output = Agent;
+    fn index(&self, a: AgentIdx) -> &Agent {
+        &self.0[&a]
+    }
+}
+
+impl std::ops::IndexMut<AgentIdx> for Agents {
+    fn index_mut(&mut self, a: AgentIdx) -> &mut Agent {
+        self.0
+            .get_mut(&a)
+            .unwrap_or_else(|| unreachable!("unknown agent number {a}"))
+    }
+}
+
+/// A hasher for agent numbers: one multiplication (numbers are not attacker-chosen).
+#[derive(Debug, Clone, Copy, Default)]
+struct IdxHasher(u64);
+
+impl Hasher for IdxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,8 +230,24 @@ struct Conversation {
     episode: u64,
     pending_explanation: Option<Explanation>,
     after_hours_noted: bool,
-    /// The agent it was last assigned to, and when (sticky routing).
-    last_agent: Option<(AgentIdx, Timestamp)>,
+    /// Pending timers of this conversation that its state alone does not determine, so that a
+    /// restored engine holds exactly the live one's timers (an offer's expiry and the forget
+    /// timer follow from `state`). Each is `Some` while its timer is scheduled; the timer is
+    /// removed whenever it is superseded, so no stale timer outlives its reason.
+    deadlines: Deadlines,
+}
+
+/// When a conversation's pending timers fire (see [`Conversation::deadlines`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Deadlines {
+    /// The overflow step `next_step` of queue entry `queue_epoch`.
+    overflow: Option<Timestamp>,
+    /// The first-response target of episode `episode`.
+    first: Option<Timestamp>,
+    /// The next-response target of customer message `awaiting_seq`.
+    next: Option<Timestamp>,
+    /// The resolution target of episode `episode`.
+    resolution: Option<Timestamp>,
 }
 
 impl Conversation {
@@ -193,8 +291,27 @@ enum Timer {
     },
     Forget {
         conv: ConversationId,
-        episode: u64,
     },
+}
+
+/// Which of a conversation's [`Deadlines`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadlineKind {
+    Overflow,
+    First,
+    Next,
+    Resolution,
+}
+
+impl Deadlines {
+    fn slot(&mut self, kind: DeadlineKind) -> &mut Option<Timestamp> {
+        match kind {
+            DeadlineKind::Overflow => &mut self.overflow,
+            DeadlineKind::First => &mut self.first,
+            DeadlineKind::Next => &mut self.next,
+            DeadlineKind::Resolution => &mut self.resolution,
+        }
+    }
 }
 
 /// `SlaKind` with an order, for the timer map.
@@ -215,7 +332,10 @@ pub struct Engine {
     queues: Vec<Queue>,
     queue_index: HashMap<QueueId, QueueIdx>,
     default_queue: QueueIdx,
-    agents: Vec<Agent>,
+    agents: Agents,
+    /// The number the next new agent gets (numbers start at 1; 0 marks a record written
+    /// before agents were numbered).
+    next_agent: AgentIdx,
     agent_index: HashMap<AgentId, AgentIdx>,
     by_idle: BTreeSet<(u64, AgentIdx)>,
     by_load: BTreeSet<(Key, AgentIdx)>,
@@ -231,8 +351,13 @@ pub struct Engine {
     timers: BTreeSet<(Timestamp, Timer)>,
     /// Entities changed since the last [`Engine::take_changes`].
     dirty_agents: BTreeSet<AgentIdx>,
+    /// Names of agents forgotten since the last [`Engine::take_changes`] (for tombstones).
+    forgotten_agents: BTreeMap<AgentIdx, AgentId>,
     dirty_convs: BTreeSet<ConversationId>,
     dirty_queues: BTreeSet<QueueIdx>,
+    dirty_sticky: BTreeSet<String>,
+    /// The tenant record (agent numbering, queue opening timers) changed.
+    dirty_meta: bool,
     rules: Vec<CompiledRule>,
     rules_need_text: bool,
 }
@@ -307,7 +432,8 @@ impl Engine {
             queues: Vec::new(),
             queue_index: HashMap::new(),
             default_queue: 0,
-            agents: Vec::new(),
+            agents: Agents::default(),
+            next_agent: 1,
             agent_index: HashMap::new(),
             by_idle: BTreeSet::new(),
             by_load: BTreeSet::new(),
@@ -319,8 +445,11 @@ impl Engine {
             sticky: HashMap::new(),
             timers: BTreeSet::new(),
             dirty_agents: BTreeSet::new(),
+            forgotten_agents: BTreeMap::new(),
             dirty_convs: BTreeSet::new(),
             dirty_queues: BTreeSet::new(),
+            dirty_sticky: BTreeSet::new(),
+            dirty_meta: false,
             rules: Vec::new(),
             rules_need_text: false,
             config: config.clone(),
@@ -423,7 +552,7 @@ impl Engine {
 
     /// Records an unanswered customer message (for response times and the next-response SLA).
     fn note_customer_message(&mut self, now: Timestamp, id: ConversationId) {
-        let (queue, seq, first_done) = {
+        let (queue, first_done) = {
             let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
@@ -432,18 +561,11 @@ impl Engine {
             }
             c.awaiting_since = Some(now);
             c.awaiting_seq += 1;
-            (c.queue, c.awaiting_seq, c.first_reply_at.is_some())
+            (c.queue, c.first_reply_at.is_some())
         };
         if first_done {
             if let Some(secs) = self.queues[queue].cfg.sla.next_response_secs {
-                self.schedule(
-                    now.plus_secs(secs),
-                    Timer::Sla {
-                        conv: id,
-                        kind: SlaKindOrd::Next,
-                        seq,
-                    },
-                );
+                self.set_deadline(id, DeadlineKind::Next, Some(now.plus_secs(secs)));
             }
         }
     }
@@ -454,6 +576,8 @@ impl Engine {
             .conversations
             .get(&msg.conversation)
             .map_or(0, |c| c.episode + 1);
+        // The previous contact's timers go with it.
+        self.cancel_timers(msg.conversation);
         let conv = Conversation {
             channel: msg.channel.clone(),
             sticky_key: format!(
@@ -480,34 +604,17 @@ impl Engine {
             episode,
             pending_explanation: None,
             after_hours_noted: false,
-            last_agent: self
-                .conversations
-                .get(&msg.conversation)
-                .and_then(|c| c.last_agent),
+            deadlines: Deadlines::default(),
         };
         let id = msg.conversation;
         self.dirty_convs.insert(id);
         self.conversations.insert(id, conv);
         let sla = self.queues[queue].cfg.sla;
         if let Some(s) = sla.first_response_secs {
-            self.schedule(
-                now.plus_secs(s),
-                Timer::Sla {
-                    conv: id,
-                    kind: SlaKindOrd::First,
-                    seq: episode,
-                },
-            );
+            self.set_deadline(id, DeadlineKind::First, Some(now.plus_secs(s)));
         }
         if let Some(s) = sla.resolution_secs {
-            self.schedule(
-                now.plus_secs(s),
-                Timer::Sla {
-                    conv: id,
-                    kind: SlaKindOrd::Resolution,
-                    seq: episode,
-                },
-            );
+            self.set_deadline(id, DeadlineKind::Resolution, Some(now.plus_secs(s)));
         }
         out.push(Output::Event(RoutingEvent::Queued {
             conversation: id,
@@ -561,7 +668,8 @@ impl Engine {
         queue: QueueIdx,
         out: &mut Vec<Output>,
     ) {
-        let (key, epoch) = {
+        self.set_deadline(id, DeadlineKind::Overflow, None);
+        let key = {
             let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
@@ -570,7 +678,7 @@ impl Engine {
             c.entered_queue_at = now;
             c.queue_epoch += 1;
             c.next_step = 0;
-            (c.wait_key(self.aging_ms), c.queue_epoch)
+            c.wait_key(self.aging_ms)
         };
         self.queues[queue].waiting.insert((key, id));
         if self.conversations[&id].relax > 0 {
@@ -578,14 +686,7 @@ impl Engine {
         }
         if let Some(step) = self.queues[queue].cfg.overflow.first() {
             let at = now.plus_secs(step.after_secs);
-            self.schedule(
-                at,
-                Timer::Overflow {
-                    conv: id,
-                    epoch,
-                    step: 0,
-                },
-            );
+            self.set_deadline(id, DeadlineKind::Overflow, Some(at));
         }
         if !self.queue_open(queue, now) {
             self.after_hours(now, id, queue, out);
@@ -646,10 +747,7 @@ impl Engine {
                     }));
                 }
                 if let Some(at) = opens {
-                    if self.queues[queue].open_timer.is_none_or(|t| t != at) {
-                        self.queues[queue].open_timer = Some(at);
-                        self.schedule(at, Timer::QueueOpen { queue });
-                    }
+                    self.set_open_timer(queue, Some(at));
                 }
             }
         }
@@ -657,6 +755,7 @@ impl Engine {
 
     /// Enters a queue without routing (the end of an after-hours spill chain).
     fn enter_queue_waiting(&mut self, now: Timestamp, id: ConversationId, queue: QueueIdx) {
+        self.set_deadline(id, DeadlineKind::Overflow, None);
         if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
             c.queue = queue;
             c.state = State::Waiting;
@@ -697,7 +796,7 @@ impl Engine {
     }
 
     fn can_take(&self, a: AgentIdx, c: &Conversation) -> bool {
-        let agent = &self.agents[a as usize];
+        let agent = &self.agents[a];
         if c.relax == 0 && !agent.serves(c.queue) {
             return false;
         }
@@ -800,7 +899,7 @@ impl Engine {
         c: &Conversation,
         a: AgentIdx,
     ) -> Explanation {
-        let agent = &self.agents[a as usize];
+        let agent = &self.agents[a];
         let idle = now.0.saturating_sub(agent.idle_since.0) / 1000;
         let load = format!("{}/{} open", agent.open.len(), agent.capacity);
         let reason = match strategy {
@@ -860,7 +959,7 @@ impl Engine {
                 self.schedule(expires, Timer::OfferExpiry { conv: id, seq });
                 out.push(Output::Event(RoutingEvent::Offered {
                     conversation: id,
-                    agent: self.agents[a as usize].id.clone(),
+                    agent: self.agents[a].id.clone(),
                     queue: self.queues[queue].id.clone(),
                     expires_at: expires,
                 }));
@@ -877,6 +976,7 @@ impl Engine {
         explanation: Explanation,
         out: &mut Vec<Output>,
     ) {
+        self.cancel_offer_timer(id);
         let (queue, kind, arrival, sticky_key) = {
             let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
@@ -884,14 +984,13 @@ impl Engine {
             c.state = State::Assigned { agent: a };
             c.declined.clear();
             c.pending_explanation = None;
-            c.last_agent = Some((a, now));
             (c.queue, c.channel.kind, c.arrival, c.sticky_key.clone())
         };
         self.update_agent(a, |agent| agent.idle_since = agent.idle_since.max(now));
-        self.sticky.insert(sticky_key, (a, now));
+        self.set_sticky(sticky_key, Some((a, now)));
         out.push(Output::Event(RoutingEvent::Assigned {
             conversation: id,
-            agent: self.agents[a as usize].id.clone(),
+            agent: self.agents[a].id.clone(),
             queue: self.queues[queue].id.clone(),
             explanation,
         }));
@@ -916,11 +1015,11 @@ impl Engine {
     /// Gives a freed agent the best waiting conversations they can take, until full.
     fn drain_agent(&mut self, now: Timestamp, a: AgentIdx, out: &mut Vec<Output>) {
         loop {
-            if !self.agents[a as usize].available() {
+            if !self.agents[a].available() {
                 return;
             }
             let mut best: Option<(i64, ConversationId)> = None;
-            for &q in &self.agents[a as usize].queues {
+            for &q in &self.agents[a].queues {
                 if !self.queue_open_cached(q, now) {
                     continue;
                 }
@@ -991,25 +1090,25 @@ impl Engine {
 
     /// Applies a change to an agent, keeping every index consistent with it.
     fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
-        let was_available = self.agents[a as usize].available();
+        let was_available = self.agents[a].available();
         self.dirty_agents.insert(a);
-        let old = self.agents[a as usize].indexed.take();
-        change(&mut self.agents[a as usize]);
+        let old = self.agents[a].indexed.take();
+        change(&mut self.agents[a]);
         let new = match old {
             // Still available with the same skills (a profile change goes through
             // `removed`): move the existing entries in place, no allocation.
-            Some(entry) if self.agents[a as usize].available() => Some(self.rekey(a, entry)),
+            Some(entry) if self.agents[a].available() => Some(self.rekey(a, entry)),
             old => {
                 let new = self.index_entry(a);
                 self.reindex(a, old, new.as_ref());
                 new
             }
         };
-        self.agents[a as usize].indexed = new;
-        let now_available = self.agents[a as usize].available();
+        self.agents[a].indexed = new;
+        let now_available = self.agents[a].available();
         if was_available != now_available {
-            for i in 0..self.agents[a as usize].queues.len() {
-                let q = self.agents[a as usize].queues[i];
+            for i in 0..self.agents[a].queues.len() {
+                let q = self.agents[a].queues[i];
                 let n = &mut self.queues[q].available_agents;
                 *n = if now_available {
                     *n + 1
@@ -1023,7 +1122,7 @@ impl Engine {
     /// Moves an available agent's entries to its current idle time and load, touching only the
     /// keys that changed.
     fn rekey(&mut self, a: AgentIdx, mut entry: IndexEntry) -> IndexEntry {
-        let agent = &self.agents[a as usize];
+        let agent = &self.agents[a];
         let (idle, ratio) = (agent.idle_since.0, agent.ratio());
         if entry.idle.0 != idle {
             self.by_idle.remove(&entry.idle);
@@ -1051,7 +1150,7 @@ impl Engine {
 
     /// The index entries an agent should have now (`None` when not available).
     fn index_entry(&self, a: AgentIdx) -> Option<IndexEntry> {
-        let agent = &self.agents[a as usize];
+        let agent = &self.agents[a];
         if !agent.available() {
             return None;
         }
@@ -1138,7 +1237,7 @@ impl Engine {
                 });
                 self.requeue_agent_conversations(now, a, "agent removed", out);
                 self.agent_index.remove(agent);
-                self.sticky.retain(|_, (s, _)| *s != a);
+                self.forget_agent(a);
             }
             Command::SetPresence { agent, presence } => {
                 let Some(&a) = self.agent_index.get(agent) else {
@@ -1215,21 +1314,26 @@ impl Engine {
         let a = match self.agent_index.get(&p.agent) {
             Some(&a) => a,
             None => {
-                let a = AgentIdx::try_from(self.agents.len()).unwrap_or(AgentIdx::MAX);
-                self.agents.push(Agent {
-                    id: p.agent.clone(),
-                    removed: false,
-                    presence: Presence::Offline,
-                    skills: Vec::new(),
-                    capacity: 0,
-                    channel_capacity: BTreeMap::new(),
-                    open: BTreeMap::new(),
-                    open_by_kind: BTreeMap::new(),
-                    idle_since: now,
-                    queues: Vec::new(),
-                    queue_bits: Vec::new(),
-                    indexed: None,
-                });
+                let a = self.next_agent;
+                self.next_agent = self.next_agent.saturating_add(1);
+                self.dirty_meta = true;
+                self.agents.insert(
+                    a,
+                    Agent {
+                        id: p.agent.clone(),
+                        removed: false,
+                        presence: Presence::Offline,
+                        skills: Vec::new(),
+                        capacity: 0,
+                        channel_capacity: BTreeMap::new(),
+                        open: BTreeMap::new(),
+                        open_by_kind: BTreeMap::new(),
+                        idle_since: now,
+                        queues: Vec::new(),
+                        queue_bits: Vec::new(),
+                        indexed: None,
+                    },
+                );
                 self.agent_index.insert(p.agent.clone(), a);
                 a
             }
@@ -1239,7 +1343,7 @@ impl Engine {
         self.update_agent(a, |ag| ag.removed = true);
         {
             self.dirty_agents.insert(a);
-            let ag = &mut self.agents[a as usize];
+            let ag = &mut self.agents[a];
             ag.skills = skills;
             ag.capacity = p.capacity;
             ag.channel_capacity = p.channel_capacity.clone();
@@ -1248,7 +1352,7 @@ impl Engine {
         }
         self.update_agent(a, |ag| ag.removed = false);
         // Pending offers the agent no longer has the skills for go to someone else.
-        let offers: Vec<ConversationId> = self.agents[a as usize]
+        let offers: Vec<ConversationId> = self.agents[a]
             .open
             .keys()
             .filter(|id| {
@@ -1256,7 +1360,7 @@ impl Engine {
                     matches!(c.state, State::Offered { .. })
                         && !self
                             .requirement(c)
-                            .all(|(s, l)| self.agents[a as usize].level(s) >= l)
+                            .all(|(s, l)| self.agents[a].level(s) >= l)
                 })
             })
             .copied()
@@ -1272,7 +1376,7 @@ impl Engine {
     /// (total or per channel kind) allows, after a capacity cut.
     fn enforce_capacity(&mut self, now: Timestamp, a: AgentIdx, out: &mut Vec<Output>) {
         loop {
-            let agent = &self.agents[a as usize];
+            let agent = &self.agents[a];
             let over_total = agent.open.len() as u64 > u64::from(agent.capacity);
             let over_kind = |kind: ChannelKind| {
                 agent.open_by_kind.get(&kind).copied().unwrap_or(0)
@@ -1308,7 +1412,7 @@ impl Engine {
         presence: Presence,
         out: &mut Vec<Output>,
     ) {
-        let before = self.agents[a as usize].presence;
+        let before = self.agents[a].presence;
         if before == presence {
             return;
         }
@@ -1324,7 +1428,7 @@ impl Engine {
             }
             Presence::Away => {
                 // Pending offers go to someone who is there; assigned conversations stay.
-                let offered: Vec<ConversationId> = self.agents[a as usize]
+                let offered: Vec<ConversationId> = self.agents[a]
                     .open
                     .keys()
                     .filter(|id| {
@@ -1350,7 +1454,7 @@ impl Engine {
         reason: &str,
         out: &mut Vec<Output>,
     ) {
-        let open: Vec<ConversationId> = self.agents[a as usize].open.keys().copied().collect();
+        let open: Vec<ConversationId> = self.agents[a].open.keys().copied().collect();
         for id in open {
             self.requeue(now, id, reason, out);
         }
@@ -1366,7 +1470,7 @@ impl Engine {
         out.push(Output::Event(RoutingEvent::Requeued {
             conversation: id,
             queue: self.queues[queue].id.clone(),
-            from_agent: Some(self.agents[agent as usize].id.clone()),
+            from_agent: Some(self.agents[agent].id.clone()),
             reason: reason.to_owned(),
         }));
         let key = {
@@ -1427,6 +1531,7 @@ impl Engine {
             _ => return None,
         };
         let kind = c.channel.kind;
+        self.cancel_offer_timer(id);
         self.update_agent(agent, |ag| {
             ag.open.remove(&id);
             if let Some(n) = ag.open_by_kind.get_mut(&kind) {
@@ -1504,7 +1609,7 @@ impl Engine {
         }
         out.push(Output::Event(RoutingEvent::OfferDeclined {
             conversation: id,
-            agent: self.agents[a as usize].id.clone(),
+            agent: self.agents[a].id.clone(),
             timed_out,
         }));
         out.push(Output::Observe(Observation {
@@ -1545,6 +1650,9 @@ impl Engine {
                 value: now.secs_since(since),
             }));
         }
+        // Answered: these targets can no longer be missed.
+        self.set_deadline(id, DeadlineKind::First, None);
+        self.set_deadline(id, DeadlineKind::Next, None);
     }
 
     fn resolve(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
@@ -1556,19 +1664,23 @@ impl Engine {
         }
         self.leave_waiting(id);
         let agent = self.release(id);
-        let (queue, kind, created, episode) = {
+        // A resolved conversation never overflows (a reopening enters its queue anew) and
+        // awaits no reply.
+        self.set_deadline(id, DeadlineKind::Overflow, None);
+        self.set_deadline(id, DeadlineKind::Next, None);
+        let (queue, kind, created) = {
             let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Resolved { at: now };
             c.awaiting_since = None;
             c.relax = 0;
-            (c.queue, c.channel.kind, c.created_at, c.episode)
+            (c.queue, c.channel.kind, c.created_at)
         };
         let qid = self.queues[queue].id.clone();
         out.push(Output::Event(RoutingEvent::Resolved {
             conversation: id,
-            agent: agent.map(|a| self.agents[a as usize].id.clone()),
+            agent: agent.map(|a| self.agents[a].id.clone()),
             queue: qid.clone(),
         }));
         out.push(Output::Observe(Observation {
@@ -1583,16 +1695,17 @@ impl Engine {
             channel: kind,
             value: 1.0,
         }));
-        self.schedule(
-            now.plus_secs(self.config.reopen_window_secs),
-            Timer::Forget { conv: id, episode },
-        );
+        self.schedule(self.forget_at(now), Timer::Forget { conv: id });
         if let Some(a) = agent {
             self.drain_agent(now, a, out);
         }
     }
 
     fn reopen(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        if let Some(State::Resolved { at }) = self.conversations.get(&id).map(|c| &c.state) {
+            let at = self.forget_at(*at);
+            self.timers.remove(&(at, Timer::Forget { conv: id }));
+        }
         let (queue, kind) = {
             let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
@@ -1660,7 +1773,7 @@ impl Engine {
                     eligible: 1,
                     reason: format!(
                         "transferred{}",
-                        from.map(|f| format!(" from {}", self.agents[f as usize].id))
+                        from.map(|f| format!(" from {}", self.agents[f].id))
                             .unwrap_or_default()
                     ),
                 };
@@ -1683,7 +1796,7 @@ impl Engine {
                 out.push(Output::Event(RoutingEvent::Requeued {
                     conversation: id,
                     queue: target.clone(),
-                    from_agent: from.map(|f| self.agents[f as usize].id.clone()),
+                    from_agent: from.map(|f| self.agents[f].id.clone()),
                     reason: "transferred".into(),
                 }));
                 self.enter_queue(now, id, q, out);
@@ -1717,16 +1830,183 @@ impl Engine {
         self.timers.insert((at, timer));
     }
 
-    fn tick(&mut self, now: Timestamp, out: &mut Vec<Output>) {
-        while self.timers.first().is_some_and(|(at, _)| *at <= now) {
-            let Some((_, timer)) = self.timers.pop_first() else {
-                break;
-            };
-            self.fire(now, timer, out);
+    /// When a conversation resolved at `at` is forgotten.
+    fn forget_at(&self, at: Timestamp) -> Timestamp {
+        at.plus_secs(self.config.reopen_window_secs)
+    }
+
+    /// The timer a conversation's deadline of `kind` stands for, as its fields say now.
+    fn deadline_timer(id: ConversationId, c: &Conversation, kind: DeadlineKind) -> Timer {
+        match kind {
+            DeadlineKind::Overflow => Timer::Overflow {
+                conv: id,
+                epoch: c.queue_epoch,
+                step: c.next_step,
+            },
+            DeadlineKind::First => Timer::Sla {
+                conv: id,
+                kind: SlaKindOrd::First,
+                seq: c.episode,
+            },
+            DeadlineKind::Next => Timer::Sla {
+                conv: id,
+                kind: SlaKindOrd::Next,
+                seq: c.awaiting_seq,
+            },
+            DeadlineKind::Resolution => Timer::Sla {
+                conv: id,
+                kind: SlaKindOrd::Resolution,
+                seq: c.episode,
+            },
         }
     }
 
-    fn fire(&mut self, now: Timestamp, timer: Timer, out: &mut Vec<Output>) {
+    /// Schedules (`Some`) or cancels (`None`) one of a conversation's deadlines, replacing any
+    /// pending one, so the timer set holds exactly what the conversations' fields say (and a
+    /// restored engine, which schedules from those fields, holds the same timers). Call it
+    /// before changing the sequence numbers the timer carries.
+    fn set_deadline(&mut self, id: ConversationId, kind: DeadlineKind, at: Option<Timestamp>) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        let mut d = c.deadlines;
+        if *d.slot(kind) == at {
+            return;
+        }
+        let timer = Self::deadline_timer(id, c, kind);
+        if let Some(old) = std::mem::replace(d.slot(kind), at) {
+            self.timers.remove(&(old, timer.clone()));
+        }
+        if let Some(at) = at {
+            self.timers.insert((at, timer));
+        }
+        if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+            c.deadlines = d;
+        }
+    }
+
+    /// A deadline's timer fired (it is out of the timer set already).
+    fn fired(&mut self, id: ConversationId, kind: DeadlineKind, at: Timestamp) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        let mut d = c.deadlines;
+        if *d.slot(kind) == Some(at) {
+            *d.slot(kind) = None;
+            if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                c.deadlines = d;
+            }
+        }
+    }
+
+    /// Cancels a pending offer's expiry (the offer was accepted, declined or withdrawn).
+    fn cancel_offer_timer(&mut self, id: ConversationId) {
+        if let Some(c) = self.conversations.get(&id) {
+            if let State::Offered { expires, .. } = c.state {
+                let seq = c.offer_seq;
+                self.timers
+                    .remove(&(expires, Timer::OfferExpiry { conv: id, seq }));
+            }
+        }
+    }
+
+    /// Cancels every timer of a conversation (it is replaced by a new contact, or forgotten).
+    fn cancel_timers(&mut self, id: ConversationId) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        if let State::Resolved { at } = c.state {
+            let at = self.forget_at(at);
+            self.timers.remove(&(at, Timer::Forget { conv: id }));
+        }
+        self.cancel_offer_timer(id);
+        for kind in [
+            DeadlineKind::Overflow,
+            DeadlineKind::First,
+            DeadlineKind::Next,
+            DeadlineKind::Resolution,
+        ] {
+            self.set_deadline(id, kind, None);
+        }
+    }
+
+    /// Forgets a conversation (it must hold no agent): its timers, and its record (a tombstone).
+    fn remove_conversation(&mut self, id: ConversationId) {
+        self.cancel_timers(id);
+        self.leave_waiting(id);
+        self.dirty_convs.insert(id);
+        self.conversations.remove(&id);
+    }
+
+    /// Sets a queue's one opening timer (the tenant record carries it).
+    fn set_open_timer(&mut self, queue: QueueIdx, at: Option<Timestamp>) {
+        let old = self.queues[queue].open_timer;
+        if old == at {
+            return;
+        }
+        if let Some(old) = old {
+            self.timers.remove(&(old, Timer::QueueOpen { queue }));
+        }
+        if let Some(at) = at {
+            self.schedule(at, Timer::QueueOpen { queue });
+        }
+        self.queues[queue].open_timer = at;
+        self.dirty_meta = true;
+    }
+
+    /// Sets (or clears) a contact's sticky agent.
+    fn set_sticky(&mut self, key: String, entry: Option<(AgentIdx, Timestamp)>) {
+        match entry {
+            Some(e) => {
+                self.sticky.insert(key.clone(), e);
+            }
+            None => {
+                self.sticky.remove(&key);
+            }
+        }
+        self.dirty_sticky.insert(key);
+    }
+
+    /// Drops a removed agent, who holds nothing any more: the contacts they were sticky for
+    /// and the offers they declined forget them, so that their name, if it comes back, is a new
+    /// agent in every respect. Their number is never given again.
+    fn forget_agent(&mut self, a: AgentIdx) {
+        let keys: Vec<String> = self
+            .sticky
+            .iter()
+            .filter(|(_, (s, _))| *s == a)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.set_sticky(key, None);
+        }
+        let declined: Vec<ConversationId> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.declined.contains(&a))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in declined {
+            if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                c.declined.remove(&a);
+            }
+        }
+        self.dirty_agents.insert(a);
+        if let Some(agent) = self.agents.remove(a) {
+            self.forgotten_agents.insert(a, agent.id);
+        }
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        while self.timers.first().is_some_and(|(at, _)| *at <= now) {
+            let Some((at, timer)) = self.timers.pop_first() else {
+                break;
+            };
+            self.fire(now, at, timer, out);
+        }
+    }
+
+    fn fire(&mut self, now: Timestamp, at: Timestamp, timer: Timer, out: &mut Vec<Output>) {
         match timer {
             Timer::OfferExpiry { conv, seq } => {
                 let agent = match self.conversations.get(&conv) {
@@ -1737,12 +2017,21 @@ impl Engine {
                     _ => None,
                 };
                 if let Some(a) = agent {
-                    let id = self.agents[a as usize].id.clone();
+                    let id = self.agents[a].id.clone();
                     self.decline(now, &id, conv, true, out);
                 }
             }
-            Timer::Overflow { conv, epoch, step } => self.overflow(now, conv, epoch, step, out),
+            Timer::Overflow { conv, epoch, step } => {
+                self.fired(conv, DeadlineKind::Overflow, at);
+                self.overflow(now, conv, epoch, step, out)
+            }
             Timer::Sla { conv, kind, seq } => {
+                let deadline = match kind {
+                    SlaKindOrd::First => DeadlineKind::First,
+                    SlaKindOrd::Next => DeadlineKind::Next,
+                    SlaKindOrd::Resolution => DeadlineKind::Resolution,
+                };
+                self.fired(conv, deadline, at);
                 let Some(c) = self.conversations.get(&conv) else {
                     return;
                 };
@@ -1784,6 +2073,7 @@ impl Engine {
             }
             Timer::QueueOpen { queue } => {
                 self.queues[queue].open_timer = None;
+                self.dirty_meta = true;
                 self.queues[queue].open_cache = None;
                 if self.queue_open(queue, now) {
                     self.drain_queue(now, queue, out);
@@ -1793,16 +2083,16 @@ impl Engine {
                     .as_ref()
                     .and_then(|h| h.next_open(now))
                 {
-                    self.queues[queue].open_timer = Some(at);
-                    self.schedule(at, Timer::QueueOpen { queue });
+                    self.set_open_timer(queue, Some(at));
                 }
             }
-            Timer::Forget { conv, episode } => {
-                if self.conversations.get(&conv).is_some_and(|c| {
-                    c.episode == episode && matches!(c.state, State::Resolved { .. })
-                }) {
-                    self.dirty_convs.insert(conv);
-                    self.conversations.remove(&conv);
+            Timer::Forget { conv } => {
+                if self
+                    .conversations
+                    .get(&conv)
+                    .is_some_and(|c| matches!(c.state, State::Resolved { .. }))
+                {
+                    self.remove_conversation(conv);
                 }
             }
         }
@@ -1822,6 +2112,7 @@ impl Engine {
         if c.queue_epoch != epoch || c.next_step != step || c.state != State::Waiting {
             return;
         }
+        let _ = epoch;
         let queue = c.queue;
         let entered = c.entered_queue_at;
         let Some(action) = self.queues[queue]
@@ -1832,19 +2123,14 @@ impl Engine {
         else {
             return;
         };
-        if let Some(next) = self.queues[queue].cfg.overflow.get(step + 1) {
-            let at = entered.plus_secs(next.after_secs);
-            self.schedule(
-                at,
-                Timer::Overflow {
-                    conv: id,
-                    epoch,
-                    step: step + 1,
-                },
-            );
-        }
+        // (A catch-up runs before the step's own timer fired: that timer goes.)
+        self.set_deadline(id, DeadlineKind::Overflow, None);
         if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
             c.next_step = step + 1;
+        }
+        if let Some(next) = self.queues[queue].cfg.overflow.get(step + 1) {
+            let at = entered.plus_secs(next.after_secs);
+            self.set_deadline(id, DeadlineKind::Overflow, Some(at));
         }
         let from = self.queues[queue].id.clone();
         match action {
@@ -1924,7 +2210,7 @@ impl Engine {
     pub fn agent_views(&self) -> Vec<AgentView> {
         let mut v: Vec<AgentView> = self
             .agents
-            .iter()
+            .values()
             .filter(|a| !a.removed)
             .map(|a| AgentView {
                 id: a.id.clone(),
@@ -1949,7 +2235,7 @@ impl Engine {
         Some(ConversationView {
             queue: self.queues[c.queue].id.clone(),
             state,
-            agent: agent.map(|a| self.agents[a as usize].id.clone()),
+            agent: agent.map(|a| self.agents[a].id.clone()),
             arrival: c.arrival,
             priority: c.priority,
         })
@@ -1959,8 +2245,8 @@ impl Engine {
     /// tests after every step, and cheap enough for a debug endpoint.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut holders: HashMap<ConversationId, AgentIdx> = HashMap::new();
-        for (i, a) in self.agents.iter().enumerate() {
-            let i = AgentIdx::try_from(i).map_err(|e| e.to_string())?;
+        for i in self.agents.numbers() {
+            let a = &self.agents[i];
             if a.open.len() as u64 > u64::from(a.capacity) {
                 return Err(format!(
                     "agent {} over capacity: {} > {}",
@@ -2015,7 +2301,7 @@ impl Engine {
                 }
             }
         }
-        let available = self.agents.iter().filter(|a| a.available()).count();
+        let available = self.agents.values().filter(|a| a.available()).count();
         if self.by_idle.len() != available
             || self.by_load.len() != available
             || self.by_id.len() != available
@@ -2026,6 +2312,16 @@ impl Engine {
                 self.by_load.len(),
                 self.by_id.len()
             ));
+        }
+        for (key, (a, _)) in &self.sticky {
+            if self.agents.get(*a).is_none() {
+                return Err(format!("sticky entry {key} names a forgotten agent"));
+            }
+        }
+        for (id, c) in &self.conversations {
+            if let Some(a) = c.declined.iter().find(|a| self.agents.get(**a).is_none()) {
+                return Err(format!("{id} declined by forgotten agent {a}"));
+            }
         }
         let mut waiting = 0;
         for q in &self.queues {

@@ -7,10 +7,12 @@ use omni_core::{ChannelKind, ChannelRef, ConversationId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Agent, Conversation, Engine, QueueIdx, SlaKindOrd, State, Timer};
+use super::{
+    Agent, AgentIdx, Conversation, DeadlineKind, Deadlines, Engine, QueueIdx, State, Timer,
+};
 use crate::config::RoutingConfig;
 use crate::model::{AgentId, Presence, QueueId, Skill, Timestamp};
-use crate::output::Explanation;
+use crate::output::{Explanation, Output, RoutingEvent};
 use crate::ConfigError;
 
 /// An agent's durable state.
@@ -18,6 +20,12 @@ use crate::ConfigError;
 pub struct AgentRecord {
     /// The agent.
     pub id: AgentId,
+    /// The agent's number: given in creation order and never reused. Ties between agents
+    /// (equal idle time, equal load) and round-robin turns go by it, so a restored engine
+    /// decides as the live one did. 0 in records written before agents were numbered (they
+    /// are numbered after all others, by id).
+    #[serde(default)]
+    pub seq: u64,
     /// Presence.
     pub presence: Presence,
     /// Skills.
@@ -102,8 +110,28 @@ pub struct ConversationRecord {
     pub pending_explanation: Option<Explanation>,
     /// Whether the after-hours notice was given.
     pub after_hours_noted: bool,
-    /// Last agent and when (sticky routing).
+    /// Last agent and when: read from records written before sticky agents had records of
+    /// their own ([`StickyRecord`]); never written now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_agent: Option<(AgentId, Timestamp)>,
+    /// The pending timers its state alone does not determine; `None` in records written before
+    /// they were recorded (the timers are then recomputed from the state, as then).
+    #[serde(default)]
+    pub deadlines: Option<DeadlinesRecord>,
+}
+
+/// A conversation's pending timers (each `None` when not scheduled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeadlinesRecord {
+    /// The next overflow step (`next_step` of queue entry `queue_epoch`).
+    pub overflow: Option<Timestamp>,
+    /// The first-response target.
+    pub first_response: Option<Timestamp>,
+    /// The next-response target of the unanswered customer message.
+    pub next_response: Option<Timestamp>,
+    /// The resolution target.
+    pub resolution: Option<Timestamp>,
 }
 
 /// A queue's durable cursor (round robin).
@@ -111,8 +139,34 @@ pub struct ConversationRecord {
 pub struct QueueRecord {
     /// The queue.
     pub id: QueueId,
-    /// The agent who got the last round-robin assignment.
+    /// The agent who got the last round-robin assignment (if they still exist).
     pub rr_last: Option<AgentId>,
+    /// That agent's number ([`AgentRecord::seq`]): the cursor, which stays put when the agent
+    /// is removed. `None` in records written before agents were numbered.
+    #[serde(default)]
+    pub rr_seq: Option<u64>,
+}
+
+/// A contact's sticky agent: whom a new conversation of the contact is offered first, while
+/// `at` is within the sticky window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyRecord {
+    /// The contact's sticky key (`<channel kind>/<account>/<contact>`).
+    pub key: String,
+    /// Their last agent.
+    pub agent: AgentId,
+    /// When that agent was last assigned one of the contact's conversations.
+    pub at: Timestamp,
+}
+
+/// Tenant-wide state: one record per tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantRecord {
+    /// The number the next new agent gets ([`AgentRecord::seq`]).
+    pub next_agent_seq: u64,
+    /// Pending opening timers of closed queues (at most one per queue).
+    pub queue_opens: BTreeMap<QueueId, Timestamp>,
 }
 
 /// One changelog entry of a tenant's routing state.
@@ -125,13 +179,17 @@ pub enum StateEntry {
     Conversation(Box<ConversationRecord>),
     /// A queue cursor.
     Queue(QueueRecord),
+    /// A contact's sticky agent.
+    Sticky(StickyRecord),
+    /// Tenant-wide counters and timers.
+    Tenant(TenantRecord),
 }
 
 /// A change to write: the record's key within the tenant, and the new record or `None` to
 /// delete it (a compaction tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateChange {
-    /// `agent/<id>`, `conversation/<uuid>` or `queue/<id>`.
+    /// `agent/<id>`, `conversation/<uuid>`, `queue/<id>`, `sticky/<key>` or `tenant`.
     pub key: String,
     /// The record, or `None` when the entity is gone.
     pub entry: Option<StateEntry>,
@@ -144,19 +202,38 @@ impl StateEntry {
             StateEntry::Agent(a) => format!("agent/{}", a.id),
             StateEntry::Conversation(c) => format!("conversation/{}", c.id),
             StateEntry::Queue(q) => format!("queue/{}", q.id),
+            StateEntry::Sticky(s) => format!("sticky/{}", s.key),
+            StateEntry::Tenant(_) => "tenant".to_owned(),
         }
     }
 }
 
 impl Engine {
-    /// The records of every entity changed since the last call, in a stable order.
+    /// The records of every entity changed since the last call, in a stable order (agents by
+    /// number, conversations by id, queues, sticky keys, the tenant record). The runner writes
+    /// them after every step; after [`Engine::restore`] they hold what the restore repaired.
     pub fn take_changes(&mut self) -> Vec<StateChange> {
         let mut out = Vec::new();
+        let mut forgotten = std::mem::take(&mut self.forgotten_agents);
         for a in std::mem::take(&mut self.dirty_agents) {
-            let agent = &self.agents[a as usize];
-            let key = format!("agent/{}", agent.id);
-            let entry = (!agent.removed).then(|| StateEntry::Agent(self.agent_record(a)));
-            out.push(StateChange { key, entry });
+            match self.agents.get(a) {
+                Some(agent) if !agent.removed => out.push(StateChange {
+                    key: format!("agent/{}", agent.id),
+                    entry: Some(StateEntry::Agent(self.agent_record(a))),
+                }),
+                Some(agent) => out.push(StateChange {
+                    key: format!("agent/{}", agent.id),
+                    entry: None,
+                }),
+                None => {
+                    if let Some(id) = forgotten.remove(&a) {
+                        out.push(StateChange {
+                            key: format!("agent/{id}"),
+                            entry: None,
+                        });
+                    }
+                }
+            }
         }
         for id in std::mem::take(&mut self.dirty_convs) {
             let key = format!("conversation/{id}");
@@ -167,23 +244,43 @@ impl Engine {
             out.push(StateChange { key, entry });
         }
         for q in std::mem::take(&mut self.dirty_queues) {
-            let queue = &self.queues[q];
+            let record = self.queue_record(q);
             out.push(StateChange {
-                key: format!("queue/{}", queue.id),
-                entry: Some(StateEntry::Queue(QueueRecord {
-                    id: queue.id.clone(),
-                    rr_last: queue.rr_last.map(|a| self.agents[a as usize].id.clone()),
-                })),
+                key: format!("queue/{}", record.id),
+                entry: Some(StateEntry::Queue(record)),
+            });
+        }
+        for key in std::mem::take(&mut self.dirty_sticky) {
+            let entry = self.sticky.get(&key).map(|(a, at)| {
+                StateEntry::Sticky(StickyRecord {
+                    key: key.clone(),
+                    agent: self.agents[*a].id.clone(),
+                    at: *at,
+                })
+            });
+            out.push(StateChange {
+                key: format!("sticky/{key}"),
+                entry,
+            });
+        }
+        if std::mem::take(&mut self.dirty_meta) {
+            out.push(StateChange {
+                key: "tenant".to_owned(),
+                entry: Some(StateEntry::Tenant(self.tenant_record())),
             });
         }
         out
     }
 
-    /// Every entity's record (a full snapshot).
+    /// Every entity's record (a full snapshot), in the order of [`Engine::take_changes`].
+    /// Queues without a round-robin cursor have no record.
     pub fn snapshot(&self) -> Vec<StateEntry> {
-        let mut out: Vec<StateEntry> = (0..self.agents.len())
+        let mut out: Vec<StateEntry> = self
+            .agents
+            .numbers()
+            .into_iter()
             .filter(|a| !self.agents[*a].removed)
-            .map(|a| StateEntry::Agent(self.agent_record(a as u32)))
+            .map(|a| StateEntry::Agent(self.agent_record(a)))
             .collect();
         let mut ids: Vec<&ConversationId> = self.conversations.keys().collect();
         ids.sort();
@@ -192,19 +289,53 @@ impl Engine {
                 self.conversation_record(*id, &self.conversations[id]),
             )));
         }
-        for q in &self.queues {
-            out.push(StateEntry::Queue(QueueRecord {
-                id: q.id.clone(),
-                rr_last: q.rr_last.map(|a| self.agents[a as usize].id.clone()),
+        for q in 0..self.queues.len() {
+            if self.queues[q].rr_last.is_some() {
+                out.push(StateEntry::Queue(self.queue_record(q)));
+            }
+        }
+        let mut keys: Vec<&String> = self.sticky.keys().collect();
+        keys.sort();
+        for key in keys {
+            let (a, at) = self.sticky[key];
+            out.push(StateEntry::Sticky(StickyRecord {
+                key: key.clone(),
+                agent: self.agents[a].id.clone(),
+                at,
             }));
         }
+        out.push(StateEntry::Tenant(self.tenant_record()));
         out
     }
 
-    fn agent_record(&self, a: u32) -> AgentRecord {
-        let agent = &self.agents[a as usize];
+    fn tenant_record(&self) -> TenantRecord {
+        TenantRecord {
+            next_agent_seq: u64::from(self.next_agent),
+            queue_opens: self
+                .queues
+                .iter()
+                .filter_map(|q| q.open_timer.map(|at| (q.id.clone(), at)))
+                .collect(),
+        }
+    }
+
+    fn queue_record(&self, q: QueueIdx) -> QueueRecord {
+        let queue = &self.queues[q];
+        QueueRecord {
+            id: queue.id.clone(),
+            rr_last: queue
+                .rr_last
+                .and_then(|a| self.agents.get(a))
+                .map(|a| a.id.clone()),
+            rr_seq: queue.rr_last.map(u64::from),
+        }
+    }
+
+    fn agent_record(&self, a: AgentIdx) -> AgentRecord {
+        let agent = &self.agents[a];
         AgentRecord {
             id: agent.id.clone(),
+            seq: u64::from(a),
             presence: agent.presence,
             skills: agent
                 .skills
@@ -219,7 +350,7 @@ impl Engine {
     }
 
     fn conversation_record(&self, id: ConversationId, c: &Conversation) -> ConversationRecord {
-        let name = |a: u32| self.agents[a as usize].id.clone();
+        let name = |a: AgentIdx| self.agents[a].id.clone();
         ConversationRecord {
             id,
             channel: c.channel.clone(),
@@ -256,33 +387,65 @@ impl Engine {
             episode: c.episode,
             pending_explanation: c.pending_explanation.clone(),
             after_hours_noted: c.after_hours_noted,
-            last_agent: c.last_agent.map(|(a, t)| (name(a), t)),
+            last_agent: None,
+            deadlines: Some(DeadlinesRecord {
+                overflow: c.deadlines.overflow,
+                first_response: c.deadlines.first,
+                next_response: c.deadlines.next,
+                resolution: c.deadlines.resolution,
+            }),
         }
     }
 
-    /// Rebuilds an engine from the latest records of a tenant (as compaction leaves them) at
-    /// time `now` (the time of the last input applied). Records naming unknown queues or agents
-    /// are dropped or repaired (conversation back to waiting in the default queue), so a config
-    /// change between runs cannot wedge recovery.
+    /// Rebuilds an engine from the latest record of each key of a tenant (as compaction leaves
+    /// them) at time `now` (the time of the last input applied).
+    ///
+    /// From the records of a consistent state the result is the engine that wrote them, in
+    /// every respect that decides anything: agent numbers, round-robin cursors, sticky agents,
+    /// every pending timer (from the records' deadlines), so the restored engine answers every
+    /// later input exactly as the live one would. The returned outputs are then empty, and so
+    /// is [`Engine::take_changes`].
+    ///
+    /// Records that do not fit (a config change between runs, an older writer) are repaired
+    /// rather than refused, so recovery cannot wedge: a conversation in an unknown queue waits
+    /// in the default queue; one held by an unknown agent, an offline agent or an agent over a
+    /// lowered capacity is requeued and routed. Those repairs are decisions like any other:
+    /// their events are returned (the runner publishes them) and their records are left in
+    /// [`Engine::take_changes`] (the runner writes them).
     pub fn restore(
         config: RoutingConfig,
         entries: impl IntoIterator<Item = StateEntry>,
         now: Timestamp,
-    ) -> Result<Engine, ConfigError> {
+    ) -> Result<(Engine, Vec<Output>), ConfigError> {
         let mut e = Engine::new(config)?;
         let mut agents = Vec::new();
         let mut convs = Vec::new();
         let mut queues = Vec::new();
+        let mut sticky = Vec::new();
+        let mut tenant = None;
         for entry in entries {
             match entry {
                 StateEntry::Agent(a) => agents.push(a),
                 StateEntry::Conversation(c) => convs.push(*c),
                 StateEntry::Queue(q) => queues.push(q),
+                StateEntry::Sticky(s) => sticky.push(s),
+                StateEntry::Tenant(t) => tenant = Some(t),
             }
         }
-        agents.sort_by(|a, b| a.id.cmp(&b.id));
-        convs.sort_by_key(|c| c.id);
+        // Numbered agents in their creation order; agents from older records after them, by id.
+        agents.sort_by(|a, b| (a.seq == 0, a.seq, &a.id).cmp(&(b.seq == 0, b.seq, &b.id)));
+        let mut next = tenant.as_ref().map_or(1, |t| t.next_agent_seq.max(1));
+        let mut repaired_agents = BTreeSet::new();
         for a in &agents {
+            let number = if a.seq == 0 || e.agents.get(seq_number(a.seq)).is_some() {
+                repaired_agents.insert(next);
+                next += 1;
+                next - 1
+            } else {
+                a.seq
+            };
+            next = next.max(number + 1);
+            let idx = seq_number(number);
             let skills = e.intern_skills(&a.skills);
             let queues_ok: Vec<QueueIdx> = (0..e.queues.len())
                 .filter(|q| {
@@ -293,32 +456,46 @@ impl Engine {
                     })
                 })
                 .collect();
-            let idx = u32::try_from(e.agents.len()).unwrap_or(u32::MAX);
-            e.agents.push(Agent {
-                id: a.id.clone(),
-                // Indexed (and counted as available) below, once their conversations are known.
-                removed: true,
-                presence: a.presence,
-                skills,
-                capacity: a.capacity,
-                channel_capacity: a.channel_capacity.clone(),
-                open: BTreeMap::new(),
-                open_by_kind: BTreeMap::new(),
-                idle_since: a.idle_since,
-                queue_bits: super::queue_bits(&queues_ok, e.queues.len()),
-                queues: queues_ok,
-                indexed: None,
-            });
-            e.agent_index.insert(a.id.clone(), idx);
+            if let Some(old) = e.agent_index.insert(a.id.clone(), idx) {
+                // Two records for one id cannot come from one key; keep the newer number.
+                e.agents.remove(old);
+            }
+            e.agents.insert(
+                idx,
+                Agent {
+                    id: a.id.clone(),
+                    // Indexed (and counted as available) below, once their conversations are
+                    // known.
+                    removed: true,
+                    presence: a.presence,
+                    skills,
+                    capacity: a.capacity,
+                    channel_capacity: a.channel_capacity.clone(),
+                    open: BTreeMap::new(),
+                    open_by_kind: BTreeMap::new(),
+                    idle_since: a.idle_since,
+                    queue_bits: super::queue_bits(&queues_ok, e.queues.len()),
+                    queues: queues_ok,
+                    indexed: None,
+                },
+            );
         }
+        let meta_changed = tenant
+            .as_ref()
+            .map_or(next != 1, |t| t.next_agent_seq != next);
+        e.next_agent = seq_number(next);
         let taken: BTreeMap<(&AgentId, ConversationId), Timestamp> = agents
             .iter()
             .flat_map(|a| a.open.iter().map(move |(c, t)| ((&a.id, *c), *t)))
             .collect();
+        let mut lost_agent: Vec<(ConversationId, AgentId)> = Vec::new();
+        let mut repaired_convs = BTreeSet::new();
+        let mut legacy_sticky: BTreeMap<String, (AgentIdx, Timestamp)> = BTreeMap::new();
+        convs.sort_by_key(|c| c.id);
         for r in convs {
+            let id = r.id;
             let extra = e.intern_skills(&r.extra_skills);
-            let queue = e.queue_index.get(&r.queue).copied();
-            let agent_of = |id: &AgentId| e.agent_index.get(id).copied();
+            let agent_of = |name: &AgentId| e.agent_index.get(name).copied();
             let mut state = match &r.state {
                 StateRecord::Waiting => State::Waiting,
                 StateRecord::Offered { agent, expires } => match agent_of(agent) {
@@ -326,24 +503,48 @@ impl Engine {
                         agent: a,
                         expires: *expires,
                     },
-                    None => State::Waiting,
+                    None => {
+                        lost_agent.push((id, agent.clone()));
+                        State::Waiting
+                    }
                 },
                 StateRecord::Assigned { agent } => match agent_of(agent) {
                     Some(a) => State::Assigned { agent: a },
-                    None => State::Waiting,
+                    None => {
+                        lost_agent.push((id, agent.clone()));
+                        State::Waiting
+                    }
                 },
                 StateRecord::Resolved { at } => State::Resolved { at: *at },
             };
-            let queue = match queue {
+            let declined: BTreeSet<AgentIdx> = r.declined.iter().filter_map(agent_of).collect();
+            if let Some((a, t)) = &r.last_agent {
+                if let Some(a) = agent_of(a) {
+                    let newer = legacy_sticky
+                        .get(&r.sticky_key)
+                        .is_none_or(|(_, old)| *old < *t);
+                    if newer {
+                        legacy_sticky.insert(r.sticky_key.clone(), (a, *t));
+                    }
+                }
+            }
+            let mut repaired = declined.len() != r.declined.len() || r.last_agent.is_some();
+            let mut next_step = r.next_step;
+            let queue = match e.queue_index.get(&r.queue).copied() {
                 Some(q) => q,
                 None => {
                     if !matches!(state, State::Resolved { .. }) {
+                        if let State::Offered { agent, .. } | State::Assigned { agent } = state {
+                            lost_agent.push((id, e.agents[agent].id.clone()));
+                        }
                         state = State::Waiting;
                     }
+                    next_step = 0;
+                    repaired = true;
                     e.default_queue
                 }
             };
-            let conv = Conversation {
+            let mut conv = Conversation {
                 channel: r.channel.clone(),
                 sticky_key: r.sticky_key.clone(),
                 queue,
@@ -355,8 +556,8 @@ impl Engine {
                 queue_epoch: r.queue_epoch,
                 state: state.clone(),
                 relax: r.relax,
-                next_step: r.next_step,
-                declined: r.declined.iter().filter_map(&agent_of).collect(),
+                next_step,
+                declined,
                 first_reply_at: r.first_reply_at,
                 awaiting_since: r.awaiting_since,
                 awaiting_seq: r.awaiting_seq,
@@ -364,19 +565,27 @@ impl Engine {
                 episode: r.episode,
                 pending_explanation: r.pending_explanation.clone(),
                 after_hours_noted: r.after_hours_noted,
-                last_agent: r
-                    .last_agent
-                    .as_ref()
-                    .and_then(|(a, t)| agent_of(a).map(|a| (a, *t))),
+                deadlines: Deadlines::default(),
             };
-            let id = r.id;
+            conv.deadlines = match r.deadlines {
+                Some(d) if !repaired => Deadlines {
+                    overflow: d.overflow,
+                    first: d.first_response,
+                    next: d.next_response,
+                    resolution: d.resolution,
+                },
+                _ => {
+                    repaired = true;
+                    e.legacy_deadlines(&conv)
+                }
+            };
             match state {
                 State::Offered { agent, .. } | State::Assigned { agent } => {
                     let since = taken
-                        .get(&(&e.agents[agent as usize].id, id))
+                        .get(&(&e.agents[agent].id, id))
                         .copied()
                         .unwrap_or(r.arrival);
-                    let ag = &mut e.agents[agent as usize];
+                    let ag = &mut e.agents[agent];
                     ag.open.insert(id, since);
                     *ag.open_by_kind.entry(conv.channel.kind).or_insert(0) += 1;
                 }
@@ -389,134 +598,190 @@ impl Engine {
                 }
                 State::Resolved { .. } => {}
             }
-            if let Some((a, t)) = conv.last_agent {
-                let newer = e
-                    .sticky
-                    .get(&conv.sticky_key)
-                    .is_none_or(|(_, old)| *old < t);
-                if newer {
-                    e.sticky.insert(conv.sticky_key.clone(), (a, t));
-                }
+            if repaired || state != e.state_of(&r.state) {
+                repaired_convs.insert(id);
             }
             e.conversations.insert(id, conv);
+            e.schedule_conversation_timers(id);
         }
         for q in queues {
-            if let (Some(&qi), Some(agent)) = (e.queue_index.get(&q.id), q.rr_last.as_ref()) {
-                e.queues[qi].rr_last = e.agent_index.get(agent).copied();
+            let Some(&qi) = e.queue_index.get(&q.id) else {
+                continue;
+            };
+            e.queues[qi].rr_last = match q.rr_seq {
+                Some(seq) => Some(seq_number(seq)),
+                None => q
+                    .rr_last
+                    .as_ref()
+                    .and_then(|a| e.agent_index.get(a).copied()),
+            };
+        }
+        let mut repaired_sticky = BTreeSet::new();
+        for s in sticky {
+            match e.agent_index.get(&s.agent) {
+                Some(&a) => {
+                    e.sticky.insert(s.key, (a, s.at));
+                }
+                None => {
+                    repaired_sticky.insert(s.key);
+                }
             }
         }
-        // Offline or removed agents hold nothing; agents over capacity after a config change
-        // give back their newest conversations.
-        let mut out = Vec::new();
-        for a in 0..e.agents.len() {
-            let a = u32::try_from(a).unwrap_or(u32::MAX);
+        for (key, entry) in legacy_sticky {
+            if !e.sticky.contains_key(&key) {
+                e.sticky.insert(key.clone(), entry);
+                repaired_sticky.insert(key);
+            }
+        }
+        match &tenant {
+            Some(t) => {
+                for (queue, at) in &t.queue_opens {
+                    if let Some(&q) = e.queue_index.get(queue) {
+                        e.queues[q].open_timer = Some(*at);
+                        e.schedule(*at, Timer::QueueOpen { queue: q });
+                    }
+                }
+            }
+            None => e.legacy_open_timers(now),
+        }
+        for a in e.agents.numbers() {
             e.update_agent(a, |ag| ag.removed = false);
-            if e.agents[a as usize].presence == Presence::Offline {
+        }
+        // What the records say needs no writing; what restore changed does.
+        e.dirty_agents = repaired_agents.into_iter().map(seq_number).collect();
+        e.dirty_convs = repaired_convs;
+        e.dirty_queues.clear();
+        e.dirty_sticky = repaired_sticky;
+        let opens = e.queues.iter().filter(|q| q.open_timer.is_some()).count();
+        e.dirty_meta = meta_changed || tenant.map_or(0, |t| t.queue_opens.len()) != opens;
+        for a in e.agents.numbers() {
+            let ag = &e.agents[a];
+            let recorded = agents.iter().find(|r| r.id == ag.id).map(|r| &r.open);
+            if recorded != Some(&ag.open) {
+                e.dirty_agents.insert(a);
+            }
+        }
+        let mut out = Vec::new();
+        // Conversations whose agent is gone wait again and are routed.
+        for (id, agent) in lost_agent {
+            let queue = e.conversations[&id].queue;
+            out.push(Output::Event(RoutingEvent::Requeued {
+                conversation: id,
+                queue: e.queues[queue].id.clone(),
+                from_agent: Some(agent),
+                reason: "agent unknown at recovery".into(),
+            }));
+            e.route_if_waiting(now, id, &mut out);
+        }
+        // Offline agents hold nothing; agents over capacity after a config change give back
+        // their newest conversations.
+        for a in e.agents.numbers() {
+            if e.agents[a].presence == Presence::Offline {
                 e.requeue_agent_conversations(now, a, "agent offline at recovery", &mut out);
             }
             e.enforce_capacity(now, a, &mut out);
         }
-        e.rebuild_timers(now);
-        e.dirty_agents.clear();
-        e.dirty_convs.clear();
-        e.dirty_queues.clear();
-        Ok(e)
+        Ok((e, out))
     }
 
-    /// Recomputes every timer from the conversations' state (after a restore).
-    fn rebuild_timers(&mut self, now: Timestamp) {
-        let mut timers = Vec::new();
-        let mut ids: Vec<ConversationId> = self.conversations.keys().copied().collect();
-        ids.sort();
-        let mut closed_with_waiting: BTreeSet<QueueIdx> = BTreeSet::new();
-        for id in ids {
-            let c = &self.conversations[&id];
-            let q = &self.queues[c.queue];
-            let resolved = matches!(c.state, State::Resolved { .. });
-            match c.state {
-                State::Offered { expires, .. } => timers.push((
-                    expires,
-                    Timer::OfferExpiry {
-                        conv: id,
-                        seq: c.offer_seq,
-                    },
-                )),
-                State::Waiting => {
-                    if q.cfg.hours.as_ref().is_some_and(|h| !h.is_open(now)) {
-                        closed_with_waiting.insert(c.queue);
-                    }
-                }
-                State::Resolved { at } => timers.push((
-                    at.plus_secs(self.config.reopen_window_secs),
-                    Timer::Forget {
-                        conv: id,
-                        episode: c.episode,
-                    },
-                )),
-                State::Assigned { .. } => {}
-            }
-            if !resolved {
-                // Pending overflow steps fire whenever the conversation is waiting again
-                // (after a decline or requeue) in the same queue entry, as in the original.
-                if let Some(step) = q.cfg.overflow.get(c.next_step) {
-                    timers.push((
-                        c.entered_queue_at.plus_secs(step.after_secs),
-                        Timer::Overflow {
-                            conv: id,
-                            epoch: c.queue_epoch,
-                            step: c.next_step,
-                        },
-                    ));
-                }
-                if let (Some(s), None) = (q.cfg.sla.first_response_secs, c.first_reply_at) {
-                    timers.push((
-                        c.created_at.plus_secs(s),
-                        Timer::Sla {
-                            conv: id,
-                            kind: SlaKindOrd::First,
-                            seq: c.episode,
-                        },
-                    ));
-                }
-                if let (Some(s), Some(_), Some(since)) = (
-                    q.cfg.sla.next_response_secs,
-                    c.first_reply_at,
-                    c.awaiting_since,
-                ) {
-                    timers.push((
-                        since.plus_secs(s),
-                        Timer::Sla {
-                            conv: id,
-                            kind: SlaKindOrd::Next,
-                            seq: c.awaiting_seq,
-                        },
-                    ));
-                }
-                if let Some(s) = q.cfg.sla.resolution_secs {
-                    timers.push((
-                        c.created_at.plus_secs(s),
-                        Timer::Sla {
-                            conv: id,
-                            kind: SlaKindOrd::Resolution,
-                            seq: c.episode,
-                        },
-                    ));
-                }
-            }
+    /// The state a record names, as this engine numbers agents (for spotting repairs).
+    fn state_of(&self, r: &StateRecord) -> State {
+        let agent = |name: &AgentId| self.agent_index.get(name).copied().unwrap_or(AgentIdx::MAX);
+        match r {
+            StateRecord::Waiting => State::Waiting,
+            StateRecord::Offered { agent: a, expires } => State::Offered {
+                agent: agent(a),
+                expires: *expires,
+            },
+            StateRecord::Assigned { agent: a } => State::Assigned { agent: agent(a) },
+            StateRecord::Resolved { at } => State::Resolved { at: *at },
         }
-        for q in closed_with_waiting {
-            if let Some(at) = self.queues[q]
-                .cfg
-                .hours
-                .as_ref()
-                .and_then(|h| h.next_open(now))
-            {
-                self.queues[q].open_timer = Some(at);
-                timers.push((at, Timer::QueueOpen { queue: q }));
+    }
+
+    /// Schedules a restored conversation's timers: its offer's expiry, its forgetting, and its
+    /// recorded deadlines.
+    fn schedule_conversation_timers(&mut self, id: ConversationId) {
+        let c = &self.conversations[&id];
+        let mut timers = Vec::new();
+        match c.state {
+            State::Offered { expires, .. } => timers.push((
+                expires,
+                Timer::OfferExpiry {
+                    conv: id,
+                    seq: c.offer_seq,
+                },
+            )),
+            State::Resolved { at } => timers.push((self.forget_at(at), Timer::Forget { conv: id })),
+            _ => {}
+        }
+        let d = c.deadlines;
+        for (kind, at) in [
+            (DeadlineKind::Overflow, d.overflow),
+            (DeadlineKind::First, d.first),
+            (DeadlineKind::Next, d.next),
+            (DeadlineKind::Resolution, d.resolution),
+        ] {
+            if let Some(at) = at {
+                timers.push((at, Self::deadline_timer(id, c, kind)));
             }
         }
         for (at, t) in timers {
             self.schedule(at, t);
         }
     }
+
+    /// A conversation's deadlines computed from its state, for records written before
+    /// deadlines were recorded (what such an engine used to do on restore).
+    fn legacy_deadlines(&self, c: &Conversation) -> Deadlines {
+        let mut d = Deadlines::default();
+        if matches!(c.state, State::Resolved { .. }) {
+            return d;
+        }
+        let q = &self.queues[c.queue].cfg;
+        d.overflow = q
+            .overflow
+            .get(c.next_step)
+            .map(|step| c.entered_queue_at.plus_secs(step.after_secs));
+        if c.first_reply_at.is_none() {
+            d.first = q.sla.first_response_secs.map(|s| c.created_at.plus_secs(s));
+        }
+        if let (Some(s), Some(_), Some(since)) =
+            (q.sla.next_response_secs, c.first_reply_at, c.awaiting_since)
+        {
+            d.next = Some(since.plus_secs(s));
+        }
+        d.resolution = q.sla.resolution_secs.map(|s| c.created_at.plus_secs(s));
+        d
+    }
+
+    /// Opening timers for closed queues with waiting conversations, for changelogs written
+    /// before the tenant record carried them.
+    fn legacy_open_timers(&mut self, now: Timestamp) {
+        let closed: BTreeSet<QueueIdx> = self
+            .conversations
+            .values()
+            .filter(|c| c.state == State::Waiting)
+            .map(|c| c.queue)
+            .filter(|q| {
+                self.queues[*q]
+                    .cfg
+                    .hours
+                    .as_ref()
+                    .is_some_and(|h| !h.is_open(now))
+            })
+            .collect();
+        for q in closed {
+            let at = self.queues[q]
+                .cfg
+                .hours
+                .as_ref()
+                .and_then(|h| h.next_open(now));
+            self.set_open_timer(q, at);
+        }
+    }
+}
+
+/// An agent number from a record's `seq`.
+fn seq_number(seq: u64) -> AgentIdx {
+    AgentIdx::try_from(seq).unwrap_or(AgentIdx::MAX)
 }
