@@ -80,6 +80,7 @@ pub fn routing_type(event: &RoutingEvent) -> &'static str {
         RoutingEvent::Escalated { .. } => "omni.routing.escalated",
         RoutingEvent::SlaBreached { .. } => "omni.routing.sla_breached",
         RoutingEvent::Resolved { .. } => "omni.routing.resolved",
+        RoutingEvent::Expired { .. } => "omni.routing.expired",
         RoutingEvent::Reopened { .. } => "omni.routing.reopened",
         RoutingEvent::Rejected { .. } => "omni.routing.rejected",
     }
@@ -102,6 +103,7 @@ pub fn routing_conversation(event: &RoutingEvent) -> Option<ConversationId> {
         | RoutingEvent::Escalated { conversation, .. }
         | RoutingEvent::SlaBreached { conversation, .. }
         | RoutingEvent::Resolved { conversation, .. }
+        | RoutingEvent::Expired { conversation, .. }
         | RoutingEvent::Reopened { conversation } => Some(*conversation),
         RoutingEvent::Rejected { conversation, .. } => *conversation,
     }

@@ -202,6 +202,19 @@ pub struct RoutingConfig {
     /// later, it starts a new contact.
     #[serde(default = "default_reopen")]
     pub reopen_window_secs: u64,
+    /// How long a resolved conversation is remembered, from its resolution: a reopening, a late
+    /// CSAT score or a late reply still finds it (and first-contact resolution counts the
+    /// reopening). Then it is forgotten (its state record becomes a tombstone); a later message
+    /// starts a new conversation. At least `reopen_window_secs`. Default 7 days.
+    #[serde(default = "default_resolved_retention")]
+    pub resolved_retention_secs: u64,
+    /// An unresolved conversation with no activity (customer message, agent reply, or a
+    /// command naming it: accept, decline, transfer, reopen) for this long is abandoned: it is
+    /// expired (an `expired` routing event), its agent's capacity frees, and it is forgotten.
+    /// Default 7 days: longer than any weekend or holiday pause of an e-mail thread that is
+    /// still alive, short enough that a tenant's state holds at most a week of traffic.
+    #[serde(default = "default_expire_after")]
+    pub expire_after_secs: u64,
 }
 
 fn default_aging() -> u64 {
@@ -212,6 +225,12 @@ fn default_sticky() -> u64 {
 }
 fn default_reopen() -> u64 {
     72 * 3600
+}
+fn default_resolved_retention() -> u64 {
+    7 * 24 * 3600
+}
+fn default_expire_after() -> u64 {
+    7 * 24 * 3600
 }
 
 impl RoutingConfig {
@@ -225,6 +244,8 @@ impl RoutingConfig {
             aging_step_secs: default_aging(),
             sticky_window_secs: default_sticky(),
             reopen_window_secs: default_reopen(),
+            resolved_retention_secs: default_resolved_retention(),
+            expire_after_secs: default_expire_after(),
         }
     }
 
@@ -241,6 +262,19 @@ impl RoutingConfig {
         }
         if self.aging_step_secs == 0 {
             return Err(err("aging_step_secs", "must be at least 1"));
+        }
+        if self.resolved_retention_secs < self.reopen_window_secs {
+            return Err(err(
+                "resolved_retention_secs",
+                format!(
+                    "must be at least reopen_window_secs ({}): a conversation is remembered \
+                     for as long as it can be reopened",
+                    self.reopen_window_secs
+                ),
+            ));
+        }
+        if self.expire_after_secs == 0 {
+            return Err(err("expire_after_secs", "must be at least 1"));
         }
         let known: BTreeSet<&QueueId> = self.queues.keys().collect();
         for (id, q) in &self.queues {

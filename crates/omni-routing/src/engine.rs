@@ -235,6 +235,9 @@ struct Conversation {
     /// timer follow from `state`). Each is `Some` while its timer is scheduled; the timer is
     /// removed whenever it is superseded, so no stale timer outlives its reason.
     deadlines: Deadlines,
+    /// The last customer message, agent reply or command naming it: an unresolved
+    /// conversation expires `expire_after_secs` later.
+    last_activity: Timestamp,
 }
 
 /// When a conversation's pending timers fire (see [`Conversation::deadlines`]).
@@ -291,6 +294,12 @@ enum Timer {
     },
     Forget {
         conv: ConversationId,
+    },
+    Expire {
+        conv: ConversationId,
+    },
+    StickyExpiry {
+        key: String,
     },
 }
 
@@ -403,6 +412,20 @@ pub struct AgentView {
     pub open: usize,
     /// Total capacity.
     pub capacity: u32,
+}
+
+/// How much the engine holds: what retention keeps bounded (for a gauge, and for tests that
+/// memory is given back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSize {
+    /// Agents (removed agents are forgotten at once).
+    pub agents: usize,
+    /// Conversations: open ones, and resolved ones within `resolved_retention_secs`.
+    pub conversations: usize,
+    /// Contacts with a sticky agent within `sticky_window_secs`.
+    pub sticky_contacts: usize,
+    /// Pending timers.
+    pub timers: usize,
 }
 
 /// A conversation's routing state.
@@ -548,6 +571,7 @@ impl Engine {
             Some(State::Resolved { .. }) | None => self.new_contact(now, msg, out),
             Some(_) => self.note_customer_message(now, msg.conversation),
         }
+        self.note_activity(now, msg.conversation);
     }
 
     /// Records an unanswered customer message (for response times and the next-response SLA).
@@ -605,6 +629,7 @@ impl Engine {
             pending_explanation: None,
             after_hours_noted: false,
             deadlines: Deadlines::default(),
+            last_activity: now,
         };
         let id = msg.conversation;
         self.dirty_convs.insert(id);
@@ -1224,6 +1249,26 @@ impl Engine {
     // ----- commands ------------------------------------------------------------------------
 
     fn command(&mut self, now: Timestamp, cmd: &Command, out: &mut Vec<Output>) {
+        let first = out.len();
+        self.apply_command(now, cmd, out);
+        // A command that names a conversation and is applied is activity on it.
+        let named = match cmd {
+            Command::Accept { conversation, .. }
+            | Command::Decline { conversation, .. }
+            | Command::AgentReplied { conversation, .. }
+            | Command::Transfer { conversation, .. }
+            | Command::Reopen { conversation } => Some(*conversation),
+            _ => None,
+        };
+        let rejected = out[first..]
+            .iter()
+            .any(|o| matches!(o, Output::Event(RoutingEvent::Rejected { .. })));
+        if let (Some(id), false) = (named, rejected) {
+            self.note_activity(now, id);
+        }
+    }
+
+    fn apply_command(&mut self, now: Timestamp, cmd: &Command, out: &mut Vec<Output>) {
         match cmd {
             Command::UpsertAgent(profile) => self.upsert_agent(now, profile, out),
             Command::RemoveAgent { agent } => {
@@ -1668,6 +1713,9 @@ impl Engine {
         // awaits no reply.
         self.set_deadline(id, DeadlineKind::Overflow, None);
         self.set_deadline(id, DeadlineKind::Next, None);
+        let last = self.conversations[&id].last_activity;
+        self.timers
+            .remove(&(self.expire_at(last), Timer::Expire { conv: id }));
         let (queue, kind, created) = {
             let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
                 return;
@@ -1832,7 +1880,63 @@ impl Engine {
 
     /// When a conversation resolved at `at` is forgotten.
     fn forget_at(&self, at: Timestamp) -> Timestamp {
-        at.plus_secs(self.config.reopen_window_secs)
+        at.plus_secs(self.config.resolved_retention_secs)
+    }
+
+    /// When an unresolved conversation last active at `last` expires.
+    fn expire_at(&self, last: Timestamp) -> Timestamp {
+        last.plus_secs(self.config.expire_after_secs)
+    }
+
+    /// When a sticky entry made at `at` is forgotten: just after its window.
+    fn sticky_until(&self, at: Timestamp) -> Timestamp {
+        Timestamp(
+            at.plus_secs(self.config.sticky_window_secs)
+                .0
+                .saturating_add(1),
+        )
+    }
+
+    /// Records activity on a conversation, moving its expiry.
+    fn note_activity(&mut self, now: Timestamp, id: ConversationId) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        let (old, open) = (c.last_activity, !matches!(c.state, State::Resolved { .. }));
+        if open {
+            self.timers
+                .remove(&(self.expire_at(old), Timer::Expire { conv: id }));
+            self.schedule(self.expire_at(now), Timer::Expire { conv: id });
+        }
+        if old != now {
+            if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                c.last_activity = now;
+            }
+        }
+    }
+
+    /// Abandons an unresolved conversation without activity for `expire_after_secs`: frees its
+    /// agent, says so, and forgets it.
+    fn expire(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        if matches!(c.state, State::Resolved { .. }) || self.expire_at(c.last_activity) > now {
+            return;
+        }
+        let (queue, last_activity) = (self.queues[c.queue].id.clone(), c.last_activity);
+        self.leave_waiting(id);
+        let agent = self.release(id);
+        out.push(Output::Event(RoutingEvent::Expired {
+            conversation: id,
+            queue,
+            agent: agent.map(|a| self.agents[a].id.clone()),
+            last_activity,
+        }));
+        self.remove_conversation(id);
+        if let Some(a) = agent {
+            self.drain_agent(now, a, out);
+        }
     }
 
     /// The timer a conversation's deadline of `kind` stands for, as its fields say now.
@@ -1915,9 +2019,15 @@ impl Engine {
         let Some(c) = self.conversations.get(&id) else {
             return;
         };
-        if let State::Resolved { at } = c.state {
-            let at = self.forget_at(at);
-            self.timers.remove(&(at, Timer::Forget { conv: id }));
+        match c.state {
+            State::Resolved { at } => {
+                let at = self.forget_at(at);
+                self.timers.remove(&(at, Timer::Forget { conv: id }));
+            }
+            _ => {
+                let at = self.expire_at(c.last_activity);
+                self.timers.remove(&(at, Timer::Expire { conv: id }));
+            }
         }
         self.cancel_offer_timer(id);
         for kind in [
@@ -1956,12 +2066,22 @@ impl Engine {
 
     /// Sets (or clears) a contact's sticky agent.
     fn set_sticky(&mut self, key: String, entry: Option<(AgentIdx, Timestamp)>) {
-        match entry {
+        let old = match entry {
             Some(e) => {
-                self.sticky.insert(key.clone(), e);
+                self.schedule(
+                    self.sticky_until(e.1),
+                    Timer::StickyExpiry { key: key.clone() },
+                );
+                self.sticky.insert(key.clone(), e)
             }
-            None => {
-                self.sticky.remove(&key);
+            None => self.sticky.remove(&key),
+        };
+        if let Some((_, at)) = old {
+            if entry.is_none_or(|(_, new)| new != at) {
+                self.timers.remove(&(
+                    self.sticky_until(at),
+                    Timer::StickyExpiry { key: key.clone() },
+                ));
             }
         }
         self.dirty_sticky.insert(key);
@@ -2086,6 +2206,8 @@ impl Engine {
                     self.set_open_timer(queue, Some(at));
                 }
             }
+            Timer::Expire { conv } => self.expire(now, conv, out),
+            Timer::StickyExpiry { key } => self.set_sticky(key, None),
             Timer::Forget { conv } => {
                 if self
                     .conversations
@@ -2221,6 +2343,16 @@ impl Engine {
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// How much the engine holds.
+    pub fn size(&self) -> StateSize {
+        StateSize {
+            agents: self.agents.0.len(),
+            conversations: self.conversations.len(),
+            sticky_contacts: self.sticky.len(),
+            timers: self.timers.len(),
+        }
     }
 
     /// A conversation's routing state, if known.

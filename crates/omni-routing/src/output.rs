@@ -145,6 +145,19 @@ pub enum RoutingEvent {
         /// The queue.
         queue: QueueId,
     },
+    /// An unresolved conversation had no activity for `expire_after_secs` and was abandoned:
+    /// its agent (if any) is free of it, and the router forgets it. A later customer message
+    /// starts a new conversation.
+    Expired {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The queue it was in.
+        queue: QueueId,
+        /// The agent who held it (offered or assigned), if any.
+        agent: Option<AgentId>,
+        /// Its last activity.
+        last_activity: Timestamp,
+    },
     /// A resolved conversation was reopened.
     Reopened {
         /// The conversation.

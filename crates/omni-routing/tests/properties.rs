@@ -258,6 +258,20 @@ impl Harness {
                     c.relax = 0;
                     c.resolved = true;
                 }
+                RoutingEvent::Expired {
+                    conversation,
+                    queue,
+                    ..
+                } => {
+                    let c = self.shadow(conversation)?;
+                    if c.queue != *queue || c.resolved {
+                        return Err(format!(
+                            "expired in {queue}, but the conversation is in {} (resolved: {})",
+                            c.queue, c.resolved
+                        ));
+                    }
+                    self.convs.remove(conversation);
+                }
                 RoutingEvent::Reopened { conversation } => {
                     self.shadow(conversation)?.resolved = false
                 }

@@ -118,6 +118,10 @@ pub struct ConversationRecord {
     /// they were recorded (the timers are then recomputed from the state, as then).
     #[serde(default)]
     pub deadlines: Option<DeadlinesRecord>,
+    /// The last customer message, agent reply or command naming it (expiry counts from here);
+    /// `None` in records written before conversations expired (restore counts from then).
+    #[serde(default)]
+    pub last_activity: Option<Timestamp>,
 }
 
 /// A conversation's pending timers (each `None` when not scheduled).
@@ -394,6 +398,7 @@ impl Engine {
                 next_response: c.deadlines.next,
                 resolution: c.deadlines.resolution,
             }),
+            last_activity: Some(c.last_activity),
         }
     }
 
@@ -566,7 +571,9 @@ impl Engine {
                 pending_explanation: r.pending_explanation.clone(),
                 after_hours_noted: r.after_hours_noted,
                 deadlines: Deadlines::default(),
+                last_activity: r.last_activity.unwrap_or(now),
             };
+            repaired |= r.last_activity.is_none();
             conv.deadlines = match r.deadlines {
                 Some(d) if !repaired => Deadlines {
                     overflow: d.overflow,
@@ -632,6 +639,17 @@ impl Engine {
                 e.sticky.insert(key.clone(), entry);
                 repaired_sticky.insert(key);
             }
+        }
+        let sticky_timers: Vec<(Timestamp, Timer)> = e
+            .sticky
+            .iter()
+            .map(|(key, (_, at))| {
+                let key = key.clone();
+                (e.sticky_until(*at), Timer::StickyExpiry { key })
+            })
+            .collect();
+        for (at, t) in sticky_timers {
+            e.schedule(at, t);
         }
         match &tenant {
             Some(t) => {
@@ -713,6 +731,9 @@ impl Engine {
             )),
             State::Resolved { at } => timers.push((self.forget_at(at), Timer::Forget { conv: id })),
             _ => {}
+        }
+        if !matches!(c.state, State::Resolved { .. }) {
+            timers.push((self.expire_at(c.last_activity), Timer::Expire { conv: id }));
         }
         let d = c.deadlines;
         for (kind, at) in [

@@ -290,10 +290,22 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                 team(true),
                 prop::collection::vec(kind(), CONVS),
                 0u64..7 * 24 * 60,
+                retention(),
             )
         })
         .prop_map(
-            |(queues, rules, default, aging, sticky, reopen, team, conv_kinds, minute)| Scenario {
+            |(
+                queues,
+                rules,
+                default,
+                aging,
+                sticky,
+                reopen,
+                team,
+                conv_kinds,
+                minute,
+                (keep, expire),
+            )| Scenario {
                 config: RoutingConfig {
                     queues: queues
                         .into_iter()
@@ -305,12 +317,23 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                     aging_step_secs: aging,
                     sticky_window_secs: sticky.unwrap_or(24 * 3600),
                     reopen_window_secs: reopen,
+                    resolved_retention_secs: reopen + keep,
+                    expire_after_secs: expire,
                 },
                 team,
                 conv_kinds,
                 start: Timestamp(MONDAY_MS + minute * 60_000),
             },
         )
+}
+
+/// Retention beyond the reopen window, and expiry: short, so that a case of a few hundred
+/// steps (0-120 s each) sees conversations forgotten and abandoned ones expire.
+pub fn retention() -> impl Strategy<Value = (u64, u64)> {
+    (
+        prop_oneof![1 => Just(0u64), 2 => 1u64..=3600],
+        prop_oneof![1 => 60u64..=600, 2 => 600u64..=7200],
+    )
 }
 
 /// One always-open queue without skills or rules, assigning directly; no per-channel limits.
@@ -325,9 +348,21 @@ pub fn drain_scenario() -> impl Strategy<Value = Scenario> {
         team(false),
         prop::collection::vec(kind(), CONVS),
         0u64..7 * 24 * 60,
+        retention(),
     )
         .prop_map(
-            |(strategy, sla, overflow, aging, sticky, reopen, team, conv_kinds, minute)| {
+            |(
+                strategy,
+                sla,
+                overflow,
+                aging,
+                sticky,
+                reopen,
+                team,
+                conv_kinds,
+                minute,
+                (keep, expire),
+            )| {
                 let mut config = RoutingConfig::single_queue(QueueConfig {
                     strategy,
                     sla,
@@ -337,6 +372,8 @@ pub fn drain_scenario() -> impl Strategy<Value = Scenario> {
                 config.aging_step_secs = aging;
                 config.sticky_window_secs = sticky.unwrap_or(24 * 3600);
                 config.reopen_window_secs = reopen;
+                config.resolved_retention_secs = reopen + keep;
+                config.expire_after_secs = expire;
                 Scenario {
                     config,
                     team,
