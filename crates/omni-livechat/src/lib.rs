@@ -25,9 +25,11 @@ pub mod token;
 use chrono::Utc;
 use omni_bus::BusConfig;
 use omni_channel::{delivery_event_id, EventSink, Ingress};
-use omni_core::{ChannelKind, ChannelRef, CloudEvent, DeliveryStatus, DeliveryUpdate, EventType};
+use omni_core::{
+    ChannelKind, ChannelRef, CloudEvent, DeliveryStatus, DeliveryUpdate, EventType, TenantId,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use hub::{Hub, HubLimits};
 pub use metrics::LivechatMetrics;
@@ -40,8 +42,9 @@ pub const WIDGET_JS: &str = include_str!("../widget/widget.js");
 pub struct Livechat {
     /// Limits and timings.
     pub settings: LivechatSettings,
-    /// Widgets by (tenant, widget id).
-    pub widgets: Widgets,
+    /// Widgets by (tenant, widget id); replaced whole by [`Livechat::set_widgets`], read once
+    /// per request.
+    widgets: RwLock<Arc<Widgets>>,
     /// Conversations and sockets on this instance.
     pub hub: Arc<Hub>,
     /// Publishes visitor messages (dedupe, acknowledgement, ingress metrics).
@@ -96,7 +99,7 @@ impl Livechat {
         }));
         Self {
             settings,
-            widgets,
+            widgets: RwLock::new(Arc::new(widgets)),
             hub,
             ingress,
             sink,
@@ -127,8 +130,22 @@ impl Livechat {
 
     /// True when the widget is configured here.
     pub fn has_widget(&self, tenant: &str, widget: &str) -> bool {
+        self.widget(tenant, widget).is_some()
+    }
+
+    /// The widget's tenant and settings, if it is configured here.
+    pub fn widget(&self, tenant: &str, widget: &str) -> Option<(TenantId, WidgetSettings)> {
         self.widgets
-            .contains_key(&(tenant.to_owned(), widget.to_owned()))
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.to_owned(), widget.to_owned()))
+            .cloned()
+    }
+
+    /// Replaces every widget (a reloaded config). New sessions and sockets use the new
+    /// settings; sockets already open stay open until they close or their token expires.
+    pub fn set_widgets(&self, widgets: Widgets) {
+        *self.widgets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(widgets);
     }
 
     /// Publishes what became of agent replies on the delivery topic, in the background. Ids

@@ -76,15 +76,14 @@ fn refuse(
 }
 
 /// The widget and the request's allowed origin, or the refusal.
-fn widget_for<'a>(
-    chat: &'a Livechat,
+fn widget_for(
+    chat: &Livechat,
     kind: &str,
     tenant: &str,
     widget: &str,
     headers: &HeaderMap,
-) -> Result<(&'a TenantId, &'a WidgetSettings, String), Box<Response>> {
-    let Some((tenant_id, settings)) = chat.widgets.get(&(tenant.to_owned(), widget.to_owned()))
-    else {
+) -> Result<(TenantId, WidgetSettings, String), Box<Response>> {
+    let Some((tenant_id, settings)) = chat.widget(tenant, widget) else {
         return Err(Box::new(refuse(
             chat,
             kind,
@@ -241,7 +240,7 @@ async fn session(
         exp,
         language,
     };
-    let conversation = conversation_of(tenant_id, &widget, &visitor);
+    let conversation = conversation_of(&tenant_id, &widget, &visitor);
     let open = settings
         .hours
         .as_ref()
@@ -290,7 +289,7 @@ async fn socket(
 ) -> Response {
     const KIND: &str = "socket";
     let (tenant_id, settings) = match widget_for(&chat, KIND, &tenant, &widget, &headers) {
-        Ok((t, s, _)) => (t.clone(), s.clone()),
+        Ok((t, s, _)) => (t, s),
         Err(r) => return *r,
     };
     let Some(token) = query.token.as_deref() else {

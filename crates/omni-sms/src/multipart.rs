@@ -23,7 +23,7 @@
 //! (or use sticky routing by `msisdn`) where this matters.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -40,7 +40,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::concat::{ConcatKey, Offer, Part, Reassembler, ReassemblerConfig};
 use crate::vonage::VonageInbound;
-use crate::webhook::{address, request_params, verify_vonage, vonage_error, SmsWebhook};
+use crate::webhook::{
+    address, request_params, verify_vonage, vonage_error, Endpoint, SmsTenants, SmsWebhook,
+};
 
 /// A part as kept on the parts topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,7 +120,9 @@ impl ConcatMetrics {
 
 /// The Vonage inbound handler with durable multipart reassembly.
 pub struct ConcatStore {
-    adapter: SmsWebhook,
+    /// The Vonage message endpoint; replaced by [`ConcatStore::set_tenants`], read once per
+    /// request. Parts already stored are kept whatever the new tenants are.
+    adapter: RwLock<Arc<SmsWebhook>>,
     parts_topic: String,
     config: ReassemblerConfig,
     reassemblers: Mutex<HashMap<String, Reassembler>>,
@@ -135,13 +139,27 @@ impl ConcatStore {
         metrics: ConcatMetrics,
     ) -> Self {
         Self {
-            adapter,
+            adapter: RwLock::new(Arc::new(adapter)),
             parts_topic: parts_topic.into(),
             config,
             reassemblers: Mutex::new(HashMap::new()),
             retry: Mutex::new(Vec::new()),
             metrics,
         }
+    }
+
+    /// Serves `tenants` from now on (a reloaded config). Parts waiting for their siblings stay
+    /// and are published as usual.
+    pub fn set_tenants(&self, tenants: SmsTenants) {
+        let adapter = Arc::new(SmsWebhook::new(tenants, Endpoint::VonageMessage));
+        *self.adapter.write().unwrap_or_else(|p| p.into_inner()) = adapter;
+    }
+
+    fn adapter(&self) -> Arc<SmsWebhook> {
+        self.adapter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Handles `GET`/`POST /v1/webhooks/sms/vonage/{tenant}`: single-part messages as any
@@ -157,7 +175,7 @@ impl ConcatStore {
         match self.accept(ingress, tenant, request, body).await {
             Ok(()) => {
                 ingress.observe_accepted(ChannelKind::Sms, started);
-                self.adapter.respond(Default::default())
+                self.adapter().respond(Default::default())
             }
             Err(e) => ingress.refuse(ChannelKind::Sms, e),
         }
@@ -170,17 +188,15 @@ impl ConcatStore {
         request: &Parts,
         body: Body,
     ) -> Result<(), IngressError> {
-        let (tenant, sms) = self
-            .adapter
-            .account(tenant)
-            .ok_or(IngressError::UnknownTenant)?;
+        let adapter = self.adapter();
+        let (tenant, sms) = adapter.account(tenant).ok_or(IngressError::UnknownTenant)?;
         let body = ingress.read_body(request, body).await?;
         let params = request_params(request, &body)?;
         let now = Utc::now();
         verify_vonage(sms, request, &params, now)?;
         let inbound = VonageInbound::from_params(&params).map_err(vonage_error)?;
         let Some(concat) = &inbound.concat else {
-            let parsed = self.adapter.parse(tenant, sms, request, &body, now)?;
+            let parsed = adapter.parse(tenant, sms, request, &body, now)?;
             ingress.publish(ChannelKind::Sms, tenant, parsed).await?;
             return Ok(());
         };

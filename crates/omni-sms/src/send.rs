@@ -17,7 +17,7 @@
 //! permanent with a bounded reason; Vonage and eSMS take attachments nowhere, so a reply with
 //! attachments through them fails as `unsupported`.
 
-use std::collections::HashMap;
+use std::sync::RwLock;
 
 use omni_channel::{
     ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
@@ -30,11 +30,13 @@ use crate::callback::CallbackRef;
 use crate::encoding::{layout, SmsLayout};
 use crate::phone::{Address, PhoneNumber};
 use crate::settings::{NumberRoute, SmsApiSettings, SmsTenant};
+use crate::webhook::SmsTenants;
 use crate::{esms, params::clip};
 
 /// Sends SMS replies for every configured tenant.
 pub struct SmsSender {
-    tenants: HashMap<String, (TenantId, SmsTenant)>,
+    /// Tenants by id; replaced whole by [`SmsSender::set_tenants`], read once per reply.
+    tenants: RwLock<SmsTenants>,
     http: reqwest::Client,
     settings: SmsApiSettings,
     limiter: RateLimiter,
@@ -79,14 +81,17 @@ impl SmsSender {
         let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_number, 5);
         Ok(Self {
-            tenants: tenants
-                .into_iter()
-                .map(|(t, s)| (t.as_str().to_owned(), (t, s)))
-                .collect(),
+            tenants: RwLock::new(crate::webhook::tenants(tenants)),
             http,
             settings,
             limiter,
         })
+    }
+
+    /// Replaces every tenant (a reloaded config): replies taken from now on use them; a reply
+    /// being sent finishes with the tenant it started with. Rate limits carry over.
+    pub fn set_tenants(&self, tenants: SmsTenants) {
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = tenants;
     }
 
     async fn send_reply(
@@ -105,8 +110,12 @@ impl SmsSender {
                 ),
             )
         };
-        let (tenant, sms) = self
+        let tenants = self
             .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (tenant, sms) = tenants
             .get(message.tenant.as_str())
             .ok_or_else(not_configured)?;
         let route = sms.numbers.get(account).ok_or_else(not_configured)?;

@@ -82,6 +82,11 @@ impl SmsWebhook {
         Self { tenants, endpoint }
     }
 
+    /// The tenants served (shared with the other endpoints built over them).
+    pub fn tenants(&self) -> SmsTenants {
+        self.tenants.clone()
+    }
+
     /// The endpoint served.
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint

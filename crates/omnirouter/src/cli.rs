@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::settings::RawSettings;
+use crate::settings::error_chain;
 
 /// omnirouter: the omni-channel message router daemon.
 ///
@@ -38,10 +38,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: serve the inbound endpoints, /healthz, /readyz and /metrics until
-    /// SIGTERM or SIGINT, then drain in-flight requests and flush Kafka.
+    /// SIGTERM or SIGINT, then drain in-flight requests and flush Kafka. On SIGHUP, and when
+    /// the config file changes, tenants are reloaded without a restart (a config that does not
+    /// validate is refused and the one in force keeps running).
     Run,
-    /// Validate the config (file + environment) without starting; exits non-zero naming the
-    /// bad key. With --connect, also checks that Kafka answers.
+    /// Validate the config (file + environment) without starting, exactly as a reload does;
+    /// exits non-zero naming the bad key. With --connect, also checks that Kafka answers.
     CheckConfig {
         /// Also connect to Kafka and check the topics.
         #[arg(long)]
@@ -52,14 +54,11 @@ pub enum Command {
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let raw = match RawSettings::load(cli.config.as_deref()) {
-        Ok(r) => r,
+    let loaded = match crate::settings::load(cli.config.as_deref()) {
+        Ok(l) => l,
         Err(e) => return fail(&e),
     };
-    let settings = match raw.validate() {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
+    let settings = &loaded.settings;
     init_logging(cli.log_format, &settings.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -69,7 +68,7 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     match cli.command {
-        Command::Run => match runtime.block_on(crate::daemon::run(settings)) {
+        Command::Run => match runtime.block_on(crate::daemon::run(loaded, cli.config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "omnirouter failed");
@@ -114,14 +113,7 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    eprintln!("error: {msg}");
+    eprintln!("error: {}", error_chain(e));
     ExitCode::from(2)
 }
 

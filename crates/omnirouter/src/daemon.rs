@@ -1,27 +1,41 @@
-//! Start-up and shutdown: build the producer, create topics, serve HTTP, and on SIGTERM/SIGINT
-//! stop accepting, drain in-flight requests and flush the producer.
+//! Start-up and shutdown: build the producer, create topics, serve HTTP, reload tenants on
+//! SIGHUP or a changed config file ([`crate::reload`]), and on SIGTERM/SIGINT stop accepting,
+//! drain in-flight requests and flush the producer.
 
 use anyhow::Context as _;
 use omni_bus::{BusMetrics, Producer};
-use omni_channel::{ApiChannel, DedupeCache, DispatchMetrics, Dispatcher, Ingress, IngressMetrics};
+use omni_channel::{DedupeCache, DispatchMetrics, Dispatcher, Ingress, IngressMetrics};
 use omni_core::ChannelKind;
-use omni_social::messenger::{MessengerChannel, MessengerSender};
-use omni_social::zalo::token::{OaToken, TokenMetrics};
-use omni_social::zalo::{ZaloChannel, ZaloSender};
+use omni_social::messenger::MessengerSender;
+use omni_social::zalo::token::TokenMetrics;
+use omni_social::zalo::ZaloSender;
 use prometheus::{IntGauge, Opts, Registry};
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::server::{router, AppState, SmsEndpoints};
-use crate::settings::{OutboundSettings, Settings};
+use crate::reload::{
+    agent_tokens, ConcatUpkeep, Live, ReloadMetrics, Reloader, Senders, ZaloTokens,
+};
+use crate::server::{router, AppState, Channels};
+use crate::settings::{Loaded, OutboundSettings, Settings};
 use omni_sms::multipart::{ConcatMetrics, ConcatStore};
 use omni_sms::send::SmsSender;
 use omni_sms::webhook::{Endpoint, SmsWebhook};
 
-/// Runs the daemon until a shutdown signal.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Runs the daemon until a shutdown signal. `config` is the file `loaded` was read from (with
+/// the environment): it is read again on SIGHUP and when its content changes.
+pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before anything slow: SIGHUP's default action ends the process.
+    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload by editing the config file");
+            None
+        }
+    };
+    let settings = &loaded.settings;
     // Every live chat visitor holds a socket: take the hard limit on open files, not the
     // (often 1024) soft one.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -37,6 +51,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     registry.register(Box::new(build_info))?;
     let bus_metrics = Arc::new(BusMetrics::register(&registry)?);
     let ingress_metrics = IngressMetrics::register(&registry)?;
+    let reload_metrics = ReloadMetrics::register(&registry)?;
 
     let producer =
         Producer::new(&settings.kafka, bus_metrics.clone()).context("creating kafka producer")?;
@@ -80,6 +95,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (router_stop_tx, router_stop_rx) = tokio::sync::watch::channel(false);
     let mut router_task = None;
     let mut shared = None;
+    let mut router_handle = None;
     if let Some(router_settings) = settings.router.clone() {
         let metrics = omni_router::RouterMetrics::register(&registry, &settings.response_buckets)?;
         let router = Arc::new(omni_router::Router::new(
@@ -90,6 +106,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             bus_metrics.clone(),
         ));
         shared = Some(router.shared());
+        router_handle = Some(router.clone());
         let mut stop = router_stop_rx.clone();
         router_task = Some(tokio::spawn(async move {
             let result = router
@@ -107,69 +124,62 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shared,
         producer: producer.clone(),
         topics: settings.kafka.topics.clone(),
-        tokens: settings
-            .agent_tokens
-            .iter()
-            .map(|(t, s)| (t.as_str().to_owned(), (t.clone(), s.clone())))
-            .collect(),
+        tokens: std::sync::RwLock::new(agent_tokens(settings)),
         max_body_bytes: settings.max_body_bytes,
     });
     // Readers record e-mail threads; the e-mail sender reads them for References.
     let threads = Arc::new(omni_email::ThreadIndex::default());
     let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
-    let outbound_task = match &settings.outbound {
-        Some(outbound) => Some(start_outbound(
-            &settings,
-            outbound,
-            &registry,
-            producer.clone(),
-            bus_metrics.clone(),
-            threads.clone(),
-            outbound_stop_rx,
-        )?),
-        None => None,
+    let (outbound_task, senders) = match &settings.outbound {
+        Some(outbound) => {
+            let (task, senders) = start_outbound(
+                settings,
+                outbound,
+                &registry,
+                producer.clone(),
+                bus_metrics.clone(),
+                threads.clone(),
+                outbound_stop_rx,
+            )?;
+            (Some(task), Some(senders))
+        }
+        None => (None, None),
     };
     let (email_stop_tx, email_stop_rx) = tokio::sync::watch::channel(false);
-    let email_tasks = start_mailboxes(&settings, &registry, &producer, threads, email_stop_rx)?;
-    let sms_tenants = omni_sms::webhook::tenants(settings.sms_tenants.clone());
-    let sms_endpoint = |endpoint| SmsWebhook::new(sms_tenants.clone(), endpoint);
+    let email_tasks = start_mailboxes(settings, &registry, &producer, threads, email_stop_rx)?;
+    let channels = Channels::new(settings);
     let concat = Arc::new(ConcatStore::new(
-        sms_endpoint(Endpoint::VonageMessage),
+        SmsWebhook::new(
+            channels.sms.twilio_message.tenants(),
+            Endpoint::VonageMessage,
+        ),
         settings.kafka.topics.sms_parts.clone(),
         settings.sms_concat.clone(),
         ConcatMetrics::register(&registry)?,
     ));
-    let sms = SmsEndpoints {
-        twilio_message: sms_endpoint(Endpoint::TwilioMessage),
-        twilio_status: sms_endpoint(Endpoint::TwilioStatus),
-        vonage_message: concat.clone(),
-        vonage_dlr: sms_endpoint(Endpoint::VonageDlr),
-        esms_callback: sms_endpoint(Endpoint::EsmsCallback),
-        gateway: sms_endpoint(Endpoint::Gateway),
-    };
-    let state = Arc::new(AppState {
+    let state = Arc::new(AppState::new(
         ingress,
-        api: ApiChannel::new(settings.api_tenants),
-        messenger: MessengerChannel::new(settings.messenger_tenants),
-        zalo: ZaloChannel::new(settings.zalo_tenants),
-        sms,
-        producer: producer.clone(),
+        channels,
+        concat.clone(),
+        producer.clone(),
         registry,
-    });
+    ));
 
-    let concat_task = settings
-        .sms_tenants
-        .iter()
-        .any(|(_, s)| s.vonage.is_some())
-        .then(|| {
+    let concat_upkeep = {
+        let (state, kafka) = (state.clone(), settings.kafka.clone());
+        // Ends with the router, after the HTTP drain: no part arrives after it.
+        let stop = router_stop_rx.clone();
+        ConcatUpkeep::new(move || {
             tokio::spawn(run_concat(
                 state.clone(),
-                concat,
-                settings.kafka.clone(),
-                // Ends with the router, after the HTTP drain: no part arrives after it.
-                router_stop_rx.clone(),
+                concat.clone(),
+                kafka.clone(),
+                stop.clone(),
             ))
-        });
+        })
+    };
+    concat_upkeep.ensure(settings);
+    let concat_task = concat_upkeep.task.clone();
 
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -179,7 +189,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "omnirouter listening: POST /v1/inbound/{{tenant}}, GET /metrics /healthz /readyz");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut app = router(state).merge(omni_router::api::routes(agent_api));
+    let mut app = router(state.clone()).merge(omni_router::api::routes(agent_api.clone()));
     if let Some(chat) = &livechat {
         app = app.merge(omni_livechat::server::routes(chat.clone()));
     }
@@ -193,15 +203,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(async move { server.await });
 
+    let (reload_stop_tx, reload_stop_rx) = tokio::sync::watch::channel(false);
+    let live = Live {
+        app: state,
+        agent_api,
+        router: router_handle,
+        livechat: livechat.clone(),
+        senders,
+        concat: concat_upkeep,
+    };
+    let grace = settings.shutdown_grace;
+    let reloader = Reloader::new(config, loaded, live, reload_metrics);
+    let reload_task = tokio::spawn(reloader.run(hangup, reload_stop_rx));
+
     shutdown_signal().await;
+    // No reload while shutting down.
+    let _ = reload_stop_tx.send(true);
+    let _ = reload_task.await;
     tracing::info!(
-        grace_secs = settings.shutdown_grace.as_secs(),
+        grace_secs = grace.as_secs(),
         "shutdown requested: draining in-flight requests"
     );
     let _ = stop_tx.send(());
     // One deadline for the whole shutdown (drain, router, flush), so an orchestrator's grace
     // period a little above `server.shutdown_grace_secs` always covers it.
-    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     match tokio::time::timeout_at(deadline, server).await {
         Ok(joined) => joined.context("http server task")?.context("http server")?,
@@ -218,6 +244,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             tracing::warn!("a mailbox reader did not stop within the grace period");
         }
     }
+    let concat_task = concat_task.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(task) = concat_task {
         let _ = tokio::time::timeout_at(deadline, task).await;
     }
@@ -285,8 +312,9 @@ fn start_mailboxes(
     Ok(tasks)
 }
 
-/// Starts sending replies from the outbound topic: a sender per configured channel, the Zalo
-/// token upkeep, and the dispatcher over a consumer group. Ends when `stop` turns true.
+/// Starts sending replies from the outbound topic: a sender per channel (Messenger, SMS and
+/// Zalo always, so a reload can give them tenants; e-mail when mailboxes are configured), the
+/// Zalo token upkeep, and the dispatcher over a consumer group. Ends when `stop` turns true.
 fn start_outbound(
     settings: &Settings,
     outbound: &OutboundSettings,
@@ -295,7 +323,7 @@ fn start_outbound(
     bus_metrics: Arc<BusMetrics>,
     threads: Arc<omni_email::ThreadIndex>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Senders)> {
     let metrics = DispatchMetrics::register(registry)?;
     let mut dispatcher = Dispatcher::new(
         Arc::new(producer),
@@ -307,14 +335,14 @@ fn start_outbound(
     .with_max_age(outbound.max_age)
     // Live chat replies reach visitors through the sockets: every instance reads them itself.
     .delivered_elsewhere(ChannelKind::Livechat);
-    if !settings.messenger_tenants.is_empty() {
-        let sender = MessengerSender::new(
+    let messenger = Arc::new(
+        MessengerSender::new(
             settings.messenger_tenants.iter().map(|(t, m)| (t, m)),
             settings.messenger_api.clone(),
         )
-        .context("building the Messenger HTTP client")?;
-        dispatcher = dispatcher.with_sender(ChannelKind::Messenger, Arc::new(sender));
-    }
+        .context("building the Messenger HTTP client")?,
+    );
+    dispatcher = dispatcher.with_sender(ChannelKind::Messenger, messenger.clone());
     if !settings.mailboxes.is_empty() {
         let sender = omni_email::EmailSender::new(
             &settings.mailboxes,
@@ -324,34 +352,30 @@ fn start_outbound(
         .context("building the e-mail senders")?;
         dispatcher = dispatcher.with_sender(ChannelKind::Email, Arc::new(sender));
     }
-    if !settings.sms_tenants.is_empty() {
-        let sender = SmsSender::new(settings.sms_tenants.clone(), settings.sms_api.clone())
-            .context("building the SMS HTTP client")?;
-        dispatcher = dispatcher.with_sender(ChannelKind::Sms, Arc::new(sender));
-    }
-    if !settings.zalo_tenants.is_empty() {
-        let token_metrics = TokenMetrics::register(registry)?;
-        let mut tokens = HashMap::new();
-        for (tenant, zalo) in &settings.zalo_tenants {
-            for (oa, oa_settings) in &zalo.oas {
-                let keeper = OaToken::new(
-                    oa,
-                    oa_settings,
-                    settings.zalo_refresh.clone(),
-                    token_metrics.clone(),
-                )
-                .context("building the Zalo OAuth HTTP client")?;
-                tokens.insert((tenant.as_str().to_owned(), oa.clone()), Arc::new(keeper));
-            }
-        }
-        tokio::spawn(omni_social::zalo::token::keep_fresh(
-            tokens.values().cloned().collect(),
-            stop.clone(),
-        ));
-        let sender = ZaloSender::new(tokens, settings.zalo_api.clone())
-            .context("building the Zalo HTTP client")?;
-        dispatcher = dispatcher.with_sender(ChannelKind::Zalo, Arc::new(sender));
-    }
+    let sms = Arc::new(
+        SmsSender::new(settings.sms_tenants.clone(), settings.sms_api.clone())
+            .context("building the SMS HTTP client")?,
+    );
+    dispatcher = dispatcher.with_sender(ChannelKind::Sms, sms.clone());
+    let mut zalo_tokens = ZaloTokens::new(
+        settings.zalo_refresh.clone(),
+        TokenMetrics::register(registry)?,
+        stop.clone(),
+    );
+    let keepers = zalo_tokens
+        .prepare(&settings.zalo_tenants)
+        .context("building the Zalo OAuth HTTP client")?;
+    let zalo = Arc::new(
+        ZaloSender::new(zalo_tokens.commit(keepers), settings.zalo_api.clone())
+            .context("building the Zalo HTTP client")?,
+    );
+    dispatcher = dispatcher.with_sender(ChannelKind::Zalo, zalo.clone());
+    let senders = Senders {
+        messenger,
+        sms,
+        zalo,
+        zalo_tokens,
+    };
     let dispatcher = Arc::new(dispatcher);
     let consumer = omni_bus::Consumer::new(
         &settings.kafka,
@@ -362,7 +386,7 @@ fn start_outbound(
     .context("joining the outbound consumer group")?;
     let max_in_flight = outbound.max_in_flight;
     let mut stop = stop;
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let result = consumer
             .run_concurrent(
                 max_in_flight,
@@ -383,7 +407,8 @@ fn start_outbound(
         if let Err(e) = result {
             tracing::error!(error = %e, "outbound dispatch stopped: replies are not being sent");
         }
-    }))
+    });
+    Ok((task, senders))
 }
 
 /// The multipart SMS upkeep: restores stored parts once the parts topic can be read, then

@@ -1,13 +1,17 @@
 //! The omnirouter daemon: reads and validates config, wires the Kafka producer, the channel
-//! adapters and the HTTP server together, and runs until SIGTERM/SIGINT.
+//! adapters and the HTTP server together, reloads tenants on SIGHUP or a changed config file,
+//! and runs until SIGTERM/SIGINT.
 //!
 //! # Layout
 //! - [`cli`]: the command line (`run`, `check-config`) and log set-up.
 //! - [`settings`]: raw config → validated settings (names the bad key on error).
 //! - [`server`]: the HTTP routes: ingress, `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: start-up, topic creation, graceful shutdown.
+//! - [`reload`]: tenants changed without a restart (SIGHUP, a changed config file), and what
+//!   needs one.
 
 pub mod cli;
 pub mod daemon;
+pub mod reload;
 pub mod server;
 pub mod settings;

@@ -9,18 +9,68 @@ use axum::Router;
 use omni_bus::Producer;
 use omni_channel::{ApiChannel, Ingress, WebhookAdapter};
 use omni_sms::multipart::ConcatStore;
-use omni_sms::webhook::SmsWebhook;
+use omni_sms::webhook::{Endpoint, SmsWebhook};
 use omni_social::messenger::MessengerChannel;
 use omni_social::zalo::ZaloChannel;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use crate::settings::Settings;
 
 /// Everything the handlers share.
 pub struct AppState {
     /// The shared inbound machinery.
     pub ingress: Ingress,
+    /// The webhook adapters of the config in force; a reload swaps them whole.
+    channels: RwLock<Arc<Channels>>,
+    /// Vonage inbound messages, multipart reassembled (its tenants are swapped in place: it
+    /// holds parts waiting for their siblings).
+    pub vonage_message: Arc<ConcatStore>,
+    /// For readiness checks.
+    pub producer: Producer,
+    /// Everything `/metrics` serves.
+    pub registry: Registry,
+}
+
+impl AppState {
+    /// The state for `channels` (and the Vonage store), publishing through `ingress`.
+    pub fn new(
+        ingress: Ingress,
+        channels: Channels,
+        vonage_message: Arc<ConcatStore>,
+        producer: Producer,
+        registry: Registry,
+    ) -> Self {
+        Self {
+            ingress,
+            channels: RwLock::new(Arc::new(channels)),
+            vonage_message,
+            producer,
+            registry,
+        }
+    }
+
+    /// The adapters in force. A request takes them once and keeps them to its end, so a reload
+    /// never changes a tenant's credentials halfway through a request.
+    pub fn channels(&self) -> Arc<Channels> {
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serves `channels` from the next request on (a reloaded config).
+    pub fn set_channels(&self, channels: Channels) {
+        let sms = channels.sms.twilio_message.tenants();
+        *self.channels.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
+        self.vonage_message.set_tenants(sms);
+    }
+}
+
+/// Every tenant-facing webhook adapter, built from one config.
+pub struct Channels {
     /// The API channel adapter.
     pub api: ApiChannel,
     /// The Messenger webhook adapter.
@@ -29,20 +79,35 @@ pub struct AppState {
     pub zalo: ZaloChannel,
     /// The SMS endpoints.
     pub sms: SmsEndpoints,
-    /// For readiness checks.
-    pub producer: Producer,
-    /// Everything `/metrics` serves.
-    pub registry: Registry,
 }
 
-/// One adapter per SMS endpoint, over the same tenants.
+impl Channels {
+    /// The adapters for the tenants of `settings`.
+    pub fn new(settings: &Settings) -> Self {
+        let sms = omni_sms::webhook::tenants(settings.sms_tenants.iter().cloned());
+        let endpoint = |endpoint| SmsWebhook::new(sms.clone(), endpoint);
+        Self {
+            api: ApiChannel::new(settings.api_tenants.iter().cloned()),
+            messenger: MessengerChannel::new(settings.messenger_tenants.iter().cloned()),
+            zalo: ZaloChannel::new(settings.zalo_tenants.iter().cloned()),
+            sms: SmsEndpoints {
+                twilio_message: endpoint(Endpoint::TwilioMessage),
+                twilio_status: endpoint(Endpoint::TwilioStatus),
+                vonage_dlr: endpoint(Endpoint::VonageDlr),
+                esms_callback: endpoint(Endpoint::EsmsCallback),
+                gateway: endpoint(Endpoint::Gateway),
+            },
+        }
+    }
+}
+
+/// One adapter per SMS endpoint, over the same tenants (Vonage messages go through
+/// [`AppState::vonage_message`]).
 pub struct SmsEndpoints {
     /// Twilio inbound messages.
     pub twilio_message: SmsWebhook,
     /// Twilio status callbacks.
     pub twilio_status: SmsWebhook,
-    /// Vonage inbound messages, multipart reassembled.
-    pub vonage_message: Arc<ConcatStore>,
     /// Vonage delivery receipts.
     pub vonage_dlr: SmsWebhook,
     /// eSMS delivery callbacks.
@@ -58,23 +123,23 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/v1/inbound/{tenant}",
-            webhook(post_only, |s: &AppState| &s.api),
+            webhook(post_only, |c: &Channels| &c.api),
         )
         .route(
             "/v1/webhooks/messenger/{tenant}",
-            webhook(post_only, |s: &AppState| &s.messenger).get(messenger_handshake),
+            webhook(post_only, |c: &Channels| &c.messenger).get(messenger_handshake),
         )
         .route(
             "/v1/webhooks/zalo/{tenant}",
-            webhook(post_only, |s: &AppState| &s.zalo),
+            webhook(post_only, |c: &Channels| &c.zalo),
         )
         .route(
             "/v1/webhooks/sms/twilio/{tenant}",
-            webhook(post_only, |s: &AppState| &s.sms.twilio_message),
+            webhook(post_only, |c: &Channels| &c.sms.twilio_message),
         )
         .route(
             "/v1/webhooks/sms/twilio/{tenant}/status",
-            webhook(post_only, |s: &AppState| &s.sms.twilio_status),
+            webhook(post_only, |c: &Channels| &c.sms.twilio_status),
         )
         .route(
             "/v1/webhooks/sms/vonage/{tenant}",
@@ -82,15 +147,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/v1/webhooks/sms/vonage/{tenant}/dlr",
-            webhook(get_or_post, |s: &AppState| &s.sms.vonage_dlr),
+            webhook(get_or_post, |c: &Channels| &c.sms.vonage_dlr),
         )
         .route(
             "/v1/webhooks/sms/esms/{tenant}/callback",
-            webhook(get_or_post, |s: &AppState| &s.sms.esms_callback),
+            webhook(get_or_post, |c: &Channels| &c.sms.esms_callback),
         )
         .route(
             "/v1/webhooks/sms/gateway/{tenant}/{gateway}",
-            webhook(post_only, |s: &AppState| &s.sms.gateway),
+            webhook(post_only, |c: &Channels| &c.sms.gateway),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -103,7 +168,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// gateway's name) are the adapter's to read from the URI.
 fn webhook<A: WebhookAdapter>(
     methods: MethodFilter,
-    pick: fn(&AppState) -> &A,
+    pick: fn(&Channels) -> &A,
 ) -> MethodRouter<Arc<AppState>> {
     on(
         methods,
@@ -114,9 +179,10 @@ fn webhook<A: WebhookAdapter>(
             // makes.
             let tenant = params.get("tenant").map_or("", String::as_str);
             let (parts, body) = request.into_parts();
+            let channels = state.channels();
             state
                 .ingress
-                .handle(pick(&state), tenant, &parts, body)
+                .handle(pick(&channels), tenant, &parts, body)
                 .await
         },
     )
@@ -128,7 +194,7 @@ async fn messenger_handshake(
     Path(tenant): Path<String>,
     axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    match state.messenger.handshake(&tenant, &query) {
+    match state.channels().messenger.handshake(&tenant, &query) {
         Ok(challenge) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -148,7 +214,6 @@ async fn vonage_message(
 ) -> Response {
     let (parts, body) = request.into_parts();
     state
-        .sms
         .vonage_message
         .handle(&state.ingress, &tenant, &parts, body)
         .await

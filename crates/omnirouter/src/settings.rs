@@ -456,7 +456,7 @@ pub struct RawTenant {
 }
 
 /// Validated settings: what the daemon runs with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// HTTP listen address.
     pub listen: SocketAddr,
@@ -502,6 +502,8 @@ pub struct Settings {
     pub mailboxes: Vec<omni_email::MailboxSettings>,
     /// Website live chat, when enabled and some tenant has a widget.
     pub livechat: Option<LivechatConfig>,
+    /// `livechat.enabled` (live chat may be enabled yet not served: no widget).
+    pub livechat_enabled: bool,
 }
 
 /// Validated live chat: shared limits and every tenant's widgets.
@@ -532,20 +534,80 @@ pub type RouterSettings = omni_router::RouterSettings;
 /// Largest body limit allowed (16 MiB): attachments travel by URL, not inline.
 const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
+/// A validated config together with the merged values it came from, so a reload can tell
+/// what changed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// What the daemon runs with.
+    pub settings: Settings,
+    /// The file and environment merged, as written (before defaults).
+    pub tree: ConfigTree,
+}
+
+/// The merged config values (file, then environment) as a tree. It holds secrets, so it never
+/// prints them: compare it, do not log it.
+#[derive(Clone, Default, PartialEq)]
+pub struct ConfigTree(serde_json::Value);
+
+impl std::fmt::Debug for ConfigTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigTree(..)")
+    }
+}
+
+impl ConfigTree {
+    /// The value at `path` (`["tenants", "acme", "email"]`), if set.
+    pub fn get(&self, path: &[&str]) -> Option<&serde_json::Value> {
+        path.iter().try_fold(&self.0, |v, k| v.get(k))
+    }
+}
+
+/// An error with its causes, `: `-separated, for one log line or message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        // `#[error("…: {0}")]` wrappers already end with their cause.
+        let text = s.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// Reads and validates the config: defaults, then `file` (if given), then `OMNI__…`
+/// environment variables. Start-up, `check-config` and every reload go through this one
+/// function, so a config `check-config` accepts is one a reload accepts.
+pub fn load(file: Option<&Path>) -> Result<Loaded, SettingsError> {
+    let config = RawSettings::sources(file).build()?;
+    let tree = ConfigTree(config.clone().try_deserialize()?);
+    let raw: RawSettings = config.try_deserialize()?;
+    Ok(Loaded {
+        settings: raw.validate()?,
+        tree,
+    })
+}
+
 impl RawSettings {
     /// Loads defaults, then `file` (if given), then `OMNI__…` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Ok(Self::sources(file).build()?.try_deserialize()?)
+    }
+
+    fn sources(file: Option<&Path>) -> config::ConfigBuilder<config::builder::DefaultState> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
-        builder = builder.add_source(
+        builder.add_source(
             config::Environment::with_prefix("OMNI")
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(false),
-        );
-        Ok(builder.build()?.try_deserialize()?)
+        )
     }
 
     /// Checks every value and builds [`Settings`]; the error names the key to fix.
@@ -710,6 +772,7 @@ impl RawSettings {
         if tenant_count == 0 {
             return Err(invalid("tenants", "configure at least one tenant".into()));
         }
+        let livechat_enabled = self.livechat.enabled;
         let livechat = self.livechat.validate()?;
         let livechat = (livechat.is_some() && !widgets.is_empty()).then(|| LivechatConfig {
             settings: livechat.unwrap_or_default(),
@@ -765,6 +828,7 @@ impl RawSettings {
             outbound,
             mailboxes,
             livechat,
+            livechat_enabled,
         })
     }
 }

@@ -14,6 +14,7 @@ use omni_core::{Attachment, TenantId};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::{MessengerTenant, PageSettings, ECHO_MARKER};
@@ -37,10 +38,26 @@ pub struct MessengerSendSettings {
 
 /// Sends Messenger replies for every configured page.
 pub struct MessengerSender {
-    pages: HashMap<(String, String), PageSettings>,
+    /// Pages by (tenant, page id); replaced whole by [`MessengerSender::set_tenants`], read
+    /// once per reply.
+    pages: RwLock<Arc<Pages>>,
     http: reqwest::Client,
     settings: MessengerSendSettings,
     limiter: RateLimiter,
+}
+
+/// Page settings by (tenant, page id).
+type Pages = HashMap<(String, String), PageSettings>;
+
+fn pages_of<'a>(tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>) -> Pages {
+    tenants
+        .into_iter()
+        .flat_map(|(tenant, m)| {
+            m.pages.iter().map(move |(page, settings)| {
+                ((tenant.as_str().to_owned(), page.clone()), settings.clone())
+            })
+        })
+        .collect()
 }
 
 impl MessengerSender {
@@ -49,22 +66,24 @@ impl MessengerSender {
         tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
         settings: MessengerSendSettings,
     ) -> Result<Self, reqwest::Error> {
-        let pages = tenants
-            .into_iter()
-            .flat_map(|(tenant, m)| {
-                m.pages.iter().map(move |(page, settings)| {
-                    ((tenant.as_str().to_owned(), page.clone()), settings.clone())
-                })
-            })
-            .collect();
         let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_page, 20);
         Ok(Self {
-            pages,
+            pages: RwLock::new(Arc::new(pages_of(tenants))),
             http,
             settings,
             limiter,
         })
+    }
+
+    /// Replaces every tenant's pages (a reloaded config): replies taken from now on use them;
+    /// a reply being sent finishes with the pages it started with. Rate limits carry over.
+    pub fn set_tenants<'a>(
+        &self,
+        tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
+    ) {
+        let pages = Arc::new(pages_of(tenants));
+        *self.pages.write().unwrap_or_else(|p| p.into_inner()) = pages;
     }
 
     async fn send_reply(
@@ -74,8 +93,8 @@ impl MessengerSender {
     ) -> Result<SendReceipt, SendError> {
         let message = &request.message;
         let page_id = &message.channel.account;
-        let page = self
-            .pages
+        let pages = self.pages.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let page = pages
             .get(&(message.tenant.as_str().to_owned(), page_id.clone()))
             .ok_or_else(|| {
                 SendError::permanent(

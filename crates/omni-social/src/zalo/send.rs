@@ -14,7 +14,7 @@ use omni_core::{Attachment, Secret};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::token::{OaToken, TokenError};
@@ -37,10 +37,14 @@ pub struct ZaloSendSettings {
     pub timeout: Duration,
 }
 
+/// Token keepers by (tenant, OA id).
+pub type Keepers = HashMap<(String, String), Arc<OaToken>>;
+
 /// Sends Zalo replies for every configured OA.
 pub struct ZaloSender {
-    /// Token keepers by (tenant, OA id).
-    tokens: HashMap<(String, String), Arc<OaToken>>,
+    /// Token keepers by (tenant, OA id); replaced whole by [`ZaloSender::set_tokens`], read
+    /// once per reply.
+    tokens: RwLock<Arc<Keepers>>,
     http: reqwest::Client,
     settings: ZaloSendSettings,
     limiter: RateLimiter,
@@ -83,11 +87,25 @@ impl ZaloSender {
         let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_oa, 10);
         Ok(Self {
-            tokens,
+            tokens: RwLock::new(Arc::new(tokens)),
             http,
             settings,
             limiter,
         })
+    }
+
+    /// Replaces the token keepers (a reloaded config): replies taken from now on use them; a
+    /// reply being sent finishes with the keeper it started with. Rate limits carry over.
+    pub fn set_tokens(&self, tokens: Keepers) {
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+    }
+
+    /// The token keepers in force, by (tenant, OA id).
+    pub fn tokens(&self) -> Arc<Keepers> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn send_reply(
@@ -98,8 +116,9 @@ impl ZaloSender {
         let message = &request.message;
         let oa = &message.channel.account;
         let token = self
-            .tokens
+            .tokens()
             .get(&(message.tenant.as_str().to_owned(), oa.clone()))
+            .cloned()
             .ok_or_else(|| {
                 SendError::permanent(
                     FailureReason::AccountNotConfigured,
