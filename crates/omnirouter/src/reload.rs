@@ -264,14 +264,14 @@ impl ReloadMetrics {
             ),
             &["result"],
         )?;
-        let last_successful = IntGauge::new(
+        let last_successful = IntGauge::with_opts(Opts::new(
             "omni_config_last_reload_successful",
             "1 if the last config reload was applied (or none was tried), 0 if it was rejected.",
-        )?;
-        let last_success = Gauge::new(
+        ))?;
+        let last_success = Gauge::with_opts(Opts::new(
             "omni_config_last_reload_success_timestamp_seconds",
             "When the config in force was loaded (start-up or the last applied reload), in Unix seconds.",
-        )?;
+        ))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_successful.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
