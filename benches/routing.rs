@@ -87,6 +87,7 @@ fn config() -> RoutingConfig {
         aging_step_secs: 60,
         sticky_window_secs: 0,
         reopen_window_secs: 3600,
+        ..RoutingConfig::single_queue(QueueConfig::default())
     }
 }
 

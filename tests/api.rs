@@ -917,7 +917,7 @@ async fn the_running_daemon_answers_as_documented() {
             Body::None,
         )
         .await;
-        run.expect_error(op, &a, 503, "tenant_not_local", "instance without a router");
+        run.expect_error(op, &a, 503, "tenant_not_owned", "instance without a router");
     }
     drop(no_router);
 

@@ -758,8 +758,13 @@ fn kubernetes_manifests_validate_and_fit_together() {
         let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
             (Value::String(v), _) => v.clone(),
             (_, Value::String(f)) if f == "metadata.name" => "omnirouter-7d9f8b6c5d-x2k4p".into(),
+            (_, Value::String(f)) if f == "status.podIP" => "10.1.2.3".into(),
             other => panic!("unexpected env source {other:?}"),
         };
+        // Kubernetes expands `$(NAME)` from variables defined earlier in `env`.
+        let value = pod_env.iter().fold(value, |v, (name, set)| {
+            v.replace(&format!("$({name})"), set)
+        });
         pod_env.insert(str_of(&e["name"], "env name").to_owned(), value);
     }
     let dir = tempfile::tempdir().unwrap();

@@ -238,6 +238,18 @@ impl Daemon {
         d
     }
 
+    /// Starts `n` daemons sharing `broker` (one consumer group, as replicas behind a load
+    /// balancer) and waits until each is ready.
+    pub async fn start_many(broker: &Broker, n: usize, env: &[(&str, &str)]) -> Vec<Self> {
+        let daemons: Vec<Self> = (0..n)
+            .map(|_| Self::spawn(&broker.bootstrap(), env))
+            .collect();
+        for d in &daemons {
+            d.wait_ready(Duration::from_secs(30)).await;
+        }
+        daemons
+    }
+
     /// Starts the daemon without waiting for readiness.
     pub fn spawn(bootstrap: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
@@ -394,6 +406,154 @@ pub fn read_topic(
         }
     }
     out
+}
+
+/// A record read back with its place in the log and its headers.
+#[derive(Debug, Clone)]
+pub struct LogRead {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub headers: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads every partition of `topic` from the beginning to its current end (until no record
+/// arrives for `quiet`), in log order per partition, with headers.
+pub fn read_log(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<LogRead> {
+    use rdkafka::message::Headers as _;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("e2e-log-{}", free_port()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            last = Instant::now();
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(LogRead {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// Produces records as a CRM written in Python would: confluent-kafka (librdkafka) with
+/// `partitioner` set as given (`murmur2_random` is the Java client's partitioning). Each
+/// record is `(topic, key, value, partition)`; `Some(partition)` pins it there.
+pub fn python_produce(
+    bootstrap: &str,
+    partitioner: &str,
+    records: &[(String, String, serde_json::Value, Option<i32>)],
+) {
+    let python = workspace().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: `make deps` creates .venv with confluent-kafka",
+        python.display()
+    );
+    let script = r#"
+import json, sys
+from confluent_kafka import Producer
+bootstrap, partitioner = sys.argv[1], sys.argv[2]
+p = Producer({"bootstrap.servers": bootstrap, "partitioner": partitioner, "acks": "all",
+              "enable.idempotence": True, "linger.ms": 1})
+failed = []
+def report(err, msg):
+    if err is not None:
+        failed.append(str(err))
+for line in sys.stdin:
+    r = json.loads(line)
+    kw = {"key": r["key"].encode(), "value": json.dumps(r["value"]).encode(), "on_delivery": report}
+    if r.get("partition") is not None:
+        kw["partition"] = r["partition"]
+    p.produce(r["topic"], **kw)
+    p.poll(0)
+left = p.flush(30)
+if failed or left:
+    print("delivery failed:", failed, "unflushed:", left, file=sys.stderr)
+    sys.exit(1)
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", script, bootstrap, partitioner])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        for (topic, key, value, partition) in records {
+            let line = serde_json::json!({"topic": topic, "key": key, "value": value, "partition": partition});
+            writeln!(stdin, "{line}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A command CloudEvent as a CRM writes it to `omni.commands.v1`.
+pub fn command_event(tenant: &str, data: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": uuid_like(),
+        "source": "/crm/python",
+        "type": "omni.command",
+        "time": chrono::Utc::now().to_rfc3339(),
+        "datacontenttype": "application/json",
+        "tenant": tenant,
+        "data": data,
+    })
+}
+
+/// A random RFC 4122 v4-shaped id (tests need uniqueness, not a UUID crate).
+pub fn uuid_like() -> String {
+    let a = free_port() as u64;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let x = nanos ^ (a << 48) ^ u64::from(std::process::id());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (x >> 32) as u32,
+        (x >> 16) as u16,
+        (x & 0xfff) as u16,
+        (a & 0xfff) as u16,
+        nanos & 0xffff_ffff_ffff
+    )
 }
 
 /// A JSON Schema validator for a file in `crates/omni-core/schemas/`.

@@ -69,10 +69,18 @@ impl Default for BusConfig {
 }
 
 /// Properties the daemon's delivery guarantee rests on; overriding them is refused.
-const PINNED_PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+const PINNED_PRODUCER: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("partitioner", "murmur2_random"),
+];
 
-/// Properties that would commit offsets before processing; refused for consumers.
-const PINNED_CONSUMER: &[(&str, &str)] = &[("enable.auto.commit", "false")];
+/// Properties that would commit offsets before processing, or split a tenant's co-partitioned
+/// topics across instances; refused for consumers.
+const PINNED_CONSUMER: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("partition.assignment.strategy", "range"),
+];
 
 impl BusConfig {
     /// Checks every value without touching the network; the error names the bad key.
@@ -101,6 +109,8 @@ impl BusConfig {
             ("topics.routing", &self.topics.routing),
             ("topics.router_state", &self.topics.router_state),
             ("topics.email_checkpoints", &self.topics.email_checkpoints),
+            ("topics.sms_parts", &self.topics.sms_parts),
+            ("topics.router_owners", &self.topics.router_owners),
         ] {
             let valid = !value.is_empty()
                 && value.len() <= 249
@@ -161,21 +171,28 @@ impl BusConfig {
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.publish_timeout_ms.to_string())
-            .set("compression.type", "lz4");
+            .set("compression.type", "lz4")
+            // The partitioning contract (see `partitioner`): keyed records go where the Java
+            // client and kafkajs put them.
+            .set("partitioner", "murmur2_random");
         apply(&mut c, &self.librdkafka);
         apply(&mut c, &self.producer);
         c
     }
 
     /// librdkafka config for a consumer in `group`: no auto commit (we commit after
-    /// processing), earliest offset for new groups, short fetch waits.
+    /// processing), earliest offset for new groups, short fetch waits, and the eager `range`
+    /// assignor: it gives one member the same partition numbers of every co-partitioned topic
+    /// it subscribes to (a sticky or round-robin assignor would split a tenant's inbound,
+    /// outbound and commands partitions across instances), and an eager rebalance revokes
+    /// everything before anything is assigned again, so two members never hold one partition.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut c = self.base_config();
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
-            .set("partition.assignment.strategy", "cooperative-sticky");
+            .set("partition.assignment.strategy", "range");
         apply(&mut c, &self.librdkafka);
         apply(&mut c, &self.consumer);
         c

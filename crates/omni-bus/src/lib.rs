@@ -15,6 +15,7 @@
 //! - [`producer`]: the acknowledged producer and readiness checks.
 //! - [`consumer`]: the consumer-group loops with commit-after-processing, one record at a time
 //!   or concurrently with per-key order (`lanes`: the pure bookkeeping behind the latter).
+//! - [`partitioner`]: the partitioning contract (murmur2, as the Java client).
 //! - [`admin`]: topic creation.
 //! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state.
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
@@ -26,6 +27,7 @@ pub mod consumer;
 pub mod error;
 mod lanes;
 pub mod metrics;
+pub mod partitioner;
 pub mod producer;
 pub mod table;
 
@@ -34,4 +36,5 @@ pub use config::BusConfig;
 pub use consumer::{Consumer, HandlerOutcome, Record};
 pub use error::BusError;
 pub use metrics::BusMetrics;
+pub use partitioner::partition_for;
 pub use producer::{OutRecord, Producer};

@@ -9,6 +9,7 @@
 
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -30,6 +31,8 @@ pub struct OutRecord<'a> {
     pub key: &'a [u8],
     /// Value, or `None` for a tombstone.
     pub payload: Option<&'a [u8]>,
+    /// Record headers (the router's owner epoch on its state records).
+    pub headers: &'a [(&'a str, &'a [u8])],
 }
 
 /// A cheaply clonable handle to one idempotent librdkafka producer shared by the whole process.
@@ -154,6 +157,16 @@ impl Producer {
             }
             if let Some(partition) = r.partition {
                 record = record.partition(partition);
+            }
+            if !r.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                for (name, value) in r.headers {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(*value),
+                    });
+                }
+                record = record.headers(headers);
             }
             match producer.send_result(record) {
                 Ok(delivery) => pending.push((r.topic, delivery)),

@@ -5,7 +5,7 @@
 //! group-less assignment and never commits, so it disturbs no consumer group.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -31,7 +31,69 @@ pub fn read_table(bus: &BusConfig, topic: &str) -> Result<Table, BusError> {
     read(bus, topic, None)
 }
 
+/// One record of a compacted topic, in log order, with its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Offset in its partition.
+    pub offset: i64,
+    /// Key (lossy UTF-8).
+    pub key: String,
+    /// Value, `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers, by name (the last value of a repeated name).
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads one partition of `topic` from its start to its end and returns every record that is
+/// left, in log order: for readers that must know which write came after which (the router's
+/// owner fencing), not only the latest value per key. Blocking: call it from `spawn_blocking`.
+pub fn read_partition_log(
+    bus: &BusConfig,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<LogRecord>, BusError> {
+    let mut out = Vec::new();
+    scan(bus, topic, Some(&[partition]), |m| {
+        let mut headers = BTreeMap::new();
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                headers.insert(h.key.to_owned(), h.value.unwrap_or_default().to_vec());
+            }
+        }
+        out.push(LogRecord {
+            offset: m.offset(),
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    })?;
+    Ok(out)
+}
+
 fn read(bus: &BusConfig, topic: &str, only: Option<&[i32]>) -> Result<Table, BusError> {
+    let mut out = Table::new();
+    scan(bus, topic, only, |m| {
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        match m.payload() {
+            Some(v) => {
+                out.insert(key, v.to_vec());
+            }
+            None => {
+                out.remove(&key);
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// Hands every record of the partitions (all of `topic`'s when `only` is `None`) to `each`,
+/// from their start to their end.
+fn scan(
+    bus: &BusConfig,
+    topic: &str,
+    only: Option<&[i32]>,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), BusError> {
     let mut config = bus.consumer_config("omnirouter-table-reader");
     config.set("enable.partition.eof", "false");
     let consumer: BaseConsumer = config.create().map_err(BusError::Client)?;
@@ -61,9 +123,8 @@ fn read(bus: &BusConfig, topic: &str, only: Option<&[i32]>) -> Result<Table, Bus
             pending.insert(partition, high - 1);
         }
     }
-    let mut out = Table::new();
     if pending.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     consumer.assign(&tpl).map_err(BusError::Consume)?;
     let deadline = Instant::now() + READ_DEADLINE;
@@ -80,15 +141,7 @@ fn read(bus: &BusConfig, topic: &str, only: Option<&[i32]>) -> Result<Table, Bus
         let wait = if all_reached { 300 } else { 200 };
         match consumer.poll(Duration::from_millis(wait)) {
             Some(Ok(m)) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                match m.payload() {
-                    Some(v) => {
-                        out.insert(key, v.to_vec());
-                    }
-                    None => {
-                        out.remove(&key);
-                    }
-                }
+                each(&m);
                 if pending
                     .get(&m.partition())
                     .is_some_and(|last| m.offset() >= *last)
@@ -101,5 +154,5 @@ fn read(bus: &BusConfig, topic: &str, only: Option<&[i32]>) -> Result<Table, Bus
             None => {}
         }
     }
-    Ok(out)
+    Ok(())
 }

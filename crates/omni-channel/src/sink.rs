@@ -53,6 +53,7 @@ impl EventSink for omni_bus::Producer {
                 partition: None,
                 key,
                 payload: None,
+                headers: &[],
             };
             self.send_batch(&[record]).await.map_err(|e| SinkError {
                 topic: topic.to_owned(),

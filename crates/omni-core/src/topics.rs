@@ -25,6 +25,9 @@ pub struct Topics {
     /// Compacted store of received parts of multipart SMS not yet reassembled, so a part
     /// acknowledged to the provider survives a restart (keyed `<tenant>/<message>/<part>`).
     pub sms_parts: String,
+    /// Compacted registry of which router instance owns which partition (key `p<n>`): its
+    /// owner epoch and HTTP address, so any instance can forward a tenant's reads to the owner.
+    pub router_owners: String,
 }
 
 impl Default for Topics {
@@ -38,6 +41,7 @@ impl Default for Topics {
             router_state: "omni.router-state.v1".into(),
             email_checkpoints: "omni.email-checkpoints.v1".into(),
             sms_parts: "omni.sms-parts.v1".into(),
+            router_owners: "omni.router-owners.v1".into(),
         }
     }
 }
@@ -45,7 +49,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 8] {
+    pub fn all(&self) -> [(&str, bool); 9] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -55,6 +59,7 @@ impl Topics {
             (&self.router_state, true),
             (&self.email_checkpoints, true),
             (&self.sms_parts, true),
+            (&self.router_owners, true),
         ]
     }
 }

@@ -1,9 +1,14 @@
 //! The agent/operator HTTP API, per tenant, with a bearer token per tenant
 //! (`tenants.<id>.agent_api_token`). Documented in `openapi.json` beside this crate.
 //!
-//! Reads (queues, agents, a conversation) come from the engines this instance owns: in a
-//! cluster, ask the instance that owns the tenant (a 503 `tenant_not_local` says it is another
-//! one). Writes (replies, commands) go to Kafka and work on every instance.
+//! Reads (queues, agents, a conversation) are answered by the instance that owns the tenant's
+//! partition, whichever instance the request hits: another instance forwards it to the owner
+//! found in the owners registry (as Kafka Streams' interactive queries do), one hop at most.
+//! Every read says how fresh it is: `X-Omni-Served-By` (the owning instance),
+//! `X-Omni-Owner-Epoch` and `X-Omni-State-As-Of` (the time of the last input the state
+//! reflects). A 503 `tenant_not_owned` means no instance owns the tenant right now (a
+//! rebalance or takeover in progress): retry after `Retry-After`. Writes (replies, commands)
+//! go to Kafka and work on every instance.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -20,7 +25,7 @@ use omni_routing::{Command, Timestamp};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::runner::SharedState;
 use crate::wire::{time_of, Envelope, COMMAND_TYPE};
@@ -33,10 +38,14 @@ pub struct ApiState {
     pub producer: Producer,
     /// Topic names.
     pub topics: Topics,
-    /// Agent API tokens per tenant.
-    pub tokens: HashMap<String, (TenantId, Secret)>,
+    /// Agent API tokens per tenant; replaced whole when the config is reloaded.
+    pub tokens: RwLock<HashMap<String, (TenantId, Secret)>>,
     /// Largest request body accepted (`server.max_body_bytes`).
     pub max_body_bytes: usize,
+    /// Forwards reads to the owning instance.
+    pub http: reqwest::Client,
+    /// Counts reads by how they were answered.
+    pub metrics: Option<crate::RouterMetrics>,
 }
 
 /// The API routes (mounted by the daemon).
@@ -71,8 +80,8 @@ enum ApiError {
     MissingCredentials,
     #[error("agent API token is not valid")]
     BadCredentials,
-    #[error("this instance does not hold the tenant's routing state; ask the instance that owns its partition")]
-    NotLocal,
+    #[error("no router instance owns this tenant's partition right now (a takeover is in progress); retry shortly")]
+    NotOwned,
     #[error("{1}")]
     Invalid(&'static str, String),
     #[error("body larger than {0} bytes")]
@@ -87,7 +96,16 @@ impl IntoResponse for ApiError {
             ApiError::UnknownTenant => (StatusCode::NOT_FOUND, "unknown_tenant"),
             ApiError::MissingCredentials => (StatusCode::UNAUTHORIZED, "missing_credentials"),
             ApiError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
-            ApiError::NotLocal => (StatusCode::SERVICE_UNAVAILABLE, "tenant_not_local"),
+            ApiError::NotOwned => {
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tenant_not_owned",
+                    self.to_string(),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                return r;
+            }
             ApiError::Invalid(code, _) => (StatusCode::BAD_REQUEST, *code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType => {
@@ -99,7 +117,8 @@ impl IntoResponse for ApiError {
 }
 
 fn authorize(state: &ApiState, tenant: &str, headers: &HeaderMap) -> Result<TenantId, ApiError> {
-    let Some((id, token)) = state.tokens.get(tenant) else {
+    let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
+    let Some((id, token)) = tokens.get(tenant) else {
         return Err(ApiError::UnknownTenant);
     };
     let presented = headers
@@ -123,14 +142,143 @@ fn authorize(state: &ApiState, tenant: &str, headers: &HeaderMap) -> Result<Tena
     }
 }
 
-fn with_engine<T>(
+/// Header marking a read forwarded by another instance (its member name): never forwarded
+/// again.
+const FORWARDED: &str = "x-omni-forwarded-by";
+
+/// How fresh a local answer is.
+struct Freshness {
+    member: String,
+    epoch: u64,
+    as_of: u64,
+}
+
+impl Freshness {
+    fn apply(&self, mut response: Response) -> Response {
+        let h = response.headers_mut();
+        for (name, value) in [
+            ("x-omni-served-by", self.member.clone()),
+            ("x-omni-owner-epoch", self.epoch.to_string()),
+            ("x-omni-state-as-of", time_of(self.as_of).to_rfc3339()),
+        ] {
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+        response
+    }
+}
+
+/// Where a tenant's reads are answered.
+enum Owner<T> {
+    /// Here: the answer, with its freshness.
+    Local(T, Freshness),
+    /// At another instance's base URL.
+    Remote(String),
+}
+
+fn locate<T>(
     state: &ApiState,
     tenant: &TenantId,
     f: impl FnOnce(&crate::runner::TenantSlot) -> T,
-) -> Result<T, ApiError> {
-    let shared = state.shared.as_ref().ok_or(ApiError::NotLocal)?;
+) -> Result<Owner<T>, ApiError> {
+    let shared = state.shared.as_ref().ok_or(ApiError::NotOwned)?;
     let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-    s.tenants.get(tenant).map(f).ok_or(ApiError::NotLocal)
+    if let Some(slot) = s.tenants.get(tenant) {
+        if let Some(owned) = s.owned.get(&slot.partition) {
+            let fresh = Freshness {
+                member: s.member.clone(),
+                epoch: owned.epoch,
+                as_of: owned.as_of,
+            };
+            return Ok(Owner::Local(f(slot), fresh));
+        }
+    }
+    let partition = s.partition_of(tenant).ok_or(ApiError::NotOwned)?;
+    match s.owners.get(partition) {
+        Some(claim) if claim.member != s.member => {
+            claim.url.map(Owner::Remote).ok_or(ApiError::NotOwned)
+        }
+        _ => Err(ApiError::NotOwned),
+    }
+}
+
+/// Answers a read here if this instance owns the tenant, or forwards it to the owner.
+async fn read<T>(
+    state: &ApiState,
+    tenant: &TenantId,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    view: impl FnOnce(&crate::runner::TenantSlot) -> T,
+    answer: impl FnOnce(T) -> Response,
+) -> Response {
+    let count = |how: &str| {
+        if let Some(m) = &state.metrics {
+            m.reads.with_label_values(&[how]).inc();
+        }
+    };
+    match locate(state, tenant, view) {
+        Ok(Owner::Local(value, fresh)) => {
+            count("local");
+            fresh.apply(answer(value))
+        }
+        Ok(Owner::Remote(_)) if headers.contains_key(FORWARDED) => {
+            count("unowned");
+            ApiError::NotOwned.into_response()
+        }
+        Ok(Owner::Remote(base)) => match forward(state, &base, headers, uri).await {
+            Ok(r) => {
+                count("forwarded");
+                r
+            }
+            Err(e) => {
+                tracing::warn!(owner = %base, error = %e, "forwarding a read to the tenant's owner failed");
+                count("unowned");
+                ApiError::NotOwned.into_response()
+            }
+        },
+        Err(e) => {
+            count("unowned");
+            e.into_response()
+        }
+    }
+}
+
+async fn forward(
+    state: &ApiState,
+    base: &str,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Response, reqwest::Error> {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let member = state
+        .shared
+        .as_ref()
+        .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).member.clone())
+        .unwrap_or_default();
+    let mut request = state
+        .http
+        .get(format!("{}{path}", base.trim_end_matches('/')))
+        .header(FORWARDED, member);
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        request = request.header(header::AUTHORIZATION, auth.as_bytes());
+    }
+    let upstream = request.send().await?;
+    let status =
+        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = Response::builder().status(status);
+    for (name, value) in upstream.headers() {
+        let keep = name == reqwest::header::CONTENT_TYPE
+            || name == reqwest::header::RETRY_AFTER
+            || name.as_str().starts_with("x-omni-");
+        if keep {
+            out = out.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let body = upstream.bytes().await?;
+    Ok(out
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()))
 }
 
 fn now_ms() -> u64 {
@@ -144,14 +292,20 @@ async fn queues(
     State(state): State<Arc<ApiState>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> Response {
     let tenant = match authorize(&state, &tenant, &headers) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
     let now = Timestamp(now_ms());
-    match with_engine(&state, &tenant, |slot| slot.engine.queue_views()) {
-        Ok(views) => {
+    read(
+        &state,
+        &tenant,
+        &headers,
+        &uri,
+        |slot| slot.engine.queue_views(),
+        |views| {
             let queues: Vec<serde_json::Value> = views
                 .iter()
                 .map(|q| {
@@ -166,36 +320,36 @@ async fn queues(
                 })
                 .collect();
             Json(json!({ "queues": queues })).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+        },
+    )
+    .await
 }
 
 async fn agents(
     State(state): State<Arc<ApiState>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> Response {
     let tenant = match authorize(&state, &tenant, &headers) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    match with_engine(&state, &tenant, |slot| slot.engine.agent_views()) {
-        Ok(views) => {
+    read(&state, &tenant, &headers, &uri, |slot| slot.engine.agent_views(), |views| {
             let agents: Vec<serde_json::Value> = views
                 .iter()
                 .map(|a| json!({"id": a.id.0, "presence": a.presence.as_str(), "open": a.open, "capacity": a.capacity}))
                 .collect();
             Json(json!({ "agents": agents })).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+    })
+    .await
 }
 
 async fn conversation(
     State(state): State<Arc<ApiState>>,
     Path((tenant, conversation)): Path<(String, String)>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> Response {
     let tenant = match authorize(&state, &tenant, &headers) {
         Ok(t) => t,
@@ -208,7 +362,7 @@ async fn conversation(
             "conversation id must be a UUID",
         );
     };
-    let found = with_engine(&state, &tenant, |slot| {
+    let view = |slot: &crate::runner::TenantSlot| {
         slot.engine.conversation(id).map(|v| {
             let history: Vec<serde_json::Value> = slot
                 .history
@@ -225,16 +379,16 @@ async fn conversation(
                 "history": history,
             })
         })
-    });
-    match found {
-        Ok(Some(body)) => Json(body).into_response(),
-        Ok(None) => error(
+    };
+    read(&state, &tenant, &headers, &uri, view, |found| match found {
+        Some(body) => Json(body).into_response(),
+        None => error(
             StatusCode::NOT_FOUND,
             "unknown_conversation",
             "no such conversation",
         ),
-        Err(e) => e.into_response(),
-    }
+    })
+    .await
 }
 
 /// Body of `POST /v1/tenants/{tenant}/replies`.

@@ -12,10 +12,26 @@
 //!    index), so a replay repeats identical ids;
 //! 4. commits the input offset.
 //!
-//! A new owner of a partition first reads its state partition and restores each tenant's
-//! engine; an input at or below the recorded progress is not applied again — the last step's
-//! events are re-published from the progress record instead. Delivery is at least once and
-//! state never diverges.
+//! A new owner of a partition first reads its state partition in log order, claims it with
+//! the next owner epoch (an `~owner` record, also published on the owners topic) and restores
+//! each tenant's engine, publishing whatever the restore itself decided; an input at or below
+//! the recorded progress is not applied again — the last step's events are re-published from
+//! the progress record instead. State records carry their writer's epoch, and a restore
+//! ignores writes of an older epoch made after a newer claim ([`ownership`]). Delivery is at
+//! least once and state never diverges.
+//!
+//! Ownership follows the consumer group, which uses the eager `range` assignor: a member gets
+//! the same partition numbers of all three input topics, and a rebalance revokes everything
+//! before it assigns again. A revoked partition is dropped from memory before the loop looks
+//! at another record (rebalance callbacks run inside `recv`, on the loop's task), records of
+//! it already fetched are neither applied nor committed, and what was applied is committed
+//! synchronously in the revocation callback.
+//!
+//! The partitioning contract is murmur2 of the tenant key (the Java client's default, see
+//! [`omni_bus::partitioner`]); a record found on another partition is forwarded to the right
+//! one with the same bytes and never applied where it landed. A record for a tenant this
+//! instance has no config for is held (its partition paused, nothing committed) until a
+//! reloaded config knows the tenant.
 //!
 //! Timers (offer timeouts, overflow, SLA) need time to pass: a ticker publishes `tick`
 //! commands for tenants whose next timer is due, which come back through the log like any
@@ -25,10 +41,12 @@
 //! - [`wire`]: the envelopes of commands and routing events, and input decoding.
 //! - [`metrics`]: the customer-care metrics (response times, backlog, SLA, FCR, CSAT).
 //! - [`runner`]: the consume–decide–write–commit loop, recovery and the ticker.
-//! - [`api`]: the agent/operator HTTP API.
+//! - [`ownership`]: owner epochs, zombie fencing, and the owners registry for forwarded reads.
+//! - [`api`]: the agent/operator HTTP API (reads answered by the owner, from any instance).
 
 pub mod api;
 pub mod metrics;
+pub mod ownership;
 pub mod runner;
 pub mod wire;
 

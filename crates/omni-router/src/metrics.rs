@@ -11,7 +11,7 @@
 use omni_core::ChannelKind;
 use omni_routing::{AgentView, Observation, ObservationKind, Presence, QueueView, Timestamp};
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Default histogram buckets (seconds): common SLA targets are bounds, so "% within target" is
@@ -40,6 +40,17 @@ pub struct RouterMetrics {
     pub inputs: IntCounterVec,
     /// Partitions whose state this instance holds.
     pub partitions_owned: IntGaugeVec,
+    /// Records that arrived on another partition than the contract puts their key on, by
+    /// topic; forwarded to the right partition, never applied where they landed.
+    pub misrouted: IntCounterVec,
+    /// Records held back (not applied, not committed) because their tenant is not in this
+    /// instance's config yet.
+    pub held: IntGauge,
+    /// Partitions taken over (owner claims written), and partitions given up because another
+    /// instance claimed them with a newer epoch.
+    pub ownership: IntCounterVec,
+    /// API reads by how they were answered (local, forwarded, unowned).
+    pub reads: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -93,6 +104,14 @@ impl RouterMetrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            misrouted: counter("omni_router_misrouted_total", "Input records found on another partition than murmur2 of their key gives, forwarded to the right one.", &["topic"])?,
+            held: {
+                let g = IntGauge::with_opts(Opts::new("omni_router_held_records", "Input records held back, neither applied nor committed, because their tenant is not in this instance's config yet."))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            ownership: counter("omni_router_ownership_changes_total", "Partitions claimed (claimed) and partitions given up to a newer owner (fenced).", &["change"])?,
+            reads: counter("omni_router_api_reads_total", "Agent API reads by how they were answered: local, forwarded to the owner, or unowned (503).", &["answer"])?,
         };
         Ok(m)
     }

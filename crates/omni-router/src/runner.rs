@@ -1,8 +1,9 @@
-//! The consume → decide → write state → publish events → commit loop, partition recovery, and
-//! the ticker. See the crate docs for the protocol.
+//! The consume → decide → write state → publish events → commit loop, partition takeover with
+//! owner fencing, held records of unknown tenants, config reloads, and the ticker. See the
+//! crate docs for the protocol and [`crate::ownership`] for the fencing.
 
 use omni_bus::metrics::MetricsContext;
-use omni_bus::{BusConfig, BusError, BusMetrics, OutRecord, Producer};
+use omni_bus::{partition_for, BusConfig, BusError, BusMetrics, OutRecord, Producer};
 use omni_core::{ConversationId, EventId, TenantId};
 use omni_routing::{Engine, Input, Output, RoutingConfig, RoutingEvent, StateEntry, Timestamp};
 use rdkafka::client::ClientContext;
@@ -11,20 +12,25 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::metrics::RouterMetrics;
+use crate::ownership::{self, OwnerRecord, Owners, EPOCH_HEADER, OWNER_KEY};
 use crate::wire::{decode_input, routing_subject, routing_type, time_of, Envelope, TICK_TYPE};
 
 /// How many routing events per conversation the API can show.
 const HISTORY_LEN: usize = 50;
+
+/// How often the API history of conversations the engines forgot is dropped.
+const HISTORY_PRUNE: Duration = Duration::from_secs(60);
 
 /// Router settings from the daemon's config.
 #[derive(Debug, Clone)]
@@ -33,7 +39,7 @@ pub struct RouterSettings {
     pub group_id: String,
     /// How often due timers are checked (and gauges refreshed).
     pub tick_interval: Duration,
-    /// Routing configuration per tenant; tenants not listed are not routed.
+    /// Routing configuration per tenant at start-up; [`Router::set_tenants`] replaces it.
     pub tenants: BTreeMap<TenantId, RoutingConfig>,
 }
 
@@ -58,10 +64,21 @@ pub enum RouterError {
 pub struct TenantSlot {
     /// The engine.
     pub engine: Engine,
+    /// The config the engine was built with (a reload compares against it).
+    pub config: RoutingConfig,
     /// The partition the tenant lives on.
     pub partition: i32,
     /// Recent routing events per conversation (for the API; not durable).
     pub history: HashMap<ConversationId, VecDeque<serde_json::Value>>,
+}
+
+/// A partition this instance owns: the epoch of its claim and how fresh its state is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owned {
+    /// The owner epoch this instance claimed the partition with.
+    pub epoch: u64,
+    /// Time of the last input applied (ms since the epoch): what the state reflects.
+    pub as_of: u64,
 }
 
 /// The input offset last applied on a (topic, partition), with the events of the last batch
@@ -81,16 +98,46 @@ const MAX_BATCH: usize = 500;
 pub struct SharedState {
     /// Engines of the tenants this instance owns.
     pub tenants: BTreeMap<TenantId, TenantSlot>,
-    loaded: BTreeSet<i32>,
+    /// Partitions whose state this instance holds, with their claim.
+    pub owned: BTreeMap<i32, Owned>,
+    /// Partition count of the co-partitioned input topics (0 until known).
+    pub partitions: usize,
+    /// Who owns which partition, from the owners topic (for forwarded reads).
+    pub owners: Owners,
+    /// This instance's name in owner claims.
+    pub member: String,
+    /// This instance's base URL for forwarded reads (`router.advertised_url`).
+    pub url: Option<String>,
     progress: HashMap<(String, i32), Progress>,
     pending_ticks: BTreeSet<TenantId>,
 }
 
-/// The consumer context: metrics, plus the partitions revoked by rebalances, which the loop
-/// forgets before it processes another record.
+impl SharedState {
+    /// The partition the contract puts `tenant` on, once the partition count is known.
+    pub fn partition_of(&self, tenant: &TenantId) -> Option<i32> {
+        (self.partitions > 0).then(|| partition_for(tenant.as_str().as_bytes(), self.partitions))
+    }
+}
+
+/// What rebalances told the loop: the partitions assigned now, and those revoked since the
+/// loop last looked. Written by the consumer context (on the loop's own thread, inside
+/// `recv`), read by the loop between batches.
+#[derive(Default)]
+struct Assignment {
+    assigned: BTreeSet<i32>,
+    revoked: Vec<i32>,
+}
+
+/// The consumer context: metrics; rebalances recorded for the loop; on revocation, a
+/// synchronous commit of what was applied, so the next owner starts right after it.
 struct RouterContext {
     metrics: MetricsContext,
-    revoked: Arc<Mutex<Vec<i32>>>,
+    assignment: Arc<Mutex<Assignment>>,
+    /// Wakes the loop after an assignment, so new partitions are claimed (and their tenants'
+    /// reads answered) before any of their records arrive.
+    assigned: Arc<tokio::sync::Notify>,
+    /// Next offset to commit per (topic, partition): everything before it is applied.
+    applied: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
 }
 
 impl ClientContext for RouterContext {
@@ -103,12 +150,57 @@ impl ClientContext for RouterContext {
 }
 
 impl ConsumerContext for RouterContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        // Stop owning first: nothing of these partitions is applied or written after this.
+        {
+            let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+            a.assigned.retain(|p| !revoked.contains(p));
+            a.revoked.extend(revoked.iter().copied());
+        }
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let mut commit = TopicPartitionList::new();
+        for ((topic, partition), offset) in applied.iter() {
+            if revoked.contains(partition) {
+                let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+        }
+        applied.retain(|(_, p), _| !revoked.contains(p));
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(error = %e, "router commit on revocation failed (the next owner replays)");
+            }
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+                a.assigned
+                    .extend(tpl.elements().iter().map(|e| e.partition()));
+                tracing::info!(partitions = ?a.assigned, "router partitions assigned");
+                self.assigned.notify_one();
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "router rebalance failed"),
+        }
+    }
+}
+
+/// A record detached from the consumer.
+#[derive(Debug, Clone)]
+struct Rec {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: Option<i64>,
 }
 
 /// Copies what the router needs out of a consumed message.
@@ -119,19 +211,51 @@ fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
         offset: m.offset(),
         key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
         payload: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         timestamp: m.timestamp().to_millis(),
     }
 }
 
-/// A record detached from the consumer.
-struct Rec {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Vec<u8>,
-    payload: Option<Vec<u8>>,
-    timestamp: Option<i64>,
+/// What became of one input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Given to its tenant's engine.
+    Applied,
+    /// Applied before (at or below the recorded progress): its events were re-published.
+    Replayed,
+    /// Nothing for the router (no value, an event type it does not route).
+    Ignored,
+    /// Undecodable; logged and passed.
+    Skipped,
+    /// On the wrong partition for its key: copied to the right one.
+    Forwarded,
+    /// Its partition was claimed by a newer owner: not applied, not committed.
+    Fenced,
 }
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Replayed => "replayed",
+            Outcome::Ignored => "ignored",
+            Outcome::Skipped => "skipped",
+            Outcome::Forwarded => "forwarded",
+            Outcome::Fenced => "fenced",
+        }
+    }
+}
+
+/// Records held back per partition because their tenant is not configured here yet; the
+/// partition is paused until a config that knows them arrives.
+type Held = BTreeMap<i32, Vec<Rec>>;
 
 /// The router: one per daemon instance.
 pub struct Router {
@@ -141,6 +265,8 @@ pub struct Router {
     metrics: RouterMetrics,
     bus_metrics: Arc<BusMetrics>,
     shared: Arc<Mutex<SharedState>>,
+    /// The tenants' routing configs now in force; replaced by [`Router::set_tenants`].
+    tenants: tokio::sync::watch::Sender<Arc<BTreeMap<TenantId, RoutingConfig>>>,
 }
 
 impl Router {
@@ -152,14 +278,34 @@ impl Router {
         metrics: RouterMetrics,
         bus_metrics: Arc<BusMetrics>,
     ) -> Self {
+        let tenants = tokio::sync::watch::Sender::new(Arc::new(settings.tenants.clone()));
+        let shared = SharedState {
+            member: member_name(),
+            ..SharedState::default()
+        };
         Self {
             settings,
             bus,
             producer,
             metrics,
             bus_metrics,
-            shared: Arc::new(Mutex::new(SharedState::default())),
+            shared: Arc::new(Mutex::new(shared)),
+            tenants,
         }
+    }
+
+    /// Sets the base URL other instances forward this instance's tenants' API reads to
+    /// (`router.advertised_url`, e.g. `http://10.1.2.3:8080`).
+    pub fn set_advertised_url(&self, url: Option<String>) {
+        self.lock().url = url;
+    }
+
+    /// Replaces every tenant's routing config (a reloaded config file). Takes effect between two
+    /// batches: owned tenants whose config changed are rebuilt from their state under the new
+    /// config, removed tenants stop being routed, and records held back for a tenant this
+    /// instance did not know are applied once it appears.
+    pub fn set_tenants(&self, tenants: BTreeMap<TenantId, RoutingConfig>) {
+        self.tenants.send_replace(Arc::new(tenants));
     }
 
     /// The state the API reads.
@@ -169,11 +315,15 @@ impl Router {
 
     /// Whether a tenant is routed at all (configured).
     pub fn routes(&self, tenant: &TenantId) -> bool {
-        self.settings.tenants.contains_key(tenant)
+        self.tenants.borrow().contains_key(tenant)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config_of(&self, tenant: &TenantId) -> Option<RoutingConfig> {
+        self.tenants.borrow().get(tenant).cloned()
     }
 
     /// Runs until `shutdown` resolves.
@@ -189,9 +339,9 @@ impl Router {
             topics.commands.as_str(),
         ];
         // Co-partitioning is what makes "a tenant lives on partition p" true across topics.
-        loop {
+        let partitions = loop {
             match self.check_partitions(&inputs).await {
-                Ok(()) => break,
+                Ok(n) => break n,
                 Err(RouterError::Partitions(msg)) => return Err(RouterError::Partitions(msg)),
                 Err(e) => {
                     tracing::warn!(error = %e, "router waiting for kafka topics");
@@ -202,15 +352,30 @@ impl Router {
                     }
                 }
             }
-        }
-        let revoked = Arc::new(Mutex::new(Vec::new()));
+        };
+        let owners = {
+            let mut s = self.lock();
+            s.partitions = partitions;
+            s.owners.clone()
+        };
+        let stop_owners = Arc::new(AtomicBool::new(false));
+        owners.tail(
+            self.bus.clone(),
+            self.bus.topics.router_owners.clone(),
+            stop_owners.clone(),
+        );
+        let assignment = Arc::new(Mutex::new(Assignment::default()));
+        let applied = Arc::new(Mutex::new(BTreeMap::new()));
+        let newly_assigned = Arc::new(tokio::sync::Notify::new());
         let context = RouterContext {
+            assigned: newly_assigned.clone(),
             metrics: MetricsContext {
                 client: self.settings.group_id.clone(),
                 group: Some(self.settings.group_id.clone()),
                 metrics: self.bus_metrics.clone(),
             },
-            revoked: revoked.clone(),
+            assignment: assignment.clone(),
+            applied: applied.clone(),
         };
         let consumer: StreamConsumer<RouterContext> = StreamConsumer::from_config_and_context(
             &self.bus.consumer_config(&self.settings.group_id),
@@ -218,81 +383,355 @@ impl Router {
         )?;
         consumer.subscribe(&inputs)?;
         let ticker = tokio::spawn(self.clone().ticker());
-        tracing::info!(group = %self.settings.group_id, "router started");
-        loop {
-            let message = tokio::select! {
+        let mut tenants_rx = self.tenants.subscribe();
+        let mut held = Held::new();
+        tracing::info!(group = %self.settings.group_id, partitions, member = %self.lock().member,
+            "router started");
+        let result = loop {
+            let batch = tokio::select! {
                 biased;
-                () = &mut shutdown => break,
-                m = consumer.recv() => m,
-            };
-            let first = match message {
-                Ok(m) => detach(&m),
-                Err(e) => {
-                    tracing::warn!(error = %e, "router receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                () = &mut shutdown => break Ok(()),
+                () = newly_assigned.notified() => {
+                    self.claim_assigned(&assignment, &mut held).await;
                     continue;
                 }
-            };
-            // Take whatever else is already fetched, so one write to Kafka covers many inputs.
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(detach(&m)),
-                    _ => break,
-                }
-            }
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                self.forget_revoked(&revoked);
-                match self.step_batch(&batch).await {
-                    Ok(outcomes) => {
-                        for (rec, outcome) in batch.iter().zip(outcomes) {
-                            self.metrics
-                                .inputs
-                                .with_label_values(&[rec.topic.as_str(), outcome])
-                                .inc();
+                changed = tenants_rx.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let _ = tenants_rx.borrow_and_update();
+                    match self.reconfigure(&consumer, &assignment, &applied, &mut held).await {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "applying the new routing config failed; its tenants' partitions will be reloaded");
+                            continue;
                         }
-                        break;
+                    }
+                }
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        // Take whatever else is already fetched, so one write to Kafka covers
+                        // many inputs.
+                        let mut batch = vec![detach(&m)];
+                        drop(m);
+                        while batch.len() < MAX_BATCH {
+                            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                                Ok(Ok(m)) => batch.push(detach(&m)),
+                                _ => break,
+                            }
+                        }
+                        batch
                     }
                     Err(e) => {
-                        // Memory may hold steps Kafka does not: forget the partitions and
-                        // rebuild them from the changelog before trying the records again.
-                        tracing::warn!(records = batch.len(), error = %e,
-                            "router step failed, will reload and retry");
-                        for rec in &batch {
-                            self.unload(rec.partition);
-                        }
-                        tokio::select! {
-                            biased;
-                            () = &mut shutdown => { ticker.abort(); return Ok(()); }
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        tracing::warn!(error = %e, "router receive failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
                     }
+                },
+            };
+            if let Err(stopped) = self
+                .process(
+                    &consumer,
+                    &assignment,
+                    &applied,
+                    &mut held,
+                    batch,
+                    &mut shutdown,
+                )
+                .await
+            {
+                break stopped;
+            }
+        };
+        ticker.abort();
+        stop_owners.store(true, Ordering::Relaxed);
+        // What was applied is committed; held and unapplied records are not.
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in applied.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::debug!(error = %e, "router final commit");
+            }
+        }
+        tracing::info!("router stopped");
+        result
+    }
+
+    /// Applies one batch of fetched records: drops those of revoked partitions, holds those of
+    /// unknown tenants, applies the rest (retrying after a failed write), then commits what was
+    /// applied. `Err` only when shutdown arrived during a retry.
+    async fn process(
+        &self,
+        consumer: &StreamConsumer<RouterContext>,
+        assignment: &Mutex<Assignment>,
+        applied: &Mutex<BTreeMap<(String, i32), i64>>,
+        held: &mut Held,
+        batch: Vec<Rec>,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<(), Result<(), RouterError>> {
+        self.forget_revoked(assignment, held);
+        let assigned = assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assigned
+            .clone();
+        let mut ready = Vec::with_capacity(batch.len());
+        let mut newly_held = BTreeSet::new();
+        for rec in batch {
+            if !assigned.contains(&rec.partition) {
+                // Fetched before a revocation: the new owner reads it again.
+                continue;
+            }
+            if let Some(h) = held.get_mut(&rec.partition) {
+                h.push(rec);
+                continue;
+            }
+            if self.must_hold(&rec) {
+                newly_held.insert(rec.partition);
+                held.entry(rec.partition).or_default().push(rec);
+                continue;
+            }
+            ready.push(rec);
+        }
+        if !newly_held.is_empty() {
+            self.pause(consumer, &newly_held);
+        }
+        self.metrics
+            .held
+            .set(i64::try_from(held.values().map(Vec::len).sum::<usize>()).unwrap_or(i64::MAX));
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Duration::from_millis(100);
+        let outcomes = loop {
+            match self.step_batch(&ready).await {
+                Ok(outcomes) => break outcomes,
+                Err(e) => {
+                    // Memory may hold steps Kafka does not: forget the partitions and rebuild
+                    // them from the changelog before trying the records again.
+                    tracing::warn!(records = ready.len(), error = %e,
+                        "router step failed, will reload and retry");
+                    let partitions: BTreeSet<i32> = ready.iter().map(|r| r.partition).collect();
+                    for p in partitions {
+                        self.unload(p);
+                    }
+                    tokio::select! {
+                        biased;
+                        () = &mut *shutdown => return Err(Ok(())),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
-            let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-            for rec in &batch {
-                let o = next.entry((rec.topic.as_str(), rec.partition)).or_insert(0);
-                *o = (*o).max(rec.offset + 1);
+        };
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (rec, outcome) in ready.iter().zip(outcomes) {
+            self.metrics
+                .inputs
+                .with_label_values(&[rec.topic.as_str(), outcome.label()])
+                .inc();
+            if outcome == Outcome::Fenced {
+                // Another instance owns it now: ignore it until a rebalance gives it back.
+                assignment
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .assigned
+                    .remove(&rec.partition);
+                continue;
             }
-            let mut tpl = TopicPartitionList::new();
+            let o = next.entry((rec.topic.clone(), rec.partition)).or_insert(0);
+            *o = (*o).max(rec.offset + 1);
+        }
+        let still: BTreeSet<i32> = assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assigned
+            .clone();
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
             for ((topic, partition), offset) in next {
-                tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+                if !still.contains(&partition) {
+                    continue;
+                }
+                if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                {
+                    tracing::warn!(error = %e, "router commit list");
+                }
+                applied.insert((topic, partition), offset);
             }
+        }
+        if tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
                 tracing::warn!(error = %e, "router commit failed (the records will be replayed)");
             }
         }
-        ticker.abort();
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "router final commit");
-        }
-        tracing::info!("router stopped");
         Ok(())
     }
 
-    async fn check_partitions(&self, topics: &[&str]) -> Result<(), RouterError> {
+    /// Claims every assigned partition not owned yet. A failure is logged: the partition is
+    /// claimed again when its first record arrives.
+    async fn claim_assigned(&self, assignment: &Mutex<Assignment>, held: &mut Held) {
+        self.forget_revoked(assignment, held);
+        let assigned = assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assigned
+            .clone();
+        for p in assigned {
+            if self.lock().owned.contains_key(&p) {
+                continue;
+            }
+            if let Err(e) = self.claim(p).await {
+                tracing::warn!(partition = p, error = %e, "claiming an assigned partition failed; retrying with its next record");
+            }
+        }
+    }
+
+    /// Whether `rec` must wait for a config that knows its tenant: its key is a tenant id this
+    /// instance has no config for, and it is on that tenant's partition (a misrouted record is
+    /// forwarded whatever its tenant).
+    fn must_hold(&self, rec: &Rec) -> bool {
+        if rec.payload.is_none() {
+            return false;
+        }
+        let Ok(key) = std::str::from_utf8(&rec.key) else {
+            return false;
+        };
+        let Ok(tenant) = TenantId::new(key) else {
+            return false;
+        };
+        let home = self.lock().partition_of(&tenant);
+        if home.is_some_and(|h| h != rec.partition) {
+            return false;
+        }
+        let unknown = !self.tenants.borrow().contains_key(&tenant);
+        if unknown {
+            tracing::warn!(tenant = %tenant, partition = rec.partition, topic = %rec.topic,
+                offset = rec.offset,
+                "record for a tenant not in this instance's config: holding its partition until a config that knows it is loaded");
+        }
+        unknown
+    }
+
+    fn pause(&self, consumer: &StreamConsumer<RouterContext>, partitions: &BTreeSet<i32>) {
+        if let Err(e) = consumer.pause(&self.input_partitions(partitions)) {
+            tracing::warn!(error = %e, "cannot pause held partitions");
+        }
+    }
+
+    fn input_partitions(&self, partitions: &BTreeSet<i32>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        let t = &self.bus.topics;
+        for p in partitions {
+            for topic in [&t.inbound, &t.outbound, &t.commands] {
+                tpl.add_partition(topic, *p);
+            }
+        }
+        tpl
+    }
+
+    /// Applies a new set of tenant configs: rebuilds owned engines whose config changed (their
+    /// restore's decisions written and published), drops removed tenants, and retries the
+    /// records held for tenants that were unknown.
+    async fn reconfigure(
+        &self,
+        consumer: &StreamConsumer<RouterContext>,
+        assignment: &Mutex<Assignment>,
+        applied: &Mutex<BTreeMap<(String, i32), i64>>,
+        held: &mut Held,
+    ) -> Result<(), RouterError> {
+        let tenants = self.tenants.borrow().clone();
+        let now = Timestamp(wall_clock_ms());
+        let mut writes = Writes::default();
+        {
+            let mut s = self.lock();
+            let owned = s.owned.clone();
+            let names: Vec<TenantId> = s.tenants.keys().cloned().collect();
+            for tenant in names {
+                let Some(new) = tenants.get(&tenant) else {
+                    if let Some(slot) = s.tenants.remove(&tenant) {
+                        self.metrics
+                            .forget_tenant(tenant.as_str(), &slot.engine.queue_views());
+                        tracing::info!(tenant = %tenant, "tenant removed from the config: no longer routed here");
+                    }
+                    continue;
+                };
+                let Some(slot) = s.tenants.get_mut(&tenant) else {
+                    continue;
+                };
+                if slot.config == *new {
+                    continue;
+                }
+                let p = slot.partition;
+                let epoch = owned.get(&p).map_or(0, |o| o.epoch);
+                let (mut engine, outputs) =
+                    Engine::restore(new.clone(), slot.engine.snapshot(), now)?;
+                let changes = engine.take_changes();
+                self.metrics
+                    .forget_tenant(tenant.as_str(), &slot.engine.queue_views());
+                slot.engine = engine;
+                slot.config = new.clone();
+                writes.changes(&tenant, p, epoch, changes);
+                let stamp = now.0.to_string();
+                writes.outputs(&tenant, now, &outputs, |i| {
+                    [
+                        "reconfigure",
+                        &p.to_string(),
+                        &epoch.to_string(),
+                        &stamp,
+                        &i.to_string(),
+                    ]
+                    .map(str::to_owned)
+                });
+                tracing::info!(tenant = %tenant, "routing config changed: engine rebuilt from its state");
+            }
+        }
+        {
+            let mut s = self.lock();
+            let partitions = s.partitions;
+            for (tenant, config) in tenants.iter() {
+                if s.tenants.contains_key(tenant) || partitions == 0 {
+                    continue;
+                }
+                let p = partition_for(tenant.as_str().as_bytes(), partitions);
+                if s.owned.contains_key(&p) {
+                    s.tenants.insert(
+                        tenant.clone(),
+                        TenantSlot {
+                            engine: Engine::new(config.clone())?,
+                            config: config.clone(),
+                            partition: p,
+                            history: HashMap::new(),
+                        },
+                    );
+                    tracing::info!(tenant = %tenant, partition = p, "tenant added to the config: routed here");
+                }
+            }
+        }
+        self.write(&writes).await?;
+        self.observe(&writes);
+        // Held records: try them again in their order; a tenant still unknown holds again.
+        let partitions: BTreeSet<i32> = held.keys().copied().collect();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let retry: Vec<Rec> = std::mem::take(held).into_values().flatten().collect();
+        if let Err(e) = consumer.resume(&self.input_partitions(&partitions)) {
+            tracing::warn!(error = %e, "cannot resume held partitions");
+        }
+        let mut never = std::future::pending::<()>();
+        let mut never = std::pin::Pin::new(&mut never);
+        let _ = self
+            .process(consumer, assignment, applied, held, retry, &mut never)
+            .await;
+        Ok(())
+    }
+
+    async fn check_partitions(&self, topics: &[&str]) -> Result<usize, RouterError> {
         let names: Vec<String> = topics
             .iter()
             .map(|t| (*t).to_owned())
@@ -306,21 +745,22 @@ impl Router {
         if distinct.len() > 1 {
             return Err(RouterError::Partitions(format!("{counts:?}")));
         }
-        Ok(())
+        Ok(distinct.into_iter().next().unwrap_or(0))
     }
 
-    fn forget_revoked(&self, revoked: &Mutex<Vec<i32>>) {
+    fn forget_revoked(&self, assignment: &Mutex<Assignment>, held: &mut Held) {
         let gone: Vec<i32> =
-            std::mem::take(&mut *revoked.lock().unwrap_or_else(|p| p.into_inner()));
+            std::mem::take(&mut assignment.lock().unwrap_or_else(|p| p.into_inner()).revoked);
         for p in gone {
             tracing::info!(partition = p, "router partition revoked");
+            held.remove(&p);
             self.unload(p);
         }
     }
 
     fn unload(&self, partition: i32) {
         let mut s = self.lock();
-        s.loaded.remove(&partition);
+        s.owned.remove(&partition);
         for (tenant, slot) in s
             .tenants
             .iter()
@@ -336,131 +776,192 @@ impl Router {
         self.metrics
             .partitions_owned
             .with_label_values(&[self.settings.group_id.as_str()])
-            .set(s.loaded.len() as i64);
+            .set(s.owned.len() as i64);
+    }
+
+    /// Whether another instance claimed `partition` with a newer epoch than ours (seen on the
+    /// owners topic): then we are a zombie for it and must stop.
+    fn superseded(&self, partition: i32) -> bool {
+        let s = self.lock();
+        let Some(mine) = s.owned.get(&partition) else {
+            return false;
+        };
+        s.owners
+            .get(partition)
+            .is_some_and(|c| c.epoch > mine.epoch && c.member != s.member)
     }
 
     /// Applies a batch of records and writes their state, progress and events in one batch;
-    /// returns each record's outcome label. On error nothing of the batch may be assumed
-    /// written: the caller reloads the partitions and retries the whole batch.
-    async fn step_batch(&self, batch: &[Rec]) -> Result<Vec<&'static str>, RouterError> {
+    /// returns each record's outcome. On error nothing of the batch may be assumed written:
+    /// the caller reloads the partitions and retries the whole batch.
+    async fn step_batch(&self, batch: &[Rec]) -> Result<Vec<Outcome>, RouterError> {
         let partitions: BTreeSet<i32> = batch.iter().map(|r| r.partition).collect();
+        let mut fenced = BTreeSet::new();
         for p in partitions {
-            if !self.lock().loaded.contains(&p) {
-                self.load(p).await?;
+            if !self.lock().owned.contains_key(&p) {
+                self.claim(p).await?;
+            }
+            if self.superseded(p) {
+                tracing::warn!(
+                    partition = p,
+                    "another instance claimed this partition with a newer epoch: giving it up"
+                );
+                self.metrics.ownership.with_label_values(&["fenced"]).inc();
+                self.unload(p);
+                fenced.insert(p);
             }
         }
         let mut outcomes = Vec::with_capacity(batch.len());
-        // Latest value per state key (several inputs may change one entity), in key order.
-        let mut state: BTreeMap<(i32, String), Option<Vec<u8>>> = BTreeMap::new();
-        let mut progress: BTreeMap<(String, i32), Progress> = BTreeMap::new();
-        let mut events: Vec<(TenantId, serde_json::Value)> = Vec::new();
-        let mut replayed: Vec<(Vec<u8>, serde_json::Value)> = Vec::new();
-        let mut observations = Vec::new();
+        let mut writes = Writes::default();
+        let partition_count = self.lock().partitions;
         for rec in batch {
-            let progress_key = (rec.topic.clone(), rec.partition);
-            let replay = self
-                .lock()
-                .progress
-                .get(&progress_key)
-                .filter(|p| rec.offset <= p.offset)
-                .map(|p| {
-                    p.events
-                        .iter()
-                        .find(|(o, _)| *o == rec.offset)
-                        .map(|(_, e)| e.clone())
-                });
-            if let Some(stored) = replay {
-                // Applied and recorded, but its events may not have been written: write them
-                // again with their deterministic ids.
-                for e in stored.unwrap_or_default() {
-                    replayed.push((rec.key.clone(), e));
-                }
-                outcomes.push("replayed");
+            if fenced.contains(&rec.partition) {
+                outcomes.push(Outcome::Fenced);
                 continue;
             }
-            let Some(payload) = rec.payload.as_deref() else {
-                outcomes.push("ignored");
-                continue;
-            };
-            let (tenant, input) = match decode_input(&rec.key, payload) {
-                Ok(Some(x)) => x,
-                Ok(None) => {
-                    outcomes.push("ignored");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
-                        error = %e, "skipping undecodable router input");
-                    outcomes.push("skipped");
-                    continue;
-                }
-            };
-            let Some(config) = self.settings.tenants.get(&tenant) else {
-                outcomes.push("ignored");
-                continue;
-            };
-            let now = Timestamp(
-                rec.timestamp
-                    .and_then(|t| u64::try_from(t).ok())
-                    .unwrap_or_else(wall_clock_ms),
-            );
-            let (outputs, changes) = {
-                let mut s = self.lock();
-                if matches!(input, Input::Tick) {
-                    s.pending_ticks.remove(&tenant);
-                }
-                let slot = match s.tenants.entry(tenant.clone()) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => v.insert(TenantSlot {
-                        engine: Engine::new(config.clone())?,
-                        partition: rec.partition,
-                        history: HashMap::new(),
-                    }),
-                };
-                let outputs = slot.engine.handle(now, &input);
-                (outputs, slot.engine.take_changes())
-            };
-            for c in changes {
-                let value = c
-                    .entry
-                    .as_ref()
-                    .map(|e| serde_json::to_vec(e).unwrap_or_default());
-                state.insert((rec.partition, format!("{}/{}", tenant, c.key)), value);
-            }
-            let mut step_events = Vec::new();
-            for (i, out) in outputs.iter().enumerate() {
-                match out {
-                    Output::Event(ev) => {
-                        let id = EventId::derived(
-                            &tenant,
-                            &[
-                                &rec.topic,
-                                &rec.partition.to_string(),
-                                &rec.offset.to_string(),
-                                &i.to_string(),
-                            ],
-                        );
-                        let env = routing_envelope(&tenant, id, now, ev);
-                        step_events.push(env.clone());
-                        events.push((tenant.clone(), env));
-                    }
-                    Output::Observe(o) => observations.push((tenant.clone(), o.clone())),
-                }
-            }
-            let p = progress.entry(progress_key).or_default();
-            p.offset = rec.offset;
-            p.time = now.0;
-            p.events.push((rec.offset, step_events));
-            outcomes.push("applied");
+            outcomes.push(self.step_one(rec, partition_count, &mut writes)?);
         }
-        // State and progress on the tenant's partition, events on the routing topic, all in
-        // one batch; then the caller commits. Their order does not matter: with events but no
-        // state, a replay recomputes the same events (same ids) from the old state (the engine
-        // is deterministic, timers included); with state but no events, the progress record
-        // re-publishes them. Only the commit must come last.
+        self.write(&writes).await?;
+        {
+            let mut s = self.lock();
+            for (key, prog) in std::mem::take(&mut writes.progress) {
+                if let Some(owned) = s.owned.get_mut(&key.1) {
+                    owned.as_of = owned.as_of.max(prog.time);
+                }
+                s.progress.insert(key, prog);
+            }
+        }
+        self.observe(&writes);
+        Ok(outcomes)
+    }
+
+    fn step_one(
+        &self,
+        rec: &Rec,
+        partition_count: usize,
+        writes: &mut Writes,
+    ) -> Result<Outcome, RouterError> {
+        let Some(payload) = rec.payload.as_deref() else {
+            return Ok(Outcome::Ignored);
+        };
+        // The partitioning contract: a record is applied only on its key's partition.
+        let home = partition_for(&rec.key, partition_count);
+        if partition_count > 0 && home != rec.partition {
+            tracing::debug!(topic = %rec.topic, partition = rec.partition, home,
+                "record on the wrong partition for its key: forwarding it");
+            self.metrics
+                .misrouted
+                .with_label_values(&[rec.topic.as_str()])
+                .inc();
+            writes.forwards.push((rec.clone(), home));
+            return Ok(Outcome::Forwarded);
+        }
+        let progress_key = (rec.topic.clone(), rec.partition);
+        let replay = self
+            .lock()
+            .progress
+            .get(&progress_key)
+            .filter(|p| rec.offset <= p.offset)
+            .map(|p| {
+                p.events
+                    .iter()
+                    .find(|(o, _)| *o == rec.offset)
+                    .map(|(_, e)| e.clone())
+            });
+        if let Some(stored) = replay {
+            // Applied and recorded, but its events may not have been written: write them
+            // again with their deterministic ids.
+            for e in stored.unwrap_or_default() {
+                writes.replayed.push((rec.key.clone(), e));
+            }
+            return Ok(Outcome::Replayed);
+        }
+        let (tenant, input) = match decode_input(&rec.key, payload) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(Outcome::Ignored),
+            Err(e) => {
+                tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
+                    error = %e, "skipping undecodable router input");
+                return Ok(Outcome::Skipped);
+            }
+        };
+        let Some(config) = self.config_of(&tenant) else {
+            // Held before this point unless the config changed in between: not applied.
+            return Ok(Outcome::Ignored);
+        };
+        let now = Timestamp(
+            rec.timestamp
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or_else(wall_clock_ms),
+        );
+        let (outputs, changes, epoch) = {
+            let mut s = self.lock();
+            if matches!(input, Input::Tick) {
+                s.pending_ticks.remove(&tenant);
+            }
+            let epoch = s.owned.get(&rec.partition).map_or(0, |o| o.epoch);
+            let slot = match s.tenants.entry(tenant.clone()) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(TenantSlot {
+                    engine: Engine::new(config.clone())?,
+                    config,
+                    partition: rec.partition,
+                    history: HashMap::new(),
+                }),
+            };
+            let outputs = slot.engine.handle(now, &input);
+            (outputs, slot.engine.take_changes(), epoch)
+        };
+        writes.changes(&tenant, rec.partition, epoch, changes);
+        let partition = rec.partition.to_string();
+        let offset = rec.offset.to_string();
+        let step_events = writes.outputs(&tenant, now, &outputs, |i| {
+            [
+                rec.topic.clone(),
+                partition.clone(),
+                offset.clone(),
+                i.to_string(),
+            ]
+        });
+        let p = writes.progress.entry(progress_key).or_default();
+        p.offset = rec.offset;
+        p.time = now.0;
+        p.events.push((rec.offset, step_events));
+        writes.epochs.insert(rec.partition, epoch);
+        Ok(Outcome::Applied)
+    }
+
+    /// Writes state (with the owner epoch), progress, routing events and forwarded records in
+    /// one batch and waits for the broker. Their order does not matter: with events but no
+    /// state, a replay recomputes the same events (same ids) from the old state (the engine is
+    /// deterministic, timers included); with state but no events, the progress record
+    /// re-publishes them. Only the commit, by the caller, must come last.
+    async fn write(&self, writes: &Writes) -> Result<(), RouterError> {
         let state_topic = self.bus.topics.router_state.as_str();
         let routing_topic = self.bus.topics.routing.as_str();
-        let progress_values: Vec<(i32, String, Vec<u8>)> = progress
+        let epochs: BTreeMap<i32, String> = writes
+            .state
+            .keys()
+            .map(|(p, _)| *p)
+            .chain(writes.progress.keys().map(|(_, p)| *p))
+            .map(|p| {
+                let e = writes
+                    .epochs
+                    .get(&p)
+                    .copied()
+                    .or_else(|| self.lock().owned.get(&p).map(|o| o.epoch))
+                    .unwrap_or(0);
+                (p, e.to_string())
+            })
+            .collect();
+        let epoch_headers: BTreeMap<i32, [(&str, &[u8]); 1]> = epochs
+            .iter()
+            .map(|(p, e)| (*p, [(EPOCH_HEADER, e.as_bytes())]))
+            .collect();
+        let headers_of =
+            |p: &i32| -> &[(&str, &[u8])] { epoch_headers.get(p).map_or(&[], |h| h.as_slice()) };
+        let progress_values: Vec<(i32, String, Vec<u8>)> = writes
+            .progress
             .iter()
             .map(|((topic, p), prog)| {
                 (
@@ -470,7 +971,8 @@ impl Router {
                 )
             })
             .collect();
-        let event_values: Vec<(Vec<u8>, Vec<u8>)> = events
+        let event_values: Vec<(Vec<u8>, Vec<u8>)> = writes
+            .events
             .iter()
             .map(|(t, e)| {
                 (
@@ -479,41 +981,68 @@ impl Router {
                 )
             })
             .chain(
-                replayed
+                writes
+                    .replayed
                     .iter()
                     .map(|(k, e)| (k.clone(), serde_json::to_vec(e).unwrap_or_default())),
             )
             .collect();
-        let records: Vec<OutRecord<'_>> = state
+        let forward_headers: Vec<Vec<(&str, &[u8])>> = writes
+            .forwards
             .iter()
-            .map(|((p, key), value)| OutRecord {
-                topic: state_topic,
-                partition: Some(*p),
-                key: key.as_bytes(),
-                payload: value.as_deref(),
+            .map(|(rec, _)| {
+                rec.headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .collect()
             })
-            .chain(progress_values.iter().map(|(p, key, value)| OutRecord {
-                topic: state_topic,
-                partition: Some(*p),
-                key: key.as_bytes(),
-                payload: Some(value),
-            }))
-            .chain(event_values.iter().map(|(key, value)| OutRecord {
-                topic: routing_topic,
-                partition: None,
-                key,
-                payload: Some(value),
-            }))
             .collect();
+        let records: Vec<OutRecord<'_>> =
+            writes
+                .state
+                .iter()
+                .map(|((p, key), value)| OutRecord {
+                    topic: state_topic,
+                    partition: Some(*p),
+                    key: key.as_bytes(),
+                    payload: value.as_deref(),
+                    headers: headers_of(p),
+                })
+                .chain(progress_values.iter().map(|(p, key, value)| OutRecord {
+                    topic: state_topic,
+                    partition: Some(*p),
+                    key: key.as_bytes(),
+                    payload: Some(value),
+                    headers: headers_of(p),
+                }))
+                .chain(event_values.iter().map(|(key, value)| OutRecord {
+                    topic: routing_topic,
+                    partition: None,
+                    key,
+                    payload: Some(value),
+                    headers: &[],
+                }))
+                .chain(writes.forwards.iter().zip(&forward_headers).map(
+                    |((rec, home), headers)| OutRecord {
+                        topic: rec.topic.as_str(),
+                        partition: Some(*home),
+                        key: &rec.key,
+                        payload: rec.payload.as_deref(),
+                        headers,
+                    },
+                ))
+                .collect();
         if !records.is_empty() {
             self.producer.send_batch(&records).await?;
         }
+        Ok(())
+    }
+
+    /// After a write: routing events into the API history, observations into the metrics.
+    fn observe(&self, writes: &Writes) {
         {
             let mut s = self.lock();
-            for (key, prog) in progress {
-                s.progress.insert(key, prog);
-            }
-            for (tenant, ev) in &events {
+            for (tenant, ev) in &writes.events {
                 let Some(slot) = s.tenants.get_mut(tenant) else {
                     continue;
                 };
@@ -529,25 +1058,40 @@ impl Router {
                 }
             }
         }
-        for (tenant, o) in &observations {
+        for (tenant, o) in &writes.observations {
             self.metrics.observe(tenant.as_str(), o);
         }
-        Ok(outcomes)
     }
 
-    /// Reads a state partition to its end and restores the engines of its tenants.
-    async fn load(&self, partition: i32) -> Result<(), RouterError> {
+    /// Takes partition `partition`: reads its state in log order without zombie writes,
+    /// claims it with the next owner epoch, restores each tenant's engine, and writes the
+    /// claim, the owners registry entry and whatever the restore itself decided (requeues of
+    /// an agent found offline, capacity given back) before anything is routed.
+    async fn claim(&self, partition: i32) -> Result<(), RouterError> {
         let bus = self.bus.clone();
         let topic = self.bus.topics.router_state.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            omni_bus::table::read_partition(&bus, &topic, partition)
+        let log = tokio::task::spawn_blocking(move || {
+            omni_bus::table::read_partition_log(&bus, &topic, partition)
         })
         .await
         .map_err(|e| RouterError::Bus(BusError::NotReady(format!("state load task: {e}"))))??;
+        let fenced = ownership::fence(log);
+        if fenced.ignored > 0 {
+            tracing::warn!(
+                partition,
+                ignored = fenced.ignored,
+                "ignored state written by a previous owner after it lost the partition"
+            );
+        }
+        let epoch = fenced.epoch() + 1;
+        let (member, url, partitions) = {
+            let s = self.lock();
+            (s.member.clone(), s.url.clone(), s.partitions)
+        };
         let mut by_tenant: BTreeMap<TenantId, Vec<StateEntry>> = BTreeMap::new();
         let mut progress = HashMap::new();
         let mut latest = 0u64;
-        for (key, value) in records {
+        for (key, value) in fenced.table {
             if let Some(input_topic) = key.strip_prefix("~progress/") {
                 if let Ok(p) = serde_json::from_slice::<Progress>(&value) {
                     latest = latest.max(p.time);
@@ -567,46 +1111,137 @@ impl Router {
             };
             by_tenant.entry(tenant).or_default().push(entry);
         }
+        let now = Timestamp(latest);
+        let mut writes = Writes::default();
         let mut restored = BTreeMap::new();
         for (tenant, entries) in by_tenant {
-            let Some(config) = self.settings.tenants.get(&tenant) else {
+            if partitions > 0 && partition_for(tenant.as_str().as_bytes(), partitions) != partition
+            {
+                tracing::warn!(tenant = %tenant, partition,
+                    "state of a tenant found on a partition the partitioning contract (murmur2) does not give it, written by an older version: not restored here");
+                continue;
+            }
+            let Some(config) = self.config_of(&tenant) else {
                 continue;
             };
-            let engine = Engine::restore(config.clone(), entries, Timestamp(latest))?;
-            restored.insert(tenant, engine);
+            let (mut engine, outputs) = Engine::restore(config.clone(), entries, now)?;
+            writes.changes(&tenant, partition, epoch, engine.take_changes());
+            let (p, e) = (partition.to_string(), epoch.to_string());
+            writes.outputs(&tenant, now, &outputs, |i| {
+                ["restore".to_owned(), p.clone(), e.clone(), i.to_string()]
+            });
+            restored.insert(tenant, (engine, config));
         }
-        let mut s = self.lock();
+        // Configured tenants of this partition without state yet get an empty engine, so the
+        // owner answers their reads (and nobody else claims to).
+        for (tenant, config) in self.tenants.borrow().iter() {
+            if partitions > 0
+                && partition_for(tenant.as_str().as_bytes(), partitions) == partition
+                && !restored.contains_key(tenant)
+            {
+                restored.insert(
+                    tenant.clone(),
+                    (Engine::new(config.clone())?, config.clone()),
+                );
+            }
+        }
+        let claim = OwnerRecord {
+            partition,
+            epoch,
+            member,
+            url,
+            at: wall_clock_ms(),
+        };
+        let claim_bytes = serde_json::to_vec(&claim).unwrap_or_default();
+        writes.epochs.insert(partition, epoch);
+        let epoch_text = epoch.to_string();
+        let header = [(EPOCH_HEADER, epoch_text.as_bytes())];
+        let registry_key = ownership::registry_key(partition);
+        // The claim first, in its own write: state written under the new epoch must never
+        // be in the log without the claim before it.
+        self.producer
+            .send_batch(&[
+                OutRecord {
+                    topic: &self.bus.topics.router_state,
+                    partition: Some(partition),
+                    key: OWNER_KEY.as_bytes(),
+                    payload: Some(&claim_bytes),
+                    headers: &header,
+                },
+                OutRecord {
+                    topic: &self.bus.topics.router_owners,
+                    partition: None,
+                    key: registry_key.as_bytes(),
+                    payload: Some(&claim_bytes),
+                    headers: &[],
+                },
+            ])
+            .await?;
+        self.lock().owners.record(claim);
+        // Nothing is owned until the restore's own decisions are written too: on an error the
+        // next record claims the partition again, with a newer epoch.
+        self.write(&writes).await?;
         let count = restored.len();
-        for (tenant, engine) in restored {
-            s.tenants.insert(
-                tenant,
-                TenantSlot {
-                    engine,
-                    partition,
-                    history: HashMap::new(),
+        {
+            let mut s = self.lock();
+            s.owned.insert(
+                partition,
+                Owned {
+                    epoch,
+                    as_of: latest,
                 },
             );
+            for (tenant, (engine, config)) in restored {
+                s.tenants.insert(
+                    tenant,
+                    TenantSlot {
+                        engine,
+                        config,
+                        partition,
+                        history: HashMap::new(),
+                    },
+                );
+            }
+            s.progress.extend(progress);
+            self.metrics
+                .partitions_owned
+                .with_label_values(&[self.settings.group_id.as_str()])
+                .set(s.owned.len() as i64);
         }
-        s.progress.extend(progress);
-        s.loaded.insert(partition);
-        self.metrics
-            .partitions_owned
-            .with_label_values(&[self.settings.group_id.as_str()])
-            .set(s.loaded.len() as i64);
-        tracing::info!(partition, tenants = count, "router state loaded");
+        self.observe(&writes);
+        self.metrics.ownership.with_label_values(&["claimed"]).inc();
+        tracing::info!(
+            partition,
+            epoch,
+            tenants = count,
+            "router partition claimed and state restored"
+        );
         Ok(())
     }
 
-    /// Publishes a tick for every owned tenant whose next timer is due, and refreshes gauges.
+    /// Publishes a tick for every owned tenant whose next timer is due, refreshes gauges, and
+    /// now and then drops the API history of conversations the engines forgot.
     async fn ticker(self: Arc<Self>) {
         let mut interval = tokio::time::interval(self.settings.tick_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pruned = Instant::now();
         loop {
             interval.tick().await;
             let now = Timestamp(wall_clock_ms());
+            let prune = pruned.elapsed() >= HISTORY_PRUNE;
+            if prune {
+                pruned = Instant::now();
+            }
             let due: Vec<TenantId> = {
                 let mut s = self.lock();
                 let mut due = Vec::new();
+                for slot in s.tenants.values_mut() {
+                    if prune {
+                        let engine = &slot.engine;
+                        slot.history
+                            .retain(|c, _| engine.conversation(*c).is_some());
+                    }
+                }
                 for (tenant, slot) in &s.tenants {
                     self.metrics.set_gauges(
                         tenant.as_str(),
@@ -649,6 +1284,83 @@ impl Router {
             }
         }
     }
+}
+
+/// Everything one step (a batch, a claim, a reconfiguration) writes to Kafka.
+#[derive(Default)]
+struct Writes {
+    /// Latest value per state key (several inputs may change one entity), in key order.
+    state: BTreeMap<(i32, String), Option<Vec<u8>>>,
+    /// The owner epoch to stamp on each partition's state records.
+    epochs: BTreeMap<i32, u64>,
+    progress: BTreeMap<(String, i32), Progress>,
+    events: Vec<(TenantId, serde_json::Value)>,
+    replayed: Vec<(Vec<u8>, serde_json::Value)>,
+    forwards: Vec<(Rec, i32)>,
+    observations: Vec<(TenantId, omni_routing::Observation)>,
+}
+
+impl Writes {
+    fn changes(
+        &mut self,
+        tenant: &TenantId,
+        partition: i32,
+        epoch: u64,
+        changes: Vec<omni_routing::StateChange>,
+    ) {
+        self.epochs.entry(partition).or_insert(epoch);
+        for c in changes {
+            let value = c
+                .entry
+                .as_ref()
+                .map(|e| serde_json::to_vec(e).unwrap_or_default());
+            self.state
+                .insert((partition, format!("{}/{}", tenant, c.key)), value);
+        }
+    }
+
+    /// Adds the events and observations of `outputs`; event `i`'s id is derived from
+    /// `id_parts(i)`, so the same step always yields the same ids. Returns the events.
+    fn outputs<const N: usize>(
+        &mut self,
+        tenant: &TenantId,
+        now: Timestamp,
+        outputs: &[Output],
+        id_parts: impl Fn(usize) -> [String; N],
+    ) -> Vec<serde_json::Value> {
+        let mut step_events = Vec::new();
+        for (i, out) in outputs.iter().enumerate() {
+            match out {
+                Output::Event(ev) => {
+                    let parts = id_parts(i);
+                    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+                    let id = EventId::derived(tenant, &refs);
+                    let env = routing_envelope(tenant, id, now, ev);
+                    step_events.push(env.clone());
+                    self.events.push((tenant.clone(), env));
+                }
+                Output::Observe(o) => self.observations.push((tenant.clone(), o.clone())),
+            }
+        }
+        step_events
+    }
+}
+
+/// A name for this instance in owner claims: host, process id and a random part, so a
+/// restarted process is a new member.
+fn member_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "omnirouter".into());
+    // A v7 id ends in random bits.
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[24..])
 }
 
 fn routing_envelope(

@@ -95,15 +95,21 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
     let (router_stop_tx, router_stop_rx) = tokio::sync::watch::channel(false);
     let mut router_task = None;
     let mut shared = None;
+    let mut router_metrics = None;
     let mut router_handle = None;
     if let Some(router_settings) = settings.router.clone() {
         let metrics = omni_router::RouterMetrics::register(&registry, &settings.response_buckets)?;
+        router_metrics = Some(metrics.clone());
         let router = Arc::new(omni_router::Router::new(
             router_settings,
             settings.kafka.clone(),
             producer.clone(),
             metrics,
             bus_metrics.clone(),
+        ));
+        router.set_advertised_url(advertised_url(
+            settings.advertised_url.as_deref(),
+            settings.listen,
         ));
         shared = Some(router.shared());
         router_handle = Some(router.clone());
@@ -126,6 +132,11 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
         topics: settings.kafka.topics.clone(),
         tokens: std::sync::RwLock::new(agent_tokens(settings)),
         max_body_bytes: settings.max_body_bytes,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client for forwarded reads")?,
+        metrics: router_metrics,
     });
     // Readers record e-mail threads; the e-mail sender reads them for References.
     let threads = Arc::new(omni_email::ThreadIndex::default());
@@ -481,5 +492,16 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// The base URL other instances forward tenant reads to: `router.advertised_url` when set,
+/// else the listen address when it names one interface (`0.0.0.0` names none: set the URL,
+/// e.g. from the pod IP in Kubernetes).
+fn advertised_url(configured: Option<&str>, listen: std::net::SocketAddr) -> Option<String> {
+    match configured {
+        Some(url) => Some(url.trim_end_matches('/').to_owned()),
+        None if listen.ip().is_unspecified() => None,
+        None => Some(format!("http://{listen}")),
     }
 }

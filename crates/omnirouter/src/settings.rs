@@ -77,11 +77,17 @@ pub struct RawServer {
     pub max_body_bytes: usize,
     /// How long SIGTERM waits for in-flight requests and the producer flush.
     pub shutdown_grace_secs: u64,
+    /// Base URL other replicas use to reach this one (`http://<pod IP>:8080`): a tenant's API
+    /// reads are forwarded to the replica that owns it. Defaults to `http://<listen>` when
+    /// `listen` names one interface; with `0.0.0.0` set it, or reads of tenants owned by this
+    /// replica cannot be forwarded to it.
+    pub advertised_url: Option<String>,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
+            advertised_url: None,
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
@@ -460,6 +466,8 @@ pub struct RawTenant {
 pub struct Settings {
     /// HTTP listen address.
     pub listen: SocketAddr,
+    /// Base URL other replicas forward reads to (`server.advertised_url`).
+    pub advertised_url: Option<String>,
     /// Body limit for inbound endpoints.
     pub max_body_bytes: usize,
     /// Grace period on shutdown.
@@ -778,8 +786,18 @@ impl RawSettings {
             settings: livechat.unwrap_or_default(),
             widgets,
         });
+        let advertised_url = self.server.advertised_url.filter(|u| !u.trim().is_empty());
+        if let Some(url) = &advertised_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "server.advertised_url",
+                    "must be an http:// or https:// base URL".into(),
+                ));
+            }
+        }
         Ok(Settings {
             listen,
+            advertised_url,
             max_body_bytes: self.server.max_body_bytes,
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
             dedupe_window: Duration::from_secs(self.ingress.dedupe_window_secs),

@@ -1,0 +1,295 @@
+//! Who owns a partition's routing state, and how a zombie owner is kept out.
+//!
+//! Kafka's consumer group decides which instance holds a partition; this module makes that
+//! decision durable and checkable, as Kafka Streams does with its changelog and epochs:
+//!
+//! - **Claim.** An instance that is given partition `p` reads `p` of the state topic, finds the
+//!   highest owner epoch written there, and writes an `~owner` record with that epoch plus one
+//!   before it routes anything. Every state record it writes afterwards carries its epoch in
+//!   the [`EPOCH_HEADER`] header.
+//! - **Fence on restore.** [`fence`] replays a state partition in log order: a record whose
+//!   epoch is older than the claim in force at its position was written by a zombie (an
+//!   instance that had lost the partition without knowing yet) and is ignored.
+//! - **Fence on write.** Claims are also published on the owners topic, which every instance
+//!   tails ([`Owners`]); before writing, an owner checks that nobody claimed its partition with
+//!   a newer epoch, and gives the partition up if someone did.
+//! - **Reads anywhere.** The same registry tells any instance where to forward a tenant's API
+//!   reads.
+
+use omni_bus::table::LogRecord;
+use omni_bus::BusConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Header carrying the owner epoch on every state record the router writes.
+pub const EPOCH_HEADER: &str = "omni-owner-epoch";
+
+/// Key of the claim record in a state partition.
+pub const OWNER_KEY: &str = "~owner";
+
+/// A claim: who owns a partition, since when, and where to reach them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    /// The partition number (of every co-partitioned input topic).
+    pub partition: i32,
+    /// Increases with every claim of this partition.
+    pub epoch: u64,
+    /// The owning instance (host, process and a random part).
+    pub member: String,
+    /// Base URL of the owner's HTTP server, for forwarded reads (`None`: not reachable).
+    pub url: Option<String>,
+    /// When the claim was made (ms since the epoch).
+    pub at: u64,
+}
+
+/// The owners registry key of a partition. Only claims are written under it, never deleted:
+/// a tombstone or a release written late by an old owner would hide a newer claim.
+pub fn registry_key(partition: i32) -> String {
+    format!("p{partition}")
+}
+
+/// The epoch a state record was written under (`0` for records written before epochs).
+pub fn epoch_of(record: &LogRecord) -> u64 {
+    record
+        .headers
+        .get(EPOCH_HEADER)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A state partition replayed with zombie writes removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fenced {
+    /// Latest accepted value per key (tombstones remove keys); `~owner` is not included.
+    pub table: BTreeMap<String, Vec<u8>>,
+    /// The newest claim found (epoch 0 when the partition was never claimed).
+    pub owner: Option<OwnerRecord>,
+    /// Records ignored because an older epoch wrote them after a newer claim.
+    pub ignored: usize,
+}
+
+impl Fenced {
+    /// The epoch of the newest claim (0 if none).
+    pub fn epoch(&self) -> u64 {
+        self.owner.as_ref().map_or(0, |o| o.epoch)
+    }
+}
+
+/// Replays a state partition in log order, keeping only what the owner in force wrote.
+pub fn fence(log: impl IntoIterator<Item = LogRecord>) -> Fenced {
+    let mut out = Fenced::default();
+    for record in log {
+        let epoch = epoch_of(&record);
+        if record.key == OWNER_KEY {
+            let claim = record
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice::<OwnerRecord>(v).ok());
+            if let Some(claim) = claim {
+                if claim.epoch >= out.epoch() {
+                    out.owner = Some(claim);
+                } else {
+                    out.ignored += 1;
+                }
+            }
+            continue;
+        }
+        if epoch < out.epoch() {
+            out.ignored += 1;
+            continue;
+        }
+        match record.value {
+            Some(v) => {
+                out.table.insert(record.key, v);
+            }
+            None => {
+                out.table.remove(&record.key);
+            }
+        }
+    }
+    out
+}
+
+/// The owners registry as this instance last read it: partition → newest claim.
+#[derive(Clone, Default)]
+pub struct Owners {
+    claims: Arc<RwLock<BTreeMap<i32, OwnerRecord>>>,
+}
+
+impl Owners {
+    /// The newest claim known for `partition`.
+    pub fn get(&self, partition: i32) -> Option<OwnerRecord> {
+        self.claims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partition)
+            .cloned()
+    }
+
+    /// Records a claim read from the registry or made by this instance; an older epoch never
+    /// replaces a newer one.
+    pub fn record(&self, claim: OwnerRecord) {
+        let mut claims = self.claims.write().unwrap_or_else(|p| p.into_inner());
+        let newer = claims
+            .get(&claim.partition)
+            .is_none_or(|known| claim.epoch >= known.epoch);
+        if newer {
+            claims.insert(claim.partition, claim);
+        }
+    }
+
+    /// Tails the owners topic on a thread of its own until `stop` is set, folding every claim
+    /// into this registry. Errors are logged and retried: the registry only
+    /// serves forwarding and an extra fence, never correctness of the state itself.
+    pub fn tail(&self, bus: BusConfig, topic: String, stop: Arc<AtomicBool>) {
+        let owners = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("router-owners".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = owners.tail_once(&bus, &topic, &stop) {
+                        tracing::warn!(error = %e, topic = %topic, "reading the router owners topic failed; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the router owners reader");
+        }
+    }
+
+    fn tail_once(
+        &self,
+        bus: &BusConfig,
+        topic: &str,
+        stop: &AtomicBool,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut config = bus.consumer_config("omnirouter-owners-reader");
+        config.set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            }
+        }
+        if tpl.count() == 0 {
+            // The topic is not created yet.
+            std::thread::sleep(Duration::from_secs(1));
+            return Ok(());
+        }
+        consumer.assign(&tpl)?;
+        while !stop.load(Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    // Claims are never deleted (no tombstones): a newer claim replaces an older.
+                    if let Some(v) = m.payload() {
+                        match serde_json::from_slice::<OwnerRecord>(v) {
+                            Ok(claim) => self.record(claim),
+                            Err(e) => {
+                                let key = String::from_utf8_lossy(m.key().unwrap_or_default());
+                                tracing::debug!(key = %key, error = %e, "ignoring unreadable owner record");
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(offset: i64, key: &str, value: Option<&str>, epoch: Option<u64>) -> LogRecord {
+        let mut headers = BTreeMap::new();
+        if let Some(e) = epoch {
+            headers.insert(EPOCH_HEADER.to_owned(), e.to_string().into_bytes());
+        }
+        LogRecord {
+            offset,
+            key: key.to_owned(),
+            value: value.map(|v| v.as_bytes().to_vec()),
+            headers,
+        }
+    }
+
+    fn claim(offset: i64, epoch: u64, member: &str) -> LogRecord {
+        let c = OwnerRecord {
+            partition: 0,
+            epoch,
+            member: member.into(),
+            url: None,
+            at: 0,
+        };
+        rec(
+            offset,
+            OWNER_KEY,
+            Some(&serde_json::to_string(&c).unwrap()),
+            Some(epoch),
+        )
+    }
+
+    #[test]
+    fn writes_from_before_epochs_existed_are_kept() {
+        let f = fence([rec(0, "t/agent/a", Some("1"), None)]);
+        assert_eq!(f.table["t/agent/a"], b"1");
+        assert_eq!(f.epoch(), 0);
+    }
+
+    #[test]
+    fn a_zombie_write_after_a_newer_claim_is_ignored() {
+        let f = fence([
+            claim(0, 1, "a"),
+            rec(1, "t/agent/x", Some("a1"), Some(1)),
+            claim(2, 2, "b"),
+            rec(3, "t/agent/x", Some("b1"), Some(2)),
+            // a did not know it lost the partition yet.
+            rec(4, "t/agent/x", Some("a2"), Some(1)),
+            rec(5, "t/agent/y", None, Some(1)),
+        ]);
+        assert_eq!(f.table["t/agent/x"], b"b1");
+        assert_eq!(f.epoch(), 2);
+        assert_eq!(f.owner.as_ref().unwrap().member, "b");
+        assert_eq!(f.ignored, 2);
+    }
+
+    #[test]
+    fn tombstones_of_the_owner_in_force_remove_keys() {
+        let f = fence([
+            claim(0, 1, "a"),
+            rec(1, "t/conversation/c", Some("x"), Some(1)),
+            rec(2, "t/conversation/c", None, Some(1)),
+        ]);
+        assert!(f.table.is_empty());
+    }
+
+    #[test]
+    fn an_older_claim_never_replaces_a_newer_one() {
+        let owners = Owners::default();
+        let c = |epoch: u64, member: &str| OwnerRecord {
+            partition: 3,
+            epoch,
+            member: member.into(),
+            url: None,
+            at: 0,
+        };
+        owners.record(c(2, "b"));
+        owners.record(c(1, "a"));
+        assert_eq!(owners.get(3).unwrap().member, "b");
+        owners.record(c(3, "a"));
+        assert_eq!(owners.get(3).unwrap().member, "a");
+    }
+}

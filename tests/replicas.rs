@@ -1,0 +1,487 @@
+//! Several router replicas on one broker, as three pods behind one Service: the partitioning
+//! contract with a CRM that partitions like the Java client, records on the wrong partition,
+//! and a chaos run (a replica killed and restarted, one stopped, one joining, while traffic
+//! flows) checked from the topics alone.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_e2e::{command_event, metric_value, python_produce, read_log, read_topic, Broker, Daemon};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const ROUTING: &str = "omni.routing.v1";
+const COMMANDS: &str = "omni.commands.v1";
+const STATE: &str = "omni.router-state.v1";
+const TENANTS: [&str; 4] = ["t1", "t2", "t3", "t4"];
+/// Each tenant's agents take this many conversations at once.
+const CAPACITY: u32 = 3;
+
+fn cluster_env() -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("OMNI__KAFKA__PARTITIONS".into(), "4".into()),
+        (
+            "OMNI__KAFKA__CONSUMER__SESSION_TIMEOUT_MS".into(),
+            "6000".into(),
+        ),
+        (
+            "OMNI__KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS".into(),
+            "500".into(),
+        ),
+        ("OMNI__ROUTER__TICK_INTERVAL_MS".into(), "200".into()),
+    ];
+    for t in TENANTS {
+        env.push((
+            format!("OMNI__TENANTS__{}__API_TOKEN", t.to_uppercase()),
+            "tok".into(),
+        ));
+        env.push((
+            format!("OMNI__TENANTS__{}__AGENT_API_TOKEN", t.to_uppercase()),
+            "agent".into(),
+        ));
+    }
+    env
+}
+
+async fn post(daemon: &Daemon, path: &str, token: &str, body: Value) -> (u16, Value) {
+    omni_e2e::post_json(&daemon.url(path), token, &body).await
+}
+
+async fn customer_message(daemon: &Daemon, tenant: &str, contact: &str) -> String {
+    let (status, v) = post(
+        daemon,
+        &format!("/v1/inbound/{tenant}"),
+        "tok",
+        json!({"contact": {"id": contact}, "text": "xin chào", "client_message_id": contact}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    v["conversation_id"].as_str().unwrap().to_owned()
+}
+
+async fn get(daemon: &Daemon, tenant: &str, path: &str) -> (u16, Value, Option<String>) {
+    let r = reqwest::Client::new()
+        .get(daemon.url(&format!("/v1/tenants/{tenant}/{path}")))
+        .bearer_auth("agent")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let served_by = r
+        .headers()
+        .get("x-omni-served-by")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, r.json().await.unwrap_or(Value::Null), served_by)
+}
+
+/// The routing topic as (id → value), failing if one id carries two different contents.
+fn routing_events(broker: &Broker) -> Vec<Value> {
+    let records = read_topic(
+        &broker.bootstrap(),
+        ROUTING,
+        usize::MAX,
+        Duration::from_secs(3),
+        Duration::ZERO,
+    );
+    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
+    for r in records {
+        let id = r.value["id"].as_str().unwrap().to_owned();
+        if let Some(seen) = by_id.get(&id) {
+            assert_eq!(
+                seen, &r.value,
+                "event id {id} carries two different contents"
+            );
+        } else {
+            by_id.insert(id, r.value);
+        }
+    }
+    by_id.into_values().collect()
+}
+
+/// The consumer settings every omnirouter group uses give one member the same partition
+/// numbers of every topic it reads. (With `cooperative-sticky`, used before, two members over
+/// three 4-partition topics got e.g. all of `commands` on one and half of `inbound` on the
+/// other: a tenant's agents and its conversations lived in two engines.)
+#[test]
+fn two_members_get_the_same_partitions_of_every_input_topic() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let broker = Broker::memory();
+    let mut bus = omni_bus::BusConfig {
+        bootstrap_servers: broker.bootstrap(),
+        partitions: 4,
+        ..omni_bus::BusConfig::default()
+    };
+    bus.consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    bus.consumer
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    let topics = ["omni.inbound.v1", "omni.outbound.v1", "omni.commands.v1"];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(omni_bus::ensure_topics(
+            &bus,
+            std::sync::Arc::new(
+                omni_bus::BusMetrics::register(&prometheus::Registry::new()).unwrap(),
+            ),
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+    let members: Vec<BaseConsumer> = (0..2)
+        .map(|_| {
+            let c: BaseConsumer = bus.consumer_config("assignment-test").create().unwrap();
+            c.subscribe(&topics).unwrap();
+            c
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for m in &members {
+            let _ = m.poll(Duration::from_millis(50));
+        }
+        let per_member: Vec<BTreeMap<&str, BTreeSet<i32>>> = members
+            .iter()
+            .map(|m| {
+                let mut got: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
+                for e in m.assignment().unwrap().elements() {
+                    let t = topics.iter().find(|t| **t == e.topic()).unwrap();
+                    got.entry(t).or_default().insert(e.partition());
+                }
+                got
+            })
+            .collect();
+        let total: usize = per_member
+            .iter()
+            .flat_map(|m| m.values())
+            .map(BTreeSet::len)
+            .sum();
+        if total == 12 && per_member.iter().all(|m| m.len() == 3) {
+            for m in &per_member {
+                let first = m.values().next().unwrap();
+                assert!(!first.is_empty());
+                for (topic, partitions) in m {
+                    assert_eq!(
+                        partitions, first,
+                        "{topic} split from the other topics: {per_member:?}"
+                    );
+                }
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "assignment never settled: {per_member:?}"
+        );
+    }
+}
+
+/// A CRM in Python with the Java client's partitioning creates an agent; every replica
+/// routes to that agent, and a record the CRM pins to the wrong partition is forwarded, not
+/// applied where it landed, and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crm_partitioning_like_java_and_a_record_on_the_wrong_partition_reach_the_owner() {
+    let broker = Broker::memory();
+    let env = cluster_env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let daemons = Daemon::start_many(&broker, 2, &env_refs).await;
+    // murmur2 of "t1" among 4 partitions, computed as the Java client does.
+    let home = omni_bus::partition_for(b"t1", 4);
+    let wrong = (home + 1) % 4;
+    let agent = |id: &str| {
+        command_event(
+            "t1",
+            json!({"command": "upsert_agent", "agent": id, "skills": {}, "capacity": 10}),
+        )
+    };
+    let online = |id: &str| {
+        command_event(
+            "t1",
+            json!({"command": "set_presence", "agent": id, "presence": "online"}),
+        )
+    };
+    python_produce(
+        &broker.bootstrap(),
+        "murmur2_random",
+        &[
+            (COMMANDS.into(), "t1".into(), agent("crm-agent"), None),
+            (COMMANDS.into(), "t1".into(), online("crm-agent"), None),
+            // The same kind of record forced onto the wrong partition.
+            (
+                COMMANDS.into(),
+                "t1".into(),
+                agent("pinned-agent"),
+                Some(wrong),
+            ),
+            (
+                COMMANDS.into(),
+                "t1".into(),
+                online("pinned-agent"),
+                Some(wrong),
+            ),
+        ],
+    );
+    // Both agents exist on the tenant's owner, whichever replica is asked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ok = 0;
+        for d in &daemons {
+            let (status, body, _) = get(d, "t1", "agents").await;
+            let online: BTreeSet<&str> = body["agents"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|a| a["presence"] == "online")
+                        .filter_map(|a| a["id"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if status == 200 && online == BTreeSet::from(["crm-agent", "pinned-agent"]) {
+                ok += 1;
+            }
+        }
+        if ok == daemons.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents not visible from every replica\n{}\n{}",
+            daemons[0].log(),
+            daemons[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Ten conversations go to the CRM's agents, posted to either replica.
+    let mut conversations = BTreeSet::new();
+    for i in 0..10 {
+        conversations.insert(customer_message(&daemons[i % 2], "t1", &format!("c{i}")).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = routing_events(&broker);
+        let assigned: BTreeSet<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "omni.routing.assigned")
+            .filter_map(|e| e["subject"].as_str())
+            .collect();
+        if conversations.iter().all(|c| assigned.contains(c.as_str())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} conversations assigned",
+            assigned.len(),
+            conversations.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The pinned records were forwarded (counted by whichever replica read them) and every
+    // command record on the wrong partition stayed unapplied there: no state was ever
+    // written for t1 on any partition but its own.
+    let mut misrouted = 0.0;
+    for d in &daemons {
+        misrouted += metric_value(
+            &d.metrics().await,
+            "omni_router_misrouted_total",
+            &["topic=\"omni.commands.v1\""],
+        );
+    }
+    assert!(misrouted >= 2.0, "misrouted records counted: {misrouted}");
+    for r in read_log(&broker.bootstrap(), STATE, Duration::from_secs(2)) {
+        if r.key.starts_with(b"t1/") {
+            assert_eq!(
+                r.partition, home,
+                "t1 state written on partition {}",
+                r.partition
+            );
+        }
+    }
+}
+
+/// Three customers per tenant, each posted to a different live replica.
+async fn send_round(
+    live: &[Daemon],
+    conversations: &mut BTreeMap<String, &'static str>,
+    round: usize,
+) {
+    for (i, t) in TENANTS.iter().enumerate() {
+        for j in 0..3 {
+            let d = &live[(i + j + round) % live.len()];
+            let c = customer_message(d, t, &format!("{t}-r{round}-{j}")).await;
+            conversations.insert(c, t);
+        }
+    }
+}
+
+/// Three replicas, four tenants, agents from the HTTP API and from a Python CRM; one replica
+/// is killed and replaced, another stopped, a fourth joins, while customers keep writing.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_intact() {
+    let broker = Broker::memory();
+    let env = cluster_env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut live: Vec<Daemon> = Daemon::start_many(&broker, 3, &env_refs).await;
+
+    // Per tenant: one agent from the HTTP API (any replica), one from the Python CRM.
+    for (i, t) in TENANTS.iter().enumerate() {
+        let d = &live[i % live.len()];
+        for body in [
+            json!({"command": "upsert_agent", "agent": "api-agent", "skills": {}, "capacity": CAPACITY}),
+            json!({"command": "set_presence", "agent": "api-agent", "presence": "online"}),
+        ] {
+            let (status, v) = post(d, &format!("/v1/tenants/{t}/commands"), "agent", body).await;
+            assert_eq!(status, 202, "{v}");
+        }
+    }
+    let crm: Vec<_> = TENANTS
+        .iter()
+        .flat_map(|t| {
+            [
+                json!({"command": "upsert_agent", "agent": "crm-agent", "skills": {}, "capacity": CAPACITY}),
+                json!({"command": "set_presence", "agent": "crm-agent", "presence": "online"}),
+            ]
+            .map(|data| (COMMANDS.to_owned(), (*t).to_owned(), command_event(t, data), None))
+        })
+        .collect();
+    python_produce(&broker.bootstrap(), "murmur2_random", &crm);
+
+    let mut conversations: BTreeMap<String, &'static str> = BTreeMap::new();
+    let mut round = 0;
+    send_round(&live, &mut conversations, round).await;
+
+    // A replica crashes; its replacement starts at once.
+    round += 1;
+    live.remove(0).terminate_hard();
+    live.push(Daemon::start(&broker, &env_refs).await);
+    send_round(&live, &mut conversations, round).await;
+
+    // A replica is stopped gracefully (SIGTERM: it commits and leaves the group).
+    round += 1;
+    let mut stopped = live.remove(0);
+    let status = tokio::task::block_in_place(|| stopped.terminate(Duration::from_secs(30)));
+    assert!(status.is_some_and(|s| s.success()), "{}", stopped.log());
+    send_round(&live, &mut conversations, round).await;
+
+    // A replica joins.
+    round += 1;
+    live.push(Daemon::start(&broker, &env_refs).await);
+    send_round(&live, &mut conversations, round).await;
+
+    // Wait until every conversation has a routing decision and every tenant's two agents are
+    // full (capacity 3 each, more conversations than that per tenant).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let events = routing_events(&broker);
+        let decided: BTreeSet<&str> = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e["type"].as_str(),
+                    Some("omni.routing.queued" | "omni.routing.assigned" | "omni.routing.offered")
+                )
+            })
+            .filter_map(|e| e["subject"].as_str())
+            .collect();
+        let undecided = conversations
+            .keys()
+            .filter(|c| !decided.contains(c.as_str()))
+            .count();
+        let mut full = 0;
+        for t in TENANTS {
+            let n = events
+                .iter()
+                .filter(|e| e["type"] == "omni.routing.assigned" && e["tenant"] == t)
+                .count();
+            if n >= 2 * CAPACITY as usize {
+                full += 1;
+            }
+        }
+        if undecided == 0 && full == TENANTS.len() {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{undecided} conversations without a routing decision, {full} tenants full\nlogs:\n{}",
+            live.iter()
+                .map(Daemon::log)
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Each conversation assigned at most once (one contact each, nobody resolves), and no
+    // agent ever over capacity, reconstructed from the decisions.
+    let mut assignments: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut load: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "omni.routing.assigned")
+    {
+        let conv = e["subject"].as_str().unwrap();
+        *assignments.entry(conv).or_default() += 1;
+        let agent = e["data"]["agent"].as_str().unwrap();
+        let l = load
+            .entry((e["tenant"].as_str().unwrap(), agent))
+            .or_default();
+        *l += 1;
+        assert!(*l <= CAPACITY, "agent {agent} over capacity: {l}");
+    }
+    for (conv, n) in &assignments {
+        assert_eq!(*n, 1, "conversation {conv} assigned {n} times");
+    }
+    // The CRM's agent got work in every tenant.
+    for t in TENANTS {
+        assert_eq!(
+            load.get(&(t, "crm-agent")),
+            Some(&CAPACITY),
+            "tenant {t}: {load:?}"
+        );
+    }
+
+    // No two instances applied one tenant at once: per state partition, in log order, every
+    // state record carries the epoch of the claim in force where it was written.
+    let mut claims = 0;
+    let mut in_force: BTreeMap<i32, u64> = BTreeMap::new();
+    for r in read_log(&broker.bootstrap(), STATE, Duration::from_secs(2)) {
+        let epoch: u64 = r
+            .headers
+            .get("omni-owner-epoch")
+            .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+            .expect("state record without an owner epoch");
+        let current = in_force.entry(r.partition).or_insert(0);
+        if r.key == b"~owner" {
+            assert!(
+                epoch > *current,
+                "claim epoch {epoch} after {current} on {}",
+                r.partition
+            );
+            *current = epoch;
+            claims += 1;
+        } else {
+            assert_eq!(
+                epoch, *current,
+                "partition {} offset {}: a write of epoch {epoch} while epoch {current} owned it",
+                r.partition, r.offset
+            );
+        }
+    }
+    assert!(claims >= 8, "only {claims} claims over four takeovers");
+
+    // Reads answer 200 from every live replica for every tenant, served by the owner.
+    for t in TENANTS {
+        let mut owners = BTreeSet::new();
+        for d in &live {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, body, served_by) = get(d, t, "agents").await;
+                if status == 200 {
+                    assert_eq!(body["agents"].as_array().unwrap().len(), 2, "{body}");
+                    owners.insert(served_by.expect("answer without x-omni-served-by"));
+                    break;
+                }
+                assert!(Instant::now() < deadline, "tenant {t}: {status} {body}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        assert_eq!(owners.len(), 1, "tenant {t} served by {owners:?}");
+    }
+}
