@@ -3,131 +3,46 @@
 //! the rejection is counted), and drops a removed tenant, all without restarting.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use omni_e2e::{free_port, metric_value, omnirouter_bin, post_json, stop_child, workspace, Broker};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use omni_e2e::{command_event, metric_value, post_json, python_produce, workspace, Broker, Daemon};
 use std::time::{Duration, Instant};
 
-/// The daemon started with `--config <temp dir>/omnirouter.toml`, which the test rewrites.
-struct Daemon {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+/// Polls `check` until it holds, for at most 30 s; panics with the log if it never does.
+async fn eventually<F, Fut>(daemon: &Daemon, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}; daemon log:\n{}", daemon.log());
 }
 
-impl Daemon {
-    async fn start(broker: &Broker, config: &str) -> Self {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("omnirouter.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("omnirouter.log")).unwrap();
-        let child = Command::new(omnirouter_bin())
-            .arg("--config")
-            .arg(dir.path().join("omnirouter.toml"))
-            .args(["--log-format", "json", "run"])
-            .env("OMNI__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("OMNI__KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap())
-            .env("OMNI__KAFKA__PARTITIONS", "3")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start omnirouter");
-        let d = Self {
-            port,
-            dir,
-            child: Some(child),
-        };
-        let client = reqwest::Client::new();
-        d.eventually("/readyz answers 200", || async {
-            matches!(client.get(d.url("/readyz")).send().await, Ok(r) if r.status() == 200)
-        })
-        .await;
-        d
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("omnirouter.toml")
-    }
-
-    /// Replaces the config file the way an editor or a config-management tool does: a new file
-    /// renamed over the old one.
-    fn write_config(&self, config: &str) {
-        let tmp = self.dir.path().join("omnirouter.toml.new");
-        std::fs::write(&tmp, config).unwrap();
-        std::fs::rename(&tmp, self.config_path()).unwrap();
-    }
-
-    fn hangup(&self) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let ok = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-        assert!(ok.success(), "kill -HUP {pid}");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("omnirouter.log")).unwrap_or_default()
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
+async fn inbound(daemon: &Daemon, tenant: &str, token: &str) -> u16 {
+    let id = format!(
+        "m-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// Polls `check` until it holds, for at most 30 s; panics with the log if it never does.
-    async fn eventually<F, Fut>(&self, what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("never happened: {what}; daemon log:\n{}", self.log());
-    }
-
-    async fn inbound(&self, tenant: &str, token: &str) -> u16 {
-        let id = format!(
-            "m-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
-        let body = serde_json::json!({"contact": {"id": "cust-1"}, "text": "Xin chào", "client_message_id": id});
-        post_json(&self.url(&format!("/v1/inbound/{tenant}")), token, &body)
-            .await
-            .0
-    }
-
-    async fn reloads(&self, result: &str) -> f64 {
-        let label = format!("result=\"{result}\"");
-        metric_value(
-            &self.metrics().await,
-            "omni_config_reloads_total",
-            &[&label],
-        )
-    }
+            .as_nanos()
+    );
+    let body = serde_json::json!({"contact": {"id": "cust-1"}, "text": "Xin chào", "client_message_id": id});
+    post_json(&daemon.url(&format!("/v1/inbound/{tenant}")), token, &body)
+        .await
+        .0
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+async fn reloads(daemon: &Daemon, result: &str) -> f64 {
+    let label = format!("result=\"{result}\"");
+    metric_value(
+        &daemon.metrics().await,
+        "omni_config_reloads_total",
+        &[&label],
+    )
 }
 
 fn base_config() -> String {
@@ -140,10 +55,10 @@ const T2: &str = "\n[tenants.t2]\napi_token = \"t2-s3cret-token\"\n";
 async fn tenants_are_added_refused_and_removed_without_a_restart() {
     let broker = Broker::memory();
     let base = base_config();
-    let daemon = Daemon::start(&broker, &base).await;
-    assert_eq!(daemon.inbound("demo", "demo-token").await, 202);
+    let daemon = Daemon::start_with_config(&broker, &base, &[]).await;
+    assert_eq!(inbound(&daemon, "demo", "demo-token").await, 202);
     assert_eq!(
-        daemon.inbound("t2", "t2-s3cret-token").await,
+        inbound(&daemon, "t2", "t2-s3cret-token").await,
         404,
         "t2 is not configured yet"
     );
@@ -157,14 +72,13 @@ async fn tenants_are_added_refused_and_removed_without_a_restart() {
     );
     daemon.write_config(&format!("{bigger_bodies}{T2}"));
     daemon.hangup();
-    daemon
-        .eventually("t2 is accepted after SIGHUP", || async {
-            daemon.inbound("t2", "t2-s3cret-token").await == 202
-        })
-        .await;
-    assert_eq!(daemon.inbound("t2", "wrong-token").await, 401);
-    assert_eq!(daemon.inbound("demo", "demo-token").await, 202);
-    assert!(daemon.reloads("applied").await >= 1.0);
+    eventually(&daemon, "t2 is accepted after SIGHUP", || async {
+        inbound(&daemon, "t2", "t2-s3cret-token").await == 202
+    })
+    .await;
+    assert_eq!(inbound(&daemon, "t2", "wrong-token").await, 401);
+    assert_eq!(inbound(&daemon, "demo", "demo-token").await, 202);
+    assert!(reloads(&daemon, "applied").await >= 1.0);
     assert!(
         daemon
             .log()
@@ -178,11 +92,12 @@ async fn tenants_are_added_refused_and_removed_without_a_restart() {
     daemon.write_config(&format!(
         "{bigger_bodies}{T2}\n[tenants.Bad]\napi_token = \"x\"\n"
     ));
-    daemon
-        .eventually("the broken config is counted as rejected", || async {
-            daemon.reloads("rejected").await >= 1.0
-        })
-        .await;
+    eventually(
+        &daemon,
+        "the broken config is counted as rejected",
+        || async { reloads(&daemon, "rejected").await >= 1.0 },
+    )
+    .await;
     let log = daemon.log();
     assert!(
         log.contains("config reload refused") && log.contains("tenants.Bad"),
@@ -200,20 +115,19 @@ async fn tenants_are_added_refused_and_removed_without_a_restart() {
             &[]
         ) > 0.0
     );
-    assert_eq!(daemon.inbound("t2", "t2-s3cret-token").await, 202);
-    assert_eq!(daemon.inbound("demo", "demo-token").await, 202);
+    assert_eq!(inbound(&daemon, "t2", "t2-s3cret-token").await, 202);
+    assert_eq!(inbound(&daemon, "demo", "demo-token").await, 202);
 
     // Remove t2: refused again, everything else serves.
-    let applied = daemon.reloads("applied").await;
+    let applied = reloads(&daemon, "applied").await;
     daemon.write_config(&base);
     daemon.hangup();
-    daemon
-        .eventually("t2 is refused once removed", || async {
-            daemon.inbound("t2", "t2-s3cret-token").await == 404
-        })
-        .await;
-    assert_eq!(daemon.inbound("demo", "demo-token").await, 202);
-    assert!(daemon.reloads("applied").await > applied);
+    eventually(&daemon, "t2 is refused once removed", || async {
+        inbound(&daemon, "t2", "t2-s3cret-token").await == 404
+    })
+    .await;
+    assert_eq!(inbound(&daemon, "demo", "demo-token").await, 202);
+    assert!(reloads(&daemon, "applied").await > applied);
     assert_eq!(
         metric_value(
             &daemon.metrics().await,
@@ -229,10 +143,71 @@ async fn tenants_are_added_refused_and_removed_without_a_restart() {
 
     // Reloads leave shutdown as it was: SIGTERM drains and exits 0.
     let mut daemon = daemon;
-    let status = stop_child(daemon.child.take().unwrap(), Duration::from_secs(30));
+    let status = daemon.terminate(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
         "{status:?}: {}",
         daemon.log()
+    );
+}
+
+/// A record for a tenant the router does not know yet (a rolling update adding a tenant
+/// reaches the other replicas first) is held, not committed or dropped, and applied once a
+/// reloaded config knows the tenant.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_of_a_tenant_not_yet_configured_wait_for_the_config_that_adds_it() {
+    let broker = Broker::memory();
+    let base = base_config();
+    let daemon = Daemon::start_with_config(&broker, &base, &[]).await;
+    let commands = [
+        serde_json::json!({"command": "upsert_agent", "agent": "mai", "skills": {}, "capacity": 2}),
+        serde_json::json!({"command": "set_presence", "agent": "mai", "presence": "online"}),
+    ]
+    .map(|data| {
+        (
+            "omni.commands.v1".to_owned(),
+            "t3".to_owned(),
+            command_event("t3", data),
+            None,
+        )
+    });
+    python_produce(&broker.bootstrap(), "murmur2_random", &commands);
+    eventually(&daemon, "the router holds t3's records", || async {
+        metric_value(&daemon.metrics().await, "omni_router_held_records", &[]) >= 2.0
+    })
+    .await;
+    assert!(
+        daemon.log().contains("holding its partition"),
+        "the hold is logged: {}",
+        daemon.log()
+    );
+
+    daemon.write_config(&format!(
+        "{base}\n[tenants.t3]\napi_token = \"t3-token\"\nagent_api_token = \"t3-agent\"\n"
+    ));
+    daemon.hangup();
+    let client = reqwest::Client::new();
+    eventually(
+        &daemon,
+        "t3's agent, created before t3 was configured, is online",
+        || async {
+            let r = client
+                .get(daemon.url("/v1/tenants/t3/agents"))
+                .bearer_auth("t3-agent")
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    v["agents"][0]["id"] == "mai" && v["agents"][0]["presence"] == "online"
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        metric_value(&daemon.metrics().await, "omni_router_held_records", &[]),
+        0.0
     );
 }

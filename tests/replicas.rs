@@ -13,6 +13,11 @@ const ROUTING: &str = "omni.routing.v1";
 const COMMANDS: &str = "omni.commands.v1";
 const STATE: &str = "omni.router-state.v1";
 const TENANTS: [&str; 4] = ["t1", "t2", "t3", "t4"];
+const OUTBOUND: &str = "omni.outbound.v1";
+/// Each tenant's Facebook page (customers also write on Messenger).
+fn page(tenant: &str) -> String {
+    format!("10491234567890{}", &tenant[1..])
+}
 /// Each tenant's agents take this many conversations at once.
 const CAPACITY: u32 = 3;
 
@@ -38,8 +43,46 @@ fn cluster_env() -> Vec<(String, String)> {
             format!("OMNI__TENANTS__{}__AGENT_API_TOKEN", t.to_uppercase()),
             "agent".into(),
         ));
+        let up = t.to_uppercase();
+        env.push((
+            format!("OMNI__TENANTS__{up}__MESSENGER__APP_SECRET"),
+            format!("META-SECRET-{t}"),
+        ));
+        env.push((
+            format!("OMNI__TENANTS__{up}__MESSENGER__VERIFY_TOKEN"),
+            "VERIFY".into(),
+        ));
+        env.push((
+            format!(
+                "OMNI__TENANTS__{up}__MESSENGER__PAGES__{}__ACCESS_TOKEN",
+                page(t)
+            ),
+            "PAGE-TOKEN".into(),
+        ));
     }
     env
+}
+
+/// A customer message on Messenger, signed as Meta signs it; returns nothing (the webhook
+/// answers 200 without ids): the test finds its conversation on the inbound topic.
+async fn messenger_message(daemon: &Daemon, tenant: &str, psid: &str) {
+    let page = page(tenant);
+    let body = format!(
+        r#"{{"object":"page","entry":[{{"id":"{page}","time":1700000000000,"messaging":[{{"sender":{{"id":"{psid}"}},"recipient":{{"id":"{page}"}},"timestamp":1700000000000,"message":{{"mid":"m_{psid}","text":"chào shop"}}}}]}}]}}"#
+    );
+    let signature = omni_channel::signature::hmac_sha256_hex(
+        format!("META-SECRET-{tenant}").as_bytes(),
+        body.as_bytes(),
+    );
+    let r = reqwest::Client::new()
+        .post(daemon.url(&format!("/v1/webhooks/messenger/{tenant}")))
+        .header("x-hub-signature-256", format!("sha256={signature}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", daemon.log());
 }
 
 async fn post(daemon: &Daemon, path: &str, token: &str, body: Value) -> (u16, Value) {
@@ -308,6 +351,13 @@ async fn send_round(
             let c = customer_message(d, t, &format!("{t}-r{round}-{j}")).await;
             conversations.insert(c, t);
         }
+        let d = &live[(i + round) % live.len()];
+        messenger_message(
+            d,
+            t,
+            &format!("{}{round}", 5_384_937_120_339_286_u64 + i as u64),
+        )
+        .await;
     }
 }
 
@@ -364,6 +414,69 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
     round += 1;
     live.push(Daemon::start(&broker, &env_refs).await);
     send_round(&live, &mut conversations, round).await;
+
+    // Messenger conversations, from the inbound topic (their ids are derived, not answered).
+    let inbound = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        usize::MAX,
+        Duration::from_secs(3),
+        Duration::ZERO,
+    );
+    let mut on_messenger = 0;
+    for r in &inbound {
+        if r.value["data"]["channel"]["kind"] == "messenger" {
+            let t = TENANTS
+                .iter()
+                .find(|t| r.key == t.as_bytes())
+                .expect("inbound keyed by a known tenant");
+            conversations.insert(
+                r.value["data"]["conversation_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                t,
+            );
+            on_messenger += 1;
+        }
+    }
+    assert_eq!(
+        on_messenger,
+        TENANTS.len() * (round + 1),
+        "messenger customers published"
+    );
+
+    // Agents answer the first conversation of each tenant: through the HTTP API of any
+    // replica, and as a Python CRM writing omni.outbound.v1 with murmur2.
+    let mut python_replies = Vec::new();
+    for (i, t) in TENANTS.iter().enumerate() {
+        let (conv, _) = conversations.iter().find(|(_, tt)| *tt == t).unwrap();
+        let body = json!({"conversation_id": conv, "channel": {"kind": "api", "account": "default"},
+            "recipient": format!("{t}-r0-0"), "text": "Dạ, shop nghe ạ", "agent_id": "api-agent"});
+        let (status, v) = post(
+            &live[i % live.len()],
+            &format!("/v1/tenants/{t}/replies"),
+            "agent",
+            body,
+        )
+        .await;
+        assert_eq!(status, 202, "{v}");
+        python_replies.push((
+            OUTBOUND.to_owned(),
+            (*t).to_owned(),
+            json!({
+                "specversion": "1.0", "id": omni_e2e::uuid_like(), "source": "/crm/python",
+                "type": "omni.message.send", "time": chrono::Utc::now().to_rfc3339(),
+                "datacontenttype": "application/json", "subject": conv, "tenant": t,
+                "data": {"tenant": t, "conversation_id": conv,
+                         "channel": {"kind": "api", "account": "default"},
+                         "recipient": format!("{t}-r0-0"), "text": "Shop gửi thêm thông tin ạ",
+                         "agent_id": "crm-agent"}
+            }),
+            None,
+        ));
+    }
+    python_produce(&broker.bootstrap(), "murmur2_random", &python_replies);
 
     // Wait until every conversation has a routing decision and every tenant's two agents are
     // full (capacity 3 each, more conversations than that per tenant).
@@ -465,6 +578,35 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         }
     }
     assert!(claims >= 8, "only {claims} claims over four takeovers");
+
+    // Both replies reached each tenant's owner: one first response per tenant on /metrics
+    // (summed over the replicas: the owner counts it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut answered = 0;
+        for t in TENANTS {
+            let label = format!("tenant=\"{t}\"");
+            let mut first = 0.0;
+            for d in &live {
+                first += metric_value(
+                    &d.metrics().await,
+                    "omni_first_response_seconds_count",
+                    &[&label],
+                );
+            }
+            if first >= 1.0 {
+                answered += 1;
+            }
+        }
+        if answered == TENANTS.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "first responses seen for {answered} tenants"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     // Reads answer 200 from every live replica for every tenant, served by the owner.
     for t in TENANTS {

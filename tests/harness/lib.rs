@@ -250,14 +250,39 @@ impl Daemon {
         daemons
     }
 
+    /// Starts the daemon with a config file of its own (`config` written to its temp dir, which
+    /// [`Daemon::write_config`] replaces later) and waits until it is ready.
+    pub async fn start_with_config(broker: &Broker, config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("omnirouter.toml");
+        std::fs::write(&path, config).unwrap();
+        let d = Self::spawn_in(dir, &path, &broker.bootstrap(), env);
+        d.wait_ready(Duration::from_secs(30)).await;
+        d
+    }
+
     /// Starts the daemon without waiting for readiness.
     pub fn spawn(bootstrap: &str, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(
+            dir,
+            &workspace().join("config/default.toml"),
+            bootstrap,
+            env,
+        )
+    }
+
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        config: &Path,
+        bootstrap: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = free_port();
         let log = std::fs::File::create(dir.path().join("omnirouter.log")).unwrap();
         let mut cmd = Command::new(omnirouter_bin());
         cmd.arg("--config")
-            .arg(workspace().join("config/default.toml"))
+            .arg(config)
             .args(["--log-format", "json", "run"])
             .env("OMNI__SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("OMNI__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
@@ -303,6 +328,24 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         stop_child(self.child.take()?, timeout)
+    }
+
+    /// The config file of a daemon started with [`Daemon::start_with_config`].
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("omnirouter.toml")
+    }
+
+    /// Replaces the config file the way an editor or a config-management tool does: a new file
+    /// renamed over the old one.
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.path().join("omnirouter.toml.new");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    /// Sends SIGHUP (reload the config).
+    pub fn hangup(&self) {
+        signal(self.child.as_ref().expect("daemon running"), "HUP");
     }
 
     /// Kills the daemon outright (SIGKILL): no draining, no flush, no final commit.
