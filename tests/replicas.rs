@@ -22,27 +22,8 @@ fn page(tenant: &str) -> String {
 const CAPACITY: u32 = 3;
 
 fn cluster_env() -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        ("OMNI__KAFKA__PARTITIONS".into(), "4".into()),
-        (
-            "OMNI__KAFKA__CONSUMER__SESSION_TIMEOUT_MS".into(),
-            "6000".into(),
-        ),
-        (
-            "OMNI__KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS".into(),
-            "500".into(),
-        ),
-        ("OMNI__ROUTER__TICK_INTERVAL_MS".into(), "200".into()),
-    ];
+    let mut env = omni_e2e::cluster_env(&TENANTS);
     for t in TENANTS {
-        env.push((
-            format!("OMNI__TENANTS__{}__API_TOKEN", t.to_uppercase()),
-            "tok".into(),
-        ));
-        env.push((
-            format!("OMNI__TENANTS__{}__AGENT_API_TOKEN", t.to_uppercase()),
-            "agent".into(),
-        ));
         let up = t.to_uppercase();
         env.push((
             format!("OMNI__TENANTS__{up}__MESSENGER__APP_SECRET"),
@@ -224,7 +205,7 @@ fn two_members_get_the_same_partitions_of_every_input_topic() {
 async fn a_crm_partitioning_like_java_and_a_record_on_the_wrong_partition_reach_the_owner() {
     let broker = Broker::memory();
     let env = cluster_env();
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env_refs = omni_e2e::env_refs(&env);
     let daemons = Daemon::start_many(&broker, 2, &env_refs).await;
     // murmur2 of "t1" among 4 partitions, computed as the Java client does.
     let home = omni_bus::partition_for(b"t1", 4);
@@ -367,7 +348,7 @@ async fn send_round(
 async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_intact() {
     let broker = Broker::memory();
     let env = cluster_env();
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env_refs = omni_e2e::env_refs(&env);
     let mut live: Vec<Daemon> = Daemon::start_many(&broker, 3, &env_refs).await;
 
     // Per tenant: one agent from the HTTP API (any replica), one from the Python CRM.

@@ -31,17 +31,8 @@ impl Api<'_> {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::Client::new()
-            .get(
-                self.daemon
-                    .url(&format!("/v1/tenants/{}/{path}", self.tenant)),
-            )
-            .bearer_auth(self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let (status, body, _) = self.get_served(path).await;
+        (status, body)
     }
 
     /// GET `path` with the instance that answered it (`X-Omni-Served-By`).
@@ -248,29 +239,7 @@ async fn routing_state_survives_a_restart() {
 }
 
 fn cluster_env() -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        ("OMNI__KAFKA__PARTITIONS".into(), "4".into()),
-        (
-            "OMNI__KAFKA__CONSUMER__SESSION_TIMEOUT_MS".into(),
-            "6000".into(),
-        ),
-        (
-            "OMNI__KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS".into(),
-            "500".into(),
-        ),
-        ("OMNI__ROUTER__TICK_INTERVAL_MS".into(), "200".into()),
-    ];
-    for t in TENANTS {
-        env.push((
-            format!("OMNI__TENANTS__{}__API_TOKEN", t.to_uppercase()),
-            "tok".into(),
-        ));
-        env.push((
-            format!("OMNI__TENANTS__{}__AGENT_API_TOKEN", t.to_uppercase()),
-            "agent".into(),
-        ));
-    }
-    env
+    omni_e2e::cluster_env(&TENANTS)
 }
 
 const TENANTS: [&str; 4] = ["t1", "t2", "t3", "t4"];
@@ -290,7 +259,7 @@ enum Departure {
 async fn failover(departure: Departure) {
     let broker = Broker::memory();
     let env = cluster_env();
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env_refs = omni_e2e::env_refs(&env);
     let mut a = Daemon::start(&broker, &env_refs).await;
     let b = Daemon::start(&broker, &env_refs).await;
     for t in TENANTS {
@@ -332,7 +301,11 @@ async fn failover(departure: Departure) {
     }
     let assigned = match wait_assigned(&broker, &conversations, Duration::from_secs(90)).await {
         Ok(a) => a,
-        Err(e) => panic!("{e}\nsurvivor log:\n{}", b.log()),
+        Err(e) => panic!(
+            "{e}\nsurvivor log:\n{}\nreplacement log:\n{}",
+            b.log(),
+            replacement.as_ref().map(Daemon::log).unwrap_or_default()
+        ),
     };
     for (conv, ids) in &assigned {
         assert_eq!(

@@ -409,24 +409,7 @@ pub fn read_topic(
     timeout: Duration,
     settle: Duration,
 ) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("e2e-reader-{}", free_port()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = from_beginning(bootstrap, topic, "e2e-reader");
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut settle_until: Option<Instant> = None;
@@ -451,23 +434,42 @@ pub fn read_topic(
     out
 }
 
-/// A record read back with its place in the log and its headers.
-#[derive(Debug, Clone)]
-pub struct LogRead {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Vec<u8>,
-    pub value: Option<Vec<u8>>,
-    pub headers: std::collections::BTreeMap<String, Vec<u8>>,
+/// The environment of a router cluster in tests: 4 partitions, a 6 s session (fast failover),
+/// 200 ms ticks, and `tenants` each with API token `tok` and agent API token `agent`.
+pub fn cluster_env(tenants: &[&str]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("OMNI__KAFKA__PARTITIONS".into(), "4".into()),
+        (
+            "OMNI__KAFKA__CONSUMER__SESSION_TIMEOUT_MS".into(),
+            "6000".into(),
+        ),
+        (
+            "OMNI__KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS".into(),
+            "500".into(),
+        ),
+        ("OMNI__ROUTER__TICK_INTERVAL_MS".into(), "200".into()),
+    ];
+    for t in tenants {
+        let up = t.to_uppercase();
+        env.push((format!("OMNI__TENANTS__{up}__API_TOKEN"), "tok".into()));
+        env.push((
+            format!("OMNI__TENANTS__{up}__AGENT_API_TOKEN"),
+            "agent".into(),
+        ));
+    }
+    env
 }
 
-/// Reads every partition of `topic` from the beginning to its current end (until no record
-/// arrives for `quiet`), in log order per partition, with headers.
-pub fn read_log(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<LogRead> {
-    use rdkafka::message::Headers as _;
+/// `env` as the borrowed pairs [`Daemon::start`] takes.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A consumer outside any group, assigned every partition of `topic` from the beginning.
+fn from_beginning(bootstrap: &str, topic: &str, name: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("e2e-log-{}", free_port()))
+        .set("group.id", format!("{name}-{}", free_port()))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "20")
         .create()
@@ -483,6 +485,24 @@ pub fn read_log(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<LogRead> {
         }
     }
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// A record read back with its place in the log and its headers.
+#[derive(Debug, Clone)]
+pub struct LogRead {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub headers: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads every partition of `topic` from the beginning to its current end (until no record
+/// arrives for `quiet`), in log order per partition, with headers.
+pub fn read_log(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<LogRead> {
+    use rdkafka::message::Headers as _;
+    let consumer = from_beginning(bootstrap, topic, "e2e-log");
     let mut out = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < quiet {

@@ -15,6 +15,10 @@
 //!   a newer epoch, and gives the partition up if someone did.
 //! - **Reads anywhere.** The same registry tells any instance where to forward a tenant's API
 //!   reads.
+//! - **Liveness.** Owners renew their claims on the registry every second. A partition whose
+//!   claim nobody renewed for longer than the group's session timeout has no live owner: on
+//!   Apache Kafka the group has rebalanced by then; tansu 0.6 may leave a dead member's
+//!   partitions assigned to it (see `tests/tansu/`), so the runner then rejoins the group.
 
 use omni_bus::table::LogRecord;
 use omni_bus::BusConfig;
@@ -121,9 +125,29 @@ pub fn fence(log: impl IntoIterator<Item = LogRecord>) -> Fenced {
 #[derive(Clone, Default)]
 pub struct Owners {
     claims: Arc<RwLock<BTreeMap<i32, OwnerRecord>>>,
+    /// When the tail last polled the topic successfully (staleness means nothing otherwise).
+    read_at: Arc<RwLock<Option<std::time::Instant>>>,
 }
 
 impl Owners {
+    /// Whether the registry was read within `within` (a stale registry says nothing about
+    /// which partitions have a live owner).
+    pub fn fresh(&self, within: Duration) -> bool {
+        self.read_at
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// Partitions among `0..partitions` whose newest claim was last renewed before
+    /// `stale_before` (ms since the epoch), or that nobody ever claimed.
+    pub fn unrenewed(&self, partitions: usize, stale_before: u64) -> Vec<i32> {
+        let claims = self.claims.read().unwrap_or_else(|p| p.into_inner());
+        (0..i32::try_from(partitions).unwrap_or(i32::MAX))
+            .filter(|p| claims.get(p).is_none_or(|c| c.at < stale_before))
+            .collect()
+    }
+
     /// The newest claim known for `partition`.
     pub fn get(&self, partition: i32) -> Option<OwnerRecord> {
         self.claims
@@ -188,7 +212,12 @@ impl Owners {
         }
         consumer.assign(&tpl)?;
         while !stop.load(Ordering::Relaxed) {
-            match consumer.poll(Duration::from_millis(200)) {
+            let polled = consumer.poll(Duration::from_millis(200));
+            if !matches!(polled, Some(Err(_))) {
+                *self.read_at.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(std::time::Instant::now());
+            }
+            match polled {
                 Some(Ok(m)) => {
                     // Claims are never deleted (no tombstones): a newer claim replaces an older.
                     if let Some(v) = m.payload() {
@@ -291,5 +320,22 @@ mod tests {
         assert_eq!(owners.get(3).unwrap().member, "b");
         owners.record(c(3, "a"));
         assert_eq!(owners.get(3).unwrap().member, "a");
+    }
+
+    #[test]
+    fn partitions_nobody_renewed_lately_are_listed() {
+        let owners = Owners::default();
+        for (partition, at) in [(0, 1_000), (1, 5_000)] {
+            owners.record(OwnerRecord {
+                partition,
+                epoch: 1,
+                member: "a".into(),
+                url: None,
+                at,
+            });
+        }
+        // Partition 2 was never claimed; partition 0's claim was last renewed long ago.
+        assert_eq!(owners.unrenewed(3, 4_000), vec![0, 2]);
+        assert!(!owners.fresh(Duration::from_secs(1)));
     }
 }

@@ -32,6 +32,12 @@ const HISTORY_LEN: usize = 50;
 /// How often the API history of conversations the engines forgot is dropped.
 const HISTORY_PRUNE: Duration = Duration::from_secs(60);
 
+/// How often an owner renews its claims on the owners registry.
+const CLAIM_RENEWAL: Duration = Duration::from_secs(1);
+
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+
 /// Router settings from the daemon's config.
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
@@ -267,6 +273,8 @@ pub struct Router {
     shared: Arc<Mutex<SharedState>>,
     /// The tenants' routing configs now in force; replaced by [`Router::set_tenants`].
     tenants: tokio::sync::watch::Sender<Arc<BTreeMap<TenantId, RoutingConfig>>>,
+    /// Asks the loop to leave and rejoin the consumer group (a partition has no live owner).
+    rejoin: tokio::sync::Notify,
 }
 
 impl Router {
@@ -291,7 +299,20 @@ impl Router {
             bus_metrics,
             shared: Arc::new(Mutex::new(shared)),
             tenants,
+            rejoin: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The consumers' `session.timeout.ms`: after it, a dead member's partitions must have a
+    /// new owner.
+    fn session_timeout(&self) -> Duration {
+        let ms = [&self.bus.consumer, &self.bus.librdkafka]
+            .iter()
+            .flat_map(|m| m.iter())
+            .find(|(k, _)| k.replace('_', ".") == "session.timeout.ms")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
+        Duration::from_millis(ms)
     }
 
     /// Sets the base URL other instances forward this instance's tenants' API reads to
@@ -393,6 +414,15 @@ impl Router {
                 () = &mut shutdown => break Ok(()),
                 () = newly_assigned.notified() => {
                     self.claim_assigned(&assignment, &mut held).await;
+                    continue;
+                }
+                () = self.rejoin.notified() => {
+                    // Leaving revokes everything (the callbacks commit and forget it); joining
+                    // again makes the coordinator run a rebalance with the live members.
+                    consumer.unsubscribe();
+                    if let Err(e) = consumer.subscribe(&inputs) {
+                        tracing::warn!(error = %e, "rejoining the router group failed");
+                    }
                     continue;
                 }
                 changed = tenants_rx.changed() => {
@@ -1225,8 +1255,25 @@ impl Router {
         let mut interval = tokio::time::interval(self.settings.tick_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pruned = Instant::now();
+        let started = Instant::now();
+        let mut renewed = Instant::now();
+        let mut rejoined: Option<Instant> = None;
+        let patience = self.session_timeout() + Duration::from_secs(5);
         loop {
             interval.tick().await;
+            if renewed.elapsed() >= CLAIM_RENEWAL {
+                renewed = Instant::now();
+                self.renew_claims().await;
+            }
+            let calm = rejoined.is_none_or(|t| t.elapsed() > patience);
+            if calm && started.elapsed() > patience && self.orphans_seen(patience) {
+                rejoined = Some(Instant::now());
+                self.metrics
+                    .ownership
+                    .with_label_values(&["rejoined"])
+                    .inc();
+                self.rejoin.notify_one();
+            }
             let now = Timestamp(wall_clock_ms());
             let prune = pruned.elapsed() >= HISTORY_PRUNE;
             if prune {
@@ -1283,6 +1330,83 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+impl Router {
+    /// Re-publishes this instance's claims with the current time, so other instances know
+    /// their owner is alive.
+    async fn renew_claims(&self) {
+        let claims: Vec<OwnerRecord> = {
+            let s = self.lock();
+            s.owned
+                .iter()
+                .map(|(p, o)| OwnerRecord {
+                    partition: *p,
+                    epoch: o.epoch,
+                    member: s.member.clone(),
+                    url: s.url.clone(),
+                    at: wall_clock_ms(),
+                })
+                .collect()
+        };
+        if claims.is_empty() {
+            return;
+        }
+        let values: Vec<(String, Vec<u8>)> = claims
+            .iter()
+            .map(|c| {
+                (
+                    ownership::registry_key(c.partition),
+                    serde_json::to_vec(c).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let records: Vec<OutRecord<'_>> = values
+            .iter()
+            .map(|(key, value)| OutRecord {
+                topic: &self.bus.topics.router_owners,
+                partition: None,
+                key: key.as_bytes(),
+                payload: Some(value),
+                headers: &[],
+            })
+            .collect();
+        match self.producer.send_batch(&records).await {
+            Ok(()) => {
+                let s = self.lock();
+                for c in claims {
+                    s.owners.record(c);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "renewing router claims failed"),
+        }
+    }
+
+    /// Whether some partition has had no live owner for `patience` (its claim not renewed,
+    /// or never made), as far as a freshly read registry tells. Apache Kafka rebalances a
+    /// dead member's partitions after its session timeout; tansu 0.6 may not (it re-forms
+    /// the group without a new generation, and only the member whose heartbeat noticed the
+    /// expiry rejoins), which leaves them with nobody.
+    fn orphans_seen(&self, patience: Duration) -> bool {
+        let s = self.lock();
+        if s.partitions == 0 || !s.owners.fresh(Duration::from_secs(5)) {
+            return false;
+        }
+        let stale_before =
+            wall_clock_ms().saturating_sub(u64::try_from(patience.as_millis()).unwrap_or(0));
+        let orphans: Vec<i32> = s
+            .owners
+            .unrenewed(s.partitions, stale_before)
+            .into_iter()
+            .filter(|p| !s.owned.contains_key(p))
+            .collect();
+        if orphans.is_empty() {
+            return false;
+        }
+        tracing::warn!(partitions = ?orphans, patience_secs = patience.as_secs(),
+            "partitions without a live owner: rejoining the router group so they are assigned again");
+        true
     }
 }
 
