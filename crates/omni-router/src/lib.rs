@@ -40,7 +40,8 @@
 //! # Layout
 //! - [`wire`]: the envelopes of commands and routing events, and input decoding.
 //! - [`metrics`]: the customer-care metrics (response times, backlog, SLA, FCR, CSAT).
-//! - [`runner`]: the consume–decide–write–commit loop, recovery and the ticker.
+//! - [`runner`]: the consume–decide–write–commit loop; beside it takeover (claim and restore),
+//!   rebalance callbacks, the batched writes and the ticker (timers, claim renewal).
 //! - [`ownership`]: owner epochs, zombie fencing, and the owners registry for forwarded reads.
 //! - [`api`]: the agent/operator HTTP API (reads answered by the owner, from any instance).
 

@@ -1,0 +1,163 @@
+//! Taking a partition: its state read in log order without zombie writes, the claim with the
+//! next owner epoch, each tenant restored, and what the restore decided written before anything
+//! is routed.
+
+use super::*;
+
+impl Router {
+    /// Takes partition `partition`: reads its state in log order without zombie writes,
+    /// claims it with the next owner epoch, restores each tenant's engine, and writes the
+    /// claim, the owners registry entry and whatever the restore itself decided (requeues of
+    /// an agent found offline, capacity given back) before anything is routed.
+    pub(super) async fn claim(&self, partition: i32) -> Result<(), RouterError> {
+        let bus = self.bus.clone();
+        let topic = self.bus.topics.router_state.clone();
+        let log = tokio::task::spawn_blocking(move || {
+            omni_bus::table::read_partition_log(&bus, &topic, partition)
+        })
+        .await
+        .map_err(|e| RouterError::Bus(BusError::NotReady(format!("state load task: {e}"))))??;
+        let fenced = ownership::fence(log);
+        if fenced.ignored > 0 {
+            tracing::warn!(
+                partition,
+                ignored = fenced.ignored,
+                "ignored state written by a previous owner after it lost the partition"
+            );
+        }
+        let epoch = fenced.epoch() + 1;
+        let (member, url, partitions) = {
+            let s = self.lock();
+            (s.member.clone(), s.url.clone(), s.partitions)
+        };
+        let mut by_tenant: BTreeMap<TenantId, Vec<StateEntry>> = BTreeMap::new();
+        let mut progress = HashMap::new();
+        let mut latest = 0u64;
+        for (key, value) in fenced.table {
+            if let Some(input_topic) = key.strip_prefix("~progress/") {
+                if let Ok(p) = serde_json::from_slice::<Progress>(&value) {
+                    latest = latest.max(p.time);
+                    progress.insert((input_topic.to_owned(), partition), p);
+                }
+                continue;
+            }
+            let Some((tenant, _)) = key.split_once('/') else {
+                continue;
+            };
+            let (Ok(tenant), Ok(entry)) = (
+                TenantId::new(tenant),
+                serde_json::from_slice::<StateEntry>(&value),
+            ) else {
+                tracing::warn!(key = %key, "ignoring unreadable router state record");
+                continue;
+            };
+            by_tenant.entry(tenant).or_default().push(entry);
+        }
+        let now = Timestamp(latest);
+        let mut writes = Writes::default();
+        let mut restored = BTreeMap::new();
+        for (tenant, entries) in by_tenant {
+            if partitions > 0 && partition_for(tenant.as_str().as_bytes(), partitions) != partition
+            {
+                tracing::warn!(tenant = %tenant, partition,
+                    "state of a tenant found on a partition the partitioning contract (murmur2) does not give it, written by an older version: not restored here");
+                continue;
+            }
+            let Some(config) = self.config_of(&tenant) else {
+                continue;
+            };
+            let (mut engine, outputs) = Engine::restore(config.clone(), entries, now)?;
+            writes.changes(&tenant, partition, epoch, engine.take_changes());
+            let (p, e) = (partition.to_string(), epoch.to_string());
+            writes.outputs(&tenant, now, &outputs, |i| {
+                ["restore".to_owned(), p.clone(), e.clone(), i.to_string()]
+            });
+            restored.insert(tenant, (engine, config));
+        }
+        // Configured tenants of this partition without state yet get an empty engine, so the
+        // owner answers their reads (and nobody else claims to).
+        for (tenant, config) in self.tenants.borrow().iter() {
+            if partitions > 0
+                && partition_for(tenant.as_str().as_bytes(), partitions) == partition
+                && !restored.contains_key(tenant)
+            {
+                restored.insert(
+                    tenant.clone(),
+                    (Engine::new(config.clone())?, config.clone()),
+                );
+            }
+        }
+        let claim = OwnerRecord {
+            partition,
+            epoch,
+            member,
+            url,
+            at: wall_clock_ms(),
+        };
+        let claim_bytes = serde_json::to_vec(&claim).unwrap_or_default();
+        writes.epochs.insert(partition, epoch);
+        let epoch_text = epoch.to_string();
+        let header = [(EPOCH_HEADER, epoch_text.as_bytes())];
+        let registry_key = ownership::registry_key(partition);
+        // The claim first, in its own write: state written under the new epoch must never
+        // be in the log without the claim before it.
+        self.producer
+            .send_batch(&[
+                OutRecord {
+                    topic: &self.bus.topics.router_state,
+                    partition: Some(partition),
+                    key: OWNER_KEY.as_bytes(),
+                    payload: Some(&claim_bytes),
+                    headers: &header,
+                },
+                OutRecord {
+                    topic: &self.bus.topics.router_owners,
+                    partition: None,
+                    key: registry_key.as_bytes(),
+                    payload: Some(&claim_bytes),
+                    headers: &[],
+                },
+            ])
+            .await?;
+        self.lock().owners.record(claim);
+        // Nothing is owned until the restore's own decisions are written too: on an error the
+        // next record claims the partition again, with a newer epoch.
+        self.write(&writes).await?;
+        let count = restored.len();
+        {
+            let mut s = self.lock();
+            s.owned.insert(
+                partition,
+                Owned {
+                    epoch,
+                    as_of: latest,
+                },
+            );
+            for (tenant, (engine, config)) in restored {
+                s.tenants.insert(
+                    tenant,
+                    TenantSlot {
+                        engine,
+                        config,
+                        partition,
+                        history: HashMap::new(),
+                    },
+                );
+            }
+            s.progress.extend(progress);
+            self.metrics
+                .partitions_owned
+                .with_label_values(&[self.settings.group_id.as_str()])
+                .set(s.owned.len() as i64);
+        }
+        self.observe(&writes);
+        self.metrics.ownership.with_label_values(&["claimed"]).inc();
+        tracing::info!(
+            partition,
+            epoch,
+            tenants = count,
+            "router partition claimed and state restored"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! Everything one step writes to Kafka, gathered first and written at once.
+
+use super::*;
+
+/// Everything one step (a batch, a claim, a reconfiguration) writes to Kafka.
+#[derive(Default)]
+pub(super) struct Writes {
+    /// Latest value per state key (several inputs may change one entity), in key order.
+    pub(super) state: BTreeMap<(i32, String), Option<Vec<u8>>>,
+    /// The owner epoch to stamp on each partition's state records.
+    pub(super) epochs: BTreeMap<i32, u64>,
+    pub(super) progress: BTreeMap<(String, i32), Progress>,
+    pub(super) events: Vec<(TenantId, serde_json::Value)>,
+    pub(super) replayed: Vec<(Vec<u8>, serde_json::Value)>,
+    pub(super) forwards: Vec<(Rec, i32)>,
+    pub(super) observations: Vec<(TenantId, omni_routing::Observation)>,
+}
+
+impl Writes {
+    pub(super) fn changes(
+        &mut self,
+        tenant: &TenantId,
+        partition: i32,
+        epoch: u64,
+        changes: Vec<omni_routing::StateChange>,
+    ) {
+        self.epochs.entry(partition).or_insert(epoch);
+        for c in changes {
+            let value = c
+                .entry
+                .as_ref()
+                .map(|e| serde_json::to_vec(e).unwrap_or_default());
+            self.state
+                .insert((partition, format!("{}/{}", tenant, c.key)), value);
+        }
+    }
+
+    /// Adds the events and observations of `outputs`; event `i`'s id is derived from
+    /// `id_parts(i)`, so the same step always yields the same ids. Returns the events.
+    pub(super) fn outputs<const N: usize>(
+        &mut self,
+        tenant: &TenantId,
+        now: Timestamp,
+        outputs: &[Output],
+        id_parts: impl Fn(usize) -> [String; N],
+    ) -> Vec<serde_json::Value> {
+        let mut step_events = Vec::new();
+        for (i, out) in outputs.iter().enumerate() {
+            match out {
+                Output::Event(ev) => {
+                    let parts = id_parts(i);
+                    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+                    let id = EventId::derived(tenant, &refs);
+                    let env = routing_envelope(tenant, id, now, ev);
+                    step_events.push(env.clone());
+                    self.events.push((tenant.clone(), env));
+                }
+                Output::Observe(o) => self.observations.push((tenant.clone(), o.clone())),
+            }
+        }
+        step_events
+    }
+}
+
+impl Router {
+    /// Writes state (with the owner epoch), progress, routing events and forwarded records in
+    /// one batch and waits for the broker. Their order does not matter: with events but no
+    /// state, a replay recomputes the same events (same ids) from the old state (the engine is
+    /// deterministic, timers included); with state but no events, the progress record
+    /// re-publishes them. Only the commit, by the caller, must come last.
+    pub(super) async fn write(&self, writes: &Writes) -> Result<(), RouterError> {
+        let state_topic = self.bus.topics.router_state.as_str();
+        let routing_topic = self.bus.topics.routing.as_str();
+        let epochs: BTreeMap<i32, String> = writes
+            .state
+            .keys()
+            .map(|(p, _)| *p)
+            .chain(writes.progress.keys().map(|(_, p)| *p))
+            .map(|p| {
+                let e = writes
+                    .epochs
+                    .get(&p)
+                    .copied()
+                    .or_else(|| self.lock().owned.get(&p).map(|o| o.epoch))
+                    .unwrap_or(0);
+                (p, e.to_string())
+            })
+            .collect();
+        let epoch_headers: BTreeMap<i32, [(&str, &[u8]); 1]> = epochs
+            .iter()
+            .map(|(p, e)| (*p, [(EPOCH_HEADER, e.as_bytes())]))
+            .collect();
+        let headers_of =
+            |p: &i32| -> &[(&str, &[u8])] { epoch_headers.get(p).map_or(&[], |h| h.as_slice()) };
+        let progress_values: Vec<(i32, String, Vec<u8>)> = writes
+            .progress
+            .iter()
+            .map(|((topic, p), prog)| {
+                (
+                    *p,
+                    format!("~progress/{topic}"),
+                    serde_json::to_vec(prog).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let event_values: Vec<(Vec<u8>, Vec<u8>)> = writes
+            .events
+            .iter()
+            .map(|(t, e)| {
+                (
+                    t.as_str().as_bytes().to_vec(),
+                    serde_json::to_vec(e).unwrap_or_default(),
+                )
+            })
+            .chain(
+                writes
+                    .replayed
+                    .iter()
+                    .map(|(k, e)| (k.clone(), serde_json::to_vec(e).unwrap_or_default())),
+            )
+            .collect();
+        let forward_headers: Vec<Vec<(&str, &[u8])>> = writes
+            .forwards
+            .iter()
+            .map(|(rec, _)| {
+                rec.headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .collect()
+            })
+            .collect();
+        let records: Vec<OutRecord<'_>> =
+            writes
+                .state
+                .iter()
+                .map(|((p, key), value)| OutRecord {
+                    topic: state_topic,
+                    partition: Some(*p),
+                    key: key.as_bytes(),
+                    payload: value.as_deref(),
+                    headers: headers_of(p),
+                })
+                .chain(progress_values.iter().map(|(p, key, value)| OutRecord {
+                    topic: state_topic,
+                    partition: Some(*p),
+                    key: key.as_bytes(),
+                    payload: Some(value),
+                    headers: headers_of(p),
+                }))
+                .chain(event_values.iter().map(|(key, value)| OutRecord {
+                    topic: routing_topic,
+                    partition: None,
+                    key,
+                    payload: Some(value),
+                    headers: &[],
+                }))
+                .chain(writes.forwards.iter().zip(&forward_headers).map(
+                    |((rec, home), headers)| OutRecord {
+                        topic: rec.topic.as_str(),
+                        partition: Some(*home),
+                        key: &rec.key,
+                        payload: rec.payload.as_deref(),
+                        headers,
+                    },
+                ))
+                .collect();
+        if !records.is_empty() {
+            self.producer.send_batch(&records).await?;
+        }
+        Ok(())
+    }
+
+    /// After a write: routing events into the API history, observations into the metrics.
+    pub(super) fn observe(&self, writes: &Writes) {
+        {
+            let mut s = self.lock();
+            for (tenant, ev) in &writes.events {
+                let Some(slot) = s.tenants.get_mut(tenant) else {
+                    continue;
+                };
+                let conv = ev["subject"]
+                    .as_str()
+                    .and_then(|c| c.parse::<ConversationId>().ok());
+                if let Some(c) = conv {
+                    let h = slot.history.entry(c).or_default();
+                    h.push_back(ev.clone());
+                    if h.len() > HISTORY_LEN {
+                        h.pop_front();
+                    }
+                }
+            }
+        }
+        for (tenant, o) in &writes.observations {
+            self.metrics.observe(tenant.as_str(), o);
+        }
+    }
+}
+
+fn routing_envelope(
+    tenant: &TenantId,
+    id: EventId,
+    now: Timestamp,
+    ev: &RoutingEvent,
+) -> serde_json::Value {
+    let env = Envelope::new(
+        id,
+        tenant.clone(),
+        routing_type(ev),
+        format!("/omnirouter/{tenant}/router"),
+        time_of(now.0),
+        routing_subject(ev),
+        ev,
+    );
+    serde_json::to_value(&env).unwrap_or_default()
+}
