@@ -130,6 +130,8 @@ pub async fn post_json(
 /// A tansu broker on 127.0.0.1.
 pub struct Broker {
     pub port: u16,
+    /// The port clients are told to connect to, when it is not `port` (a proxy in front).
+    advertised: Option<u16>,
     dir: tempfile::TempDir,
     storage: String,
     child: Option<Child>,
@@ -148,10 +150,21 @@ impl Broker {
         Self::start("sqlite://tansu.db".to_owned())
     }
 
+    /// A durable broker that tells clients to connect to `advertised_port` (a proxy in front of
+    /// it, started by the test) instead of its own port; [`Broker::bootstrap`] stays direct.
+    pub fn durable_behind(advertised_port: u16) -> Self {
+        Self::start_advertising("sqlite://tansu.db".to_owned(), Some(advertised_port))
+    }
+
     fn start(storage: String) -> Self {
+        Self::start_advertising(storage, None)
+    }
+
+    fn start_advertising(storage: String, advertised: Option<u16>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut b = Self {
             port: free_port(),
+            advertised,
             dir,
             storage,
             child: None,
@@ -162,6 +175,7 @@ impl Broker {
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -173,7 +187,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())

@@ -6,6 +6,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,25 @@ pub struct Consumer {
     inner: StreamConsumer<MetricsContext>,
     group: String,
     metrics: Arc<BusMetrics>,
+    unfinished: Unfinished,
+}
+
+/// How many records a consumer has taken and not finished (running, queued behind a record
+/// of the same key, or abandoned on shutdown while retrying): none of them is committed, so
+/// each is redelivered to the next owner. Readable from outside the consumer's loop, e.g. to
+/// report what a shutdown left behind.
+#[derive(Debug, Clone, Default)]
+pub struct Unfinished(Arc<AtomicUsize>);
+
+impl Unfinished {
+    /// Records taken and not finished right now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, n: usize) {
+        self.0.store(n, Ordering::Relaxed);
+    }
 }
 
 impl Consumer {
@@ -72,7 +92,13 @@ impl Consumer {
             inner,
             group: group.to_owned(),
             metrics,
+            unfinished: Unfinished::default(),
         })
+    }
+
+    /// A live count of the records this consumer took and has not finished.
+    pub fn unfinished(&self) -> Unfinished {
+        self.unfinished.clone()
     }
 
     /// Feeds records to `handler` one at a time until `shutdown` resolves, committing each
@@ -96,6 +122,7 @@ impl Consumer {
             let Some(record) = self.take(message).await else {
                 continue;
             };
+            self.unfinished.set(1);
             let mut backoff = Duration::from_millis(100);
             loop {
                 match handler(record.clone()).await {
@@ -130,6 +157,7 @@ impl Consumer {
                     }
                 }
             }
+            self.unfinished.set(0);
             self.commit(&record)?;
             processed_any = true;
         }
@@ -202,6 +230,7 @@ impl Consumer {
                     };
                     self.count(&record, &outcome);
                     let (next, commit) = lanes.finish(key, &record);
+                    self.unfinished.set(lanes.held());
                     if let Some(next) = next {
                         spawn(&mut running, key, next);
                     }
@@ -214,7 +243,9 @@ impl Consumer {
                         continue;
                     };
                     let key = order_key(&record);
-                    if let Some(record) = lanes.admit(key, record) {
+                    let start = lanes.admit(key, record);
+                    self.unfinished.set(lanes.held());
+                    if let Some(record) = start {
                         spawn(&mut running, key, record);
                     }
                 }

@@ -33,7 +33,7 @@ pub mod table;
 
 pub use admin::ensure_topics;
 pub use config::BusConfig;
-pub use consumer::{Consumer, HandlerOutcome, Record};
+pub use consumer::{Consumer, HandlerOutcome, Record, Unfinished};
 pub use error::BusError;
 pub use metrics::BusMetrics;
 pub use partitioner::partition_for;

@@ -10,7 +10,7 @@
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use std::sync::{Arc, RwLock};
@@ -206,6 +206,31 @@ impl Producer {
                 topic: "*".into(),
                 source,
             })
+    }
+
+    /// For the end of a shutdown: waits until every queued record is acknowledged or
+    /// `timeout` passes, then purges what is left (queued and in flight, so their senders get
+    /// an error and nothing is sent behind their back) and returns how many records that was.
+    /// Whoever produced them did not get an acknowledgement: an HTTP client got no 202, a
+    /// consumed record's offset was not committed, so each is retried or redelivered.
+    pub async fn flush_or_purge(&self, timeout: Duration) -> usize {
+        let (_, producer) = self.current();
+        let left = tokio::task::spawn_blocking(move || {
+            // The result only says whether records are left; the count says how many.
+            let _ = producer.flush(Timeout::After(timeout));
+            let left = producer.in_flight_count();
+            if left > 0 {
+                producer.purge(PurgeConfig::default().queue().inflight());
+                // Serve the purged records' delivery reports, so their senders learn of it.
+                let _ = producer.flush(Timeout::After(Duration::from_millis(100)));
+            }
+            left
+        })
+        .await;
+        match left {
+            Ok(left) => usize::try_from(left).unwrap_or(0),
+            Err(_) => usize::try_from(self.in_flight()).unwrap_or(0),
+        }
     }
 
     /// Records not yet acknowledged.

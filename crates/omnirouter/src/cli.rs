@@ -38,9 +38,13 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: serve the inbound endpoints, /healthz, /readyz and /metrics until
-    /// SIGTERM or SIGINT, then drain in-flight requests and flush Kafka. On SIGHUP, and when
-    /// the config file changes, tenants are reloaded without a restart (a config that does not
-    /// validate is refused and the one in force keeps running).
+    /// SIGTERM or SIGINT, then drain in-flight requests and flush Kafka within
+    /// server.shutdown_grace_secs. Exits 0 when everything was flushed, 75 when the grace
+    /// period cut the shutdown short (records not flushed or replies not finished, which
+    /// clients retry and Kafka redelivers; the last log line counts them), 1 on a failure,
+    /// 2 on a bad config. On SIGHUP, and when the config file changes, tenants are reloaded
+    /// without a restart (a config that does not validate is refused and the one in force
+    /// keeps running).
     Run,
     /// Validate the config (file + environment) without starting, exactly as a reload does;
     /// exits non-zero naming the bad key. With --connect, also checks that Kafka answers.
@@ -68,12 +72,15 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     match cli.command {
+        // Every way out of `run` ends the process here, never by dropping the runtime: its
+        // drop waits for blocking tasks, and a librdkafka handle can block there for as long
+        // as the broker is away.
         Command::Run => match runtime.block_on(crate::daemon::run(loaded, cli.config)) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(leftovers) => crate::shutdown::exit(leftovers),
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "omnirouter failed");
                 eprintln!("error: {e:#}");
-                ExitCode::FAILURE
+                std::process::exit(1)
             }
         },
         Command::CheckConfig { connect } => {
@@ -124,7 +131,8 @@ fn init_logging(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Standard error, closed to other threads when the last line is written.
+        .with_writer(crate::shutdown::LogWriter);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -1,6 +1,8 @@
 //! Start-up and shutdown: build the producer, create topics, serve HTTP, reload tenants on
 //! SIGHUP or a changed config file ([`crate::reload`]), and on SIGTERM/SIGINT stop accepting,
-//! drain in-flight requests and flush the producer.
+//! drain in-flight requests, stop the readers, senders and router, and flush the producer,
+//! all within one deadline (`server.shutdown_grace_secs`); what is left is purged and counted
+//! ([`crate::shutdown`]).
 
 use anyhow::Context as _;
 use omni_bus::{BusMetrics, Producer};
@@ -20,13 +22,19 @@ use crate::reload::{
 };
 use crate::server::{router, AppState, Channels};
 use crate::settings::{Loaded, OutboundSettings, Settings};
+use crate::shutdown::{Leftovers, Pending, WATCHDOG_MARGIN};
 use omni_sms::multipart::{ConcatMetrics, ConcatStore};
 use omni_sms::send::SmsSender;
 use omni_sms::webhook::{Endpoint, SmsWebhook};
 
-/// Runs the daemon until a shutdown signal. `config` is the file `loaded` was read from (with
-/// the environment): it is read again on SIGHUP and when its content changes.
-pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> {
+/// Runs the daemon until a shutdown signal, then shuts down within the grace period and says
+/// what it could not finish. `config` is the file `loaded` was read from (with the
+/// environment): it is read again on SIGHUP and when its content changes.
+///
+/// Once the signal arrived a watchdog guarantees the process ends (see [`crate::shutdown`]);
+/// the caller ends it with [`crate::shutdown::exit`] when this returns, never by dropping the
+/// runtime (blocked librdkafka handles would hold it).
+pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Leftovers> {
     // Before anything slow: SIGHUP's default action ends the process.
     let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -141,9 +149,9 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
     // Readers record e-mail threads; the e-mail sender reads them for References.
     let threads = Arc::new(omni_email::ThreadIndex::default());
     let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
-    let (outbound_task, senders) = match &settings.outbound {
+    let (outbound_task, senders, replies) = match &settings.outbound {
         Some(outbound) => {
-            let (task, senders) = start_outbound(
+            let (task, senders, replies) = start_outbound(
                 settings,
                 outbound,
                 &registry,
@@ -152,9 +160,9 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
                 threads.clone(),
                 outbound_stop_rx,
             )?;
-            (Some(task), Some(senders))
+            (Some(task), Some(senders), Some(replies))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let (email_stop_tx, email_stop_rx) = tokio::sync::watch::channel(false);
     let email_tasks = start_mailboxes(settings, &registry, &producer, threads, email_stop_rx)?;
@@ -228,27 +236,43 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
     let reload_task = tokio::spawn(reloader.run(hangup, reload_stop_rx));
 
     shutdown_signal().await;
-    // No reload while shutting down.
-    let _ = reload_stop_tx.send(true);
-    let _ = reload_task.await;
+    // One deadline for the whole shutdown (drain, readers, senders, router, flush), so an
+    // orchestrator's grace period a little above `server.shutdown_grace_secs` always covers it;
+    // the watchdog ends the process shortly after it whatever still blocks.
+    let deadline = tokio::time::Instant::now() + grace;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let pending = Pending {
+        producer: producer.clone(),
+        replies,
+    };
+    crate::shutdown::arm_watchdog(grace + WATCHDOG_MARGIN, pending.clone());
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutdown requested: draining in-flight requests"
     );
+    // No reload while shutting down.
+    let _ = reload_stop_tx.send(true);
     let _ = stop_tx.send(());
-    // One deadline for the whole shutdown (drain, router, flush), so an orchestrator's grace
-    // period a little above `server.shutdown_grace_secs` always covers it.
-    let deadline = tokio::time::Instant::now() + grace;
-    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    if tokio::time::timeout_at(deadline, reload_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a reload did not finish within the grace period");
+    }
     match tokio::time::timeout_at(deadline, server).await {
-        Ok(joined) => joined.context("http server task")?.context("http server")?,
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server failed while draining"),
+        Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     let _ = router_stop_tx.send(true);
     let _ = email_stop_tx.send(true);
     if let Some(running) = livechat_running {
         // The feed thread notices within one poll (100 ms).
-        let _ = tokio::task::spawn_blocking(move || running.stop()).await;
+        let stopped = tokio::task::spawn_blocking(move || running.stop());
+        if tokio::time::timeout_at(deadline, stopped).await.is_err() {
+            tracing::warn!("the live chat feed did not stop within the grace period");
+        }
     }
     for task in email_tasks {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
@@ -275,13 +299,15 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
             Err(_) => tracing::warn!("router did not stop within the grace period"),
         }
     }
-    let pending = producer.in_flight();
-    producer
-        .flush(left().max(std::time::Duration::from_millis(100)))
-        .await
-        .with_context(|| format!("flushing {pending} unacknowledged records"))?;
-    tracing::info!("shutdown complete");
-    Ok(())
+    // Replies still running now are abandoned: count them before the flush gives them time.
+    let replies_unfinished = pending.count().replies_unfinished;
+    let records_unflushed = producer
+        .flush_or_purge(left().max(Duration::from_millis(100)))
+        .await;
+    Ok(Leftovers {
+        records_unflushed,
+        replies_unfinished,
+    })
 }
 
 /// Starts one IMAP reader per configured mailbox (each reconnects on its own until `stop`);
@@ -326,6 +352,7 @@ fn start_mailboxes(
 /// Starts sending replies from the outbound topic: a sender per channel (Messenger, SMS and
 /// Zalo always, so a reload can give them tenants; e-mail when mailboxes are configured), the
 /// Zalo token upkeep, and the dispatcher over a consumer group. Ends when `stop` turns true.
+/// Also returns the live count of replies taken and not finished (for the shutdown summary).
 fn start_outbound(
     settings: &Settings,
     outbound: &OutboundSettings,
@@ -334,7 +361,7 @@ fn start_outbound(
     bus_metrics: Arc<BusMetrics>,
     threads: Arc<omni_email::ThreadIndex>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, Senders)> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Senders, omni_bus::Unfinished)> {
     let metrics = DispatchMetrics::register(registry)?;
     let mut dispatcher = Dispatcher::new(
         Arc::new(producer),
@@ -395,6 +422,7 @@ fn start_outbound(
         bus_metrics,
     )
     .context("joining the outbound consumer group")?;
+    let replies = consumer.unfinished();
     let max_in_flight = outbound.max_in_flight;
     let mut stop = stop;
     let task = tokio::spawn(async move {
@@ -419,7 +447,7 @@ fn start_outbound(
             tracing::error!(error = %e, "outbound dispatch stopped: replies are not being sent");
         }
     });
-    Ok((task, senders))
+    Ok((task, senders, replies))
 }
 
 /// The multipart SMS upkeep: restores stored parts once the parts topic can be read, then

@@ -7,6 +7,7 @@
 //! - [`settings`]: raw config → validated settings (names the bad key on error).
 //! - [`server`]: the HTTP routes: ingress, `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: start-up, topic creation, graceful shutdown.
+//! - [`shutdown`]: the bounded end of a shutdown: leftovers, exit codes, the watchdog.
 //! - [`reload`]: tenants changed without a restart (SIGHUP, a changed config file), and what
 //!   needs one.
 
@@ -15,3 +16,4 @@ pub mod daemon;
 pub mod reload;
 pub mod server;
 pub mod settings;
+pub mod shutdown;
