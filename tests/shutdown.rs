@@ -350,6 +350,31 @@ fn in_flight_messages(daemon: &Daemon, run: &str) -> Vec<tokio::task::JoinHandle
         .collect()
 }
 
+/// Messages in the daemon's producer queue (librdkafka statistics, every second in tests).
+async fn producer_queue(daemon: &Daemon) -> f64 {
+    daemon
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("omni_kafka_producer_queue_messages"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the late API messages are waiting in the producer for a broker that does not
+/// answer: then they are in flight across SIGTERM.
+async fn wait_in_flight(daemon: &Daemon, baseline: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while producer_queue(daemon).await < baseline + 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the late messages never reached the producer queue\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// SIGTERM, and how long the daemon took to exit.
 async fn terminate(mut daemon: Daemon) -> (Option<ExitStatus>, Duration, Daemon) {
     tokio::task::spawn_blocking(move || {
@@ -485,9 +510,10 @@ async fn broker_killed_then_sigterm_exits_in_time_and_loses_nothing_acknowledged
     let daemon = start_daemon(&broker, &bootstrap, &env).await;
     let mut acked = traffic(&daemon, &bootstrap, &graph, "dead").await;
 
+    let baseline = producer_queue(&daemon).await;
     broker.stop();
     let late = in_flight_messages(&daemon, "dead");
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the late requests arrive
+    wait_in_flight(&daemon, baseline).await;
     let (status, took, first) = terminate(daemon).await;
     let last = assert_cut_short(status, took, &first);
     println!("broker dead: exited in {took:?}: {last}");
@@ -511,9 +537,10 @@ async fn broker_stalled_then_sigterm_exits_in_time_and_loses_nothing_acknowledge
     let daemon = start_daemon(&broker, &bootstrap, &env).await;
     let mut acked = traffic(&daemon, &bootstrap, &graph, "slow").await;
 
+    let baseline = producer_queue(&daemon).await;
     proxy.stall();
     let late = in_flight_messages(&daemon, "slow");
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the late requests arrive
+    wait_in_flight(&daemon, baseline).await;
     let (status, took, first) = terminate(daemon).await;
     let last = assert_cut_short(status, took, &first);
     println!("broker stalled: exited in {took:?}: {last}");
