@@ -531,30 +531,39 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         );
     }
 
-    // No two instances applied one tenant at once: per state partition, in log order, every
-    // state record carries the epoch of the claim in force where it was written.
+    // No two instances applied one tenant at once: per state partition, in log order, a claim
+    // takes force only with a higher epoch (of two claims of one epoch the first wins and the
+    // other claimant backs off), and every state record carries the epoch and member of the
+    // claim in force where it was written.
     let mut claims = 0;
-    let mut in_force: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut in_force: BTreeMap<i32, (u64, String)> = BTreeMap::new();
     for r in read_log(&broker.bootstrap(), STATE, Duration::from_secs(2)) {
-        let epoch: u64 = r
-            .headers
-            .get("omni-owner-epoch")
-            .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
-            .expect("state record without an owner epoch");
-        let current = in_force.entry(r.partition).or_insert(0);
-        if r.key == b"~owner" {
-            assert!(
-                epoch > *current,
-                "claim epoch {epoch} after {current} on {}",
-                r.partition
-            );
-            *current = epoch;
-            claims += 1;
+        let header = |name: &str| {
+            String::from_utf8(
+                r.headers
+                    .get(name)
+                    .unwrap_or_else(|| panic!("state record without {name}"))
+                    .clone(),
+            )
+            .unwrap()
+        };
+        let epoch: u64 = header("omni-owner-epoch").parse().unwrap();
+        let member = header("omni-owner");
+        let current = in_force.entry(r.partition).or_default();
+        if r.key.starts_with(b"~owner/") {
+            if epoch > current.0 {
+                *current = (epoch, member);
+                claims += 1;
+            }
         } else {
             assert_eq!(
-                epoch, *current,
-                "partition {} offset {}: a write of epoch {epoch} while epoch {current} owned it",
-                r.partition, r.offset
+                (epoch, &member),
+                (current.0, &current.1),
+                "partition {} offset {}: a write of {member}'s epoch {epoch} while {}'s epoch {} owned it",
+                r.partition,
+                r.offset,
+                current.1,
+                current.0
             );
         }
     }

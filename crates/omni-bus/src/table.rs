@@ -52,8 +52,18 @@ pub fn read_partition_log(
     topic: &str,
     partition: i32,
 ) -> Result<Vec<LogRecord>, BusError> {
+    read_partition_log_from(bus, topic, partition, 0)
+}
+
+/// [`read_partition_log`] from offset `from` on (what was written after an earlier read).
+pub fn read_partition_log_from(
+    bus: &BusConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) -> Result<Vec<LogRecord>, BusError> {
     let mut out = Vec::new();
-    scan(bus, topic, Some(&[partition]), |m| {
+    scan(bus, topic, Some(&[partition]), from, |m| {
         let mut headers = BTreeMap::new();
         if let Some(hs) = m.headers() {
             for h in hs.iter() {
@@ -72,7 +82,7 @@ pub fn read_partition_log(
 
 fn read(bus: &BusConfig, topic: &str, only: Option<&[i32]>) -> Result<Table, BusError> {
     let mut out = Table::new();
-    scan(bus, topic, only, |m| {
+    scan(bus, topic, only, 0, |m| {
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         match m.payload() {
             Some(v) => {
@@ -87,11 +97,12 @@ fn read(bus: &BusConfig, topic: &str, only: Option<&[i32]>) -> Result<Table, Bus
 }
 
 /// Hands every record of the partitions (all of `topic`'s when `only` is `None`) to `each`,
-/// from their start to their end.
+/// from their start (or offset `from`, if later) to their end.
 fn scan(
     bus: &BusConfig,
     topic: &str,
     only: Option<&[i32]>,
+    from: i64,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), BusError> {
     let mut config = bus.consumer_config("omnirouter-table-reader");
@@ -117,8 +128,9 @@ fn scan(
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, Duration::from_secs(10))
             .map_err(BusError::Consume)?;
-        if high > low {
-            tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+        let start = low.max(from);
+        if high > start {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(start))
                 .map_err(BusError::Consume)?;
             pending.insert(partition, high - 1);
         }

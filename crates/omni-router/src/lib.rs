@@ -13,11 +13,12 @@
 //! 4. commits the input offset.
 //!
 //! A new owner of a partition first reads its state partition in log order, claims it with
-//! the next owner epoch (an `~owner` record, also published on the owners topic) and restores
-//! each tenant's engine, publishing whatever the restore itself decided; an input at or below
+//! the next owner epoch (a `~owner/<epoch>/<member>` record; the first claim of an epoch wins,
+//! and the winner is published on the owners topic) and restores each tenant's engine from the
+//! state up to its claim, publishing whatever the restore itself decided; an input at or below
 //! the recorded progress is not applied again — the last step's events are re-published from
-//! the progress record instead. State records carry their writer's epoch, and a restore
-//! ignores writes of an older epoch made after a newer claim ([`ownership`]). Delivery is at
+//! the progress record instead. State records carry their writer's epoch and member, and
+//! a restore ignores writes of anyone but the claim in force ([`ownership`]). Delivery is at
 //! least once and state never diverges.
 //!
 //! Ownership follows the consumer group, which uses the eager `range` assignor: a member gets

@@ -4,12 +4,14 @@
 //! decision durable and checkable, as Kafka Streams does with its changelog and epochs:
 //!
 //! - **Claim.** An instance that is given partition `p` reads `p` of the state topic, finds the
-//!   highest owner epoch written there, and writes an `~owner` record with that epoch plus one
-//!   before it routes anything. Every state record it writes afterwards carries its epoch in
-//!   the [`EPOCH_HEADER`] header.
-//! - **Fence on restore.** [`fence`] replays a state partition in log order: a record whose
-//!   epoch is older than the claim in force at its position was written by a zombie (an
-//!   instance that had lost the partition without knowing yet) and is ignored.
+//!   highest owner epoch written there, and writes a claim (`~owner/<epoch>/<member>`) with that
+//!   epoch plus one before it routes anything. It then reads what was written since: if another
+//!   instance claimed the same epoch first ([`first_claim_wins`]), it backs off; otherwise it
+//!   restores from everything up to its claim. Every state record it writes afterwards carries
+//!   its epoch and member in the [`EPOCH_HEADER`] and [`MEMBER_HEADER`] headers.
+//! - **Fence on restore.** [`fence`] replays a state partition in log order: a record not
+//!   written by the claim in force at its position (an older epoch: a zombie, an instance that
+//!   had lost the partition without knowing yet; or a claimant that lost) is ignored.
 //! - **Fence on write.** Claims are also published on the owners topic, which every instance
 //!   tails ([`Owners`]); before writing, an owner checks that nobody claimed its partition with
 //!   a newer epoch, and gives the partition up if someone did.
@@ -34,8 +36,12 @@ use std::time::Duration;
 /// Header carrying the owner epoch on every state record the router writes.
 pub const EPOCH_HEADER: &str = "omni-owner-epoch";
 
-/// Key of the claim record in a state partition.
-pub const OWNER_KEY: &str = "~owner";
+/// Header carrying the owning member on every state record the router writes.
+pub const MEMBER_HEADER: &str = "omni-owner";
+
+/// Key prefix of claim records in a state partition: `~owner/<epoch>/<member>`, one key per
+/// claim, so compaction keeps every claim (and with it the order fencing is judged by).
+pub const OWNER_PREFIX: &str = "~owner/";
 
 /// A claim: who owns a partition, since when, and where to reach them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +54,15 @@ pub struct OwnerRecord {
     pub member: String,
     /// Base URL of the owner's HTTP server, for forwarded reads (`None`: not reachable).
     pub url: Option<String>,
-    /// When the claim was made (ms since the epoch).
+    /// When the claim was made or last renewed (ms since the epoch).
     pub at: u64,
+}
+
+impl OwnerRecord {
+    /// The claim's key in the state partition.
+    pub fn state_key(&self) -> String {
+        format!("{OWNER_PREFIX}{:020}/{}", self.epoch, self.member)
+    }
 }
 
 /// The owners registry key of a partition. Only claims are written under it, never deleted:
@@ -68,44 +81,62 @@ pub fn epoch_of(record: &LogRecord) -> u64 {
         .unwrap_or(0)
 }
 
+/// The claim a record holds, if it is a claim.
+pub fn claim_of(record: &LogRecord) -> Option<OwnerRecord> {
+    if !record.key.starts_with(OWNER_PREFIX) {
+        return None;
+    }
+    serde_json::from_slice(record.value.as_deref()?).ok()
+}
+
 /// A state partition replayed with zombie writes removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Fenced {
-    /// Latest accepted value per key (tombstones remove keys); `~owner` is not included.
+    /// Latest accepted value per key (tombstones remove keys); claims are not included.
     pub table: BTreeMap<String, Vec<u8>>,
-    /// The newest claim found (epoch 0 when the partition was never claimed).
+    /// The claim in force at the end (none when the partition was never claimed).
     pub owner: Option<OwnerRecord>,
-    /// Records ignored because an older epoch wrote them after a newer claim.
+    /// Records ignored: written by an owner after a newer claim, or by a claim that lost.
     pub ignored: usize,
 }
 
 impl Fenced {
-    /// The epoch of the newest claim (0 if none).
+    /// The epoch of the claim in force (0 if none).
     pub fn epoch(&self) -> u64 {
         self.owner.as_ref().map_or(0, |o| o.epoch)
     }
+
+    /// Whether a state record was written by the owner in force at its place in the log.
+    fn accepts(&self, record: &LogRecord) -> bool {
+        let epoch = epoch_of(record);
+        if epoch != self.epoch() {
+            // Older: a zombie's write after a newer claim. Newer than any claim seen: the
+            // claim went before it in the log, so this cannot happen unless the log was cut;
+            // keep such records rather than lose state.
+            return epoch > self.epoch();
+        }
+        match (record.headers.get(MEMBER_HEADER), &self.owner) {
+            (Some(member), Some(owner)) => member.as_slice() == owner.member.as_bytes(),
+            _ => true,
+        }
+    }
 }
 
-/// Replays a state partition in log order, keeping only what the owner in force wrote.
+/// Replays a state partition in log order, keeping only what the owner in force wrote. A
+/// claim takes force only with a higher epoch than the claim in force: of two claims with one
+/// epoch (two instances that both read the same last epoch), the first in the log wins, and
+/// the later one's claimant backs off (see [`first_claim_wins`]).
 pub fn fence(log: impl IntoIterator<Item = LogRecord>) -> Fenced {
     let mut out = Fenced::default();
     for record in log {
-        let epoch = epoch_of(&record);
-        if record.key == OWNER_KEY {
-            let claim = record
-                .value
-                .as_deref()
-                .and_then(|v| serde_json::from_slice::<OwnerRecord>(v).ok());
-            if let Some(claim) = claim {
-                if claim.epoch >= out.epoch() {
-                    out.owner = Some(claim);
-                } else {
-                    out.ignored += 1;
-                }
+        if record.key.starts_with(OWNER_PREFIX) {
+            match claim_of(&record) {
+                Some(claim) if claim.epoch > out.epoch() => out.owner = Some(claim),
+                _ => out.ignored += 1,
             }
             continue;
         }
-        if epoch < out.epoch() {
+        if !out.accepts(&record) {
             out.ignored += 1;
             continue;
         }
@@ -119,6 +150,21 @@ pub fn fence(log: impl IntoIterator<Item = LogRecord>) -> Fenced {
         }
     }
     out
+}
+
+/// Whether `mine`, written after the records `fence` read, is the claim in force: no other
+/// claim of the same or a higher epoch came before it in `after` (the partition's records
+/// past that read). `None`: `mine` is not among them (not readable yet).
+pub fn first_claim_wins(mine: &OwnerRecord, after: &[LogRecord]) -> Option<bool> {
+    for claim in after.iter().filter_map(claim_of) {
+        if claim.member == mine.member && claim.epoch == mine.epoch {
+            return Some(true);
+        }
+        if claim.epoch >= mine.epoch {
+            return Some(false);
+        }
+    }
+    None
 }
 
 /// The owners registry as this instance last read it: partition → newest claim.
@@ -255,20 +301,30 @@ mod tests {
         }
     }
 
-    fn claim(offset: i64, epoch: u64, member: &str) -> LogRecord {
-        let c = OwnerRecord {
+    fn owner(epoch: u64, member: &str) -> OwnerRecord {
+        OwnerRecord {
             partition: 0,
             epoch,
             member: member.into(),
             url: None,
             at: 0,
-        };
+        }
+    }
+
+    fn claim(offset: i64, epoch: u64, member: &str) -> LogRecord {
+        let c = owner(epoch, member);
         rec(
             offset,
-            OWNER_KEY,
+            &c.state_key(),
             Some(&serde_json::to_string(&c).unwrap()),
             Some(epoch),
         )
+    }
+
+    fn by(mut r: LogRecord, member: &str) -> LogRecord {
+        r.headers
+            .insert(MEMBER_HEADER.to_owned(), member.as_bytes().to_vec());
+        r
     }
 
     #[test]
@@ -282,12 +338,12 @@ mod tests {
     fn a_zombie_write_after_a_newer_claim_is_ignored() {
         let f = fence([
             claim(0, 1, "a"),
-            rec(1, "t/agent/x", Some("a1"), Some(1)),
+            by(rec(1, "t/agent/x", Some("a1"), Some(1)), "a"),
             claim(2, 2, "b"),
-            rec(3, "t/agent/x", Some("b1"), Some(2)),
+            by(rec(3, "t/agent/x", Some("b1"), Some(2)), "b"),
             // a did not know it lost the partition yet.
-            rec(4, "t/agent/x", Some("a2"), Some(1)),
-            rec(5, "t/agent/y", None, Some(1)),
+            by(rec(4, "t/agent/x", Some("a2"), Some(1)), "a"),
+            by(rec(5, "t/agent/y", None, Some(1)), "a"),
         ]);
         assert_eq!(f.table["t/agent/x"], b"b1");
         assert_eq!(f.epoch(), 2);
@@ -296,11 +352,30 @@ mod tests {
     }
 
     #[test]
+    fn of_two_claims_with_one_epoch_the_first_wins() {
+        let f = fence([
+            claim(0, 1, "a"),
+            claim(1, 2, "b"),
+            claim(2, 2, "c"),
+            by(rec(3, "t/agent/x", Some("b"), Some(2)), "b"),
+            by(rec(4, "t/agent/x", Some("c"), Some(2)), "c"),
+        ]);
+        assert_eq!(f.owner.as_ref().unwrap().member, "b");
+        assert_eq!(f.table["t/agent/x"], b"b");
+        assert_eq!(f.ignored, 2);
+        // Each claimant, reading what came after its own read, agrees.
+        let after = [claim(1, 2, "b"), claim(2, 2, "c")];
+        assert_eq!(first_claim_wins(&owner(2, "b"), &after), Some(true));
+        assert_eq!(first_claim_wins(&owner(2, "c"), &after), Some(false));
+        assert_eq!(first_claim_wins(&owner(3, "d"), &after), None);
+    }
+
+    #[test]
     fn tombstones_of_the_owner_in_force_remove_keys() {
         let f = fence([
             claim(0, 1, "a"),
-            rec(1, "t/conversation/c", Some("x"), Some(1)),
-            rec(2, "t/conversation/c", None, Some(1)),
+            by(rec(1, "t/conversation/c", Some("x"), Some(1)), "a"),
+            by(rec(2, "t/conversation/c", None, Some(1)), "a"),
         ]);
         assert!(f.table.is_empty());
     }

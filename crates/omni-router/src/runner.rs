@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::metrics::RouterMetrics;
-use crate::ownership::{self, OwnerRecord, Owners, EPOCH_HEADER, OWNER_KEY};
+use crate::ownership::{self, OwnerRecord, Owners, EPOCH_HEADER, MEMBER_HEADER};
 use crate::wire::{decode_input, routing_subject, routing_type, time_of, Envelope, TICK_TYPE};
 
 mod rebalance;
@@ -549,8 +549,19 @@ impl Router {
             if self.lock().owned.contains_key(&p) {
                 continue;
             }
-            if let Err(e) = self.claim(p).await {
-                tracing::warn!(partition = p, error = %e, "claiming an assigned partition failed; retrying with its next record");
+            match self.claim(p).await {
+                Ok(true) => {}
+                // Another instance holds it: ignore it until a rebalance gives it back.
+                Ok(false) => {
+                    assignment
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .assigned
+                        .remove(&p);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "claiming an assigned partition failed; retrying with its next record");
+                }
             }
         }
     }
@@ -762,8 +773,9 @@ impl Router {
         let partitions: BTreeSet<i32> = batch.iter().map(|r| r.partition).collect();
         let mut fenced = BTreeSet::new();
         for p in partitions {
-            if !self.lock().owned.contains_key(&p) {
-                self.claim(p).await?;
+            if !self.lock().owned.contains_key(&p) && !self.claim(p).await? {
+                fenced.insert(p);
+                continue;
             }
             if self.superseded(p) {
                 tracing::warn!(

@@ -1,23 +1,82 @@
-//! Taking a partition: its state read in log order without zombie writes, the claim with the
-//! next owner epoch, each tenant restored, and what the restore decided written before anything
-//! is routed.
+//! Taking a partition: a claim with the next owner epoch, checked against the claims that
+//! came before it, the state read in log order without zombie writes up to the claim, each
+//! tenant restored, and what the restore decided written before anything is routed.
 
 use super::*;
 
 impl Router {
-    /// Takes partition `partition`: reads its state in log order without zombie writes,
-    /// claims it with the next owner epoch, restores each tenant's engine, and writes the
-    /// claim, the owners registry entry and whatever the restore itself decided (requeues of
-    /// an agent found offline, capacity given back) before anything is routed.
-    pub(super) async fn claim(&self, partition: i32) -> Result<(), RouterError> {
-        let bus = self.bus.clone();
-        let topic = self.bus.topics.router_state.clone();
-        let log = tokio::task::spawn_blocking(move || {
-            omni_bus::table::read_partition_log(&bus, &topic, partition)
-        })
-        .await
-        .map_err(|e| RouterError::Bus(BusError::NotReady(format!("state load task: {e}"))))??;
+    /// Takes partition `partition`: claims it with the next owner epoch, backs off if another
+    /// instance claimed that epoch first (`Ok(false)`: two members were given the partition at
+    /// once), then restores each tenant's engine from the state written up to the claim
+    /// (without zombie writes) and writes whatever the restore itself decided (requeues of an
+    /// agent found offline, capacity given back) and the owners registry entry before
+    /// anything is routed.
+    pub(super) async fn claim(&self, partition: i32) -> Result<bool, RouterError> {
+        let mut log = self.read_state(partition, 0).await?;
+        let epoch = ownership::fence(log.iter().cloned()).epoch() + 1;
+        let (member, url, partitions) = {
+            let s = self.lock();
+            (s.member.clone(), s.url.clone(), s.partitions)
+        };
+        let claim = OwnerRecord {
+            partition,
+            epoch,
+            member: member.clone(),
+            url,
+            at: wall_clock_ms(),
+        };
+        let claim_bytes = serde_json::to_vec(&claim).unwrap_or_default();
+        let claim_key = claim.state_key();
+        let epoch_text = epoch.to_string();
+        let headers = [
+            (EPOCH_HEADER, epoch_text.as_bytes()),
+            (MEMBER_HEADER, member.as_bytes()),
+        ];
+        // The claim first, in its own write: state written under the new epoch must never
+        // be in the log without the claim before it.
+        self.producer
+            .send_batch(&[OutRecord {
+                topic: &self.bus.topics.router_state,
+                partition: Some(partition),
+                key: claim_key.as_bytes(),
+                payload: Some(&claim_bytes),
+                headers: &headers,
+            }])
+            .await?;
+        // What was written since the read: another claim of this epoch before ours means we
+        // lost; the previous owner's last writes before ours are part of what we restore.
+        let from = log.last().map_or(0, |r| r.offset + 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let after = self.read_state(partition, from).await?;
+            match ownership::first_claim_wins(&claim, &after) {
+                Some(true) => {
+                    log.extend(after);
+                    break;
+                }
+                Some(false) => {
+                    tracing::warn!(
+                        partition,
+                        epoch,
+                        "another instance claimed this partition first: leaving it to that one"
+                    );
+                    self.metrics.ownership.with_label_values(&["lost"]).inc();
+                    return Ok(false);
+                }
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {
+                    return Err(RouterError::Bus(BusError::NotReady(format!(
+                        "own claim of partition {partition} not readable back"
+                    ))));
+                }
+            }
+        }
         let fenced = ownership::fence(log);
+        if fenced.owner.as_ref() != Some(&claim) {
+            return Ok(false);
+        }
         if fenced.ignored > 0 {
             tracing::warn!(
                 partition,
@@ -25,11 +84,6 @@ impl Router {
                 "ignored state written by a previous owner after it lost the partition"
             );
         }
-        let epoch = fenced.epoch() + 1;
-        let (member, url, partitions) = {
-            let s = self.lock();
-            (s.member.clone(), s.url.clone(), s.partitions)
-        };
         let mut by_tenant: BTreeMap<TenantId, Vec<StateEntry>> = BTreeMap::new();
         let mut progress = HashMap::new();
         let mut latest = 0u64;
@@ -87,37 +141,16 @@ impl Router {
                 );
             }
         }
-        let claim = OwnerRecord {
-            partition,
-            epoch,
-            member,
-            url,
-            at: wall_clock_ms(),
-        };
-        let claim_bytes = serde_json::to_vec(&claim).unwrap_or_default();
         writes.epochs.insert(partition, epoch);
-        let epoch_text = epoch.to_string();
-        let header = [(EPOCH_HEADER, epoch_text.as_bytes())];
         let registry_key = ownership::registry_key(partition);
-        // The claim first, in its own write: state written under the new epoch must never
-        // be in the log without the claim before it.
         self.producer
-            .send_batch(&[
-                OutRecord {
-                    topic: &self.bus.topics.router_state,
-                    partition: Some(partition),
-                    key: OWNER_KEY.as_bytes(),
-                    payload: Some(&claim_bytes),
-                    headers: &header,
-                },
-                OutRecord {
-                    topic: &self.bus.topics.router_owners,
-                    partition: None,
-                    key: registry_key.as_bytes(),
-                    payload: Some(&claim_bytes),
-                    headers: &[],
-                },
-            ])
+            .send_batch(&[OutRecord {
+                topic: &self.bus.topics.router_owners,
+                partition: None,
+                key: registry_key.as_bytes(),
+                payload: Some(&claim_bytes),
+                headers: &[],
+            }])
             .await?;
         self.lock().owners.record(claim);
         // Nothing is owned until the restore's own decisions are written too: on an error the
@@ -158,6 +191,22 @@ impl Router {
             tenants = count,
             "router partition claimed and state restored"
         );
-        Ok(())
+        Ok(true)
+    }
+
+    /// The records of state partition `partition` from offset `from` on, in log order.
+    async fn read_state(
+        &self,
+        partition: i32,
+        from: i64,
+    ) -> Result<Vec<omni_bus::table::LogRecord>, RouterError> {
+        let bus = self.bus.clone();
+        let topic = self.bus.topics.router_state.clone();
+        tokio::task::spawn_blocking(move || {
+            omni_bus::table::read_partition_log_from(&bus, &topic, partition, from)
+        })
+        .await
+        .map_err(|e| RouterError::Bus(BusError::NotReady(format!("state load task: {e}"))))?
+        .map_err(RouterError::Bus)
     }
 }

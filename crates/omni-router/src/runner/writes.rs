@@ -63,7 +63,7 @@ impl Writes {
 }
 
 impl Router {
-    /// Writes state (with the owner epoch), progress, routing events and forwarded records in
+    /// Writes state (with the owner epoch and member), progress, routing events and forwarded records in
     /// one batch and waits for the broker. Their order does not matter: with events but no
     /// state, a replay recomputes the same events (same ids) from the old state (the engine is
     /// deterministic, timers included); with state but no events, the progress record
@@ -86,9 +86,18 @@ impl Router {
                 (p, e.to_string())
             })
             .collect();
-        let epoch_headers: BTreeMap<i32, [(&str, &[u8]); 1]> = epochs
+        let member = self.lock().member.clone();
+        let epoch_headers: BTreeMap<i32, [(&str, &[u8]); 2]> = epochs
             .iter()
-            .map(|(p, e)| (*p, [(EPOCH_HEADER, e.as_bytes())]))
+            .map(|(p, e)| {
+                (
+                    *p,
+                    [
+                        (EPOCH_HEADER, e.as_bytes()),
+                        (MEMBER_HEADER, member.as_bytes()),
+                    ],
+                )
+            })
             .collect();
         let headers_of =
             |p: &i32| -> &[(&str, &[u8])] { epoch_headers.get(p).map_or(&[], |h| h.as_slice()) };
