@@ -83,19 +83,7 @@ async fn customer_message(daemon: &Daemon, tenant: &str, contact: &str) -> Strin
 }
 
 async fn get(daemon: &Daemon, tenant: &str, path: &str) -> (u16, Value, Option<String>) {
-    let r = reqwest::Client::new()
-        .get(daemon.url(&format!("/v1/tenants/{tenant}/{path}")))
-        .bearer_auth("agent")
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let served_by = r
-        .headers()
-        .get("x-omni-served-by")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (status, r.json().await.unwrap_or(Value::Null), served_by)
+    daemon.get_served(tenant, path, "agent").await
 }
 
 /// The routing topic as (id → value), failing if one id carries two different contents.

@@ -37,22 +37,7 @@ impl Api<'_> {
 
     /// GET `path` with the instance that answered it (`X-Omni-Served-By`).
     async fn get_served(&self, path: &str) -> (u16, Value, Option<String>) {
-        let r = reqwest::Client::new()
-            .get(
-                self.daemon
-                    .url(&format!("/v1/tenants/{}/{path}", self.tenant)),
-            )
-            .bearer_auth(self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let served_by = r
-            .headers()
-            .get("x-omni-served-by")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (status, r.json().await.unwrap_or(Value::Null), served_by)
+        self.daemon.get_served(self.tenant, path, self.token).await
     }
 
     async fn agent_online(&self, agent: &str, skills: Value, capacity: u32) {

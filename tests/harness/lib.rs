@@ -375,6 +375,33 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("omnirouter.log")).unwrap_or_default()
     }
 
+    /// GET `/v1/tenants/{tenant}/{path}` of the agent API with `token`: the status, the JSON
+    /// answer (or null) and the instance that answered it (`X-Omni-Served-By`).
+    pub async fn get_served(
+        &self,
+        tenant: &str,
+        path: &str,
+        token: &str,
+    ) -> (u16, serde_json::Value, Option<String>) {
+        let r = reqwest::Client::new()
+            .get(self.url(&format!("/v1/tenants/{tenant}/{path}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let served_by = r
+            .headers()
+            .get("x-omni-served-by")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (
+            status,
+            r.json().await.unwrap_or(serde_json::Value::Null),
+            served_by,
+        )
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))
