@@ -415,38 +415,6 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         "messenger customers published"
     );
 
-    // Agents answer the first conversation of each tenant: through the HTTP API of any
-    // replica, and as a Python CRM writing omni.outbound.v1 with murmur2.
-    let mut python_replies = Vec::new();
-    for (i, t) in TENANTS.iter().enumerate() {
-        let (conv, _) = conversations.iter().find(|(_, tt)| *tt == t).unwrap();
-        let body = json!({"conversation_id": conv, "channel": {"kind": "api", "account": "default"},
-            "recipient": format!("{t}-r0-0"), "text": "Dạ, shop nghe ạ", "agent_id": "api-agent"});
-        let (status, v) = post(
-            &live[i % live.len()],
-            &format!("/v1/tenants/{t}/replies"),
-            "agent",
-            body,
-        )
-        .await;
-        assert_eq!(status, 202, "{v}");
-        python_replies.push((
-            OUTBOUND.to_owned(),
-            (*t).to_owned(),
-            json!({
-                "specversion": "1.0", "id": omni_e2e::uuid_like(), "source": "/crm/python",
-                "type": "omni.message.send", "time": chrono::Utc::now().to_rfc3339(),
-                "datacontenttype": "application/json", "subject": conv, "tenant": t,
-                "data": {"tenant": t, "conversation_id": conv,
-                         "channel": {"kind": "api", "account": "default"},
-                         "recipient": format!("{t}-r0-0"), "text": "Shop gửi thêm thông tin ạ",
-                         "agent_id": "crm-agent"}
-            }),
-            None,
-        ));
-    }
-    python_produce(&broker.bootstrap(), "murmur2_random", &python_replies);
-
     // Wait until every conversation has a routing decision and every tenant's two agents are
     // full (capacity 3 each, more conversations than that per tenant).
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -556,6 +524,39 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         }
     }
     assert!(claims >= 8, "only {claims} claims over four takeovers");
+
+    // Agents answer the first conversation of each tenant (now known to its engine: replies
+    // and customer messages are on two topics, with no order between them): through the HTTP
+    // API of any replica, and as a Python CRM writing omni.outbound.v1 with murmur2.
+    let mut python_replies = Vec::new();
+    for (i, t) in TENANTS.iter().enumerate() {
+        let (conv, _) = conversations.iter().find(|(_, tt)| *tt == t).unwrap();
+        let body = json!({"conversation_id": conv, "channel": {"kind": "api", "account": "default"},
+            "recipient": format!("{t}-r0-0"), "text": "Dạ, shop nghe ạ", "agent_id": "api-agent"});
+        let (status, v) = post(
+            &live[i % live.len()],
+            &format!("/v1/tenants/{t}/replies"),
+            "agent",
+            body,
+        )
+        .await;
+        assert_eq!(status, 202, "{v}");
+        python_replies.push((
+            OUTBOUND.to_owned(),
+            (*t).to_owned(),
+            json!({
+                "specversion": "1.0", "id": omni_e2e::uuid_like(), "source": "/crm/python",
+                "type": "omni.message.send", "time": chrono::Utc::now().to_rfc3339(),
+                "datacontenttype": "application/json", "subject": conv, "tenant": t,
+                "data": {"tenant": t, "conversation_id": conv,
+                         "channel": {"kind": "api", "account": "default"},
+                         "recipient": format!("{t}-r0-0"), "text": "Shop gửi thêm thông tin ạ",
+                         "agent_id": "crm-agent"}
+            }),
+            None,
+        ));
+    }
+    python_produce(&broker.bootstrap(), "murmur2_random", &python_replies);
 
     // Both replies reached each tenant's owner: one first response per tenant on /metrics
     // (summed over the replicas: the owner counts it).

@@ -55,7 +55,9 @@ impl Chromium {
             .spawn()
             .expect("start chromium (apt-get install chromium)");
         let port_file = dir.path().join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // A cold start on a busy 2-core machine (the other test binaries' servers) can take
+        // well over 20 s.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let port = loop {
             if let Some(p) = std::fs::read_to_string(&port_file)
                 .ok()
@@ -65,7 +67,8 @@ impl Chromium {
             }
             assert!(
                 Instant::now() < deadline,
-                "chromium did not start its DevTools server"
+                "chromium did not start its DevTools server; its log:\n{}",
+                std::fs::read_to_string(dir.path().join("chromium.log")).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
