@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::config::BusConfig;
 use crate::error::BusError;
+use crate::gate::{GroupContext, PartitionGate};
 use crate::lanes::Lanes;
 use crate::metrics::{BusMetrics, MetricsContext};
 
@@ -43,11 +44,14 @@ pub enum HandlerOutcome {
     /// Failed for a reason that may pass (a provider or broker down): retry the same record
     /// with backoff; nothing after it is processed meanwhile, preserving order.
     Retry(String),
+    /// The record's partition was revoked before the work was done: leave it uncommitted
+    /// for the partition's next owner, without retrying it here.
+    Abandon(String),
 }
 
 /// A member of a consumer group reading some topics.
 pub struct Consumer {
-    inner: StreamConsumer<MetricsContext>,
+    inner: StreamConsumer<GroupContext>,
     group: String,
     metrics: Arc<BusMetrics>,
     unfinished: Unfinished,
@@ -79,12 +83,15 @@ impl Consumer {
         topics: &[&str],
         metrics: Arc<BusMetrics>,
     ) -> Result<Self, BusError> {
-        let context = MetricsContext {
-            client: group.to_owned(),
-            group: Some(group.to_owned()),
-            metrics: metrics.clone(),
+        let context = GroupContext {
+            metrics: MetricsContext {
+                client: group.to_owned(),
+                group: Some(group.to_owned()),
+                metrics: metrics.clone(),
+            },
+            gate: Arc::new(PartitionGate::default()),
         };
-        let inner: StreamConsumer<MetricsContext> =
+        let inner: StreamConsumer<GroupContext> =
             StreamConsumer::from_config_and_context(&config.consumer_config(group), context)
                 .map_err(BusError::Client)?;
         inner.subscribe(topics).map_err(BusError::Consume)?;
@@ -94,6 +101,12 @@ impl Consumer {
             metrics,
             unfinished: Unfinished::default(),
         })
+    }
+
+    /// The partitions this member holds, for handlers that must not overlap with the next
+    /// owner's (see [`PartitionGate`]).
+    pub fn gate(&self) -> Arc<PartitionGate> {
+        self.inner.context().gate.clone()
     }
 
     /// A live count of the records this consumer took and has not finished.
@@ -143,6 +156,12 @@ impl Consumer {
                             "skipping unprocessable record");
                         break;
                     }
+                    HandlerOutcome::Abandon(reason) => {
+                        tracing::info!(group = %self.group, topic = %record.topic,
+                            partition = record.partition, offset = record.offset, %reason,
+                            "record left to the partition's next owner");
+                        break;
+                    }
                     HandlerOutcome::Retry(reason) => {
                         tracing::warn!(group = %self.group, topic = %record.topic,
                             partition = record.partition, offset = record.offset, %reason,
@@ -158,8 +177,10 @@ impl Consumer {
                 }
             }
             self.unfinished.set(0);
-            self.commit(&record)?;
-            processed_any = true;
+            if self.gate().holds(&record.topic, record.partition) {
+                self.commit(&record)?;
+                processed_any = true;
+            }
         }
         // Between records every fetched record is processed, so the position is exactly what
         // may be committed; commit it synchronously so a successor starts right after it.
@@ -190,6 +211,7 @@ impl Consumer {
         S: Future<Output = ()>,
     {
         let handler = Arc::new(handler);
+        let gate = self.gate();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut lanes = Lanes::default();
         let mut running: JoinSet<(u64, Record, Option<HandlerOutcome>)> = JoinSet::new();
@@ -235,7 +257,10 @@ impl Consumer {
                         spawn(&mut running, key, next);
                     }
                     if let Some((topic, partition, offset)) = commit {
-                        self.commit_position(&topic, partition, offset, CommitMode::Async)?;
+                        // A revoked partition's position is the next owner's to commit.
+                        if gate.holds(&topic, partition) {
+                            self.commit_position(&topic, partition, offset, CommitMode::Async)?;
+                        }
                     }
                 }
                 m = self.inner.recv(), if room => {
@@ -252,6 +277,9 @@ impl Consumer {
             }
         }
         for (topic, partition, offset) in lanes.positions() {
+            if !gate.holds(&topic, partition) {
+                continue;
+            }
             if let Err(e) = self.commit_position(&topic, partition, offset, CommitMode::Sync) {
                 tracing::debug!(group = %self.group, error = %e, "final commit failed");
             }
@@ -290,6 +318,11 @@ impl Consumer {
                 tracing::warn!(group = %self.group, topic = %record.topic,
                     partition = record.partition, offset = record.offset, %reason,
                     "skipping unprocessable record");
+            }
+            HandlerOutcome::Abandon(reason) => {
+                tracing::info!(group = %self.group, topic = %record.topic,
+                    partition = record.partition, offset = record.offset, %reason,
+                    "record left to the partition's next owner");
             }
             HandlerOutcome::Done | HandlerOutcome::Retry(_) => self
                 .metrics

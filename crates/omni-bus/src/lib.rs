@@ -15,6 +15,8 @@
 //! - [`producer`]: the acknowledged producer and readiness checks.
 //! - [`consumer`]: the consumer-group loops with commit-after-processing, one record at a time
 //!   or concurrently with per-key order (`lanes`: the pure bookkeeping behind the latter).
+//! - [`gate`]: the partitions a group member holds, and revocations that wait for running
+//!   work, so a partition's old and new owner never work on it at once.
 //! - [`partitioner`]: the partitioning contract (murmur2, as the Java client).
 //! - [`admin`]: topic creation.
 //! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state.
@@ -25,6 +27,7 @@ pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod gate;
 mod lanes;
 pub mod metrics;
 pub mod partitioner;
@@ -35,6 +38,7 @@ pub use admin::ensure_topics;
 pub use config::BusConfig;
 pub use consumer::{Consumer, HandlerOutcome, Record, Unfinished};
 pub use error::BusError;
+pub use gate::{PartitionGate, Permit};
 pub use metrics::BusMetrics;
 pub use partitioner::partition_for;
 pub use producer::{OutRecord, Producer};

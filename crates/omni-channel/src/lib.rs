@@ -16,6 +16,8 @@
 //! - [`outbound`]: the way out: [`ChannelSender`] per channel, and the [`Dispatcher`] that
 //!   takes replies from the outbound topic, retries what may pass and publishes each reply's
 //!   fate on the delivery topic.
+//! - [`progress`]: the durable progress of outbound replies (the progress topic), so the
+//!   next owner of an outbound partition never sends a part twice.
 //! - [`provider`]: calling providers' HTTP APIs the same way from every sender.
 //! - [`ratelimit`]: per-account send rate limits.
 //! - [`metrics`]: ingress metric families.
@@ -26,6 +28,7 @@ pub mod dedupe;
 pub mod error;
 pub mod metrics;
 pub mod outbound;
+pub mod progress;
 pub mod provider;
 pub mod ratelimit;
 pub mod signature;
@@ -37,9 +40,10 @@ pub use dedupe::DedupeCache;
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
 pub use outbound::{
-    ChannelSender, DispatchMetrics, Dispatcher, FailureReason, RetryPolicy, SendError, SendFuture,
-    SendProgress, SendReceipt, SendRequest,
+    ChannelSender, Checkpoint, CheckpointFuture, DispatchMetrics, Dispatcher, FailureReason,
+    Ownership, RetryPolicy, SendError, SendFuture, SendProgress, SendReceipt, SendRequest,
 };
+pub use progress::{KafkaStore, PartitionedStore, ProgressLog, ReplyProgress};
 pub use ratelimit::RateLimiter;
 pub use sink::{EventSink, SinkError};
 pub use webhook::{

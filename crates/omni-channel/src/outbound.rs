@@ -6,9 +6,34 @@
 //! A sender reports progress in [`SendProgress`] so a message sent in several provider calls
 //! (text, then each attachment) resumes after the last part that went out when a later part
 //! is retried, instead of sending the first parts twice.
+//!
+//! # Never twice, across replicas
+//! With a [`ProgressLog`] and the consumer's [`PartitionGate`] (the daemon's set-up):
+//! - **Progress is durable before the next call.** A sender calls
+//!   [`SendProgress::begin_part`] before each provider call and [`SendProgress::part_sent`]
+//!   after the provider accepted the part; both are on the progress topic (acks=all) before
+//!   the sender goes on. The reply's fate is marked finished once it is on the delivery topic.
+//!   Whichever replica gets the record next skips a finished reply (also one sent in full
+//!   whose offset was not committed), resumes after the parts sent, and does not resend a part
+//!   whose provider call had started: that part's fate is unknown, so the reply fails with
+//!   `outcome_unknown` unless the sender [deduplicates](ChannelSender::deduplicates) (eSMS's
+//!   `RequestId`), in which case the part is sent again and the provider drops the repeat.
+//! - **No blind retry.** A call that fails after the request went out (a timeout, a connection
+//!   lost mid-request, an unreadable answer) is `outcome_unknown`, not retried; only failures
+//!   where the provider certainly did not take the part (connect errors, HTTP errors it
+//!   answered with) are retried.
+//! - **One sender per tenant.** Replies are sent only from their tenant's partition (the
+//!   partitioning contract: murmur2 of the tenant); a record keyed otherwise or on another
+//!   partition is forwarded there, same bytes, and not sent where it landed. So a tenant's
+//!   replies, and the rate limits of its pages, OAs and numbers, live in one process at a
+//!   time, and a hand-over waits for the old owner's running attempts ([`PartitionGate`]).
+//! - **What remains (at least once):** a replica cut off from the group longer than the
+//!   session timeout while it was at the provider (a zombie, until librdkafka revokes its
+//!   partitions), and an SMTP server that took a mail whose answer was lost (e-mail is resent
+//!   with the same Message-ID, which mail clients show once).
 
 use chrono::Utc;
-use omni_bus::HandlerOutcome;
+use omni_bus::{partition_for, HandlerOutcome, PartitionGate, Record};
 use omni_core::{
     ChannelKind, CloudEvent, DeliveryStatus, DeliveryUpdate, EventId, EventType, OutboundMessage,
 };
@@ -19,6 +44,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::progress::{PartitionedStore, ProgressLog, ReplyProgress};
 use crate::sink::EventSink;
 
 /// Why a reply could not be delivered: a bounded label for metrics and the delivery event's
@@ -51,6 +77,10 @@ pub enum FailureReason {
     AccountNotConfigured,
     /// The reply was older than the dispatcher's maximum age when taken: not sent.
     Expired,
+    /// A provider call failed after the request went out (timeout, connection lost, answer
+    /// unreadable), or a replica stopped during one: the provider may have taken the part.
+    /// Not retried, so the customer never gets it twice; check before sending it again.
+    OutcomeUnknown,
 }
 
 impl FailureReason {
@@ -70,6 +100,7 @@ impl FailureReason {
             FailureReason::ChannelNotConfigured => "channel_not_configured",
             FailureReason::AccountNotConfigured => "account_not_configured",
             FailureReason::Expired => "expired",
+            FailureReason::OutcomeUnknown => "outcome_unknown",
         }
     }
 }
@@ -126,6 +157,22 @@ impl SendError {
         // `without_url`: provider URLs can carry tokens (Graph's `access_token` query).
         let detail = format!("{}", ErrorWithoutUrl(err));
         SendError::retryable(FailureReason::ProviderUnavailable, detail)
+    }
+
+    /// Classifies a transport error of a call that sends a message: a connect error (nothing
+    /// went out) may pass and is retried; anything after the request was written (a timeout,
+    /// a connection lost, a body that could not be read) leaves the outcome unknown, and is
+    /// never retried blindly.
+    pub fn from_send_transport(err: &reqwest::Error) -> Self {
+        let detail = format!("{}", ErrorWithoutUrl(err));
+        if err.is_connect() {
+            SendError::retryable(FailureReason::ProviderUnavailable, detail)
+        } else {
+            SendError::permanent(
+                FailureReason::OutcomeUnknown,
+                format!("{detail} (the provider may have accepted it: not resent)"),
+            )
+        }
     }
 
     /// Classifies an HTTP status that carried no more specific provider error.
@@ -190,13 +237,101 @@ pub struct SendReceipt {
     pub segments: Option<u32>,
 }
 
-/// How far a multi-part send got, kept across retries of the same reply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How far a multi-part send got, kept across retries of the same reply and, through its
+/// [`Checkpoint`], across replicas.
+#[derive(Clone, Default)]
 pub struct SendProgress {
     /// Parts already accepted by the provider; a retry starts after them.
     pub parts_sent: usize,
     /// The provider ids of the parts sent so far, in order.
     pub provider_message_ids: Vec<String>,
+    /// The last call for part `parts_sent` ended without knowing whether the provider took it;
+    /// only a sender that [deduplicates](ChannelSender::deduplicates) tries again.
+    pub uncertain: bool,
+    checkpoint: Option<Arc<dyn Checkpoint>>,
+}
+
+impl std::fmt::Debug for SendProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendProgress")
+            .field("parts_sent", &self.parts_sent)
+            .field("provider_message_ids", &self.provider_message_ids)
+            .field("uncertain", &self.uncertain)
+            .field("durable", &self.checkpoint.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for SendProgress {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts_sent == other.parts_sent
+            && self.provider_message_ids == other.provider_message_ids
+            && self.uncertain == other.uncertain
+    }
+}
+
+impl Eq for SendProgress {}
+
+impl SendProgress {
+    /// Progress found stored, made durable through `checkpoint` from now on.
+    pub fn resumed(
+        parts_sent: usize,
+        provider_message_ids: Vec<String>,
+        uncertain: bool,
+        checkpoint: Option<Arc<dyn Checkpoint>>,
+    ) -> Self {
+        Self {
+            parts_sent,
+            provider_message_ids,
+            uncertain,
+            checkpoint,
+        }
+    }
+
+    /// Call right before the provider call for part `index` (= `parts_sent`): records that the
+    /// part is at the provider, durably, so a replica that takes over after a crash does not
+    /// send it again blindly. An error means nothing was sent: return it.
+    pub async fn begin_part(&mut self, index: usize) -> Result<(), SendError> {
+        debug_assert_eq!(index, self.parts_sent);
+        match &self.checkpoint {
+            Some(c) => {
+                c.save(self.parts_sent, &self.provider_message_ids, true)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Call once the provider accepted part `index`: records it, durably, before the next
+    /// call. An error (only when the daemon is stopping) means the part went out but is not
+    /// recorded as sent; the next owner then treats it as of unknown fate.
+    pub async fn part_sent(&mut self, index: usize, provider_id: String) -> Result<(), SendError> {
+        self.parts_sent = index + 1;
+        self.provider_message_ids.push(provider_id);
+        self.uncertain = false;
+        match &self.checkpoint {
+            Some(c) => {
+                c.save(self.parts_sent, &self.provider_message_ids, false)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// A boxed checkpoint future.
+pub type CheckpointFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+
+/// Where a reply's progress is made durable (the progress topic, in the daemon).
+pub trait Checkpoint: Send + Sync {
+    /// Stores `parts_sent` parts with their ids, and whether the next part is at the
+    /// provider; resolves once durable. Fails only when the daemon is stopping.
+    fn save<'a>(
+        &'a self,
+        parts_sent: usize,
+        provider_message_ids: &'a [String],
+        at_provider: bool,
+    ) -> CheckpointFuture<'a>;
 }
 
 /// A reply to send, with the id of the outbound event it came from.
@@ -220,6 +355,12 @@ pub trait ChannelSender: Send + Sync + 'static {
         request: &'a SendRequest,
         progress: &'a mut SendProgress,
     ) -> SendFuture<'a>;
+
+    /// Whether the provider drops a repeat of a part this sender already sent for `request`
+    /// (eSMS by `RequestId`): only then is a part of unknown fate sent again.
+    fn deduplicates(&self, _request: &SendRequest) -> bool {
+        false
+    }
 }
 
 /// How hard to try before a retryable failure becomes a failed delivery.
@@ -274,6 +415,13 @@ pub struct DispatchMetrics {
     pub retries: IntCounterVec,
     /// Time from taking a reply to its final status, per channel.
     pub duration: HistogramVec,
+    /// Outbound records not sent where they landed: forwarded to their tenant's partition
+    /// (`reason`: `key` keyed otherwise, `partition` on another partition) or left to the
+    /// router, which forwards them (`left_to_router`).
+    pub misrouted: IntCounterVec,
+    /// Replies taken again (redelivered, or a duplicate record) and not sent again because
+    /// their progress says they were finished or a part is of unknown fate (`state`).
+    pub resumed: IntCounterVec,
 }
 
 impl DispatchMetrics {
@@ -313,12 +461,30 @@ impl DispatchMetrics {
         registry.register(Box::new(deliveries.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(retries.clone()))?;
+        let misrouted = IntCounterVec::new(
+            Opts::new(
+                "omni_outbound_misrouted_total",
+                "Outbound records not on their tenant's partition: forwarded there, never sent where they landed.",
+            ),
+            &["reason"],
+        )?;
+        let resumed = IntCounterVec::new(
+            Opts::new(
+                "omni_outbound_resumed_total",
+                "Outbound replies taken again with stored progress (finished: skipped; partial: resumed after the parts sent; at_provider: a part of unknown fate).",
+            ),
+            &["state"],
+        )?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(misrouted.clone()))?;
+        registry.register(Box::new(resumed.clone()))?;
         Ok(Self {
             deliveries,
             failures,
             retries,
             duration,
+            misrouted,
+            resumed,
         })
     }
 }
@@ -334,6 +500,81 @@ pub struct Dispatcher {
     metrics: DispatchMetrics,
     stop: tokio::sync::watch::Receiver<bool>,
     max_age: Option<Duration>,
+    ownership: Option<Ownership>,
+}
+
+/// What makes a reply's sending single across replicas (see the module docs).
+pub struct Ownership {
+    /// Partitions of the outbound topic (the partitioning contract's modulus).
+    pub partitions: usize,
+    /// Where misrouted records are forwarded to (the outbound topic, by partition).
+    pub store: Arc<dyn PartitionedStore>,
+    /// Forward records that are keyed by their tenant but on another partition. Off when the
+    /// router runs in this daemon: it forwards them already (one copy is enough).
+    pub forward_misrouted: bool,
+    /// The partitions this replica holds (the outbound consumer's gate).
+    pub gate: Arc<PartitionGate>,
+    /// The replies' stored progress.
+    pub progress: Arc<ProgressLog>,
+}
+
+/// How a reply's attempts ended.
+enum Attempts {
+    /// Sent, or failed for good.
+    Finished(Result<SendReceipt, SendError>),
+    /// The daemon is stopping: leave the record for redelivery.
+    Stopped,
+    /// The partition was revoked: leave the record to its next owner.
+    Abandoned,
+}
+
+/// The dispatcher's [`Checkpoint`]: one reply's progress on the progress topic, written again
+/// until Kafka takes it (the provider is not called meanwhile).
+struct ProgressCheckpoint {
+    progress: Arc<ProgressLog>,
+    partition: i32,
+    id: String,
+    time: i64,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Checkpoint for ProgressCheckpoint {
+    fn save<'a>(
+        &'a self,
+        parts_sent: usize,
+        provider_message_ids: &'a [String],
+        at_provider: bool,
+    ) -> CheckpointFuture<'a> {
+        Box::pin(async move {
+            let state = ReplyProgress {
+                parts_sent,
+                provider_message_ids: provider_message_ids.to_vec(),
+                at_provider,
+                finished: false,
+                time: self.time,
+            };
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match self.progress.put(self.partition, &self.id, &state).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::warn!(error = %e, event_id = %self.id,
+                        "cannot record outbound progress yet, retrying"),
+                }
+                let mut stop = self.stop.clone();
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => {
+                        return Err(SendError::retryable(
+                            FailureReason::ProviderUnavailable,
+                            "stopping before the progress was recorded",
+                        ));
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
 }
 
 impl Dispatcher {
@@ -355,6 +596,7 @@ impl Dispatcher {
             metrics,
             stop,
             max_age: None,
+            ownership: None,
         }
     }
 
@@ -363,6 +605,14 @@ impl Dispatcher {
     /// must not message customers with stale replies.
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
+        self
+    }
+
+    /// Sends each reply only from its tenant's partition, while this replica holds it, with
+    /// durable progress (see the module docs). Without it (unit tests) replies are sent where
+    /// they are taken, with progress in memory only.
+    pub fn with_ownership(mut self, ownership: Ownership) -> Self {
+        self.ownership = Some(ownership);
         self
     }
 
@@ -396,8 +646,9 @@ impl Dispatcher {
     }
 
     /// Handles one outbound record: send, retry while it may pass, publish the result.
-    pub async fn handle(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> HandlerOutcome {
-        let Some(payload) = payload else {
+    pub async fn handle(&self, record: &Record) -> HandlerOutcome {
+        let key = record.key.as_deref();
+        let Some(payload) = record.payload.as_deref() else {
             return HandlerOutcome::Skip("outbound record without a value".into());
         };
         let event: CloudEvent<serde_json::Value> = match serde_json::from_slice(payload) {
@@ -407,7 +658,26 @@ impl Dispatcher {
         if event.event_type != EventType::MessageSend {
             return HandlerOutcome::Done;
         }
-        if key != Some(event.tenant.as_str().as_bytes()) {
+        let tenant_key = event.tenant.as_str().as_bytes();
+        if let Some(own) = &self.ownership {
+            // The partitioning contract: a tenant's replies are sent from its partition only.
+            let home = partition_for(tenant_key, own.partitions);
+            if key != Some(tenant_key) {
+                return self.forward(own, record, tenant_key, home, "key").await;
+            }
+            if record.partition != home {
+                if own.forward_misrouted {
+                    return self
+                        .forward(own, record, tenant_key, home, "partition")
+                        .await;
+                }
+                self.metrics
+                    .misrouted
+                    .with_label_values(&["left_to_router"])
+                    .inc();
+                return HandlerOutcome::Done;
+            }
+        } else if key != Some(tenant_key) {
             return HandlerOutcome::Skip(format!(
                 "record key does not match the event's tenant {}",
                 event.tenant
@@ -426,16 +696,94 @@ impl Dispatcher {
             message,
         };
         let started = Instant::now();
+        let event_ms = event.time.timestamp_millis();
+        // What an earlier owner (or an earlier copy of this record) did with this reply.
+        let mut progress = SendProgress::default();
+        let mut generation = None;
+        if let Some(own) = &self.ownership {
+            let Some(g) = own.gate.generation(&record.topic, record.partition) else {
+                return HandlerOutcome::Abandon("partition no longer held".into());
+            };
+            generation = Some(g);
+            let id = request.event_id.to_string();
+            let gate = own.gate.clone();
+            let topic = record.topic.clone();
+            let stored = own
+                .progress
+                .get(
+                    record.partition,
+                    g,
+                    &id,
+                    Utc::now().timestamp_millis(),
+                    |p| gate.holds(&topic, p),
+                )
+                .await;
+            let stored = match stored {
+                Ok(s) => s,
+                Err(e) => {
+                    return HandlerOutcome::Retry(format!("cannot read outbound progress: {e}"))
+                }
+            };
+            let checkpoint: Arc<dyn Checkpoint> = Arc::new(ProgressCheckpoint {
+                progress: own.progress.clone(),
+                partition: record.partition,
+                id,
+                time: event_ms,
+                stop: self.stop.clone(),
+            });
+            if let Some(p) = &stored {
+                let state = match (p.finished, p.at_provider) {
+                    (true, _) => "finished",
+                    (false, true) => "at_provider",
+                    (false, false) => "partial",
+                };
+                self.metrics.resumed.with_label_values(&[state]).inc();
+                tracing::info!(event_id = %request.event_id, state, parts_sent = p.parts_sent,
+                    "outbound reply taken again: resuming from its stored progress");
+                if p.finished {
+                    return HandlerOutcome::Done;
+                }
+            }
+            progress = match stored {
+                Some(p) => SendProgress::resumed(
+                    p.parts_sent,
+                    p.provider_message_ids,
+                    p.at_provider,
+                    Some(checkpoint),
+                ),
+                None => SendProgress::resumed(0, Vec::new(), false, Some(checkpoint)),
+            };
+        }
         let age = (Utc::now() - event.time).to_std().unwrap_or(Duration::ZERO);
         let result = match self.senders.get(&kind) {
             _ if self.max_age.is_some_and(|max| age > max) => Err(SendError::permanent(
                 FailureReason::Expired,
                 format!("written {}s ago, older than the maximum age", age.as_secs()),
             )),
-            Some(sender) => match self.send_with_retries(sender.as_ref(), &request).await {
-                Some(result) => result,
-                None => return HandlerOutcome::Retry("stopping while retrying a send".into()),
-            },
+            Some(sender) if progress.uncertain && !sender.deduplicates(&request) => {
+                Err(SendError::permanent(
+                    FailureReason::OutcomeUnknown,
+                    format!(
+                        "a replica stopped while part {} was at the provider: not sent again",
+                        progress.parts_sent + 1
+                    ),
+                ))
+            }
+            Some(sender) => {
+                let place = generation.map(|g| (record, g));
+                match self
+                    .send_with_retries(sender.as_ref(), &request, &mut progress, place)
+                    .await
+                {
+                    Attempts::Finished(result) => result,
+                    Attempts::Stopped => {
+                        return HandlerOutcome::Retry("stopping while retrying a send".into())
+                    }
+                    Attempts::Abandoned => {
+                        return HandlerOutcome::Abandon("partition revoked while sending".into())
+                    }
+                }
+            }
             None => Err(SendError::permanent(
                 FailureReason::ChannelNotConfigured,
                 format!("this daemon has no {kind} sender configured"),
@@ -446,30 +794,97 @@ impl Dispatcher {
             .duration
             .with_label_values(&[kind.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        self.publish(&request, update).await
+        let outcome = self.publish(&request, update).await;
+        if outcome == HandlerOutcome::Done {
+            if let Some(own) = &self.ownership {
+                let finished = ReplyProgress {
+                    parts_sent: progress.parts_sent,
+                    provider_message_ids: progress.provider_message_ids.clone(),
+                    at_provider: false,
+                    finished: true,
+                    time: event_ms,
+                };
+                let id = request.event_id.to_string();
+                // If this write is lost, the next owner publishes the same fate again (same
+                // event id); nothing is sent again either way.
+                if let Err(e) = own.progress.put(record.partition, &id, &finished).await {
+                    tracing::warn!(error = %e, event_id = %id, "cannot mark the reply finished");
+                }
+            }
+        }
+        outcome
     }
 
-    /// Sends, retrying retryable failures per the policy. `None`: asked to stop meanwhile.
+    /// Copies a record to its tenant's partition, keyed by the tenant, same value; it is sent
+    /// from there by the partition's owner.
+    async fn forward(
+        &self,
+        own: &Ownership,
+        record: &Record,
+        tenant_key: &[u8],
+        home: i32,
+        reason: &str,
+    ) -> HandlerOutcome {
+        let value = record.payload.as_deref();
+        match own.store.put(&record.topic, home, tenant_key, value).await {
+            Ok(()) => {
+                self.metrics.misrouted.with_label_values(&[reason]).inc();
+                tracing::info!(
+                    partition = record.partition,
+                    offset = record.offset,
+                    home,
+                    reason,
+                    "outbound record not on its tenant's partition: forwarded there"
+                );
+                HandlerOutcome::Done
+            }
+            Err(e) => HandlerOutcome::Retry(format!("cannot forward a misrouted reply: {e}")),
+        }
+    }
+
+    /// Sends, retrying retryable failures per the policy. With ownership each attempt runs
+    /// under a permit of the record's partition, so a revocation waits for it.
     async fn send_with_retries(
         &self,
         sender: &dyn ChannelSender,
         request: &SendRequest,
-    ) -> Option<Result<SendReceipt, SendError>> {
+        progress: &mut SendProgress,
+        place: Option<(&Record, u64)>,
+    ) -> Attempts {
         let kind = request.message.channel.kind;
         let started = Instant::now();
-        let mut progress = SendProgress::default();
         let mut attempt = 1;
         loop {
-            let error = match sender.send(request, &mut progress).await {
-                Ok(receipt) => return Some(Ok(receipt)),
+            let permit = match (&self.ownership, place) {
+                (Some(own), Some((record, generation))) => {
+                    match own.gate.permit(&record.topic, record.partition) {
+                        Some(p) if p.generation() == generation => Some(p),
+                        _ => return Attempts::Abandoned,
+                    }
+                }
+                _ => None,
+            };
+            let error = match sender.send(request, progress).await {
+                Ok(receipt) => return Attempts::Finished(Ok(receipt)),
                 Err(e) => e,
             };
+            drop(permit);
+            if *self.stop.borrow() && error.retryable {
+                return Attempts::Stopped;
+            }
             let wait = self
                 .policy
                 .backoff(attempt, error.retry_after, request.event_id.as_u128());
             let out_of_time = started.elapsed() + wait > self.policy.deadline;
             if !error.retryable || attempt >= self.policy.max_attempts || out_of_time {
-                return Some(Err(error));
+                if progress.uncertain && error.reason != FailureReason::OutcomeUnknown {
+                    // The last call's fate was never learnt: do not report a plain failure.
+                    return Attempts::Finished(Err(SendError::permanent(
+                        FailureReason::OutcomeUnknown,
+                        format!("an earlier call's fate is unknown; last: {}", error.detail),
+                    )));
+                }
+                return Attempts::Finished(Err(error));
             }
             self.metrics
                 .retries
@@ -482,7 +897,7 @@ impl Dispatcher {
             let mut stop = self.stop.clone();
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => return None,
+                _ = stop.wait_for(|s| *s) => return Attempts::Stopped,
                 () = tokio::time::sleep(wait) => {}
             }
             attempt += 1;
@@ -615,6 +1030,16 @@ mod tests {
         }
     }
 
+    fn rec(key: &[u8], payload: Option<&[u8]>) -> Record {
+        Record {
+            topic: "omni.outbound.v1".into(),
+            partition: 0,
+            offset: 0,
+            key: Some(key.to_vec()),
+            payload: payload.map(<[u8]>::to_vec),
+        }
+    }
+
     fn outbound(kind: ChannelKind) -> Vec<u8> {
         let tenant = TenantId::new("acme").unwrap();
         let channel = ChannelRef::new(kind, "page-1");
@@ -704,7 +1129,7 @@ mod tests {
         let registry = Registry::new();
         let (d, _stop) = dispatcher(sender.clone(), sink.clone(), &registry);
         let payload = outbound(ChannelKind::Messenger);
-        let outcome = d.handle(Some(b"acme"), Some(&payload)).await;
+        let outcome = d.handle(&rec(b"acme", Some(&payload))).await;
         assert_eq!(outcome, HandlerOutcome::Done);
         assert_eq!(*sender.seen.lock().unwrap(), [0, 1, 1]);
         let update = delivery(&sink);
@@ -748,7 +1173,7 @@ mod tests {
             let (d, _stop) = dispatcher(sender.clone(), sink.clone(), &registry);
             let payload = outbound(ChannelKind::Messenger);
             assert_eq!(
-                d.handle(Some(b"acme"), Some(&payload)).await,
+                d.handle(&rec(b"acme", Some(&payload))).await,
                 HandlerOutcome::Done
             );
             assert_eq!(sender.seen.lock().unwrap().len(), calls);
@@ -770,7 +1195,7 @@ mod tests {
         let (d, _stop) = dispatcher(Arc::new(Scripted::default()), sink.clone(), &registry);
         let api = outbound(ChannelKind::Api);
         assert_eq!(
-            d.handle(Some(b"acme"), Some(&api)).await,
+            d.handle(&rec(b"acme", Some(&api))).await,
             HandlerOutcome::Done
         );
         assert!(
@@ -779,7 +1204,7 @@ mod tests {
         );
         let sms = outbound(ChannelKind::Sms);
         assert_eq!(
-            d.handle(Some(b"acme"), Some(&sms)).await,
+            d.handle(&rec(b"acme", Some(&sms))).await,
             HandlerOutcome::Done
         );
         let update = delivery(&sink);
@@ -792,16 +1217,16 @@ mod tests {
         let registry = Registry::new();
         let (d, _stop) = dispatcher(Arc::new(Scripted::default()), sink.clone(), &registry);
         assert!(matches!(
-            d.handle(Some(b"acme"), Some(b"{not json")).await,
+            d.handle(&rec(b"acme", Some(b"{not json"))).await,
             HandlerOutcome::Skip(_)
         ));
         assert!(matches!(
-            d.handle(Some(b"acme"), None).await,
+            d.handle(&rec(b"acme", None)).await,
             HandlerOutcome::Skip(_)
         ));
         let payload = outbound(ChannelKind::Messenger);
         assert!(matches!(
-            d.handle(Some(b"other-tenant"), Some(&payload)).await,
+            d.handle(&rec(b"other-tenant", Some(&payload))).await,
             HandlerOutcome::Skip(_)
         ));
         assert!(sink.records().is_empty());
@@ -825,7 +1250,7 @@ mod tests {
         let payload = outbound(ChannelKind::Messenger);
         let task = {
             let (d, payload) = (d.clone(), payload.clone());
-            tokio::spawn(async move { d.handle(Some(b"acme"), Some(&payload)).await })
+            tokio::spawn(async move { d.handle(&rec(b"acme", Some(&payload))).await })
         };
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(
@@ -839,7 +1264,7 @@ mod tests {
         let payload = outbound(ChannelKind::Messenger);
         let task = {
             let d = d.clone();
-            tokio::spawn(async move { d.handle(Some(b"acme"), Some(&payload)).await })
+            tokio::spawn(async move { d.handle(&rec(b"acme", Some(&payload))).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         stop.send(true).unwrap();
@@ -859,7 +1284,7 @@ mod tests {
         event["time"] = serde_json::json!((Utc::now() - chrono::Duration::hours(2)).to_rfc3339());
         let payload = serde_json::to_vec(&event).unwrap();
         assert_eq!(
-            d.handle(Some(b"acme"), Some(&payload)).await,
+            d.handle(&rec(b"acme", Some(&payload))).await,
             HandlerOutcome::Done
         );
         assert!(sender.seen.lock().unwrap().is_empty(), "nothing sent");

@@ -34,19 +34,23 @@ impl Answer {
     }
 }
 
-/// Sends `request` and reads the answer; connection failures and timeouts are retryable
-/// errors (without the URL, which may carry a token).
+/// Sends `request` and reads the answer. A connect error (nothing went out) is retryable; a
+/// failure after the request was written (timeout, connection lost, unreadable answer) is
+/// [`FailureReason::OutcomeUnknown`] and not retryable, since the provider may have acted on
+/// it (see [`SendError::from_send_transport`]). Errors never carry the URL (it may carry a
+/// token). A caller whose call is safe to repeat (an upload, an idempotent provider) maps
+/// `OutcomeUnknown` back to a retryable error itself.
 pub async fn call(request: reqwest::RequestBuilder) -> Result<Answer, SendError> {
     let response = request
         .send()
         .await
-        .map_err(|e| SendError::from_transport(&e))?;
+        .map_err(|e| SendError::from_send_transport(&e))?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let body = response
         .bytes()
         .await
-        .map_err(|e| SendError::from_transport(&e))?;
+        .map_err(|e| SendError::from_send_transport(&e))?;
     Ok(Answer {
         status,
         retry_after,

@@ -201,13 +201,13 @@ impl EmailSender {
             builder.multipart(parts)
         }
         .map_err(|e| SendError::permanent(FailureReason::InvalidMessage, e.to_string()))?;
+        progress.begin_part(0).await?;
         account
             .transport
             .send(email)
             .await
             .map_err(|e| classify(&e))?;
-        progress.parts_sent = 1;
-        progress.provider_message_ids.push(message_id.clone());
+        progress.part_sent(0, message_id.clone()).await?;
         Ok(SendReceipt {
             provider_message_id: Some(message_id),
             segments: None,
@@ -302,6 +302,12 @@ impl ChannelSender for EmailSender {
         progress: &'a mut SendProgress,
     ) -> SendFuture<'a> {
         Box::pin(self.send_one(request, progress))
+    }
+
+    /// A mail sent again carries the same Message-ID (derived from the outbound event id),
+    /// which mail clients show once.
+    fn deduplicates(&self, _request: &SendRequest) -> bool {
+        true
     }
 }
 

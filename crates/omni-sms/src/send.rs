@@ -11,7 +11,10 @@
 //!   `type=unicode` for UCS-2, `client-ref`, `callback`; every `messages[].status` must be `0`.
 //! - eSMS.vn: `POST {base}/MainService.svc/json/SendMultipleMessage_V4_post_json/` with the
 //!   JSON of [`crate::esms::build_send_body`] (`RequestId` = the outbound event id, so a retry
-//!   is refused by eSMS instead of sent twice); `CodeResult` `100` is accepted.
+//!   is refused by eSMS instead of sent twice); `CodeResult` `100` is accepted. Only eSMS calls
+//!   whose answer was lost are repeated; for Twilio and Vonage such a call is
+//!   `outcome_unknown` (no idempotency key), and the call is recorded as at the provider
+//!   before it is made ([`omni_channel::SendProgress::begin_part`]).
 //!
 //! Failures are classified retryable (HTTP 429 and 5xx, timeouts, Vonage throttling) or
 //! permanent with a bounded reason; Vonage and eSMS take attachments nowhere, so a reply with
@@ -160,6 +163,8 @@ impl SmsSender {
             conversation: message.conversation_id,
         };
         self.limiter.acquire(account).await;
+        // Durable before the call: a replica taking over never sends it blindly.
+        progress.begin_part(0).await?;
         let call = Call {
             tenant,
             sms,
@@ -168,20 +173,42 @@ impl SmsSender {
             text: &measured,
             reference: &reference,
         };
-        let id = match route {
+        let result = match route {
             NumberRoute::Twilio {
                 messaging_service_sid,
             } => {
                 self.twilio(&call, messaging_service_sid.as_deref(), &media)
-                    .await?
+                    .await
             }
-            NumberRoute::Vonage => self.vonage(&call).await?,
-            NumberRoute::Esms { sms_type } => self.esms(&call, *sms_type).await?,
+            NumberRoute::Vonage => self.vonage(&call).await,
+            NumberRoute::Esms { sms_type } => self.esms(&call, *sms_type).await,
         };
-        progress.parts_sent = 1;
+        let esms = matches!(route, NumberRoute::Esms { .. });
+        let id = match result {
+            Ok(id) => id,
+            // eSMS drops a repeated RequestId: a call of unknown fate is safe to repeat.
+            Err(e) if esms && e.reason == FailureReason::OutcomeUnknown => {
+                progress.uncertain = true;
+                return Err(SendError::retryable(
+                    FailureReason::ProviderUnavailable,
+                    format!("{} (repeated with the same RequestId)", e.detail),
+                ));
+            }
+            // A refusal after such a call may be eSMS refusing the repeat of a message it took.
+            Err(e) if esms && progress.uncertain && !e.retryable => {
+                return Err(SendError::permanent(
+                    FailureReason::OutcomeUnknown,
+                    format!(
+                        "refused after an earlier call of unknown fate (eSMS refuses a repeated RequestId): {}",
+                        e.detail
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         progress
-            .provider_message_ids
-            .push(id.clone().unwrap_or_default());
+            .part_sent(0, id.clone().unwrap_or_default())
+            .await?;
         Ok(SendReceipt {
             provider_message_id: id,
             segments: segments(&measured),
@@ -372,6 +399,20 @@ impl ChannelSender for SmsSender {
         progress: &'a mut SendProgress,
     ) -> SendFuture<'a> {
         Box::pin(self.send_reply(request, progress))
+    }
+
+    /// eSMS drops a request whose `RequestId` (the outbound event id: one SMS per reply, split
+    /// into segments by the gateway) it already has; Twilio and Vonage have no such key.
+    fn deduplicates(&self, request: &SendRequest) -> bool {
+        let tenants = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tenants
+            .get(request.message.tenant.as_str())
+            .and_then(|(_, sms)| sms.numbers.get(&request.message.channel.account))
+            .is_some_and(|route| matches!(route, NumberRoute::Esms { .. }))
     }
 }
 

@@ -364,7 +364,7 @@ fn start_outbound(
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, Senders, omni_bus::Unfinished)> {
     let metrics = DispatchMetrics::register(registry)?;
     let mut dispatcher = Dispatcher::new(
-        Arc::new(producer),
+        Arc::new(producer.clone()),
         settings.kafka.topics.delivery.clone(),
         outbound.policy,
         metrics,
@@ -414,7 +414,6 @@ fn start_outbound(
         zalo,
         zalo_tokens,
     };
-    let dispatcher = Arc::new(dispatcher);
     let consumer = omni_bus::Consumer::new(
         &settings.kafka,
         &outbound.group_id,
@@ -425,18 +424,27 @@ fn start_outbound(
     let replies = consumer.unfinished();
     let max_in_flight = outbound.max_in_flight;
     let mut stop = stop;
+    let ownership = OutboundOwnership {
+        producer: producer.clone(),
+        outbound_topic: settings.kafka.topics.outbound.clone(),
+        progress_topic: settings.kafka.topics.outbound_progress.clone(),
+        max_age: outbound.max_age,
+        // The router forwards misrouted records of its inputs already: one copy is enough.
+        forward_misrouted: settings.router.is_none(),
+        gate: consumer.gate(),
+    };
     let task = tokio::spawn(async move {
+        let Some(ownership) = ownership.build(&mut stop).await else {
+            return;
+        };
+        let dispatcher = Arc::new(dispatcher.with_ownership(ownership));
         let result = consumer
             .run_concurrent(
                 max_in_flight,
                 |r| Dispatcher::order_key(r.payload.as_deref()),
                 move |r| {
                     let dispatcher = dispatcher.clone();
-                    async move {
-                        dispatcher
-                            .handle(r.key.as_deref(), r.payload.as_deref())
-                            .await
-                    }
+                    async move { dispatcher.handle(&r).await }
                 },
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -448,6 +456,66 @@ fn start_outbound(
         }
     });
     Ok((task, senders, replies))
+}
+
+/// What the outbound dispatcher needs to send each reply once, from its tenant's partition
+/// (see `omni_channel::outbound`): built once the outbound topic's partition count is known.
+struct OutboundOwnership {
+    producer: Producer,
+    outbound_topic: String,
+    progress_topic: String,
+    max_age: Duration,
+    forward_misrouted: bool,
+    gate: Arc<omni_bus::PartitionGate>,
+}
+
+impl OutboundOwnership {
+    /// Waits for the outbound topic's partition count (the topics may still be being
+    /// created); `None` if asked to stop first.
+    async fn build(
+        self,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<omni_channel::Ownership> {
+        let mut delay = Duration::from_millis(500);
+        let wanted = [self.outbound_topic.clone(), self.progress_topic.clone()];
+        let partitions = loop {
+            match self
+                .producer
+                .partition_counts(&wanted, Duration::from_secs(10))
+                .await
+            {
+                Ok(counts) => {
+                    let outbound = counts.get(&self.outbound_topic).copied().unwrap_or(0);
+                    let progress = counts.get(&self.progress_topic).copied().unwrap_or(0);
+                    if progress < outbound {
+                        tracing::error!(outbound, progress, topic = %self.progress_topic,
+                            "the outbound progress topic needs as many partitions as the outbound topic: replies are not being sent");
+                        return None;
+                    }
+                    break outbound;
+                }
+                Err(e) => tracing::warn!(error = %e, "outbound dispatch waiting for its topics"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        };
+        let store: Arc<dyn omni_channel::PartitionedStore> =
+            Arc::new(omni_channel::KafkaStore::new(self.producer));
+        Some(omni_channel::Ownership {
+            partitions,
+            store: store.clone(),
+            forward_misrouted: self.forward_misrouted,
+            gate: self.gate,
+            progress: Arc::new(omni_channel::ProgressLog::new(
+                store,
+                self.progress_topic,
+                self.max_age,
+            )),
+        })
+    }
 }
 
 /// The multipart SMS upkeep: restores stored parts once the parts topic can be read, then

@@ -4,7 +4,10 @@
 //! limit), then each attachment. A reply is first sent as `RESPONSE` (inside the 24-hour
 //! window); when Meta answers that the window is closed and the page enables it, a human
 //! agent's reply is sent again with the `HUMAN_AGENT` tag (7 days). Every part carries
-//! `metadata: "omnirouter:<outbound event id>"` so its echo is recognized.
+//! `metadata: "omnirouter:<outbound event id>"` so its echo is recognized. The Send API has no
+//! idempotency key: each part's progress is recorded before and after its call
+//! ([`SendProgress::begin_part`], [`SendProgress::part_sent`]), and a call whose answer was lost
+//! is reported `outcome_unknown`, never repeated.
 
 use omni_channel::{
     ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
@@ -117,6 +120,8 @@ impl MessengerSender {
                     body["message"]["reply_to"] = json!({"mid": mid});
                 }
             }
+            // Durable before the call: a replica taking over never sends this part blindly.
+            progress.begin_part(index).await?;
             let result = match tagged {
                 true => {
                     self.call(page_id, page, with_human_agent_tag(body.clone()))
@@ -145,8 +150,7 @@ impl MessengerSender {
                 }
                 Err(e) => return Err(e),
             };
-            progress.parts_sent = index + 1;
-            progress.provider_message_ids.push(message_id);
+            progress.part_sent(index, message_id).await?;
         }
         Ok(SendReceipt {
             provider_message_id: progress.provider_message_ids.first().cloned(),

@@ -172,6 +172,8 @@ impl ZaloSender {
                 }
             };
             let body = json!({"recipient": {"user_id": message.recipient}, "message": body});
+            // Durable before the call (the upload above is safe to repeat, this call is not).
+            progress.begin_part(index).await?;
             let answer = self
                 .call(&access, oa, "/v3.0/oa/message/cs", Body::Json(body))
                 .await;
@@ -188,8 +190,7 @@ impl ZaloSender {
                 .and_then(|d| d.message_id)
                 .map(|m| m.0)
                 .unwrap_or_default();
-            progress.parts_sent = index + 1;
-            progress.provider_message_ids.push(id);
+            progress.part_sent(index, id).await?;
         }
         Ok(SendReceipt {
             provider_message_id: progress
@@ -243,7 +244,16 @@ impl ZaloSender {
         }
         let form = reqwest::multipart::Form::new().part("file", file);
         let path = format!("/v2.0/oa/upload/{kind}");
-        let data = self.call(access, oa, &path, Body::Form(form)).await?;
+        // An upload is not seen by the customer: one whose answer was lost is safe to repeat.
+        let data = self
+            .call(access, oa, &path, Body::Form(form))
+            .await
+            .map_err(|e| match e.reason {
+                FailureReason::OutcomeUnknown => {
+                    SendError::retryable(FailureReason::ProviderUnavailable, e.detail)
+                }
+                _ => e,
+            })?;
         data.and_then(|d| {
             if kind == "image" {
                 d.attachment_id
