@@ -278,15 +278,18 @@ fn decode(
     (replies, expired)
 }
 
+/// One write to a [`MemoryStore`]: (topic, partition, key, value; `None` a tombstone).
+pub type Written = (String, i32, Vec<u8>, Option<Vec<u8>>);
+
 /// An in-memory [`PartitionedStore`] for unit tests: a log per (topic, partition).
 #[derive(Default)]
 pub struct MemoryStore {
-    log: Mutex<Vec<(String, i32, Vec<u8>, Option<Vec<u8>>)>>,
+    log: Mutex<Vec<Written>>,
 }
 
 impl MemoryStore {
     /// Every write so far: (topic, partition, key, value).
-    pub fn writes(&self) -> Vec<(String, i32, Vec<u8>, Option<Vec<u8>>)> {
+    pub fn writes(&self) -> Vec<Written> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -1,5 +1,10 @@
 //! Per-account send rate limits (a token bucket per page, OA or number), so a burst of
 //! replies waits its turn here instead of being refused by the provider.
+//!
+//! The buckets are in memory, and a limit holds for the whole deployment by ownership: a
+//! tenant's replies are sent only by the replica that owns the tenant's outbound partition
+//! (see [`crate::outbound`]), so each page, OA or number is sent to by one process at a time.
+//! A hand-over starts the new owner with a full bucket: at most one burst more.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

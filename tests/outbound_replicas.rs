@@ -1,0 +1,302 @@
+//! Outbound replies with three replicas on one broker: no reply part reaches the provider twice
+//! while replicas are SIGKILLed and restarted, a call whose answer is lost is reported
+//! `outcome_unknown` and never resent, and one page's send rate holds for the deployment.
+//!
+//! Replies are written to `omni.outbound.v1` as a CRM writes them (Python confluent-kafka);
+//! Messenger sends go to a local Graph stand-in that records every part with its arrival time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_e2e::outbound::{fates, messenger_env, messenger_reply, page_of, Graph, Part};
+use omni_e2e::{cluster_env, env_refs, python_produce, Broker, Daemon};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const OUTBOUND: &str = "omni.outbound.v1";
+/// `session.timeout.ms` of `cluster_env` (6 s) and a margin: by then the broker has expired a
+/// killed member.
+const SESSION_EXPIRY: Duration = Duration::from_secs(8);
+
+/// Writes replies to the outbound topic, each pinned to `partition` when given (a CRM that
+/// picks partitions itself), else placed by murmur2 of the tenant (the contract).
+fn produce(bootstrap: &str, replies: &[(Value, Option<i32>)]) {
+    let records: Vec<(String, String, Value, Option<i32>)> = replies
+        .iter()
+        .map(|(r, p)| {
+            (
+                OUTBOUND.to_owned(),
+                r["tenant"].as_str().unwrap().to_owned(),
+                r.clone(),
+                *p,
+            )
+        })
+        .collect();
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::block_in_place(|| python_produce(&bootstrap, "murmur2_random", &records));
+}
+
+/// Parts received per (reply, content): the count of each.
+fn counts(parts: &[Part]) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    for p in parts {
+        *out.entry((p.reply.clone(), p.content.clone())).or_default() += 1;
+    }
+    out
+}
+
+/// Waits until every reply in `ids` has a fate on the delivery topic; returns the fates by
+/// reply (every delivery event of it).
+async fn wait_for_fates(
+    bootstrap: &str,
+    ids: &BTreeSet<String>,
+    timeout: Duration,
+    daemons: &[Daemon],
+) -> BTreeMap<String, Vec<(String, String)>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let b = bootstrap.to_owned();
+        let n = ids.len();
+        let read = tokio::task::block_in_place(|| fates(&b, n, Duration::from_secs(5)));
+        let mut by_reply: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (id, status, reason) in read {
+            if ids.contains(&id) {
+                by_reply.entry(id).or_default().push((status, reason));
+            }
+        }
+        if by_reply.len() == ids.len() {
+            return by_reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} replies have a fate on omni.delivery.v1; outbound group:\n{}",
+            by_reply.len(),
+            ids.len(),
+            group_log(daemons)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What each replica's outbound consumer was told by the group, for a failure message.
+fn group_log(daemons: &[Daemon]) -> String {
+    daemons
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            d.log()
+                .lines()
+                .filter(|l| l.contains("omnirouter-outbound") || l.contains("outbound"))
+                .map(|l| format!("[{i}] {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn env_for(graph: &Graph, tenants: &[&str], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = cluster_env(tenants);
+    env.extend(messenger_env(graph, tenants));
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
+    let broker = Broker::memory();
+    let bootstrap = broker.bootstrap();
+    // A part whose text says SLOW is accepted by the stand-in, which then answers only after
+    // the send timeout: its fate is unknown and it must not be sent again.
+    // Every answer takes 150 ms, so a kill lands while replies are half sent.
+    let graph = Graph::start(Duration::from_millis(150), "SLOW", Duration::from_secs(6)).await;
+    let tenants = ["t1", "t2", "t3", "t4"];
+    let env = env_for(
+        &graph,
+        &tenants,
+        &[
+            ("OMNI__MESSENGER__TIMEOUT_SECS", "2"),
+            ("OMNI__OUTBOUND__INITIAL_BACKOFF_MS", "100"),
+        ],
+    );
+    let refs = env_refs(&env);
+    let mut daemons = Daemon::start_many(&broker, 3, &refs).await;
+
+    // Replies of three parts each (text + two attachments), in waves; between waves one
+    // replica is SIGKILLed and another started in its place.
+    let mut ids = BTreeSet::new();
+    let mut slow = BTreeSet::new();
+    let mut expected_parts = 0;
+    let mut killed: Option<(usize, Instant)> = None;
+    for wave in 0..4 {
+        let mut batch = Vec::new();
+        for i in 0..16 {
+            let tenant = tenants[i % tenants.len()];
+            let text = if i == 5 {
+                format!("w{wave} r{i} SLOW")
+            } else {
+                format!("w{wave} r{i} text")
+            };
+            let attachments = vec![
+                format!("http://127.0.0.1:9/w{wave}/r{i}/a.jpg"),
+                format!("http://127.0.0.1:9/w{wave}/r{i}/b.jpg"),
+            ];
+            let reply = messenger_reply(tenant, "psid-1", &text, &attachments);
+            let id = reply["id"].as_str().unwrap().to_owned();
+            if i == 5 {
+                slow.insert(id.clone());
+            } else {
+                expected_parts += 3;
+            }
+            ids.insert(id);
+            batch.push((reply, None));
+        }
+        produce(&bootstrap, &batch);
+        if let Some((victim, at)) = killed.take() {
+            // The replacement joins once the broker expired the dead member's session (6 s):
+            // tansu 0.6 rebalances a group only when a member joins, and leaves what a dead
+            // member held with nobody if nobody joins after its expiry (see tests/tansu/).
+            while at.elapsed() < SESSION_EXPIRY {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            daemons[victim] = Daemon::spawn(&bootstrap, &refs);
+            daemons[victim].wait_ready(Duration::from_secs(60)).await;
+        }
+        if wave == 3 {
+            break;
+        }
+        // Kill a replica while this wave is being sent; the next wave is written meanwhile.
+        graph
+            .wait_for(graph.parts().len() + 3, Duration::from_secs(30))
+            .await;
+        let victim = wave % daemons.len();
+        daemons[victim].terminate_hard();
+        killed = Some((victim, Instant::now()));
+    }
+
+    let fates = wait_for_fates(&bootstrap, &ids, Duration::from_secs(120), &daemons).await;
+    let parts = graph.parts();
+    let counts = counts(&parts);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "parts sent more than once: {twice:?}\nlogs:\n{}",
+        daemons
+            .iter()
+            .map(Daemon::log)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for (id, fate) in &fates {
+        let statuses: BTreeSet<&(String, String)> = fate.iter().collect();
+        assert_eq!(statuses.len(), 1, "one fate per reply: {id} {fate:?}");
+        let (status, reason) = &fate[0];
+        let sent_parts = counts.keys().filter(|(r, _)| r == id).count();
+        if slow.contains(id) {
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("failed", "outcome_unknown"),
+                "a part accepted whose answer was lost is reported, not resent: {id}"
+            );
+            assert_eq!(
+                sent_parts, 1,
+                "nothing after the part of unknown fate: {id}"
+            );
+        } else if status == "sent" {
+            assert_eq!(sent_parts, 3, "every part of a sent reply arrived: {id}");
+        } else {
+            // A replica killed while a part was at the provider: reported, not resent.
+            assert_eq!(reason, "outcome_unknown", "{id}: {fate:?}");
+        }
+    }
+    let mut resumed = BTreeMap::new();
+    for d in &daemons {
+        let m = d.metrics().await;
+        for state in ["finished", "partial", "at_provider"] {
+            let label = format!("state=\"{state}\"");
+            *resumed.entry(state).or_insert(0.0) +=
+                omni_e2e::metric_value(&m, "omni_outbound_resumed_total", &[label.as_str()]);
+        }
+    }
+    println!("replies taken again with stored progress (live replicas): {resumed:?}");
+    let sent = fates.values().filter(|f| f[0].0 == "sent").count();
+    let unknown = fates.len() - sent;
+    println!(
+        "replies: {}, sent: {sent}, outcome_unknown: {unknown} (slow: {}), parts at the provider: {} (expected for sent replies: {expected_parts})",
+        fates.len(),
+        slow.len(),
+        parts.len()
+    );
+    // Only replies at the provider when their replica was killed may be of unknown fate.
+    assert!(
+        sent >= ids.len() / 2,
+        "most replies are sent: {sent} of {}",
+        ids.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_page_is_held_to_its_rate_across_three_replicas() {
+    const RATE: f64 = 4.0;
+    /// The Messenger sender's bucket size (`MessengerSender`: 20 sends at once).
+    const BURST: f64 = 20.0;
+    const REPLIES: usize = 60;
+    let broker = Broker::memory();
+    let bootstrap = broker.bootstrap();
+    let graph = Graph::start(Duration::ZERO, "", Duration::ZERO).await;
+    let env = env_for(&graph, &["rt"], &[("OMNI__MESSENGER__RATE_PER_PAGE", "4")]);
+    let refs = env_refs(&env);
+    let daemons = Daemon::start_many(&broker, 3, &refs).await;
+
+    // A third placed by the contract, the rest pinned to every partition in turn (a CRM that
+    // picks partitions itself): without one owner per tenant each replica would send them
+    // with a bucket of its own.
+    let mut ids = BTreeSet::new();
+    let replies: Vec<(Value, Option<i32>)> = (0..REPLIES)
+        .map(|i| {
+            let reply = messenger_reply("rt", "psid-9", &format!("rate {i}"), &[]);
+            ids.insert(reply["id"].as_str().unwrap().to_owned());
+            let partition = (i % 3 != 0).then(|| i32::try_from(i % 4).unwrap());
+            (reply, partition)
+        })
+        .collect();
+    produce(&bootstrap, &replies);
+
+    let parts = graph.wait_for(REPLIES, Duration::from_secs(90)).await;
+    let fates = wait_for_fates(&bootstrap, &ids, Duration::from_secs(60), &daemons).await;
+    assert!(fates.values().all(|f| f[0].0 == "sent"), "{fates:?}");
+    // Settle: a late duplicate would show now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let parts = if graph.parts().len() > parts.len() {
+        graph.parts()
+    } else {
+        parts
+    };
+    assert_eq!(parts.len(), REPLIES, "each reply sent once");
+    assert!(parts.iter().all(|p| p.page == page_of("rt")));
+    let t0 = parts[0].at;
+    for (k, p) in parts.iter().enumerate() {
+        let elapsed = p.at.duration_since(t0).as_secs_f64();
+        let allowed = BURST + RATE * elapsed + 1.0;
+        assert!(
+            (k + 1) as f64 <= allowed,
+            "send {} came {elapsed:.2}s after the first: over {RATE}/s plus a burst of {BURST}",
+            k + 1
+        );
+    }
+    let span = parts.last().unwrap().at.duration_since(t0).as_secs_f64();
+    let observed = (REPLIES as f64 - BURST) / span;
+    println!("{REPLIES} sends over {span:.2}s: {observed:.2}/s after the burst (limit {RATE}/s)");
+    // The misrouted ones were forwarded to the tenant's partition, not sent where they landed.
+    let mut forwarded_or_left = 0.0;
+    for d in &daemons {
+        let m = d.metrics().await;
+        forwarded_or_left += omni_e2e::metric_value(&m, "omni_outbound_misrouted_total", &[]);
+    }
+    assert!(
+        forwarded_or_left >= 1.0,
+        "the pinned replies were seen on the wrong partitions"
+    );
+}
