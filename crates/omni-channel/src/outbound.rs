@@ -1291,6 +1291,95 @@ mod tests {
         assert_eq!(delivery(&sink).reason.as_deref(), Some("expired"));
     }
 
+    /// A dispatcher that owns partition `home` of 4, with durable progress in `store`.
+    fn owning(
+        sender: Arc<Scripted>,
+        sink: Arc<MemorySink>,
+        store: Arc<crate::progress::MemoryStore>,
+    ) -> (Dispatcher, i32) {
+        let registry = Registry::new();
+        let (d, stop) = dispatcher(sender, sink, &registry);
+        std::mem::forget(stop);
+        let home = partition_for(b"acme", 4);
+        let gate = Arc::new(PartitionGate::default());
+        gate.assign([("omni.outbound.v1".to_owned(), home)]);
+        let d = d.with_ownership(Ownership {
+            partitions: 4,
+            store: store.clone(),
+            forward_misrouted: true,
+            gate,
+            progress: Arc::new(ProgressLog::new(
+                store,
+                "progress",
+                Duration::from_secs(3600),
+            )),
+        });
+        (d, home)
+    }
+
+    #[tokio::test]
+    async fn a_reply_taken_again_is_not_sent_twice_and_misrouted_ones_are_forwarded() {
+        let store = Arc::new(crate::progress::MemoryStore::default());
+        let sink = Arc::new(MemorySink::default());
+        let sender = Arc::new(Scripted::default());
+        sender
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(Ok(SendReceipt::default()));
+        let (d, home) = owning(sender.clone(), sink.clone(), store.clone());
+        let payload = outbound(ChannelKind::Messenger);
+        let mut record = rec(b"acme", Some(&payload));
+        record.partition = home;
+        assert_eq!(d.handle(&record).await, HandlerOutcome::Done);
+        assert_eq!(sender.seen.lock().unwrap().len(), 1);
+        // Redelivered (an offset not committed), here or to another replica: finished, skipped.
+        let (other, _) = owning(sender.clone(), sink.clone(), store.clone());
+        assert_eq!(other.handle(&record).await, HandlerOutcome::Done);
+        assert_eq!(sender.seen.lock().unwrap().len(), 1, "not sent again");
+        assert_eq!(sink.records().len(), 1, "its fate published once");
+
+        // A part left at the provider by a replica that died: unknown, not resent.
+        let payload = outbound(ChannelKind::Messenger);
+        let event: CloudEvent<serde_json::Value> = serde_json::from_slice(&payload).unwrap();
+        let at_provider = ReplyProgress {
+            at_provider: true,
+            time: Utc::now().timestamp_millis(),
+            ..ReplyProgress::default()
+        };
+        store
+            .put(
+                "progress",
+                home,
+                event.id.to_string().as_bytes(),
+                Some(&serde_json::to_vec(&at_provider).unwrap()),
+            )
+            .await
+            .unwrap();
+        let (fresh, _) = owning(sender.clone(), sink.clone(), store.clone());
+        let mut record = rec(b"acme", Some(&payload));
+        record.partition = home;
+        assert_eq!(fresh.handle(&record).await, HandlerOutcome::Done);
+        assert_eq!(sender.seen.lock().unwrap().len(), 1, "not resent");
+        let last: CloudEvent<DeliveryUpdate> =
+            serde_json::from_slice(&sink.records().last().unwrap().payload).unwrap();
+        assert_eq!(last.data.reason.as_deref(), Some("outcome_unknown"));
+
+        // On another partition, or keyed otherwise: forwarded to the tenant's partition, not sent.
+        let payload = outbound(ChannelKind::Messenger);
+        let mut misrouted = rec(b"someone-else", Some(&payload));
+        misrouted.partition = (home + 1) % 4;
+        assert_eq!(fresh.handle(&misrouted).await, HandlerOutcome::Done);
+        assert_eq!(sender.seen.lock().unwrap().len(), 1);
+        let forwarded = store.writes();
+        let (topic, partition, key, value) = forwarded.last().unwrap();
+        assert_eq!(
+            (topic.as_str(), *partition, key.as_slice()),
+            ("omni.outbound.v1", home, b"acme".as_slice())
+        );
+        assert_eq!(value.as_deref(), Some(payload.as_slice()), "same bytes");
+    }
+
     #[test]
     fn backoff_doubles_with_bounded_jitter_and_honours_retry_after() {
         let p = RetryPolicy::default();
