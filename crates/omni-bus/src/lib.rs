@@ -16,6 +16,8 @@
 //! - [`consumer`]: the consumer-group loops with commit-after-processing, one record at a time
 //!   or concurrently with per-key order (`lanes`: the pure bookkeeping behind the latter).
 //! - [`partitioner`]: the partitioning contract (murmur2, as the Java client).
+//! - [`ownership`]: which per-tenant state an instance keeps, following the router group's
+//!   assignment, and one task per owned key.
 //! - [`admin`]: topic creation.
 //! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state.
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
@@ -27,6 +29,7 @@ pub mod consumer;
 pub mod error;
 mod lanes;
 pub mod metrics;
+pub mod ownership;
 pub mod partitioner;
 pub mod producer;
 pub mod table;
@@ -36,5 +39,6 @@ pub use config::BusConfig;
 pub use consumer::{Consumer, HandlerOutcome, Record, Unfinished};
 pub use error::BusError;
 pub use metrics::BusMetrics;
+pub use ownership::{Owned, Ownership};
 pub use partitioner::partition_for;
 pub use producer::{OutRecord, Producer};

@@ -36,6 +36,8 @@ pub use api::{ApiChannel, ApiCredentials};
 pub use dedupe::DedupeCache;
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
+/// Which per-tenant state this instance keeps: adapters follow the router group's assignment.
+pub use omni_bus::ownership::{run_per_owned_key, Owned, Ownership};
 pub use outbound::{
     ChannelSender, DispatchMetrics, Dispatcher, FailureReason, RetryPolicy, SendError, SendFuture,
     SendProgress, SendReceipt, SendRequest,
