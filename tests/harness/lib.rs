@@ -18,6 +18,7 @@
 
 pub mod browser;
 pub mod mail;
+pub mod oauth;
 pub mod standin;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};

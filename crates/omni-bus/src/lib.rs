@@ -20,6 +20,7 @@
 //!   assignment, and one task per owned key.
 //! - [`admin`]: topic creation.
 //! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state.
+//! - [`tail`]: a compacted topic followed from its beginning on every replica (a read model).
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
 
@@ -33,6 +34,7 @@ pub mod ownership;
 pub mod partitioner;
 pub mod producer;
 pub mod table;
+pub mod tail;
 
 pub use admin::ensure_topics;
 pub use config::BusConfig;
@@ -42,3 +44,4 @@ pub use metrics::BusMetrics;
 pub use ownership::{Owned, Ownership};
 pub use partitioner::partition_for;
 pub use producer::{OutRecord, Producer};
+pub use tail::Tail;

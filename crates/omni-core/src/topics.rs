@@ -28,6 +28,10 @@ pub struct Topics {
     /// Compacted registry of which router instance owns which partition (key `p<n>`): its
     /// owner epoch and HTTP address, so any instance can forward a tenant's reads to the owner.
     pub router_owners: String,
+    /// Compacted store of each Zalo OA's token pair (key `<tenant>/<oa>`, encrypted unless the
+    /// operator allowed clear text): written by the one replica that refreshes the OA, read by
+    /// every replica.
+    pub zalo_tokens: String,
 }
 
 impl Default for Topics {
@@ -42,6 +46,7 @@ impl Default for Topics {
             email_checkpoints: "omni.email-checkpoints.v1".into(),
             sms_parts: "omni.sms-parts.v1".into(),
             router_owners: "omni.router-owners.v1".into(),
+            zalo_tokens: "omni.zalo-tokens.v1".into(),
         }
     }
 }
@@ -49,7 +54,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 9] {
+    pub fn all(&self) -> [(&str, bool); 10] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -60,6 +65,7 @@ impl Topics {
             (&self.email_checkpoints, true),
             (&self.sms_parts, true),
             (&self.router_owners, true),
+            (&self.zalo_tokens, true),
         ]
     }
 }

@@ -146,6 +146,28 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             .context("building the HTTP client for forwarded reads")?,
         metrics: router_metrics,
     });
+    // Per-tenant channel state (Zalo refreshes, SMS reassembly) lives where the router owns
+    // the tenant; without a router this instance is the only one.
+    let ownership = router_handle.as_ref().map_or_else(
+        || omni_bus::Ownership::fixed(omni_bus::Owned::everything()),
+        |r| r.ownership(),
+    );
+    // Every replica follows the Zalo token pairs the owners write.
+    let zalo_shared = Arc::new(omni_social::zalo::shared::SharedTokens::new(
+        settings.kafka.topics.zalo_tokens.clone(),
+        Arc::new(producer.clone()),
+        settings.zalo_sealing.clone(),
+    ));
+    let zalo_tail = {
+        let store = zalo_shared.clone();
+        omni_bus::Tail::start(
+            &settings.kafka,
+            &settings.kafka.topics.zalo_tokens,
+            "zalo-tokens",
+            Box::new(move |k, v| store.apply(k, v)),
+        )
+    };
+    zalo_shared.followed(zalo_tail.caught_up_signal());
     // Readers record e-mail threads; the e-mail sender reads them for References.
     let threads = Arc::new(omni_email::ThreadIndex::default());
     let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
@@ -155,9 +177,9 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
                 settings,
                 outbound,
                 &registry,
-                producer.clone(),
-                bus_metrics.clone(),
+                (producer.clone(), bus_metrics.clone()),
                 threads.clone(),
+                (zalo_shared.clone(), ownership.clone()),
                 outbound_stop_rx,
             )?;
             (Some(task), Some(senders), Some(replies))
@@ -304,6 +326,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     let records_unflushed = producer
         .flush_or_purge(left().max(Duration::from_millis(100)))
         .await;
+    drop(zalo_tail);
     Ok(Leftovers {
         records_unflushed,
         replies_unfinished,
@@ -357,9 +380,12 @@ fn start_outbound(
     settings: &Settings,
     outbound: &OutboundSettings,
     registry: &Registry,
-    producer: Producer,
-    bus_metrics: Arc<BusMetrics>,
+    (producer, bus_metrics): (Producer, Arc<BusMetrics>),
     threads: Arc<omni_email::ThreadIndex>,
+    zalo_shared: (
+        Arc<omni_social::zalo::shared::SharedTokens>,
+        omni_bus::Ownership,
+    ),
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, Senders, omni_bus::Unfinished)> {
     let metrics = DispatchMetrics::register(registry)?;
@@ -399,7 +425,8 @@ fn start_outbound(
         settings.zalo_refresh.clone(),
         TokenMetrics::register(registry)?,
         stop.clone(),
-    );
+    )
+    .shared(zalo_shared.0, zalo_shared.1);
     let keepers = zalo_tokens
         .prepare(&settings.zalo_tenants)
         .context("building the Zalo OAuth HTTP client")?;
