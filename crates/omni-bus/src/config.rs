@@ -111,6 +111,7 @@ impl BusConfig {
             ("topics.email_checkpoints", &self.topics.email_checkpoints),
             ("topics.sms_parts", &self.topics.sms_parts),
             ("topics.router_owners", &self.topics.router_owners),
+            ("topics.livechat_presence", &self.topics.livechat_presence),
         ] {
             let valid = !value.is_empty()
                 && value.len() <= 249

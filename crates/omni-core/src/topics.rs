@@ -28,6 +28,9 @@ pub struct Topics {
     /// Compacted registry of which router instance owns which partition (key `p<n>`): its
     /// owner epoch and HTTP address, so any instance can forward a tenant's reads to the owner.
     pub router_owners: String,
+    /// Compacted: each live chat replica's open sockets per (hashed) client IP, republished
+    /// every heartbeat (key: the replica), so the per-IP socket cap counts every replica.
+    pub livechat_presence: String,
 }
 
 impl Default for Topics {
@@ -42,6 +45,7 @@ impl Default for Topics {
             email_checkpoints: "omni.email-checkpoints.v1".into(),
             sms_parts: "omni.sms-parts.v1".into(),
             router_owners: "omni.router-owners.v1".into(),
+            livechat_presence: "omni.livechat-presence.v1".into(),
         }
     }
 }
@@ -49,7 +53,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 9] {
+    pub fn all(&self) -> [(&str, bool); 10] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -60,6 +64,7 @@ impl Topics {
             (&self.email_checkpoints, true),
             (&self.sms_parts, true),
             (&self.router_owners, true),
+            (&self.livechat_presence, true),
         ]
     }
 }
