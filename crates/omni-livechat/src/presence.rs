@@ -339,8 +339,9 @@ pub async fn run_publisher(
             let _ = chat.sink.delete(&topic, key.as_bytes()).await;
         }
     }
-    if let Err(e) = chat.sink.delete(&topic, me.as_bytes()).await {
-        tracing::warn!(error = %e, "live chat presence not withdrawn (it expires)");
+    match chat.sink.delete(&topic, me.as_bytes()).await {
+        Ok(()) => tracing::info!(replica = %me, "live chat presence withdrawn"),
+        Err(e) => tracing::warn!(error = %e, "live chat presence not withdrawn (it expires)"),
     }
     let _ = done.send(());
 }
