@@ -17,6 +17,7 @@
 )]
 
 pub mod browser;
+pub mod livechat;
 pub mod mail;
 pub mod oauth;
 pub mod standin;

@@ -112,6 +112,7 @@ impl BusConfig {
             ("topics.sms_parts", &self.topics.sms_parts),
             ("topics.router_owners", &self.topics.router_owners),
             ("topics.zalo_tokens", &self.topics.zalo_tokens),
+            ("topics.livechat_presence", &self.topics.livechat_presence),
         ] {
             let valid = !value.is_empty()
                 && value.len() <= 249

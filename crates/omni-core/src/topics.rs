@@ -32,6 +32,9 @@ pub struct Topics {
     /// operator allowed clear text): written by the one replica that refreshes the OA, read by
     /// every replica.
     pub zalo_tokens: String,
+    /// Compacted: each live chat replica's open sockets per (hashed) client IP, republished
+    /// every heartbeat (key: the replica), so the per-IP socket cap counts every replica.
+    pub livechat_presence: String,
 }
 
 impl Default for Topics {
@@ -47,6 +50,7 @@ impl Default for Topics {
             sms_parts: "omni.sms-parts.v1".into(),
             router_owners: "omni.router-owners.v1".into(),
             zalo_tokens: "omni.zalo-tokens.v1".into(),
+            livechat_presence: "omni.livechat-presence.v1".into(),
         }
     }
 }
@@ -54,7 +58,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 10] {
+    pub fn all(&self) -> [(&str, bool); 11] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -66,6 +70,7 @@ impl Topics {
             (&self.sms_parts, true),
             (&self.router_owners, true),
             (&self.zalo_tokens, true),
+            (&self.livechat_presence, true),
         ]
     }
 }

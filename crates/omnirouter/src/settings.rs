@@ -1159,6 +1159,12 @@ pub struct RawLivechat {
     /// Count connections per IP by the first `X-Forwarded-For` entry (only behind a proxy
     /// that sets it).
     pub trust_forwarded_for: bool,
+    /// Each replica republishes its per-IP socket counts this often (and at once on a change).
+    pub presence_heartbeat_ms: u64,
+    /// A replica not heard from for this long stops counting toward the per-IP cap.
+    pub presence_expiry_ms: u64,
+    /// Keys the hash of client IPs on the presence topic; the same on every replica.
+    pub ip_hash_secret: Option<Secret>,
 }
 
 impl Default for RawLivechat {
@@ -1180,6 +1186,10 @@ impl Default for RawLivechat {
             queue_cap: d.queue_cap,
             ws_read_buffer_bytes: d.ws_read_buffer_bytes,
             trust_forwarded_for: d.trust_forwarded_for,
+            presence_heartbeat_ms: u64::try_from(d.presence_heartbeat.as_millis())
+                .unwrap_or(u64::MAX),
+            presence_expiry_ms: u64::try_from(d.presence_expiry.as_millis()).unwrap_or(u64::MAX),
+            ip_hash_secret: None,
         }
     }
 }
@@ -1215,6 +1225,18 @@ impl RawLivechat {
                 });
             }
         }
+        if self.presence_heartbeat_ms == 0 {
+            return Err(SettingsError::Invalid {
+                key: "livechat.presence_heartbeat_ms".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.presence_expiry_ms < self.presence_heartbeat_ms.saturating_mul(2) {
+            return Err(SettingsError::Invalid {
+                key: "livechat.presence_expiry_ms".into(),
+                reason: "must be at least twice presence_heartbeat_ms (one late heartbeat must not expire a replica)".into(),
+            });
+        }
         if self.max_frame_bytes > MAX_BODY_LIMIT {
             return Err(SettingsError::Invalid {
                 key: "livechat.max_frame_bytes".into(),
@@ -1236,6 +1258,9 @@ impl RawLivechat {
             queue_cap: self.queue_cap,
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             trust_forwarded_for: self.trust_forwarded_for,
+            presence_heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
+            presence_expiry: Duration::from_millis(self.presence_expiry_ms),
+            ip_hash_secret: self.ip_hash_secret,
         }))
     }
 }
