@@ -1444,6 +1444,39 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
         );
     }
     assert_eq!(seen.len(), MAILS, "nothing else published");
+    // Exactly one replica reads each mailbox (once the last takeover settled).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut readers = Vec::new();
+        for b in &boxes {
+            let label = format!("mailbox=\"{b}\"");
+            let mut n = 0.0;
+            for d in &live {
+                n += omni_e2e::metric_value(
+                    &d.metrics().await,
+                    "omni_email_mailbox_owned",
+                    &[&label],
+                );
+            }
+            readers.push(n);
+        }
+        if readers.iter().all(|n| *n == 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas reading each mailbox: {readers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (n, d) in live.iter().enumerate() {
+        let log = d.log();
+        println!(
+            "replica {n}: {} mailbox takeovers, {} finding mail its predecessor published",
+            log.matches("reading the mailbox here from now on").count(),
+            log.matches("is not published again").count()
+        );
+    }
 
     // Threads: in each mailbox, the customer's first mail q is answered (r), the customer
     // answers r twice (a: full References; b: only In-Reply-To), and the agents answer a,
@@ -1461,7 +1494,7 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
         )
         .await;
         let (r, refs) = reply_to(&mail, &customers[j], &q).await;
-        assert_eq!(refs, [q.clone()]);
+        assert_eq!(refs, std::slice::from_ref(&q));
         let a = format!("answer-a-{j}@khach.example.test");
         let b = format!("answer-b-{j}@khach.example.test");
         for (id, headers) in [

@@ -317,15 +317,23 @@ mod tests {
     fn a_whole_thread_shares_its_root() {
         // new mail → our reply → customer's answer, as clients build References.
         let first = thread_root(&[], None, "c1@cust");
-        let ours = reply_references("c1@cust", Some(first));
+        let new_mail = ThreadEntry {
+            root: first.to_owned(),
+            refs: vec![],
+        };
+        let ours = reply_references("c1@cust", Some(&new_mail));
         assert_eq!(ours, ["c1@cust"]);
         let mut answer_refs = ours.clone();
         answer_refs.push("r1@shop".into());
         assert_eq!(thread_root(&answer_refs, Some("r1@shop"), "c2@cust"), first);
-        // Our reply to the answer keeps the root first.
+        // Our reply to the answer carries the whole chain, root first.
+        let answer = ThreadEntry {
+            root: first.to_owned(),
+            refs: answer_refs,
+        };
         assert_eq!(
-            reply_references("c2@cust", Some(first)),
-            ["c1@cust", "c2@cust"]
+            reply_references("c2@cust", Some(&answer)),
+            ["c1@cust", "r1@shop", "c2@cust"]
         );
     }
 
