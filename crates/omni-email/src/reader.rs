@@ -73,8 +73,8 @@ struct Run {
     /// The mark of the checkpoint the run started from, until the inbound partition was read
     /// back from it.
     handover: Option<InboundMark>,
-    /// Events of this mailbox found after that mark (published by the previous run and not
-    /// checkpointed), by event id, until each was passed.
+    /// Events of this mailbox found after that mark, by event id, until the first mail after
+    /// the checkpoint that is not among them (the previous run published in UID order).
     published_before: HashSet<String>,
     /// When this run last took the mark.
     mark_taken: Option<Instant>,
@@ -370,7 +370,7 @@ impl MailboxReader {
                         .with_label_values(&[&self.label])
                         .inc();
                     // Keep what a takeover would read back short while nothing arrives.
-                    if run.mark_taken.is_some_and(|t| t.elapsed() > MARK_REFRESH) {
+                    if run.mark_taken.is_none_or(|t| t.elapsed() > MARK_REFRESH) {
                         self.refresh_mark(cp, run, stop).await?;
                     }
                 }
@@ -531,18 +531,21 @@ impl MailboxReader {
                     self.checkpoints.published_since(mark, &self.label)
                 })
                 .await?;
-            if !found.is_empty() {
-                tracing::info!(mailbox = %self.label, found = found.len(),
-                    "mail published by the previous reader after its last checkpoint is not published again");
-            }
+            tracing::debug!(mailbox = %self.label, events = found.len(),
+                "read the inbound topic back from the checkpoint's mark");
             run.published_before = found;
             run.handover = None;
         }
         if run.published_before.remove(&identity.event_id.to_string()) {
+            tracing::info!(mailbox = %self.label, uid, event_id = %identity.event_id,
+                "published by the previous reader and not checkpointed: not published again");
             self.skip("duplicate", uid);
             cp.remember(&identity.provider_id);
             return Ok(Handled::Published(hash));
         }
+        // The previous reader published in UID order: past the first mail it did not publish,
+        // nothing else of it is ahead.
+        run.published_before.clear();
         // A thread the index knows under another root (an answer naming only our reply).
         if identity.root != identity.provider_id {
             if let Some(known) = self.threads.lookup(&identity.root).await {
@@ -566,10 +569,8 @@ impl MailboxReader {
             key: self.settings.checkpoint_key(),
             reason: format!("cannot build the event of uid {uid}: {e}"),
         })?;
-        // Never left more than MARK_REFRESH behind what is published; kept while mail the
-        // previous run published is still ahead (the older mark covers it).
-        let stale = run.mark_taken.is_none_or(|t| t.elapsed() > MARK_REFRESH);
-        if stale && run.published_before.is_empty() {
+        // Never left more than MARK_REFRESH behind what is published.
+        if run.mark_taken.is_none_or(|t| t.elapsed() > MARK_REFRESH) {
             self.refresh_mark(cp, run, stop).await?;
         }
         // The thread before the event: whoever answers it finds its chain.
