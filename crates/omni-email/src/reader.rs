@@ -9,8 +9,8 @@
 //! moves on, so one bad mail never blocks a mailbox).
 //!
 //! # Once, across crashes and takeovers
-//! Before its first publish in a run, and whenever it is older than [`MARK_REFRESH`], the
-//! reader writes into the checkpoint a *mark*: the end offset of the tenant's inbound partition
+//! Before its first publish in a run, and whenever it is older than [`MARK_REFRESH`] (while
+//! idling, [`MARK_IDLE_REFRESH`]), the reader writes into the checkpoint a *mark*: the end offset of the tenant's inbound partition
 //! (so every event it publishes after that lands at or after the mark). A run that starts from
 //! a checkpoint (a restart, or another replica taking the mailbox over) first waits
 //! `takeover_grace` (the daemon sets the publish deadline plus a second: whatever the previous
@@ -49,9 +49,13 @@ use crate::settings::{FirstStart, MailboxSettings};
 use crate::store::Store;
 use crate::thread::{bounded_chain, ThreadEntry, ThreadIndex};
 
-/// A mark older than this is taken again before the next publish (and after an IDLE refresh),
-/// so a takeover reads at most this much (or one IDLE period) of the inbound partition back.
+/// A mark older than this is taken again before the next publish, so a takeover reads at most
+/// this much of the inbound partition back before the last mail published.
 pub const MARK_REFRESH: Duration = Duration::from_secs(30);
+
+/// While the mailbox idles, the mark is taken again this often (a checkpoint write), so what a
+/// takeover reads back stays short however long the mailbox has been quiet.
+pub const MARK_IDLE_REFRESH: Duration = Duration::from_secs(300);
 
 /// Reads one mailbox folder until told to stop.
 #[derive(Clone)]
@@ -343,14 +347,36 @@ impl MailboxReader {
             };
             let mut idle = s.idle();
             self.step("idle", stop, idle.init()).await?;
+            let mut mark_failed = None;
             let outcome = {
                 let (wait, _interrupt) = idle.wait_with_timeout(imap.idle_refresh);
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => None,
-                    r = wait => Some(r),
+                tokio::pin!(wait);
+                loop {
+                    let mark_due = run.mark_taken.map_or(Duration::ZERO, |t| {
+                        MARK_IDLE_REFRESH.saturating_sub(t.elapsed())
+                    });
+                    let woke = tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|s| *s) => Some(None),
+                        r = &mut wait => Some(Some(r)),
+                        // Keep what a takeover would read back short while nothing arrives
+                        // (Kafka only: the IMAP session stays in IDLE).
+                        () = tokio::time::sleep(mark_due) => None,
+                    };
+                    match woke {
+                        Some(outcome) => break outcome,
+                        None => {
+                            if let Err(e) = self.refresh_mark(cp, run, stop).await {
+                                mark_failed = Some(e);
+                                break None;
+                            }
+                        }
+                    }
                 }
             };
+            if let Some(e) = mark_failed {
+                return Err(e);
+            }
             match outcome {
                 None => {
                     // Stopping: leave IDLE politely so the server is not left waiting.
@@ -369,10 +395,6 @@ impl MailboxReader {
                         .idle_refreshes
                         .with_label_values(&[&self.label])
                         .inc();
-                    // Keep what a takeover would read back short while nothing arrives.
-                    if run.mark_taken.is_none_or(|t| t.elapsed() > MARK_REFRESH) {
-                        self.refresh_mark(cp, run, stop).await?;
-                    }
                 }
                 Some(Ok(IdleResponse::NewData(_) | IdleResponse::ManualInterrupt)) => {}
             }
