@@ -109,6 +109,8 @@ impl BusConfig {
             ("topics.routing", &self.topics.routing),
             ("topics.router_state", &self.topics.router_state),
             ("topics.email_checkpoints", &self.topics.email_checkpoints),
+            ("topics.email_threads", &self.topics.email_threads),
+            ("topics.email_published", &self.topics.email_published),
             ("topics.sms_parts", &self.topics.sms_parts),
             ("topics.router_owners", &self.topics.router_owners),
             ("topics.zalo_tokens", &self.topics.zalo_tokens),

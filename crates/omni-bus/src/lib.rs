@@ -19,8 +19,11 @@
 //! - [`ownership`]: which per-tenant state an instance keeps, following the router group's
 //!   assignment, and one task per owned key.
 //! - [`admin`]: topic creation.
-//! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state.
-//! - [`tail`]: a compacted topic followed from its beginning on every replica (a read model).
+//! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state;
+//!   a topic followed from its beginning with a "caught up" signal (`table::tail`), and a
+//!   metadata probe for partition counts and end offsets.
+//! - [`tail`]: a compacted topic followed from its beginning on every replica into a read
+//!   model (`Tail`, stopped when dropped; the Zalo token pairs).
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
 

@@ -22,6 +22,13 @@ pub struct Topics {
     /// Compacted checkpoints of the e-mail channel: per watched mailbox folder, the
     /// UIDVALIDITY and the last UID whose mail Kafka acknowledged.
     pub email_checkpoints: String,
+    /// Compacted e-mail thread index (key = a mail's Message-ID, value = its thread root and
+    /// `References`): every replica follows it, so a reply from any of them carries the full
+    /// chain.
+    pub email_threads: String,
+    /// Compacted memory of the mail each mailbox published (key = `<checkpoint key>/<hash of
+    /// the Message-ID>`), read when a UIDVALIDITY change makes a folder be read again.
+    pub email_published: String,
     /// Compacted store of received parts of multipart SMS not yet reassembled, so a part
     /// acknowledged to the provider survives a restart (keyed `<tenant>/<message>/<part>`).
     pub sms_parts: String,
@@ -47,6 +54,8 @@ impl Default for Topics {
             routing: "omni.routing.v1".into(),
             router_state: "omni.router-state.v1".into(),
             email_checkpoints: "omni.email-checkpoints.v1".into(),
+            email_threads: "omni.email-threads.v1".into(),
+            email_published: "omni.email-published.v1".into(),
             sms_parts: "omni.sms-parts.v1".into(),
             router_owners: "omni.router-owners.v1".into(),
             zalo_tokens: "omni.zalo-tokens.v1".into(),
@@ -58,7 +67,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 11] {
+    pub fn all(&self) -> [(&str, bool); 13] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -67,6 +76,8 @@ impl Topics {
             (&self.routing, false),
             (&self.router_state, true),
             (&self.email_checkpoints, true),
+            (&self.email_threads, true),
+            (&self.email_published, true),
             (&self.sms_parts, true),
             (&self.router_owners, true),
             (&self.zalo_tokens, true),

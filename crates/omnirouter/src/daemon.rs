@@ -168,8 +168,27 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         )
     };
     zalo_shared.followed(zalo_tail.caught_up_signal());
-    // Readers record e-mail threads; the e-mail sender reads them for References.
-    let threads = Arc::new(omni_email::ThreadIndex::default());
+    // Readers and senders record e-mail threads on the thread topic; every replica follows it,
+    // so the sender finds a thread's chain whichever replica read or answered its mail.
+    let threads = Arc::new(if settings.mailboxes.is_empty() {
+        omni_email::ThreadIndex::default()
+    } else {
+        omni_email::ThreadIndex::durable(
+            &settings.kafka,
+            Arc::new(producer.clone()),
+            THREAD_INDEX_CAPACITY,
+            settings.kafka.publish_timeout(),
+        )
+    });
+    // Mailboxes are read where the router group puts their checkpoint's partition; without a
+    // router this instance is the only one and reads them all.
+    let (mailbox_ownership, takeover_grace) = match &router_handle {
+        Some(_) => (
+            ownership.clone(),
+            settings.kafka.publish_timeout() + Duration::from_secs(1),
+        ),
+        None => (ownership.clone(), Duration::ZERO),
+    };
     let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
     let (outbound_task, senders, replies) = match &settings.outbound {
         Some(outbound) => {
@@ -187,7 +206,14 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         None => (None, None, None),
     };
     let (email_stop_tx, email_stop_rx) = tokio::sync::watch::channel(false);
-    let email_tasks = start_mailboxes(settings, &registry, &producer, threads, email_stop_rx)?;
+    let email_tasks = start_mailboxes(
+        settings,
+        &registry,
+        &producer,
+        threads,
+        (mailbox_ownership, takeover_grace),
+        email_stop_rx,
+    )?;
     let channels = Channels::new(settings);
     let concat = Arc::new(ConcatStore::new(
         SmsWebhook::new(
@@ -333,13 +359,19 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     })
 }
 
-/// Starts one IMAP reader per configured mailbox (each reconnects on its own until `stop`);
-/// their checkpoints share one view of the compacted checkpoint topic.
+/// How many mails the e-mail thread index keeps in memory (the newest; the topic keeps all).
+const THREAD_INDEX_CAPACITY: usize = 100_000;
+
+/// Keeps one IMAP reader running for each configured mailbox this instance owns (`ownership`:
+/// the router group's partition of the mailbox's checkpoint key), until `stop`. A reader that
+/// starts here after another instance read the mailbox waits `takeover_grace` first, then
+/// resumes from the latest checkpoint (see `omni_email::reader`).
 fn start_mailboxes(
     settings: &Settings,
     registry: &Registry,
     producer: &Producer,
     threads: Arc<omni_email::ThreadIndex>,
+    (ownership, takeover_grace): (omni_bus::Ownership, Duration),
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     if settings.mailboxes.is_empty() {
@@ -350,7 +382,7 @@ fn start_mailboxes(
     let checkpoints: Arc<dyn omni_email::CheckpointStore> = Arc::new(
         omni_email::KafkaCheckpoints::new(&settings.kafka, sink.clone()),
     );
-    let mut tasks = Vec::new();
+    let mut readers = std::collections::BTreeMap::new();
     for mailbox in &settings.mailboxes {
         let address = mailbox.address.clone();
         let reader = omni_email::MailboxReader::new(
@@ -361,15 +393,37 @@ fn start_mailboxes(
             metrics.clone(),
             threads.clone(),
         )
-        .with_context(|| format!("mailbox {address}"))?;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = reader.run(stop).await {
-                tracing::error!(mailbox = %address, error = %e, "mailbox reader stopped");
-            }
-        }));
+        .with_context(|| format!("mailbox {address}"))?
+        .with_takeover_grace(takeover_grace);
+        if readers
+            .insert(mailbox.checkpoint_key(), (address, reader))
+            .is_some()
+        {
+            anyhow::bail!(
+                "two mailboxes read the same folder ({}): configure each once",
+                mailbox.checkpoint_key()
+            );
+        }
     }
-    Ok(tasks)
+    let keys: Vec<String> = readers.keys().cloned().collect();
+    let readers = Arc::new(readers);
+    let supervisor = omni_bus::ownership::run_per_owned_key(
+        ownership,
+        keys,
+        move |key, stop| {
+            let reader = readers.get(&key).cloned();
+            async move {
+                let Some((address, reader)) = reader else {
+                    return;
+                };
+                if let Err(e) = reader.run(stop).await {
+                    tracing::error!(mailbox = %address, error = %e, "mailbox reader stopped");
+                }
+            }
+        },
+        stop,
+    );
+    Ok(vec![tokio::spawn(supervisor)])
 }
 
 /// Starts sending replies from the outbound topic: a sender per channel (Messenger, SMS and
