@@ -234,6 +234,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
 
     let concat_upkeep = {
         let (state, kafka) = (state.clone(), settings.kafka.clone());
+        let ownership = ownership.clone();
         // Ends with the router, after the HTTP drain: no part arrives after it.
         let stop = router_stop_rx.clone();
         ConcatUpkeep::new(move || {
@@ -241,6 +242,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
                 state.clone(),
                 concat.clone(),
                 kafka.clone(),
+                ownership.clone(),
                 stop.clone(),
             ))
         })
@@ -531,35 +533,26 @@ fn start_outbound(
     Ok((task, senders, replies))
 }
 
-/// The multipart SMS upkeep: restores stored parts once the parts topic can be read, then
-/// expires incomplete messages past their TTL until `stop`.
+/// The multipart SMS upkeep: follows the parts topic (every replica) and reassembles the
+/// tenants this replica owns until `stop`.
 async fn run_concat(
     state: Arc<AppState>,
     concat: Arc<ConcatStore>,
     kafka: omni_bus::BusConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    ownership: omni_bus::Ownership,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let topic = kafka.topics.sms_parts.clone();
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let (bus, t) = (kafka.clone(), topic.clone());
-        let read = tokio::task::spawn_blocking(move || omni_bus::table::read_table(&bus, &t)).await;
-        match read {
-            Ok(Ok(table)) => {
-                let restored = concat.restore(&state.ingress, table).await;
-                tracing::info!(parts = restored, topic = %topic, "stored SMS parts restored");
-                break;
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read stored SMS parts yet"),
-            Err(e) => tracing::warn!(error = %e, "reading stored SMS parts failed"),
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(15));
-    }
-    concat.run(&state.ingress, stop).await;
+    let follower = {
+        let concat = concat.clone();
+        omni_bus::Tail::start(
+            &kafka,
+            &kafka.topics.sms_parts,
+            "sms-parts",
+            Box::new(move |k, v| concat.apply(k, v)),
+        )
+    };
+    concat.run(&state.ingress, ownership, stop).await;
+    drop(follower);
 }
 
 async fn create_topics_until_done(kafka: omni_bus::BusConfig, metrics: Arc<BusMetrics>) {
