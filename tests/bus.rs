@@ -174,3 +174,44 @@ async fn consumer_lag_is_exported_from_librdkafka_statistics() {
         "{text}"
     );
 }
+
+/// A tail started before its topic exists follows it from the beginning: `caught_up` returns
+/// only once every record written before the call was handed over, on every partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tail_is_caught_up_only_with_everything_written_before() {
+    let broker = Broker::memory();
+    let mut cfg = config(&broker, "omni.inbound.v1");
+    cfg.partitions = 3;
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s = seen.clone();
+    let tail = omni_bus::table::tail(&cfg, "omni.email-threads.v1", move |r| {
+        s.lock().unwrap().push(r.key);
+    });
+    assert!(
+        !tail.caught_up(Duration::from_millis(300)).await,
+        "no topic yet: not caught up"
+    );
+    let registry = Registry::new();
+    let metrics = Arc::new(BusMetrics::register(&registry).unwrap());
+    omni_bus::ensure_topics(&cfg, metrics.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let producer = Producer::new(&cfg, metrics).unwrap();
+    for i in 0..30 {
+        producer
+            .send("omni.email-threads.v1", format!("k{i}").as_bytes(), b"v")
+            .await
+            .unwrap();
+    }
+    assert!(tail.caught_up(Duration::from_secs(20)).await);
+    assert_eq!(seen.lock().unwrap().len(), 30, "every record, once");
+    producer
+        .send("omni.email-threads.v1", b"late", b"v")
+        .await
+        .unwrap();
+    assert!(tail.caught_up(Duration::from_secs(10)).await);
+    assert_eq!(
+        seen.lock().unwrap().last().map(String::as_str),
+        Some("late")
+    );
+}

@@ -10,10 +10,11 @@ use omni_core::{
     Attachment, ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret, TenantId,
 };
 use omni_e2e::mail::{MailServer, PASSWORD};
-use omni_e2e::{read_topic, Broker, Read};
+use omni_e2e::{read_topic, Broker, Daemon, Read};
 use omni_email::{
-    AttachmentStore, Checkpoint, EmailSendSettings, EmailSender, FirstStart, ImapSettings,
-    KafkaCheckpoints, MailboxReader, MailboxSettings, Metrics, Security, SmtpSettings, ThreadIndex,
+    AttachmentStore, Checkpoint, CheckpointStore, EmailSendSettings, EmailSender, FirstStart,
+    ImapSettings, KafkaCheckpoints, MailboxReader, MailboxSettings, Metrics, Security,
+    SmtpSettings, ThreadIndex,
 };
 use prometheus::Registry;
 use serde_json::Value;
@@ -487,9 +488,16 @@ async fn a_restart_in_the_middle_of_a_batch_loses_and_duplicates_nothing() {
         "the Nth checkpoint was lost in the crash"
     );
 
-    // Restart with a healthy producer: picks up at mail N again and finishes the batch.
+    // Restart with a healthy producer: picks up at mail N again, finds its event on the
+    // inbound topic after the checkpoint's mark, and finishes the batch.
     let (stop, task) = w.start(settings, w.producer_sink());
-    let events = w.events(M + 1, Duration::from_millis(800)).await;
+    w.wait_metric(
+        "omni_email_checkpoint_last_uid",
+        &support,
+        f64::from(u32::try_from(M).unwrap()),
+    )
+    .await;
+    let events = w.events(M, Duration::from_millis(800)).await;
     stop.send(true).unwrap();
     task.await.unwrap();
     let all = ids(&events);
@@ -497,19 +505,12 @@ async fn a_restart_in_the_middle_of_a_batch_loses_and_duplicates_nothing() {
     assert_eq!(distinct.len(), M, "every mail published, none lost");
     assert_eq!(
         all.len(),
-        M + 1,
-        "only the mail in flight at the crash went out again"
-    );
-    let nth = EventId::from_provider(
-        &w.tenant,
-        &channel(&support),
-        "message",
-        &format!("m{N}@khach.example.test"),
+        M,
+        "the mail in flight at the crash was found on the inbound topic, not published again"
     );
     assert_eq!(
-        all.iter().filter(|id| **id == nth.to_string()).count(),
-        2,
-        "with the same id"
+        w.metric("omni_email_messages_skipped_total", "duplicate"),
+        1.0
     );
     let cps = w.checkpoints().await;
     assert_eq!(cps[&key].last_uid, u32::try_from(M).unwrap());
@@ -586,7 +587,7 @@ async fn a_uidvalidity_change_rescans_without_republishing() {
         "u4@khach.example.test"
     );
     assert_eq!(
-        w.metric("omni_email_uidvalidity_rescans_total", &support),
+        w.metric("omni_email_uidvalidity_changes_total", &support),
         1.0
     );
     assert_eq!(
@@ -595,6 +596,143 @@ async fn a_uidvalidity_change_rescans_without_republishing() {
     );
     let cp = &w.checkpoints().await[&format!("acme/{support}/{folder}")];
     assert_eq!(cp.uidvalidity, w.mail.uidvalidity(&support, folder).await);
+    assert_eq!(cp.last_uid, 4);
+}
+
+/// Deletes `folder` and creates it again (a new UIDVALIDITY) holding `count` customer mails
+/// `<tag><i>@khach.example.test` and one more, `<tag>-new@khach.example.test`.
+async fn recreate_folder(w: &World, support: &str, folder: &str, tag: &str, count: usize) {
+    let mails: Vec<Vec<u8>> = (1..=count)
+        .map(|i| {
+            customer_mail(
+                "lan@khach.example.test",
+                support,
+                &format!("{tag}{i}@khach.example.test"),
+                "",
+                &format!("Thư {i}"),
+                "Xin chào",
+            )
+        })
+        .collect();
+    let before = w.mail.uidvalidity(support, folder).await;
+    w.mail.delete_folder(support, folder).await;
+    // dovecot's UIDVALIDITY is a time in seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    w.mail.create_folder(support, folder).await;
+    for m in &mails {
+        w.mail.append(support, folder, m).await;
+    }
+    w.mail
+        .append(
+            support,
+            folder,
+            &customer_mail(
+                "lan@khach.example.test",
+                support,
+                &format!("{tag}-new@khach.example.test"),
+                "",
+                "Mới",
+                "Thư mới",
+            ),
+        )
+        .await;
+    assert_ne!(w.mail.uidvalidity(support, folder).await, before);
+}
+
+#[tokio::test]
+async fn a_uidvalidity_change_with_first_start_new_skips_the_folders_old_mail_and_says_so() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let folder = "Support";
+    w.mail.create_folder(&support, folder).await;
+    let settings = w.mailbox(&support, folder, FirstStart::New);
+    let (stop, task) = w.start(settings.clone(), w.producer_sink());
+    w.wait_metric("omni_email_checkpoint_writes_total", &support, 1.0)
+        .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    // Migrated to a new server: five old mails come back under new UIDs, one is new.
+    recreate_folder(&w, &support, folder, "old", 5).await;
+    let (stop, task) = w.start(settings, w.producer_sink());
+    w.wait_metric("omni_email_uidvalidity_changes_total", &support, 1.0)
+        .await;
+    w.wait_metric("omni_email_checkpoint_last_uid", &support, 6.0)
+        .await;
+    let arrived = customer_mail(
+        "lan@khach.example.test",
+        &support,
+        "after@khach.example.test",
+        "",
+        "Sau",
+        "Thư đến sau khi chuyển",
+    );
+    w.mail.append(&support, folder, &arrived).await;
+    let events = w.events(1, Duration::from_millis(800)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let published: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.value["data"]["message"]["id"])
+        .collect();
+    assert_eq!(
+        published,
+        ["after@khach.example.test"],
+        "the folder's existing mail is not published, mail arriving later is"
+    );
+    assert_eq!(
+        w.metric("omni_email_messages_skipped_total", "uidvalidity_changed"),
+        6.0
+    );
+}
+
+#[tokio::test]
+async fn a_uidvalidity_change_skips_mail_published_beyond_the_checkpoints_recent_ids() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let folder = "Archive";
+    w.mail.create_folder(&support, folder).await;
+    let settings = w.mailbox(&support, folder, FirstStart::All);
+    let key = settings.checkpoint_key();
+    // A mailbox that published "old1".."old3" long ago: its checkpoint's recent ids have
+    // moved on (more than 2,000 mails since), only the published topic remembers them.
+    let store = KafkaCheckpoints::new(&w.bus, w.producer_sink());
+    for i in 1..=3 {
+        let hash = omni_email::checkpoint::provider_hash(&format!("old{i}@khach.example.test"));
+        store.remember_published(&key, &hash).await.unwrap();
+    }
+    let uidvalidity = w.mail.uidvalidity(&support, folder).await;
+    store
+        .save(
+            &key,
+            &Checkpoint {
+                uidvalidity,
+                last_uid: 0,
+                recent: (0..2000).map(|i| format!("{i:016x}")).collect(),
+                ..Checkpoint::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    recreate_folder(&w, &support, folder, "old", 3).await;
+    let (stop, task) = w.start(settings, w.producer_sink());
+    w.wait_metric("omni_email_checkpoint_last_uid", &support, 4.0)
+        .await;
+    let events = w.events(1, Duration::from_millis(800)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let published: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.value["data"]["message"]["id"])
+        .collect();
+    assert_eq!(published, ["old-new@khach.example.test"]);
+    assert_eq!(
+        w.metric("omni_email_messages_skipped_total", "duplicate"),
+        3.0
+    );
+    let cp = &w.checkpoints().await[&key];
+    assert_eq!(cp.rescan_until, None, "the re-read is over");
     assert_eq!(cp.last_uid, 4);
 }
 
@@ -822,8 +960,12 @@ async fn an_agent_reply_goes_out_over_smtp_with_threading_headers() {
     let refs: Vec<&str> = headers["references"].split_whitespace().collect();
     assert_eq!(
         refs,
-        ["<q1@khach.example.test>", "<q2@khach.example.test>"],
-        "root first, then the parent"
+        [
+            "<q1@khach.example.test>",
+            "<r1.omni@example.test>",
+            "<q2@khach.example.test>"
+        ],
+        "the parent's References, then the parent"
     );
     assert_eq!(
         parsed.from().unwrap().first().unwrap().address(),
@@ -1100,4 +1242,319 @@ async fn the_daemon_reads_a_mailbox_and_sends_the_agents_reply() {
         daemon.log()
     );
     assert_eq!(deliveries[0].value["data"]["channel"]["kind"], "email");
+}
+
+/// The environment of one mailbox of tenant `acme` read by the daemon from `first_start = all`.
+fn mailbox_env(name: &str, address: &str, mail: &MailServer) -> Vec<(String, String)> {
+    let k = |s: &str| format!("OMNI__TENANTS__ACME__EMAIL__MAILBOXES__{name}__{s}");
+    vec![
+        (k("ADDRESS"), address.to_owned()),
+        (k("DISPLAY_NAME"), "CSKH Shop".into()),
+        (k("IMAP__HOST"), "127.0.0.1".into()),
+        (k("IMAP__PORT"), mail.imap_port.to_string()),
+        (k("IMAP__SECURITY"), "plain".into()),
+        (k("IMAP__PASSWORD"), PASSWORD.into()),
+        (k("IMAP__FIRST_START"), "all".into()),
+        (k("SMTP__HOST"), "127.0.0.1".into()),
+        (k("SMTP__PORT"), mail.smtp_port.to_string()),
+        (k("SMTP__SECURITY"), "plain".into()),
+    ]
+}
+
+/// Every customer mail on the inbound topic, by Message-ID: how often, and the last event.
+fn inbound_by_message_id(broker: &Broker, settle: Duration) -> BTreeMap<String, (usize, Value)> {
+    let mut out: BTreeMap<String, (usize, Value)> = BTreeMap::new();
+    for r in read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        usize::MAX,
+        settle,
+        Duration::ZERO,
+    ) {
+        let id = r.value["data"]["message"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let e = out.entry(id).or_insert((0, Value::Null));
+        e.0 += 1;
+        e.1 = r.value;
+    }
+    out
+}
+
+/// Waits until `customer`'s mailbox holds our reply to `parent`; returns its Message-ID and
+/// its `References` ids. (A reply may arrive twice when a replica died between sending it and
+/// committing it: both copies carry the same headers.)
+async fn reply_to(mail: &MailServer, customer: &str, parent: &str) -> (String, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (raw, _) in mail.mails(customer, "INBOX").await {
+            let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+            if parsed.in_reply_to().as_text() == Some(parent) {
+                let refs = parsed
+                    .references()
+                    .as_text_list()
+                    .map(|l| l.iter().map(|r| r.to_string()).collect())
+                    .unwrap_or_else(|| {
+                        parsed
+                            .references()
+                            .as_text()
+                            .map(|r| vec![r.to_owned()])
+                            .unwrap_or_default()
+                    });
+                return (parsed.message_id().unwrap().to_owned(), refs);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reply to {parent} in {customer}'s mailbox"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An agent's reply to `parent` through `daemon`'s API.
+async fn answer(
+    daemon: &Daemon,
+    mailbox: &str,
+    customer: &str,
+    conversation: &Value,
+    parent: &str,
+) {
+    let reply = serde_json::json!({
+        "conversation_id": conversation,
+        "channel": {"kind": "email", "account": mailbox},
+        "recipient": customer,
+        "agent_id": "lan",
+        "subject": "Hỏi đơn hàng",
+        "text": "Dạ, shop kiểm tra ngay ạ.",
+        "reply_to": parent,
+    });
+    let (status, body) =
+        omni_e2e::post_json(&daemon.url("/v1/tenants/acme/replies"), "agent", &reply).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+/// Three replicas behind one load balancer read three mailboxes while mail keeps arriving and
+/// replicas are SIGKILLed, stopped and replaced: each mail is published exactly once, and
+/// replies sent by any replica, before and after every replica restarted, carry the whole
+/// thread in `References`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_whole() {
+    const MAILS: usize = 90;
+    let mail = MailServer::shared();
+    let broker = Broker::memory();
+    let files = tempfile::tempdir().unwrap();
+    // Three mailboxes on three different router partitions (of four): the replicas share them.
+    let mut boxes: Vec<String> = Vec::new();
+    let mut partitions = BTreeSet::new();
+    while boxes.len() < 3 {
+        let a = mail.address("hop-thu");
+        if partitions.insert(omni_bus::partition_for(
+            format!("acme/{a}/INBOX").as_bytes(),
+            4,
+        )) {
+            boxes.push(a);
+        }
+    }
+    let customers: Vec<String> = (0..3).map(|_| mail.address("khach")).collect();
+    let mut env = omni_e2e::cluster_env(&["acme"]);
+    env.push((
+        "OMNI__EMAIL__ATTACHMENT_DIR".into(),
+        files.path().display().to_string(),
+    ));
+    for (i, b) in boxes.iter().enumerate() {
+        env.extend(mailbox_env(&format!("M{i}"), b, &mail));
+    }
+    let env_refs = omni_e2e::env_refs(&env);
+    let mut live = Daemon::start_many(&broker, 3, &env_refs).await;
+
+    // Mail arrives all along: one every 250 ms, round robin over the mailboxes.
+    let appender = {
+        let (mail, boxes, customers) = (mail.clone(), boxes.clone(), customers.clone());
+        tokio::spawn(async move {
+            for i in 0..MAILS {
+                let j = i % 3;
+                let raw = customer_mail(
+                    &customers[j],
+                    &boxes[j],
+                    &format!("chaos-{i}@khach.example.test"),
+                    "",
+                    &format!("Đơn hàng {i}"),
+                    "Nhờ shop kiểm tra giúp",
+                );
+                mail.append(&boxes[j], "INBOX", &raw).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    // Replicas die and are replaced while it flows: a crash, another crash, a graceful stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    live.remove(0).terminate_hard();
+    live.push(Daemon::start(&broker, &env_refs).await);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    live.remove(1).terminate_hard();
+    live.push(Daemon::start(&broker, &env_refs).await);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut stopped = live.remove(0);
+    let status = tokio::task::block_in_place(|| stopped.terminate(Duration::from_secs(30)));
+    assert!(status.is_some_and(|s| s.success()), "{}", stopped.log());
+    live.push(Daemon::start(&broker, &env_refs).await);
+    let last_change = Instant::now();
+    appender.await.unwrap();
+
+    // Every mail arrives, once, within a bound after the last change.
+    let deadline = last_change + Duration::from_secs(90);
+    let logs = |live: &[Daemon]| {
+        live.iter()
+            .map(Daemon::log)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    loop {
+        let seen =
+            tokio::task::block_in_place(|| inbound_by_message_id(&broker, Duration::from_secs(2)));
+        if seen.len() >= MAILS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {MAILS} mails published 90 s after the last replica change\n{}",
+            seen.len(),
+            logs(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "all {MAILS} mails published {:?} after the last replica change",
+        last_change.elapsed()
+    );
+    // Time for a late duplicate to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen =
+        tokio::task::block_in_place(|| inbound_by_message_id(&broker, Duration::from_secs(3)));
+    for i in 0..MAILS {
+        let id = format!("chaos-{i}@khach.example.test");
+        assert_eq!(
+            seen.get(&id).map(|(n, _)| *n),
+            Some(1),
+            "{id} published {:?} times\n{}",
+            seen.get(&id).map(|(n, _)| *n),
+            logs(&live)
+        );
+    }
+    assert_eq!(seen.len(), MAILS, "nothing else published");
+    // Exactly one replica reads each mailbox (once the last takeover settled).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut readers = Vec::new();
+        for b in &boxes {
+            let label = format!("mailbox=\"{b}\"");
+            let mut n = 0.0;
+            for d in &live {
+                n += omni_e2e::metric_value(
+                    &d.metrics().await,
+                    "omni_email_mailbox_owned",
+                    &[&label],
+                );
+            }
+            readers.push(n);
+        }
+        if readers.iter().all(|n| *n == 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas reading each mailbox: {readers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (n, d) in live.iter().enumerate() {
+        let log = d.log();
+        println!(
+            "replica {n}: {} mailbox takeovers, {} finding mail its predecessor published",
+            log.matches("reading the mailbox here from now on").count(),
+            log.matches("not checkpointed: not published again").count()
+        );
+    }
+
+    // Threads: in each mailbox, the customer's first mail q is answered (r), the customer
+    // answers r twice (a: full References; b: only In-Reply-To), and the agents answer a,
+    // each reply through another replica than the last.
+    let mut threads = Vec::new();
+    for j in 0..3 {
+        let q = format!("chaos-{j}@khach.example.test");
+        let conversation = seen[&q].1["data"]["conversation_id"].clone();
+        answer(
+            &live[(j + 1) % 3],
+            &boxes[j],
+            &customers[j],
+            &conversation,
+            &q,
+        )
+        .await;
+        let (r, refs) = reply_to(&mail, &customers[j], &q).await;
+        assert_eq!(refs, std::slice::from_ref(&q));
+        let a = format!("answer-a-{j}@khach.example.test");
+        let b = format!("answer-b-{j}@khach.example.test");
+        for (id, headers) in [
+            (
+                &a,
+                format!("In-Reply-To: <{r}>\r\nReferences: <{q}> <{r}>\r\n"),
+            ),
+            (&b, format!("In-Reply-To: <{r}>\r\n")),
+        ] {
+            let raw = customer_mail(&customers[j], &boxes[j], id, &headers, "Re: Hỏi", "Vâng ạ");
+            mail.append(&boxes[j], "INBOX", &raw).await;
+        }
+        threads.push((q, conversation, r, a, b));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let seen =
+            tokio::task::block_in_place(|| inbound_by_message_id(&broker, Duration::from_secs(2)));
+        if seen.len() >= MAILS + 6 {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "answers not published\n{}",
+            logs(&live)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for (j, (q, conversation, r, a, b)) in threads.iter().enumerate() {
+        for id in [a, b] {
+            assert_eq!(seen[id].0, 1, "{id} published once");
+            assert_eq!(
+                &seen[id].1["data"]["conversation_id"], conversation,
+                "{id} (answering our reply {r}) joins {q}'s conversation"
+            );
+        }
+        answer(
+            &live[(j + 2) % 3],
+            &boxes[j],
+            &customers[j],
+            conversation,
+            a,
+        )
+        .await;
+        let (_, refs) = reply_to(&mail, &customers[j], a).await;
+        assert_eq!(refs, [q.clone(), r.clone(), a.clone()], "the whole chain");
+    }
+
+    // Every replica restarts: nothing of the threads is left in any process's memory.
+    for mut d in live.drain(..) {
+        d.terminate_hard();
+    }
+    let live = Daemon::start_many(&broker, 3, &env_refs).await;
+    for (j, (q, conversation, r, _, b)) in threads.iter().enumerate() {
+        answer(&live[j % 3], &boxes[j], &customers[j], conversation, b).await;
+        let (_, refs) = reply_to(&mail, &customers[j], b).await;
+        assert_eq!(
+            refs,
+            [q.clone(), r.clone(), b.clone()],
+            "after a restart of every replica, from the thread topic"
+        );
+    }
 }

@@ -605,6 +605,10 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
 }
 
 fn vonage_part(id: &str, n: &str, text: &str) -> String {
+    vonage_part_of("77", id, n, text)
+}
+
+fn vonage_part_of(reference: &str, id: &str, n: &str, text: &str) -> String {
     let mut params: Params = [
         ("msisdn", "84901234567"),
         ("to", "447700900123"),
@@ -612,7 +616,7 @@ fn vonage_part(id: &str, n: &str, text: &str) -> String {
         ("text", text),
         ("type", "unicode"),
         ("concat", "true"),
-        ("concat-ref", "77"),
+        ("concat-ref", reference),
         ("concat-total", "3"),
         ("concat-part", n),
     ]
@@ -657,10 +661,9 @@ async fn vonage_multipart_across_a_daemon_restart_is_published_once() {
     assert_eq!(post(&first, vonage_part("V3", "3", "Cảm ơn!")).await, 200);
     first.terminate(Duration::from_secs(10));
     let second = Daemon::start(&broker, &env_refs(&env)).await;
-    // Restored before the last part arrives (the restore runs at start-up).
+    // The new owner took the stored parts over before the last part arrives.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !second.log().contains("stored SMS parts restored")
-        && std::time::Instant::now() < deadline
+    while !second.log().contains("reassembling this tenant") && std::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -688,4 +691,77 @@ async fn vonage_multipart_across_a_daemon_restart_is_published_once() {
         omni_e2e::metric_value(&metrics, "omni_sms_concat_pending", &[]),
         0.0
     );
+}
+
+/// Three replicas behind one load balancer: the parts of each long SMS reach three different
+/// replicas, and replicas are SIGKILLed and replaced between parts. Every message is published
+/// once, whole, by whichever replica owns the tenant then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vonage_parts_spread_over_three_replicas_killed_between_parts_are_published_once_whole() {
+    let broker = Broker::memory();
+    let api = StandIn::start().await;
+    let env = sms_env(&api, "https://sms.shop.example.vn");
+    let http = reqwest::Client::new();
+    let post = |daemon: &Daemon, body: String| {
+        let req = http
+            .post(daemon.url("/v1/webhooks/sms/vonage/demo"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let mut replicas = Daemon::start_many(&broker, 3, &env_refs(&env)).await;
+    const MESSAGES: usize = 6;
+    let words = ["Chào shop, ", "đơn hàng ", "đâu rồi?"];
+    for m in 0..MESSAGES {
+        let reference = format!("{}", 100 + m);
+        for (i, word) in words.iter().enumerate() {
+            if i == 1 && (m == 2 || m == 4) {
+                // Between two parts of one message: a replica dies, a new one takes its place.
+                let mut victim = replicas.remove(m / 2 - 1);
+                victim.terminate_hard();
+                replicas.push(Daemon::start(&broker, &env_refs(&env)).await);
+            }
+            let part = (i + 1).to_string();
+            let body = vonage_part_of(
+                &reference,
+                &format!("V{m}-{part}"),
+                &part,
+                &format!("{word}{m}"),
+            );
+            let target = &replicas[(m + i) % replicas.len()];
+            assert_eq!(post(target, body).await, 200, "{}", target.log());
+        }
+    }
+    let inbound = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        MESSAGES,
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+    );
+    let mut texts: Vec<String> = inbound
+        .iter()
+        .map(|r| {
+            r.value["data"]["message"]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    texts.sort();
+    let mut expected: Vec<String> = (0..MESSAGES)
+        .map(|m| format!("Chào shop, {m}đơn hàng {m}đâu rồi?{m}"))
+        .collect();
+    expected.sort();
+    assert_eq!(texts, expected, "each long SMS once, whole");
+    let ids: std::collections::HashSet<&str> = inbound
+        .iter()
+        .map(|r| r.value["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), MESSAGES);
+    assert!(inbound
+        .iter()
+        .all(|r| !r.value["data"]["message"]["payload"]
+            .to_string()
+            .contains("partial")));
 }

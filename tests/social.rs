@@ -591,6 +591,13 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
         ("OMNI__MESSENGER__GRAPH_BASE_URL".into(), graph.url.clone()),
         ("OMNI__ZALO__OPENAPI_BASE_URL".into(), zapi.url.clone()),
         ("OMNI__ZALO__OAUTH_BASE_URL".into(), oauth.url.clone()),
+        // Token pairs are shared through Kafka, sealed with this key (32 bytes, base64).
+        (
+            "OMNI__ZALO__TOKEN_KEY".into(),
+            "b21uaXJvdXRlci10ZXN0LXRva2VuLWtleS0zMmJ5dGU=".into(),
+        ),
+        // The owner refreshes one refresh timeout after it took the tenant.
+        ("OMNI__ZALO__TIMEOUT_SECS".into(), "2".into()),
         ("OMNI__OUTBOUND__INITIAL_BACKOFF_MS".into(), "100".into()),
         (
             "OMNI__TENANTS__DEMO__MESSENGER__APP_SECRET".into(),

@@ -17,7 +17,9 @@
 )]
 
 pub mod browser;
+pub mod livechat;
 pub mod mail;
+pub mod oauth;
 pub mod outbound;
 pub mod standin;
 

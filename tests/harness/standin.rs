@@ -21,6 +21,8 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// What the hook for this path returned when the request arrived.
     pub note: Option<String>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Recorded {
@@ -208,6 +210,7 @@ fn respond(
             .collect(),
         body: body.to_vec(),
         note: None,
+        at: Instant::now(),
     };
     let hook = script.lock().unwrap().hooks.get(&recorded.path).cloned();
     if let Some(hook) = hook {

@@ -109,9 +109,13 @@ impl BusConfig {
             ("topics.routing", &self.topics.routing),
             ("topics.router_state", &self.topics.router_state),
             ("topics.email_checkpoints", &self.topics.email_checkpoints),
+            ("topics.email_threads", &self.topics.email_threads),
+            ("topics.email_published", &self.topics.email_published),
             ("topics.sms_parts", &self.topics.sms_parts),
             ("topics.router_owners", &self.topics.router_owners),
             ("topics.outbound_progress", &self.topics.outbound_progress),
+            ("topics.zalo_tokens", &self.topics.zalo_tokens),
+            ("topics.livechat_presence", &self.topics.livechat_presence),
         ] {
             let valid = !value.is_empty()
                 && value.len() <= 249

@@ -18,8 +18,14 @@
 //! - [`gate`]: the partitions a group member holds, and revocations that wait for running
 //!   work, so a partition's old and new owner never work on it at once.
 //! - [`partitioner`]: the partitioning contract (murmur2, as the Java client).
+//! - [`ownership`]: which per-tenant state an instance keeps, following the router group's
+//!   assignment, and one task per owned key.
 //! - [`admin`]: topic creation.
-//! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state.
+//! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state;
+//!   a topic followed from its beginning with a "caught up" signal (`table::tail`), and a
+//!   metadata probe for partition counts and end offsets.
+//! - [`tail`]: a compacted topic followed from its beginning on every replica into a read
+//!   model (`Tail`, stopped when dropped; the Zalo token pairs).
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
 
@@ -30,9 +36,11 @@ pub mod error;
 pub mod gate;
 mod lanes;
 pub mod metrics;
+pub mod ownership;
 pub mod partitioner;
 pub mod producer;
 pub mod table;
+pub mod tail;
 
 pub use admin::ensure_topics;
 pub use config::BusConfig;
@@ -40,5 +48,7 @@ pub use consumer::{Consumer, HandlerOutcome, Record, Unfinished};
 pub use error::BusError;
 pub use gate::{PartitionGate, Permit};
 pub use metrics::BusMetrics;
+pub use ownership::{Owned, Ownership};
 pub use partitioner::partition_for;
 pub use producer::{OutRecord, Producer};
+pub use tail::Tail;

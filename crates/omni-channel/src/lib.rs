@@ -39,9 +39,11 @@ pub use api::{ApiChannel, ApiCredentials};
 pub use dedupe::DedupeCache;
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
+/// Which per-tenant state this instance keeps: adapters follow the router group's assignment.
+pub use omni_bus::ownership::{run_per_owned_key, Owned, Ownership};
 pub use outbound::{
     ChannelSender, Checkpoint, CheckpointFuture, DispatchMetrics, Dispatcher, FailureReason,
-    Ownership, RetryPolicy, SendError, SendFuture, SendProgress, SendReceipt, SendRequest,
+    RetryPolicy, SendError, SendFuture, SendOwnership, SendProgress, SendReceipt, SendRequest,
 };
 pub use progress::{KafkaStore, PartitionedStore, ProgressLog, ReplyProgress};
 pub use ratelimit::RateLimiter;

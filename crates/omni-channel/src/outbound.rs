@@ -500,11 +500,11 @@ pub struct Dispatcher {
     metrics: DispatchMetrics,
     stop: tokio::sync::watch::Receiver<bool>,
     max_age: Option<Duration>,
-    ownership: Option<Ownership>,
+    ownership: Option<SendOwnership>,
 }
 
 /// What makes a reply's sending single across replicas (see the module docs).
-pub struct Ownership {
+pub struct SendOwnership {
     /// Partitions of the outbound topic (the partitioning contract's modulus).
     pub partitions: usize,
     /// Where misrouted records are forwarded to (the outbound topic, by partition).
@@ -611,7 +611,7 @@ impl Dispatcher {
     /// Sends each reply only from its tenant's partition, while this replica holds it, with
     /// durable progress (see the module docs). Without it (unit tests) replies are sent where
     /// they are taken, with progress in memory only.
-    pub fn with_ownership(mut self, ownership: Ownership) -> Self {
+    pub fn with_ownership(mut self, ownership: SendOwnership) -> Self {
         self.ownership = Some(ownership);
         self
     }
@@ -819,7 +819,7 @@ impl Dispatcher {
     /// from there by the partition's owner.
     async fn forward(
         &self,
-        own: &Ownership,
+        own: &SendOwnership,
         record: &Record,
         tenant_key: &[u8],
         home: i32,
@@ -1303,7 +1303,7 @@ mod tests {
         let home = partition_for(b"acme", 4);
         let gate = Arc::new(PartitionGate::default());
         gate.assign([("omni.outbound.v1".to_owned(), home)]);
-        let d = d.with_ownership(Ownership {
+        let d = d.with_ownership(SendOwnership {
             partitions: 4,
             store: store.clone(),
             forward_misrouted: true,

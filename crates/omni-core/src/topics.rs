@@ -22,6 +22,13 @@ pub struct Topics {
     /// Compacted checkpoints of the e-mail channel: per watched mailbox folder, the
     /// UIDVALIDITY and the last UID whose mail Kafka acknowledged.
     pub email_checkpoints: String,
+    /// Compacted e-mail thread index (key = a mail's Message-ID, value = its thread root and
+    /// `References`): every replica follows it, so a reply from any of them carries the full
+    /// chain.
+    pub email_threads: String,
+    /// Compacted memory of the mail each mailbox published (key = `<checkpoint key>/<hash of
+    /// the Message-ID>`), read when a UIDVALIDITY change makes a folder be read again.
+    pub email_published: String,
     /// Compacted store of received parts of multipart SMS not yet reassembled, so a part
     /// acknowledged to the provider survives a restart (keyed `<tenant>/<message>/<part>`).
     pub sms_parts: String,
@@ -32,6 +39,13 @@ pub struct Topics {
     /// record's partition): the parts a provider accepted and whether the reply is finished,
     /// so the next owner of an outbound partition never sends a part twice.
     pub outbound_progress: String,
+    /// Compacted store of each Zalo OA's token pair (key `<tenant>/<oa>`, encrypted unless the
+    /// operator allowed clear text): written by the one replica that refreshes the OA, read by
+    /// every replica.
+    pub zalo_tokens: String,
+    /// Compacted: each live chat replica's open sockets per (hashed) client IP, republished
+    /// every heartbeat (key: the replica), so the per-IP socket cap counts every replica.
+    pub livechat_presence: String,
 }
 
 impl Default for Topics {
@@ -44,9 +58,13 @@ impl Default for Topics {
             routing: "omni.routing.v1".into(),
             router_state: "omni.router-state.v1".into(),
             email_checkpoints: "omni.email-checkpoints.v1".into(),
+            email_threads: "omni.email-threads.v1".into(),
+            email_published: "omni.email-published.v1".into(),
             sms_parts: "omni.sms-parts.v1".into(),
             router_owners: "omni.router-owners.v1".into(),
             outbound_progress: "omni.outbound-progress.v1".into(),
+            zalo_tokens: "omni.zalo-tokens.v1".into(),
+            livechat_presence: "omni.livechat-presence.v1".into(),
         }
     }
 }
@@ -54,7 +72,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 10] {
+    pub fn all(&self) -> [(&str, bool); 14] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -63,9 +81,13 @@ impl Topics {
             (&self.routing, false),
             (&self.router_state, true),
             (&self.email_checkpoints, true),
+            (&self.email_threads, true),
+            (&self.email_published, true),
             (&self.sms_parts, true),
             (&self.router_owners, true),
             (&self.outbound_progress, true),
+            (&self.zalo_tokens, true),
+            (&self.livechat_presence, true),
         ]
     }
 }

@@ -36,6 +36,16 @@ pub struct Identity {
     pub contact: String,
 }
 
+impl Identity {
+    /// The same mail in the thread rooted at `root` (the thread index knew the candidate root
+    /// as a later mail of an older thread, e.g. one of our replies).
+    pub fn rooted_at(mut self, tenant: &TenantId, channel: &ChannelRef, root: String) -> Self {
+        self.conversation_id = ConversationId::derive(tenant, channel, &self.contact, Some(&root));
+        self.root = root;
+        self
+    }
+}
+
 /// The identity of a mail, or `None` when it has no sender address to answer.
 pub fn identify(
     tenant: &TenantId,

@@ -11,12 +11,20 @@
 //! # Guarantees
 //! - No mail lost: the checkpoint never passes a mail before its event was acknowledged, and
 //!   Kafka being down stalls the mailbox instead of skipping mail.
+//! - One reader per mailbox across replicas: the daemon runs a reader only where the router
+//!   group owns the partition of the mailbox's checkpoint key
+//!   (`omni_bus::ownership::run_per_owned_key`); a reader that takes a mailbox over waits for
+//!   its predecessor's last writes, then resumes from the latest checkpoint.
 //! - No duplicates: event ids are `EventId::from_provider(tenant, email/<address>, "message",
-//!   <Message-ID>)` (`imap:<folder>:<uidvalidity>:<uid>` for mail without one), so a mail read
-//!   again after a crash yields the same id; a UIDVALIDITY change rescans the folder and skips
-//!   mail the checkpoint remembers as published (its last 2,000 ids).
+//!   <Message-ID>)` (`imap:<folder>:<uidvalidity>:<uid>` for mail without one); a reader that
+//!   starts from a checkpoint reads the inbound partition back from the checkpoint's mark and
+//!   skips what its predecessor published and did not checkpoint (see [`reader`]).
+//! - A UIDVALIDITY change follows `first_start`: `new` skips the folder's mail, `all` reads it
+//!   again skipping mail published before (the checkpoint's last 2,000 ids and the published
+//!   topic beyond them); a metric and a log line say what was skipped.
 //! - Nothing read is marked: mail is fetched with `BODY.PEEK[]`, so `\Seen` stays as it was.
-//! - Threading needs no lookup: see [`thread`] for the rule.
+//! - Threads are shared by every replica through the compacted thread topic: a reply from any
+//!   replica carries the whole `References` chain; see [`thread`] for the rule.
 //! - Auto-replies and bounces (`Auto-Submitted`, `X-Autoreply`, `Precedence: bulk|junk|
 //!   auto_reply`, `multipart/report`, MAILER-DAEMON, null return path) are not routed: they
 //!   are skipped and counted in `omni_email_messages_skipped_total{reason}`.
@@ -30,10 +38,12 @@
 //! - `conn` (private): TCP, TLS / STARTTLS / plain, the greeting and LOGIN.
 //! - [`parse`]: raw mail → ids, sender, subject, text, attachments, auto-reply detection.
 //! - [`text`]: text normalization, quoted-history trimming, size bounds.
-//! - [`thread`]: the threading rule, reply subjects and references, the thread index.
+//! - [`thread`]: the threading rule, reply subjects and references, the thread index (shared
+//!   through the thread topic).
 //! - [`event`]: a parsed mail → its identity and its CloudEvent.
 //! - [`store`]: attachment and original-mail files, and the URLs on events.
-//! - [`checkpoint`]: the checkpoint record and where it is kept (Kafka, memory).
+//! - [`checkpoint`]: the checkpoint record and where it is kept (Kafka, memory), the inbound
+//!   mark read back on takeovers, and the published memory.
 //! - [`send`]: the SMTP sender and SMTP error classification.
 //! - [`metrics`]: `omni_email_*` metric families.
 //! - [`error`]: the crate's error type.
@@ -51,7 +61,9 @@ pub mod store;
 pub mod text;
 pub mod thread;
 
-pub use checkpoint::{Checkpoint, CheckpointStore, KafkaCheckpoints, MemoryCheckpoints};
+pub use checkpoint::{
+    Checkpoint, CheckpointStore, InboundMark, KafkaCheckpoints, MemoryCheckpoints,
+};
 pub use error::EmailError;
 pub use metrics::Metrics;
 pub use reader::{run_mailbox, MailboxReader};
@@ -59,4 +71,4 @@ pub use send::{EmailSendSettings, EmailSender};
 pub use settings::{
     AttachmentStore, FirstStart, ImapSettings, MailboxSettings, Security, SmtpSettings,
 };
-pub use thread::ThreadIndex;
+pub use thread::{ThreadEntry, ThreadIndex};

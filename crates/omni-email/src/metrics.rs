@@ -11,14 +11,14 @@ pub struct Metrics {
     /// Customer mails published on the inbound topic (acknowledged by Kafka).
     pub published: IntCounterVec,
     /// Mails not published, by reason (`auto_reply`, `bounce`, `duplicate`, `unreadable`,
-    /// `no_sender`).
+    /// `no_sender`, `uidvalidity_changed`).
     pub skipped: IntCounterVec,
     /// Mails read only up to the size limit.
     pub truncated: IntCounterVec,
     /// Checkpoints written.
     pub checkpoint_writes: IntCounterVec,
-    /// UIDVALIDITY changes that triggered a rescan.
-    pub rescans: IntCounterVec,
+    /// UIDVALIDITY changes seen (each voids the folder's UIDs; see the reader).
+    pub uidvalidity_changes: IntCounterVec,
     /// Connections re-made after a failure, by error kind.
     pub reconnects: IntCounterVec,
     /// IDLE commands ended by the refresh timer and re-issued.
@@ -27,6 +27,8 @@ pub struct Metrics {
     pub connected: IntGaugeVec,
     /// The last checkpointed UID.
     pub last_uid: IntGaugeVec,
+    /// 1 while this instance is the one reading the mailbox (its replicas show 0).
+    pub owned: IntGaugeVec,
 }
 
 impl Metrics {
@@ -61,9 +63,9 @@ impl Metrics {
                 "Mailbox checkpoints written to the checkpoint topic.",
                 &["mailbox"],
             )?,
-            rescans: counter(
-                "omni_email_uidvalidity_rescans_total",
-                "UIDVALIDITY changes that made a mailbox folder be read again.",
+            uidvalidity_changes: counter(
+                "omni_email_uidvalidity_changes_total",
+                "UIDVALIDITY changes of a mailbox folder (recreated, migrated): its mail is skipped or read again per first_start.",
                 &["mailbox"],
             )?,
             reconnects: counter(
@@ -90,13 +92,21 @@ impl Metrics {
                 ),
                 &["mailbox"],
             )?,
+            owned: IntGaugeVec::new(
+                Opts::new(
+                    "omni_email_mailbox_owned",
+                    "1 while this instance reads the mailbox (exactly one replica does).",
+                ),
+                &["mailbox"],
+            )?,
         };
         registry.register(Box::new(m.fetched.clone()))?;
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.skipped.clone()))?;
         registry.register(Box::new(m.truncated.clone()))?;
         registry.register(Box::new(m.checkpoint_writes.clone()))?;
-        registry.register(Box::new(m.rescans.clone()))?;
+        registry.register(Box::new(m.uidvalidity_changes.clone()))?;
+        registry.register(Box::new(m.owned.clone()))?;
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.idle_refreshes.clone()))?;
         registry.register(Box::new(m.connected.clone()))?;

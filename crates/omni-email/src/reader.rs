@@ -8,20 +8,38 @@
 //! bytes are counted in `omni_email_messages_skipped_total` and passed (the checkpoint
 //! moves on, so one bad mail never blocks a mailbox).
 //!
-//! When the folder's UIDVALIDITY differs from the checkpoint's, every UID is void: the folder
-//! is read again from UID 1, skipping mail whose id the checkpoint remembers as published.
+//! # Once, across crashes and takeovers
+//! Before its first publish in a run, and whenever it is older than [`MARK_REFRESH`] (while
+//! idling, [`MARK_IDLE_REFRESH`]), the reader writes into the checkpoint a *mark*: the end offset of the tenant's inbound partition
+//! (so every event it publishes after that lands at or after the mark). A run that starts from
+//! a checkpoint (a restart, or another replica taking the mailbox over) first waits
+//! `takeover_grace` (the daemon sets the publish deadline plus a second: whatever the previous
+//! owner had in flight has landed or failed by then, and it writes nothing after its stop),
+//! then, before it publishes anything, reads the inbound partition from the mark and skips the
+//! mail whose event is already there: a mail published and not yet checkpointed when the
+//! previous reader died or stopped is not published again.
+//!
+//! # UIDVALIDITY changes
+//! When the folder's UIDVALIDITY differs from the checkpoint's, every UID is void. With
+//! `first_start = "new"` the mail already in the folder is skipped (counted in
+//! `omni_email_messages_skipped_total{reason="uidvalidity_changed"}`, one log line says how
+//! many); with `"all"` the folder is read again from UID 1, skipping mail published before by
+//! Message-ID: the checkpoint's last 2,000 and, beyond them, the published topic (read once for
+//! the re-read), with a log line when the re-read is done saying what was published and
+//! skipped. Both count in `omni_email_uidvalidity_changes_total`.
 
 use async_imap::extensions::idle::IdleResponse;
 use chrono::Utc;
 use futures_util::TryStreamExt;
 use omni_channel::EventSink;
 use omni_core::{ChannelKind, ChannelRef};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{provider_hash, Checkpoint, CheckpointStore, InboundMark};
 use crate::conn::{connect, ImapSession};
 use crate::error::EmailError;
 use crate::event::{identify, message_event, Location};
@@ -29,9 +47,18 @@ use crate::metrics::Metrics;
 use crate::parse::{parse_mail, MailKind};
 use crate::settings::{FirstStart, MailboxSettings};
 use crate::store::Store;
-use crate::thread::ThreadIndex;
+use crate::thread::{bounded_chain, ThreadEntry, ThreadIndex};
+
+/// A mark older than this is taken again before the next publish, so a takeover reads at most
+/// this much of the inbound partition back before the last mail published.
+pub const MARK_REFRESH: Duration = Duration::from_secs(30);
+
+/// While the mailbox idles, the mark is taken again this often (a checkpoint write), so what a
+/// takeover reads back stays short however long the mailbox has been quiet.
+pub const MARK_IDLE_REFRESH: Duration = Duration::from_secs(300);
 
 /// Reads one mailbox folder until told to stop.
+#[derive(Clone)]
 pub struct MailboxReader {
     settings: MailboxSettings,
     inbound_topic: String,
@@ -41,6 +68,38 @@ pub struct MailboxReader {
     threads: Arc<ThreadIndex>,
     channel: ChannelRef,
     label: String,
+    takeover_grace: Duration,
+}
+
+/// What one run of a reader (one ownership of the mailbox) keeps beside its checkpoint.
+#[derive(Default)]
+struct Run {
+    /// The mark of the checkpoint the run started from, until the inbound partition was read
+    /// back from it.
+    handover: Option<InboundMark>,
+    /// Events of this mailbox found after that mark, by event id, until the first mail after
+    /// the checkpoint that is not among them (the previous run published in UID order).
+    published_before: HashSet<String>,
+    /// When this run last took the mark.
+    mark_taken: Option<Instant>,
+    /// The re-read after a UIDVALIDITY change, while it lasts.
+    rescan: Option<Rescan>,
+}
+
+/// A folder read again after a UIDVALIDITY change.
+struct Rescan {
+    /// Hashes of every mail the mailbox published before (the published topic).
+    known: HashSet<String>,
+    published: u64,
+    skipped: u64,
+}
+
+/// What became of one mail.
+enum Handled {
+    /// Published now, or found published by the previous run: remembered by this hash.
+    Published(String),
+    /// Not published (automatic mail, duplicate, …).
+    Skipped,
 }
 
 /// Reads `settings`' folder until `stop` turns true (or its sender is dropped). See
@@ -82,33 +141,65 @@ impl MailboxReader {
             metrics,
             threads,
             label,
+            takeover_grace: Duration::ZERO,
         })
+    }
+
+    /// Waits `grace` at the start of every run before reading the checkpoint, so a previous
+    /// owner's last writes (in flight when it was stopped) have landed or failed: set it to the
+    /// publish deadline (and a margin) wherever another instance may have read the mailbox
+    /// until now. Zero (the default) for a reader that is the only one.
+    pub fn with_takeover_grace(mut self, grace: Duration) -> Self {
+        self.takeover_grace = grace;
+        self
     }
 
     /// Runs until `stop` turns true: reconnects after any failure with exponential backoff
     /// (`initial_backoff` doubling to `max_backoff`), so it returns only when stopped.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), EmailError> {
+        let owned = self.metrics.owned.with_label_values(&[&self.label]);
+        owned.set(1);
+        let result = self.run_owned(&mut stop).await;
+        owned.set(0);
+        result
+    }
+
+    async fn run_owned(&self, stop: &mut watch::Receiver<bool>) -> Result<(), EmailError> {
         let key = self.settings.checkpoint_key();
         let imap = &self.settings.imap;
+        if !self.takeover_grace.is_zero() {
+            tracing::info!(mailbox = %self.label,
+                grace_ms = u64::try_from(self.takeover_grace.as_millis()).unwrap_or(u64::MAX),
+                "reading the mailbox here from now on: waiting for the previous reader's last writes");
+            if sleep_or_stop(stop, self.takeover_grace).await {
+                return Ok(());
+            }
+        }
         let mut backoff = imap.initial_backoff;
         let mut checkpoint = loop {
             match self.checkpoints.load(&key).await {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::warn!(mailbox = %self.label, error = %e, "cannot read the mailbox checkpoint yet");
-                    if sleep_or_stop(&mut stop, backoff).await {
+                    if sleep_or_stop(stop, backoff).await {
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(imap.max_backoff);
                 }
             }
         };
+        let mut run = Run {
+            handover: checkpoint.as_ref().and_then(|c| c.mark),
+            ..Run::default()
+        };
         backoff = imap.initial_backoff;
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            let result = self.session(&mut checkpoint, &mut stop, &mut backoff).await;
+            let result = self
+                .session(&mut checkpoint, &mut run, stop, &mut backoff)
+                .await;
             self.metrics
                 .connected
                 .with_label_values(&[&self.label])
@@ -124,7 +215,7 @@ impl MailboxReader {
                         cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
                         retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                         "imap session failed, reconnecting");
-                    if sleep_or_stop(&mut stop, backoff).await {
+                    if sleep_or_stop(stop, backoff).await {
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(imap.max_backoff);
@@ -138,6 +229,7 @@ impl MailboxReader {
     async fn session(
         &self,
         checkpoint: &mut Option<Checkpoint>,
+        run: &mut Run,
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
     ) -> Result<(), EmailError> {
@@ -166,15 +258,44 @@ impl MailboxReader {
         let mut cp = match checkpoint.take() {
             Some(cp) if cp.uidvalidity == uidvalidity => cp,
             Some(old) => {
-                self.metrics.rescans.with_label_values(&[&self.label]).inc();
-                tracing::warn!(mailbox = %self.label, old = old.uidvalidity, new = uidvalidity,
-                    "UIDVALIDITY changed: reading the folder again, skipping mail already published");
-                Checkpoint {
+                self.metrics
+                    .uidvalidity_changes
+                    .with_label_values(&[&self.label])
+                    .inc();
+                let top = match mailbox.uid_next {
+                    Some(next) => next.saturating_sub(1),
+                    None => self.highest_uid(&mut session, stop).await?,
+                };
+                let mut cp = Checkpoint {
                     uidvalidity,
                     last_uid: 0,
                     recent: old.recent,
+                    mark: old.mark,
+                    rescan_until: None,
                     updated_at: None,
+                };
+                match imap.first_start {
+                    FirstStart::New => {
+                        cp.last_uid = top;
+                        self.metrics
+                            .skipped
+                            .with_label_values(&[&self.label, "uidvalidity_changed"])
+                            .inc_by(u64::from(mailbox.exists));
+                        tracing::warn!(mailbox = %self.label, folder = %imap.folder,
+                            old = old.uidvalidity, new = uidvalidity, skipped = mailbox.exists,
+                            first_start = "new",
+                            "UIDVALIDITY changed (folder recreated or server migrated): the mail already in the folder was not published, only mail arriving from now on is");
+                    }
+                    FirstStart::All => {
+                        cp.rescan_until = (top > 0).then_some(top);
+                        tracing::warn!(mailbox = %self.label, folder = %imap.folder,
+                            old = old.uidvalidity, new = uidvalidity, to_read = mailbox.exists,
+                            first_start = "all",
+                            "UIDVALIDITY changed (folder recreated or server migrated): reading the folder again, skipping mail already published (by Message-ID)");
+                    }
                 }
+                self.save(&cp, stop).await?;
+                cp
             }
             None => {
                 let last_uid = match imap.first_start {
@@ -195,7 +316,7 @@ impl MailboxReader {
             }
         };
         let mut slot = Some(session);
-        let result = self.serve(&mut slot, &mut cp, stop).await;
+        let result = self.serve(&mut slot, &mut cp, run, stop).await;
         *checkpoint = Some(cp);
         if let (Err(EmailError::Stopped), Some(mut session)) = (&result, slot) {
             // Best effort: a polite goodbye.
@@ -209,12 +330,13 @@ impl MailboxReader {
         &self,
         session: &mut Option<ImapSession>,
         cp: &mut Checkpoint,
+        run: &mut Run,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), EmailError> {
         let imap = &self.settings.imap;
         loop {
             let s = session.as_mut().ok_or(EmailError::Stopped)?;
-            self.catch_up(s, cp, stop).await?;
+            self.catch_up(s, cp, run, stop).await?;
             // Mail that arrived while we were fetching was announced (EXISTS) in answers we
             // have already read; IDLE would not announce it again. Catch up once more first.
             if announced_new_mail(s) {
@@ -225,14 +347,36 @@ impl MailboxReader {
             };
             let mut idle = s.idle();
             self.step("idle", stop, idle.init()).await?;
+            let mut mark_failed = None;
             let outcome = {
                 let (wait, _interrupt) = idle.wait_with_timeout(imap.idle_refresh);
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => None,
-                    r = wait => Some(r),
+                tokio::pin!(wait);
+                loop {
+                    let mark_due = run.mark_taken.map_or(Duration::ZERO, |t| {
+                        MARK_IDLE_REFRESH.saturating_sub(t.elapsed())
+                    });
+                    let woke = tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|s| *s) => Some(None),
+                        r = &mut wait => Some(Some(r)),
+                        // Keep what a takeover would read back short while nothing arrives
+                        // (Kafka only: the IMAP session stays in IDLE).
+                        () = tokio::time::sleep(mark_due) => None,
+                    };
+                    match woke {
+                        Some(outcome) => break outcome,
+                        None => {
+                            if let Err(e) = self.refresh_mark(cp, run, stop).await {
+                                mark_failed = Some(e);
+                                break None;
+                            }
+                        }
+                    }
                 }
             };
+            if let Some(e) = mark_failed {
+                return Err(e);
+            }
             match outcome {
                 None => {
                     // Stopping: leave IDLE politely so the server is not left waiting.
@@ -263,8 +407,24 @@ impl MailboxReader {
         &self,
         session: &mut ImapSession,
         cp: &mut Checkpoint,
+        run: &mut Run,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), EmailError> {
+        if cp.rescan_until.is_some() && run.rescan.is_none() {
+            let key = self.settings.checkpoint_key();
+            let known = self
+                .until_done(stop, "read the published mail", || {
+                    self.checkpoints.published(&key)
+                })
+                .await?;
+            tracing::info!(mailbox = %self.label, known = known.len(),
+                "read what the mailbox published before, for the re-read of the folder");
+            run.rescan = Some(Rescan {
+                known,
+                published: 0,
+                skipped: 0,
+            });
+        }
         let query = format!("UID {}:*", cp.last_uid.saturating_add(1));
         let found = self
             .step("search", stop, session.uid_search(&query))
@@ -276,7 +436,16 @@ impl MailboxReader {
             if *stop.borrow() {
                 return Err(EmailError::Stopped);
             }
-            self.handle(session, uid, cp, stop).await?;
+            self.handle(session, uid, cp, run, stop).await?;
+        }
+        // Every mail the folder held when the re-read began has been handled.
+        if cp.rescan_until.take().is_some() {
+            if let Some(r) = run.rescan.take() {
+                tracing::warn!(mailbox = %self.label, folder = %self.settings.imap.folder,
+                    published = r.published, skipped = r.skipped,
+                    "folder read again after its UIDVALIDITY changed: mail published before was skipped");
+            }
+            self.save(cp, stop).await?;
         }
         Ok(())
     }
@@ -287,6 +456,7 @@ impl MailboxReader {
         session: &mut ImapSession,
         uid: u32,
         cp: &mut Checkpoint,
+        run: &mut Run,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), EmailError> {
         let max = self.settings.imap.max_message_bytes;
@@ -301,6 +471,7 @@ impl MailboxReader {
             .iter()
             .find(|f| f.uid == Some(uid))
             .map(|f| (f.body().unwrap_or_default(), f.size));
+        let mut handled = Handled::Skipped;
         match found {
             None => self.skip("vanished", uid),
             Some((raw, size)) => {
@@ -312,30 +483,45 @@ impl MailboxReader {
                         .inc();
                     tracing::warn!(mailbox = %self.label, uid, size, max, "mail larger than the limit: read only its beginning");
                 }
-                self.publish_mail(raw, uid, cp, stop).await?;
+                handled = self.publish_mail(raw, uid, cp, run, stop).await?;
             }
         }
         cp.last_uid = uid;
-        self.save(cp, stop).await
+        match handled {
+            Handled::Skipped => self.save(cp, stop).await,
+            Handled::Published(hash) => {
+                let key = self.settings.checkpoint_key();
+                let mut also = stop.clone();
+                tokio::try_join!(
+                    self.save(cp, stop),
+                    self.until_done(&mut also, "remember published", || {
+                        self.checkpoints.remember_published(&key, &hash)
+                    }),
+                )?;
+                Ok(())
+            }
+        }
     }
 
-    /// Decides what a mail is and publishes it if a customer wrote it.
+    /// Decides what a mail is and publishes it if a customer wrote it and it was not published
+    /// before.
     async fn publish_mail(
         &self,
         raw: &[u8],
         uid: u32,
         cp: &mut Checkpoint,
+        run: &mut Run,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), EmailError> {
+    ) -> Result<Handled, EmailError> {
         let Ok(mail) = parse_mail(raw) else {
             self.skip("unreadable", uid);
-            return Ok(());
+            return Ok(Handled::Skipped);
         };
         if mail.kind != MailKind::Person {
             tracing::info!(mailbox = %self.label, uid, kind = mail.kind.as_str(),
                 message_id = mail.message_id.as_deref().unwrap_or(""), "automatic mail not routed");
             self.skip(mail.kind.as_str(), uid);
-            return Ok(());
+            return Ok(Handled::Skipped);
         }
         let tenant = &self.settings.tenant;
         let at = Location {
@@ -343,17 +529,52 @@ impl MailboxReader {
             uidvalidity: cp.uidvalidity,
             uid,
         };
-        let Some(identity) = identify(tenant, &self.channel, &mail, at) else {
+        let Some(mut identity) = identify(tenant, &self.channel, &mail, at) else {
             self.skip("no_sender", uid);
-            return Ok(());
+            return Ok(Handled::Skipped);
         };
         if identity.contact == self.label {
             self.skip("own_address", uid);
-            return Ok(());
+            return Ok(Handled::Skipped);
         }
-        if cp.seen(&identity.provider_id) {
+        let hash = provider_hash(&identity.provider_id);
+        let known = run.rescan.as_ref().is_some_and(|r| r.known.contains(&hash));
+        if cp.seen(&identity.provider_id) || known {
+            if let Some(r) = run.rescan.as_mut() {
+                r.skipped += 1;
+            }
             self.skip("duplicate", uid);
-            return Ok(());
+            return Ok(Handled::Skipped);
+        }
+        // Taking over: what did the previous run publish after its last checkpoint?
+        if let Some(mark) = run.handover {
+            let found = self
+                .until_done(stop, "read back the inbound topic", || {
+                    self.checkpoints.published_since(mark, &self.label)
+                })
+                .await?;
+            tracing::debug!(mailbox = %self.label, events = found.len(),
+                "read the inbound topic back from the checkpoint's mark");
+            run.published_before = found;
+            run.handover = None;
+        }
+        if run.published_before.remove(&identity.event_id.to_string()) {
+            tracing::info!(mailbox = %self.label, uid, event_id = %identity.event_id,
+                "published by the previous reader and not checkpointed: not published again");
+            self.skip("duplicate", uid);
+            cp.remember(&identity.provider_id);
+            return Ok(Handled::Published(hash));
+        }
+        // The previous reader published in UID order: past the first mail it did not publish,
+        // nothing else of it is ahead.
+        run.published_before.clear();
+        // A thread the index knows under another root (an answer naming only our reply).
+        if identity.root != identity.provider_id {
+            if let Some(known) = self.threads.lookup(&identity.root).await {
+                if known.root != identity.root {
+                    identity = identity.rooted_at(tenant, &self.channel, known.root);
+                }
+            }
         }
         let attachments = Store::new(&self.settings.attachments)
             .put(tenant, identity.event_id, raw, &mail.attachments)
@@ -370,6 +591,24 @@ impl MailboxReader {
             key: self.settings.checkpoint_key(),
             reason: format!("cannot build the event of uid {uid}: {e}"),
         })?;
+        // Never left more than MARK_REFRESH behind what is published.
+        if run.mark_taken.is_none_or(|t| t.elapsed() > MARK_REFRESH) {
+            self.refresh_mark(cp, run, stop).await?;
+        }
+        // The thread before the event: whoever answers it finds its chain.
+        if let Some(id) = &mail.message_id {
+            let own = if mail.references.is_empty() {
+                mail.in_reply_to.iter().cloned().collect()
+            } else {
+                mail.references.clone()
+            };
+            let entry = ThreadEntry {
+                root: identity.root.clone(),
+                refs: bounded_chain(own),
+            };
+            self.until_done(stop, "thread", || self.threads.remember(id, entry.clone()))
+                .await?;
+        }
         self.until_done(stop, "publish", || {
             self.sink.publish(
                 &self.inbound_topic,
@@ -382,11 +621,33 @@ impl MailboxReader {
             .published
             .with_label_values(&[&self.label])
             .inc();
-        tracing::debug!(mailbox = %self.label, uid, event_id = %identity.event_id, "mail published");
-        if let Some(id) = &mail.message_id {
-            self.threads.record(id, &identity.root);
+        if let Some(r) = run.rescan.as_mut() {
+            r.published += 1;
         }
+        tracing::debug!(mailbox = %self.label, uid, event_id = %identity.event_id, "mail published");
         cp.remember(&identity.provider_id);
+        Ok(Handled::Published(hash))
+    }
+
+    /// Takes a new mark (where the next event will land at the earliest) and writes it into
+    /// the checkpoint before anything is published after it.
+    async fn refresh_mark(
+        &self,
+        cp: &mut Checkpoint,
+        run: &mut Run,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), EmailError> {
+        let tenant = self.settings.tenant.as_str();
+        let mark = self
+            .until_done(stop, "inbound mark", || {
+                self.checkpoints.inbound_mark(tenant)
+            })
+            .await?;
+        if let Some(mark) = mark {
+            cp.mark = Some(mark);
+            self.save(cp, stop).await?;
+        }
+        run.mark_taken = Some(Instant::now());
         Ok(())
     }
 
@@ -421,22 +682,26 @@ impl MailboxReader {
     }
 
     /// Retries `op` with backoff (200 ms doubling to 10 s) until it succeeds; `Stopped` if the
-    /// reader is told to stop first. Kafka being down stalls the mailbox, never skips mail.
-    async fn until_done<F, Fut, E>(
+    /// reader is told to stop first. Kafka being down stalls the mailbox, never skips mail. A
+    /// stopped reader starts no write: the next run finds what it left (module docs).
+    async fn until_done<T, F, Fut, E>(
         &self,
         stop: &mut watch::Receiver<bool>,
         what: &'static str,
         mut op: F,
-    ) -> Result<(), EmailError>
+    ) -> Result<T, EmailError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), E>>,
+        Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
         let mut wait = Duration::from_millis(200);
         loop {
+            if *stop.borrow() {
+                return Err(EmailError::Stopped);
+            }
             match op().await {
-                Ok(()) => return Ok(()),
+                Ok(v) => return Ok(v),
                 Err(e) => {
                     tracing::warn!(mailbox = %self.label, error = %e, what, "kafka did not take it yet, retrying");
                 }

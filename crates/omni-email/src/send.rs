@@ -2,8 +2,9 @@
 //!
 //! A reply gets a Message-ID derived from its outbound event id (`<event id>.omni@<mailbox
 //! domain>`, so a retried send carries the same id and the customer's client shows it once),
-//! `In-Reply-To: <parent>`, `References: <thread root> <parent>` (the root from the
-//! [`ThreadIndex`] when the parent was read by this process; else the parent alone), the subject
+//! `In-Reply-To: <parent>`, `References: <the parent's References> <parent>` (from the
+//! [`ThreadIndex`], which every replica shares through the thread topic; the parent alone when
+//! nobody recorded it), the subject
 //! as `Re: …` without stacked prefixes, a UTF-8 text body, and attachments taken from the
 //! attachment store (`file://` or base URLs it handed out) or fetched over http(s), bounded in
 //! size.
@@ -29,7 +30,7 @@ use std::time::Duration;
 use crate::error::EmailError;
 use crate::settings::{AttachmentStore, MailboxSettings, Security};
 use crate::store::Store;
-use crate::thread::{bare_id, reply_references, reply_subject, ThreadIndex};
+use crate::thread::{bare_id, reply_references, reply_subject, ThreadEntry, ThreadIndex};
 
 /// Limits of the sender, shared by every mailbox.
 #[derive(Debug, Clone)]
@@ -180,14 +181,23 @@ impl EmailSender {
             .message_id(Some(format!("<{message_id}>")))
             .date_now();
         if let Some(parent) = parent {
-            let root = self.threads.root_of(parent);
-            let refs = reply_references(parent, root.as_deref());
+            let entry = self.threads.lookup(parent).await;
+            let refs = reply_references(parent, entry.as_ref());
             builder = builder.in_reply_to(format!("<{parent}>")).references(
                 refs.iter()
                     .map(|r| format!("<{r}>"))
                     .collect::<Vec<_>>()
                     .join(" "),
             );
+            // Before it goes out: the customer's answer to it may name only this reply.
+            let mine = ThreadEntry {
+                root: entry.map_or_else(|| parent.to_owned(), |e| e.root),
+                refs,
+            };
+            if let Err(e) = self.threads.remember(&message_id, mine).await {
+                tracing::warn!(message_id = %message_id, error = %e,
+                    "cannot record the reply's thread: an answer naming only this reply may start a new conversation");
+            }
         }
         let files = self.attachments(account, &message.attachments).await?;
         let text = message.text.clone();

@@ -1,22 +1,37 @@
-//! Threading without state: which conversation a mail belongs to, and the headers a reply
-//! needs to stay in it.
+//! Threading: which conversation a mail belongs to, and the headers a reply needs to stay in
+//! it.
 //!
 //! # The rule
 //! A mail's *thread root* is the first `References` entry when there is one, else its
-//! `In-Reply-To`, else its own `Message-ID`. Its conversation is
-//! `ConversationId::derive(tenant, channel, sender address, Some(root))`. Mail clients keep the
-//! first `References` entry through a whole thread (RFC 5322 §3.6.4: a reply's `References`
-//! is the parent's `References` followed by the parent's id), so every mail of a thread names
-//! the same root and lands in the same conversation, with no lookup of earlier mail; a new
-//! mail (no `References`, no `In-Reply-To`) starts a new conversation. Our replies carry
-//! `References: <root> <parent>` so the customer's answer to them names the same root.
+//! `In-Reply-To`, else its own `Message-ID`; when that candidate is a mail the thread index
+//! knows (one we read, or one of our own replies), the candidate's recorded root is taken
+//! instead. Its conversation is `ConversationId::derive(tenant, channel, sender address,
+//! Some(root))`. Mail clients keep the first `References` entry through a whole thread
+//! (RFC 5322 §3.6.4: a reply's `References` is the parent's `References` followed by the
+//! parent's id), so every mail of a thread names the same root and lands in the same
+//! conversation; a client that keeps only `In-Reply-To` names our reply, whose root the index
+//! recorded when it was sent. A new mail (no `References`, no `In-Reply-To`) starts a new
+//! conversation.
 //!
-//! Limits: a client that drops `References` and keeps only `In-Reply-To` splits the thread
-//! after the second reply (the root is then the parent); a customer who answers from another
-//! address starts a new conversation (the contact is part of the id by design).
+//! # The index, shared by every replica
+//! [`ThreadIndex`] maps a Message-ID to its [`ThreadEntry`] (root and `References`). The
+//! reader records every customer mail before it publishes the mail's event, the sender records
+//! every reply before it goes out, both on the compacted `omni.email-threads.v1` (acknowledged),
+//! and every replica follows that topic into its bounded in-memory index. A lookup that misses
+//! waits (boundedly) until the replica has read everything written to the topic before the
+//! lookup, then answers: so a reply sent by any replica, before or after a restart, carries
+//! `References: <the parent's References> <parent>`, the full chain.
+//!
+//! Limits: a customer who answers from another address starts a new conversation (the contact
+//! is part of the id by design); a thread older than the index's capacity (100,000 mails by
+//! default) is answered with `References: <parent>` and the parent's own root, as mail clients
+//! do.
 
+use omni_channel::{EventSink, SinkError};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The thread root of a mail (see the module docs). Ids are bare (no angle brackets).
 pub fn thread_root<'a>(
@@ -87,15 +102,37 @@ fn skip_counter(s: &str) -> &str {
     s
 }
 
-/// `References` of a reply to `parent`: the thread root first (when known and different),
-/// then the parent. Bare ids.
-pub fn reply_references(parent: &str, root: Option<&str>) -> Vec<String> {
-    let mut refs = Vec::with_capacity(2);
-    if let Some(root) = root.filter(|r| !r.is_empty() && *r != parent) {
-        refs.push(root.to_owned());
+/// The most ids a `References` header we write (and a thread entry) keeps: the root and the
+/// newest ones, as mail clients trim long threads.
+pub const MAX_REFERENCES: usize = 20;
+
+/// `References` of a reply to `parent`: the parent's own `References` (its thread root first),
+/// then the parent; without an entry for the parent, the parent alone. Bare ids, no repeats,
+/// at most [`MAX_REFERENCES`].
+pub fn reply_references(parent: &str, entry: Option<&ThreadEntry>) -> Vec<String> {
+    let mut refs: Vec<String> = Vec::new();
+    if let Some(e) = entry {
+        refs.push(e.root.clone());
+        refs.extend(e.refs.iter().cloned());
     }
     refs.push(parent.to_owned());
-    refs
+    bounded_chain(refs)
+}
+
+/// `ids` without empty ones and repeats (first occurrence kept), trimmed to the first and the
+/// last `MAX_REFERENCES - 1`.
+pub fn bounded_chain(ids: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !id.is_empty() && seen.insert(id.clone()))
+        .collect();
+    if out.len() > MAX_REFERENCES {
+        let tail = out.split_off(out.len() - (MAX_REFERENCES - 1));
+        out.truncate(1);
+        out.extend(tail);
+    }
+    out
 }
 
 /// Strips surrounding whitespace and angle brackets from a Message-ID.
@@ -105,51 +142,155 @@ pub fn bare_id(id: &str) -> &str {
     id.strip_suffix('>').unwrap_or(id).trim()
 }
 
-/// Recently seen mail: Message-ID → thread root, bounded (oldest forgotten first). Readers
-/// record every mail they publish; the sender looks up the root of the mail it answers so its
-/// `References` start with the root. A miss (parent read before a restart, or by another
-/// daemon) only shortens `References` to the parent; see the module docs for the effect.
+/// What the index knows of one mail: its thread root and its own `References` (bare ids,
+/// root first, at most [`MAX_REFERENCES`]); the value on the thread topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadEntry {
+    /// The thread root (see the module docs).
+    pub root: String,
+    /// The mail's `References` (or its `In-Reply-To` when it had none).
+    #[serde(default)]
+    pub refs: Vec<String>,
+}
+
+/// Message-ID → [`ThreadEntry`], bounded (oldest forgotten first), optionally shared by every
+/// replica through the thread topic (see the module docs). Readers record every mail they
+/// publish, the sender every reply it sends; both look up the mail they answer or continue.
 pub struct ThreadIndex {
-    inner: Mutex<IndexInner>,
+    inner: Arc<Mutex<IndexInner>>,
     capacity: usize,
+    journal: Option<Journal>,
+}
+
+/// The durable side: where entries are written, and the tail that reads everybody's.
+struct Journal {
+    sink: Arc<dyn EventSink>,
+    topic: String,
+    tail: omni_bus::table::Tail,
+    /// Longest wait for the tail on a miss.
+    wait: Duration,
 }
 
 #[derive(Default)]
 struct IndexInner {
-    roots: HashMap<String, String>,
+    entries: HashMap<String, ThreadEntry>,
     order: VecDeque<String>,
 }
 
-impl ThreadIndex {
-    /// An index remembering up to `capacity` mails.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            inner: Mutex::new(IndexInner::default()),
-            capacity: capacity.max(1),
+impl IndexInner {
+    fn insert(&mut self, message_id: &str, entry: ThreadEntry, capacity: usize) {
+        if self.entries.insert(message_id.to_owned(), entry).is_none() {
+            self.order.push_back(message_id.to_owned());
         }
-    }
-
-    /// Records that `message_id` belongs to the thread rooted at `root`.
-    pub fn record(&self, message_id: &str, root: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner
-            .roots
-            .insert(message_id.to_owned(), root.to_owned())
-            .is_none()
-        {
-            inner.order.push_back(message_id.to_owned());
-        }
-        while inner.order.len() > self.capacity {
-            if let Some(old) = inner.order.pop_front() {
-                inner.roots.remove(&old);
+        while self.order.len() > capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.entries.remove(&old);
             }
         }
     }
+}
 
-    /// The thread root of `message_id`, if it was recorded.
-    pub fn root_of(&self, message_id: &str) -> Option<String> {
+impl ThreadIndex {
+    /// An index in this process's memory only, remembering up to `capacity` mails (tests, a
+    /// single instance that accepts losing threads on restart).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(IndexInner::default())),
+            capacity: capacity.max(1),
+            journal: None,
+        }
+    }
+
+    /// An index shared through `bus.topics.email_threads`: entries are written through `sink`
+    /// (acknowledged) and every entry on the topic, from its beginning, is followed into
+    /// memory (up to `capacity`, the newest kept). A lookup that misses waits at most `wait`
+    /// for the topic to be read up to the moment of the lookup.
+    pub fn durable(
+        bus: &omni_bus::BusConfig,
+        sink: Arc<dyn EventSink>,
+        capacity: usize,
+        wait: Duration,
+    ) -> Self {
+        let capacity = capacity.max(1);
+        let inner = Arc::new(Mutex::new(IndexInner::default()));
+        let topic = bus.topics.email_threads.clone();
+        let feed = inner.clone();
+        let tail = omni_bus::table::tail(bus, &topic, move |record| {
+            let Some(value) = record.value else {
+                return;
+            };
+            match serde_json::from_slice::<ThreadEntry>(&value) {
+                Ok(entry) => feed.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    &record.key,
+                    entry,
+                    capacity,
+                ),
+                Err(e) => {
+                    tracing::debug!(key = %record.key, error = %e, "ignoring an unreadable thread entry")
+                }
+            }
+        });
+        Self {
+            inner,
+            capacity,
+            journal: Some(Journal {
+                sink,
+                topic,
+                tail,
+                wait,
+            }),
+        }
+    }
+
+    /// Records `entry` for `message_id` in this process only.
+    pub fn record_local(&self, message_id: &str, entry: ThreadEntry) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            message_id,
+            entry,
+            self.capacity,
+        );
+    }
+
+    /// Records `entry` for `message_id`: on the thread topic first (resolves once Kafka
+    /// acknowledged it; an error means other replicas may not know it), then here.
+    pub async fn remember(&self, message_id: &str, entry: ThreadEntry) -> Result<(), SinkError> {
+        if let Some(j) = &self.journal {
+            let payload = serde_json::to_vec(&entry).map_err(|e| SinkError {
+                topic: j.topic.clone(),
+                reason: e.to_string(),
+            })?;
+            j.sink
+                .publish(&j.topic, message_id.as_bytes(), &payload)
+                .await?;
+        }
+        self.record_local(message_id, entry);
+        Ok(())
+    }
+
+    /// What this process knows of `message_id` now.
+    pub fn get(&self, message_id: &str) -> Option<ThreadEntry> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.roots.get(message_id).cloned()
+        inner.entries.get(message_id).cloned()
+    }
+
+    /// The thread root of `message_id`, if this process knows it now.
+    pub fn root_of(&self, message_id: &str) -> Option<String> {
+        self.get(message_id).map(|e| e.root)
+    }
+
+    /// What any replica recorded for `message_id`: on a miss, waits (at most the configured
+    /// wait) until everything written to the thread topic before this call was read, then
+    /// looks again. `None` if nobody recorded it (or the topic could not be read in time).
+    pub async fn lookup(&self, message_id: &str) -> Option<ThreadEntry> {
+        if let Some(e) = self.get(message_id) {
+            return Some(e);
+        }
+        let j = self.journal.as_ref()?;
+        if !j.tail.caught_up(j.wait).await {
+            tracing::warn!(message_id, wait_ms = u64::try_from(j.wait.as_millis()).unwrap_or(u64::MAX),
+                "the e-mail thread topic could not be read up to now in time: answering without its chain");
+        }
+        self.get(message_id)
     }
 }
 
@@ -176,15 +317,23 @@ mod tests {
     fn a_whole_thread_shares_its_root() {
         // new mail → our reply → customer's answer, as clients build References.
         let first = thread_root(&[], None, "c1@cust");
-        let ours = reply_references("c1@cust", Some(first));
+        let new_mail = ThreadEntry {
+            root: first.to_owned(),
+            refs: vec![],
+        };
+        let ours = reply_references("c1@cust", Some(&new_mail));
         assert_eq!(ours, ["c1@cust"]);
         let mut answer_refs = ours.clone();
         answer_refs.push("r1@shop".into());
         assert_eq!(thread_root(&answer_refs, Some("r1@shop"), "c2@cust"), first);
-        // Our reply to the answer keeps the root first.
+        // Our reply to the answer carries the whole chain, root first.
+        let answer = ThreadEntry {
+            root: first.to_owned(),
+            refs: answer_refs,
+        };
         assert_eq!(
-            reply_references("c2@cust", Some(first)),
-            ["c1@cust", "c2@cust"]
+            reply_references("c2@cust", Some(&answer)),
+            ["c1@cust", "r1@shop", "c2@cust"]
         );
     }
 
@@ -211,14 +360,47 @@ mod tests {
         assert_eq!(bare_id("a@b"), "a@b");
     }
 
+    fn entry(root: &str, refs: &[&str]) -> ThreadEntry {
+        ThreadEntry {
+            root: root.into(),
+            refs: refs.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
     #[test]
     fn index_is_bounded() {
         let index = ThreadIndex::new(2);
-        index.record("a", "r1");
-        index.record("b", "r1");
-        index.record("c", "r2");
+        index.record_local("a", entry("r1", &[]));
+        index.record_local("b", entry("r1", &[]));
+        index.record_local("c", entry("r2", &[]));
         assert_eq!(index.root_of("a"), None);
         assert_eq!(index.root_of("b").as_deref(), Some("r1"));
         assert_eq!(index.root_of("c").as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn a_reply_carries_the_parents_chain_then_the_parent() {
+        // A new mail: its reply names it alone.
+        assert_eq!(reply_references("q1", Some(&entry("q1", &[]))), ["q1"]);
+        // Unknown parent: the parent alone.
+        assert_eq!(reply_references("q2", None), ["q2"]);
+        // The customer's answer to our reply r1.
+        assert_eq!(
+            reply_references("q2", Some(&entry("q1", &["q1", "r1"]))),
+            ["q1", "r1", "q2"]
+        );
+        // A client that kept only In-Reply-To: the root comes first all the same.
+        assert_eq!(
+            reply_references("q3", Some(&entry("q1", &["r2"]))),
+            ["q1", "r2", "q3"]
+        );
+        // Long threads keep the root and the newest ids.
+        let long: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        let refs: Vec<&str> = long.iter().map(String::as_str).collect();
+        let chain = reply_references("p", Some(&entry("m0", &refs)));
+        assert_eq!(chain.len(), MAX_REFERENCES);
+        assert_eq!(chain[0], "m0");
+        assert_eq!(chain[MAX_REFERENCES - 1], "p");
+        assert_eq!(chain[MAX_REFERENCES - 2], "m39");
     }
 }

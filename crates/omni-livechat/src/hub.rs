@@ -154,7 +154,13 @@ struct Conv {
     subscribers: Vec<Arc<Subscriber>>,
     tokens: f64,
     refilled: Instant,
+    /// Visitor messages admitted (and charged) on this instance that the feed has not read
+    /// back yet: reading them back charges nothing more.
+    charged: VecDeque<EventId>,
 }
+
+/// At most this many admitted messages wait to be read back per conversation.
+const CHARGED_MAX: usize = 64;
 
 /// Limits the hub enforces.
 #[derive(Debug, Clone, Copy)]
@@ -175,7 +181,10 @@ pub struct HubLimits {
 pub struct Hub {
     limits: HubLimits,
     convs: Mutex<HashMap<ConversationId, Conv>>,
-    ips: Mutex<HashMap<IpAddr, u32>>,
+    /// Open sockets per client IP, with the IP's key on the presence topic.
+    ips: Mutex<HashMap<IpAddr, (u32, u64)>>,
+    /// Wakes the presence publisher when a socket opens or closes.
+    ips_changed: Notify,
 }
 
 /// Holds one connection slot of an IP; gives it back on drop.
@@ -187,12 +196,14 @@ pub struct IpSlot {
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut ips = lock(&self.hub.ips);
-        if let Some(n) = ips.get_mut(&self.ip) {
+        if let Some((n, _)) = ips.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
                 ips.remove(&self.ip);
             }
         }
+        drop(ips);
+        self.hub.ips_changed.notify_one();
     }
 }
 
@@ -216,21 +227,44 @@ impl Hub {
             limits,
             convs: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashMap::new()),
+            ips_changed: Notify::new(),
         }
     }
 
-    /// Takes a connection slot for `ip`, or `None` when it already holds `cap`.
-    pub fn acquire_ip(self: &Arc<Self>, ip: IpAddr, cap: u32) -> Option<IpSlot> {
+    /// Takes a connection slot for `ip` (whose presence key is `key`), or `None` when its
+    /// sockets here plus `elsewhere` (other replicas' count) already reach `cap`.
+    pub fn acquire_ip(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        key: u64,
+        cap: u32,
+        elsewhere: u32,
+    ) -> Option<IpSlot> {
         let mut ips = lock(&self.ips);
-        let n = ips.entry(ip).or_insert(0);
-        if *n >= cap {
+        let (n, _) = ips.entry(ip).or_insert((0, key));
+        if n.saturating_add(elsewhere) >= cap {
+            if *n == 0 {
+                ips.remove(&ip);
+            }
             return None;
         }
         *n += 1;
+        drop(ips);
+        self.ips_changed.notify_one();
         Some(IpSlot {
             hub: self.clone(),
             ip,
         })
+    }
+
+    /// Open sockets per IP key, for the presence topic.
+    pub fn ip_counts(&self) -> Vec<(u64, u32)> {
+        lock(&self.ips).values().map(|&(n, key)| (key, n)).collect()
+    }
+
+    /// Resolves when a socket opened or closed since the last call (changes coalesce).
+    pub async fn ips_changed(&self) {
+        self.ips_changed.notified().await;
     }
 
     /// Records a message read from Kafka and queues it to the conversation's sockets.
@@ -251,11 +285,15 @@ impl Hub {
         let conv = convs
             .entry(conversation)
             .or_insert_with(|| self.new_conv(tenant, widget));
-        let (position, body, event_id) = (entry.position, entry.body.clone(), entry.event_id);
+        let (position, body, event_id, at) =
+            (entry.position, entry.body.clone(), entry.event_id, entry.at);
         if !conv.log.push(entry, self.limits.log_max_messages) {
             return None;
         }
         conv.log.expire(oldest);
+        if position.stream == Stream::Inbound {
+            self.charge_logged(conv, event_id, now - at, Instant::now());
+        }
         if conv.subscribers.is_empty() {
             return None;
         }
@@ -369,22 +407,83 @@ impl Hub {
     }
 
     /// Takes one token from the conversation's message bucket; `false` when rate limited.
+    /// Follow an admitted message with [`Hub::admitted`].
+    ///
+    /// The bucket holds for the whole deployment: every instance reads every visitor message
+    /// back from the inbound topic (the feed) and charges it to the conversation's bucket, so
+    /// messages sent through a socket on another replica use up this one's tokens too. A
+    /// message admitted here is charged once, at admission.
     pub fn allow_message(&self, conversation: ConversationId, now: Instant) -> bool {
         let mut convs = lock(&self.convs);
         let Some(conv) = convs.get_mut(&conversation) else {
             return true;
         };
-        let rate = f64::from(self.limits.rate_per_minute) / 60.0;
-        let burst = f64::from(self.limits.burst.max(1));
-        let elapsed = now.saturating_duration_since(conv.refilled).as_secs_f64();
-        conv.tokens = (conv.tokens + elapsed * rate).min(burst);
-        conv.refilled = now;
+        self.refill(conv, now);
         if conv.tokens >= 1.0 {
             conv.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// What became of a message [`Hub::allow_message`] admitted: `Some((event, duplicate))`
+    /// once Kafka has it, `None` when it was not published. A failed publish and a duplicate
+    /// (paid for when it was first sent) give the token back, and so does a message the feed
+    /// already read back (and charged) before the publish returned.
+    pub fn admitted(&self, conversation: ConversationId, outcome: Option<(EventId, bool)>) {
+        let mut convs = lock(&self.convs);
+        let Some(conv) = convs.get_mut(&conversation) else {
+            return;
+        };
+        let refund = match outcome {
+            None | Some((_, true)) => true,
+            Some((event_id, false)) => {
+                let logged = conv.log.entries().iter().any(|e| e.event_id == event_id);
+                if !logged {
+                    conv.charged.push_back(event_id);
+                    if conv.charged.len() > CHARGED_MAX {
+                        conv.charged.pop_front();
+                    }
+                }
+                logged
+            }
+        };
+        if refund {
+            let burst = f64::from(self.limits.burst.max(1));
+            conv.tokens = (conv.tokens + 1.0).min(burst);
+        }
+    }
+
+    /// Charges a visitor message read from the log, unless it was charged when admitted here
+    /// or is older (`age`) than a full refill (history read at start-up: it no longer weighs
+    /// on the bucket). The bucket never goes below empty.
+    fn charge_logged(
+        &self,
+        conv: &mut Conv,
+        event_id: EventId,
+        age: chrono::Duration,
+        now: Instant,
+    ) {
+        if let Some(i) = conv.charged.iter().position(|e| *e == event_id) {
+            conv.charged.remove(i);
+            return;
+        }
+        let rate = f64::from(self.limits.rate_per_minute.max(1)) / 60.0;
+        let full_refill = f64::from(self.limits.burst.max(1)) / rate;
+        if age.num_milliseconds() as f64 / 1000.0 >= full_refill {
+            return;
+        }
+        self.refill(conv, now);
+        conv.tokens = (conv.tokens - 1.0).max(0.0);
+    }
+
+    fn refill(&self, conv: &mut Conv, now: Instant) {
+        let rate = f64::from(self.limits.rate_per_minute) / 60.0;
+        let burst = f64::from(self.limits.burst.max(1));
+        let elapsed = now.saturating_duration_since(conv.refilled).as_secs_f64();
+        conv.tokens = (conv.tokens + elapsed * rate).min(burst);
+        conv.refilled = now.max(conv.refilled);
     }
 
     /// Sends an ephemeral frame to every socket of the conversation on this instance.
@@ -422,6 +521,7 @@ impl Hub {
             subscribers: Vec::new(),
             tokens: f64::from(self.limits.burst.max(1)),
             refilled: Instant::now(),
+            charged: VecDeque::new(),
         }
     }
 }
@@ -549,14 +649,70 @@ mod tests {
     }
 
     #[test]
+    fn messages_sent_through_other_replicas_use_up_the_same_bucket() {
+        let hub = Hub::new(limits());
+        let (t, c) = conv();
+        let _ = hub.attach(&t, "web", c, Cursor::START);
+        let t0 = Instant::now();
+        // One admitted here: charged once, even when the feed reads it back.
+        assert!(hub.allow_message(c, t0));
+        let mine = entry(Stream::Inbound, 0);
+        hub.admitted(c, Some((mine.event_id, false)));
+        hub.record(&t, "web", c, mine, Utc::now());
+        // Two sent through another replica's socket, read from the log: charged here too.
+        hub.record(&t, "web", c, entry(Stream::Inbound, 1), Utc::now());
+        hub.record(&t, "web", c, entry(Stream::Inbound, 2), Utc::now());
+        assert!(
+            !hub.allow_message(c, t0),
+            "burst of 3 used up over replicas"
+        );
+        // History older than a full refill (3 messages at 1/s) weighs nothing.
+        let mut old = entry(Stream::Inbound, 3);
+        old.at = Utc::now() - chrono::Duration::seconds(10);
+        let later = t0 + Duration::from_millis(2500);
+        hub.record(&t, "web", c, old, Utc::now());
+        assert!(hub.allow_message(c, later));
+        // Agent replies are not visitor messages.
+        hub.record(&t, "web", c, entry(Stream::Outbound, 1), Utc::now());
+        assert!(hub.allow_message(c, later));
+        assert!(!hub.allow_message(c, later));
+    }
+
+    #[test]
+    fn failed_duplicate_or_already_read_back_messages_give_their_token_back() {
+        let hub = Hub::new(limits());
+        let (t, c) = conv();
+        let _ = hub.attach(&t, "web", c, Cursor::START);
+        let t0 = Instant::now();
+        assert!(hub.allow_message(c, t0));
+        hub.admitted(c, None);
+        assert!(hub.allow_message(c, t0));
+        hub.admitted(c, Some((EventId::new_random(), true)));
+        // The feed read it back (and charged it) before the publish returned.
+        assert!(hub.allow_message(c, t0));
+        let fast = entry(Stream::Inbound, 0);
+        let id = fast.event_id;
+        hub.record(&t, "web", c, fast, Utc::now());
+        hub.admitted(c, Some((id, false)));
+        // Charged once: two tokens of three are left.
+        assert!((0..2).all(|_| hub.allow_message(c, t0)));
+        assert!(!hub.allow_message(c, t0));
+    }
+
+    #[test]
     fn ip_slots_are_capped_and_returned() {
         let hub = Arc::new(Hub::new(limits()));
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = hub.acquire_ip(ip, 2).unwrap();
-        let _b = hub.acquire_ip(ip, 2).unwrap();
-        assert!(hub.acquire_ip(ip, 2).is_none());
+        let a = hub.acquire_ip(ip, 7, 2, 0).unwrap();
+        let _b = hub.acquire_ip(ip, 7, 2, 0).unwrap();
+        assert!(hub.acquire_ip(ip, 7, 2, 0).is_none());
+        assert_eq!(hub.ip_counts(), [(7, 2)]);
         drop(a);
-        assert!(hub.acquire_ip(ip, 2).is_some());
+        assert!(hub.acquire_ip(ip, 7, 2, 1).is_none(), "one held elsewhere");
+        assert!(hub.acquire_ip(ip, 7, 2, 0).is_some());
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(hub.acquire_ip(other, 8, 2, 2).is_none());
+        assert_eq!(hub.ip_counts().len(), 1, "a refused IP holds no entry");
     }
 
     proptest! {

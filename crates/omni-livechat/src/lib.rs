@@ -10,6 +10,8 @@
 //! - [`hub`]: per-instance state: conversation logs, attached sockets, rate limits, IP caps
 //!   (with the design note on cursors).
 //! - [`feed`]: the group-less Kafka tail that gives every instance every live chat message.
+//! - [`presence`]: per-IP socket counts shared by every replica over a compacted topic, so the
+//!   per-IP cap counts the whole deployment (with the design note).
 //! - [`server`]: the HTTP routes (session, WebSocket, widget script) and the socket loop.
 //! - [`settings`]: validated settings: limits, widgets, allowed origins, opening hours.
 //! - [`metrics`]: metric families.
@@ -17,6 +19,7 @@
 pub mod feed;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod settings;
@@ -55,20 +58,34 @@ pub struct Livechat {
     pub bus: BusConfig,
     /// Metrics.
     pub metrics: LivechatMetrics,
+    /// This replica's id and the other replicas' per-IP socket counts.
+    pub presence: presence::Presence,
     runtime: tokio::runtime::Handle,
 }
 
-/// Stops the feed and the sweeper when dropped or stopped.
+/// Stops the feed, the presence reader and publisher, and the sweeper when dropped or stopped.
 pub struct Running {
     stop: Arc<AtomicBool>,
     feed: Option<std::thread::JoinHandle<()>>,
+    presence: Option<std::thread::JoinHandle<()>>,
+    /// Wakes the presence publisher to withdraw this replica's counts.
+    wake: Arc<tokio::sync::Notify>,
+    withdrawn: std::sync::mpsc::Receiver<()>,
 }
 
 impl Running {
-    /// Stops the background work and waits for the feed thread.
+    /// Stops the background work, withdraws this replica's socket counts from the presence
+    /// topic (waiting at most 2 s), and waits for the reader threads. Blocking.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.feed.take() {
+        self.wake.notify_one();
+        let _ = self
+            .withdrawn
+            .recv_timeout(std::time::Duration::from_secs(2));
+        for t in [self.feed.take(), self.presence.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }
@@ -77,6 +94,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 }
 
@@ -97,6 +115,8 @@ impl Livechat {
             burst: settings.burst,
             queue_cap: settings.queue_cap,
         }));
+        let presence =
+            presence::Presence::new(settings.ip_hash_secret.as_ref(), settings.presence_expiry);
         Self {
             settings,
             widgets: RwLock::new(Arc::new(widgets)),
@@ -105,11 +125,13 @@ impl Livechat {
             sink,
             bus,
             metrics,
+            presence,
             runtime: tokio::runtime::Handle::current(),
         }
     }
 
-    /// Starts the Kafka feed (its own thread) and the periodic sweep of expired entries.
+    /// Starts the Kafka feed and the presence reader (a thread each), the presence publisher
+    /// and the periodic sweep of expired entries.
     pub fn start(self: &Arc<Self>) -> Running {
         let stop = Arc::new(AtomicBool::new(false));
         let (chat, flag) = (self.clone(), stop.clone());
@@ -117,6 +139,19 @@ impl Livechat {
             .name("livechat-feed".into())
             .spawn(move || feed::run(chat, flag))
             .ok();
+        let (chat, flag) = (self.clone(), stop.clone());
+        let presence = std::thread::Builder::new()
+            .name("livechat-presence".into())
+            .spawn(move || presence::run_reader(chat, flag))
+            .ok();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (done, withdrawn) = std::sync::mpsc::channel();
+        self.runtime.spawn(presence::run_publisher(
+            self.clone(),
+            stop.clone(),
+            wake.clone(),
+            done,
+        ));
         let (hub, flag) = (self.hub.clone(), stop.clone());
         self.runtime.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -125,7 +160,13 @@ impl Livechat {
                 hub.sweep(Utc::now());
             }
         });
-        Running { stop, feed }
+        Running {
+            stop,
+            feed,
+            presence,
+            wake,
+            withdrawn,
+        }
     }
 
     /// True when the widget is configured here.

@@ -15,6 +15,10 @@ pub struct LivechatMetrics {
     pub frames_rejected: IntCounterVec,
     /// Agent replies pushed to a socket on this instance.
     pub replies_pushed: IntCounterVec,
+    /// Replicas counted for the per-IP cap (this one and those heard from within the expiry).
+    pub presence_replicas: IntGauge,
+    /// Sockets open over the whole deployment as this replica counts them for the per-IP cap.
+    pub presence_sockets: IntGauge,
 }
 
 impl LivechatMetrics {
@@ -45,6 +49,16 @@ impl LivechatMetrics {
             ),
             &["how"],
         )?;
+        let presence_replicas = IntGauge::with_opts(Opts::new(
+            "omni_livechat_presence_replicas",
+            "Live chat replicas this instance counts for the per-IP socket cap (itself included).",
+        ))?;
+        let presence_sockets = IntGauge::with_opts(Opts::new(
+            "omni_livechat_presence_sockets",
+            "Live chat sockets open over every live replica, as this instance last heard.",
+        ))?;
+        registry.register(Box::new(presence_replicas.clone()))?;
+        registry.register(Box::new(presence_sockets.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(frames_rejected.clone()))?;
@@ -54,6 +68,8 @@ impl LivechatMetrics {
             attempts,
             frames_rejected,
             replies_pushed,
+            presence_replicas,
+            presence_sockets,
         })
     }
 }

@@ -5,7 +5,7 @@
 //! - `GET /v1/livechat/{tenant}/{widget}/ws?token=…[&after=<cursor>]`: the visitor's socket.
 //!
 //! Refusals before the upgrade are plain HTTP (`403` wrong origin, `401` bad token, `429` too
-//! many sockets from one IP); after it, every problem with a frame is an `error` frame and the
+//! many sockets from one IP, counted over every replica); after it, every problem with a frame is an `error` frame and the
 //! socket stays open, except an oversized frame (closed with 1009) and a lagging socket
 //! (closed with 1013; the widget resumes by cursor).
 
@@ -341,9 +341,11 @@ async fn socket(
         }
     };
     let ip = client_ip(&chat, &headers, peer);
+    let key = chat.presence.hasher.hash(ip);
+    let elsewhere = chat.presence.remote_count(key);
     let Some(slot) = chat
         .hub
-        .acquire_ip(ip, chat.settings.max_connections_per_ip)
+        .acquire_ip(ip, key, chat.settings.max_connections_per_ip, elsewhere)
     else {
         return refuse(
             &chat,
@@ -711,12 +713,15 @@ async fn handle_frame(chat: &Livechat, conn: &mut Conn, visitor: &Visitor, text:
                                 false,
                             )
                         });
+                    chat.hub
+                        .admitted(visitor.conversation, Some((event_id, duplicate)));
                     let ack = serde_json::json!({
                         "type": "ack", "client_id": client_id, "event_id": event_id, "duplicate": duplicate,
                     });
                     conn.send(ack.to_string()).await
                 }
                 Err(_) => {
+                    chat.hub.admitted(visitor.conversation, None);
                     let err = FrameError::new(
                         "unavailable",
                         "not stored; resend with the same client_id",

@@ -36,6 +36,15 @@ pub struct LivechatSettings {
     pub ws_read_buffer_bytes: usize,
     /// Take the client IP from the first `X-Forwarded-For` entry (behind a trusted proxy).
     pub trust_forwarded_for: bool,
+    /// How often each replica republishes its per-IP socket counts on the presence topic (it
+    /// also publishes at once when a socket opens or closes).
+    pub presence_heartbeat: Duration,
+    /// A replica not heard from for this long no longer counts toward any IP's cap (a replica
+    /// killed without a goodbye holds its sockets' slots this long).
+    pub presence_expiry: Duration,
+    /// Keys the hash of client IPs on the presence topic, so the topic never holds addresses
+    /// that can be reversed by hashing every IPv4 address. The same on every replica.
+    pub ip_hash_secret: Option<Secret>,
 }
 
 impl Default for LivechatSettings {
@@ -55,6 +64,9 @@ impl Default for LivechatSettings {
             queue_cap: 256,
             ws_read_buffer_bytes: 1024,
             trust_forwarded_for: false,
+            presence_heartbeat: Duration::from_secs(1),
+            presence_expiry: Duration::from_millis(3500),
+            ip_hash_secret: None,
         }
     }
 }

@@ -209,6 +209,8 @@ pub struct Router {
     tenants: tokio::sync::watch::Sender<Arc<BTreeMap<TenantId, RoutingConfig>>>,
     /// Asks the loop to leave and rejoin the consumer group (a partition has no live owner).
     rejoin: tokio::sync::Notify,
+    /// The partitions this instance owns, for channels whose per-tenant state follows them.
+    ownership: omni_bus::ownership::OwnershipSender,
 }
 
 impl Router {
@@ -234,7 +236,24 @@ impl Router {
             shared: Arc::new(Mutex::new(shared)),
             tenants,
             rejoin: tokio::sync::Notify::new(),
+            ownership: omni_bus::ownership::Ownership::channel(omni_bus::Owned::nothing()).0,
         }
+    }
+
+    /// Follows the partitions this instance owns (claimed and restored, not yet revoked):
+    /// channels keep the per-tenant state keyed onto them (mailboxes, Zalo tokens, SMS parts).
+    pub fn ownership(&self) -> omni_bus::Ownership {
+        omni_bus::Ownership::from_sender(&self.ownership)
+    }
+
+    /// Tells the channels what is owned now; called with the lock held after every change.
+    fn publish_ownership(&self, s: &SharedState) {
+        let now = omni_bus::Owned::partitions(s.partitions, s.owned.keys().copied().collect());
+        self.ownership.send_if_modified(|o| {
+            let changed = *o != now;
+            *o = now;
+            changed
+        });
     }
 
     /// The consumers' `session.timeout.ms`: after it, a dead member's partitions must have a
@@ -736,6 +755,7 @@ impl Router {
     fn unload(&self, partition: i32) {
         let mut s = self.lock();
         s.owned.remove(&partition);
+        self.publish_ownership(&s);
         for (tenant, slot) in s
             .tenants
             .iter()

@@ -1,28 +1,28 @@
 //! Vonage inbound messages, with multipart (`concat-*`) messages reassembled before they are
 //! published, and without ever acknowledging a part that is not durable.
 //!
-//! Design:
-//! - A part is first written to the compacted `omni.sms-parts.v1` topic, keyed
-//!   `<tenant>/<sender>/<to>/<concat-ref>/<part>`; Vonage gets its 200 only once Kafka
-//!   acknowledged it. Then it is offered to this instance's in-memory
-//!   [`Reassembler`] (one per tenant).
+//! Design (several replicas behind one load balancer, DESIGN "One owner per tenant"):
+//! - A part is checked (signature, fields, part number within its total) and written to the
+//!   compacted `omni.sms-parts.v1` topic, keyed `<tenant>/<sender>/<to>/<concat-ref>/<part>`;
+//!   Vonage gets its 200 once Kafka acknowledged it, on whichever replica it reached. A part
+//!   is never refused after it was stored.
+//! - Every replica follows the parts topic ([`ConcatStore::apply`], fed by an
+//!   `omni_bus::Tail`); the replica owning the tenant's partition reassembles
+//!   ([`ConcatStore::run`]), so the parts of one message, delivered to replicas A, B and A,
+//!   meet in one place. When ownership moves, the new owner offers the tenant's stored parts
+//!   with their original arrival times and the old one forgets them.
 //! - When the last part arrives, the whole message is published to `omni.inbound.v1` with an
-//!   event id derived from the sorted part ids (two instances completing the same message
-//!   publish the same id), and then the parts are deleted (tombstones).
+//!   event id derived from the sorted part ids (an owner replaced mid-way publishes the same
+//!   id), and then the parts are deleted (tombstones).
 //! - A message still incomplete after the TTL is published with the parts that arrived (never
-//!   lost), counted in `omni_sms_concat_partials_total`.
-//! - On start-up the pending parts are read back from the topic ([`ConcatStore::restore`]),
-//!   keeping their arrival time, so a restart between two parts still assembles the message.
+//!   lost), counted in `omni_sms_concat_partials_total`; so is a part that contradicts its
+//!   siblings' total.
 //! - If publishing a completed message fails, the parts stay on the topic and the message is
-//!   retried by the ticker ([`ConcatStore::run`]); a crash meanwhile restores and completes it
-//!   again with the same id.
-//!
-//! Limitation: parts are reassembled in the instance that received them. Behind a load
-//! balancer, parts of one message that reach different instances are each published as a
-//! partial after the TTL (text split, nothing lost). Route Vonage's webhook to one instance
-//! (or use sticky routing by `msisdn`) where this matters.
+//!   retried every second; a crash meanwhile makes the next owner complete it again with the
+//!   same id. Remaining window: an owner killed between the publish and the tombstones makes
+//!   the next owner publish the message again, with the same event id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -128,6 +128,13 @@ pub struct ConcatStore {
     reassemblers: Mutex<HashMap<String, Reassembler>>,
     retry: Mutex<Vec<Ready>>,
     metrics: ConcatMetrics,
+    /// Every part stored on the topic and not deleted yet, whoever reassembles it.
+    stored: Mutex<BTreeMap<String, StoredPart>>,
+    /// Keys of parts read from the topic and not yet looked at by [`ConcatStore::run`].
+    arrived: Mutex<Vec<String>>,
+    wake: tokio::sync::Notify,
+    /// Tenants reassembled here (owned, with parts seen).
+    owned: Mutex<BTreeSet<String>>,
 }
 
 impl ConcatStore {
@@ -145,7 +152,37 @@ impl ConcatStore {
             reassemblers: Mutex::new(HashMap::new()),
             retry: Mutex::new(Vec::new()),
             metrics,
+            stored: Mutex::new(BTreeMap::new()),
+            arrived: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            owned: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Applies one record of the parts topic (every replica follows it): a stored part, or
+    /// the tombstone of one published.
+    pub fn apply(&self, key: &[u8], value: Option<&[u8]>) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        match value.map(serde_json::from_slice::<StoredPart>) {
+            None => {
+                stored.remove(&key);
+                return;
+            }
+            Some(Ok(part)) => {
+                stored.insert(key.clone(), part);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(key = %key, error = %e, "ignoring an unreadable stored SMS part");
+                return;
+            }
+        }
+        drop(stored);
+        self.arrived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key);
+        self.wake.notify_one();
     }
 
     /// Serves `tenants` from now on (a reloaded config). Parts waiting for their siblings stay
@@ -213,6 +250,20 @@ impl ConcatStore {
             text: inbound.text.clone(),
             received_at: now,
         };
+        // Everything that can be refused is refused before the part is stored.
+        if concat.total == 0
+            || concat.total > self.config.max_parts
+            || concat.part == 0
+            || concat.part > concat.total
+        {
+            return Err(IngressError::InvalidField {
+                field: "concat-part".into(),
+                reason: format!(
+                    "part {} of {} is outside 1..={} parts",
+                    concat.part, concat.total, self.config.max_parts
+                ),
+            });
+        }
         let payload = serde_json::to_vec(&stored)
             .map_err(|e| IngressError::Malformed(format!("cannot store the part: {e}")))?;
         ingress
@@ -223,8 +274,7 @@ impl ConcatStore {
                 tracing::warn!(tenant = %tenant, error = %e, "cannot store an SMS part");
                 IngressError::Unavailable
             })?;
-        let ready = self.offer(tenant, stored, now)?;
-        self.publish_ready(ingress, ready).await;
+        // The owner of the tenant reassembles it when it reads the part back.
         Ok(())
     }
 
@@ -239,13 +289,26 @@ impl ConcatStore {
         let reassembler = reassemblers
             .entry(tenant.as_str().to_owned())
             .or_insert_with(|| Reassembler::new(self.config.clone()));
-        let offer = reassembler
-            .offer(stored.part(), stored.received_at.min(now))
-            .map_err(|e| IngressError::InvalidField {
-                field: "concat-part".into(),
-                reason: e.to_string(),
-            })?;
         let mut ready = Vec::new();
+        let offer = match reassembler.offer(stored.part(), stored.received_at.min(now)) {
+            Ok(offer) => offer,
+            Err(e) => {
+                // Stored and acknowledged: never dropped. It goes out on its own.
+                tracing::warn!(tenant = %tenant, error = %e,
+                    "SMS part does not fit its siblings: published on its own");
+                self.metrics.partials.inc();
+                ready.push(Ready {
+                    tenant: tenant.clone(),
+                    text: stored.text.clone(),
+                    message_ids: vec![stored.message_id.clone()],
+                    part_numbers: vec![stored.number],
+                    key: stored.part().key,
+                    first_received_at: stored.received_at,
+                    total: stored.total,
+                });
+                return Ok(ready);
+            }
+        };
         match offer {
             Offer::Duplicate => {}
             Offer::Stored { evicted, .. } => {
@@ -348,39 +411,140 @@ impl ConcatStore {
         self.publish_ready(ingress, ready).await;
     }
 
-    /// Runs [`ConcatStore::tick`] every second until `stop` turns true.
-    pub async fn run(&self, ingress: &Ingress, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Reassembles the tenants `ownership` gives this replica until `stop` turns true (see
+    /// [`ConcatStore::settle`]), expiring and retrying every second.
+    pub async fn run(
+        &self,
+        ingress: &Ingress,
+        mut ownership: omni_channel::Ownership,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut owner = ownership.now();
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            self.settle(ingress, &owner).await;
+            let stopped = async {
+                // The guard `wait_for` returns is not `Send`: drop it here.
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let tick = tokio::select! {
+                () = stopped => return,
+                () = self.wake.notified() => false,
+                next = ownership.changed() => {
+                    owner = next;
+                    false
+                }
+                _ = ticker.tick() => true,
+            };
+            if tick {
+                self.tick(ingress, Utc::now()).await;
             }
-            self.tick(ingress, Utc::now()).await;
         }
     }
 
-    /// Restores the parts read back from the parts topic (latest value per key), with their
-    /// original arrival times, and publishes the messages they complete.
-    pub async fn restore(&self, ingress: &Ingress, table: BTreeMap<String, Vec<u8>>) -> usize {
-        let mut parts: Vec<StoredPart> = table
+    /// Brings the reassembly in line with `owner` and the parts read so far: forgets the
+    /// tenants no longer owned here, offers a newly owned tenant's stored parts (oldest first),
+    /// offers each part read since whose tenant is owned here, and publishes what completed.
+    pub async fn settle(&self, ingress: &Ingress, owner: &omni_channel::Owned) {
+        let tenants: BTreeSet<String> = self
+            .stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter_map(|v| serde_json::from_slice(v).ok())
+            .map(|p| p.tenant.clone())
             .collect();
-        parts.sort_by_key(|p| p.received_at);
-        let count = parts.len();
-        let now = Utc::now();
+        let (gone, gained) = {
+            let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = owned.iter().filter(|t| !owner.owns(t)).cloned().collect();
+            let gained: Vec<String> = tenants
+                .into_iter()
+                .filter(|t| owner.owns(t) && !owned.contains(t))
+                .collect();
+            (gone, gained)
+        };
+        for tenant in gone {
+            self.owned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&tenant);
+            self.forget(&tenant);
+        }
         let mut ready = Vec::new();
-        for part in parts {
+        for tenant in gained {
+            ready.extend(self.take_over(&tenant));
+            self.owned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant);
+        }
+        let arrived: Vec<String> =
+            std::mem::take(&mut *self.arrived.lock().unwrap_or_else(|p| p.into_inner()));
+        for key in arrived {
+            let part = self
+                .stored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            let Some(part) = part.filter(|p| owner.owns(&p.tenant)) else {
+                continue;
+            };
             let Ok(tenant) = TenantId::new(part.tenant.clone()) else {
                 continue;
             };
-            match self.offer(&tenant, part, now) {
-                Ok(r) => ready.extend(r),
-                Err(e) => tracing::warn!(error = %e, "stored SMS part refused on restore"),
+            self.owned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(part.tenant.clone());
+            if let Ok(r) = self.offer(&tenant, part, Utc::now()) {
+                ready.extend(r);
             }
         }
         self.publish_ready(ingress, ready).await;
-        count
+    }
+
+    /// Offers every stored part of `tenant`, oldest first, to a fresh reassembler: this replica
+    /// has just become its owner.
+    fn take_over(&self, tenant: &str) -> Vec<Ready> {
+        let Ok(id) = TenantId::new(tenant.to_owned()) else {
+            return Vec::new();
+        };
+        let mut parts: Vec<StoredPart> = self
+            .stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.tenant == tenant)
+            .cloned()
+            .collect();
+        parts.sort_by_key(|p| p.received_at);
+        tracing::info!(tenant = %tenant, parts = parts.len(), "reassembling this tenant's multipart SMS here");
+        let now = Utc::now();
+        let mut ready = Vec::new();
+        for part in parts {
+            if let Ok(r) = self.offer(&id, part, now) {
+                ready.extend(r);
+            }
+        }
+        ready
+    }
+
+    /// Drops what this replica held for `tenant` (another one reassembles it now; the parts
+    /// stay on the topic).
+    fn forget(&self, tenant: &str) {
+        let mut reassemblers = self.reassemblers.lock().unwrap_or_else(|p| p.into_inner());
+        reassemblers.remove(tenant);
+        let pending: usize = reassemblers.values().map(Reassembler::pending_len).sum();
+        self.metrics
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        drop(reassemblers);
+        self.retry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| r.tenant.as_str() != tenant);
+        tracing::info!(tenant = %tenant, "multipart SMS of this tenant now reassembled elsewhere");
     }
 }
 

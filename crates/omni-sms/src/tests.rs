@@ -4,7 +4,7 @@
 //! vectors).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +113,8 @@ struct Fixture {
     ingress: Ingress,
     tenants: SmsTenants,
     registry: Registry,
+    /// Records of the parts topic already read back ([`read_back_parts`]).
+    parts_read: std::sync::Mutex<usize>,
 }
 
 fn fixture(vonage_method: Option<SignatureMethod>) -> Fixture {
@@ -131,6 +133,7 @@ fn fixture(vonage_method: Option<SignatureMethod>) -> Fixture {
         ingress,
         tenants: tenants([(TenantId::new("acme").unwrap(), tenant(vonage_method))]),
         registry,
+        parts_read: std::sync::Mutex::new(0),
     }
 }
 
@@ -620,7 +623,28 @@ async fn vonage(
             .await,
     )
     .await;
+    read_back_parts(f, store).await;
     (status, answer)
+}
+
+/// What the daemon's follower of the parts topic does: hands the records stored since the
+/// last call back to the store, then reassembles as the only replica.
+async fn read_back_parts(f: &Fixture, store: &ConcatStore) {
+    let records = f.sink.records();
+    {
+        let mut seen = f.parts_read.lock().unwrap();
+        for r in records
+            .iter()
+            .filter(|r| r.topic == "omni.sms-parts.v1")
+            .skip(*seen)
+        {
+            store.apply(&r.key, (!r.tombstone).then_some(r.payload.as_slice()));
+            *seen += 1;
+        }
+    }
+    store
+        .settle(&f.ingress, &omni_channel::Owned::everything())
+        .await;
 }
 
 #[test]
@@ -738,14 +762,100 @@ async fn vonage_parts_out_of_order_and_repeated_become_exactly_one_message() {
     // Another instance (or a restart) completing the same parts publishes the same id.
     let f2 = fixture(Some(m));
     let store2 = concat_store(&f2);
-    let table: BTreeMap<String, Vec<u8>> = stored
-        .iter()
-        .map(|r| (String::from_utf8(r.key.clone()).unwrap(), r.payload.clone()))
-        .collect();
-    assert_eq!(store2.restore(&f2.ingress, table).await, 3);
+    for r in &stored {
+        store2.apply(&r.key, Some(&r.payload));
+    }
+    store2
+        .settle(&f2.ingress, &omni_channel::Owned::everything())
+        .await;
     let again = f2.on("omni.inbound.v1");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0]["id"], events[0]["id"]);
+}
+
+/// Posts a Vonage webhook to `store` without reading the parts back.
+async fn post_part(f: &Fixture, store: &ConcatStore, p: Vec<(String, String)>) -> StatusCode {
+    let head = omni_channel::request_head(
+        Method::POST,
+        "/v1/webhooks/sms/vonage/acme",
+        form_headers(None),
+    );
+    let body = encode(&p);
+    read(
+        store
+            .handle(&f.ingress, "acme", &head, Body::from(body))
+            .await,
+    )
+    .await
+    .0
+}
+
+/// Two replicas behind a load balancer: parts reach A, B, A; the owner of the tenant changes
+/// from A to B between them. One message, published by the owner only.
+#[tokio::test]
+async fn parts_split_over_replicas_are_reassembled_once_by_the_tenants_owner() {
+    let f = fixture(Some(SignatureMethod::HmacSha256));
+    let a = concat_store(&f);
+    let b = ConcatStore::new(
+        SmsWebhook::new(f.tenants.clone(), Endpoint::VonageMessage),
+        "omni.sms-parts.v1",
+        ReassemblerConfig::default(),
+        ConcatMetrics::register(&Registry::new()).unwrap(),
+    );
+    let m = SignatureMethod::HmacSha256;
+    let nobody = omni_channel::Owned::nothing();
+    let everything = omni_channel::Owned::everything();
+    // Both follow the one topic; the sink is it.
+    let follow = |stores: &[&ConcatStore], from: usize| {
+        let records: Vec<_> = f
+            .sink
+            .records()
+            .into_iter()
+            .filter(|r| r.topic == "omni.sms-parts.v1")
+            .collect();
+        for r in &records[from..] {
+            for s in stores {
+                s.apply(&r.key, (!r.tombstone).then_some(r.payload.as_slice()));
+            }
+        }
+        records.len()
+    };
+    assert_eq!(
+        post_part(&f, &a, vonage_params(&part("S1", "1", "Một "), m)).await,
+        StatusCode::OK
+    );
+    let mut read_to = follow(&[&a, &b], 0);
+    a.settle(&f.ingress, &everything).await;
+    b.settle(&f.ingress, &nobody).await;
+    assert_eq!(
+        post_part(&f, &b, vonage_params(&part("S2", "2", "hai "), m)).await,
+        StatusCode::OK
+    );
+    read_to = follow(&[&a, &b], read_to);
+    // The tenant moves from A to B.
+    a.settle(&f.ingress, &nobody).await;
+    b.settle(&f.ingress, &everything).await;
+    assert!(
+        f.on("omni.inbound.v1").is_empty(),
+        "nothing before the last part"
+    );
+    assert_eq!(
+        post_part(&f, &a, vonage_params(&part("S3", "3", "ba"), m)).await,
+        StatusCode::OK
+    );
+    follow(&[&a, &b], read_to);
+    a.settle(&f.ingress, &nobody).await;
+    b.settle(&f.ingress, &everything).await;
+    let events = f.on("omni.inbound.v1");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["message"]["text"], "Một hai ba");
+    // A part whose number is outside its total is refused before it is stored.
+    let records = f.sink.records().len();
+    assert_eq!(
+        post_part(&f, &a, vonage_params(&part("S9", "9", "x"), m)).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(f.sink.records().len(), records, "nothing stored");
 }
 
 #[tokio::test]

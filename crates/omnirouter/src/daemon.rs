@@ -146,8 +146,49 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             .context("building the HTTP client for forwarded reads")?,
         metrics: router_metrics,
     });
-    // Readers record e-mail threads; the e-mail sender reads them for References.
-    let threads = Arc::new(omni_email::ThreadIndex::default());
+    // Per-tenant channel state (Zalo refreshes, SMS reassembly) lives where the router owns
+    // the tenant; without a router this instance is the only one.
+    let ownership = router_handle.as_ref().map_or_else(
+        || omni_bus::Ownership::fixed(omni_bus::Owned::everything()),
+        |r| r.ownership(),
+    );
+    // Every replica follows the Zalo token pairs the owners write.
+    let zalo_shared = Arc::new(omni_social::zalo::shared::SharedTokens::new(
+        settings.kafka.topics.zalo_tokens.clone(),
+        Arc::new(producer.clone()),
+        settings.zalo_sealing.clone(),
+    ));
+    let zalo_tail = {
+        let store = zalo_shared.clone();
+        omni_bus::Tail::start(
+            &settings.kafka,
+            &settings.kafka.topics.zalo_tokens,
+            "zalo-tokens",
+            Box::new(move |k, v| store.apply(k, v)),
+        )
+    };
+    zalo_shared.followed(zalo_tail.caught_up_signal());
+    // Readers and senders record e-mail threads on the thread topic; every replica follows it,
+    // so the sender finds a thread's chain whichever replica read or answered its mail.
+    let threads = Arc::new(if settings.mailboxes.is_empty() {
+        omni_email::ThreadIndex::default()
+    } else {
+        omni_email::ThreadIndex::durable(
+            &settings.kafka,
+            Arc::new(producer.clone()),
+            THREAD_INDEX_CAPACITY,
+            settings.kafka.publish_timeout(),
+        )
+    });
+    // Mailboxes are read where the router group puts their checkpoint's partition; without a
+    // router this instance is the only one and reads them all.
+    let (mailbox_ownership, takeover_grace) = match &router_handle {
+        Some(_) => (
+            ownership.clone(),
+            settings.kafka.publish_timeout() + Duration::from_secs(1),
+        ),
+        None => (ownership.clone(), Duration::ZERO),
+    };
     let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
     let (outbound_task, senders, replies) = match &settings.outbound {
         Some(outbound) => {
@@ -155,9 +196,9 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
                 settings,
                 outbound,
                 &registry,
-                producer.clone(),
-                bus_metrics.clone(),
+                (producer.clone(), bus_metrics.clone()),
                 threads.clone(),
+                (zalo_shared.clone(), ownership.clone()),
                 outbound_stop_rx,
             )?;
             (Some(task), Some(senders), Some(replies))
@@ -165,7 +206,14 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         None => (None, None, None),
     };
     let (email_stop_tx, email_stop_rx) = tokio::sync::watch::channel(false);
-    let email_tasks = start_mailboxes(settings, &registry, &producer, threads, email_stop_rx)?;
+    let email_tasks = start_mailboxes(
+        settings,
+        &registry,
+        &producer,
+        threads,
+        (mailbox_ownership, takeover_grace),
+        email_stop_rx,
+    )?;
     let channels = Channels::new(settings);
     let concat = Arc::new(ConcatStore::new(
         SmsWebhook::new(
@@ -186,6 +234,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
 
     let concat_upkeep = {
         let (state, kafka) = (state.clone(), settings.kafka.clone());
+        let ownership = ownership.clone();
         // Ends with the router, after the HTTP drain: no part arrives after it.
         let stop = router_stop_rx.clone();
         ConcatUpkeep::new(move || {
@@ -193,6 +242,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
                 state.clone(),
                 concat.clone(),
                 kafka.clone(),
+                ownership.clone(),
                 stop.clone(),
             ))
         })
@@ -304,19 +354,26 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     let records_unflushed = producer
         .flush_or_purge(left().max(Duration::from_millis(100)))
         .await;
+    drop(zalo_tail);
     Ok(Leftovers {
         records_unflushed,
         replies_unfinished,
     })
 }
 
-/// Starts one IMAP reader per configured mailbox (each reconnects on its own until `stop`);
-/// their checkpoints share one view of the compacted checkpoint topic.
+/// How many mails the e-mail thread index keeps in memory (the newest; the topic keeps all).
+const THREAD_INDEX_CAPACITY: usize = 100_000;
+
+/// Keeps one IMAP reader running for each configured mailbox this instance owns (`ownership`:
+/// the router group's partition of the mailbox's checkpoint key), until `stop`. A reader that
+/// starts here after another instance read the mailbox waits `takeover_grace` first, then
+/// resumes from the latest checkpoint (see `omni_email::reader`).
 fn start_mailboxes(
     settings: &Settings,
     registry: &Registry,
     producer: &Producer,
     threads: Arc<omni_email::ThreadIndex>,
+    (ownership, takeover_grace): (omni_bus::Ownership, Duration),
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     if settings.mailboxes.is_empty() {
@@ -327,7 +384,7 @@ fn start_mailboxes(
     let checkpoints: Arc<dyn omni_email::CheckpointStore> = Arc::new(
         omni_email::KafkaCheckpoints::new(&settings.kafka, sink.clone()),
     );
-    let mut tasks = Vec::new();
+    let mut readers = std::collections::BTreeMap::new();
     for mailbox in &settings.mailboxes {
         let address = mailbox.address.clone();
         let reader = omni_email::MailboxReader::new(
@@ -338,15 +395,37 @@ fn start_mailboxes(
             metrics.clone(),
             threads.clone(),
         )
-        .with_context(|| format!("mailbox {address}"))?;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = reader.run(stop).await {
-                tracing::error!(mailbox = %address, error = %e, "mailbox reader stopped");
-            }
-        }));
+        .with_context(|| format!("mailbox {address}"))?
+        .with_takeover_grace(takeover_grace);
+        if readers
+            .insert(mailbox.checkpoint_key(), (address, reader))
+            .is_some()
+        {
+            anyhow::bail!(
+                "two mailboxes read the same folder ({}): configure each once",
+                mailbox.checkpoint_key()
+            );
+        }
     }
-    Ok(tasks)
+    let keys: Vec<String> = readers.keys().cloned().collect();
+    let readers = Arc::new(readers);
+    let supervisor = omni_bus::ownership::run_per_owned_key(
+        ownership,
+        keys,
+        move |key, stop| {
+            let reader = readers.get(&key).cloned();
+            async move {
+                let Some((address, reader)) = reader else {
+                    return;
+                };
+                if let Err(e) = reader.run(stop).await {
+                    tracing::error!(mailbox = %address, error = %e, "mailbox reader stopped");
+                }
+            }
+        },
+        stop,
+    );
+    Ok(vec![tokio::spawn(supervisor)])
 }
 
 /// Starts sending replies from the outbound topic: a sender per channel (Messenger, SMS and
@@ -357,9 +436,12 @@ fn start_outbound(
     settings: &Settings,
     outbound: &OutboundSettings,
     registry: &Registry,
-    producer: Producer,
-    bus_metrics: Arc<BusMetrics>,
+    (producer, bus_metrics): (Producer, Arc<BusMetrics>),
     threads: Arc<omni_email::ThreadIndex>,
+    zalo_shared: (
+        Arc<omni_social::zalo::shared::SharedTokens>,
+        omni_bus::Ownership,
+    ),
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, Senders, omni_bus::Unfinished)> {
     let metrics = DispatchMetrics::register(registry)?;
@@ -399,7 +481,8 @@ fn start_outbound(
         settings.zalo_refresh.clone(),
         TokenMetrics::register(registry)?,
         stop.clone(),
-    );
+    )
+    .shared(zalo_shared.0, zalo_shared.1);
     let keepers = zalo_tokens
         .prepare(&settings.zalo_tenants)
         .context("building the Zalo OAuth HTTP client")?;
@@ -475,7 +558,7 @@ impl OutboundOwnership {
     async fn build(
         self,
         stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Option<omni_channel::Ownership> {
+    ) -> Option<omni_channel::SendOwnership> {
         let mut delay = Duration::from_millis(500);
         let wanted = [self.outbound_topic.clone(), self.progress_topic.clone()];
         let partitions = loop {
@@ -504,7 +587,7 @@ impl OutboundOwnership {
         };
         let store: Arc<dyn omni_channel::PartitionedStore> =
             Arc::new(omni_channel::KafkaStore::new(self.producer));
-        Some(omni_channel::Ownership {
+        Some(omni_channel::SendOwnership {
             partitions,
             store: store.clone(),
             forward_misrouted: self.forward_misrouted,
@@ -518,35 +601,26 @@ impl OutboundOwnership {
     }
 }
 
-/// The multipart SMS upkeep: restores stored parts once the parts topic can be read, then
-/// expires incomplete messages past their TTL until `stop`.
+/// The multipart SMS upkeep: follows the parts topic (every replica) and reassembles the
+/// tenants this replica owns until `stop`.
 async fn run_concat(
     state: Arc<AppState>,
     concat: Arc<ConcatStore>,
     kafka: omni_bus::BusConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    ownership: omni_bus::Ownership,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let topic = kafka.topics.sms_parts.clone();
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let (bus, t) = (kafka.clone(), topic.clone());
-        let read = tokio::task::spawn_blocking(move || omni_bus::table::read_table(&bus, &t)).await;
-        match read {
-            Ok(Ok(table)) => {
-                let restored = concat.restore(&state.ingress, table).await;
-                tracing::info!(parts = restored, topic = %topic, "stored SMS parts restored");
-                break;
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read stored SMS parts yet"),
-            Err(e) => tracing::warn!(error = %e, "reading stored SMS parts failed"),
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(15));
-    }
-    concat.run(&state.ingress, stop).await;
+    let follower = {
+        let concat = concat.clone();
+        omni_bus::Tail::start(
+            &kafka,
+            &kafka.topics.sms_parts,
+            "sms-parts",
+            Box::new(move |k, v| concat.apply(k, v)),
+        )
+    };
+    concat.run(&state.ingress, ownership, stop).await;
+    drop(follower);
 }
 
 async fn create_topics_until_done(kafka: omni_bus::BusConfig, metrics: Arc<BusMetrics>) {

@@ -26,7 +26,8 @@
 use omni_core::{Secret, TenantId};
 use omni_sms::send::SmsSender;
 use omni_social::messenger::MessengerSender;
-use omni_social::zalo::token::{OaToken, RefreshSettings, TokenMetrics};
+use omni_social::zalo::shared::SharedTokens;
+use omni_social::zalo::token::{OaToken, RefreshSettings, Replicated, TokenMetrics};
 use omni_social::zalo::{OaSettings, ZaloSender, ZaloTenant};
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{BTreeMap, HashMap};
@@ -342,6 +343,8 @@ pub struct ZaloTokens {
     /// Stops the upkeep loop in force (at its next wait: a refresh is never cut short).
     upkeep: Option<Arc<watch::Sender<bool>>>,
     stop: watch::Receiver<bool>,
+    /// The pairs shared between replicas, and what this one owns (who refreshes).
+    shared: Option<(Arc<SharedTokens>, omni_channel::Ownership)>,
 }
 
 /// Token keepers by (tenant, OA id), with the settings each was built from.
@@ -368,7 +371,15 @@ impl ZaloTokens {
             keepers: HashMap::new(),
             upkeep: None,
             stop,
+            shared: None,
         }
+    }
+
+    /// Shares every OA's pair through `store`; only the owner of a tenant refreshes its OAs.
+    #[must_use]
+    pub fn shared(mut self, store: Arc<SharedTokens>, ownership: omni_channel::Ownership) -> Self {
+        self.shared = Some((store, ownership));
+        self
     }
 
     /// The keepers for `tenants`, reusing those of unchanged OAs. Changes nothing yet.
@@ -379,12 +390,18 @@ impl ZaloTokens {
                 let key = (tenant.as_str().to_owned(), oa.clone());
                 let keeper = match self.keepers.get(&key) {
                     Some((old, keeper)) if same_oa(old, settings) => keeper.clone(),
-                    _ => Arc::new(OaToken::new(
-                        oa,
-                        settings,
-                        self.refresh.clone(),
-                        self.metrics.clone(),
-                    )?),
+                    _ => {
+                        let keeper =
+                            OaToken::new(oa, settings, self.refresh.clone(), self.metrics.clone())?;
+                        Arc::new(match &self.shared {
+                            Some((store, ownership)) => keeper.replicated(Replicated {
+                                store: store.clone(),
+                                ownership: ownership.clone(),
+                                tenant: tenant.as_str().to_owned(),
+                            }),
+                            None => keeper,
+                        })
+                    }
                 };
                 next.insert(key, (settings.clone(), keeper));
             }

@@ -217,6 +217,10 @@ pub struct RawZaloApi {
     pub timeout_secs: u64,
     /// Refresh an access token this long before it expires.
     pub refresh_before_secs: u64,
+    /// The key (32 bytes, base64) sealing OA token pairs on the shared tokens topic.
+    pub token_key: Option<omni_core::Secret>,
+    /// Write token pairs to Kafka in clear text instead (when no `token_key` is set).
+    pub tokens_in_clear: bool,
 }
 
 impl Default for RawZaloApi {
@@ -227,6 +231,8 @@ impl Default for RawZaloApi {
             rate_per_oa: 50.0,
             timeout_secs: 15,
             refresh_before_secs: 3600,
+            token_key: None,
+            tokens_in_clear: false,
         }
     }
 }
@@ -498,6 +504,8 @@ pub struct Settings {
     pub zalo_api: ZaloSendSettings,
     /// Zalo token refresh.
     pub zalo_refresh: RefreshSettings,
+    /// How Zalo token pairs are written to the shared tokens topic.
+    pub zalo_sealing: omni_social::zalo::shared::TokenSealing,
     /// Tenants with SMS.
     pub sms_tenants: Vec<(TenantId, SmsTenant)>,
     /// The SMS providers' APIs.
@@ -759,6 +767,20 @@ impl RawSettings {
                 return Err(invalid(key, format!("{url:?} is not an http(s) URL")));
             }
         }
+        let zalo_sealing = match (&self.zalo.token_key, self.zalo.tokens_in_clear) {
+            (Some(key), _) => omni_social::zalo::shared::TokenSealing::from_base64(key.expose())
+                .map_err(|e| invalid("zalo.token_key", e.to_string()))?,
+            (None, true) => omni_social::zalo::shared::TokenSealing::Clear,
+            (None, false) if zalo_tenants.is_empty() => {
+                omni_social::zalo::shared::TokenSealing::Clear
+            }
+            (None, false) => {
+                return Err(invalid(
+                    "zalo.token_key",
+                    "Zalo OAs are configured: their token pairs are shared between replicas through Kafka; set a key to seal them (`openssl rand -base64 32`, e.g. in OMNI__ZALO__TOKEN_KEY) or allow clear text with zalo.tokens_in_clear = true".into(),
+                ))
+            }
+        };
         if self.messenger.timeout_secs == 0 || self.zalo.timeout_secs == 0 {
             return Err(invalid(
                 "messenger.timeout_secs / zalo.timeout_secs",
@@ -830,6 +852,7 @@ impl RawSettings {
                 refresh_before: Duration::from_secs(self.zalo.refresh_before_secs),
                 timeout: Duration::from_secs(self.zalo.timeout_secs),
             },
+            zalo_sealing,
             sms_tenants,
             sms_api: SmsApiSettings {
                 twilio_base_url: self.sms.twilio_base_url,
@@ -1136,6 +1159,12 @@ pub struct RawLivechat {
     /// Count connections per IP by the first `X-Forwarded-For` entry (only behind a proxy
     /// that sets it).
     pub trust_forwarded_for: bool,
+    /// Each replica republishes its per-IP socket counts this often (and at once on a change).
+    pub presence_heartbeat_ms: u64,
+    /// A replica not heard from for this long stops counting toward the per-IP cap.
+    pub presence_expiry_ms: u64,
+    /// Keys the hash of client IPs on the presence topic; the same on every replica.
+    pub ip_hash_secret: Option<Secret>,
 }
 
 impl Default for RawLivechat {
@@ -1157,6 +1186,10 @@ impl Default for RawLivechat {
             queue_cap: d.queue_cap,
             ws_read_buffer_bytes: d.ws_read_buffer_bytes,
             trust_forwarded_for: d.trust_forwarded_for,
+            presence_heartbeat_ms: u64::try_from(d.presence_heartbeat.as_millis())
+                .unwrap_or(u64::MAX),
+            presence_expiry_ms: u64::try_from(d.presence_expiry.as_millis()).unwrap_or(u64::MAX),
+            ip_hash_secret: None,
         }
     }
 }
@@ -1192,6 +1225,18 @@ impl RawLivechat {
                 });
             }
         }
+        if self.presence_heartbeat_ms == 0 {
+            return Err(SettingsError::Invalid {
+                key: "livechat.presence_heartbeat_ms".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.presence_expiry_ms < self.presence_heartbeat_ms.saturating_mul(2) {
+            return Err(SettingsError::Invalid {
+                key: "livechat.presence_expiry_ms".into(),
+                reason: "must be at least twice presence_heartbeat_ms (one late heartbeat must not expire a replica)".into(),
+            });
+        }
         if self.max_frame_bytes > MAX_BODY_LIMIT {
             return Err(SettingsError::Invalid {
                 key: "livechat.max_frame_bytes".into(),
@@ -1213,6 +1258,9 @@ impl RawLivechat {
             queue_cap: self.queue_cap,
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             trust_forwarded_for: self.trust_forwarded_for,
+            presence_heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
+            presence_expiry: Duration::from_millis(self.presence_expiry_ms),
+            ip_hash_secret: self.ip_hash_secret,
         }))
     }
 }

@@ -178,6 +178,7 @@ impl Router {
                 );
             }
             s.progress.extend(progress);
+            self.publish_ownership(&s);
             self.metrics
                 .partitions_owned
                 .with_label_values(&[self.settings.group_id.as_str()])

@@ -20,6 +20,7 @@
 
 mod inbound;
 mod send;
+pub mod shared;
 pub mod token;
 
 #[cfg(test)]

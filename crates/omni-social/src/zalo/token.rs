@@ -7,9 +7,17 @@
 //! it, and the write is retried first on the next call. Failures are logged at `error` and
 //! counted in `omni_zalo_token_refreshes_total{result="error"}`.
 //!
-//! Several daemons may share one token file: before refreshing, the file is read again and a
-//! fresher pair written by another process is adopted instead (two processes refreshing in
-//! the same instant can still race; run the refresh on one instance if that matters).
+//! With several replicas ([`OaToken::replicated`]), only the owner of the OA's tenant
+//! partition refreshes, after a grace of one refresh timeout from the moment it became the
+//! owner (so a previous owner's refresh in flight lands first); the new pair reaches Kafka
+//! ([`super::shared`]) before it is used, and every other replica sends with the newest pair
+//! from there, waiting (at most one refresh timeout) for the owner's refresh only once the
+//! access token has actually expired. Remaining window: an owner killed after Zalo answered a
+//! refresh and before Kafka acknowledged the new pair loses the pair (re-authorise the OA);
+//! the refresh call and the write take milliseconds of a token's ~25 hours.
+//!
+//! The token file is still written on the refreshing replica (the operator named it) and read
+//! at start: a pair newer than Kafka's (an upgrade from one instance) is adopted and shared.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use omni_core::Secret;
@@ -56,6 +64,20 @@ pub enum TokenError {
         /// The OA.
         oa: String,
         /// What happened.
+        detail: String,
+    },
+    /// Another replica refreshes this OA and its new pair has not arrived in time.
+    #[error("the token of OA {oa} is refreshed by the replica owning its tenant and has not arrived yet")]
+    RefreshedElsewhere {
+        /// The OA.
+        oa: String,
+    },
+    /// The new pair could not be written to the shared tokens topic.
+    #[error("cannot share the new token pair of OA {oa}: {detail}")]
+    Share {
+        /// The OA.
+        oa: String,
+        /// Why.
         detail: String,
     },
     /// Zalo refused the refresh token (expired, already used, revoked).
@@ -219,6 +241,16 @@ struct State {
     rejected: Option<String>,
 }
 
+/// Where an OA's pair is shared with the other replicas, and who refreshes it.
+pub struct Replicated {
+    /// The shared pairs.
+    pub store: Arc<super::shared::SharedTokens>,
+    /// What this replica owns.
+    pub ownership: omni_channel::Ownership,
+    /// The OA's tenant: the ownership key.
+    pub tenant: String,
+}
+
 /// One OA's access token, refreshed on demand and ahead of expiry.
 pub struct OaToken {
     oa: String,
@@ -230,6 +262,9 @@ pub struct OaToken {
     http: reqwest::Client,
     settings: RefreshSettings,
     metrics: TokenMetrics,
+    replicated: Option<Replicated>,
+    /// Since when this replica owns the OA's tenant (the refresh grace starts there).
+    owned_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl OaToken {
@@ -255,7 +290,89 @@ impl OaToken {
                 .build()?,
             settings: refresh,
             metrics,
+            replicated: None,
+            owned_since: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Shares the pair with the other replicas through `replicated`: from now on only the
+    /// owner of the tenant refreshes.
+    #[must_use]
+    pub fn replicated(mut self, replicated: Replicated) -> Self {
+        self.replicated = Some(replicated);
+        self
+    }
+
+    /// Whether this replica refreshes the OA now: always for a single instance; with replicas,
+    /// the owner of the tenant once it has owned it for one refresh timeout.
+    pub fn refreshes_here(&self) -> bool {
+        let Some(r) = &self.replicated else {
+            return true;
+        };
+        let mut since = self.owned_since.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.ownership.owns(&r.tenant) {
+            *since = None;
+            return false;
+        }
+        since.get_or_insert_with(std::time::Instant::now).elapsed() >= self.settings.timeout
+    }
+
+    fn shared_key(&self) -> Option<String> {
+        self.replicated
+            .as_ref()
+            .map(|r| super::shared::SharedTokens::key(&r.tenant, &self.oa))
+    }
+
+    /// Takes the shared pair when it differs from the one held: with replicas the tokens
+    /// topic is the truth. A pair refreshed here and not stored yet is never replaced.
+    fn adopt_shared(&self, state: &mut State) {
+        let (Some(r), Some(key)) = (&self.replicated, self.shared_key()) else {
+            return;
+        };
+        let Some(shared) = r.store.get(&key) else {
+            return;
+        };
+        let differs = state.tokens.as_ref() != Some(&shared);
+        if differs
+            && !state.unsaved
+            && state.rejected.as_deref() != Some(shared.access_token.as_str())
+        {
+            self.publish_expiry(&shared);
+            state.tokens = Some(shared);
+            state.unsaved = false;
+        }
+    }
+
+    /// Takes the owner's newest pair, if newer than the one held.
+    pub async fn follow_shared(&self) {
+        let mut state = self.state.lock().await;
+        self.adopt_shared(&mut state);
+    }
+
+    /// On a replica that does not refresh: the held token while it has not expired, else the
+    /// owner's next pair if it arrives within one refresh timeout.
+    async fn refreshed_by_owner(&self, state: &mut State) -> Result<Secret, TokenError> {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        loop {
+            self.adopt_shared(state);
+            let now = Utc::now();
+            if let Some(t) = state.tokens.as_ref().filter(|t| {
+                !t.access_token.is_empty()
+                    && t.access_token_expires_at.is_some_and(|at| at > now)
+                    && state.rejected.as_deref() != Some(t.access_token.as_str())
+            }) {
+                return Ok(Secret::new(t.access_token.clone()));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(TokenError::RefreshedElsewhere {
+                    oa: self.oa.clone(),
+                });
+            }
+            if let Some(r) = &self.replicated {
+                r.store.changed(left).await;
+            }
+        }
     }
 
     /// The OA id.
@@ -267,14 +384,22 @@ impl OaToken {
     pub async fn access_token(&self) -> Result<Secret, TokenError> {
         let now = Utc::now();
         let mut state = self.state.lock().await;
+        self.adopt_shared(&mut state);
+        let here = self.refreshes_here();
         if state.tokens.is_none() {
-            state.tokens = Some(self.load_or_seed()?);
+            if !here {
+                return self.refreshed_by_owner(&mut state).await;
+            }
+            state.tokens = Some(self.load_or_seed().await?);
         }
-        if state.unsaved {
-            self.save(&mut state)?;
+        if state.unsaved && here {
+            self.save(&mut state).await?;
         }
         if let Some(tokens) = state.tokens.as_ref().filter(|t| self.fresh(t, now)) {
             return Ok(Secret::new(tokens.access_token.clone()));
+        }
+        if !here {
+            return self.refreshed_by_owner(&mut state).await;
         }
         // Another process sharing the file may have refreshed already.
         if let Some(stored) = self.file.load()?.filter(|t| {
@@ -311,7 +436,7 @@ impl OaToken {
             .inc();
         state.tokens = Some(fresh);
         state.unsaved = true;
-        self.save(&mut state)?;
+        self.save(&mut state).await?;
         let tokens = state
             .tokens
             .as_ref()
@@ -353,10 +478,26 @@ impl OaToken {
                 .is_some_and(|due| due > now)
     }
 
-    fn save(&self, state: &mut State) -> Result<(), TokenError> {
+    /// Writes the held pair to Kafka (with replicas) and to the token file; it is used only
+    /// once both are done.
+    async fn save(&self, state: &mut State) -> Result<(), TokenError> {
         let Some(tokens) = state.tokens.as_ref() else {
             return Ok(());
         };
+        if let (Some(r), Some(key)) = (&self.replicated, self.shared_key()) {
+            if let Err(detail) = r.store.put(&key, tokens).await {
+                self.metrics
+                    .refreshes
+                    .with_label_values(&[self.oa.as_str(), "error"])
+                    .inc();
+                tracing::error!(channel = "zalo", oa = %self.oa, error = %detail,
+                    "cannot share the new Zalo token pair through Kafka; it is held in memory and not used until stored");
+                return Err(TokenError::Share {
+                    oa: self.oa.clone(),
+                    detail,
+                });
+            }
+        }
         match self.file.save(tokens) {
             Ok(()) => {
                 state.unsaved = false;
@@ -383,9 +524,37 @@ impl OaToken {
         }
     }
 
-    fn load_or_seed(&self) -> Result<StoredTokens, TokenError> {
-        if let Some(stored) = self.file.load()? {
+    /// The newest of the shared pair and the file's, else a pair seeded from the settings;
+    /// written to where it was missing.
+    async fn load_or_seed(&self) -> Result<StoredTokens, TokenError> {
+        if let Some(r) = &self.replicated {
+            if !r.store.read_up(self.settings.timeout).await {
+                return Err(TokenError::Unreachable {
+                    oa: self.oa.clone(),
+                    detail: "the shared token pairs have not been read from Kafka yet".into(),
+                });
+            }
+        }
+        let shared = self
+            .replicated
+            .as_ref()
+            .zip(self.shared_key())
+            .and_then(|(r, key)| r.store.get(&key));
+        let file = self.file.load()?;
+        let newest = match (shared.clone(), file) {
+            (Some(s), Some(f)) => Some(if f.updated_at > s.updated_at { f } else { s }),
+            (s, f) => s.or(f),
+        };
+        if let Some(stored) = newest {
             self.publish_expiry(&stored);
+            let unshared = self.replicated.is_some() && shared.as_ref() != Some(&stored);
+            if unshared {
+                let mut state = State {
+                    tokens: Some(stored.clone()),
+                    ..State::default()
+                };
+                self.save(&mut state).await?;
+            }
             return Ok(stored);
         }
         let refresh_token = self
@@ -407,7 +576,11 @@ impl OaToken {
             refresh_token,
             updated_at: Utc::now(),
         };
-        self.file.save(&seeded)?;
+        let mut state = State {
+            tokens: Some(seeded.clone()),
+            ..State::default()
+        };
+        self.save(&mut state).await?;
         Ok(seeded)
     }
 
@@ -471,7 +644,8 @@ impl OaToken {
                         expires_in.clamp(0, 366 * 86_400),
                     )),
                     refresh_token: refresh,
-                    updated_at: now,
+                    // When Zalo issued it (after the call), so it sorts after the pair it replaces.
+                    updated_at: Utc::now(),
                 })
             }
             _ if status.is_server_error() => Err(unreachable(format!("HTTP {status}"))),
@@ -498,7 +672,10 @@ pub async fn keep_fresh(tokens: Vec<Arc<OaToken>>, mut stop: tokio::sync::watch:
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut failed = false;
         for token in &tokens {
-            if let Err(e) = token.access_token().await {
+            if !token.refreshes_here() {
+                // The owner refreshes; follow its pairs (and notice becoming the owner).
+                token.follow_shared().await;
+            } else if let Err(e) = token.access_token().await {
                 failed = true;
                 // Already logged loudly; a refused token needs a human, keep reminding.
                 tracing::debug!(oa = %token.oa(), error = %e, "token upkeep failed");
@@ -515,6 +692,12 @@ pub async fn keep_fresh(tokens: Vec<Arc<OaToken>>, mut stop: tokio::sync::watch:
                 .to_std()
                 .unwrap_or(Duration::ZERO)
                 .max(Duration::from_secs(1))
+        };
+        // Ownership moves between replicas: look again within seconds.
+        let wait = if tokens.iter().any(|t| t.replicated.is_some()) {
+            wait.min(Duration::from_secs(5))
+        } else {
+            wait
         };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

@@ -1,0 +1,445 @@
+//! Live chat with three daemons on one broker, as replicas behind a load balancer: a visitor
+//! keeps a complete, ordered transcript while replicas are killed (SIGKILL) and restarted
+//! under traffic; the per-IP socket cap and the per-conversation message rate count every
+//! replica.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_core::{
+    ChannelKind, ChannelRef, CloudEvent, ConversationId, EventId, EventType, OutboundMessage,
+    TenantId,
+};
+use omni_e2e::livechat::{agent_reply, agent_typing, new_session, open, Session, Visitor};
+use omni_e2e::{metric_value, python_produce, read_log, Broker, Daemon};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Limits out of the way of the transcript test.
+const UNLIMITED: [(&str, &str); 2] = [
+    ("OMNI__LIVECHAT__BURST", "100000"),
+    ("OMNI__LIVECHAT__RATE_PER_MINUTE", "100000"),
+];
+
+/// An agent reply as a CRM writes it straight to `omni.outbound.v1`.
+fn crm_reply(s: &Session, text: &str) -> Value {
+    let tenant = TenantId::new("demo").unwrap();
+    let channel = ChannelRef::new(ChannelKind::Livechat, "web");
+    let conversation: ConversationId = s.conversation.parse().unwrap();
+    let event = CloudEvent::new(
+        EventId::new_random(),
+        EventType::MessageSend,
+        tenant.clone(),
+        &channel,
+        conversation,
+        chrono::Utc::now(),
+        OutboundMessage {
+            tenant,
+            conversation_id: conversation,
+            channel: channel.clone(),
+            recipient: s.visitor.clone(),
+            agent_id: Some("crm-bot".into()),
+            text: text.into(),
+            subject: None,
+            attachments: vec![],
+            reply_to: None,
+        },
+    );
+    serde_json::to_value(&event).unwrap()
+}
+
+/// `(inbound, outbound)` of a cursor `"<in>.<out>"`.
+fn cursor_parts(c: &str) -> (i64, i64) {
+    let (a, b) = c.split_once('.').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+/// Waits until `daemon`'s gauge `name` reads `want`; how long it took.
+async fn wait_gauge(daemon: &Daemon, name: &str, want: f64, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = metric_value(&daemon.metrics().await, name, &[]);
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{name} is {got}, not {want}, after {timeout:?}; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a socket on `daemon` as soon as the cap lets it (every refusal must be the cap's
+/// 429); how long it took.
+async fn open_when_admitted(
+    daemon: &Daemon,
+    token: &str,
+    timeout: Duration,
+) -> (omni_e2e::livechat::Ws, Duration) {
+    let start = Instant::now();
+    loop {
+        match open(daemon, token, None).await {
+            Ok(ws) => return (ws, start.elapsed()),
+            Err(status) => assert_eq!(status, 429, "refused otherwise than by the cap"),
+        }
+        assert!(start.elapsed() < timeout, "not admitted after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_keeps_a_complete_ordered_transcript_while_replicas_are_killed_and_restarted() {
+    let started = Instant::now();
+    let broker = Broker::memory();
+    let mut daemons = Daemon::start_many(&broker, 3, &UNLIMITED).await;
+    let session = new_session(&daemons[0]).await;
+    let mut visitor = Visitor::new(session.clone());
+    // The replica the visitor's socket is on: the next one to be killed.
+    let mut at = 0;
+    visitor.connect(&daemons[at]).await;
+
+    // Agents reply all along: through the HTTP API of the replicas the visitor is not on, and
+    // every fourth reply straight to omni.outbound.v1 as a CRM in Python would. A replica is
+    // taken out of `targets` (waiting for a request in flight) before it is killed.
+    let others = |daemons: &[Daemon], at: usize| -> Vec<String> {
+        (0..daemons.len())
+            .filter(|i| *i != at)
+            .map(|i| daemons[i].url(""))
+            .collect()
+    };
+    let targets = Arc::new(tokio::sync::RwLock::new(others(&daemons, at)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let replier = tokio::spawn({
+        let (targets, stop, session) = (targets.clone(), stop.clone(), session.clone());
+        let bootstrap = broker.bootstrap();
+        async move {
+            let mut sent = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let i = sent.len();
+                let text = format!("a{i:03}");
+                if i % 4 == 3 {
+                    let record = (
+                        "omni.outbound.v1".to_owned(),
+                        "demo".to_owned(),
+                        crm_reply(&session, &text),
+                        None,
+                    );
+                    let bootstrap = bootstrap.clone();
+                    tokio::task::spawn_blocking(move || {
+                        python_produce(&bootstrap, "murmur2_random", &[record])
+                    })
+                    .await
+                    .unwrap();
+                } else {
+                    let targets = targets.read().await;
+                    agent_reply(&targets[i % targets.len()], &session, &text).await;
+                }
+                sent.push(text);
+                // Pacing: traffic keeps flowing through every step below.
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            sent
+        }
+    });
+
+    let wait = Duration::from_secs(20);
+    let mut sent_by_visitor = 0;
+    let mut reconnects = Vec::new();
+    for _round in 0..3 {
+        // Replies keep arriving, through both other replicas and Kafka.
+        let replies = visitor.texts("agent").len();
+        assert!(
+            visitor
+                .pump_until(wait, |v| v.texts("agent").len() >= replies + 4)
+                .await
+        );
+        for _ in 0..3 {
+            let id = format!("v{sent_by_visitor:03}");
+            visitor.send(&id, &format!("khách {id}")).await;
+            sent_by_visitor += 1;
+            assert!(visitor.pump_until(wait, |v| v.unacked.is_empty()).await);
+        }
+        // Typing posted to another replica reaches the visitor's socket.
+        let typed = visitor.typing.len();
+        agent_typing(&daemons[(at + 1) % 3], &session, true).await;
+        assert!(visitor.pump_until(wait, |v| v.typing.len() > typed).await);
+
+        // A message in flight when the visitor's replica is killed.
+        let id = format!("v{sent_by_visitor:03}");
+        visitor.send(&id, &format!("khách {id}")).await;
+        sent_by_visitor += 1;
+        daemons[at].terminate_hard();
+        let killed = Instant::now();
+        visitor.until_closed(wait).await.expect("the socket closes");
+        // The widget reconnects, through the load balancer, to another replica with its
+        // cursor, and resends what was not acknowledged under the same client id.
+        let next = (at + 1) % 3;
+        visitor.connect(&daemons[next]).await;
+        assert!(visitor.pump_until(wait, |v| v.unacked.is_empty()).await);
+        reconnects.push(killed.elapsed());
+        // The orchestrator replaces the killed replica.
+        daemons[at] = Daemon::start(&broker, &UNLIMITED).await;
+        at = next;
+        *targets.write().await = others(&daemons, at);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = replier.await.unwrap();
+
+    let all_in = visitor
+        .pump_until(Duration::from_secs(30), |v| {
+            v.texts("agent").len() >= sent.len() && v.texts("visitor").len() >= sent_by_visitor
+        })
+        .await;
+    assert!(
+        all_in,
+        "missing: agent {:?} of {}, visitor {:?}",
+        visitor.texts("agent"),
+        sent.len(),
+        visitor.texts("visitor")
+    );
+    // Nothing more comes (no repeat arrives late).
+    let shown = visitor.transcript.len();
+    visitor.pump_until(Duration::from_secs(2), |_| false).await;
+    assert_eq!(visitor.transcript.len(), shown, "{:#?}", visitor.transcript);
+
+    // Complete, in order, without repeats.
+    assert_eq!(visitor.texts("agent"), sent);
+    let visitor_ids: Vec<String> = (0..sent_by_visitor).map(|i| format!("v{i:03}")).collect();
+    let shown_ids: Vec<String> = visitor
+        .transcript
+        .iter()
+        .filter(|m| m["from"] == "visitor")
+        .map(|m| m["client_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shown_ids, visitor_ids);
+    let mut ids: Vec<&str> = visitor
+        .transcript
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), visitor.transcript.len(), "an event shown twice");
+    // Cursors only move forward, one message at a time, over every socket.
+    let mut last = (-1, -1);
+    for m in &visitor.transcript {
+        let c = cursor_parts(m["cursor"].as_str().unwrap());
+        let seq = m["seq"].as_str().unwrap();
+        let offset: i64 = seq[1..].parse().unwrap();
+        match &seq[..1] {
+            "i" => assert!(c.0 == offset && offset > last.0 && c.1 == last.1, "{m}"),
+            _ => assert!(c.1 == offset && offset > last.1 && c.0 == last.0, "{m}"),
+        }
+        last = c;
+    }
+
+    // A replica started during the run replays the same conversation from the start: the
+    // same messages at the same positions.
+    let mut replay = Visitor::new(session.clone());
+    replay.connect(&daemons[(at + 1) % 3]).await;
+    assert!(
+        replay
+            .pump_until(wait, |v| v.transcript.len() >= shown)
+            .await
+    );
+    for from in ["visitor", "agent"] {
+        let seqs = |v: &Visitor| -> Vec<Value> {
+            v.transcript
+                .iter()
+                .filter(|m| m["from"] == from)
+                .map(|m| m["seq"].clone())
+                .collect()
+        };
+        assert_eq!(seqs(&replay), seqs(&visitor), "{from}");
+        assert_eq!(replay.texts(from), visitor.texts(from));
+    }
+    println!(
+        "transcript: {} visitor messages, {} agent replies ({} straight to Kafka), 3 kills; \
+         kill to resumed and acknowledged on another replica: {reconnects:?}; run {:?}",
+        sent_by_visitor,
+        sent.len(),
+        sent.len() / 4,
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_ip_socket_cap_counts_every_replica() {
+    const HEARTBEAT_MS: u64 = 300;
+    const EXPIRY_MS: u64 = 5000;
+    let (heartbeat, expiry) = (HEARTBEAT_MS.to_string(), EXPIRY_MS.to_string());
+    let env = [
+        ("OMNI__LIVECHAT__MAX_CONNECTIONS_PER_IP", "3"),
+        ("OMNI__LIVECHAT__PRESENCE_HEARTBEAT_MS", heartbeat.as_str()),
+        ("OMNI__LIVECHAT__PRESENCE_EXPIRY_MS", expiry.as_str()),
+        ("OMNI__LIVECHAT__IP_HASH_SECRET", "e2e-ip-hash-secret"),
+    ];
+    let broker = Broker::memory();
+    let mut d = Daemon::start_many(&broker, 3, &env).await;
+    let s = new_session(&d[0]).await;
+    for daemon in &d {
+        wait_gauge(
+            daemon,
+            "omni_livechat_presence_replicas",
+            3.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    // One socket from 127.0.0.1 on each replica: three, the cap.
+    let _a = open(&d[0], &s.token, None).await.unwrap();
+    let _b = open(&d[1], &s.token, None).await.unwrap();
+    let c = open(&d[2], &s.token, None).await.unwrap();
+    let mut propagation = Vec::new();
+    for daemon in &d {
+        propagation.push(
+            wait_gauge(
+                daemon,
+                "omni_livechat_presence_sockets",
+                3.0,
+                Duration::from_secs(10),
+            )
+            .await,
+        );
+    }
+    // A fourth is refused on every replica, though each holds only one.
+    for daemon in &d {
+        assert_eq!(open(daemon, &s.token, None).await.err(), Some(429));
+        let m = daemon.metrics().await;
+        assert_eq!(
+            metric_value(
+                &m,
+                "omni_livechat_attempts_total",
+                &["kind=\"socket\"", "result=\"too_many_connections\""]
+            ),
+            1.0
+        );
+        assert_eq!(metric_value(&m, "omni_livechat_connections", &[]), 1.0);
+    }
+
+    // A socket closed on one replica frees the slot on another once its count propagates.
+    drop(c);
+    let (_e, freed) = open_when_admitted(&d[0], &s.token, Duration::from_secs(10)).await;
+    wait_gauge(
+        &d[2],
+        "omni_livechat_presence_sockets",
+        3.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        open(&d[2], &s.token, None).await.err(),
+        Some(429),
+        "full again"
+    );
+
+    // A replica killed without a goodbye: its socket counts until it expires.
+    d[1].terminate_hard();
+    let (_f, expired) = open_when_admitted(&d[2], &s.token, Duration::from_secs(15)).await;
+    assert!(
+        expired >= Duration::from_millis(EXPIRY_MS / 2),
+        "a killed replica's sockets count until they expire, not {expired:?}"
+    );
+    for (name, want) in [
+        ("omni_livechat_presence_replicas", 2.0),
+        ("omni_livechat_presence_sockets", 3.0),
+    ] {
+        wait_gauge(&d[0], name, want, Duration::from_secs(10)).await;
+    }
+    assert_eq!(
+        open(&d[0], &s.token, None).await.err(),
+        Some(429),
+        "full again"
+    );
+
+    // A replica stopped cleanly withdraws its counts at once (long before they would expire).
+    let stopping = Instant::now();
+    d[2].terminate(Duration::from_secs(40));
+    let stop_took = stopping.elapsed();
+    let (_g, withdrawn) = open_when_admitted(&d[0], &s.token, Duration::from_secs(10)).await;
+    println!(
+        "presence: a socket opened on one replica counted by all within {propagation:?}; a \
+         slot freed on one replica admitted on another after {freed:?}; a killed replica's \
+         slot after {expired:?} (expiry {EXPIRY_MS} ms); a stopped replica's slot {withdrawn:?} \
+         after its stop ({stop_took:?}) returned"
+    );
+    assert!(
+        d[2].log().contains("live chat presence withdrawn"),
+        "{}",
+        d[2].log()
+    );
+    assert!(
+        stop_took + withdrawn < Duration::from_millis(EXPIRY_MS - HEARTBEAT_MS),
+        "withdrawn, not expired: stop {stop_took:?} + {withdrawn:?}"
+    );
+
+    // The topic holds live replicas only, and no address: the last record of every replica
+    // (killed, stopped, and the last one once stopped) is a tombstone.
+    d[0].terminate(Duration::from_secs(40));
+    let log = read_log(
+        &broker.bootstrap(),
+        "omni.livechat-presence.v1",
+        Duration::from_secs(2),
+    );
+    let mut last = std::collections::BTreeMap::new();
+    for r in &log {
+        let value = r.value.as_deref().map(String::from_utf8_lossy);
+        assert!(
+            !value.as_deref().unwrap_or("").contains("127.0.0.1"),
+            "{value:?}"
+        );
+        last.insert(r.key.clone(), r.value.is_some());
+    }
+    assert_eq!(last.len(), 3, "one key per replica");
+    assert!(last.values().all(|live| !live), "{last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_message_rate_counts_messages_sent_through_every_replica() {
+    let env = [
+        ("OMNI__LIVECHAT__BURST", "3"),
+        ("OMNI__LIVECHAT__RATE_PER_MINUTE", "1"),
+    ];
+    let broker = Broker::memory();
+    let d = Daemon::start_many(&broker, 2, &env).await;
+    let s = new_session(&d[0]).await;
+    // Two tabs of one visitor, on two replicas.
+    let mut one = Visitor::new(s.clone());
+    one.connect(&d[0]).await;
+    let mut two = Visitor::new(s.clone());
+    two.connect(&d[1]).await;
+    for i in 0..3 {
+        one.send(&format!("m{i}"), "hi").await;
+        assert!(
+            one.pump_until(Duration::from_secs(15), |v| v.unacked.is_empty())
+                .await
+        );
+    }
+    // Once the other replica has read the three back from Kafka, its tab has no burst left.
+    assert!(
+        two.pump_until(Duration::from_secs(15), |v| v.texts("visitor").len() == 3)
+            .await
+    );
+    let mut ws = open(&d[1], &s.token, Some("-1.-1")).await.unwrap();
+    let frame = serde_json::json!({"type": "message", "client_id": "m3", "text": "hi"});
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::text(frame.to_string()),
+    )
+    .await
+    .unwrap();
+    let refused = loop {
+        let f = omni_e2e::livechat::next_frame(&mut ws, Duration::from_secs(15))
+            .await
+            .expect("an answer");
+        if f["type"] == "error" || f["type"] == "ack" {
+            break f;
+        }
+    };
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited");
+    assert_eq!(refused["client_id"], "m3");
+}

@@ -1,0 +1,213 @@
+//! Zalo OA tokens with three replicas on one broker, each with its own token file as pods have:
+//! one refresh per due token across the deployment (Zalo's refresh tokens work once), every
+//! replica sending with a valid access token, the pairs sealed on Kafka, and all of it holding
+//! while replicas are killed and replaced, and after every replica restarted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use omni_e2e::oauth::ZaloOauth;
+use omni_e2e::standin::StandIn;
+use omni_e2e::{read_topic, Broker, Daemon};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const OA: &str = "4318458798374519001";
+const ZUSER: &str = "2512523625412515123";
+const CS_PATH: &str = "/v3.0/oa/message/cs";
+/// 32 zero-free bytes, base64: the key sealing the pairs on Kafka.
+const TOKEN_KEY: &str = "b21uaXJvdXRlci10ZXN0LXRva2VuLWtleS0zMmJ5dGU=";
+
+fn env(oauth: &ZaloOauth, api: &StandIn, token_file: &str) -> Vec<(String, String)> {
+    let oa = |k: &str| format!("OMNI__TENANTS__DEMO__ZALO__OAS__{OA}__{k}");
+    vec![
+        ("OMNI__ZALO__OAUTH_BASE_URL".into(), oauth.url.clone()),
+        ("OMNI__ZALO__OPENAPI_BASE_URL".into(), api.url.clone()),
+        ("OMNI__ZALO__TOKEN_KEY".into(), TOKEN_KEY.into()),
+        // Tokens live 20 s and are refreshed 14 s ahead: one is due every 6 s.
+        ("OMNI__ZALO__REFRESH_BEFORE_SECS".into(), "14".into()),
+        ("OMNI__ZALO__TIMEOUT_SECS".into(), "2".into()),
+        ("OMNI__OUTBOUND__INITIAL_BACKOFF_MS".into(), "200".into()),
+        ("OMNI__OUTBOUND__MAX_BACKOFF_MS".into(), "1000".into()),
+        ("OMNI__OUTBOUND__MAX_ATTEMPTS".into(), "40".into()),
+        (oa("APP_ID"), "1183926498471234567".into()),
+        (oa("OA_SECRET_KEY"), "OA-KEY".into()),
+        (oa("APP_SECRET"), "Z-APP-SECRET".into()),
+        (oa("TOKEN_FILE"), token_file.into()),
+        (oa("REFRESH_TOKEN"), "R0".into()),
+    ]
+}
+
+async fn start(
+    broker: &Broker,
+    oauth: &ZaloOauth,
+    api: &StandIn,
+    dir: &tempfile::TempDir,
+    n: usize,
+) -> Daemon {
+    let file = dir.path().join(format!("replica-{n}-zalo.json"));
+    let env = env(oauth, api, file.to_str().unwrap());
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Daemon::start(broker, &refs).await
+}
+
+async fn reply(daemon: &Daemon, text: &str) {
+    let tenant = omni_core::TenantId::new("demo").unwrap();
+    let channel = omni_core::ChannelRef::new(omni_core::ChannelKind::Zalo, OA);
+    let conversation = omni_core::ConversationId::derive(&tenant, &channel, ZUSER, None);
+    let body = json!({
+        "conversation_id": conversation.to_string(),
+        "channel": {"kind": "zalo", "account": OA},
+        "recipient": ZUSER,
+        "agent_id": "agent-7",
+        "text": text,
+    });
+    let (status, answer) = omni_e2e::post_json(
+        &daemon.url("/v1/tenants/demo/replies"),
+        "demo-agent-token",
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_per_due_token_across_replicas_killed_and_restarted() {
+    let broker = Broker::memory();
+    let oauth = ZaloOauth::start(Duration::from_secs(20)).await;
+    let api = StandIn::start().await;
+    api.always(
+        CS_PATH,
+        200,
+        "application/json",
+        br#"{"error":0,"message":"Success","data":{"message_id":"z"}}"#,
+    );
+    let files = tempfile::tempdir().unwrap();
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        replicas.push(start(&broker, &oauth, &api, &files, n).await);
+    }
+    // The first refresh consumes the configured R0, on one replica.
+    assert_eq!(oauth.wait_accepted(1, Duration::from_secs(60)).await, 1);
+
+    // Replies through every replica while two are killed and replaced.
+    let mut sent = 0usize;
+    let mut next = 3;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        for d in &replicas {
+            sent += 1;
+            reply(d, &format!("reply {sent}")).await;
+        }
+        let second = started.elapsed().as_secs();
+        if (second == 8 || second == 18) && replicas.len() == 3 {
+            let mut victim = replicas.remove(usize::try_from(second).unwrap() % 3);
+            victim.terminate_hard();
+            replicas.push(start(&broker, &oauth, &api, &files, next).await);
+            next += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let calls = api.wait_for(CS_PATH, sent, Duration::from_secs(90)).await;
+
+    // Every reply went out once, each with an access token the stand-in issued and that was
+    // still valid when used.
+    let mut texts: Vec<String> = calls
+        .iter()
+        .map(|c| c.json()["message"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    texts.sort();
+    texts.dedup();
+    if texts.len() != sent {
+        for d in &replicas {
+            let log = d.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("zalo") || l.contains("Zalo") || l.contains("outbound"))
+                .collect();
+            println!(
+                "---- replica log ({} lines)\n{}",
+                lines.len(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            );
+        }
+    }
+    assert_eq!(texts.len(), sent, "every reply reached Zalo");
+    for c in &calls {
+        let token = c.headers.get("access_token").expect("access_token header");
+        let issued = oauth
+            .issued_at(token)
+            .unwrap_or_else(|| panic!("{token} was never issued"));
+        assert!(
+            c.at.duration_since(issued) < oauth.expires_in,
+            "{token} used after it expired"
+        );
+    }
+
+    // Now every replica at once: the pair survives in Kafka, not in any one pod.
+    for d in &mut replicas {
+        d.terminate_hard();
+    }
+    replicas.clear();
+    let fresh = tempfile::tempdir().unwrap();
+    for n in 0..3 {
+        replicas.push(start(&broker, &oauth, &api, &fresh, n).await);
+    }
+    reply(&replicas[1], "after a full restart").await;
+    let calls = api
+        .wait_for(CS_PATH, sent + 1, Duration::from_secs(60))
+        .await;
+    if !calls
+        .iter()
+        .any(|c| c.json()["message"]["text"] == "after a full restart")
+    {
+        for d in &replicas {
+            let log = d.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("zalo")
+                        || l.contains("Zalo")
+                        || l.contains("outbound")
+                        || l.contains("owned")
+                })
+                .collect();
+            println!(
+                "---- replica log ({} lines)\n{}",
+                lines.len(),
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            );
+        }
+        println!("{:?}", oauth.refreshes());
+        panic!("no reply after a full restart");
+    }
+
+    // The refresh chain: every refresh presented the one valid token (Zalo refused none), and
+    // refreshes came one per due token, never two for one.
+    let refreshes = oauth.refreshes();
+    let refused: Vec<_> = refreshes.iter().filter(|r| !r.accepted).collect();
+    assert!(refused.is_empty(), "refused refreshes: {refused:?}");
+    for pair in refreshes.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= Duration::from_secs(5),
+            "two refreshes {gap:?} apart: {:?} then {:?}",
+            pair[0].presented,
+            pair[1].presented
+        );
+    }
+    assert!(refreshes.len() >= 4, "tokens kept fresh: {refreshes:?}");
+
+    // On Kafka the pairs are sealed: no token in clear.
+    let stored = read_topic(
+        &broker.bootstrap(),
+        "omni.zalo-tokens.v1",
+        refreshes.len(),
+        Duration::from_secs(10),
+        Duration::from_millis(300),
+    );
+    assert!(!stored.is_empty());
+    for r in &stored {
+        let raw = r.value.to_string();
+        assert!(raw.contains("A256GCM"), "{raw}");
+        assert!(!raw.contains("\"R1\"") && !raw.contains("\"A1\""), "{raw}");
+    }
+}
