@@ -13,9 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const OUTBOUND: &str = "omni.outbound.v1";
-/// `session.timeout.ms` of `cluster_env` (6 s) and a margin: by then the broker has expired a
-/// killed member.
-const SESSION_EXPIRY: Duration = Duration::from_secs(8);
 
 /// Writes replies to the outbound topic, each pinned to `partition` when given (a CRM that
 /// picks partitions itself), else placed by murmur2 of the tenant (the contract).
@@ -129,7 +126,7 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
     let mut ids = BTreeSet::new();
     let mut slow = BTreeSet::new();
     let mut expected_parts = 0;
-    let mut killed: Option<(usize, Instant)> = None;
+    let mut killed: Option<usize> = None;
     for wave in 0..4 {
         let mut batch = Vec::new();
         for i in 0..16 {
@@ -154,13 +151,11 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
             batch.push((reply, None));
         }
         produce(&bootstrap, &batch);
-        if let Some((victim, at)) = killed.take() {
-            // The replacement joins once the broker expired the dead member's session (6 s):
-            // tansu 0.6 rebalances a group only when a member joins, and leaves what a dead
-            // member held with nobody if nobody joins after its expiry (see tests/tansu/).
-            while at.elapsed() < SESSION_EXPIRY {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        if let Some(victim) = killed.take() {
+            // The replacement joins at once, before the broker expired the dead member's
+            // session: tansu 0.6 may then leave what the dead member held with nobody, and the
+            // replicas' outbound consumers rejoin their group to get it assigned again
+            // (omni_bus::liveness; see tests/tansu/).
             daemons[victim] = Daemon::spawn(&bootstrap, &refs);
             daemons[victim].wait_ready(Duration::from_secs(60)).await;
         }
@@ -173,7 +168,7 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
             .await;
         let victim = wave % daemons.len();
         daemons[victim].terminate_hard();
-        killed = Some((victim, Instant::now()));
+        killed = Some(victim);
     }
 
     let fates = wait_for_fates(&bootstrap, &ids, Duration::from_secs(120), &daemons).await;
@@ -221,6 +216,17 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
         }
     }
     println!("replies taken again with stored progress (live replicas): {resumed:?}");
+    let mut rejoins = 0.0;
+    for d in &daemons {
+        rejoins += omni_e2e::metric_value(
+            &d.metrics().await,
+            "omni_kafka_group_rejoins_total",
+            &["group=\"omnirouter-outbound\""],
+        );
+    }
+    println!(
+        "outbound group rejoins for partitions without a live owner (live replicas): {rejoins}"
+    );
     let sent = fates.values().filter(|f| f[0].0 == "sent").count();
     let unknown = fates.len() - sent;
     println!(

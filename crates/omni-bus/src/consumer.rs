@@ -55,6 +55,10 @@ pub struct Consumer {
     group: String,
     metrics: Arc<BusMetrics>,
     unfinished: Unfinished,
+    /// The subscribed topics, to subscribe again on a rejoin.
+    topics: Vec<String>,
+    /// Set by [`Consumer::rejoin_handle`]'s holders: leave and rejoin the group.
+    rejoin: Arc<tokio::sync::Notify>,
 }
 
 /// How many records a consumer has taken and not finished (running, queued behind a record
@@ -100,7 +104,31 @@ impl Consumer {
             group: group.to_owned(),
             metrics,
             unfinished: Unfinished::default(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            rejoin: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// A handle that asks this consumer to leave its group and join it again (unsubscribe,
+    /// subscribe), at the next turn of [`Consumer::run`] or [`Consumer::run_concurrent`]:
+    /// leaving revokes every partition (the usual revocation: the gate drains, positions are
+    /// committed) and joining makes the coordinator rebalance with the live members. Used by
+    /// [`crate::liveness`] when a partition has had no live owner for too long.
+    pub fn rejoin_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.rejoin.clone()
+    }
+
+    fn rejoin_now(&self) {
+        self.metrics
+            .group_rejoins
+            .with_label_values(&[self.group.as_str()])
+            .inc();
+        tracing::warn!(group = %self.group, "leaving and rejoining the consumer group");
+        self.inner.unsubscribe();
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        if let Err(e) = self.inner.subscribe(&topics) {
+            tracing::warn!(group = %self.group, error = %e, "rejoining the consumer group failed");
+        }
     }
 
     /// The partitions this member holds, for handlers that must not overlap with the next
@@ -130,6 +158,10 @@ impl Consumer {
                 // Shutdown first: once asked to stop, take no new record.
                 biased;
                 () = &mut shutdown => break,
+                () = self.rejoin.notified() => {
+                    self.rejoin_now();
+                    continue;
+                }
                 m = self.inner.recv() => m,
             };
             let Some(record) = self.take(message).await else {
@@ -236,6 +268,7 @@ impl Consumer {
                     stopping = true;
                     let _ = stop_tx.send(true);
                 }
+                () = self.rejoin.notified(), if !stopping => self.rejoin_now(),
                 Some(joined) = running.join_next() => {
                     let (key, record, outcome) = match joined {
                         Ok(done) => done,

@@ -29,6 +29,8 @@ pub struct BusMetrics {
     pub consume_skipped: IntCounterVec,
     /// Client-level errors librdkafka reported (all brokers down, auth failures…).
     pub client_errors: IntCounterVec,
+    /// Times a consumer left and rejoined its group because a partition had no live owner.
+    pub group_rejoins: IntCounterVec,
 }
 
 impl BusMetrics {
@@ -85,6 +87,11 @@ impl BusMetrics {
                 "omni_kafka_client_errors_total",
                 "Client-level errors reported by librdkafka (brokers down, authentication).",
                 &["client", "error"],
+            )?,
+            group_rejoins: counter(
+                "omni_kafka_group_rejoins_total",
+                "Times a consumer left and rejoined its group because a partition of its topic had no live owner (see omni_bus::liveness).",
+                &["group"],
             )?,
         })
     }

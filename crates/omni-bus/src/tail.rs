@@ -11,8 +11,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::BusConfig;
@@ -24,6 +24,8 @@ pub type Apply = Box<dyn FnMut(&[u8], Option<&[u8]>) + Send>;
 pub struct Tail {
     caught_up: watch::Receiver<bool>,
     stop: Arc<AtomicBool>,
+    /// When the topic was last polled without an error.
+    read_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Tail {
@@ -34,11 +36,13 @@ impl Tail {
         let stop = Arc::new(AtomicBool::new(false));
         let (bus, shown, flag) = (bus.clone(), topic.to_owned(), stop.clone());
         let topic = shown.clone();
+        let read_at = Arc::new(Mutex::new(None));
+        let polled = read_at.clone();
         let spawned = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    if let Err(e) = follow(&bus, &topic, &flag, &tx, &mut apply) {
+                    if let Err(e) = follow(&bus, &topic, &flag, (&tx, &polled), &mut apply) {
                         tracing::warn!(error = %e, topic = %topic, "following the topic failed; retrying");
                         std::thread::sleep(Duration::from_secs(1));
                     }
@@ -50,7 +54,17 @@ impl Tail {
         Self {
             caught_up: rx,
             stop,
+            read_at,
         }
+    }
+
+    /// Whether the topic was polled without an error within `within`: a view that stopped
+    /// moving says nothing about what others wrote lately (e.g. renewals of a liveness claim).
+    pub fn fresh(&self, within: Duration) -> bool {
+        self.read_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() <= within)
     }
 
     /// Waits until everything the topic held at start has been applied, at most `within`;
@@ -85,7 +99,7 @@ fn follow(
     bus: &BusConfig,
     topic: &str,
     stop: &AtomicBool,
-    caught_up: &watch::Sender<bool>,
+    (caught_up, read_at): (&watch::Sender<bool>, &Mutex<Option<Instant>>),
     apply: &mut Apply,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let mut config = bus.consumer_config("omnirouter-topic-follower");
@@ -120,7 +134,11 @@ fn follow(
         if behind.is_empty() && !*caught_up.borrow() {
             caught_up.send_replace(true);
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        let polled = consumer.poll(Duration::from_millis(100));
+        if !matches!(polled, Some(Err(_))) {
+            *read_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        match polled {
             Some(Ok(m)) => {
                 apply(m.key().unwrap_or_default(), m.payload());
                 if behind.get(&m.partition()).is_some_and(|l| m.offset() >= *l) {

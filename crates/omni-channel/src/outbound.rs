@@ -27,6 +27,10 @@
 //!   partition is forwarded there, same bytes, and not sent where it landed. So a tenant's
 //!   replies, and the rate limits of its pages, OAs and numbers, live in one process at a
 //!   time, and a hand-over waits for the old owner's running attempts ([`PartitionGate`]).
+//! - **Every partition has a sender.** The daemon runs `omni_bus::Liveness` next to the
+//!   outbound consumer: a partition nobody renewed a claim for in `session.timeout.ms` + 5 s
+//!   makes the replicas rejoin the group (a broker that did not rebalance after a member died,
+//!   as tansu 0.6 can), so a dead replica's tenants get their replies from a live one.
 //! - **What remains (at least once):** a replica cut off from the group longer than the
 //!   session timeout while it was at the provider (a zombie, until librdkafka revokes its
 //!   partitions), and an SMTP server that took a mail whose answer was lost (e-mail is resent

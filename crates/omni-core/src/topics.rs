@@ -34,6 +34,8 @@ pub struct Topics {
     pub sms_parts: String,
     /// Compacted registry of which router instance owns which partition (key `p<n>`): its
     /// owner epoch and HTTP address, so any instance can forward a tenant's reads to the owner.
+    /// Also holds the outbound consumers' liveness claims (key `<outbound group>/p<n>`, see
+    /// `omni_bus::liveness`).
     pub router_owners: String,
     /// Compacted progress of outbound replies (keyed by the outbound event id, on the outbound
     /// record's partition): the parts a provider accepted and whether the reply is finished,

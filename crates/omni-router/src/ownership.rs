@@ -71,6 +71,13 @@ pub fn registry_key(partition: i32) -> String {
     format!("p{partition}")
 }
 
+/// Whether a key of the owners topic is a router claim (`p<n>`), not another group's
+/// liveness claim sharing the topic (`omni_bus::liveness`).
+pub fn is_registry_key(key: &[u8]) -> bool {
+    key.strip_prefix(b"p")
+        .is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+}
+
 /// The epoch a state record was written under (`0` for records written before epochs).
 pub fn epoch_of(record: &LogRecord) -> u64 {
     record
@@ -265,6 +272,11 @@ impl Owners {
             }
             match polled {
                 Some(Ok(m)) => {
+                    // The topic also holds other groups' liveness claims (`omni_bus::liveness`,
+                    // keys `<prefix>p<n>`): only `p<n>` keys are router claims.
+                    if !is_registry_key(m.key().unwrap_or_default()) {
+                        continue;
+                    }
                     // Claims are never deleted (no tombstones): a newer claim replaces an older.
                     if let Some(v) = m.payload() {
                         match serde_json::from_slice::<OwnerRecord>(v) {
@@ -395,6 +407,14 @@ mod tests {
         assert_eq!(owners.get(3).unwrap().member, "b");
         owners.record(c(3, "a"));
         assert_eq!(owners.get(3).unwrap().member, "a");
+    }
+
+    #[test]
+    fn only_p_keys_are_router_claims() {
+        assert!(is_registry_key(registry_key(12).as_bytes()));
+        assert!(!is_registry_key(b"outbound/p12"));
+        assert!(!is_registry_key(b"p"));
+        assert!(!is_registry_key(b"px"));
     }
 
     #[test]

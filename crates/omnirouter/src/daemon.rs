@@ -516,10 +516,33 @@ fn start_outbound(
         forward_misrouted: settings.router.is_none(),
         gate: consumer.gate(),
     };
+    // Every outbound partition keeps a live owner even where the broker leaves a dead
+    // member's partitions with nobody (tansu 0.6; see omni_bus::liveness).
+    let liveness = omni_bus::Liveness {
+        bus: settings.kafka.clone(),
+        producer: producer.clone(),
+        registry: settings.kafka.topics.router_owners.clone(),
+        prefix: format!("{}/", outbound.group_id),
+        member: format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "omnirouter".into()),
+            std::process::id()
+        ),
+        topic: settings.kafka.topics.outbound.clone(),
+        partitions: 0,
+        gate: consumer.gate(),
+        rejoin: consumer.rejoin_handle(),
+        patience: omni_bus::liveness::session_timeout(&settings.kafka) + Duration::from_secs(5),
+    };
     let task = tokio::spawn(async move {
         let Some(ownership) = ownership.build(&mut stop).await else {
             return;
         };
+        let liveness = omni_bus::Liveness {
+            partitions: ownership.partitions,
+            ..liveness
+        };
+        let live = tokio::spawn(liveness.run(stop.clone()));
         let dispatcher = Arc::new(dispatcher.with_ownership(ownership));
         let result = consumer
             .run_concurrent(
@@ -534,6 +557,7 @@ fn start_outbound(
                 },
             )
             .await;
+        live.abort();
         if let Err(e) = result {
             tracing::error!(error = %e, "outbound dispatch stopped: replies are not being sent");
         }
