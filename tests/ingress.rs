@@ -295,8 +295,11 @@ async fn sigterm_during_load_loses_no_acknowledged_message() {
     let url = daemon.url("/v1/inbound/demo");
 
     let mut workers = Vec::new();
+    // Acknowledged so far, over all workers: SIGTERM once the load means something.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for w in 0..16 {
         let url = url.clone();
+        let progress = progress.clone();
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut acked = Vec::new();
@@ -312,6 +315,7 @@ async fn sigterm_during_load_loses_no_acknowledged_message() {
                     Ok(r) if r.status().as_u16() == 202 => {
                         let a: Value = r.json().await.unwrap();
                         acked.push(a["event_id"].as_str().unwrap().to_owned());
+                        progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Ok(r) => panic!("unexpected status {} during load", r.status()),
                     Err(_) => break, // the daemon stopped accepting connections
@@ -320,7 +324,12 @@ async fn sigterm_during_load_loses_no_acknowledged_message() {
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Under way: well over the 50 the check below wants, and requests still in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+        assert!(std::time::Instant::now() < deadline, "load did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = tokio::task::spawn_blocking(move || {
         let s = daemon.terminate(Duration::from_secs(30));
         (s, daemon)

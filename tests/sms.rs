@@ -633,32 +633,40 @@ fn vonage_part_of(reference: &str, id: &str, n: &str, text: &str) -> String {
     form(&pairs)
 }
 
+/// Posts a Vonage inbound webhook (form-encoded) to `daemon`; the status it answered.
+async fn post_vonage(daemon: &Daemon, body: String) -> u16 {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/webhooks/sms/vonage/demo"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Parts arrive out of order, one twice, and the daemon restarts between them: one message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vonage_multipart_across_a_daemon_restart_is_published_once() {
     let broker = Broker::memory();
     let api = StandIn::start().await;
     let env = sms_env(&api, "https://sms.shop.example.vn");
-    let http = reqwest::Client::new();
-    let post = |daemon: &Daemon, body: String| {
-        let req = http
-            .post(daemon.url("/v1/webhooks/sms/vonage/demo"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        async move { req.send().await.unwrap().status().as_u16() }
-    };
     let mut first = Daemon::start(&broker, &env_refs(&env)).await;
     assert_eq!(
-        post(&first, vonage_part("V3", "3", "Cảm ơn!")).await,
+        post_vonage(&first, vonage_part("V3", "3", "Cảm ơn!")).await,
         200,
         "{}",
         first.log()
     );
     assert_eq!(
-        post(&first, vonage_part("V1", "1", "Chào shop, ")).await,
+        post_vonage(&first, vonage_part("V1", "1", "Chào shop, ")).await,
         200
     );
-    assert_eq!(post(&first, vonage_part("V3", "3", "Cảm ơn!")).await, 200);
+    assert_eq!(
+        post_vonage(&first, vonage_part("V3", "3", "Cảm ơn!")).await,
+        200
+    );
     first.terminate(Duration::from_secs(10));
     let second = Daemon::start(&broker, &env_refs(&env)).await;
     // The new owner took the stored parts over before the last part arrives.
@@ -668,7 +676,7 @@ async fn vonage_multipart_across_a_daemon_restart_is_published_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        post(&second, vonage_part("V2", "2", "đơn hàng đâu? ")).await,
+        post_vonage(&second, vonage_part("V2", "2", "đơn hàng đâu? ")).await,
         200,
         "{}",
         second.log()
@@ -701,14 +709,6 @@ async fn vonage_parts_spread_over_three_replicas_killed_between_parts_are_publis
     let broker = Broker::memory();
     let api = StandIn::start().await;
     let env = sms_env(&api, "https://sms.shop.example.vn");
-    let http = reqwest::Client::new();
-    let post = |daemon: &Daemon, body: String| {
-        let req = http
-            .post(daemon.url("/v1/webhooks/sms/vonage/demo"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        async move { req.send().await.unwrap().status().as_u16() }
-    };
     let mut replicas = Daemon::start_many(&broker, 3, &env_refs(&env)).await;
     const MESSAGES: usize = 6;
     let words = ["Chào shop, ", "đơn hàng ", "đâu rồi?"];
@@ -729,7 +729,7 @@ async fn vonage_parts_spread_over_three_replicas_killed_between_parts_are_publis
                 &format!("{word}{m}"),
             );
             let target = &replicas[(m + i) % replicas.len()];
-            assert_eq!(post(target, body).await, 200, "{}", target.log());
+            assert_eq!(post_vonage(target, body).await, 200, "{}", target.log());
         }
     }
     let inbound = read_topic(

@@ -24,8 +24,6 @@
 //! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state;
 //!   a topic followed from its beginning with a "caught up" signal (`table::tail`), and a
 //!   metadata probe for partition counts and end offsets.
-//! - [`tail`]: a compacted topic followed from its beginning on every replica into a read
-//!   model (`Tail`, stopped when dropped; the Zalo token pairs).
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
 
@@ -41,7 +39,6 @@ pub mod ownership;
 pub mod partitioner;
 pub mod producer;
 pub mod table;
-pub mod tail;
 
 pub use admin::ensure_topics;
 pub use config::BusConfig;
@@ -53,4 +50,3 @@ pub use metrics::BusMetrics;
 pub use ownership::{Owned, Ownership};
 pub use partitioner::partition_for;
 pub use producer::{OutRecord, Producer};
-pub use tail::Tail;

@@ -12,8 +12,9 @@
 //!   holds, on a compacted registry topic (the router owners topic, under a key prefix of its
 //!   own: `<prefix>p<n>`, value `<ms since the epoch> <member>`, never JSON, so the router's
 //!   reader, which also skips such keys, can never take it for a router claim);
-//! - every member follows the registry ([`Tail`]); once it has read it lately and has run for
-//!   longer than the patience, a partition it does not hold whose claim nobody renewed for
+//! - every member follows the registry ([`crate::table::tail`]); once it has read everything
+//!   written to it before the check (caught up within 2 s) and has run for longer than the
+//!   patience, a partition it does not hold whose claim nobody renewed for
 //!   `patience` (`session.timeout.ms` + 5 s) has no live owner, and the member leaves and
 //!   rejoins its group ([`crate::Consumer::rejoin_handle`], counted in
 //!   `omni_kafka_group_rejoins_total{group}`), which makes the coordinator rebalance with the
@@ -32,13 +33,14 @@ use tokio::sync::{watch, Notify};
 use crate::config::BusConfig;
 use crate::gate::PartitionGate;
 use crate::producer::{OutRecord, Producer};
-use crate::tail::Tail;
+use crate::table::{tail, LogRecord};
 
 /// How often a member renews its claims.
 const RENEWAL: Duration = Duration::from_secs(1);
 
-/// How lately the registry must have been read for its silence to mean anything.
-const FRESH: Duration = Duration::from_secs(5);
+/// How long a check waits for the registry to be read up to its end: a view that lags says
+/// nothing about who renewed lately.
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Keeps one consumer group's partitions of one topic owned by live members. See the module
 /// docs.
@@ -75,18 +77,15 @@ impl Liveness {
         let renewals: Renewals = Arc::default();
         let tail = {
             let (renewals, prefix) = (renewals.clone(), format!("{}p", self.prefix));
-            Tail::start(
-                &self.bus,
-                &self.registry,
-                "group-liveness",
-                Box::new(move |key, value| {
-                    if let Some((partition, at)) = parse(&prefix, key, value) {
-                        let mut r = renewals.lock().unwrap_or_else(|p| p.into_inner());
-                        let known = r.entry(partition).or_insert(at);
-                        *known = (*known).max(at);
-                    }
-                }),
-            )
+            tail(&self.bus, &self.registry, move |record: LogRecord| {
+                if let Some((partition, at)) =
+                    parse(&prefix, record.key.as_bytes(), record.value.as_deref())
+                {
+                    let mut r = renewals.lock().unwrap_or_else(|p| p.into_inner());
+                    let known = r.entry(partition).or_insert(at);
+                    *known = (*known).max(at);
+                }
+            })
         };
         let started = Instant::now();
         let mut rejoined: Option<Instant> = None;
@@ -103,11 +102,7 @@ impl Liveness {
                 .collect();
             self.renew(&held, &renewals).await;
             let calm = rejoined.is_none_or(|t| t.elapsed() > self.patience);
-            if !calm
-                || started.elapsed() <= self.patience
-                || !tail.is_caught_up()
-                || !tail.fresh(FRESH)
-            {
+            if !calm || started.elapsed() <= self.patience || !tail.caught_up(CATCH_UP).await {
                 continue;
             }
             let stale_before = wall_clock_ms()

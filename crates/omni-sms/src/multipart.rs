@@ -7,7 +7,7 @@
 //!   Vonage gets its 200 once Kafka acknowledged it, on whichever replica it reached. A part
 //!   is never refused after it was stored.
 //! - Every replica follows the parts topic ([`ConcatStore::apply`], fed by an
-//!   `omni_bus::Tail`); the replica owning the tenant's partition reassembles
+//!   `omni_bus::table::tail`); the replica owning the tenant's partition reassembles
 //!   ([`ConcatStore::run`]), so the parts of one message, delivered to replicas A, B and A,
 //!   meet in one place. When ownership moves, the new owner offers the tenant's stored parts
 //!   with their original arrival times and the old one forgets them.

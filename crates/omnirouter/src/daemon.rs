@@ -160,14 +160,26 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     ));
     let zalo_tail = {
         let store = zalo_shared.clone();
-        omni_bus::Tail::start(
+        Arc::new(omni_bus::table::tail(
             &settings.kafka,
             &settings.kafka.topics.zalo_tokens,
-            "zalo-tokens",
-            Box::new(move |k, v| store.apply(k, v)),
-        )
+            move |r| store.apply(r.key.as_bytes(), r.value.as_deref()),
+        ))
     };
-    zalo_shared.followed(zalo_tail.caught_up_signal());
+    {
+        // No pair is seeded or refreshed before what the topic held at start has been read.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        zalo_shared.followed(rx);
+        let tail = Arc::downgrade(&zalo_tail);
+        tokio::spawn(async move {
+            while let Some(tail) = tail.upgrade() {
+                if tail.caught_up(Duration::from_secs(5)).await {
+                    let _ = tx.send(true);
+                    return;
+                }
+            }
+        });
+    }
     // Readers and senders record e-mail threads on the thread topic; every replica follows it,
     // so the sender finds a thread's chain whichever replica read or answered its mail.
     let threads = Arc::new(if settings.mailboxes.is_empty() {
@@ -636,12 +648,9 @@ async fn run_concat(
 ) {
     let follower = {
         let concat = concat.clone();
-        omni_bus::Tail::start(
-            &kafka,
-            &kafka.topics.sms_parts,
-            "sms-parts",
-            Box::new(move |k, v| concat.apply(k, v)),
-        )
+        omni_bus::table::tail(&kafka, &kafka.topics.sms_parts, move |r| {
+            concat.apply(r.key.as_bytes(), r.value.as_deref());
+        })
     };
     concat.run(&state.ingress, ownership, stop).await;
     drop(follower);

@@ -3,7 +3,7 @@
 //! A refresh token is single-use, so exactly one replica may refresh an OA: the owner of its
 //! tenant's partition (DESIGN "One owner per tenant"). It writes each new pair to the tokens
 //! topic (key `<tenant>/<oa>`) and waits for Kafka's acknowledgement before it uses the pair;
-//! every replica follows the topic ([`SharedTokens::apply`], fed by an `omni_bus::Tail`) and
+//! every replica follows the topic ([`SharedTokens::apply`], fed by `omni_bus::table::tail`) and
 //! sends with the newest pair. The pairs survive restarts of every replica.
 //!
 //! Values are sealed with AES-256-GCM under `zalo.token_key` (the record key is the
