@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::config::BusConfig;
 use crate::error::BusError;
 use crate::gate::{GroupContext, PartitionGate};
-use crate::lanes::Lanes;
+use crate::lanes::{Fetched, Lanes, Position};
 use crate::metrics::{BusMetrics, MetricsContext};
 
 /// One consumed record, owned so a handler may hold it across awaits.
@@ -167,49 +167,45 @@ impl Consumer {
             let Some(record) = self.take(message).await else {
                 continue;
             };
+            let gate = self.gate();
+            let Some(generation) = gate.generation(&record.topic, record.partition) else {
+                // Fetched before its partition was revoked: the partition's owner reads it.
+                continue;
+            };
+            let still_held =
+                || gate.generation(&record.topic, record.partition) == Some(generation);
             self.unfinished.set(1);
             let mut backoff = Duration::from_millis(100);
+            let mut finished = false;
             loop {
-                match handler(record.clone()).await {
-                    HandlerOutcome::Done => {
-                        self.metrics
-                            .consumed
-                            .with_label_values(&[self.group.as_str(), record.topic.as_str()])
-                            .inc();
-                        break;
-                    }
-                    HandlerOutcome::Skip(reason) => {
-                        self.metrics
-                            .consume_skipped
-                            .with_label_values(&[self.group.as_str(), record.topic.as_str()])
-                            .inc();
-                        tracing::warn!(group = %self.group, topic = %record.topic,
-                            partition = record.partition, offset = record.offset, %reason,
-                            "skipping unprocessable record");
-                        break;
-                    }
-                    HandlerOutcome::Abandon(reason) => {
-                        tracing::info!(group = %self.group, topic = %record.topic,
-                            partition = record.partition, offset = record.offset, %reason,
-                            "record left to the partition's next owner");
-                        break;
-                    }
-                    HandlerOutcome::Retry(reason) => {
-                        tracing::warn!(group = %self.group, topic = %record.topic,
-                            partition = record.partition, offset = record.offset, %reason,
-                            retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                            "record processing failed, will retry");
-                        tokio::select! {
-                            biased;
-                            () = &mut shutdown => return Ok(()),
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
+                if !still_held() {
+                    tracing::info!(group = %self.group, topic = %record.topic,
+                        partition = record.partition, offset = record.offset,
+                        "partition reassigned: record left to its owner");
+                    break;
                 }
+                let outcome = handler(record.clone()).await;
+                if let HandlerOutcome::Retry(reason) = outcome {
+                    tracing::warn!(group = %self.group, topic = %record.topic,
+                        partition = record.partition, offset = record.offset, %reason,
+                        retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        "record processing failed, will retry");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+                self.count(&record, &outcome);
+                finished = !matches!(outcome, HandlerOutcome::Abandon(_));
+                break;
             }
             self.unfinished.set(0);
-            if self.gate().holds(&record.topic, record.partition) {
+            // Committed only under the assignment it was fetched in: a partition revoked and
+            // given back meanwhile is read again from its committed offset.
+            if finished && still_held() {
                 self.commit(&record)?;
                 processed_any = true;
             }
@@ -246,13 +242,19 @@ impl Consumer {
         let gate = self.gate();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut lanes = Lanes::default();
-        let mut running: JoinSet<(u64, Record, Option<HandlerOutcome>)> = JoinSet::new();
-        let spawn = |running: &mut JoinSet<_>, key: u64, record: Record| {
+        let mut running: JoinSet<(u64, Fetched, Option<HandlerOutcome>)> = JoinSet::new();
+        let spawn = |running: &mut JoinSet<_>, key: u64, fetched: Fetched| {
             let handler = handler.clone();
+            let gate = gate.clone();
             let mut stop = stop_rx.clone();
             running.spawn(async move {
-                let outcome = retry_until_final(&*handler, record.clone(), &mut stop).await;
-                (key, record, outcome)
+                let still_held = || {
+                    gate.generation(&fetched.record.topic, fetched.record.partition)
+                        == Some(fetched.generation)
+                };
+                let outcome =
+                    retry_until_final(&*handler, &fetched.record, &mut stop, still_held).await;
+                (key, fetched, outcome)
             });
         };
         tokio::pin!(shutdown);
@@ -270,7 +272,7 @@ impl Consumer {
                 }
                 () = self.rejoin.notified(), if !stopping => self.rejoin_now(),
                 Some(joined) = running.join_next() => {
-                    let (key, record, outcome) = match joined {
+                    let (key, fetched, outcome) = match joined {
                         Ok(done) => done,
                         Err(e) => {
                             // A handler panicked: its record stays uncommitted forever in this
@@ -283,25 +285,26 @@ impl Consumer {
                         // Stopped while retrying: leave it uncommitted for the next owner.
                         continue;
                     };
-                    self.count(&record, &outcome);
-                    let (next, commit) = lanes.finish(key, &record);
+                    self.count(&fetched.record, &outcome);
+                    let (next, commit) = lanes.finish(key, &fetched);
                     self.unfinished.set(lanes.held());
                     if let Some(next) = next {
                         spawn(&mut running, key, next);
                     }
-                    if let Some((topic, partition, offset)) = commit {
-                        // A revoked partition's position is the next owner's to commit.
-                        if gate.holds(&topic, partition) {
-                            self.commit_position(&topic, partition, offset, CommitMode::Async)?;
-                        }
+                    if let Some(position) = commit {
+                        self.commit_if_held(&gate, &position, CommitMode::Async)?;
                     }
                 }
                 m = self.inner.recv(), if room => {
                     let Some(record) = self.take(m).await else {
                         continue;
                     };
+                    let Some(generation) = gate.generation(&record.topic, record.partition) else {
+                        // Fetched before its partition was revoked: the partition's owner reads it.
+                        continue;
+                    };
                     let key = order_key(&record);
-                    let start = lanes.admit(key, record);
+                    let start = lanes.admit(key, Fetched { record, generation });
                     self.unfinished.set(lanes.held());
                     if let Some(record) = start {
                         spawn(&mut running, key, record);
@@ -309,11 +312,8 @@ impl Consumer {
                 }
             }
         }
-        for (topic, partition, offset) in lanes.positions() {
-            if !gate.holds(&topic, partition) {
-                continue;
-            }
-            if let Err(e) = self.commit_position(&topic, partition, offset, CommitMode::Sync) {
+        for position in lanes.positions() {
+            if let Err(e) = self.commit_if_held(&gate, &position, CommitMode::Sync) {
                 tracing::debug!(group = %self.group, error = %e, "final commit failed");
             }
         }
@@ -365,16 +365,26 @@ impl Consumer {
         }
     }
 
-    fn commit_position(
+    /// Commits `position` if its partition is still held under the assignment it was computed
+    /// in: a revoked partition's position is the next owner's to commit, and one given back to
+    /// this member is read again from its committed offset, so an older position must not
+    /// move it.
+    fn commit_if_held(
         &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
+        gate: &PartitionGate,
+        position: &Position,
         mode: CommitMode,
     ) -> Result<(), BusError> {
+        if gate.generation(&position.topic, position.partition) != Some(position.generation) {
+            return Ok(());
+        }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-            .map_err(BusError::Consume)?;
+        tpl.add_partition_offset(
+            &position.topic,
+            position.partition,
+            Offset::Offset(position.offset),
+        )
+        .map_err(BusError::Consume)?;
         self.inner.commit(&tpl, mode).map_err(BusError::Consume)
     }
 
@@ -392,12 +402,14 @@ impl Consumer {
     }
 }
 
-/// Runs `handler` on `record` until it returns `Done` or `Skip`, backing off between retries.
-/// `None` if asked to stop while retrying.
+/// Runs `handler` on `record` until it returns `Done`, `Skip` or `Abandon`, backing off between
+/// retries; `Abandon` without running it once its partition is no longer held under the
+/// assignment it was fetched in. `None` if asked to stop while retrying.
 async fn retry_until_final<H, Fut>(
     handler: &H,
-    record: Record,
+    record: &Record,
     stop: &mut tokio::sync::watch::Receiver<bool>,
+    still_held: impl Fn() -> bool,
 ) -> Option<HandlerOutcome>
 where
     H: Fn(Record) -> Fut,
@@ -405,6 +417,11 @@ where
 {
     let mut backoff = Duration::from_millis(100);
     loop {
+        if !still_held() {
+            return Some(HandlerOutcome::Abandon(
+                "partition reassigned before the record was done".into(),
+            ));
+        }
         match handler(record.clone()).await {
             HandlerOutcome::Retry(reason) => {
                 tracing::warn!(topic = %record.topic, partition = record.partition,
