@@ -361,6 +361,21 @@ async fn producer_queue(daemon: &Daemon) -> f64 {
         .sum()
 }
 
+/// The producer queue once the traffic before it was acknowledged: the statistics (one snapshot a
+/// second) may still show records of that traffic in flight, which would make the late messages
+/// look as if they never came. The lowest value seen within a few seconds, 0 as soon as seen.
+async fn settled_queue(daemon: &Daemon) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut lowest = f64::MAX;
+    loop {
+        lowest = lowest.min(producer_queue(daemon).await);
+        if lowest <= 0.0 || Instant::now() > deadline {
+            return lowest;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the late API messages are waiting in the producer for a broker that does not
 /// answer: then they are in flight across SIGTERM.
 async fn wait_in_flight(daemon: &Daemon, baseline: f64) {
@@ -510,7 +525,7 @@ async fn broker_killed_then_sigterm_exits_in_time_and_loses_nothing_acknowledged
     let daemon = start_daemon(&broker, &bootstrap, &env).await;
     let mut acked = traffic(&daemon, &bootstrap, &graph, "dead").await;
 
-    let baseline = producer_queue(&daemon).await;
+    let baseline = settled_queue(&daemon).await;
     broker.stop();
     let late = in_flight_messages(&daemon, "dead");
     wait_in_flight(&daemon, baseline).await;
@@ -537,7 +552,7 @@ async fn broker_stalled_then_sigterm_exits_in_time_and_loses_nothing_acknowledge
     let daemon = start_daemon(&broker, &bootstrap, &env).await;
     let mut acked = traffic(&daemon, &bootstrap, &graph, "slow").await;
 
-    let baseline = producer_queue(&daemon).await;
+    let baseline = settled_queue(&daemon).await;
     proxy.stall();
     let late = in_flight_messages(&daemon, "slow");
     wait_in_flight(&daemon, baseline).await;
