@@ -48,6 +48,7 @@ async fn wait_for_fates(
     ids: &BTreeSet<String>,
     timeout: Duration,
     daemons: &[Daemon],
+    killed: &[String],
 ) -> BTreeMap<String, Vec<(String, String)>> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -63,31 +64,62 @@ async fn wait_for_fates(
         if by_reply.len() == ids.len() {
             return by_reply;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} replies have a fate on omni.delivery.v1; outbound group:\n{}",
-            by_reply.len(),
-            ids.len(),
-            group_log(daemons)
-        );
+        if Instant::now() >= deadline {
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|id| !by_reply.contains_key(*id))
+                .collect();
+            panic!(
+                "only {} of {} replies have a fate on omni.delivery.v1\n{}",
+                by_reply.len(),
+                ids.len(),
+                whereabouts(bootstrap, &missing, daemons, killed)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// What each replica's outbound consumer was told by the group, for a failure message.
-fn group_log(daemons: &[Daemon]) -> String {
-    daemons
+/// For a failure message: where each missing reply is in the outbound topic, and what every
+/// replica, live or killed, logged about it or about the outbound group.
+fn whereabouts(
+    bootstrap: &str,
+    missing: &[&String],
+    daemons: &[Daemon],
+    killed: &[String],
+) -> String {
+    let b = bootstrap.to_owned();
+    let records =
+        tokio::task::block_in_place(|| omni_e2e::read_log(&b, OUTBOUND, Duration::from_secs(2)));
+    let mut out = String::new();
+    for id in missing {
+        let places: Vec<(i32, i64)> = records
+            .iter()
+            .filter(|r| {
+                r.value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+                    .is_some_and(|v| v["id"] == id.as_str())
+            })
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        out.push_str(&format!("missing {id} at (partition, offset) {places:?}\n"));
+    }
+    let logs = daemons
         .iter()
-        .enumerate()
-        .flat_map(|(i, d)| {
-            d.log()
-                .lines()
-                .filter(|l| l.contains("omnirouter-outbound") || l.contains("outbound"))
-                .map(|l| format!("[{i}] {l}"))
-                .collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .map(|d| ("live", d.log()))
+        .chain(killed.iter().map(|l| ("killed", l.clone())));
+    for (i, (state, log)) in logs.enumerate() {
+        for line in log.lines().filter(|l| {
+            !l.contains("Client stats")
+                && (l.contains("omnirouter-outbound")
+                    || l.contains("outbound")
+                    || missing.iter().any(|id| l.contains(id.as_str())))
+        }) {
+            out.push_str(&format!("[{i} {state}] {line}\n"));
+        }
+    }
+    out
 }
 
 fn env_for(graph: &Graph, tenants: &[&str], extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -127,6 +159,7 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
     let mut slow = BTreeSet::new();
     let mut expected_parts = 0;
     let mut killed: Option<usize> = None;
+    let mut killed_logs = Vec::new();
     for wave in 0..4 {
         let mut batch = Vec::new();
         for i in 0..16 {
@@ -152,6 +185,7 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
         }
         produce(&bootstrap, &batch);
         if let Some(victim) = killed.take() {
+            killed_logs.push(daemons[victim].log());
             // The replacement joins at once, before the broker expired the dead member's
             // session: tansu 0.6 may then leave what the dead member held with nobody, and the
             // replicas' outbound consumers rejoin their group to get it assigned again
@@ -171,7 +205,14 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
         killed = Some(victim);
     }
 
-    let fates = wait_for_fates(&bootstrap, &ids, Duration::from_secs(120), &daemons).await;
+    let fates = wait_for_fates(
+        &bootstrap,
+        &ids,
+        Duration::from_secs(120),
+        &daemons,
+        &killed_logs,
+    )
+    .await;
     let parts = graph.parts();
     let counts = counts(&parts);
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
@@ -271,7 +312,7 @@ async fn one_page_is_held_to_its_rate_across_three_replicas() {
     produce(&bootstrap, &replies);
 
     let parts = graph.wait_for(REPLIES, Duration::from_secs(90)).await;
-    let fates = wait_for_fates(&bootstrap, &ids, Duration::from_secs(60), &daemons).await;
+    let fates = wait_for_fates(&bootstrap, &ids, Duration::from_secs(60), &daemons, &[]).await;
     assert!(fates.values().all(|f| f[0].0 == "sent"), "{fates:?}");
     // Settle: a late duplicate would show now.
     tokio::time::sleep(Duration::from_secs(2)).await;
