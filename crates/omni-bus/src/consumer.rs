@@ -17,6 +17,7 @@ use crate::error::BusError;
 use crate::gate::{GroupContext, PartitionGate};
 use crate::lanes::{Fetched, Lanes, Position};
 use crate::metrics::{BusMetrics, MetricsContext};
+use crate::resume::{ResumeGuard, Resumed};
 
 /// One consumed record, owned so a handler may hold it across awaits.
 #[derive(Debug, Clone)]
@@ -94,6 +95,7 @@ impl Consumer {
                 metrics: metrics.clone(),
             },
             gate: Arc::new(PartitionGate::default()),
+            resume: Arc::new(ResumeGuard::default()),
         };
         let inner: StreamConsumer<GroupContext> =
             StreamConsumer::from_config_and_context(&config.consumer_config(group), context)
@@ -167,9 +169,12 @@ impl Consumer {
             let Some(record) = self.take(message).await else {
                 continue;
             };
+            if !self.resumes(&record) {
+                continue;
+            }
             let gate = self.gate();
             let Some(generation) = gate.generation(&record.topic, record.partition) else {
-                // Fetched before its partition was revoked: the partition's owner reads it.
+                self.left_unheld(&record);
                 continue;
             };
             let still_held =
@@ -286,6 +291,9 @@ impl Consumer {
                         continue;
                     };
                     self.count(&fetched.record, &outcome);
+                    tracing::debug!(group = %self.group, topic = %fetched.record.topic,
+                        partition = fetched.record.partition, offset = fetched.record.offset,
+                        generation = fetched.generation, ?outcome, "record finished");
                     let (next, commit) = lanes.finish(key, &fetched);
                     self.unfinished.set(lanes.held());
                     if let Some(next) = next {
@@ -299,11 +307,17 @@ impl Consumer {
                     let Some(record) = self.take(m).await else {
                         continue;
                     };
+                    if !self.resumes(&record) {
+                        continue;
+                    }
                     let Some(generation) = gate.generation(&record.topic, record.partition) else {
-                        // Fetched before its partition was revoked: the partition's owner reads it.
+                        self.left_unheld(&record);
                         continue;
                     };
                     let key = order_key(&record);
+                    tracing::debug!(group = %self.group, topic = %record.topic,
+                        partition = record.partition, offset = record.offset, generation,
+                        "record taken");
                     let start = lanes.admit(key, Fetched { record, generation });
                     self.unfinished.set(lanes.held());
                     if let Some(record) = start {
@@ -341,6 +355,38 @@ impl Consumer {
         }
     }
 
+    /// Whether `record` is to be processed: false for a record before its partition's committed
+    /// offset, and for one past it that the broker reached by skipping records (the partition
+    /// is then rewound; see [`crate::resume`]).
+    fn resumes(&self, record: &Record) -> bool {
+        let resume = &self.inner.context().resume;
+        match resume.check(&record.topic, record.partition, record.offset) {
+            Resumed::Take => true,
+            Resumed::Drop => false,
+            Resumed::Rewind(to) => {
+                if let Err(e) = self.inner.seek(
+                    &record.topic,
+                    record.partition,
+                    Offset::Offset(to),
+                    Duration::from_secs(5),
+                ) {
+                    // The record stays unprocessed; the next one of the partition rewinds
+                    // further (a revoked partition is no longer checked).
+                    tracing::warn!(group = %self.group, topic = %record.topic,
+                        partition = record.partition, error = %e, "rewinding failed");
+                }
+                false
+            }
+        }
+    }
+
+    /// A record of a partition this member does not hold (fetched before a revocation): not
+    /// processed, not committed; the partition's owner reads it.
+    fn left_unheld(&self, record: &Record) {
+        tracing::info!(group = %self.group, topic = %record.topic, partition = record.partition,
+            offset = record.offset, "record of a partition not held: left to its owner");
+    }
+
     fn count(&self, record: &Record, outcome: &HandlerOutcome) {
         match outcome {
             HandlerOutcome::Skip(reason) => {
@@ -375,7 +421,11 @@ impl Consumer {
         position: &Position,
         mode: CommitMode,
     ) -> Result<(), BusError> {
-        if gate.generation(&position.topic, position.partition) != Some(position.generation) {
+        let held = gate.generation(&position.topic, position.partition);
+        tracing::debug!(group = %self.group, topic = %position.topic,
+            partition = position.partition, offset = position.offset,
+            generation = position.generation, held = ?held, "position to commit");
+        if held != Some(position.generation) {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();

@@ -28,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::metrics::MetricsContext;
+use crate::resume::ResumeGuard;
 
 /// A topic partition.
 type Partition = (String, i32);
@@ -179,6 +180,7 @@ impl Drop for Permit {
 pub struct GroupContext {
     pub(crate) metrics: MetricsContext,
     pub(crate) gate: Arc<PartitionGate>,
+    pub(crate) resume: Arc<ResumeGuard>,
 }
 
 impl ClientContext for GroupContext {
@@ -197,6 +199,7 @@ impl ConsumerContext for GroupContext {
         // tasks run on the runtime's other workers meanwhile.
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                self.resume.revoked(tpl);
                 let partitions: Vec<Partition> = tpl
                     .elements()
                     .iter()
@@ -221,8 +224,11 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // Before any record of the assignment is handed out: the loop checks each
+            // partition's first records against these offsets.
+            self.resume.assigned(consumer, tpl);
             let partitions: Vec<Partition> = tpl
                 .elements()
                 .iter()

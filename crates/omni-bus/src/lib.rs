@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod partitioner;
 pub mod producer;
+pub mod resume;
 pub mod table;
 
 pub use admin::ensure_topics;
@@ -50,3 +51,4 @@ pub use metrics::BusMetrics;
 pub use ownership::{Owned, Ownership};
 pub use partitioner::partition_for;
 pub use producer::{OutRecord, Producer};
+pub use resume::{ResumeGuard, Resumed};

@@ -662,6 +662,8 @@ impl Dispatcher {
         if event.event_type != EventType::MessageSend {
             return HandlerOutcome::Done;
         }
+        tracing::debug!(event_id = %event.id, partition = record.partition,
+            offset = record.offset, "outbound reply taken");
         let tenant_key = event.tenant.as_str().as_bytes();
         if let Some(own) = &self.ownership {
             // The partitioning contract: a tenant's replies are sent from its partition only.

@@ -163,6 +163,31 @@ fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
     }
 }
 
+/// Whether `rec` is to be processed: false for a record before its partition's committed
+/// offset, and for one past it that the broker reached by skipping records (the partition is
+/// then rewound; see `omni_bus::resume`).
+fn resumes(consumer: &StreamConsumer<RouterContext>, rec: &Rec) -> bool {
+    match consumer
+        .context()
+        .resume
+        .check(&rec.topic, rec.partition, rec.offset)
+    {
+        omni_bus::Resumed::Take => true,
+        omni_bus::Resumed::Drop => false,
+        omni_bus::Resumed::Rewind(to) => {
+            if let Err(e) = consumer.seek(
+                &rec.topic,
+                rec.partition,
+                Offset::Offset(to),
+                Duration::from_secs(5),
+            ) {
+                tracing::warn!(partition = rec.partition, error = %e, "rewinding failed");
+            }
+            false
+        }
+    }
+}
+
 /// What became of one input record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -350,6 +375,7 @@ impl Router {
             },
             assignment: assignment.clone(),
             applied: applied.clone(),
+            resume: Arc::default(),
         };
         let consumer: StreamConsumer<RouterContext> = StreamConsumer::from_config_and_context(
             &self.bus.consumer_config(&self.settings.group_id),
@@ -466,6 +492,9 @@ impl Router {
         for rec in batch {
             if !assigned.contains(&rec.partition) {
                 // Fetched before a revocation: the new owner reads it again.
+                continue;
+            }
+            if !resumes(consumer, &rec) {
                 continue;
             }
             if let Some(h) = held.get_mut(&rec.partition) {

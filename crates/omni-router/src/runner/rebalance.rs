@@ -22,6 +22,9 @@ pub(super) struct RouterContext {
     pub(super) assigned: Arc<tokio::sync::Notify>,
     /// Next offset to commit per (topic, partition): everything before it is applied.
     pub(super) applied: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+    /// The committed offsets of new assignments, checked against their first records (a
+    /// broker that skips the rest of a batch; see `omni_bus::resume`).
+    pub(super) resume: Arc<omni_bus::ResumeGuard>,
 }
 
 impl ClientContext for RouterContext {
@@ -38,6 +41,7 @@ impl ConsumerContext for RouterContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
+        self.resume.revoked(tpl);
         let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         // Stop owning first: nothing of these partitions is applied or written after this.
         {
@@ -60,9 +64,10 @@ impl ConsumerContext for RouterContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.resume.assigned(consumer, tpl);
                 let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
                 a.assigned
                     .extend(tpl.elements().iter().map(|e| e.partition()));
