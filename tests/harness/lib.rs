@@ -532,6 +532,37 @@ fn from_beginning(bootstrap: &str, topic: &str, name: &str) -> BaseConsumer {
     consumer
 }
 
+/// The offsets `group` committed on each partition of `topic` (`None`: nothing committed), as
+/// the group's next member would start from them.
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => (e.partition(), Some(o)),
+            _ => (e.partition(), None),
+        })
+        .collect()
+}
+
 /// A record read back with its place in the log and its headers.
 #[derive(Debug, Clone)]
 pub struct LogRead {

@@ -149,26 +149,22 @@ pub fn messenger_reply(tenant: &str, psid: &str, text: &str, attachments: &[Stri
 }
 
 /// The fates on `omni.delivery.v1` so far: (outbound event id, status, reason), one per
-/// delivery event.
-pub fn fates(bootstrap: &str, want: usize, timeout: Duration) -> Vec<(String, String, String)> {
-    crate::read_topic(
-        bootstrap,
-        "omni.delivery.v1",
-        want,
-        timeout,
-        Duration::from_millis(300),
-    )
-    .into_iter()
-    .map(|r| {
-        let d = &r.value["data"];
-        (
-            d["outbound_event_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            d["status"].as_str().unwrap_or_default().to_owned(),
-            d["reason"].as_str().unwrap_or_default().to_owned(),
-        )
-    })
-    .collect()
+/// delivery event. Reads to the topic's current end (until nothing arrives for a
+/// second), however many events a reply has.
+pub fn fates(bootstrap: &str) -> Vec<(String, String, String)> {
+    crate::read_log(bootstrap, "omni.delivery.v1", Duration::from_secs(1))
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.value?).ok())
+        .map(|v| {
+            let d = &v["data"];
+            (
+                d["outbound_event_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                d["status"].as_str().unwrap_or_default().to_owned(),
+                d["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
