@@ -1,0 +1,293 @@
+//! The agent index: agents by number, and the ordered indexes a strategy walks.
+
+use omni_core::{ChannelKind, ConversationId};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::model::{AgentId, Presence, Timestamp};
+
+use super::{AgentIdx, Engine, QueueIdx, SkillIdx};
+
+/// Ratio scale for load keys: open/capacity in millionths.
+pub(super) const RATIO_SCALE: u64 = 1_000_000;
+
+/// Ordering key of an agent in an index: three numbers compared in order, then the agent.
+pub(super) type Key = (u64, u64, u64);
+
+#[derive(Debug, Clone)]
+pub(super) struct Agent {
+    pub(super) id: AgentId,
+    pub(super) removed: bool,
+    pub(super) presence: Presence,
+    pub(super) skills: Vec<(SkillIdx, u8)>,
+    pub(super) capacity: u32,
+    pub(super) channel_capacity: BTreeMap<ChannelKind, u32>,
+    /// Offered and assigned conversations, with when they were taken (for capacity cuts).
+    pub(super) open: BTreeMap<ConversationId, Timestamp>,
+    pub(super) open_by_kind: BTreeMap<ChannelKind, u32>,
+    pub(super) idle_since: Timestamp,
+    /// Queues whose required skills the agent meets at full proficiency.
+    pub(super) queues: Vec<QueueIdx>,
+    /// The same queues as a bit set, so most agents who cannot serve a conversation's queue
+    /// are skipped in one test while walking an index.
+    pub(super) queue_bits: Vec<u64>,
+    /// Index entries currently held (so they can be removed before a change).
+    pub(super) indexed: Option<IndexEntry>,
+}
+
+/// Agents by number. Numbers are handed out in creation order and never reused, so every
+/// tie between agents (the indexes below order equal keys by number) and the round-robin
+/// cursor mean the same thing in a restored engine as in the live one: the number is written
+/// in the agent's record (`seq`). A removed agent's number simply disappears from the map.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Agents(pub(super) HashMap<AgentIdx, Agent, BuildHasherDefault<IdxHasher>>);
+
+impl Agents {
+    pub(super) fn get(&self, a: AgentIdx) -> Option<&Agent> {
+        self.0.get(&a)
+    }
+
+    pub(super) fn insert(&mut self, a: AgentIdx, agent: Agent) {
+        self.0.insert(a, agent);
+    }
+
+    pub(super) fn remove(&mut self, a: AgentIdx) -> Option<Agent> {
+        self.0.remove(&a)
+    }
+
+    /// Every agent number, ascending (creation order).
+    pub(super) fn numbers(&self) -> Vec<AgentIdx> {
+        let mut v: Vec<AgentIdx> = self.0.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Agent> {
+        self.0.values()
+    }
+}
+
+impl std::ops::Index<AgentIdx> for Agents {
+    type Output = Agent;
+    fn index(&self, a: AgentIdx) -> &Agent {
+        &self.0[&a]
+    }
+}
+
+impl std::ops::IndexMut<AgentIdx> for Agents {
+    fn index_mut(&mut self, a: AgentIdx) -> &mut Agent {
+        self.0
+            .get_mut(&a)
+            .unwrap_or_else(|| unreachable!("unknown agent number {a}"))
+    }
+}
+
+/// A hasher for agent numbers: one multiplication (numbers are not attacker-chosen).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct IdxHasher(u64);
+
+impl Hasher for IdxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct IndexEntry {
+    pub(super) idle: (u64, AgentIdx),
+    pub(super) load: (Key, AgentIdx),
+    pub(super) skills: Vec<(SkillIdx, Key, AgentIdx)>,
+}
+
+impl Agent {
+    pub(super) fn level(&self, skill: SkillIdx) -> u8 {
+        self.skills
+            .binary_search_by_key(&skill, |(s, _)| *s)
+            .map(|i| self.skills[i].1)
+            .unwrap_or(0)
+    }
+
+    /// Whether the agent has the queue's skills at full proficiency.
+    pub(super) fn serves(&self, queue: QueueIdx) -> bool {
+        self.queue_bits
+            .get(queue / 64)
+            .is_some_and(|w| w & (1u64 << (queue % 64)) != 0)
+    }
+
+    pub(super) fn available(&self) -> bool {
+        !self.removed
+            && self.presence == Presence::Online
+            && (self.open.len() as u64) < u64::from(self.capacity)
+    }
+
+    pub(super) fn kind_has_room(&self, kind: ChannelKind) -> bool {
+        let used = self.open_by_kind.get(&kind).copied().unwrap_or(0);
+        let cap = self
+            .channel_capacity
+            .get(&kind)
+            .copied()
+            .unwrap_or(self.capacity);
+        used < cap
+    }
+
+    pub(super) fn ratio(&self) -> u64 {
+        if self.capacity == 0 {
+            return RATIO_SCALE;
+        }
+        self.open.len() as u64 * RATIO_SCALE / u64::from(self.capacity)
+    }
+}
+
+impl Engine {
+    /// Applies a change to an agent, keeping every index consistent with it.
+    pub(super) fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
+        let was_available = self.agents[a].available();
+        self.dirty_agents.insert(a);
+        let old = self.agents[a].indexed.take();
+        change(&mut self.agents[a]);
+        let new = match old {
+            // Still available with the same skills (a profile change goes through
+            // `removed`): move the existing entries in place, no allocation.
+            Some(entry) if self.agents[a].available() => Some(self.rekey(a, entry)),
+            old => {
+                let new = self.index_entry(a);
+                self.reindex(a, old, new.as_ref());
+                new
+            }
+        };
+        self.agents[a].indexed = new;
+        let now_available = self.agents[a].available();
+        if was_available != now_available {
+            for i in 0..self.agents[a].queues.len() {
+                let q = self.agents[a].queues[i];
+                let n = &mut self.queues[q].available_agents;
+                *n = if now_available {
+                    *n + 1
+                } else {
+                    n.saturating_sub(1)
+                };
+            }
+        }
+    }
+
+    /// Moves an available agent's entries to its current idle time and load, touching only the
+    /// keys that changed.
+    fn rekey(&mut self, a: AgentIdx, mut entry: IndexEntry) -> IndexEntry {
+        let agent = &self.agents[a];
+        let (idle, ratio) = (agent.idle_since.0, agent.ratio());
+        if entry.idle.0 != idle {
+            self.by_idle.remove(&entry.idle);
+            entry.idle = (idle, a);
+            self.by_idle.insert(entry.idle);
+        }
+        let load = ((ratio, idle, 0), a);
+        if entry.load != load {
+            self.by_load.remove(&entry.load);
+            entry.load = load;
+            self.by_load.insert(load);
+        }
+        for (skill, key, idx) in &mut entry.skills {
+            let moved = (key.0, ratio, idle);
+            if *key != moved {
+                if let Some(set) = self.by_skill.get_mut(skill) {
+                    set.remove(&(*key, *idx));
+                    set.insert((moved, *idx));
+                }
+                *key = moved;
+            }
+        }
+        entry
+    }
+
+    /// The index entries an agent should have now (`None` when not available).
+    pub(super) fn index_entry(&self, a: AgentIdx) -> Option<IndexEntry> {
+        let agent = &self.agents[a];
+        if !agent.available() {
+            return None;
+        }
+        let idle = agent.idle_since.0;
+        let ratio = agent.ratio();
+        Some(IndexEntry {
+            idle: (idle, a),
+            load: ((ratio, idle, 0), a),
+            skills: agent
+                .skills
+                .iter()
+                .filter(|(s, _)| self.indexed_skills.contains(s))
+                .map(|(s, l)| (*s, (u64::from(5 - (*l).min(5)), ratio, idle), a))
+                .collect(),
+        })
+    }
+
+    /// Moves an agent's index entries from `old` to `new`, touching only the keys that changed
+    /// (a release changes the load keys, not the idle one; the id set changes only when the
+    /// agent becomes available or unavailable).
+    fn reindex(&mut self, a: AgentIdx, old: Option<IndexEntry>, new: Option<&IndexEntry>) {
+        match (old, new) {
+            (None, None) => {}
+            (Some(o), None) => {
+                self.by_idle.remove(&o.idle);
+                self.by_load.remove(&o.load);
+                self.by_id.remove(&a);
+                for (skill, key, idx) in o.skills {
+                    if let Some(set) = self.by_skill.get_mut(&skill) {
+                        set.remove(&(key, idx));
+                    }
+                }
+            }
+            (None, Some(n)) => {
+                self.by_idle.insert(n.idle);
+                self.by_load.insert(n.load);
+                self.by_id.insert(a);
+                for (skill, key, idx) in &n.skills {
+                    self.by_skill
+                        .entry(*skill)
+                        .or_default()
+                        .insert((*key, *idx));
+                }
+            }
+            (Some(o), Some(n)) => {
+                if o.idle != n.idle {
+                    self.by_idle.remove(&o.idle);
+                    self.by_idle.insert(n.idle);
+                }
+                if o.load != n.load {
+                    self.by_load.remove(&o.load);
+                    self.by_load.insert(n.load);
+                }
+                if o.skills != n.skills {
+                    for (skill, key, idx) in o.skills {
+                        if let Some(set) = self.by_skill.get_mut(&skill) {
+                            set.remove(&(key, idx));
+                        }
+                    }
+                    for (skill, key, idx) in &n.skills {
+                        self.by_skill
+                            .entry(*skill)
+                            .or_default()
+                            .insert((*key, *idx));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `queues` as a bit set over `count` queues.
+pub(super) fn queue_bits(queues: &[QueueIdx], count: usize) -> Vec<u64> {
+    let mut bits = vec![0u64; count.div_ceil(64)];
+    for q in queues {
+        bits[q / 64] |= 1u64 << (q % 64);
+    }
+    bits
+}
