@@ -149,6 +149,20 @@ impl Agent {
 }
 
 impl Engine {
+    /// The queues an agent with these (interned, sorted) skills serves at full proficiency:
+    /// computed once per profile, so that draining looks only at queues the agent can serve.
+    pub(super) fn queues_served(&self, skills: &[(SkillIdx, u8)]) -> Vec<QueueIdx> {
+        (0..self.queues.len())
+            .filter(|q| {
+                self.queues[*q].required.iter().all(|(s, l)| {
+                    skills
+                        .binary_search_by_key(s, |(x, _)| *x)
+                        .is_ok_and(|i| skills[i].1 >= *l)
+                })
+            })
+            .collect()
+    }
+
     /// Applies a change to an agent, keeping every index consistent with it.
     pub(super) fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
         let was_available = self.agents[a].available();

@@ -10,7 +10,7 @@ use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEv
 use super::agents::{queue_bits, Agent};
 use super::conversation::{DeadlineKind, State};
 use super::timers::Timer;
-use super::{reject, touch, AgentIdx, Engine, QueueIdx};
+use super::{reject, touch, AgentIdx, Engine};
 
 impl Engine {
     pub(super) fn command(&mut self, now: Timestamp, cmd: &Command, out: &mut Vec<Output>) {
@@ -112,15 +112,7 @@ impl Engine {
             }
         }
         let skills = self.intern_skills(&p.skills);
-        let queues: Vec<QueueIdx> = (0..self.queues.len())
-            .filter(|q| {
-                self.queues[*q].required.iter().all(|(s, l)| {
-                    skills
-                        .binary_search_by_key(s, |(x, _)| *x)
-                        .is_ok_and(|i| skills[i].1 >= *l)
-                })
-            })
-            .collect();
+        let queues = self.queues_served(&skills);
         let a = match self.agent_index.get(&p.agent) {
             Some(&a) => a,
             None => {

@@ -14,61 +14,81 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut holders: HashMap<ConversationId, AgentIdx> = HashMap::new();
         for i in self.agents.numbers() {
-            let a = &self.agents[i];
-            if a.open.len() as u64 > u64::from(a.capacity) {
+            self.check_agent(i, &mut holders)?;
+        }
+        self.check_index_counts()?;
+        self.check_references()?;
+        self.check_waiting(&holders)
+    }
+
+    /// One agent: within capacity, holding only conversations that name them (recorded in
+    /// `holders`, so that no conversation has two agents), indexed exactly when available and
+    /// under their current keys.
+    fn check_agent(
+        &self,
+        i: AgentIdx,
+        holders: &mut HashMap<ConversationId, AgentIdx>,
+    ) -> Result<(), String> {
+        let a = &self.agents[i];
+        if a.open.len() as u64 > u64::from(a.capacity) {
+            return Err(format!(
+                "agent {} over capacity: {} > {}",
+                a.id,
+                a.open.len(),
+                a.capacity
+            ));
+        }
+        for (kind, n) in &a.open_by_kind {
+            if *n > a.channel_capacity.get(kind).copied().unwrap_or(a.capacity) {
+                return Err(format!("agent {} over {kind} capacity", a.id));
+            }
+        }
+        if (a.removed || a.presence == Presence::Offline) && !a.open.is_empty() {
+            return Err(format!("offline agent {} holds conversations", a.id));
+        }
+        for id in a.open.keys() {
+            if let Some(other) = holders.insert(*id, i) {
                 return Err(format!(
-                    "agent {} over capacity: {} > {}",
-                    a.id,
-                    a.open.len(),
-                    a.capacity
+                    "conversation {id} held by two agents ({other} and {i})"
                 ));
             }
-            for (kind, n) in &a.open_by_kind {
-                if *n > a.channel_capacity.get(kind).copied().unwrap_or(a.capacity) {
-                    return Err(format!("agent {} over {kind} capacity", a.id));
-                }
-            }
-            if (a.removed || a.presence == Presence::Offline) && !a.open.is_empty() {
-                return Err(format!("offline agent {} holds conversations", a.id));
-            }
-            for id in a.open.keys() {
-                if let Some(other) = holders.insert(*id, i) {
+            let c = self
+                .conversations
+                .get(id)
+                .ok_or_else(|| format!("agent {} holds unknown conversation {id}", a.id))?;
+            match c.state {
+                State::Offered { agent, .. } | State::Assigned { agent } if agent == i => {}
+                _ => {
                     return Err(format!(
-                        "conversation {id} held by two agents ({other} and {i})"
-                    ));
-                }
-                let c = self
-                    .conversations
-                    .get(id)
-                    .ok_or_else(|| format!("agent {} holds unknown conversation {id}", a.id))?;
-                match c.state {
-                    State::Offered { agent, .. } | State::Assigned { agent } if agent == i => {}
-                    _ => {
-                        return Err(format!(
-                            "agent {} holds {id} but its state is {:?}",
-                            a.id, c.state
-                        ))
-                    }
-                }
-            }
-            if a.available() != a.indexed.is_some() {
-                return Err(format!("agent {} index out of date", a.id));
-            }
-            if let Some(entry) = &a.indexed {
-                let fresh = self.index_entry(i);
-                let in_sets = self.by_idle.contains(&entry.idle)
-                    && self.by_load.contains(&entry.load)
-                    && self.by_id.contains(&i)
-                    && entry.skills.iter().all(|(s, k, x)| {
-                        self.by_skill
-                            .get(s)
-                            .is_some_and(|set| set.contains(&(*k, *x)))
-                    });
-                if fresh.as_ref() != Some(entry) || !in_sets {
-                    return Err(format!("agent {} index keys out of date", a.id));
+                        "agent {} holds {id} but its state is {:?}",
+                        a.id, c.state
+                    ))
                 }
             }
         }
+        if a.available() != a.indexed.is_some() {
+            return Err(format!("agent {} index out of date", a.id));
+        }
+        if let Some(entry) = &a.indexed {
+            let fresh = self.index_entry(i);
+            let in_sets = self.by_idle.contains(&entry.idle)
+                && self.by_load.contains(&entry.load)
+                && self.by_id.contains(&i)
+                && entry.skills.iter().all(|(s, k, x)| {
+                    self.by_skill
+                        .get(s)
+                        .is_some_and(|set| set.contains(&(*k, *x)))
+                });
+            if fresh.as_ref() != Some(entry) || !in_sets {
+                return Err(format!("agent {} index keys out of date", a.id));
+            }
+        }
+
+        Ok(())
+    }
+
+    /// The agent index holds every available agent and nobody else.
+    fn check_index_counts(&self) -> Result<(), String> {
         let available = self.agents.values().filter(|a| a.available()).count();
         if self.by_idle.len() != available
             || self.by_load.len() != available
@@ -81,6 +101,11 @@ impl Engine {
                 self.by_id.len()
             ));
         }
+        Ok(())
+    }
+
+    /// Nothing names a forgotten agent (sticky entries, decline lists).
+    fn check_references(&self) -> Result<(), String> {
         for (key, (a, _)) in &self.sticky {
             if self.agents.get(*a).is_none() {
                 return Err(format!("sticky entry {key} names a forgotten agent"));
@@ -91,6 +116,12 @@ impl Engine {
                 return Err(format!("{id} declined by forgotten agent {a}"));
             }
         }
+        Ok(())
+    }
+
+    /// Every waiting conversation is in its queue, every held one with its agent, and the
+    /// queues hold nothing else.
+    fn check_waiting(&self, holders: &HashMap<ConversationId, AgentIdx>) -> Result<(), String> {
         let mut waiting = 0;
         for q in &self.queues {
             waiting += q.waiting.len();

@@ -11,9 +11,61 @@ use crate::ConfigError;
 
 use super::agents::{queue_bits, Agent};
 use super::conversation::{Conversation, DeadlineKind, Deadlines, State};
-use super::state::{StateEntry, StateRecord};
+use super::state::{
+    AgentRecord, ConversationRecord, QueueRecord, StateEntry, StateRecord, StickyRecord,
+    TenantRecord,
+};
 use super::timers::Timer;
 use super::{AgentIdx, Engine, QueueIdx};
+
+/// A tenant's records by kind, in the order restore reads them: agents by number (records
+/// written before numbering after them, by id), conversations by id.
+struct Records {
+    agents: Vec<AgentRecord>,
+    convs: Vec<ConversationRecord>,
+    queues: Vec<QueueRecord>,
+    sticky: Vec<StickyRecord>,
+    tenant: Option<TenantRecord>,
+}
+
+impl Records {
+    fn sorted(entries: impl IntoIterator<Item = StateEntry>) -> Self {
+        let mut r = Records {
+            agents: Vec::new(),
+            convs: Vec::new(),
+            queues: Vec::new(),
+            sticky: Vec::new(),
+            tenant: None,
+        };
+        for entry in entries {
+            match entry {
+                StateEntry::Agent(a) => r.agents.push(a),
+                StateEntry::Conversation(c) => r.convs.push(*c),
+                StateEntry::Queue(q) => r.queues.push(q),
+                StateEntry::Sticky(s) => r.sticky.push(s),
+                StateEntry::Tenant(t) => r.tenant = Some(t),
+            }
+        }
+        // Numbered agents in their creation order; agents from older records after them, by id.
+        r.agents
+            .sort_by(|a, b| (a.seq == 0, a.seq, &a.id).cmp(&(b.seq == 0, b.seq, &b.id)));
+        r.convs.sort_by_key(|c| c.id);
+        r
+    }
+}
+
+/// What restore repaired on its way: records to write again, and what to route again.
+#[derive(Default)]
+struct Repairs {
+    /// Agents renumbered (by their new number).
+    agents: BTreeSet<u64>,
+    convs: BTreeSet<ConversationId>,
+    sticky: BTreeSet<String>,
+    /// Conversations whose agent is unknown, with that agent's name, in the order found.
+    lost_agent: Vec<(ConversationId, AgentId)>,
+    /// Sticky agents read from conversation records written before sticky records existed.
+    legacy_sticky: BTreeMap<String, (AgentIdx, Timestamp)>,
+}
 
 impl Engine {
     /// Rebuilds an engine from the latest record of each key of a tenant (as compaction leaves
@@ -37,27 +89,43 @@ impl Engine {
         now: Timestamp,
     ) -> Result<(Engine, Vec<Output>), ConfigError> {
         let mut e = Engine::new(config)?;
-        let mut agents = Vec::new();
-        let mut convs = Vec::new();
-        let mut queues = Vec::new();
-        let mut sticky = Vec::new();
-        let mut tenant = None;
-        for entry in entries {
-            match entry {
-                StateEntry::Agent(a) => agents.push(a),
-                StateEntry::Conversation(c) => convs.push(*c),
-                StateEntry::Queue(q) => queues.push(q),
-                StateEntry::Sticky(s) => sticky.push(s),
-                StateEntry::Tenant(t) => tenant = Some(t),
-            }
+        let records = Records::sorted(entries);
+        let mut repairs = Repairs::default();
+        let next = e.restore_agents(&records, &mut repairs);
+        let meta_changed = records
+            .tenant
+            .as_ref()
+            .map_or(next != 1, |t| t.next_agent_seq != next);
+        e.next_agent = seq_number(next);
+        let taken: BTreeMap<(&AgentId, ConversationId), Timestamp> = records
+            .agents
+            .iter()
+            .flat_map(|a| a.open.iter().map(move |(c, t)| ((&a.id, *c), *t)))
+            .collect();
+        for r in &records.convs {
+            e.restore_conversation(r, &taken, now, &mut repairs);
         }
-        // Numbered agents in their creation order; agents from older records after them, by id.
-        agents.sort_by(|a, b| (a.seq == 0, a.seq, &a.id).cmp(&(b.seq == 0, b.seq, &b.id)));
-        let mut next = tenant.as_ref().map_or(1, |t| t.next_agent_seq.max(1));
-        let mut repaired_agents = BTreeSet::new();
-        for a in &agents {
-            let number = if a.seq == 0 || e.agents.get(seq_number(a.seq)).is_some() {
-                repaired_agents.insert(next);
+        e.restore_cursors(&records.queues);
+        e.restore_sticky(&records.sticky, &mut repairs);
+        e.restore_open_timers(records.tenant.as_ref(), now);
+        for a in e.agents.numbers() {
+            e.update_agent(a, |ag| ag.removed = false);
+        }
+        e.mark_repaired(&records, &mut repairs, meta_changed);
+        let out = e.route_repaired(now, repairs.lost_agent);
+        Ok((e, out))
+    }
+
+    /// Numbers and inserts the agents (not yet indexed: that waits for their conversations);
+    /// returns the number the next new agent gets.
+    fn restore_agents(&mut self, records: &Records, repairs: &mut Repairs) -> u64 {
+        let mut next = records
+            .tenant
+            .as_ref()
+            .map_or(1, |t| t.next_agent_seq.max(1));
+        for a in &records.agents {
+            let number = if a.seq == 0 || self.agents.get(seq_number(a.seq)).is_some() {
+                repairs.agents.insert(next);
                 next += 1;
                 next - 1
             } else {
@@ -65,21 +133,13 @@ impl Engine {
             };
             next = next.max(number + 1);
             let idx = seq_number(number);
-            let skills = e.intern_skills(&a.skills);
-            let queues_ok: Vec<QueueIdx> = (0..e.queues.len())
-                .filter(|q| {
-                    e.queues[*q].required.iter().all(|(s, l)| {
-                        skills
-                            .binary_search_by_key(s, |(x, _)| *x)
-                            .is_ok_and(|i| skills[i].1 >= *l)
-                    })
-                })
-                .collect();
-            if let Some(old) = e.agent_index.insert(a.id.clone(), idx) {
+            let skills = self.intern_skills(&a.skills);
+            let queues = self.queues_served(&skills);
+            if let Some(old) = self.agent_index.insert(a.id.clone(), idx) {
                 // Two records for one id cannot come from one key; keep the newer number.
-                e.agents.remove(old);
+                self.agents.remove(old);
             }
-            e.agents.insert(
+            self.agents.insert(
                 idx,
                 Agent {
                     id: a.id.clone(),
@@ -93,227 +153,283 @@ impl Engine {
                     open: BTreeMap::new(),
                     open_by_kind: BTreeMap::new(),
                     idle_since: a.idle_since,
-                    queue_bits: queue_bits(&queues_ok, e.queues.len()),
-                    queues: queues_ok,
+                    queue_bits: queue_bits(&queues, self.queues.len()),
+                    queues,
                     indexed: None,
                 },
             );
         }
-        let meta_changed = tenant
-            .as_ref()
-            .map_or(next != 1, |t| t.next_agent_seq != next);
-        e.next_agent = seq_number(next);
-        let taken: BTreeMap<(&AgentId, ConversationId), Timestamp> = agents
-            .iter()
-            .flat_map(|a| a.open.iter().map(move |(c, t)| ((&a.id, *c), *t)))
-            .collect();
-        let mut lost_agent: Vec<(ConversationId, AgentId)> = Vec::new();
-        let mut repaired_convs = BTreeSet::new();
-        let mut legacy_sticky: BTreeMap<String, (AgentIdx, Timestamp)> = BTreeMap::new();
-        convs.sort_by_key(|c| c.id);
-        for r in convs {
-            let id = r.id;
-            let extra = e.intern_skills(&r.extra_skills);
-            let agent_of = |name: &AgentId| e.agent_index.get(name).copied();
-            let mut state = match &r.state {
-                StateRecord::Waiting => State::Waiting,
-                StateRecord::Offered { agent, expires } => match agent_of(agent) {
-                    Some(a) => State::Offered {
-                        agent: a,
-                        expires: *expires,
-                    },
-                    None => {
-                        lost_agent.push((id, agent.clone()));
-                        State::Waiting
-                    }
-                },
-                StateRecord::Assigned { agent } => match agent_of(agent) {
-                    Some(a) => State::Assigned { agent: a },
-                    None => {
-                        lost_agent.push((id, agent.clone()));
-                        State::Waiting
-                    }
-                },
-                StateRecord::Resolved { at } => State::Resolved { at: *at },
-            };
-            let declined: BTreeSet<AgentIdx> = r.declined.iter().filter_map(agent_of).collect();
-            if let Some((a, t)) = &r.last_agent {
-                if let Some(a) = agent_of(a) {
-                    let newer = legacy_sticky
-                        .get(&r.sticky_key)
-                        .is_none_or(|(_, old)| *old < *t);
-                    if newer {
-                        legacy_sticky.insert(r.sticky_key.clone(), (a, *t));
-                    }
+        next
+    }
+
+    /// Rebuilds one conversation, puts it with its agent or in its queue, and schedules its
+    /// timers. `taken` says when each agent took each conversation.
+    fn restore_conversation(
+        &mut self,
+        r: &ConversationRecord,
+        taken: &BTreeMap<(&AgentId, ConversationId), Timestamp>,
+        now: Timestamp,
+        repairs: &mut Repairs,
+    ) {
+        let id = r.id;
+        let (conv, repaired) = self.conversation_from_record(r, now, repairs);
+        let state = conv.state.clone();
+        match state {
+            State::Offered { agent, .. } | State::Assigned { agent } => {
+                let since = taken
+                    .get(&(&self.agents[agent].id, id))
+                    .copied()
+                    .unwrap_or(r.arrival);
+                let ag = &mut self.agents[agent];
+                ag.open.insert(id, since);
+                *ag.open_by_kind.entry(conv.channel.kind).or_insert(0) += 1;
+            }
+            State::Waiting => {
+                let key = conv.wait_key(self.aging_ms);
+                self.queues[conv.queue].waiting.insert((key, id));
+                if conv.relax > 0 {
+                    self.relaxed.insert((key, id));
                 }
             }
-            let mut repaired = declined.len() != r.declined.len() || r.last_agent.is_some();
-            let mut next_step = r.next_step;
-            let queue = match e.queue_index.get(&r.queue).copied() {
-                Some(q) => q,
-                None => {
-                    if !matches!(state, State::Resolved { .. }) {
-                        if let State::Offered { agent, .. } | State::Assigned { agent } = state {
-                            lost_agent.push((id, e.agents[agent].id.clone()));
-                        }
-                        state = State::Waiting;
-                    }
-                    next_step = 0;
-                    repaired = true;
-                    e.default_queue
-                }
-            };
-            let mut conv = Conversation {
-                channel: r.channel.clone(),
-                sticky_key: r.sticky_key.clone(),
-                queue,
-                priority: r.priority,
-                extra_skills: extra,
-                arrival: r.arrival,
-                created_at: r.created_at,
-                entered_queue_at: r.entered_queue_at,
-                queue_epoch: r.queue_epoch,
-                state: state.clone(),
-                relax: r.relax,
-                next_step,
-                declined,
-                first_reply_at: r.first_reply_at,
-                awaiting_since: r.awaiting_since,
-                awaiting_seq: r.awaiting_seq,
-                offer_seq: r.offer_seq,
-                episode: r.episode,
-                pending_explanation: r.pending_explanation.clone(),
-                after_hours_noted: r.after_hours_noted,
-                deadlines: Deadlines::default(),
-                last_activity: r.last_activity.unwrap_or(now),
-            };
-            repaired |= r.last_activity.is_none();
-            conv.deadlines = match r.deadlines {
-                Some(d) if !repaired => Deadlines {
-                    overflow: d.overflow,
-                    first: d.first_response,
-                    next: d.next_response,
-                    resolution: d.resolution,
-                },
-                _ => {
-                    repaired = true;
-                    e.legacy_deadlines(&conv)
-                }
-            };
-            match state {
-                State::Offered { agent, .. } | State::Assigned { agent } => {
-                    let since = taken
-                        .get(&(&e.agents[agent].id, id))
-                        .copied()
-                        .unwrap_or(r.arrival);
-                    let ag = &mut e.agents[agent];
-                    ag.open.insert(id, since);
-                    *ag.open_by_kind.entry(conv.channel.kind).or_insert(0) += 1;
-                }
-                State::Waiting => {
-                    let key = conv.wait_key(e.aging_ms);
-                    e.queues[queue].waiting.insert((key, id));
-                    if conv.relax > 0 {
-                        e.relaxed.insert((key, id));
-                    }
-                }
-                State::Resolved { .. } => {}
-            }
-            if repaired || state != e.state_of(&r.state) {
-                repaired_convs.insert(id);
-            }
-            e.conversations.insert(id, conv);
-            e.schedule_conversation_timers(id);
+            State::Resolved { .. } => {}
         }
+        if repaired || state != self.state_of(&r.state) {
+            repairs.convs.insert(id);
+        }
+        self.conversations.insert(id, conv);
+        self.schedule_conversation_timers(id);
+    }
+
+    /// A conversation as its record says, repaired where the record no longer fits (an unknown
+    /// agent or queue, an older writer); `true` when anything was repaired.
+    fn conversation_from_record(
+        &mut self,
+        r: &ConversationRecord,
+        now: Timestamp,
+        repairs: &mut Repairs,
+    ) -> (Conversation, bool) {
+        let id = r.id;
+        let extra = self.intern_skills(&r.extra_skills);
+        let mut state = self.state_from_record(id, &r.state, &mut repairs.lost_agent);
+        let agent_of = |name: &AgentId| self.agent_index.get(name).copied();
+        let declined: BTreeSet<AgentIdx> = r.declined.iter().filter_map(agent_of).collect();
+        if let Some((a, t)) = &r.last_agent {
+            if let Some(a) = agent_of(a) {
+                let newer = repairs
+                    .legacy_sticky
+                    .get(&r.sticky_key)
+                    .is_none_or(|(_, old)| *old < *t);
+                if newer {
+                    repairs.legacy_sticky.insert(r.sticky_key.clone(), (a, *t));
+                }
+            }
+        }
+        let mut repaired = declined.len() != r.declined.len() || r.last_agent.is_some();
+        let mut next_step = r.next_step;
+        let queue = match self.queue_index.get(&r.queue).copied() {
+            Some(q) => q,
+            None => {
+                if !matches!(state, State::Resolved { .. }) {
+                    if let State::Offered { agent, .. } | State::Assigned { agent } = state {
+                        repairs.lost_agent.push((id, self.agents[agent].id.clone()));
+                    }
+                    state = State::Waiting;
+                }
+                next_step = 0;
+                repaired = true;
+                self.default_queue
+            }
+        };
+        let mut conv = Conversation {
+            channel: r.channel.clone(),
+            sticky_key: r.sticky_key.clone(),
+            queue,
+            priority: r.priority,
+            extra_skills: extra,
+            arrival: r.arrival,
+            created_at: r.created_at,
+            entered_queue_at: r.entered_queue_at,
+            queue_epoch: r.queue_epoch,
+            state,
+            relax: r.relax,
+            next_step,
+            declined,
+            first_reply_at: r.first_reply_at,
+            awaiting_since: r.awaiting_since,
+            awaiting_seq: r.awaiting_seq,
+            offer_seq: r.offer_seq,
+            episode: r.episode,
+            pending_explanation: r.pending_explanation.clone(),
+            after_hours_noted: r.after_hours_noted,
+            deadlines: Deadlines::default(),
+            last_activity: r.last_activity.unwrap_or(now),
+        };
+        repaired |= r.last_activity.is_none();
+        conv.deadlines = match r.deadlines {
+            Some(d) if !repaired => Deadlines {
+                overflow: d.overflow,
+                first: d.first_response,
+                next: d.next_response,
+                resolution: d.resolution,
+            },
+            _ => {
+                repaired = true;
+                self.legacy_deadlines(&conv)
+            }
+        };
+        (conv, repaired)
+    }
+
+    /// A recorded state with agents numbered; a conversation whose agent is unknown waits
+    /// again (and is noted in `lost`, to be requeued once everything is restored).
+    fn state_from_record(
+        &self,
+        id: ConversationId,
+        r: &StateRecord,
+        lost: &mut Vec<(ConversationId, AgentId)>,
+    ) -> State {
+        let mut agent_of = |name: &AgentId| {
+            let found = self.agent_index.get(name).copied();
+            if found.is_none() {
+                lost.push((id, name.clone()));
+            }
+            found
+        };
+        match r {
+            StateRecord::Waiting => State::Waiting,
+            StateRecord::Offered { agent, expires } => match agent_of(agent) {
+                Some(a) => State::Offered {
+                    agent: a,
+                    expires: *expires,
+                },
+                None => State::Waiting,
+            },
+            StateRecord::Assigned { agent } => match agent_of(agent) {
+                Some(a) => State::Assigned { agent: a },
+                None => State::Waiting,
+            },
+            StateRecord::Resolved { at } => State::Resolved { at: *at },
+        }
+    }
+
+    /// Round-robin cursors, by number (or by name in records written before numbering).
+    fn restore_cursors(&mut self, queues: &[QueueRecord]) {
         for q in queues {
-            let Some(&qi) = e.queue_index.get(&q.id) else {
+            let Some(&qi) = self.queue_index.get(&q.id) else {
                 continue;
             };
-            e.queues[qi].rr_last = match q.rr_seq {
+            self.queues[qi].rr_last = match q.rr_seq {
                 Some(seq) => Some(seq_number(seq)),
                 None => q
                     .rr_last
                     .as_ref()
-                    .and_then(|a| e.agent_index.get(a).copied()),
+                    .and_then(|a| self.agent_index.get(a).copied()),
             };
         }
-        let mut repaired_sticky = BTreeSet::new();
+    }
+
+    /// Sticky agents from their records, then from older conversation records, with their
+    /// expiry timers; entries naming an unknown agent are dropped (and rewritten).
+    fn restore_sticky(&mut self, sticky: &[StickyRecord], repairs: &mut Repairs) {
         for s in sticky {
-            match e.agent_index.get(&s.agent) {
+            match self.agent_index.get(&s.agent) {
                 Some(&a) => {
-                    e.sticky.insert(s.key, (a, s.at));
+                    self.sticky.insert(s.key.clone(), (a, s.at));
                 }
                 None => {
-                    repaired_sticky.insert(s.key);
+                    repairs.sticky.insert(s.key.clone());
                 }
             }
         }
-        for (key, entry) in legacy_sticky {
-            if !e.sticky.contains_key(&key) {
-                e.sticky.insert(key.clone(), entry);
-                repaired_sticky.insert(key);
+        for (key, entry) in std::mem::take(&mut repairs.legacy_sticky) {
+            if !self.sticky.contains_key(&key) {
+                self.sticky.insert(key.clone(), entry);
+                repairs.sticky.insert(key);
             }
         }
-        let sticky_timers: Vec<(Timestamp, Timer)> = e
+        let sticky_timers: Vec<(Timestamp, Timer)> = self
             .sticky
             .iter()
             .map(|(key, (_, at))| {
                 let key = key.clone();
-                (e.sticky_until(*at), Timer::StickyExpiry { key })
+                (self.sticky_until(*at), Timer::StickyExpiry { key })
             })
             .collect();
         for (at, t) in sticky_timers {
-            e.schedule(at, t);
+            self.schedule(at, t);
         }
-        match &tenant {
+    }
+
+    /// Closed queues' opening timers, from the tenant record (or recomputed without one).
+    fn restore_open_timers(&mut self, tenant: Option<&TenantRecord>, now: Timestamp) {
+        match tenant {
             Some(t) => {
                 for (queue, at) in &t.queue_opens {
-                    if let Some(&q) = e.queue_index.get(queue) {
-                        e.queues[q].open_timer = Some(*at);
-                        e.schedule(*at, Timer::QueueOpen { queue: q });
+                    if let Some(&q) = self.queue_index.get(queue) {
+                        self.queues[q].open_timer = Some(*at);
+                        self.schedule(*at, Timer::QueueOpen { queue: q });
                     }
                 }
             }
-            None => e.legacy_open_timers(now),
+            None => self.legacy_open_timers(now),
         }
-        for a in e.agents.numbers() {
-            e.update_agent(a, |ag| ag.removed = false);
-        }
-        // What the records say needs no writing; what restore changed does.
-        e.dirty_agents = repaired_agents.into_iter().map(seq_number).collect();
-        e.dirty_convs = repaired_convs;
-        e.dirty_queues.clear();
-        e.dirty_sticky = repaired_sticky;
-        let opens = e.queues.iter().filter(|q| q.open_timer.is_some()).count();
-        e.dirty_meta = meta_changed || tenant.map_or(0, |t| t.queue_opens.len()) != opens;
-        for a in e.agents.numbers() {
-            let ag = &e.agents[a];
-            let recorded = agents.iter().find(|r| r.id == ag.id).map(|r| &r.open);
+    }
+
+    /// Leaves in the changelog exactly what restore changed: what the records say needs no
+    /// writing.
+    fn mark_repaired(&mut self, records: &Records, repairs: &mut Repairs, meta_changed: bool) {
+        self.dirty_agents = std::mem::take(&mut repairs.agents)
+            .into_iter()
+            .map(seq_number)
+            .collect();
+        self.dirty_convs = std::mem::take(&mut repairs.convs);
+        self.dirty_queues.clear();
+        self.dirty_sticky = std::mem::take(&mut repairs.sticky);
+        let opens = self
+            .queues
+            .iter()
+            .filter(|q| q.open_timer.is_some())
+            .count();
+        self.dirty_meta =
+            meta_changed || records.tenant.as_ref().map_or(0, |t| t.queue_opens.len()) != opens;
+        for a in self.agents.numbers() {
+            let ag = &self.agents[a];
+            let recorded = records
+                .agents
+                .iter()
+                .find(|r| r.id == ag.id)
+                .map(|r| &r.open);
             if recorded != Some(&ag.open) {
-                e.dirty_agents.insert(a);
+                self.dirty_agents.insert(a);
             }
         }
+    }
+
+    /// The repairs that are decisions: conversations whose agent is gone, held by an offline
+    /// agent or beyond a lowered capacity wait again and are routed.
+    fn route_repaired(
+        &mut self,
+        now: Timestamp,
+        lost_agent: Vec<(ConversationId, AgentId)>,
+    ) -> Vec<Output> {
         let mut out = Vec::new();
-        // Conversations whose agent is gone wait again and are routed.
         for (id, agent) in lost_agent {
-            let queue = e.conversations[&id].queue;
+            let queue = self.conversations[&id].queue;
             out.push(Output::Event(RoutingEvent::Requeued {
                 conversation: id,
-                queue: e.queues[queue].id.clone(),
+                queue: self.queues[queue].id.clone(),
                 from_agent: Some(agent),
                 reason: "agent unknown at recovery".into(),
             }));
-            e.route_if_waiting(now, id, &mut out);
+            self.route_if_waiting(now, id, &mut out);
         }
-        // Offline agents hold nothing; agents over capacity after a config change give back
-        // their newest conversations.
-        for a in e.agents.numbers() {
-            if e.agents[a].presence == Presence::Offline {
-                e.requeue_agent_conversations(now, a, "agent offline at recovery", &mut out);
+        for a in self.agents.numbers() {
+            if self.agents[a].presence == Presence::Offline {
+                self.requeue_agent_conversations(now, a, "agent offline at recovery", &mut out);
             }
-            e.enforce_capacity(now, a, &mut out);
+            self.enforce_capacity(now, a, &mut out);
         }
-        Ok((e, out))
+        out
     }
 
     /// The state a record names, as this engine numbers agents (for spotting repairs).
