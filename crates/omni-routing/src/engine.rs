@@ -37,8 +37,9 @@
 //!
 //! # Layout: where each concern lives
 //!
-//! - this file: the [`Engine`] and its parts (each part says what it owns), construction,
-//!   [`Engine::handle`] and the two helpers every concern uses (`touch`, `reject`);
+//! - this file: the [`Engine`], whose fields are its parts (each says what it owns and which
+//!   module changes it), construction, [`Engine::handle`] and the two helpers every concern
+//!   uses (`touch`, `reject`);
 //! - `arrival.rs`: a customer message, the rules that choose a queue, entering a queue,
 //!   business hours and what happens outside them;
 //! - `choice.rs`: choosing an agent (sticky, then the strategy's walk of the agent index), and
@@ -99,7 +100,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::config::{RoutingConfig, Strategy};
 use crate::input::Input;
-use crate::model::{AgentId, QueueId, Skill, Timestamp};
+use crate::model::{Skill, Timestamp};
 use crate::output::{Output, RoutingEvent};
 use crate::ConfigError;
 
@@ -115,9 +116,10 @@ pub mod state;
 mod timers;
 mod views;
 
-use agents::{Agents, Key};
-use arrival::{CompiledRule, Queue};
+use agents::{AgentIndex, Agents};
+use arrival::{CompiledRule, Queue, Queues, Rules};
 use conversation::Conversation;
+use state::Changes;
 use timers::Timer;
 pub use views::{AgentView, ConversationView, QueueView, StateSize};
 
@@ -126,43 +128,46 @@ type QueueIdx = usize;
 type SkillIdx = u16;
 
 /// One tenant's routing state and the rules that change it. See the module docs.
+///
+/// The state is kept in parts, each owned by one concern (its module says how it changes):
 #[derive(Debug, Clone)]
 pub struct Engine {
+    /// The validated configuration, kept for the windows and targets read at decision time
+    /// (sticky window, reopen window, retention, expiry).
     config: RoutingConfig,
-    aging_ms: i64,
-    skills: HashMap<Skill, SkillIdx>,
-    skill_names: Vec<Skill>,
-    queues: Vec<Queue>,
-    queue_index: HashMap<QueueId, QueueIdx>,
-    default_queue: QueueIdx,
+    /// Skill names as small numbers, so an agent's skills are a sorted vector and a skill
+    /// check is a binary search.
+    skills: Skills,
+    /// Every queue with its waiting conversations, in configuration order (`arrival.rs`).
+    queues: Queues,
+    /// The rules that choose a new contact's queue, compiled once (`arrival.rs`).
+    rules: Rules,
+    /// Agents by number and by name, and the next number (`agents.rs`).
     agents: Agents,
-    /// The number the next new agent gets (numbers start at 1; 0 marks a record written
-    /// before agents were numbered).
-    next_agent: AgentIdx,
-    agent_index: HashMap<AgentId, AgentIdx>,
-    by_idle: BTreeSet<(u64, AgentIdx)>,
-    by_load: BTreeSet<(Key, AgentIdx)>,
-    by_id: BTreeSet<AgentIdx>,
-    by_skill: BTreeMap<SkillIdx, BTreeSet<(Key, AgentIdx)>>,
-    indexed_skills: BTreeSet<SkillIdx>,
+    /// The ordered sets of available agents a strategy walks (`agents.rs`, `choice.rs`).
+    index: AgentIndex,
+    /// Every open conversation, and resolved ones until their retention ends: looked up by
+    /// id only, so hash order never shows.
     conversations: HashMap<ConversationId, Conversation>,
-    /// Waiting conversations with relaxed proficiency, across queues.
-    relaxed: BTreeSet<(i64, ConversationId)>,
+    /// Each contact's last agent and when they were assigned (by sticky key), for sticky
+    /// routing within the window; forgotten by a timer just after it.
     sticky: HashMap<String, (AgentIdx, Timestamp)>,
     /// Pending timers ordered by (time, timer): a canonical order, so an engine restored from
-    /// its changelog fires simultaneous timers in the same order as the original did.
+    /// its changelog fires simultaneous timers in the same order as the original did
+    /// (`timers.rs`).
     timers: BTreeSet<(Timestamp, Timer)>,
-    /// Entities changed since the last [`Engine::take_changes`].
-    dirty_agents: BTreeSet<AgentIdx>,
-    /// Names of agents forgotten since the last [`Engine::take_changes`] (for tombstones).
-    forgotten_agents: BTreeMap<AgentIdx, AgentId>,
-    dirty_convs: BTreeSet<ConversationId>,
-    dirty_queues: BTreeSet<QueueIdx>,
-    dirty_sticky: BTreeSet<String>,
-    /// The tenant record (agent numbering, queue opening timers) changed.
-    dirty_meta: bool,
-    rules: Vec<CompiledRule>,
-    rules_need_text: bool,
+    /// What changed since the last [`Engine::take_changes`], so only those records are
+    /// written ([`state`]).
+    changes: Changes,
+}
+
+/// Skill names ↔ numbers, in the order skills were first seen (configuration first, then
+/// profiles and records in input order: a restore interns in the same order).
+#[derive(Debug, Clone, Default)]
+struct Skills {
+    by_name: HashMap<Skill, SkillIdx>,
+    /// Names by number, for explanations and records.
+    names: Vec<Skill>,
 }
 
 impl Engine {
@@ -170,33 +175,17 @@ impl Engine {
     pub fn new(config: RoutingConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut engine = Engine {
-            aging_ms: i64::try_from(config.aging_step_secs.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
-            skills: HashMap::new(),
-            skill_names: Vec::new(),
-            queues: Vec::new(),
-            queue_index: HashMap::new(),
-            default_queue: 0,
-            agents: Agents::default(),
-            next_agent: 1,
-            agent_index: HashMap::new(),
-            by_idle: BTreeSet::new(),
-            by_load: BTreeSet::new(),
-            by_id: BTreeSet::new(),
-            by_skill: BTreeMap::new(),
-            indexed_skills: BTreeSet::new(),
+            skills: Skills::default(),
+            queues: Queues::new(
+                i64::try_from(config.aging_step_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            ),
+            rules: Rules::default(),
+            agents: Agents::new(),
+            index: AgentIndex::default(),
             conversations: HashMap::new(),
-            relaxed: BTreeSet::new(),
             sticky: HashMap::new(),
             timers: BTreeSet::new(),
-            dirty_agents: BTreeSet::new(),
-            forgotten_agents: BTreeMap::new(),
-            dirty_convs: BTreeSet::new(),
-            dirty_queues: BTreeSet::new(),
-            dirty_sticky: BTreeSet::new(),
-            dirty_meta: false,
-            rules: Vec::new(),
-            rules_need_text: false,
+            changes: Changes::default(),
             config: config.clone(),
         };
         for (id, q) in &config.queues {
@@ -208,10 +197,10 @@ impl Engine {
                 .map(|(s, _)| engine.intern(s));
             if q.strategy == Strategy::BestSkill {
                 if let Some(p) = primary {
-                    engine.indexed_skills.insert(p);
+                    engine.index.skills.insert(p);
                 }
             }
-            engine.queue_index.insert(id.clone(), engine.queues.len());
+            engine.queues.by_id.insert(id.clone(), engine.queues.len());
             engine.queues.push(Queue {
                 id: id.clone(),
                 cfg: q.clone(),
@@ -224,22 +213,22 @@ impl Engine {
                 open_timer: None,
             });
         }
-        engine.default_queue = engine.queue_index[&config.default_queue];
+        engine.queues.default = engine.queues.by_id[&config.default_queue];
         for rule in &config.rules {
             let add_skills = engine.intern_skills(&rule.add_skills);
             let w = &rule.when;
-            engine.rules.push(CompiledRule {
+            engine.rules.list.push(CompiledRule {
                 channel: w.channel,
                 account: w.account.clone(),
                 keywords: w.keywords.iter().map(|k| k.to_lowercase()).collect(),
                 tags: w.tags.clone(),
                 language: w.language.as_ref().map(|l| l.to_ascii_lowercase()),
-                queue: engine.queue_index[&rule.queue],
+                queue: engine.queues.by_id[&rule.queue],
                 add_skills,
                 priority_boost: rule.priority_boost,
             });
         }
-        engine.rules_need_text = engine.rules.iter().any(|r| !r.keywords.is_empty());
+        engine.rules.need_text = engine.rules.list.iter().any(|r| !r.keywords.is_empty());
         Ok(engine)
     }
 
@@ -252,12 +241,12 @@ impl Engine {
     }
 
     fn intern(&mut self, skill: &Skill) -> SkillIdx {
-        if let Some(i) = self.skills.get(skill) {
+        if let Some(i) = self.skills.by_name.get(skill) {
             return *i;
         }
-        let i = SkillIdx::try_from(self.skill_names.len()).unwrap_or(SkillIdx::MAX);
-        self.skills.insert(skill.clone(), i);
-        self.skill_names.push(skill.clone());
+        let i = SkillIdx::try_from(self.skills.names.len()).unwrap_or(SkillIdx::MAX);
+        self.skills.by_name.insert(skill.clone(), i);
+        self.skills.names.push(skill.clone());
         i
     }
 

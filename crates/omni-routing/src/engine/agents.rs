@@ -1,7 +1,7 @@
 //! The agent index: agents by number, and the ordered indexes a strategy walks.
 
 use omni_core::{ChannelKind, ConversationId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::model::{AgentId, Presence, Timestamp};
@@ -14,17 +14,22 @@ pub(super) const RATIO_SCALE: u64 = 1_000_000;
 /// Ordering key of an agent in an index: three numbers compared in order, then the agent.
 pub(super) type Key = (u64, u64, u64);
 
+/// An agent as routing needs them: profile, what they hold, and their place in the index.
 #[derive(Debug, Clone)]
 pub(super) struct Agent {
     pub(super) id: AgentId,
+    /// Out of every index while a profile changes or the agent is being removed.
     pub(super) removed: bool,
     pub(super) presence: Presence,
+    /// Skills and levels, as numbers sorted by skill (binary search).
     pub(super) skills: Vec<(SkillIdx, u8)>,
     pub(super) capacity: u32,
     pub(super) channel_capacity: BTreeMap<ChannelKind, u32>,
     /// Offered and assigned conversations, with when they were taken (for capacity cuts).
     pub(super) open: BTreeMap<ConversationId, Timestamp>,
+    /// `open` counted per channel kind, for per-kind capacity.
     pub(super) open_by_kind: BTreeMap<ChannelKind, u32>,
+    /// The last assignment or coming online: `longest_idle` orders by it.
     pub(super) idle_since: Timestamp,
     /// Queues whose required skills the agent meets at full proficiency.
     pub(super) queues: Vec<QueueIdx>,
@@ -39,47 +44,85 @@ pub(super) struct Agent {
 /// tie between agents (the indexes below order equal keys by number) and the round-robin
 /// cursor mean the same thing in a restored engine as in the live one: the number is written
 /// in the agent's record (`seq`). A removed agent's number simply disappears from the map.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Agents(pub(super) HashMap<AgentIdx, Agent, BuildHasherDefault<IdxHasher>>);
+#[derive(Debug, Clone)]
+pub(super) struct Agents {
+    map: HashMap<AgentIdx, Agent, BuildHasherDefault<IdxHasher>>,
+    /// Numbers by name, for commands (which name agents).
+    pub(super) by_name: HashMap<AgentId, AgentIdx>,
+    /// The number the next new agent gets (numbers start at 1; 0 marks a record written
+    /// before agents were numbered). The tenant record carries it.
+    pub(super) next: AgentIdx,
+}
 
 impl Agents {
+    pub(super) fn new() -> Self {
+        Agents {
+            map: HashMap::default(),
+            by_name: HashMap::new(),
+            next: 1,
+        }
+    }
+
     pub(super) fn get(&self, a: AgentIdx) -> Option<&Agent> {
-        self.0.get(&a)
+        self.map.get(&a)
     }
 
     pub(super) fn insert(&mut self, a: AgentIdx, agent: Agent) {
-        self.0.insert(a, agent);
+        self.map.insert(a, agent);
     }
 
     pub(super) fn remove(&mut self, a: AgentIdx) -> Option<Agent> {
-        self.0.remove(&a)
+        self.map.remove(&a)
     }
 
     /// Every agent number, ascending (creation order).
     pub(super) fn numbers(&self) -> Vec<AgentIdx> {
-        let mut v: Vec<AgentIdx> = self.0.keys().copied().collect();
+        let mut v: Vec<AgentIdx> = self.map.keys().copied().collect();
         v.sort_unstable();
         v
     }
 
+    /// Every agent, in no particular order (for counting only).
     pub(super) fn values(&self) -> impl Iterator<Item = &Agent> {
-        self.0.values()
+        self.map.values()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
 impl std::ops::Index<AgentIdx> for Agents {
     type Output = Agent;
     fn index(&self, a: AgentIdx) -> &Agent {
-        &self.0[&a]
+        &self.map[&a]
     }
 }
 
 impl std::ops::IndexMut<AgentIdx> for Agents {
     fn index_mut(&mut self, a: AgentIdx) -> &mut Agent {
-        self.0
+        self.map
             .get_mut(&a)
             .unwrap_or_else(|| unreachable!("unknown agent number {a}"))
     }
+}
+
+/// The agent index: every available agent (online, below total capacity) under the keys the
+/// strategies order by, so a decision walks one ordered set instead of scanning agents (see
+/// the design note in [`super`]). Entries move when an agent's load, idle time or
+/// availability changes ([`Engine::update_agent`]); ties go by agent number.
+#[derive(Debug, Clone, Default)]
+pub(super) struct AgentIndex {
+    /// By idle since, oldest first (`longest_idle`).
+    pub(super) by_idle: BTreeSet<(u64, AgentIdx)>,
+    /// By load ratio, then idle since (`least_loaded`, and `best_skill` without a skill).
+    pub(super) by_load: BTreeSet<(Key, AgentIdx)>,
+    /// By number (`round_robin`, whose cursor is a number).
+    pub(super) by_id: BTreeSet<AgentIdx>,
+    /// Per indexed skill: by proficiency (highest first), then load, then idle (`best_skill`).
+    pub(super) by_skill: BTreeMap<SkillIdx, BTreeSet<(Key, AgentIdx)>>,
+    /// The skills `by_skill` holds: the primary skills of best-skill queues.
+    pub(super) skills: BTreeSet<SkillIdx>,
 }
 
 /// A hasher for agent numbers: one multiplication (numbers are not attacker-chosen).
@@ -166,7 +209,7 @@ impl Engine {
     /// Applies a change to an agent, keeping every index consistent with it.
     pub(super) fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
         let was_available = self.agents[a].available();
-        self.dirty_agents.insert(a);
+        self.changes.agents.insert(a);
         let old = self.agents[a].indexed.take();
         change(&mut self.agents[a]);
         let new = match old {
@@ -200,20 +243,20 @@ impl Engine {
         let agent = &self.agents[a];
         let (idle, ratio) = (agent.idle_since.0, agent.ratio());
         if entry.idle.0 != idle {
-            self.by_idle.remove(&entry.idle);
+            self.index.by_idle.remove(&entry.idle);
             entry.idle = (idle, a);
-            self.by_idle.insert(entry.idle);
+            self.index.by_idle.insert(entry.idle);
         }
         let load = ((ratio, idle, 0), a);
         if entry.load != load {
-            self.by_load.remove(&entry.load);
+            self.index.by_load.remove(&entry.load);
             entry.load = load;
-            self.by_load.insert(load);
+            self.index.by_load.insert(load);
         }
         for (skill, key, idx) in &mut entry.skills {
             let moved = (key.0, ratio, idle);
             if *key != moved {
-                if let Some(set) = self.by_skill.get_mut(skill) {
+                if let Some(set) = self.index.by_skill.get_mut(skill) {
                     set.remove(&(*key, *idx));
                     set.insert((moved, *idx));
                 }
@@ -237,7 +280,7 @@ impl Engine {
             skills: agent
                 .skills
                 .iter()
-                .filter(|(s, _)| self.indexed_skills.contains(s))
+                .filter(|(s, _)| self.index.skills.contains(s))
                 .map(|(s, l)| (*s, (u64::from(5 - (*l).min(5)), ratio, idle), a))
                 .collect(),
         })
@@ -250,21 +293,22 @@ impl Engine {
         match (old, new) {
             (None, None) => {}
             (Some(o), None) => {
-                self.by_idle.remove(&o.idle);
-                self.by_load.remove(&o.load);
-                self.by_id.remove(&a);
+                self.index.by_idle.remove(&o.idle);
+                self.index.by_load.remove(&o.load);
+                self.index.by_id.remove(&a);
                 for (skill, key, idx) in o.skills {
-                    if let Some(set) = self.by_skill.get_mut(&skill) {
+                    if let Some(set) = self.index.by_skill.get_mut(&skill) {
                         set.remove(&(key, idx));
                     }
                 }
             }
             (None, Some(n)) => {
-                self.by_idle.insert(n.idle);
-                self.by_load.insert(n.load);
-                self.by_id.insert(a);
+                self.index.by_idle.insert(n.idle);
+                self.index.by_load.insert(n.load);
+                self.index.by_id.insert(a);
                 for (skill, key, idx) in &n.skills {
-                    self.by_skill
+                    self.index
+                        .by_skill
                         .entry(*skill)
                         .or_default()
                         .insert((*key, *idx));
@@ -272,21 +316,22 @@ impl Engine {
             }
             (Some(o), Some(n)) => {
                 if o.idle != n.idle {
-                    self.by_idle.remove(&o.idle);
-                    self.by_idle.insert(n.idle);
+                    self.index.by_idle.remove(&o.idle);
+                    self.index.by_idle.insert(n.idle);
                 }
                 if o.load != n.load {
-                    self.by_load.remove(&o.load);
-                    self.by_load.insert(n.load);
+                    self.index.by_load.remove(&o.load);
+                    self.index.by_load.insert(n.load);
                 }
                 if o.skills != n.skills {
                     for (skill, key, idx) in o.skills {
-                        if let Some(set) = self.by_skill.get_mut(&skill) {
+                        if let Some(set) = self.index.by_skill.get_mut(&skill) {
                             set.remove(&(key, idx));
                         }
                     }
                     for (skill, key, idx) in &n.skills {
-                        self.by_skill
+                        self.index
+                            .by_skill
                             .entry(*skill)
                             .or_default()
                             .insert((*key, *idx));

@@ -2,7 +2,7 @@
 //! queue, and a queue entry starts its overflow clock (or waits for business hours).
 
 use omni_core::{ChannelKind, ConversationId};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::config::AfterHours;
 use crate::input::Inbound;
@@ -25,17 +25,86 @@ pub(super) struct CompiledRule {
     pub(super) priority_boost: i32,
 }
 
+/// The queues, and the waiting conversations across them that overflow relaxed (which an agent
+/// outside a queue's skills may take, so draining looks at them too).
+#[derive(Debug, Clone)]
+pub(super) struct Queues {
+    list: Vec<Queue>,
+    /// Queue numbers by id, for rules, transfers, spills and records.
+    pub(super) by_id: HashMap<QueueId, QueueIdx>,
+    /// Where a conversation goes when no rule matches.
+    pub(super) default: QueueIdx,
+    /// Waiting conversations with relaxed proficiency, across queues, by wait key.
+    pub(super) relaxed: BTreeSet<(i64, ConversationId)>,
+    /// How much one priority step is worth in waiting time (ms): the wait-key scale.
+    pub(super) aging_ms: i64,
+}
+
+impl Queues {
+    pub(super) fn new(aging_ms: i64) -> Self {
+        Queues {
+            list: Vec::new(),
+            by_id: HashMap::new(),
+            default: 0,
+            relaxed: BTreeSet::new(),
+            aging_ms,
+        }
+    }
+
+    pub(super) fn push(&mut self, queue: Queue) {
+        self.list.push(queue);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Queue> {
+        self.list.iter()
+    }
+}
+
+impl std::ops::Index<QueueIdx> for Queues {
+    type Output = Queue;
+    fn index(&self, q: QueueIdx) -> &Queue {
+        &self.list[q]
+    }
+}
+
+impl std::ops::IndexMut<QueueIdx> for Queues {
+    fn index_mut(&mut self, q: QueueIdx) -> &mut Queue {
+        &mut self.list[q]
+    }
+}
+
+/// The rules in configuration order (the first match wins).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Rules {
+    pub(super) list: Vec<CompiledRule>,
+    /// Some rule matches keywords, so a message's text is lower-cased (only then).
+    pub(super) need_text: bool,
+}
+
+/// One queue: its configuration as numbers, its waiting conversations and its cursors.
 #[derive(Debug, Clone)]
 pub(super) struct Queue {
     pub(super) id: QueueId,
     pub(super) cfg: crate::config::QueueConfig,
+    /// The required skills and minimum levels, as numbers sorted by skill.
     pub(super) required: Vec<(SkillIdx, u8)>,
     /// The skill `best_skill` orders by: the highest minimum, ties by name.
     pub(super) primary: Option<SkillIdx>,
+    /// Waiting conversations by wait key (`arrival − priority × aging`), then id: the first
+    /// is the one to route next, forever, without re-sorting.
     pub(super) waiting: BTreeSet<(i64, ConversationId)>,
+    /// Available agents with the queue's skills: lets a routing attempt skip the walk.
     pub(super) available_agents: usize,
+    /// The round-robin cursor: the number of the agent who got the last turn.
     pub(super) rr_last: Option<AgentIdx>,
+    /// Business hours of the current minute (minute, open), so a check is not a time-zone
+    /// computation each time.
     pub(super) open_cache: Option<(u64, bool)>,
+    /// The one pending opening timer while closed with conversations waiting.
     pub(super) open_timer: Option<Timestamp>,
 }
 
@@ -60,7 +129,7 @@ impl Engine {
     /// Records an unanswered customer message (for response times and the next-response SLA).
     fn note_customer_message(&mut self, now: Timestamp, id: ConversationId) {
         let (queue, first_done) = {
-            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+            let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             if c.awaiting_since.is_some() {
@@ -115,7 +184,7 @@ impl Engine {
             last_activity: now,
         };
         let id = msg.conversation;
-        self.dirty_convs.insert(id);
+        self.changes.convs.insert(id);
         self.conversations.insert(id, conv);
         let sla = self.queues[queue].cfg.sla;
         if let Some(s) = sla.first_response_secs {
@@ -133,7 +202,7 @@ impl Engine {
     }
 
     fn choose_queue(&self, msg: &Inbound) -> (QueueIdx, i32, Vec<(SkillIdx, u8)>) {
-        let text = if self.rules_need_text {
+        let text = if self.rules.need_text {
             msg.text.to_lowercase()
         } else {
             String::new()
@@ -142,7 +211,7 @@ impl Engine {
             .language
             .as_deref()
             .map(|l| l.split(['-', '_']).next().unwrap_or(l).to_ascii_lowercase());
-        for rule in &self.rules {
+        for rule in &self.rules.list {
             let ok = rule.channel.is_none_or(|k| k == msg.channel.kind)
                 && rule
                     .account
@@ -163,7 +232,7 @@ impl Engine {
                 return (rule.queue, priority, rule.add_skills.clone());
             }
         }
-        let q = self.default_queue;
+        let q = self.queues.default;
         (q, self.queues[q].cfg.priority, Vec::new())
     }
 
@@ -178,7 +247,7 @@ impl Engine {
     ) {
         self.set_deadline(id, DeadlineKind::Overflow, None);
         let key = {
-            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+            let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.queue = queue;
@@ -186,11 +255,11 @@ impl Engine {
             c.entered_queue_at = now;
             c.queue_epoch += 1;
             c.next_step = 0;
-            c.wait_key(self.aging_ms)
+            c.wait_key(self.queues.aging_ms)
         };
         self.queues[queue].waiting.insert((key, id));
         if self.conversations[&id].relax > 0 {
-            self.relaxed.insert((key, id));
+            self.queues.relaxed.insert((key, id));
         }
         if let Some(step) = self.queues[queue].cfg.overflow.first() {
             let at = now.plus_secs(step.after_secs);
@@ -214,9 +283,9 @@ impl Engine {
     ) {
         match self.queues[queue].cfg.after_hours.clone() {
             AfterHours::SpillTo(target) => {
-                let to = self.queue_index[&target];
+                let to = self.queues.by_id[&target];
                 self.leave_waiting(id);
-                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                     c.relax = 0;
                 }
                 out.push(Output::Event(RoutingEvent::Escalated {
@@ -245,7 +314,7 @@ impl Engine {
                     .get(&id)
                     .is_some_and(|c| c.after_hours_noted);
                 if !noted {
-                    if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                    if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                         c.after_hours_noted = true;
                     }
                     out.push(Output::Event(RoutingEvent::AfterHours {
@@ -264,13 +333,13 @@ impl Engine {
     /// Enters a queue without routing (the end of an after-hours spill chain).
     fn enter_queue_waiting(&mut self, now: Timestamp, id: ConversationId, queue: QueueIdx) {
         self.set_deadline(id, DeadlineKind::Overflow, None);
-        if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+        if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
             c.queue = queue;
             c.state = State::Waiting;
             c.entered_queue_at = now;
             c.queue_epoch += 1;
             c.next_step = 0;
-            let key = c.wait_key(self.aging_ms);
+            let key = c.wait_key(self.queues.aging_ms);
             self.queues[queue].waiting.insert((key, id));
         }
     }
@@ -307,8 +376,8 @@ impl Engine {
         let Some(c) = self.conversations.get(&id) else {
             return;
         };
-        let key = (c.wait_key(self.aging_ms), id);
+        let key = (c.wait_key(self.queues.aging_ms), id);
         self.queues[c.queue].waiting.remove(&key);
-        self.relaxed.remove(&key);
+        self.queues.relaxed.remove(&key);
     }
 }

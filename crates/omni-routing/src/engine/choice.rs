@@ -90,26 +90,30 @@ impl Engine {
         }
         let found = match strategy {
             Strategy::LongestIdle => self
+                .index
                 .by_idle
                 .iter()
                 .map(|(_, a)| *a)
                 .find(|a| self.can_take(*a, c)),
             Strategy::LeastLoaded => self
+                .index
                 .by_load
                 .iter()
                 .map(|(_, a)| *a)
                 .find(|a| self.can_take(*a, c)),
             Strategy::RoundRobin => {
                 let start = q.rr_last.map_or(0, |l| l + 1);
-                self.by_id
+                self.index
+                    .by_id
                     .range(start..)
-                    .chain(self.by_id.range(..start))
+                    .chain(self.index.by_id.range(..start))
                     .copied()
                     .find(|a| self.can_take(*a, c))
             }
-            Strategy::BestSkill => match q.primary.and_then(|p| self.by_skill.get(&p)) {
+            Strategy::BestSkill => match q.primary.and_then(|p| self.index.by_skill.get(&p)) {
                 Some(index) => index.iter().map(|(_, a)| *a).find(|a| self.can_take(*a, c)),
                 None => self
+                    .index
                     .by_load
                     .iter()
                     .map(|(_, a)| *a)
@@ -123,7 +127,7 @@ impl Engine {
         if strategy == Strategy::RoundRobin {
             let queue = c.queue;
             self.queues[queue].rr_last = Some(agent);
-            self.dirty_queues.insert(queue);
+            self.changes.queues.insert(queue);
         }
         self.take(now, id, agent, explanation, out);
         true
@@ -150,7 +154,7 @@ impl Engine {
                 let level = q.primary.map_or(0, |p| agent.level(p));
                 let skill = q
                     .primary
-                    .map_or("-", |p| self.skill_names[p as usize].0.as_str());
+                    .map_or("-", |p| self.skills.names[p as usize].0.as_str());
                 format!("highest proficiency in {skill} ({level}/5); {load}, idle {idle}s")
             }
         };
@@ -183,7 +187,7 @@ impl Engine {
                     }
                 }
             }
-            for &(key, id) in self.relaxed.iter().take(SCAN_LIMIT) {
+            for &(key, id) in self.queues.relaxed.iter().take(SCAN_LIMIT) {
                 if best.is_some_and(|(k, _)| k <= key) {
                     break;
                 }
@@ -216,8 +220,8 @@ impl Engine {
             .collect();
         for id in waiting {
             if self.queues[queue].available_agents == 0
-                && self.relaxed.is_empty()
-                && self.by_id.is_empty()
+                && self.queues.relaxed.is_empty()
+                && self.index.by_id.is_empty()
             {
                 break;
             }

@@ -37,7 +37,7 @@ impl Engine {
         match cmd {
             Command::UpsertAgent(profile) => self.upsert_agent(now, profile, out),
             Command::RemoveAgent { agent } => {
-                let Some(&a) = self.agent_index.get(agent) else {
+                let Some(&a) = self.agents.by_name.get(agent) else {
                     return reject(out, None, format!("unknown agent {agent}"));
                 };
                 // Out of every index first, so nothing is routed back to them.
@@ -46,11 +46,11 @@ impl Engine {
                     ag.presence = Presence::Offline;
                 });
                 self.requeue_agent_conversations(now, a, "agent removed", out);
-                self.agent_index.remove(agent);
+                self.agents.by_name.remove(agent);
                 self.forget_agent(a);
             }
             Command::SetPresence { agent, presence } => {
-                let Some(&a) = self.agent_index.get(agent) else {
+                let Some(&a) = self.agents.by_name.get(agent) else {
                     return reject(out, None, format!("unknown agent {agent}"));
                 };
                 self.set_presence(now, a, *presence, out);
@@ -113,12 +113,12 @@ impl Engine {
         }
         let skills = self.intern_skills(&p.skills);
         let queues = self.queues_served(&skills);
-        let a = match self.agent_index.get(&p.agent) {
+        let a = match self.agents.by_name.get(&p.agent) {
             Some(&a) => a,
             None => {
-                let a = self.next_agent;
-                self.next_agent = self.next_agent.saturating_add(1);
-                self.dirty_meta = true;
+                let a = self.agents.next;
+                self.agents.next = self.agents.next.saturating_add(1);
+                self.changes.tenant = true;
                 self.agents.insert(
                     a,
                     Agent {
@@ -136,7 +136,7 @@ impl Engine {
                         indexed: None,
                     },
                 );
-                self.agent_index.insert(p.agent.clone(), a);
+                self.agents.by_name.insert(p.agent.clone(), a);
                 a
             }
         };
@@ -144,7 +144,7 @@ impl Engine {
         // first, change the profile, then put them back as the new profile says.
         self.update_agent(a, |ag| ag.removed = true);
         {
-            self.dirty_agents.insert(a);
+            self.changes.agents.insert(a);
             let ag = &mut self.agents[a];
             ag.skills = skills;
             ag.capacity = p.capacity;
@@ -250,7 +250,7 @@ impl Engine {
     }
 
     fn replied(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
-        let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+        let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
             return reject(out, Some(id), "unknown conversation".into());
         };
         let queue = self.queues[c.queue].id.clone();
@@ -294,7 +294,7 @@ impl Engine {
         self.timers
             .remove(&(self.expire_at(last), Timer::Expire { conv: id }));
         let (queue, kind, created) = {
-            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+            let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Resolved { at: now };
@@ -332,7 +332,7 @@ impl Engine {
             self.timers.remove(&(at, Timer::Forget { conv: id }));
         }
         let (queue, kind) = {
-            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+            let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.arrival = now;
@@ -366,7 +366,7 @@ impl Engine {
         }
         match to {
             TransferTarget::Agent(target) => {
-                let Some(&t) = self.agent_index.get(target) else {
+                let Some(&t) = self.agents.by_name.get(target) else {
                     return reject(out, Some(id), format!("unknown agent {target}"));
                 };
                 let current = match c.state {
@@ -390,7 +390,7 @@ impl Engine {
                 }
                 let from = self.release(id);
                 self.leave_waiting(id);
-                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                     c.state = State::Waiting;
                 }
                 let explanation = Explanation {
@@ -408,12 +408,12 @@ impl Engine {
                 }
             }
             TransferTarget::Queue(target) => {
-                let Some(&q) = self.queue_index.get(target) else {
+                let Some(&q) = self.queues.by_id.get(target) else {
                     return reject(out, Some(id), format!("unknown queue {target}"));
                 };
                 let from = self.release(id);
                 self.leave_waiting(id);
-                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                     c.state = State::Waiting;
                     c.relax = 0;
                     c.declined.clear();
@@ -452,13 +452,13 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in declined {
-            if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+            if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                 c.declined.remove(&a);
             }
         }
-        self.dirty_agents.insert(a);
+        self.changes.agents.insert(a);
         if let Some(agent) = self.agents.remove(a) {
-            self.forgotten_agents.insert(a, agent.id);
+            self.changes.forgotten_agents.insert(a, agent.id);
         }
     }
 }

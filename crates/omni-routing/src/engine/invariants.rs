@@ -71,11 +71,12 @@ impl Engine {
         }
         if let Some(entry) = &a.indexed {
             let fresh = self.index_entry(i);
-            let in_sets = self.by_idle.contains(&entry.idle)
-                && self.by_load.contains(&entry.load)
-                && self.by_id.contains(&i)
+            let in_sets = self.index.by_idle.contains(&entry.idle)
+                && self.index.by_load.contains(&entry.load)
+                && self.index.by_id.contains(&i)
                 && entry.skills.iter().all(|(s, k, x)| {
-                    self.by_skill
+                    self.index
+                        .by_skill
                         .get(s)
                         .is_some_and(|set| set.contains(&(*k, *x)))
                 });
@@ -90,15 +91,15 @@ impl Engine {
     /// The agent index holds every available agent and nobody else.
     fn check_index_counts(&self) -> Result<(), String> {
         let available = self.agents.values().filter(|a| a.available()).count();
-        if self.by_idle.len() != available
-            || self.by_load.len() != available
-            || self.by_id.len() != available
+        if self.index.by_idle.len() != available
+            || self.index.by_load.len() != available
+            || self.index.by_id.len() != available
         {
             return Err(format!(
                 "indexes hold {}/{}/{} agents, {available} are available",
-                self.by_idle.len(),
-                self.by_load.len(),
-                self.by_id.len()
+                self.index.by_idle.len(),
+                self.index.by_load.len(),
+                self.index.by_id.len()
             ));
         }
         Ok(())
@@ -123,13 +124,13 @@ impl Engine {
     /// queues hold nothing else.
     fn check_waiting(&self, holders: &HashMap<ConversationId, AgentIdx>) -> Result<(), String> {
         let mut waiting = 0;
-        for q in &self.queues {
+        for q in self.queues.iter() {
             waiting += q.waiting.len();
         }
         for (id, c) in &self.conversations {
             match c.state {
                 State::Waiting => {
-                    let key = (c.wait_key(self.aging_ms), *id);
+                    let key = (c.wait_key(self.queues.aging_ms), *id);
                     if !self.queues[c.queue].waiting.contains(&key) {
                         return Err(format!("waiting conversation {id} is in no queue"));
                     }

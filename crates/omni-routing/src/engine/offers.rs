@@ -34,7 +34,8 @@ impl Engine {
             Some(secs) => {
                 let expires = now.plus_secs(secs);
                 let seq = {
-                    let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+                    let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id)
+                    else {
                         return;
                     };
                     c.offer_seq += 1;
@@ -64,7 +65,7 @@ impl Engine {
     ) {
         self.cancel_offer_timer(id);
         let (queue, kind, arrival, sticky_key) = {
-            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+            let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Assigned { agent: a };
@@ -125,7 +126,7 @@ impl Engine {
 
     /// The agent, if `agent` names the one a pending offer of `id` is for.
     fn offered_to(&self, agent: &AgentId, id: ConversationId) -> Option<AgentIdx> {
-        let a = self.agent_index.get(agent).copied()?;
+        let a = self.agents.by_name.get(agent).copied()?;
         match self.conversations.get(&id).map(|c| &c.state) {
             Some(State::Offered { agent: o, .. }) if *o == a => Some(a),
             _ => None,
@@ -177,17 +178,17 @@ impl Engine {
         };
         self.release(id);
         let (queue, kind, key) = {
-            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+            let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.declined.insert(a);
             c.state = State::Waiting;
             c.pending_explanation = None;
-            (c.queue, c.channel.kind, c.wait_key(self.aging_ms))
+            (c.queue, c.channel.kind, c.wait_key(self.queues.aging_ms))
         };
         self.queues[queue].waiting.insert((key, id));
         if self.conversations[&id].relax > 0 {
-            self.relaxed.insert((key, id));
+            self.queues.relaxed.insert((key, id));
         }
         out.push(Output::Event(RoutingEvent::OfferDeclined {
             conversation: id,
@@ -242,15 +243,15 @@ impl Engine {
             reason: reason.to_owned(),
         }));
         let key = {
-            let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+            let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Waiting;
-            c.wait_key(self.aging_ms)
+            c.wait_key(self.queues.aging_ms)
         };
         self.queues[queue].waiting.insert((key, id));
         if self.conversations[&id].relax > 0 {
-            self.relaxed.insert((key, id));
+            self.queues.relaxed.insert((key, id));
         }
         self.catch_up_overflow(now, id, out);
         self.route_if_waiting(now, id, out);

@@ -96,7 +96,7 @@ impl Engine {
             .tenant
             .as_ref()
             .map_or(next != 1, |t| t.next_agent_seq != next);
-        e.next_agent = seq_number(next);
+        e.agents.next = seq_number(next);
         let taken: BTreeMap<(&AgentId, ConversationId), Timestamp> = records
             .agents
             .iter()
@@ -135,7 +135,7 @@ impl Engine {
             let idx = seq_number(number);
             let skills = self.intern_skills(&a.skills);
             let queues = self.queues_served(&skills);
-            if let Some(old) = self.agent_index.insert(a.id.clone(), idx) {
+            if let Some(old) = self.agents.by_name.insert(a.id.clone(), idx) {
                 // Two records for one id cannot come from one key; keep the newer number.
                 self.agents.remove(old);
             }
@@ -185,10 +185,10 @@ impl Engine {
                 *ag.open_by_kind.entry(conv.channel.kind).or_insert(0) += 1;
             }
             State::Waiting => {
-                let key = conv.wait_key(self.aging_ms);
+                let key = conv.wait_key(self.queues.aging_ms);
                 self.queues[conv.queue].waiting.insert((key, id));
                 if conv.relax > 0 {
-                    self.relaxed.insert((key, id));
+                    self.queues.relaxed.insert((key, id));
                 }
             }
             State::Resolved { .. } => {}
@@ -211,7 +211,7 @@ impl Engine {
         let id = r.id;
         let extra = self.intern_skills(&r.extra_skills);
         let mut state = self.state_from_record(id, &r.state, &mut repairs.lost_agent);
-        let agent_of = |name: &AgentId| self.agent_index.get(name).copied();
+        let agent_of = |name: &AgentId| self.agents.by_name.get(name).copied();
         let declined: BTreeSet<AgentIdx> = r.declined.iter().filter_map(agent_of).collect();
         if let Some((a, t)) = &r.last_agent {
             if let Some(a) = agent_of(a) {
@@ -226,7 +226,7 @@ impl Engine {
         }
         let mut repaired = declined.len() != r.declined.len() || r.last_agent.is_some();
         let mut next_step = r.next_step;
-        let queue = match self.queue_index.get(&r.queue).copied() {
+        let queue = match self.queues.by_id.get(&r.queue).copied() {
             Some(q) => q,
             None => {
                 if !matches!(state, State::Resolved { .. }) {
@@ -237,7 +237,7 @@ impl Engine {
                 }
                 next_step = 0;
                 repaired = true;
-                self.default_queue
+                self.queues.default
             }
         };
         let mut conv = Conversation {
@@ -289,7 +289,7 @@ impl Engine {
         lost: &mut Vec<(ConversationId, AgentId)>,
     ) -> State {
         let mut agent_of = |name: &AgentId| {
-            let found = self.agent_index.get(name).copied();
+            let found = self.agents.by_name.get(name).copied();
             if found.is_none() {
                 lost.push((id, name.clone()));
             }
@@ -315,7 +315,7 @@ impl Engine {
     /// Round-robin cursors, by number (or by name in records written before numbering).
     fn restore_cursors(&mut self, queues: &[QueueRecord]) {
         for q in queues {
-            let Some(&qi) = self.queue_index.get(&q.id) else {
+            let Some(&qi) = self.queues.by_id.get(&q.id) else {
                 continue;
             };
             self.queues[qi].rr_last = match q.rr_seq {
@@ -323,7 +323,7 @@ impl Engine {
                 None => q
                     .rr_last
                     .as_ref()
-                    .and_then(|a| self.agent_index.get(a).copied()),
+                    .and_then(|a| self.agents.by_name.get(a).copied()),
             };
         }
     }
@@ -332,7 +332,7 @@ impl Engine {
     /// expiry timers; entries naming an unknown agent are dropped (and rewritten).
     fn restore_sticky(&mut self, sticky: &[StickyRecord], repairs: &mut Repairs) {
         for s in sticky {
-            match self.agent_index.get(&s.agent) {
+            match self.agents.by_name.get(&s.agent) {
                 Some(&a) => {
                     self.sticky.insert(s.key.clone(), (a, s.at));
                 }
@@ -365,7 +365,7 @@ impl Engine {
         match tenant {
             Some(t) => {
                 for (queue, at) in &t.queue_opens {
-                    if let Some(&q) = self.queue_index.get(queue) {
+                    if let Some(&q) = self.queues.by_id.get(queue) {
                         self.queues[q].open_timer = Some(*at);
                         self.schedule(*at, Timer::QueueOpen { queue: q });
                     }
@@ -378,19 +378,19 @@ impl Engine {
     /// Leaves in the changelog exactly what restore changed: what the records say needs no
     /// writing.
     fn mark_repaired(&mut self, records: &Records, repairs: &mut Repairs, meta_changed: bool) {
-        self.dirty_agents = std::mem::take(&mut repairs.agents)
+        self.changes.agents = std::mem::take(&mut repairs.agents)
             .into_iter()
             .map(seq_number)
             .collect();
-        self.dirty_convs = std::mem::take(&mut repairs.convs);
-        self.dirty_queues.clear();
-        self.dirty_sticky = std::mem::take(&mut repairs.sticky);
+        self.changes.convs = std::mem::take(&mut repairs.convs);
+        self.changes.queues.clear();
+        self.changes.sticky = std::mem::take(&mut repairs.sticky);
         let opens = self
             .queues
             .iter()
             .filter(|q| q.open_timer.is_some())
             .count();
-        self.dirty_meta =
+        self.changes.tenant =
             meta_changed || records.tenant.as_ref().map_or(0, |t| t.queue_opens.len()) != opens;
         for a in self.agents.numbers() {
             let ag = &self.agents[a];
@@ -400,7 +400,7 @@ impl Engine {
                 .find(|r| r.id == ag.id)
                 .map(|r| &r.open);
             if recorded != Some(&ag.open) {
-                self.dirty_agents.insert(a);
+                self.changes.agents.insert(a);
             }
         }
     }
@@ -434,7 +434,13 @@ impl Engine {
 
     /// The state a record names, as this engine numbers agents (for spotting repairs).
     fn state_of(&self, r: &StateRecord) -> State {
-        let agent = |name: &AgentId| self.agent_index.get(name).copied().unwrap_or(AgentIdx::MAX);
+        let agent = |name: &AgentId| {
+            self.agents
+                .by_name
+                .get(name)
+                .copied()
+                .unwrap_or(AgentIdx::MAX)
+        };
         match r {
             StateRecord::Waiting => State::Waiting,
             StateRecord::Offered { agent: a, expires } => State::Offered {

@@ -5,7 +5,7 @@
 
 use omni_core::{ChannelKind, ChannelRef, ConversationId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{AgentId, Presence, QueueId, Skill, Timestamp};
 use crate::output::Explanation;
@@ -197,6 +197,20 @@ pub struct StateChange {
     pub entry: Option<StateEntry>,
 }
 
+/// The entities changed since the last [`Engine::take_changes`], by number or key: ordered
+/// sets, so the records come out in a stable order.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Changes {
+    pub(super) agents: BTreeSet<AgentIdx>,
+    /// Names of agents forgotten since then (their tombstones need the name).
+    pub(super) forgotten_agents: BTreeMap<AgentIdx, AgentId>,
+    pub(super) convs: BTreeSet<ConversationId>,
+    pub(super) queues: BTreeSet<QueueIdx>,
+    pub(super) sticky: BTreeSet<String>,
+    /// The tenant record (agent numbering, queue opening timers) changed.
+    pub(super) tenant: bool,
+}
+
 impl StateEntry {
     /// The record's key within its tenant.
     pub fn key(&self) -> String {
@@ -216,8 +230,8 @@ impl Engine {
     /// them after every step; after [`Engine::restore`] they hold what the restore repaired.
     pub fn take_changes(&mut self) -> Vec<StateChange> {
         let mut out = Vec::new();
-        let mut forgotten = std::mem::take(&mut self.forgotten_agents);
-        for a in std::mem::take(&mut self.dirty_agents) {
+        let mut forgotten = std::mem::take(&mut self.changes.forgotten_agents);
+        for a in std::mem::take(&mut self.changes.agents) {
             match self.agents.get(a) {
                 Some(agent) if !agent.removed => out.push(StateChange {
                     key: format!("agent/{}", agent.id),
@@ -237,7 +251,7 @@ impl Engine {
                 }
             }
         }
-        for id in std::mem::take(&mut self.dirty_convs) {
+        for id in std::mem::take(&mut self.changes.convs) {
             let key = format!("conversation/{id}");
             let entry = self
                 .conversations
@@ -245,14 +259,14 @@ impl Engine {
                 .map(|c| StateEntry::Conversation(Box::new(self.conversation_record(id, c))));
             out.push(StateChange { key, entry });
         }
-        for q in std::mem::take(&mut self.dirty_queues) {
+        for q in std::mem::take(&mut self.changes.queues) {
             let record = self.queue_record(q);
             out.push(StateChange {
                 key: format!("queue/{}", record.id),
                 entry: Some(StateEntry::Queue(record)),
             });
         }
-        for key in std::mem::take(&mut self.dirty_sticky) {
+        for key in std::mem::take(&mut self.changes.sticky) {
             let entry = self.sticky.get(&key).map(|(a, at)| {
                 StateEntry::Sticky(StickyRecord {
                     key: key.clone(),
@@ -265,7 +279,7 @@ impl Engine {
                 entry,
             });
         }
-        if std::mem::take(&mut self.dirty_meta) {
+        if std::mem::take(&mut self.changes.tenant) {
             out.push(StateChange {
                 key: "tenant".to_owned(),
                 entry: Some(StateEntry::Tenant(self.tenant_record())),
@@ -312,7 +326,7 @@ impl Engine {
 
     fn tenant_record(&self) -> TenantRecord {
         TenantRecord {
-            next_agent_seq: u64::from(self.next_agent),
+            next_agent_seq: u64::from(self.agents.next),
             queue_opens: self
                 .queues
                 .iter()
@@ -342,7 +356,7 @@ impl Engine {
             skills: agent
                 .skills
                 .iter()
-                .map(|(s, l)| (self.skill_names[*s as usize].clone(), *l))
+                .map(|(s, l)| (self.skills.names[*s as usize].clone(), *l))
                 .collect(),
             capacity: agent.capacity,
             channel_capacity: agent.channel_capacity.clone(),
@@ -362,7 +376,7 @@ impl Engine {
             extra_skills: c
                 .extra_skills
                 .iter()
-                .map(|(s, l)| (self.skill_names[*s as usize].clone(), *l))
+                .map(|(s, l)| (self.skills.names[*s as usize].clone(), *l))
                 .collect(),
             arrival: c.arrival,
             created_at: c.created_at,

@@ -84,7 +84,7 @@ impl Engine {
             self.schedule(self.expire_at(now), Timer::Expire { conv: id });
         }
         if old != now {
-            if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+            if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                 c.last_activity = now;
             }
         }
@@ -168,7 +168,7 @@ impl Engine {
         if let Some(at) = at {
             self.timers.insert((at, timer));
         }
-        if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+        if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
             c.deadlines = d;
         }
     }
@@ -181,7 +181,7 @@ impl Engine {
         let mut d = c.deadlines;
         if *d.slot(kind) == Some(at) {
             *d.slot(kind) = None;
-            if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+            if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                 c.deadlines = d;
             }
         }
@@ -228,7 +228,7 @@ impl Engine {
     fn remove_conversation(&mut self, id: ConversationId) {
         self.cancel_timers(id);
         self.leave_waiting(id);
-        self.dirty_convs.insert(id);
+        self.changes.convs.insert(id);
         self.conversations.remove(&id);
     }
 
@@ -245,7 +245,7 @@ impl Engine {
             self.schedule(at, Timer::QueueOpen { queue });
         }
         self.queues[queue].open_timer = at;
-        self.dirty_meta = true;
+        self.changes.tenant = true;
     }
 
     /// Sets (or clears) a contact's sticky agent.
@@ -268,7 +268,7 @@ impl Engine {
                 ));
             }
         }
-        self.dirty_sticky.insert(key);
+        self.changes.sticky.insert(key);
     }
 
     pub(super) fn tick(&mut self, now: Timestamp, out: &mut Vec<Output>) {
@@ -347,7 +347,7 @@ impl Engine {
             }
             Timer::QueueOpen { queue } => {
                 self.queues[queue].open_timer = None;
-                self.dirty_meta = true;
+                self.changes.tenant = true;
                 self.queues[queue].open_cache = None;
                 if self.queue_open(queue, now) {
                     self.drain_queue(now, queue, out);
@@ -401,7 +401,7 @@ impl Engine {
         };
         // (A catch-up runs before the step's own timer fired: that timer goes.)
         self.set_deadline(id, DeadlineKind::Overflow, None);
-        if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+        if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
             c.next_step = step + 1;
         }
         if let Some(next) = self.queues[queue].cfg.overflow.get(step + 1) {
@@ -413,15 +413,16 @@ impl Engine {
             OverflowAction::RelaxProficiency(by) => {
                 self.leave_waiting(id);
                 let key = {
-                    let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) else {
+                    let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id)
+                    else {
                         return;
                     };
                     c.relax = c.relax.max(by);
                     c.declined.clear();
-                    c.wait_key(self.aging_ms)
+                    c.wait_key(self.queues.aging_ms)
                 };
                 self.queues[queue].waiting.insert((key, id));
-                self.relaxed.insert((key, id));
+                self.queues.relaxed.insert((key, id));
                 out.push(Output::Event(RoutingEvent::Escalated {
                     conversation: id,
                     from_queue: from.clone(),
@@ -433,10 +434,10 @@ impl Engine {
                 }
             }
             OverflowAction::SpillTo(target) => {
-                let to = self.queue_index[&target];
+                let to = self.queues.by_id[&target];
                 self.leave_waiting(id);
                 // A relaxation belongs to the queue that granted it.
-                if let Some(c) = touch(&mut self.dirty_convs, &mut self.conversations, id) {
+                if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                     c.declined.clear();
                     c.relax = 0;
                 }

@@ -116,7 +116,7 @@ impl Engine {
     /// How much the engine holds.
     pub fn size(&self) -> StateSize {
         StateSize {
-            agents: self.agents.0.len(),
+            agents: self.agents.len(),
             conversations: self.conversations.len(),
             sticky_contacts: self.sticky.len(),
             timers: self.timers.len(),
