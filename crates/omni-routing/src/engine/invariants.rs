@@ -1,0 +1,158 @@
+//! The engine's invariants, checked by the property tests after every step.
+
+use omni_core::ConversationId;
+use std::collections::HashMap;
+
+use crate::model::Presence;
+
+use super::conversation::State;
+use super::{AgentIdx, Engine};
+
+impl Engine {
+    /// Checks the engine's invariants; `Err` names the first one broken. Used by the property
+    /// tests after every step, and cheap enough for a debug endpoint.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut holders: HashMap<ConversationId, AgentIdx> = HashMap::new();
+        for i in self.agents.numbers() {
+            self.check_agent(i, &mut holders)?;
+        }
+        self.check_index_counts()?;
+        self.check_references()?;
+        self.check_waiting(&holders)
+    }
+
+    /// One agent: within capacity, holding only conversations that name them (recorded in
+    /// `holders`, so that no conversation has two agents), indexed exactly when available and
+    /// under their current keys.
+    fn check_agent(
+        &self,
+        i: AgentIdx,
+        holders: &mut HashMap<ConversationId, AgentIdx>,
+    ) -> Result<(), String> {
+        let a = &self.agents[i];
+        if a.open.len() as u64 > u64::from(a.capacity) {
+            return Err(format!(
+                "agent {} over capacity: {} > {}",
+                a.id,
+                a.open.len(),
+                a.capacity
+            ));
+        }
+        for (kind, n) in &a.open_by_kind {
+            if *n > a.channel_capacity.get(kind).copied().unwrap_or(a.capacity) {
+                return Err(format!("agent {} over {kind} capacity", a.id));
+            }
+        }
+        if (a.removed || a.presence == Presence::Offline) && !a.open.is_empty() {
+            return Err(format!("offline agent {} holds conversations", a.id));
+        }
+        for id in a.open.keys() {
+            if let Some(other) = holders.insert(*id, i) {
+                return Err(format!(
+                    "conversation {id} held by two agents ({other} and {i})"
+                ));
+            }
+            let c = self
+                .conversations
+                .get(id)
+                .ok_or_else(|| format!("agent {} holds unknown conversation {id}", a.id))?;
+            match c.state {
+                State::Offered { agent, .. } | State::Assigned { agent } if agent == i => {}
+                _ => {
+                    return Err(format!(
+                        "agent {} holds {id} but its state is {:?}",
+                        a.id, c.state
+                    ))
+                }
+            }
+        }
+        if a.available() != a.indexed.is_some() {
+            return Err(format!("agent {} index out of date", a.id));
+        }
+        if let Some(entry) = &a.indexed {
+            let fresh = self.index_entry(i);
+            let in_sets = self.index.by_idle.contains(&entry.idle)
+                && self.index.by_load.contains(&entry.load)
+                && self.index.by_id.contains(&i)
+                && entry.skills.iter().all(|(s, k, x)| {
+                    self.index
+                        .by_skill
+                        .get(s)
+                        .is_some_and(|set| set.contains(&(*k, *x)))
+                });
+            if fresh.as_ref() != Some(entry) || !in_sets {
+                return Err(format!("agent {} index keys out of date", a.id));
+            }
+        }
+
+        Ok(())
+    }
+
+    /// The agent index holds every available agent and nobody else.
+    fn check_index_counts(&self) -> Result<(), String> {
+        let available = self.agents.values().filter(|a| a.available()).count();
+        if self.index.by_idle.len() != available
+            || self.index.by_load.len() != available
+            || self.index.by_id.len() != available
+        {
+            return Err(format!(
+                "indexes hold {}/{}/{} agents, {available} are available",
+                self.index.by_idle.len(),
+                self.index.by_load.len(),
+                self.index.by_id.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Nothing names a forgotten agent (sticky entries, decline lists).
+    fn check_references(&self) -> Result<(), String> {
+        for (key, (a, _)) in &self.sticky {
+            if self.agents.get(*a).is_none() {
+                return Err(format!("sticky entry {key} names a forgotten agent"));
+            }
+        }
+        for (id, c) in &self.conversations {
+            if let Some(a) = c.declined.iter().find(|a| self.agents.get(**a).is_none()) {
+                return Err(format!("{id} declined by forgotten agent {a}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every waiting conversation is in its queue, every held one with its agent, and the
+    /// queues hold nothing else.
+    fn check_waiting(&self, holders: &HashMap<ConversationId, AgentIdx>) -> Result<(), String> {
+        let mut waiting = 0;
+        for q in self.queues.iter() {
+            waiting += q.waiting.len();
+        }
+        for (id, c) in &self.conversations {
+            match c.state {
+                State::Waiting => {
+                    let key = (c.wait_key(self.queues.aging_ms), *id);
+                    if !self.queues[c.queue].waiting.contains(&key) {
+                        return Err(format!("waiting conversation {id} is in no queue"));
+                    }
+                }
+                State::Offered { agent, .. } | State::Assigned { agent } => {
+                    if holders.get(id) != Some(&agent) {
+                        return Err(format!("conversation {id} not held by its agent"));
+                    }
+                }
+                State::Resolved { .. } => {}
+            }
+        }
+        let expected = self
+            .conversations
+            .values()
+            .filter(|c| c.state == State::Waiting)
+            .count();
+        if waiting != expected {
+            return Err(format!(
+                "queues hold {waiting} conversations, {expected} are waiting"
+            ));
+        }
+        Ok(())
+    }
+}
