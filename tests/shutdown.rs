@@ -4,112 +4,112 @@
 //! Nothing acknowledged is lost: after the broker (or the provider) is back, a new daemon
 //! publishes or redelivers everything a client was told was taken.
 //!
-//! Each scenario takes traffic on the API channel and on Messenger (webhooks in, replies out
-//! to a Graph stand-in that does not answer), so replies are in flight when SIGTERM arrives.
+//! Each scenario takes traffic on every channel, with replies in flight when SIGTERM arrives:
+//! - API: messages posted with the tenant's token; replies to them (read from
+//!   `omni.outbound.v1` by the CRM, no provider).
+//! - Messenger: signed webhooks; three replies in one conversation to a Graph stand-in that
+//!   hangs (one at the provider, two queued behind it).
+//! - E-mail: mail appended over IMAP to a mailbox on the real dovecot; a reply whose SMTP peer
+//!   (a stalled proxy in front of opensmtpd) never sends its 220 greeting.
+//! - Zalo OA: a signed webhook; a reply to an OpenAPI stand-in that hangs.
+//! - SMS: a signed Twilio webhook; a reply to a Twilio stand-in that hangs.
+//! - Live chat: a visitor socket, a message acknowledged and an agent reply; at SIGTERM the
+//!   daemon closes the socket (1001) and the visitor resumes on the next daemon by its cursor.
+//!
+//! With the broker dead or stalled, more arrives while it is away (API messages, a mail, a
+//! visitor message) and is in flight across SIGTERM. Then the broker and providers come back,
+//! a new daemon takes over, and every acknowledged message is on `omni.inbound.v1` and every
+//! reply accounted for: on `omni.outbound.v1`, with a delivery fate on `omni.delivery.v1`
+//! (sent, failed or outcome unknown) for the channels with a provider, seen by the visitor for
+//! live chat.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use axum::body::Bytes;
-use omni_channel::signature::hmac_sha256_hex;
+use omni_e2e::livechat::{agent_reply, new_session, Visitor};
+use omni_e2e::mail::{MailServer, PASSWORD};
+use omni_e2e::standin::StandIn;
+use omni_e2e::webhooks::{form, messenger_text, post_messenger, post_twilio, post_zalo, zalo_text};
 use omni_e2e::{free_port, read_log, Broker, Daemon};
+use omni_social::zalo::shared::{SharedTokens, TokenSealing};
+use omni_social::zalo::token::StoredTokens;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-const PAGE: &str = "104912345678901";
 const GRACE_SECS: u64 = 3;
 /// The documented exit code of a shutdown cut short by the grace period.
 const CUT_SHORT: i32 = 75;
+/// How long every provider call may take: longer than the test, so a hanging provider holds
+/// its reply until SIGTERM.
+const PROVIDER_TIMEOUT_SECS: &str = "120";
+
+const PAGE: &str = "104912345678901";
+const GRAPH_PATH: &str = "/v23.0/104912345678901/messages";
+const OA: &str = "4318458798374519001";
+const ZALO_APP_ID: &str = "1183926498471234567";
+const ZALO_CS_PATH: &str = "/v3.0/oa/message/cs";
+/// 32 bytes, base64: the key sealing the OA token pairs on Kafka.
+const ZALO_TOKEN_KEY: &str = "b21uaXJvdXRlci10ZXN0LXRva2VuLWtleS0zMmJ5dGU=";
+const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TWILIO_NUMBER: &str = "+84281234567";
+const TWILIO_PATH: &str = "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
+/// The public URL Twilio calls (and signs), in front of the daemon.
+const SMS_PUBLIC: &str = "https://sms.shop.example.vn";
 
 // ---------------------------------------------------------------------------------------------
-// Stand-ins: a Graph API that can hang, and a TCP proxy that can stall.
+// A TCP proxy that can stall: in front of the broker, and in front of the SMTP server.
 
-/// A Graph API stand-in: records every send; while `hang` is set it never answers.
-struct Graph {
-    url: String,
-    hang: Arc<AtomicBool>,
-    sent: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Graph {
-    async fn start(hang: bool) -> Self {
-        let hang = Arc::new(AtomicBool::new(hang));
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (h, s) = (hang.clone(), sent.clone());
-        let app = axum::Router::new().fallback(move |body: Bytes| {
-            let (hang, sent) = (h.clone(), s.clone());
-            async move {
-                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let n = {
-                    let mut sent = sent.lock().unwrap();
-                    sent.push(json);
-                    sent.len()
-                };
-                if hang.load(Ordering::SeqCst) {
-                    std::future::pending::<()>().await;
-                }
-                axum::Json(json!({"recipient_id": "psid", "message_id": format!("m_{n}")}))
-            }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, hang, sent }
-    }
-
-    fn answer(&self) {
-        self.hang.store(false, Ordering::SeqCst);
-    }
-
-    fn sent(&self) -> Vec<Value> {
-        self.sent.lock().unwrap().clone()
-    }
-
-    async fn wait_for_sends(&self, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.sent().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "graph got {} sends",
-                self.sent().len()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-/// A TCP proxy on 127.0.0.1 in front of the broker. Stalled, it keeps accepting and holding
-/// connections but forwards nothing, as a broker that hangs does.
+/// A TCP proxy on 127.0.0.1 in front of a server (the broker, the SMTP server). Stalled, it
+/// keeps accepting and holding connections but forwards nothing, as a server that hangs does:
+/// in front of SMTP, a client waits for a 220 greeting that never comes.
 struct StallProxy {
+    port: u16,
     stalled: tokio::sync::watch::Sender<bool>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl StallProxy {
-    async fn start(port: u16, broker_port: u16) -> Self {
+    async fn start(port: u16, server_port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let (stalled, watch) = tokio::sync::watch::channel(false);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
+                count.fetch_add(1, Ordering::SeqCst);
                 let watch = watch.clone();
                 tokio::spawn(async move {
-                    let Ok(broker) = TcpStream::connect(("127.0.0.1", broker_port)).await else {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)).await else {
                         return;
                     };
                     let (cr, cw) = client.into_split();
-                    let (br, bw) = broker.into_split();
-                    tokio::spawn(forward(cr, bw, watch.clone()));
-                    tokio::spawn(forward(br, cw, watch));
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(forward(cr, sw, watch.clone()));
+                    tokio::spawn(forward(sr, cw, watch));
                 });
             }
         });
-        Self { stalled }
+        Self {
+            port,
+            stalled,
+            accepted,
+        }
+    }
+
+    /// Waits until a client connected (it is now held, when stalled).
+    async fn wait_accepted(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.accepted.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "nobody connected to the proxy");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     fn stall(&self) {
@@ -139,64 +139,327 @@ async fn forward(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Traffic and accounting.
+// The world outside the daemon: providers that can hang, the mail servers.
 
-fn env(graph: &Graph) -> Vec<(String, String)> {
-    vec![
-        (
-            "OMNI__SERVER__SHUTDOWN_GRACE_SECS".into(),
-            GRACE_SECS.to_string(),
-        ),
-        ("OMNI__MESSENGER__GRAPH_BASE_URL".into(), graph.url.clone()),
-        ("OMNI__MESSENGER__TIMEOUT_SECS".into(), "120".into()),
-        ("OMNI__OUTBOUND__INITIAL_BACKOFF_MS".into(), "100".into()),
-        (
-            "OMNI__KAFKA__CONSUMER__SESSION_TIMEOUT_MS".into(),
-            "6000".into(),
-        ),
-        (
-            "OMNI__KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS".into(),
-            "500".into(),
-        ),
-        (
-            "OMNI__TENANTS__DEMO__MESSENGER__APP_SECRET".into(),
-            "META-SECRET".into(),
-        ),
-        (
-            "OMNI__TENANTS__DEMO__MESSENGER__VERIFY_TOKEN".into(),
-            "VERIFY".into(),
-        ),
-        (
-            format!("OMNI__TENANTS__DEMO__MESSENGER__PAGES__{PAGE}__ACCESS_TOKEN"),
-            "PAGE-TOKEN".into(),
-        ),
-    ]
+/// Everything a scenario's daemons talk to besides the broker. Providers start hanging.
+struct Providers {
+    graph: StandIn,
+    zalo_api: StandIn,
+    zalo_oauth: StandIn,
+    twilio: StandIn,
+    mail: Arc<MailServer>,
+    /// In front of the shared opensmtpd: stalled, an SMTP session never gets its greeting.
+    smtp: StallProxy,
+    /// The tenant's mailbox (read over IMAP, replies sent from it).
+    mailbox: String,
+    /// The customer writing to it.
+    customer: String,
+    /// Attachment directory and the Zalo token file.
+    files: tempfile::TempDir,
 }
 
-async fn start_daemon(broker: &Broker, bootstrap: &str, env: &[(String, String)]) -> Daemon {
+impl Providers {
+    async fn start() -> Self {
+        let graph = StandIn::start().await;
+        graph.always(
+            GRAPH_PATH,
+            200,
+            "application/json",
+            br#"{"recipient_id":"psid","message_id":"m_out"}"#,
+        );
+        let zalo_api = StandIn::start().await;
+        zalo_api.always(
+            ZALO_CS_PATH,
+            200,
+            "application/json",
+            br#"{"error":0,"message":"Success","data":{"message_id":"z_out"}}"#,
+        );
+        let zalo_oauth = StandIn::start().await;
+        zalo_oauth.always(
+            "/v4/oa/access_token",
+            200,
+            "application/json",
+            br#"{"access_token":"Z-ACCESS-2","refresh_token":"Z-R2","expires_in":"90000"}"#,
+        );
+        let twilio = StandIn::start().await;
+        twilio.always(
+            TWILIO_PATH,
+            201,
+            "application/json",
+            br#"{"sid":"SMout","status":"queued","num_segments":"1"}"#,
+        );
+        let mail = tokio::task::spawn_blocking(MailServer::shared)
+            .await
+            .unwrap();
+        let smtp = StallProxy::start(free_port(), mail.smtp_port).await;
+        let files = tempfile::tempdir().unwrap();
+        let this = Self {
+            mailbox: mail.address("support"),
+            customer: mail.address("khach"),
+            graph,
+            zalo_api,
+            zalo_oauth,
+            twilio,
+            mail,
+            smtp,
+            files,
+        };
+        this.hang();
+        this
+    }
+
+    /// The OA's token pair as an earlier deployment left it on the tokens topic (sealed), with
+    /// an access token valid for a day: the daemons send with it at once (a first start from
+    /// a token file alone waits one `zalo.timeout_secs` for the owner, longer than the test).
+    async fn seed_zalo_pair(bootstrap: &str) {
+        let bus = omni_bus::BusConfig {
+            bootstrap_servers: bootstrap.to_owned(),
+            ..omni_bus::BusConfig::default()
+        };
+        let metrics =
+            Arc::new(omni_bus::BusMetrics::register(&prometheus::Registry::new()).unwrap());
+        let producer = omni_bus::Producer::new(&bus, metrics).unwrap();
+        let shared = SharedTokens::new(
+            bus.topics.zalo_tokens.clone(),
+            Arc::new(producer),
+            TokenSealing::from_base64(ZALO_TOKEN_KEY).unwrap(),
+        );
+        let now = chrono::Utc::now();
+        let pair = StoredTokens {
+            access_token: "Z-ACCESS-1".into(),
+            access_token_expires_at: Some(now + chrono::Duration::days(1)),
+            refresh_token: "Z-R1".into(),
+            updated_at: now,
+        };
+        shared
+            .put(&SharedTokens::key("demo", OA), &pair)
+            .await
+            .unwrap();
+    }
+
+    /// Every provider stops answering (SMTP: no greeting).
+    fn hang(&self) {
+        for api in [&self.graph, &self.zalo_api, &self.twilio] {
+            api.hold();
+        }
+        self.smtp.stall();
+    }
+
+    /// Every provider answers again, held calls included.
+    fn answer(&self) {
+        for api in [&self.graph, &self.zalo_api, &self.twilio] {
+            api.release();
+        }
+        self.smtp.resume();
+    }
+
+    /// Waits until a reply of every channel with a provider reached it (and hangs there).
+    async fn wait_replies_at_providers(&self, daemon: &Daemon) {
+        let timeout = Duration::from_secs(30);
+        for (name, api, path) in [
+            ("graph", &self.graph, GRAPH_PATH),
+            ("zalo", &self.zalo_api, ZALO_CS_PATH),
+            ("twilio", &self.twilio, TWILIO_PATH),
+        ] {
+            let got = api.wait_for(path, 1, timeout).await;
+            assert!(
+                !got.is_empty(),
+                "no reply reached {name}; log:\n{}",
+                daemon.log()
+            );
+        }
+        self.smtp.wait_accepted(timeout).await;
+    }
+
+    /// The daemons' environment: the grace period, every channel of tenant `demo` pointed at
+    /// these stand-ins, provider timeouts longer than the test.
+    fn env(&self) -> Vec<(String, String)> {
+        let v = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let mailbox = |k: &str| format!("OMNI__TENANTS__DEMO__EMAIL__MAILBOXES__SUPPORT__{k}");
+        let oa = |k: &str| format!("OMNI__TENANTS__DEMO__ZALO__OAS__{OA}__{k}");
+        let sms = |k: &str| format!("OMNI__TENANTS__DEMO__SMS__{k}");
+        vec![
+            v("OMNI__SERVER__SHUTDOWN_GRACE_SECS", &GRACE_SECS.to_string()),
+            v("OMNI__OUTBOUND__INITIAL_BACKOFF_MS", "100"),
+            v("OMNI__KAFKA__CONSUMER__SESSION_TIMEOUT_MS", "6000"),
+            v("OMNI__KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS", "500"),
+            // Messenger.
+            v("OMNI__MESSENGER__GRAPH_BASE_URL", &self.graph.url),
+            v("OMNI__MESSENGER__TIMEOUT_SECS", PROVIDER_TIMEOUT_SECS),
+            v("OMNI__TENANTS__DEMO__MESSENGER__APP_SECRET", "META-SECRET"),
+            v("OMNI__TENANTS__DEMO__MESSENGER__VERIFY_TOKEN", "VERIFY"),
+            v(
+                &format!("OMNI__TENANTS__DEMO__MESSENGER__PAGES__{PAGE}__ACCESS_TOKEN"),
+                "PAGE-TOKEN",
+            ),
+            // E-mail.
+            v(
+                "OMNI__EMAIL__ATTACHMENT_DIR",
+                &self.files.path().join("mail").display().to_string(),
+            ),
+            v(&mailbox("ADDRESS"), &self.mailbox),
+            v(&mailbox("IMAP__HOST"), "127.0.0.1"),
+            v(&mailbox("IMAP__PORT"), &self.mail.imap_port.to_string()),
+            v(&mailbox("IMAP__SECURITY"), "plain"),
+            v(&mailbox("IMAP__PASSWORD"), PASSWORD),
+            v(&mailbox("IMAP__FIRST_START"), "all"),
+            v(&mailbox("SMTP__HOST"), "127.0.0.1"),
+            v(&mailbox("SMTP__PORT"), &self.smtp.port.to_string()),
+            v(&mailbox("SMTP__SECURITY"), "plain"),
+            // Zalo OA.
+            v("OMNI__ZALO__OPENAPI_BASE_URL", &self.zalo_api.url),
+            v("OMNI__ZALO__OAUTH_BASE_URL", &self.zalo_oauth.url),
+            v("OMNI__ZALO__TIMEOUT_SECS", PROVIDER_TIMEOUT_SECS),
+            v("OMNI__ZALO__TOKEN_KEY", ZALO_TOKEN_KEY),
+            v(&oa("APP_ID"), ZALO_APP_ID),
+            v(&oa("OA_SECRET_KEY"), "OA-KEY"),
+            v(&oa("APP_SECRET"), "Z-APP-SECRET"),
+            v(
+                &oa("TOKEN_FILE"),
+                &self.files.path().join("zalo.json").display().to_string(),
+            ),
+            v(&oa("REFRESH_TOKEN"), "Z-R0"),
+            // SMS (Twilio).
+            v("OMNI__SMS__TWILIO_BASE_URL", &self.twilio.url),
+            v("OMNI__SMS__TIMEOUT_SECS", PROVIDER_TIMEOUT_SECS),
+            v(&sms("PUBLIC_BASE_URL"), SMS_PUBLIC),
+            v(&sms("TWILIO__ACCOUNT_SID"), TWILIO_SID),
+            v(&sms("TWILIO__AUTH_TOKEN"), "TWILIO-TOKEN"),
+            // Environment keys cannot hold '+': the digits normalize to the same number.
+            v(
+                &sms(&format!("NUMBERS__{}__PROVIDER", &TWILIO_NUMBER[1..])),
+                "twilio",
+            ),
+        ]
+    }
+}
+
+async fn start_daemon(bootstrap: &str, env: &[(String, String)]) -> Daemon {
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let daemon = Daemon::spawn(bootstrap, &refs);
-    let _ = broker;
     daemon.wait_ready(Duration::from_secs(60)).await;
     daemon
 }
 
-/// What clients were told was taken.
+// ---------------------------------------------------------------------------------------------
+// What clients were told was taken, and how to find it again.
+
+/// Acknowledged messages and replies, by channel.
 #[derive(Default, Debug)]
 struct Acked {
-    /// Event ids of API messages answered 202.
-    inbound: BTreeSet<String>,
-    /// Provider ids of Messenger messages answered 200.
-    messenger_mids: BTreeSet<String>,
-    /// Event ids of Messenger replies answered 202.
-    messenger_replies: BTreeSet<String>,
-    /// Event ids of API-channel replies answered 202.
-    api_replies: BTreeSet<String>,
+    /// `data.message.id` of every inbound message a client or provider was told was taken.
+    inbound: BTreeMap<&'static str, BTreeSet<String>>,
+    /// Event ids of replies answered 202 (live chat: see [`Chat`]).
+    replies: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
-async fn post_api_message(http: &reqwest::Client, url: &str, id: &str) -> Option<String> {
-    let r = http
-        .post(url)
+impl Acked {
+    fn message(&mut self, channel: &'static str, id: impl Into<String>) {
+        self.inbound.entry(channel).or_default().insert(id.into());
+    }
+
+    fn reply(&mut self, channel: &'static str, answer: &Value) {
+        let id = answer["event_id"].as_str().expect("a reply's event id");
+        self.replies
+            .entry(channel)
+            .or_default()
+            .insert(id.to_owned());
+    }
+}
+
+/// Reads `topic` until `missing` finds nothing missing in its records (or panics after
+/// `timeout`, naming what is still missing).
+fn wait_topic(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    mut missing: impl FnMut(&[Value]) -> Vec<String>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records: Vec<Value> = read_log(bootstrap, topic, Duration::from_millis(800))
+            .into_iter()
+            .filter_map(|r| serde_json::from_slice(&r.value?).ok())
+            .collect();
+        let left = missing(&records);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} still lacks {left:?} after {timeout:?} ({} records)",
+            records.len()
+        );
+    }
+}
+
+/// What of `want` (by channel) is not among the keys `key` finds in `records`, as
+/// `channel:id`.
+fn not_among(
+    want: &BTreeMap<&'static str, BTreeSet<String>>,
+    records: &[Value],
+    key: impl Fn(&Value) -> Option<&str>,
+) -> Vec<String> {
+    let have: BTreeSet<&str> = records.iter().filter_map(key).collect();
+    want.iter()
+        .flat_map(|(channel, ids)| ids.iter().map(move |id| (*channel, id)))
+        .filter(|(_, id)| !have.contains(id.as_str()))
+        .map(|(channel, id)| format!("{channel}:{id}"))
+        .collect()
+}
+
+/// The inbound events of the messages `ids` (`data.message.id`), once all are on the topic.
+async fn inbound_events(bootstrap: &str, ids: &[String]) -> BTreeMap<String, Value> {
+    let mut found = BTreeMap::new();
+    tokio::task::block_in_place(|| {
+        wait_topic(
+            bootstrap,
+            "omni.inbound.v1",
+            Duration::from_secs(60),
+            |rs| {
+                for r in rs {
+                    if let Some(id) = r["data"]["message"]["id"].as_str() {
+                        if ids.iter().any(|want| want == id) {
+                            found.insert(id.to_owned(), r.clone());
+                        }
+                    }
+                }
+                ids.iter()
+                    .filter(|id| !found.contains_key(*id))
+                    .cloned()
+                    .collect()
+            },
+        );
+    });
+    found
+}
+
+/// An agent's reply to the conversation of inbound `event`, as the agent API takes it.
+async fn reply_to(daemon: &Daemon, event: &Value, text: &str) -> Value {
+    let (status, answer) = omni_e2e::post_json(
+        &daemon.url("/v1/tenants/demo/replies"),
+        "demo-agent-token",
+        &json!({
+            "conversation_id": event["subject"],
+            "channel": event["data"]["channel"],
+            "recipient": event["data"]["contact"]["id"],
+            "agent_id": "agent-7",
+            "text": text,
+        }),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic, one part per channel.
+
+/// The API channel: messages posted with the tenant's bearer token, and replies to one of
+/// them (no provider: they count once on `omni.outbound.v1`).
+async fn api_message(daemon: &Daemon, id: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .post(daemon.url("/v1/inbound/demo"))
         .bearer_auth("demo-token")
         .json(
             &json!({"contact": {"id": format!("cust-{id}")}, "text": "Đơn hàng của tôi đâu?",
@@ -205,150 +468,272 @@ async fn post_api_message(http: &reqwest::Client, url: &str, id: &str) -> Option
         .send()
         .await
         .ok()?;
-    if r.status() != 202 {
-        return None;
-    }
-    let v: Value = r.json().await.ok()?;
-    Some(v["event_id"].as_str()?.to_owned())
+    (r.status() == 202).then(|| id.to_owned())
 }
 
-async fn post_messenger(http: &reqwest::Client, daemon: &Daemon, mid: &str, psid: &str) -> u16 {
-    let body = format!(
-        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":1700000000000,"messaging":[{{"sender":{{"id":"{psid}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000000,"message":{{"mid":"{mid}","text":"Shop ơi"}}}}]}}]}}"#
-    );
-    http.post(daemon.url("/v1/webhooks/messenger/demo"))
-        .header(
-            "x-hub-signature-256",
-            format!(
-                "sha256={}",
-                hmac_sha256_hex(b"META-SECRET", body.as_bytes())
-            ),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+/// Messenger: customer messages through the signed webhook; three replies in one
+/// conversation: the first hangs at Graph, the other two queue behind it.
+struct Messenger {
+    psid: String,
 }
 
-/// Reads `topic` until `done` holds for its records (or panics after `timeout`).
-fn wait_topic(
-    bootstrap: &str,
-    topic: &str,
-    timeout: Duration,
-    mut done: impl FnMut(&[Value]) -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let records: Vec<Value> = read_log(bootstrap, topic, Duration::from_millis(800))
-            .into_iter()
-            .filter_map(|r| serde_json::from_slice(&r.value?).ok())
-            .collect();
-        if done(&records) {
-            return;
+impl Messenger {
+    async fn messages_in(&self, daemon: &Daemon, run: &str, acked: &mut Acked) -> String {
+        for i in 0..2 {
+            let mid = format!("m_{run}_{i}");
+            let body = messenger_text(PAGE, &self.psid, &mid, "Shop ơi");
+            assert_eq!(
+                post_messenger(daemon, "demo", "META-SECRET", &body).await,
+                200
+            );
+            acked.message("messenger", mid);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} incomplete after {timeout:?}: {} records",
-            records.len()
-        );
+        format!("m_{run}_0")
+    }
+
+    async fn replies_out(daemon: &Daemon, event: &Value, acked: &mut Acked) {
+        for i in 0..3 {
+            let answer = reply_to(daemon, event, &format!("Dạ {i}")).await;
+            acked.reply("messenger", &answer);
+        }
     }
 }
 
-/// Messages in on both channels (waited for on the topic), then replies on both channels, the
-/// Messenger ones in one conversation: the first hangs at the provider, the others queue.
-async fn traffic(daemon: &Daemon, bootstrap: &str, graph: &Graph, run: &str) -> Acked {
-    let http = reqwest::Client::new();
-    let mut acked = Acked::default();
-    let url = daemon.url("/v1/inbound/demo");
-    for i in 0..4 {
-        let id = post_api_message(&http, &url, &format!("{run}-in-{i}"))
+/// E-mail: a customer mail appended to the tenant's mailbox on dovecot (as an MTA delivers
+/// it), read by the daemon's IMAP reader; the reply's SMTP session waits for a greeting.
+async fn mail_in(providers: &Providers, id: &str, acked: &mut Acked) {
+    let raw = format!(
+        "From: Khách <{customer}>\r\nTo: {mailbox}\r\nMessage-ID: <{id}>\r\nSubject: Đơn hàng\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nChào shop, đơn hàng #1024 của tôi đâu rồi?\r\n",
+        customer = providers.customer,
+        mailbox = providers.mailbox,
+    );
+    providers
+        .mail
+        .append(&providers.mailbox, "INBOX", raw.as_bytes())
+        .await;
+    // Stored on the IMAP server: the mail counts as taken, whatever the daemon does now.
+    acked.message("email", id);
+}
+
+/// Zalo OA: a customer text through the signed webhook (the reply hangs at the OpenAPI).
+async fn zalo_in(daemon: &Daemon, run: &str, acked: &mut Acked) -> String {
+    let msg_id = format!("z_{run}");
+    let ts = "1700000000500";
+    let user = format!("25125236254125{}", free_port());
+    let body = zalo_text(
+        ZALO_APP_ID,
+        OA,
+        &user,
+        &msg_id,
+        "Shop ơi, còn hàng không?",
+        ts,
+    );
+    assert_eq!(
+        post_zalo(daemon, "demo", (ZALO_APP_ID, "OA-KEY"), &body, ts).await,
+        200
+    );
+    acked.message("zalo", msg_id.clone());
+    msg_id
+}
+
+/// SMS: a customer text through Twilio's signed webhook (the reply hangs at Twilio).
+async fn sms_in(daemon: &Daemon, run: &str, acked: &mut Acked) -> String {
+    let sid = format!("SM{run}{:0>30}", free_port());
+    let body = form(&[
+        ("MessageSid", &sid),
+        ("AccountSid", TWILIO_SID),
+        ("From", "+84901234567"),
+        ("To", TWILIO_NUMBER),
+        ("Body", "Chào shop, đơn hàng của tôi đâu rồi?"),
+        ("NumMedia", "0"),
+    ]);
+    let path = "/v1/webhooks/sms/twilio/demo";
+    let r = post_twilio(daemon, SMS_PUBLIC, path, "TWILIO-TOKEN", body).await;
+    assert_eq!(r.status(), 200);
+    acked.message("sms", sid.clone());
+    sid
+}
+
+/// Live chat: a visitor's socket, its messages (acknowledged once on Kafka) and the agent's
+/// replies, which the visitor must see on this daemon or, resuming by cursor, on the next.
+struct Chat {
+    visitor: Visitor,
+    /// Client ids of the messages sent.
+    sent: Vec<String>,
+    /// Texts of the agent replies answered 202.
+    replies: Vec<String>,
+}
+
+impl Chat {
+    async fn open(daemon: &Daemon) -> Self {
+        let mut visitor = Visitor::new(new_session(daemon).await);
+        visitor.connect(daemon).await;
+        Self {
+            visitor,
+            sent: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
+
+    /// A message, waited for until acknowledged.
+    async fn message_acked(&mut self, client_id: &str) {
+        self.send(client_id).await;
+        let acked = self
+            .visitor
+            .pump_until(Duration::from_secs(20), |v| {
+                v.acked.iter().any(|c| c == client_id)
+            })
+            .await;
+        assert!(acked, "visitor message {client_id} not acknowledged");
+    }
+
+    /// A message sent, not waited for (Kafka may be away).
+    async fn send(&mut self, client_id: &str) {
+        self.visitor.send(client_id, "Cho mình hỏi đơn hàng").await;
+        self.sent.push(client_id.to_owned());
+    }
+
+    async fn agent_replies(&mut self, daemon: &Daemon, text: &str) {
+        agent_reply(&daemon.url(""), &self.visitor.session, text).await;
+        self.replies.push(text.to_owned());
+    }
+
+    /// Waits for the daemon to close the socket; the close frame's code and how long it took.
+    async fn closed_by_daemon(&mut self) -> (Option<u64>, Duration) {
+        let started = Instant::now();
+        let closed = self
+            .visitor
+            .until_closed(Duration::from_secs(GRACE_SECS + 10))
             .await
-            .expect("api message taken");
-        acked.inbound.insert(id);
+            .expect("the visitor's socket was left hanging");
+        (closed["code"].as_u64(), started.elapsed())
     }
-    let psid = format!("53849371{}", free_port());
-    for i in 0..2 {
-        let mid = format!("m_{run}_{i}");
-        assert_eq!(post_messenger(&http, daemon, &mid, &psid).await, 200);
-        acked.messenger_mids.insert(mid);
-    }
-    // The conversations to answer, as an agent's tool reads them from the inbound topic.
-    let (mut fb, mut api) = (None, None);
-    let want_mid = format!("m_{run}_0");
-    let want_api = format!("{run}-in-0");
-    let bootstrap_owned = bootstrap.to_owned();
-    tokio::task::block_in_place(|| {
-        wait_topic(
-            &bootstrap_owned,
-            "omni.inbound.v1",
-            Duration::from_secs(30),
-            |rs| {
-                fb = rs
-                    .iter()
-                    .find(|r| r["data"]["message"]["id"] == want_mid.as_str())
-                    .cloned();
-                api = rs
-                    .iter()
-                    .find(|r| r["data"]["message"]["id"] == want_api.as_str())
-                    .cloned();
-                fb.is_some() && api.is_some()
-            },
+
+    /// Reconnects to `daemon` from the last cursor (resending what was not acknowledged) and
+    /// waits until every message is acknowledged and every agent reply seen.
+    async fn resume(&mut self, daemon: &Daemon, acked: &mut Acked) {
+        self.visitor.connect(daemon).await;
+        let (sent, replies) = (self.sent.clone(), self.replies.clone());
+        let done = self
+            .visitor
+            .pump_until(Duration::from_secs(60), |v| {
+                let texts = v.texts("agent");
+                sent.iter().all(|c| v.acked.contains(c))
+                    && replies.iter().all(|r| texts.contains(r))
+            })
+            .await;
+        assert!(
+            done,
+            "visitor after resuming: acked {:?} of {sent:?}, agent texts {:?} of {replies:?}",
+            self.visitor.acked,
+            self.visitor.texts("agent")
         );
-    });
-    let reply = |event: &Value, text: &str| {
-        json!({
-            "conversation_id": event["subject"],
-            "channel": event["data"]["channel"],
-            "recipient": event["data"]["contact"]["id"],
-            "agent_id": "agent-7",
-            "text": text,
-        })
-    };
-    let (fb, api) = (fb.unwrap(), api.unwrap());
-    let replies = daemon.url("/v1/tenants/demo/replies");
-    for i in 0..3 {
-        let (status, v) = omni_e2e::post_json(
-            &replies,
-            "demo-agent-token",
-            &reply(&fb, &format!("Dạ {i}")),
-        )
-        .await;
-        assert_eq!(status, 202, "{v}");
-        acked
-            .messenger_replies
-            .insert(v["event_id"].as_str().unwrap().to_owned());
+        for client_id in &self.sent {
+            acked.message(
+                "livechat",
+                format!("{}/{client_id}", self.visitor.session.visitor),
+            );
+        }
     }
-    for i in 0..2 {
-        let (status, v) = omni_e2e::post_json(
-            &replies,
-            "demo-agent-token",
-            &reply(&api, &format!("Vâng {i}")),
-        )
-        .await;
-        assert_eq!(status, 202, "{v}");
-        acked
-            .api_replies
-            .insert(v["event_id"].as_str().unwrap().to_owned());
-    }
-    // A reply is in flight at the provider.
-    graph.wait_for_sends(1, Duration::from_secs(30)).await;
-    acked
 }
 
-/// API messages posted while Kafka is in trouble, left in flight across SIGTERM: whatever is
-/// answered 202 must be published in the end.
-fn in_flight_messages(daemon: &Daemon, run: &str) -> Vec<tokio::task::JoinHandle<Option<String>>> {
-    (0..3)
-        .map(|i| {
-            let url = daemon.url("/v1/inbound/demo");
-            let id = format!("{run}-late-{i}");
-            tokio::spawn(async move { post_api_message(&reqwest::Client::new(), &url, &id).await })
-        })
-        .collect()
+/// Every channel's part of a scenario.
+struct Traffic {
+    run: String,
+    acked: Acked,
+    chat: Chat,
 }
+
+impl Traffic {
+    /// Messages in on every channel (waited for on the inbound topic), then replies on every
+    /// channel, until a reply of each channel with a provider hangs there.
+    async fn start(daemon: &Daemon, bootstrap: &str, providers: &Providers, run: &str) -> Self {
+        let mut acked = Acked::default();
+        let api_id = format!("{run}-in-0");
+        for i in 0..4 {
+            let id = api_message(daemon, &format!("{run}-in-{i}"))
+                .await
+                .expect("api message taken");
+            acked.message("api", id);
+        }
+        let messenger = Messenger {
+            psid: format!("53849371{}", free_port()),
+        };
+        let mid = messenger.messages_in(daemon, run, &mut acked).await;
+        let mail_id = format!("{run}-1@khach.example.test");
+        mail_in(providers, &mail_id, &mut acked).await;
+        let zalo_id = zalo_in(daemon, run, &mut acked).await;
+        let sms_id = sms_in(daemon, run, &mut acked).await;
+        let mut chat = Chat::open(daemon).await;
+        chat.message_acked(&format!("{run}-chat-1")).await;
+
+        // The conversations to answer, as an agent's tool reads them from the inbound topic.
+        let ids = [api_id, mid, mail_id, zalo_id, sms_id];
+        let events = inbound_events(bootstrap, &ids).await;
+        let [api, fb, mail, zalo, sms] = ids.map(|id| events[&id].clone());
+        Messenger::replies_out(daemon, &fb, &mut acked).await;
+        for (channel, event, text) in [
+            ("email", &mail, "Dạ, shop đã gửi hàng hôm nay ạ."),
+            ("zalo", &zalo, "Dạ còn hàng ạ"),
+            ("sms", &sms, "Đơn hàng đã được giao ạ"),
+            ("api", &api, "Vâng 0"),
+            ("api", &api, "Vâng 1"),
+        ] {
+            let answer = reply_to(daemon, event, text).await;
+            acked.reply(channel, &answer);
+        }
+        chat.agent_replies(daemon, &format!("Chào bạn ({run})"))
+            .await;
+        providers.wait_replies_at_providers(daemon).await;
+        Self {
+            run: run.to_owned(),
+            acked,
+            chat,
+        }
+    }
+
+    /// While Kafka is away: API messages posted (left in flight across SIGTERM; the ones
+    /// answered 202 are collected by [`Traffic::collect_late`]), a mail delivered to the
+    /// mailbox and a visitor message sent.
+    async fn while_kafka_is_away(
+        &mut self,
+        daemon: &Daemon,
+        providers: &Providers,
+    ) -> Vec<tokio::task::JoinHandle<Option<String>>> {
+        let late = (0..3)
+            .map(|i| {
+                let url = daemon.url("");
+                let id = format!("{}-late-{i}", self.run);
+                tokio::spawn(async move {
+                    let r = reqwest::Client::new()
+                        .post(format!("{url}/v1/inbound/demo"))
+                        .bearer_auth("demo-token")
+                        .json(&json!({"contact": {"id": format!("cust-{id}")},
+                                      "text": "Còn đó không?", "client_message_id": id}))
+                        .send()
+                        .await
+                        .ok()?;
+                    (r.status() == 202).then_some(id)
+                })
+            })
+            .collect();
+        let mail_id = format!("{}-2@khach.example.test", self.run);
+        mail_in(providers, &mail_id, &mut self.acked).await;
+        self.chat.send(&format!("{}-chat-2", self.run)).await;
+        late
+    }
+
+    async fn collect_late(&mut self, late: Vec<tokio::task::JoinHandle<Option<String>>>) {
+        for task in late {
+            if let Some(id) = task.await.unwrap() {
+                self.acked.message("api", id);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stopping, and what must hold after.
 
 /// Messages in the daemon's producer queue (librdkafka statistics, every second in tests).
 async fn producer_queue(daemon: &Daemon) -> f64 {
@@ -390,15 +775,25 @@ async fn wait_in_flight(daemon: &Daemon, baseline: f64) {
     }
 }
 
-/// SIGTERM, and how long the daemon took to exit.
-async fn terminate(mut daemon: Daemon) -> (Option<ExitStatus>, Duration, Daemon) {
-    tokio::task::spawn_blocking(move || {
+/// SIGTERM while the visitor watches its socket: how long the daemon took to exit, and the
+/// code and time of the visitor's close.
+async fn terminate(
+    mut daemon: Daemon,
+    chat: &mut Chat,
+) -> (
+    Option<ExitStatus>,
+    Duration,
+    Daemon,
+    (Option<u64>, Duration),
+) {
+    let stopping = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let status = daemon.terminate(Duration::from_secs(GRACE_SECS + 30));
         (status, started.elapsed(), daemon)
-    })
-    .await
-    .unwrap()
+    });
+    let closed = chat.closed_by_daemon().await;
+    let (status, took, daemon) = stopping.await.unwrap();
+    (status, took, daemon, closed)
 }
 
 /// The daemon's last log line, parsed.
@@ -408,11 +803,19 @@ fn last_line(daemon: &Daemon) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("last line not JSON ({e}): {line}"))
 }
 
-/// Exited with the cut code within grace + 5 s, the last line counting what was left.
-fn assert_cut_short(status: Option<ExitStatus>, took: Duration, daemon: &Daemon) -> Value {
+/// Exited with the cut code within grace + 5 s, the last line counting what was left; the
+/// visitor's socket was closed by the daemon (1001, going away) in that time too.
+fn assert_cut_short(
+    (status, took, daemon, (close_code, closed_after)): &(
+        Option<ExitStatus>,
+        Duration,
+        Daemon,
+        (Option<u64>, Duration),
+    ),
+) -> Value {
     let status = status.unwrap_or_else(|| panic!("still running; log:\n{}", daemon.log()));
     assert!(
-        took <= Duration::from_secs(GRACE_SECS + 5),
+        *took <= Duration::from_secs(GRACE_SECS + 5),
         "took {took:?} to exit; log:\n{}",
         daemon.log()
     );
@@ -421,6 +824,15 @@ fn assert_cut_short(status: Option<ExitStatus>, took: Duration, daemon: &Daemon)
         Some(CUT_SHORT),
         "exit {status:?}; log:\n{}",
         daemon.log()
+    );
+    assert_eq!(
+        *close_code,
+        Some(1001),
+        "the visitor's socket was not closed as going away"
+    );
+    assert!(
+        *closed_after <= Duration::from_secs(GRACE_SECS + 5),
+        "the visitor's socket closed after {closed_after:?}"
     );
     let last = last_line(daemon);
     assert_eq!(last["exit_code"], CUT_SHORT, "{last}");
@@ -434,73 +846,43 @@ fn assert_cut_short(status: Option<ExitStatus>, took: Duration, daemon: &Daemon)
     assert!(last["records_unflushed"].is_u64(), "{last}");
     assert!(
         last["replies_unfinished"].as_u64().unwrap_or(0) >= 1,
-        "the hanging reply is not counted: {last}"
+        "the hanging replies are not counted: {last}"
     );
+    println!("exited in {took:?}, visitor's socket closed after {closed_after:?}: {last}");
     last
 }
 
 /// Every acknowledged message is on the inbound topic, every reply on the outbound topic, and
-/// every Messenger reply has a delivery event (sent or failed).
+/// every reply of a channel with a provider has its fate on the delivery topic.
 fn assert_accounted(bootstrap: &str, acked: &Acked) {
-    wait_topic(
-        bootstrap,
-        "omni.inbound.v1",
-        Duration::from_secs(60),
-        |rs| {
-            let ids: BTreeSet<&str> = rs.iter().filter_map(|r| r["id"].as_str()).collect();
-            let mids: BTreeSet<&str> = rs
-                .iter()
-                .filter_map(|r| r["data"]["message"]["id"].as_str())
-                .collect();
-            acked.inbound.iter().all(|id| ids.contains(id.as_str()))
-                && acked
-                    .messenger_mids
-                    .iter()
-                    .all(|m| mids.contains(m.as_str()))
-        },
-    );
-    wait_topic(
-        bootstrap,
-        "omni.outbound.v1",
-        Duration::from_secs(30),
-        |rs| {
-            let ids: BTreeSet<&str> = rs.iter().filter_map(|r| r["id"].as_str()).collect();
-            acked
-                .messenger_replies
-                .iter()
-                .chain(&acked.api_replies)
-                .all(|id| ids.contains(id.as_str()))
-        },
-    );
-    wait_topic(
-        bootstrap,
-        "omni.delivery.v1",
-        Duration::from_secs(90),
-        |rs| {
-            let done: BTreeSet<&str> = rs
-                .iter()
-                .filter(|r| matches!(r["data"]["status"].as_str(), Some("sent" | "failed")))
-                .filter_map(|r| r["data"]["outbound_event_id"].as_str())
-                .collect();
-            acked
-                .messenger_replies
-                .iter()
-                .all(|id| done.contains(id.as_str()))
-        },
-    );
-}
-
-async fn collect_late(late: Vec<tokio::task::JoinHandle<Option<String>>>, acked: &mut Acked) {
-    for task in late {
-        if let Some(id) = task.await.unwrap() {
-            acked.inbound.insert(id);
-        }
-    }
+    let timeout = Duration::from_secs(90);
+    wait_topic(bootstrap, "omni.inbound.v1", timeout, |rs| {
+        not_among(&acked.inbound, rs, |r| r["data"]["message"]["id"].as_str())
+    });
+    wait_topic(bootstrap, "omni.outbound.v1", timeout, |rs| {
+        not_among(&acked.replies, rs, |r| r["id"].as_str())
+    });
+    let mut with_provider = acked.replies.clone();
+    with_provider.remove("api");
+    wait_topic(bootstrap, "omni.delivery.v1", timeout, |rs| {
+        not_among(&with_provider, rs, |r| {
+            let fate = r["data"]["status"].as_str()?;
+            ["sent", "failed", "outcome_unknown"]
+                .contains(&fate)
+                .then(|| r["data"]["outbound_event_id"].as_str())?
+        })
+    });
 }
 
 /// A healthy daemon, once the work is done, exits 0 quickly with the clean last line.
-async fn assert_clean_exit(daemon: Daemon) {
-    let (status, took, daemon) = terminate(daemon).await;
+async fn assert_clean_exit(mut daemon: Daemon) {
+    let (status, took, daemon) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let status = daemon.terminate(Duration::from_secs(GRACE_SECS + 30));
+        (status, started.elapsed(), daemon)
+    })
+    .await
+    .unwrap();
     let status = status.unwrap_or_else(|| panic!("still running; log:\n{}", daemon.log()));
     println!("clean exit took {took:?}");
     assert!(status.success(), "exit {status:?}; log:\n{}", daemon.log());
@@ -513,32 +895,40 @@ async fn assert_clean_exit(daemon: Daemon) {
     assert_eq!(last["exit_code"], 0, "{last}");
 }
 
+/// After the restart: the visitor resumes on the new daemon, everything acknowledged is
+/// accounted for, and the new daemon, its work done, exits cleanly.
+async fn assert_taken_over(second: Daemon, bootstrap: &str, mut traffic: Traffic) {
+    traffic.chat.resume(&second, &mut traffic.acked).await;
+    tokio::task::block_in_place(|| assert_accounted(bootstrap, &traffic.acked));
+    assert_clean_exit(second).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_then_sigterm_exits_in_time_and_loses_nothing_acknowledged() {
     let mut broker = Broker::durable();
-    let graph = Graph::start(true).await;
-    let env = env(&graph);
+    let providers = Providers::start().await;
+    let env = providers.env();
     let bootstrap = broker.bootstrap();
-    let daemon = start_daemon(&broker, &bootstrap, &env).await;
-    let mut acked = traffic(&daemon, &bootstrap, &graph, "dead").await;
+    let daemon = start_daemon(&bootstrap, &env).await;
+    Providers::seed_zalo_pair(&bootstrap).await;
+    let mut traffic = Traffic::start(&daemon, &bootstrap, &providers, "dead").await;
 
     let baseline = settled_queue(&daemon).await;
     broker.stop();
-    let late = in_flight_messages(&daemon, "dead");
+    let late = traffic.while_kafka_is_away(&daemon, &providers).await;
     wait_in_flight(&daemon, baseline).await;
-    let (status, took, first) = terminate(daemon).await;
-    let last = assert_cut_short(status, took, &first);
-    println!("broker dead: exited in {took:?}: {last}");
-    collect_late(late, &mut acked).await;
+    let stopped = terminate(daemon, &mut traffic.chat).await;
+    let last = assert_cut_short(&stopped);
+    println!("broker dead: {last}");
+    traffic.collect_late(late).await;
 
     broker.restart();
-    graph.answer();
-    let second = start_daemon(&broker, &bootstrap, &env).await;
-    tokio::task::block_in_place(|| assert_accounted(&bootstrap, &acked));
-    assert_clean_exit(second).await;
+    providers.answer();
+    let second = start_daemon(&bootstrap, &env).await;
+    assert_taken_over(second, &bootstrap, traffic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,51 +936,53 @@ async fn broker_stalled_then_sigterm_exits_in_time_and_loses_nothing_acknowledge
     let proxy_port = free_port();
     let broker = Broker::durable_behind(proxy_port);
     let proxy = StallProxy::start(proxy_port, broker.port).await;
-    let graph = Graph::start(true).await;
-    let env = env(&graph);
+    let providers = Providers::start().await;
+    let env = providers.env();
     let bootstrap = format!("127.0.0.1:{proxy_port}");
-    let daemon = start_daemon(&broker, &bootstrap, &env).await;
-    let mut acked = traffic(&daemon, &bootstrap, &graph, "slow").await;
+    let daemon = start_daemon(&bootstrap, &env).await;
+    Providers::seed_zalo_pair(&bootstrap).await;
+    let mut traffic = Traffic::start(&daemon, &bootstrap, &providers, "slow").await;
 
     let baseline = settled_queue(&daemon).await;
     proxy.stall();
-    let late = in_flight_messages(&daemon, "slow");
+    let late = traffic.while_kafka_is_away(&daemon, &providers).await;
     wait_in_flight(&daemon, baseline).await;
-    let (status, took, first) = terminate(daemon).await;
-    let last = assert_cut_short(status, took, &first);
-    println!("broker stalled: exited in {took:?}: {last}");
-    collect_late(late, &mut acked).await;
+    let stopped = terminate(daemon, &mut traffic.chat).await;
+    let last = assert_cut_short(&stopped);
+    println!("broker stalled: {last}");
+    traffic.collect_late(late).await;
 
     proxy.resume();
-    graph.answer();
-    let second = start_daemon(&broker, &bootstrap, &env).await;
-    tokio::task::block_in_place(|| assert_accounted(&bootstrap, &acked));
-    assert_clean_exit(second).await;
+    providers.answer();
+    let second = start_daemon(&bootstrap, &env).await;
+    assert_taken_over(second, &bootstrap, traffic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_never_answers_does_not_hold_the_exit() {
     let broker = Broker::durable();
-    let graph = Graph::start(true).await;
-    let env = env(&graph);
+    let providers = Providers::start().await;
+    let env = providers.env();
     let bootstrap = broker.bootstrap();
-    let daemon = start_daemon(&broker, &bootstrap, &env).await;
-    let acked = traffic(&daemon, &bootstrap, &graph, "mute").await;
+    let daemon = start_daemon(&bootstrap, &env).await;
+    Providers::seed_zalo_pair(&bootstrap).await;
+    let mut traffic = Traffic::start(&daemon, &bootstrap, &providers, "mute").await;
 
-    let (status, took, first) = terminate(daemon).await;
-    let last = assert_cut_short(status, took, &first);
-    println!("provider mute: exited in {took:?}: {last}");
+    let stopped = terminate(daemon, &mut traffic.chat).await;
+    let last = assert_cut_short(&stopped);
+    println!("provider mute: {last}");
     assert_eq!(
         last["records_unflushed"], 0,
         "the broker was healthy: {last}"
     );
     assert_eq!(
-        last["replies_unfinished"], 3,
-        "one reply at the provider, two queued behind it in its conversation: {last}"
+        last["replies_unfinished"], 6,
+        "at the hanging providers: one Messenger reply (two more queued behind it in its \
+         conversation), one e-mail (SMTP greeting never came), one Zalo, one SMS; API and live \
+         chat replies have no provider: {last}"
     );
 
-    graph.answer();
-    let second = start_daemon(&broker, &bootstrap, &env).await;
-    tokio::task::block_in_place(|| assert_accounted(&bootstrap, &acked));
-    assert_clean_exit(second).await;
+    providers.answer();
+    let second = start_daemon(&bootstrap, &env).await;
+    assert_taken_over(second, &bootstrap, traffic).await;
 }

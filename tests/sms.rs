@@ -10,6 +10,7 @@ use omni_core::{
     ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret, TenantId,
 };
 use omni_e2e::standin::StandIn;
+use omni_e2e::webhooks::{form, post_twilio, twilio_sign};
 use omni_e2e::{read_topic, Broker, Daemon};
 use omni_sms::params::Params;
 use omni_sms::send::SmsSender;
@@ -445,33 +446,6 @@ fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-fn twilio_sign(url: &str, body: &str) -> String {
-    omni_sms::twilio::compute_signature(b"TWILIO-TOKEN", url, &Params::from_form(body.as_bytes()))
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = String::new();
-    for (k, v) in pairs {
-        if !s.is_empty() {
-            s.push('&');
-        }
-        s.push_str(&format!("{}={}", enc(k), enc(v)));
-    }
-    s
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The daemon end to end: a signed Twilio SMS to Kafka, an agent's reply out to the Twilio
 /// stand-in with our StatusCallback, the signed callback back in, and both delivery events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +458,6 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
     let daemon = Daemon::start(&broker, &env_refs(&env)).await;
     let http = reqwest::Client::new();
     let path = "/v1/webhooks/sms/twilio/demo";
-    let url = format!("{public}{path}");
     let body = form(&[
         ("MessageSid", "SMe2e00000000000000000000000000001"),
         ("AccountSid", SID),
@@ -493,14 +466,7 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
         ("Body", "Chào shop, đơn hàng của tôi đâu rồi?"),
         ("NumMedia", "0"),
     ]);
-    let r = http
-        .post(daemon.url(path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", twilio_sign(&url, &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_twilio(&daemon, public, path, "TWILIO-TOKEN", body).await;
     assert_eq!(r.status(), 200, "{}", daemon.log());
     assert_eq!(r.headers()["content-type"], "text/xml");
     assert_eq!(
@@ -563,7 +529,10 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
     let r = http
         .post(daemon.url(callback.strip_prefix(public).unwrap()))
         .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", twilio_sign(&callback, &status_body))
+        .header(
+            "x-twilio-signature",
+            twilio_sign("TWILIO-TOKEN", &callback, &status_body),
+        )
         .body(status_body)
         .send()
         .await

@@ -4,12 +4,12 @@
 //! `omni.inbound.v1`, an agent's reply to the stand-in provider, and the delivery event.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use omni_channel::signature::{hmac_sha256_hex, sha256_hex};
 use omni_channel::{ChannelSender, FailureReason, SendProgress, SendRequest};
 use omni_core::{
     Attachment, ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret, TenantId,
 };
 use omni_e2e::standin::StandIn;
+use omni_e2e::webhooks::{messenger_text, post_messenger, post_zalo, zalo_text};
 use omni_e2e::{metric_value, read_topic, Broker, Daemon};
 use omni_social::messenger::{
     MessengerSendSettings, MessengerSender, MessengerTenant, PageSettings,
@@ -646,39 +646,24 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
             }
         })
         .collect();
-    let fb = format!(
-        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":1700000000000,"messaging":[{{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":1700000000000,"message":{{"mid":"m_e2e","text":"{escaped}"}}}}]}}]}}"#
+    let fb = messenger_text(PAGE, PSID, "m_e2e", &escaped);
+    assert_eq!(
+        post_messenger(&daemon, "demo", "META-SECRET", &fb).await,
+        200
     );
-    let r = http
-        .post(daemon.url("/v1/webhooks/messenger/demo"))
-        .header(
-            "x-hub-signature-256",
-            format!("sha256={}", hmac_sha256_hex(b"META-SECRET", fb.as_bytes())),
-        )
-        .header("content-type", "application/json")
-        .body(fb.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
     let ts = "1700000000500";
-    let zalo_body = format!(
-        r#"{{"app_id":"1183926498471234567","event_name":"user_send_text","timestamp":"{ts}","sender":{{"id":"{ZUSER}"}},"recipient":{{"id":"{OA}"}},"message":{{"msg_id":"z_e2e","text":"{VI}"}}}}"#
+    let zalo_body = zalo_text("1183926498471234567", OA, ZUSER, "z_e2e", VI, ts);
+    assert_eq!(
+        post_zalo(
+            &daemon,
+            "demo",
+            ("1183926498471234567", "OA-KEY"),
+            &zalo_body,
+            ts
+        )
+        .await,
+        200
     );
-    let mac = sha256_hex(&[
-        b"1183926498471234567",
-        zalo_body.as_bytes(),
-        ts.as_bytes(),
-        b"OA-KEY",
-    ]);
-    let r = http
-        .post(daemon.url("/v1/webhooks/zalo/demo"))
-        .header("x-zevent-signature", format!("mac={mac}"))
-        .body(zalo_body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
     let inbound = read_topic(
         &broker.bootstrap(),
         "omni.inbound.v1",

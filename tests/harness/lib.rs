@@ -6,6 +6,7 @@
 //! - [`read_topic`]: reads a topic back with an independent rdkafka consumer.
 //! - [`browser::Chromium`]: Debian's headless chromium driven over the DevTools protocol.
 //! - [`standin::StandIn`]: a local HTTP server standing in for a provider's API.
+//! - [`webhooks`]: the providers' webhooks (Messenger, Zalo, Twilio), signed as they sign.
 //!
 //! Every process is stopped when its handle drops; logs go to the handle's temp dir and are
 //! printed when a wait fails, so a red test says why.
@@ -22,6 +23,7 @@ pub mod mail;
 pub mod oauth;
 pub mod outbound;
 pub mod standin;
+pub mod webhooks;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;

@@ -1,6 +1,6 @@
 //! A local HTTP server standing in for a provider's API (Graph, Zalo, Twilio…): it records
 //! every request exactly as received and answers from a script, so a test can assert the
-//! exact path, headers and body we send and make the provider succeed or fail on cue.
+//! exact path, headers and body we send and make the provider succeed, fail or hang on cue.
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -99,6 +99,8 @@ struct Script {
 pub struct StandIn {
     pub url: String,
     script: Arc<Mutex<Script>>,
+    /// While true, requests are recorded and then held unanswered (a provider that hangs).
+    held: tokio::sync::watch::Sender<bool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -109,10 +111,16 @@ impl StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let s = script.clone();
+        let (held, watch) = tokio::sync::watch::channel(false);
         let app = axum::Router::new().fallback(
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let s = s.clone();
-                async move { respond(&s, method, uri, headers, body) }
+                let (s, mut watch) = (s.clone(), watch.clone());
+                async move {
+                    let answer = respond(&s, method, uri, headers, body);
+                    // Recorded already: a test sees the request arrive while it hangs.
+                    let _ = watch.wait_for(|held| !*held).await;
+                    answer
+                }
             },
         );
         let server = tokio::spawn(async move {
@@ -121,8 +129,20 @@ impl StandIn {
         Self {
             url,
             script,
+            held,
             _server: server,
         }
+    }
+
+    /// From now on every request is recorded and then left unanswered, as a provider that
+    /// hangs does, until [`StandIn::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Answers the held requests (from their script) and every request from now on.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     /// Answers the next request to `path` with `status` and a JSON `body` (queued in order).

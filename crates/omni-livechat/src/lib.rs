@@ -60,6 +60,9 @@ pub struct Livechat {
     pub metrics: LivechatMetrics,
     /// This replica's id and the other replicas' per-IP socket counts.
     pub presence: presence::Presence,
+    /// Turns true once when the daemon shuts down: every socket closes with 1001 at once, so
+    /// widgets reconnect (to another replica) instead of waiting on a socket that is going.
+    closing: tokio::sync::watch::Sender<bool>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -126,7 +129,24 @@ impl Livechat {
             bus,
             metrics,
             presence,
+            closing: tokio::sync::watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Closes every visitor socket, open or opening, with 1001 (going away), without waiting:
+    /// called once at shutdown. A message a socket was publishing is left unacknowledged, so
+    /// the widget resends it (same client id) after it reconnected.
+    pub fn close_sockets(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Livechat::close_sockets`] was called (at once if it was already).
+    pub(crate) fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // The sender lives as long as `self`; an error means it is gone: close as well.
+            let _ = closing.wait_for(|c| *c).await;
         }
     }
 

@@ -6,8 +6,9 @@
 //!
 //! Refusals before the upgrade are plain HTTP (`403` wrong origin, `401` bad token, `429` too
 //! many sockets from one IP, counted over every replica); after it, every problem with a frame is an `error` frame and the
-//! socket stays open, except an oversized frame (closed with 1009) and a lagging socket
-//! (closed with 1013; the widget resumes by cursor).
+//! socket stays open, except an oversized frame (closed with 1009), a lagging socket
+//! (closed with 1013; the widget resumes by cursor) and every socket when the daemon shuts
+//! down (closed with 1001 at once; the widget reconnects, to another replica, and resumes).
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -527,9 +528,15 @@ async fn socket_loop(
     let idle = chat.settings.idle_timeout;
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
+    let closing = chat.closing();
+    tokio::pin!(closing);
     loop {
         tokio::select! {
             biased;
+            () = &mut closing => {
+                conn.close(1001, "going away").await;
+                return;
+            }
             () = subscriber.notified() => {
                 for item in subscriber.drain() {
                     let ok = match item {
@@ -575,9 +582,20 @@ async fn socket_loop(
                 };
                 sleep.as_mut().reset(tokio::time::Instant::now() + idle);
                 // Boxed: frame handling (publishing to Kafka) is a large future that an idle
-                // socket should not carry.
-                if !Box::pin(handle_frame(chat, conn, visitor, text.as_str())).await {
-                    return;
+                // socket should not carry. A shutdown does not wait for it (Kafka may be
+                // away): the message stays unacknowledged and the widget resends it.
+                let handled = tokio::select! {
+                    biased;
+                    () = &mut closing => None,
+                    alive = Box::pin(handle_frame(chat, conn, visitor, text.as_str())) => Some(alive),
+                };
+                match handled {
+                    Some(true) => {}
+                    Some(false) => return,
+                    None => {
+                        conn.close(1001, "going away").await;
+                        return;
+                    }
                 }
             }
             () = &mut sleep => {

@@ -315,6 +315,11 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     // No reload while shutting down.
     let _ = reload_stop_tx.send(true);
     let _ = stop_tx.send(());
+    // Upgraded sockets are not part of the HTTP drain: close them now (1001), so widgets
+    // reconnect elsewhere at once rather than when the process is gone.
+    if let Some(chat) = &livechat {
+        chat.close_sockets();
+    }
     if tokio::time::timeout_at(deadline, reload_task)
         .await
         .is_err()
