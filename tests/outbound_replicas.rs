@@ -260,9 +260,11 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
                 ("failed", "outcome_unknown"),
                 "a part accepted whose answer was lost is reported, not resent: {id}"
             );
-            assert_eq!(
-                sent_parts, 1,
-                "nothing after the part of unknown fate: {id}"
+            // 0 when its replica was killed after recording the part as at the provider and
+            // before the stand-in read the request.
+            assert!(
+                sent_parts <= 1,
+                "nothing after the part of unknown fate: {id}: {sent_parts} parts"
             );
         } else if status == "sent" {
             assert_eq!(sent_parts, 3, "every part of a sent reply arrived: {id}");
