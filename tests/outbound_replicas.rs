@@ -294,6 +294,15 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
     println!(
         "outbound group rejoins for partitions without a live owner (live replicas): {rejoins}"
     );
+    // tansu skips the rest of a batch fetched from inside it (tests/tansu/): how often a
+    // replica had to rewind to its committed offset in this run.
+    let rewinds: usize = daemons
+        .iter()
+        .map(Daemon::log)
+        .chain(killed_logs.iter().cloned())
+        .map(|log| log.matches("rewinding\"").count())
+        .sum();
+    println!("partitions rewound to their committed offset (all replicas): {rewinds}");
     let sent = fates.values().filter(|f| f[0].0 == "sent").count();
     let unknown = fates.len() - sent;
     println!(
