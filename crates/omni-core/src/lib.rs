@@ -19,6 +19,7 @@
 
 pub mod envelope;
 pub mod ids;
+pub mod json;
 pub mod message;
 pub mod outbound;
 pub mod secret;
@@ -26,6 +27,7 @@ pub mod topics;
 
 pub use envelope::{CloudEvent, EventType};
 pub use ids::{ConversationId, EventId, IdError, TenantId};
+pub use json::{to_json, EncodeError};
 pub use message::{
     Attachment, ChannelKind, ChannelRef, ChannelSignal, Contact, Direction, Message,
     MessageReceived, SignalKind,

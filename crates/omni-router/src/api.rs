@@ -22,7 +22,7 @@ use omni_core::{
     EventId, EventType, OutboundMessage, Secret, SignalKind, TenantId, Topics,
 };
 use omni_routing::{Command, Timestamp};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -466,13 +466,25 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// Publishes an agent API event, answering 202 with its id once Kafka has it.
 async fn publish(
     state: &ApiState,
     topic: &str,
     tenant: &TenantId,
     id: EventId,
-    payload: Vec<u8>,
+    event: &impl Serialize,
 ) -> Response {
+    let payload = match omni_core::to_json("agent API event", event) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(tenant = %tenant, error = %e, "agent API event not published");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the event could not be encoded",
+            );
+        }
+    };
     match state
         .producer
         .send(topic, tenant.as_str().as_bytes(), &payload)
@@ -539,8 +551,7 @@ async fn reply(
             reply_to: req.reply_to,
         },
     );
-    let payload = serde_json::to_vec(&event).unwrap_or_default();
-    publish(&state, &state.topics.outbound, &tenant, id, payload).await
+    publish(&state, &state.topics.outbound, &tenant, id, &event).await
 }
 
 /// Body of `POST /v1/tenants/{tenant}/typing`.
@@ -602,8 +613,7 @@ async fn typing(
         now,
         signal,
     );
-    let payload = serde_json::to_vec(&event).unwrap_or_default();
-    publish(&state, &state.topics.outbound, &tenant, id, payload).await
+    publish(&state, &state.topics.outbound, &tenant, id, &event).await
 }
 
 async fn command(
@@ -637,6 +647,5 @@ async fn command(
         subject,
         cmd,
     );
-    let payload = serde_json::to_vec(&env).unwrap_or_default();
-    publish(&state, &state.topics.commands, &tenant, id, payload).await
+    publish(&state, &state.topics.commands, &tenant, id, &env).await
 }

@@ -70,6 +70,9 @@ pub enum RouterError {
     /// A routing config is invalid.
     #[error(transparent)]
     Config(#[from] omni_routing::ConfigError),
+    /// A record could not be encoded (a programming error: nothing is written in its place).
+    #[error(transparent)]
+    Encode(#[from] omni_core::EncodeError),
 }
 
 /// One tenant's engine on this instance.

@@ -25,7 +25,7 @@ impl Router {
             url,
             at: wall_clock_ms(),
         };
-        let claim_bytes = serde_json::to_vec(&claim).unwrap_or_default();
+        let claim_bytes = omni_core::to_json("owner claim", &claim)?;
         let claim_key = claim.state_key();
         let epoch_text = epoch.to_string();
         let headers = [

@@ -76,7 +76,14 @@ impl Router {
                     None,
                     serde_json::json!({}),
                 );
-                let payload = serde_json::to_vec(&env).unwrap_or_default();
+                let payload = match omni_core::to_json("router tick", &env) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(tenant = %tenant, error = %e, "cannot encode router tick");
+                        self.lock().pending_ticks.remove(&tenant);
+                        continue;
+                    }
+                };
                 if let Err(e) = self
                     .producer
                     .send(
@@ -112,15 +119,22 @@ impl Router {
         if claims.is_empty() {
             return;
         }
-        let values: Vec<(String, Vec<u8>)> = claims
+        let values: Vec<(String, Vec<u8>)> = match claims
             .iter()
             .map(|c| {
-                (
+                Ok((
                     ownership::registry_key(c.partition),
-                    serde_json::to_vec(c).unwrap_or_default(),
-                )
+                    omni_core::to_json("owner claim", c)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_, omni_core::EncodeError>>()
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode owner claims: not renewed");
+                return;
+            }
+        };
         let records: Vec<OutRecord<'_>> = values
             .iter()
             .map(|(key, value)| OutRecord {

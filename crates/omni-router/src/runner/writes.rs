@@ -6,7 +6,7 @@ use super::*;
 #[derive(Default)]
 pub(super) struct Writes {
     /// Latest value per state key (several inputs may change one entity), in key order.
-    pub(super) state: BTreeMap<(i32, String), Option<Vec<u8>>>,
+    pub(super) state: BTreeMap<(i32, String), Option<omni_routing::StateEntry>>,
     /// The owner epoch to stamp on each partition's state records.
     pub(super) epochs: BTreeMap<i32, u64>,
     pub(super) progress: BTreeMap<(String, i32), Progress>,
@@ -26,12 +26,8 @@ impl Writes {
     ) {
         self.epochs.entry(partition).or_insert(epoch);
         for c in changes {
-            let value = c
-                .entry
-                .as_ref()
-                .map(|e| serde_json::to_vec(e).unwrap_or_default());
             self.state
-                .insert((partition, format!("{}/{}", tenant, c.key)), value);
+                .insert((partition, format!("{}/{}", tenant, c.key)), c.entry);
         }
     }
 
@@ -101,33 +97,34 @@ impl Router {
             .collect();
         let headers_of =
             |p: &i32| -> &[(&str, &[u8])] { epoch_headers.get(p).map_or(&[], |h| h.as_slice()) };
+        let state_values: Vec<Option<Vec<u8>>> = writes
+            .state
+            .values()
+            .map(|entry| {
+                entry
+                    .as_ref()
+                    .map(|e| omni_core::to_json("router state entry", e))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
         let progress_values: Vec<(i32, String, Vec<u8>)> = writes
             .progress
             .iter()
             .map(|((topic, p), prog)| {
-                (
+                Ok((
                     *p,
                     format!("~progress/{topic}"),
-                    serde_json::to_vec(prog).unwrap_or_default(),
-                )
+                    omni_core::to_json("router progress", prog)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_, omni_core::EncodeError>>()?;
         let event_values: Vec<(Vec<u8>, Vec<u8>)> = writes
             .events
             .iter()
-            .map(|(t, e)| {
-                (
-                    t.as_str().as_bytes().to_vec(),
-                    serde_json::to_vec(e).unwrap_or_default(),
-                )
-            })
-            .chain(
-                writes
-                    .replayed
-                    .iter()
-                    .map(|(k, e)| (k.clone(), serde_json::to_vec(e).unwrap_or_default())),
-            )
-            .collect();
+            .map(|(t, e)| (t.as_str().as_bytes().to_vec(), e))
+            .chain(writes.replayed.iter().map(|(k, e)| (k.clone(), e)))
+            .map(|(k, e)| Ok((k, omni_core::to_json("routing event", e)?)))
+            .collect::<Result<_, omni_core::EncodeError>>()?;
         let forward_headers: Vec<Vec<(&str, &[u8])>> = writes
             .forwards
             .iter()
@@ -141,7 +138,8 @@ impl Router {
         let records: Vec<OutRecord<'_>> =
             writes
                 .state
-                .iter()
+                .keys()
+                .zip(&state_values)
                 .map(|((p, key), value)| OutRecord {
                     topic: state_topic,
                     partition: Some(*p),
