@@ -83,22 +83,6 @@ pub enum EsmsError {
     },
 }
 
-impl EsmsError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::NotVietnamese => "not_vietnamese",
-            Self::EmptyContent => "empty_content",
-            Self::MissingBrandname => "missing_brandname",
-            Self::MissingRequestId => "missing_request_id",
-            Self::InvalidJson(_) => "invalid_json",
-            Self::Rejected { .. } => "rejected",
-            Self::MissingField { .. } => "missing_field",
-            Self::UnknownStatus { .. } => "unknown_status",
-        }
-    }
-}
-
 /// An eSMS account's API credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

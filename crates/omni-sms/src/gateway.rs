@@ -27,6 +27,7 @@
 use base64::Engine as _;
 use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use omni_channel::signature::secrets_match;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -92,34 +93,6 @@ pub enum GatewayError {
         /// The value received (shortened).
         value: String,
     },
-}
-
-impl GatewayError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidMapping { .. } => "invalid_mapping",
-            Self::EmptySecret => "empty_secret",
-            Self::MissingSignature { .. } => "missing_signature",
-            Self::MalformedSignature { .. } => "malformed_signature",
-            Self::SignatureMismatch => "signature_mismatch",
-            Self::InvalidJson(_) => "invalid_json",
-            Self::MissingField { .. } => "missing_field",
-            Self::WrongType { .. } => "wrong_type",
-            Self::InvalidTimestamp { .. } => "invalid_timestamp",
-        }
-    }
-
-    /// True for the errors that mean "not from the gateway" (answer 403) rather than
-    /// "malformed" (answer 400). An empty secret is a configuration error, not the caller's.
-    pub fn is_authentication(&self) -> bool {
-        matches!(
-            self,
-            Self::MissingSignature { .. }
-                | Self::MalformedSignature { .. }
-                | Self::SignatureMismatch
-        )
-    }
 }
 
 /// How the gateway encodes its body.
@@ -359,7 +332,7 @@ impl Gateway {
         }
         .ok_or_else(malformed)?;
         let expected = crypto::hmac_sha256(secret, &[body]);
-        if crypto::ct_eq(&presented, &expected) {
+        if secrets_match(&presented, &expected) {
             Ok(Verification::Signed)
         } else {
             Err(GatewayError::SignatureMismatch)

@@ -41,7 +41,8 @@
 //!    Vonage parts ([`vonage::VonageInbound::to_part`]) to a [`concat::Reassembler`].
 //!
 //! Every parser returns an error rather than panicking, whatever the input; error enums are
-//! per module, with messages in lowercase and an `error_type()` label for metrics.
+//! per module, with messages in lowercase, and the webhook adapters turn them into
+//! [`omni_channel::IngressError`]s (the status code and the ingress metrics' reason).
 
 pub mod callback;
 pub mod concat;

@@ -14,6 +14,7 @@
 //! [`verify_request`].
 
 use base64::Engine as _;
+use omni_channel::signature::secrets_match;
 use thiserror::Error;
 
 use crate::crypto;
@@ -60,29 +61,6 @@ pub enum TwilioError {
     },
 }
 
-impl TwilioError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::MissingSignature => "missing_signature",
-            Self::SignatureMismatch => "signature_mismatch",
-            Self::BodyHashMismatch => "body_hash_mismatch",
-            Self::MissingField { .. } => "missing_field",
-            Self::InvalidField { .. } => "invalid_field",
-            Self::UnknownStatus { .. } => "unknown_status",
-        }
-    }
-
-    /// True for the errors that mean "not from Twilio" (answer 403) rather than "malformed"
-    /// (answer 400).
-    pub fn is_authentication(&self) -> bool {
-        matches!(
-            self,
-            Self::MissingSignature | Self::SignatureMismatch | Self::BodyHashMismatch
-        )
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Signatures
 // ---------------------------------------------------------------------------------------------
@@ -114,7 +92,7 @@ pub fn verify_signature(
     let matched = url_variants(url)
         .iter()
         .map(|candidate| {
-            crypto::ct_eq(
+            secrets_match(
                 presented,
                 compute_signature(auth_token, candidate, params).as_bytes(),
             )
@@ -143,7 +121,7 @@ pub fn verify_request(
         Some(expected_hash) => {
             verify_signature(auth_token, url, &Params::new(), signature)?;
             let matches = hex::decode(expected_hash.trim())
-                .is_ok_and(|expected| crypto::ct_eq(&expected, &crypto::sha256(body)));
+                .is_ok_and(|expected| secrets_match(&expected, &crypto::sha256(body)));
             if matches {
                 Ok(())
             } else {

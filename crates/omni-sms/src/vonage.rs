@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use omni_channel::signature::secrets_match;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -65,29 +66,6 @@ pub enum VonageError {
         /// The status received (shortened).
         status: String,
     },
-}
-
-impl VonageError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::MissingSignature => "missing_signature",
-            Self::SignatureMismatch => "signature_mismatch",
-            Self::StaleTimestamp { .. } => "stale_timestamp",
-            Self::MissingField { .. } => "missing_field",
-            Self::InvalidField { .. } => "invalid_field",
-            Self::UnknownStatus { .. } => "unknown_status",
-        }
-    }
-
-    /// True for the errors that mean "not from Vonage, or replayed" (answer 403) rather than
-    /// "malformed" (answer 400).
-    pub fn is_authentication(&self) -> bool {
-        matches!(
-            self,
-            Self::MissingSignature | Self::SignatureMismatch | Self::StaleTimestamp { .. }
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,7 +155,7 @@ pub fn verify_signature(
         .filter(|s| !s.is_empty())
         .ok_or(VonageError::MissingSignature)?;
     let expected = raw_signature(settings.method, secret, params);
-    let matches = hex::decode(presented).is_ok_and(|sig| crypto::ct_eq(&sig, &expected));
+    let matches = hex::decode(presented).is_ok_and(|sig| secrets_match(&sig, &expected));
     if !matches {
         return Err(VonageError::SignatureMismatch);
     }
