@@ -12,7 +12,7 @@
 //! - [`settings`]: a tenant's providers, numbers and public URL, as validated config.
 //! - [`webhook`]: the adapters of every SMS endpoint (inbound messages to `omni.inbound.v1`,
 //!   status callbacks to `omni.delivery.v1`).
-//! - [`multipart`]: Vonage inbound with parts stored on a compacted topic before they are
+//! - [`concat_store`]: Vonage inbound with parts stored on a compacted topic before they are
 //!   acknowledged, and reassembled before they are published.
 //! - [`callback`]: how a status callback finds its outbound event (references sent out with
 //!   the message and read back).
@@ -27,7 +27,7 @@
 //! - [`twilio`]: `X-Twilio-Signature`, inbound messages and status callbacks.
 //! - [`vonage`]: signed webhooks (md5hash and HMAC modes, replay window), inbound messages
 //!   and delivery receipts.
-//! - [`concat`](mod@concat): a bounded reassembler for multipart SMS, with expiry.
+//! - [`reassembly`]: a bounded reassembler for multipart SMS, with expiry.
 //! - [`gateway`]: a config-driven inbound mapping (form or JSON, HMAC-SHA256 header) for any
 //!   other gateway.
 //! - [`esms`]: eSMS.vn send body, reply and delivery callback.
@@ -38,21 +38,21 @@
 //! 2. Parse: [`twilio::parse_inbound`], [`vonage::VonageInbound::from_params`],
 //!    [`gateway::Gateway::extract`]; status callbacks give a [`StatusReport`].
 //! 3. Normalize addresses with [`phone::Address::parse`] for contact ids, and feed multipart
-//!    Vonage parts ([`vonage::VonageInbound::to_part`]) to a [`concat::Reassembler`].
+//!    Vonage parts ([`vonage::VonageInbound::to_part`]) to a [`reassembly::Reassembler`].
 //!
 //! Every parser returns an error rather than panicking, whatever the input; error enums are
 //! per module, with messages in lowercase, and the webhook adapters turn them into
 //! [`omni_channel::IngressError`]s (the status code and the ingress metrics' reason).
 
 pub mod callback;
-pub mod concat;
+pub mod concat_store;
 mod crypto;
 pub mod encoding;
 pub mod esms;
 pub mod gateway;
-pub mod multipart;
 pub mod params;
 pub mod phone;
+pub mod reassembly;
 pub mod send;
 pub mod settings;
 pub mod status;
@@ -62,6 +62,11 @@ pub mod webhook;
 
 #[cfg(test)]
 mod tests;
+
+/// The durable Vonage multipart handler under the path the daemon wires it by.
+pub use concat_store as multipart;
+/// The reassembler under the path the daemon's settings name it by.
+pub use reassembly as concat;
 
 pub use encoding::{layout, SmsEncoding, SmsLayout};
 pub use params::Params;

@@ -20,10 +20,10 @@ use omni_core::{
 use prometheus::Registry;
 
 use crate::callback::CallbackRef;
-use crate::concat::ReassemblerConfig;
+use crate::concat_store::{ConcatMetrics, ConcatStore};
 use crate::gateway::GatewayMapping;
-use crate::multipart::{ConcatMetrics, ConcatStore};
 use crate::params::Params;
+use crate::reassembly::ReassemblerConfig;
 use crate::settings::{EsmsAccount, GatewayAccount, SmsTenant, TwilioAccount, VonageAccount};
 use crate::vonage::{SignatureMethod, SignatureSettings};
 use crate::webhook::{tenants, Endpoint, SmsTenants, SmsWebhook, EMPTY_TWIML};

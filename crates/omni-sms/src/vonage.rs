@@ -21,9 +21,9 @@ use omni_channel::signature::secrets_match;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::concat::{ConcatKey, Part};
 use crate::crypto;
 use crate::params::{clip, Params};
+use crate::reassembly::{ConcatKey, Part};
 use crate::status::{DeliveryState, StatusReport};
 
 /// `message-timestamp` format, always UTC.
@@ -268,7 +268,7 @@ impl VonageInbound {
         })
     }
 
-    /// This message as a part for [`crate::concat::Reassembler`], when it is one; keyed by
+    /// This message as a part for [`crate::reassembly::Reassembler`], when it is one; keyed by
     /// (msisdn, to, concat-ref).
     pub fn to_part(&self) -> Option<Part> {
         let concat = self.concat.as_ref()?;

@@ -1,7 +1,7 @@
 //! The SMS webhook adapters `omni_channel::Ingress` drives: inbound messages (Twilio, Vonage
 //! single-part, generic gateways) to `omni.inbound.v1`, and status callbacks (Twilio
 //! `StatusCallback`, Vonage delivery receipts, eSMS `CallbackUrl`) to `omni.delivery.v1`.
-//! Multipart Vonage messages go through [`crate::multipart`] instead, which reuses the checks
+//! Multipart Vonage messages go through [`crate::concat_store`] instead, which reuses the checks
 //! here.
 //!
 //! Every endpoint is one [`SmsWebhook`] over the same tenants, told apart by [`Endpoint`]:
@@ -60,7 +60,7 @@ pub enum Endpoint {
     TwilioMessage,
     /// Twilio `StatusCallback`.
     TwilioStatus,
-    /// Vonage inbound SMS (single part; multipart goes through [`crate::multipart`]).
+    /// Vonage inbound SMS (single part; multipart goes through [`crate::concat_store`]).
     VonageMessage,
     /// Vonage delivery receipt.
     VonageDlr,

@@ -38,7 +38,7 @@ use omni_core::{
 use prometheus::{IntCounter, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::concat::{ConcatKey, Offer, Part, Reassembler, ReassemblerConfig};
+use crate::reassembly::{ConcatKey, Offer, Part, Reassembler, ReassemblerConfig};
 use crate::vonage::VonageInbound;
 use crate::webhook::{
     address, request_params, verify_vonage, vonage_error, Endpoint, SmsTenants, SmsWebhook,
