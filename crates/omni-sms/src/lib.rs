@@ -12,7 +12,7 @@
 //! - [`settings`]: a tenant's providers, numbers and public URL, as validated config.
 //! - [`webhook`]: the adapters of every SMS endpoint (inbound messages to `omni.inbound.v1`,
 //!   status callbacks to `omni.delivery.v1`).
-//! - [`concat_store`]: Vonage inbound with parts stored on a compacted topic before they are
+//! - [`vonage::concat_store`]: Vonage inbound with parts stored on a compacted topic before they are
 //!   acknowledged, and reassembled before they are published.
 //! - [`callback`]: how a status callback finds its outbound event (references sent out with
 //!   the message and read back).
@@ -45,11 +45,11 @@
 //! [`omni_channel::IngressError`]s (the status code and the ingress metrics' reason).
 
 pub mod callback;
-pub mod concat_store;
 mod crypto;
 pub mod encoding;
 pub mod esms;
 pub mod gateway;
+mod inbound;
 pub mod params;
 pub mod phone;
 pub mod reassembly;
@@ -61,12 +61,12 @@ pub mod vonage;
 pub mod webhook;
 
 #[cfg(test)]
-mod tests;
+mod testing;
 
-/// The durable Vonage multipart handler under the path the daemon wires it by.
-pub use concat_store as multipart;
 /// The reassembler under the path the daemon's settings name it by.
 pub use reassembly as concat;
+/// The durable Vonage multipart handler under the path the daemon wires it by.
+pub use vonage::concat_store as multipart;
 
 pub use encoding::{layout, SmsEncoding, SmsLayout};
 pub use params::Params;

@@ -26,14 +26,24 @@
 //!
 //! - `body`: the send request body and the reply to it.
 //! - `parse`: the delivery callback.
+//! - `webhook`: the callback endpoint [`crate::webhook::SmsWebhook`] serves.
+//! - `send`: the API call, when its outcome may be repeated, and `CodeResult`s sorted into
+//!   reasons.
 
 mod body;
 mod parse;
+mod send;
+pub(crate) mod webhook;
+
+#[cfg(test)]
+mod tests;
 
 pub use body::{
     build_send_body, parse_send_reply, SendAccepted, SendBody, SendRequest, ACCEPTED_CODE, SEND_URL,
 };
 pub use parse::parse_delivery_callback;
+pub use send::classify_esms;
+pub(crate) use send::{classify_outcome, send_message};
 
 use omni_core::Secret;
 use serde::Deserialize;

@@ -27,10 +27,12 @@
 //! - `mapping`: the mapping as written in config, and its validation.
 //! - `verify`: the signature header check.
 //! - `parse`: reading the message out of a body.
+//! - `webhook`: the endpoint [`crate::webhook::SmsWebhook`] serves for every gateway.
 
 mod mapping;
 mod parse;
 mod verify;
+pub(crate) mod webhook;
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,16 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use base64::Engine as _;
 use chrono::DateTime;
+use omni_channel::signature::hmac_sha256_hex;
+use omni_core::{CloudEvent, MessageReceived};
 use proptest::prelude::*;
 
 use super::*;
 use crate::crypto;
+use crate::testing::*;
+use crate::webhook::Endpoint;
 
 const JSON_MAPPING: &str = r#"{
     "format": "json",
@@ -232,4 +239,87 @@ proptest! {
         let _ = json.verify(b"k", header.as_deref(), &body);
         let _ = form.verify(b"k", header.as_deref(), &body);
     }
+}
+
+#[tokio::test]
+async fn gateways_map_json_and_form_bodies_with_an_hmac_header() {
+    let f = fixture(None);
+    let json =
+        format!(r#"{{"data":{{"from":"0901234567","to":8085,"text":"{VI}","id":123456789}}}}"#);
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert(
+        "x-signature",
+        HeaderValue::from_str(&format!(
+            "sha256={}",
+            hmac_sha256_hex(b"gw-secret", json.as_bytes())
+        ))
+        .unwrap(),
+    );
+    let (s, _, answer) = f
+        .send(
+            Endpoint::Gateway,
+            Method::POST,
+            "/v1/webhooks/sms/gateway/acme/vngw",
+            h.clone(),
+            json.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{answer}");
+    let (s, _, _) = f
+        .send(
+            Endpoint::Gateway,
+            Method::POST,
+            "/v1/webhooks/sms/gateway/acme/vngw",
+            h,
+            json.replace("123456789", "1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let body = form(&[
+        ("sender", "+84912345678"),
+        ("receiver", "8085"),
+        ("content", "Alo"),
+        ("msgid", "g-2"),
+    ]);
+    let mac = crate::crypto::hmac_sha256(b"gw-secret", &[body.as_bytes()]);
+    let mut h = form_headers(None);
+    h.insert(
+        "x-hub-sig",
+        HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(mac)).unwrap(),
+    );
+    let (s, _, answer) = f
+        .send(
+            Endpoint::Gateway,
+            Method::POST,
+            "/v1/webhooks/sms/gateway/acme/formgw",
+            h.clone(),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{answer}");
+    let (s, _, _) = f
+        .send(
+            Endpoint::Gateway,
+            Method::POST,
+            "/v1/webhooks/sms/gateway/acme/nogw",
+            h,
+            body,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let events: Vec<CloudEvent<MessageReceived>> = f
+        .on("omni.inbound.v1")
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].data.contact.id, "+84901234567");
+    assert_eq!(
+        events[0].data.channel.account, "8085",
+        "short codes stay as they are"
+    );
+    assert_eq!(events[0].data.message.text, VI);
+    assert_eq!(events[0].data.message.id, "123456789");
+    assert_eq!(events[1].data.contact.id, "+84912345678");
 }

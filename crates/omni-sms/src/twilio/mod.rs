@@ -4,12 +4,22 @@
 //! - `signature`: `X-Twilio-Signature` over the public URL and the form (or `bodySHA256` for
 //!   JSON bodies), with the default-port variants Twilio is inconsistent about.
 //! - `parse`: the inbound message form and the status callback form, typed.
+//! - `webhook`: the message and status endpoints [`crate::webhook::SmsWebhook`] serves.
+//! - `send`: replies through the Messages API, and Twilio's error codes sorted into reasons.
 
 mod parse;
+mod send;
 mod signature;
+pub(crate) mod webhook;
+
+#[cfg(test)]
+mod tests;
 
 pub use parse::{parse_inbound, parse_status, status_from_params, TwilioInbound, TwilioMedia};
+pub use send::classify_twilio;
+pub(crate) use send::send_message;
 pub use signature::{compute_signature, verify_request, verify_signature, SIGNATURE_HEADER};
+pub use webhook::{public_url, twiml, EMPTY_TWIML};
 
 use omni_core::Secret;
 use thiserror::Error;

@@ -8,11 +8,23 @@
 //!
 //! - `signature`: the `sig` check (md5hash and the HMAC modes) with its replay window.
 //! - `parse`: inbound messages (parts of multipart ones included) and delivery receipts.
+//! - `webhook`: the message and receipt endpoints [`crate::webhook::SmsWebhook`] serves.
+//! - [`concat_store`]: the message endpoint as the daemon serves it, parts of multipart
+//!   messages stored durably and reassembled by the tenant's owner.
+//! - `send`: replies through the SMS API, and Vonage's statuses sorted into reasons.
 
+pub mod concat_store;
 mod parse;
+mod send;
 mod signature;
+pub(crate) mod webhook;
+
+#[cfg(test)]
+mod tests;
 
 pub use parse::{parse_delivery_receipt, ConcatInfo, MessageType, VonageInbound};
+pub use send::classify_vonage;
+pub(crate) use send::send_message;
 pub use signature::{sign, signing_string, verify_signature, SignatureMethod, SignatureSettings};
 
 use omni_core::Secret;
