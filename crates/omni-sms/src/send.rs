@@ -3,22 +3,14 @@
 //! For every reply: find the number's route (`channel.account` = our number, short code or
 //! brandname), normalize the recipient to E.164 (`0901234567` → `+84901234567`), lay the
 //! text out after NFC ([`crate::layout`]: GSM-7 or UCS-2 and the segment count, reported on
-//! the `sent` delivery event), wait for the number's rate limit, and make one provider call:
-//! - Twilio: `POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json`, basic auth, form
-//!   `To`, `From` (or `MessagingServiceSid`), `Body`, `StatusCallback`, `MediaUrl` per
-//!   attachment (MMS); `201` with `sid`.
-//! - Vonage: `POST {base}/sms/json`, form `api_key`, `api_secret`, `from`, `to`, `text`,
-//!   `type=unicode` for UCS-2, `client-ref`, `callback`; every `messages[].status` must be `0`.
-//! - eSMS.vn: `POST {base}/MainService.svc/json/SendMultipleMessage_V4_post_json/` with the
-//!   JSON of [`crate::esms::build_send_body`] (`RequestId` = the outbound event id, so a retry
-//!   is refused by eSMS instead of sent twice); `CodeResult` `100` is accepted. Only eSMS calls
-//!   whose answer was lost are repeated; for Twilio and Vonage such a call is
-//!   `outcome_unknown` (no idempotency key), and the call is recorded as at the provider
-//!   before it is made ([`omni_channel::SendProgress::begin_part`]).
+//! the `sent` delivery event), wait for the number's rate limit, record the call as at the
+//! provider ([`omni_channel::SendProgress::begin_part`]) and make one provider call, written
+//! in the provider's folder (`twilio/send.rs`, `vonage/send.rs`, `esms/send.rs`).
 //!
 //! Failures are classified retryable (HTTP 429 and 5xx, timeouts, Vonage throttling) or
-//! permanent with a bounded reason; Vonage and eSMS take attachments nowhere, so a reply with
-//! attachments through them fails as `unsupported`.
+//! permanent with a bounded reason. A call whose answer was lost is `outcome_unknown` and never
+//! repeated, except through eSMS, which refuses a repeated `RequestId`. Vonage and eSMS take
+//! attachments nowhere, so a reply with attachments through them fails as `unsupported`.
 
 use std::sync::RwLock;
 

@@ -10,7 +10,7 @@
 //!   exactly when that text needs UCS-2; [`SendBody::layout`] gives the segment count.
 //! - `RequestId` is the caller's outbound event id: eSMS refuses a second request with the same
 //!   id, so a retried send cannot reach the customer twice. eSMS echoes it in callbacks, where
-//!   it comes back as [`StatusReport::client_ref`].
+//!   it comes back as [`crate::status::StatusReport::client_ref`].
 //! - A reply `CodeResult` of `100` means accepted, even without `SMSID` (a missing id only
 //!   means callbacks cannot be matched by it; reporting a failure would invite a resend).
 //!   Anything else is [`EsmsError::Rejected`] with the code.

@@ -86,7 +86,7 @@ pub struct GatewayMapping {
     #[serde(default)]
     pub timestamp: Option<TimestampMapping>,
     /// The signature header; without it, [`Gateway::verify`] reports
-    /// [`Verification::Unsigned`] and the endpoint needs another credential.
+    /// [`super::Verification::Unsigned`] and the endpoint needs another credential.
     #[serde(default)]
     pub signature: Option<SignatureMapping>,
 }

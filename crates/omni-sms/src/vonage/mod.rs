@@ -2,7 +2,7 @@
 //!
 //! Vonage calls with GET (query string), POST form or POST JSON depending on the account
 //! setting; collect everything with [`crate::params::Params::from_request`] and hand the
-//! [`Params`] to the functions here.
+//! [`crate::params::Params`] to the functions here.
 //!
 //! When a key repeats, the first value is the one used, for fields and signature alike.
 //!
