@@ -14,7 +14,7 @@
 //! with a bounded `reason` for failures and the provider's own words in `detail`.
 
 use chrono::{DateTime, Utc};
-use omni_channel::{FailureReason, IngressError, PreparedEvent};
+use omni_channel::{FailureReason, IngressError, Parsed, PreparedEvent};
 use omni_core::{ChannelKind, ChannelRef, ConversationId, DeliveryUpdate, EventId, TenantId};
 
 use crate::params::Params;
@@ -140,6 +140,54 @@ pub fn delivery_event(
         occurred_at: now,
     };
     PreparedEvent::delivery(update, now).map(Some)
+}
+
+/// The delivery event of a callback whose reference came back in our callback URL's query
+/// (`refs`): accepted without publishing when it carries none.
+pub(crate) fn status_event(
+    tenant: &TenantId,
+    refs: &Params,
+    account: Option<String>,
+    provider: Provider,
+    report: &StatusReport,
+    now: DateTime<Utc>,
+) -> Result<Parsed, IngressError> {
+    let (Some(reference), Some(account)) = (CallbackRef::from_query(refs), account) else {
+        return Ok(uncorrelated());
+    };
+    reference_event(tenant, &reference, &account, provider, report, now)
+}
+
+/// The delivery event for `report` as something to publish, or nothing when it is pending.
+pub(crate) fn reference_event(
+    tenant: &TenantId,
+    reference: &CallbackRef,
+    account: &str,
+    provider: Provider,
+    report: &StatusReport,
+    now: DateTime<Utc>,
+) -> Result<Parsed, IngressError> {
+    Ok(
+        delivery_event(tenant, reference, account, provider, report, now)?
+            .map_or_else(pending, |e| vec![e].into()),
+    )
+}
+
+/// A report on a message omnirouter did not send (or without our reference): accepted, not
+/// published, so the provider does not retry it.
+pub(crate) fn uncorrelated() -> Parsed {
+    Parsed {
+        events: vec![],
+        ignored: vec!["uncorrelated_status"],
+    }
+}
+
+/// A pending state: nothing new to publish.
+fn pending() -> Parsed {
+    Parsed {
+        events: vec![],
+        ignored: vec!["pending_status"],
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! MACs and constant-time comparison, written once for every provider's signature scheme.
+//! The digests and MACs the providers sign with (Twilio HMAC-SHA1 and `bodySHA256`, Vonage's
+//! five modes, gateways' HMAC-SHA256), computed over several parts without copying them.
+//! Signatures are compared with [`omni_channel::signature::secrets_match`], like every
+//! adapter's credentials.
 
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha1::Sha1;
 use sha2::{Sha256, Sha512};
-use subtle::ConstantTimeEq;
 
 macro_rules! hmac_fn {
     ($(#[$doc:meta])* $name:ident, $digest:ty) => {
@@ -59,11 +61,6 @@ pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
     Sha256::digest(data).to_vec()
 }
 
-/// True when both are equal, in time that does not depend on where they differ.
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,8 +91,9 @@ mod tests {
 
     #[test]
     fn comparison_needs_equal_length_and_content() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"abcd"));
+        use omni_channel::signature::secrets_match;
+        assert!(secrets_match(b"abc", b"abc"));
+        assert!(!secrets_match(b"abc", b"abd"));
+        assert!(!secrets_match(b"abc", b"abcd"));
     }
 }

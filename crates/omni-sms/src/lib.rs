@@ -1,57 +1,53 @@
 //! SMS channel: Twilio, Vonage, eSMS.vn and generic gateway webhooks in, provider APIs out.
 //!
-//! Two layers. The pure core (no I/O, no async, no clock reads: the current time is passed
-//! in) verifies and parses what providers send, measures and builds what we send, and
-//! reassembles multipart messages. The I/O edge on top of it is what the daemon wires: the
-//! webhook adapters `omni_channel::Ingress` drives, the durable multipart handler, and the
-//! [`omni_channel::ChannelSender`] the outbound dispatcher calls. Nothing here decides
-//! retries or talks to Kafka directly: `omni-channel` does.
+//! One folder per provider, the way `omni-social` has one per channel: each owns its account
+//! settings, its signature check and parsers (pure: no I/O, no clock reads, the current time
+//! is passed in), its webhook endpoints (what `omni_channel::Ingress` asks of an adapter:
+//! which tenants it serves, how a request is authenticated, what it becomes) and its sender.
+//! What the providers share sits beside the folders. Nothing here decides retries or talks to
+//! Kafka directly: `omni-channel` does.
 //!
 //! # Layout
-//! The I/O edge:
-//! - [`settings`]: a tenant's providers, numbers and public URL, as validated config.
-//! - [`webhook`]: the adapters of every SMS endpoint (inbound messages to `omni.inbound.v1`,
-//!   status callbacks to `omni.delivery.v1`).
-//! - [`multipart`]: Vonage inbound with parts stored on a compacted topic before they are
-//!   acknowledged, and reassembled before they are published.
-//! - [`callback`]: how a status callback finds its outbound event (references sent out with
-//!   the message and read back).
-//! - [`send`]: [`send::SmsSender`], replies through Twilio, Vonage or eSMS.vn per number.
+//! The providers:
+//! - [`twilio`]: `X-Twilio-Signature`, inbound SMS/MMS, status callbacks, the Messages API.
+//! - [`vonage`]: signed webhooks (md5hash and HMAC modes, replay window), inbound messages,
+//!   delivery receipts, the SMS API, and [`vonage::concat_store`]: the message endpoint with
+//!   multipart parts stored on a compacted topic before they are acknowledged.
+//! - [`esms`]: eSMS.vn's send body and reply, its delivery callback, its send API.
+//! - [`gateway`]: a config-driven inbound mapping (form or JSON, HMAC-SHA256 header) for any
+//!   other gateway.
 //!
-//! The pure core:
+//! What they share, at the edge:
+//! - [`webhook`]: [`webhook::SmsWebhook`], every endpoint over the same tenants, each handed
+//!   to its provider; the `?token=` check of unsigned callbacks.
+//! - [`send`]: [`send::SmsSender`], a reply routed to its number's provider.
+//! - [`settings`]: a tenant's providers, numbers and public URL, as validated config.
+//! - [`callback`]: how a status callback finds its outbound event (references sent out with
+//!   the message and read back), and the delivery event it becomes.
+//! - `inbound`: the `omni.message.received` of an inbound SMS, addresses normalized.
+//!
+//! And in the pure core:
 //! - [`params`]: a request's parameters (query string, form body or flat JSON) as one list,
 //!   read the same way by every provider.
 //! - [`phone`]: E.164 phone numbers, short codes and alphanumeric sender ids.
 //! - [`encoding`]: GSM-7 or UCS-2, units and segments of a text (after NFC).
 //! - [`status`]: the delivery states every provider's callbacks map onto.
-//! - [`twilio`]: `X-Twilio-Signature`, inbound messages and status callbacks.
-//! - [`vonage`]: signed webhooks (md5hash and HMAC modes, replay window), inbound messages
-//!   and delivery receipts.
-//! - [`concat`](mod@concat): a bounded reassembler for multipart SMS, with expiry.
-//! - [`gateway`]: a config-driven inbound mapping (form or JSON, HMAC-SHA256 header) for any
-//!   other gateway.
-//! - [`esms`]: eSMS.vn send body, reply and delivery callback.
-//!
-//! # Using it from a webhook handler
-//! 1. Verify on the raw bytes first: [`twilio::verify_request`] (URL + body + header),
-//!    [`vonage::verify_signature`] (on [`Params::from_request`]), or [`gateway::Gateway::verify`].
-//! 2. Parse: [`twilio::parse_inbound`], [`vonage::VonageInbound::from_params`],
-//!    [`gateway::Gateway::extract`]; status callbacks give a [`StatusReport`].
-//! 3. Normalize addresses with [`phone::Address::parse`] for contact ids, and feed multipart
-//!    Vonage parts ([`vonage::VonageInbound::to_part`]) to a [`concat::Reassembler`].
+//! - [`reassembly`]: a bounded reassembler for multipart SMS, with expiry.
+//! - `crypto`: the digests and MACs the providers sign with.
 //!
 //! Every parser returns an error rather than panicking, whatever the input; error enums are
-//! per module, with messages in lowercase and an `error_type()` label for metrics.
+//! per provider, with messages in lowercase, and each provider's webhook turns them into
+//! [`omni_channel::IngressError`]s (the status code and the ingress metrics' reason).
 
 pub mod callback;
-pub mod concat;
 mod crypto;
 pub mod encoding;
 pub mod esms;
 pub mod gateway;
-pub mod multipart;
+mod inbound;
 pub mod params;
 pub mod phone;
+pub mod reassembly;
 pub mod send;
 pub mod settings;
 pub mod status;
@@ -60,7 +56,12 @@ pub mod vonage;
 pub mod webhook;
 
 #[cfg(test)]
-mod tests;
+mod testing;
+
+/// The reassembler under the path the daemon's settings name it by.
+pub use reassembly as concat;
+/// The durable Vonage multipart handler under the path the daemon wires it by.
+pub use vonage::concat_store as multipart;
 
 pub use encoding::{layout, SmsEncoding, SmsLayout};
 pub use params::Params;

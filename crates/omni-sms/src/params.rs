@@ -23,16 +23,6 @@ pub enum ParamsError {
     NotAnObject,
 }
 
-impl ParamsError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidJson(_) => "invalid_json",
-            Self::NotAnObject => "json_not_object",
-        }
-    }
-}
-
 /// The parameters of one request, in the order they arrived, repeated keys included.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params {

@@ -80,23 +80,6 @@ pub enum PhoneError {
     },
 }
 
-impl PhoneError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::Empty => "empty",
-            Self::InvalidCharacter { .. } => "invalid_character",
-            Self::MisplacedPlus => "misplaced_plus",
-            Self::TooShort { .. } => "too_short",
-            Self::TooLong { .. } => "too_long",
-            Self::ZeroCountryCode => "zero_country_code",
-            Self::ShortCode { .. } => "short_code",
-            Self::InvalidDefaultCountryCode { .. } => "invalid_default_country_code",
-            Self::InvalidSenderId { .. } => "invalid_sender_id",
-        }
-    }
-}
-
 /// A phone number in E.164 form (`+84901234567`): the one spelling used as a contact id and
 /// sent to providers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use omni_core::Secret;
 
-use crate::esms::{EsmsCredentials, SmsType};
-use crate::gateway::Gateway;
-use crate::vonage::SignatureSettings;
+pub use crate::esms::EsmsAccount;
+use crate::esms::SmsType;
+pub use crate::gateway::GatewayAccount;
+pub use crate::twilio::TwilioAccount;
+pub use crate::vonage::VonageAccount;
 
 /// One tenant's SMS channel.
 #[derive(Debug, Clone)]
@@ -34,47 +36,6 @@ pub struct SmsTenant {
     /// The `token` query parameter that authenticates callbacks providers do not sign (eSMS,
     /// unsigned Vonage and gateway webhooks), compared in constant time.
     pub callback_token: Option<Secret>,
-}
-
-/// A Twilio account.
-#[derive(Debug, Clone)]
-pub struct TwilioAccount {
-    /// `AC…`: basic-auth user, and checked against every inbound `AccountSid`.
-    pub account_sid: String,
-    /// The auth token: basic-auth password and the key of `X-Twilio-Signature`.
-    pub auth_token: Secret,
-}
-
-/// A Vonage account.
-#[derive(Debug, Clone)]
-pub struct VonageAccount {
-    /// `api_key`.
-    pub api_key: String,
-    /// `api_secret`.
-    pub api_secret: Secret,
-    /// Signed webhooks (inbound messages and delivery receipts): the dashboard's method, the
-    /// signature secret and the replay window. Without it, webhooks need the tenant's
-    /// `callback_token` in their URL.
-    pub signature: Option<(SignatureSettings, Secret)>,
-}
-
-/// An eSMS.vn account.
-#[derive(Debug, Clone)]
-pub struct EsmsAccount {
-    /// `ApiKey` and `SecretKey`.
-    pub credentials: EsmsCredentials,
-    /// `Sandbox=1`: eSMS checks requests but delivers nothing.
-    pub sandbox: bool,
-}
-
-/// A generic inbound gateway.
-#[derive(Debug, Clone)]
-pub struct GatewayAccount {
-    /// The validated field mapping.
-    pub gateway: Gateway,
-    /// The HMAC-SHA256 key of the mapping's signature header (required when the mapping has
-    /// a signature; otherwise the webhook needs the tenant's `callback_token`).
-    pub secret: Option<Secret>,
 }
 
 /// How one of our numbers sends.

@@ -58,17 +58,6 @@ pub enum ConcatError {
     },
 }
 
-impl ConcatError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidTotal { .. } => "invalid_total",
-            Self::PartOutOfRange { .. } => "part_out_of_range",
-            Self::TotalMismatch { .. } => "total_mismatch",
-        }
-    }
-}
-
 /// Limits of a [`Reassembler`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReassemblerConfig {

@@ -38,11 +38,11 @@ use omni_core::{
 use prometheus::{IntCounter, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::concat::{ConcatKey, Offer, Part, Reassembler, ReassemblerConfig};
-use crate::vonage::VonageInbound;
-use crate::webhook::{
-    address, request_params, verify_vonage, vonage_error, Endpoint, SmsTenants, SmsWebhook,
-};
+use super::webhook::{to_ingress, verify};
+use super::VonageInbound;
+use crate::inbound::address;
+use crate::reassembly::{ConcatKey, Offer, Part, Reassembler, ReassemblerConfig};
+use crate::webhook::{request_params, Endpoint, SmsTenants, SmsWebhook};
 
 /// A part as kept on the parts topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,8 +230,8 @@ impl ConcatStore {
         let body = ingress.read_body(request, body).await?;
         let params = request_params(request, &body)?;
         let now = Utc::now();
-        verify_vonage(sms, request, &params, now)?;
-        let inbound = VonageInbound::from_params(&params).map_err(vonage_error)?;
+        verify(sms, request, &params, now)?;
+        let inbound = VonageInbound::from_params(&params).map_err(to_ingress)?;
         let Some(concat) = &inbound.concat else {
             let parsed = adapter.parse(tenant, sms, request, &body, now)?;
             ingress.publish(ChannelKind::Sms, tenant, parsed).await?;

@@ -1,37 +1,13 @@
-//! eSMS.vn (Vietnamese brandname SMS): the send request body, its reply and the delivery
-//! callback. Pure: the caller POSTs [`SendBody`] as JSON to [`SEND_URL`] and hands the answer
-//! to [`parse_send_reply`].
-//!
-//! Decisions:
-//! - Phone numbers go in the national form with trunk `0` (`0901234567`), the form eSMS's
-//!   documentation and callbacks use; eSMS is a domestic gateway, so a number outside +84 is
-//!   refused with [`EsmsError::NotVietnamese`] rather than sent to be rejected.
-//! - `Content` is the NFC text measured by [`crate::encoding::layout`], and `IsUnicode` is `1`
-//!   exactly when that text needs UCS-2; [`SendBody::layout`] gives the segment count.
-//! - `RequestId` is the caller's outbound event id: eSMS refuses a second request with the same
-//!   id, so a retried send cannot reach the customer twice. eSMS echoes it in callbacks, where
-//!   it comes back as [`StatusReport::client_ref`].
-//! - A reply `CodeResult` of `100` means accepted, even without `SMSID` (a missing id only
-//!   means callbacks cannot be matched by it; reporting a failure would invite a resend).
-//!   Anything else is [`EsmsError::Rejected`] with the code.
-//! - The delivery callback (HTTP GET, per eSMS's "Callback Url" documentation page) carries
-//!   `SMSID`, `SendStatus`, `SendSuccess`, `SendFailed`, `RequestId`. Those fields and the
-//!   meaning of the numbers are not confirmed against real traffic, so keys are matched
-//!   case-insensitively (`status` is accepted for `SendStatus`) and the mapping is:
-//!   `1` (awaiting approval), `2` (waiting to send), `3` (sending, older docs) → pending;
-//!   `7` (handed to the telco, awaiting its report) → sent; `4` (rejected), `6` (deleted,
-//!   older docs) → failed with that code; `5` (processed) → delivered when `SendSuccess > 0`,
-//!   failed when only `SendFailed > 0`, otherwise sent. Other numbers are
-//!   [`EsmsError::UnknownStatus`]. With one phone per request the counts are 0 or 1.
+//! The JSON body of eSMS's send call, and the reply to it (rules in the module docs of
+//! [`crate::esms`]).
 
 use omni_core::Secret;
-use serde::{Deserialize, Serialize, Serializer};
-use thiserror::Error;
+use serde::{Serialize, Serializer};
 
+use super::{EsmsCredentials, EsmsError, SmsType};
 use crate::encoding::{layout, SmsLayout};
-use crate::params::{clip, json_scalar_text, Params};
+use crate::params::{clip, json_scalar_text};
 use crate::phone::PhoneNumber;
-use crate::status::{DeliveryState, StatusReport};
 
 /// The JSON send endpoint.
 pub const SEND_URL: &str =
@@ -42,93 +18,6 @@ pub const ACCEPTED_CODE: &str = "100";
 
 /// Viet Nam's country calling code: the only destinations eSMS takes here.
 const VIETNAM: &str = "84";
-
-/// Why a send could not be built, or eSMS refused it, or a callback is unreadable.
-#[derive(Debug, Error)]
-pub enum EsmsError {
-    /// The recipient is not a +84 number.
-    #[error("esms only sends to +84 numbers")]
-    NotVietnamese,
-    /// Nothing to send.
-    #[error("message content is empty")]
-    EmptyContent,
-    /// A brandname message without a brandname.
-    #[error("brandname messages need a brandname")]
-    MissingBrandname,
-    /// No request id: the send would lose its server-side dedupe.
-    #[error("request id is empty")]
-    MissingRequestId,
-    /// The reply is not JSON.
-    #[error("esms reply is not valid json")]
-    InvalidJson(#[source] serde_json::Error),
-    /// eSMS refused the request.
-    #[error("esms refused the request with code {code}")]
-    Rejected {
-        /// `CodeResult` (e.g. `101` bad credentials, `103` balance, `104` brandname).
-        code: String,
-        /// `ErrorMessage`, when given (shortened).
-        message: Option<String>,
-    },
-    /// A required field of a reply or callback is absent.
-    #[error("missing field `{field}`")]
-    MissingField {
-        /// The field name.
-        field: &'static str,
-    },
-    /// A callback status this crate does not know.
-    #[error("unknown esms send status {status:?}")]
-    UnknownStatus {
-        /// The status received (shortened).
-        status: String,
-    },
-}
-
-impl EsmsError {
-    /// A bounded label for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::NotVietnamese => "not_vietnamese",
-            Self::EmptyContent => "empty_content",
-            Self::MissingBrandname => "missing_brandname",
-            Self::MissingRequestId => "missing_request_id",
-            Self::InvalidJson(_) => "invalid_json",
-            Self::Rejected { .. } => "rejected",
-            Self::MissingField { .. } => "missing_field",
-            Self::UnknownStatus { .. } => "unknown_status",
-        }
-    }
-}
-
-/// An eSMS account's API credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EsmsCredentials {
-    /// `ApiKey`.
-    pub api_key: Secret,
-    /// `SecretKey`.
-    pub secret_key: Secret,
-}
-
-/// `SmsType`: which eSMS product carries the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmsType {
-    /// `2`: customer-care message from a registered brandname.
-    BrandnameCare,
-    /// `8`: message from an eSMS fixed number (no brandname).
-    FixedNumber,
-}
-
-impl SmsType {
-    /// The `SmsType` value.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::BrandnameCare => "2",
-            Self::FixedNumber => "8",
-        }
-    }
-}
-
 /// What to send, in the caller's terms.
 #[derive(Debug, Clone, Copy)]
 pub struct SendRequest<'a> {
@@ -266,48 +155,11 @@ pub fn parse_send_reply(body: &[u8]) -> Result<SendAccepted, EsmsError> {
     })
 }
 
-/// Reads a delivery callback's parameters (collect them with
-/// [`Params::from_request`]; eSMS calls back with GET). Mapping in the module docs.
-pub fn parse_delivery_callback(params: &Params) -> Result<StatusReport, EsmsError> {
-    let get = |key: &str| {
-        params
-            .get_ignore_case(key)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    let sms_id = get("SMSID").ok_or(EsmsError::MissingField { field: "SMSID" })?;
-    let status = get("SendStatus")
-        .or_else(|| get("status"))
-        .ok_or(EsmsError::MissingField {
-            field: "SendStatus",
-        })?;
-    let count = |key: &str| get(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let state = match status {
-        "1" | "2" | "3" => DeliveryState::Pending,
-        "7" => DeliveryState::Sent,
-        "4" | "6" => DeliveryState::Failed {
-            code: Some(status.to_owned()),
-        },
-        "5" if count("SendSuccess") > 0 => DeliveryState::Delivered,
-        "5" if count("SendFailed") > 0 => DeliveryState::Failed { code: None },
-        "5" => DeliveryState::Sent,
-        other => {
-            return Err(EsmsError::UnknownStatus {
-                status: clip(other),
-            })
-        }
-    };
-    Ok(StatusReport {
-        provider_message_id: sms_id.to_owned(),
-        state,
-        provider_status: status.to_owned(),
-        client_ref: get("RequestId").map(str::to_owned),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::esms::parse_delivery_callback;
+    use crate::params::Params;
     use proptest::prelude::*;
 
     fn credentials() -> EsmsCredentials {
@@ -451,65 +303,6 @@ mod tests {
             parse_send_reply(b"<html>"),
             Err(EsmsError::InvalidJson(_))
         ));
-    }
-
-    #[test]
-    fn documented_callback_sample_with_failures_is_a_failure() {
-        // The customer-care sample from eSMS's "Callback Url" page.
-        let params = Params::from_query(
-            "SMSID=dc712784-9c5f-4c69-b9a8-ea69d56adc9a87&SendFailed=2&SendStatus=5\
-&SendSuccess=0&TotalPrice=0.0000&TotalReceiver=2&TotalSent=2&RequestId=&TypeId=2&telcoid=1\
-&phonenumber=0901888484&switchsmsid=",
-        );
-        let report = parse_delivery_callback(&params).unwrap();
-        assert_eq!(
-            report.provider_message_id,
-            "dc712784-9c5f-4c69-b9a8-ea69d56adc9a87"
-        );
-        assert_eq!(report.state, DeliveryState::Failed { code: None });
-        assert_eq!(report.provider_status, "5");
-        assert_eq!(report.client_ref, None);
-    }
-
-    #[test]
-    fn callback_statuses_map_to_the_shared_states() {
-        let state =
-            |query: &str| parse_delivery_callback(&Params::from_query(query)).map(|r| r.state);
-        assert_eq!(
-            state("SMSID=1&SendStatus=5&SendSuccess=1&SendFailed=0").ok(),
-            Some(DeliveryState::Delivered)
-        );
-        assert_eq!(
-            state("SMSID=1&SendStatus=5").ok(),
-            Some(DeliveryState::Sent)
-        );
-        assert_eq!(
-            state("SMSID=1&SendStatus=7").ok(),
-            Some(DeliveryState::Sent)
-        );
-        assert_eq!(
-            state("SMSID=1&SendStatus=1").ok(),
-            Some(DeliveryState::Pending)
-        );
-        assert_eq!(state("smsid=1&status=2").ok(), Some(DeliveryState::Pending));
-        assert_eq!(
-            state("SMSID=1&SendStatus=4").ok(),
-            Some(DeliveryState::Failed {
-                code: Some("4".into())
-            })
-        );
-        assert!(matches!(
-            state("SMSID=1&SendStatus=9"),
-            Err(EsmsError::UnknownStatus { .. })
-        ));
-        assert!(matches!(
-            state("SendStatus=5"),
-            Err(EsmsError::MissingField { field: "SMSID" })
-        ));
-        let report =
-            parse_delivery_callback(&Params::from_query("SMSID=1&SendStatus=7&RequestId=evt-9"))
-                .unwrap();
-        assert_eq!(report.client_ref.as_deref(), Some("evt-9"));
     }
 
     #[test]
