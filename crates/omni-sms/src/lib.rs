@@ -58,11 +58,6 @@ pub mod webhook;
 #[cfg(test)]
 mod testing;
 
-/// The reassembler under the path the daemon's settings name it by.
-pub use reassembly as concat;
-/// The durable Vonage multipart handler under the path the daemon wires it by.
-pub use vonage::concat_store as multipart;
-
 pub use encoding::{layout, SmsEncoding, SmsLayout};
 pub use params::Params;
 pub use phone::{Address, PhoneError, PhoneNumber};

@@ -23,8 +23,8 @@ use crate::reload::{
 use crate::server::{router, AppState, Channels};
 use crate::settings::{Loaded, OutboundSettings, Settings};
 use crate::shutdown::{Leftovers, Pending, WATCHDOG_MARGIN};
-use omni_sms::multipart::{ConcatMetrics, ConcatStore};
 use omni_sms::send::SmsSender;
+use omni_sms::vonage::concat_store::{ConcatMetrics, ConcatStore};
 use omni_sms::webhook::{Endpoint, SmsWebhook};
 
 /// Runs the daemon until a shutdown signal, then shuts down within the grace period and says

@@ -8,7 +8,7 @@ use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use omni_bus::Producer;
 use omni_channel::{ApiChannel, Ingress, WebhookAdapter};
-use omni_sms::multipart::ConcatStore;
+use omni_sms::vonage::concat_store::ConcatStore;
 use omni_sms::webhook::{Endpoint, SmsWebhook};
 use omni_social::messenger::MessengerChannel;
 use omni_social::zalo::ZaloChannel;

@@ -511,7 +511,7 @@ pub struct Settings {
     /// The SMS providers' APIs.
     pub sms_api: SmsApiSettings,
     /// Multipart SMS reassembly.
-    pub sms_concat: omni_sms::concat::ReassemblerConfig,
+    pub sms_concat: omni_sms::reassembly::ReassemblerConfig,
     /// Outbound dispatch, if enabled.
     pub outbound: Option<OutboundSettings>,
     /// Every tenant's e-mail mailboxes.
@@ -861,7 +861,7 @@ impl RawSettings {
                 timeout: Duration::from_secs(self.sms.timeout_secs),
                 rate_per_number: self.sms.rate_per_number,
             },
-            sms_concat: omni_sms::concat::ReassemblerConfig {
+            sms_concat: omni_sms::reassembly::ReassemblerConfig {
                 ttl: Duration::from_secs(self.sms.concat_ttl_secs),
                 max_pending: self.sms.concat_max_pending.max(1),
                 ..Default::default()
