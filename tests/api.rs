@@ -523,7 +523,11 @@ fn the_document_is_consistent_and_lists_every_served_route() {
         }
     }
 
-    // Every command variant has an example, and the examples cover every variant.
+    every_command_variant_has_an_example(&doc);
+}
+
+/// Every command variant of omni-routing has an example, and the examples cover every variant.
+fn every_command_variant_has_an_example(doc: &Doc) {
     let commands = doc.op("post", "/v1/tenants/{tenant}/commands");
     let variants: BTreeSet<String> = doc.doc["components"]["schemas"]["Command"]["oneOf"]
         .as_array()
@@ -563,6 +567,22 @@ fn the_document_is_consistent_and_lists_every_served_route() {
     );
 }
 
+/// The conversation the scenarios share, and the id the document's examples use for it.
+struct Conversation {
+    id: String,
+    example: String,
+}
+
+impl Conversation {
+    /// `v` with the document's example conversation id replaced by this one.
+    fn substitute(&self, v: &Value) -> Value {
+        substitute(v, &self.example, &self.id)
+    }
+}
+
+/// One daemon on one broker, walked through every documented operation, answer and refusal.
+/// The scenarios share one daemon and one record of what was seen: the last one checks that
+/// every documented status was produced by some scenario.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_running_daemon_answers_as_documented() {
     let doc = Doc::load();
@@ -573,7 +593,31 @@ async fn the_running_daemon_answers_as_documented() {
     let mut broker = Broker::memory();
     let daemon = Daemon::start(&broker, &[("OMNI__KAFKA__PUBLISH_TIMEOUT_MS", "2000")]).await;
 
-    // A real conversation: agent lan (vi 4, capacity 3) online, then a customer message.
+    let conversation = a_customer_message_is_assigned_to_an_online_agent(&mut run, &daemon).await;
+    every_operation_answers_its_documented_examples(&mut run, &daemon, &conversation).await;
+    every_operation_refuses_credentials_tenants_and_bodies_it_must(
+        &mut run,
+        &daemon,
+        &conversation,
+    )
+    .await;
+    conversation_reads_refuse_bad_and_unknown_ids(&mut run, &daemon).await;
+    replies_commands_and_typing_refuse_what_cannot_be_sent(&mut run, &daemon, &conversation).await;
+    oversized_and_non_json_bodies_are_refused(&mut run, &daemon).await;
+    the_api_channel_refuses_a_bad_account(&mut run, &daemon).await;
+    an_instance_without_a_router_answers_reads_with_503(&mut run, &broker, &conversation).await;
+    broker.stop();
+    with_kafka_down_writes_and_readiness_answer_503(&mut run, &daemon, &conversation).await;
+    every_documented_status_was_produced(&run);
+}
+
+/// A real conversation: agent lan (vi 4, capacity 3) online, then a customer message, assigned.
+/// Its id is the one the document's examples use.
+async fn a_customer_message_is_assigned_to_an_online_agent(
+    run: &mut Run<'_>,
+    daemon: &Daemon,
+) -> Conversation {
+    let doc = run.doc;
     let commands = doc.op("post", "/v1/tenants/{tenant}/commands");
     let inbound = doc.op("post", "/v1/inbound/{tenant}");
     for cmd in [
@@ -581,7 +625,7 @@ async fn the_running_daemon_answers_as_documented() {
         json!({"command": "set_presence", "agent": "lan", "presence": "online"}),
     ] {
         let a = call(
-            &daemon,
+            daemon,
             "post",
             "/v1/tenants/demo/commands",
             Auth::Bearer(AGENT_TOKEN),
@@ -592,7 +636,7 @@ async fn the_running_daemon_answers_as_documented() {
         assert_eq!(a.status, 202, "{cmd}");
     }
     let a = call(
-        &daemon,
+        daemon,
         "post",
         "/v1/inbound/demo",
         Auth::Bearer(INBOUND_TOKEN),
@@ -605,31 +649,41 @@ async fn the_running_daemon_answers_as_documented() {
     .await;
     let accepted = run.check(&inbound, &a, "set-up message");
     assert_eq!(a.status, 202, "{accepted}");
-    let conversation = accepted["conversation_id"].as_str().unwrap().to_owned();
-    let example_conversation = doc.parameter_example("conversation");
+    let id = accepted["conversation_id"].as_str().unwrap().to_owned();
+    let example = doc.parameter_example("conversation");
     assert_eq!(
-        example_conversation.as_str(),
-        Some(conversation.as_str()),
+        example.as_str(),
+        Some(id.as_str()),
         "the documented example conversation id is the one derived for the documented example \
          contact (demo, api/default, cust-42)"
     );
-    let example_conversation = example_conversation.as_str().unwrap().to_owned();
     assert_eq!(
         doc.parameter_example("tenant"),
         TENANT,
         "the documented example tenant"
     );
-    let first = wait_conversation(&daemon, &conversation, "assigned to lan", |c| {
+    let first = wait_conversation(daemon, &id, "assigned to lan", |c| {
         c["state"] == "assigned" && c["agent"] == "lan" && has_event(c, "omni.routing.assigned")
     })
     .await;
     println!("conversation before the examples: {first}");
+    Conversation {
+        id,
+        example: example.as_str().unwrap().to_owned(),
+    }
+}
 
-    // Every documented operation with the document's examples: writes first, then reads.
+/// Every documented operation called with the document's examples: writes first, then reads.
+async fn every_operation_answers_its_documented_examples(
+    run: &mut Run<'_>,
+    daemon: &Daemon,
+    conversation: &Conversation,
+) {
+    let doc = run.doc;
     let mut ops = doc.ops();
     ops.sort_by_key(|o| (o.method == "get", o.path.clone()));
     for op in &ops {
-        let url = fill(&op.path, TENANT, &conversation);
+        let url = fill(&op.path, TENANT, &conversation.id);
         let auth = || {
             if doc.requires_auth(op) {
                 Auth::Bearer(op.token())
@@ -637,11 +691,10 @@ async fn the_running_daemon_answers_as_documented() {
                 Auth::None
             }
         };
-        let examples = doc.request_examples(op);
         if op.op.get("requestBody").is_some() {
-            for (name, example) in &examples {
-                let body = substitute(example, &example_conversation, &conversation);
-                let a = call(&daemon, &op.method, &url, auth(), Body::Json(body)).await;
+            for (name, example) in &doc.request_examples(op) {
+                let body = conversation.substitute(example);
+                let a = call(daemon, &op.method, &url, auth(), Body::Json(body)).await;
                 let got = run.check(op, &a, &format!("example {name}"));
                 assert!(
                     (200..300).contains(&a.status),
@@ -650,57 +703,59 @@ async fn the_running_daemon_answers_as_documented() {
                     a.status
                 );
             }
-        } else {
-            if op.path.contains("/conversations/") {
-                // The example commands resolved it (after replies and rejections): wait until
-                // the router applied them, so the history has a variety of events to check.
-                wait_conversation(&daemon, &conversation, "resolved", |c| {
-                    has_event(c, "omni.routing.resolved")
-                })
-                .await;
-            }
-            let a = call(&daemon, &op.method, &url, auth(), Body::None).await;
-            let got = run.check(op, &a, "documented request");
-            assert!(
-                (200..300).contains(&a.status),
-                "{}: {} {got}",
-                op.label(),
-                a.status
-            );
-            if op.path.contains("/conversations/") {
-                let types: Vec<&str> = got["history"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter_map(|e| e["type"].as_str())
-                    .collect();
-                println!("conversation history checked: {types:?}");
-                assert_eq!(got["id"], conversation.as_str());
-            }
-            if op.path == "/metrics" {
-                assert!(got.as_str().unwrap().contains("omni_build_info"));
-            }
+            continue;
+        }
+        if op.path.contains("/conversations/") {
+            // The example commands resolved it (after replies and rejections): wait until the
+            // router applied them, so the history has a variety of events to check.
+            wait_conversation(daemon, &conversation.id, "resolved", |c| {
+                has_event(c, "omni.routing.resolved")
+            })
+            .await;
+        }
+        let a = call(daemon, &op.method, &url, auth(), Body::None).await;
+        let got = run.check(op, &a, "documented request");
+        assert!(
+            (200..300).contains(&a.status),
+            "{}: {} {got}",
+            op.label(),
+            a.status
+        );
+        if op.path.contains("/conversations/") {
+            let types: Vec<&str> = got["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["type"].as_str())
+                .collect();
+            println!("conversation history checked: {types:?}");
+            assert_eq!(got["id"], conversation.id.as_str());
+        }
+        if op.path == "/metrics" {
+            assert!(got.as_str().unwrap().contains("omni_build_info"));
         }
     }
+}
 
-    // The documented refusals of every operation.
-    for op in &ops {
-        let url = fill(&op.path, TENANT, &conversation);
+/// The refusals every operation documents: no or wrong credentials, the other API's token, an
+/// unknown tenant, and malformed, empty or stray bodies.
+async fn every_operation_refuses_credentials_tenants_and_bodies_it_must(
+    run: &mut Run<'_>,
+    daemon: &Daemon,
+    conversation: &Conversation,
+) {
+    let doc = run.doc;
+    for op in &doc.ops() {
+        let url = fill(&op.path, TENANT, &conversation.id);
         let body = || match doc.request_examples(op).first() {
-            Some((_, ex)) => Body::Json(substitute(ex, &example_conversation, &conversation)),
+            Some((_, ex)) => Body::Json(conversation.substitute(ex)),
             None => Body::None,
         };
         if doc.requires_auth(op) {
-            let a = call(&daemon, &op.method, &url, Auth::None, body()).await;
+            let a = call(daemon, &op.method, &url, Auth::None, body()).await;
             run.expect_error(op, &a, 401, "missing_credentials", "no credentials");
-            let a = call(
-                &daemon,
-                &op.method,
-                &url,
-                Auth::Bearer("wrong-token"),
-                body(),
-            )
-            .await;
+            let wrong = Auth::Bearer("wrong-token");
+            let a = call(daemon, &op.method, &url, wrong, body()).await;
             run.expect_error(op, &a, 401, "bad_credentials", "wrong token");
             // The other surface's token is not this one's.
             let other = if op.token() == AGENT_TOKEN {
@@ -708,252 +763,196 @@ async fn the_running_daemon_answers_as_documented() {
             } else {
                 AGENT_TOKEN
             };
-            let a = call(&daemon, &op.method, &url, Auth::Bearer(other), body()).await;
+            let a = call(daemon, &op.method, &url, Auth::Bearer(other), body()).await;
             run.expect_error(op, &a, 401, "bad_credentials", "the other API's token");
         }
         if op.path.contains("{tenant}") {
-            let url = fill(&op.path, "nobody", &conversation);
-            let a = call(&daemon, &op.method, &url, Auth::Bearer(op.token()), body()).await;
+            let url = fill(&op.path, "nobody", &conversation.id);
+            let a = call(daemon, &op.method, &url, Auth::Bearer(op.token()), body()).await;
             run.expect_error(op, &a, 404, "unknown_tenant", "unknown tenant");
         }
         if op.op.get("requestBody").is_some() {
-            let token = Auth::Bearer(op.token());
-            let a = call(
-                &daemon,
-                &op.method,
-                &url,
-                token,
-                Body::Raw("application/json", b"{\"contact\": {".to_vec()),
-            )
-            .await;
+            let token = || Auth::Bearer(op.token());
+            let malformed = Body::Raw("application/json", b"{\"contact\": {".to_vec());
+            let a = call(daemon, &op.method, &url, token(), malformed).await;
             run.expect_error(op, &a, 400, "malformed", "malformed JSON");
-            let a = call(
-                &daemon,
-                &op.method,
-                &url,
-                Auth::Bearer(op.token()),
-                Body::Json(json!({})),
-            )
-            .await;
+            let a = call(daemon, &op.method, &url, token(), Body::Json(json!({}))).await;
             run.expect_error(op, &a, 400, "missing_field", "empty object");
-            let a = call(
-                &daemon,
-                &op.method,
-                &url,
-                Auth::Bearer(op.token()),
-                Body::Json(json!({"unexpected": true})),
-            )
-            .await;
+            let stray = Body::Json(json!({"unexpected": true}));
+            let a = call(daemon, &op.method, &url, token(), stray).await;
             let body = run.check(op, &a, "stray object");
             assert_eq!(a.status, 400, "{} stray object: {body}", op.label());
         }
     }
+}
 
-    // Refusals particular to one operation.
-    let conv_op = doc.op("get", "/v1/tenants/{tenant}/conversations/{conversation}");
-    let a = call(
-        &daemon,
-        "get",
-        "/v1/tenants/demo/conversations/not-a-uuid",
-        Auth::Bearer(AGENT_TOKEN),
-        Body::None,
-    )
-    .await;
+/// A conversation id that is not a UUID is refused; an unknown one is not found.
+async fn conversation_reads_refuse_bad_and_unknown_ids(run: &mut Run<'_>, daemon: &Daemon) {
+    let conv_op = run
+        .doc
+        .op("get", "/v1/tenants/{tenant}/conversations/{conversation}");
+    let agent = || Auth::Bearer(AGENT_TOKEN);
+    let path = "/v1/tenants/demo/conversations/not-a-uuid";
+    let a = call(daemon, "get", path, agent(), Body::None).await;
     run.expect_error(&conv_op, &a, 400, "invalid_field", "not a UUID");
-    let a = call(
-        &daemon,
-        "get",
-        "/v1/tenants/demo/conversations/00000000-0000-4000-8000-000000000000",
-        Auth::Bearer(AGENT_TOKEN),
-        Body::None,
-    )
-    .await;
-    run.expect_error(
-        &conv_op,
-        &a,
-        404,
-        "unknown_conversation",
-        "unknown conversation",
-    );
+    let path = "/v1/tenants/demo/conversations/00000000-0000-4000-8000-000000000000";
+    let a = call(daemon, "get", path, agent(), Body::None).await;
+    let what = "unknown conversation";
+    run.expect_error(&conv_op, &a, 404, "unknown_conversation", what);
+}
 
+/// A reply with nothing to send or nobody to send it to, an unknown command, and typing on a
+/// channel that has no typing indicator are refused.
+async fn replies_commands_and_typing_refuse_what_cannot_be_sent(
+    run: &mut Run<'_>,
+    daemon: &Daemon,
+    conversation: &Conversation,
+) {
+    let doc = run.doc;
+    let agent = || Auth::Bearer(AGENT_TOKEN);
     let replies = doc.op("post", "/v1/tenants/{tenant}/replies");
     let (_, text_reply) = doc
         .request_examples(&replies)
         .into_iter()
         .find(|(_, ex)| ex.get("attachments").is_none())
         .expect("a documented text-only reply");
-    let reply = substitute(&text_reply, &example_conversation, &conversation);
+    let reply = conversation.substitute(&text_reply);
     let mut blank = reply.clone();
     blank["text"] = json!("  ");
-    let a = call(
-        &daemon,
-        "post",
-        "/v1/tenants/demo/replies",
-        Auth::Bearer(AGENT_TOKEN),
-        Body::Json(blank),
-    )
-    .await;
-    run.expect_error(
-        &replies,
-        &a,
-        400,
-        "missing_field",
-        "blank text, no attachment",
-    );
+    let path = "/v1/tenants/demo/replies";
+    let a = call(daemon, "post", path, agent(), Body::Json(blank)).await;
+    let what = "blank text, no attachment";
+    run.expect_error(&replies, &a, 400, "missing_field", what);
     let mut nobody = reply.clone();
     nobody["recipient"] = json!("");
-    let a = call(
-        &daemon,
-        "post",
-        "/v1/tenants/demo/replies",
-        Auth::Bearer(AGENT_TOKEN),
-        Body::Json(nobody),
-    )
-    .await;
+    let a = call(daemon, "post", path, agent(), Body::Json(nobody)).await;
     run.expect_error(&replies, &a, 400, "missing_field", "blank recipient");
+
+    let commands = doc.op("post", "/v1/tenants/{tenant}/commands");
+    let promote = Body::Json(json!({"command": "promote", "agent": "lan"}));
     let a = call(
-        &daemon,
+        daemon,
         "post",
         "/v1/tenants/demo/commands",
-        Auth::Bearer(AGENT_TOKEN),
-        Body::Json(json!({"command": "promote", "agent": "lan"})),
+        agent(),
+        promote,
     )
     .await;
     run.expect_error(&commands, &a, 400, "malformed", "unknown command");
+
     let typing = doc.op("post", "/v1/tenants/{tenant}/typing");
-    let a = call(
-        &daemon,
-        "post",
-        "/v1/tenants/demo/typing",
-        Auth::Bearer(AGENT_TOKEN),
-        Body::Json(
-            json!({"conversation_id": conversation, "channel": {"kind": "zalo", "account": "1"},
-                          "recipient": "u", "on": true}),
-        ),
-    )
-    .await;
-    run.expect_error(
-        &typing,
-        &a,
-        400,
-        "invalid_field",
-        "typing on a channel without typing",
-    );
-    // Bodies over server.max_body_bytes, and bodies that are not JSON, on the agent API.
+    let on_zalo = Body::Json(json!({
+        "conversation_id": conversation.id, "channel": {"kind": "zalo", "account": "1"},
+        "recipient": "u", "on": true
+    }));
+    let a = call(daemon, "post", "/v1/tenants/demo/typing", agent(), on_zalo).await;
+    let what = "typing on a channel without typing";
+    run.expect_error(&typing, &a, 400, "invalid_field", what);
+}
+
+/// Bodies over `server.max_body_bytes` and bodies that are not JSON, on the agent API and on
+/// the API channel.
+async fn oversized_and_non_json_bodies_are_refused(run: &mut Run<'_>, daemon: &Daemon) {
+    let huge = || format!("{{\"text\": \"{}\"}}", "x".repeat(70_000)).into_bytes();
     for path in [
         "/v1/tenants/demo/replies",
         "/v1/tenants/demo/typing",
         "/v1/tenants/demo/commands",
     ] {
-        let op = doc.op("post", &path.replace("demo", "{tenant}"));
-        let huge = format!("{{\"text\": \"{}\"}}", "x".repeat(70_000));
+        let op = run.doc.op("post", &path.replace("demo", "{tenant}"));
+        let agent = || Auth::Bearer(AGENT_TOKEN);
         let a = call(
-            &daemon,
+            daemon,
             "post",
             path,
-            Auth::Bearer(AGENT_TOKEN),
-            Body::Raw("application/json", huge.into_bytes()),
+            agent(),
+            Body::Raw("application/json", huge()),
         )
         .await;
         run.expect_error(&op, &a, 413, "payload_too_large", "over max_body_bytes");
-        let a = call(
-            &daemon,
-            "post",
-            path,
-            Auth::Bearer(AGENT_TOKEN),
-            Body::Raw("text/plain", b"hi".to_vec()),
-        )
-        .await;
+        let plain = Body::Raw("text/plain", b"hi".to_vec());
+        let a = call(daemon, "post", path, agent(), plain).await;
         run.expect_error(&op, &a, 415, "unsupported_media_type", "text/plain");
     }
-    // The API channel's own checks.
+    let inbound = run.doc.op("post", "/v1/inbound/{tenant}");
+    let token = || Auth::Bearer(INBOUND_TOKEN);
     let huge = json!({"contact": {"id": "c"}, "text": "x".repeat(70_000)});
     let a = call(
-        &daemon,
+        daemon,
         "post",
         "/v1/inbound/demo",
-        Auth::Bearer(INBOUND_TOKEN),
+        token(),
         Body::Json(huge),
     )
     .await;
-    run.expect_error(
-        &inbound,
-        &a,
-        413,
-        "payload_too_large",
-        "over max_body_bytes",
-    );
-    let a = call(
-        &daemon,
-        "post",
-        "/v1/inbound/demo",
-        Auth::Bearer(INBOUND_TOKEN),
-        Body::Raw("text/plain", b"hi".to_vec()),
-    )
-    .await;
+    let what = "over max_body_bytes";
+    run.expect_error(&inbound, &a, 413, "payload_too_large", what);
+    let plain = Body::Raw("text/plain", b"hi".to_vec());
+    let a = call(daemon, "post", "/v1/inbound/demo", token(), plain).await;
     run.expect_error(&inbound, &a, 415, "unsupported_media_type", "text/plain");
-    let a = call(
-        &daemon,
-        "post",
-        "/v1/inbound/demo",
-        Auth::Bearer(INBOUND_TOKEN),
-        Body::Json(json!({"contact": {"id": "c"}, "text": "hi", "account": "bad account!"})),
-    )
-    .await;
+}
+
+/// The API channel refuses an account name it could not route on.
+async fn the_api_channel_refuses_a_bad_account(run: &mut Run<'_>, daemon: &Daemon) {
+    let inbound = run.doc.op("post", "/v1/inbound/{tenant}");
+    let body = Body::Json(json!({"contact": {"id": "c"}, "text": "hi", "account": "bad account!"}));
+    let token = Auth::Bearer(INBOUND_TOKEN);
+    let a = call(daemon, "post", "/v1/inbound/demo", token, body).await;
     run.expect_error(&inbound, &a, 400, "invalid_field", "bad account");
+}
 
-    // An instance without a router holds no tenant: reads answer 503 tenant_not_local.
-    let no_router = Daemon::start(&broker, &[("OMNI__ROUTER__ENABLED", "false")]).await;
-    for op in ops
-        .iter()
-        .filter(|o| o.path.starts_with("/v1/tenants/") && o.method == "get")
-    {
-        let url = fill(&op.path, TENANT, &conversation);
-        let a = call(
-            &no_router,
-            "get",
-            &url,
-            Auth::Bearer(AGENT_TOKEN),
-            Body::None,
-        )
-        .await;
-        run.expect_error(op, &a, 503, "tenant_not_owned", "instance without a router");
+/// An instance without a router holds no tenant: its reads answer 503 `tenant_not_owned`.
+async fn an_instance_without_a_router_answers_reads_with_503(
+    run: &mut Run<'_>,
+    broker: &Broker,
+    conversation: &Conversation,
+) {
+    let no_router = Daemon::start(broker, &[("OMNI__ROUTER__ENABLED", "false")]).await;
+    let reads = run.doc.ops().into_iter();
+    for op in reads.filter(|o| o.path.starts_with("/v1/tenants/") && o.method == "get") {
+        let url = fill(&op.path, TENANT, &conversation.id);
+        let agent = Auth::Bearer(AGENT_TOKEN);
+        let a = call(&no_router, "get", &url, agent, Body::None).await;
+        let what = "instance without a router";
+        run.expect_error(&op, &a, 503, "tenant_not_owned", what);
     }
-    drop(no_router);
+}
 
-    // Kafka down: writes answer 503 kafka_unavailable, readiness 503.
-    broker.stop();
-    for op in ops.iter().filter(|o| o.method == "post") {
-        let url = fill(&op.path, TENANT, &conversation);
+/// With the broker stopped, every write answers 503 `kafka_unavailable` and readiness 503,
+/// while liveness stays 200.
+async fn with_kafka_down_writes_and_readiness_answer_503(
+    run: &mut Run<'_>,
+    daemon: &Daemon,
+    conversation: &Conversation,
+) {
+    let doc = run.doc;
+    for op in doc.ops().iter().filter(|o| o.method == "post") {
+        let url = fill(&op.path, TENANT, &conversation.id);
         let (_, example) = doc.request_examples(op).into_iter().next().unwrap();
-        let mut body = substitute(&example, &example_conversation, &conversation);
+        let mut body = conversation.substitute(&example);
         if body.get("client_message_id").is_some() {
             // Not one already published (a repeat is answered from the dedupe cache).
             body["client_message_id"] = json!("while-kafka-is-down");
         }
-        let a = call(
-            &daemon,
-            "post",
-            &url,
-            Auth::Bearer(op.token()),
-            Body::Json(body),
-        )
-        .await;
+        let token = Auth::Bearer(op.token());
+        let a = call(daemon, "post", &url, token, Body::Json(body)).await;
         run.expect_error(op, &a, 503, "kafka_unavailable", "Kafka down");
     }
     let readyz = doc.op("get", "/readyz");
-    let a = call(&daemon, "get", "/readyz", Auth::None, Body::None).await;
+    let a = call(daemon, "get", "/readyz", Auth::None, Body::None).await;
     let body = run.check(&readyz, &a, "Kafka down");
     assert_eq!(a.status, 503, "{body}");
     let healthz = doc.op("get", "/healthz");
-    let a = call(&daemon, "get", "/healthz", Auth::None, Body::None).await;
+    let a = call(daemon, "get", "/healthz", Auth::None, Body::None).await;
     run.check(&healthz, &a, "Kafka down");
     assert_eq!(a.status, 200, "liveness does not depend on Kafka");
+}
 
-    // Every documented status was produced by the daemon.
+/// Every documented (operation, status) pair was produced by the daemon in some scenario.
+fn every_documented_status_was_produced(run: &Run<'_>) {
     let mut unseen = Vec::new();
-    for op in &ops {
-        for status in doc.statuses(op) {
+    for op in &run.doc.ops() {
+        for status in run.doc.statuses(op) {
             let key = (op.method.clone(), op.path.clone(), status);
             let exempt = UNREACHABLE
                 .iter()
