@@ -567,18 +567,42 @@ async fn zalo_images_and_files_are_fetched_uploaded_and_sent_by_their_ids() {
     );
 }
 
+/// One daemon with Messenger and Zalo configured against local stand-ins of Graph, the Zalo
+/// OpenAPI and Zalo's OAuth server.
+struct SocialDaemon {
+    broker: Broker,
+    graph: StandIn,
+    zapi: StandIn,
+    daemon: Daemon,
+    token_file: std::path::PathBuf,
+    _tokens: tempfile::TempDir,
+}
+
+/// The customer's messages as the router and agents see them on `omni.inbound.v1`.
+struct Inbound {
+    messenger: Value,
+    zalo: Value,
+}
+
 /// The daemon end to end: webhooks in (signed as the providers sign), replies out to the
 /// stand-ins, delivery events back on Kafka. (Multi-threaded: the stand-ins keep answering
 /// while the test blocks reading Kafka.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
+    let run = start_with_meta_and_zalo_stand_ins().await;
+    meta_subscribes_only_with_the_verify_token(&run).await;
+    let inbound = customer_messages_on_messenger_and_zalo_reach_kafka(&run).await;
+    agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
+    every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
+}
+
+async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
     let broker = Broker::memory();
     let graph = StandIn::start().await;
     let zapi = StandIn::start().await;
     let oauth = StandIn::start().await;
     let tokens = tempfile::tempdir().unwrap();
     let token_file = tokens.path().join("zalo-oa.json");
-    let token_file_str = token_file.to_str().unwrap().to_owned();
     oauth.always(
         OAUTH_PATH,
         200,
@@ -611,31 +635,42 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
         (oa_key("APP_ID"), "1183926498471234567".into()),
         (oa_key("OA_SECRET_KEY"), "OA-KEY".into()),
         (oa_key("APP_SECRET"), "Z-APP-SECRET".into()),
-        (oa_key("TOKEN_FILE"), token_file_str),
+        (
+            oa_key("TOKEN_FILE"),
+            token_file.to_str().unwrap().to_owned(),
+        ),
         (oa_key("REFRESH_TOKEN"), "Z-R0".into()),
     ];
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let daemon = Daemon::start(&broker, &env_refs).await;
-    let http = reqwest::Client::new();
+    SocialDaemon {
+        broker,
+        graph,
+        zapi,
+        daemon,
+        token_file,
+        _tokens: tokens,
+    }
+}
 
-    // Meta's handshake.
-    let ok = http
-        .get(daemon.url("/v1/webhooks/messenger/demo?hub.mode=subscribe&hub.verify_token=VERIFY&hub.challenge=31337"))
-        .send()
-        .await
-        .unwrap();
+/// Meta's subscription handshake: the challenge is echoed for the verify token only.
+async fn meta_subscribes_only_with_the_verify_token(run: &SocialDaemon) {
+    let http = reqwest::Client::new();
+    let handshake = |token: &str, challenge: &str| {
+        run.daemon.url(&format!(
+            "/v1/webhooks/messenger/demo?hub.mode=subscribe&hub.verify_token={token}\
+             &hub.challenge={challenge}"
+        ))
+    };
+    let ok = http.get(handshake("VERIFY", "31337")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.text().await.unwrap(), "31337");
-    let bad = http
-        .get(daemon.url(
-            "/v1/webhooks/messenger/demo?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1",
-        ))
-        .send()
-        .await
-        .unwrap();
+    let bad = http.get(handshake("nope", "1")).send().await.unwrap();
     assert_eq!(bad.status(), 403);
+}
 
-    // A customer writes on Messenger (Meta escapes non-ASCII) and on Zalo.
+/// A customer writes on Messenger (Meta escapes non-ASCII) and on Zalo; both are published.
+async fn customer_messages_on_messenger_and_zalo_reach_kafka(run: &SocialDaemon) -> Inbound {
     let escaped: String = VI
         .chars()
         .map(|c| {
@@ -647,25 +682,17 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
         })
         .collect();
     let fb = messenger_text(PAGE, PSID, "m_e2e", &escaped);
-    assert_eq!(
-        post_messenger(&daemon, "demo", "META-SECRET", &fb).await,
-        200
-    );
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", &fb).await;
+    assert_eq!(status, 200);
     let ts = "1700000000500";
     let zalo_body = zalo_text("1183926498471234567", OA, ZUSER, "z_e2e", VI, ts);
+    let app = ("1183926498471234567", "OA-KEY");
     assert_eq!(
-        post_zalo(
-            &daemon,
-            "demo",
-            ("1183926498471234567", "OA-KEY"),
-            &zalo_body,
-            ts
-        )
-        .await,
+        post_zalo(&run.daemon, "demo", app, &zalo_body, ts).await,
         200
     );
     let inbound = read_topic(
-        &broker.bootstrap(),
+        &run.broker.bootstrap(),
         "omni.inbound.v1",
         2,
         Duration::from_secs(20),
@@ -679,124 +706,111 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
             .find(|v| v["data"]["channel"]["kind"] == kind)
             .unwrap()
     };
-    let fb_event = by_kind("messenger");
-    let zalo_event = by_kind("zalo");
-    assert_eq!(fb_event["data"]["message"]["text"], VI);
-    assert_eq!(zalo_event["data"]["message"]["text"], VI);
-    assert_eq!(zalo_event["data"]["contact"]["id"], ZUSER);
+    let messenger = by_kind("messenger");
+    let zalo = by_kind("zalo");
+    assert_eq!(messenger["data"]["message"]["text"], VI);
+    assert_eq!(zalo["data"]["message"]["text"], VI);
+    assert_eq!(zalo["data"]["contact"]["id"], ZUSER);
+    Inbound { messenger, zalo }
+}
 
-    // Agents answer both conversations through the API; a third reply will be refused by Meta.
-    graph.answer(
+/// An agent's reply to `event` through the agent API.
+fn answer(event: &Value, text: &str) -> Value {
+    json!({
+        "conversation_id": event["subject"],
+        "channel": event["data"]["channel"],
+        "recipient": event["data"]["contact"]["id"],
+        "agent_id": "agent-7",
+        "text": text,
+        "reply_to": event["data"]["message"]["id"],
+    })
+}
+
+/// Agents answer both conversations through the API; Graph and the Zalo OpenAPI get exactly
+/// the documented requests, Zalo's with the access token refreshed at start.
+async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, inbound: &Inbound) {
+    run.graph.answer(
         SEND_PATH,
         200,
         r#"{"recipient_id":"5384937120339286147","message_id":"m_reply"}"#,
     );
-    graph.answer(
+    // The third reply (below) will be refused by Meta.
+    run.graph.answer(
         SEND_PATH,
         400,
         r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#,
     );
-    zapi.answer(
+    run.zapi.answer(
         CS_PATH,
         200,
         r#"{"error":0,"message":"Success","data":{"message_id":"z_reply"}}"#,
     );
-    let answer = |event: &Value, text: &str| {
-        json!({
-            "conversation_id": event["subject"],
-            "channel": event["data"]["channel"],
-            "recipient": event["data"]["contact"]["id"],
-            "agent_id": "agent-7",
-            "text": text,
-            "reply_to": event["data"]["message"]["id"],
-        })
-    };
-    for body in [answer(&fb_event, VI), answer(&zalo_event, VI)] {
-        let (status, json) = omni_e2e::post_json(
-            &daemon.url("/v1/tenants/demo/replies"),
-            "demo-agent-token",
-            &body,
-        )
-        .await;
+    let replies = run.daemon.url("/v1/tenants/demo/replies");
+    for body in [answer(&inbound.messenger, VI), answer(&inbound.zalo, VI)] {
+        let (status, json) = omni_e2e::post_json(&replies, "demo-agent-token", &body).await;
         assert_eq!(status, 202, "{json}");
     }
-    let fb_sent = graph.wait_for(SEND_PATH, 1, Duration::from_secs(20)).await;
+    let fb_sent = run
+        .graph
+        .wait_for(SEND_PATH, 1, Duration::from_secs(20))
+        .await;
     assert_eq!(fb_sent[0].json()["message"]["text"], VI);
     assert_eq!(fb_sent[0].json()["recipient"]["id"], PSID);
-    let z_sent = zapi.wait_for(CS_PATH, 1, Duration::from_secs(20)).await;
+    let z_sent = run.zapi.wait_for(CS_PATH, 1, Duration::from_secs(20)).await;
     assert_eq!(z_sent[0].json()["message"]["text"], VI);
     assert_eq!(z_sent[0].json()["message"]["quote_message_id"], "z_e2e");
     assert_eq!(
         z_sent[0].headers["access_token"], "Z-ACCESS",
         "refreshed at start"
     );
-    let stored = TokenFile::new(&token_file).load().unwrap().unwrap();
+    let stored = TokenFile::new(&run.token_file).load().unwrap().unwrap();
     assert_eq!(stored.refresh_token, "Z-R1");
+}
 
-    let (status, _) = omni_e2e::post_json(
-        &daemon.url("/v1/tenants/demo/replies"),
-        "demo-agent-token",
-        &answer(&fb_event, "Anh/chị còn cần hỗ trợ gì không ạ?"),
-    )
-    .await;
+/// A reply Meta refuses is `failed` with its reason; the two sent replies are `sent` with the
+/// provider's ids; every delivery event matches the schema and is keyed by tenant.
+async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbound: &Inbound) {
+    let refused = answer(&inbound.messenger, "Anh/chị còn cần hỗ trợ gì không ạ?");
+    let replies = run.daemon.url("/v1/tenants/demo/replies");
+    let (status, _) = omni_e2e::post_json(&replies, "demo-agent-token", &refused).await;
     assert_eq!(status, 202);
     let deliveries = read_topic(
-        &broker.bootstrap(),
+        &run.broker.bootstrap(),
         "omni.delivery.v1",
         3,
         Duration::from_secs(30),
         Duration::from_millis(300),
     );
+    let field = |v: &Value| v.as_str().unwrap_or("").to_owned();
     let mut seen: Vec<(String, String, String)> = deliveries
         .iter()
         .map(|d| {
             let data = &d.value["data"];
-            (
-                data["channel"]["kind"].as_str().unwrap_or("").to_owned(),
-                data["status"].as_str().unwrap_or("").to_owned(),
-                data["provider_message_id"]
-                    .as_str()
-                    .or(data["reason"].as_str())
-                    .unwrap_or("")
-                    .to_owned(),
-            )
+            let id = data["provider_message_id"]
+                .as_str()
+                .or(data["reason"].as_str());
+            let id = id.unwrap_or("").to_owned();
+            (field(&data["channel"]["kind"]), field(&data["status"]), id)
         })
         .collect();
     seen.sort();
-    assert_eq!(
-        seen,
-        [
-            (
-                "messenger".into(),
-                "failed".into(),
-                "user_unavailable".into()
-            ),
-            ("messenger".into(), "sent".into(), "m_reply".into()),
-            ("zalo".into(), "sent".into(), "z_reply".into()),
-        ],
-        "{}",
-        daemon.log()
-    );
+    let expected = [
+        ("messenger", "failed", "user_unavailable"),
+        ("messenger", "sent", "m_reply"),
+        ("zalo", "sent", "z_reply"),
+    ]
+    .map(|(k, s, i)| (k.to_owned(), s.to_owned(), i.to_owned()));
+    assert_eq!(seen, expected, "{}", run.daemon.log());
     let schema = omni_e2e::schema("delivery-update.schema.json");
     for d in &deliveries {
         assert!(schema.is_valid(&d.value["data"]), "{}", d.value);
         assert_eq!(d.key, b"demo");
     }
-    let metrics = daemon.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "omni_delivery_failures_total",
-            &["channel=\"messenger\"", "reason=\"user_unavailable\""]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "omni_messages_received_total",
-            &["channel=\"zalo\""]
-        ),
-        1.0
-    );
+    let metrics = run.daemon.metrics().await;
+    let failures = ["channel=\"messenger\"", "reason=\"user_unavailable\""];
+    let failed = metric_value(&metrics, "omni_delivery_failures_total", &failures);
+    assert_eq!(failed, 1.0);
+    let zalo_in = ["channel=\"zalo\""];
+    let received = metric_value(&metrics, "omni_messages_received_total", &zalo_in);
+    assert_eq!(received, 1.0);
 }
