@@ -91,76 +91,7 @@ async fn a_duplicate_post_is_published_once_with_the_same_event_id() {
 async fn bad_inputs_get_4xx_json_errors_are_counted_and_publish_nothing() {
     let broker = Broker::memory();
     let daemon = Daemon::start(&broker, &[("OMNI__SERVER__MAX_BODY_BYTES", "2048")]).await;
-    let client = reqwest::Client::new();
-    let url = daemon.url("/v1/inbound/demo");
-    let huge = json!({"contact": {"id": "c"}, "text": "x".repeat(5000)});
-    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        (
-            "unknown tenant",
-            client
-                .post(daemon.url("/v1/inbound/nobody"))
-                .bearer_auth("demo-token")
-                .json(&message("x")),
-            404,
-            "unknown_tenant",
-        ),
-        (
-            "no auth",
-            client.post(&url).json(&message("x")),
-            401,
-            "missing_credentials",
-        ),
-        (
-            "bad token",
-            client.post(&url).bearer_auth("wrong").json(&message("x")),
-            401,
-            "bad_credentials",
-        ),
-        (
-            "bad signature",
-            client
-                .post(&url)
-                .header("x-omni-signature", "sha256=deadbeef")
-                .json(&message("x")),
-            401,
-            "bad_credentials",
-        ),
-        (
-            "oversized",
-            client.post(&url).bearer_auth("demo-token").json(&huge),
-            413,
-            "payload_too_large",
-        ),
-        (
-            "malformed",
-            client
-                .post(&url)
-                .bearer_auth("demo-token")
-                .header("content-type", "application/json")
-                .body("{\"contact\": {"),
-            400,
-            "malformed",
-        ),
-        (
-            "missing field",
-            client
-                .post(&url)
-                .bearer_auth("demo-token")
-                .json(&json!({"text": "hi"})),
-            400,
-            "missing_field",
-        ),
-        (
-            "wrong media type",
-            client
-                .post(&url)
-                .bearer_auth("demo-token")
-                .header("content-type", "text/plain")
-                .body("hi"),
-            415,
-            "unsupported_media_type",
-        ),
-    ];
+    let cases = bad_requests(&daemon);
     for (name, req, want, code) in cases {
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
@@ -418,4 +349,80 @@ async fn an_external_python_kafka_client_reads_a_valid_cloudevent() {
     assert_eq!(line["event"]["id"], answer["event_id"]);
     assert_eq!(line["event"]["specversion"], "1.0");
     assert_eq!(line["event"]["data"]["contact"]["name"], "Trần Thị Bích");
+}
+
+/// One bad request of each kind the API channel refuses: (name, request, status, error code).
+fn bad_requests(
+    daemon: &Daemon,
+) -> Vec<(&'static str, reqwest::RequestBuilder, u16, &'static str)> {
+    let client = reqwest::Client::new();
+    let url = daemon.url("/v1/inbound/demo");
+    let huge = json!({"contact": {"id": "c"}, "text": "x".repeat(5000)});
+    vec![
+        (
+            "unknown tenant",
+            client
+                .post(daemon.url("/v1/inbound/nobody"))
+                .bearer_auth("demo-token")
+                .json(&message("x")),
+            404,
+            "unknown_tenant",
+        ),
+        (
+            "no auth",
+            client.post(&url).json(&message("x")),
+            401,
+            "missing_credentials",
+        ),
+        (
+            "bad token",
+            client.post(&url).bearer_auth("wrong").json(&message("x")),
+            401,
+            "bad_credentials",
+        ),
+        (
+            "bad signature",
+            client
+                .post(&url)
+                .header("x-omni-signature", "sha256=deadbeef")
+                .json(&message("x")),
+            401,
+            "bad_credentials",
+        ),
+        (
+            "oversized",
+            client.post(&url).bearer_auth("demo-token").json(&huge),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "malformed",
+            client
+                .post(&url)
+                .bearer_auth("demo-token")
+                .header("content-type", "application/json")
+                .body("{\"contact\": {"),
+            400,
+            "malformed",
+        ),
+        (
+            "missing field",
+            client
+                .post(&url)
+                .bearer_auth("demo-token")
+                .json(&json!({"text": "hi"})),
+            400,
+            "missing_field",
+        ),
+        (
+            "wrong media type",
+            client
+                .post(&url)
+                .bearer_auth("demo-token")
+                .header("content-type", "text/plain")
+                .body("hi"),
+            415,
+            "unsupported_media_type",
+        ),
+    ]
 }

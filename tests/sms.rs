@@ -456,7 +456,15 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
     let public = "https://sms.shop.example.vn";
     let env = sms_env(&api, public);
     let daemon = Daemon::start(&broker, &env_refs(&env)).await;
-    let http = reqwest::Client::new();
+    let event = a_signed_twilio_sms_is_published(&broker, &daemon, public).await;
+    let (callback, answer) =
+        an_agent_reply_goes_to_twilio_with_our_callback(&api, &daemon, &event, public).await;
+    twilio_signs_the_delivery_callback(&daemon, &callback, public).await;
+    the_reply_is_sent_then_delivered_on_the_delivery_topic(&broker, &daemon, &answer);
+}
+
+/// A signed Twilio SMS is answered with empty TwiML and published as a received message.
+async fn a_signed_twilio_sms_is_published(broker: &Broker, daemon: &Daemon, public: &str) -> Value {
     let path = "/v1/webhooks/sms/twilio/demo";
     let body = form(&[
         ("MessageSid", "SMe2e00000000000000000000000000001"),
@@ -466,7 +474,7 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
         ("Body", "Chào shop, đơn hàng của tôi đâu rồi?"),
         ("NumMedia", "0"),
     ]);
-    let r = post_twilio(&daemon, public, path, "TWILIO-TOKEN", body).await;
+    let r = post_twilio(daemon, public, path, "TWILIO-TOKEN", body).await;
     assert_eq!(r.status(), 200, "{}", daemon.log());
     assert_eq!(r.headers()["content-type"], "text/xml");
     assert_eq!(
@@ -491,7 +499,17 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
         event["data"]["channel"],
         json!({"kind": "sms", "account": TWILIO_NUMBER})
     );
+    event
+}
 
+/// An agent's reply reaches the Twilio stand-in with the text, the customer's number and a
+/// StatusCallback on our public URL. Returns the callback and the API's answer.
+async fn an_agent_reply_goes_to_twilio_with_our_callback(
+    api: &StandIn,
+    daemon: &Daemon,
+    event: &Value,
+    public: &str,
+) -> (String, Value) {
     api.answer(
         TWILIO_PATH,
         201,
@@ -517,8 +535,11 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
     assert_eq!(form_sent["To"], "+84901234567");
     let callback = form_sent["StatusCallback"].clone();
     assert!(callback.starts_with(&format!("{public}/v1/webhooks/sms/twilio/demo/status?")));
+    (callback, answer)
+}
 
-    // Twilio reports delivery on the URL we gave it, signed.
+/// Twilio reports delivery on the URL we gave it, signed; the daemon accepts it.
+async fn twilio_signs_the_delivery_callback(daemon: &Daemon, callback: &str, public: &str) {
     let status_body = form(&[
         ("MessageSid", "SMout0001"),
         ("MessageStatus", "delivered"),
@@ -526,18 +547,27 @@ async fn twilio_webhook_to_kafka_to_reply_to_status_callback_and_delivery_events
         ("From", TWILIO_NUMBER),
         ("To", "+84901234567"),
     ]);
-    let r = http
+    let r = reqwest::Client::new()
         .post(daemon.url(callback.strip_prefix(public).unwrap()))
         .header("content-type", "application/x-www-form-urlencoded")
         .header(
             "x-twilio-signature",
-            twilio_sign("TWILIO-TOKEN", &callback, &status_body),
+            twilio_sign("TWILIO-TOKEN", callback, &status_body),
         )
         .body(status_body)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Both fates of the reply are on the delivery topic, for the same outbound event: `sent` with
+/// its segments, then `delivered`.
+fn the_reply_is_sent_then_delivered_on_the_delivery_topic(
+    broker: &Broker,
+    daemon: &Daemon,
+    answer: &Value,
+) {
     let deliveries = read_topic(
         &broker.bootstrap(),
         "omni.delivery.v1",
