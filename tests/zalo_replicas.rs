@@ -92,6 +92,14 @@ async fn sent_texts(
     }
 }
 
+/// Three replicas sharing one OA, its Zalo stand-ins and one broker.
+struct Oa {
+    broker: Broker,
+    oauth: ZaloOauth,
+    api: StandIn,
+    replicas: Vec<Daemon>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refresh_per_due_token_across_replicas_killed_and_restarted() {
     let broker = Broker::memory();
@@ -104,35 +112,58 @@ async fn one_refresh_per_due_token_across_replicas_killed_and_restarted() {
         br#"{"error":0,"message":"Success","data":{"message_id":"z"}}"#,
     );
     let files = tempfile::tempdir().unwrap();
-    let mut replicas = Vec::new();
+    let mut oa = Oa {
+        broker,
+        oauth,
+        api,
+        replicas: Vec::new(),
+    };
     for n in 0..3 {
-        replicas.push(start(&broker, &oauth, &api, &files, n).await);
+        let replica = start(&oa.broker, &oa.oauth, &oa.api, &files, n).await;
+        oa.replicas.push(replica);
     }
     // The first refresh consumes the configured R0, on one replica.
-    assert_eq!(oauth.wait_accepted(1, Duration::from_secs(60)).await, 1);
+    assert_eq!(oa.oauth.wait_accepted(1, Duration::from_secs(60)).await, 1);
 
-    // Replies through every replica while two are killed and replaced.
+    let sent = replies_through_every_replica_while_two_are_killed(&mut oa, &files).await;
+    every_reply_went_out_once_with_a_token_still_valid(&oa, sent).await;
+    let _token_files = a_restart_of_every_replica_continues_the_chain_from_kafka(&mut oa).await;
+    every_refresh_presented_the_valid_token_one_per_due_token(&oa);
+    the_pairs_on_kafka_are_sealed(&oa);
+}
+
+/// For 30 s, a reply through every replica every 0.7 s; at 8 s and 18 s one replica is killed
+/// and replaced. Returns how many replies were written.
+async fn replies_through_every_replica_while_two_are_killed(
+    oa: &mut Oa,
+    files: &tempfile::TempDir,
+) -> usize {
     let mut sent = 0usize;
     let mut next = 3;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
-        for d in &replicas {
+        for d in &oa.replicas {
             sent += 1;
             reply(d, &format!("reply {sent}")).await;
         }
         let second = started.elapsed().as_secs();
-        if (second == 8 || second == 18) && replicas.len() == 3 {
-            let mut victim = replicas.remove(usize::try_from(second).unwrap() % 3);
+        if (second == 8 || second == 18) && oa.replicas.len() == 3 {
+            let mut victim = oa.replicas.remove(usize::try_from(second).unwrap() % 3);
             victim.terminate_hard();
-            replicas.push(start(&broker, &oauth, &api, &files, next).await);
+            let replica = start(&oa.broker, &oa.oauth, &oa.api, files, next).await;
+            oa.replicas.push(replica);
             next += 1;
         }
+        // The pace of the traffic, not a wait for a condition.
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let calls = sent_texts(&api, sent, Duration::from_secs(90)).await;
+    sent
+}
 
-    // Every reply went out once, each with an access token the stand-in issued and that was
-    // still valid when used.
+/// Every reply went out once, each with an access token the stand-in issued and that was
+/// still valid when used.
+async fn every_reply_went_out_once_with_a_token_still_valid(oa: &Oa, sent: usize) {
+    let calls = sent_texts(&oa.api, sent, Duration::from_secs(90)).await;
     let mut texts: Vec<String> = calls
         .iter()
         .map(|c| c.json()["message"]["text"].as_str().unwrap().to_owned())
@@ -140,7 +171,7 @@ async fn one_refresh_per_due_token_across_replicas_killed_and_restarted() {
     texts.sort();
     texts.dedup();
     if texts.len() != sent {
-        for d in &replicas {
+        for d in &oa.replicas {
             let log = d.log();
             let lines: Vec<&str> = log
                 .lines()
@@ -156,47 +187,57 @@ async fn one_refresh_per_due_token_across_replicas_killed_and_restarted() {
     assert_eq!(texts.len(), sent, "every reply reached Zalo");
     for c in &calls {
         let token = c.headers.get("access_token").expect("access_token header");
-        let issued = oauth
+        let issued = oa
+            .oauth
             .issued_at(token)
             .unwrap_or_else(|| panic!("{token} was never issued"));
         assert!(
-            c.at.duration_since(issued) < oauth.expires_in,
+            c.at.duration_since(issued) < oa.oauth.expires_in,
             "{token} used after it expired"
         );
     }
+}
 
-    // Now every replica at once: the pair survives in Kafka, not in any one pod.
-    for d in &mut replicas {
+/// Every replica killed at once: the pair survives in Kafka, not in any one pod. The new
+/// replicas (fresh token files, the configured R0 long spent) continue the chain from Kafka:
+/// the next refresh presents the newest refresh token and is accepted. (A reply through them is
+/// not part of this check: after every member of the outbound group died at once, tansu may
+/// leave an outbound partition unassigned for a while; see tests/tansu/.)
+/// Returns the new replicas' token file directory, which must outlive them.
+async fn a_restart_of_every_replica_continues_the_chain_from_kafka(
+    oa: &mut Oa,
+) -> tempfile::TempDir {
+    for d in &mut oa.replicas {
         d.terminate_hard();
     }
-    replicas.clear();
+    oa.replicas.clear();
     let fresh = tempfile::tempdir().unwrap();
     for n in 0..3 {
-        replicas.push(start(&broker, &oauth, &api, &fresh, n).await);
+        let replica = start(&oa.broker, &oa.oauth, &oa.api, &fresh, n).await;
+        oa.replicas.push(replica);
     }
-    // The new replicas (fresh token files, the configured R0 long spent) continue the chain
-    // from Kafka: the next refresh presents the newest refresh token and is accepted. (A reply
-    // through them is not part of this check: after every member of the outbound group died at
-    // once, tansu may leave an outbound partition unassigned for a while; see tests/tansu/.)
-    let before = oauth.refreshes().len();
+    let before = oa.oauth.refreshes().len();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while oauth.refreshes().len() <= before {
+    while oa.oauth.refreshes().len() <= before {
         assert!(
             Instant::now() < deadline,
             "no refresh after a full restart: {:?}",
-            oauth.refreshes()
+            oa.oauth.refreshes()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = &oauth.refreshes()[before];
+    let after = &oa.oauth.refreshes()[before];
     assert!(
         after.accepted,
         "the chain broke at the full restart: {after:?}"
     );
+    fresh
+}
 
-    // The refresh chain: every refresh presented the one valid token (Zalo refused none), and
-    // refreshes came one per due token, never two for one.
-    let refreshes = oauth.refreshes();
+/// The refresh chain: every refresh presented the one valid token (Zalo refused none), and
+/// refreshes came one per due token, never two for one.
+fn every_refresh_presented_the_valid_token_one_per_due_token(oa: &Oa) {
+    let refreshes = oa.oauth.refreshes();
     let refused: Vec<_> = refreshes.iter().filter(|r| !r.accepted).collect();
     assert!(refused.is_empty(), "refused refreshes: {refused:?}");
     for pair in refreshes.windows(2) {
@@ -209,12 +250,14 @@ async fn one_refresh_per_due_token_across_replicas_killed_and_restarted() {
         );
     }
     assert!(refreshes.len() >= 4, "tokens kept fresh: {refreshes:?}");
+}
 
-    // On Kafka the pairs are sealed: no token in clear.
+/// On Kafka the pairs are sealed: no token in clear.
+fn the_pairs_on_kafka_are_sealed(oa: &Oa) {
     let stored = read_topic(
-        &broker.bootstrap(),
+        &oa.broker.bootstrap(),
         "omni.zalo-tokens.v1",
-        refreshes.len(),
+        oa.oauth.refreshes().len(),
         Duration::from_secs(10),
         Duration::from_millis(300),
     );
