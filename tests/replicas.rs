@@ -231,11 +231,17 @@ async fn a_crm_partitioning_like_java_and_a_record_on_the_wrong_partition_reach_
             ),
         ],
     );
-    // Both agents exist on the tenant's owner, whichever replica is asked.
+    both_agents_are_online_on_every_replica(&daemons).await;
+    ten_conversations_are_assigned_to_the_crm_agents(&broker, &daemons).await;
+    the_pinned_records_were_forwarded_and_never_applied_off_home(&broker, &daemons, home).await;
+}
+
+/// Both agents exist on the tenant's owner, whichever replica is asked.
+async fn both_agents_are_online_on_every_replica(daemons: &[Daemon]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut ok = 0;
-        for d in &daemons {
+        for d in daemons {
             let (status, body, _) = get(d, "t1", "agents").await;
             let online: BTreeSet<&str> = body["agents"]
                 .as_array()
@@ -261,14 +267,17 @@ async fn a_crm_partitioning_like_java_and_a_record_on_the_wrong_partition_reach_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Ten conversations go to the CRM's agents, posted to either replica.
+}
+
+/// Ten conversations, posted to either replica, go to the CRM's agents.
+async fn ten_conversations_are_assigned_to_the_crm_agents(broker: &Broker, daemons: &[Daemon]) {
     let mut conversations = BTreeSet::new();
     for i in 0..10 {
         conversations.insert(customer_message(&daemons[i % 2], "t1", &format!("c{i}")).await);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let events = routing_events(&broker);
+        let events = routing_events(broker);
         let assigned: BTreeSet<&str> = events
             .iter()
             .filter(|e| e["type"] == "omni.routing.assigned")
@@ -285,11 +294,18 @@ async fn a_crm_partitioning_like_java_and_a_record_on_the_wrong_partition_reach_
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // The pinned records were forwarded (counted by whichever replica read them) and every
-    // command record on the wrong partition stayed unapplied there: no state was ever
-    // written for t1 on any partition but its own.
+}
+
+/// The pinned records were forwarded (counted by whichever replica read them) and every
+/// command record on the wrong partition stayed unapplied there: no state was ever written
+/// for t1 on any partition but `home`, its own.
+async fn the_pinned_records_were_forwarded_and_never_applied_off_home(
+    broker: &Broker,
+    daemons: &[Daemon],
+    home: i32,
+) {
     let mut misrouted = 0.0;
-    for d in &daemons {
+    for d in daemons {
         misrouted += metric_value(
             &d.metrics().await,
             "omni_router_misrouted_total",
@@ -339,7 +355,23 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
     let env_refs = omni_e2e::env_refs(&env);
     let mut live: Vec<Daemon> = Daemon::start_many(&broker, 3, &env_refs).await;
 
-    // Per tenant: one agent from the HTTP API (any replica), one from the Python CRM.
+    every_tenant_gets_an_agent_from_the_api_and_one_from_a_python_crm(&broker, &live).await;
+    let (mut conversations, rounds) =
+        customers_write_through_a_crash_a_stop_and_a_join(&broker, &mut live, &env_refs).await;
+    messenger_customers_are_published(&broker, &mut conversations, rounds);
+    let events =
+        every_conversation_is_decided_and_every_agent_filled(&broker, &live, &conversations).await;
+    no_conversation_is_assigned_twice_and_no_agent_over_capacity(&events);
+    no_two_instances_applied_one_tenant_at_once(&broker);
+    replies_from_the_api_and_the_crm_reach_each_tenants_owner(&broker, &live, &conversations).await;
+    reads_answer_from_every_replica_served_by_the_owner(&live).await;
+}
+
+/// Per tenant: one agent from the HTTP API (any replica), one from the Python CRM.
+async fn every_tenant_gets_an_agent_from_the_api_and_one_from_a_python_crm(
+    broker: &Broker,
+    live: &[Daemon],
+) {
     for (i, t) in TENANTS.iter().enumerate() {
         let d = &live[i % live.len()];
         for body in [
@@ -361,30 +393,46 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         })
         .collect();
     python_produce(&broker.bootstrap(), "murmur2_random", &crm);
+}
 
+/// Customers of every tenant write through every live replica while a replica crashes (and is
+/// replaced at once), another is stopped gracefully and a new one joins. Returns every
+/// conversation with its tenant, and the number of rounds sent.
+async fn customers_write_through_a_crash_a_stop_and_a_join(
+    broker: &Broker,
+    live: &mut Vec<Daemon>,
+    env_refs: &[(&str, &str)],
+) -> (BTreeMap<String, &'static str>, usize) {
     let mut conversations: BTreeMap<String, &'static str> = BTreeMap::new();
     let mut round = 0;
-    send_round(&live, &mut conversations, round).await;
+    send_round(live, &mut conversations, round).await;
 
     // A replica crashes; its replacement starts at once.
     round += 1;
     live.remove(0).terminate_hard();
-    live.push(Daemon::start(&broker, &env_refs).await);
-    send_round(&live, &mut conversations, round).await;
+    live.push(Daemon::start(broker, env_refs).await);
+    send_round(live, &mut conversations, round).await;
 
     // A replica is stopped gracefully (SIGTERM: it commits and leaves the group).
     round += 1;
     let mut stopped = live.remove(0);
     let status = tokio::task::block_in_place(|| stopped.terminate(Duration::from_secs(30)));
     assert!(status.is_some_and(|s| s.success()), "{}", stopped.log());
-    send_round(&live, &mut conversations, round).await;
+    send_round(live, &mut conversations, round).await;
 
     // A replica joins.
     round += 1;
-    live.push(Daemon::start(&broker, &env_refs).await);
-    send_round(&live, &mut conversations, round).await;
+    live.push(Daemon::start(broker, env_refs).await);
+    send_round(live, &mut conversations, round).await;
+    (conversations, round + 1)
+}
 
-    // Messenger conversations, from the inbound topic (their ids are derived, not answered).
+/// Messenger conversations, from the inbound topic (their ids are derived, not answered).
+fn messenger_customers_are_published(
+    broker: &Broker,
+    conversations: &mut BTreeMap<String, &'static str>,
+    rounds: usize,
+) {
     let inbound = read_topic(
         &broker.bootstrap(),
         "omni.inbound.v1",
@@ -411,15 +459,21 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
     }
     assert_eq!(
         on_messenger,
-        TENANTS.len() * (round + 1),
+        TENANTS.len() * rounds,
         "messenger customers published"
     );
+}
 
-    // Wait until every conversation has a routing decision and every tenant's two agents are
-    // full (capacity 3 each, more conversations than that per tenant).
+/// Wait until every conversation has a routing decision and every tenant's two agents are
+/// full (capacity 3 each, more conversations than that per tenant). Returns the routing events.
+async fn every_conversation_is_decided_and_every_agent_filled(
+    broker: &Broker,
+    live: &[Daemon],
+    conversations: &BTreeMap<String, &'static str>,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let events = loop {
-        let events = routing_events(&broker);
+    loop {
+        let events = routing_events(broker);
         let decided: BTreeSet<&str> = events
             .iter()
             .filter(|e| {
@@ -456,10 +510,12 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
                 .join("\n----\n")
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+}
 
-    // Each conversation assigned at most once (one contact each, nobody resolves), and no
-    // agent ever over capacity, reconstructed from the decisions.
+/// Each conversation assigned at most once (one contact each, nobody resolves), and no
+/// agent ever over capacity, reconstructed from the decisions.
+fn no_conversation_is_assigned_twice_and_no_agent_over_capacity(events: &[Value]) {
     let mut assignments: BTreeMap<&str, usize> = BTreeMap::new();
     let mut load: BTreeMap<(&str, &str), u32> = BTreeMap::new();
     for e in events
@@ -486,11 +542,13 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
             "tenant {t}: {load:?}"
         );
     }
+}
 
-    // No two instances applied one tenant at once: per state partition, in log order, a claim
-    // takes force only with a higher epoch (of two claims of one epoch the first wins and the
-    // other claimant backs off), and every state record carries the epoch and member of the
-    // claim in force where it was written.
+/// No two instances applied one tenant at once: per state partition, in log order, a claim
+/// takes force only with a higher epoch (of two claims of one epoch the first wins and the
+/// other claimant backs off), and every state record carries the epoch and member of the
+/// claim in force where it was written.
+fn no_two_instances_applied_one_tenant_at_once(broker: &Broker) {
     let mut claims = 0;
     let mut in_force: BTreeMap<i32, (u64, String)> = BTreeMap::new();
     for r in read_log(&broker.bootstrap(), STATE, Duration::from_secs(2)) {
@@ -524,10 +582,18 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         }
     }
     assert!(claims >= 8, "only {claims} claims over four takeovers");
+}
 
-    // Agents answer the first conversation of each tenant (now known to its engine: replies
-    // and customer messages are on two topics, with no order between them): through the HTTP
-    // API of any replica, and as a Python CRM writing omni.outbound.v1 with murmur2.
+/// Agents answer the first conversation of each tenant (now known to its engine: replies
+/// and customer messages are on two topics, with no order between them): through the HTTP
+/// API of any replica, and as a Python CRM writing omni.outbound.v1 with murmur2.
+/// Both replies reached each tenant's owner: one first response per tenant on /metrics
+/// (summed over the replicas: the owner counts it).
+async fn replies_from_the_api_and_the_crm_reach_each_tenants_owner(
+    broker: &Broker,
+    live: &[Daemon],
+    conversations: &BTreeMap<String, &'static str>,
+) {
     let mut python_replies = Vec::new();
     for (i, t) in TENANTS.iter().enumerate() {
         let (conv, _) = conversations.iter().find(|(_, tt)| *tt == t).unwrap();
@@ -557,16 +623,13 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         ));
     }
     python_produce(&broker.bootstrap(), "murmur2_random", &python_replies);
-
-    // Both replies reached each tenant's owner: one first response per tenant on /metrics
-    // (summed over the replicas: the owner counts it).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut answered = 0;
         for t in TENANTS {
             let label = format!("tenant=\"{t}\"");
             let mut first = 0.0;
-            for d in &live {
+            for d in live {
                 first += metric_value(
                     &d.metrics().await,
                     "omni_first_response_seconds_count",
@@ -586,11 +649,13 @@ async fn three_replicas_survive_a_crash_a_stop_and_a_join_with_every_invariant_i
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
 
-    // Reads answer 200 from every live replica for every tenant, served by the owner.
+/// Reads answer 200 from every live replica for every tenant, served by the owner.
+async fn reads_answer_from_every_replica_served_by_the_owner(live: &[Daemon]) {
     for t in TENANTS {
         let mut owners = BTreeSet::new();
-        for d in &live {
+        for d in live {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let (status, body, served_by) = get(d, t, "agents").await;
