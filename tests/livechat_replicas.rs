@@ -89,6 +89,17 @@ async fn open_when_admitted(
     }
 }
 
+/// The replica list agents post to, without the one the visitor is on (it is the next to be
+/// killed).
+type Targets = Arc<tokio::sync::RwLock<Vec<String>>>;
+
+fn others(daemons: &[Daemon], at: usize) -> Vec<String> {
+    (0..daemons.len())
+        .filter(|i| *i != at)
+        .map(|i| daemons[i].url(""))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visitor_keeps_a_complete_ordered_transcript_while_replicas_are_killed_and_restarted() {
     let started = Instant::now();
@@ -100,18 +111,59 @@ async fn a_visitor_keeps_a_complete_ordered_transcript_while_replicas_are_killed
     let mut at = 0;
     visitor.connect(&daemons[at]).await;
 
-    // Agents reply all along: through the HTTP API of the replicas the visitor is not on, and
-    // every fourth reply straight to omni.outbound.v1 as a CRM in Python would. A replica is
-    // taken out of `targets` (waiting for a request in flight) before it is killed.
-    let others = |daemons: &[Daemon], at: usize| -> Vec<String> {
-        (0..daemons.len())
-            .filter(|i| *i != at)
-            .map(|i| daemons[i].url(""))
-            .collect()
-    };
-    let targets = Arc::new(tokio::sync::RwLock::new(others(&daemons, at)));
+    let targets: Targets = Arc::new(tokio::sync::RwLock::new(others(&daemons, at)));
     let stop = Arc::new(AtomicBool::new(false));
-    let replier = tokio::spawn({
+    let replier = agents_reply_all_along(&broker, &session, &targets, &stop);
+    let mut sent_by_visitor = 0;
+    let mut reconnects = Vec::new();
+    for _round in 0..3 {
+        let kill = the_visitors_replica_is_killed_mid_conversation(
+            &broker,
+            &mut daemons,
+            &mut visitor,
+            &session,
+            at,
+            &mut sent_by_visitor,
+        )
+        .await;
+        reconnects.push(kill);
+        at = (at + 1) % 3;
+        *targets.write().await = others(&daemons, at);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = replier.await.unwrap();
+
+    let shown =
+        the_transcript_is_complete_in_order_without_repeats(&mut visitor, &sent, sent_by_visitor)
+            .await;
+    a_replica_started_during_the_run_replays_the_same_conversation(
+        &daemons[(at + 1) % 3],
+        &session,
+        &visitor,
+        shown,
+    )
+    .await;
+    println!(
+        "transcript: {} visitor messages, {} agent replies ({} straight to Kafka), 3 kills; \
+         kill to resumed and acknowledged on another replica: {reconnects:?}; run {:?}",
+        sent_by_visitor,
+        sent.len(),
+        sent.len() / 4,
+        started.elapsed()
+    );
+}
+
+/// Agents reply all along: through the HTTP API of the replicas in `targets`, and every fourth
+/// reply straight to omni.outbound.v1 as a CRM in Python would, until `stop`. A replica is
+/// taken out of `targets` (waiting for a request in flight) before it is killed. Returns the
+/// texts sent, in order.
+fn agents_reply_all_along(
+    broker: &Broker,
+    session: &Session,
+    targets: &Targets,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn({
         let (targets, stop, session) = (targets.clone(), stop.clone(), session.clone());
         let bootstrap = broker.bootstrap();
         async move {
@@ -142,51 +194,66 @@ async fn a_visitor_keeps_a_complete_ordered_transcript_while_replicas_are_killed
             }
             sent
         }
-    });
+    })
+}
 
+/// One round: replies keep arriving, the visitor writes and sees typing from another replica;
+/// then its replica is killed with a message in flight, the widget reconnects to the next
+/// replica with its cursor and resends, and the killed one is replaced. Returns the time from
+/// the kill to everything acknowledged on the next replica.
+async fn the_visitors_replica_is_killed_mid_conversation(
+    broker: &Broker,
+    daemons: &mut [Daemon],
+    visitor: &mut Visitor,
+    session: &Session,
+    at: usize,
+    sent_by_visitor: &mut usize,
+) -> Duration {
     let wait = Duration::from_secs(20);
-    let mut sent_by_visitor = 0;
-    let mut reconnects = Vec::new();
-    for _round in 0..3 {
-        // Replies keep arriving, through both other replicas and Kafka.
-        let replies = visitor.texts("agent").len();
-        assert!(
-            visitor
-                .pump_until(wait, |v| v.texts("agent").len() >= replies + 4)
-                .await
-        );
-        for _ in 0..3 {
-            let id = format!("v{sent_by_visitor:03}");
-            visitor.send(&id, &format!("khách {id}")).await;
-            sent_by_visitor += 1;
-            assert!(visitor.pump_until(wait, |v| v.unacked.is_empty()).await);
-        }
-        // Typing posted to another replica reaches the visitor's socket.
-        let typed = visitor.typing.len();
-        agent_typing(&daemons[(at + 1) % 3], &session, true).await;
-        assert!(visitor.pump_until(wait, |v| v.typing.len() > typed).await);
-
-        // A message in flight when the visitor's replica is killed.
-        let id = format!("v{sent_by_visitor:03}");
+    // Replies keep arriving, through both other replicas and Kafka.
+    let replies = visitor.texts("agent").len();
+    assert!(
+        visitor
+            .pump_until(wait, |v| v.texts("agent").len() >= replies + 4)
+            .await
+    );
+    for _ in 0..3 {
+        let id = format!("v{:03}", *sent_by_visitor);
         visitor.send(&id, &format!("khách {id}")).await;
-        sent_by_visitor += 1;
-        daemons[at].terminate_hard();
-        let killed = Instant::now();
-        visitor.until_closed(wait).await.expect("the socket closes");
-        // The widget reconnects, through the load balancer, to another replica with its
-        // cursor, and resends what was not acknowledged under the same client id.
-        let next = (at + 1) % 3;
-        visitor.connect(&daemons[next]).await;
+        *sent_by_visitor += 1;
         assert!(visitor.pump_until(wait, |v| v.unacked.is_empty()).await);
-        reconnects.push(killed.elapsed());
-        // The orchestrator replaces the killed replica.
-        daemons[at] = Daemon::start(&broker, &UNLIMITED).await;
-        at = next;
-        *targets.write().await = others(&daemons, at);
     }
-    stop.store(true, Ordering::Relaxed);
-    let sent = replier.await.unwrap();
+    // Typing posted to another replica reaches the visitor's socket.
+    let typed = visitor.typing.len();
+    agent_typing(&daemons[(at + 1) % 3], session, true).await;
+    assert!(visitor.pump_until(wait, |v| v.typing.len() > typed).await);
 
+    // A message in flight when the visitor's replica is killed.
+    let id = format!("v{:03}", *sent_by_visitor);
+    visitor.send(&id, &format!("khách {id}")).await;
+    *sent_by_visitor += 1;
+    daemons[at].terminate_hard();
+    let killed = Instant::now();
+    visitor.until_closed(wait).await.expect("the socket closes");
+    // The widget reconnects, through the load balancer, to another replica with its
+    // cursor, and resends what was not acknowledged under the same client id.
+    let next = (at + 1) % 3;
+    visitor.connect(&daemons[next]).await;
+    assert!(visitor.pump_until(wait, |v| v.unacked.is_empty()).await);
+    let took = killed.elapsed();
+    // The orchestrator replaces the killed replica.
+    daemons[at] = Daemon::start(broker, &UNLIMITED).await;
+    took
+}
+
+/// Every agent reply and every visitor message is shown once, in order, and nothing more
+/// comes late; cursors only move forward, one message at a time, over every socket. Returns
+/// how many messages the transcript shows.
+async fn the_transcript_is_complete_in_order_without_repeats(
+    visitor: &mut Visitor,
+    sent: &[String],
+    sent_by_visitor: usize,
+) -> usize {
     let all_in = visitor
         .pump_until(Duration::from_secs(30), |v| {
             v.texts("agent").len() >= sent.len() && v.texts("visitor").len() >= sent_by_visitor
@@ -234,11 +301,20 @@ async fn a_visitor_keeps_a_complete_ordered_transcript_while_replicas_are_killed
         }
         last = c;
     }
+    shown
+}
 
-    // A replica started during the run replays the same conversation from the start: the
-    // same messages at the same positions.
+/// A replica started during the run replays the same conversation from the start: the same
+/// messages at the same positions.
+async fn a_replica_started_during_the_run_replays_the_same_conversation(
+    replica: &Daemon,
+    session: &Session,
+    visitor: &Visitor,
+    shown: usize,
+) {
+    let wait = Duration::from_secs(20);
     let mut replay = Visitor::new(session.clone());
-    replay.connect(&daemons[(at + 1) % 3]).await;
+    replay.connect(replica).await;
     assert!(
         replay
             .pump_until(wait, |v| v.transcript.len() >= shown)
@@ -252,17 +328,9 @@ async fn a_visitor_keeps_a_complete_ordered_transcript_while_replicas_are_killed
                 .map(|m| m["seq"].clone())
                 .collect()
         };
-        assert_eq!(seqs(&replay), seqs(&visitor), "{from}");
+        assert_eq!(seqs(&replay), seqs(visitor), "{from}");
         assert_eq!(replay.texts(from), visitor.texts(from));
     }
-    println!(
-        "transcript: {} visitor messages, {} agent replies ({} straight to Kafka), 3 kills; \
-         kill to resumed and acknowledged on another replica: {reconnects:?}; run {:?}",
-        sent_by_visitor,
-        sent.len(),
-        sent.len() / 4,
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,6 +146,21 @@ fn env_for(graph: &Graph, tenants: &[&str], extra: &[(&str, &str)]) -> Vec<(Stri
     env
 }
 
+/// What the waves wrote, and what the kills left behind.
+#[derive(Default)]
+struct Waves {
+    /// Every reply written.
+    ids: BTreeSet<String>,
+    /// Replies whose first part the stand-in answers only after the send timeout.
+    slow: BTreeSet<String>,
+    /// Parts of the replies that are not slow.
+    expected_parts: usize,
+    /// Written after the last kill: nothing of theirs was at a killed replica's provider call.
+    after_last_kill: BTreeSet<String>,
+    /// The logs of the killed replicas, for diagnostics.
+    killed_logs: Vec<String>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
     let broker = Broker::memory();
@@ -171,15 +186,59 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
     let refs = env_refs(&env);
     let mut daemons = Daemon::start_many(&broker, 3, &refs).await;
 
-    // Replies of three parts each (text + two attachments), in waves; between waves one
-    // replica is SIGKILLed and another started in its place.
-    let mut ids = BTreeSet::new();
-    let mut slow = BTreeSet::new();
-    let mut expected_parts = 0;
+    let waves = replies_in_waves_with_a_replica_killed_between_them(
+        &bootstrap,
+        &graph,
+        &mut daemons,
+        &refs,
+        &tenants,
+    )
+    .await;
+    let fates = wait_for_fates(
+        &bootstrap,
+        &waves.ids,
+        Duration::from_secs(120),
+        &daemons,
+        &waves.killed_logs,
+        &graph,
+    )
+    .await;
+    let parts = graph.parts();
+    let counts = counts(&parts);
+    no_part_reached_the_provider_twice(&counts, &daemons);
+    every_reply_has_one_fate_matching_the_parts_sent(&fates, &counts, &waves.slow);
+    report_resumes_rejoins_and_rewinds(&daemons, &waves.killed_logs).await;
+    let sent = fates.values().filter(|f| f[0].0 == "sent").count();
+    let unknown = fates.len() - sent;
+    println!(
+        "replies: {}, sent: {sent}, outcome_unknown: {unknown} (slow: {}), parts at the provider: {} (expected for sent replies: {})",
+        fates.len(),
+        waves.slow.len(),
+        parts.len(),
+        waves.expected_parts
+    );
+    // Only replies at the provider when their replica was killed may be of unknown fate: the
+    // last wave, written after the last kill, is sent in full (its slow reply aside).
+    for id in &waves.after_last_kill {
+        assert_eq!(
+            fates[id][0].0, "sent",
+            "{id}, written after the last kill: {:?}",
+            fates[id]
+        );
+    }
+}
+
+/// Replies of three parts each (text + two attachments), in four waves of 16; between waves
+/// one replica is SIGKILLed while the wave is being sent, and another started in its place.
+async fn replies_in_waves_with_a_replica_killed_between_them(
+    bootstrap: &str,
+    graph: &Graph,
+    daemons: &mut [Daemon],
+    refs: &[(&str, &str)],
+    tenants: &[&str],
+) -> Waves {
+    let mut w = Waves::default();
     let mut killed: Option<usize> = None;
-    let mut killed_logs = Vec::new();
-    // Written after the last kill: nothing of theirs was at a killed replica's provider call.
-    let mut after_last_kill = BTreeSet::new();
     for wave in 0..4 {
         let mut batch = Vec::new();
         for i in 0..16 {
@@ -196,24 +255,24 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
             let reply = messenger_reply(tenant, "psid-1", &text, &attachments);
             let id = reply["id"].as_str().unwrap().to_owned();
             if i == 5 {
-                slow.insert(id.clone());
+                w.slow.insert(id.clone());
             } else {
-                expected_parts += 3;
+                w.expected_parts += 3;
                 if wave == 3 {
-                    after_last_kill.insert(id.clone());
+                    w.after_last_kill.insert(id.clone());
                 }
             }
-            ids.insert(id);
+            w.ids.insert(id);
             batch.push((reply, None));
         }
-        produce(&bootstrap, &batch);
+        produce(bootstrap, &batch);
         if let Some(victim) = killed.take() {
-            killed_logs.push(daemons[victim].log());
+            w.killed_logs.push(daemons[victim].log());
             // The replacement joins at once, before the broker expired the dead member's
             // session: tansu 0.6 may then leave what the dead member held with nobody, and the
             // replicas' outbound consumers rejoin their group to get it assigned again
             // (omni_bus::liveness; see tests/tansu/).
-            daemons[victim] = Daemon::spawn(&bootstrap, &refs);
+            daemons[victim] = Daemon::spawn(bootstrap, refs);
             daemons[victim].wait_ready(Duration::from_secs(60)).await;
         }
         if wave == 3 {
@@ -228,17 +287,14 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
         killed = Some(victim);
     }
 
-    let fates = wait_for_fates(
-        &bootstrap,
-        &ids,
-        Duration::from_secs(120),
-        &daemons,
-        &killed_logs,
-        &graph,
-    )
-    .await;
-    let parts = graph.parts();
-    let counts = counts(&parts);
+    w
+}
+
+/// No part reached the provider twice, whatever the kills interrupted.
+fn no_part_reached_the_provider_twice(
+    counts: &BTreeMap<(String, String), usize>,
+    daemons: &[Daemon],
+) {
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         twice.is_empty(),
@@ -249,7 +305,17 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    for (id, fate) in &fates {
+}
+
+/// Every reply has exactly one fate, and the parts at the provider agree with it: a sent reply
+/// has all three, a slow one at most its first (reported `outcome_unknown`, not resent), any
+/// other unknown one was at the provider when its replica was killed.
+fn every_reply_has_one_fate_matching_the_parts_sent(
+    fates: &BTreeMap<String, Vec<(String, String)>>,
+    counts: &BTreeMap<(String, String), usize>,
+    slow: &BTreeSet<String>,
+) {
+    for (id, fate) in fates {
         let statuses: BTreeSet<&(String, String)> = fate.iter().collect();
         assert_eq!(statuses.len(), 1, "one fate per reply: {id} {fate:?}");
         let (status, reason) = &fate[0];
@@ -273,8 +339,13 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
             assert_eq!(reason, "outcome_unknown", "{id}: {fate:?}");
         }
     }
+}
+
+/// Prints how often the live replicas took a reply again with stored progress, rejoined the
+/// outbound group for partitions without a live owner, and rewound to a committed offset.
+async fn report_resumes_rejoins_and_rewinds(daemons: &[Daemon], killed_logs: &[String]) {
     let mut resumed = BTreeMap::new();
-    for d in &daemons {
+    for d in daemons {
         let m = d.metrics().await;
         for state in ["finished", "partial", "at_provider"] {
             let label = format!("state=\"{state}\"");
@@ -284,7 +355,7 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
     }
     println!("replies taken again with stored progress (live replicas): {resumed:?}");
     let mut rejoins = 0.0;
-    for d in &daemons {
+    for d in daemons {
         rejoins += omni_e2e::metric_value(
             &d.metrics().await,
             "omni_kafka_group_rejoins_total",
@@ -303,23 +374,6 @@ async fn no_reply_part_is_sent_twice_while_replicas_are_killed_and_restarted() {
         .map(|log| log.matches("rewinding\"").count())
         .sum();
     println!("partitions rewound to their committed offset (all replicas): {rewinds}");
-    let sent = fates.values().filter(|f| f[0].0 == "sent").count();
-    let unknown = fates.len() - sent;
-    println!(
-        "replies: {}, sent: {sent}, outcome_unknown: {unknown} (slow: {}), parts at the provider: {} (expected for sent replies: {expected_parts})",
-        fates.len(),
-        slow.len(),
-        parts.len()
-    );
-    // Only replies at the provider when their replica was killed may be of unknown fate: the
-    // last wave, written after the last kill, is sent in full (its slow reply aside).
-    for id in &after_last_kill {
-        assert_eq!(
-            fates[id][0].0, "sent",
-            "{id}, written after the last kill: {:?}",
-            fates[id]
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
