@@ -1335,17 +1335,64 @@ async fn answer(
     assert_eq!(status, 202, "{body}");
 }
 
+/// The mail server, the broker and the replicas the e-mail chaos test shares between steps.
+struct MailCluster {
+    mail: Arc<MailServer>,
+    broker: Broker,
+    env: Vec<(String, String)>,
+    /// Three mailboxes on three different router partitions.
+    boxes: Vec<String>,
+    /// One customer per mailbox.
+    customers: Vec<String>,
+    live: Vec<Daemon>,
+}
+
+impl MailCluster {
+    fn logs(&self) -> String {
+        self.live
+            .iter()
+            .map(Daemon::log)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+
+    fn published(&self, settle: Duration) -> BTreeMap<String, (usize, Value)> {
+        tokio::task::block_in_place(|| inbound_by_message_id(&self.broker, settle))
+    }
+}
+
+/// One thread per mailbox: the customer's question `q`, our reply `r`, the customer's answers
+/// `a` (full References) and `b` (only In-Reply-To), and the conversation they belong to.
+struct MailThread {
+    q: String,
+    conversation: Value,
+    r: String,
+    a: String,
+    b: String,
+}
+
+const CHAOS_MAILS: usize = 90;
+
 /// Three replicas behind one load balancer read three mailboxes while mail keeps arriving and
 /// replicas are SIGKILLed, stopped and replaced: each mail is published exactly once, and
 /// replies sent by any replica, before and after every replica restarted, carry the whole
 /// thread in `References`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_whole() {
-    const MAILS: usize = 90;
+    let files = tempfile::tempdir().unwrap();
+    let mut cluster = three_replicas_sharing_three_mailboxes(&files).await;
+    let last_change = mail_arrives_while_replicas_crash_stop_and_are_replaced(&mut cluster).await;
+    let seen = every_mail_is_published_exactly_once(&cluster, last_change).await;
+    exactly_one_replica_reads_each_mailbox(&cluster).await;
+    let threads = replies_from_any_replica_carry_the_whole_thread(&cluster, &seen).await;
+    after_every_replica_restarts_replies_still_carry_the_thread(&mut cluster, &threads).await;
+}
+
+/// Three mailboxes on three different router partitions (of four), one customer each, and
+/// three replicas sharing them.
+async fn three_replicas_sharing_three_mailboxes(files: &tempfile::TempDir) -> MailCluster {
     let mail = MailServer::shared();
     let broker = Broker::memory();
-    let files = tempfile::tempdir().unwrap();
-    // Three mailboxes on three different router partitions (of four): the replicas share them.
     let mut boxes: Vec<String> = Vec::new();
     let mut partitions = BTreeSet::new();
     while boxes.len() < 3 {
@@ -1367,13 +1414,27 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
         env.extend(mailbox_env(&format!("M{i}"), b, &mail));
     }
     let env_refs = omni_e2e::env_refs(&env);
-    let mut live = Daemon::start_many(&broker, 3, &env_refs).await;
+    let live = Daemon::start_many(&broker, 3, &env_refs).await;
 
-    // Mail arrives all along: one every 250 ms, round robin over the mailboxes.
+    MailCluster {
+        mail,
+        broker,
+        env,
+        boxes,
+        customers,
+        live,
+    }
+}
+
+/// Mail arrives all along, one every 250 ms, round robin over the mailboxes, while replicas
+/// die and are replaced: a crash, another crash, a graceful stop. Returns when the last
+/// replica change was done, once every mail is in.
+async fn mail_arrives_while_replicas_crash_stop_and_are_replaced(c: &mut MailCluster) -> Instant {
+    let env_refs = omni_e2e::env_refs(&c.env);
     let appender = {
-        let (mail, boxes, customers) = (mail.clone(), boxes.clone(), customers.clone());
+        let (mail, boxes, customers) = (c.mail.clone(), c.boxes.clone(), c.customers.clone());
         tokio::spawn(async move {
-            for i in 0..MAILS {
+            for i in 0..CHAOS_MAILS {
                 let j = i % 3;
                 let raw = customer_mail(
                     &customers[j],
@@ -1384,74 +1445,72 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
                     "Nhờ shop kiểm tra giúp",
                 );
                 mail.append(&boxes[j], "INBOX", &raw).await;
+                // The pace of the mail, not a wait for a condition.
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
     };
-    // Replicas die and are replaced while it flows: a crash, another crash, a graceful stop.
+    // The schedule of the replica changes (3 s, 9 s, 15 s into the flow of mail).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    live.remove(0).terminate_hard();
-    live.push(Daemon::start(&broker, &env_refs).await);
+    c.live.remove(0).terminate_hard();
+    c.live.push(Daemon::start(&c.broker, &env_refs).await);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    live.remove(1).terminate_hard();
-    live.push(Daemon::start(&broker, &env_refs).await);
+    c.live.remove(1).terminate_hard();
+    c.live.push(Daemon::start(&c.broker, &env_refs).await);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let mut stopped = live.remove(0);
+    let mut stopped = c.live.remove(0);
     let status = tokio::task::block_in_place(|| stopped.terminate(Duration::from_secs(30)));
     assert!(status.is_some_and(|s| s.success()), "{}", stopped.log());
-    live.push(Daemon::start(&broker, &env_refs).await);
+    c.live.push(Daemon::start(&c.broker, &env_refs).await);
     let last_change = Instant::now();
     appender.await.unwrap();
+    last_change
+}
 
-    // Every mail arrives, once, within a bound after the last change.
+/// Every mail arrives, once, within a bound after the last change; nothing else is published.
+async fn every_mail_is_published_exactly_once(
+    c: &MailCluster,
+    last_change: Instant,
+) -> BTreeMap<String, (usize, Value)> {
     let deadline = last_change + Duration::from_secs(90);
-    let logs = |live: &[Daemon]| {
-        live.iter()
-            .map(Daemon::log)
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
-    loop {
-        let seen =
-            tokio::task::block_in_place(|| inbound_by_message_id(&broker, Duration::from_secs(2)));
-        if seen.len() >= MAILS {
-            break;
-        }
+    while c.published(Duration::from_secs(2)).len() < CHAOS_MAILS {
         assert!(
             Instant::now() < deadline,
-            "{} of {MAILS} mails published 90 s after the last replica change\n{}",
-            seen.len(),
-            logs(&live)
+            "fewer than {CHAOS_MAILS} mails published 90 s after the last replica change\n{}",
+            c.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
-        "all {MAILS} mails published {:?} after the last replica change",
+        "all {CHAOS_MAILS} mails published {:?} after the last replica change",
         last_change.elapsed()
     );
-    // Time for a late duplicate to show.
+    // A window for a late duplicate to show: what must not happen has no condition to wait for.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let seen =
-        tokio::task::block_in_place(|| inbound_by_message_id(&broker, Duration::from_secs(3)));
-    for i in 0..MAILS {
+    let seen = c.published(Duration::from_secs(3));
+    for i in 0..CHAOS_MAILS {
         let id = format!("chaos-{i}@khach.example.test");
         assert_eq!(
             seen.get(&id).map(|(n, _)| *n),
             Some(1),
             "{id} published {:?} times\n{}",
             seen.get(&id).map(|(n, _)| *n),
-            logs(&live)
+            c.logs()
         );
     }
-    assert_eq!(seen.len(), MAILS, "nothing else published");
-    // Exactly one replica reads each mailbox (once the last takeover settled).
+    assert_eq!(seen.len(), CHAOS_MAILS, "nothing else published");
+    seen
+}
+
+/// Exactly one replica reads each mailbox (once the last takeover settled).
+async fn exactly_one_replica_reads_each_mailbox(c: &MailCluster) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut readers = Vec::new();
-        for b in &boxes {
+        for b in &c.boxes {
             let label = format!("mailbox=\"{b}\"");
             let mut n = 0.0;
-            for d in &live {
+            for d in &c.live {
                 n += omni_e2e::metric_value(
                     &d.metrics().await,
                     "omni_email_mailbox_owned",
@@ -1469,7 +1528,7 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    for (n, d) in live.iter().enumerate() {
+    for (n, d) in c.live.iter().enumerate() {
         let log = d.log();
         println!(
             "replica {n}: {} mailbox takeovers, {} finding mail its predecessor published",
@@ -1477,10 +1536,16 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
             log.matches("not checkpointed: not published again").count()
         );
     }
+}
 
-    // Threads: in each mailbox, the customer's first mail q is answered (r), the customer
-    // answers r twice (a: full References; b: only In-Reply-To), and the agents answer a,
-    // each reply through another replica than the last.
+/// In each mailbox, the customer's first mail q is answered (r), the customer answers r twice
+/// (a: full References; b: only In-Reply-To), both join q's conversation, and the agents
+/// answer a, each reply through another replica than the last: the whole chain.
+async fn replies_from_any_replica_carry_the_whole_thread(
+    c: &MailCluster,
+    seen: &BTreeMap<String, (usize, Value)>,
+) -> Vec<MailThread> {
+    let (mail, boxes, customers, live) = (&c.mail, &c.boxes, &c.customers, &c.live);
     let mut threads = Vec::new();
     for j in 0..3 {
         let q = format!("chaos-{j}@khach.example.test");
@@ -1493,7 +1558,7 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
             &q,
         )
         .await;
-        let (r, refs) = reply_to(&mail, &customers[j], &q).await;
+        let (r, refs) = reply_to(mail, &customers[j], &q).await;
         assert_eq!(refs, std::slice::from_ref(&q));
         let a = format!("answer-a-{j}@khach.example.test");
         let b = format!("answer-b-{j}@khach.example.test");
@@ -1507,53 +1572,72 @@ async fn three_replicas_publish_each_mail_once_through_kills_and_keep_threads_wh
             let raw = customer_mail(&customers[j], &boxes[j], id, &headers, "Re: Hỏi", "Vâng ạ");
             mail.append(&boxes[j], "INBOX", &raw).await;
         }
-        threads.push((q, conversation, r, a, b));
+        threads.push(MailThread {
+            q,
+            conversation,
+            r,
+            a,
+            b,
+        });
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let seen = loop {
-        let seen =
-            tokio::task::block_in_place(|| inbound_by_message_id(&broker, Duration::from_secs(2)));
-        if seen.len() >= MAILS + 6 {
+        let seen = c.published(Duration::from_secs(2));
+        if seen.len() >= CHAOS_MAILS + 6 {
             break seen;
         }
         assert!(
             Instant::now() < deadline,
             "answers not published\n{}",
-            logs(&live)
+            c.logs()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    for (j, (q, conversation, r, a, b)) in threads.iter().enumerate() {
-        for id in [a, b] {
+    for (j, t) in threads.iter().enumerate() {
+        for id in [&t.a, &t.b] {
             assert_eq!(seen[id].0, 1, "{id} published once");
             assert_eq!(
-                &seen[id].1["data"]["conversation_id"], conversation,
-                "{id} (answering our reply {r}) joins {q}'s conversation"
+                &seen[id].1["data"]["conversation_id"], &t.conversation,
+                "{id} (answering our reply {}) joins {}'s conversation",
+                t.r, t.q
             );
         }
         answer(
             &live[(j + 2) % 3],
             &boxes[j],
             &customers[j],
-            conversation,
-            a,
+            &t.conversation,
+            &t.a,
         )
         .await;
-        let (_, refs) = reply_to(&mail, &customers[j], a).await;
-        assert_eq!(refs, [q.clone(), r.clone(), a.clone()], "the whole chain");
-    }
-
-    // Every replica restarts: nothing of the threads is left in any process's memory.
-    for mut d in live.drain(..) {
-        d.terminate_hard();
-    }
-    let live = Daemon::start_many(&broker, 3, &env_refs).await;
-    for (j, (q, conversation, r, _, b)) in threads.iter().enumerate() {
-        answer(&live[j % 3], &boxes[j], &customers[j], conversation, b).await;
-        let (_, refs) = reply_to(&mail, &customers[j], b).await;
+        let (_, refs) = reply_to(mail, &customers[j], &t.a).await;
         assert_eq!(
             refs,
-            [q.clone(), r.clone(), b.clone()],
+            [t.q.clone(), t.r.clone(), t.a.clone()],
+            "the whole chain"
+        );
+    }
+    threads
+}
+
+/// Every replica restarts: nothing of the threads is left in any process's memory, and a
+/// reply to b still carries the chain, from the thread topic.
+async fn after_every_replica_restarts_replies_still_carry_the_thread(
+    c: &mut MailCluster,
+    threads: &[MailThread],
+) {
+    for mut d in c.live.drain(..) {
+        d.terminate_hard();
+    }
+    let env_refs = omni_e2e::env_refs(&c.env);
+    c.live = Daemon::start_many(&c.broker, 3, &env_refs).await;
+    for (j, t) in threads.iter().enumerate() {
+        let d = &c.live[j % 3];
+        answer(d, &c.boxes[j], &c.customers[j], &t.conversation, &t.b).await;
+        let (_, refs) = reply_to(&c.mail, &c.customers[j], &t.b).await;
+        assert_eq!(
+            refs,
+            [t.q.clone(), t.r.clone(), t.b.clone()],
             "after a restart of every replica, from the thread topic"
         );
     }

@@ -5,6 +5,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use omni_channel::signature::hmac_sha256_hex;
+use omni_e2e::browser::Chromium;
 use omni_e2e::{post_json, read_topic, Broker, Daemon};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -216,8 +217,15 @@ async fn replies_reach_the_socket_and_a_reconnect_resumes_exactly_the_missed_one
 
     reply(&daemon, &s, "Đơn #1024 đang được giao").await;
     reply(&daemon, &s, "Anh/chị cần gì thêm không ạ?").await;
-    // Let the instance read both replies before the widget comes back.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both replies are on Kafka before the widget comes back: the resume finds them there.
+    let outbound = read_topic(
+        &broker.bootstrap(),
+        "omni.outbound.v1",
+        3,
+        Duration::from_secs(15),
+        Duration::ZERO,
+    );
+    assert!(outbound.len() >= 3, "{outbound:?}");
     let mut ws = connect(&daemon, &s, Some(&cursor)).await;
     let a = next(&mut ws).await;
     let b = next(&mut ws).await;
@@ -290,7 +298,6 @@ async fn a_reply_written_through_one_instance_reaches_a_socket_on_another() {
     // Reconnecting to A with B's cursor repeats nothing.
     let cursor = m["cursor"].as_str().unwrap().to_owned();
     ws.close(None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ws = connect(&a, &s, Some(&cursor)).await;
     assert!(try_next(&mut ws, Duration::from_secs(2)).await.is_none());
 }
@@ -413,8 +420,12 @@ async fn bad_frames_get_error_frames_and_limits_hold() {
     let _third = connect_from(&url, Some(ORIGIN)).await.unwrap();
     assert_eq!(connect_from(&url, Some(ORIGIN)).await.err(), Some(429));
     drop(second);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_connections(&daemon, 2.0).await;
     let _again = connect_from(&url, Some(ORIGIN)).await.unwrap();
+    // Without this pause the 1009 close below is lost in about half the runs (the client sees
+    // the connection end without a close frame): a known server-side race, see the README's
+    // Development notes. The pause keeps this test about the limits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // An oversized frame: an error frame, then the socket is closed with 1009.
     send(
@@ -512,6 +523,7 @@ async fn tokens_origins_and_identities_are_checked() {
     let mut quiet = connect(&daemon, &s, None).await;
     let mut chatty = connect(&daemon, &s, None).await;
     for _ in 0..3 {
+        // Time passing is what this checks: three pings spaced over more than the idle timeout.
         tokio::time::sleep(Duration::from_millis(900)).await;
         send(&mut chatty, json!({"type": "ping"})).await;
         assert_eq!(next(&mut chatty).await["type"], "pong");
@@ -544,15 +556,24 @@ async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
     let broker = Broker::memory();
     let daemon = Daemon::start(&broker, &[]).await;
     let page = serve_example(&daemon).await;
-    let mut browser = omni_e2e::browser::Chromium::start().await;
-    browser.navigate(&page).await;
+    let mut browser = Chromium::start().await;
+    the_launcher_opens_a_dialog_that_connects(&mut browser, &page).await;
+    let session = a_typed_message_reaches_kafka(&mut browser, &broker).await;
+    the_agent_typing_then_replying_shows_in_the_widget(&mut browser, &daemon, &session).await;
+    keep_a_screenshot(&mut browser).await;
+    escape_closes_the_dialog_and_focuses_the_launcher(&mut browser).await;
+}
+
+/// The launcher is a labelled button; opening it shows a dialog, focuses the input and
+/// connects.
+async fn the_launcher_opens_a_dialog_that_connects(browser: &mut Chromium, page: &str) {
+    browser.navigate(page).await;
     browser
         .wait_for(
             "!!document.getElementById('omni-chat-launcher')",
             Duration::from_secs(15),
         )
         .await;
-    // The launcher is a labelled button; opening it shows a dialog and focuses the input.
     assert_eq!(
         browser
             .eval("document.getElementById('omni-chat-launcher').getAttribute('aria-label')")
@@ -571,8 +592,11 @@ async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
     browser
         .wait_for("OmniChat.state().connected", Duration::from_secs(15))
         .await;
+}
 
-    // Type like a user and press Enter.
+/// Typed like a user, Enter pressed: the message is acknowledged and on Kafka, in Vietnamese.
+/// Returns the visitor's session as the agent sees it.
+async fn a_typed_message_reaches_kafka(browser: &mut Chromium, broker: &Broker) -> Session {
     let text = "Áo dài size M còn hàng không shop?";
     browser
         .call("Input.insertText", json!({"text": text}))
@@ -609,8 +633,16 @@ async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
         visitor: event["data"]["contact"]["id"].as_str().unwrap().into(),
         conversation: event["subject"].as_str().unwrap().into(),
     };
+    s
+}
 
-    // The agent starts typing: the widget says so, until the reply arrives.
+/// The agent starts typing: the widget says so, until the reply arrives in the polite live
+/// region.
+async fn the_agent_typing_then_replying_shows_in_the_widget(
+    browser: &mut Chromium,
+    daemon: &Daemon,
+    s: &Session,
+) {
     let (status, body) = post_json(
         &daemon.url("/v1/tenants/demo/typing"),
         AGENT,
@@ -629,7 +661,7 @@ async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
             Duration::from_secs(15),
         )
         .await;
-    reply(&daemon, &s, "Dạ còn ạ, shop giữ cho anh/chị một chiếc nhé!").await;
+    reply(daemon, s, "Dạ còn ạ, shop giữ cho anh/chị một chiếc nhé!").await;
     browser
         .wait_for(
             "[...document.querySelectorAll('#omni-chat-log .omni-agent')].some(e => e.textContent.includes('shop giữ cho anh/chị'))",
@@ -642,9 +674,13 @@ async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
             .await,
         "polite"
     );
+}
+
+/// A screenshot, kept beside the test's build output; `OMNI_UPDATE_SCREENSHOT=1` refreshes the
+/// README's.
+async fn keep_a_screenshot(browser: &mut Chromium) {
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"));
-    // Kept beside the test's build output; `OMNI_UPDATE_SCREENSHOT=1` refreshes the README's.
     let shot = std::env::temp_dir().join(format!("livechat-widget-{}.png", std::process::id()));
     std::fs::write(&shot, &png).unwrap();
     println!("screenshot: {}", shot.display());
@@ -653,8 +689,10 @@ async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::write(docs.join("livechat-widget.png"), &png).unwrap();
     }
+}
 
-    // Esc closes the dialog and gives focus back to the launcher.
+/// Esc closes the dialog and gives focus back to the launcher.
+async fn escape_closes_the_dialog_and_focuses_the_launcher(browser: &mut Chromium) {
     browser.call("Input.dispatchKeyEvent", json!({"type": "keyDown", "key": "Escape", "code": "Escape", "windowsVirtualKeyCode": 27})).await;
     browser
         .wait_for(
@@ -662,4 +700,21 @@ async fn the_widget_in_chromium_sends_to_kafka_and_shows_the_agent_reply() {
             Duration::from_secs(5),
         )
         .await;
+}
+
+/// Waits until the daemon counts `want` open sockets (a closed one is gone on its side).
+async fn wait_for_connections(daemon: &Daemon, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let open =
+            omni_e2e::metric_value(&daemon.metrics().await, "omni_livechat_connections", &[]);
+        if open == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} sockets open, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

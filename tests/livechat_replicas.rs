@@ -8,7 +8,7 @@ use omni_core::{
     ChannelKind, ChannelRef, CloudEvent, ConversationId, EventId, EventType, OutboundMessage,
     TenantId,
 };
-use omni_e2e::livechat::{agent_reply, agent_typing, new_session, open, Session, Visitor};
+use omni_e2e::livechat::{agent_reply, agent_typing, new_session, open, Session, Visitor, Ws};
 use omni_e2e::{metric_value, python_produce, read_log, Broker, Daemon};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -333,10 +333,13 @@ async fn a_replica_started_during_the_run_replays_the_same_conversation(
     }
 }
 
+/// How often a replica publishes its socket counts in the cap test.
+const HEARTBEAT_MS: u64 = 300;
+/// How long a silent replica's counts still count in the cap test.
+const EXPIRY_MS: u64 = 5000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_ip_socket_cap_counts_every_replica() {
-    const HEARTBEAT_MS: u64 = 300;
-    const EXPIRY_MS: u64 = 5000;
     let (heartbeat, expiry) = (HEARTBEAT_MS.to_string(), EXPIRY_MS.to_string());
     let env = [
         ("OMNI__LIVECHAT__MAX_CONNECTIONS_PER_IP", "3"),
@@ -357,12 +360,33 @@ async fn the_per_ip_socket_cap_counts_every_replica() {
         .await;
     }
 
-    // One socket from 127.0.0.1 on each replica: three, the cap.
+    let (sockets, propagation) = one_socket_on_each_replica_is_counted_by_all(&d, &s).await;
+    a_fourth_socket_is_refused_on_every_replica(&d, &s).await;
+    let [_a, _b, c] = sockets;
+    let (_e, freed) = a_slot_closed_on_one_replica_is_admitted_on_another(&d, &s, c).await;
+    let (_f, expired) = a_killed_replicas_sockets_count_until_they_expire(&mut d, &s).await;
+    let (_g, stop_took, withdrawn) =
+        a_stopped_replica_withdraws_its_counts_at_once(&mut d, &s).await;
+    println!(
+        "presence: a socket opened on one replica counted by all within {propagation:?}; a \
+         slot freed on one replica admitted on another after {freed:?}; a killed replica's \
+         slot after {expired:?} (expiry {EXPIRY_MS} ms); a stopped replica's slot {withdrawn:?} \
+         after its stop ({stop_took:?}) returned"
+    );
+    the_topic_ends_with_a_tombstone_per_replica_and_holds_no_address(&mut d, &broker);
+}
+
+/// One socket from 127.0.0.1 on each replica: three, the cap, counted by every replica.
+/// Returns the sockets and how long each replica took to count them.
+async fn one_socket_on_each_replica_is_counted_by_all(
+    d: &[Daemon],
+    s: &Session,
+) -> ([Ws; 3], Vec<Duration>) {
     let _a = open(&d[0], &s.token, None).await.unwrap();
     let _b = open(&d[1], &s.token, None).await.unwrap();
     let c = open(&d[2], &s.token, None).await.unwrap();
     let mut propagation = Vec::new();
-    for daemon in &d {
+    for daemon in d {
         propagation.push(
             wait_gauge(
                 daemon,
@@ -373,8 +397,12 @@ async fn the_per_ip_socket_cap_counts_every_replica() {
             .await,
         );
     }
-    // A fourth is refused on every replica, though each holds only one.
-    for daemon in &d {
+    ([_a, _b, c], propagation)
+}
+
+/// A fourth socket is refused on every replica, though each holds only one.
+async fn a_fourth_socket_is_refused_on_every_replica(d: &[Daemon], s: &Session) {
+    for daemon in d {
         assert_eq!(open(daemon, &s.token, None).await.err(), Some(429));
         let m = daemon.metrics().await;
         assert_eq!(
@@ -387,8 +415,15 @@ async fn the_per_ip_socket_cap_counts_every_replica() {
         );
         assert_eq!(metric_value(&m, "omni_livechat_connections", &[]), 1.0);
     }
+}
 
-    // A socket closed on one replica frees the slot on another once its count propagates.
+/// A socket closed on one replica frees the slot on another once its count propagates; then
+/// the cap is full again. Returns the new socket and how long the slot took to free.
+async fn a_slot_closed_on_one_replica_is_admitted_on_another(
+    d: &[Daemon],
+    s: &Session,
+    c: Ws,
+) -> (Ws, Duration) {
     drop(c);
     let (_e, freed) = open_when_admitted(&d[0], &s.token, Duration::from_secs(10)).await;
     wait_gauge(
@@ -403,8 +438,15 @@ async fn the_per_ip_socket_cap_counts_every_replica() {
         Some(429),
         "full again"
     );
+    (_e, freed)
+}
 
-    // A replica killed without a goodbye: its socket counts until it expires.
+/// A replica killed without a goodbye: its socket counts until it expires. Returns the new
+/// socket and how long the slot took to free.
+async fn a_killed_replicas_sockets_count_until_they_expire(
+    d: &mut [Daemon],
+    s: &Session,
+) -> (Ws, Duration) {
     d[1].terminate_hard();
     let (_f, expired) = open_when_admitted(&d[2], &s.token, Duration::from_secs(15)).await;
     assert!(
@@ -422,18 +464,19 @@ async fn the_per_ip_socket_cap_counts_every_replica() {
         Some(429),
         "full again"
     );
+    (_f, expired)
+}
 
-    // A replica stopped cleanly withdraws its counts at once (long before they would expire).
+/// A replica stopped cleanly withdraws its counts at once (long before they would expire).
+/// Returns the new socket, how long the stop took and how long after it the slot freed.
+async fn a_stopped_replica_withdraws_its_counts_at_once(
+    d: &mut [Daemon],
+    s: &Session,
+) -> (Ws, Duration, Duration) {
     let stopping = Instant::now();
     d[2].terminate(Duration::from_secs(40));
     let stop_took = stopping.elapsed();
     let (_g, withdrawn) = open_when_admitted(&d[0], &s.token, Duration::from_secs(10)).await;
-    println!(
-        "presence: a socket opened on one replica counted by all within {propagation:?}; a \
-         slot freed on one replica admitted on another after {freed:?}; a killed replica's \
-         slot after {expired:?} (expiry {EXPIRY_MS} ms); a stopped replica's slot {withdrawn:?} \
-         after its stop ({stop_took:?}) returned"
-    );
     assert!(
         d[2].log().contains("live chat presence withdrawn"),
         "{}",
@@ -443,9 +486,15 @@ async fn the_per_ip_socket_cap_counts_every_replica() {
         stop_took + withdrawn < Duration::from_millis(EXPIRY_MS - HEARTBEAT_MS),
         "withdrawn, not expired: stop {stop_took:?} + {withdrawn:?}"
     );
+    (_g, stop_took, withdrawn)
+}
 
-    // The topic holds live replicas only, and no address: the last record of every replica
-    // (killed, stopped, and the last one once stopped) is a tombstone.
+/// The topic holds live replicas only, and no address: the last record of every replica
+/// (killed, stopped, and the last one once stopped) is a tombstone.
+fn the_topic_ends_with_a_tombstone_per_replica_and_holds_no_address(
+    d: &mut [Daemon],
+    broker: &Broker,
+) {
     d[0].terminate(Duration::from_secs(40));
     let log = read_log(
         &broker.bootstrap(),
