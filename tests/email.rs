@@ -197,6 +197,24 @@ fn customer_mail(
     .into_bytes()
 }
 
+/// dovecot's UIDVALIDITY is the folder's creation time in seconds: waits until the clock has
+/// passed `uidvalidity`, so a folder made again now gets a new one.
+async fn clock_past(uidvalidity: u32) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    assert!(
+        u64::from(uidvalidity) + 3600 > now(),
+        "UIDVALIDITY {uidvalidity} is not a recent time in seconds"
+    );
+    while now() <= u64::from(uidvalidity) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn ids(events: &[Read]) -> Vec<String> {
     events
         .iter()
@@ -215,6 +233,8 @@ async fn a_mail_appended_while_idling_arrives_on_kafka_within_seconds() {
     // The first read sets the checkpoint at the folder's end, then idles.
     w.wait_metric("omni_email_checkpoint_writes_total", &support, 1.0)
         .await;
+    // The reader enters IDLE right after its checkpoint; nothing says when it has, so the
+    // mail comes a little later (a mail before IDLE would be found by IDLE's first update anyway).
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let raw = format!(
@@ -549,7 +569,7 @@ async fn a_uidvalidity_change_rescans_without_republishing() {
 
     // The folder is deleted and made again (a migration, a restore): same mail, new UIDs.
     w.mail.delete_folder(&support, folder).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock_past(before).await;
     w.mail.create_folder(&support, folder).await;
     for m in &mails {
         w.mail.append(&support, folder, m).await;
@@ -616,8 +636,7 @@ async fn recreate_folder(w: &World, support: &str, folder: &str, tag: &str, coun
         .collect();
     let before = w.mail.uidvalidity(support, folder).await;
     w.mail.delete_folder(support, folder).await;
-    // dovecot's UIDVALIDITY is a time in seconds.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock_past(before).await;
     w.mail.create_folder(support, folder).await;
     for m in &mails {
         w.mail.append(support, folder, m).await;
@@ -988,6 +1007,7 @@ async fn an_agent_reply_goes_out_over_smtp_with_threading_headers() {
     // A retry of a reply that already went out does not send it twice.
     let again = sender.send(&request, &mut progress).await.unwrap();
     assert_eq!(again, receipt);
+    // A window for a late second copy to arrive: what must not happen has no condition.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.mail.mails(&customer, "INBOX").await.len(), 1);
 }
