@@ -252,6 +252,19 @@ fn kafka_listeners(list: &str) -> BTreeMap<String, (String, u16)> {
 
 #[test]
 fn compose_file_is_valid_and_wired() {
+    let resolved = compose_config_resolves_every_service();
+    let services = &resolved["services"];
+    compose_kafka_is_a_consistent_kraft_single_node(services);
+    let listen_port = compose_omnirouter_is_built_here_and_waits_for_kafka(services);
+    compose_secrets_come_from_the_env_file_and_the_daemon_accepts_them(services, listen_port);
+    compose_bind_mounts_exist(services);
+    compose_grafana_provisions_prometheus_and_the_dashboards(services);
+    compose_prometheus_scrapes_omnirouter_and_finds_its_rules(services, listen_port);
+    compose_env_file_can_be_swapped_and_must_exist();
+}
+
+/// `docker-compose config` accepts the file; the resolved file, with every service we ship.
+fn compose_config_resolves_every_service() -> Value {
     let out = docker_compose(&["config", "-q"], &[]);
     assert!(
         out.status.success(),
@@ -265,8 +278,11 @@ fn compose_file_is_valid_and_wired() {
     for s in ["kafka", "omnirouter", "prometheus", "grafana"] {
         assert!(services[s].is_object(), "service {s} missing: {resolved}");
     }
+    resolved
+}
 
-    // Kafka, KRaft single node: roles, quorum, listeners consistent.
+/// Kafka, KRaft single node: roles, quorum, listeners consistent.
+fn compose_kafka_is_a_consistent_kraft_single_node(services: &Value) {
     let kafka = env_map(&services["kafka"]["environment"]);
     let roles: BTreeSet<&str> = kafka["KAFKA_PROCESS_ROLES"].split(',').collect();
     assert_eq!(roles, BTreeSet::from(["broker", "controller"]));
@@ -300,9 +316,13 @@ fn compose_file_is_valid_and_wired() {
         "KRaft storage needs a cluster id"
     );
     assert!(services["kafka"]["healthcheck"]["test"].is_array());
+}
 
-    // omnirouter: built from the workspace with deploy/Dockerfile, after Kafka is healthy, at
-    // the broker's advertised in-network listener.
+/// omnirouter: built from the workspace with deploy/Dockerfile, after Kafka is healthy, at
+/// the broker's advertised in-network listener. Returns the port it listens on.
+fn compose_omnirouter_is_built_here_and_waits_for_kafka(services: &Value) -> u16 {
+    let kafka = env_map(&services["kafka"]["environment"]);
+    let advertised = kafka_listeners(&kafka["KAFKA_ADVERTISED_LISTENERS"]);
     let router = &services["omnirouter"];
     let context = PathBuf::from(str_of(&router["build"]["context"], "build.context"));
     assert_eq!(
@@ -344,7 +364,16 @@ fn compose_file_is_valid_and_wired() {
         grace.trim_end_matches('s').parse::<u64>().unwrap() > 30,
         "stop_grace_period {grace} must exceed server.shutdown_grace_secs (30 s)"
     );
-    // Secrets come from the env file, not the compose file.
+    listen_port
+}
+
+/// Secrets come from the env file, not the compose file, and the daemon accepts the
+/// container's environment with the image's config.
+fn compose_secrets_come_from_the_env_file_and_the_daemon_accepts_them(
+    services: &Value,
+    listen_port: u16,
+) {
+    let env = env_map(&services["omnirouter"]["environment"]);
     let raw = read(&deploy("compose.yaml"));
     for key in [
         "OMNI__TENANTS__DEMO__API_TOKEN",
@@ -366,8 +395,10 @@ fn compose_file_is_valid_and_wired() {
         "{}",
         text(&out)
     );
+}
 
-    // Bind mounts exist (deploy/prometheus/ is maintained separately: checked once it exists).
+/// Bind mounts exist (deploy/prometheus/ is maintained separately: checked once it exists).
+fn compose_bind_mounts_exist(services: &Value) {
     let prometheus_dir = deploy("prometheus");
     for service in ["kafka", "omnirouter", "prometheus", "grafana"] {
         for v in services[service]["volumes"]
@@ -394,9 +425,11 @@ fn compose_file_is_valid_and_wired() {
             );
         }
     }
+}
 
-    // Grafana: the provisioned datasource is the prometheus service, the dashboard provider
-    // reads the directory the dashboards are mounted at, and the home dashboard exists.
+/// Grafana: the provisioned datasource is the prometheus service, the dashboard provider
+/// reads the directory the dashboards are mounted at, and the home dashboard exists.
+fn compose_grafana_provisions_prometheus_and_the_dashboards(services: &Value) {
     let grafana = &services["grafana"];
     let in_grafana = |container: &str| host_path(&grafana["volumes"], container);
     let provisioning = in_grafana("/etc/grafana/provisioning");
@@ -425,9 +458,11 @@ fn compose_file_is_valid_and_wired() {
     let home =
         env_map(&grafana["environment"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].clone();
     assert!(in_grafana(&home).exists(), "home dashboard {home}");
+}
 
-    // Prometheus (its files in deploy/prometheus/ are maintained separately): it scrapes the
-    // omnirouter service, and its rule files resolve through the mounts.
+/// Prometheus (its files in deploy/prometheus/ are maintained separately): it scrapes the
+/// omnirouter service, and its rule files resolve through the mounts.
+fn compose_prometheus_scrapes_omnirouter_and_finds_its_rules(services: &Value, listen_port: u16) {
     let prometheus = &services["prometheus"];
     let config_in_container = prometheus["command"]
         .as_array()
@@ -464,9 +499,11 @@ fn compose_file_is_valid_and_wired() {
     } else {
         println!("note: {} does not exist yet", config.display());
     }
+}
 
-    // OMNIROUTER_ENV_FILE picks another env file: its values reach the container, and a
-    // missing one is an error (the file is really read).
+/// OMNIROUTER_ENV_FILE picks another env file: its values reach the container, and a
+/// missing one is an error (the file is really read).
+fn compose_env_file_can_be_swapped_and_must_exist() {
     let dir = tempfile::tempdir().unwrap();
     let custom = dir.path().join("omnirouter.env");
     std::fs::write(&custom, "OMNI__TENANTS__DEMO__API_TOKEN=from-custom-file\n").unwrap();
