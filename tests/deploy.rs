@@ -558,10 +558,75 @@ fn selects(sub: &Value, labels: &Value) -> bool {
     !sub.is_empty() && sub.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The Deployment's parts most checks read.
+struct Workload<'a> {
+    deployment: &'a Value,
+    spec: &'a Value,
+    pod: &'a Value,
+    pod_labels: &'a Value,
+    /// The one container.
+    c: &'a Value,
+    /// Container port name → number.
+    port_names: BTreeMap<&'a str, u64>,
+}
+
+fn workload(docs: &[Value]) -> Workload<'_> {
+    let deployment = by_kind(docs, "Deployment");
+    let spec = &deployment["spec"];
+    let pod = &spec["template"]["spec"];
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let port_names: BTreeMap<&str, u64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                str_of(&p["name"], "port name"),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    Workload {
+        deployment,
+        spec,
+        pod,
+        pod_labels,
+        c,
+        port_names,
+    }
+}
+
+/// The daemon's config as the Deployment gives it: the ConfigMap's text, where the pod reads
+/// it, the command line, and the parsed TOML.
+struct PodConfig {
+    text: String,
+    path: String,
+    argv: Vec<String>,
+    toml: Value,
+}
+
 #[test]
 fn kubernetes_manifests_validate_and_fit_together() {
     let files = k8s_files();
     let docs = yaml_docs(&files);
+    k8s_core_kinds_pass_kubernetes_validate_strict(&docs);
+    k8s_manifests_are_namespace_agnostic_and_all_kustomized(&files, &docs);
+    let w = workload(&docs);
+    k8s_deployment_runs_the_kustomized_image_unprivileged(&docs, &w);
+    k8s_probes_and_scrape_annotations_use_the_http_port(&w);
+    let config = k8s_config_is_mounted_where_the_command_reads_it(&docs, &w);
+    k8s_grace_period_covers_pre_stop_and_drain(&w, &config.toml);
+    let secret_env = k8s_secrets_come_from_the_secret_not_the_configmap(&docs, &w, &config.toml);
+    k8s_daemon_accepts_the_config_with_the_pods_environment(&w, &config, &secret_env);
+    k8s_service_pdb_and_hpa_select_the_deployment(&docs, &w, &config.toml);
+    k8s_service_monitor_is_well_formed_and_scrapes_the_service(&docs);
+}
+
+/// The core kinds pass `kubernetes-validate --strict`, which does reject a misspelled field.
+fn k8s_core_kinds_pass_kubernetes_validate_strict(docs: &[Value]) {
     // Kinds kubernetes-validate has schemas for; the others are checked below.
     let crd_kinds = ["ServiceMonitor", "Kustomization"];
     let core: Vec<&str> = docs
@@ -609,18 +674,19 @@ fn kubernetes_manifests_validate_and_fit_together() {
         "a misspelled field passed: {}",
         text(&out)
     );
+}
 
-    // Namespace-agnostic: `kubectl apply -n` / kustomize decide.
-    for d in &docs {
+/// Namespace-agnostic: `kubectl apply -n` / kustomize decide; and the kustomization lists
+/// every manifest.
+fn k8s_manifests_are_namespace_agnostic_and_all_kustomized(files: &[PathBuf], docs: &[Value]) {
+    for d in docs {
         assert!(
             d["doc"]["metadata"]["namespace"].is_null(),
             "{}: sets a namespace",
             d["file"]
         );
     }
-
-    // The kustomization lists every manifest, and its image override names the container's.
-    let kustomization = by_kind(&docs, "Kustomization");
+    let kustomization = by_kind(docs, "Kustomization");
     let listed: BTreeSet<String> = kustomization["resources"]
         .as_array()
         .unwrap()
@@ -633,30 +699,21 @@ fn kubernetes_manifests_validate_and_fit_together() {
         .filter(|f| f != "kustomization.yaml")
         .collect();
     assert_eq!(listed, present, "kustomization.yaml resources");
+}
 
-    let configmap = by_kind(&docs, "ConfigMap");
-    let secret = by_kind(&docs, "Secret");
-    let deployment = by_kind(&docs, "Deployment");
-    let service = by_kind(&docs, "Service");
-    let pdb = by_kind(&docs, "PodDisruptionBudget");
-    let hpa = by_kind(&docs, "HorizontalPodAutoscaler");
-    let monitor = by_kind(&docs, "ServiceMonitor");
-
-    let spec = &deployment["spec"];
-    let pod = &spec["template"]["spec"];
-    let pod_labels = &spec["template"]["metadata"]["labels"];
+/// The kustomization's image override names the container's; non-root, read-only, no
+/// privileges: the image's uid.
+fn k8s_deployment_runs_the_kustomized_image_unprivileged(docs: &[Value], w: &Workload<'_>) {
+    let kustomization = by_kind(docs, "Kustomization");
+    let (spec, pod, pod_labels, c) = (w.spec, w.pod, w.pod_labels, w.c);
     assert!(selects(&spec["selector"]["matchLabels"], pod_labels));
     assert_eq!(spec["replicas"], 2);
-    let containers = pod["containers"].as_array().unwrap();
-    assert_eq!(containers.len(), 1);
-    let c = &containers[0];
     let image = str_of(&c["image"], "image");
     assert_eq!(
         kustomization["images"][0]["name"],
         image.split(':').next().unwrap()
     );
 
-    // Non-root, read-only, no privileges: the image's uid.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 10001);
     assert_eq!(
@@ -672,19 +729,11 @@ fn kubernetes_manifests_validate_and_fit_together() {
             assert!(c["resources"][kind][r].is_string(), "resources.{kind}.{r}");
         }
     }
+}
 
-    // Probes: liveness /healthz, readiness /readyz, a startup probe, on a declared port.
-    let port_names: BTreeMap<&str, u64> = c["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                str_of(&p["name"], "port name"),
-                p["containerPort"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+/// Probes: liveness /healthz, readiness /readyz, a startup probe, on a declared port.
+fn k8s_probes_and_scrape_annotations_use_the_http_port(w: &Workload<'_>) {
+    let (spec, c, port_names) = (w.spec, w.c, &w.port_names);
     let probe = |name: &str| -> (&str, u64) {
         let get = &c[name]["httpGet"];
         let port = match &get["port"] {
@@ -701,8 +750,12 @@ fn kubernetes_manifests_validate_and_fit_together() {
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], http.to_string());
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
 
-    // The config: mounted from the ConfigMap at the path the command passes.
+/// The config: mounted from the ConfigMap at the path the command passes.
+fn k8s_config_is_mounted_where_the_command_reads_it(docs: &[Value], w: &Workload<'_>) -> PodConfig {
+    let configmap = by_kind(docs, "ConfigMap");
+    let (pod, c, http) = (w.pod, w.c, w.port_names["http"]);
     let mount = c["volumeMounts"]
         .as_array()
         .unwrap()
@@ -733,8 +786,17 @@ fn kubernetes_manifests_validate_and_fit_together() {
     let config = toml_str(config_text);
     let listen = str_of(&config["server"]["listen"], "server.listen");
     assert_eq!(u64::from(port_of(listen)), http);
+    PodConfig {
+        text: config_text.to_owned(),
+        path: config_path,
+        argv,
+        toml: config,
+    }
+}
 
-    // Shutdown: the grace period covers the preStop sleep and the daemon's drain.
+/// Shutdown: the grace period covers the preStop sleep and the daemon's drain.
+fn k8s_grace_period_covers_pre_stop_and_drain(w: &Workload<'_>, config: &Value) {
+    let (pod, c) = (w.pod, w.c);
     let shutdown = config["server"]["shutdown_grace_secs"]
         .as_u64()
         .unwrap_or(30);
@@ -748,8 +810,16 @@ fn kubernetes_manifests_validate_and_fit_together() {
         termination > sleep + shutdown,
         "terminationGracePeriodSeconds {termination} <= preStop {sleep} + drain {shutdown}"
     );
+}
 
-    // No secret in the ConfigMap; the Secret provides them as OMNI__ variables.
+/// No secret in the ConfigMap; the Secret provides them as OMNI__ variables. Returns them.
+fn k8s_secrets_come_from_the_secret_not_the_configmap(
+    docs: &[Value],
+    w: &Workload<'_>,
+    config: &Value,
+) -> BTreeMap<String, String> {
+    let secret = by_kind(docs, "Secret");
+    let c = w.c;
     fn keys(v: &Value, out: &mut Vec<String>) {
         if let Value::Object(m) = v {
             for (k, v) in m {
@@ -759,7 +829,7 @@ fn kubernetes_manifests_validate_and_fit_together() {
         }
     }
     let mut config_keys = Vec::new();
-    keys(&config, &mut config_keys);
+    keys(config, &mut config_keys);
     for secret_key in [
         "api_token",
         "api_hmac_secret",
@@ -787,9 +857,19 @@ fn kubernetes_manifests_validate_and_fit_together() {
     {
         assert!(secret_env.contains_key("OMNI__KAFKA__LIBRDKAFKA__SASL_PASSWORD"));
     }
+    secret_env
+}
 
-    // The daemon accepts the ConfigMap's config with the Deployment's environment (the Secret
-    // plus `env`; a fieldRef gets a sample pod name) and its command line.
+/// The daemon accepts the ConfigMap's config with the Deployment's environment (the Secret
+/// plus `env`; a fieldRef gets a sample pod name) and its command line.
+fn k8s_daemon_accepts_the_config_with_the_pods_environment(
+    w: &Workload<'_>,
+    pc: &PodConfig,
+    secret_env: &BTreeMap<String, String>,
+) {
+    let c = w.c;
+    let (config_text, config_path, argv, config) = (&pc.text, &pc.path, &pc.argv, &pc.toml);
+    let listen = str_of(&config["server"]["listen"], "server.listen");
     let mut pod_env = secret_env.clone();
     for e in c["env"].as_array().unwrap() {
         let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
@@ -807,7 +887,7 @@ fn kubernetes_manifests_validate_and_fit_together() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.toml");
     std::fs::write(&file, config_text).unwrap();
-    let verdict = check_command_line("deployment", &argv, &config_path, &file, &pod_env);
+    let verdict = check_command_line("deployment", argv, config_path, &file, &pod_env);
     let bootstrap = str_of(&config["kafka"]["bootstrap_servers"], "bootstrap");
     assert!(
         verdict.contains(&format!("listen {listen}, kafka {bootstrap}, 1 tenant(s)")),
@@ -826,8 +906,15 @@ fn kubernetes_manifests_validate_and_fit_together() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("tenants.demo"), "{}", text(&out));
+}
 
-    // Service, PDB, HPA and ServiceMonitor select these pods / this Deployment.
+/// Service, PDB, HPA and ServiceMonitor select these pods / this Deployment.
+fn k8s_service_pdb_and_hpa_select_the_deployment(docs: &[Value], w: &Workload<'_>, config: &Value) {
+    let service = by_kind(docs, "Service");
+    let pdb = by_kind(docs, "PodDisruptionBudget");
+    let hpa = by_kind(docs, "HorizontalPodAutoscaler");
+    let (deployment, spec, pod_labels, port_names) =
+        (w.deployment, w.spec, w.pod_labels, &w.port_names);
     assert!(selects(&service["spec"]["selector"], pod_labels));
     let svc_port = &service["spec"]["ports"][0];
     assert!(port_names.contains_key(str_of(&svc_port["targetPort"], "targetPort")));
@@ -848,9 +935,14 @@ fn kubernetes_manifests_validate_and_fit_together() {
         .unwrap()
         .iter()
         .any(|m| m["resource"]["name"] == "cpu"));
+}
 
-    // ServiceMonitor (monitoring.coreos.com/v1): no schema in kubernetes-validate, so its
-    // structure is checked here, field names included (what --strict does for core kinds).
+/// ServiceMonitor (monitoring.coreos.com/v1): no schema in kubernetes-validate, so its
+/// structure is checked here, field names included (what --strict does for core kinds).
+fn k8s_service_monitor_is_well_formed_and_scrapes_the_service(docs: &[Value]) {
+    let service = by_kind(docs, "Service");
+    let monitor = by_kind(docs, "ServiceMonitor");
+    let svc_port = &service["spec"]["ports"][0];
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
     assert!(monitor["metadata"]["name"].is_string());
     let allowed = |v: &Value, fields: &[&str], what: &str| {
