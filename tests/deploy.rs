@@ -1048,11 +1048,29 @@ fn verify_findings(unit_path: &Path) -> (bool, Vec<String>) {
 #[test]
 fn systemd_unit_passes_systemd_analyze() {
     let unit = read(&deploy("systemd/omnirouter.service"));
-    let bin = omnirouter_bin();
     let dir = tempfile::tempdir().unwrap();
+    let path = systemd_verify_is_silent_and_catches_a_typo(&unit, dir.path());
+    systemd_security_scores_the_sandbox_at_most_2(&path);
+    systemd_unit_sets_the_documented_directives(&unit);
+    systemd_daemon_accepts_exec_start_and_exec_start_pre(&unit);
+}
+
+/// A unit's `Key=` values, in order.
+fn directive<'a>(directives: &'a [(String, String)], k: &str) -> Vec<&'a str> {
+    directives
+        .iter()
+        .filter(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// `systemd-analyze verify` finds nothing in the unit (run against the binary just built),
+/// and does report a misspelled directive on this systemd. Returns the testable unit's path.
+fn systemd_verify_is_silent_and_catches_a_typo(unit: &str, dir: &Path) -> PathBuf {
+    let bin = omnirouter_bin();
     // verify checks that ExecStart's binary exists: point it at the one just built.
     let testable = unit.replace("/usr/local/bin/omnirouter", bin.to_str().unwrap());
-    let path = dir.path().join("omnirouter.service");
+    let path = dir.join("omnirouter.service");
     std::fs::write(&path, &testable).unwrap();
     let (ok, findings) = verify_findings(&path);
     assert!(
@@ -1061,19 +1079,22 @@ fn systemd_unit_passes_systemd_analyze() {
         findings.join("\n")
     );
     // A misspelled directive is reported on this systemd (so silence above means something).
-    let bad = dir.path().join("bad.service");
+    let bad = dir.join("bad.service");
     std::fs::write(&bad, testable.replace("ProtectHome=", "ProtectHoem=")).unwrap();
     let (_, findings) = verify_findings(&bad);
     assert!(
         findings.iter().any(|f| f.contains("ProtectHoem")),
         "{findings:?}"
     );
+    path
+}
 
-    // The sandbox, as systemd itself scores it.
+/// The sandbox, as systemd itself scores it.
+fn systemd_security_scores_the_sandbox_at_most_2(path: &Path) {
     let out = run(
         Command::new("systemd-analyze")
             .args(["security", "--offline=true", "--no-pager"])
-            .arg(&path),
+            .arg(path),
         "systemd-analyze not found",
     );
     let report = text(&out);
@@ -1088,15 +1109,12 @@ fn systemd_unit_passes_systemd_analyze() {
         }
         None => println!("note: systemd-analyze security --offline unsupported here: {report}"),
     }
+}
 
-    let directives = unit_directives(&unit);
-    let get = |k: &str| -> Vec<&str> {
-        directives
-            .iter()
-            .filter(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    };
+/// The hardening and lifecycle directives the install notes promise.
+fn systemd_unit_sets_the_documented_directives(unit: &str) {
+    let directives = unit_directives(unit);
+    let get = |k: &str| directive(&directives, k);
     for (k, v) in [
         ("Type", "simple"),
         ("User", "omnirouter"),
@@ -1130,9 +1148,13 @@ fn systemd_unit_passes_systemd_analyze() {
     ] {
         assert_eq!(get(k), vec![v], "{k}");
     }
+}
 
-    // The daemon accepts ExecStart's and ExecStartPre's command lines (with the shipped config
-    // in place of /etc/omnirouter/config.toml, which the install notes copy from it).
+/// The daemon accepts ExecStart's and ExecStartPre's command lines (with the shipped config
+/// in place of /etc/omnirouter/config.toml, which the install notes copy from it).
+fn systemd_daemon_accepts_exec_start_and_exec_start_pre(unit: &str) {
+    let directives = unit_directives(unit);
+    let get = |k: &str| directive(&directives, k);
     let default = workspace().join("config/default.toml");
     let env = BTreeMap::new();
     let start: Vec<String> = get("ExecStart")[0]
