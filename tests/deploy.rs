@@ -1248,10 +1248,31 @@ fn context_includes(ignore: &str, path: &str) -> bool {
 fn dockerfile_lints_clean_and_matches_the_daemon() {
     let text = read(&deploy("Dockerfile"));
     let instructions = dockerfile(&text);
+    let stages = dockerfile_is_multi_stage_from_pinned_images(&instructions);
+    dockerfile_follows_the_hygiene_rules(&instructions, &stages[0].2);
+    let runtime_run = dockerfile_runtime_stage_runs_the_daemon_unprivileged(&stages);
+    dockerfile_context_holds_every_copy_source_and_nothing_big(&stages);
+    runtime_packages_provide_the_linked_libraries(&runtime_run);
+}
+
+/// A build stage: its name, its base image (ARGs substituted) and its instructions.
+type Stage<'a> = (String, String, Vec<&'a Instruction>);
+
+/// The arguments of a stage's `cmd` instructions, in order.
+fn in_stage(stage: &[&Instruction], cmd: &str) -> Vec<String> {
+    stage
+        .iter()
+        .filter(|i| i.cmd == cmd)
+        .map(|i| i.args.clone())
+        .collect()
+}
+
+/// A builder on `rust:1-bookworm`, a runtime on `debian:bookworm-slim`, every image pinned.
+fn dockerfile_is_multi_stage_from_pinned_images(instructions: &[Instruction]) -> Vec<Stage<'_>> {
     let mut args: BTreeMap<String, String> = BTreeMap::new();
     // Stages: (name, base image, instructions).
-    let mut stages: Vec<(String, String, Vec<&Instruction>)> = Vec::new();
-    for i in &instructions {
+    let mut stages: Vec<Stage<'_>> = Vec::new();
+    for i in instructions {
         match i.cmd.as_str() {
             "ARG" if stages.is_empty() => {
                 let (k, v) = i.args.split_once('=').unwrap();
@@ -1284,19 +1305,14 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         assert_ne!(tag, "latest", "stage {name}: pin {image}");
     }
     assert_eq!(stages[0].1, "rust:1-bookworm");
-    let (_, runtime, last) = stages.last().unwrap();
+    let (_, runtime, _) = stages.last().unwrap();
     assert_eq!(runtime, "debian:bookworm-slim");
-    let builder = &stages[0].2;
-    let in_stage = |stage: &[&Instruction], cmd: &str| -> Vec<String> {
-        stage
-            .iter()
-            .filter(|i| i.cmd == cmd)
-            .map(|i| i.args.clone())
-            .collect()
-    };
+    stages
+}
 
-    // General hygiene.
-    for i in &instructions {
+/// General hygiene, and a locked release build of the daemon with its native dependencies.
+fn dockerfile_follows_the_hygiene_rules(instructions: &[Instruction], builder: &[&Instruction]) {
+    for i in instructions {
         assert_ne!(
             i.cmd, "ADD",
             "use COPY (ADD fetches URLs and unpacks archives): {i:?}"
@@ -1319,8 +1335,13 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         assert!(build.contains(flag), "builder: {flag} missing");
     }
     assert!(build.contains("libssl-dev") && build.contains("pkg-config"));
+}
 
-    // The runtime stage: non-root user, healthcheck, signal, entrypoint.
+/// The runtime stage: non-root user, healthcheck, signal, entrypoint; the binary from the
+/// builder, the config where ENTRYPOINT reads it, and the daemon accepting ENTRYPOINT + CMD.
+/// Returns the stage's RUN commands.
+fn dockerfile_runtime_stage_runs_the_daemon_unprivileged(stages: &[Stage<'_>]) -> String {
+    let last = &stages.last().unwrap().2;
     let users = in_stage(last, "USER");
     let user = users.last().expect("USER in the runtime stage");
     let uid = user.split(':').next().unwrap();
@@ -1354,7 +1375,6 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
     assert!(listen.starts_with("0.0.0.0:"));
     assert_eq!(in_stage(last, "EXPOSE"), vec![port_of(listen).to_string()]);
 
-    // COPY: the binary from the builder, the config where ENTRYPOINT reads it.
     let copies = in_stage(last, "COPY");
     let stage_names: BTreeSet<&str> = stages.iter().map(|s| s.0.as_str()).collect();
     for c in &copies {
@@ -1387,12 +1407,15 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         &env_for_daemon,
     );
     assert!(verdict.contains(&format!("listen {listen}")), "{verdict}");
+    runtime_run
+}
 
-    // Build context: every COPY source exists and passes deploy/Dockerfile.dockerignore, and
-    // the builder copies every workspace member (cargo --locked needs all their manifests).
+/// Build context: every COPY source exists and passes deploy/Dockerfile.dockerignore, and
+/// the builder copies every workspace member (cargo --locked needs all their manifests).
+fn dockerfile_context_holds_every_copy_source_and_nothing_big(stages: &[Stage<'_>]) {
     let ignore = read(&deploy("Dockerfile.dockerignore"));
     let mut copied_roots = BTreeSet::new();
-    for stage in &stages {
+    for stage in stages {
         for c in in_stage(&stage.2, "COPY") {
             if c.contains("--from=") {
                 continue;
@@ -1427,8 +1450,6 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         assert!(copied_roots.contains(root), "builder does not copy {root}/");
     }
     assert!(copied_roots.contains("Cargo.lock"));
-
-    runtime_packages_provide_the_linked_libraries(&runtime_run);
 }
 
 /// Runs the HEALTHCHECK's shell command (as the image would: `/bin/sh -c`) against a daemon
