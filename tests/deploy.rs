@@ -1782,117 +1782,156 @@ fn panels(v: &Value, out: &mut Vec<Value>) {
 /// online, customer message, an SLA breach (1 s target), reply, resolve, reopen, CSAT, a
 /// duplicate and a rejected request; then Kafka goes away, for the error families.
 async fn exercise(daemon: &Daemon, broker: &mut Broker) -> String {
-    let client = reqwest::Client::new();
-    let command = |body: Value| {
-        client
-            .post(daemon.url("/v1/tenants/demo/commands"))
-            .bearer_auth("demo-agent-token")
-            .json(&body)
-            .send()
-    };
+    let conv = a_customer_message_waits_past_its_sla(daemon).await;
+    the_agent_replies_resolves_and_the_customer_rates_and_reopens(daemon, &conv).await;
+    a_reply_without_a_sender_is_a_counted_delivery_failure(daemon, &conv).await;
+    broker.stop();
+    with_kafka_gone_publishing_fails(daemon).await
+}
+
+/// POSTs an agent command; the answer's status.
+async fn agent_command(daemon: &Daemon, body: Value) -> u16 {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/tenants/demo/commands"))
+        .bearer_auth("demo-agent-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// POSTs an agent reply; the answer's status.
+async fn agent_reply(daemon: &Daemon, body: Value) -> u16 {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/tenants/demo/replies"))
+        .bearer_auth("demo-agent-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// POSTs a customer message on the API channel with `token`.
+async fn customer_message(daemon: &Daemon, body: &Value, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/inbound/demo"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Polls /metrics until a line starts with `series` (30 s at most); the text that has it.
+async fn wait_for_series(daemon: &Daemon, series: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = daemon.metrics().await;
+        if m.lines().any(|l| l.starts_with(series)) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never appeared:\n{m}\nlog:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Agent `lan` comes online; a customer message (sent twice: a duplicate, and once with a
+/// wrong token) waits, and breaches the 1 s SLA. Returns the conversation id.
+async fn a_customer_message_waits_past_its_sla(daemon: &Daemon) -> String {
     for c in [
         json!({"command": "upsert_agent", "agent": "lan", "skills": {"vi": 4}, "capacity": 3}),
         json!({"command": "set_presence", "agent": "lan", "presence": "online"}),
     ] {
-        assert_eq!(command(c).await.unwrap().status().as_u16(), 202);
+        assert_eq!(agent_command(daemon, c).await, 202);
     }
     let message = json!({"contact": {"id": "cust-1", "language": "vi"}, "text": "Chào shop",
                          "client_message_id": "deploy-1"});
-    let post = |body: &Value, token: &str| {
-        client
-            .post(daemon.url("/v1/inbound/demo"))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-    };
-    let r = post(&message, "demo-token").await.unwrap();
+    let r = customer_message(daemon, &message, "demo-token").await;
     assert_eq!(r.status().as_u16(), 202);
     let conv = r.json::<Value>().await.unwrap()["conversation_id"]
         .as_str()
         .unwrap()
         .to_owned();
     assert_eq!(
-        post(&message, "demo-token")
+        customer_message(daemon, &message, "demo-token")
             .await
-            .unwrap()
             .status()
             .as_u16(),
         202
     );
     assert_eq!(
-        post(&message, "wrong").await.unwrap().status().as_u16(),
+        customer_message(daemon, &message, "wrong")
+            .await
+            .status()
+            .as_u16(),
         401
     );
+    wait_for_series(daemon, "omni_queue_wait_seconds_count").await;
+    wait_for_series(daemon, "omni_sla_breaches_total").await;
+    conv
+}
 
-    let wait_for = |series: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let m = daemon.metrics().await;
-            if m.lines().any(|l| l.starts_with(series)) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} never appeared:\n{m}\nlog:\n{}",
-                daemon.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    wait_for("omni_queue_wait_seconds_count").await;
-    wait_for("omni_sla_breaches_total").await;
-    let r = client
-        .post(daemon.url("/v1/tenants/demo/replies"))
-        .bearer_auth("demo-agent-token")
-        .json(
-            &json!({"conversation_id": conv, "channel": {"kind": "api", "account": "default"},
-                      "recipient": "cust-1", "text": "Dạ, shop chào bạn ạ", "agent_id": "lan"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    wait_for("omni_first_response_seconds_bucket").await;
+/// The agent replies (a first response), resolves; the customer rates it, and it reopens.
+async fn the_agent_replies_resolves_and_the_customer_rates_and_reopens(
+    daemon: &Daemon,
+    conv: &str,
+) {
+    let status = agent_reply(
+        daemon,
+        json!({"conversation_id": conv, "channel": {"kind": "api", "account": "default"},
+               "recipient": "cust-1", "text": "Dạ, shop chào bạn ạ", "agent_id": "lan"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for_series(daemon, "omni_first_response_seconds_bucket").await;
     assert_eq!(
-        command(json!({"command": "resolve", "conversation": conv}))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
+        agent_command(daemon, json!({"command": "resolve", "conversation": conv})).await,
         202
     );
-    wait_for("omni_conversations_resolved_total").await;
+    wait_for_series(daemon, "omni_conversations_resolved_total").await;
     for c in [
         json!({"command": "csat", "conversation": conv, "score": 5}),
         json!({"command": "reopen", "conversation": conv}),
     ] {
-        assert_eq!(command(c).await.unwrap().status().as_u16(), 202);
+        assert_eq!(agent_command(daemon, c).await, 202);
     }
-    wait_for("omni_conversations_reopened_total").await;
-    wait_for("omni_csat_score_count").await;
-    // A reply on a channel this daemon has no sender for: a failed delivery, counted.
-    let r = client
-        .post(daemon.url("/v1/tenants/demo/replies"))
-        .bearer_auth("demo-agent-token")
-        .json(
-            &json!({"conversation_id": conv, "channel": {"kind": "sms", "account": "+84900000000"},
-                      "recipient": "+84901234567", "text": "Dạ vâng ạ", "agent_id": "lan"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    wait_for("omni_delivery_failures_total").await;
+    wait_for_series(daemon, "omni_conversations_reopened_total").await;
+    wait_for_series(daemon, "omni_csat_score_count").await;
+}
 
-    // Kafka gone: client errors, and a publish that times out.
-    broker.stop();
+/// A reply on a channel this daemon has no sender for: a failed delivery, counted.
+async fn a_reply_without_a_sender_is_a_counted_delivery_failure(daemon: &Daemon, conv: &str) {
+    let status = agent_reply(
+        daemon,
+        json!({"conversation_id": conv, "channel": {"kind": "sms", "account": "+84900000000"},
+               "recipient": "+84901234567", "text": "Dạ vâng ạ", "agent_id": "lan"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for_series(daemon, "omni_delivery_failures_total").await;
+}
+
+/// Kafka gone: client errors, and a publish that times out. Returns /metrics once the client
+/// errors show, or after 15 s without them.
+async fn with_kafka_gone_publishing_fails(daemon: &Daemon) -> String {
     let lost =
         json!({"contact": {"id": "cust-2"}, "text": "hello?", "client_message_id": "deploy-2"});
     assert_eq!(
-        post(&lost, "demo-token").await.unwrap().status().as_u16(),
+        customer_message(daemon, &lost, "demo-token")
+            .await
+            .status()
+            .as_u16(),
         503
     );
-    wait_for("omni_kafka_produce_errors_total").await;
+    wait_for_series(daemon, "omni_kafka_produce_errors_total").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let m = daemon.metrics().await;
@@ -1907,6 +1946,16 @@ async fn exercise(daemon: &Daemon, broker: &mut Broker) -> String {
 async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
     let dashboard: Value =
         serde_json::from_str(&read(&deploy("grafana/dashboards/omnirouter.json"))).unwrap();
+    let variables = dashboard_has_a_datasource_and_label_variables(&dashboard);
+    let exprs = dashboard_panels_tile_the_grid_and_query_the_datasource(&dashboard, &variables);
+    let registered = registered_metrics();
+    println!("registered metric families: {registered:?}");
+    dashboard_queries_use_registered_families_as_their_kinds_allow(&exprs, &variables, &registered);
+    dashboard_labels_exist_on_a_running_daemon(&exprs, &registered).await;
+}
+
+/// A recent schema, a Prometheus datasource variable, and tenant/queue label variables on it.
+fn dashboard_has_a_datasource_and_label_variables(dashboard: &Value) -> BTreeMap<String, Value> {
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
     assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
     let variables: BTreeMap<String, Value> = dashboard["templating"]["list"]
@@ -1924,7 +1973,15 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
         );
         assert_eq!(variables[v]["datasource"]["uid"], "${datasource}");
     }
+    variables
+}
 
+/// Panels have unique ids, fit the 24-column grid without overlapping, and query through the
+/// datasource variable. Returns every query, panel titles and variables' included.
+fn dashboard_panels_tile_the_grid_and_query_the_datasource(
+    dashboard: &Value,
+    variables: &BTreeMap<String, Value>,
+) -> Vec<(String, String)> {
     let mut all = Vec::new();
     panels(&dashboard["panels"], &mut all);
     let mut ids = BTreeSet::new();
@@ -1966,12 +2023,19 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
             str_of(&variables[v]["definition"], v).to_owned(),
         ));
     }
+    exprs
+}
 
-    let registered = registered_metrics();
-    println!("registered metric families: {registered:?}");
+/// Every query's variables exist, its series are families omnirouter registers, rate() and
+/// increase() never range over a gauge, and histogram_quantile keeps `le`.
+fn dashboard_queries_use_registered_families_as_their_kinds_allow(
+    exprs: &[(String, String)],
+    variables: &BTreeMap<String, Value>,
+    registered: &BTreeMap<String, Kind>,
+) {
     let builtins = ["__rate_interval", "__interval", "__range"];
     let mut used_families = BTreeSet::new();
-    for (title, expr) in &exprs {
+    for (title, expr) in exprs {
         // Variables exist.
         for part in expr.split('$').skip(1) {
             let name: String = part.chars().take_while(|c| is_ident(*c)).collect();
@@ -1981,7 +2045,7 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
             );
         }
         for (_, series) in series_in(expr) {
-            let (fam, _) = family(&series, &registered)
+            let (fam, _) = family(&series, registered)
                 .unwrap_or_else(|| panic!("{title}: {series} is not a metric omnirouter exposes"));
             used_families.insert(fam);
         }
@@ -1992,7 +2056,7 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
                 let inner = expr[from + i + f.len()..].trim_start();
                 let series: String = inner.chars().take_while(|c| is_ident(*c)).collect();
                 from += i + f.len();
-                let (_, kind) = family(&series, &registered).unwrap();
+                let (_, kind) = family(&series, registered).unwrap();
                 assert!(
                     kind != Kind::Gauge,
                     "{title}: {f}…) over the gauge {series}"
@@ -2018,9 +2082,14 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
         .filter(|m| !used_families.contains(*m))
         .collect();
     println!("families not on the dashboard: {unused:?}");
+}
 
-    // Against a running daemon: every family it exposes is one the source scan found, with the
-    // same type (so the scan is right), and the labels the dashboard uses exist.
+/// Against a running daemon: every family it exposes is one the source scan found, with the
+/// same type (so the scan is right), and the labels the dashboard uses exist.
+async fn dashboard_labels_exist_on_a_running_daemon(
+    exprs: &[(String, String)],
+    registered: &BTreeMap<String, Kind>,
+) {
     let mut broker = Broker::memory();
     let daemon = Daemon::start(
         &broker,
@@ -2053,7 +2122,7 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
         "the service-level query needs a le=\"60\" bucket"
     );
     let mut unchecked = BTreeSet::new();
-    for (title, expr) in &exprs {
+    for (title, expr) in exprs {
         for (series, label) in labels_used(expr) {
             if label == "instance" || label == "job" {
                 continue; // added by Prometheus
