@@ -570,6 +570,7 @@ struct Workload<'a> {
     port_names: BTreeMap<&'a str, u64>,
 }
 
+/// Looks the Deployment's parts up once; it has exactly one container.
 fn workload(docs: &[Value]) -> Workload<'_> {
     let deployment = by_kind(docs, "Deployment");
     let spec = &deployment["spec"];
