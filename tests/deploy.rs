@@ -252,6 +252,19 @@ fn kafka_listeners(list: &str) -> BTreeMap<String, (String, u16)> {
 
 #[test]
 fn compose_file_is_valid_and_wired() {
+    let resolved = compose_config_resolves_every_service();
+    let services = &resolved["services"];
+    compose_kafka_is_a_consistent_kraft_single_node(services);
+    let listen_port = compose_omnirouter_is_built_here_and_waits_for_kafka(services);
+    compose_secrets_come_from_the_env_file_and_the_daemon_accepts_them(services, listen_port);
+    compose_bind_mounts_exist(services);
+    compose_grafana_provisions_prometheus_and_the_dashboards(services);
+    compose_prometheus_scrapes_omnirouter_and_finds_its_rules(services, listen_port);
+    compose_env_file_can_be_swapped_and_must_exist();
+}
+
+/// `docker-compose config` accepts the file; the resolved file, with every service we ship.
+fn compose_config_resolves_every_service() -> Value {
     let out = docker_compose(&["config", "-q"], &[]);
     assert!(
         out.status.success(),
@@ -265,8 +278,11 @@ fn compose_file_is_valid_and_wired() {
     for s in ["kafka", "omnirouter", "prometheus", "grafana"] {
         assert!(services[s].is_object(), "service {s} missing: {resolved}");
     }
+    resolved
+}
 
-    // Kafka, KRaft single node: roles, quorum, listeners consistent.
+/// Kafka, KRaft single node: roles, quorum, listeners consistent.
+fn compose_kafka_is_a_consistent_kraft_single_node(services: &Value) {
     let kafka = env_map(&services["kafka"]["environment"]);
     let roles: BTreeSet<&str> = kafka["KAFKA_PROCESS_ROLES"].split(',').collect();
     assert_eq!(roles, BTreeSet::from(["broker", "controller"]));
@@ -300,9 +316,13 @@ fn compose_file_is_valid_and_wired() {
         "KRaft storage needs a cluster id"
     );
     assert!(services["kafka"]["healthcheck"]["test"].is_array());
+}
 
-    // omnirouter: built from the workspace with deploy/Dockerfile, after Kafka is healthy, at
-    // the broker's advertised in-network listener.
+/// omnirouter: built from the workspace with deploy/Dockerfile, after Kafka is healthy, at
+/// the broker's advertised in-network listener. Returns the port it listens on.
+fn compose_omnirouter_is_built_here_and_waits_for_kafka(services: &Value) -> u16 {
+    let kafka = env_map(&services["kafka"]["environment"]);
+    let advertised = kafka_listeners(&kafka["KAFKA_ADVERTISED_LISTENERS"]);
     let router = &services["omnirouter"];
     let context = PathBuf::from(str_of(&router["build"]["context"], "build.context"));
     assert_eq!(
@@ -344,7 +364,16 @@ fn compose_file_is_valid_and_wired() {
         grace.trim_end_matches('s').parse::<u64>().unwrap() > 30,
         "stop_grace_period {grace} must exceed server.shutdown_grace_secs (30 s)"
     );
-    // Secrets come from the env file, not the compose file.
+    listen_port
+}
+
+/// Secrets come from the env file, not the compose file, and the daemon accepts the
+/// container's environment with the image's config.
+fn compose_secrets_come_from_the_env_file_and_the_daemon_accepts_them(
+    services: &Value,
+    listen_port: u16,
+) {
+    let env = env_map(&services["omnirouter"]["environment"]);
     let raw = read(&deploy("compose.yaml"));
     for key in [
         "OMNI__TENANTS__DEMO__API_TOKEN",
@@ -366,8 +395,10 @@ fn compose_file_is_valid_and_wired() {
         "{}",
         text(&out)
     );
+}
 
-    // Bind mounts exist (deploy/prometheus/ is maintained separately: checked once it exists).
+/// Bind mounts exist (deploy/prometheus/ is maintained separately: checked once it exists).
+fn compose_bind_mounts_exist(services: &Value) {
     let prometheus_dir = deploy("prometheus");
     for service in ["kafka", "omnirouter", "prometheus", "grafana"] {
         for v in services[service]["volumes"]
@@ -394,9 +425,11 @@ fn compose_file_is_valid_and_wired() {
             );
         }
     }
+}
 
-    // Grafana: the provisioned datasource is the prometheus service, the dashboard provider
-    // reads the directory the dashboards are mounted at, and the home dashboard exists.
+/// Grafana: the provisioned datasource is the prometheus service, the dashboard provider
+/// reads the directory the dashboards are mounted at, and the home dashboard exists.
+fn compose_grafana_provisions_prometheus_and_the_dashboards(services: &Value) {
     let grafana = &services["grafana"];
     let in_grafana = |container: &str| host_path(&grafana["volumes"], container);
     let provisioning = in_grafana("/etc/grafana/provisioning");
@@ -425,9 +458,11 @@ fn compose_file_is_valid_and_wired() {
     let home =
         env_map(&grafana["environment"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].clone();
     assert!(in_grafana(&home).exists(), "home dashboard {home}");
+}
 
-    // Prometheus (its files in deploy/prometheus/ are maintained separately): it scrapes the
-    // omnirouter service, and its rule files resolve through the mounts.
+/// Prometheus (its files in deploy/prometheus/ are maintained separately): it scrapes the
+/// omnirouter service, and its rule files resolve through the mounts.
+fn compose_prometheus_scrapes_omnirouter_and_finds_its_rules(services: &Value, listen_port: u16) {
     let prometheus = &services["prometheus"];
     let config_in_container = prometheus["command"]
         .as_array()
@@ -464,9 +499,11 @@ fn compose_file_is_valid_and_wired() {
     } else {
         println!("note: {} does not exist yet", config.display());
     }
+}
 
-    // OMNIROUTER_ENV_FILE picks another env file: its values reach the container, and a
-    // missing one is an error (the file is really read).
+/// OMNIROUTER_ENV_FILE picks another env file: its values reach the container, and a
+/// missing one is an error (the file is really read).
+fn compose_env_file_can_be_swapped_and_must_exist() {
     let dir = tempfile::tempdir().unwrap();
     let custom = dir.path().join("omnirouter.env");
     std::fs::write(&custom, "OMNI__TENANTS__DEMO__API_TOKEN=from-custom-file\n").unwrap();
@@ -521,10 +558,76 @@ fn selects(sub: &Value, labels: &Value) -> bool {
     !sub.is_empty() && sub.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The Deployment's parts most checks read.
+struct Workload<'a> {
+    deployment: &'a Value,
+    spec: &'a Value,
+    pod: &'a Value,
+    pod_labels: &'a Value,
+    /// The one container.
+    c: &'a Value,
+    /// Container port name → number.
+    port_names: BTreeMap<&'a str, u64>,
+}
+
+/// Looks the Deployment's parts up once; it has exactly one container.
+fn workload(docs: &[Value]) -> Workload<'_> {
+    let deployment = by_kind(docs, "Deployment");
+    let spec = &deployment["spec"];
+    let pod = &spec["template"]["spec"];
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let port_names: BTreeMap<&str, u64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                str_of(&p["name"], "port name"),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    Workload {
+        deployment,
+        spec,
+        pod,
+        pod_labels,
+        c,
+        port_names,
+    }
+}
+
+/// The daemon's config as the Deployment gives it: the ConfigMap's text, where the pod reads
+/// it, the command line, and the parsed TOML.
+struct PodConfig {
+    text: String,
+    path: String,
+    argv: Vec<String>,
+    toml: Value,
+}
+
 #[test]
 fn kubernetes_manifests_validate_and_fit_together() {
     let files = k8s_files();
     let docs = yaml_docs(&files);
+    k8s_core_kinds_pass_kubernetes_validate_strict(&docs);
+    k8s_manifests_are_namespace_agnostic_and_all_kustomized(&files, &docs);
+    let w = workload(&docs);
+    k8s_deployment_runs_the_kustomized_image_unprivileged(&docs, &w);
+    k8s_probes_and_scrape_annotations_use_the_http_port(&w);
+    let config = k8s_config_is_mounted_where_the_command_reads_it(&docs, &w);
+    k8s_grace_period_covers_pre_stop_and_drain(&w, &config.toml);
+    let secret_env = k8s_secrets_come_from_the_secret_not_the_configmap(&docs, &w, &config.toml);
+    k8s_daemon_accepts_the_config_with_the_pods_environment(&w, &config, &secret_env);
+    k8s_service_pdb_and_hpa_select_the_deployment(&docs, &w, &config.toml);
+    k8s_service_monitor_is_well_formed_and_scrapes_the_service(&docs);
+}
+
+/// The core kinds pass `kubernetes-validate --strict`, which does reject a misspelled field.
+fn k8s_core_kinds_pass_kubernetes_validate_strict(docs: &[Value]) {
     // Kinds kubernetes-validate has schemas for; the others are checked below.
     let crd_kinds = ["ServiceMonitor", "Kustomization"];
     let core: Vec<&str> = docs
@@ -572,18 +675,19 @@ fn kubernetes_manifests_validate_and_fit_together() {
         "a misspelled field passed: {}",
         text(&out)
     );
+}
 
-    // Namespace-agnostic: `kubectl apply -n` / kustomize decide.
-    for d in &docs {
+/// Namespace-agnostic: `kubectl apply -n` / kustomize decide; and the kustomization lists
+/// every manifest.
+fn k8s_manifests_are_namespace_agnostic_and_all_kustomized(files: &[PathBuf], docs: &[Value]) {
+    for d in docs {
         assert!(
             d["doc"]["metadata"]["namespace"].is_null(),
             "{}: sets a namespace",
             d["file"]
         );
     }
-
-    // The kustomization lists every manifest, and its image override names the container's.
-    let kustomization = by_kind(&docs, "Kustomization");
+    let kustomization = by_kind(docs, "Kustomization");
     let listed: BTreeSet<String> = kustomization["resources"]
         .as_array()
         .unwrap()
@@ -596,30 +700,21 @@ fn kubernetes_manifests_validate_and_fit_together() {
         .filter(|f| f != "kustomization.yaml")
         .collect();
     assert_eq!(listed, present, "kustomization.yaml resources");
+}
 
-    let configmap = by_kind(&docs, "ConfigMap");
-    let secret = by_kind(&docs, "Secret");
-    let deployment = by_kind(&docs, "Deployment");
-    let service = by_kind(&docs, "Service");
-    let pdb = by_kind(&docs, "PodDisruptionBudget");
-    let hpa = by_kind(&docs, "HorizontalPodAutoscaler");
-    let monitor = by_kind(&docs, "ServiceMonitor");
-
-    let spec = &deployment["spec"];
-    let pod = &spec["template"]["spec"];
-    let pod_labels = &spec["template"]["metadata"]["labels"];
+/// The kustomization's image override names the container's; non-root, read-only, no
+/// privileges: the image's uid.
+fn k8s_deployment_runs_the_kustomized_image_unprivileged(docs: &[Value], w: &Workload<'_>) {
+    let kustomization = by_kind(docs, "Kustomization");
+    let (spec, pod, pod_labels, c) = (w.spec, w.pod, w.pod_labels, w.c);
     assert!(selects(&spec["selector"]["matchLabels"], pod_labels));
     assert_eq!(spec["replicas"], 2);
-    let containers = pod["containers"].as_array().unwrap();
-    assert_eq!(containers.len(), 1);
-    let c = &containers[0];
     let image = str_of(&c["image"], "image");
     assert_eq!(
         kustomization["images"][0]["name"],
         image.split(':').next().unwrap()
     );
 
-    // Non-root, read-only, no privileges: the image's uid.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 10001);
     assert_eq!(
@@ -635,19 +730,11 @@ fn kubernetes_manifests_validate_and_fit_together() {
             assert!(c["resources"][kind][r].is_string(), "resources.{kind}.{r}");
         }
     }
+}
 
-    // Probes: liveness /healthz, readiness /readyz, a startup probe, on a declared port.
-    let port_names: BTreeMap<&str, u64> = c["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                str_of(&p["name"], "port name"),
-                p["containerPort"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+/// Probes: liveness /healthz, readiness /readyz, a startup probe, on a declared port.
+fn k8s_probes_and_scrape_annotations_use_the_http_port(w: &Workload<'_>) {
+    let (spec, c, port_names) = (w.spec, w.c, &w.port_names);
     let probe = |name: &str| -> (&str, u64) {
         let get = &c[name]["httpGet"];
         let port = match &get["port"] {
@@ -664,8 +751,12 @@ fn kubernetes_manifests_validate_and_fit_together() {
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], http.to_string());
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
 
-    // The config: mounted from the ConfigMap at the path the command passes.
+/// The config: mounted from the ConfigMap at the path the command passes.
+fn k8s_config_is_mounted_where_the_command_reads_it(docs: &[Value], w: &Workload<'_>) -> PodConfig {
+    let configmap = by_kind(docs, "ConfigMap");
+    let (pod, c, http) = (w.pod, w.c, w.port_names["http"]);
     let mount = c["volumeMounts"]
         .as_array()
         .unwrap()
@@ -696,8 +787,17 @@ fn kubernetes_manifests_validate_and_fit_together() {
     let config = toml_str(config_text);
     let listen = str_of(&config["server"]["listen"], "server.listen");
     assert_eq!(u64::from(port_of(listen)), http);
+    PodConfig {
+        text: config_text.to_owned(),
+        path: config_path,
+        argv,
+        toml: config,
+    }
+}
 
-    // Shutdown: the grace period covers the preStop sleep and the daemon's drain.
+/// Shutdown: the grace period covers the preStop sleep and the daemon's drain.
+fn k8s_grace_period_covers_pre_stop_and_drain(w: &Workload<'_>, config: &Value) {
+    let (pod, c) = (w.pod, w.c);
     let shutdown = config["server"]["shutdown_grace_secs"]
         .as_u64()
         .unwrap_or(30);
@@ -711,8 +811,16 @@ fn kubernetes_manifests_validate_and_fit_together() {
         termination > sleep + shutdown,
         "terminationGracePeriodSeconds {termination} <= preStop {sleep} + drain {shutdown}"
     );
+}
 
-    // No secret in the ConfigMap; the Secret provides them as OMNI__ variables.
+/// No secret in the ConfigMap; the Secret provides them as OMNI__ variables. Returns them.
+fn k8s_secrets_come_from_the_secret_not_the_configmap(
+    docs: &[Value],
+    w: &Workload<'_>,
+    config: &Value,
+) -> BTreeMap<String, String> {
+    let secret = by_kind(docs, "Secret");
+    let c = w.c;
     fn keys(v: &Value, out: &mut Vec<String>) {
         if let Value::Object(m) = v {
             for (k, v) in m {
@@ -722,7 +830,7 @@ fn kubernetes_manifests_validate_and_fit_together() {
         }
     }
     let mut config_keys = Vec::new();
-    keys(&config, &mut config_keys);
+    keys(config, &mut config_keys);
     for secret_key in [
         "api_token",
         "api_hmac_secret",
@@ -750,9 +858,19 @@ fn kubernetes_manifests_validate_and_fit_together() {
     {
         assert!(secret_env.contains_key("OMNI__KAFKA__LIBRDKAFKA__SASL_PASSWORD"));
     }
+    secret_env
+}
 
-    // The daemon accepts the ConfigMap's config with the Deployment's environment (the Secret
-    // plus `env`; a fieldRef gets a sample pod name) and its command line.
+/// The daemon accepts the ConfigMap's config with the Deployment's environment (the Secret
+/// plus `env`; a fieldRef gets a sample pod name) and its command line.
+fn k8s_daemon_accepts_the_config_with_the_pods_environment(
+    w: &Workload<'_>,
+    pc: &PodConfig,
+    secret_env: &BTreeMap<String, String>,
+) {
+    let c = w.c;
+    let (config_text, config_path, argv, config) = (&pc.text, &pc.path, &pc.argv, &pc.toml);
+    let listen = str_of(&config["server"]["listen"], "server.listen");
     let mut pod_env = secret_env.clone();
     for e in c["env"].as_array().unwrap() {
         let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
@@ -770,7 +888,7 @@ fn kubernetes_manifests_validate_and_fit_together() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.toml");
     std::fs::write(&file, config_text).unwrap();
-    let verdict = check_command_line("deployment", &argv, &config_path, &file, &pod_env);
+    let verdict = check_command_line("deployment", argv, config_path, &file, &pod_env);
     let bootstrap = str_of(&config["kafka"]["bootstrap_servers"], "bootstrap");
     assert!(
         verdict.contains(&format!("listen {listen}, kafka {bootstrap}, 1 tenant(s)")),
@@ -789,8 +907,15 @@ fn kubernetes_manifests_validate_and_fit_together() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("tenants.demo"), "{}", text(&out));
+}
 
-    // Service, PDB, HPA and ServiceMonitor select these pods / this Deployment.
+/// Service, PDB, HPA and ServiceMonitor select these pods / this Deployment.
+fn k8s_service_pdb_and_hpa_select_the_deployment(docs: &[Value], w: &Workload<'_>, config: &Value) {
+    let service = by_kind(docs, "Service");
+    let pdb = by_kind(docs, "PodDisruptionBudget");
+    let hpa = by_kind(docs, "HorizontalPodAutoscaler");
+    let (deployment, spec, pod_labels, port_names) =
+        (w.deployment, w.spec, w.pod_labels, &w.port_names);
     assert!(selects(&service["spec"]["selector"], pod_labels));
     let svc_port = &service["spec"]["ports"][0];
     assert!(port_names.contains_key(str_of(&svc_port["targetPort"], "targetPort")));
@@ -811,9 +936,14 @@ fn kubernetes_manifests_validate_and_fit_together() {
         .unwrap()
         .iter()
         .any(|m| m["resource"]["name"] == "cpu"));
+}
 
-    // ServiceMonitor (monitoring.coreos.com/v1): no schema in kubernetes-validate, so its
-    // structure is checked here, field names included (what --strict does for core kinds).
+/// ServiceMonitor (monitoring.coreos.com/v1): no schema in kubernetes-validate, so its
+/// structure is checked here, field names included (what --strict does for core kinds).
+fn k8s_service_monitor_is_well_formed_and_scrapes_the_service(docs: &[Value]) {
+    let service = by_kind(docs, "Service");
+    let monitor = by_kind(docs, "ServiceMonitor");
+    let svc_port = &service["spec"]["ports"][0];
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
     assert!(monitor["metadata"]["name"].is_string());
     let allowed = |v: &Value, fields: &[&str], what: &str| {
@@ -919,11 +1049,29 @@ fn verify_findings(unit_path: &Path) -> (bool, Vec<String>) {
 #[test]
 fn systemd_unit_passes_systemd_analyze() {
     let unit = read(&deploy("systemd/omnirouter.service"));
-    let bin = omnirouter_bin();
     let dir = tempfile::tempdir().unwrap();
+    let path = systemd_verify_is_silent_and_catches_a_typo(&unit, dir.path());
+    systemd_security_scores_the_sandbox_at_most_2(&path);
+    systemd_unit_sets_the_documented_directives(&unit);
+    systemd_daemon_accepts_exec_start_and_exec_start_pre(&unit);
+}
+
+/// A unit's `Key=` values, in order.
+fn directive<'a>(directives: &'a [(String, String)], k: &str) -> Vec<&'a str> {
+    directives
+        .iter()
+        .filter(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// `systemd-analyze verify` finds nothing in the unit (run against the binary just built),
+/// and does report a misspelled directive on this systemd. Returns the testable unit's path.
+fn systemd_verify_is_silent_and_catches_a_typo(unit: &str, dir: &Path) -> PathBuf {
+    let bin = omnirouter_bin();
     // verify checks that ExecStart's binary exists: point it at the one just built.
     let testable = unit.replace("/usr/local/bin/omnirouter", bin.to_str().unwrap());
-    let path = dir.path().join("omnirouter.service");
+    let path = dir.join("omnirouter.service");
     std::fs::write(&path, &testable).unwrap();
     let (ok, findings) = verify_findings(&path);
     assert!(
@@ -932,19 +1080,22 @@ fn systemd_unit_passes_systemd_analyze() {
         findings.join("\n")
     );
     // A misspelled directive is reported on this systemd (so silence above means something).
-    let bad = dir.path().join("bad.service");
+    let bad = dir.join("bad.service");
     std::fs::write(&bad, testable.replace("ProtectHome=", "ProtectHoem=")).unwrap();
     let (_, findings) = verify_findings(&bad);
     assert!(
         findings.iter().any(|f| f.contains("ProtectHoem")),
         "{findings:?}"
     );
+    path
+}
 
-    // The sandbox, as systemd itself scores it.
+/// The sandbox, as systemd itself scores it.
+fn systemd_security_scores_the_sandbox_at_most_2(path: &Path) {
     let out = run(
         Command::new("systemd-analyze")
             .args(["security", "--offline=true", "--no-pager"])
-            .arg(&path),
+            .arg(path),
         "systemd-analyze not found",
     );
     let report = text(&out);
@@ -959,15 +1110,12 @@ fn systemd_unit_passes_systemd_analyze() {
         }
         None => println!("note: systemd-analyze security --offline unsupported here: {report}"),
     }
+}
 
-    let directives = unit_directives(&unit);
-    let get = |k: &str| -> Vec<&str> {
-        directives
-            .iter()
-            .filter(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    };
+/// The hardening and lifecycle directives the install notes promise.
+fn systemd_unit_sets_the_documented_directives(unit: &str) {
+    let directives = unit_directives(unit);
+    let get = |k: &str| directive(&directives, k);
     for (k, v) in [
         ("Type", "simple"),
         ("User", "omnirouter"),
@@ -1001,9 +1149,13 @@ fn systemd_unit_passes_systemd_analyze() {
     ] {
         assert_eq!(get(k), vec![v], "{k}");
     }
+}
 
-    // The daemon accepts ExecStart's and ExecStartPre's command lines (with the shipped config
-    // in place of /etc/omnirouter/config.toml, which the install notes copy from it).
+/// The daemon accepts ExecStart's and ExecStartPre's command lines (with the shipped config
+/// in place of /etc/omnirouter/config.toml, which the install notes copy from it).
+fn systemd_daemon_accepts_exec_start_and_exec_start_pre(unit: &str) {
+    let directives = unit_directives(unit);
+    let get = |k: &str| directive(&directives, k);
     let default = workspace().join("config/default.toml");
     let env = BTreeMap::new();
     let start: Vec<String> = get("ExecStart")[0]
@@ -1097,10 +1249,31 @@ fn context_includes(ignore: &str, path: &str) -> bool {
 fn dockerfile_lints_clean_and_matches_the_daemon() {
     let text = read(&deploy("Dockerfile"));
     let instructions = dockerfile(&text);
+    let stages = dockerfile_is_multi_stage_from_pinned_images(&instructions);
+    dockerfile_follows_the_hygiene_rules(&instructions, &stages[0].2);
+    let runtime_run = dockerfile_runtime_stage_runs_the_daemon_unprivileged(&stages);
+    dockerfile_context_holds_every_copy_source_and_nothing_big(&stages);
+    runtime_packages_provide_the_linked_libraries(&runtime_run);
+}
+
+/// A build stage: its name, its base image (ARGs substituted) and its instructions.
+type Stage<'a> = (String, String, Vec<&'a Instruction>);
+
+/// The arguments of a stage's `cmd` instructions, in order.
+fn in_stage(stage: &[&Instruction], cmd: &str) -> Vec<String> {
+    stage
+        .iter()
+        .filter(|i| i.cmd == cmd)
+        .map(|i| i.args.clone())
+        .collect()
+}
+
+/// A builder on `rust:1-bookworm`, a runtime on `debian:bookworm-slim`, every image pinned.
+fn dockerfile_is_multi_stage_from_pinned_images(instructions: &[Instruction]) -> Vec<Stage<'_>> {
     let mut args: BTreeMap<String, String> = BTreeMap::new();
     // Stages: (name, base image, instructions).
-    let mut stages: Vec<(String, String, Vec<&Instruction>)> = Vec::new();
-    for i in &instructions {
+    let mut stages: Vec<Stage<'_>> = Vec::new();
+    for i in instructions {
         match i.cmd.as_str() {
             "ARG" if stages.is_empty() => {
                 let (k, v) = i.args.split_once('=').unwrap();
@@ -1133,19 +1306,14 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         assert_ne!(tag, "latest", "stage {name}: pin {image}");
     }
     assert_eq!(stages[0].1, "rust:1-bookworm");
-    let (_, runtime, last) = stages.last().unwrap();
+    let (_, runtime, _) = stages.last().unwrap();
     assert_eq!(runtime, "debian:bookworm-slim");
-    let builder = &stages[0].2;
-    let in_stage = |stage: &[&Instruction], cmd: &str| -> Vec<String> {
-        stage
-            .iter()
-            .filter(|i| i.cmd == cmd)
-            .map(|i| i.args.clone())
-            .collect()
-    };
+    stages
+}
 
-    // General hygiene.
-    for i in &instructions {
+/// General hygiene, and a locked release build of the daemon with its native dependencies.
+fn dockerfile_follows_the_hygiene_rules(instructions: &[Instruction], builder: &[&Instruction]) {
+    for i in instructions {
         assert_ne!(
             i.cmd, "ADD",
             "use COPY (ADD fetches URLs and unpacks archives): {i:?}"
@@ -1168,8 +1336,13 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         assert!(build.contains(flag), "builder: {flag} missing");
     }
     assert!(build.contains("libssl-dev") && build.contains("pkg-config"));
+}
 
-    // The runtime stage: non-root user, healthcheck, signal, entrypoint.
+/// The runtime stage: non-root user, healthcheck, signal, entrypoint; the binary from the
+/// builder, the config where ENTRYPOINT reads it, and the daemon accepting ENTRYPOINT + CMD.
+/// Returns the stage's RUN commands.
+fn dockerfile_runtime_stage_runs_the_daemon_unprivileged(stages: &[Stage<'_>]) -> String {
+    let last = &stages.last().unwrap().2;
     let users = in_stage(last, "USER");
     let user = users.last().expect("USER in the runtime stage");
     let uid = user.split(':').next().unwrap();
@@ -1203,7 +1376,6 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
     assert!(listen.starts_with("0.0.0.0:"));
     assert_eq!(in_stage(last, "EXPOSE"), vec![port_of(listen).to_string()]);
 
-    // COPY: the binary from the builder, the config where ENTRYPOINT reads it.
     let copies = in_stage(last, "COPY");
     let stage_names: BTreeSet<&str> = stages.iter().map(|s| s.0.as_str()).collect();
     for c in &copies {
@@ -1236,12 +1408,15 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         &env_for_daemon,
     );
     assert!(verdict.contains(&format!("listen {listen}")), "{verdict}");
+    runtime_run
+}
 
-    // Build context: every COPY source exists and passes deploy/Dockerfile.dockerignore, and
-    // the builder copies every workspace member (cargo --locked needs all their manifests).
+/// Build context: every COPY source exists and passes deploy/Dockerfile.dockerignore, and
+/// the builder copies every workspace member (cargo --locked needs all their manifests).
+fn dockerfile_context_holds_every_copy_source_and_nothing_big(stages: &[Stage<'_>]) {
     let ignore = read(&deploy("Dockerfile.dockerignore"));
     let mut copied_roots = BTreeSet::new();
-    for stage in &stages {
+    for stage in stages {
         for c in in_stage(&stage.2, "COPY") {
             if c.contains("--from=") {
                 continue;
@@ -1276,8 +1451,6 @@ fn dockerfile_lints_clean_and_matches_the_daemon() {
         assert!(copied_roots.contains(root), "builder does not copy {root}/");
     }
     assert!(copied_roots.contains("Cargo.lock"));
-
-    runtime_packages_provide_the_linked_libraries(&runtime_run);
 }
 
 /// Runs the HEALTHCHECK's shell command (as the image would: `/bin/sh -c`) against a daemon
@@ -1610,117 +1783,156 @@ fn panels(v: &Value, out: &mut Vec<Value>) {
 /// online, customer message, an SLA breach (1 s target), reply, resolve, reopen, CSAT, a
 /// duplicate and a rejected request; then Kafka goes away, for the error families.
 async fn exercise(daemon: &Daemon, broker: &mut Broker) -> String {
-    let client = reqwest::Client::new();
-    let command = |body: Value| {
-        client
-            .post(daemon.url("/v1/tenants/demo/commands"))
-            .bearer_auth("demo-agent-token")
-            .json(&body)
-            .send()
-    };
+    let conv = a_customer_message_waits_past_its_sla(daemon).await;
+    the_agent_replies_resolves_and_the_customer_rates_and_reopens(daemon, &conv).await;
+    a_reply_without_a_sender_is_a_counted_delivery_failure(daemon, &conv).await;
+    broker.stop();
+    with_kafka_gone_publishing_fails(daemon).await
+}
+
+/// POSTs an agent command; the answer's status.
+async fn agent_command(daemon: &Daemon, body: Value) -> u16 {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/tenants/demo/commands"))
+        .bearer_auth("demo-agent-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// POSTs an agent reply; the answer's status.
+async fn agent_reply(daemon: &Daemon, body: Value) -> u16 {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/tenants/demo/replies"))
+        .bearer_auth("demo-agent-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// POSTs a customer message on the API channel with `token`.
+async fn customer_message(daemon: &Daemon, body: &Value, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/inbound/demo"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Polls /metrics until a line starts with `series` (30 s at most); the text that has it.
+async fn wait_for_series(daemon: &Daemon, series: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = daemon.metrics().await;
+        if m.lines().any(|l| l.starts_with(series)) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never appeared:\n{m}\nlog:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Agent `lan` comes online; a customer message (sent twice: a duplicate, and once with a
+/// wrong token) waits, and breaches the 1 s SLA. Returns the conversation id.
+async fn a_customer_message_waits_past_its_sla(daemon: &Daemon) -> String {
     for c in [
         json!({"command": "upsert_agent", "agent": "lan", "skills": {"vi": 4}, "capacity": 3}),
         json!({"command": "set_presence", "agent": "lan", "presence": "online"}),
     ] {
-        assert_eq!(command(c).await.unwrap().status().as_u16(), 202);
+        assert_eq!(agent_command(daemon, c).await, 202);
     }
     let message = json!({"contact": {"id": "cust-1", "language": "vi"}, "text": "Chào shop",
                          "client_message_id": "deploy-1"});
-    let post = |body: &Value, token: &str| {
-        client
-            .post(daemon.url("/v1/inbound/demo"))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-    };
-    let r = post(&message, "demo-token").await.unwrap();
+    let r = customer_message(daemon, &message, "demo-token").await;
     assert_eq!(r.status().as_u16(), 202);
     let conv = r.json::<Value>().await.unwrap()["conversation_id"]
         .as_str()
         .unwrap()
         .to_owned();
     assert_eq!(
-        post(&message, "demo-token")
+        customer_message(daemon, &message, "demo-token")
             .await
-            .unwrap()
             .status()
             .as_u16(),
         202
     );
     assert_eq!(
-        post(&message, "wrong").await.unwrap().status().as_u16(),
+        customer_message(daemon, &message, "wrong")
+            .await
+            .status()
+            .as_u16(),
         401
     );
+    wait_for_series(daemon, "omni_queue_wait_seconds_count").await;
+    wait_for_series(daemon, "omni_sla_breaches_total").await;
+    conv
+}
 
-    let wait_for = |series: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let m = daemon.metrics().await;
-            if m.lines().any(|l| l.starts_with(series)) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} never appeared:\n{m}\nlog:\n{}",
-                daemon.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    wait_for("omni_queue_wait_seconds_count").await;
-    wait_for("omni_sla_breaches_total").await;
-    let r = client
-        .post(daemon.url("/v1/tenants/demo/replies"))
-        .bearer_auth("demo-agent-token")
-        .json(
-            &json!({"conversation_id": conv, "channel": {"kind": "api", "account": "default"},
-                      "recipient": "cust-1", "text": "Dạ, shop chào bạn ạ", "agent_id": "lan"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    wait_for("omni_first_response_seconds_bucket").await;
+/// The agent replies (a first response), resolves; the customer rates it, and it reopens.
+async fn the_agent_replies_resolves_and_the_customer_rates_and_reopens(
+    daemon: &Daemon,
+    conv: &str,
+) {
+    let status = agent_reply(
+        daemon,
+        json!({"conversation_id": conv, "channel": {"kind": "api", "account": "default"},
+               "recipient": "cust-1", "text": "Dạ, shop chào bạn ạ", "agent_id": "lan"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for_series(daemon, "omni_first_response_seconds_bucket").await;
     assert_eq!(
-        command(json!({"command": "resolve", "conversation": conv}))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
+        agent_command(daemon, json!({"command": "resolve", "conversation": conv})).await,
         202
     );
-    wait_for("omni_conversations_resolved_total").await;
+    wait_for_series(daemon, "omni_conversations_resolved_total").await;
     for c in [
         json!({"command": "csat", "conversation": conv, "score": 5}),
         json!({"command": "reopen", "conversation": conv}),
     ] {
-        assert_eq!(command(c).await.unwrap().status().as_u16(), 202);
+        assert_eq!(agent_command(daemon, c).await, 202);
     }
-    wait_for("omni_conversations_reopened_total").await;
-    wait_for("omni_csat_score_count").await;
-    // A reply on a channel this daemon has no sender for: a failed delivery, counted.
-    let r = client
-        .post(daemon.url("/v1/tenants/demo/replies"))
-        .bearer_auth("demo-agent-token")
-        .json(
-            &json!({"conversation_id": conv, "channel": {"kind": "sms", "account": "+84900000000"},
-                      "recipient": "+84901234567", "text": "Dạ vâng ạ", "agent_id": "lan"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    wait_for("omni_delivery_failures_total").await;
+    wait_for_series(daemon, "omni_conversations_reopened_total").await;
+    wait_for_series(daemon, "omni_csat_score_count").await;
+}
 
-    // Kafka gone: client errors, and a publish that times out.
-    broker.stop();
+/// A reply on a channel this daemon has no sender for: a failed delivery, counted.
+async fn a_reply_without_a_sender_is_a_counted_delivery_failure(daemon: &Daemon, conv: &str) {
+    let status = agent_reply(
+        daemon,
+        json!({"conversation_id": conv, "channel": {"kind": "sms", "account": "+84900000000"},
+               "recipient": "+84901234567", "text": "Dạ vâng ạ", "agent_id": "lan"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for_series(daemon, "omni_delivery_failures_total").await;
+}
+
+/// Kafka gone: client errors, and a publish that times out. Returns /metrics once the client
+/// errors show, or after 15 s without them.
+async fn with_kafka_gone_publishing_fails(daemon: &Daemon) -> String {
     let lost =
         json!({"contact": {"id": "cust-2"}, "text": "hello?", "client_message_id": "deploy-2"});
     assert_eq!(
-        post(&lost, "demo-token").await.unwrap().status().as_u16(),
+        customer_message(daemon, &lost, "demo-token")
+            .await
+            .status()
+            .as_u16(),
         503
     );
-    wait_for("omni_kafka_produce_errors_total").await;
+    wait_for_series(daemon, "omni_kafka_produce_errors_total").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let m = daemon.metrics().await;
@@ -1735,6 +1947,16 @@ async fn exercise(daemon: &Daemon, broker: &mut Broker) -> String {
 async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
     let dashboard: Value =
         serde_json::from_str(&read(&deploy("grafana/dashboards/omnirouter.json"))).unwrap();
+    let variables = dashboard_has_a_datasource_and_label_variables(&dashboard);
+    let exprs = dashboard_panels_tile_the_grid_and_query_the_datasource(&dashboard, &variables);
+    let registered = registered_metrics();
+    println!("registered metric families: {registered:?}");
+    dashboard_queries_use_registered_families_as_their_kinds_allow(&exprs, &variables, &registered);
+    dashboard_labels_exist_on_a_running_daemon(&exprs, &registered).await;
+}
+
+/// A recent schema, a Prometheus datasource variable, and tenant/queue label variables on it.
+fn dashboard_has_a_datasource_and_label_variables(dashboard: &Value) -> BTreeMap<String, Value> {
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
     assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
     let variables: BTreeMap<String, Value> = dashboard["templating"]["list"]
@@ -1752,7 +1974,15 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
         );
         assert_eq!(variables[v]["datasource"]["uid"], "${datasource}");
     }
+    variables
+}
 
+/// Panels have unique ids, fit the 24-column grid without overlapping, and query through the
+/// datasource variable. Returns every query, panel titles and variables' included.
+fn dashboard_panels_tile_the_grid_and_query_the_datasource(
+    dashboard: &Value,
+    variables: &BTreeMap<String, Value>,
+) -> Vec<(String, String)> {
     let mut all = Vec::new();
     panels(&dashboard["panels"], &mut all);
     let mut ids = BTreeSet::new();
@@ -1794,12 +2024,19 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
             str_of(&variables[v]["definition"], v).to_owned(),
         ));
     }
+    exprs
+}
 
-    let registered = registered_metrics();
-    println!("registered metric families: {registered:?}");
+/// Every query's variables exist, its series are families omnirouter registers, rate() and
+/// increase() never range over a gauge, and histogram_quantile keeps `le`.
+fn dashboard_queries_use_registered_families_as_their_kinds_allow(
+    exprs: &[(String, String)],
+    variables: &BTreeMap<String, Value>,
+    registered: &BTreeMap<String, Kind>,
+) {
     let builtins = ["__rate_interval", "__interval", "__range"];
     let mut used_families = BTreeSet::new();
-    for (title, expr) in &exprs {
+    for (title, expr) in exprs {
         // Variables exist.
         for part in expr.split('$').skip(1) {
             let name: String = part.chars().take_while(|c| is_ident(*c)).collect();
@@ -1809,7 +2046,7 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
             );
         }
         for (_, series) in series_in(expr) {
-            let (fam, _) = family(&series, &registered)
+            let (fam, _) = family(&series, registered)
                 .unwrap_or_else(|| panic!("{title}: {series} is not a metric omnirouter exposes"));
             used_families.insert(fam);
         }
@@ -1820,7 +2057,7 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
                 let inner = expr[from + i + f.len()..].trim_start();
                 let series: String = inner.chars().take_while(|c| is_ident(*c)).collect();
                 from += i + f.len();
-                let (_, kind) = family(&series, &registered).unwrap();
+                let (_, kind) = family(&series, registered).unwrap();
                 assert!(
                     kind != Kind::Gauge,
                     "{title}: {f}…) over the gauge {series}"
@@ -1846,9 +2083,14 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
         .filter(|m| !used_families.contains(*m))
         .collect();
     println!("families not on the dashboard: {unused:?}");
+}
 
-    // Against a running daemon: every family it exposes is one the source scan found, with the
-    // same type (so the scan is right), and the labels the dashboard uses exist.
+/// Against a running daemon: every family it exposes is one the source scan found, with the
+/// same type (so the scan is right), and the labels the dashboard uses exist.
+async fn dashboard_labels_exist_on_a_running_daemon(
+    exprs: &[(String, String)],
+    registered: &BTreeMap<String, Kind>,
+) {
     let mut broker = Broker::memory();
     let daemon = Daemon::start(
         &broker,
@@ -1881,7 +2123,7 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
         "the service-level query needs a le=\"60\" bucket"
     );
     let mut unchecked = BTreeSet::new();
-    for (title, expr) in &exprs {
+    for (title, expr) in exprs {
         for (series, label) in labels_used(expr) {
             if label == "instance" || label == "job" {
                 continue; // added by Prometheus

@@ -151,144 +151,174 @@ impl Harness {
             .any(|o| matches!(o, Output::Event(RoutingEvent::Rejected { .. })));
         // Agent changes apply before anything the step routes.
         if let Input::Command(cmd) = &input {
-            match cmd {
-                Command::UpsertAgent(p) if !rejected => {
-                    let presence = self
-                        .agents
-                        .get(&p.agent)
-                        .map_or(Presence::Offline, |(_, pr)| *pr);
-                    self.agents.insert(p.agent.clone(), (p.clone(), presence));
-                }
-                Command::SetPresence { agent, presence } if !rejected => {
-                    let (_, pr) = self
-                        .agents
-                        .get_mut(agent)
-                        .ok_or_else(|| format!("presence of unknown agent {agent} accepted"))?;
-                    *pr = *presence;
-                }
-                Command::RemoveAgent { agent } if !rejected => {
-                    self.agents
-                        .remove(agent)
-                        .ok_or_else(|| format!("removal of unknown agent {agent} accepted"))?;
-                }
-                _ => {}
+            if !rejected {
+                self.apply_agent_change(cmd)?;
             }
         }
         for o in out {
             let Output::Event(ev) = o else { continue };
-            match ev {
-                RoutingEvent::Queued {
-                    conversation,
-                    queue,
-                    ..
-                } => {
-                    let Input::Inbound(msg) = &input else {
-                        return Err("`queued` for an input other than a message".into());
-                    };
-                    if msg.conversation != *conversation {
-                        return Err("`queued` for another conversation than the message's".into());
-                    }
-                    let (expected, extra) = self.choose_queue(msg);
-                    if *queue != expected {
-                        return Err(format!(
-                            "new contact queued in {queue}, but the rules choose {expected}"
-                        ));
-                    }
-                    self.convs.insert(
-                        *conversation,
-                        ShadowConv {
-                            queue: expected,
-                            extra,
-                            relax: 0,
-                            resolved: false,
-                        },
-                    );
-                }
-                RoutingEvent::Escalated {
-                    conversation,
-                    from_queue,
-                    to_queue,
-                    action,
-                } => {
-                    let c = self.shadow(conversation)?;
-                    if c.queue != *from_queue {
-                        return Err(format!(
-                            "escalated from {from_queue}, but the conversation is in {}",
-                            c.queue
-                        ));
-                    }
-                    c.queue = to_queue.clone();
-                    if let Some(n) = parse_relax(action) {
-                        c.relax = c.relax.max(n);
-                    }
-                }
-                RoutingEvent::Requeued {
-                    conversation,
-                    queue,
-                    ..
-                } => {
-                    let transferred = matches!(
-                        &input,
-                        Input::Command(Command::Transfer { conversation: c, to: TransferTarget::Queue(q) })
-                            if c == conversation && q == queue
-                    );
-                    let c = self.shadow(conversation)?;
-                    if transferred {
-                        c.queue = queue.clone();
-                        c.relax = 0;
-                    } else if c.queue != *queue {
-                        return Err(format!(
-                            "requeued to {queue}, but the conversation is in {}",
-                            c.queue
-                        ));
-                    }
-                }
-                RoutingEvent::Resolved {
-                    conversation,
-                    queue,
-                    ..
-                } => {
-                    let c = self.shadow(conversation)?;
-                    if c.queue != *queue {
-                        return Err(format!(
-                            "resolved in {queue}, but the conversation is in {}",
-                            c.queue
-                        ));
-                    }
-                    c.relax = 0;
-                    c.resolved = true;
-                }
-                RoutingEvent::Expired {
-                    conversation,
-                    queue,
-                    ..
-                } => {
-                    let c = self.shadow(conversation)?;
-                    if c.queue != *queue || c.resolved {
-                        return Err(format!(
-                            "expired in {queue}, but the conversation is in {} (resolved: {})",
-                            c.queue, c.resolved
-                        ));
-                    }
-                    self.convs.remove(conversation);
-                }
-                RoutingEvent::Reopened { conversation } => {
-                    self.shadow(conversation)?.resolved = false
-                }
-                RoutingEvent::Offered {
-                    conversation,
-                    agent,
-                    queue,
-                    ..
-                }
-                | RoutingEvent::Assigned {
-                    conversation,
-                    agent,
-                    queue,
-                    ..
-                } => self.check_fit(*conversation, agent, queue)?,
-                _ => {}
+            self.check_event(&input, ev)?;
+        }
+        Ok(())
+    }
+
+    /// Mirrors an accepted agent command in the shadow roster.
+    fn apply_agent_change(&mut self, cmd: &Command) -> Result<(), String> {
+        match cmd {
+            Command::UpsertAgent(p) => {
+                let presence = self
+                    .agents
+                    .get(&p.agent)
+                    .map_or(Presence::Offline, |(_, pr)| *pr);
+                self.agents.insert(p.agent.clone(), (p.clone(), presence));
             }
+            Command::SetPresence { agent, presence } => {
+                let (_, pr) = self
+                    .agents
+                    .get_mut(agent)
+                    .ok_or_else(|| format!("presence of unknown agent {agent} accepted"))?;
+                *pr = *presence;
+            }
+            Command::RemoveAgent { agent } => {
+                self.agents
+                    .remove(agent)
+                    .ok_or_else(|| format!("removal of unknown agent {agent} accepted"))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks one event against the shadow model and applies it there.
+    fn check_event(&mut self, input: &Input, ev: &RoutingEvent) -> Result<(), String> {
+        match ev {
+            RoutingEvent::Queued {
+                conversation,
+                queue,
+                ..
+            } => self.on_queued(input, conversation, queue)?,
+            RoutingEvent::Escalated {
+                conversation,
+                from_queue,
+                to_queue,
+                action,
+            } => {
+                let c = self.shadow(conversation)?;
+                if c.queue != *from_queue {
+                    return Err(format!(
+                        "escalated from {from_queue}, but the conversation is in {}",
+                        c.queue
+                    ));
+                }
+                c.queue = to_queue.clone();
+                if let Some(n) = parse_relax(action) {
+                    c.relax = c.relax.max(n);
+                }
+            }
+            RoutingEvent::Requeued {
+                conversation,
+                queue,
+                ..
+            } => self.on_requeued(input, conversation, queue)?,
+            RoutingEvent::Resolved {
+                conversation,
+                queue,
+                ..
+            } => {
+                let c = self.shadow(conversation)?;
+                if c.queue != *queue {
+                    return Err(format!(
+                        "resolved in {queue}, but the conversation is in {}",
+                        c.queue
+                    ));
+                }
+                c.relax = 0;
+                c.resolved = true;
+            }
+            RoutingEvent::Expired {
+                conversation,
+                queue,
+                ..
+            } => {
+                let c = self.shadow(conversation)?;
+                if c.queue != *queue || c.resolved {
+                    return Err(format!(
+                        "expired in {queue}, but the conversation is in {} (resolved: {})",
+                        c.queue, c.resolved
+                    ));
+                }
+                self.convs.remove(conversation);
+            }
+            RoutingEvent::Reopened { conversation } => self.shadow(conversation)?.resolved = false,
+            RoutingEvent::Offered {
+                conversation,
+                agent,
+                queue,
+                ..
+            }
+            | RoutingEvent::Assigned {
+                conversation,
+                agent,
+                queue,
+                ..
+            } => self.check_fit(*conversation, agent, queue)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A new contact is queued where the rules choose, for the message that came in.
+    fn on_queued(
+        &mut self,
+        input: &Input,
+        conversation: &ConversationId,
+        queue: &QueueId,
+    ) -> Result<(), String> {
+        let Input::Inbound(msg) = input else {
+            return Err("`queued` for an input other than a message".into());
+        };
+        if msg.conversation != *conversation {
+            return Err("`queued` for another conversation than the message's".into());
+        }
+        let (expected, extra) = self.choose_queue(msg);
+        if *queue != expected {
+            return Err(format!(
+                "new contact queued in {queue}, but the rules choose {expected}"
+            ));
+        }
+        self.convs.insert(
+            *conversation,
+            ShadowConv {
+                queue: expected,
+                extra,
+                relax: 0,
+                resolved: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// A requeue either follows a transfer to that queue or keeps the conversation where it is.
+    fn on_requeued(
+        &mut self,
+        input: &Input,
+        conversation: &ConversationId,
+        queue: &QueueId,
+    ) -> Result<(), String> {
+        let transferred = matches!(
+            input,
+            Input::Command(Command::Transfer { conversation: c, to: TransferTarget::Queue(q) })
+                if c == conversation && q == queue
+        );
+        let c = self.shadow(conversation)?;
+        if transferred {
+            c.queue = queue.clone();
+            c.relax = 0;
+        } else if c.queue != *queue {
+            return Err(format!(
+                "requeued to {queue}, but the conversation is in {}",
+                c.queue
+            ));
         }
         Ok(())
     }

@@ -540,24 +540,7 @@ impl World {
                 words,
                 shout,
                 tags,
-            } => {
-                let mut text = words
-                    .iter()
-                    .map(|w| WORDS[*w])
-                    .collect::<Vec<_>>()
-                    .join(" please ");
-                if *shout {
-                    text = text.to_uppercase();
-                }
-                Input::Inbound(Inbound {
-                    conversation: conv(*i),
-                    channel: self.channels[*i].clone(),
-                    contact_id: format!("contact{i}"),
-                    tags: tags.iter().map(|t| TAGS[*t].to_owned()).collect(),
-                    language: None,
-                    text,
-                })
-            }
+            } => self.inbound(*i, words, *shout, tags),
             Act::Upsert {
                 agent,
                 profile,
@@ -576,29 +559,7 @@ impl World {
             }),
             Act::Remove { agent } => Input::Command(Command::RemoveAgent { agent: aid(*agent) }),
             Act::Accept(t) | Act::Decline(t) => {
-                let offered: Vec<(ConversationId, AgentId)> = self
-                    .conv_ids
-                    .iter()
-                    .filter_map(|id| {
-                        let v = engine.conversation(*id)?;
-                        (v.state == "offered").then_some((*id, v.agent?))
-                    })
-                    .collect();
-                let (conversation, agent) = match t.offered {
-                    Some(k) if !offered.is_empty() => offered[k % offered.len()].clone(),
-                    _ => (conv(t.conv), aid(t.agent)),
-                };
-                Input::Command(if matches!(act, Act::Accept(_)) {
-                    Command::Accept {
-                        agent,
-                        conversation,
-                    }
-                } else {
-                    Command::Decline {
-                        agent,
-                        conversation,
-                    }
-                })
+                self.answer_offer(t, matches!(act, Act::Accept(_)), engine)
             }
             Act::Replied { conv: i } => {
                 let agent = engine.conversation(conv(*i)).and_then(|v| v.agent);
@@ -640,5 +601,53 @@ impl World {
                 Input::Tick
             }
         }
+    }
+
+    /// A customer message in conversation `i`, its text built from the word pool.
+    fn inbound(&self, i: usize, words: &[usize], shout: bool, tags: &[usize]) -> Input {
+        let mut text = words
+            .iter()
+            .map(|w| WORDS[*w])
+            .collect::<Vec<_>>()
+            .join(" please ");
+        if shout {
+            text = text.to_uppercase();
+        }
+        Input::Inbound(Inbound {
+            conversation: self.conv_ids[i],
+            channel: self.channels[i].clone(),
+            contact_id: format!("contact{i}"),
+            tags: tags.iter().map(|t| TAGS[*t].to_owned()).collect(),
+            language: None,
+            text,
+        })
+    }
+
+    /// An agent's answer to an offer: one of the engine's open offers when there are any and
+    /// the action asks for one, otherwise the action's own (maybe never offered) pair.
+    fn answer_offer(&self, t: &Target, accept: bool, engine: &Engine) -> Input {
+        let offered: Vec<(ConversationId, AgentId)> = self
+            .conv_ids
+            .iter()
+            .filter_map(|id| {
+                let v = engine.conversation(*id)?;
+                (v.state == "offered").then_some((*id, v.agent?))
+            })
+            .collect();
+        let (conversation, agent) = match t.offered {
+            Some(k) if !offered.is_empty() => offered[k % offered.len()].clone(),
+            _ => (self.conv_ids[t.conv], aid(t.agent)),
+        };
+        Input::Command(if accept {
+            Command::Accept {
+                agent,
+                conversation,
+            }
+        } else {
+            Command::Decline {
+                agent,
+                conversation,
+            }
+        })
     }
 }
