@@ -10,7 +10,9 @@
 //! producer's record batch; tansu 0.6 then answers with the *next* batch (see
 //! [`crate::resume`]). The tail checks the first records of those partitions with the same
 //! [`ResumeGuard`] as the consumer groups and rewinds, so no record from the start offset on is
-//! skipped. On Apache Kafka the first record is the start one and nothing else happens.
+//! skipped. On Apache Kafka the first record is the start one and nothing else happens; tansu
+//! 0.6 answers every lookup by time with offset 0 (a batch start), so there it never fires
+//! either, but a broker that looks times up and skips mid-batch would lose records without it.
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Message as _};
