@@ -2,7 +2,7 @@
 //! typing is passed on to agents, `read` reports replies read, `resume` replays.
 
 use chrono::Utc;
-use omni_channel::{Parsed, PreparedEvent};
+use omni_channel::{Accepted, IngressError, Parsed, PreparedEvent};
 use omni_core::{ChannelKind, ChannelRef, Contact, DeliveryStatus, Direction, EventType, Message};
 use std::time::{Duration, Instant};
 
@@ -41,15 +41,7 @@ async fn publish_typing(chat: &Livechat, visitor: &Visitor, on: bool) {
     let Ok(prepared) = PreparedEvent::signal(&id, data, now) else {
         return;
     };
-    if let Err(e) = chat
-        .ingress
-        .publish(
-            ChannelKind::Livechat,
-            &visitor.tenant,
-            Parsed::from(vec![prepared]),
-        )
-        .await
-    {
+    if let Err(e) = publish(chat, visitor, prepared).await {
         tracing::debug!(error = %e, "typing indicator not published");
     }
 }
@@ -150,15 +142,7 @@ async fn admit_message(
             .await
         }
     };
-    match chat
-        .ingress
-        .publish(
-            ChannelKind::Livechat,
-            &visitor.tenant,
-            Parsed::from(vec![prepared]),
-        )
-        .await
-    {
+    match publish(chat, visitor, prepared).await {
         Ok(accepted) => {
             let (event_id, _, duplicate) = accepted.events.first().copied().unwrap_or_else(|| {
                 (
@@ -180,4 +164,20 @@ async fn admit_message(
             reject(chat, conn, err, Some(&client_id)).await
         }
     }
+}
+
+/// Publishes one event of the visitor's conversation through the shared ingress (dedupe,
+/// Kafka acknowledgement, metrics).
+async fn publish(
+    chat: &Livechat,
+    visitor: &Visitor,
+    prepared: PreparedEvent,
+) -> Result<Accepted, IngressError> {
+    chat.ingress
+        .publish(
+            ChannelKind::Livechat,
+            &visitor.tenant,
+            Parsed::from(vec![prepared]),
+        )
+        .await
 }
