@@ -40,6 +40,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod resume;
 pub mod table;
+pub mod tail;
 
 pub use admin::ensure_topics;
 pub use config::BusConfig;

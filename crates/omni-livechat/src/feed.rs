@@ -4,10 +4,8 @@
 //! each agent reply, wherever it was written, and any instance can replay a conversation.
 
 use chrono::{DateTime, Utc};
+use omni_bus::tail::{StartAt, TopicTail};
 use omni_core::{ChannelKind, CloudEvent, EventType, MessageReceived, OutboundMessage, TenantId};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -157,7 +155,10 @@ pub fn run(chat: Arc<Livechat>, stop: Arc<AtomicBool>) {
         match tail(&chat, &stop) {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "live chat feed cannot read kafka yet, retrying");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "live chat feed cannot read kafka yet, retrying"
+                );
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -165,57 +166,17 @@ pub fn run(chat: Arc<Livechat>, stop: Arc<AtomicBool>) {
     }
 }
 
-fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), rdkafka::error::KafkaError> {
+fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), omni_bus::BusError> {
     let bus = &chat.bus;
     let group = format!("omnirouter-livechat-{}", uuid::Uuid::now_v7().simple());
-    let mut config = bus.consumer_config(&group);
-    config.set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = config.create()?;
     let inbound = bus.topics.inbound.as_str();
     let outbound = bus.topics.outbound.as_str();
     let since =
         Utc::now() - chrono::Duration::from_std(chat.settings.history_window).unwrap_or_default();
-    let mut wanted = TopicPartitionList::new();
-    for topic in [inbound, outbound] {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(rdkafka::error::KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            ));
-        }
-        for p in partitions {
-            wanted.add_partition_offset(topic, p, Offset::Offset(since.timestamp_millis()))?;
-        }
-    }
     // Start one history window back; a broker that cannot look offsets up by time is read
     // from the beginning (records older than the window are skipped by their time).
-    let start = match consumer.offsets_for_times(wanted.clone(), Duration::from_secs(10)) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::info!(error = %e, "offsets by time unavailable, reading live chat history from the beginning");
-            let mut all = TopicPartitionList::new();
-            for elem in wanted.elements() {
-                all.add_partition_offset(elem.topic(), elem.partition(), Offset::Beginning)?;
-            }
-            all
-        }
-    };
-    let mut assignment = TopicPartitionList::new();
-    for elem in start.elements() {
-        let offset = match elem.offset() {
-            Offset::Offset(o) if o >= 0 => Offset::Offset(o),
-            Offset::End => Offset::End,
-            _ => Offset::Beginning,
-        };
-        assignment.add_partition_offset(elem.topic(), elem.partition(), offset)?;
-    }
-    consumer.assign(&assignment)?;
+    let start = StartAt::Since(since.timestamp_millis());
+    let consumer = TopicTail::open(bus, &group, &[(inbound, start), (outbound, start)])?;
     tracing::info!(since = %since, "live chat feed reading inbound and outbound topics");
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
@@ -260,7 +221,10 @@ fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), rdkafka::error::KafkaE
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "live chat feed read error");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "live chat feed read error"
+                );
             }
             None => {}
         }

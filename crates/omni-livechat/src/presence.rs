@@ -231,7 +231,7 @@ pub fn run_reader(chat: Arc<Livechat>, stop: Arc<AtomicBool>) {
         match tail(&chat, &stop) {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "live chat presence cannot read kafka yet, retrying (the per-IP cap counts this replica only)");
+                tracing::warn!(error = &e as &dyn std::error::Error, "live chat presence cannot read kafka yet, retrying (the per-IP cap counts this replica only)");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -239,30 +239,13 @@ pub fn run_reader(chat: Arc<Livechat>, stop: Arc<AtomicBool>) {
     }
 }
 
-fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), rdkafka::error::KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message as _;
-    use rdkafka::{Offset, TopicPartitionList};
+fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), omni_bus::BusError> {
+    use omni_bus::tail::{StartAt, TopicTail};
 
     let bus = &chat.bus;
     let topic = bus.topics.livechat_presence.as_str();
     let group = format!("omnirouter-livechat-presence-{}", chat.presence.me);
-    let mut config = bus.consumer_config(&group);
-    config.set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
-        for p in t.partitions() {
-            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-    }
-    if assignment.count() == 0 {
-        return Err(rdkafka::error::KafkaError::MetadataFetch(
-            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-        ));
-    }
-    consumer.assign(&assignment)?;
+    let consumer = TopicTail::open(bus, &group, &[(topic, StartAt::Beginning)])?;
     tracing::info!(replica = %chat.presence.me, "live chat presence reading {topic}");
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
@@ -274,7 +257,10 @@ fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), rdkafka::error::KafkaE
                     .table()
                     .apply(key, m.payload(), Instant::now());
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "live chat presence read error"),
+            Some(Err(e)) => tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "live chat presence read error"
+            ),
             None => {}
         }
         update_gauges(chat);

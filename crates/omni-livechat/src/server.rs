@@ -11,28 +11,26 @@
 //! down (closed with 1001 at once; the widget reconnects, to another replica, and resumes).
 
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
-use omni_channel::{Parsed, PreparedEvent};
-use omni_core::{
-    ChannelKind, ChannelRef, Contact, ConversationId, DeliveryStatus, Direction, EventType,
-    Message, TenantId,
-};
+use omni_core::{ChannelKind, ChannelRef, ConversationId, TenantId};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crate::hub::{IpSlot, Outgoing, Subscriber};
-use crate::protocol::{error_frame, parse, ClientFrame, Cursor, FrameError, Position, Stream};
+use crate::protocol::Cursor;
 use crate::settings::WidgetSettings;
 use crate::token::{self, VisitorClaims};
 use crate::Livechat;
+use conn::{run_socket, Visitor};
+
+mod conn;
+mod frames;
 
 /// The live chat routes over `chat`.
 pub fn routes(chat: Arc<Livechat>) -> Router {
@@ -189,41 +187,9 @@ async fn session(
     };
     let now = Utc::now().timestamp();
     let secret = settings.secret.expose().as_bytes();
-    let visitor = match (&req.user_id, &req.user_hash) {
-        (Some(user), Some(hash)) => {
-            let valid_id =
-                !user.is_empty() && user.len() <= 128 && !user.chars().any(char::is_control);
-            let matches = settings
-                .identity_secret
-                .as_ref()
-                .is_some_and(|s| token::identity_matches(s.expose().as_bytes(), user, hash));
-            if !valid_id || !matches {
-                return refuse_cors(
-                    StatusCode::FORBIDDEN,
-                    "identity_mismatch",
-                    "user_hash does not match user_id",
-                );
-            }
-            format!("user:{user}")
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            return refuse_cors(
-                StatusCode::BAD_REQUEST,
-                "missing_field",
-                "give user_id and user_hash together",
-            );
-        }
-        (None, None) => {
-            let renew = i64::try_from(chat.settings.renew_window.as_secs()).unwrap_or(i64::MAX);
-            req.token
-                .as_deref()
-                .and_then(|t| token::verify(t, secret, now, renew).ok())
-                .filter(|c| {
-                    c.tenant == tenant && c.widget == widget && !c.visitor.starts_with("user:")
-                })
-                .map(|c| c.visitor)
-                .unwrap_or_else(|| format!("v_{}", uuid::Uuid::now_v7().simple()))
-        }
+    let visitor = match session_visitor(&chat, &settings, &req, &tenant, &widget, now) {
+        Ok(v) => v,
+        Err((status, code, message)) => return refuse_cors(status, code, message),
     };
     let language = req
         .language
@@ -264,6 +230,54 @@ async fn session(
     )
 }
 
+/// The visitor a session is for: the logged-in customer whose `user_hash` matches, the
+/// visitor of a still-renewable token of this widget, or a new one; or why it is refused.
+fn session_visitor(
+    chat: &Livechat,
+    settings: &WidgetSettings,
+    req: &SessionRequest,
+    tenant: &str,
+    widget: &str,
+    now: i64,
+) -> Result<String, (StatusCode, &'static str, &'static str)> {
+    let secret = settings.secret.expose().as_bytes();
+    match (&req.user_id, &req.user_hash) {
+        (Some(user), Some(hash)) => {
+            let valid_id =
+                !user.is_empty() && user.len() <= 128 && !user.chars().any(char::is_control);
+            let matches = settings
+                .identity_secret
+                .as_ref()
+                .is_some_and(|s| token::identity_matches(s.expose().as_bytes(), user, hash));
+            if !valid_id || !matches {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    "identity_mismatch",
+                    "user_hash does not match user_id",
+                ));
+            }
+            Ok(format!("user:{user}"))
+        }
+        (Some(_), None) | (None, Some(_)) => Err((
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            "give user_id and user_hash together",
+        )),
+        (None, None) => {
+            let renew = i64::try_from(chat.settings.renew_window.as_secs()).unwrap_or(i64::MAX);
+            Ok(req
+                .token
+                .as_deref()
+                .and_then(|t| token::verify(t, secret, now, renew).ok())
+                .filter(|c| {
+                    c.tenant == tenant && c.widget == widget && !c.visitor.starts_with("user:")
+                })
+                .map(|c| c.visitor)
+                .unwrap_or_else(|| format!("v_{}", uuid::Uuid::now_v7().simple())))
+        }
+    }
+}
+
 fn conversation_of(tenant: &TenantId, widget: &str, visitor: &str) -> ConversationId {
     ConversationId::derive(
         tenant,
@@ -293,40 +307,9 @@ async fn socket(
         Ok((t, s, _)) => (t, s),
         Err(r) => return *r,
     };
-    let Some(token) = query.token.as_deref() else {
-        return refuse(
-            &chat,
-            KIND,
-            StatusCode::UNAUTHORIZED,
-            "token_missing",
-            "give ?token=",
-        );
-    };
-    let claims = match token::verify(
-        token,
-        settings.secret.expose().as_bytes(),
-        Utc::now().timestamp(),
-        0,
-    ) {
-        Ok(c) if c.tenant == tenant && c.widget == widget => c,
-        Ok(_) => {
-            return refuse(
-                &chat,
-                KIND,
-                StatusCode::UNAUTHORIZED,
-                "token_forged",
-                "token of another widget",
-            )
-        }
-        Err(e) => {
-            return refuse(
-                &chat,
-                KIND,
-                StatusCode::UNAUTHORIZED,
-                e.reason(),
-                &e.to_string(),
-            )
-        }
+    let claims = match socket_claims(&chat, &settings, &tenant, &widget, query.token.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let cursor = match query.after.as_deref().map(str::parse::<Cursor>) {
         None => Cursor::START,
@@ -384,6 +367,48 @@ async fn socket(
         })
 }
 
+/// The claims of a socket's token, valid and of this widget; or the refusal.
+fn socket_claims(
+    chat: &Livechat,
+    settings: &WidgetSettings,
+    tenant: &str,
+    widget: &str,
+    token: Option<&str>,
+) -> Result<VisitorClaims, Box<Response>> {
+    const KIND: &str = "socket";
+    let Some(token) = token else {
+        return Err(Box::new(refuse(
+            chat,
+            KIND,
+            StatusCode::UNAUTHORIZED,
+            "token_missing",
+            "give ?token=",
+        )));
+    };
+    match token::verify(
+        token,
+        settings.secret.expose().as_bytes(),
+        Utc::now().timestamp(),
+        0,
+    ) {
+        Ok(c) if c.tenant == tenant && c.widget == widget => Ok(c),
+        Ok(_) => Err(Box::new(refuse(
+            chat,
+            KIND,
+            StatusCode::UNAUTHORIZED,
+            "token_forged",
+            "token of another widget",
+        ))),
+        Err(e) => Err(Box::new(refuse(
+            chat,
+            KIND,
+            StatusCode::UNAUTHORIZED,
+            e.reason(),
+            &e.to_string(),
+        ))),
+    }
+}
+
 fn client_ip(chat: &Livechat, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
     if chat.settings.trust_forwarded_for {
         if let Some(ip) = headers
@@ -396,387 +421,4 @@ fn client_ip(chat: &Livechat, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
         }
     }
     peer.ip()
-}
-
-struct Visitor {
-    tenant: TenantId,
-    widget: String,
-    claims: VisitorClaims,
-    conversation: ConversationId,
-    open: bool,
-    _slot: IpSlot,
-}
-
-/// A socket's side of the conversation: what it has been sent.
-struct Conn {
-    ws: WebSocket,
-    cursor: Cursor,
-    /// The visitor's last typing state passed on, and when.
-    typing: Option<(bool, Instant)>,
-}
-
-impl Conn {
-    async fn send(&mut self, text: String) -> bool {
-        self.ws.send(WsMessage::Text(text.into())).await.is_ok()
-    }
-
-    /// Sends a conversation message unless this socket already has it.
-    async fn send_message(&mut self, position: Position, body: &str) -> bool {
-        if self.cursor.covers(position) {
-            return true;
-        }
-        self.cursor.advance(position);
-        let seq = match position.stream {
-            Stream::Inbound => format!("i{}", position.offset),
-            Stream::Outbound => format!("o{}", position.offset),
-        };
-        let frame = format!(
-            r#"{{"type":"message","cursor":"{}","seq":"{seq}",{body}"#,
-            self.cursor
-        );
-        self.send(frame).await
-    }
-
-    /// Sends a close frame and completes the closing handshake (at most [`CLOSE_WAIT`]):
-    /// dropping a socket with unread input (the rest of an oversized frame) makes the kernel
-    /// reset the connection, and the peer may then lose the close frame and its code.
-    async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self
-            .ws
-            .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            loop {
-                match self.ws.recv().await {
-                    None | Some(Ok(WsMessage::Close(_))) => break,
-                    Some(Ok(_)) => continue,
-                    // The stream cannot read on (a frame over the limit): give the peer time
-                    // to read what was sent before the connection goes.
-                    Some(Err(_)) => tokio::time::sleep(CLOSE_WAIT).await,
-                }
-            }
-        })
-        .await;
-    }
-}
-
-async fn run_socket(chat: Arc<Livechat>, ws: WebSocket, visitor: Visitor, cursor: Cursor) {
-    chat.metrics.connections.inc();
-    let (subscriber, backlog, reached) = chat.hub.attach(
-        &visitor.tenant,
-        &visitor.widget,
-        visitor.conversation,
-        cursor,
-    );
-    let mut conn = Conn {
-        ws,
-        cursor,
-        typing: None,
-    };
-    let status = serde_json::json!({
-        "type": "status",
-        "conversation_id": visitor.conversation,
-        "visitor_id": visitor.claims.visitor,
-        "open": visitor.open,
-    })
-    .to_string();
-    let mut alive = conn.send(status).await;
-    if alive {
-        alive = send_backlog(&chat, &mut conn, backlog, reached).await;
-    }
-    if alive {
-        socket_loop(&chat, &mut conn, &visitor, &subscriber).await;
-    }
-    chat.hub.detach(visitor.conversation, &subscriber);
-    chat.metrics.connections.dec();
-}
-
-async fn send_backlog(
-    chat: &Livechat,
-    conn: &mut Conn,
-    backlog: crate::hub::Backlog,
-    reached: Vec<crate::hub::Reached>,
-) -> bool {
-    let mut replies = 0;
-    for (position, body) in backlog {
-        if position.stream == Stream::Outbound && !conn.cursor.covers(position) {
-            replies += 1;
-        }
-        if !conn.send_message(position, &body).await {
-            return false;
-        }
-    }
-    if replies > 0 {
-        chat.metrics
-            .replies_pushed
-            .with_label_values(&["replay"])
-            .inc_by(replies);
-    }
-    chat.report(reached, DeliveryStatus::Sent);
-    true
-}
-
-async fn socket_loop(
-    chat: &Livechat,
-    conn: &mut Conn,
-    visitor: &Visitor,
-    subscriber: &Arc<Subscriber>,
-) {
-    let idle = chat.settings.idle_timeout;
-    let sleep = tokio::time::sleep(idle);
-    tokio::pin!(sleep);
-    let closing = chat.closing();
-    tokio::pin!(closing);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut closing => {
-                conn.close(1001, "going away").await;
-                return;
-            }
-            () = subscriber.notified() => {
-                for item in subscriber.drain() {
-                    let ok = match item {
-                        Outgoing::Message(position, body) => conn.send_message(position, &body).await,
-                        Outgoing::Frame(frame) => conn.send(frame.to_string()).await,
-                    };
-                    if !ok {
-                        return;
-                    }
-                }
-                if subscriber.lagged() {
-                    let err = FrameError::new("lagging", "too far behind; reconnect and resume");
-                    let _ = conn.send(error_frame(&err, None)).await;
-                    conn.close(1013, "lagging").await;
-                    return;
-                }
-            }
-            incoming = conn.ws.recv() => {
-                let text = match incoming {
-                    None => return,
-                    Some(Err(e)) => {
-                        // tungstenite: "Space limit exceeded: Message too long: N > max".
-                        let message = e.to_string().to_ascii_lowercase();
-                        let oversized = message.contains("too long") || message.contains("space limit");
-                        if oversized {
-                            reject(chat, conn, FrameError::new("frame_too_large",
-                                format!("frames are limited to {} bytes", chat.settings.max_frame_bytes)), None).await;
-                            conn.close(1009, "frame too large").await;
-                        }
-                        return;
-                    }
-                    Some(Ok(WsMessage::Text(t))) => t,
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + idle);
-                        reject(chat, conn, FrameError::new("binary_not_supported", "send JSON text frames"), None).await;
-                        continue;
-                    }
-                    Some(Ok(WsMessage::Close(_))) => return,
-                    Some(Ok(_)) => {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + idle);
-                        continue;
-                    }
-                };
-                sleep.as_mut().reset(tokio::time::Instant::now() + idle);
-                // Boxed: frame handling (publishing to Kafka) is a large future that an idle
-                // socket should not carry. A shutdown does not wait for it (Kafka may be
-                // away): the message stays unacknowledged and the widget resends it.
-                let handled = tokio::select! {
-                    biased;
-                    () = &mut closing => None,
-                    alive = Box::pin(handle_frame(chat, conn, visitor, text.as_str())) => Some(alive),
-                };
-                match handled {
-                    Some(true) => {}
-                    Some(false) => return,
-                    None => {
-                        conn.close(1001, "going away").await;
-                        return;
-                    }
-                }
-            }
-            () = &mut sleep => {
-                conn.close(1000, "idle").await;
-                return;
-            }
-        }
-    }
-}
-
-async fn reject(
-    chat: &Livechat,
-    conn: &mut Conn,
-    err: FrameError,
-    client_id: Option<&str>,
-) -> bool {
-    chat.metrics
-        .frames_rejected
-        .with_label_values(&[err.code])
-        .inc();
-    conn.send(error_frame(&err, client_id)).await
-}
-
-/// Handles one text frame; `false` when the socket is gone.
-/// How long a closing socket waits for the peer's close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// How often a visitor who keeps typing is reported again.
-const TYPING_REPEAT: Duration = Duration::from_secs(3);
-
-/// Tells agents the visitor started or stopped typing: an `omni.channel.signal`
-/// (`typing_on`/`typing_off`) on the inbound topic. Best effort: a typing indicator that does
-/// not make it is not worth an error frame.
-async fn publish_typing(chat: &Livechat, visitor: &Visitor, on: bool) {
-    let now = Utc::now();
-    let data = omni_core::ChannelSignal {
-        tenant: visitor.tenant.clone(),
-        conversation_id: visitor.conversation,
-        channel: ChannelRef::new(ChannelKind::Livechat, visitor.widget.clone()),
-        contact: Contact::new(visitor.claims.visitor.clone()),
-        signal: if on {
-            omni_core::SignalKind::TypingOn
-        } else {
-            omni_core::SignalKind::TypingOff
-        },
-        message_ids: Vec::new(),
-        watermark: None,
-        payload: None,
-        occurred_at: now,
-    };
-    let id = format!(
-        "typing:{}:{}:{on}",
-        visitor.claims.visitor,
-        now.timestamp_millis()
-    );
-    let Ok(prepared) = PreparedEvent::signal(&id, data, now) else {
-        return;
-    };
-    if let Err(e) = chat
-        .ingress
-        .publish(
-            ChannelKind::Livechat,
-            &visitor.tenant,
-            Parsed::from(vec![prepared]),
-        )
-        .await
-    {
-        tracing::debug!(error = %e, "typing indicator not published");
-    }
-}
-
-async fn handle_frame(chat: &Livechat, conn: &mut Conn, visitor: &Visitor, text: &str) -> bool {
-    let frame = match parse(text, chat.settings.max_text_chars) {
-        Ok(f) => f,
-        Err(e) => return reject(chat, conn, e, None).await,
-    };
-    match frame {
-        ClientFrame::Message { client_id, text } => {
-            if !chat.hub.allow_message(visitor.conversation, Instant::now()) {
-                let err = FrameError::new(
-                    "rate_limited",
-                    "too many messages; wait a moment and resend",
-                );
-                return reject(chat, conn, err, Some(&client_id)).await;
-            }
-            let mut contact = Contact::new(visitor.claims.visitor.clone());
-            contact.language = visitor.claims.language.clone();
-            let message = Message {
-                id: format!("{}/{client_id}", visitor.claims.visitor),
-                direction: Direction::Inbound,
-                text,
-                subject: None,
-                attachments: Vec::new(),
-                reply_to: None,
-                payload: None,
-                sent_at: None,
-            };
-            let channel = ChannelRef::new(ChannelKind::Livechat, visitor.widget.clone());
-            let prepared = match PreparedEvent::message(
-                &visitor.tenant,
-                channel,
-                contact,
-                EventType::MessageReceived,
-                message,
-                Utc::now(),
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    return reject(
-                        chat,
-                        conn,
-                        FrameError::new("bad_frame", e.to_string()),
-                        Some(&client_id),
-                    )
-                    .await
-                }
-            };
-            match chat
-                .ingress
-                .publish(
-                    ChannelKind::Livechat,
-                    &visitor.tenant,
-                    Parsed::from(vec![prepared]),
-                )
-                .await
-            {
-                Ok(accepted) => {
-                    let (event_id, _, duplicate) =
-                        accepted.events.first().copied().unwrap_or_else(|| {
-                            (
-                                omni_core::EventId::new_random(),
-                                visitor.conversation,
-                                false,
-                            )
-                        });
-                    chat.hub
-                        .admitted(visitor.conversation, Some((event_id, duplicate)));
-                    let ack = serde_json::json!({
-                        "type": "ack", "client_id": client_id, "event_id": event_id, "duplicate": duplicate,
-                    });
-                    conn.send(ack.to_string()).await
-                }
-                Err(_) => {
-                    chat.hub.admitted(visitor.conversation, None);
-                    let err = FrameError::new(
-                        "unavailable",
-                        "not stored; resend with the same client_id",
-                    );
-                    reject(chat, conn, err, Some(&client_id)).await
-                }
-            }
-        }
-        ClientFrame::Typing { on } => {
-            let now = Instant::now();
-            // Pass on changes, and a continuing "on" every few seconds; a first "off" is news
-            // to nobody.
-            let due = match conn.typing {
-                Some((was, at)) => was != on || (on && now.duration_since(at) >= TYPING_REPEAT),
-                None => on,
-            };
-            if due {
-                conn.typing = Some((on, now));
-                publish_typing(chat, visitor, on).await;
-            }
-            true
-        }
-        ClientFrame::Read { cursor } => {
-            if let Ok(c) = cursor.parse::<Cursor>() {
-                let read = chat.hub.mark_read(visitor.conversation, c);
-                chat.report(read, DeliveryStatus::Read);
-            }
-            true
-        }
-        ClientFrame::Resume { after } => {
-            let Ok(after) = after.parse::<Cursor>() else {
-                return true;
-            };
-            conn.cursor = after;
-            let (backlog, reached) = chat.hub.replay(visitor.conversation, after);
-            send_backlog(chat, conn, backlog, reached).await
-        }
-        ClientFrame::Ping => conn.send(r#"{"type":"pong"}"#.to_owned()).await,
-    }
 }

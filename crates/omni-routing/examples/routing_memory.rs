@@ -117,83 +117,118 @@ impl Sim {
     }
 }
 
-fn main() {
-    let weeks: u64 = std::env::args()
-        .nth(1)
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(3);
-    let config = RoutingConfig::single_queue(QueueConfig {
-        strategy: Strategy::LeastLoaded,
-        sla: Sla {
-            first_response_secs: Some(300),
-            next_response_secs: Some(900),
-            resolution_secs: Some(DAY),
-        },
-        ..QueueConfig::default()
-    });
-    println!(
-        "retention: resolved {} d, expire after {} d, sticky {} h",
-        config.resolved_retention_secs / DAY,
-        config.expire_after_secs / DAY,
-        config.sticky_window_secs / 3600
-    );
-    let mut sim = Sim {
-        engine: Engine::new(config).expect("valid config"),
-        tenant: TenantId::new("acme").expect("valid tenant"),
-        channels: [
-            ChannelKind::Zalo,
-            ChannelKind::Messenger,
-            ChannelKind::Email,
-            ChannelKind::Livechat,
-            ChannelKind::Sms,
-        ]
-        .into_iter()
-        .map(|k| ChannelRef::new(k, format!("{}-main", k.as_str())))
-        .collect(),
-        skills: vec!["billing", "tech", "returns", "vi", "en"],
-    };
-    let start = Timestamp(1_802_649_600_000);
-    let mut now = start;
-
-    let (base, _) = memory();
-    for i in 0..AGENTS {
-        let agent = AgentId(format!("agent-{i:05}"));
-        let skills = (0..3)
-            .map(|k| {
-                let s = sim.skills[((i + k) % sim.skills.len() as u32) as usize];
-                (s.into(), 3 + (k as u8) % 3)
-            })
-            .collect();
-        sim.command(
-            now,
-            Command::UpsertAgent(AgentProfile {
-                agent: agent.clone(),
-                skills,
-                capacity: 30,
-                channel_capacity: Default::default(),
-            }),
-        );
-        sim.command(
-            now,
-            Command::SetPresence {
-                agent,
-                presence: Presence::Online,
+impl Sim {
+    /// One tenant with the default retention and an SLA on its single queue.
+    fn new() -> Self {
+        let config = RoutingConfig::single_queue(QueueConfig {
+            strategy: Strategy::LeastLoaded,
+            sla: Sla {
+                first_response_secs: Some(300),
+                next_response_secs: Some(900),
+                resolution_secs: Some(DAY),
             },
+            ..QueueConfig::default()
+        });
+        println!(
+            "retention: resolved {} d, expire after {} d, sticky {} h",
+            config.resolved_retention_secs / DAY,
+            config.expire_after_secs / DAY,
+            config.sticky_window_secs / 3600
         );
+        Sim {
+            engine: Engine::new(config).expect("valid config"),
+            tenant: TenantId::new("acme").expect("valid tenant"),
+            channels: [
+                ChannelKind::Zalo,
+                ChannelKind::Messenger,
+                ChannelKind::Email,
+                ChannelKind::Livechat,
+                ChannelKind::Sms,
+            ]
+            .into_iter()
+            .map(|k| ChannelRef::new(k, format!("{}-main", k.as_str())))
+            .collect(),
+            skills: vec!["billing", "tech", "returns", "vi", "en"],
+        }
     }
-    let (with_agents, _) = memory();
-    let per_agent = with_agents.saturating_sub(base) as f64 / f64::from(AGENTS);
-    for n in 0..OPEN {
-        sim.message(now, n);
-    }
-    let (with_open, _) = memory();
-    let per_open = with_open.saturating_sub(with_agents) as f64 / OPEN as f64;
-    let size = sim.engine.size();
-    println!(
-        "{AGENTS} agents: {per_agent:.0} B/agent; {OPEN} open conversations: {per_open:.0} \
-         B/conversation (assigned, with SLA timers and a sticky agent); state {size:?}"
-    );
 
+    /// [`AGENTS`] agents with three skills each, online.
+    fn add_agents(&mut self, now: Timestamp) {
+        for i in 0..AGENTS {
+            let agent = AgentId(format!("agent-{i:05}"));
+            let skills = (0..3)
+                .map(|k| {
+                    let s = self.skills[((i + k) % self.skills.len() as u32) as usize];
+                    (s.into(), 3 + (k as u8) % 3)
+                })
+                .collect();
+            self.command(
+                now,
+                Command::UpsertAgent(AgentProfile {
+                    agent: agent.clone(),
+                    skills,
+                    capacity: 30,
+                    channel_capacity: Default::default(),
+                }),
+            );
+            self.command(
+                now,
+                Command::SetPresence {
+                    agent,
+                    presence: Presence::Online,
+                },
+            );
+        }
+    }
+
+    /// Handles the replies and resolutions due at or before `now`.
+    fn run_due(&mut self, later: &mut BinaryHeap<Reverse<(u64, Later)>>, now: u64) {
+        while let Some(Reverse((t, _))) = later.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((t, what))) = later.pop() else {
+                break;
+            };
+            let (id, n) = match what {
+                Later::Reply(n) | Later::Resolve(n) => (self.conv(n).0, n),
+            };
+            let _ = n;
+            match what {
+                Later::Reply(_) => self.command(
+                    Timestamp(t),
+                    Command::AgentReplied {
+                        conversation: id,
+                        agent: None,
+                    },
+                ),
+                Later::Resolve(_) => {
+                    self.command(Timestamp(t), Command::Resolve { conversation: id })
+                }
+            }
+        }
+    }
+}
+
+/// Prints one line of the per-day table.
+fn report_day(sim: &Sim, now: Timestamp, start: Timestamp) {
+    let s = sim.engine.size();
+    let (rss, peak) = memory();
+    println!(
+        "{:3} | {:13} | {:6} | {:6} | {:7.1} | {:12.1}",
+        (now.0 - start.0) / (DAY * 1000),
+        s.conversations,
+        s.sticky_contacts,
+        s.timers,
+        mib(rss),
+        mib(peak)
+    );
+}
+
+/// Simulates `weeks` of traffic from `start`, printing a line per day; returns how many
+/// conversations there were in all.
+fn simulate(sim: &mut Sim, start: Timestamp, weeks: u64) -> u64 {
+    let mut now = start;
     // Traffic: one new conversation every 7 * 86400 / 1,000,000 s = 0.6048 s.
     let gap_ms = 7 * DAY * 1000 / PER_WEEK;
     let mut rng = Lcg(7);
@@ -206,30 +241,7 @@ fn main() {
     while now.0 < end {
         now = Timestamp(now.0 + gap_ms);
         // Everything due before this arrival: replies, resolutions, ticks.
-        while let Some(Reverse((t, _))) = later.peek() {
-            if *t > now.0 {
-                break;
-            }
-            let Some(Reverse((t, what))) = later.pop() else {
-                break;
-            };
-            let (id, n) = match what {
-                Later::Reply(n) | Later::Resolve(n) => (sim.conv(n).0, n),
-            };
-            let _ = n;
-            match what {
-                Later::Reply(_) => sim.command(
-                    Timestamp(t),
-                    Command::AgentReplied {
-                        conversation: id,
-                        agent: None,
-                    },
-                ),
-                Later::Resolve(_) => {
-                    sim.command(Timestamp(t), Command::Resolve { conversation: id })
-                }
-            }
-        }
+        sim.run_due(&mut later, now.0);
         while next_tick <= now.0 {
             sim.engine.handle(Timestamp(next_tick), &Input::Tick);
             sim.engine.take_changes();
@@ -248,19 +260,37 @@ fn main() {
         }
         if now.0 >= next_report {
             next_report += DAY * 1000;
-            let s = sim.engine.size();
-            let (rss, peak) = memory();
-            println!(
-                "{:3} | {:13} | {:6} | {:6} | {:7.1} | {:12.1}",
-                (now.0 - start.0) / (DAY * 1000),
-                s.conversations,
-                s.sticky_contacts,
-                s.timers,
-                mib(rss),
-                mib(peak)
-            );
+            report_day(sim, now, start);
         }
     }
+    next_conv
+}
+
+fn main() {
+    let weeks: u64 = std::env::args()
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(3);
+    let mut sim = Sim::new();
+    let start = Timestamp(1_802_649_600_000);
+    let now = start;
+
+    let (base, _) = memory();
+    sim.add_agents(now);
+    let (with_agents, _) = memory();
+    let per_agent = with_agents.saturating_sub(base) as f64 / f64::from(AGENTS);
+    for n in 0..OPEN {
+        sim.message(now, n);
+    }
+    let (with_open, _) = memory();
+    let per_open = with_open.saturating_sub(with_agents) as f64 / OPEN as f64;
+    let size = sim.engine.size();
+    println!(
+        "{AGENTS} agents: {per_agent:.0} B/agent; {OPEN} open conversations: {per_open:.0} \
+         B/conversation (assigned, with SLA timers and a sticky agent); state {size:?}"
+    );
+
+    let next_conv = simulate(&mut sim, start, weeks);
     let (rss, peak) = memory();
     println!(
         "after {} conversations over {weeks} week(s): state {:?}; RSS {:.1} MiB, peak {:.1} MiB",

@@ -22,14 +22,17 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use omni_core::Secret;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use serde::{Deserialize, Serialize};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use serde::Deserialize;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::OaSettings;
 use crate::wire::IdText;
+
+pub use file::{StoredTokens, TokenFile};
+
+mod file;
 
 /// Why no access token could be had.
 #[derive(Debug, thiserror::Error)]
@@ -98,91 +101,6 @@ impl TokenError {
             self,
             TokenError::Refused { .. } | TokenError::NoRefreshToken { .. }
         )
-    }
-}
-
-/// What the token file holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredTokens {
-    /// The OA access token.
-    pub access_token: String,
-    /// When it expires; unknown means "refresh before use".
-    #[serde(default)]
-    pub access_token_expires_at: Option<DateTime<Utc>>,
-    /// The single-use refresh token.
-    pub refresh_token: String,
-    /// When this pair was obtained.
-    pub updated_at: DateTime<Utc>,
-}
-
-/// One OA's token file.
-#[derive(Debug, Clone)]
-pub struct TokenFile {
-    path: PathBuf,
-}
-
-impl TokenFile {
-    /// The file at `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The stored pair, or `None` if the file does not exist yet.
-    pub fn load(&self) -> Result<Option<StoredTokens>, TokenError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| TokenError::Corrupt {
-                        path: self.path.clone(),
-                        source,
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(TokenError::Io {
-                path: self.path.clone(),
-                source,
-            }),
-        }
-    }
-
-    /// Replaces the stored pair durably: a crash at any point leaves the old or the new pair,
-    /// never a torn file, and once this returns the new pair survives power loss.
-    pub fn save(&self, tokens: &StoredTokens) -> Result<(), TokenError> {
-        let io = |source| TokenError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let bytes = serde_json::to_vec_pretty(tokens).map_err(|source| TokenError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp).map_err(io)?;
-        file.write_all(&bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
     }
 }
 
