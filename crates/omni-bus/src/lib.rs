@@ -17,6 +17,10 @@
 //!   or concurrently with per-key order (`lanes`: the pure bookkeeping behind the latter).
 //! - [`gate`]: the partitions a group member holds, and revocations that wait for running
 //!   work, so a partition's old and new owner never work on it at once.
+//! - [`resume`]: a new owner starts exactly at the committed offset, even where the broker
+//!   answers a fetch from inside a record batch with the next batch (tansu).
+//! - [`liveness`]: a live member on every partition of a group, where the broker leaves a
+//!   dead member's partitions with nobody (tansu).
 //! - [`partitioner`]: the partitioning contract (murmur2, as the Java client).
 //! - [`ownership`]: which per-tenant state an instance keeps, following the router group's
 //!   assignment, and one task per owned key.
@@ -24,6 +28,8 @@
 //! - [`table`]: a compacted topic read as a table (latest value per key), for start-up state;
 //!   a topic followed from its beginning with a "caught up" signal (`table::tail`), and a
 //!   metadata probe for partition counts and end offsets.
+//! - [`tail`]: a group-less reader of topics from their beginning or from a time, polled by
+//!   the caller (the live chat feed and presence).
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
 
