@@ -422,10 +422,6 @@ async fn bad_frames_get_error_frames_and_limits_hold() {
     drop(second);
     wait_for_connections(&daemon, 2.0).await;
     let _again = connect_from(&url, Some(ORIGIN)).await.unwrap();
-    // Without this pause the 1009 close below is lost in about half the runs (the client sees
-    // the connection end without a close frame): a known server-side race, see the README's
-    // Development notes. The pause keeps this test about the limits.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // An oversized frame: an error frame, then the socket is closed with 1009.
     send(

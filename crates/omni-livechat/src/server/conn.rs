@@ -77,6 +77,22 @@ impl Conn {
         })
         .await;
     }
+
+    /// Sends a close frame on a socket whose input cannot be read on (a frame over the limit),
+    /// then lingers [`CLOSE_WAIT`] before the connection goes. The peer's close frame can never
+    /// be read here (after a read error the stream ends), and dropping the socket at once with
+    /// the rest of the oversized frame unread makes the kernel reset the connection: the peer
+    /// then often loses our close frame and its code before it reads them.
+    async fn close_unreadable(&mut self, code: u16, reason: &'static str) {
+        let _ = self
+            .ws
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+        tokio::time::sleep(CLOSE_WAIT).await;
+    }
 }
 
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -187,7 +203,7 @@ async fn socket_loop(
                         if oversized {
                             reject(chat, conn, FrameError::new("frame_too_large",
                                 format!("frames are limited to {} bytes", chat.settings.max_frame_bytes)), None).await;
-                            conn.close(1009, "frame too large").await;
+                            conn.close_unreadable(1009, "frame too large").await;
                         }
                         return;
                     }
