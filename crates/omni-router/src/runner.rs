@@ -8,7 +8,7 @@
 
 use omni_bus::metrics::MetricsContext;
 use omni_bus::{partition_for, BusConfig, BusError, BusMetrics, OutRecord, Producer};
-use omni_core::{ConversationId, EventId, TenantId};
+use omni_core::{ConversationId, EventId, EventType, TenantId};
 use omni_routing::{Engine, Input, Output, RoutingConfig, RoutingEvent, StateEntry, Timestamp};
 use rdkafka::client::ClientContext;
 use rdkafka::config::FromClientConfigAndContext;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::RouterMetrics;
 use crate::ownership::{self, OwnerRecord, Owners, EPOCH_HEADER, MEMBER_HEADER};
-use crate::wire::{decode_input, routing_subject, routing_type, time_of, Envelope, TICK_TYPE};
+use crate::wire::{decode_input, routing_conversation, routing_type, time_of, Envelope};
 
 mod rebalance;
 mod takeover;

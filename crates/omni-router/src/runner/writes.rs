@@ -209,13 +209,13 @@ fn routing_envelope(
     now: Timestamp,
     ev: &RoutingEvent,
 ) -> serde_json::Value {
-    let env = Envelope::new(
+    let env = Envelope::with_source(
         id,
-        tenant.clone(),
         routing_type(ev),
+        tenant.clone(),
         format!("/omnirouter/{tenant}/router"),
+        routing_conversation(ev),
         time_of(now.0),
-        routing_subject(ev),
         ev,
     );
     serde_json::to_value(&env).unwrap_or_default()
