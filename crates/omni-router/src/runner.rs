@@ -6,19 +6,10 @@
 //! partition and restoring its tenants), `writes` (one step's records and their single write
 //! to Kafka), `ticker` (timers, gauges, claim renewal and the search for orphaned partitions).
 
-use omni_bus::metrics::MetricsContext;
+use omni_bus::batch::{BatchConsumer, BatchRecord as Rec, ClientError, Commit, Offsets};
 use omni_bus::{partition_for, BusConfig, BusError, BusMetrics, OutRecord, Producer};
 use omni_core::{ConversationId, EventId, EventType, TenantId};
 use omni_routing::{Engine, Input, Output, RoutingConfig, RoutingEvent, StateEntry, Timestamp};
-use rdkafka::client::ClientContext;
-use rdkafka::config::FromClientConfigAndContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers as _, Message};
-use rdkafka::statistics::Statistics;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -63,7 +54,7 @@ pub enum RouterError {
     Bus(#[from] BusError),
     /// A librdkafka call failed.
     #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
+    Kafka(#[from] ClientError),
     /// The input topics are not co-partitioned.
     #[error("router input topics must have the same partition count: {0}")]
     Partitions(String),
@@ -134,62 +125,8 @@ impl SharedState {
     }
 }
 
-/// A record detached from the consumer.
-#[derive(Debug, Clone)]
-struct Rec {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Vec<u8>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-    timestamp: Option<i64>,
-}
-
-/// Copies what the router needs out of a consumed message.
-fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
-    Rec {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-        payload: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        timestamp: m.timestamp().to_millis(),
-    }
-}
-
-/// Whether `rec` is to be processed: false for a record before its partition's committed
-/// offset, and for one past it that the broker reached by skipping records (the partition is
-/// then rewound; see `omni_bus::resume`).
-fn resumes(consumer: &StreamConsumer<RouterContext>, rec: &Rec) -> bool {
-    match consumer
-        .context()
-        .resume
-        .check(&rec.topic, rec.partition, rec.offset)
-    {
-        omni_bus::Resumed::Take => true,
-        omni_bus::Resumed::Drop => false,
-        omni_bus::Resumed::Rewind(to) => {
-            if let Err(e) = consumer.seek(
-                &rec.topic,
-                rec.partition,
-                Offset::Offset(to),
-                Duration::from_secs(5),
-            ) {
-                tracing::warn!(partition = rec.partition, error = %e, "rewinding failed");
-            }
-            false
-        }
-    }
-}
+/// The router's consumer: the input topics, rebalances told to [`RouterContext`].
+type InputConsumer = BatchConsumer<RouterContext>;
 
 /// What became of one input record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,20 +308,16 @@ impl Router {
         let newly_assigned = Arc::new(tokio::sync::Notify::new());
         let context = RouterContext {
             assigned: newly_assigned.clone(),
-            metrics: MetricsContext {
-                client: self.settings.group_id.clone(),
-                group: Some(self.settings.group_id.clone()),
-                metrics: self.bus_metrics.clone(),
-            },
             assignment: assignment.clone(),
-            applied: applied.clone(),
-            resume: Arc::default(),
         };
-        let consumer: StreamConsumer<RouterContext> = StreamConsumer::from_config_and_context(
-            &self.bus.consumer_config(&self.settings.group_id),
-            context,
+        let consumer = InputConsumer::new(
+            &self.bus,
+            &self.settings.group_id,
+            &inputs,
+            self.bus_metrics.clone(),
+            Arc::new(context),
+            applied.clone(),
         )?;
-        consumer.subscribe(&inputs)?;
         let ticker = tokio::spawn(self.clone().ticker());
         let mut tenants_rx = self.tenants.subscribe();
         let mut held = Held::new();
@@ -401,8 +334,7 @@ impl Router {
                 () = self.rejoin.notified() => {
                     // Leaving revokes everything (the callbacks commit and forget it); joining
                     // again makes the coordinator run a rebalance with the live members.
-                    consumer.unsubscribe();
-                    if let Err(e) = consumer.subscribe(&inputs) {
+                    if let Err(e) = consumer.rejoin() {
                         tracing::warn!(error = %e, "rejoining the router group failed");
                     }
                     continue;
@@ -421,17 +353,11 @@ impl Router {
                     }
                 }
                 m = consumer.recv() => match m {
-                    Ok(m) => {
+                    Ok(rec) => {
                         // Take whatever else is already fetched, so one write to Kafka covers
                         // many inputs.
-                        let mut batch = vec![detach(&m)];
-                        drop(m);
-                        while batch.len() < MAX_BATCH {
-                            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                                Ok(Ok(m)) => batch.push(detach(&m)),
-                                _ => break,
-                            }
-                        }
+                        let mut batch = vec![rec];
+                        consumer.fetched(&mut batch, MAX_BATCH).await;
                         batch
                     }
                     Err(e) => {
@@ -458,13 +384,13 @@ impl Router {
         ticker.abort();
         stop_owners.store(true, Ordering::Relaxed);
         // What was applied is committed; held and unapplied records are not.
-        let mut tpl = TopicPartitionList::new();
+        let mut tpl = Offsets::new();
         for ((topic, partition), offset) in applied.lock().unwrap_or_else(|p| p.into_inner()).iter()
         {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            let _ = tpl.add(topic, *partition, *offset);
         }
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            if let Err(e) = consumer.commit(&tpl, Commit::Sync) {
                 tracing::debug!(error = %e, "router final commit");
             }
         }
@@ -477,7 +403,7 @@ impl Router {
     /// applied. `Err` only when shutdown arrived during a retry.
     async fn process(
         &self,
-        consumer: &StreamConsumer<RouterContext>,
+        consumer: &InputConsumer,
         assignment: &Mutex<Assignment>,
         applied: &Mutex<BTreeMap<(String, i32), i64>>,
         held: &mut Held,
@@ -497,7 +423,7 @@ impl Router {
                 // Fetched before a revocation: the new owner reads it again.
                 continue;
             }
-            if !resumes(consumer, &rec) {
+            if !consumer.resumes(&rec) {
                 continue;
             }
             if let Some(h) = held.get_mut(&rec.partition) {
@@ -565,22 +491,21 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .assigned
             .clone();
-        let mut tpl = TopicPartitionList::new();
+        let mut tpl = Offsets::new();
         {
             let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
             for ((topic, partition), offset) in next {
                 if !still.contains(&partition) {
                     continue;
                 }
-                if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
-                {
+                if let Err(e) = tpl.add(&topic, partition, offset) {
                     tracing::warn!(error = %e, "router commit list");
                 }
                 applied.insert((topic, partition), offset);
             }
         }
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            if let Err(e) = consumer.commit(&tpl, Commit::Async) {
                 tracing::warn!(error = %e, "router commit failed (the records will be replayed)");
             }
         }
@@ -643,21 +568,10 @@ impl Router {
         unknown
     }
 
-    fn pause(&self, consumer: &StreamConsumer<RouterContext>, partitions: &BTreeSet<i32>) {
-        if let Err(e) = consumer.pause(&self.input_partitions(partitions)) {
+    fn pause(&self, consumer: &InputConsumer, partitions: &BTreeSet<i32>) {
+        if let Err(e) = consumer.pause(partitions) {
             tracing::warn!(error = %e, "cannot pause held partitions");
         }
-    }
-
-    fn input_partitions(&self, partitions: &BTreeSet<i32>) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        let t = &self.bus.topics;
-        for p in partitions {
-            for topic in [&t.inbound, &t.outbound, &t.commands] {
-                tpl.add_partition(topic, *p);
-            }
-        }
-        tpl
     }
 
     /// Applies a new set of tenant configs: rebuilds owned engines whose config changed (their
@@ -665,7 +579,7 @@ impl Router {
     /// records held for tenants that were unknown.
     async fn reconfigure(
         &self,
-        consumer: &StreamConsumer<RouterContext>,
+        consumer: &InputConsumer,
         assignment: &Mutex<Assignment>,
         applied: &Mutex<BTreeMap<(String, i32), i64>>,
         held: &mut Held,
@@ -746,7 +660,7 @@ impl Router {
             return Ok(());
         }
         let retry: Vec<Rec> = std::mem::take(held).into_values().flatten().collect();
-        if let Err(e) = consumer.resume(&self.input_partitions(&partitions)) {
+        if let Err(e) = consumer.resume(&partitions) {
             tracing::warn!(error = %e, "cannot resume held partitions");
         }
         let mut never = std::future::pending::<()>();
