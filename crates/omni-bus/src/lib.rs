@@ -15,6 +15,9 @@
 //! - [`producer`]: the acknowledged producer and readiness checks.
 //! - [`consumer`]: the consumer-group loops with commit-after-processing, one record at a time
 //!   or concurrently with per-key order (`lanes`: the pure bookkeeping behind the latter).
+//! - [`batch`]: the router's consumer: records taken in batches, rebalances told to the owner
+//!   ([`batch::Rebalanced`]), commits of what the owner applied.
+//! - [`reader`]: a whole topic read from its beginning and followed (the router's owners).
 //! - [`gate`]: the partitions a group member holds, and revocations that wait for running
 //!   work, so a partition's old and new owner never work on it at once.
 //! - [`resume`]: a new owner starts exactly at the committed offset, even where the broker
@@ -34,6 +37,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod admin;
+pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod error;
@@ -44,6 +48,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod partitioner;
 pub mod producer;
+pub mod reader;
 pub mod resume;
 pub mod table;
 pub mod tail;

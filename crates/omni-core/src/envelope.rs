@@ -26,16 +26,78 @@ pub enum EventType {
     /// What became of a reply (`data`: [`crate::DeliveryUpdate`]).
     #[serde(rename = "omni.delivery.updated")]
     DeliveryUpdated,
+    /// An agent's or supervisor's command to the router (`data`: a routing command).
+    #[serde(rename = "omni.command")]
+    Command,
+    /// Tells the router time has passed, so due timers fire (`data`: `{}`).
+    #[serde(rename = "omni.router.tick")]
+    RouterTick,
+    /// Routing event: a conversation waits in a queue.
+    #[serde(rename = "omni.routing.queued")]
+    RoutingQueued,
+    /// Routing event: a conversation arrived outside business hours.
+    #[serde(rename = "omni.routing.after_hours")]
+    RoutingAfterHours,
+    /// Routing event: a conversation is offered to an agent.
+    #[serde(rename = "omni.routing.offered")]
+    RoutingOffered,
+    /// Routing event: an agent declined (or let time out) an offer.
+    #[serde(rename = "omni.routing.offer_declined")]
+    RoutingOfferDeclined,
+    /// Routing event: a conversation is assigned to an agent.
+    #[serde(rename = "omni.routing.assigned")]
+    RoutingAssigned,
+    /// Routing event: a conversation went back to its queue.
+    #[serde(rename = "omni.routing.requeued")]
+    RoutingRequeued,
+    /// Routing event: a conversation was escalated.
+    #[serde(rename = "omni.routing.escalated")]
+    RoutingEscalated,
+    /// Routing event: a conversation breached its SLA.
+    #[serde(rename = "omni.routing.sla_breached")]
+    RoutingSlaBreached,
+    /// Routing event: a conversation was resolved.
+    #[serde(rename = "omni.routing.resolved")]
+    RoutingResolved,
+    /// Routing event: a conversation expired.
+    #[serde(rename = "omni.routing.expired")]
+    RoutingExpired,
+    /// Routing event: a resolved conversation was reopened.
+    #[serde(rename = "omni.routing.reopened")]
+    RoutingReopened,
+    /// Routing event: a command or input was rejected.
+    #[serde(rename = "omni.routing.rejected")]
+    RoutingRejected,
 }
 
 impl EventType {
-    /// Every event type, for docs and contract tests.
+    /// Every event type a channel writes (those with a data schema in `schemas/`, listed in
+    /// `cloudevent.schema.json`), for docs and contract tests.
     pub const ALL: [EventType; 5] = [
         EventType::MessageReceived,
         EventType::MessageEchoed,
         EventType::ChannelSignal,
         EventType::MessageSend,
         EventType::DeliveryUpdated,
+    ];
+
+    /// Every event type the router writes: commands, ticks and routing events (their `data` is
+    /// defined by `omni-routing`, not by a schema here).
+    pub const ROUTER: [EventType; 14] = [
+        EventType::Command,
+        EventType::RouterTick,
+        EventType::RoutingQueued,
+        EventType::RoutingAfterHours,
+        EventType::RoutingOffered,
+        EventType::RoutingOfferDeclined,
+        EventType::RoutingAssigned,
+        EventType::RoutingRequeued,
+        EventType::RoutingEscalated,
+        EventType::RoutingSlaBreached,
+        EventType::RoutingResolved,
+        EventType::RoutingExpired,
+        EventType::RoutingReopened,
+        EventType::RoutingRejected,
     ];
 
     /// The CloudEvents `type` string.
@@ -46,16 +108,34 @@ impl EventType {
             EventType::ChannelSignal => "omni.channel.signal",
             EventType::MessageSend => "omni.message.send",
             EventType::DeliveryUpdated => "omni.delivery.updated",
+            EventType::Command => "omni.command",
+            EventType::RouterTick => "omni.router.tick",
+            EventType::RoutingQueued => "omni.routing.queued",
+            EventType::RoutingAfterHours => "omni.routing.after_hours",
+            EventType::RoutingOffered => "omni.routing.offered",
+            EventType::RoutingOfferDeclined => "omni.routing.offer_declined",
+            EventType::RoutingAssigned => "omni.routing.assigned",
+            EventType::RoutingRequeued => "omni.routing.requeued",
+            EventType::RoutingEscalated => "omni.routing.escalated",
+            EventType::RoutingSlaBreached => "omni.routing.sla_breached",
+            EventType::RoutingResolved => "omni.routing.resolved",
+            EventType::RoutingExpired => "omni.routing.expired",
+            EventType::RoutingReopened => "omni.routing.reopened",
+            EventType::RoutingRejected => "omni.routing.rejected",
         }
     }
 
-    /// The JSON Schema file (in `schemas/`) that describes this type's `data`.
-    pub fn schema_file(self) -> &'static str {
+    /// The JSON Schema file (in `schemas/`) that describes this type's `data`; `None` for the
+    /// router's types, whose `data` is `omni-routing`'s.
+    pub fn schema_file(self) -> Option<&'static str> {
         match self {
-            EventType::MessageReceived | EventType::MessageEchoed => "message-received.schema.json",
-            EventType::ChannelSignal => "channel-signal.schema.json",
-            EventType::MessageSend => "outbound-message.schema.json",
-            EventType::DeliveryUpdated => "delivery-update.schema.json",
+            EventType::MessageReceived | EventType::MessageEchoed => {
+                Some("message-received.schema.json")
+            }
+            EventType::ChannelSignal => Some("channel-signal.schema.json"),
+            EventType::MessageSend => Some("outbound-message.schema.json"),
+            EventType::DeliveryUpdated => Some("delivery-update.schema.json"),
+            _ => None,
         }
     }
 }
@@ -91,10 +171,12 @@ impl<'de> Deserialize<'de> for SpecVersion {
 
 /// A CloudEvent in structured JSON mode, the value of every Kafka record omnirouter writes.
 /// The Kafka key is the tenant; `subject` is the conversation id; `tenant` is an extension
-/// attribute so consumers can filter without parsing `data`.
+/// attribute so consumers can filter without parsing `data`. Channel events always have a
+/// subject (`S` = [`ConversationId`]); the router's commands and ticks may have none
+/// (`S` = `Option<ConversationId>`: an absent subject is left out of the JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CloudEvent<T> {
+pub struct CloudEvent<T, S: Subject = ConversationId> {
     /// Always `1.0`.
     pub specversion: SpecVersion,
     /// Unique per event; deterministic for provider messages (see [`EventId`]).
@@ -107,13 +189,58 @@ pub struct CloudEvent<T> {
     /// When the event was produced.
     pub time: DateTime<Utc>,
     /// The conversation id.
-    pub subject: ConversationId,
+    #[serde(skip_serializing_if = "Subject::is_absent")]
+    pub subject: S,
     /// Always `application/json`.
     pub datacontenttype: String,
     /// Extension attribute: the routing domain.
     pub tenant: TenantId,
     /// The payload, described by the type's JSON Schema.
     pub data: T,
+}
+
+/// What may stand in a CloudEvent's `subject`: a conversation, or maybe one.
+pub trait Subject {
+    /// Whether there is no subject (then the attribute is left out of the JSON).
+    fn is_absent(&self) -> bool;
+}
+
+impl Subject for ConversationId {
+    fn is_absent(&self) -> bool {
+        false
+    }
+}
+
+impl Subject for Option<ConversationId> {
+    fn is_absent(&self) -> bool {
+        self.is_none()
+    }
+}
+
+impl<T, S: Subject> CloudEvent<T, S> {
+    /// Wraps `data` in an envelope with the given `source` (the router's events:
+    /// `/omnirouter/{tenant}/router`, `/omnirouter/{tenant}/api`).
+    pub fn with_source(
+        id: EventId,
+        event_type: EventType,
+        tenant: TenantId,
+        source: String,
+        subject: S,
+        time: DateTime<Utc>,
+        data: T,
+    ) -> Self {
+        Self {
+            specversion: SpecVersion,
+            id,
+            source,
+            event_type,
+            time,
+            subject,
+            datacontenttype: "application/json".into(),
+            tenant,
+            data,
+        }
+    }
 }
 
 impl<T> CloudEvent<T> {
@@ -127,17 +254,8 @@ impl<T> CloudEvent<T> {
         time: DateTime<Utc>,
         data: T,
     ) -> Self {
-        Self {
-            specversion: SpecVersion,
-            id,
-            source: source_for(&tenant, channel),
-            event_type,
-            time,
-            subject: conversation,
-            datacontenttype: "application/json".into(),
-            tenant,
-            data,
-        }
+        let source = source_for(&tenant, channel);
+        Self::with_source(id, event_type, tenant, source, conversation, time, data)
     }
 }
 
@@ -149,4 +267,115 @@ pub fn source_for(tenant: &TenantId, channel: &ChannelRef) -> String {
         channel.kind.as_str(),
         channel.account
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use std::collections::BTreeSet;
+
+    const ID: &str = "0190f1c4-7b1a-7c3e-8a51-2d4e6f708192";
+    const CONVERSATION: &str = "5b0d6c1e-2f3a-5b4c-9d8e-7f6a5b4c3d2e";
+
+    /// Every type with its wire name, written out: the names are a contract with consumers.
+    const WIRE_NAMES: [(EventType, &str); 19] = [
+        (EventType::MessageReceived, "omni.message.received"),
+        (EventType::MessageEchoed, "omni.message.echoed"),
+        (EventType::ChannelSignal, "omni.channel.signal"),
+        (EventType::MessageSend, "omni.message.send"),
+        (EventType::DeliveryUpdated, "omni.delivery.updated"),
+        (EventType::Command, "omni.command"),
+        (EventType::RouterTick, "omni.router.tick"),
+        (EventType::RoutingQueued, "omni.routing.queued"),
+        (EventType::RoutingAfterHours, "omni.routing.after_hours"),
+        (EventType::RoutingOffered, "omni.routing.offered"),
+        (
+            EventType::RoutingOfferDeclined,
+            "omni.routing.offer_declined",
+        ),
+        (EventType::RoutingAssigned, "omni.routing.assigned"),
+        (EventType::RoutingRequeued, "omni.routing.requeued"),
+        (EventType::RoutingEscalated, "omni.routing.escalated"),
+        (EventType::RoutingSlaBreached, "omni.routing.sla_breached"),
+        (EventType::RoutingResolved, "omni.routing.resolved"),
+        (EventType::RoutingExpired, "omni.routing.expired"),
+        (EventType::RoutingReopened, "omni.routing.reopened"),
+        (EventType::RoutingRejected, "omni.routing.rejected"),
+    ];
+
+    fn time() -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_714_557_600_123).unwrap()
+    }
+
+    fn event<S: Subject>(event_type: EventType, subject: S) -> CloudEvent<serde_json::Value, S> {
+        CloudEvent::with_source(
+            ID.parse().unwrap(),
+            event_type,
+            TenantId::new("acme").unwrap(),
+            "/omnirouter/acme/router".into(),
+            subject,
+            time(),
+            serde_json::json!({"b": 1, "a": [true]}),
+        )
+    }
+
+    fn json_with_subject(type_name: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"{ID}","source":"/omnirouter/acme/router","type":"{type_name}","time":"2024-05-01T10:00:00.123Z","subject":"{CONVERSATION}","datacontenttype":"application/json","tenant":"acme","data":{{"a":[true],"b":1}}}}"#
+        )
+    }
+
+    fn json_without_subject(type_name: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"{ID}","source":"/omnirouter/acme/router","type":"{type_name}","time":"2024-05-01T10:00:00.123Z","datacontenttype":"application/json","tenant":"acme","data":{{"a":[true],"b":1}}}}"#
+        )
+    }
+
+    #[test]
+    fn every_type_is_listed_once_with_its_wire_name() {
+        let listed: Vec<EventType> = EventType::ALL
+            .iter()
+            .chain(EventType::ROUTER.iter())
+            .copied()
+            .collect();
+        assert_eq!(listed, WIRE_NAMES.map(|(t, _)| t).to_vec());
+        let names: BTreeSet<&str> = WIRE_NAMES.iter().map(|(_, n)| *n).collect();
+        assert_eq!(names.len(), WIRE_NAMES.len());
+        for (t, name) in WIRE_NAMES {
+            assert_eq!(t.as_str(), name);
+            assert_eq!(t.to_string(), name);
+            assert_eq!(serde_json::to_value(t).unwrap(), name);
+            assert_eq!(t.schema_file().is_some(), EventType::ALL.contains(&t));
+        }
+    }
+
+    #[test]
+    fn the_json_of_every_type_with_a_subject_is_pinned() {
+        let conversation: ConversationId = CONVERSATION.parse().unwrap();
+        for (t, name) in WIRE_NAMES {
+            let expected = json_with_subject(name);
+            let always = serde_json::to_string(&event(t, conversation)).unwrap();
+            assert_eq!(always, expected, "{name}");
+            let maybe = serde_json::to_string(&event(t, Some(conversation))).unwrap();
+            assert_eq!(maybe, expected, "{name}");
+            let back: CloudEvent<serde_json::Value, Option<ConversationId>> =
+                serde_json::from_str(&expected).unwrap();
+            assert_eq!(back, event(t, Some(conversation)));
+        }
+    }
+
+    #[test]
+    fn an_absent_subject_stays_absent() {
+        for (t, name) in WIRE_NAMES {
+            let expected = json_without_subject(name);
+            let json = serde_json::to_string(&event(t, None::<ConversationId>)).unwrap();
+            assert_eq!(json, expected, "{name}");
+            let back: CloudEvent<serde_json::Value, Option<ConversationId>> =
+                serde_json::from_str(&expected).unwrap();
+            assert_eq!(back.subject, None);
+            // A channel event must have one.
+            assert!(serde_json::from_str::<CloudEvent<serde_json::Value>>(&expected).is_err());
+        }
+    }
 }

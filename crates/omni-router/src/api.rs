@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::runner::SharedState;
-use crate::wire::{time_of, Envelope, COMMAND_TYPE};
+use crate::wire::{time_of, Envelope};
 
 /// What the API handlers share.
 pub struct ApiState {
@@ -635,16 +635,16 @@ async fn command(
         | Command::Resolve { conversation }
         | Command::Transfer { conversation, .. }
         | Command::Reopen { conversation }
-        | Command::Csat { conversation, .. } => Some(conversation.to_string()),
+        | Command::Csat { conversation, .. } => Some(*conversation),
         _ => None,
     };
-    let env = Envelope::new(
+    let env = Envelope::with_source(
         id,
+        EventType::Command,
         tenant.clone(),
-        COMMAND_TYPE,
         format!("/omnirouter/{tenant}/api"),
-        time_of(now_ms()),
         subject,
+        time_of(now_ms()),
         cmd,
     );
     publish(&state, &state.topics.commands, &tenant, id, &env).await

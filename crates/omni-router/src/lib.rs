@@ -39,10 +39,11 @@
 //! other input, so even time is replayable.
 //!
 //! # Layout
-//! - [`wire`]: the envelopes of commands and routing events, and input decoding.
+//! - [`wire`]: commands and routing events as omni-core CloudEvents, and input decoding.
 //! - [`metrics`]: the customer-care metrics (response times, backlog, SLA, FCR, CSAT).
-//! - [`runner`]: the consume–decide–write–commit loop; beside it takeover (claim and restore),
-//!   rebalance callbacks, the batched writes and the ticker (timers, claim renewal).
+//! - [`runner`]: the consume–decide–write–commit loop over omni-bus's batch consumer; beside
+//!   it the batch step, takeover (claim and restore), rebalance callbacks, config reloads, the
+//!   batched writes and the ticker (timers, claim renewal).
 //! - [`ownership`]: owner epochs, zombie fencing, and the owners registry for forwarded reads.
 //! - [`api`]: the agent/operator HTTP API (reads answered by the owner, from any instance).
 

@@ -24,9 +24,6 @@
 
 use omni_bus::table::LogRecord;
 use omni_bus::BusConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -247,52 +244,34 @@ impl Owners {
         bus: &BusConfig,
         topic: &str,
         stop: &AtomicBool,
-    ) -> Result<(), rdkafka::error::KafkaError> {
-        let mut config = bus.consumer_config("omnirouter-owners-reader");
-        config.set("enable.partition.eof", "false");
-        let consumer: BaseConsumer = config.create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let mut tpl = TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-            }
-        }
-        if tpl.count() == 0 {
-            // The topic is not created yet.
-            std::thread::sleep(Duration::from_secs(1));
-            return Ok(());
-        }
-        consumer.assign(&tpl)?;
-        while !stop.load(Ordering::Relaxed) {
-            let polled = consumer.poll(Duration::from_millis(200));
-            if !matches!(polled, Some(Err(_))) {
+    ) -> Result<(), omni_bus::batch::ClientError> {
+        omni_bus::reader::read_from_beginning(
+            bus,
+            "omnirouter-owners-reader",
+            topic,
+            stop,
+            || {
                 *self.read_at.write().unwrap_or_else(|p| p.into_inner()) =
                     Some(std::time::Instant::now());
-            }
-            match polled {
-                Some(Ok(m)) => {
-                    // The topic also holds other groups' liveness claims (`omni_bus::liveness`,
-                    // keys `<prefix>p<n>`): only `p<n>` keys are router claims.
-                    if !is_registry_key(m.key().unwrap_or_default()) {
-                        continue;
-                    }
-                    // Claims are never deleted (no tombstones): a newer claim replaces an older.
-                    if let Some(v) = m.payload() {
-                        match serde_json::from_slice::<OwnerRecord>(v) {
-                            Ok(claim) => self.record(claim),
-                            Err(e) => {
-                                let key = String::from_utf8_lossy(m.key().unwrap_or_default());
-                                tracing::debug!(key = %key, error = %e, "ignoring unreadable owner record");
-                            }
+            },
+            |key, payload| {
+                // The topic also holds other groups' liveness claims (`omni_bus::liveness`,
+                // keys `<prefix>p<n>`): only `p<n>` keys are router claims.
+                if !is_registry_key(key) {
+                    return;
+                }
+                // Claims are never deleted (no tombstones): a newer claim replaces an older.
+                if let Some(v) = payload {
+                    match serde_json::from_slice::<OwnerRecord>(v) {
+                        Ok(claim) => self.record(claim),
+                        Err(e) => {
+                            let key = String::from_utf8_lossy(key);
+                            tracing::debug!(key = %key, error = %e, "ignoring unreadable owner record");
                         }
                     }
                 }
-                Some(Err(e)) => return Err(e),
-                None => {}
-            }
-        }
-        Ok(())
+            },
+        )
     }
 }
 

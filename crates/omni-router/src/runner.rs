@@ -2,23 +2,15 @@
 //! partitions, held records of unknown tenants, misrouted records, config reloads. See the
 //! crate docs for the protocol and [`crate::ownership`] for the fencing.
 //!
-//! Beside it: `rebalance` (what the consumer group tells the loop), `takeover` (claiming a
-//! partition and restoring its tenants), `writes` (one step's records and their single write
-//! to Kafka), `ticker` (timers, gauges, claim renewal and the search for orphaned partitions).
+//! Beside it: `rebalance` (what the consumer group tells the loop), `step` (one batch applied
+//! and written), `takeover` (claiming a partition and restoring its tenants), `reconfigure` (a
+//! reloaded config applied), `writes` (one step's records and their single write to Kafka),
+//! `ticker` (timers, gauges, claim renewal and the search for orphaned partitions).
 
-use omni_bus::metrics::MetricsContext;
+use omni_bus::batch::{BatchConsumer, BatchRecord as Rec, ClientError, Commit, Offsets};
 use omni_bus::{partition_for, BusConfig, BusError, BusMetrics, OutRecord, Producer};
-use omni_core::{ConversationId, EventId, TenantId};
+use omni_core::{ConversationId, EventId, EventType, TenantId};
 use omni_routing::{Engine, Input, Output, RoutingConfig, RoutingEvent, StateEntry, Timestamp};
-use rdkafka::client::ClientContext;
-use rdkafka::config::FromClientConfigAndContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers as _, Message};
-use rdkafka::statistics::Statistics;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -28,9 +20,11 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::RouterMetrics;
 use crate::ownership::{self, OwnerRecord, Owners, EPOCH_HEADER, MEMBER_HEADER};
-use crate::wire::{decode_input, routing_subject, routing_type, time_of, Envelope, TICK_TYPE};
+use crate::wire::{decode_input, routing_conversation, routing_type, time_of, Envelope};
 
 mod rebalance;
+mod reconfigure;
+mod step;
 mod takeover;
 mod ticker;
 mod writes;
@@ -63,7 +57,7 @@ pub enum RouterError {
     Bus(#[from] BusError),
     /// A librdkafka call failed.
     #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
+    Kafka(#[from] ClientError),
     /// The input topics are not co-partitioned.
     #[error("router input topics must have the same partition count: {0}")]
     Partitions(String),
@@ -134,62 +128,8 @@ impl SharedState {
     }
 }
 
-/// A record detached from the consumer.
-#[derive(Debug, Clone)]
-struct Rec {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Vec<u8>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-    timestamp: Option<i64>,
-}
-
-/// Copies what the router needs out of a consumed message.
-fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
-    Rec {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-        payload: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        timestamp: m.timestamp().to_millis(),
-    }
-}
-
-/// Whether `rec` is to be processed: false for a record before its partition's committed
-/// offset, and for one past it that the broker reached by skipping records (the partition is
-/// then rewound; see `omni_bus::resume`).
-fn resumes(consumer: &StreamConsumer<RouterContext>, rec: &Rec) -> bool {
-    match consumer
-        .context()
-        .resume
-        .check(&rec.topic, rec.partition, rec.offset)
-    {
-        omni_bus::Resumed::Take => true,
-        omni_bus::Resumed::Drop => false,
-        omni_bus::Resumed::Rewind(to) => {
-            if let Err(e) = consumer.seek(
-                &rec.topic,
-                rec.partition,
-                Offset::Offset(to),
-                Duration::from_secs(5),
-            ) {
-                tracing::warn!(partition = rec.partition, error = %e, "rewinding failed");
-            }
-            false
-        }
-    }
-}
+/// The router's consumer: the input topics, rebalances told to [`RouterContext`].
+type InputConsumer = BatchConsumer<RouterContext>;
 
 /// What became of one input record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,51 +280,25 @@ impl Router {
             topics.outbound.as_str(),
             topics.commands.as_str(),
         ];
-        // Co-partitioning is what makes "a tenant lives on partition p" true across topics.
-        let partitions = loop {
-            match self.check_partitions(&inputs).await {
-                Ok(n) => break n,
-                Err(RouterError::Partitions(msg)) => return Err(RouterError::Partitions(msg)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "router waiting for kafka topics");
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => return Ok(()),
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+        let Some(partitions) = self.wait_for_partitions(&inputs, &mut shutdown).await? else {
+            return Ok(());
         };
-        let owners = {
-            let mut s = self.lock();
-            s.partitions = partitions;
-            s.owners.clone()
-        };
-        let stop_owners = Arc::new(AtomicBool::new(false));
-        owners.tail(
-            self.bus.clone(),
-            self.bus.topics.router_owners.clone(),
-            stop_owners.clone(),
-        );
+        let stop_owners = self.follow_owners(partitions);
         let assignment = Arc::new(Mutex::new(Assignment::default()));
         let applied = Arc::new(Mutex::new(BTreeMap::new()));
         let newly_assigned = Arc::new(tokio::sync::Notify::new());
         let context = RouterContext {
             assigned: newly_assigned.clone(),
-            metrics: MetricsContext {
-                client: self.settings.group_id.clone(),
-                group: Some(self.settings.group_id.clone()),
-                metrics: self.bus_metrics.clone(),
-            },
             assignment: assignment.clone(),
-            applied: applied.clone(),
-            resume: Arc::default(),
         };
-        let consumer: StreamConsumer<RouterContext> = StreamConsumer::from_config_and_context(
-            &self.bus.consumer_config(&self.settings.group_id),
-            context,
+        let consumer = InputConsumer::new(
+            &self.bus,
+            &self.settings.group_id,
+            &inputs,
+            self.bus_metrics.clone(),
+            Arc::new(context),
+            applied.clone(),
         )?;
-        consumer.subscribe(&inputs)?;
         let ticker = tokio::spawn(self.clone().ticker());
         let mut tenants_rx = self.tenants.subscribe();
         let mut held = Held::new();
@@ -401,8 +315,7 @@ impl Router {
                 () = self.rejoin.notified() => {
                     // Leaving revokes everything (the callbacks commit and forget it); joining
                     // again makes the coordinator run a rebalance with the live members.
-                    consumer.unsubscribe();
-                    if let Err(e) = consumer.subscribe(&inputs) {
+                    if let Err(e) = consumer.rejoin() {
                         tracing::warn!(error = %e, "rejoining the router group failed");
                     }
                     continue;
@@ -421,17 +334,11 @@ impl Router {
                     }
                 }
                 m = consumer.recv() => match m {
-                    Ok(m) => {
+                    Ok(rec) => {
                         // Take whatever else is already fetched, so one write to Kafka covers
                         // many inputs.
-                        let mut batch = vec![detach(&m)];
-                        drop(m);
-                        while batch.len() < MAX_BATCH {
-                            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                                Ok(Ok(m)) => batch.push(detach(&m)),
-                                _ => break,
-                            }
-                        }
+                        let mut batch = vec![rec];
+                        consumer.fetched(&mut batch, MAX_BATCH).await;
                         batch
                     }
                     Err(e) => {
@@ -457,19 +364,49 @@ impl Router {
         };
         ticker.abort();
         stop_owners.store(true, Ordering::Relaxed);
-        // What was applied is committed; held and unapplied records are not.
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in applied.lock().unwrap_or_else(|p| p.into_inner()).iter()
-        {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-        }
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::debug!(error = %e, "router final commit");
-            }
-        }
+        final_commit(&consumer, &applied);
         tracing::info!("router stopped");
         result
+    }
+
+    /// Records the partition count and starts following the owners registry; setting the flag
+    /// returned stops it.
+    fn follow_owners(&self, partitions: usize) -> Arc<AtomicBool> {
+        let owners = {
+            let mut s = self.lock();
+            s.partitions = partitions;
+            s.owners.clone()
+        };
+        let stop_owners = Arc::new(AtomicBool::new(false));
+        owners.tail(
+            self.bus.clone(),
+            self.bus.topics.router_owners.clone(),
+            stop_owners.clone(),
+        );
+        stop_owners
+    }
+
+    /// The partition count of the input topics, once they exist (`None`: shut down first).
+    /// Co-partitioning is what makes "a tenant lives on partition p" true across topics.
+    async fn wait_for_partitions(
+        &self,
+        inputs: &[&str],
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Option<usize>, RouterError> {
+        loop {
+            match self.check_partitions(inputs).await {
+                Ok(n) => return Ok(Some(n)),
+                Err(RouterError::Partitions(msg)) => return Err(RouterError::Partitions(msg)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "router waiting for kafka topics");
+                    tokio::select! {
+                        biased;
+                        () = &mut *shutdown => return Ok(None),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Applies one batch of fetched records: drops those of revoked partitions, holds those of
@@ -477,7 +414,7 @@ impl Router {
     /// applied. `Err` only when shutdown arrived during a retry.
     async fn process(
         &self,
-        consumer: &StreamConsumer<RouterContext>,
+        consumer: &InputConsumer,
         assignment: &Mutex<Assignment>,
         applied: &Mutex<BTreeMap<(String, i32), i64>>,
         held: &mut Held,
@@ -497,7 +434,7 @@ impl Router {
                 // Fetched before a revocation: the new owner reads it again.
                 continue;
             }
-            if !resumes(consumer, &rec) {
+            if !consumer.resumes(&rec) {
                 continue;
             }
             if let Some(h) = held.get_mut(&rec.partition) {
@@ -542,6 +479,20 @@ impl Router {
                 }
             }
         };
+        self.commit_applied(consumer, assignment, applied, &ready, outcomes);
+        Ok(())
+    }
+
+    /// Counts the outcomes of a batch and commits what it applied on the partitions still
+    /// assigned (a fenced partition is given up until a rebalance gives it back).
+    fn commit_applied(
+        &self,
+        consumer: &InputConsumer,
+        assignment: &Mutex<Assignment>,
+        applied: &Mutex<BTreeMap<(String, i32), i64>>,
+        ready: &[Rec],
+        outcomes: Vec<Outcome>,
+    ) {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for (rec, outcome) in ready.iter().zip(outcomes) {
             self.metrics
@@ -565,26 +516,24 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .assigned
             .clone();
-        let mut tpl = TopicPartitionList::new();
+        let mut tpl = Offsets::new();
         {
             let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
             for ((topic, partition), offset) in next {
                 if !still.contains(&partition) {
                     continue;
                 }
-                if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
-                {
+                if let Err(e) = tpl.add(&topic, partition, offset) {
                     tracing::warn!(error = %e, "router commit list");
                 }
                 applied.insert((topic, partition), offset);
             }
         }
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            if let Err(e) = consumer.commit(&tpl, Commit::Async) {
                 tracing::warn!(error = %e, "router commit failed (the records will be replayed)");
             }
         }
-        Ok(())
     }
 
     /// Claims every assigned partition not owned yet. A failure is logged: the partition is
@@ -643,118 +592,10 @@ impl Router {
         unknown
     }
 
-    fn pause(&self, consumer: &StreamConsumer<RouterContext>, partitions: &BTreeSet<i32>) {
-        if let Err(e) = consumer.pause(&self.input_partitions(partitions)) {
+    fn pause(&self, consumer: &InputConsumer, partitions: &BTreeSet<i32>) {
+        if let Err(e) = consumer.pause(partitions) {
             tracing::warn!(error = %e, "cannot pause held partitions");
         }
-    }
-
-    fn input_partitions(&self, partitions: &BTreeSet<i32>) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        let t = &self.bus.topics;
-        for p in partitions {
-            for topic in [&t.inbound, &t.outbound, &t.commands] {
-                tpl.add_partition(topic, *p);
-            }
-        }
-        tpl
-    }
-
-    /// Applies a new set of tenant configs: rebuilds owned engines whose config changed (their
-    /// restore's decisions written and published), drops removed tenants, and retries the
-    /// records held for tenants that were unknown.
-    async fn reconfigure(
-        &self,
-        consumer: &StreamConsumer<RouterContext>,
-        assignment: &Mutex<Assignment>,
-        applied: &Mutex<BTreeMap<(String, i32), i64>>,
-        held: &mut Held,
-    ) -> Result<(), RouterError> {
-        let tenants = self.tenants.borrow().clone();
-        let now = Timestamp(wall_clock_ms());
-        let mut writes = Writes::default();
-        {
-            let mut s = self.lock();
-            let owned = s.owned.clone();
-            let names: Vec<TenantId> = s.tenants.keys().cloned().collect();
-            for tenant in names {
-                let Some(new) = tenants.get(&tenant) else {
-                    if let Some(slot) = s.tenants.remove(&tenant) {
-                        self.metrics
-                            .forget_tenant(tenant.as_str(), &slot.engine.queue_views());
-                        tracing::info!(tenant = %tenant, "tenant removed from the config: no longer routed here");
-                    }
-                    continue;
-                };
-                let Some(slot) = s.tenants.get_mut(&tenant) else {
-                    continue;
-                };
-                if slot.config == *new {
-                    continue;
-                }
-                let p = slot.partition;
-                let epoch = owned.get(&p).map_or(0, |o| o.epoch);
-                let (mut engine, outputs) =
-                    Engine::restore(new.clone(), slot.engine.snapshot(), now)?;
-                let changes = engine.take_changes();
-                self.metrics
-                    .forget_tenant(tenant.as_str(), &slot.engine.queue_views());
-                slot.engine = engine;
-                slot.config = new.clone();
-                writes.changes(&tenant, p, epoch, changes);
-                let stamp = now.0.to_string();
-                writes.outputs(&tenant, now, &outputs, |i| {
-                    [
-                        "reconfigure",
-                        &p.to_string(),
-                        &epoch.to_string(),
-                        &stamp,
-                        &i.to_string(),
-                    ]
-                    .map(str::to_owned)
-                });
-                tracing::info!(tenant = %tenant, "routing config changed: engine rebuilt from its state");
-            }
-        }
-        {
-            let mut s = self.lock();
-            let partitions = s.partitions;
-            for (tenant, config) in tenants.iter() {
-                if s.tenants.contains_key(tenant) || partitions == 0 {
-                    continue;
-                }
-                let p = partition_for(tenant.as_str().as_bytes(), partitions);
-                if s.owned.contains_key(&p) {
-                    s.tenants.insert(
-                        tenant.clone(),
-                        TenantSlot {
-                            engine: Engine::new(config.clone())?,
-                            config: config.clone(),
-                            partition: p,
-                            history: HashMap::new(),
-                        },
-                    );
-                    tracing::info!(tenant = %tenant, partition = p, "tenant added to the config: routed here");
-                }
-            }
-        }
-        self.write(&writes).await?;
-        self.observe(&writes);
-        // Held records: try them again in their order; a tenant still unknown holds again.
-        let partitions: BTreeSet<i32> = held.keys().copied().collect();
-        if partitions.is_empty() {
-            return Ok(());
-        }
-        let retry: Vec<Rec> = std::mem::take(held).into_values().flatten().collect();
-        if let Err(e) = consumer.resume(&self.input_partitions(&partitions)) {
-            tracing::warn!(error = %e, "cannot resume held partitions");
-        }
-        let mut never = std::future::pending::<()>();
-        let mut never = std::pin::Pin::new(&mut never);
-        let _ = self
-            .process(consumer, assignment, applied, held, retry, &mut never)
-            .await;
-        Ok(())
     }
 
     async fn check_partitions(&self, topics: &[&str]) -> Result<usize, RouterError> {
@@ -805,158 +646,18 @@ impl Router {
             .with_label_values(&[self.settings.group_id.as_str()])
             .set(s.owned.len() as i64);
     }
+}
 
-    /// Whether another instance claimed `partition` with a newer epoch than ours (seen on the
-    /// owners topic): then we are a zombie for it and must stop.
-    fn superseded(&self, partition: i32) -> bool {
-        let s = self.lock();
-        let Some(mine) = s.owned.get(&partition) else {
-            return false;
-        };
-        s.owners
-            .get(partition)
-            .is_some_and(|c| c.epoch > mine.epoch && c.member != s.member)
+/// On shutdown: what was applied is committed; held and unapplied records are not.
+fn final_commit(consumer: &InputConsumer, applied: &Mutex<omni_bus::batch::Applied>) {
+    let mut tpl = Offsets::new();
+    for ((topic, partition), offset) in applied.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = tpl.add(topic, *partition, *offset);
     }
-
-    /// Applies a batch of records and writes their state, progress and events in one batch;
-    /// returns each record's outcome. On error nothing of the batch may be assumed written:
-    /// the caller reloads the partitions and retries the whole batch.
-    async fn step_batch(&self, batch: &[Rec]) -> Result<Vec<Outcome>, RouterError> {
-        let partitions: BTreeSet<i32> = batch.iter().map(|r| r.partition).collect();
-        let mut fenced = BTreeSet::new();
-        for p in partitions {
-            if !self.lock().owned.contains_key(&p) && !self.claim(p).await? {
-                fenced.insert(p);
-                continue;
-            }
-            if self.superseded(p) {
-                tracing::warn!(
-                    partition = p,
-                    "another instance claimed this partition with a newer epoch: giving it up"
-                );
-                self.metrics.ownership.with_label_values(&["fenced"]).inc();
-                self.unload(p);
-                fenced.insert(p);
-            }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, Commit::Sync) {
+            tracing::debug!(error = %e, "router final commit");
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut writes = Writes::default();
-        let partition_count = self.lock().partitions;
-        for rec in batch {
-            if fenced.contains(&rec.partition) {
-                outcomes.push(Outcome::Fenced);
-                continue;
-            }
-            outcomes.push(self.step_one(rec, partition_count, &mut writes)?);
-        }
-        self.write(&writes).await?;
-        {
-            let mut s = self.lock();
-            for (key, prog) in std::mem::take(&mut writes.progress) {
-                if let Some(owned) = s.owned.get_mut(&key.1) {
-                    owned.as_of = owned.as_of.max(prog.time);
-                }
-                s.progress.insert(key, prog);
-            }
-        }
-        self.observe(&writes);
-        Ok(outcomes)
-    }
-
-    fn step_one(
-        &self,
-        rec: &Rec,
-        partition_count: usize,
-        writes: &mut Writes,
-    ) -> Result<Outcome, RouterError> {
-        let Some(payload) = rec.payload.as_deref() else {
-            return Ok(Outcome::Ignored);
-        };
-        // The partitioning contract: a record is applied only on its key's partition.
-        let home = partition_for(&rec.key, partition_count);
-        if partition_count > 0 && home != rec.partition {
-            tracing::debug!(topic = %rec.topic, partition = rec.partition, home,
-                "record on the wrong partition for its key: forwarding it");
-            self.metrics
-                .misrouted
-                .with_label_values(&[rec.topic.as_str()])
-                .inc();
-            writes.forwards.push((rec.clone(), home));
-            return Ok(Outcome::Forwarded);
-        }
-        let progress_key = (rec.topic.clone(), rec.partition);
-        let replay = self
-            .lock()
-            .progress
-            .get(&progress_key)
-            .filter(|p| rec.offset <= p.offset)
-            .map(|p| {
-                p.events
-                    .iter()
-                    .find(|(o, _)| *o == rec.offset)
-                    .map(|(_, e)| e.clone())
-            });
-        if let Some(stored) = replay {
-            // Applied and recorded, but its events may not have been written: write them
-            // again with their deterministic ids.
-            for e in stored.unwrap_or_default() {
-                writes.replayed.push((rec.key.clone(), e));
-            }
-            return Ok(Outcome::Replayed);
-        }
-        let (tenant, input) = match decode_input(&rec.key, payload) {
-            Ok(Some(x)) => x,
-            Ok(None) => return Ok(Outcome::Ignored),
-            Err(e) => {
-                tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
-                    error = %e, "skipping undecodable router input");
-                return Ok(Outcome::Skipped);
-            }
-        };
-        let Some(config) = self.config_of(&tenant) else {
-            // Held before this point unless the config changed in between: not applied.
-            return Ok(Outcome::Ignored);
-        };
-        let now = Timestamp(
-            rec.timestamp
-                .and_then(|t| u64::try_from(t).ok())
-                .unwrap_or_else(wall_clock_ms),
-        );
-        let (outputs, changes, epoch) = {
-            let mut s = self.lock();
-            if matches!(input, Input::Tick) {
-                s.pending_ticks.remove(&tenant);
-            }
-            let epoch = s.owned.get(&rec.partition).map_or(0, |o| o.epoch);
-            let slot = match s.tenants.entry(tenant.clone()) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(TenantSlot {
-                    engine: Engine::new(config.clone())?,
-                    config,
-                    partition: rec.partition,
-                    history: HashMap::new(),
-                }),
-            };
-            let outputs = slot.engine.handle(now, &input);
-            (outputs, slot.engine.take_changes(), epoch)
-        };
-        writes.changes(&tenant, rec.partition, epoch, changes);
-        let partition = rec.partition.to_string();
-        let offset = rec.offset.to_string();
-        let step_events = writes.outputs(&tenant, now, &outputs, |i| {
-            [
-                rec.topic.clone(),
-                partition.clone(),
-                offset.clone(),
-                i.to_string(),
-            ]
-        });
-        let p = writes.progress.entry(progress_key).or_default();
-        p.offset = rec.offset;
-        p.time = now.0;
-        p.events.push((rec.offset, step_events));
-        writes.epochs.insert(rec.partition, epoch);
-        Ok(Outcome::Applied)
     }
 }
 

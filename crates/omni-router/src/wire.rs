@@ -1,94 +1,38 @@
 //! What the router reads and writes on Kafka.
 //!
 //! Commands (`omni.commands.v1`) and routing events (`omni.routing.v1`) are CloudEvents 1.0 in
-//! structured JSON mode like every omnirouter topic; `subject` is the conversation id when
-//! there is one. Command type `omni.command` carries an [`omni_routing::Command`] as `data`;
-//! `omni.router.tick` tells the router time has passed. Routing events have type
+//! structured JSON mode like every omnirouter topic ([`omni_core::CloudEvent`], with the
+//! subject optional: the conversation id when there is one). Command type `omni.command`
+//! ([`EventType::Command`]) carries an [`omni_routing::Command`] as `data`; `omni.router.tick`
+//! ([`EventType::RouterTick`]) tells the router time has passed. Routing events have type
 //! `omni.routing.<event>` (`omni.routing.assigned`, …) and an [`omni_routing::RoutingEvent`]
 //! as `data`.
 
 use chrono::{DateTime, TimeZone, Utc};
-use omni_core::envelope::SpecVersion;
-use omni_core::{ConversationId, EventId, MessageReceived, OutboundMessage, TenantId};
+use omni_core::{ConversationId, EventType, MessageReceived, OutboundMessage, TenantId};
 use omni_routing::{Command, Inbound, Input, RoutingEvent};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-/// CloudEvents type of an agent/supervisor command.
-pub const COMMAND_TYPE: &str = "omni.command";
-/// CloudEvents type of a router tick.
-pub const TICK_TYPE: &str = "omni.router.tick";
-
-/// A CloudEvent whose subject may be absent (agent commands have no conversation).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope<T> {
-    /// Always `1.0`.
-    pub specversion: SpecVersion,
-    /// Event id.
-    pub id: EventId,
-    /// Who produced it.
-    pub source: String,
-    /// The event type.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// When.
-    pub time: DateTime<Utc>,
-    /// The conversation, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    /// Always `application/json`.
-    pub datacontenttype: String,
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The payload.
-    pub data: T,
-}
-
-impl<T> Envelope<T> {
-    /// An envelope with the constant fields filled in.
-    pub fn new(
-        id: EventId,
-        tenant: TenantId,
-        event_type: impl Into<String>,
-        source: impl Into<String>,
-        time: DateTime<Utc>,
-        subject: Option<String>,
-        data: T,
-    ) -> Self {
-        Self {
-            specversion: SpecVersion,
-            id,
-            source: source.into(),
-            event_type: event_type.into(),
-            time,
-            subject,
-            datacontenttype: "application/json".into(),
-            tenant,
-            data,
-        }
-    }
-}
+/// The envelope of the router's commands, ticks and routing events: a CloudEvent whose
+/// subject may be absent (agent commands and ticks have no conversation).
+pub type Envelope<T> = omni_core::CloudEvent<T, Option<ConversationId>>;
 
 /// The CloudEvents type of a routing event (`omni.routing.assigned`…).
-pub fn routing_type(event: &RoutingEvent) -> &'static str {
+pub fn routing_type(event: &RoutingEvent) -> EventType {
     match event {
-        RoutingEvent::Queued { .. } => "omni.routing.queued",
-        RoutingEvent::AfterHours { .. } => "omni.routing.after_hours",
-        RoutingEvent::Offered { .. } => "omni.routing.offered",
-        RoutingEvent::OfferDeclined { .. } => "omni.routing.offer_declined",
-        RoutingEvent::Assigned { .. } => "omni.routing.assigned",
-        RoutingEvent::Requeued { .. } => "omni.routing.requeued",
-        RoutingEvent::Escalated { .. } => "omni.routing.escalated",
-        RoutingEvent::SlaBreached { .. } => "omni.routing.sla_breached",
-        RoutingEvent::Resolved { .. } => "omni.routing.resolved",
-        RoutingEvent::Expired { .. } => "omni.routing.expired",
-        RoutingEvent::Reopened { .. } => "omni.routing.reopened",
-        RoutingEvent::Rejected { .. } => "omni.routing.rejected",
+        RoutingEvent::Queued { .. } => EventType::RoutingQueued,
+        RoutingEvent::AfterHours { .. } => EventType::RoutingAfterHours,
+        RoutingEvent::Offered { .. } => EventType::RoutingOffered,
+        RoutingEvent::OfferDeclined { .. } => EventType::RoutingOfferDeclined,
+        RoutingEvent::Assigned { .. } => EventType::RoutingAssigned,
+        RoutingEvent::Requeued { .. } => EventType::RoutingRequeued,
+        RoutingEvent::Escalated { .. } => EventType::RoutingEscalated,
+        RoutingEvent::SlaBreached { .. } => EventType::RoutingSlaBreached,
+        RoutingEvent::Resolved { .. } => EventType::RoutingResolved,
+        RoutingEvent::Expired { .. } => EventType::RoutingExpired,
+        RoutingEvent::Reopened { .. } => EventType::RoutingReopened,
+        RoutingEvent::Rejected { .. } => EventType::RoutingRejected,
     }
-}
-
-/// The conversation a routing event is about, as the CloudEvents subject.
-pub fn routing_subject(event: &RoutingEvent) -> Option<String> {
-    routing_conversation(event).map(|c| c.to_string())
 }
 
 /// The conversation a routing event is about.
@@ -145,8 +89,14 @@ pub fn decode_input(key: &[u8], payload: &[u8]) -> Result<Option<(TenantId, Inpu
         });
     }
     let bad = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
-    let input = match head.event_type.as_str() {
-        "omni.message.received" => {
+    // A type this version does not know (a newer producer's) is not an input.
+    let Ok(event_type) =
+        serde_json::from_value::<EventType>(serde_json::Value::String(head.event_type))
+    else {
+        return Ok(None);
+    };
+    let input = match event_type {
+        EventType::MessageReceived => {
             let m: MessageReceived = serde_json::from_value(head.data).map_err(bad)?;
             Input::Inbound(Inbound {
                 conversation: m.conversation_id,
@@ -158,22 +108,22 @@ pub fn decode_input(key: &[u8], payload: &[u8]) -> Result<Option<(TenantId, Inpu
             })
         }
         // The business answered from the provider's own tools: that is a reply too.
-        "omni.message.echoed" => {
+        EventType::MessageEchoed => {
             let m: MessageReceived = serde_json::from_value(head.data).map_err(bad)?;
             Input::Command(Command::AgentReplied {
                 conversation: m.conversation_id,
                 agent: None,
             })
         }
-        "omni.message.send" => {
+        EventType::MessageSend => {
             let m: OutboundMessage = serde_json::from_value(head.data).map_err(bad)?;
             Input::Command(Command::AgentReplied {
                 conversation: m.conversation_id,
                 agent: m.agent_id.map(omni_routing::AgentId),
             })
         }
-        COMMAND_TYPE => Input::Command(serde_json::from_value(head.data).map_err(bad)?),
-        TICK_TYPE => Input::Tick,
+        EventType::Command => Input::Command(serde_json::from_value(head.data).map_err(bad)?),
+        EventType::RouterTick => Input::Tick,
         _ => return Ok(None),
     };
     Ok(Some((head.tenant, input)))
@@ -189,17 +139,18 @@ pub fn time_of(ms: u64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omni_core::EventId;
 
     #[test]
     fn commands_and_ticks_decode_and_tenant_must_match_key() {
         let t = TenantId::new("acme").unwrap();
-        let cmd = Envelope::new(
+        let cmd = Envelope::with_source(
             EventId::new_random(),
+            EventType::Command,
             t.clone(),
-            COMMAND_TYPE,
-            "/test",
-            Utc::now(),
+            "/test".into(),
             None,
+            Utc::now(),
             Command::SetPresence {
                 agent: "a".into(),
                 presence: omni_routing::Presence::Online,
@@ -214,13 +165,13 @@ mod tests {
             Err(DecodeError::TenantMismatch { .. })
         ));
         assert!(decode_input(b"acme", b"{not json").is_err());
-        let tick = Envelope::new(
+        let tick = Envelope::with_source(
             EventId::new_random(),
+            EventType::RouterTick,
             t,
-            TICK_TYPE,
-            "/r",
-            Utc::now(),
+            "/r".into(),
             None,
+            Utc::now(),
             serde_json::json!({}),
         );
         let (_, input) = decode_input(b"acme", &serde_json::to_vec(&tick).unwrap())

@@ -12,11 +12,56 @@ impl Router {
     /// agent found offline, capacity given back) and the owners registry entry before
     /// anything is routed.
     pub(super) async fn claim(&self, partition: i32) -> Result<bool, RouterError> {
+        let Some((claim, claim_bytes, fenced)) = self.stake_claim(partition).await? else {
+            return Ok(false);
+        };
+        let epoch = claim.epoch;
+        let partitions = self.lock().partitions;
+        let (by_tenant, progress, latest) = state_of(partition, fenced.table);
+        let now = Timestamp(latest);
+        let mut writes = Writes::default();
+        let restored =
+            self.restore_tenants(partition, epoch, partitions, by_tenant, now, &mut writes)?;
+        writes.epochs.insert(partition, epoch);
+        let registry_key = ownership::registry_key(partition);
+        self.producer
+            .send_batch(&[OutRecord {
+                topic: &self.bus.topics.router_owners,
+                partition: None,
+                key: registry_key.as_bytes(),
+                payload: Some(&claim_bytes),
+                headers: &[],
+            }])
+            .await?;
+        self.lock().owners.record(claim);
+        // Nothing is owned until the restore's own decisions are written too: on an error the
+        // next record claims the partition again, with a newer epoch.
+        self.write(&writes).await?;
+        let count = restored.len();
+        self.take_ownership(partition, epoch, latest, restored, progress);
+        self.observe(&writes);
+        self.metrics.ownership.with_label_values(&["claimed"]).inc();
+        tracing::info!(
+            partition,
+            epoch,
+            tenants = count,
+            "router partition claimed and state restored"
+        );
+        Ok(true)
+    }
+
+    /// Writes a claim of `partition` with the next owner epoch and reads the partition back up
+    /// to it: `None` if another instance claimed that epoch first, else the claim, its JSON and
+    /// the state written up to it without zombie writes.
+    async fn stake_claim(
+        &self,
+        partition: i32,
+    ) -> Result<Option<(OwnerRecord, Vec<u8>, ownership::Fenced)>, RouterError> {
         let mut log = self.read_state(partition, 0).await?;
         let epoch = ownership::fence(log.iter().cloned()).epoch() + 1;
-        let (member, url, partitions) = {
+        let (member, url) = {
             let s = self.lock();
-            (s.member.clone(), s.url.clone(), s.partitions)
+            (s.member.clone(), s.url.clone())
         };
         let claim = OwnerRecord {
             partition,
@@ -61,7 +106,7 @@ impl Router {
                         "another instance claimed this partition first: leaving it to that one"
                     );
                     self.metrics.ownership.with_label_values(&["lost"]).inc();
-                    return Ok(false);
+                    return Ok(None);
                 }
                 None if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -75,7 +120,7 @@ impl Router {
         }
         let fenced = ownership::fence(log);
         if fenced.owner.as_ref() != Some(&claim) {
-            return Ok(false);
+            return Ok(None);
         }
         if fenced.ignored > 0 {
             tracing::warn!(
@@ -84,31 +129,20 @@ impl Router {
                 "ignored state written by a previous owner after it lost the partition"
             );
         }
-        let mut by_tenant: BTreeMap<TenantId, Vec<StateEntry>> = BTreeMap::new();
-        let mut progress = HashMap::new();
-        let mut latest = 0u64;
-        for (key, value) in fenced.table {
-            if let Some(input_topic) = key.strip_prefix("~progress/") {
-                if let Ok(p) = serde_json::from_slice::<Progress>(&value) {
-                    latest = latest.max(p.time);
-                    progress.insert((input_topic.to_owned(), partition), p);
-                }
-                continue;
-            }
-            let Some((tenant, _)) = key.split_once('/') else {
-                continue;
-            };
-            let (Ok(tenant), Ok(entry)) = (
-                TenantId::new(tenant),
-                serde_json::from_slice::<StateEntry>(&value),
-            ) else {
-                tracing::warn!(key = %key, "ignoring unreadable router state record");
-                continue;
-            };
-            by_tenant.entry(tenant).or_default().push(entry);
-        }
-        let now = Timestamp(latest);
-        let mut writes = Writes::default();
+        Ok(Some((claim, claim_bytes, fenced)))
+    }
+
+    /// Each tenant's engine restored from its state (what the restore decided added to
+    /// `writes`), and an empty engine for configured tenants of the partition without state.
+    fn restore_tenants(
+        &self,
+        partition: i32,
+        epoch: u64,
+        partitions: usize,
+        by_tenant: BTreeMap<TenantId, Vec<StateEntry>>,
+        now: Timestamp,
+        writes: &mut Writes,
+    ) -> Result<BTreeMap<TenantId, (Engine, RoutingConfig)>, RouterError> {
         let mut restored = BTreeMap::new();
         for (tenant, entries) in by_tenant {
             if partitions > 0 && partition_for(tenant.as_str().as_bytes(), partitions) != partition
@@ -141,22 +175,18 @@ impl Router {
                 );
             }
         }
-        writes.epochs.insert(partition, epoch);
-        let registry_key = ownership::registry_key(partition);
-        self.producer
-            .send_batch(&[OutRecord {
-                topic: &self.bus.topics.router_owners,
-                partition: None,
-                key: registry_key.as_bytes(),
-                payload: Some(&claim_bytes),
-                headers: &[],
-            }])
-            .await?;
-        self.lock().owners.record(claim);
-        // Nothing is owned until the restore's own decisions are written too: on an error the
-        // next record claims the partition again, with a newer epoch.
-        self.write(&writes).await?;
-        let count = restored.len();
+        Ok(restored)
+    }
+
+    /// Owns `partition` from now on: its restored tenants, their progress, the gauges.
+    fn take_ownership(
+        &self,
+        partition: i32,
+        epoch: u64,
+        latest: u64,
+        restored: BTreeMap<TenantId, (Engine, RoutingConfig)>,
+        progress: HashMap<(String, i32), Progress>,
+    ) {
         {
             let mut s = self.lock();
             s.owned.insert(
@@ -184,15 +214,6 @@ impl Router {
                 .with_label_values(&[self.settings.group_id.as_str()])
                 .set(s.owned.len() as i64);
         }
-        self.observe(&writes);
-        self.metrics.ownership.with_label_values(&["claimed"]).inc();
-        tracing::info!(
-            partition,
-            epoch,
-            tenants = count,
-            "router partition claimed and state restored"
-        );
-        Ok(true)
     }
 
     /// The records of state partition `partition` from offset `from` on, in log order.
@@ -210,4 +231,40 @@ impl Router {
         .map_err(|e| RouterError::Bus(BusError::NotReady(format!("state load task: {e}"))))?
         .map_err(RouterError::Bus)
     }
+}
+
+/// A fenced state partition split into each tenant's entries and the progress per input
+/// topic, with the time of the latest input applied.
+type State = (
+    BTreeMap<TenantId, Vec<StateEntry>>,
+    HashMap<(String, i32), Progress>,
+    u64,
+);
+
+/// Splits the fenced table of state partition `partition` (see [`State`]).
+fn state_of(partition: i32, table: BTreeMap<String, Vec<u8>>) -> State {
+    let mut by_tenant: BTreeMap<TenantId, Vec<StateEntry>> = BTreeMap::new();
+    let mut progress = HashMap::new();
+    let mut latest = 0u64;
+    for (key, value) in table {
+        if let Some(input_topic) = key.strip_prefix("~progress/") {
+            if let Ok(p) = serde_json::from_slice::<Progress>(&value) {
+                latest = latest.max(p.time);
+                progress.insert((input_topic.to_owned(), partition), p);
+            }
+            continue;
+        }
+        let Some((tenant, _)) = key.split_once('/') else {
+            continue;
+        };
+        let (Ok(tenant), Ok(entry)) = (
+            TenantId::new(tenant),
+            serde_json::from_slice::<StateEntry>(&value),
+        ) else {
+            tracing::warn!(key = %key, "ignoring unreadable router state record");
+            continue;
+        };
+        by_tenant.entry(tenant).or_default().push(entry);
+    }
+    (by_tenant, progress, latest)
 }

@@ -67,13 +67,13 @@ impl Router {
                 due
             };
             for tenant in due {
-                let env = Envelope::new(
+                let env = Envelope::with_source(
                     EventId::new_random(),
+                    EventType::RouterTick,
                     tenant.clone(),
-                    TICK_TYPE,
                     format!("/omnirouter/{tenant}/router"),
-                    time_of(now.0),
                     None,
+                    time_of(now.0),
                     serde_json::json!({}),
                 );
                 let payload = match omni_core::to_json("router tick", &env) {

@@ -58,6 +58,54 @@ impl Writes {
     }
 }
 
+/// The values of one step's records, encoded.
+struct Encoded {
+    /// Per state key, in key order (`None`: a tombstone).
+    state: Vec<Option<Vec<u8>>>,
+    /// (partition, key, value) of the progress records.
+    progress: Vec<(i32, String, Vec<u8>)>,
+    /// (key, value) of the routing events, replayed ones last.
+    events: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Encoded {
+    fn of(writes: &Writes) -> Result<Self, omni_core::EncodeError> {
+        let state: Vec<Option<Vec<u8>>> = writes
+            .state
+            .values()
+            .map(|entry| {
+                entry
+                    .as_ref()
+                    .map(|e| omni_core::to_json("router state entry", e))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let progress: Vec<(i32, String, Vec<u8>)> = writes
+            .progress
+            .iter()
+            .map(|((topic, p), prog)| {
+                Ok((
+                    *p,
+                    format!("~progress/{topic}"),
+                    omni_core::to_json("router progress", prog)?,
+                ))
+            })
+            .collect::<Result<_, omni_core::EncodeError>>()?;
+        let events: Vec<(Vec<u8>, Vec<u8>)> = writes
+            .events
+            .iter()
+            .map(|(t, e)| (t.as_str().as_bytes().to_vec(), e))
+            .chain(writes.replayed.iter().map(|(k, e)| (k.clone(), e)))
+            .map(|(k, e)| Ok((k, omni_core::to_json("routing event", e)?)))
+            .collect::<Result<_, omni_core::EncodeError>>()?;
+        Ok(Self {
+            state,
+            progress,
+            events,
+        })
+    }
+}
+
 impl Router {
     /// Writes state (with the owner epoch and member), progress, routing events and forwarded records in
     /// one batch and waits for the broker. Their order does not matter: with events but no
@@ -97,34 +145,11 @@ impl Router {
             .collect();
         let headers_of =
             |p: &i32| -> &[(&str, &[u8])] { epoch_headers.get(p).map_or(&[], |h| h.as_slice()) };
-        let state_values: Vec<Option<Vec<u8>>> = writes
-            .state
-            .values()
-            .map(|entry| {
-                entry
-                    .as_ref()
-                    .map(|e| omni_core::to_json("router state entry", e))
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
-        let progress_values: Vec<(i32, String, Vec<u8>)> = writes
-            .progress
-            .iter()
-            .map(|((topic, p), prog)| {
-                Ok((
-                    *p,
-                    format!("~progress/{topic}"),
-                    omni_core::to_json("router progress", prog)?,
-                ))
-            })
-            .collect::<Result<_, omni_core::EncodeError>>()?;
-        let event_values: Vec<(Vec<u8>, Vec<u8>)> = writes
-            .events
-            .iter()
-            .map(|(t, e)| (t.as_str().as_bytes().to_vec(), e))
-            .chain(writes.replayed.iter().map(|(k, e)| (k.clone(), e)))
-            .map(|(k, e)| Ok((k, omni_core::to_json("routing event", e)?)))
-            .collect::<Result<_, omni_core::EncodeError>>()?;
+        let Encoded {
+            state: state_values,
+            progress: progress_values,
+            events: event_values,
+        } = Encoded::of(writes)?;
         let forward_headers: Vec<Vec<(&str, &[u8])>> = writes
             .forwards
             .iter()
@@ -209,13 +234,13 @@ fn routing_envelope(
     now: Timestamp,
     ev: &RoutingEvent,
 ) -> serde_json::Value {
-    let env = Envelope::new(
+    let env = Envelope::with_source(
         id,
-        tenant.clone(),
         routing_type(ev),
+        tenant.clone(),
         format!("/omnirouter/{tenant}/router"),
+        routing_conversation(ev),
         time_of(now.0),
-        routing_subject(ev),
         ev,
     );
     serde_json::to_value(&env).unwrap_or_default()
