@@ -326,12 +326,18 @@ impl Consumer {
                 }
             }
         }
+        self.commit_finished(&gate, &lanes);
+        Ok(())
+    }
+
+    /// At the end of a run: commits, synchronously, every partition's position up to its
+    /// oldest unfinished record, where this member still holds the partition.
+    fn commit_finished(&self, gate: &PartitionGate, lanes: &Lanes) {
         for position in lanes.positions() {
-            if let Err(e) = self.commit_if_held(&gate, &position, CommitMode::Sync) {
+            if let Err(e) = self.commit_if_held(gate, &position, CommitMode::Sync) {
                 tracing::debug!(group = %self.group, error = %e, "final commit failed");
             }
         }
-        Ok(())
     }
 
     /// A received message as an owned record; after a receive error, a short pause and `None`.
