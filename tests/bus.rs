@@ -152,18 +152,53 @@ async fn consumer_lag_is_exported_from_librdkafka_statistics() {
             .await
             .unwrap();
     }
-    // Process 5 of 20 slowly enough for statistics to report the remaining lag.
-    let _ = consume(&cfg, metrics, "g3", 5, |_, _| HandlerOutcome::Done).await;
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
-    let lag: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("omni_kafka_consumer_lag_messages{group=\"g3\""))
-        .collect();
-    assert!(!lag.is_empty(), "no lag metric: {text}");
-    let value: i64 = lag[0].rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(value > 0 && value <= 20, "lag {value}");
+    // A slow consumer (each record takes 250 ms, as a handler calling a provider would): it
+    // keeps polling between records, and statistics (every 200 ms) report the lag behind it,
+    // read here until it shows. (Statistics are served by the consumer's polls: a handler that
+    // never returns would freeze the gauge.)
+    let consumer = Consumer::new(&cfg, "g3", &[cfg.topics.inbound.as_str()], metrics).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let taken = Arc::new(Mutex::new(0usize));
+    let run = tokio::spawn({
+        let taken = taken.clone();
+        async move {
+            let handler = move |_record| {
+                *taken.lock().unwrap() += 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    HandlerOutcome::Done
+                }
+            };
+            consumer
+                .run(handler, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (value, text) = loop {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        let lag = text
+            .lines()
+            .find(|l| l.starts_with("omni_kafka_consumer_lag_messages{group=\"g3\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok());
+        if let Some(value) = lag.filter(|v| *v > 0) {
+            break (value, text);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lag reported while the consumer was behind ({} of 20 taken): {text}",
+            taken.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(value <= 20, "lag {value}");
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
     let up: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("omni_kafka_brokers_up{client=\"producer\"}"))
