@@ -173,163 +173,178 @@ async fn hmac_signed_request_is_accepted_and_a_wrong_signature_refused() {
     assert_eq!(f.sink.records().len(), 1);
 }
 
+/// Sends a bad request and checks it is refused with `want_status` and the error code
+/// `want_code`, with a message, counted in `omni_ingress_rejected_total`.
+async fn assert_refused(
+    f: &Fixture,
+    name: &str,
+    req: Request<Body>,
+    want_status: StatusCode,
+    want_code: &str,
+) {
+    let before = rejected(&f.registry, want_code);
+    let (status, json) = send(&f.app, req).await;
+    assert_eq!(status, want_status, "{name}: {json}");
+    assert_eq!(json["error"]["code"], want_code, "{name}: {json}");
+    assert!(
+        !json["error"]["message"].as_str().unwrap_or("").is_empty(),
+        "{name}: no message"
+    );
+    assert_eq!(
+        rejected(&f.registry, want_code),
+        before + 1,
+        "{name}: not counted"
+    );
+}
+
 #[tokio::test]
-async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
+async fn an_unknown_tenant_gets_404_and_publishes_nothing() {
+    let f = fixture();
+    let req = bearer("nope", "tok", GOOD);
+    assert_refused(
+        &f,
+        "unknown tenant",
+        req,
+        StatusCode::NOT_FOUND,
+        "unknown_tenant",
+    )
+    .await;
+    assert!(f.sink.records().is_empty(), "something was published");
+}
+
+#[tokio::test]
+async fn missing_or_wrong_credentials_get_401_and_publish_nothing() {
+    let f = fixture();
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    let req = post_json("acme").body(Body::from(GOOD)).unwrap();
+    assert_refused(
+        &f,
+        "no credentials",
+        req,
+        unauthorized,
+        "missing_credentials",
+    )
+    .await;
+    let req = bearer("acme", "nope", GOOD);
+    assert_refused(&f, "wrong token", req, unauthorized, "bad_credentials").await;
+    let req = bearer("tokenonly", "tok", GOOD);
+    assert_refused(
+        &f,
+        "another tenant's token",
+        req,
+        unauthorized,
+        "bad_credentials",
+    )
+    .await;
+    let req = post_json("tokenonly")
+        .header("x-omni-signature", "sha256=00")
+        .body(Body::from(GOOD))
+        .unwrap();
+    let name = "signature where none configured";
+    assert_refused(&f, name, req, unauthorized, "bad_credentials").await;
+    assert!(f.sink.records().is_empty(), "something was published");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_publish_nothing() {
     let f = fixture();
     let big = format!(
         r#"{{"contact":{{"id":"c"}},"text":"{}"}}"#,
         "x".repeat(2000)
     );
-    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+    let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+    let req = bearer("acme", "tok", &big);
+    assert_refused(&f, "oversized body", req, too_large, "payload_too_large").await;
+    let req = post_json("acme")
+        .header("authorization", "Bearer tok")
+        .body(chunked(&big))
+        .unwrap();
+    assert_refused(
+        &f,
+        "oversized chunked body",
+        req,
+        too_large,
+        "payload_too_large",
+    )
+    .await;
+    assert!(f.sink.records().is_empty(), "something was published");
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_400_malformed_and_publish_nothing() {
+    let f = fixture();
+    let cases = [
+        ("malformed json", "{\"contact\":"),
+        ("not json at all", "hello"),
         (
-            "unknown tenant",
-            bearer("nope", "tok", GOOD),
-            StatusCode::NOT_FOUND,
-            "unknown_tenant",
+            "unknown field",
+            r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#,
         ),
-        (
-            "no credentials",
-            post_json("acme").body(Body::from(GOOD)).unwrap(),
-            StatusCode::UNAUTHORIZED,
-            "missing_credentials",
-        ),
-        (
-            "wrong token",
-            bearer("acme", "nope", GOOD),
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-        ),
-        (
-            "another tenant's token",
-            bearer("tokenonly", "tok", GOOD),
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-        ),
-        (
-            "signature where none configured",
-            post_json("tokenonly")
-                .header("x-omni-signature", "sha256=00")
-                .body(Body::from(GOOD))
-                .unwrap(),
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-        ),
-        (
-            "oversized body",
-            bearer("acme", "tok", &big),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
-        (
-            "oversized chunked body",
-            post_json("acme")
-                .header("authorization", "Bearer tok")
-                .body(chunked(&big))
-                .unwrap(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
-        (
-            "malformed json",
-            bearer("acme", "tok", "{\"contact\":"),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
-            "not json at all",
-            bearer("acme", "tok", "hello"),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
-            "missing contact",
-            bearer("acme", "tok", r#"{"text":"hi"}"#),
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-        ),
+        ("wrong type", r#"{"contact":{"id":"c"},"text":42}"#),
+    ];
+    for (name, body) in cases {
+        let req = bearer("acme", "tok", body);
+        assert_refused(&f, name, req, StatusCode::BAD_REQUEST, "malformed").await;
+    }
+    let req = post_json("acme")
+        .header("authorization", "Bearer tok")
+        .body(Body::from(vec![0xff, 0xfe, b'{', 0x80]))
+        .unwrap();
+    assert_refused(
+        &f,
+        "non-utf8 body",
+        req,
+        StatusCode::BAD_REQUEST,
+        "malformed",
+    )
+    .await;
+    assert!(f.sink.records().is_empty(), "something was published");
+}
+
+#[tokio::test]
+async fn missing_or_invalid_fields_get_400_and_publish_nothing() {
+    let f = fixture();
+    let cases = [
+        ("missing contact", r#"{"text":"hi"}"#, "missing_field"),
         (
             "empty contact id",
-            bearer("acme", "tok", r#"{"contact":{"id":" "},"text":"hi"}"#),
-            StatusCode::BAD_REQUEST,
+            r#"{"contact":{"id":" "},"text":"hi"}"#,
             "missing_field",
         ),
         (
             "no text nor attachment",
-            bearer("acme", "tok", r#"{"contact":{"id":"c"}}"#),
-            StatusCode::BAD_REQUEST,
+            r#"{"contact":{"id":"c"}}"#,
             "missing_field",
         ),
         (
-            "unknown field",
-            bearer(
-                "acme",
-                "tok",
-                r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#,
-            ),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
-            "wrong type",
-            bearer("acme", "tok", r#"{"contact":{"id":"c"},"text":42}"#),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
             "bad account",
-            bearer(
-                "acme",
-                "tok",
-                r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#,
-            ),
-            StatusCode::BAD_REQUEST,
+            r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#,
             "invalid_field",
         ),
         (
             "control char in id",
-            bearer(
-                "acme",
-                "tok",
-                "{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}",
-            ),
-            StatusCode::BAD_REQUEST,
+            "{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}",
             "invalid_field",
         ),
-        (
-            "form content type",
-            Request::post("/v1/inbound/acme")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("authorization", "Bearer tok")
-                .body(Body::from(GOOD))
-                .unwrap(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        ),
-        (
-            "non-utf8 body",
-            post_json("acme")
-                .header("authorization", "Bearer tok")
-                .body(Body::from(vec![0xff, 0xfe, b'{', 0x80]))
-                .unwrap(),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
     ];
-    for (name, req, want_status, want_code) in cases {
-        let before = rejected(&f.registry, want_code);
-        let (status, json) = send(&f.app, req).await;
-        assert_eq!(status, want_status, "{name}: {json}");
-        assert_eq!(json["error"]["code"], want_code, "{name}: {json}");
-        assert!(
-            !json["error"]["message"].as_str().unwrap_or("").is_empty(),
-            "{name}: no message"
-        );
-        assert_eq!(
-            rejected(&f.registry, want_code),
-            before + 1,
-            "{name}: not counted"
-        );
+    for (name, body, code) in cases {
+        let req = bearer("acme", "tok", body);
+        assert_refused(&f, name, req, StatusCode::BAD_REQUEST, code).await;
     }
+    assert!(f.sink.records().is_empty(), "something was published");
+}
+
+#[tokio::test]
+async fn a_form_body_gets_415_and_publishes_nothing() {
+    let f = fixture();
+    let req = Request::post("/v1/inbound/acme")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", "Bearer tok")
+        .body(Body::from(GOOD))
+        .unwrap();
+    let name = "form content type";
+    let unsupported = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    assert_refused(&f, name, req, unsupported, "unsupported_media_type").await;
     assert!(f.sink.records().is_empty(), "something was published");
 }
 
