@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dedupe::DedupeCache;
+use crate::delivery::delivery_event;
 use crate::error::IngressError;
 use crate::metrics::IngressMetrics;
 use crate::sink::EventSink;
@@ -66,19 +67,7 @@ impl PreparedEvent {
     /// and `failed` events, so a provider's `sent` callback repeats the dispatcher's own event
     /// id (consumers keep one) and a callback retried by the provider yields the same id.
     pub fn delivery(update: DeliveryUpdate, now: DateTime<Utc>) -> Result<Self, IngressError> {
-        let id = delivery_event_id(&update.tenant, update.outbound_event_id, update.status);
-        let channel = update.channel.clone();
-        let tenant = update.tenant.clone();
-        let conversation = update.conversation_id;
-        let mut prepared = Self::from_event(&CloudEvent::new(
-            id,
-            EventType::DeliveryUpdated,
-            tenant,
-            &channel,
-            conversation,
-            now,
-            update,
-        ))?;
+        let mut prepared = Self::from_event(&delivery_event(update, now))?;
         prepared.destination = Destination::Delivery;
         Ok(prepared)
     }
@@ -157,22 +146,6 @@ impl From<Vec<PreparedEvent>> for Parsed {
             ignored: Vec::new(),
         }
     }
-}
-
-/// The id of the delivery event reporting `status` for the outbound event `outbound`: the one
-/// the dispatcher and every status callback use, so the same fact always has the same id.
-pub fn delivery_event_id(
-    tenant: &TenantId,
-    outbound: EventId,
-    status: omni_core::DeliveryStatus,
-) -> EventId {
-    let label = match status {
-        omni_core::DeliveryStatus::Sent => "sent",
-        omni_core::DeliveryStatus::Failed => "failed",
-        omni_core::DeliveryStatus::Delivered => "delivered",
-        omni_core::DeliveryStatus::Read => "read",
-    };
-    EventId::derived(tenant, &[&outbound.to_string(), label])
 }
 
 /// What a request produced, for the adapter to shape its answer.

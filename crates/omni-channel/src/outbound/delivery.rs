@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use omni_bus::HandlerOutcome;
-use omni_core::{CloudEvent, DeliveryStatus, DeliveryUpdate, EventType};
+use omni_core::{CloudEvent, DeliveryStatus, DeliveryUpdate};
 use std::time::Duration;
 
 use super::{Dispatcher, SendError, SendReceipt, SendRequest};
@@ -50,15 +50,7 @@ impl Dispatcher {
             segments: receipt.and_then(|r| r.segments),
             occurred_at: now,
         };
-        CloudEvent::new(
-            crate::webhook::delivery_event_id(&message.tenant, request.event_id, status),
-            EventType::DeliveryUpdated,
-            message.tenant.clone(),
-            &message.channel,
-            message.conversation_id,
-            now,
-            update,
-        )
+        crate::delivery::delivery_event(update, now)
     }
 
     /// Publishes the delivery event, retrying until Kafka takes it: the reply went out (or

@@ -37,6 +37,7 @@
 //!   with the same Message-ID, which mail clients show once).
 //!
 //! # Layout
+//! - [`accounts`]: the accounts a sender sends from, found one way by every channel.
 //! - [`sender`]: what a channel implements ([`ChannelSender`]) and how a send fails
 //!   ([`SendError`], [`FailureReason`]) or progresses ([`SendProgress`]).
 //! - [`retry`]: how hard to try ([`RetryPolicy`]).
@@ -44,6 +45,7 @@
 //! - `dispatch`: [`Dispatcher::handle`], one record from the outbound topic to its fate.
 //! - `delivery`: counting a reply's fate and publishing it on the delivery topic.
 
+pub mod accounts;
 mod delivery;
 mod dispatch;
 pub mod metrics;
@@ -59,6 +61,7 @@ use std::time::Duration;
 use crate::progress::{PartitionedStore, ProgressLog};
 use crate::sink::EventSink;
 
+pub use accounts::{sender_account, AccountMap, SenderAccounts};
 pub use metrics::DispatchMetrics;
 pub use retry::RetryPolicy;
 pub use sender::{
