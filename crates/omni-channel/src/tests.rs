@@ -173,179 +173,184 @@ async fn hmac_signed_request_is_accepted_and_a_wrong_signature_refused() {
     assert_eq!(f.sink.records().len(), 1);
 }
 
-/// Sends a bad request and checks it is refused with `want_status` and the error code
-/// `want_code`, with a message, counted in `omni_ingress_rejected_total`.
-async fn assert_refused(
-    f: &Fixture,
-    name: &str,
-    req: Request<Body>,
-    want_status: StatusCode,
-    want_code: &str,
-) {
-    let before = rejected(&f.registry, want_code);
-    let (status, json) = send(&f.app, req).await;
-    assert_eq!(status, want_status, "{name}: {json}");
-    assert_eq!(json["error"]["code"], want_code, "{name}: {json}");
-    assert!(
-        !json["error"]["message"].as_str().unwrap_or("").is_empty(),
-        "{name}: no message"
-    );
-    assert_eq!(
-        rejected(&f.registry, want_code),
-        before + 1,
-        "{name}: not counted"
-    );
+/// A bad request, the status and error code it must get, and its name for failure messages.
+type Refusal = (&'static str, Request<Body>, StatusCode, &'static str);
+
+/// Sends each request to a fresh ingress and checks each is refused with its status and error
+/// code, with a message, counted in `omni_ingress_rejected_total`, and that nothing was
+/// published.
+async fn assert_refused(cases: Vec<Refusal>) {
+    let f = fixture();
+    for (name, req, want_status, want_code) in cases {
+        let before = rejected(&f.registry, want_code);
+        let (status, json) = send(&f.app, req).await;
+        assert_eq!(status, want_status, "{name}: {json}");
+        assert_eq!(json["error"]["code"], want_code, "{name}: {json}");
+        assert!(
+            !json["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{name}: no message"
+        );
+        assert_eq!(
+            rejected(&f.registry, want_code),
+            before + 1,
+            "{name}: not counted"
+        );
+    }
+    assert!(f.sink.records().is_empty(), "something was published");
+}
+
+/// A JSON request to `acme` with a good bearer token and `body`.
+fn acme(body: &str) -> Request<Body> {
+    bearer("acme", "tok", body)
 }
 
 #[tokio::test]
 async fn an_unknown_tenant_gets_404_and_publishes_nothing() {
-    let f = fixture();
     let req = bearer("nope", "tok", GOOD);
-    assert_refused(
-        &f,
-        "unknown tenant",
-        req,
-        StatusCode::NOT_FOUND,
-        "unknown_tenant",
-    )
-    .await;
-    assert!(f.sink.records().is_empty(), "something was published");
+    let not_found = StatusCode::NOT_FOUND;
+    assert_refused(vec![("unknown tenant", req, not_found, "unknown_tenant")]).await;
 }
 
 #[tokio::test]
 async fn missing_or_wrong_credentials_get_401_and_publish_nothing() {
-    let f = fixture();
     let unauthorized = StatusCode::UNAUTHORIZED;
-    let req = post_json("acme").body(Body::from(GOOD)).unwrap();
-    assert_refused(
-        &f,
-        "no credentials",
-        req,
-        unauthorized,
-        "missing_credentials",
-    )
-    .await;
-    let req = bearer("acme", "nope", GOOD);
-    assert_refused(&f, "wrong token", req, unauthorized, "bad_credentials").await;
-    let req = bearer("tokenonly", "tok", GOOD);
-    assert_refused(
-        &f,
-        "another tenant's token",
-        req,
-        unauthorized,
-        "bad_credentials",
-    )
-    .await;
-    let req = post_json("tokenonly")
+    let no_credentials = post_json("acme").body(Body::from(GOOD)).unwrap();
+    let signed_without_secret = post_json("tokenonly")
         .header("x-omni-signature", "sha256=00")
         .body(Body::from(GOOD))
         .unwrap();
-    let name = "signature where none configured";
-    assert_refused(&f, name, req, unauthorized, "bad_credentials").await;
-    assert!(f.sink.records().is_empty(), "something was published");
+    assert_refused(vec![
+        (
+            "no credentials",
+            no_credentials,
+            unauthorized,
+            "missing_credentials",
+        ),
+        (
+            "wrong token",
+            bearer("acme", "nope", GOOD),
+            unauthorized,
+            "bad_credentials",
+        ),
+        (
+            "another tenant's token",
+            bearer("tokenonly", "tok", GOOD),
+            unauthorized,
+            "bad_credentials",
+        ),
+        (
+            "signature where none configured",
+            signed_without_secret,
+            unauthorized,
+            "bad_credentials",
+        ),
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn oversized_bodies_get_413_and_publish_nothing() {
-    let f = fixture();
     let big = format!(
         r#"{{"contact":{{"id":"c"}},"text":"{}"}}"#,
         "x".repeat(2000)
     );
     let too_large = StatusCode::PAYLOAD_TOO_LARGE;
-    let req = bearer("acme", "tok", &big);
-    assert_refused(&f, "oversized body", req, too_large, "payload_too_large").await;
-    let req = post_json("acme")
+    let chunked_upload = post_json("acme")
         .header("authorization", "Bearer tok")
         .body(chunked(&big))
         .unwrap();
-    assert_refused(
-        &f,
-        "oversized chunked body",
-        req,
-        too_large,
-        "payload_too_large",
-    )
+    assert_refused(vec![
+        ("oversized body", acme(&big), too_large, "payload_too_large"),
+        (
+            "oversized chunked body",
+            chunked_upload,
+            too_large,
+            "payload_too_large",
+        ),
+    ])
     .await;
-    assert!(f.sink.records().is_empty(), "something was published");
 }
 
 #[tokio::test]
 async fn malformed_bodies_get_400_malformed_and_publish_nothing() {
-    let f = fixture();
-    let cases = [
-        ("malformed json", "{\"contact\":"),
-        ("not json at all", "hello"),
-        (
-            "unknown field",
-            r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#,
-        ),
-        ("wrong type", r#"{"contact":{"id":"c"},"text":42}"#),
-    ];
-    for (name, body) in cases {
-        let req = bearer("acme", "tok", body);
-        assert_refused(&f, name, req, StatusCode::BAD_REQUEST, "malformed").await;
-    }
-    let req = post_json("acme")
+    let bad = StatusCode::BAD_REQUEST;
+    let non_utf8 = post_json("acme")
         .header("authorization", "Bearer tok")
         .body(Body::from(vec![0xff, 0xfe, b'{', 0x80]))
         .unwrap();
-    assert_refused(
-        &f,
-        "non-utf8 body",
-        req,
-        StatusCode::BAD_REQUEST,
-        "malformed",
-    )
+    assert_refused(vec![
+        ("malformed json", acme("{\"contact\":"), bad, "malformed"),
+        ("not json at all", acme("hello"), bad, "malformed"),
+        (
+            "unknown field",
+            acme(r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#),
+            bad,
+            "malformed",
+        ),
+        (
+            "wrong type",
+            acme(r#"{"contact":{"id":"c"},"text":42}"#),
+            bad,
+            "malformed",
+        ),
+        ("non-utf8 body", non_utf8, bad, "malformed"),
+    ])
     .await;
-    assert!(f.sink.records().is_empty(), "something was published");
 }
 
 #[tokio::test]
 async fn missing_or_invalid_fields_get_400_and_publish_nothing() {
-    let f = fixture();
-    let cases = [
-        ("missing contact", r#"{"text":"hi"}"#, "missing_field"),
+    let bad = StatusCode::BAD_REQUEST;
+    assert_refused(vec![
+        (
+            "missing contact",
+            acme(r#"{"text":"hi"}"#),
+            bad,
+            "missing_field",
+        ),
         (
             "empty contact id",
-            r#"{"contact":{"id":" "},"text":"hi"}"#,
+            acme(r#"{"contact":{"id":" "},"text":"hi"}"#),
+            bad,
             "missing_field",
         ),
         (
             "no text nor attachment",
-            r#"{"contact":{"id":"c"}}"#,
+            acme(r#"{"contact":{"id":"c"}}"#),
+            bad,
             "missing_field",
         ),
         (
             "bad account",
-            r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#,
+            acme(r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#),
+            bad,
             "invalid_field",
         ),
         (
             "control char in id",
-            "{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}",
+            acme("{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}"),
+            bad,
             "invalid_field",
         ),
-    ];
-    for (name, body, code) in cases {
-        let req = bearer("acme", "tok", body);
-        assert_refused(&f, name, req, StatusCode::BAD_REQUEST, code).await;
-    }
-    assert!(f.sink.records().is_empty(), "something was published");
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn a_form_body_gets_415_and_publishes_nothing() {
-    let f = fixture();
-    let req = Request::post("/v1/inbound/acme")
+    let form = Request::post("/v1/inbound/acme")
         .header("content-type", "application/x-www-form-urlencoded")
         .header("authorization", "Bearer tok")
         .body(Body::from(GOOD))
         .unwrap();
-    let name = "form content type";
     let unsupported = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-    assert_refused(&f, name, req, unsupported, "unsupported_media_type").await;
-    assert!(f.sink.records().is_empty(), "something was published");
+    assert_refused(vec![(
+        "form content type",
+        form,
+        unsupported,
+        "unsupported_media_type",
+    )])
+    .await;
 }
 
 /// A body that arrives in 100-byte chunks with no Content-Length, like a chunked upload.
