@@ -11,12 +11,11 @@ use axum::Router;
 use omni_core::{CloudEvent, EventType, MessageReceived, Secret, TenantId};
 use prometheus::Registry;
 use std::sync::Arc;
-use std::time::Duration;
 use tower::ServiceExt;
 
 use crate::signature::hmac_sha256_hex;
 use crate::sink::MemorySink;
-use crate::{ApiChannel, ApiCredentials, DedupeCache, Ingress, IngressMetrics};
+use crate::{ApiChannel, ApiCredentials, Ingress};
 
 struct Fixture {
     sink: Arc<MemorySink>,
@@ -27,14 +26,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let sink = Arc::new(MemorySink::default());
     let registry = Registry::new();
-    let ingress = Ingress::new(
-        sink.clone(),
-        "omni.inbound.v1",
-        "omni.delivery.v1",
-        DedupeCache::new(Duration::from_secs(60), 1000),
-        1024,
-        IngressMetrics::register(&registry).unwrap(),
-    );
+    let ingress = Ingress::standalone(sink.clone(), &registry, 1024).unwrap();
     let api = ApiChannel::new([
         (
             TenantId::new("acme").unwrap(),

@@ -229,6 +229,24 @@ impl Ingress {
         }
     }
 
+    /// An ingress of its own over `sink`, on the default topics (`omni.inbound.v1`,
+    /// `omni.delivery.v1`) with a ten-minute dedupe window and its metrics in `registry`: what
+    /// every adapter's unit tests drive, so none builds its own.
+    pub fn standalone(
+        sink: Arc<dyn EventSink>,
+        registry: &prometheus::Registry,
+        max_body_bytes: usize,
+    ) -> prometheus::Result<Self> {
+        Ok(Self::new(
+            sink,
+            "omni.inbound.v1",
+            "omni.delivery.v1",
+            DedupeCache::new(std::time::Duration::from_secs(600), 1000),
+            max_body_bytes,
+            IngressMetrics::register(registry)?,
+        ))
+    }
+
     /// Handles one inbound request for `adapter` and answers it. Never panics on input.
     pub async fn handle<A: WebhookAdapter>(
         &self,
