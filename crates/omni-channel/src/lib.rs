@@ -2,7 +2,7 @@
 //!
 //! A webhook adapter implements [`WebhookAdapter`]: find the tenant's account, verify the
 //! provider's signature on the raw bytes, parse the body into prepared events, and shape the
-//! provider's answer. Everything else lives once, in [`webhook::handle`]: the body limit, the
+//! provider's answer. Everything else lives once, in [`Ingress::handle`]: the body limit, the
 //! order of checks, dedupe of provider retries, publishing and waiting for Kafka's
 //! acknowledgement before answering, the status codes, and the metrics. On the way out, a
 //! channel implements [`ChannelSender`] and the [`Dispatcher`] does the rest.
