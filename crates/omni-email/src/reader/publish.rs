@@ -82,6 +82,9 @@ impl MailboxReader {
             .await?;
         if accepted.events.iter().any(|(_, _, repeat)| *repeat) {
             // Published and acknowledged by this process already (the ingress's dedupe).
+            if let Some(r) = run.rescan.as_mut() {
+                r.skipped += 1;
+            }
             self.skip("duplicate", uid);
         } else {
             self.metrics
