@@ -1218,6 +1218,13 @@ async fn the_daemon_reads_a_mailbox_and_sends_the_agents_reply() {
     assert_eq!(event["data"]["message"]["text"], VI_TEXT);
     assert_eq!(event["data"]["message"]["subject"], "Hỏi về đơn hàng");
     assert_eq!(event["data"]["channel"]["kind"], "email");
+    // Mail comes in through the same ingress as every webhook: counted like any message.
+    let received = omni_e2e::metric_value(
+        &daemon.metrics().await,
+        "omni_messages_received_total",
+        &[r#"channel="email""#, r#"tenant="demo""#],
+    );
+    assert_eq!(received, 1.0, "mail not counted as received");
 
     let reply = serde_json::json!({
         "conversation_id": event["subject"],

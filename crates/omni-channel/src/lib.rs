@@ -2,7 +2,7 @@
 //!
 //! A webhook adapter implements [`WebhookAdapter`]: find the tenant's account, verify the
 //! provider's signature on the raw bytes, parse the body into prepared events, and shape the
-//! provider's answer. Everything else lives once, in [`webhook::handle`]: the body limit, the
+//! provider's answer. Everything else lives once, in [`Ingress::handle`]: the body limit, the
 //! order of checks, dedupe of provider retries, publishing and waiting for Kafka's
 //! acknowledgement before answering, the status codes, and the metrics. On the way out, a
 //! channel implements [`ChannelSender`] and the [`Dispatcher`] does the rest.
@@ -11,6 +11,8 @@
 //! - [`webhook`]: the adapter trait and the generic handler.
 //! - [`sink`]: where accepted events go ([`EventSink`]: Kafka in the daemon).
 //! - [`dedupe`]: the bounded, windowed cache of recently published event ids.
+//! - [`delivery`]: the delivery event, built one way by the dispatcher, status callbacks and
+//!   live chat.
 //! - [`signature`]: constant-time bearer and HMAC checks shared by adapters.
 //! - [`api`]: the generic API channel (`POST /v1/inbound/{tenant}`).
 //! - [`outbound`]: the way out: [`ChannelSender`] per channel, and the [`Dispatcher`] that
@@ -25,6 +27,7 @@
 
 pub mod api;
 pub mod dedupe;
+pub mod delivery;
 pub mod error;
 pub mod metrics;
 pub mod outbound;
@@ -37,20 +40,21 @@ pub mod webhook;
 
 pub use api::{ApiChannel, ApiCredentials};
 pub use dedupe::DedupeCache;
+pub use delivery::{delivery_event, delivery_event_id};
 pub use error::IngressError;
 pub use metrics::IngressMetrics;
 /// Which per-tenant state this instance keeps: adapters follow the router group's assignment.
 pub use omni_bus::ownership::{run_per_owned_key, Owned, Ownership};
 pub use outbound::{
-    ChannelSender, Checkpoint, CheckpointFuture, DispatchMetrics, Dispatcher, FailureReason,
-    RetryPolicy, SendError, SendFuture, SendOwnership, SendProgress, SendReceipt, SendRequest,
+    sender_account, AccountMap, ChannelSender, Checkpoint, CheckpointFuture, DispatchMetrics,
+    Dispatcher, FailureReason, RetryPolicy, SendError, SendFuture, SendOwnership, SendProgress,
+    SendReceipt, SendRequest, SenderAccounts,
 };
 pub use progress::{KafkaStore, PartitionedStore, ProgressLog, ReplyProgress};
 pub use ratelimit::RateLimiter;
 pub use sink::{EventSink, SinkError};
 pub use webhook::{
-    delivery_event_id, request_head, Accepted, Destination, Ingress, Parsed, PreparedEvent,
-    WebhookAdapter,
+    request_head, Accepted, Destination, Ingress, Parsed, PreparedEvent, WebhookAdapter,
 };
 
 #[cfg(test)]

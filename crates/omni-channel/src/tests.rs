@@ -11,12 +11,11 @@ use axum::Router;
 use omni_core::{CloudEvent, EventType, MessageReceived, Secret, TenantId};
 use prometheus::Registry;
 use std::sync::Arc;
-use std::time::Duration;
 use tower::ServiceExt;
 
 use crate::signature::hmac_sha256_hex;
 use crate::sink::MemorySink;
-use crate::{ApiChannel, ApiCredentials, DedupeCache, Ingress, IngressMetrics};
+use crate::{ApiChannel, ApiCredentials, Ingress};
 
 struct Fixture {
     sink: Arc<MemorySink>,
@@ -27,14 +26,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let sink = Arc::new(MemorySink::default());
     let registry = Registry::new();
-    let ingress = Ingress::new(
-        sink.clone(),
-        "omni.inbound.v1",
-        "omni.delivery.v1",
-        DedupeCache::new(Duration::from_secs(60), 1000),
-        1024,
-        IngressMetrics::register(&registry).unwrap(),
-    );
+    let ingress = Ingress::standalone(sink.clone(), &registry, 1024).unwrap();
     let api = ApiChannel::new([
         (
             TenantId::new("acme").unwrap(),
@@ -173,148 +165,14 @@ async fn hmac_signed_request_is_accepted_and_a_wrong_signature_refused() {
     assert_eq!(f.sink.records().len(), 1);
 }
 
-#[tokio::test]
-async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
+/// A bad request, the status and error code it must get, and its name for failure messages.
+type Refusal = (&'static str, Request<Body>, StatusCode, &'static str);
+
+/// Sends each request to a fresh ingress and checks each is refused with its status and error
+/// code, with a message, counted in `omni_ingress_rejected_total`, and that nothing was
+/// published.
+async fn assert_refused(cases: Vec<Refusal>) {
     let f = fixture();
-    let big = format!(
-        r#"{{"contact":{{"id":"c"}},"text":"{}"}}"#,
-        "x".repeat(2000)
-    );
-    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
-        (
-            "unknown tenant",
-            bearer("nope", "tok", GOOD),
-            StatusCode::NOT_FOUND,
-            "unknown_tenant",
-        ),
-        (
-            "no credentials",
-            post_json("acme").body(Body::from(GOOD)).unwrap(),
-            StatusCode::UNAUTHORIZED,
-            "missing_credentials",
-        ),
-        (
-            "wrong token",
-            bearer("acme", "nope", GOOD),
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-        ),
-        (
-            "another tenant's token",
-            bearer("tokenonly", "tok", GOOD),
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-        ),
-        (
-            "signature where none configured",
-            post_json("tokenonly")
-                .header("x-omni-signature", "sha256=00")
-                .body(Body::from(GOOD))
-                .unwrap(),
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-        ),
-        (
-            "oversized body",
-            bearer("acme", "tok", &big),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
-        (
-            "oversized chunked body",
-            post_json("acme")
-                .header("authorization", "Bearer tok")
-                .body(chunked(&big))
-                .unwrap(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
-        (
-            "malformed json",
-            bearer("acme", "tok", "{\"contact\":"),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
-            "not json at all",
-            bearer("acme", "tok", "hello"),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
-            "missing contact",
-            bearer("acme", "tok", r#"{"text":"hi"}"#),
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-        ),
-        (
-            "empty contact id",
-            bearer("acme", "tok", r#"{"contact":{"id":" "},"text":"hi"}"#),
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-        ),
-        (
-            "no text nor attachment",
-            bearer("acme", "tok", r#"{"contact":{"id":"c"}}"#),
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-        ),
-        (
-            "unknown field",
-            bearer(
-                "acme",
-                "tok",
-                r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#,
-            ),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
-            "wrong type",
-            bearer("acme", "tok", r#"{"contact":{"id":"c"},"text":42}"#),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-        (
-            "bad account",
-            bearer(
-                "acme",
-                "tok",
-                r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#,
-            ),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-        ),
-        (
-            "control char in id",
-            bearer(
-                "acme",
-                "tok",
-                "{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}",
-            ),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-        ),
-        (
-            "form content type",
-            Request::post("/v1/inbound/acme")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("authorization", "Bearer tok")
-                .body(Body::from(GOOD))
-                .unwrap(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        ),
-        (
-            "non-utf8 body",
-            post_json("acme")
-                .header("authorization", "Bearer tok")
-                .body(Body::from(vec![0xff, 0xfe, b'{', 0x80]))
-                .unwrap(),
-            StatusCode::BAD_REQUEST,
-            "malformed",
-        ),
-    ];
     for (name, req, want_status, want_code) in cases {
         let before = rejected(&f.registry, want_code);
         let (status, json) = send(&f.app, req).await;
@@ -331,6 +189,160 @@ async fn every_bad_input_gets_a_clear_4xx_and_publishes_nothing() {
         );
     }
     assert!(f.sink.records().is_empty(), "something was published");
+}
+
+/// A JSON request to `acme` with a good bearer token and `body`.
+fn acme(body: &str) -> Request<Body> {
+    bearer("acme", "tok", body)
+}
+
+#[tokio::test]
+async fn an_unknown_tenant_gets_404_and_publishes_nothing() {
+    let req = bearer("nope", "tok", GOOD);
+    let not_found = StatusCode::NOT_FOUND;
+    assert_refused(vec![("unknown tenant", req, not_found, "unknown_tenant")]).await;
+}
+
+#[tokio::test]
+async fn missing_or_wrong_credentials_get_401_and_publish_nothing() {
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    let no_credentials = post_json("acme").body(Body::from(GOOD)).unwrap();
+    let signed_without_secret = post_json("tokenonly")
+        .header("x-omni-signature", "sha256=00")
+        .body(Body::from(GOOD))
+        .unwrap();
+    assert_refused(vec![
+        (
+            "no credentials",
+            no_credentials,
+            unauthorized,
+            "missing_credentials",
+        ),
+        (
+            "wrong token",
+            bearer("acme", "nope", GOOD),
+            unauthorized,
+            "bad_credentials",
+        ),
+        (
+            "another tenant's token",
+            bearer("tokenonly", "tok", GOOD),
+            unauthorized,
+            "bad_credentials",
+        ),
+        (
+            "signature where none configured",
+            signed_without_secret,
+            unauthorized,
+            "bad_credentials",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_publish_nothing() {
+    let big = format!(
+        r#"{{"contact":{{"id":"c"}},"text":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+    let chunked_upload = post_json("acme")
+        .header("authorization", "Bearer tok")
+        .body(chunked(&big))
+        .unwrap();
+    assert_refused(vec![
+        ("oversized body", acme(&big), too_large, "payload_too_large"),
+        (
+            "oversized chunked body",
+            chunked_upload,
+            too_large,
+            "payload_too_large",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_400_malformed_and_publish_nothing() {
+    let bad = StatusCode::BAD_REQUEST;
+    let non_utf8 = post_json("acme")
+        .header("authorization", "Bearer tok")
+        .body(Body::from(vec![0xff, 0xfe, b'{', 0x80]))
+        .unwrap();
+    assert_refused(vec![
+        ("malformed json", acme("{\"contact\":"), bad, "malformed"),
+        ("not json at all", acme("hello"), bad, "malformed"),
+        (
+            "unknown field",
+            acme(r#"{"contact":{"id":"c"},"text":"hi","txet":1}"#),
+            bad,
+            "malformed",
+        ),
+        (
+            "wrong type",
+            acme(r#"{"contact":{"id":"c"},"text":42}"#),
+            bad,
+            "malformed",
+        ),
+        ("non-utf8 body", non_utf8, bad, "malformed"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn missing_or_invalid_fields_get_400_and_publish_nothing() {
+    let bad = StatusCode::BAD_REQUEST;
+    assert_refused(vec![
+        (
+            "missing contact",
+            acme(r#"{"text":"hi"}"#),
+            bad,
+            "missing_field",
+        ),
+        (
+            "empty contact id",
+            acme(r#"{"contact":{"id":" "},"text":"hi"}"#),
+            bad,
+            "missing_field",
+        ),
+        (
+            "no text nor attachment",
+            acme(r#"{"contact":{"id":"c"}}"#),
+            bad,
+            "missing_field",
+        ),
+        (
+            "bad account",
+            acme(r#"{"contact":{"id":"c"},"text":"hi","account":"a b"}"#),
+            bad,
+            "invalid_field",
+        ),
+        (
+            "control char in id",
+            acme("{\"contact\":{\"id\":\"c\\u0000\"},\"text\":\"hi\"}"),
+            bad,
+            "invalid_field",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_form_body_gets_415_and_publishes_nothing() {
+    let form = Request::post("/v1/inbound/acme")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", "Bearer tok")
+        .body(Body::from(GOOD))
+        .unwrap();
+    let unsupported = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    assert_refused(vec![(
+        "form content type",
+        form,
+        unsupported,
+        "unsupported_media_type",
+    )])
+    .await;
 }
 
 /// A body that arrives in 100-byte chunks with no Content-Length, like a chunked upload.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dedupe::DedupeCache;
+use crate::delivery::delivery_event;
 use crate::error::IngressError;
 use crate::metrics::IngressMetrics;
 use crate::sink::EventSink;
@@ -66,19 +67,7 @@ impl PreparedEvent {
     /// and `failed` events, so a provider's `sent` callback repeats the dispatcher's own event
     /// id (consumers keep one) and a callback retried by the provider yields the same id.
     pub fn delivery(update: DeliveryUpdate, now: DateTime<Utc>) -> Result<Self, IngressError> {
-        let id = delivery_event_id(&update.tenant, update.outbound_event_id, update.status);
-        let channel = update.channel.clone();
-        let tenant = update.tenant.clone();
-        let conversation = update.conversation_id;
-        let mut prepared = Self::from_event(&CloudEvent::new(
-            id,
-            EventType::DeliveryUpdated,
-            tenant,
-            &channel,
-            conversation,
-            now,
-            update,
-        ))?;
+        let mut prepared = Self::from_event(&delivery_event(update, now))?;
         prepared.destination = Destination::Delivery;
         Ok(prepared)
     }
@@ -157,22 +146,6 @@ impl From<Vec<PreparedEvent>> for Parsed {
             ignored: Vec::new(),
         }
     }
-}
-
-/// The id of the delivery event reporting `status` for the outbound event `outbound`: the one
-/// the dispatcher and every status callback use, so the same fact always has the same id.
-pub fn delivery_event_id(
-    tenant: &TenantId,
-    outbound: EventId,
-    status: omni_core::DeliveryStatus,
-) -> EventId {
-    let label = match status {
-        omni_core::DeliveryStatus::Sent => "sent",
-        omni_core::DeliveryStatus::Failed => "failed",
-        omni_core::DeliveryStatus::Delivered => "delivered",
-        omni_core::DeliveryStatus::Read => "read",
-    };
-    EventId::derived(tenant, &[&outbound.to_string(), label])
 }
 
 /// What a request produced, for the adapter to shape its answer.
@@ -254,6 +227,24 @@ impl Ingress {
             max_body_bytes,
             metrics,
         }
+    }
+
+    /// An ingress of its own over `sink`, on the default topics (`omni.inbound.v1`,
+    /// `omni.delivery.v1`) with a ten-minute dedupe window and its metrics in `registry`: what
+    /// every adapter's unit tests drive, so none builds its own.
+    pub fn standalone(
+        sink: Arc<dyn EventSink>,
+        registry: &prometheus::Registry,
+        max_body_bytes: usize,
+    ) -> prometheus::Result<Self> {
+        Ok(Self::new(
+            sink,
+            "omni.inbound.v1",
+            "omni.delivery.v1",
+            DedupeCache::new(std::time::Duration::from_secs(600), 1000),
+            max_body_bytes,
+            IngressMetrics::register(registry)?,
+        ))
     }
 
     /// Handles one inbound request for `adapter` and answers it. Never panics on input.

@@ -1,8 +1,10 @@
 //! One task per mailbox folder: connect, catch up from the checkpoint, IDLE, repeat.
 //!
 //! For each mail, in UID order: fetch it with `BODY.PEEK[]` (never sets `\Seen`; bounded by
-//! `max_message_bytes`), parse it, store its attachments and original, publish its event and
-//! wait for Kafka's acknowledgement, then advance the checkpoint and wait for that too. A
+//! `max_message_bytes`), parse it, store its attachments and original, publish its event
+//! through omni-channel's [`Ingress`] (the inbound path every channel takes: its dedupe, and
+//! `omni_messages_received_total{channel="email"}`) and wait for Kafka's acknowledgement, then
+//! advance the checkpoint and wait for that too (`publish`: one mail's way out). A
 //! crash anywhere in between re-reads the mail on restart and publishes the same event id.
 //! Auto-replies, bounces, mail from the mailbox itself, mail with no sender and unreadable
 //! bytes are counted in `omni_email_messages_skipped_total` and passed (the checkpoint
@@ -31,7 +33,7 @@
 use async_imap::extensions::idle::IdleResponse;
 use chrono::Utc;
 use futures_util::TryStreamExt;
-use omni_channel::EventSink;
+use omni_channel::{DedupeCache, EventSink, Ingress, IngressMetrics};
 use omni_core::{ChannelKind, ChannelRef};
 use std::collections::HashSet;
 use std::future::Future;
@@ -39,19 +41,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-use crate::checkpoint::{provider_hash, Checkpoint, CheckpointStore, InboundMark};
+use crate::checkpoint::{Checkpoint, CheckpointStore, InboundMark};
 use crate::conn::{connect, ImapSession};
 use crate::error::EmailError;
-use crate::event::{identify, message_event, Location};
 use crate::metrics::Metrics;
-use crate::parse::{parse_mail, MailKind};
 use crate::settings::{FirstStart, MailboxSettings};
-use crate::store::Store;
-use crate::thread::{bounded_chain, ThreadEntry, ThreadIndex};
+use crate::thread::ThreadIndex;
+
+mod publish;
 
 /// A mark older than this is taken again before the next publish, so a takeover reads at most
 /// this much of the inbound partition back before the last mail published.
 pub const MARK_REFRESH: Duration = Duration::from_secs(30);
+
+/// The dedupe window of a reader built without the daemon's ingress ([`MailboxReader::new`]).
+const OWN_DEDUPE_WINDOW: Duration = Duration::from_secs(600);
+
+/// How many event ids that reader's own dedupe cache keeps.
+const OWN_DEDUPE_CAPACITY: usize = 10_000;
 
 /// While the mailbox idles, the mark is taken again this often (a checkpoint write), so what a
 /// takeover reads back stays short however long the mailbox has been quiet.
@@ -61,8 +68,8 @@ pub const MARK_IDLE_REFRESH: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct MailboxReader {
     settings: MailboxSettings,
-    inbound_topic: String,
-    sink: Arc<dyn EventSink>,
+    /// Where events go: the shared inbound path (dedupe, `omni_messages_received_total`).
+    ingress: Arc<Ingress>,
     checkpoints: Arc<dyn CheckpointStore>,
     metrics: Metrics,
     threads: Arc<ThreadIndex>,
@@ -132,17 +139,38 @@ impl MailboxReader {
     ) -> Result<Self, EmailError> {
         settings.validate()?;
         let label = settings.address.to_ascii_lowercase();
+        // Counted into a registry of its own until the daemon's ingress replaces it.
+        let registry = prometheus::Registry::new();
+        let metrics_of_own =
+            IngressMetrics::register(&registry).map_err(|e| EmailError::Config {
+                key: "ingress metrics".into(),
+                reason: e.to_string(),
+            })?;
+        let ingress = Ingress::new(
+            sink,
+            inbound_topic,
+            String::new(),
+            DedupeCache::new(OWN_DEDUPE_WINDOW, OWN_DEDUPE_CAPACITY),
+            0,
+            metrics_of_own,
+        );
         Ok(Self {
             channel: ChannelRef::new(ChannelKind::Email, label.clone()),
             settings,
-            inbound_topic,
-            sink,
+            ingress: Arc::new(ingress),
             checkpoints,
             metrics,
             threads,
             label,
             takeover_grace: Duration::ZERO,
         })
+    }
+
+    /// Publishes through `ingress` (the daemon's, on the inbound topic), so mail shares the
+    /// dedupe and the metrics of every other channel's inbound path: the daemon passes its own.
+    pub fn with_ingress(mut self, ingress: Arc<Ingress>) -> Self {
+        self.ingress = ingress;
+        self
     }
 
     /// Waits `grace` at the start of every run before reading the checkpoint, so a previous
@@ -501,154 +529,6 @@ impl MailboxReader {
                 Ok(())
             }
         }
-    }
-
-    /// Decides what a mail is and publishes it if a customer wrote it and it was not published
-    /// before.
-    async fn publish_mail(
-        &self,
-        raw: &[u8],
-        uid: u32,
-        cp: &mut Checkpoint,
-        run: &mut Run,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Handled, EmailError> {
-        let Ok(mail) = parse_mail(raw) else {
-            self.skip("unreadable", uid);
-            return Ok(Handled::Skipped);
-        };
-        if mail.kind != MailKind::Person {
-            tracing::info!(mailbox = %self.label, uid, kind = mail.kind.as_str(),
-                message_id = mail.message_id.as_deref().unwrap_or(""), "automatic mail not routed");
-            self.skip(mail.kind.as_str(), uid);
-            return Ok(Handled::Skipped);
-        }
-        let tenant = &self.settings.tenant;
-        let at = Location {
-            folder: &self.settings.imap.folder,
-            uidvalidity: cp.uidvalidity,
-            uid,
-        };
-        let Some(mut identity) = identify(tenant, &self.channel, &mail, at) else {
-            self.skip("no_sender", uid);
-            return Ok(Handled::Skipped);
-        };
-        if identity.contact == self.label {
-            self.skip("own_address", uid);
-            return Ok(Handled::Skipped);
-        }
-        let hash = provider_hash(&identity.provider_id);
-        let known = run.rescan.as_ref().is_some_and(|r| r.known.contains(&hash));
-        if cp.seen(&identity.provider_id) || known {
-            if let Some(r) = run.rescan.as_mut() {
-                r.skipped += 1;
-            }
-            self.skip("duplicate", uid);
-            return Ok(Handled::Skipped);
-        }
-        // Taking over: what did the previous run publish after its last checkpoint?
-        if let Some(mark) = run.handover {
-            let found = self
-                .until_done(stop, "read back the inbound topic", || {
-                    self.checkpoints.published_since(mark, &self.label)
-                })
-                .await?;
-            tracing::debug!(mailbox = %self.label, events = found.len(),
-                "read the inbound topic back from the checkpoint's mark");
-            run.published_before = found;
-            run.handover = None;
-        }
-        if run.published_before.remove(&identity.event_id.to_string()) {
-            tracing::info!(mailbox = %self.label, uid, event_id = %identity.event_id,
-                "published by the previous reader and not checkpointed: not published again");
-            self.skip("duplicate", uid);
-            cp.remember(&identity.provider_id);
-            return Ok(Handled::Published(hash));
-        }
-        // The previous reader published in UID order: past the first mail it did not publish,
-        // nothing else of it is ahead.
-        run.published_before.clear();
-        // A thread the index knows under another root (an answer naming only our reply).
-        if identity.root != identity.provider_id {
-            if let Some(known) = self.threads.lookup(&identity.root).await {
-                if known.root != identity.root {
-                    identity = identity.rooted_at(tenant, &self.channel, known.root);
-                }
-            }
-        }
-        let attachments = Store::new(&self.settings.attachments)
-            .put(tenant, identity.event_id, raw, &mail.attachments)
-            .await?;
-        let event = message_event(
-            tenant,
-            &self.channel,
-            &mail,
-            &identity,
-            attachments,
-            Utc::now(),
-        )
-        .map_err(|e| EmailError::Checkpoint {
-            key: self.settings.checkpoint_key(),
-            reason: format!("cannot build the event of uid {uid}: {e}"),
-        })?;
-        // Never left more than MARK_REFRESH behind what is published.
-        if run.mark_taken.is_none_or(|t| t.elapsed() > MARK_REFRESH) {
-            self.refresh_mark(cp, run, stop).await?;
-        }
-        // The thread before the event: whoever answers it finds its chain.
-        if let Some(id) = &mail.message_id {
-            let own = if mail.references.is_empty() {
-                mail.in_reply_to.iter().cloned().collect()
-            } else {
-                mail.references.clone()
-            };
-            let entry = ThreadEntry {
-                root: identity.root.clone(),
-                refs: bounded_chain(own),
-            };
-            self.until_done(stop, "thread", || self.threads.remember(id, entry.clone()))
-                .await?;
-        }
-        self.until_done(stop, "publish", || {
-            self.sink.publish(
-                &self.inbound_topic,
-                tenant.as_str().as_bytes(),
-                &event.payload,
-            )
-        })
-        .await?;
-        self.metrics
-            .published
-            .with_label_values(&[&self.label])
-            .inc();
-        if let Some(r) = run.rescan.as_mut() {
-            r.published += 1;
-        }
-        tracing::debug!(mailbox = %self.label, uid, event_id = %identity.event_id, "mail published");
-        cp.remember(&identity.provider_id);
-        Ok(Handled::Published(hash))
-    }
-
-    /// Takes a new mark (where the next event will land at the earliest) and writes it into
-    /// the checkpoint before anything is published after it.
-    async fn refresh_mark(
-        &self,
-        cp: &mut Checkpoint,
-        run: &mut Run,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), EmailError> {
-        let tenant = self.settings.tenant.as_str();
-        let mark = self
-            .until_done(stop, "inbound mark", || {
-                self.checkpoints.inbound_mark(tenant)
-            })
-            .await?;
-        if let Some(mark) = mark {
-            cp.mark = Some(mark);
-            self.save(cp, stop).await?;
-        }
-        run.mark_taken = Some(Instant::now());
-        Ok(())
     }
 
     fn skip(&self, reason: &str, uid: u32) {

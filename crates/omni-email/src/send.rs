@@ -20,7 +20,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use omni_channel::{
-    ChannelSender, FailureReason, SendError, SendFuture, SendProgress, SendReceipt, SendRequest,
+    sender_account, AccountMap, ChannelSender, FailureReason, SendError, SendFuture, SendProgress,
+    SendReceipt, SendRequest,
 };
 use omni_core::{Attachment, ChannelKind};
 use std::collections::HashMap;
@@ -61,7 +62,7 @@ struct Account {
 /// Sends e-mail replies for every configured mailbox with SMTP settings.
 pub struct EmailSender {
     /// By (tenant, lowercased address).
-    accounts: HashMap<(String, String), Account>,
+    accounts: AccountMap<Account>,
     settings: EmailSendSettings,
     threads: Arc<ThreadIndex>,
     http: reqwest::Client,
@@ -148,15 +149,9 @@ impl EmailSender {
                 format!("not an e-mail reply: {}", message.channel.kind),
             ));
         }
-        let key = (
-            message.tenant.as_str().to_owned(),
-            message.channel.account.to_ascii_lowercase(),
-        );
-        let account = self.accounts.get(&key).ok_or_else(|| {
-            SendError::permanent(
-                FailureReason::AccountNotConfigured,
-                format!("no smtp settings for mailbox {}", message.channel.account),
-            )
+        let address = message.channel.account.to_ascii_lowercase();
+        let account = sender_account(&self.accounts, &message.tenant, &address, || {
+            format!("no smtp settings for mailbox {}", message.channel.account)
         })?;
         let to: Mailbox = message.recipient.trim().parse().map_err(|e| {
             SendError::permanent(

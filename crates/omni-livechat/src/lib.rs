@@ -27,10 +27,8 @@ pub mod token;
 
 use chrono::Utc;
 use omni_bus::BusConfig;
-use omni_channel::{delivery_event_id, EventSink, Ingress};
-use omni_core::{
-    ChannelKind, ChannelRef, CloudEvent, DeliveryStatus, DeliveryUpdate, EventType, TenantId,
-};
+use omni_channel::{delivery_event, EventSink, Ingress};
+use omni_core::{ChannelKind, ChannelRef, DeliveryStatus, DeliveryUpdate, TenantId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -234,15 +232,7 @@ impl Livechat {
                     segments: None,
                     occurred_at: now,
                 };
-                let event = CloudEvent::new(
-                    delivery_event_id(&r.tenant, r.event_id, status),
-                    EventType::DeliveryUpdated,
-                    r.tenant.clone(),
-                    &channel,
-                    r.conversation,
-                    now,
-                    update,
-                );
+                let event = delivery_event(update, now);
                 let Ok(payload) = serde_json::to_vec(&event) else {
                     continue;
                 };

@@ -12,11 +12,9 @@
 //! repeated, except through eSMS, which refuses a repeated `RequestId`. Vonage and eSMS take
 //! attachments nowhere, so a reply with attachments through them fails as `unsupported`.
 
-use std::sync::RwLock;
-
 use omni_channel::{
     ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
-    SendRequest,
+    SendRequest, SenderAccounts,
 };
 use omni_core::{OutboundMessage, TenantId};
 
@@ -30,7 +28,7 @@ use crate::{esms, twilio, vonage};
 /// Sends SMS replies for every configured tenant.
 pub struct SmsSender {
     /// Tenants by id; replaced whole by [`SmsSender::set_tenants`], read once per reply.
-    tenants: RwLock<SmsTenants>,
+    tenants: SenderAccounts<(TenantId, SmsTenant), String>,
     http: reqwest::Client,
     settings: SmsApiSettings,
     limiter: RateLimiter,
@@ -59,7 +57,7 @@ impl SmsSender {
         let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_number, 5);
         Ok(Self {
-            tenants: RwLock::new(crate::webhook::tenants(tenants)),
+            tenants: SenderAccounts::new(crate::webhook::tenants(tenants)),
             http,
             settings,
             limiter,
@@ -69,15 +67,12 @@ impl SmsSender {
     /// Replaces every tenant (a reloaded config): replies taken from now on use them; a reply
     /// being sent finishes with the tenant it started with. Rate limits carry over.
     pub fn set_tenants(&self, tenants: SmsTenants) {
-        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = tenants;
+        self.tenants.replace(tenants);
     }
 
     /// The tenants as they are now, for one reply.
     fn current_tenants(&self) -> SmsTenants {
-        self.tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.tenants.snapshot()
     }
 
     async fn send_reply(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use omni_channel::sink::MemorySink;
-use omni_channel::{DedupeCache, Ingress, IngressMetrics};
+use omni_channel::Ingress;
 use omni_core::{
     ChannelKind, ChannelRef, CloudEvent, ConversationId, DeliveryUpdate, EventId, Secret, TenantId,
 };
@@ -118,14 +118,7 @@ pub(crate) struct Fixture {
 pub(crate) fn fixture(vonage_method: Option<SignatureMethod>) -> Fixture {
     let sink = Arc::new(MemorySink::default());
     let registry = Registry::new();
-    let ingress = Ingress::new(
-        sink.clone(),
-        "omni.inbound.v1",
-        "omni.delivery.v1",
-        DedupeCache::new(Duration::from_secs(600), 1000),
-        16 * 1024,
-        IngressMetrics::register(&registry).unwrap(),
-    );
+    let ingress = Ingress::standalone(sink.clone(), &registry, 16 * 1024).unwrap();
     Fixture {
         sink,
         ingress,

@@ -98,7 +98,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         settings.kafka.topics.delivery.clone(),
         DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
         settings.max_body_bytes,
-        ingress_metrics,
+        ingress_metrics.clone(),
     );
     let (router_stop_tx, router_stop_rx) = tokio::sync::watch::channel(false);
     let mut router_task = None;
@@ -218,10 +218,19 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         None => (None, None, None),
     };
     let (email_stop_tx, email_stop_rx) = tokio::sync::watch::channel(false);
+    // Mail takes the inbound path every channel takes (dedupe, `omni_messages_received_total`).
+    let mail_ingress = Arc::new(Ingress::new(
+        Arc::new(producer.clone()),
+        settings.kafka.topics.inbound.clone(),
+        settings.kafka.topics.delivery.clone(),
+        DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
+        settings.max_body_bytes,
+        ingress_metrics,
+    ));
     let email_tasks = start_mailboxes(
         settings,
         &registry,
-        &producer,
+        (&producer, mail_ingress),
         threads,
         (mailbox_ownership, takeover_grace),
         email_stop_rx,
@@ -388,7 +397,7 @@ const THREAD_INDEX_CAPACITY: usize = 100_000;
 fn start_mailboxes(
     settings: &Settings,
     registry: &Registry,
-    producer: &Producer,
+    (producer, ingress): (&Producer, Arc<Ingress>),
     threads: Arc<omni_email::ThreadIndex>,
     (ownership, takeover_grace): (omni_bus::Ownership, Duration),
     stop: tokio::sync::watch::Receiver<bool>,
@@ -413,6 +422,7 @@ fn start_mailboxes(
             threads.clone(),
         )
         .with_context(|| format!("mailbox {address}"))?
+        .with_ingress(ingress.clone())
         .with_takeover_grace(takeover_grace);
         if readers
             .insert(mailbox.checkpoint_key(), (address, reader))

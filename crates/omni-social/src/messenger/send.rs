@@ -10,14 +10,12 @@
 //! is reported `outcome_unknown`, never repeated.
 
 use omni_channel::{
-    ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
-    SendRequest,
+    sender_account, AccountMap, ChannelSender, FailureReason, RateLimiter, SendError, SendFuture,
+    SendProgress, SendReceipt, SendRequest, SenderAccounts,
 };
 use omni_core::{Attachment, TenantId};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::{MessengerTenant, PageSettings, ECHO_MARKER};
@@ -43,14 +41,14 @@ pub struct MessengerSendSettings {
 pub struct MessengerSender {
     /// Pages by (tenant, page id); replaced whole by [`MessengerSender::set_tenants`], read
     /// once per reply.
-    pages: RwLock<Arc<Pages>>,
+    pages: SenderAccounts<PageSettings>,
     http: reqwest::Client,
     settings: MessengerSendSettings,
     limiter: RateLimiter,
 }
 
 /// Page settings by (tenant, page id).
-type Pages = HashMap<(String, String), PageSettings>;
+type Pages = AccountMap<PageSettings>;
 
 fn pages_of<'a>(tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>) -> Pages {
     tenants
@@ -72,7 +70,7 @@ impl MessengerSender {
         let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_page, 20);
         Ok(Self {
-            pages: RwLock::new(Arc::new(pages_of(tenants))),
+            pages: SenderAccounts::new(pages_of(tenants)),
             http,
             settings,
             limiter,
@@ -85,8 +83,7 @@ impl MessengerSender {
         &self,
         tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
     ) {
-        let pages = Arc::new(pages_of(tenants));
-        *self.pages.write().unwrap_or_else(|p| p.into_inner()) = pages;
+        self.pages.replace(pages_of(tenants));
     }
 
     async fn send_reply(
@@ -96,15 +93,10 @@ impl MessengerSender {
     ) -> Result<SendReceipt, SendError> {
         let message = &request.message;
         let page_id = &message.channel.account;
-        let pages = self.pages.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let page = pages
-            .get(&(message.tenant.as_str().to_owned(), page_id.clone()))
-            .ok_or_else(|| {
-                SendError::permanent(
-                    FailureReason::AccountNotConfigured,
-                    format!("no access token for page {page_id}"),
-                )
-            })?;
+        let pages = self.pages.snapshot();
+        let page = sender_account(&pages, &message.tenant, page_id, || {
+            format!("no access token for page {page_id}")
+        })?;
         let parts = parts(&message.text, &message.attachments)?;
         let metadata = format!("{ECHO_MARKER}{}", request.event_id);
         let mut tagged = false;

@@ -5,12 +5,11 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use omni_channel::signature::{hmac_sha1_hex, hmac_sha256_hex};
 use omni_channel::sink::MemorySink;
-use omni_channel::{DedupeCache, Ingress, IngressMetrics};
+use omni_channel::Ingress;
 use omni_core::{ChannelSignal, CloudEvent, MessageReceived, Secret, TenantId};
 use prometheus::Registry;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
 
@@ -28,14 +27,7 @@ struct Fixture {
 fn fixture(accept_sha1: bool) -> Fixture {
     let sink = Arc::new(MemorySink::default());
     let registry = Registry::new();
-    let ingress = Ingress::new(
-        sink.clone(),
-        "omni.inbound.v1",
-        "omni.delivery.v1",
-        DedupeCache::new(Duration::from_secs(600), 1000),
-        64 * 1024,
-        IngressMetrics::register(&registry).unwrap(),
-    );
+    let ingress = Ingress::standalone(sink.clone(), &registry, 64 * 1024).unwrap();
     let tenant = MessengerTenant {
         app_secret: Secret::new(SECRET),
         verify_token: Secret::new("verify-me"),

@@ -7,14 +7,14 @@
 //! even for failures: a non-zero `error` is a failure, classified by its code.
 
 use omni_channel::{
-    ChannelSender, FailureReason, RateLimiter, SendError, SendFuture, SendProgress, SendReceipt,
-    SendRequest,
+    sender_account, AccountMap, ChannelSender, FailureReason, RateLimiter, SendError, SendFuture,
+    SendProgress, SendReceipt, SendRequest, SenderAccounts,
 };
 use omni_core::{Attachment, Secret};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::token::{OaToken, TokenError};
@@ -38,13 +38,13 @@ pub struct ZaloSendSettings {
 }
 
 /// Token keepers by (tenant, OA id).
-pub type Keepers = HashMap<(String, String), Arc<OaToken>>;
+pub type Keepers = AccountMap<Arc<OaToken>>;
 
 /// Sends Zalo replies for every configured OA.
 pub struct ZaloSender {
     /// Token keepers by (tenant, OA id); replaced whole by [`ZaloSender::set_tokens`], read
     /// once per reply.
-    tokens: RwLock<Arc<Keepers>>,
+    tokens: SenderAccounts<Arc<OaToken>>,
     http: reqwest::Client,
     settings: ZaloSendSettings,
     limiter: RateLimiter,
@@ -87,7 +87,7 @@ impl ZaloSender {
         let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_oa, 10);
         Ok(Self {
-            tokens: RwLock::new(Arc::new(tokens)),
+            tokens: SenderAccounts::new(tokens),
             http,
             settings,
             limiter,
@@ -97,15 +97,12 @@ impl ZaloSender {
     /// Replaces the token keepers (a reloaded config): replies taken from now on use them; a
     /// reply being sent finishes with the keeper it started with. Rate limits carry over.
     pub fn set_tokens(&self, tokens: Keepers) {
-        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+        self.tokens.replace(tokens);
     }
 
     /// The token keepers in force, by (tenant, OA id).
     pub fn tokens(&self) -> Arc<Keepers> {
-        self.tokens
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.tokens.snapshot()
     }
 
     async fn send_reply(
@@ -115,16 +112,10 @@ impl ZaloSender {
     ) -> Result<SendReceipt, SendError> {
         let message = &request.message;
         let oa = &message.channel.account;
-        let token = self
-            .tokens()
-            .get(&(message.tenant.as_str().to_owned(), oa.clone()))
-            .cloned()
-            .ok_or_else(|| {
-                SendError::permanent(
-                    FailureReason::AccountNotConfigured,
-                    format!("OA {oa} is not configured for tenant {}", message.tenant),
-                )
-            })?;
+        let token = sender_account(&self.tokens(), &message.tenant, oa, || {
+            format!("OA {oa} is not configured for tenant {}", message.tenant)
+        })?
+        .clone();
         let mut parts: Vec<Part<'_>> = split_text(&message.text, MAX_TEXT_CHARS)
             .into_iter()
             .map(Part::Text)

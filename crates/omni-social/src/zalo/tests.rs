@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use omni_channel::signature::sha256_hex;
 use omni_channel::sink::{EventSink, MemorySink, PublishFuture};
-use omni_channel::{DedupeCache, Ingress, IngressMetrics};
+use omni_channel::Ingress;
 use omni_core::{ChannelSignal, CloudEvent, MessageReceived, Secret, SignalKind, TenantId};
 use prometheus::Registry;
 use std::collections::HashMap;
@@ -37,14 +37,7 @@ fn tenant() -> ZaloTenant {
 }
 
 fn ingress(sink: Arc<dyn EventSink>, registry: &Registry) -> Ingress {
-    Ingress::new(
-        sink,
-        "omni.inbound.v1",
-        "omni.delivery.v1",
-        DedupeCache::new(Duration::from_secs(600), 1000),
-        64 * 1024,
-        IngressMetrics::register(registry).unwrap(),
-    )
+    Ingress::standalone(sink, registry, 64 * 1024).unwrap()
 }
 
 fn head(headers: &HeaderMap) -> axum::http::request::Parts {
