@@ -57,13 +57,7 @@ impl Conn {
     /// dropping a socket with unread input (the rest of an oversized frame) makes the kernel
     /// reset the connection, and the peer may then lose the close frame and its code.
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self
-            .ws
-            .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        self.send_close(code, reason).await;
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             loop {
                 match self.ws.recv().await {
@@ -84,6 +78,12 @@ impl Conn {
     /// the rest of the oversized frame unread makes the kernel reset the connection: the peer
     /// then often loses our close frame and its code before it reads them.
     async fn close_unreadable(&mut self, code: u16, reason: &'static str) {
+        self.send_close(code, reason).await;
+        tokio::time::sleep(CLOSE_WAIT).await;
+    }
+
+    /// Sends a close frame with `code`; a socket already gone has nothing to be told.
+    async fn send_close(&mut self, code: u16, reason: &'static str) {
         let _ = self
             .ws
             .send(WsMessage::Close(Some(CloseFrame {
@@ -91,7 +91,6 @@ impl Conn {
                 reason: reason.into(),
             })))
             .await;
-        tokio::time::sleep(CLOSE_WAIT).await;
     }
 }
 
