@@ -33,6 +33,7 @@
 //!   in the attachment store beside the attachments, at `<store>/<tenant>/<event id>/`.
 //!
 //! # Layout
+//! - [`config`]: `[email]` and the tenants' mailboxes as written, validated into settings.
 //! - [`settings`]: typed mailbox settings (IMAP, SMTP, attachment store) and their validation.
 //! - [`reader`]: the per-mailbox task: connect, catch up, publish, checkpoint, IDLE, reconnect.
 //! - `conn` (private): TCP, TLS / STARTTLS / plain, the greeting and LOGIN.
@@ -49,6 +50,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod checkpoint;
+pub mod config;
 mod conn;
 pub mod error;
 pub mod event;
