@@ -12,6 +12,7 @@
 //! - [`sink`]: where accepted events go ([`EventSink`]: Kafka in the daemon).
 //! - [`dedupe`]: the bounded, windowed cache of recently published event ids.
 //! - [`signature`]: constant-time bearer and HMAC checks shared by adapters.
+//! - [`component`]: what a channel's entry point hands the daemon: routes, senders, tasks.
 //! - [`config`]: what channels' raw config shares ([`InvalidKey`], body limits).
 //! - [`api`]: the generic API channel (`POST /v1/inbound/{tenant}`).
 //! - [`outbound`]: the way out: [`ChannelSender`] per channel, and the [`Dispatcher`] that
@@ -25,6 +26,7 @@
 //! - [`error`]: why a request was refused, with its status code and metric label.
 
 pub mod api;
+pub mod component;
 pub mod config;
 pub mod dedupe;
 pub mod error;
@@ -38,6 +40,7 @@ pub mod sink;
 pub mod webhook;
 
 pub use api::{ApiChannel, ApiCredentials};
+pub use component::Component;
 pub use config::InvalidKey;
 pub use dedupe::DedupeCache;
 pub use error::IngressError;
