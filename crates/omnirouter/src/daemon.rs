@@ -37,12 +37,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     let metrics = Metrics::register()?;
     let producer =
         Producer::new(&settings.kafka, metrics.bus.clone()).context("creating kafka producer")?;
-    if settings.kafka.create_topics {
-        tokio::spawn(create_topics_until_done(
-            settings.kafka.clone(),
-            metrics.bus.clone(),
-        ));
-    }
+    create_topics_in_background(settings, &metrics);
     // Every channel's background tasks end on this, after the HTTP drain.
     let (channels_stop_tx, channels_stop_rx) = watch::channel(false);
     let mut components = Vec::new();
@@ -63,14 +58,13 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         |r| r.ownership(),
     );
     let (zalo_shared, zalo_tail) = follow_zalo_tokens(settings, &producer);
-    let threads = thread_index(settings, &producer);
     let mut email = omni_email::component::build(
         &settings.mailboxes,
         omni_email::component::EmailDeps {
             kafka: &settings.kafka,
             sink: Arc::new(producer.clone()),
             registry: &metrics.registry,
-            threads: threads.clone(),
+            threads: thread_index(settings, &producer),
             ownership: ownership.clone(),
             takeover_grace: takeover_grace(settings, &routing),
             send: settings.outbound.is_some(),
@@ -562,6 +556,17 @@ async fn run_concat(
     };
     concat.run(&state.ingress, ownership, stop).await;
     drop(follower);
+}
+
+/// With `kafka.create_topics`, creates the topics in the background, retrying until the
+/// broker accepts.
+fn create_topics_in_background(settings: &Settings, metrics: &Metrics) {
+    if settings.kafka.create_topics {
+        tokio::spawn(create_topics_until_done(
+            settings.kafka.clone(),
+            metrics.bus.clone(),
+        ));
+    }
 }
 
 async fn create_topics_until_done(kafka: omni_bus::BusConfig, metrics: Arc<BusMetrics>) {
