@@ -14,6 +14,8 @@
 //! - [`delivery`]: the delivery event, built one way by the dispatcher, status callbacks and
 //!   live chat.
 //! - [`signature`]: constant-time bearer and HMAC checks shared by adapters.
+//! - [`component`]: what a channel's entry point hands the daemon: routes, senders, tasks.
+//! - [`config`]: what channels' raw config shares ([`InvalidKey`], body limits).
 //! - [`api`]: the generic API channel (`POST /v1/inbound/{tenant}`).
 //! - [`outbound`]: the way out: [`ChannelSender`] per channel, and the [`Dispatcher`] that
 //!   takes replies from the outbound topic, retries what may pass and publishes each reply's
@@ -26,6 +28,8 @@
 //! - [`error`]: why a request was refused, with its status code and metric label.
 
 pub mod api;
+pub mod component;
+pub mod config;
 pub mod dedupe;
 pub mod delivery;
 pub mod error;
@@ -39,6 +43,8 @@ pub mod sink;
 pub mod webhook;
 
 pub use api::{ApiChannel, ApiCredentials};
+pub use component::Component;
+pub use config::InvalidKey;
 pub use dedupe::DedupeCache;
 pub use delivery::{delivery_event, delivery_event_id};
 pub use error::IngressError;

@@ -33,6 +33,8 @@
 //!   in the attachment store beside the attachments, at `<store>/<tenant>/<event id>/`.
 //!
 //! # Layout
+//! - [`component`]: the channel's entry point: mailbox readers and the reply sender.
+//! - [`config`]: `[email]` and the tenants' mailboxes as written, validated into settings.
 //! - [`settings`]: typed mailbox settings (IMAP, SMTP, attachment store) and their validation.
 //! - [`reader`]: the per-mailbox task: connect, catch up, publish, checkpoint, IDLE, reconnect.
 //! - `conn` (private): TCP, TLS / STARTTLS / plain, the greeting and LOGIN.
@@ -49,6 +51,8 @@
 //! - [`error`]: the crate's error type.
 
 pub mod checkpoint;
+pub mod component;
+pub mod config;
 mod conn;
 pub mod error;
 pub mod event;

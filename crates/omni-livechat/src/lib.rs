@@ -13,9 +13,13 @@
 //! - [`presence`]: per-IP socket counts shared by every replica over a compacted topic, so the
 //!   per-IP cap counts the whole deployment (with the design note).
 //! - [`server`]: the HTTP routes (session, WebSocket, widget script) and the socket loop.
+//! - [`component`]: the channel's entry point: routes and the feed's task.
+//! - [`config`]: `[livechat]` and the tenants' widgets as written, and their validation.
 //! - [`settings`]: validated settings: limits, widgets, allowed origins, opening hours.
 //! - [`metrics`]: metric families.
 
+pub mod component;
+pub mod config;
 pub mod feed;
 pub mod hub;
 pub mod metrics;

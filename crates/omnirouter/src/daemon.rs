@@ -6,24 +6,19 @@
 
 use anyhow::Context as _;
 use omni_bus::{BusMetrics, Producer};
-use omni_channel::{DedupeCache, DispatchMetrics, Dispatcher, Ingress, IngressMetrics};
-use omni_core::ChannelKind;
-use omni_social::messenger::MessengerSender;
-use omni_social::zalo::token::TokenMetrics;
-use omni_social::zalo::ZaloSender;
+use omni_channel::{Component, DedupeCache, Ingress, IngressMetrics};
 use prometheus::{IntGauge, Opts, Registry};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::reload::{
-    agent_tokens, ConcatUpkeep, Live, ReloadMetrics, Reloader, Senders, ZaloTokens,
-};
+use crate::reload::{agent_tokens, ConcatUpkeep, Live, ReloadMetrics, Reloader};
 use crate::server::{router, AppState, Channels};
-use crate::settings::{Loaded, OutboundSettings, Settings};
+use crate::settings::{Loaded, Settings};
 use crate::shutdown::{Leftovers, Pending, WATCHDOG_MARGIN};
-use omni_sms::send::SmsSender;
 use omni_sms::vonage::concat_store::{ConcatMetrics, ConcatStore};
 use omni_sms::webhook::{Endpoint, SmsWebhook};
 
@@ -36,93 +31,254 @@ use omni_sms::webhook::{Endpoint, SmsWebhook};
 /// runtime (blocked librdkafka handles would hold it).
 pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Leftovers> {
     // Before anything slow: SIGHUP's default action ends the process.
-    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    let hangup = listen_for_hangup();
+    let settings = &loaded.settings;
+    raise_open_file_limit();
+    let metrics = Metrics::register()?;
+    let producer =
+        Producer::new(&settings.kafka, metrics.bus.clone()).context("creating kafka producer")?;
+    create_topics_in_background(settings, &metrics);
+    // Every channel's background tasks end on this, after the HTTP drain.
+    let (channels_stop_tx, channels_stop_rx) = watch::channel(false);
+    let channels_stop = channels_stop_rx.clone();
+    let mut components = Vec::new();
+    let livechat = match build_livechat(settings, &producer, &metrics, &channels_stop_rx)? {
+        Some((chat, component)) => {
+            components.push(("live chat feed", component));
+            Some(chat)
+        }
+        None => None,
+    };
+    let ingress = ingress(settings, &producer, settings.max_body_bytes, &metrics);
+    let routing = RouterTask::start(settings, &producer, &metrics)?;
+    let agent_api = agent_api(settings, &producer, &routing)?;
+    // Per-tenant channel state (Zalo refreshes, SMS reassembly, mailboxes) lives where the
+    // router owns the tenant; without a router this instance is the only one.
+    let ownership = routing.handle.as_ref().map_or_else(
+        || omni_bus::Ownership::fixed(omni_bus::Owned::everything()),
+        |r| r.ownership(),
+    );
+    let (zalo_shared, zalo_tail) = follow_zalo_tokens(settings, &producer);
+    let mut email = build_email(
+        settings,
+        &producer,
+        &metrics,
+        (&ownership, &routing),
+        channels_stop,
+    )
+    .context("building the e-mail channel")?;
+    let (outbound_stop_tx, outbound_stop_rx) = watch::channel(false);
+    let (outbound_task, senders, replies) = match &settings.outbound {
+        Some(outbound) => {
+            let (task, senders, replies) = crate::outbound::start(
+                settings,
+                outbound,
+                &metrics.registry,
+                (producer.clone(), metrics.bus.clone()),
+                std::mem::take(&mut email.senders),
+                (zalo_shared.clone(), ownership.clone()),
+                outbound_stop_rx,
+            )?;
+            (Some(task), Some(senders), Some(replies))
+        }
+        None => (None, None, None),
+    };
+    components.push(("mailbox reader", email));
+    let (state, concat) = app_state(settings, ingress, &producer, metrics.registry)?;
+    let concat_upkeep = concat_upkeep(&state, concat, settings, &ownership, &routing.stop_rx);
+    concat_upkeep.ensure(settings);
+    let concat_task = concat_upkeep.task.clone();
+    let mut app = router(state.clone()).merge(omni_router::api::routes(agent_api.clone()));
+    for (_, component) in &mut components {
+        app = app.merge(std::mem::take(&mut component.routes));
+    }
+    let (stop_tx, server) = serve(settings, app).await?;
+    let (reload_stop_tx, reload_stop_rx) = watch::channel(false);
+    let live = Live {
+        app: state,
+        agent_api,
+        router: routing.handle.clone(),
+        livechat: livechat.clone(),
+        senders,
+        concat: concat_upkeep,
+    };
+    let grace = settings.shutdown_grace;
+    let reloader = Reloader::new(config, loaded, live, metrics.reload);
+    let reload_task = tokio::spawn(reloader.run(hangup, reload_stop_rx));
+
+    shutdown_signal().await;
+    let running = Running {
+        producer,
+        replies,
+        reload: (reload_stop_tx, reload_task),
+        server: (stop_tx, server),
+        livechat,
+        router: routing,
+        channels: (channels_stop_tx, components),
+        concat_task,
+        outbound: (outbound_stop_tx, outbound_task),
+        zalo_tail,
+    };
+    Ok(running.shut_down(grace).await)
+}
+
+/// The e-mail channel: a reader per mailbox this instance owns, the SMTP sender if it sends.
+/// Mail takes the inbound path every channel takes (dedupe, `omni_messages_received_total`),
+/// with its own dedupe cache: mail and webhook event ids never meet.
+fn build_email(
+    settings: &Settings,
+    producer: &Producer,
+    metrics: &Metrics,
+    (ownership, routing): (&omni_bus::Ownership, &RouterTask),
+    stop: watch::Receiver<bool>,
+) -> Result<Component, omni_email::component::BuildError> {
+    omni_email::component::build(
+        &settings.mailboxes,
+        omni_email::component::EmailDeps {
+            kafka: &settings.kafka,
+            sink: Arc::new(producer.clone()),
+            ingress: Arc::new(ingress(
+                settings,
+                producer,
+                settings.max_body_bytes,
+                metrics,
+            )),
+            registry: &metrics.registry,
+            threads: thread_index(settings, producer),
+            ownership: ownership.clone(),
+            takeover_grace: takeover_grace(settings, routing),
+            send: settings.outbound.is_some(),
+            stop,
+        },
+    )
+}
+
+/// Every live chat visitor holds a socket: take the hard limit on open files, not the
+/// (often 1024) soft one.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+}
+
+/// The registry every metric family goes into, and the families the daemon itself holds.
+struct Metrics {
+    registry: Registry,
+    bus: Arc<BusMetrics>,
+    ingress: IngressMetrics,
+    reload: ReloadMetrics,
+}
+
+impl Metrics {
+    fn register() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let build_info = IntGauge::with_opts(
+            Opts::new("omni_build_info", "Build information; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )?;
+        build_info.set(1);
+        registry.register(Box::new(build_info))?;
+        Ok(Self {
+            bus: Arc::new(BusMetrics::register(&registry)?),
+            ingress: IngressMetrics::register(&registry)?,
+            reload: ReloadMetrics::register(&registry)?,
+            registry,
+        })
+    }
+}
+
+/// The shared webhook handler over Kafka, with bodies up to `max_body_bytes`.
+fn ingress(
+    settings: &Settings,
+    producer: &Producer,
+    max_body_bytes: usize,
+    metrics: &Metrics,
+) -> Ingress {
+    Ingress::new(
+        Arc::new(producer.clone()),
+        settings.kafka.topics.inbound.clone(),
+        settings.kafka.topics.delivery.clone(),
+        DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
+        max_body_bytes,
+        metrics.ingress.clone(),
+    )
+}
+
+fn listen_for_hangup() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP: reload by editing the config file");
             None
         }
-    };
-    let settings = &loaded.settings;
-    // Every live chat visitor holds a socket: take the hard limit on open files, not the
-    // (often 1024) soft one.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
-    let registry = Registry::new();
-    let build_info = IntGauge::with_opts(
-        Opts::new("omni_build_info", "Build information; always 1.")
-            .const_label("version", env!("CARGO_PKG_VERSION")),
-    )?;
-    build_info.set(1);
-    registry.register(Box::new(build_info))?;
-    let bus_metrics = Arc::new(BusMetrics::register(&registry)?);
-    let ingress_metrics = IngressMetrics::register(&registry)?;
-    let reload_metrics = ReloadMetrics::register(&registry)?;
+}
 
-    let producer =
-        Producer::new(&settings.kafka, bus_metrics.clone()).context("creating kafka producer")?;
-
-    if settings.kafka.create_topics {
-        let kafka = settings.kafka.clone();
-        let metrics = bus_metrics.clone();
-        tokio::spawn(async move { create_topics_until_done(kafka, metrics).await });
-    }
-
-    let livechat = match &settings.livechat {
-        Some(chat) => {
-            let ingress = Ingress::new(
-                Arc::new(producer.clone()),
-                settings.kafka.topics.inbound.clone(),
-                settings.kafka.topics.delivery.clone(),
-                DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
-                chat.settings.max_frame_bytes,
-                ingress_metrics.clone(),
-            );
-            Some(Arc::new(omni_livechat::Livechat::new(
-                chat.settings.clone(),
-                chat.widgets.clone(),
-                ingress,
-                Arc::new(producer.clone()),
-                settings.kafka.clone(),
-                omni_livechat::LivechatMetrics::register(&registry)?,
-            )))
-        }
-        None => None,
+/// Live chat's entry point, when some tenant has a widget and live chat is enabled.
+fn build_livechat(
+    settings: &Settings,
+    producer: &Producer,
+    metrics: &Metrics,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<(Arc<omni_livechat::Livechat>, Component)>> {
+    let Some(chat) = &settings.livechat else {
+        return Ok(None);
     };
-    let livechat_running = livechat.as_ref().map(|chat| chat.start());
-    let ingress = Ingress::new(
+    let built = omni_livechat::component::build(
+        (chat.settings.clone(), chat.widgets.clone()),
+        ingress(settings, producer, chat.settings.max_frame_bytes, metrics),
         Arc::new(producer.clone()),
-        settings.kafka.topics.inbound.clone(),
-        settings.kafka.topics.delivery.clone(),
-        DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
-        settings.max_body_bytes,
-        ingress_metrics.clone(),
-    );
-    let (router_stop_tx, router_stop_rx) = tokio::sync::watch::channel(false);
-    let mut router_task = None;
-    let mut shared = None;
-    let mut router_metrics = None;
-    let mut router_handle = None;
-    if let Some(router_settings) = settings.router.clone() {
-        let metrics = omni_router::RouterMetrics::register(&registry, &settings.response_buckets)?;
-        router_metrics = Some(metrics.clone());
+        settings.kafka.clone(),
+        &metrics.registry,
+        stop.clone(),
+    )?;
+    Ok(Some(built))
+}
+
+/// The router task, if the router runs here, and what stops it.
+struct RouterTask {
+    handle: Option<Arc<omni_router::Router>>,
+    task: Option<JoinHandle<Result<(), omni_router::runner::RouterError>>>,
+    shared: Option<Arc<Mutex<omni_router::SharedState>>>,
+    metrics: Option<omni_router::RouterMetrics>,
+    stop_tx: watch::Sender<bool>,
+    /// Also ends the multipart SMS upkeep: after the HTTP drain, no part arrives after it.
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl RouterTask {
+    fn start(settings: &Settings, producer: &Producer, metrics: &Metrics) -> anyhow::Result<Self> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut this = Self {
+            handle: None,
+            task: None,
+            shared: None,
+            metrics: None,
+            stop_tx,
+            stop_rx,
+        };
+        let Some(router_settings) = settings.router.clone() else {
+            return Ok(this);
+        };
+        let router_metrics =
+            omni_router::RouterMetrics::register(&metrics.registry, &settings.response_buckets)?;
+        this.metrics = Some(router_metrics.clone());
         let router = Arc::new(omni_router::Router::new(
             router_settings,
             settings.kafka.clone(),
             producer.clone(),
-            metrics,
-            bus_metrics.clone(),
+            router_metrics,
+            metrics.bus.clone(),
         ));
         router.set_advertised_url(advertised_url(
             settings.advertised_url.as_deref(),
             settings.listen,
         ));
-        shared = Some(router.shared());
-        router_handle = Some(router.clone());
-        let mut stop = router_stop_rx.clone();
-        router_task = Some(tokio::spawn(async move {
+        this.shared = Some(router.shared());
+        this.handle = Some(router.clone());
+        let mut stop = this.stop_rx.clone();
+        this.task = Some(tokio::spawn(async move {
             let result = router
                 .run(async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -133,9 +289,18 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             }
             result
         }));
+        Ok(this)
     }
-    let agent_api = Arc::new(omni_router::api::ApiState {
-        shared,
+}
+
+/// The agent/operator API over the router's state (or forwarding, without a router here).
+fn agent_api(
+    settings: &Settings,
+    producer: &Producer,
+    router: &RouterTask,
+) -> anyhow::Result<Arc<omni_router::api::ApiState>> {
+    Ok(Arc::new(omni_router::api::ApiState {
+        shared: router.shared.clone(),
         producer: producer.clone(),
         topics: settings.kafka.topics.clone(),
         tokens: std::sync::RwLock::new(agent_tokens(settings)),
@@ -144,15 +309,19 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             .timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client for forwarded reads")?,
-        metrics: router_metrics,
-    });
-    // Per-tenant channel state (Zalo refreshes, SMS reassembly) lives where the router owns
-    // the tenant; without a router this instance is the only one.
-    let ownership = router_handle.as_ref().map_or_else(
-        || omni_bus::Ownership::fixed(omni_bus::Owned::everything()),
-        |r| r.ownership(),
-    );
-    // Every replica follows the Zalo token pairs the owners write.
+        metrics: router.metrics.clone(),
+    }))
+}
+
+/// The tail that keeps a shared table up to date; dropping it stops it.
+type Tail = Arc<omni_bus::table::Tail>;
+
+/// Every replica follows the Zalo token pairs the owners write; no pair is seeded or
+/// refreshed before what the topic held at start has been read.
+fn follow_zalo_tokens(
+    settings: &Settings,
+    producer: &Producer,
+) -> (Arc<omni_social::zalo::shared::SharedTokens>, Tail) {
     let zalo_shared = Arc::new(omni_social::zalo::shared::SharedTokens::new(
         settings.kafka.topics.zalo_tokens.clone(),
         Arc::new(producer.clone()),
@@ -166,23 +335,24 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             move |r| store.apply(r.key.as_bytes(), r.value.as_deref()),
         ))
     };
-    {
-        // No pair is seeded or refreshed before what the topic held at start has been read.
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        zalo_shared.followed(rx);
-        let tail = Arc::downgrade(&zalo_tail);
-        tokio::spawn(async move {
-            while let Some(tail) = tail.upgrade() {
-                if tail.caught_up(Duration::from_secs(5)).await {
-                    let _ = tx.send(true);
-                    return;
-                }
+    let (tx, rx) = watch::channel(false);
+    zalo_shared.followed(rx);
+    let tail = Arc::downgrade(&zalo_tail);
+    tokio::spawn(async move {
+        while let Some(tail) = tail.upgrade() {
+            if tail.caught_up(Duration::from_secs(5)).await {
+                let _ = tx.send(true);
+                return;
             }
-        });
-    }
-    // Readers and senders record e-mail threads on the thread topic; every replica follows it,
-    // so the sender finds a thread's chain whichever replica read or answered its mail.
-    let threads = Arc::new(if settings.mailboxes.is_empty() {
+        }
+    });
+    (zalo_shared, zalo_tail)
+}
+
+/// Readers and senders record e-mail threads on the thread topic; every replica follows it,
+/// so the sender finds a thread's chain whichever replica read or answered its mail.
+fn thread_index(settings: &Settings, producer: &Producer) -> Arc<omni_email::ThreadIndex> {
+    Arc::new(if settings.mailboxes.is_empty() {
         omni_email::ThreadIndex::default()
     } else {
         omni_email::ThreadIndex::durable(
@@ -191,50 +361,25 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             THREAD_INDEX_CAPACITY,
             settings.kafka.publish_timeout(),
         )
-    });
-    // Mailboxes are read where the router group puts their checkpoint's partition; without a
-    // router this instance is the only one and reads them all.
-    let (mailbox_ownership, takeover_grace) = match &router_handle {
-        Some(_) => (
-            ownership.clone(),
-            settings.kafka.publish_timeout() + Duration::from_secs(1),
-        ),
-        None => (ownership.clone(), Duration::ZERO),
-    };
-    let (outbound_stop_tx, outbound_stop_rx) = tokio::sync::watch::channel(false);
-    let (outbound_task, senders, replies) = match &settings.outbound {
-        Some(outbound) => {
-            let (task, senders, replies) = start_outbound(
-                settings,
-                outbound,
-                &registry,
-                (producer.clone(), bus_metrics.clone()),
-                threads.clone(),
-                (zalo_shared.clone(), ownership.clone()),
-                outbound_stop_rx,
-            )?;
-            (Some(task), Some(senders), Some(replies))
-        }
-        None => (None, None, None),
-    };
-    let (email_stop_tx, email_stop_rx) = tokio::sync::watch::channel(false);
-    // Mail takes the inbound path every channel takes (dedupe, `omni_messages_received_total`).
-    let mail_ingress = Arc::new(Ingress::new(
-        Arc::new(producer.clone()),
-        settings.kafka.topics.inbound.clone(),
-        settings.kafka.topics.delivery.clone(),
-        DedupeCache::new(settings.dedupe_window, settings.dedupe_capacity),
-        settings.max_body_bytes,
-        ingress_metrics,
-    ));
-    let email_tasks = start_mailboxes(
-        settings,
-        &registry,
-        (&producer, mail_ingress),
-        threads,
-        (mailbox_ownership, takeover_grace),
-        email_stop_rx,
-    )?;
+    })
+}
+
+/// How long a mailbox reader taking over from another instance waits first; without a router
+/// this instance is the only one.
+fn takeover_grace(settings: &Settings, router: &RouterTask) -> Duration {
+    match &router.handle {
+        Some(_) => settings.kafka.publish_timeout() + Duration::from_secs(1),
+        None => Duration::ZERO,
+    }
+}
+
+/// The webhook routes' state, and the multipart SMS store behind Vonage's message endpoint.
+fn app_state(
+    settings: &Settings,
+    ingress: Ingress,
+    producer: &Producer,
+    registry: Registry,
+) -> anyhow::Result<(Arc<AppState>, Arc<ConcatStore>)> {
     let channels = Channels::new(settings);
     let concat = Arc::new(ConcatStore::new(
         SmsWebhook::new(
@@ -252,37 +397,46 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         producer.clone(),
         registry,
     ));
+    Ok((state, concat))
+}
 
-    let concat_upkeep = {
-        let (state, kafka) = (state.clone(), settings.kafka.clone());
-        let ownership = ownership.clone();
-        // Ends with the router, after the HTTP drain: no part arrives after it.
-        let stop = router_stop_rx.clone();
-        ConcatUpkeep::new(move || {
-            tokio::spawn(run_concat(
-                state.clone(),
-                concat.clone(),
-                kafka.clone(),
-                ownership.clone(),
-                stop.clone(),
-            ))
-        })
-    };
-    concat_upkeep.ensure(settings);
-    let concat_task = concat_upkeep.task.clone();
+/// The multipart SMS upkeep, started when a tenant first has Vonage; it ends with the
+/// router, after the HTTP drain: no part arrives after it.
+fn concat_upkeep(
+    state: &Arc<AppState>,
+    concat: Arc<ConcatStore>,
+    settings: &Settings,
+    ownership: &omni_bus::Ownership,
+    stop: &watch::Receiver<bool>,
+) -> ConcatUpkeep {
+    let (state, kafka) = (state.clone(), settings.kafka.clone());
+    let (ownership, stop) = (ownership.clone(), stop.clone());
+    ConcatUpkeep::new(move || {
+        tokio::spawn(run_concat(
+            state.clone(),
+            concat.clone(),
+            kafka.clone(),
+            ownership.clone(),
+            stop.clone(),
+        ))
+    })
+}
 
+/// Binds and serves `app` until the returned sender fires (then drains).
+async fn serve(
+    settings: &Settings,
+    app: axum::Router,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+)> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, kafka = %settings.kafka.bootstrap_servers,
         "omnirouter listening: POST /v1/inbound/{{tenant}}, GET /metrics /healthz /readyz");
-
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut app = router(state.clone()).merge(omni_router::api::routes(agent_api.clone()));
-    if let Some(chat) = &livechat {
-        app = app.merge(omni_livechat::server::routes(chat.clone()));
-    }
     // Connection info: live chat caps sockets per client IP.
     let server = axum::serve(
         listener,
@@ -291,74 +445,106 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     .with_graceful_shutdown(async move {
         let _ = stop_rx.await;
     });
-    let server = tokio::spawn(async move { server.await });
+    Ok((stop_tx, tokio::spawn(async move { server.await })))
+}
 
-    let (reload_stop_tx, reload_stop_rx) = tokio::sync::watch::channel(false);
-    let live = Live {
-        app: state,
-        agent_api,
-        router: router_handle,
-        livechat: livechat.clone(),
-        senders,
-        concat: concat_upkeep,
-    };
-    let grace = settings.shutdown_grace;
-    let reloader = Reloader::new(config, loaded, live, reload_metrics);
-    let reload_task = tokio::spawn(reloader.run(hangup, reload_stop_rx));
+/// Everything running once the daemon serves, stopped in one order by [`Running::shut_down`].
+struct Running {
+    producer: Producer,
+    replies: Option<omni_bus::Unfinished>,
+    reload: (watch::Sender<bool>, JoinHandle<()>),
+    server: (
+        tokio::sync::oneshot::Sender<()>,
+        JoinHandle<std::io::Result<()>>,
+    ),
+    livechat: Option<Arc<omni_livechat::Livechat>>,
+    router: RouterTask,
+    /// Stops every channel's tasks; the components (named for the log) are awaited in order.
+    channels: (watch::Sender<bool>, Vec<(&'static str, Component)>),
+    concat_task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    outbound: (watch::Sender<bool>, Option<JoinHandle<()>>),
+    zalo_tail: Tail,
+}
 
-    shutdown_signal().await;
-    // One deadline for the whole shutdown (drain, readers, senders, router, flush), so an
-    // orchestrator's grace period a little above `server.shutdown_grace_secs` always covers it;
-    // the watchdog ends the process shortly after it whatever still blocks.
-    let deadline = tokio::time::Instant::now() + grace;
-    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-    let pending = Pending {
-        producer: producer.clone(),
-        replies,
-    };
-    crate::shutdown::arm_watchdog(grace + WATCHDOG_MARGIN, pending.clone());
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutdown requested: draining in-flight requests"
-    );
-    // No reload while shutting down.
-    let _ = reload_stop_tx.send(true);
-    let _ = stop_tx.send(());
-    // Upgraded sockets are not part of the HTTP drain: close them now (1001), so widgets
-    // reconnect elsewhere at once rather than when the process is gone.
-    if let Some(chat) = &livechat {
-        chat.close_sockets();
-    }
-    if tokio::time::timeout_at(deadline, reload_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("a reload did not finish within the grace period");
-    }
-    match tokio::time::timeout_at(deadline, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server failed while draining"),
-        Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
-        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
-    }
-    let _ = router_stop_tx.send(true);
-    let _ = email_stop_tx.send(true);
-    if let Some(running) = livechat_running {
-        // The feed thread notices within one poll (100 ms).
-        let stopped = tokio::task::spawn_blocking(move || running.stop());
-        if tokio::time::timeout_at(deadline, stopped).await.is_err() {
-            tracing::warn!("the live chat feed did not stop within the grace period");
+impl Running {
+    /// Stops accepting, drains in-flight requests, then stops the readers, the multipart
+    /// upkeep, the senders and the router, and flushes the producer, all within one deadline
+    /// (`grace`), so an orchestrator's grace period a little above it always covers it; the
+    /// watchdog ends the process shortly after it whatever still blocks.
+    async fn shut_down(self, grace: Duration) -> Leftovers {
+        let deadline = tokio::time::Instant::now() + grace;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let pending = Pending {
+            producer: self.producer.clone(),
+            replies: self.replies,
+        };
+        crate::shutdown::arm_watchdog(grace + WATCHDOG_MARGIN, pending.clone());
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutdown requested: draining in-flight requests"
+        );
+        // No reload while shutting down.
+        let _ = self.reload.0.send(true);
+        let _ = self.server.0.send(());
+        // Upgraded sockets are not part of the HTTP drain: close them now (1001), so widgets
+        // reconnect elsewhere at once rather than when the process is gone.
+        if let Some(chat) = &self.livechat {
+            chat.close_sockets();
+        }
+        if tokio::time::timeout_at(deadline, self.reload.1)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a reload did not finish within the grace period");
+        }
+        match tokio::time::timeout_at(deadline, self.server.1).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server failed while draining"),
+            Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+            Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+        }
+        let _ = self.router.stop_tx.send(true);
+        // The live chat feed first, then the mailbox readers.
+        let _ = self.channels.0.send(true);
+        for (name, component) in self.channels.1 {
+            for task in component.tasks {
+                if tokio::time::timeout_at(deadline, task).await.is_err() {
+                    tracing::warn!(
+                        task = name,
+                        "a channel task did not stop within the grace period"
+                    );
+                }
+            }
+        }
+        let concat_task = self
+            .concat_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = concat_task {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+        stop_senders_and_router(self.outbound, self.router.task, deadline).await;
+        // Replies still running now are abandoned: count them before the flush gives them time.
+        let replies_unfinished = pending.count().replies_unfinished;
+        let records_unflushed = self
+            .producer
+            .flush_or_purge(left().max(Duration::from_millis(100)))
+            .await;
+        drop(self.zalo_tail);
+        Leftovers {
+            records_unflushed,
+            replies_unfinished,
         }
     }
-    for task in email_tasks {
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            tracing::warn!("a mailbox reader did not stop within the grace period");
-        }
-    }
-    let concat_task = concat_task.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(task) = concat_task {
-        let _ = tokio::time::timeout_at(deadline, task).await;
-    }
+}
+
+/// Stops the outbound dispatch (its sends finish), then waits for the router, by `deadline`.
+async fn stop_senders_and_router(
+    (outbound_stop_tx, outbound_task): (watch::Sender<bool>, Option<JoinHandle<()>>),
+    router_task: Option<JoinHandle<Result<(), omni_router::runner::RouterError>>>,
+    deadline: tokio::time::Instant,
+) {
     let _ = outbound_stop_tx.send(true);
     if let Some(task) = outbound_task {
         match tokio::time::timeout_at(deadline, task).await {
@@ -375,282 +561,10 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             Err(_) => tracing::warn!("router did not stop within the grace period"),
         }
     }
-    // Replies still running now are abandoned: count them before the flush gives them time.
-    let replies_unfinished = pending.count().replies_unfinished;
-    let records_unflushed = producer
-        .flush_or_purge(left().max(Duration::from_millis(100)))
-        .await;
-    drop(zalo_tail);
-    Ok(Leftovers {
-        records_unflushed,
-        replies_unfinished,
-    })
 }
 
 /// How many mails the e-mail thread index keeps in memory (the newest; the topic keeps all).
 const THREAD_INDEX_CAPACITY: usize = 100_000;
-
-/// Keeps one IMAP reader running for each configured mailbox this instance owns (`ownership`:
-/// the router group's partition of the mailbox's checkpoint key), until `stop`. A reader that
-/// starts here after another instance read the mailbox waits `takeover_grace` first, then
-/// resumes from the latest checkpoint (see `omni_email::reader`).
-fn start_mailboxes(
-    settings: &Settings,
-    registry: &Registry,
-    (producer, ingress): (&Producer, Arc<Ingress>),
-    threads: Arc<omni_email::ThreadIndex>,
-    (ownership, takeover_grace): (omni_bus::Ownership, Duration),
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    if settings.mailboxes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let metrics = omni_email::Metrics::register(registry)?;
-    let sink: Arc<dyn omni_channel::EventSink> = Arc::new(producer.clone());
-    let checkpoints: Arc<dyn omni_email::CheckpointStore> = Arc::new(
-        omni_email::KafkaCheckpoints::new(&settings.kafka, sink.clone()),
-    );
-    let mut readers = std::collections::BTreeMap::new();
-    for mailbox in &settings.mailboxes {
-        let address = mailbox.address.clone();
-        let reader = omni_email::MailboxReader::new(
-            mailbox.clone(),
-            settings.kafka.topics.inbound.clone(),
-            sink.clone(),
-            checkpoints.clone(),
-            metrics.clone(),
-            threads.clone(),
-        )
-        .with_context(|| format!("mailbox {address}"))?
-        .with_ingress(ingress.clone())
-        .with_takeover_grace(takeover_grace);
-        if readers
-            .insert(mailbox.checkpoint_key(), (address, reader))
-            .is_some()
-        {
-            anyhow::bail!(
-                "two mailboxes read the same folder ({}): configure each once",
-                mailbox.checkpoint_key()
-            );
-        }
-    }
-    let keys: Vec<String> = readers.keys().cloned().collect();
-    let readers = Arc::new(readers);
-    let supervisor = omni_bus::ownership::run_per_owned_key(
-        ownership,
-        keys,
-        move |key, stop| {
-            let reader = readers.get(&key).cloned();
-            async move {
-                let Some((address, reader)) = reader else {
-                    return;
-                };
-                if let Err(e) = reader.run(stop).await {
-                    tracing::error!(mailbox = %address, error = %e, "mailbox reader stopped");
-                }
-            }
-        },
-        stop,
-    );
-    Ok(vec![tokio::spawn(supervisor)])
-}
-
-/// Starts sending replies from the outbound topic: a sender per channel (Messenger, SMS and
-/// Zalo always, so a reload can give them tenants; e-mail when mailboxes are configured), the
-/// Zalo token upkeep, and the dispatcher over a consumer group. Ends when `stop` turns true.
-/// Also returns the live count of replies taken and not finished (for the shutdown summary).
-fn start_outbound(
-    settings: &Settings,
-    outbound: &OutboundSettings,
-    registry: &Registry,
-    (producer, bus_metrics): (Producer, Arc<BusMetrics>),
-    threads: Arc<omni_email::ThreadIndex>,
-    zalo_shared: (
-        Arc<omni_social::zalo::shared::SharedTokens>,
-        omni_bus::Ownership,
-    ),
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, Senders, omni_bus::Unfinished)> {
-    let metrics = DispatchMetrics::register(registry)?;
-    let mut dispatcher = Dispatcher::new(
-        Arc::new(producer.clone()),
-        settings.kafka.topics.delivery.clone(),
-        outbound.policy,
-        metrics,
-        stop.clone(),
-    )
-    .with_max_age(outbound.max_age)
-    // Live chat replies reach visitors through the sockets: every instance reads them itself.
-    .delivered_elsewhere(ChannelKind::Livechat);
-    let messenger = Arc::new(
-        MessengerSender::new(
-            settings.messenger_tenants.iter().map(|(t, m)| (t, m)),
-            settings.messenger_api.clone(),
-        )
-        .context("building the Messenger HTTP client")?,
-    );
-    dispatcher = dispatcher.with_sender(ChannelKind::Messenger, messenger.clone());
-    if !settings.mailboxes.is_empty() {
-        let sender = omni_email::EmailSender::new(
-            &settings.mailboxes,
-            omni_email::EmailSendSettings::default(),
-            threads,
-        )
-        .context("building the e-mail senders")?;
-        dispatcher = dispatcher.with_sender(ChannelKind::Email, Arc::new(sender));
-    }
-    let sms = Arc::new(
-        SmsSender::new(settings.sms_tenants.clone(), settings.sms_api.clone())
-            .context("building the SMS HTTP client")?,
-    );
-    dispatcher = dispatcher.with_sender(ChannelKind::Sms, sms.clone());
-    let mut zalo_tokens = ZaloTokens::new(
-        settings.zalo_refresh.clone(),
-        TokenMetrics::register(registry)?,
-        stop.clone(),
-    )
-    .shared(zalo_shared.0, zalo_shared.1);
-    let keepers = zalo_tokens
-        .prepare(&settings.zalo_tenants)
-        .context("building the Zalo OAuth HTTP client")?;
-    let zalo = Arc::new(
-        ZaloSender::new(zalo_tokens.commit(keepers), settings.zalo_api.clone())
-            .context("building the Zalo HTTP client")?,
-    );
-    dispatcher = dispatcher.with_sender(ChannelKind::Zalo, zalo.clone());
-    let senders = Senders {
-        messenger,
-        sms,
-        zalo,
-        zalo_tokens,
-    };
-    let consumer = omni_bus::Consumer::new(
-        &settings.kafka,
-        &outbound.group_id,
-        &[settings.kafka.topics.outbound.as_str()],
-        bus_metrics,
-    )
-    .context("joining the outbound consumer group")?;
-    let replies = consumer.unfinished();
-    let max_in_flight = outbound.max_in_flight;
-    let mut stop = stop;
-    let ownership = OutboundOwnership {
-        producer: producer.clone(),
-        outbound_topic: settings.kafka.topics.outbound.clone(),
-        progress_topic: settings.kafka.topics.outbound_progress.clone(),
-        max_age: outbound.max_age,
-        // The router forwards misrouted records of its inputs already: one copy is enough.
-        forward_misrouted: settings.router.is_none(),
-        gate: consumer.gate(),
-    };
-    // Every outbound partition keeps a live owner even where the broker leaves a dead
-    // member's partitions with nobody (tansu 0.6; see omni_bus::liveness).
-    let liveness = omni_bus::Liveness {
-        bus: settings.kafka.clone(),
-        producer: producer.clone(),
-        registry: settings.kafka.topics.router_owners.clone(),
-        prefix: format!("{}/", outbound.group_id),
-        member: format!(
-            "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "omnirouter".into()),
-            std::process::id()
-        ),
-        topic: settings.kafka.topics.outbound.clone(),
-        partitions: 0,
-        gate: consumer.gate(),
-        rejoin: consumer.rejoin_handle(),
-        patience: omni_bus::liveness::session_timeout(&settings.kafka) + Duration::from_secs(5),
-    };
-    let task = tokio::spawn(async move {
-        let Some(ownership) = ownership.build(&mut stop).await else {
-            return;
-        };
-        let liveness = omni_bus::Liveness {
-            partitions: ownership.partitions,
-            ..liveness
-        };
-        let live = tokio::spawn(liveness.run(stop.clone()));
-        let dispatcher = Arc::new(dispatcher.with_ownership(ownership));
-        let result = consumer
-            .run_concurrent(
-                max_in_flight,
-                |r| Dispatcher::order_key(r.payload.as_deref()),
-                move |r| {
-                    let dispatcher = dispatcher.clone();
-                    async move { dispatcher.handle(&r).await }
-                },
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )
-            .await;
-        live.abort();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "outbound dispatch stopped: replies are not being sent");
-        }
-    });
-    Ok((task, senders, replies))
-}
-
-/// What the outbound dispatcher needs to send each reply once, from its tenant's partition
-/// (see `omni_channel::outbound`): built once the outbound topic's partition count is known.
-struct OutboundOwnership {
-    producer: Producer,
-    outbound_topic: String,
-    progress_topic: String,
-    max_age: Duration,
-    forward_misrouted: bool,
-    gate: Arc<omni_bus::PartitionGate>,
-}
-
-impl OutboundOwnership {
-    /// Waits for the outbound topic's partition count (the topics may still be being
-    /// created); `None` if asked to stop first.
-    async fn build(
-        self,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Option<omni_channel::SendOwnership> {
-        let mut delay = Duration::from_millis(500);
-        let wanted = [self.outbound_topic.clone(), self.progress_topic.clone()];
-        let partitions = loop {
-            match self
-                .producer
-                .partition_counts(&wanted, Duration::from_secs(10))
-                .await
-            {
-                Ok(counts) => {
-                    let outbound = counts.get(&self.outbound_topic).copied().unwrap_or(0);
-                    let progress = counts.get(&self.progress_topic).copied().unwrap_or(0);
-                    if progress < outbound {
-                        tracing::error!(outbound, progress, topic = %self.progress_topic,
-                            "the outbound progress topic needs as many partitions as the outbound topic: replies are not being sent");
-                        return None;
-                    }
-                    break outbound;
-                }
-                Err(e) => tracing::warn!(error = %e, "outbound dispatch waiting for its topics"),
-            }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(10));
-        };
-        let store: Arc<dyn omni_channel::PartitionedStore> =
-            Arc::new(omni_channel::KafkaStore::new(self.producer));
-        Some(omni_channel::SendOwnership {
-            partitions,
-            store: store.clone(),
-            forward_misrouted: self.forward_misrouted,
-            gate: self.gate,
-            progress: Arc::new(omni_channel::ProgressLog::new(
-                store,
-                self.progress_topic,
-                self.max_age,
-            )),
-        })
-    }
-}
 
 /// The multipart SMS upkeep: follows the parts topic (every replica) and reassembles the
 /// tenants this replica owns until `stop`.
@@ -669,6 +583,17 @@ async fn run_concat(
     };
     concat.run(&state.ingress, ownership, stop).await;
     drop(follower);
+}
+
+/// With `kafka.create_topics`, creates the topics in the background, retrying until the
+/// broker accepts.
+fn create_topics_in_background(settings: &Settings, metrics: &Metrics) {
+    if settings.kafka.create_topics {
+        tokio::spawn(create_topics_until_done(
+            settings.kafka.clone(),
+            metrics.bus.clone(),
+        ));
+    }
 }
 
 async fn create_topics_until_done(kafka: omni_bus::BusConfig, metrics: Arc<BusMetrics>) {

@@ -7,12 +7,14 @@
 //! - [`settings`]: raw config → validated settings (names the bad key on error).
 //! - [`server`]: the HTTP routes: ingress, `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: start-up, topic creation, graceful shutdown.
+//! - [`outbound`]: every channel's reply sender behind the outbound dispatcher.
 //! - [`shutdown`]: the bounded end of a shutdown: leftovers, exit codes, the watchdog.
 //! - [`reload`]: tenants changed without a restart (SIGHUP, a changed config file), and what
 //!   needs one.
 
 pub mod cli;
 pub mod daemon;
+pub mod outbound;
 pub mod reload;
 pub mod server;
 pub mod settings;

@@ -105,13 +105,22 @@ fn differs<T: Debug>(a: &T, b: &T) -> bool {
 
 /// The keys whose new value the running daemon cannot take without a restart.
 fn needs_restart(started: &Loaded, new: &Loaded) -> Vec<String> {
-    let (a, b) = (&started.settings, &new.settings);
     let mut keys: Vec<String> = Vec::new();
     let mut check = |key: &str, changed: bool| {
         if changed {
             keys.push(key.to_owned());
         }
     };
+    server_and_kafka(started, new, &mut check);
+    router_and_outbound(&started.settings, &new.settings, &mut check);
+    channels(started, new, &mut check);
+    keys
+}
+
+/// `server.*`, `ingress.*`, `log.level` and `kafka.*`: what the listener and the Kafka
+/// clients were built with.
+fn server_and_kafka(started: &Loaded, new: &Loaded, check: &mut impl FnMut(&str, bool)) {
+    let (a, b) = (&started.settings, &new.settings);
     check("server.listen", a.listen != b.listen);
     let advertised = ["server", "advertised_url"];
     check(
@@ -164,6 +173,10 @@ fn needs_restart(started: &Loaded, new: &Loaded) -> Vec<String> {
     check("kafka.librdkafka", ka.librdkafka != kb.librdkafka);
     check("kafka.producer", ka.producer != kb.producer);
     check("kafka.consumer", ka.consumer != kb.consumer);
+}
+
+/// `router.*` but tenants' routing, and `outbound.*`: what the running tasks were built with.
+fn router_and_outbound(a: &Settings, b: &Settings, check: &mut impl FnMut(&str, bool)) {
     match (&a.router, &b.router) {
         (Some(ra), Some(rb)) => {
             check("router.group_id", ra.group_id != rb.group_id);
@@ -195,6 +208,12 @@ fn needs_restart(started: &Loaded, new: &Loaded) -> Vec<String> {
         (None, None) => {}
         _ => check("outbound.enabled", true),
     }
+}
+
+/// The provider API sections, mailboxes (they have reader tasks of their own) and live chat's
+/// limits.
+fn channels(started: &Loaded, new: &Loaded, check: &mut impl FnMut(&str, bool)) {
+    let (a, b) = (&started.settings, &new.settings);
     check("messenger", differs(&a.messenger_api, &b.messenger_api));
     check(
         "zalo",
@@ -239,7 +258,6 @@ fn needs_restart(started: &Loaded, new: &Loaded) -> Vec<String> {
         ),
         (None, None) => {}
     }
-    keys
 }
 
 // ---------------------------------------------------------------------------------------------

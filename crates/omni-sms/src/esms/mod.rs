@@ -31,6 +31,7 @@
 //!   reasons.
 
 mod body;
+pub mod config;
 mod parse;
 mod send;
 pub(crate) mod webhook;

@@ -29,6 +29,7 @@
 //! - `parse`: reading the message out of a body.
 //! - `webhook`: the endpoint [`crate::webhook::SmsWebhook`] serves for every gateway.
 
+pub mod config;
 mod mapping;
 mod parse;
 mod verify;

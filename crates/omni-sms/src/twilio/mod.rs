@@ -7,6 +7,7 @@
 //! - `webhook`: the message and status endpoints [`crate::webhook::SmsWebhook`] serves.
 //! - `send`: replies through the Messages API, and Twilio's error codes sorted into reasons.
 
+pub mod config;
 mod parse;
 mod send;
 mod signature;

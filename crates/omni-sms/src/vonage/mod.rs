@@ -14,6 +14,7 @@
 //! - `send`: replies through the SMS API, and Vonage's statuses sorted into reasons.
 
 pub mod concat_store;
+pub mod config;
 mod parse;
 mod send;
 mod signature;

@@ -4,6 +4,7 @@
 //!   `X-Hub-Signature-256` check on the exact bytes received (Meta escapes non-ASCII as
 //!   `\uXXXX`, so re-serialized JSON would never match), and every entry and messaging item.
 //! - [`MessengerSender`] sends replies through the Send API.
+//! - [`config`]: `[messenger]` and `[tenants.<id>.messenger]` as written, and their validation.
 //!
 //! What each item becomes on `omni.inbound.v1`:
 //! | item | event |
@@ -16,6 +17,7 @@
 //! | `read` | `omni.channel.signal` `read` with the watermark |
 //! | anything else (reactions, referrals, handover…) | accepted and counted as ignored |
 
+pub mod config;
 mod inbound;
 mod send;
 

@@ -5,6 +5,7 @@
 //!   HMAC), checked against every OA of the tenant registered with the body's `app_id`; the
 //!   answer goes out within Zalo's 2-second deadline. Ids stay strings (they exceed 2^53).
 //! - [`ZaloSender`] sends replies (text with quotes, images and files by upload).
+//! - [`config`]: `[zalo]` and `[tenants.<id>.zalo]` as written, and their validation.
 //! - [`token`] keeps each OA's access token fresh with its single-use refresh token, stored
 //!   durably before use.
 //!
@@ -18,6 +19,7 @@
 //! | `user_received_message`, `user_seen_message` | `omni.channel.signal` `delivered` / `read` |
 //! | anything else | accepted and counted as ignored |
 
+pub mod config;
 mod inbound;
 mod send;
 pub mod shared;
