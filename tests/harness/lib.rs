@@ -367,6 +367,12 @@ impl Daemon {
         signal(self.child.as_ref().expect("daemon running"), "HUP");
     }
 
+    /// The daemon's process id (`None` once stopped): the router names its member
+    /// `<host>-<pid>-<random>`, so a test can tell which replica a claim or a read came from.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the daemon outright (SIGKILL): no draining, no flush, no final commit.
     pub fn terminate_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
