@@ -4,8 +4,12 @@
 //! daemon only merges routes, hands senders over, and awaits tasks at shutdown, in order.
 
 use crate::outbound::ChannelSender;
+use crate::webhook::{Ingress, WebhookAdapter};
+use axum::extract::{Path, Request};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use omni_core::ChannelKind;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use tokio::task::JoinHandle;
 
 /// What one channel runs in the daemon.
@@ -53,4 +57,47 @@ impl Component {
         self.tasks.push(task);
         self
     }
+}
+
+/// A webhook adapter that a config reload replaces whole. A request takes the one in force
+/// once and keeps it to its end, so a reload never changes a tenant's credentials halfway
+/// through a request.
+pub struct Swappable<A>(RwLock<Arc<A>>);
+
+impl<A> Swappable<A> {
+    /// Starts with `adapter`.
+    pub fn new(adapter: A) -> Self {
+        Self(RwLock::new(Arc::new(adapter)))
+    }
+
+    /// The adapter in force.
+    pub fn current(&self) -> Arc<A> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `adapter` from the next request on.
+    pub fn replace(&self, adapter: A) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(adapter);
+    }
+}
+
+/// The route of a webhook adapter: requests for `methods` go whole through the shared inbound
+/// handler. The tenant is the path's `{tenant}`; other path parameters (a gateway's name) are
+/// the adapter's to read from the URI.
+pub fn webhook_route<A: WebhookAdapter>(
+    methods: MethodFilter,
+    ingress: Arc<Ingress>,
+    adapter: Arc<Swappable<A>>,
+) -> MethodRouter {
+    on(
+        methods,
+        move |Path(params): Path<HashMap<String, String>>, request: Request| async move {
+            // Taking the request whole avoids the header map copy the `HeaderMap` extractor
+            // makes.
+            let tenant = params.get("tenant").map_or("", String::as_str);
+            let (parts, body) = request.into_parts();
+            let adapter = adapter.current();
+            ingress.handle(&*adapter, tenant, &parts, body).await
+        },
+    )
 }

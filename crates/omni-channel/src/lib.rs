@@ -43,7 +43,7 @@ pub mod sink;
 pub mod webhook;
 
 pub use api::{ApiChannel, ApiCredentials};
-pub use component::Component;
+pub use component::{webhook_route, Component, Swappable};
 pub use config::InvalidKey;
 pub use dedupe::DedupeCache;
 pub use delivery::{delivery_event, delivery_event_id};

@@ -18,6 +18,8 @@
 //!   other gateway.
 //!
 //! What they share, at the edge:
+//! - [`component`]: the channel's entry point (routes, multipart upkeep, sender) and what a
+//!   reload gives new tenants.
 //! - [`webhook`]: [`webhook::SmsWebhook`], every endpoint over the same tenants, each handed
 //!   to its provider; the `?token=` check of unsigned callbacks.
 //! - [`send`]: [`send::SmsSender`], a reply routed to its number's provider.
@@ -40,6 +42,7 @@
 //! [`omni_channel::IngressError`]s (the status code and the ingress metrics' reason).
 
 pub mod callback;
+pub mod component;
 mod crypto;
 pub mod encoding;
 pub mod esms;

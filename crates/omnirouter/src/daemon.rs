@@ -6,7 +6,7 @@
 
 use anyhow::Context as _;
 use omni_bus::{BusMetrics, Producer};
-use omni_channel::{Component, DedupeCache, Ingress, IngressMetrics};
+use omni_channel::{DedupeCache, Ingress, IngressMetrics};
 use prometheus::{IntGauge, Opts, Registry};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,12 +15,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::reload::{agent_tokens, ConcatUpkeep, Live, ReloadMetrics, Reloader};
-use crate::server::{router, AppState, Channels};
+use crate::channels::{ChannelDeps, Channels};
+use crate::reload::{agent_tokens, Live, ReloadMetrics, Reloader};
+use crate::server::{router, AppState};
 use crate::settings::{Loaded, Settings};
 use crate::shutdown::{Leftovers, Pending, WATCHDOG_MARGIN};
-use omni_sms::vonage::concat_store::{ConcatMetrics, ConcatStore};
-use omni_sms::webhook::{Endpoint, SmsWebhook};
 
 /// Runs the daemon until a shutdown signal, then shuts down within the grace period and says
 /// what it could not finish. `config` is the file `loaded` was read from (with the
@@ -38,69 +37,71 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     let producer =
         Producer::new(&settings.kafka, metrics.bus.clone()).context("creating kafka producer")?;
     create_topics_in_background(settings, &metrics);
-    // Every channel's background tasks end on this, after the HTTP drain.
-    let (channels_stop_tx, channels_stop_rx) = watch::channel(false);
-    let channels_stop = channels_stop_rx.clone();
-    let mut components = Vec::new();
-    let livechat = match build_livechat(settings, &producer, &metrics, &channels_stop_rx)? {
-        Some((chat, component)) => {
-            components.push(("live chat feed", component));
-            Some(chat)
-        }
-        None => None,
-    };
-    let ingress = ingress(settings, &producer, settings.max_body_bytes, &metrics);
-    let routing = RouterTask::start(settings, &producer, &metrics)?;
-    let agent_api = agent_api(settings, &producer, &routing)?;
-    // Per-tenant channel state (Zalo refreshes, SMS reassembly, mailboxes) lives where the
-    // router owns the tenant; without a router this instance is the only one.
-    let ownership = routing.handle.as_ref().map_or_else(
-        || omni_bus::Ownership::fixed(omni_bus::Owned::everything()),
-        |r| r.ownership(),
-    );
-    let (zalo_shared, zalo_tail) = follow_zalo_tokens(settings, &producer);
-    let mut email = build_email(
+    let ingress = Arc::new(ingress_for(
         settings,
         &producer,
+        settings.max_body_bytes,
         &metrics,
-        (&ownership, &routing),
-        channels_stop,
-    )
-    .context("building the e-mail channel")?;
-    let (outbound_stop_tx, outbound_stop_rx) = watch::channel(false);
-    let (outbound_task, senders, replies) = match &settings.outbound {
+    ));
+    let routing = RouterTask::start(settings, &producer, &metrics)?;
+    let agent_api = agent_api(settings, &producer, &routing)?;
+    // Every channel's background tasks end on this, after the HTTP drain; the reply senders
+    // (and the Zalo token upkeep) on the other, after them.
+    let (channels_stop_tx, channels_stop) = watch::channel(false);
+    let (outbound_stop_tx, outbound_stop) = watch::channel(false);
+    let mut channels = Channels::build(
+        settings,
+        ChannelDeps {
+            producer: &producer,
+            registry: &metrics.registry,
+            ingress: ingress.clone(),
+            own_ingress: &|max_body_bytes| {
+                ingress_for(settings, &producer, max_body_bytes, &metrics)
+            },
+            // Per-tenant channel state (Zalo refreshes, SMS reassembly, mailboxes) lives where
+            // the router owns the tenant; without a router this instance is the only one.
+            ownership: routing.handle.as_ref().map_or_else(
+                || omni_bus::Ownership::fixed(omni_bus::Owned::everything()),
+                |r| r.ownership(),
+            ),
+            replicated: routing.handle.is_some(),
+            stop: channels_stop,
+            senders_stop: outbound_stop.clone(),
+        },
+    )?;
+    let (outbound_task, replies) = match &settings.outbound {
         Some(outbound) => {
-            let (task, senders, replies) = crate::outbound::start(
+            let (task, replies) = crate::outbound::start(
                 settings,
                 outbound,
                 &metrics.registry,
                 (producer.clone(), metrics.bus.clone()),
-                std::mem::take(&mut email.senders),
-                (zalo_shared.clone(), ownership.clone()),
-                outbound_stop_rx,
+                channels.take_senders(),
+                outbound_stop,
             )?;
-            (Some(task), Some(senders), Some(replies))
+            (Some(task), Some(replies))
         }
-        None => (None, None, None),
+        None => (None, None),
     };
-    components.push(("mailbox reader", email));
-    let (state, concat) = app_state(settings, ingress, &producer, metrics.registry)?;
-    let concat_upkeep = concat_upkeep(&state, concat, settings, &ownership, &routing.stop_rx);
-    concat_upkeep.ensure(settings);
-    let concat_task = concat_upkeep.task.clone();
-    let mut app = router(state.clone()).merge(omni_router::api::routes(agent_api.clone()));
-    for (_, component) in &mut components {
-        app = app.merge(std::mem::take(&mut component.routes));
-    }
+    let state = Arc::new(AppState::new(
+        settings,
+        ingress,
+        producer.clone(),
+        metrics.registry.clone(),
+    ));
+    let app = router(state.clone())
+        .merge(omni_router::api::routes(agent_api.clone()))
+        .merge(channels.take_routes());
     let (stop_tx, server) = serve(settings, app).await?;
     let (reload_stop_tx, reload_stop_rx) = watch::channel(false);
     let live = Live {
         app: state,
         agent_api,
         router: routing.handle.clone(),
-        livechat: livechat.clone(),
-        senders,
-        concat: concat_upkeep,
+        livechat: channels.livechat.clone(),
+        messenger: channels.messenger.clone(),
+        zalo: channels.zalo.clone(),
+        sms: channels.sms.clone(),
     };
     let grace = settings.shutdown_grace;
     let reloader = Reloader::new(config, loaded, live, metrics.reload);
@@ -112,45 +113,11 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         replies,
         reload: (reload_stop_tx, reload_task),
         server: (stop_tx, server),
-        livechat,
         router: routing,
-        channels: (channels_stop_tx, components),
-        concat_task,
+        channels: (channels_stop_tx, channels),
         outbound: (outbound_stop_tx, outbound_task),
-        zalo_tail,
     };
     Ok(running.shut_down(grace).await)
-}
-
-/// The e-mail channel: a reader per mailbox this instance owns, the SMTP sender if it sends.
-/// Mail takes the inbound path every channel takes (dedupe, `omni_messages_received_total`),
-/// with its own dedupe cache: mail and webhook event ids never meet.
-fn build_email(
-    settings: &Settings,
-    producer: &Producer,
-    metrics: &Metrics,
-    (ownership, routing): (&omni_bus::Ownership, &RouterTask),
-    stop: watch::Receiver<bool>,
-) -> Result<Component, omni_email::component::BuildError> {
-    omni_email::component::build(
-        &settings.mailboxes,
-        omni_email::component::EmailDeps {
-            kafka: &settings.kafka,
-            sink: Arc::new(producer.clone()),
-            ingress: Arc::new(ingress(
-                settings,
-                producer,
-                settings.max_body_bytes,
-                metrics,
-            )),
-            registry: &metrics.registry,
-            threads: thread_index(settings, producer),
-            ownership: ownership.clone(),
-            takeover_grace: takeover_grace(settings, routing),
-            send: settings.outbound.is_some(),
-            stop,
-        },
-    )
 }
 
 /// Every live chat visitor holds a socket: take the hard limit on open files, not the
@@ -189,7 +156,7 @@ impl Metrics {
 }
 
 /// The shared webhook handler over Kafka, with bodies up to `max_body_bytes`.
-fn ingress(
+fn ingress_for(
     settings: &Settings,
     producer: &Producer,
     max_body_bytes: usize,
@@ -213,27 +180,6 @@ fn listen_for_hangup() -> Option<tokio::signal::unix::Signal> {
             None
         }
     }
-}
-
-/// Live chat's entry point, when some tenant has a widget and live chat is enabled.
-fn build_livechat(
-    settings: &Settings,
-    producer: &Producer,
-    metrics: &Metrics,
-    stop: &watch::Receiver<bool>,
-) -> anyhow::Result<Option<(Arc<omni_livechat::Livechat>, Component)>> {
-    let Some(chat) = &settings.livechat else {
-        return Ok(None);
-    };
-    let built = omni_livechat::component::build(
-        (chat.settings.clone(), chat.widgets.clone()),
-        ingress(settings, producer, chat.settings.max_frame_bytes, metrics),
-        Arc::new(producer.clone()),
-        settings.kafka.clone(),
-        &metrics.registry,
-        stop.clone(),
-    )?;
-    Ok(Some(built))
 }
 
 /// The router task, if the router runs here, and what stops it.
@@ -313,115 +259,6 @@ fn agent_api(
     }))
 }
 
-/// The tail that keeps a shared table up to date; dropping it stops it.
-type Tail = Arc<omni_bus::table::Tail>;
-
-/// Every replica follows the Zalo token pairs the owners write; no pair is seeded or
-/// refreshed before what the topic held at start has been read.
-fn follow_zalo_tokens(
-    settings: &Settings,
-    producer: &Producer,
-) -> (Arc<omni_social::zalo::shared::SharedTokens>, Tail) {
-    let zalo_shared = Arc::new(omni_social::zalo::shared::SharedTokens::new(
-        settings.kafka.topics.zalo_tokens.clone(),
-        Arc::new(producer.clone()),
-        settings.zalo_sealing.clone(),
-    ));
-    let zalo_tail = {
-        let store = zalo_shared.clone();
-        Arc::new(omni_bus::table::tail(
-            &settings.kafka,
-            &settings.kafka.topics.zalo_tokens,
-            move |r| store.apply(r.key.as_bytes(), r.value.as_deref()),
-        ))
-    };
-    let (tx, rx) = watch::channel(false);
-    zalo_shared.followed(rx);
-    let tail = Arc::downgrade(&zalo_tail);
-    tokio::spawn(async move {
-        while let Some(tail) = tail.upgrade() {
-            if tail.caught_up(Duration::from_secs(5)).await {
-                let _ = tx.send(true);
-                return;
-            }
-        }
-    });
-    (zalo_shared, zalo_tail)
-}
-
-/// Readers and senders record e-mail threads on the thread topic; every replica follows it,
-/// so the sender finds a thread's chain whichever replica read or answered its mail.
-fn thread_index(settings: &Settings, producer: &Producer) -> Arc<omni_email::ThreadIndex> {
-    Arc::new(if settings.mailboxes.is_empty() {
-        omni_email::ThreadIndex::default()
-    } else {
-        omni_email::ThreadIndex::durable(
-            &settings.kafka,
-            Arc::new(producer.clone()),
-            THREAD_INDEX_CAPACITY,
-            settings.kafka.publish_timeout(),
-        )
-    })
-}
-
-/// How long a mailbox reader taking over from another instance waits first; without a router
-/// this instance is the only one.
-fn takeover_grace(settings: &Settings, router: &RouterTask) -> Duration {
-    match &router.handle {
-        Some(_) => settings.kafka.publish_timeout() + Duration::from_secs(1),
-        None => Duration::ZERO,
-    }
-}
-
-/// The webhook routes' state, and the multipart SMS store behind Vonage's message endpoint.
-fn app_state(
-    settings: &Settings,
-    ingress: Ingress,
-    producer: &Producer,
-    registry: Registry,
-) -> anyhow::Result<(Arc<AppState>, Arc<ConcatStore>)> {
-    let channels = Channels::new(settings);
-    let concat = Arc::new(ConcatStore::new(
-        SmsWebhook::new(
-            channels.sms.twilio_message.tenants(),
-            Endpoint::VonageMessage,
-        ),
-        settings.kafka.topics.sms_parts.clone(),
-        settings.sms_concat.clone(),
-        ConcatMetrics::register(&registry)?,
-    ));
-    let state = Arc::new(AppState::new(
-        ingress,
-        channels,
-        concat.clone(),
-        producer.clone(),
-        registry,
-    ));
-    Ok((state, concat))
-}
-
-/// The multipart SMS upkeep, started when a tenant first has Vonage; it ends with the
-/// router, after the HTTP drain: no part arrives after it.
-fn concat_upkeep(
-    state: &Arc<AppState>,
-    concat: Arc<ConcatStore>,
-    settings: &Settings,
-    ownership: &omni_bus::Ownership,
-    stop: &watch::Receiver<bool>,
-) -> ConcatUpkeep {
-    let (state, kafka) = (state.clone(), settings.kafka.clone());
-    let (ownership, stop) = (ownership.clone(), stop.clone());
-    ConcatUpkeep::new(move || {
-        tokio::spawn(run_concat(
-            state.clone(),
-            concat.clone(),
-            kafka.clone(),
-            ownership.clone(),
-            stop.clone(),
-        ))
-    })
-}
-
 /// Binds and serves `app` until the returned sender fires (then drains).
 async fn serve(
     settings: &Settings,
@@ -457,13 +294,11 @@ struct Running {
         tokio::sync::oneshot::Sender<()>,
         JoinHandle<std::io::Result<()>>,
     ),
-    livechat: Option<Arc<omni_livechat::Livechat>>,
     router: RouterTask,
-    /// Stops every channel's tasks; the components (named for the log) are awaited in order.
-    channels: (watch::Sender<bool>, Vec<(&'static str, Component)>),
-    concat_task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Stops every channel's tasks; the components (named for the log) are awaited in order,
+    /// and the channel handles (the Zalo token follower) live until the end.
+    channels: (watch::Sender<bool>, Channels),
     outbound: (watch::Sender<bool>, Option<JoinHandle<()>>),
-    zalo_tail: Tail,
 }
 
 impl Running {
@@ -488,7 +323,7 @@ impl Running {
         let _ = self.server.0.send(());
         // Upgraded sockets are not part of the HTTP drain: close them now (1001), so widgets
         // reconnect elsewhere at once rather than when the process is gone.
-        if let Some(chat) = &self.livechat {
+        if let Some(chat) = &self.channels.1.livechat {
             chat.close_sockets();
         }
         if tokio::time::timeout_at(deadline, self.reload.1)
@@ -504,9 +339,10 @@ impl Running {
             Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
         }
         let _ = self.router.stop_tx.send(true);
-        // The live chat feed first, then the mailbox readers.
-        let _ = self.channels.0.send(true);
-        for (name, component) in self.channels.1 {
+        // The live chat feed first, then the mailbox readers, then the multipart SMS upkeep.
+        let (channels_stop, mut channels) = self.channels;
+        let _ = channels_stop.send(true);
+        for (name, component) in std::mem::take(&mut channels.components) {
             for task in component.tasks {
                 if tokio::time::timeout_at(deadline, task).await.is_err() {
                     tracing::warn!(
@@ -516,14 +352,6 @@ impl Running {
                 }
             }
         }
-        let concat_task = self
-            .concat_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = concat_task {
-            let _ = tokio::time::timeout_at(deadline, task).await;
-        }
         stop_senders_and_router(self.outbound, self.router.task, deadline).await;
         // Replies still running now are abandoned: count them before the flush gives them time.
         let replies_unfinished = pending.count().replies_unfinished;
@@ -531,7 +359,7 @@ impl Running {
             .producer
             .flush_or_purge(left().max(Duration::from_millis(100)))
             .await;
-        drop(self.zalo_tail);
+        drop(channels);
         Leftovers {
             records_unflushed,
             replies_unfinished,
@@ -561,28 +389,6 @@ async fn stop_senders_and_router(
             Err(_) => tracing::warn!("router did not stop within the grace period"),
         }
     }
-}
-
-/// How many mails the e-mail thread index keeps in memory (the newest; the topic keeps all).
-const THREAD_INDEX_CAPACITY: usize = 100_000;
-
-/// The multipart SMS upkeep: follows the parts topic (every replica) and reassembles the
-/// tenants this replica owns until `stop`.
-async fn run_concat(
-    state: Arc<AppState>,
-    concat: Arc<ConcatStore>,
-    kafka: omni_bus::BusConfig,
-    ownership: omni_bus::Ownership,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let follower = {
-        let concat = concat.clone();
-        omni_bus::table::tail(&kafka, &kafka.topics.sms_parts, move |r| {
-            concat.apply(r.key.as_bytes(), r.value.as_deref());
-        })
-    };
-    concat.run(&state.ingress, ownership, stop).await;
-    drop(follower);
 }
 
 /// With `kafka.create_topics`, creates the topics in the background, retrying until the

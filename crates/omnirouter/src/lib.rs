@@ -5,13 +5,15 @@
 //! # Layout
 //! - [`cli`]: the command line (`run`, `check-config`) and log set-up.
 //! - [`settings`]: raw config → validated settings (names the bad key on error).
-//! - [`server`]: the HTTP routes: ingress, `/healthz`, `/readyz`, `/metrics`.
+//! - [`channels`]: every channel built by its own entry point, in one list.
+//! - [`server`]: the daemon's own routes: the API channel, `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: start-up, topic creation, graceful shutdown.
 //! - [`outbound`]: every channel's reply sender behind the outbound dispatcher.
 //! - [`shutdown`]: the bounded end of a shutdown: leftovers, exit codes, the watchdog.
 //! - [`reload`]: tenants changed without a restart (SIGHUP, a changed config file), and what
 //!   needs one.
 
+pub mod channels;
 pub mod cli;
 pub mod daemon;
 pub mod outbound;

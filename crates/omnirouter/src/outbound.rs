@@ -5,34 +5,25 @@ use anyhow::Context as _;
 use omni_bus::{BusMetrics, Producer};
 use omni_channel::{ChannelSender, DispatchMetrics, Dispatcher};
 use omni_core::ChannelKind;
-use omni_sms::send::SmsSender;
-use omni_social::messenger::MessengerSender;
-use omni_social::zalo::shared::SharedTokens;
-use omni_social::zalo::token::TokenMetrics;
-use omni_social::zalo::ZaloSender;
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::reload::{Senders, ZaloTokens};
 use crate::settings::{OutboundSettings, Settings};
 
-/// Starts sending replies from the outbound topic: a sender per channel (Messenger, SMS and
-/// Zalo always, so a reload can give them tenants; `built`: the senders of channels built by
-/// their own entry point, such as e-mail's), the
-/// Zalo token upkeep, and the dispatcher over a consumer group. Ends when `stop` turns true.
+/// Starts sending replies from the outbound topic: `senders` (each channel's, built by its
+/// entry point) behind the dispatcher, over a consumer group. Ends when `stop` turns true.
 /// Also returns the live count of replies taken and not finished (for the shutdown summary).
 pub fn start(
     settings: &Settings,
     outbound: &OutboundSettings,
     registry: &Registry,
     (producer, bus_metrics): (Producer, Arc<BusMetrics>),
-    built: Vec<(ChannelKind, Arc<dyn ChannelSender>)>,
-    zalo_shared: (Arc<SharedTokens>, omni_bus::Ownership),
+    senders: Vec<(ChannelKind, Arc<dyn ChannelSender>)>,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<(JoinHandle<()>, Senders, omni_bus::Unfinished)> {
+) -> anyhow::Result<(JoinHandle<()>, omni_bus::Unfinished)> {
     let metrics = DispatchMetrics::register(registry)?;
     let dispatcher = Dispatcher::new(
         Arc::new(producer.clone()),
@@ -44,10 +35,9 @@ pub fn start(
     .with_max_age(outbound.max_age)
     // Live chat replies reach visitors through the sockets: every instance reads them itself.
     .delivered_elsewhere(ChannelKind::Livechat);
-    let dispatcher = built
+    let dispatcher = senders
         .into_iter()
         .fold(dispatcher, |d, (kind, sender)| d.with_sender(kind, sender));
-    let (dispatcher, senders) = with_senders(dispatcher, settings, registry, zalo_shared, &stop)?;
     let consumer = omni_bus::Consumer::new(
         &settings.kafka,
         &outbound.group_id,
@@ -57,51 +47,7 @@ pub fn start(
     .context("joining the outbound consumer group")?;
     let replies = consumer.unfinished();
     let task = dispatch(settings, outbound, producer, consumer, dispatcher, stop);
-    Ok((task, senders, replies))
-}
-
-/// Gives `dispatcher` the reloadable senders (Messenger, SMS, Zalo), and returns them too.
-fn with_senders(
-    mut dispatcher: Dispatcher,
-    settings: &Settings,
-    registry: &Registry,
-    zalo_shared: (Arc<SharedTokens>, omni_bus::Ownership),
-    stop: &watch::Receiver<bool>,
-) -> anyhow::Result<(Dispatcher, Senders)> {
-    let messenger = Arc::new(
-        MessengerSender::new(
-            settings.messenger_tenants.iter().map(|(t, m)| (t, m)),
-            settings.messenger_api.clone(),
-        )
-        .context("building the Messenger HTTP client")?,
-    );
-    dispatcher = dispatcher.with_sender(ChannelKind::Messenger, messenger.clone());
-    let sms = Arc::new(
-        SmsSender::new(settings.sms_tenants.clone(), settings.sms_api.clone())
-            .context("building the SMS HTTP client")?,
-    );
-    dispatcher = dispatcher.with_sender(ChannelKind::Sms, sms.clone());
-    let mut zalo_tokens = ZaloTokens::new(
-        settings.zalo_refresh.clone(),
-        TokenMetrics::register(registry)?,
-        stop.clone(),
-    )
-    .shared(zalo_shared.0, zalo_shared.1);
-    let keepers = zalo_tokens
-        .prepare(&settings.zalo_tenants)
-        .context("building the Zalo OAuth HTTP client")?;
-    let zalo = Arc::new(
-        ZaloSender::new(zalo_tokens.commit(keepers), settings.zalo_api.clone())
-            .context("building the Zalo HTTP client")?,
-    );
-    dispatcher = dispatcher.with_sender(ChannelKind::Zalo, zalo.clone());
-    let senders = Senders {
-        messenger,
-        sms,
-        zalo,
-        zalo_tokens,
-    };
-    Ok((dispatcher, senders))
+    Ok((task, replies))
 }
 
 /// The dispatch task: once the outbound topic's partitions are known, sends replies from the

@@ -23,22 +23,20 @@
 //! `omni_config_last_reload_successful` and `omni_config_last_reload_success_timestamp_seconds`
 //! (start-up counts as a successful load).
 
+use anyhow::Context as _;
 use omni_core::{Secret, TenantId};
-use omni_sms::send::SmsSender;
-use omni_social::messenger::MessengerSender;
-use omni_social::zalo::shared::SharedTokens;
-use omni_social::zalo::token::{OaToken, RefreshSettings, Replicated, TokenMetrics};
-use omni_social::zalo::{OaSettings, ZaloSender, ZaloTenant};
+use omni_sms::component::Sms;
+use omni_social::messenger::component::Messenger;
+use omni_social::zalo::component::Zalo;
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::server::{AppState, Channels};
+use crate::server::AppState;
 use crate::settings::{self, error_chain, Loaded, Settings};
 
 /// How often the config file is looked at.
@@ -338,165 +336,10 @@ pub fn agent_tokens(settings: &Settings) -> HashMap<String, (TenantId, Secret)> 
         .collect()
 }
 
-/// The reply senders of a daemon that sends replies; every one exists (with no tenants if
-/// none is configured) so that a reload can give it tenants.
-pub struct Senders {
-    /// Messenger replies.
-    pub messenger: Arc<MessengerSender>,
-    /// SMS replies.
-    pub sms: Arc<SmsSender>,
-    /// Zalo replies.
-    pub zalo: Arc<ZaloSender>,
-    /// The Zalo token keepers behind `zalo`.
-    pub zalo_tokens: ZaloTokens,
-}
-
-/// A Zalo token keeper per OA, kept fresh by one upkeep loop; a reload keeps the keepers of
-/// OAs whose settings did not change (their tokens stay in memory) and restarts the loop over
-/// the new set.
-pub struct ZaloTokens {
-    refresh: RefreshSettings,
-    metrics: TokenMetrics,
-    keepers: Keepers,
-    /// Stops the upkeep loop in force (at its next wait: a refresh is never cut short).
-    upkeep: Option<Arc<watch::Sender<bool>>>,
-    stop: watch::Receiver<bool>,
-    /// The pairs shared between replicas, and what this one owns (who refreshes).
-    shared: Option<(Arc<SharedTokens>, omni_channel::Ownership)>,
-}
-
-/// Token keepers by (tenant, OA id), with the settings each was built from.
-type Keepers = HashMap<(String, String), (OaSettings, Arc<OaToken>)>;
-
-fn same_oa(a: &OaSettings, b: &OaSettings) -> bool {
-    a.app_id == b.app_id
-        && a.app_secret == b.app_secret
-        && a.token_file == b.token_file
-        && a.initial_refresh_token == b.initial_refresh_token
-        && a.initial_access_token == b.initial_access_token
-}
-
-impl ZaloTokens {
-    /// No keepers yet; upkeep loops end when `stop` turns true.
-    pub fn new(
-        refresh: RefreshSettings,
-        metrics: TokenMetrics,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
-            refresh,
-            metrics,
-            keepers: HashMap::new(),
-            upkeep: None,
-            stop,
-            shared: None,
-        }
-    }
-
-    /// Shares every OA's pair through `store`; only the owner of a tenant refreshes its OAs.
-    #[must_use]
-    pub fn shared(mut self, store: Arc<SharedTokens>, ownership: omni_channel::Ownership) -> Self {
-        self.shared = Some((store, ownership));
-        self
-    }
-
-    /// The keepers for `tenants`, reusing those of unchanged OAs. Changes nothing yet.
-    pub fn prepare(&self, tenants: &[(TenantId, ZaloTenant)]) -> anyhow::Result<Keepers> {
-        let mut next = HashMap::new();
-        for (tenant, zalo) in tenants {
-            for (oa, settings) in &zalo.oas {
-                let key = (tenant.as_str().to_owned(), oa.clone());
-                let keeper = match self.keepers.get(&key) {
-                    Some((old, keeper)) if same_oa(old, settings) => keeper.clone(),
-                    _ => {
-                        let keeper =
-                            OaToken::new(oa, settings, self.refresh.clone(), self.metrics.clone())?;
-                        Arc::new(match &self.shared {
-                            Some((store, ownership)) => keeper.replicated(Replicated {
-                                store: store.clone(),
-                                ownership: ownership.clone(),
-                                tenant: tenant.as_str().to_owned(),
-                            }),
-                            None => keeper,
-                        })
-                    }
-                };
-                next.insert(key, (settings.clone(), keeper));
-            }
-        }
-        Ok(next)
-    }
-
-    /// Makes `keepers` the ones kept fresh and returns them for the sender.
-    pub fn commit(&mut self, keepers: Keepers) -> HashMap<(String, String), Arc<OaToken>> {
-        for (tenant, oa) in self.keepers.keys() {
-            let still = keepers.keys().any(|(_, o)| o == oa);
-            if !still {
-                let _ = self.metrics.expires_at.remove_label_values(&[oa]);
-                tracing::info!(tenant = %tenant, oa = %oa, "Zalo OA removed: its token is no longer refreshed");
-            }
-        }
-        self.keepers = keepers;
-        if let Some(previous) = self.upkeep.take() {
-            let _ = previous.send(true);
-        }
-        let tokens: HashMap<_, _> = self
-            .keepers
-            .iter()
-            .map(|(k, (_, keeper))| (k.clone(), keeper.clone()))
-            .collect();
-        if !tokens.is_empty() {
-            let (tx, rx) = watch::channel(false);
-            let tx = Arc::new(tx);
-            self.upkeep = Some(tx.clone());
-            let mut stop = self.stop.clone();
-            let list = tokens.values().cloned().collect();
-            tokio::spawn(async move {
-                let upkeep = omni_social::zalo::token::keep_fresh(list, rx);
-                tokio::pin!(upkeep);
-                tokio::select! {
-                    () = &mut upkeep => return,
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-                // Shutting down: let a refresh in progress reach the token file.
-                let _ = tx.send(true);
-                upkeep.await;
-            });
-        }
-        tokens
-    }
-}
-
-/// The multipart SMS upkeep, started once some tenant has Vonage (at start or by a reload).
-pub struct ConcatUpkeep {
-    /// The running task, taken at shutdown.
-    pub task: Arc<Mutex<Option<JoinHandle<()>>>>,
-    /// Starts the task.
-    start: Box<dyn Fn() -> JoinHandle<()> + Send + Sync>,
-}
-
-impl ConcatUpkeep {
-    /// An upkeep that `start` spawns when first needed.
-    pub fn new(start: impl Fn() -> JoinHandle<()> + Send + Sync + 'static) -> Self {
-        Self {
-            task: Arc::new(Mutex::new(None)),
-            start: Box::new(start),
-        }
-    }
-
-    /// Starts the task if `settings` needs it and it is not running.
-    pub fn ensure(&self, settings: &Settings) {
-        let needed = settings.sms_tenants.iter().any(|(_, s)| s.vonage.is_some());
-        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if needed && task.is_none() {
-            *task = Some((self.start)());
-        }
-    }
-}
-
-/// Everything a reload swaps in the running daemon.
+/// Everything a reload swaps in the running daemon: each channel's handle from its entry
+/// point, the API channel, agent tokens and the router's tenants.
 pub struct Live {
-    /// Webhook adapters.
+    /// The daemon's own routes (the API channel).
     pub app: Arc<AppState>,
     /// Agent API tokens.
     pub agent_api: Arc<omni_router::api::ApiState>,
@@ -504,21 +347,22 @@ pub struct Live {
     pub router: Option<Arc<omni_router::Router>>,
     /// Live chat, if it is served here.
     pub livechat: Option<Arc<omni_livechat::Livechat>>,
-    /// Reply senders, if replies are sent here.
-    pub senders: Option<Senders>,
-    /// Multipart SMS upkeep.
-    pub concat: ConcatUpkeep,
+    /// Messenger pages (webhook and sender).
+    pub messenger: Arc<Messenger>,
+    /// Zalo OAs (webhook, sender and token keepers).
+    pub zalo: Arc<Zalo>,
+    /// SMS accounts, numbers and gateways (webhooks, multipart store and sender).
+    pub sms: Arc<Sms>,
 }
 
 impl Live {
-    /// Applies every tenant of `settings`. Builds what can fail first, so a failure changes
-    /// nothing.
+    /// Applies every tenant of `settings`. What can fail (Zalo's new token keepers) comes
+    /// first and changes nothing when it fails.
     pub fn apply(&mut self, settings: &Settings) -> anyhow::Result<()> {
-        let zalo = match &self.senders {
-            Some(s) => Some(s.zalo_tokens.prepare(&settings.zalo_tenants)?),
-            None => None,
-        };
-        self.app.set_channels(Channels::new(settings));
+        self.zalo
+            .set_tenants(&settings.zalo_tenants)
+            .context("building the Zalo OAuth HTTP client")?;
+        self.app.set_tenants(settings);
         *self
             .agent_api
             .tokens
@@ -536,17 +380,8 @@ impl Live {
                     .unwrap_or_default(),
             );
         }
-        if let (Some(senders), Some(keepers)) = (&mut self.senders, zalo) {
-            senders
-                .messenger
-                .set_tenants(settings.messenger_tenants.iter().map(|(t, m)| (t, m)));
-            senders.sms.set_tenants(omni_sms::webhook::tenants(
-                settings.sms_tenants.iter().cloned(),
-            ));
-            let tokens = senders.zalo_tokens.commit(keepers);
-            senders.zalo.set_tokens(tokens);
-        }
-        self.concat.ensure(settings);
+        self.messenger.set_tenants(&settings.messenger_tenants);
+        self.sms.set_tenants(&settings.sms_tenants);
         Ok(())
     }
 }

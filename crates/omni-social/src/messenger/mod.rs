@@ -17,6 +17,7 @@
 //! | `read` | `omni.channel.signal` `read` with the watermark |
 //! | anything else (reactions, referrals, handover…) | accepted and counted as ignored |
 
+pub mod component;
 pub mod config;
 mod inbound;
 mod send;

@@ -19,11 +19,13 @@
 //! | `user_received_message`, `user_seen_message` | `omni.channel.signal` `delivered` / `read` |
 //! | anything else | accepted and counted as ignored |
 
+pub mod component;
 pub mod config;
 mod inbound;
 mod send;
 pub mod shared;
 pub mod token;
+pub mod upkeep;
 
 #[cfg(test)]
 mod tests;

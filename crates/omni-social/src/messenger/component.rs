@@ -1,0 +1,79 @@
+//! Messenger's entry point: its webhook route (signed events and Meta's `GET` handshake) and,
+//! where replies are sent, its sender; [`Messenger::set_tenants`] gives both a reloaded
+//! config's tenants.
+
+use axum::extract::{Path, Query};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{MethodFilter, MethodRouter};
+use omni_channel::{webhook_route, Component, Ingress, Swappable, WebhookAdapter};
+use omni_core::{ChannelKind, TenantId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{MessengerChannel, MessengerSendSettings, MessengerSender, MessengerTenant};
+
+/// The running Messenger channel, as a reload sees it.
+pub struct Messenger {
+    adapter: Arc<Swappable<MessengerChannel>>,
+    sender: Option<Arc<MessengerSender>>,
+}
+
+impl Messenger {
+    /// Serves `tenants` from the next webhook and the next reply on.
+    pub fn set_tenants(&self, tenants: &[(TenantId, MessengerTenant)]) {
+        self.adapter
+            .replace(MessengerChannel::new(tenants.iter().cloned()));
+        if let Some(sender) = &self.sender {
+            sender.set_tenants(tenants.iter().map(|(t, m)| (t, m)));
+        }
+    }
+}
+
+/// Builds Messenger for `tenants`: the webhook at `/v1/webhooks/messenger/{tenant}` through
+/// `ingress`, and the sender when `api` is given (this instance sends replies). Fails only
+/// when the sender's HTTP client cannot be built.
+pub fn build(
+    tenants: &[(TenantId, MessengerTenant)],
+    api: Option<MessengerSendSettings>,
+    ingress: Arc<Ingress>,
+) -> Result<(Arc<Messenger>, Component), reqwest::Error> {
+    let adapter = Arc::new(Swappable::new(MessengerChannel::new(
+        tenants.iter().cloned(),
+    )));
+    let sender = match api {
+        Some(api) => Some(Arc::new(MessengerSender::new(
+            tenants.iter().map(|(t, m)| (t, m)),
+            api,
+        )?)),
+        None => None,
+    };
+    let route = webhook_route(MethodFilter::POST, ingress.clone(), adapter.clone())
+        .merge(handshake_route(ingress, adapter.clone()));
+    let mut component = Component::default()
+        .with_routes(axum::Router::new().route("/v1/webhooks/messenger/{tenant}", route));
+    if let Some(sender) = &sender {
+        component = component.with_sender(ChannelKind::Messenger, sender.clone());
+    }
+    Ok((Arc::new(Messenger { adapter, sender }), component))
+}
+
+/// Meta's `GET` subscription handshake: echo `hub.challenge` for the right verify token.
+fn handshake_route(
+    ingress: Arc<Ingress>,
+    adapter: Arc<Swappable<MessengerChannel>>,
+) -> MethodRouter {
+    axum::routing::get(
+        move |Path(tenant): Path<String>, Query(query): Query<HashMap<String, String>>| async move {
+            match adapter.current().handshake(&tenant, &query) {
+                Ok(challenge) => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    challenge,
+                )
+                    .into_response(),
+                Err(e) => ingress.refuse(MessengerChannel::CHANNEL, e),
+            }
+        },
+    )
+}
