@@ -57,11 +57,12 @@ lint: apt ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench: deps ## Ingest load test (wrk) with its references, the 10k idle live chat sockets test, and criterion benches
+bench: deps ## Ingest load test (wrk) with its references, the 10k idle live chat sockets test, the 50,000-conversation simulated day, and criterion benches
 	$(MAKE) apt EXTRA_APT="$(BENCH_PACKAGES)"
 	bash benches/ingest.sh
 	cargo build --release -p omnirouter -p omni-benches --bin omnirouter --bin livechat-load
 	$(CARGO_TARGET_DIR)/release/livechat-load --daemon $(CARGO_TARGET_DIR)/release/omnirouter --connections 10000
+	$(CARGO_TARGET_DIR)/release/omnirouter simulate benches/simulate_day.toml > /dev/null
 	cargo bench -p omni-benches
 
 clean-run: ## Remove the local broker's data (.run/)

@@ -20,7 +20,7 @@ fn check_config(env: &[(&str, &str)]) -> (bool, String) {
 }
 
 #[test]
-fn help_explains_both_commands() {
+fn help_explains_every_command() {
     let out = Command::new(omnirouter_bin())
         .arg("--help")
         .output()
@@ -28,7 +28,7 @@ fn help_explains_both_commands() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        help.contains("run") && help.contains("check-config"),
+        help.contains("run") && help.contains("check-config") && help.contains("simulate"),
         "{help}"
     );
     assert!(
@@ -100,4 +100,85 @@ async fn json_logs_are_one_object_per_line_and_never_hold_secrets() {
     for secret in ["demo-token", "demo-secret", "wrong-token"] {
         assert!(!log.contains(secret), "log holds {secret}");
     }
+}
+
+fn simulate(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(omnirouter_bin())
+        .arg("simulate")
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The example day, as the README shows it: a table per queue and interval on standard
+/// output, the same figures as CSV in a file, with no broker and no config.
+#[test]
+fn simulate_prints_the_example_day_and_writes_its_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("day.csv");
+    let (code, table, stderr) = simulate(&[
+        "config/simulate.example.toml",
+        "--csv",
+        csv_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        table.contains("queue") && table.contains("occupancy"),
+        "{table}"
+    );
+    assert!(table.contains("general         total"), "{table}");
+    assert!(stderr.contains("simulated"), "{stderr}");
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert_eq!(
+        header,
+        "queue,interval,offered,answered,answered_in_time,abandoned,service_level,asa_secs,abandon_rate,occupancy"
+    );
+    let total: Vec<&str> = csv
+        .lines()
+        .find(|l| l.starts_with("general,total,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    let offered: u64 = total[2].parse().unwrap();
+    let answered: u64 = total[3].parse().unwrap();
+    let abandoned: u64 = total[5].parse().unwrap();
+    assert!(
+        offered > 2_000 && answered + abandoned <= offered,
+        "{total:?}"
+    );
+    // The same seed, the same day: the CSV on standard output matches the file.
+    let (code, stdout_csv, _) = simulate(&["config/simulate.example.toml", "--csv", "-"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout_csv, csv);
+}
+
+/// --search finds a roster that meets the target (and says so), or exits 1 when none up to
+/// the limit does; a bad profile exits 2 naming its key.
+#[test]
+fn simulate_searches_a_roster_and_refuses_a_bad_profile() {
+    let (code, out, stderr) = simulate(&["config/simulate.example.toml", "--search", "120"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        out.starts_with("smallest roster meeting the target:"),
+        "{out}"
+    );
+    let (code, _, stderr) = simulate(&["config/simulate.example.toml", "--search", "3"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no roster of up to 3 agents"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let example =
+        std::fs::read_to_string(workspace().join("config/simulate.example.toml")).unwrap();
+    std::fs::write(&bad, example.replace("count = 14", "count = \"many\"")).unwrap();
+    let (code, _, stderr) = simulate(&[bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("count"), "{stderr}");
 }

@@ -1,4 +1,4 @@
-//! The command line: `omnirouter run` and `omnirouter check-config`.
+//! The command line: `omnirouter run`, `omnirouter check-config` and `omnirouter simulate`.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -53,11 +53,19 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Replay a contact-centre day (a profile: arrivals per interval, handling and patience,
+    /// roster and shifts) through the routing engine in virtual time, and print service level,
+    /// average speed of answer, abandonment and occupancy per queue and interval; with
+    /// --search, the smallest roster that meets the profile's target. Needs no broker.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Simulate(args) = &cli.command {
+        return crate::simulate::run(args);
+    }
     let loaded = match crate::settings::load(cli.config.as_deref()) {
         Ok(l) => l,
         Err(e) => return fail(&e),
@@ -83,6 +91,7 @@ pub fn main() -> ExitCode {
                 std::process::exit(1)
             }
         },
+        Command::Simulate(_) => unreachable!("run before the config is read"),
         Command::CheckConfig { connect } => {
             eprintln!(
                 "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Zalo, {} on SMS), topics {}",

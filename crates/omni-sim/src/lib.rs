@@ -1,0 +1,28 @@
+//! What-if staffing: "with this roster, will we answer 80 % of chats within 2 minutes
+//! tomorrow?" A contact-centre day goes through the real routing engine ([`omni_routing`]:
+//! pure, no broker, no clock) in virtual time, so a day of 50,000 conversations takes seconds.
+//!
+//! # Layout
+//! - [`profile`]: the day as a TOML file: arrivals per queue per interval, handling time and
+//!   patience distributions, the roster with skills, capacity and shifts, the target.
+//! - [`day`]: the discrete-event run: customers arrive, wait, abandon or are assigned by the
+//!   engine, are handled and resolved; agents start and end their shifts.
+//! - [`report`]: service level, average speed of answer, abandonment and occupancy per queue
+//!   and interval, as a table and as CSV.
+//! - [`search`]: the smallest roster (the profile's, scaled) that meets the target.
+//! - [`erlang`]: Erlang C and Erlang A, the queueing theory the simulation is checked against.
+//! - [`rng`]: a small seeded generator, so a profile and a seed give the same day every time.
+
+pub mod day;
+pub mod erlang;
+pub mod profile;
+pub mod report;
+pub mod rng;
+pub mod search;
+
+pub use day::simulate;
+pub use profile::{Profile, ProfileError};
+pub use report::Report;
+
+#[cfg(test)]
+mod tests;
