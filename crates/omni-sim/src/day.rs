@@ -57,6 +57,8 @@ struct Customer {
 #[derive(Debug)]
 struct Agent {
     id: AgentId,
+    /// The roster group they belong to (their skills).
+    group: usize,
     capacity: u32,
     load: u32,
     online: bool,
@@ -129,7 +131,7 @@ impl<'p> Day<'p> {
 
     /// Every agent of the roster, with their shift on the calendar.
     fn staff(&mut self) {
-        for group in &self.profile.roster {
+        for (g, group) in self.profile.roster.iter().enumerate() {
             let (begin, end) = self.profile.shift_ms(group);
             for n in 1..=group.count {
                 let i = self.agents.len();
@@ -137,6 +139,7 @@ impl<'p> Day<'p> {
                 self.agent_by_id.insert(id.clone(), i);
                 self.agents.push(Agent {
                     id,
+                    group: g,
                     capacity: group.capacity,
                     load: 0,
                     online: false,
@@ -222,14 +225,9 @@ impl<'p> Day<'p> {
     }
 
     fn shift_starts(&mut self, now: u64, a: usize) {
-        let group = self
-            .profile
-            .roster
-            .iter()
-            .find(|g| self.agents[a].id.0.starts_with(&format!("{}-", g.name)));
         let profile = AgentProfile {
             agent: self.agents[a].id.clone(),
-            skills: group.map(|g| g.skills.clone()).unwrap_or_default(),
+            skills: self.profile.roster[self.agents[a].group].skills.clone(),
             capacity: self.agents[a].capacity,
             channel_capacity: Default::default(),
         };

@@ -196,6 +196,9 @@ impl Profile {
         }
         for (i, g) in self.roster.iter().enumerate() {
             let key = |k: &str| format!("roster[{i}] ({}).{k}", g.name);
+            if self.roster[..i].iter().any(|other| other.name == g.name) {
+                return Err(invalid(key("name"), "another group has this name"));
+            }
             if g.capacity == 0 {
                 return Err(invalid(key("capacity"), "must be above 0"));
             }
@@ -314,6 +317,7 @@ shift = ["08:00", "08:30"]
                 "routing",
             ),
             ("name = \"chat\"", "name = \"chat\"\nmystery = 1", "mystery"),
+            ("shift = [", "[[roster]]\nname = \"vi\"\ncount = 1\n[[roster]]\nname = \"x\"\ncount = 1\nshift = [", "roster[1] (vi).name"),
         ];
         for (from, to, named) in cases {
             let text = SMALL.replace(from, to);
