@@ -182,3 +182,51 @@ fn simulate_searches_a_roster_and_refuses_a_bad_profile() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("count"), "{stderr}");
 }
+
+/// A recorded day replayed through a profile's routing: the same figures the recording
+/// implies (one customer answered at once, one who gave up while the only agent was busy, one
+/// answered after 3 minutes), as CSV on standard output and the summary on standard error.
+#[test]
+fn simulate_replays_a_recorded_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("routing.toml");
+    std::fs::write(
+        &profile,
+        "start = \"2026-12-03T00:00:00+07:00\"\n[routing]\ndefault_queue = \"general\"\n\
+         [routing.queues.general]\nskills = { vi = 1 }\n",
+    )
+    .unwrap();
+    let records = workspace().join("testdata/simulate/recorded-day.jsonl");
+    let (code, csv, stderr) = simulate(&[
+        profile.to_str().unwrap(),
+        "--replay",
+        records.to_str().unwrap(),
+        "--tenant",
+        "shop",
+        "--csv",
+        "-",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "replayed 3 customers and 2 agent commands of tenant shop (1 records skipped)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("general,total,3,2,1,1,0.3333,90.0000,0.3333,")),
+        "{csv}"
+    );
+    // The profile alone has nobody to simulate; --replay needs its tenant.
+    let (code, _, stderr) = simulate(&[profile.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--replay"), "{stderr}");
+    let (code, _, stderr) = simulate(&[
+        profile.to_str().unwrap(),
+        "--replay",
+        records.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--tenant"), "{stderr}");
+}

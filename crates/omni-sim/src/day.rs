@@ -17,6 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use crate::profile::Profile;
+use crate::recorded::Recorded;
 use crate::report::{Report, Tally};
 use crate::rng::Rng;
 
@@ -26,6 +27,10 @@ use crate::rng::Rng;
 enum Happening {
     ShiftStarts(usize),
     Arrives(usize),
+    /// The recorded day's next customer (an index into its arrivals).
+    Recorded(usize),
+    /// A recorded agent command (profile, presence), by index.
+    AgentCommand(usize),
     /// A waiting customer's patience runs out.
     GivesUp(usize),
     /// An agent finishes handling (the generation tells a stale finish from a live one: a
@@ -57,8 +62,8 @@ struct Customer {
 #[derive(Debug)]
 struct Agent {
     id: AgentId,
-    /// The roster group they belong to (their skills).
-    group: usize,
+    /// The roster group they belong to (their skills); none for a recorded agent.
+    group: Option<usize>,
     capacity: u32,
     load: u32,
     online: bool,
@@ -69,6 +74,11 @@ struct Agent {
 /// The run's state: the engine, the calendar, and what it has counted.
 struct Day<'p> {
     profile: &'p Profile,
+    /// The recorded day being replayed, if it is one.
+    recorded: Option<&'p Recorded>,
+    /// The reported span: its start (ms since the epoch) and number of intervals.
+    start_ms: u64,
+    intervals: usize,
     engine: Engine,
     rng: Rng,
     tenant: TenantId,
@@ -87,19 +97,53 @@ struct Day<'p> {
 /// Simulates `profile`'s day and reports it. Deterministic: the same profile (and seed) gives
 /// the same report.
 pub fn simulate(profile: &Profile) -> Report {
-    let mut day = Day::new(profile);
+    let mut day = Day::new(profile, None, profile.start_ms(), profile.intervals());
+    day.staff();
+    for stream in 0..profile.arrivals.len() {
+        if let Some(at) = day.next_arrival(stream, profile.start_ms()) {
+            day.schedule(at, Happening::Arrives(stream));
+        }
+    }
+    day.run();
+    day.report
+}
+
+/// Replays a recorded day through `profile`'s routing: its customers arrive when they did,
+/// with the channel, language and text they wrote, take the handling time their agent took
+/// (or give up when they did, if nobody answered them), and its agents come and go as they
+/// did. The profile's arrivals and roster are not used; the intervals start at the first
+/// record.
+pub fn replay(profile: &Profile, recorded: &Recorded) -> Report {
+    let width = profile.interval_ms();
+    let start = recorded.first_ms - recorded.first_ms % width;
+    let intervals = usize::try_from((recorded.last_ms - start) / width + 1).unwrap_or(0);
+    let mut day = Day::new(profile, Some(recorded), start, intervals);
+    for (i, arrival) in recorded.arrivals.iter().enumerate() {
+        day.schedule(arrival.at, Happening::Recorded(i));
+    }
+    for (i, (at, _)) in recorded.agents.iter().enumerate() {
+        day.schedule(*at, Happening::AgentCommand(i));
+    }
     day.run();
     day.report
 }
 
 impl<'p> Day<'p> {
-    fn new(profile: &'p Profile) -> Self {
+    fn new(
+        profile: &'p Profile,
+        recorded: Option<&'p Recorded>,
+        start_ms: u64,
+        intervals: usize,
+    ) -> Self {
         let engine = Engine::new(profile.routing.clone())
             .unwrap_or_else(|e| unreachable!("a checked profile's routing is valid: {e}"));
         let queues: Vec<String> = profile.routing.queues.keys().map(|q| q.0.clone()).collect();
-        let report = Report::new(profile, &queues);
-        let mut day = Self {
+        let report = Report::new(profile, &queues, start_ms, intervals);
+        Self {
             profile,
+            recorded,
+            start_ms,
+            intervals,
             engine,
             rng: Rng::new(profile.seed),
             tenant: TenantId::new("sim").unwrap_or_else(|_| unreachable!("a valid tenant id")),
@@ -119,14 +163,7 @@ impl<'p> Day<'p> {
                 .collect(),
             report,
             open: 0,
-        };
-        day.staff();
-        for stream in 0..profile.arrivals.len() {
-            if let Some(at) = day.next_arrival(stream, profile.start_ms()) {
-                day.schedule(at, Happening::Arrives(stream));
-            }
         }
-        day
     }
 
     /// Every agent of the roster, with their shift on the calendar.
@@ -139,7 +176,7 @@ impl<'p> Day<'p> {
                 self.agent_by_id.insert(id.clone(), i);
                 self.agents.push(Agent {
                     id,
-                    group: g,
+                    group: Some(g),
                     capacity: group.capacity,
                     load: 0,
                     online: false,
@@ -159,7 +196,7 @@ impl<'p> Day<'p> {
     }
 
     fn day_end(&self) -> u64 {
-        self.profile.start_ms() + self.profile.interval_ms() * self.profile.intervals() as u64
+        self.start_ms + self.profile.interval_ms() * self.intervals as u64
     }
 
     /// The next arrival of `stream` after `from`: Poisson at each interval's rate (memoryless,
@@ -193,6 +230,8 @@ impl<'p> Day<'p> {
                 Happening::ShiftStarts(a) => self.shift_starts(now, a),
                 Happening::ShiftEnds(a) => self.set_presence(now, a, Presence::Away),
                 Happening::Arrives(stream) => self.arrives(now, stream),
+                Happening::Recorded(i) => self.recorded_arrives(now, i),
+                Happening::AgentCommand(i) => self.agent_command(now, i),
                 Happening::GivesUp(c) => self.gives_up(now, c),
                 Happening::Finishes(c, generation) => {
                     if self.customers[c].generation == generation && !self.customers[c].done {
@@ -221,13 +260,16 @@ impl<'p> Day<'p> {
     fn arrivals_pending(&self) -> bool {
         self.calendar
             .iter()
-            .any(|Reverse((_, _, w))| matches!(w, Happening::Arrives(_)))
+            .any(|Reverse((_, _, w))| matches!(w, Happening::Arrives(_) | Happening::Recorded(_)))
     }
 
     fn shift_starts(&mut self, now: u64, a: usize) {
         let profile = AgentProfile {
             agent: self.agents[a].id.clone(),
-            skills: self.profile.roster[self.agents[a].group].skills.clone(),
+            skills: self.agents[a]
+                .group
+                .map(|g| self.profile.roster[g].skills.clone())
+                .unwrap_or_default(),
             capacity: self.agents[a].capacity,
             channel_capacity: Default::default(),
         };
@@ -250,21 +292,94 @@ impl<'p> Day<'p> {
             self.schedule(next, Happening::Arrives(stream_index));
         }
         let stream = &self.profile.arrivals[stream_index];
-        let c = self.customers.len();
         let channel = ChannelRef {
             kind: stream.channel,
             account: stream.account.clone(),
         };
-        let contact = format!("customer-{c}");
-        let id = ConversationId::derive(&self.tenant, &channel, &contact, None);
+        let contact = format!("customer-{}", self.customers.len());
+        let inbound = Inbound {
+            conversation: ConversationId::derive(&self.tenant, &channel, &contact, None),
+            channel,
+            contact_id: contact,
+            tags: stream.tags.clone(),
+            language: stream.language.clone(),
+            text: stream.text.clone(),
+        };
         let handling = ms(stream.handling.sample(&mut self.rng));
         let patience = stream
             .patience
             .as_ref()
             .map(|p| ms(p.sample(&mut self.rng)));
-        let interval =
-            usize::try_from((now - self.profile.start_ms()) / self.profile.interval_ms())
-                .unwrap_or(usize::MAX);
+        self.admit(now, inbound, handling, patience);
+    }
+
+    fn recorded_arrives(&mut self, now: u64, i: usize) {
+        let Some(arrival) = self.recorded.and_then(|r| r.arrivals.get(i)) else {
+            return;
+        };
+        if self
+            .by_id
+            .get(&arrival.inbound.conversation)
+            .is_some_and(|c| !self.customers[*c].done)
+        {
+            // Still open here (this routing answered it later than the recording did).
+            return;
+        }
+        self.admit(
+            now,
+            arrival.inbound.clone(),
+            arrival.handling_ms,
+            arrival.patience_ms,
+        );
+    }
+
+    /// A recorded agent's profile or presence, applied when it happened.
+    fn agent_command(&mut self, now: u64, i: usize) {
+        let Some((_, command)) = self.recorded.and_then(|r| r.agents.get(i)) else {
+            return;
+        };
+        match command {
+            Command::UpsertAgent(profile) => {
+                let a = match self.agent_by_id.get(&profile.agent) {
+                    Some(&a) => a,
+                    None => {
+                        let a = self.agents.len();
+                        self.agent_by_id.insert(profile.agent.clone(), a);
+                        self.agents.push(Agent {
+                            id: profile.agent.clone(),
+                            group: None,
+                            capacity: profile.capacity.max(1),
+                            load: 0,
+                            online: false,
+                            accounted: now,
+                        });
+                        a
+                    }
+                };
+                self.account(a, now);
+                self.agents[a].capacity = profile.capacity.max(1);
+                self.step(now, Input::Command(command.clone()));
+            }
+            Command::SetPresence { agent, presence } => {
+                if let Some(&a) = self.agent_by_id.get(agent) {
+                    self.set_presence(now, a, *presence);
+                }
+            }
+            Command::RemoveAgent { agent } => {
+                if let Some(&a) = self.agent_by_id.get(agent) {
+                    self.set_presence(now, a, Presence::Offline);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A customer's first message reaches the engine; they wait at most `patience` ms.
+    fn admit(&mut self, now: u64, inbound: Inbound, handling: u64, patience: Option<u64>) {
+        let c = self.customers.len();
+        let id = inbound.conversation;
+        let interval = usize::try_from((now - self.start_ms) / self.profile.interval_ms())
+            .unwrap_or(usize::MAX);
         self.customers.push(Customer {
             id,
             arrived: now,
@@ -282,14 +397,6 @@ impl<'p> Day<'p> {
         if let Some(patience) = patience {
             self.schedule(now + patience, Happening::GivesUp(c));
         }
-        let inbound = Inbound {
-            conversation: id,
-            channel,
-            contact_id: contact,
-            tags: stream.tags.clone(),
-            language: stream.language.clone(),
-            text: stream.text.clone(),
-        };
         self.step(now, Input::Inbound(inbound));
     }
 

@@ -7,6 +7,8 @@
 //!   patience distributions, the roster with skills, capacity and shifts, the target.
 //! - [`day`]: the discrete-event run: customers arrive, wait, abandon or are assigned by the
 //!   engine, are handled and resolved; agents start and end their shifts.
+//! - [`recorded`]: a recorded day (the router's input records and routing events, exported as
+//!   JSON lines) as customers, handling times and agents' hours, replayed by [`day::replay`].
 //! - [`report`]: service level, average speed of answer, abandonment and occupancy per queue
 //!   and interval, as a table and as CSV.
 //! - [`search`]: the smallest roster (the profile's, scaled) that meets the target.
@@ -16,11 +18,12 @@
 pub mod day;
 pub mod erlang;
 pub mod profile;
+pub mod recorded;
 pub mod report;
 pub mod rng;
 pub mod search;
 
-pub use day::simulate;
+pub use day::{replay, simulate};
 pub use profile::{Profile, ProfileError};
 pub use report::Report;
 

@@ -31,9 +31,11 @@ pub struct Profile {
     pub target: Target,
     /// Queues, rules and strategies, as in a tenant's routing config.
     pub routing: RoutingConfig,
-    /// Who arrives: one stream per kind of contact.
+    /// Who arrives: one stream per kind of contact (not used when a recorded day is replayed).
+    #[serde(default)]
     pub arrivals: Vec<Stream>,
-    /// Who answers: groups of identical agents.
+    /// Who answers: groups of identical agents (not used when a recorded day is replayed).
+    #[serde(default)]
     pub roster: Vec<AgentGroup>,
 }
 
@@ -179,9 +181,6 @@ impl Profile {
             key: "routing".into(),
             reason: e.to_string(),
         })?;
-        if self.arrivals.is_empty() {
-            return Err(invalid("arrivals".into(), "needs at least one stream"));
-        }
         for (i, s) in self.arrivals.iter().enumerate() {
             let key = |k: &str| format!("arrivals[{i}] ({}).{k}", s.name);
             if s.per_interval.iter().any(|n| !(n.is_finite() && *n >= 0.0)) {

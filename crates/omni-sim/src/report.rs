@@ -109,11 +109,14 @@ pub struct Report {
 }
 
 impl Report {
-    /// An empty report for `profile`'s day and these queues.
-    pub fn new(profile: &Profile, queues: &[String]) -> Self {
-        let n = profile.intervals();
+    /// An empty report for these queues, `intervals` of `profile`'s width from `start_ms`
+    /// (shown in the profile's UTC offset).
+    pub fn new(profile: &Profile, queues: &[String], start_ms: u64, intervals: usize) -> Self {
+        let n = intervals;
+        let start = chrono::DateTime::from_timestamp_millis(i64::try_from(start_ms).unwrap_or(0))
+            .map_or(profile.start, |t| t.with_timezone(profile.start.offset()));
         Self {
-            start: profile.start,
+            start,
             interval_minutes: profile.interval_minutes,
             target: profile.target,
             queues: queues
@@ -127,7 +130,7 @@ impl Report {
             busy_secs: vec![0.0; n],
             unfinished: 0,
             rejected: 0,
-            start_ms: profile.start_ms(),
+            start_ms,
             interval_ms: profile.interval_ms(),
         }
     }

@@ -248,3 +248,32 @@ fn the_example_profiles_read_and_run() {
     let expected: f64 = bench.arrivals.iter().flat_map(|s| &s.per_interval).sum();
     assert!((49_900.0..50_100.0).contains(&expected), "{expected}");
 }
+
+/// The recorded day replayed: a answered at once; b gives up when they did, the agent still
+/// busy with a; c waits for a's 5 minutes to end (3 minutes: past the 2-minute target).
+#[test]
+fn a_recorded_day_replays_through_the_profiles_routing() {
+    let recorded = crate::recorded::parse(&crate::recorded::tests::recorded_day(), "shop").unwrap();
+    let profile = Profile::parse(
+        r#"
+start = "2026-12-03T00:00:00+07:00"
+target = { within_secs = 120, service_level = 0.8 }
+[routing]
+default_queue = "general"
+[routing.queues.general]
+skills = { vi = 1 }
+"#,
+    )
+    .unwrap();
+    let report = crate::replay(&profile, &recorded);
+    assert_eq!(report.start.format("%H:%M").to_string(), "08:00");
+    let day = report.queues[0].total();
+    assert_eq!(
+        (day.offered, day.answered, day.in_time, day.abandoned),
+        (3, 2, 1, 1),
+        "{day:?}"
+    );
+    assert_eq!(day.wait_secs, 180.0, "c waited 3 minutes");
+    assert_eq!(report.unfinished, 0);
+    assert!(report.occupancy(0).unwrap() > 0.5);
+}

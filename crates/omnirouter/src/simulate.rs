@@ -17,8 +17,16 @@ pub struct SimulateArgs {
     pub csv: Option<std::path::PathBuf>,
     /// Search the smallest roster, up to this many agents in all, that meets the profile's
     /// target (each group keeps its share of the agents).
-    #[arg(long, value_name = "MAX_AGENTS")]
+    #[arg(long, value_name = "MAX_AGENTS", conflicts_with = "replay")]
     pub search: Option<u32>,
+    /// Replay a recorded day instead of the profile's arrivals and roster: the records of
+    /// omni.inbound.v1, omni.commands.v1 and omni.routing.v1 as JSON lines (a CloudEvent per
+    /// line, or kcat -J output), through the profile's routing.
+    #[arg(long, value_name = "RECORDS", requires = "tenant")]
+    pub replay: Option<std::path::PathBuf>,
+    /// The tenant whose records are replayed.
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 /// Runs the subcommand: 0 when done (for a search: when a roster was found), 1 when no roster
@@ -33,6 +41,29 @@ pub fn run(args: &SimulateArgs) -> ExitCode {
     };
     let started = std::time::Instant::now();
     let mut out = String::new();
+    if let (Some(path), Some(tenant)) = (&args.replay, &args.tenant) {
+        let recorded = match omni_sim::recorded::read(path, tenant) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: records {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        out.push_str(&format!(
+            "replayed {} customers and {} agent commands of tenant {tenant} ({} records skipped)\n",
+            recorded.arrivals.len(),
+            recorded.agents.len(),
+            recorded.skipped
+        ));
+        return print_report(args, out, &omni_sim::replay(&profile, &recorded), started);
+    }
+    if profile.arrivals.is_empty() || profile.roster.is_empty() {
+        eprintln!(
+            "error: profile {}: arrivals and roster: needs at least one of each (or --replay a recorded day)",
+            args.profile.display()
+        );
+        return ExitCode::from(2);
+    }
     let report = match args.search {
         None => simulate(&profile),
         Some(limit) => match smallest_roster(&profile, limit) {
@@ -56,12 +87,24 @@ pub fn run(args: &SimulateArgs) -> ExitCode {
             }
         },
     };
+    print_report(args, out, &report, started)
+}
+
+/// Prints `out` and the report (or its CSV, for `--csv -`), and writes the CSV file.
+fn print_report(
+    args: &SimulateArgs,
+    mut out: String,
+    report: &omni_sim::Report,
+    started: std::time::Instant,
+) -> ExitCode {
     let to_stdout = args.csv.as_deref() == Some(Path::new("-"));
-    out.push_str(&if to_stdout {
-        report.csv()
+    if to_stdout {
+        // Standard output holds the CSV alone; what comes before it goes to standard error.
+        eprint!("{out}");
+        out = report.csv();
     } else {
-        report.table()
-    });
+        out.push_str(&report.table());
+    }
     if let Err(e) = std::io::stdout().lock().write_all(out.as_bytes()) {
         eprintln!("error: writing the report: {e}");
         return ExitCode::FAILURE;
