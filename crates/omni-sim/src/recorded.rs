@@ -20,6 +20,7 @@
 use omni_core::ConversationId;
 use omni_routing::{Command, Inbound, Input, RoutingEvent};
 use serde::Deserialize;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -175,8 +176,6 @@ fn decode(head: &Head, event: &serde_json::Value, tenant: &str) -> Result<Option
 struct Episodes {
     /// Open conversation → (its arrival's index, when it was assigned).
     open: HashMap<ConversationId, (usize, Option<u64>)>,
-    /// Arrivals whose end was never recorded.
-    unended: Vec<usize>,
 }
 
 impl Episodes {
@@ -185,9 +184,8 @@ impl Episodes {
         for (at, _, record) in records {
             match record {
                 Record::Input(Input::Inbound(inbound)) => {
-                    if !self.open.contains_key(&inbound.conversation) {
-                        self.open
-                            .insert(inbound.conversation, (day.arrivals.len(), None));
+                    if let Entry::Vacant(open) = self.open.entry(inbound.conversation) {
+                        open.insert((day.arrivals.len(), None));
                         day.arrivals.push(RecordedArrival {
                             at,
                             inbound,
@@ -225,9 +223,9 @@ impl Episodes {
                 Record::Routed(_) => {}
             }
         }
-        self.unended.extend(self.open.values().map(|(i, _)| *i));
+        // Arrivals whose end was never recorded take the mean handling time.
         let mean = handled.0.checked_div(handled.1).unwrap_or(0);
-        for i in self.unended {
+        for (i, _) in self.open.into_values() {
             day.arrivals[i].handling_ms = mean;
         }
     }
