@@ -293,6 +293,8 @@ async fn the_daemons_metrics_pass_promtool_check_metrics() {
         "omni_kafka_brokers_up",
         "omni_kafka_consumer_lag_messages",
         "omni_router_inputs_total",
+        "omni_sla_target_seconds",
+        "omni_queue_open",
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
@@ -311,6 +313,14 @@ async fn the_daemons_metrics_pass_promtool_check_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+
+    // Each queue's own targets, from config/default.toml (demo/general: 60 s first response).
+    assert!(
+        metrics.contains(
+            r#"omni_sla_target_seconds{bound="60",queue="general",sla="first_response",tenant="demo"} 60"#
+        ) && metrics.contains(r#"omni_queue_open{queue="general",tenant="demo"} 1"#),
+        "{metrics}"
+    );
 
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -529,6 +539,18 @@ async fn a_real_prometheus_scrapes_the_daemon_and_evaluates_the_rules() {
         .await;
     println!("p90 first response recorded by Prometheus: {p90} s (last one: {first_response} s)");
 
+    // Service level against the queue's own target (demo/general: 60 s, joined on the
+    // histogram bucket at that bound): every first response so far was within it.
+    let in_time = first_response < 60.0;
+    let sl = prometheus
+        .wait_value(
+            "omni:first_response_service_level:ratio_rate1h{tenant=\"demo\",queue=\"general\"}",
+            Duration::from_secs(30),
+            |v| !in_time || (v - 1.0).abs() < 1e-9,
+        )
+        .await;
+    println!("service level within demo/general's own target: {sl}");
+
     // Every rule of both files is loaded and evaluates without error on the real series.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -550,4 +572,54 @@ async fn a_real_prometheus_scrapes_the_daemon_and_evaluates_the_rules() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Every query of the Grafana dashboard is PromQL Prometheus parses, with the dashboard's
+/// variables given values (checked by `promtool check rules` on a rule file of the queries).
+#[test]
+fn dashboard_queries_parse_as_promql() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/grafana/dashboards/omnirouter.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    let mut stack = vec![&dashboard["panels"]];
+    while let Some(panels) = stack.pop() {
+        for p in panels.as_array().into_iter().flatten() {
+            stack.push(&p["panels"]);
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    exprs.push(e.to_owned());
+                }
+            }
+        }
+    }
+    assert!(exprs.len() > 10, "{} queries", exprs.len());
+    let rules: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e
+                .replace("$tenant", ".*")
+                .replace("$queue", ".*")
+                .replace("$__rate_interval", "5m")
+                .replace("$window", "1h");
+            json!({"record": format!("dashboard:query{i}"), "expr": e})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard.yml");
+    std::fs::write(
+        &file,
+        json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
+    must_succeed(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(&file),
+        "promtool check rules on the dashboard's queries",
+    );
 }

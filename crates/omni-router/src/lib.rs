@@ -51,6 +51,7 @@ pub mod api;
 pub mod metrics;
 pub mod ownership;
 pub mod runner;
+pub mod targets;
 pub mod wire;
 
 pub use metrics::RouterMetrics;

@@ -51,6 +51,8 @@ pub struct RouterMetrics {
     pub ownership: IntCounterVec,
     /// API reads by how they were answered (local, forwarded, unowned).
     pub reads: IntCounterVec,
+    /// Every configured queue's targets and opening state.
+    pub targets: std::sync::Arc<crate::targets::QueueTargets>,
 }
 
 impl RouterMetrics {
@@ -112,6 +114,7 @@ impl RouterMetrics {
             },
             ownership: counter("omni_router_ownership_changes_total", "Partitions claimed (claimed) and partitions given up to a newer owner (fenced).", &["change"])?,
             reads: counter("omni_router_api_reads_total", "Agent API reads by how they were answered: local, forwarded to the owner, or unowned (503).", &["answer"])?,
+            targets: std::sync::Arc::new(crate::targets::QueueTargets::register(registry)?),
         };
         Ok(m)
     }

@@ -36,6 +36,9 @@ impl Router {
                 self.rejoin.notify_one();
             }
             let now = Timestamp(wall_clock_ms());
+            // Every configured queue, owned here or not: the targets come from the config.
+            let configs = self.tenants.borrow().clone();
+            self.metrics.targets.set(&configs, now);
             let prune = pruned.elapsed() >= HISTORY_PRUNE;
             if prune {
                 pruned = Instant::now();
