@@ -279,6 +279,7 @@ async fn the_daemons_metrics_pass_promtool_check_metrics() {
         "omni_queue_wait_seconds_count",
         "omni_resolution_seconds_count",
         "omni_csat_score_count",
+        "omni_conversations_created_total",
         "omni_conversations_resolved_total",
         "omni_conversations_reopened_total",
         "omni_backlog_conversations",

@@ -30,6 +30,7 @@ pub struct RouterMetrics {
     csat: HistogramVec,
     sla_breaches: IntCounterVec,
     offers_declined: IntCounterVec,
+    created: IntCounterVec,
     resolved: IntCounterVec,
     reopened: IntCounterVec,
     backlog: IntGaugeVec,
@@ -78,6 +79,7 @@ impl RouterMetrics {
             csat: hist("omni_csat_score", "Customer satisfaction scores (1-5).", vec![1.0, 2.0, 3.0, 4.0, 5.0])?,
             sla_breaches: counter("omni_sla_breaches_total", "Service-level targets missed.", &["tenant", "queue", "channel", "sla"])?,
             offers_declined: counter("omni_offers_declined_total", "Offers declined or timed out.", &["tenant", "queue", "channel", "reason"])?,
+            created: counter("omni_conversations_created_total", "New contacts: conversations, and customers writing again after the reopen window (resolution rate = resolved / created).", labels)?,
             resolved: counter("omni_conversations_resolved_total", "Conversations resolved.", labels)?,
             reopened: counter("omni_conversations_reopened_total", "Resolved conversations reopened (first-contact resolution = 1 - reopened/resolved).", labels)?,
             backlog: {
@@ -142,6 +144,7 @@ impl RouterMetrics {
                 .offers_declined
                 .with_label_values(&[l[0], l[1], l[2], "timed_out"])
                 .inc(),
+            ObservationKind::Created => self.created.with_label_values(&l).inc(),
             ObservationKind::Resolved => self.resolved.with_label_values(&l).inc(),
             ObservationKind::Reopened => self.reopened.with_label_values(&l).inc(),
         }

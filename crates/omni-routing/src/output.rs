@@ -190,6 +190,9 @@ pub enum ObservationKind {
     OfferDeclined,
     /// An offer timed out (value 1).
     OfferTimedOut,
+    /// A new contact arrived: a conversation, or a customer writing again after the reopen
+    /// window (value 1). Resolution rate is resolved over created.
+    Created,
     /// A conversation was resolved (value 1).
     Resolved,
     /// A conversation was reopened (value 1).

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::config::AfterHours;
 use crate::input::Inbound;
 use crate::model::{QueueId, Timestamp};
-use crate::output::{Output, RoutingEvent};
+use crate::output::{Observation, ObservationKind, Output, RoutingEvent};
 
 use super::conversation::{Conversation, DeadlineKind, Deadlines, State};
 use super::{touch, AgentIdx, Engine, QueueIdx, SkillIdx};
@@ -193,6 +193,12 @@ impl Engine {
         if let Some(s) = sla.resolution_secs {
             self.set_deadline(id, DeadlineKind::Resolution, Some(now.plus_secs(s)));
         }
+        out.push(Output::Observe(Observation {
+            kind: ObservationKind::Created,
+            queue: self.queues[queue].id.clone(),
+            channel: msg.channel.kind,
+            value: 1.0,
+        }));
         out.push(Output::Event(RoutingEvent::Queued {
             conversation: id,
             queue: self.queues[queue].id.clone(),

@@ -313,3 +313,41 @@ fn removing_an_agent_requeues_their_work() {
     assert_eq!(e.agent_views().len(), 1);
     e.check_invariants().unwrap();
 }
+
+#[test]
+fn every_new_contact_is_counted_as_created_once() {
+    let mut e = engine(QueueConfig::default());
+    online(&mut e, at(0), "a", &[], 5);
+    let created = |out: &[Output]| observed(out, ObservationKind::Created);
+    assert_eq!(
+        created(&e.handle(at(100), &chat(1))),
+        vec![1.0],
+        "a new conversation"
+    );
+    assert!(
+        created(&e.handle(at(110), &chat(1))).is_empty(),
+        "a message in an open one"
+    );
+    e.handle(
+        at(120),
+        &cmd(Command::Resolve {
+            conversation: conv(1),
+        }),
+    );
+    assert!(
+        created(&e.handle(at(130), &chat(1))).is_empty(),
+        "a reopen within the window is the same contact"
+    );
+    e.handle(
+        at(140),
+        &cmd(Command::Resolve {
+            conversation: conv(1),
+        }),
+    );
+    let after_window = 140 + 72 * 3600 + 1;
+    assert_eq!(
+        created(&e.handle(at(after_window), &chat(1))),
+        vec![1.0],
+        "writing again after the reopen window is a new contact"
+    );
+}
