@@ -68,6 +68,15 @@ pub enum EventType {
     /// Routing event: a command or input was rejected.
     #[serde(rename = "omni.routing.rejected")]
     RoutingRejected,
+    /// Routing event: the customer stopped waiting before an agent was assigned.
+    #[serde(rename = "omni.routing.abandoned")]
+    RoutingAbandoned,
+    /// Routing event: a service-level target is close to being missed.
+    #[serde(rename = "omni.routing.sla_at_risk")]
+    RoutingSlaAtRisk,
+    /// Routing event: an agent who let offers time out was set away.
+    #[serde(rename = "omni.routing.agent_away")]
+    RoutingAgentAway,
 }
 
 impl EventType {
@@ -83,7 +92,7 @@ impl EventType {
 
     /// Every event type the router writes: commands, ticks and routing events (their `data` is
     /// defined by `omni-routing`, not by a schema here).
-    pub const ROUTER: [EventType; 14] = [
+    pub const ROUTER: [EventType; 17] = [
         EventType::Command,
         EventType::RouterTick,
         EventType::RoutingQueued,
@@ -98,6 +107,9 @@ impl EventType {
         EventType::RoutingExpired,
         EventType::RoutingReopened,
         EventType::RoutingRejected,
+        EventType::RoutingAbandoned,
+        EventType::RoutingSlaAtRisk,
+        EventType::RoutingAgentAway,
     ];
 
     /// The CloudEvents `type` string.
@@ -122,6 +134,9 @@ impl EventType {
             EventType::RoutingExpired => "omni.routing.expired",
             EventType::RoutingReopened => "omni.routing.reopened",
             EventType::RoutingRejected => "omni.routing.rejected",
+            EventType::RoutingAbandoned => "omni.routing.abandoned",
+            EventType::RoutingSlaAtRisk => "omni.routing.sla_at_risk",
+            EventType::RoutingAgentAway => "omni.routing.agent_away",
         }
     }
 
@@ -279,7 +294,7 @@ mod tests {
     const CONVERSATION: &str = "5b0d6c1e-2f3a-5b4c-9d8e-7f6a5b4c3d2e";
 
     /// Every type with its wire name, written out: the names are a contract with consumers.
-    const WIRE_NAMES: [(EventType, &str); 19] = [
+    const WIRE_NAMES: [(EventType, &str); 22] = [
         (EventType::MessageReceived, "omni.message.received"),
         (EventType::MessageEchoed, "omni.message.echoed"),
         (EventType::ChannelSignal, "omni.channel.signal"),
@@ -302,6 +317,9 @@ mod tests {
         (EventType::RoutingExpired, "omni.routing.expired"),
         (EventType::RoutingReopened, "omni.routing.reopened"),
         (EventType::RoutingRejected, "omni.routing.rejected"),
+        (EventType::RoutingAbandoned, "omni.routing.abandoned"),
+        (EventType::RoutingSlaAtRisk, "omni.routing.sla_at_risk"),
+        (EventType::RoutingAgentAway, "omni.routing.agent_away"),
     ];
 
     fn time() -> DateTime<Utc> {

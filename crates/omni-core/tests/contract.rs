@@ -322,7 +322,10 @@ fn event(event_type: EventType, full: bool) -> Value {
         | EventType::RoutingResolved
         | EventType::RoutingExpired
         | EventType::RoutingReopened
-        | EventType::RoutingRejected => {
+        | EventType::RoutingRejected
+        | EventType::RoutingAbandoned
+        | EventType::RoutingSlaAtRisk
+        | EventType::RoutingAgentAway => {
             unreachable!("the router's types are not channel events: pinned in envelope.rs")
         }
     }

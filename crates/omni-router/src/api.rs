@@ -338,7 +338,7 @@ async fn agents(
     read(&state, &tenant, &headers, &uri, |slot| slot.engine.agent_views(), |views| {
             let agents: Vec<serde_json::Value> = views
                 .iter()
-                .map(|a| json!({"id": a.id.0, "presence": a.presence.as_str(), "open": a.open, "capacity": a.capacity}))
+                .map(|a| json!({"id": a.id.0, "presence": a.presence.as_str(), "open": a.open, "wrap_up": a.wrap_up, "capacity": a.capacity}))
                 .collect();
             Json(json!({ "agents": agents })).into_response()
     })

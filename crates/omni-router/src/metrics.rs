@@ -28,7 +28,12 @@ pub struct RouterMetrics {
     queue_wait: HistogramVec,
     resolution: HistogramVec,
     csat: HistogramVec,
+    handling: HistogramVec,
+    wrap_up: HistogramVec,
     sla_breaches: IntCounterVec,
+    sla_at_risk: IntCounterVec,
+    abandoned: IntCounterVec,
+    agents_set_away: IntCounterVec,
     offers_declined: IntCounterVec,
     created: IntCounterVec,
     resolved: IntCounterVec,
@@ -36,6 +41,7 @@ pub struct RouterMetrics {
     backlog: IntGaugeVec,
     oldest_wait: GaugeVec,
     agents: IntGaugeVec,
+    working: IntGaugeVec,
     utilization: GaugeVec,
     /// Input records by topic and outcome (applied, replayed, skipped, ignored).
     pub inputs: IntCounterVec,
@@ -75,9 +81,14 @@ impl RouterMetrics {
             first_response: hist("omni_first_response_seconds", "Time from a customer's first message to the first agent reply.", b.clone())?,
             response: hist("omni_response_seconds", "Time from each unanswered customer message to the agent reply that answered it (ART is its mean).", b.clone())?,
             queue_wait: hist("omni_queue_wait_seconds", "Time from arrival in a queue to assignment to an agent.", b.clone())?,
-            resolution: hist("omni_resolution_seconds", "Time from a customer's first message to resolution.", b)?,
+            resolution: hist("omni_resolution_seconds", "Time from a customer's first message to resolution.", b.clone())?,
+            handling: hist("omni_handling_seconds", "Time from assignment to resolution (average handling time is its mean; wrap-up is counted apart).", b.clone())?,
+            wrap_up: hist("omni_wrap_up_seconds", "Time agents spent in after-conversation work (wrap-up) after a resolution.", b)?,
             csat: hist("omni_csat_score", "Customer satisfaction scores (1-5).", vec![1.0, 2.0, 3.0, 4.0, 5.0])?,
             sla_breaches: counter("omni_sla_breaches_total", "Service-level targets missed.", &["tenant", "queue", "channel", "sla"])?,
+            sla_at_risk: counter("omni_sla_at_risk_total", "Service-level targets that came within the queue's at-risk share of being missed.", &["tenant", "queue", "channel", "sla"])?,
+            abandoned: counter("omni_conversations_abandoned_total", "Customers who stopped waiting before an agent was assigned (abandon rate = abandoned / created).", labels)?,
+            agents_set_away: counter("omni_agents_set_away_total", "Agents set away for letting offers time out in a row, by the queue of the last missed offer.", labels)?,
             offers_declined: counter("omni_offers_declined_total", "Offers declined or timed out.", &["tenant", "queue", "channel", "reason"])?,
             created: counter("omni_conversations_created_total", "New contacts: conversations, and customers writing again after the reopen window (resolution rate = resolved / created).", labels)?,
             resolved: counter("omni_conversations_resolved_total", "Conversations resolved.", labels)?,
@@ -97,8 +108,13 @@ impl RouterMetrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            working: {
+                let g = IntGaugeVec::new(Opts::new("omni_agents_working", "Agents online or away by what they are doing: handling (holding a conversation), wrap_up (only after-conversation work) or idle. Occupancy is the share not idle."), &["tenant", "activity"])?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             utilization: {
-                let g = GaugeVec::new(Opts::new("omni_agent_utilization_ratio", "Open conversations over capacity of agents online or away."), &["tenant"])?;
+                let g = GaugeVec::new(Opts::new("omni_agent_utilization_ratio", "Open conversations and wrap-ups over capacity of agents online or away."), &["tenant"])?;
                 registry.register(Box::new(g.clone()))?;
                 g
             },
@@ -147,6 +163,14 @@ impl RouterMetrics {
             ObservationKind::Created => self.created.with_label_values(&l).inc(),
             ObservationKind::Resolved => self.resolved.with_label_values(&l).inc(),
             ObservationKind::Reopened => self.reopened.with_label_values(&l).inc(),
+            ObservationKind::Handling => self.handling.with_label_values(&l).observe(o.value),
+            ObservationKind::WrapUp => self.wrap_up.with_label_values(&l).observe(o.value),
+            ObservationKind::Abandoned => self.abandoned.with_label_values(&l).inc(),
+            ObservationKind::AgentAway => self.agents_set_away.with_label_values(&l).inc(),
+            ObservationKind::SlaAtRisk(kind) => self
+                .sla_at_risk
+                .with_label_values(&[l[0], l[1], l[2], kind.as_str()])
+                .inc(),
         }
     }
 
@@ -162,6 +186,9 @@ impl RouterMetrics {
         }
         for p in [Presence::Online, Presence::Away, Presence::Offline] {
             let _ = self.agents.remove_label_values(&[tenant, p.as_str()]);
+        }
+        for activity in ACTIVITIES {
+            let _ = self.working.remove_label_values(&[tenant, activity]);
         }
         let _ = self.utilization.remove_label_values(&[tenant]);
     }
@@ -196,11 +223,23 @@ impl RouterMetrics {
                 .with_label_values(&[tenant, p.as_str()])
                 .set(n as i64);
         }
+        let mut working = [0i64; 3];
+        for a in agents.iter().filter(|a| a.presence != Presence::Offline) {
+            let activity = match (a.open, a.wrap_up) {
+                (0, 0) => 2,
+                (0, _) => 1,
+                _ => 0,
+            };
+            working[activity] += 1;
+        }
+        for (activity, n) in ACTIVITIES.iter().zip(working) {
+            self.working.with_label_values(&[tenant, activity]).set(n);
+        }
         let (open, cap) = agents
             .iter()
             .filter(|a| a.presence != Presence::Offline)
             .fold((0u64, 0u64), |(o, c), a| {
-                (o + a.open as u64, c + u64::from(a.capacity))
+                (o + (a.open + a.wrap_up) as u64, c + u64::from(a.capacity))
             });
         let ratio = if cap == 0 {
             0.0
@@ -210,6 +249,9 @@ impl RouterMetrics {
         self.utilization.with_label_values(&[tenant]).set(ratio);
     }
 }
+
+/// The `activity` values of `omni_agents_working`, in the order `set_gauges` counts them.
+const ACTIVITIES: [&str; 3] = ["handling", "wrap_up", "idle"];
 
 fn channel(kind: ChannelKind) -> &'static str {
     kind.as_str()

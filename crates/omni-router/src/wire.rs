@@ -32,6 +32,9 @@ pub fn routing_type(event: &RoutingEvent) -> EventType {
         RoutingEvent::Expired { .. } => EventType::RoutingExpired,
         RoutingEvent::Reopened { .. } => EventType::RoutingReopened,
         RoutingEvent::Rejected { .. } => EventType::RoutingRejected,
+        RoutingEvent::Abandoned { .. } => EventType::RoutingAbandoned,
+        RoutingEvent::SlaAtRisk { .. } => EventType::RoutingSlaAtRisk,
+        RoutingEvent::AgentAway { .. } => EventType::RoutingAgentAway,
     }
 }
 
@@ -48,8 +51,11 @@ pub fn routing_conversation(event: &RoutingEvent) -> Option<ConversationId> {
         | RoutingEvent::SlaBreached { conversation, .. }
         | RoutingEvent::Resolved { conversation, .. }
         | RoutingEvent::Expired { conversation, .. }
+        | RoutingEvent::Abandoned { conversation, .. }
+        | RoutingEvent::SlaAtRisk { conversation, .. }
         | RoutingEvent::Reopened { conversation } => Some(*conversation),
         RoutingEvent::Rejected { conversation, .. } => *conversation,
+        RoutingEvent::AgentAway { .. } => None,
     }
 }
 

@@ -126,6 +126,7 @@ impl Sim {
                 first_response_secs: Some(300),
                 next_response_secs: Some(900),
                 resolution_secs: Some(DAY),
+                ..Sla::default()
             },
             ..QueueConfig::default()
         });

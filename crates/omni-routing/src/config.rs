@@ -64,6 +64,13 @@ pub struct Sla {
     pub next_response_secs: Option<u64>,
     /// Time from the first message to resolution.
     pub resolution_secs: Option<u64>,
+    /// Warn (a `sla_at_risk` event and metric) when this share of a target, in percent
+    /// (1-99), has passed without it being met: a supervisor can still act.
+    pub at_risk_percent: Option<u8>,
+    /// Count the targets in the queue's opening hours only: the clock stops while the queue is
+    /// closed (an e-mail at 17:25 with a 1 h target is due at 08:35 the next working day), and
+    /// the first-response and response times are measured the same way. Needs `hours`.
+    pub business_hours_only: bool,
 }
 
 /// What an overflow step does once a conversation has waited long enough.
@@ -126,10 +133,28 @@ pub struct QueueConfig {
     /// What happens outside the hours.
     #[serde(default)]
     pub after_hours: AfterHours,
+    /// After-conversation work: a resolved conversation keeps holding its agent's place for
+    /// this long (or until the agent says `ready`), so wrap-up is not mistaken for free
+    /// capacity. `None`: capacity frees at resolution.
+    #[serde(default)]
+    pub wrap_up_secs: Option<u64>,
+    /// A customer not assigned an agent within this long of their first message has stopped
+    /// waiting: the conversation ends as abandoned and frees its place. `None`: never.
+    #[serde(default)]
+    pub abandon_after_secs: Option<u64>,
+    /// A waiting conversation that every eligible agent declined (or let time out) is offered
+    /// to them again this long after the last refusal, instead of waiting for an agent who has
+    /// not refused it yet (overflow steps still apply meanwhile).
+    #[serde(default = "default_declined_retry")]
+    pub declined_retry_secs: u64,
 }
 
 fn default_strategy() -> Strategy {
     Strategy::LeastLoaded
+}
+
+fn default_declined_retry() -> u64 {
+    300
 }
 
 impl Default for QueueConfig {
@@ -143,6 +168,9 @@ impl Default for QueueConfig {
             overflow: Vec::new(),
             hours: None,
             after_hours: AfterHours::Wait,
+            wrap_up_secs: None,
+            abandon_after_secs: None,
+            declined_retry_secs: default_declined_retry(),
         }
     }
 }
@@ -215,6 +243,10 @@ pub struct RoutingConfig {
     /// still alive, short enough that a tenant's state holds at most a week of traffic.
     #[serde(default = "default_expire_after")]
     pub expire_after_secs: u64,
+    /// An online agent who lets this many offers in a row time out is set `away` (an
+    /// `agent_away` event says why) and their offers go to others; 0: never. Default 3.
+    #[serde(default = "default_away_after_missed")]
+    pub away_after_missed_offers: u32,
 }
 
 fn default_aging() -> u64 {
@@ -232,6 +264,9 @@ fn default_resolved_retention() -> u64 {
 fn default_expire_after() -> u64 {
     7 * 24 * 3600
 }
+fn default_away_after_missed() -> u32 {
+    3
+}
 
 impl RoutingConfig {
     /// A configuration with one always-open queue named `default` and no rules.
@@ -246,6 +281,7 @@ impl RoutingConfig {
             reopen_window_secs: default_reopen(),
             resolved_retention_secs: default_resolved_retention(),
             expire_after_secs: default_expire_after(),
+            away_after_missed_offers: default_away_after_missed(),
         }
     }
 
@@ -322,6 +358,33 @@ impl RoutingConfig {
                         format!("must name another queue, got {:?}", target.0),
                     ));
                 }
+            }
+            if q.wrap_up_secs == Some(0) {
+                return Err(err(format!("{key}.wrap_up_secs"), "must be at least 1"));
+            }
+            if q.abandon_after_secs == Some(0) {
+                return Err(err(
+                    format!("{key}.abandon_after_secs"),
+                    "must be at least 1",
+                ));
+            }
+            if q.declined_retry_secs == 0 {
+                return Err(err(
+                    format!("{key}.declined_retry_secs"),
+                    "must be at least 1",
+                ));
+            }
+            if q.sla
+                .at_risk_percent
+                .is_some_and(|p| !(1..=99).contains(&p))
+            {
+                return Err(err(format!("{key}.sla.at_risk_percent"), "must be 1-99"));
+            }
+            if q.sla.business_hours_only && q.hours.is_none() {
+                return Err(err(
+                    format!("{key}.sla.business_hours_only"),
+                    "the queue has no `hours` to count in",
+                ));
             }
             if let Some(hours) = &q.hours {
                 hours

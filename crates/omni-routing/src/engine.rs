@@ -51,6 +51,8 @@
 //! - `timers.rs`: the one ordered timer set, the deadlines that keep it exact, and what each
 //!   timer does when it fires (offer expiry, overflow steps, SLA targets, queue opening,
 //!   expiry, forgetting);
+//! - `work.rs`: agent work states and customer patience: wrap-up, auto-away after missed
+//!   offers, abandonment, and the wait estimate of a new conversation;
 //! - `agents.rs`: agents by number and the agent index (the ordered sets a strategy walks);
 //! - `conversation.rs`: a conversation's routing state, its sequence numbers and deadlines;
 //! - `views.rs`: read-only views for the agent/operator API and gauges;
@@ -115,6 +117,7 @@ mod restore;
 pub mod state;
 mod timers;
 mod views;
+mod work;
 
 use agents::{AgentIndex, Agents};
 use arrival::{CompiledRule, Queue, Queues, Rules};
@@ -211,6 +214,7 @@ impl Engine {
                 rr_last: None,
                 open_cache: None,
                 open_timer: None,
+                recent: std::collections::VecDeque::new(),
             });
         }
         engine.queues.default = engine.queues.by_id[&config.default_queue];

@@ -189,6 +189,87 @@ impl BusinessHours {
     }
 }
 
+impl BusinessHours {
+    /// The end of the open stretch `at` is in (windows that adjoin or overlap count as one),
+    /// or `None` if `at` is closed. A queue open around the clock ends its stretch after a
+    /// few weeks, which is as far as anything here looks.
+    fn open_until(&self, at: Timestamp) -> Option<Timestamp> {
+        let mut t = at;
+        for _ in 0..64 {
+            let local = self.local(t)?;
+            let date = local.date_naive();
+            if self.holidays.contains(&date) {
+                break;
+            }
+            let bit = 1u8 << local.weekday().num_days_from_monday();
+            let minute = local.hour() * 60 + local.minute();
+            let Some(to_min) = self
+                .windows
+                .iter()
+                .filter(|w| w.days & bit != 0 && (w.from_min..w.to_min).contains(&minute))
+                .map(|w| w.to_min)
+                .max()
+            else {
+                break;
+            };
+            let end = if to_min >= 24 * 60 {
+                (date + chrono::Days::new(1)).and_hms_opt(0, 0, 0)?
+            } else {
+                date.and_hms_opt(to_min / 60, to_min % 60, 0)?
+            };
+            let end = self.tz.from_local_datetime(&end).earliest()?;
+            t = Timestamp(u64::try_from(end.timestamp_millis()).ok()?);
+            if !self.is_open(t) {
+                break;
+            }
+        }
+        (t > at).then_some(t)
+    }
+
+    /// The moment `ms` milliseconds of opening time have passed since `start` (the clock runs
+    /// only while open), or `None` if the hours do not open again within two weeks.
+    pub fn after_open_ms(&self, start: Timestamp, ms: u64) -> Option<Timestamp> {
+        let (mut t, mut left) = (start, ms);
+        for _ in 0..1000 {
+            if !self.is_open(t) {
+                t = self.next_open(t)?;
+            }
+            let end = self.open_until(t)?;
+            let span = end.0 - t.0;
+            if left <= span {
+                return Some(Timestamp(t.0 + left));
+            }
+            left -= span;
+            t = end;
+        }
+        None
+    }
+
+    /// Milliseconds of opening time between `from` and `to`.
+    pub fn open_ms_between(&self, from: Timestamp, to: Timestamp) -> u64 {
+        let (mut t, mut total) = (from, 0u64);
+        for _ in 0..1000 {
+            if t >= to {
+                break;
+            }
+            if !self.is_open(t) {
+                match self.next_open(t) {
+                    Some(open) => t = open,
+                    None => break,
+                }
+                continue;
+            }
+            let Some(end) = self.open_until(t) else {
+                break;
+            };
+            let end = end.min(to);
+            total += end.0 - t.0;
+            t = end;
+        }
+        total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +318,57 @@ mod tests {
         assert_eq!(
             h.next_open(ts("2027-02-20T06:00:00Z")),
             Some(ts("2027-02-22T01:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn the_sla_clock_runs_only_while_open() {
+        let h = office();
+        let hour = 3_600_000;
+        // Monday 17:00 local (10:00 UTC) + 1 h of opening time: 30 min on Monday, Tuesday is
+        // a holiday, so 30 min on Wednesday from 08:00 → Wednesday 08:30 local.
+        assert_eq!(
+            h.after_open_ms(ts("2027-02-15T10:00:00Z"), hour),
+            Some(ts("2027-02-17T01:30:00Z"))
+        );
+        // Saturday 11:00 local + 2 h: 1 h on Saturday, then Monday 08:00-09:00.
+        assert_eq!(
+            h.after_open_ms(ts("2027-02-20T04:00:00Z"), 2 * hour),
+            Some(ts("2027-02-22T02:00:00Z"))
+        );
+        // Within one open stretch, wall-clock time.
+        assert_eq!(
+            h.after_open_ms(ts("2027-02-15T02:00:00Z"), hour),
+            Some(ts("2027-02-15T03:00:00Z"))
+        );
+        // And the measure back: the same spans count the same opening time.
+        assert_eq!(
+            h.open_ms_between(ts("2027-02-15T10:00:00Z"), ts("2027-02-17T01:30:00Z")),
+            hour
+        );
+        assert_eq!(
+            h.open_ms_between(ts("2027-02-20T04:00:00Z"), ts("2027-02-22T02:00:00Z")),
+            2 * hour
+        );
+        // Entirely while closed: nothing.
+        assert_eq!(
+            h.open_ms_between(ts("2027-02-15T12:00:00Z"), ts("2027-02-15T20:00:00Z")),
+            0
+        );
+        // Adjoining windows are one stretch; around the clock never stops.
+        let always = BusinessHours::new(
+            "UTC",
+            &[(
+                &["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                "00:00",
+                "24:00",
+            )],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            always.after_open_ms(ts("2027-02-15T23:00:00Z"), 3 * 24 * hour),
+            Some(ts("2027-02-18T23:00:00Z"))
         );
     }
 

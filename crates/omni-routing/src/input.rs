@@ -123,6 +123,19 @@ pub enum Command {
         /// The conversation.
         conversation: ConversationId,
     },
+    /// The agent finished their after-conversation work: every wrap-up they are in ends now
+    /// and their places free.
+    Ready {
+        /// The agent.
+        agent: AgentId,
+    },
+    /// The customer left before anyone answered (a live chat visitor closed the chat): a
+    /// conversation not yet assigned in this contact ends as abandoned; otherwise nothing
+    /// changes.
+    CustomerLeft {
+        /// The conversation.
+        conversation: ConversationId,
+    },
     /// A customer satisfaction score, 1–5.
     Csat {
         /// The conversation.

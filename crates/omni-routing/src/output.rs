@@ -64,6 +64,11 @@ pub enum RoutingEvent {
         queue: QueueId,
         /// Its priority (queue priority + rule boost).
         priority: i32,
+        /// How long it will probably wait for an agent, in seconds, from the queue's recent
+        /// throughput and the conversations ahead of it (0 when an agent is free now); `None`
+        /// when the queue has no recent assignments to estimate from, or is closed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        estimated_wait_secs: Option<u64>,
     },
     /// It arrived while its queue is closed.
     AfterHours {
@@ -158,6 +163,41 @@ pub enum RoutingEvent {
         /// Its last activity.
         last_activity: Timestamp,
     },
+    /// The customer stopped waiting before an agent was assigned (the queue's
+    /// `abandon_after_secs` passed, or they left): the conversation ends, its place frees, and
+    /// the router forgets it.
+    Abandoned {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The queue it waited in.
+        queue: QueueId,
+        /// The agent it was offered to at that moment, if any.
+        agent: Option<AgentId>,
+        /// When the customer started waiting (their first message of this contact).
+        waiting_since: Timestamp,
+        /// `patience` (the queue's abandon time passed) or `customer_left`.
+        reason: String,
+    },
+    /// A service-level target is close to being missed (the queue's `at_risk_percent` of it
+    /// passed): a supervisor can still act before `due_at`.
+    SlaAtRisk {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The queue.
+        queue: QueueId,
+        /// Which target.
+        sla: SlaKind,
+        /// When it will be missed.
+        due_at: Timestamp,
+    },
+    /// An online agent let `away_after_missed_offers` offers in a row time out and was set
+    /// away, so customers stop waiting on offers nobody sees.
+    AgentAway {
+        /// The agent.
+        agent: AgentId,
+        /// Why.
+        reason: String,
+    },
     /// A resolved conversation was reopened.
     Reopened {
         /// The conversation.
@@ -199,6 +239,18 @@ pub enum ObservationKind {
     Reopened,
     /// A CSAT score (value 1–5).
     Csat,
+    /// Seconds from assignment to resolution (average handling time is its mean; wrap-up is
+    /// counted apart).
+    Handling,
+    /// Seconds an agent spent in after-conversation work (wrap-up) after a resolution.
+    WrapUp,
+    /// A customer stopped waiting before assignment (value 1): abandon rate is abandoned over
+    /// created.
+    Abandoned,
+    /// A service level came close to being missed (value 1).
+    SlaAtRisk(SlaKind),
+    /// An agent was set away for letting offers time out (value 1).
+    AgentAway,
 }
 
 /// A measurement with the bounded labels it is recorded under.

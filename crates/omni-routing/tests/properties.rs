@@ -49,6 +49,8 @@ struct ShadowConv {
     relax: u8,
     /// Resolved (and not reopened or started again since).
     resolved: bool,
+    /// An agent was assigned in this contact (it can no longer be abandoned).
+    assigned: bool,
 }
 
 struct Harness {
@@ -249,19 +251,53 @@ impl Harness {
                 }
                 self.convs.remove(conversation);
             }
+            RoutingEvent::Abandoned {
+                conversation,
+                queue,
+                ..
+            } => {
+                let c = self.shadow(conversation)?;
+                if c.queue != *queue || c.resolved || c.assigned {
+                    return Err(format!(
+                        "abandoned in {queue}, but the conversation is in {} (resolved: {}, \
+                         assigned: {})",
+                        c.queue, c.resolved, c.assigned
+                    ));
+                }
+                self.convs.remove(conversation);
+            }
+            RoutingEvent::SlaAtRisk { conversation, .. } => {
+                let c = self.shadow(conversation)?;
+                if c.resolved {
+                    return Err("a resolved conversation's SLA is at risk".into());
+                }
+            }
+            RoutingEvent::AgentAway { agent, .. } => {
+                let (_, presence) = self
+                    .agents
+                    .get_mut(agent)
+                    .ok_or_else(|| format!("unknown agent {agent} set away"))?;
+                if *presence != Presence::Online {
+                    return Err(format!("{agent} set away while {}", presence.as_str()));
+                }
+                *presence = Presence::Away;
+            }
             RoutingEvent::Reopened { conversation } => self.shadow(conversation)?.resolved = false,
             RoutingEvent::Offered {
                 conversation,
                 agent,
                 queue,
                 ..
-            }
-            | RoutingEvent::Assigned {
+            } => self.check_fit(*conversation, agent, queue)?,
+            RoutingEvent::Assigned {
                 conversation,
                 agent,
                 queue,
                 ..
-            } => self.check_fit(*conversation, agent, queue)?,
+            } => {
+                self.check_fit(*conversation, agent, queue)?;
+                self.shadow(conversation)?.assigned = true;
+            }
             _ => {}
         }
         Ok(())
@@ -293,6 +329,7 @@ impl Harness {
                 extra,
                 relax: 0,
                 resolved: false,
+                assigned: false,
             },
         );
         Ok(())

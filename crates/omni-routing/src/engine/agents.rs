@@ -27,8 +27,13 @@ pub(super) struct Agent {
     pub(super) channel_capacity: BTreeMap<ChannelKind, u32>,
     /// Offered and assigned conversations, with when they were taken (for capacity cuts).
     pub(super) open: BTreeMap<ConversationId, Timestamp>,
-    /// `open` counted per channel kind, for per-kind capacity.
+    /// Resolved conversations whose after-conversation work still holds a place.
+    pub(super) wrap_up: BTreeMap<ConversationId, WrapUp>,
+    /// `open` and `wrap_up` counted per channel kind, for per-kind capacity.
     pub(super) open_by_kind: BTreeMap<ChannelKind, u32>,
+    /// Offers in a row the agent let time out (an accept, a decline, a reply or coming online
+    /// resets it); at the tenant's `away_after_missed_offers` they are set away.
+    pub(super) missed_offers: u32,
     /// The last assignment or coming online: `longest_idle` orders by it.
     pub(super) idle_since: Timestamp,
     /// Queues whose required skills the agent meets at full proficiency.
@@ -38,6 +43,18 @@ pub(super) struct Agent {
     pub(super) queue_bits: Vec<u64>,
     /// Index entries currently held (so they can be removed before a change).
     pub(super) indexed: Option<IndexEntry>,
+}
+
+/// A place held by after-conversation work on a resolved conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WrapUp {
+    /// When it started (the resolution).
+    pub(super) since: Timestamp,
+    /// When it ends unless the agent says ready first.
+    pub(super) until: Timestamp,
+    pub(super) kind: ChannelKind,
+    /// The conversation's queue (the wrap-up time is measured under it).
+    pub(super) queue: QueueIdx,
 }
 
 /// Agents by number. Numbers are handed out in creation order and never reused, so every
@@ -167,10 +184,13 @@ impl Agent {
             .is_some_and(|w| w & (1u64 << (queue % 64)) != 0)
     }
 
+    /// Places taken: conversations offered or assigned, and wrap-ups.
+    pub(super) fn load(&self) -> u64 {
+        (self.open.len() + self.wrap_up.len()) as u64
+    }
+
     pub(super) fn available(&self) -> bool {
-        !self.removed
-            && self.presence == Presence::Online
-            && (self.open.len() as u64) < u64::from(self.capacity)
+        !self.removed && self.presence == Presence::Online && self.load() < u64::from(self.capacity)
     }
 
     pub(super) fn kind_has_room(&self, kind: ChannelKind) -> bool {
@@ -187,7 +207,7 @@ impl Agent {
         if self.capacity == 0 {
             return RATIO_SCALE;
         }
-        self.open.len() as u64 * RATIO_SCALE / u64::from(self.capacity)
+        self.load().min(u64::from(self.capacity)) * RATIO_SCALE / u64::from(self.capacity)
     }
 }
 

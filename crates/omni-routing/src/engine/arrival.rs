@@ -10,6 +10,7 @@ use crate::model::{QueueId, Timestamp};
 use crate::output::{Observation, ObservationKind, Output, RoutingEvent};
 
 use super::conversation::{Conversation, DeadlineKind, Deadlines, State};
+use super::timers::SlaKindOrd;
 use super::{touch, AgentIdx, Engine, QueueIdx, SkillIdx};
 
 /// A rule with its queue resolved and its words lower-cased once, at start-up.
@@ -106,6 +107,9 @@ pub(super) struct Queue {
     pub(super) open_cache: Option<(u64, bool)>,
     /// The one pending opening timer while closed with conversations waiting.
     pub(super) open_timer: Option<Timestamp>,
+    /// The last assignments out of this queue (at most [`super::work::RECENT_ASSIGNMENTS`]):
+    /// its recent throughput, for wait estimates.
+    pub(super) recent: std::collections::VecDeque<Timestamp>,
 }
 
 impl Engine {
@@ -128,7 +132,7 @@ impl Engine {
 
     /// Records an unanswered customer message (for response times and the next-response SLA).
     fn note_customer_message(&mut self, now: Timestamp, id: ConversationId) {
-        let (queue, first_done) = {
+        let first_done = {
             let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
@@ -137,12 +141,10 @@ impl Engine {
             }
             c.awaiting_since = Some(now);
             c.awaiting_seq += 1;
-            (c.queue, c.first_reply_at.is_some())
+            c.first_reply_at.is_some()
         };
         if first_done {
-            if let Some(secs) = self.queues[queue].cfg.sla.next_response_secs {
-                self.set_deadline(id, DeadlineKind::Next, Some(now.plus_secs(secs)));
-            }
+            self.set_sla_deadline(id, SlaKindOrd::Next, Some(now));
         }
     }
 
@@ -182,17 +184,18 @@ impl Engine {
             after_hours_noted: false,
             deadlines: Deadlines::default(),
             last_activity: now,
+            assigned_at: None,
         };
         let id = msg.conversation;
+        let key = (conv.wait_key(self.queues.aging_ms), id);
         self.changes.convs.insert(id);
         self.conversations.insert(id, conv);
-        let sla = self.queues[queue].cfg.sla;
-        if let Some(s) = sla.first_response_secs {
-            self.set_deadline(id, DeadlineKind::First, Some(now.plus_secs(s)));
+        self.set_sla_deadline(id, SlaKindOrd::First, Some(now));
+        self.set_sla_deadline(id, SlaKindOrd::Resolution, Some(now));
+        if let Some(secs) = self.queues[queue].cfg.abandon_after_secs {
+            self.set_deadline(id, DeadlineKind::Abandon, Some(now.plus_secs(secs)));
         }
-        if let Some(s) = sla.resolution_secs {
-            self.set_deadline(id, DeadlineKind::Resolution, Some(now.plus_secs(s)));
-        }
+        let estimated_wait_secs = self.estimate_wait(now, queue, key);
         out.push(Output::Observe(Observation {
             kind: ObservationKind::Created,
             queue: self.queues[queue].id.clone(),
@@ -203,6 +206,7 @@ impl Engine {
             conversation: id,
             queue: self.queues[queue].id.clone(),
             priority,
+            estimated_wait_secs,
         }));
         self.enter_queue(now, id, queue, out);
     }

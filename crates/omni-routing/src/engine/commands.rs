@@ -4,12 +4,12 @@ use omni_core::{ChannelKind, ConversationId};
 use std::collections::BTreeMap;
 
 use crate::input::{AgentProfile, Command, TransferTarget};
-use crate::model::{Presence, Timestamp};
+use crate::model::{AgentId, Presence, Timestamp};
 use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent};
 
 use super::agents::{queue_bits, Agent};
 use super::conversation::{DeadlineKind, State};
-use super::timers::Timer;
+use super::timers::{SlaKindOrd, Timer};
 use super::{reject, touch, AgentIdx, Engine};
 
 impl Engine {
@@ -22,7 +22,8 @@ impl Engine {
             | Command::Decline { conversation, .. }
             | Command::AgentReplied { conversation, .. }
             | Command::Transfer { conversation, .. }
-            | Command::Reopen { conversation } => Some(*conversation),
+            | Command::Reopen { conversation }
+            | Command::CustomerLeft { conversation } => Some(*conversation),
             _ => None,
         };
         let rejected = out[first..]
@@ -45,6 +46,7 @@ impl Engine {
                     ag.removed = true;
                     ag.presence = Presence::Offline;
                 });
+                self.end_wrap_ups(now, a, out);
                 self.requeue_agent_conversations(now, a, "agent removed", out);
                 self.agents.by_name.remove(agent);
                 self.forget_agent(a);
@@ -63,7 +65,10 @@ impl Engine {
                 agent,
                 conversation,
             } => self.decline(now, agent, *conversation, false, out),
-            Command::AgentReplied { conversation, .. } => self.replied(now, *conversation, out),
+            Command::AgentReplied {
+                conversation,
+                agent,
+            } => self.replied(now, *conversation, agent.as_ref(), out),
             Command::Resolve { conversation } => self.resolve(now, *conversation, out),
             Command::Transfer { conversation, to } => self.transfer(now, *conversation, to, out),
             Command::Reopen { conversation } => {
@@ -76,6 +81,18 @@ impl Engine {
                     ),
                     None => reject(out, Some(*conversation), "unknown conversation".into()),
                 }
+            }
+            Command::Ready { agent } => {
+                let Some(&a) = self.agents.by_name.get(agent) else {
+                    return reject(out, None, format!("unknown agent {agent}"));
+                };
+                self.end_wrap_ups(now, a, out);
+            }
+            Command::CustomerLeft { conversation } => {
+                if !self.conversations.contains_key(conversation) {
+                    return reject(out, Some(*conversation), "unknown conversation".into());
+                }
+                self.abandon(now, *conversation, "customer_left", out);
             }
             Command::Csat {
                 conversation,
@@ -129,7 +146,9 @@ impl Engine {
                         capacity: 0,
                         channel_capacity: BTreeMap::new(),
                         open: BTreeMap::new(),
+                        wrap_up: BTreeMap::new(),
                         open_by_kind: BTreeMap::new(),
+                        missed_offers: 0,
                         idle_since: now,
                         queues: Vec::new(),
                         queue_bits: Vec::new(),
@@ -179,7 +198,7 @@ impl Engine {
     pub(super) fn enforce_capacity(&mut self, now: Timestamp, a: AgentIdx, out: &mut Vec<Output>) {
         loop {
             let agent = &self.agents[a];
-            let over_total = agent.open.len() as u64 > u64::from(agent.capacity);
+            let over_total = agent.load() > u64::from(agent.capacity);
             let over_kind = |kind: ChannelKind| {
                 agent.open_by_kind.get(&kind).copied().unwrap_or(0)
                     > agent
@@ -207,7 +226,7 @@ impl Engine {
         }
     }
 
-    fn set_presence(
+    pub(super) fn set_presence(
         &mut self,
         now: Timestamp,
         a: AgentIdx,
@@ -222,10 +241,12 @@ impl Engine {
             ag.presence = presence;
             if presence == Presence::Online {
                 ag.idle_since = ag.idle_since.max(now);
+                ag.missed_offers = 0;
             }
         });
         match presence {
             Presence::Offline => {
+                self.end_wrap_ups(now, a, out);
                 self.requeue_agent_conversations(now, a, "agent went offline", out)
             }
             Presence::Away => {
@@ -249,32 +270,49 @@ impl Engine {
         }
     }
 
-    fn replied(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
-        let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
+    fn replied(
+        &mut self,
+        now: Timestamp,
+        id: ConversationId,
+        agent: Option<&AgentId>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(c) = self.conversations.get(&id) else {
             return reject(out, Some(id), "unknown conversation".into());
         };
-        let queue = self.queues[c.queue].id.clone();
-        let channel = c.channel.kind;
-        if c.first_reply_at.is_none() {
-            c.first_reply_at = Some(now);
+        let (q, channel) = (c.queue, c.channel.kind);
+        let first = c
+            .first_reply_at
+            .is_none()
+            .then(|| self.sla_secs(q, c.created_at, now));
+        let response = c.awaiting_since.map(|since| self.sla_secs(q, since, now));
+        let queue = self.queues[q].id.clone();
+        if let Some(value) = first {
             out.push(Output::Observe(Observation {
                 kind: ObservationKind::FirstResponse,
                 queue: queue.clone(),
                 channel,
-                value: now.secs_since(c.created_at),
+                value,
             }));
         }
-        if let Some(since) = c.awaiting_since.take() {
+        if let Some(value) = response {
             out.push(Output::Observe(Observation {
                 kind: ObservationKind::Response,
                 queue,
                 channel,
-                value: now.secs_since(since),
+                value,
             }));
         }
         // Answered: these targets can no longer be missed.
-        self.set_deadline(id, DeadlineKind::First, None);
-        self.set_deadline(id, DeadlineKind::Next, None);
+        self.set_sla_deadline(id, SlaKindOrd::First, None);
+        self.set_sla_deadline(id, SlaKindOrd::Next, None);
+        if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
+            c.first_reply_at.get_or_insert(now);
+            c.awaiting_since = None;
+        }
+        if let Some(&a) = agent.and_then(|name| self.agents.by_name.get(name)) {
+            self.agent_responded(a);
+        }
     }
 
     fn resolve(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
@@ -284,12 +322,18 @@ impl Engine {
         if matches!(c.state, State::Resolved { .. }) {
             return reject(out, Some(id), "already resolved".into());
         }
+        let assigned = match c.state {
+            State::Assigned { agent } => c.assigned_at.map(|at| (agent, at)),
+            _ => None,
+        };
         self.leave_waiting(id);
         let agent = self.release(id);
-        // A resolved conversation never overflows (a reopening enters its queue anew) and
-        // awaits no reply.
+        // A resolved conversation never overflows (a reopening enters its queue anew), awaits
+        // no reply and cannot be abandoned.
         self.set_deadline(id, DeadlineKind::Overflow, None);
-        self.set_deadline(id, DeadlineKind::Next, None);
+        self.set_sla_deadline(id, SlaKindOrd::Next, None);
+        self.set_deadline(id, DeadlineKind::Retry, None);
+        self.set_deadline(id, DeadlineKind::Abandon, None);
         let last = self.conversations[&id].last_activity;
         self.timers
             .remove(&(self.expire_at(last), Timer::Expire { conv: id }));
@@ -316,10 +360,19 @@ impl Engine {
         }));
         out.push(Output::Observe(Observation {
             kind: ObservationKind::Resolved,
-            queue: qid,
+            queue: qid.clone(),
             channel: kind,
             value: 1.0,
         }));
+        if let Some((a, since)) = assigned {
+            out.push(Output::Observe(Observation {
+                kind: ObservationKind::Handling,
+                queue: qid,
+                channel: kind,
+                value: now.secs_since(since),
+            }));
+            self.start_wrap_up(now, a, id, queue, kind);
+        }
         self.schedule(self.forget_at(now), Timer::Forget { conv: id });
         if let Some(a) = agent {
             self.drain_agent(now, a, out);

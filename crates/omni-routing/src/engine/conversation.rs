@@ -75,6 +75,10 @@ pub(super) struct Conversation {
     /// The last customer message, agent reply or command naming it: an unresolved
     /// conversation expires `expire_after_secs` later.
     pub(super) last_activity: Timestamp,
+    /// When its current (or last) agent was assigned in this contact; `None` until the first
+    /// assignment. Handling time runs from here to resolution, and a contact never assigned
+    /// is one the customer can abandon.
+    pub(super) assigned_at: Option<Timestamp>,
 }
 
 /// When a conversation's pending timers fire (see [`Conversation::deadlines`]).
@@ -88,6 +92,16 @@ pub(super) struct Deadlines {
     pub(super) next: Option<Timestamp>,
     /// The resolution target of episode `episode`.
     pub(super) resolution: Option<Timestamp>,
+    /// The at-risk warnings of the three targets above (same sequence numbers).
+    pub(super) first_risk: Option<Timestamp>,
+    pub(super) next_risk: Option<Timestamp>,
+    pub(super) resolution_risk: Option<Timestamp>,
+    /// Offering it again to the agents who declined it (the queue's `declined_retry_secs`
+    /// after the last refusal).
+    pub(super) retry: Option<Timestamp>,
+    /// The customer's patience running out (the queue's `abandon_after_secs`) in episode
+    /// `episode`.
+    pub(super) abandon: Option<Timestamp>,
 }
 
 impl Conversation {
@@ -103,6 +117,26 @@ pub(super) enum DeadlineKind {
     First,
     Next,
     Resolution,
+    FirstRisk,
+    NextRisk,
+    ResolutionRisk,
+    Retry,
+    Abandon,
+}
+
+impl DeadlineKind {
+    /// Every kind, in the order timers are cancelled and restored.
+    pub(super) const ALL: [DeadlineKind; 9] = [
+        DeadlineKind::Overflow,
+        DeadlineKind::First,
+        DeadlineKind::Next,
+        DeadlineKind::Resolution,
+        DeadlineKind::FirstRisk,
+        DeadlineKind::NextRisk,
+        DeadlineKind::ResolutionRisk,
+        DeadlineKind::Retry,
+        DeadlineKind::Abandon,
+    ];
 }
 
 impl Deadlines {
@@ -112,6 +146,11 @@ impl Deadlines {
             DeadlineKind::First => &mut self.first,
             DeadlineKind::Next => &mut self.next,
             DeadlineKind::Resolution => &mut self.resolution,
+            DeadlineKind::FirstRisk => &mut self.first_risk,
+            DeadlineKind::NextRisk => &mut self.next_risk,
+            DeadlineKind::ResolutionRisk => &mut self.resolution_risk,
+            DeadlineKind::Retry => &mut self.retry,
+            DeadlineKind::Abandon => &mut self.abandon,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The engine's invariants, checked by the property tests after every step.
 
+use omni_core::ChannelKind;
 use omni_core::ConversationId;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::model::Presence;
 
@@ -30,17 +31,48 @@ impl Engine {
         holders: &mut HashMap<ConversationId, AgentIdx>,
     ) -> Result<(), String> {
         let a = &self.agents[i];
-        if a.open.len() as u64 > u64::from(a.capacity) {
+        // Wrap-ups may outlast a capacity cut (they end on their own); conversations may not
+        // be held beyond capacity, wrap-ups included.
+        if !a.open.is_empty() && a.load() > u64::from(a.capacity) {
             return Err(format!(
-                "agent {} over capacity: {} > {}",
+                "agent {} over capacity: {} open + {} in wrap-up > {}",
                 a.id,
                 a.open.len(),
+                a.wrap_up.len(),
                 a.capacity
             ));
         }
-        for (kind, n) in &a.open_by_kind {
-            if *n > a.channel_capacity.get(kind).copied().unwrap_or(a.capacity) {
+        let mut by_kind: BTreeMap<ChannelKind, (u32, u32)> = BTreeMap::new();
+        for id in a.open.keys() {
+            if let Some(c) = self.conversations.get(id) {
+                by_kind.entry(c.channel.kind).or_default().0 += 1;
+            }
+        }
+        for w in a.wrap_up.values() {
+            by_kind.entry(w.kind).or_default().1 += 1;
+        }
+        for (kind, (open, wrap)) in &by_kind {
+            if a.open_by_kind.get(kind).copied().unwrap_or(0) != open + wrap {
+                return Err(format!("agent {} {kind} count out of date", a.id));
+            }
+            let cap = a.channel_capacity.get(kind).copied().unwrap_or(a.capacity);
+            if *open > 0 && open + wrap > cap {
                 return Err(format!("agent {} over {kind} capacity", a.id));
+            }
+        }
+        if !a.wrap_up.is_empty() && (a.removed || a.presence == Presence::Offline) {
+            return Err(format!("offline agent {} is in wrap-up", a.id));
+        }
+        for (id, w) in &a.wrap_up {
+            let timer = (
+                w.until,
+                super::timers::Timer::WrapUpEnd {
+                    agent: i,
+                    conv: *id,
+                },
+            );
+            if !self.timers.contains(&timer) {
+                return Err(format!("agent {} wrap-up of {id} has no timer", a.id));
             }
         }
         if (a.removed || a.presence == Presence::Offline) && !a.open.is_empty() {

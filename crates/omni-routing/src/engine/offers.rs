@@ -6,7 +6,7 @@ use omni_core::ConversationId;
 use crate::model::{AgentId, Timestamp};
 use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent};
 
-use super::conversation::State;
+use super::conversation::{DeadlineKind, State};
 use super::timers::Timer;
 use super::{reject, touch, AgentIdx, Engine};
 
@@ -71,8 +71,12 @@ impl Engine {
             c.state = State::Assigned { agent: a };
             c.declined.clear();
             c.pending_explanation = None;
+            c.assigned_at = Some(now);
             (c.queue, c.channel.kind, c.arrival, c.sticky_key.clone())
         };
+        self.set_deadline(id, DeadlineKind::Retry, None);
+        self.set_deadline(id, DeadlineKind::Abandon, None);
+        self.note_assignment(now, queue);
         self.update_agent(a, |agent| agent.idle_since = agent.idle_since.max(now));
         self.set_sticky(sticky_key, Some((a, now)));
         out.push(Output::Event(RoutingEvent::Assigned {
@@ -142,6 +146,7 @@ impl Engine {
     ) {
         match self.offered_to(agent, id) {
             Some(a) => {
+                self.agent_responded(a);
                 let explanation = self
                     .conversations
                     .get_mut(&id)
@@ -205,6 +210,13 @@ impl Engine {
             channel: kind,
             value: 1.0,
         }));
+        let retry = now.plus_secs(self.queues[queue].cfg.declined_retry_secs);
+        self.set_deadline(id, DeadlineKind::Retry, Some(retry));
+        if timed_out {
+            self.missed_offer(now, a, queue, kind, out);
+        } else {
+            self.agent_responded(a);
+        }
         self.catch_up_overflow(now, id, out);
         self.route_if_waiting(now, id, out);
         self.drain_agent(now, a, out);

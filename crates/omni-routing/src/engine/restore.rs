@@ -9,7 +9,7 @@ use crate::model::{AgentId, Presence, Timestamp};
 use crate::output::{Output, RoutingEvent};
 use crate::ConfigError;
 
-use super::agents::{queue_bits, Agent};
+use super::agents::{queue_bits, Agent, WrapUp};
 use super::conversation::{Conversation, DeadlineKind, Deadlines, State};
 use super::state::{
     AgentRecord, ConversationRecord, QueueRecord, StateEntry, StateRecord, StickyRecord,
@@ -106,6 +106,7 @@ impl Engine {
             e.restore_conversation(r, &taken, now, &mut repairs);
         }
         e.restore_cursors(&records.queues);
+        e.restore_wrap_ups(&records.agents);
         e.restore_sticky(&records.sticky, &mut repairs);
         e.restore_open_timers(records.tenant.as_ref(), now);
         for a in e.agents.numbers() {
@@ -151,7 +152,9 @@ impl Engine {
                     capacity: a.capacity,
                     channel_capacity: a.channel_capacity.clone(),
                     open: BTreeMap::new(),
+                    wrap_up: BTreeMap::new(),
                     open_by_kind: BTreeMap::new(),
+                    missed_offers: a.missed_offers,
                     idle_since: a.idle_since,
                     queue_bits: queue_bits(&queues, self.queues.len()),
                     queues,
@@ -263,6 +266,7 @@ impl Engine {
             after_hours_noted: r.after_hours_noted,
             deadlines: Deadlines::default(),
             last_activity: r.last_activity.unwrap_or(now),
+            assigned_at: r.assigned_at,
         };
         repaired |= r.last_activity.is_none();
         conv.deadlines = match r.deadlines {
@@ -271,6 +275,11 @@ impl Engine {
                 first: d.first_response,
                 next: d.next_response,
                 resolution: d.resolution,
+                first_risk: d.first_response_at_risk,
+                next_risk: d.next_response_at_risk,
+                resolution_risk: d.resolution_at_risk,
+                retry: d.declined_retry,
+                abandon: d.abandon,
             },
             _ => {
                 repaired = true;
@@ -312,12 +321,56 @@ impl Engine {
         }
     }
 
+    /// Wrap-ups in progress, with their timers (a queue no longer configured is measured
+    /// under the default queue).
+    fn restore_wrap_ups(&mut self, agents: &[AgentRecord]) {
+        for r in agents {
+            let Some(&a) = self.agents.by_name.get(&r.id) else {
+                continue;
+            };
+            for (id, w) in &r.wrap_up {
+                let queue = self
+                    .queues
+                    .by_id
+                    .get(&w.queue)
+                    .copied()
+                    .unwrap_or(self.queues.default);
+                let ag = &mut self.agents[a];
+                ag.wrap_up.insert(
+                    *id,
+                    WrapUp {
+                        since: w.since,
+                        until: w.until,
+                        kind: w.kind,
+                        queue,
+                    },
+                );
+                *ag.open_by_kind.entry(w.kind).or_insert(0) += 1;
+                self.schedule(
+                    w.until,
+                    Timer::WrapUpEnd {
+                        agent: a,
+                        conv: *id,
+                    },
+                );
+            }
+        }
+    }
+
     /// Round-robin cursors, by number (or by name in records written before numbering).
     fn restore_cursors(&mut self, queues: &[QueueRecord]) {
         for q in queues {
             let Some(&qi) = self.queues.by_id.get(&q.id) else {
                 continue;
             };
+            self.queues[qi].recent = q
+                .recent_assignments
+                .iter()
+                .rev()
+                .take(super::work::RECENT_ASSIGNMENTS)
+                .rev()
+                .copied()
+                .collect();
             self.queues[qi].rr_last = match q.rr_seq {
                 Some(seq) => Some(seq_number(seq)),
                 None => q
@@ -471,14 +524,9 @@ impl Engine {
         if !matches!(c.state, State::Resolved { .. }) {
             timers.push((self.expire_at(c.last_activity), Timer::Expire { conv: id }));
         }
-        let d = c.deadlines;
-        for (kind, at) in [
-            (DeadlineKind::Overflow, d.overflow),
-            (DeadlineKind::First, d.first),
-            (DeadlineKind::Next, d.next),
-            (DeadlineKind::Resolution, d.resolution),
-        ] {
-            if let Some(at) = at {
+        let mut d = c.deadlines;
+        for kind in DeadlineKind::ALL {
+            if let Some(at) = *d.slot(kind) {
                 timers.push((at, Self::deadline_timer(id, c, kind)));
             }
         }

@@ -36,6 +36,29 @@ pub struct AgentRecord {
     pub idle_since: Timestamp,
     /// When each open conversation was taken.
     pub open: BTreeMap<ConversationId, Timestamp>,
+    /// Resolved conversations whose wrap-up still holds a place.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wrap_up: BTreeMap<ConversationId, WrapUpRecord>,
+    /// Offers in a row the agent let time out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missed_offers: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A wrap-up in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrapUpRecord {
+    /// When it started (the resolution).
+    pub since: Timestamp,
+    /// When it ends unless the agent says ready first.
+    pub until: Timestamp,
+    /// The conversation's channel kind (the place it holds).
+    pub kind: ChannelKind,
+    /// The conversation's queue.
+    pub queue: QueueId,
 }
 
 /// Where a conversation stands, with agents named by id.
@@ -120,6 +143,10 @@ pub struct ConversationRecord {
     /// `None` in records written before conversations expired (restore counts from then).
     #[serde(default)]
     pub last_activity: Option<Timestamp>,
+    /// When its agent was assigned in this contact (`None`: never yet, or a record written
+    /// before handling time was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<Timestamp>,
 }
 
 /// A conversation's pending timers (each `None` when not scheduled).
@@ -134,6 +161,21 @@ pub struct DeadlinesRecord {
     pub next_response: Option<Timestamp>,
     /// The resolution target.
     pub resolution: Option<Timestamp>,
+    /// The at-risk warning of the first-response target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_response_at_risk: Option<Timestamp>,
+    /// The at-risk warning of the next-response target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_response_at_risk: Option<Timestamp>,
+    /// The at-risk warning of the resolution target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution_at_risk: Option<Timestamp>,
+    /// Offering it again to the agents who declined it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declined_retry: Option<Timestamp>,
+    /// The customer's patience running out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandon: Option<Timestamp>,
 }
 
 /// A queue's durable cursor (round robin).
@@ -147,6 +189,9 @@ pub struct QueueRecord {
     /// is removed. `None` in records written before agents were numbered.
     #[serde(default)]
     pub rr_seq: Option<u64>,
+    /// The last assignments out of the queue (its throughput, for wait estimates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_assignments: Vec<Timestamp>,
 }
 
 /// A contact's sticky agent: whom a new conversation of the contact is offered first, while
@@ -306,7 +351,7 @@ impl Engine {
             )));
         }
         for q in 0..self.queues.len() {
-            if self.queues[q].rr_last.is_some() {
+            if self.queues[q].rr_last.is_some() || !self.queues[q].recent.is_empty() {
                 out.push(StateEntry::Queue(self.queue_record(q)));
             }
         }
@@ -344,6 +389,7 @@ impl Engine {
                 .and_then(|a| self.agents.get(a))
                 .map(|a| a.id.clone()),
             rr_seq: queue.rr_last.map(u64::from),
+            recent_assignments: queue.recent.iter().copied().collect(),
         }
     }
 
@@ -362,6 +408,20 @@ impl Engine {
             channel_capacity: agent.channel_capacity.clone(),
             idle_since: agent.idle_since,
             open: agent.open.clone(),
+            wrap_up: agent
+                .wrap_up
+                .iter()
+                .map(|(id, w)| {
+                    let record = WrapUpRecord {
+                        since: w.since,
+                        until: w.until,
+                        kind: w.kind,
+                        queue: self.queues[w.queue].id.clone(),
+                    };
+                    (*id, record)
+                })
+                .collect(),
+            missed_offers: agent.missed_offers,
         }
     }
 
@@ -409,8 +469,14 @@ impl Engine {
                 first_response: c.deadlines.first,
                 next_response: c.deadlines.next,
                 resolution: c.deadlines.resolution,
+                first_response_at_risk: c.deadlines.first_risk,
+                next_response_at_risk: c.deadlines.next_risk,
+                resolution_at_risk: c.deadlines.resolution_risk,
+                declined_retry: c.deadlines.retry,
+                abandon: c.deadlines.abandon,
             }),
             last_activity: Some(c.last_activity),
+            assigned_at: c.assigned_at,
         }
     }
 }

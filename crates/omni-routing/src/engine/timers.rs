@@ -38,6 +38,22 @@ pub(super) enum Timer {
     StickyExpiry {
         key: String,
     },
+    SlaRisk {
+        conv: ConversationId,
+        kind: SlaKindOrd,
+        seq: u64,
+    },
+    DeclinedRetry {
+        conv: ConversationId,
+    },
+    Abandon {
+        conv: ConversationId,
+        episode: u64,
+    },
+    WrapUpEnd {
+        agent: AgentIdx,
+        conv: ConversationId,
+    },
 }
 
 /// `SlaKind` with an order, for the timer map.
@@ -46,6 +62,34 @@ pub(super) enum SlaKindOrd {
     First,
     Next,
     Resolution,
+}
+
+impl SlaKindOrd {
+    pub(super) fn sla(self) -> SlaKind {
+        match self {
+            SlaKindOrd::First => SlaKind::FirstResponse,
+            SlaKindOrd::Next => SlaKind::NextResponse,
+            SlaKindOrd::Resolution => SlaKind::Resolution,
+        }
+    }
+
+    /// The deadline of the target itself.
+    pub(super) fn deadline(self) -> DeadlineKind {
+        match self {
+            SlaKindOrd::First => DeadlineKind::First,
+            SlaKindOrd::Next => DeadlineKind::Next,
+            SlaKindOrd::Resolution => DeadlineKind::Resolution,
+        }
+    }
+
+    /// The deadline of its at-risk warning.
+    pub(super) fn risk(self) -> DeadlineKind {
+        match self {
+            SlaKindOrd::First => DeadlineKind::FirstRisk,
+            SlaKindOrd::Next => DeadlineKind::NextRisk,
+            SlaKindOrd::Resolution => DeadlineKind::ResolutionRisk,
+        }
+    }
 }
 
 impl Engine {
@@ -141,6 +185,26 @@ impl Engine {
                 kind: SlaKindOrd::Resolution,
                 seq: c.episode,
             },
+            DeadlineKind::FirstRisk => Timer::SlaRisk {
+                conv: id,
+                kind: SlaKindOrd::First,
+                seq: c.episode,
+            },
+            DeadlineKind::NextRisk => Timer::SlaRisk {
+                conv: id,
+                kind: SlaKindOrd::Next,
+                seq: c.awaiting_seq,
+            },
+            DeadlineKind::ResolutionRisk => Timer::SlaRisk {
+                conv: id,
+                kind: SlaKindOrd::Resolution,
+                seq: c.episode,
+            },
+            DeadlineKind::Retry => Timer::DeclinedRetry { conv: id },
+            DeadlineKind::Abandon => Timer::Abandon {
+                conv: id,
+                episode: c.episode,
+            },
         }
     }
 
@@ -214,18 +278,13 @@ impl Engine {
             }
         }
         self.cancel_offer_timer(id);
-        for kind in [
-            DeadlineKind::Overflow,
-            DeadlineKind::First,
-            DeadlineKind::Next,
-            DeadlineKind::Resolution,
-        ] {
+        for kind in DeadlineKind::ALL {
             self.set_deadline(id, kind, None);
         }
     }
 
     /// Forgets a conversation (it must hold no agent): its timers, and its record (a tombstone).
-    fn remove_conversation(&mut self, id: ConversationId) {
+    pub(super) fn remove_conversation(&mut self, id: ConversationId) {
         self.cancel_timers(id);
         self.leave_waiting(id);
         self.changes.convs.insert(id);
@@ -271,6 +330,70 @@ impl Engine {
         self.changes.sticky.insert(key);
     }
 
+    /// The queue and channel of a conversation whose target `kind` (of sequence number `seq`)
+    /// is still unmet, or `None` when it was met, superseded or resolved.
+    fn sla_pending(
+        &self,
+        id: ConversationId,
+        kind: SlaKindOrd,
+        seq: u64,
+    ) -> Option<(crate::model::QueueId, omni_core::ChannelKind)> {
+        let c = self.conversations.get(&id)?;
+        let open = !matches!(c.state, State::Resolved { .. });
+        let pending = match kind {
+            SlaKindOrd::First => c.episode == seq && c.first_reply_at.is_none() && open,
+            SlaKindOrd::Next => c.awaiting_seq == seq && c.awaiting_since.is_some() && open,
+            SlaKindOrd::Resolution => c.episode == seq && open,
+        };
+        pending.then(|| (self.queues[c.queue].id.clone(), c.channel.kind))
+    }
+
+    /// Sets (from `start`) or cancels (`None`) a service-level target and its at-risk warning,
+    /// counting in the queue's opening hours when its SLA says so.
+    pub(super) fn set_sla_deadline(
+        &mut self,
+        id: ConversationId,
+        kind: SlaKindOrd,
+        start: Option<Timestamp>,
+    ) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        let q = &self.queues[c.queue].cfg;
+        let secs = match kind {
+            SlaKindOrd::First => q.sla.first_response_secs,
+            SlaKindOrd::Next => q.sla.next_response_secs,
+            SlaKindOrd::Resolution => q.sla.resolution_secs,
+        };
+        let (due, risk) = match (start, secs) {
+            (Some(start), Some(secs)) => {
+                let ms = secs.saturating_mul(1000);
+                let risk_ms = q
+                    .sla
+                    .at_risk_percent
+                    .map(|p| ms.saturating_mul(u64::from(p)) / 100);
+                let after = |ms: u64| match (&q.hours, q.sla.business_hours_only) {
+                    (Some(h), true) => h.after_open_ms(start, ms),
+                    _ => Some(Timestamp(start.0.saturating_add(ms))),
+                };
+                (after(ms), risk_ms.and_then(after))
+            }
+            _ => (None, None),
+        };
+        self.set_deadline(id, kind.deadline(), due);
+        self.set_deadline(id, kind.risk(), risk);
+    }
+
+    /// Seconds from `from` to `to` as queue `queue`'s SLA counts them: in its opening hours
+    /// only when its SLA says so.
+    pub(super) fn sla_secs(&self, queue: QueueIdx, from: Timestamp, to: Timestamp) -> f64 {
+        let q = &self.queues[queue].cfg;
+        match (&q.hours, q.sla.business_hours_only) {
+            (Some(h), true) => h.open_ms_between(from, to) as f64 / 1000.0,
+            _ => to.secs_since(from),
+        }
+    }
+
     pub(super) fn tick(&mut self, now: Timestamp, out: &mut Vec<Output>) {
         while self.timers.first().is_some_and(|(at, _)| *at <= now) {
             let Some((at, timer)) = self.timers.pop_first() else {
@@ -300,38 +423,9 @@ impl Engine {
                 self.overflow(now, conv, epoch, step, out)
             }
             Timer::Sla { conv, kind, seq } => {
-                let deadline = match kind {
-                    SlaKindOrd::First => DeadlineKind::First,
-                    SlaKindOrd::Next => DeadlineKind::Next,
-                    SlaKindOrd::Resolution => DeadlineKind::Resolution,
-                };
-                self.fired(conv, deadline, at);
-                let Some(c) = self.conversations.get(&conv) else {
-                    return;
-                };
-                let breached = match kind {
-                    SlaKindOrd::First => {
-                        c.episode == seq
-                            && c.first_reply_at.is_none()
-                            && !matches!(c.state, State::Resolved { .. })
-                    }
-                    SlaKindOrd::Next => {
-                        c.awaiting_seq == seq
-                            && c.awaiting_since.is_some()
-                            && !matches!(c.state, State::Resolved { .. })
-                    }
-                    SlaKindOrd::Resolution => {
-                        c.episode == seq && !matches!(c.state, State::Resolved { .. })
-                    }
-                };
-                if breached {
-                    let sla = match kind {
-                        SlaKindOrd::First => SlaKind::FirstResponse,
-                        SlaKindOrd::Next => SlaKind::NextResponse,
-                        SlaKindOrd::Resolution => SlaKind::Resolution,
-                    };
-                    let queue = self.queues[c.queue].id.clone();
-                    let channel = c.channel.kind;
+                self.fired(conv, kind.deadline(), at);
+                if let Some((queue, channel)) = self.sla_pending(conv, kind, seq) {
+                    let sla = kind.sla();
                     out.push(Output::Event(RoutingEvent::SlaBreached {
                         conversation: conv,
                         queue: queue.clone(),
@@ -345,6 +439,54 @@ impl Engine {
                     }));
                 }
             }
+            Timer::SlaRisk { conv, kind, seq } => {
+                self.fired(conv, kind.risk(), at);
+                let due = self
+                    .conversations
+                    .get(&conv)
+                    .and_then(|c| *c.deadlines.clone().slot(kind.deadline()));
+                if let (Some((queue, channel)), Some(due_at)) =
+                    (self.sla_pending(conv, kind, seq), due)
+                {
+                    let sla = kind.sla();
+                    out.push(Output::Event(RoutingEvent::SlaAtRisk {
+                        conversation: conv,
+                        queue: queue.clone(),
+                        sla,
+                        due_at,
+                    }));
+                    out.push(Output::Observe(Observation {
+                        kind: ObservationKind::SlaAtRisk(sla),
+                        queue,
+                        channel,
+                        value: 1.0,
+                    }));
+                }
+            }
+            Timer::DeclinedRetry { conv } => {
+                self.fired(conv, DeadlineKind::Retry, at);
+                let declined = self
+                    .conversations
+                    .get(&conv)
+                    .is_some_and(|c| !c.declined.is_empty());
+                if declined {
+                    if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, conv) {
+                        c.declined.clear();
+                    }
+                    self.route_if_waiting(now, conv, out);
+                }
+            }
+            Timer::Abandon { conv, episode } => {
+                self.fired(conv, DeadlineKind::Abandon, at);
+                if self
+                    .conversations
+                    .get(&conv)
+                    .is_some_and(|c| c.episode == episode)
+                {
+                    self.abandon(now, conv, "patience", out);
+                }
+            }
+            Timer::WrapUpEnd { agent, conv } => self.end_wrap_up(now, agent, conv, out),
             Timer::QueueOpen { queue } => {
                 self.queues[queue].open_timer = None;
                 self.changes.tenant = true;

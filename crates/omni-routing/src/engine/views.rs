@@ -33,6 +33,8 @@ pub struct AgentView {
     pub presence: Presence,
     /// Open (offered + assigned) conversations.
     pub open: usize,
+    /// Resolved conversations whose wrap-up still holds a place.
+    pub wrap_up: usize,
     /// Total capacity.
     pub capacity: u32,
 }
@@ -106,6 +108,7 @@ impl Engine {
                 id: a.id.clone(),
                 presence: a.presence,
                 open: a.open.len(),
+                wrap_up: a.wrap_up.len(),
                 capacity: a.capacity,
             })
             .collect();

@@ -227,6 +227,7 @@ fn sla_breaches_are_reported_once_when_targets_pass() {
             first_response_secs: Some(60),
             next_response_secs: Some(120),
             resolution_secs: Some(3600),
+            ..Sla::default()
         },
         ..Default::default()
     };

@@ -15,7 +15,7 @@ use crate::hours::BusinessHours;
 use crate::input::*;
 use crate::model::*;
 use crate::output::*;
-use crate::Engine;
+use crate::{AgentView, Engine};
 
 mod commands;
 mod config;
@@ -23,6 +23,7 @@ mod queueing;
 mod restore;
 mod retention;
 mod strategies;
+mod work;
 
 const T0: u64 = 1_800_000_000_000; // a fixed instant; the engine never reads a clock
 

@@ -25,6 +25,7 @@ fn an_engine_restored_from_its_changelog_continues_identically() {
             first_response_secs: Some(100),
             next_response_secs: None,
             resolution_secs: Some(1000),
+            ..Sla::default()
         },
         overflow: vec![OverflowStep {
             after_secs: 50,

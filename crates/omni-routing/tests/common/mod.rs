@@ -61,11 +61,16 @@ pub fn sla() -> impl Strategy<Value = Sla> {
         prop::option::of(30u64..=600),
         prop::option::of(60u64..=900),
         prop::option::of(300u64..=7200),
+        prop::option::of(50u8..=95),
+        any::<bool>(),
     )
-        .prop_map(|(first, next, resolution)| Sla {
+        .prop_map(|(first, next, resolution, at_risk, business)| Sla {
             first_response_secs: first,
             next_response_secs: next,
             resolution_secs: resolution,
+            at_risk_percent: at_risk,
+            // Kept only for queues with hours (see `queue`).
+            business_hours_only: business,
         })
 }
 
@@ -140,6 +145,7 @@ pub fn queue(n: usize, i: usize) -> impl Strategy<Value = QueueConfig> {
         overflow(action),
         prop::option::weighted(0.3, hours()),
         after_hours,
+        work(),
     )
         .prop_map(
             |(
@@ -147,11 +153,13 @@ pub fn queue(n: usize, i: usize) -> impl Strategy<Value = QueueConfig> {
                 priority,
                 strategy,
                 offer_timeout_secs,
-                sla,
+                mut sla,
                 overflow,
                 hours,
                 after_hours,
+                (wrap_up_secs, abandon_after_secs, declined_retry_secs),
             )| {
+                sla.business_hours_only &= hours.is_some();
                 QueueConfig {
                     skills,
                     priority,
@@ -161,9 +169,22 @@ pub fn queue(n: usize, i: usize) -> impl Strategy<Value = QueueConfig> {
                     overflow,
                     hours,
                     after_hours,
+                    wrap_up_secs,
+                    abandon_after_secs,
+                    declined_retry_secs,
                 }
             },
         )
+}
+
+/// Wrap-up, patience and the declined-retry time of a queue: short, so that a case of a few
+/// hundred steps sees wrap-ups end, customers abandon and declined conversations come back.
+pub fn work() -> impl Strategy<Value = (Option<u64>, Option<u64>, u64)> {
+    (
+        prop::option::of(5u64..=300),
+        prop::option::of(30u64..=900),
+        10u64..=600,
+    )
 }
 
 pub fn rule(n: usize) -> impl Strategy<Value = Rule> {
@@ -290,7 +311,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                 team(true),
                 prop::collection::vec(kind(), CONVS),
                 0u64..7 * 24 * 60,
-                retention(),
+                (retention(), 0u32..=3),
             )
         })
         .prop_map(
@@ -304,7 +325,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                 team,
                 conv_kinds,
                 minute,
-                (keep, expire),
+                ((keep, expire), away_after_missed_offers),
             )| Scenario {
                 config: RoutingConfig {
                     queues: queues
@@ -319,6 +340,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                     reopen_window_secs: reopen,
                     resolved_retention_secs: reopen + keep,
                     expire_after_secs: expire,
+                    away_after_missed_offers,
                 },
                 team,
                 conv_kinds,
@@ -365,7 +387,10 @@ pub fn drain_scenario() -> impl Strategy<Value = Scenario> {
             )| {
                 let mut config = RoutingConfig::single_queue(QueueConfig {
                     strategy,
-                    sla,
+                    sla: Sla {
+                        business_hours_only: false,
+                        ..sla
+                    },
                     overflow,
                     ..QueueConfig::default()
                 });
@@ -439,6 +464,12 @@ pub enum Act {
         conv: usize,
         score: u8,
     },
+    Ready {
+        agent: usize,
+    },
+    CustomerLeft {
+        conv: usize,
+    },
     Tick,
     /// Jump to the next pending timer (if later) and tick.
     TickAtNextTimer,
@@ -480,6 +511,8 @@ pub fn act(channel_caps: bool) -> impl Strategy<Value = Act> {
         3 => (conv(), 0usize..5).prop_map(|(conv, queue)| Act::TransferToQueue { conv, queue }),
         3 => conv().prop_map(|conv| Act::Reopen { conv }),
         2 => (conv(), 0u8..=6).prop_map(|(conv, score)| Act::Csat { conv, score }),
+        3 => agent().prop_map(|agent| Act::Ready { agent }),
+        2 => conv().prop_map(|conv| Act::CustomerLeft { conv }),
         10 => Just(Act::Tick),
         3 => Just(Act::TickAtNextTimer),
     ]
@@ -592,6 +625,10 @@ impl World {
             Act::Csat { conv: i, score } => Input::Command(Command::Csat {
                 conversation: conv(*i),
                 score: *score,
+            }),
+            Act::Ready { agent } => Input::Command(Command::Ready { agent: aid(*agent) }),
+            Act::CustomerLeft { conv: i } => Input::Command(Command::CustomerLeft {
+                conversation: conv(*i),
             }),
             Act::Tick => Input::Tick,
             Act::TickAtNextTimer => {
