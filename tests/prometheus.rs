@@ -88,7 +88,7 @@ fn rule_files_pass_promtool_check_and_their_unit_tests() {
     let tested_exprs = yaml_values(&tests_text, "expr");
     let alerts_text = std::fs::read_to_string(dir.join(RULE_FILES[1])).unwrap();
     let alerts = yaml_values(&alerts_text, "alert");
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 12, "{alerts:?}");
     for alert in &alerts {
         assert!(
             tested_alerts.iter().filter(|a| *a == alert).count() >= 2,
@@ -564,7 +564,7 @@ async fn a_real_prometheus_scrapes_the_daemon_and_evaluates_the_rules() {
             .collect();
         let bad: Vec<&Value> = rules.iter().filter(|r| r["health"] == "err").collect();
         assert!(bad.is_empty(), "rules failing: {bad:?}");
-        if rules.len() == 20 && rules.iter().all(|r| r["health"] == "ok") {
+        if rules.len() == 26 && rules.iter().all(|r| r["health"] == "ok") {
             break;
         }
         assert!(
