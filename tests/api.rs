@@ -558,6 +558,8 @@ fn every_command_variant_has_an_example(doc: &Doc) {
             "resolve",
             "transfer",
             "reopen",
+            "ready",
+            "customer_left",
             "csat"
         ]
         .into_iter()

@@ -399,3 +399,150 @@ async fn wait_assigned(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Events of `event_type` on omni.routing.v1 so far (waits until at least one is there).
+fn routing_events(broker: &Broker, event_type: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = read_topic(
+            &broker.bootstrap(),
+            ROUTING,
+            usize::MAX,
+            Duration::from_secs(2),
+            Duration::ZERO,
+        );
+        let found: Vec<Value> = records
+            .into_iter()
+            .filter(|r| r.value["type"] == event_type)
+            .map(|r| r.value)
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no {event_type} on {ROUTING}");
+    }
+}
+
+/// Waits until `/metrics` has `name{labels}` at `want`.
+async fn wait_metric(daemon: &Daemon, name: &str, labels: &[&str], want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = daemon.metrics().await;
+        if (metric_value(&m, name, labels) - want).abs() < 1e-9 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} is not {want}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrap_up_abandonment_and_the_agent_s_day_show_on_the_api_the_topic_and_metrics() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(
+        &broker,
+        &[
+            (
+                "OMNI__TENANTS__DEMO__ROUTING__QUEUES__GENERAL__WRAP_UP_SECS",
+                "600",
+            ),
+            (
+                "OMNI__TENANTS__DEMO__ROUTING__QUEUES__GENERAL__ABANDON_AFTER_SECS",
+                "2",
+            ),
+        ],
+    )
+    .await;
+    let api = Api {
+        daemon: &daemon,
+        tenant: "demo",
+        token: "demo-agent-token",
+    };
+    api.agent_online("lan", json!({"vi": 4}), 1).await;
+    let first = customer_message(&daemon, "demo", "demo-token", "cust-1", "Chào shop").await;
+    api.wait_for(&format!("conversations/{first}"), "assignment", |v| {
+        v["state"] == "assigned"
+    })
+    .await;
+    api.command(json!({"command": "agent_replied", "conversation": first, "agent": "lan"}))
+        .await;
+    api.command(json!({"command": "resolve", "conversation": first}))
+        .await;
+    // Resolved, and lan is in wrap-up: her one place is still taken; her day counts it.
+    let agents = api
+        .wait_for("agents", "wrap-up", |v| v["agents"][0]["wrap_up"] == 1)
+        .await;
+    let lan = &agents["agents"][0];
+    assert_eq!(lan["open"], 0);
+    assert_eq!(lan["today"]["handled"], 1);
+    assert!(lan["today"]["aht_secs"].as_f64().is_some(), "{lan}");
+    assert!(
+        lan["today"]["first_response_secs"].as_f64().is_some(),
+        "{lan}"
+    );
+    assert!(
+        lan["today"]["occupancy"].as_f64().is_some_and(|o| o > 0.0),
+        "{lan}"
+    );
+    wait_metric(
+        &daemon,
+        "omni_handling_seconds_count",
+        &["queue=\"general\""],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &daemon,
+        "omni_agents_working",
+        &["tenant=\"demo\"", "activity=\"wrap_up\""],
+        1.0,
+    )
+    .await;
+
+    // A second customer waits (nobody free) and gives up after the queue's 2 s.
+    let second = customer_message(&daemon, "demo", "demo-token", "cust-2", "Alo").await;
+    let abandoned = routing_events(&broker, "omni.routing.abandoned");
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert_eq!(abandoned[0]["subject"], second.as_str());
+    assert_eq!(abandoned[0]["data"]["reason"], "patience");
+    wait_metric(
+        &daemon,
+        "omni_conversations_abandoned_total",
+        &["queue=\"general\"", "channel=\"api\""],
+        1.0,
+    )
+    .await;
+
+    // lan is ready: the wrap-up ends, is measured, and the next customer goes to her at once.
+    api.command(json!({"command": "ready", "agent": "lan"}))
+        .await;
+    api.wait_for("agents", "ready", |v| v["agents"][0]["wrap_up"] == 0)
+        .await;
+    wait_metric(
+        &daemon,
+        "omni_wrap_up_seconds_count",
+        &["queue=\"general\""],
+        1.0,
+    )
+    .await;
+    let third = customer_message(&daemon, "demo", "demo-token", "cust-3", "Xin chào").await;
+    api.wait_for(&format!("conversations/{third}"), "assignment", |v| {
+        v["state"] == "assigned" && v["agent"] == "lan"
+    })
+    .await;
+    // The wait estimates told each customer: none for the second (nobody free and a single
+    // assignment to judge the pace by), no wait for the third (an agent free).
+    let queued = routing_events(&broker, "omni.routing.queued");
+    let estimate = |conv: &str| {
+        queued
+            .iter()
+            .find(|e| e["subject"] == conv)
+            .map(|e| e["data"]["estimated_wait_secs"].clone())
+            .unwrap_or_else(|| panic!("no queued event for {conv}: {queued:?}"))
+    };
+    assert_eq!(estimate(&second), Value::Null);
+    assert_eq!(estimate(&third), json!(0));
+}

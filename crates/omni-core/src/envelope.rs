@@ -77,6 +77,9 @@ pub enum EventType {
     /// Routing event: an agent who let offers time out was set away.
     #[serde(rename = "omni.routing.agent_away")]
     RoutingAgentAway,
+    /// Routing event: an agent's KPIs of the day that just ended.
+    #[serde(rename = "omni.routing.agent_day")]
+    RoutingAgentDay,
 }
 
 impl EventType {
@@ -92,7 +95,7 @@ impl EventType {
 
     /// Every event type the router writes: commands, ticks and routing events (their `data` is
     /// defined by `omni-routing`, not by a schema here).
-    pub const ROUTER: [EventType; 17] = [
+    pub const ROUTER: [EventType; 18] = [
         EventType::Command,
         EventType::RouterTick,
         EventType::RoutingQueued,
@@ -110,6 +113,7 @@ impl EventType {
         EventType::RoutingAbandoned,
         EventType::RoutingSlaAtRisk,
         EventType::RoutingAgentAway,
+        EventType::RoutingAgentDay,
     ];
 
     /// The CloudEvents `type` string.
@@ -137,6 +141,7 @@ impl EventType {
             EventType::RoutingAbandoned => "omni.routing.abandoned",
             EventType::RoutingSlaAtRisk => "omni.routing.sla_at_risk",
             EventType::RoutingAgentAway => "omni.routing.agent_away",
+            EventType::RoutingAgentDay => "omni.routing.agent_day",
         }
     }
 
@@ -294,7 +299,7 @@ mod tests {
     const CONVERSATION: &str = "5b0d6c1e-2f3a-5b4c-9d8e-7f6a5b4c3d2e";
 
     /// Every type with its wire name, written out: the names are a contract with consumers.
-    const WIRE_NAMES: [(EventType, &str); 22] = [
+    const WIRE_NAMES: [(EventType, &str); 23] = [
         (EventType::MessageReceived, "omni.message.received"),
         (EventType::MessageEchoed, "omni.message.echoed"),
         (EventType::ChannelSignal, "omni.channel.signal"),
@@ -320,6 +325,7 @@ mod tests {
         (EventType::RoutingAbandoned, "omni.routing.abandoned"),
         (EventType::RoutingSlaAtRisk, "omni.routing.sla_at_risk"),
         (EventType::RoutingAgentAway, "omni.routing.agent_away"),
+        (EventType::RoutingAgentDay, "omni.routing.agent_day"),
     ];
 
     fn time() -> DateTime<Utc> {

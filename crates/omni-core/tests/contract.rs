@@ -325,7 +325,8 @@ fn event(event_type: EventType, full: bool) -> Value {
         | EventType::RoutingRejected
         | EventType::RoutingAbandoned
         | EventType::RoutingSlaAtRisk
-        | EventType::RoutingAgentAway => {
+        | EventType::RoutingAgentAway
+        | EventType::RoutingAgentDay => {
             unreachable!("the router's types are not channel events: pinned in envelope.rs")
         }
     }

@@ -336,9 +336,16 @@ async fn agents(
         Err(e) => return e.into_response(),
     };
     read(&state, &tenant, &headers, &uri, |slot| slot.engine.agent_views(), |views| {
+            let now = omni_routing::Timestamp(
+                u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
+            );
             let agents: Vec<serde_json::Value> = views
                 .iter()
-                .map(|a| json!({"id": a.id.0, "presence": a.presence.as_str(), "open": a.open, "wrap_up": a.wrap_up, "capacity": a.capacity}))
+                .map(|a| {
+                    let staffed = a.presence != omni_routing::Presence::Offline;
+                    let today = a.today.at(now, staffed, a.open + a.wrap_up > 0);
+                    json!({"id": a.id.0, "presence": a.presence.as_str(), "open": a.open, "wrap_up": a.wrap_up, "capacity": a.capacity, "today": today})
+                })
                 .collect();
             Json(json!({ "agents": agents })).into_response()
     })

@@ -35,6 +35,7 @@ pub fn routing_type(event: &RoutingEvent) -> EventType {
         RoutingEvent::Abandoned { .. } => EventType::RoutingAbandoned,
         RoutingEvent::SlaAtRisk { .. } => EventType::RoutingSlaAtRisk,
         RoutingEvent::AgentAway { .. } => EventType::RoutingAgentAway,
+        RoutingEvent::AgentDay { .. } => EventType::RoutingAgentDay,
     }
 }
 
@@ -55,7 +56,7 @@ pub fn routing_conversation(event: &RoutingEvent) -> Option<ConversationId> {
         | RoutingEvent::SlaAtRisk { conversation, .. }
         | RoutingEvent::Reopened { conversation } => Some(*conversation),
         RoutingEvent::Rejected { conversation, .. } => *conversation,
-        RoutingEvent::AgentAway { .. } => None,
+        RoutingEvent::AgentAway { .. } | RoutingEvent::AgentDay { .. } => None,
     }
 }
 

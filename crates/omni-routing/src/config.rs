@@ -247,6 +247,9 @@ pub struct RoutingConfig {
     /// `agent_away` event says why) and their offers go to others; 0: never. Default 3.
     #[serde(default = "default_away_after_missed")]
     pub away_after_missed_offers: u32,
+    /// The time zone whose midnight ends an agent's KPI day (the `agent_day` summaries).
+    #[serde(default = "default_kpi_timezone")]
+    pub kpi_timezone: String,
 }
 
 fn default_aging() -> u64 {
@@ -263,6 +266,9 @@ fn default_resolved_retention() -> u64 {
 }
 fn default_expire_after() -> u64 {
     7 * 24 * 3600
+}
+fn default_kpi_timezone() -> String {
+    "Asia/Ho_Chi_Minh".into()
 }
 fn default_away_after_missed() -> u32 {
     3
@@ -282,6 +288,7 @@ impl RoutingConfig {
             resolved_retention_secs: default_resolved_retention(),
             expire_after_secs: default_expire_after(),
             away_after_missed_offers: default_away_after_missed(),
+            kpi_timezone: default_kpi_timezone(),
         }
     }
 
@@ -307,6 +314,12 @@ impl RoutingConfig {
                      for as long as it can be reopened",
                     self.reopen_window_secs
                 ),
+            ));
+        }
+        if self.kpi_timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(err(
+                "kpi_timezone",
+                format!("unknown time zone {:?}", self.kpi_timezone),
             ));
         }
         if self.expire_after_secs == 0 {

@@ -53,6 +53,8 @@
 //!   expiry, forgetting);
 //! - `work.rs`: agent work states and customer patience: wrap-up, auto-away after missed
 //!   offers, abandonment, and the wait estimate of a new conversation;
+//! - `kpis.rs`: each agent's figures of the day (handled, handling and first-response time,
+//!   occupancy, CSAT) and the end-of-day summary;
 //! - `agents.rs`: agents by number and the agent index (the ordered sets a strategy walks);
 //! - `conversation.rs`: a conversation's routing state, its sequence numbers and deadlines;
 //! - `views.rs`: read-only views for the agent/operator API and gauges;
@@ -112,6 +114,7 @@ mod choice;
 mod commands;
 mod conversation;
 mod invariants;
+mod kpis;
 mod offers;
 mod restore;
 pub mod state;
@@ -122,6 +125,7 @@ mod work;
 use agents::{AgentIndex, Agents};
 use arrival::{CompiledRule, Queue, Queues, Rules};
 use conversation::Conversation;
+pub use kpis::{AgentDay, AgentKpis};
 use state::Changes;
 use timers::Timer;
 pub use views::{AgentView, ConversationView, QueueView, StateSize};
@@ -162,6 +166,14 @@ pub struct Engine {
     /// What changed since the last [`Engine::take_changes`], so only those records are
     /// written ([`state`]).
     changes: Changes,
+    /// The time of the input being handled (`None` between inputs and during a restore), so
+    /// that every agent change counts the agent's staffed and busy time up to it
+    /// (`kpis.rs`).
+    clock: Option<Timestamp>,
+    /// When the current KPI day ends (the tenant record carries it; `kpis.rs`).
+    day_end: Option<Timestamp>,
+    /// The time zone KPI days are counted in.
+    kpi_tz: chrono_tz::Tz,
 }
 
 /// Skill names ↔ numbers, in the order skills were first seen (configuration first, then
@@ -189,6 +201,12 @@ impl Engine {
             sticky: HashMap::new(),
             timers: BTreeSet::new(),
             changes: Changes::default(),
+            clock: None,
+            day_end: None,
+            kpi_tz: config
+                .kpi_timezone
+                .parse()
+                .unwrap_or(chrono_tz::Asia::Ho_Chi_Minh),
             config: config.clone(),
         };
         for (id, q) in &config.queues {
@@ -262,11 +280,14 @@ impl Engine {
     /// Applies one input at time `now` and returns what happened, in order.
     pub fn handle(&mut self, now: Timestamp, input: &Input) -> Vec<Output> {
         let mut out = Vec::new();
+        self.clock = Some(now);
+        self.ensure_day_end(now);
         match input {
             Input::Inbound(msg) => self.inbound(now, msg, &mut out),
             Input::Command(cmd) => self.command(now, cmd, &mut out),
             Input::Tick => self.tick(now, &mut out),
         }
+        self.clock = None;
         out
     }
 }

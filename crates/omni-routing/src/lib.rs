@@ -28,7 +28,7 @@ pub use config::{
     RuleMatch, Sla, Strategy,
 };
 pub use engine::state::{StateChange, StateEntry};
-pub use engine::{AgentView, ConversationView, Engine, QueueView, StateSize};
+pub use engine::{AgentDay, AgentKpis, AgentView, ConversationView, Engine, QueueView, StateSize};
 pub use input::{AgentProfile, Command, Inbound, Input, TransferTarget};
 pub use model::{AgentId, Presence, QueueId, Skill, Timestamp};
 pub use output::{Explanation, Observation, ObservationKind, Output, RoutingEvent, SlaKind};

@@ -198,6 +198,16 @@ pub enum RoutingEvent {
         /// Why.
         reason: String,
     },
+    /// An agent's figures of the day that just ended (in the tenant's `kpi_timezone`), one
+    /// per agent who was staffed or handled anything, for CRMs and workforce tools.
+    AgentDay {
+        /// The agent.
+        agent: AgentId,
+        /// The day, `YYYY-MM-DD`.
+        day: String,
+        /// The figures.
+        kpis: crate::AgentKpis,
+    },
     /// A resolved conversation was reopened.
     Reopened {
         /// The conversation.

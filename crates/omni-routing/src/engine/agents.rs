@@ -43,6 +43,8 @@ pub(super) struct Agent {
     pub(super) queue_bits: Vec<u64>,
     /// Index entries currently held (so they can be removed before a change).
     pub(super) indexed: Option<IndexEntry>,
+    /// The day's figures (`kpis.rs`).
+    pub(super) day: super::kpis::AgentDay,
 }
 
 /// A place held by after-conversation work on a resolved conversation.
@@ -228,6 +230,9 @@ impl Engine {
 
     /// Applies a change to an agent, keeping every index consistent with it.
     pub(super) fn update_agent(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent)) {
+        if let Some(now) = self.clock {
+            self.accrue(a, now);
+        }
         let was_available = self.agents[a].available();
         self.changes.agents.insert(a);
         let old = self.agents[a].indexed.take();

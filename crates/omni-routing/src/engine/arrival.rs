@@ -185,6 +185,7 @@ impl Engine {
             deadlines: Deadlines::default(),
             last_activity: now,
             assigned_at: None,
+            handled_by: None,
         };
         let id = msg.conversation;
         let key = (conv.wait_key(self.queues.aging_ms), id);

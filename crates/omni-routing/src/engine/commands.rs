@@ -114,6 +114,7 @@ impl Engine {
                     channel: c.channel.kind,
                     value: f64::from(*score),
                 }));
+                self.credit_csat(*conversation, *score);
             }
         }
     }
@@ -149,6 +150,10 @@ impl Engine {
                         wrap_up: BTreeMap::new(),
                         open_by_kind: BTreeMap::new(),
                         missed_offers: 0,
+                        day: super::kpis::AgentDay {
+                            since: now,
+                            ..Default::default()
+                        },
                         idle_since: now,
                         queues: Vec::new(),
                         queue_bits: Vec::new(),
@@ -286,6 +291,13 @@ impl Engine {
             .is_none()
             .then(|| self.sla_secs(q, c.created_at, now));
         let response = c.awaiting_since.map(|since| self.sla_secs(q, since, now));
+        let holder = match c.state {
+            State::Assigned { agent } => Some(agent),
+            _ => None,
+        };
+        let replier = agent
+            .and_then(|name| self.agents.by_name.get(name).copied())
+            .or(holder);
         let queue = self.queues[q].id.clone();
         if let Some(value) = first {
             out.push(Output::Observe(Observation {
@@ -310,7 +322,10 @@ impl Engine {
             c.first_reply_at.get_or_insert(now);
             c.awaiting_since = None;
         }
-        if let Some(&a) = agent.and_then(|name| self.agents.by_name.get(name)) {
+        if let Some(a) = replier {
+            if let Some(secs) = first {
+                self.credit_first_reply(a, secs);
+            }
             self.agent_responded(a);
         }
     }
@@ -365,6 +380,7 @@ impl Engine {
             value: 1.0,
         }));
         if let Some((a, since)) = assigned {
+            self.credit_resolution(a, since, now);
             out.push(Output::Observe(Observation {
                 kind: ObservationKind::Handling,
                 queue: qid,
@@ -507,6 +523,17 @@ impl Engine {
         for id in declined {
             if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
                 c.declined.remove(&a);
+            }
+        }
+        let handled: Vec<ConversationId> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.handled_by == Some(a))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in handled {
+            if let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) {
+                c.handled_by = None;
             }
         }
         self.changes.agents.insert(a);

@@ -79,6 +79,9 @@ pub(super) struct Conversation {
     /// assignment. Handling time runs from here to resolution, and a contact never assigned
     /// is one the customer can abandon.
     pub(super) assigned_at: Option<Timestamp>,
+    /// The agent it was last assigned to (kept after resolution): a later CSAT score is
+    /// theirs.
+    pub(super) handled_by: Option<AgentIdx>,
 }
 
 /// When a conversation's pending timers fire (see [`Conversation::deadlines`]).

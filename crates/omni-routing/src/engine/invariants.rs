@@ -148,6 +148,9 @@ impl Engine {
             if let Some(a) = c.declined.iter().find(|a| self.agents.get(**a).is_none()) {
                 return Err(format!("{id} declined by forgotten agent {a}"));
             }
+            if let Some(a) = c.handled_by.filter(|a| self.agents.get(*a).is_none()) {
+                return Err(format!("{id} handled by forgotten agent {a}"));
+            }
         }
         Ok(())
     }

@@ -72,6 +72,7 @@ impl Engine {
             c.declined.clear();
             c.pending_explanation = None;
             c.assigned_at = Some(now);
+            c.handled_by = Some(a);
             (c.queue, c.channel.kind, c.arrival, c.sticky_key.clone())
         };
         self.set_deadline(id, DeadlineKind::Retry, None);

@@ -155,6 +155,7 @@ impl Engine {
                     wrap_up: BTreeMap::new(),
                     open_by_kind: BTreeMap::new(),
                     missed_offers: a.missed_offers,
+                    day: a.today.unwrap_or_default(),
                     idle_since: a.idle_since,
                     queue_bits: queue_bits(&queues, self.queues.len()),
                     queues,
@@ -267,6 +268,7 @@ impl Engine {
             deadlines: Deadlines::default(),
             last_activity: r.last_activity.unwrap_or(now),
             assigned_at: r.assigned_at,
+            handled_by: r.handled_by.as_ref().and_then(agent_of),
         };
         repaired |= r.last_activity.is_none();
         conv.deadlines = match r.deadlines {
@@ -417,6 +419,10 @@ impl Engine {
     fn restore_open_timers(&mut self, tenant: Option<&TenantRecord>, now: Timestamp) {
         match tenant {
             Some(t) => {
+                if let Some(at) = t.kpi_day_end {
+                    self.day_end = Some(at);
+                    self.schedule(at, Timer::DayEnd);
+                }
                 for (queue, at) in &t.queue_opens {
                     if let Some(&q) = self.queues.by_id.get(queue) {
                         self.queues[q].open_timer = Some(*at);
@@ -443,8 +449,9 @@ impl Engine {
             .iter()
             .filter(|q| q.open_timer.is_some())
             .count();
-        self.changes.tenant =
-            meta_changed || records.tenant.as_ref().map_or(0, |t| t.queue_opens.len()) != opens;
+        self.changes.tenant = meta_changed
+            || records.tenant.as_ref().map_or(0, |t| t.queue_opens.len()) != opens
+            || records.tenant.as_ref().and_then(|t| t.kpi_day_end) != self.day_end;
         for a in self.agents.numbers() {
             let ag = &self.agents[a];
             let recorded = records

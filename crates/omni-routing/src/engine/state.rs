@@ -42,6 +42,9 @@ pub struct AgentRecord {
     /// Offers in a row the agent let time out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub missed_offers: u32,
+    /// The day's figures (`None` in records written before they were kept: they start then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub today: Option<crate::AgentDay>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -147,6 +150,9 @@ pub struct ConversationRecord {
     /// before handling time was measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_at: Option<Timestamp>,
+    /// The agent it was last assigned to (a later CSAT score is theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_by: Option<AgentId>,
 }
 
 /// A conversation's pending timers (each `None` when not scheduled).
@@ -214,6 +220,9 @@ pub struct TenantRecord {
     pub next_agent_seq: u64,
     /// Pending opening timers of closed queues (at most one per queue).
     pub queue_opens: BTreeMap<QueueId, Timestamp>,
+    /// When the current KPI day ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kpi_day_end: Option<Timestamp>,
 }
 
 /// One changelog entry of a tenant's routing state.
@@ -377,6 +386,7 @@ impl Engine {
                 .iter()
                 .filter_map(|q| q.open_timer.map(|at| (q.id.clone(), at)))
                 .collect(),
+            kpi_day_end: self.day_end,
         }
     }
 
@@ -422,6 +432,7 @@ impl Engine {
                 })
                 .collect(),
             missed_offers: agent.missed_offers,
+            today: Some(agent.day),
         }
     }
 
@@ -477,6 +488,10 @@ impl Engine {
             }),
             last_activity: Some(c.last_activity),
             assigned_at: c.assigned_at,
+            handled_by: c
+                .handled_by
+                .and_then(|a| self.agents.get(a))
+                .map(|a| a.id.clone()),
         }
     }
 }

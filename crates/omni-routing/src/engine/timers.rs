@@ -54,6 +54,7 @@ pub(super) enum Timer {
         agent: AgentIdx,
         conv: ConversationId,
     },
+    DayEnd,
 }
 
 /// `SlaKind` with an order, for the timer map.
@@ -487,6 +488,7 @@ impl Engine {
                 }
             }
             Timer::WrapUpEnd { agent, conv } => self.end_wrap_up(now, agent, conv, out),
+            Timer::DayEnd => self.end_day(at, out),
             Timer::QueueOpen { queue } => {
                 self.queues[queue].open_timer = None;
                 self.changes.tenant = true;

@@ -27,6 +27,8 @@ pub struct QueueView {
 /// An agent as the agent/operator API shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentView {
+    /// The day's figures so far ([`crate::AgentDay::at`] gives the KPIs at a given time).
+    pub today: crate::AgentDay,
     /// The agent.
     pub id: AgentId,
     /// Presence.
@@ -109,6 +111,7 @@ impl Engine {
                 presence: a.presence,
                 open: a.open.len(),
                 wrap_up: a.wrap_up.len(),
+                today: a.day,
                 capacity: a.capacity,
             })
             .collect();

@@ -264,6 +264,9 @@ fn after_hours_conversations_wait_until_the_queue_opens() {
     });
     assert_eq!(opens, Some(Some(vn(1, 8, 0))));
     assert!(assigned(&out).is_empty(), "closed queues route nobody");
+    // Nothing before it opens (midnight only ends the KPI day).
+    let out = e.handle(vn(1, 7, 59), &Input::Tick);
+    assert!(assigned(&out).is_empty());
     assert_eq!(e.next_timer(), Some(vn(1, 8, 0)));
     let out = e.handle(vn(1, 8, 0), &Input::Tick);
     assert_eq!(assigned(&out), vec![(conv(1), "night-owl".into())]);

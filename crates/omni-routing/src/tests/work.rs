@@ -330,3 +330,67 @@ fn the_wait_estimate_follows_the_queue_throughput_and_the_conversations_ahead() 
     assert_eq!(queued(&e.handle(at(100), &chat(3))), Some(50));
     assert_eq!(queued(&e.handle(at(102), &chat(4))), Some(102));
 }
+
+#[test]
+fn each_agent_has_the_day_s_kpis_and_a_summary_at_midnight() {
+    let mut e = engine(QueueConfig::default());
+    online(&mut e, at(0), "a", &[], 1);
+    e.handle(at(10), &chat(1));
+    e.handle(
+        at(20),
+        &cmd(Command::AgentReplied {
+            conversation: conv(1),
+            agent: Some("a".into()),
+        }),
+    );
+    e.handle(at(70), &resolve(1));
+    e.handle(
+        at(80),
+        &cmd(Command::Csat {
+            conversation: conv(1),
+            score: 4,
+        }),
+    );
+    // Staffed 100 s, holding a conversation 60 s of them.
+    let kpis = view(&e, "a").today.at(at(100), true, false);
+    assert_eq!(kpis.handled, 1);
+    assert_eq!(kpis.aht_secs, Some(60.0));
+    assert_eq!(kpis.first_response_secs, Some(10.0));
+    assert_eq!(kpis.occupancy, Some(0.6));
+    assert_eq!(kpis.csat, Some(4.0));
+    // T0 is 15:00 in Ho Chi Minh City: the day ends 9 hours later, with one summary for the
+    // agent, and the figures start again.
+    let out = e.handle(at(9 * 3600), &Input::Tick);
+    let days: Vec<(String, String, u32, Option<f64>)> = events(&out)
+        .iter()
+        .filter_map(|ev| match ev {
+            RoutingEvent::AgentDay { agent, day, kpis } => {
+                Some((agent.0.clone(), day.clone(), kpis.handled, kpis.csat))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        days,
+        vec![("a".to_owned(), "2027-01-15".to_owned(), 1, Some(4.0))]
+    );
+    let staffed = match events(&out)[0] {
+        RoutingEvent::AgentDay { kpis, .. } => kpis.staffed_secs,
+        _ => 0.0,
+    };
+    assert_eq!(staffed, 9.0 * 3600.0);
+    let after = view(&e, "a").today.at(at(9 * 3600 + 60), true, false);
+    assert_eq!((after.handled, after.staffed_secs), (0, 60.0));
+    // The next day ends 24 hours later: a day staffed throughout, nothing handled.
+    let out = e.handle(at(33 * 3600), &Input::Tick);
+    let next: Vec<(String, f64, u32)> = events(&out)
+        .iter()
+        .filter_map(|ev| match ev {
+            RoutingEvent::AgentDay { day, kpis, .. } => {
+                Some((day.clone(), kpis.staffed_secs, kpis.handled))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(next, vec![("2027-01-16".to_owned(), 86400.0, 0)]);
+}

@@ -341,6 +341,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                     resolved_retention_secs: reopen + keep,
                     expire_after_secs: expire,
                     away_after_missed_offers,
+                    kpi_timezone: "Asia/Ho_Chi_Minh".into(),
                 },
                 team,
                 conv_kinds,
