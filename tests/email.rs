@@ -909,6 +909,7 @@ fn reply_request(
             subject: Some("Re: Đơn hàng #1024".into()),
             attachments,
             reply_to: parent.map(str::to_owned),
+            csat_survey: false,
         },
     }
 }

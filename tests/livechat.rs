@@ -295,11 +295,15 @@ async fn a_reply_written_through_one_instance_reaches_a_socket_on_another() {
         }
     };
     assert_eq!(m["text"], "Dạ shop nghe ạ");
-    // Reconnecting to A with B's cursor repeats nothing.
+    // Reconnecting to A with B's cursor repeats no message. (The router's news of the
+    // conversation, `queued` here, is not a message: it reaches the socket whenever the
+    // router, busy with its first rebalance, gets to the visitor's message.)
     let cursor = m["cursor"].as_str().unwrap().to_owned();
     ws.close(None).await.unwrap();
     let mut ws = connect(&a, &s, Some(&cursor)).await;
-    assert!(try_next(&mut ws, Duration::from_secs(2)).await.is_none());
+    while let Some(f) = try_next(&mut ws, Duration::from_secs(2)).await {
+        assert!(f["type"] != "message" && f["type"] != "closed", "{f}");
+    }
 }
 
 /// Typing both ways: the visitor's typing reaches agents as an `omni.channel.signal` on the
@@ -713,4 +717,381 @@ async fn wait_for_connections(daemon: &Daemon, want: f64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// POSTs a router command through `daemon`'s agent API (202: on Kafka for the router).
+async fn command(daemon: &Daemon, body: Value) {
+    let (status, answer) = post_json(&daemon.url("/v1/tenants/demo/commands"), AGENT, &body).await;
+    assert_eq!(status, 202, "{body} -> {answer}");
+}
+
+/// One agent online with `capacity`, speaking the general queue's language; returns once the
+/// router has applied it (commands and customer messages travel on different topics).
+async fn agent_online(daemon: &Daemon, agent: &str, capacity: u32) {
+    command(
+        daemon,
+        json!({"command": "upsert_agent", "agent": agent, "skills": {"vi": 4}, "capacity": capacity}),
+    )
+    .await;
+    command(
+        daemon,
+        json!({"command": "set_presence", "agent": agent, "presence": "online"}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, view, _) = daemon.get_served("demo", "agents", AGENT).await;
+        let online = view["agents"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|a| a["id"] == agent && a["presence"] == "online")
+        });
+        if status == 200 && online {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{agent} not online: {status} {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A customer message through the HTTP API; returns its conversation.
+async fn api_customer(daemon: &Daemon, contact: &str) -> String {
+    let (status, v) = post_json(
+        &daemon.url("/v1/inbound/demo"),
+        "demo-token",
+        &json!({"contact": {"id": contact, "language": "vi"}, "text": "Chào shop",
+                "client_message_id": format!("{contact}-1")}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    v["conversation_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until the router says `conversation` is in `state` (waiting, assigned…).
+async fn wait_for_state(daemon: &Daemon, conversation: &str, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = format!("conversations/{conversation}");
+        let (status, view, _) = daemon.get_served("demo", &path, AGENT).await;
+        if status == 200 && view["state"] == state {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{conversation} not {state}: {status} {view}\nlog:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first routing event on omni.routing.v1 that `matches`, waiting for it (at most 30 s).
+fn routing_event(broker: &Broker, matches: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Everything the topic holds within a moment: the log is short in a test.
+        let records = read_topic(
+            &broker.bootstrap(),
+            "omni.routing.v1",
+            usize::MAX,
+            Duration::from_millis(1500),
+            Duration::ZERO,
+        );
+        if let Some(r) = records.iter().find(|r| matches(&r.value)) {
+            assert_eq!(r.key, b"demo");
+            return r.value.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such routing event in {records:#?}"
+        );
+    }
+}
+
+/// What the Vietnamese widget says for the router's estimate.
+fn wait_text_vi(secs: u64) -> String {
+    if secs == 0 {
+        "Nhân viên sẽ hỗ trợ bạn ngay".to_owned()
+    } else {
+        let minutes = ((secs as f64) / 60.0).round().max(1.0);
+        format!("Thời gian chờ dự kiến: khoảng {minutes} phút")
+    }
+}
+
+/// The router's wait estimate reaches the widget in chromium, and "End chat" ends a
+/// conversation nobody took as abandoned (`customer_left`), counted on /metrics.
+///
+/// Deterministic by construction: one agent with capacity 1; a first conversation is assigned
+/// and resolved, a second is assigned and stays open. The queue then has two recent
+/// assignments to estimate from and no free agent, so the visitor's conversation is queued
+/// with an estimate; the test reads it from the `queued` event and expects the widget to say
+/// exactly that.
+#[tokio::test]
+async fn the_widget_shows_the_wait_and_ending_the_chat_abandons_it() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let pace_from = an_agent_is_busy_after_two_assignments(&daemon, &broker).await;
+    let page = serve_example(&daemon).await;
+    let mut browser = Chromium::start().await;
+    the_launcher_opens_a_dialog_that_connects(&mut browser, &page).await;
+    let visitor = the_queued_visitor_sees_the_estimate(&mut browser, &broker, pace_from).await;
+    ending_the_chat_abandons_it(&mut browser, &daemon, &broker, &visitor).await;
+}
+
+/// Agent `lan` (capacity 1) takes a first conversation, resolves it, and takes a second that
+/// stays open. Returns when the first assignment happened (the router's time for it).
+async fn an_agent_is_busy_after_two_assignments(
+    daemon: &Daemon,
+    broker: &Broker,
+) -> chrono::DateTime<chrono::Utc> {
+    agent_online(daemon, "lan", 1).await;
+    let first = api_customer(daemon, "kh-truoc-1").await;
+    wait_for_state(daemon, &first, "assigned").await;
+    let second = api_customer(daemon, "kh-truoc-2").await;
+    wait_for_state(daemon, &second, "waiting").await;
+    command(daemon, json!({"command": "resolve", "conversation": first})).await;
+    wait_for_state(daemon, &second, "assigned").await;
+    let first_assigned = routing_event(broker, |e| {
+        e["type"] == "omni.routing.assigned" && e["subject"] == first.as_str()
+    });
+    first_assigned["time"].as_str().unwrap().parse().unwrap()
+}
+
+/// The visitor writes while no agent is free: the widget shows the router's estimate, in
+/// minutes, exactly as the `queued` event has it. Returns the visitor's session.
+async fn the_queued_visitor_sees_the_estimate(
+    browser: &mut Chromium,
+    broker: &Broker,
+    pace_from: chrono::DateTime<chrono::Utc>,
+) -> Session {
+    // The estimate is the queue's pace: (time since the first of its two assignments) / 2.
+    // Time passing is what it is made of: at least 2 s of it makes the estimate at least 1 s,
+    // which the widget shows in minutes (0 would read "an agent will be with you shortly").
+    let paced = pace_from + chrono::Duration::milliseconds(2500);
+    if let Ok(left) = (paced - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(left).await;
+    }
+    let visitor = a_typed_message_reaches_kafka(browser, broker).await;
+    let queued = routing_event(broker, |e| {
+        e["type"] == "omni.routing.queued" && e["subject"] == visitor.conversation.as_str()
+    });
+    let secs = queued["data"]["estimated_wait_secs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no estimate in {queued}"));
+    assert!(secs >= 1, "{queued}");
+    let want = wait_text_vi(secs);
+    browser
+        .wait_for(
+            &format!(
+                "document.getElementById('omni-chat-wait').textContent === {}",
+                json!(want)
+            ),
+            Duration::from_secs(15),
+        )
+        .await;
+    visitor
+}
+
+/// "End chat" (a labelled button in the dialog's header): confirmed in the widget, the
+/// router abandons the conversation (`customer_left`) and counts it on /metrics, and the
+/// command is on the commands topic as the agent API writes commands.
+async fn ending_the_chat_abandons_it(
+    browser: &mut Chromium,
+    daemon: &Daemon,
+    broker: &Broker,
+    visitor: &Session,
+) {
+    let end = "document.getElementById('omni-chat-end')";
+    assert_eq!(
+        browser
+            .eval(&format!("{end}.getAttribute('aria-label')"))
+            .await,
+        "Kết thúc trò chuyện"
+    );
+    browser.eval(&format!("{end}.click()")).await;
+    browser
+        .wait_for(
+            "OmniChat.state().left && document.getElementById('omni-chat-wait').textContent === '' && [...document.querySelectorAll('#omni-chat-log .omni-system')].some(e => e.textContent.includes('đã kết thúc'))",
+            Duration::from_secs(15),
+        )
+        .await;
+    let abandoned = routing_event(broker, |e| {
+        e["type"] == "omni.routing.abandoned" && e["subject"] == visitor.conversation.as_str()
+    });
+    assert_eq!(abandoned["data"]["reason"], "customer_left");
+    assert_eq!(abandoned["data"]["queue"], "general");
+    let labels = [
+        "tenant=\"demo\"",
+        "queue=\"general\"",
+        "channel=\"livechat\"",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = daemon.metrics().await;
+        let n = omni_e2e::metric_value(&metrics, "omni_conversations_abandoned_total", &labels);
+        if n == 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "abandoned counter at {n}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let commands = read_topic(
+        &broker.bootstrap(),
+        "omni.commands.v1",
+        usize::MAX,
+        Duration::from_secs(2),
+        Duration::ZERO,
+    );
+    let left: Vec<_> = commands
+        .iter()
+        .filter(|r| r.value["data"]["command"] == "customer_left")
+        .collect();
+    assert_eq!(left.len(), 1, "{commands:#?}");
+    assert_eq!(left[0].key, b"demo");
+    assert_eq!(left[0].value["type"], "omni.command");
+    assert_eq!(left[0].value["subject"], visitor.conversation.as_str());
+    assert_eq!(
+        left[0].value["data"]["conversation"],
+        visitor.conversation.as_str()
+    );
+}
+
+/// The protocol side, across replicas: the visitor's socket is on instance B, the agent is
+/// set up through A and whichever instance routes the tenant decides; B still tells the
+/// visitor `queued` (0 s: an agent is free) and then `assigned`. `leave` is confirmed with
+/// `left` (nothing to abandon once assigned), a leave with a field is refused, and a leave
+/// Kafka does not acknowledge gets `leave_failed` on a socket that stays open.
+#[tokio::test]
+async fn a_queued_visitor_hears_the_wait_and_the_assignment_on_any_replica() {
+    let mut broker = Broker::memory();
+    let env = [("OMNI__KAFKA__PUBLISH_TIMEOUT_MS", "2000")];
+    let a = Daemon::start(&broker, &env).await;
+    let b = Daemon::start(&broker, &env).await;
+    agent_online(&a, "lan", 2).await;
+    let s = new_session(&b).await;
+    let mut ws = connect(&b, &s, None).await;
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "q1", "text": "Cho mình hỏi với"}),
+    )
+    .await;
+    let (queued, _) = next_of(&mut ws, "queued").await;
+    assert_eq!(queued, json!({"type": "queued", "estimated_wait_secs": 0}));
+    let (assigned, _) = next_of(&mut ws, "assigned").await;
+    assert_eq!(
+        assigned,
+        json!({"type": "assigned"}),
+        "agent ids stay internal"
+    );
+
+    // A leave with anything in it is a bad frame; a plain one is confirmed after Kafka.
+    send(
+        &mut ws,
+        json!({"type": "leave", "conversation": s.conversation}),
+    )
+    .await;
+    let (err, _) = next_of(&mut ws, "error").await;
+    assert_eq!(err["code"], "bad_frame");
+    send(&mut ws, json!({"type": "leave"})).await;
+    let (left, _) = next_of(&mut ws, "left").await;
+    assert_eq!(left, json!({"type": "left"}));
+    let commands = read_topic(
+        &broker.bootstrap(),
+        "omni.commands.v1",
+        usize::MAX,
+        Duration::from_secs(2),
+        Duration::ZERO,
+    );
+    assert!(commands.iter().any(|r| {
+        r.value["data"] == json!({"command": "customer_left", "conversation": s.conversation})
+            && r.value["source"] == "/omnirouter/demo/livechat/web"
+    }));
+
+    // Kafka gone: the leave is refused with a clear code, and the socket stays usable.
+    broker.stop();
+    send(&mut ws, json!({"type": "leave"})).await;
+    let (err, _) = next_of(&mut ws, "error").await;
+    assert_eq!(err["code"], "leave_failed", "{err}");
+    send(&mut ws, json!({"type": "ping"})).await;
+    next_of(&mut ws, "pong").await;
+}
+
+/// CSAT in the widget: the agent resolves, the router's question arrives with five stars, the
+/// visitor clicks the fourth, and 4 is the conversation's score on /metrics and on the routing
+/// topic (credited to the agent), not a reopening.
+#[tokio::test]
+async fn the_survey_is_answered_with_stars_in_chromium_and_the_score_is_on_metrics() {
+    const QUESTION: &str = "Bạn hài lòng với hỗ trợ hôm nay không?";
+    let broker = Broker::memory();
+    let daemon = Daemon::start(
+        &broker,
+        &[(
+            "OMNI__TENANTS__DEMO__ROUTING__QUEUES__GENERAL__CSAT_SURVEY__QUESTION",
+            QUESTION,
+        )],
+    )
+    .await;
+    agent_online(&daemon, "lan", 3).await;
+    let page = serve_example(&daemon).await;
+    let mut browser = Chromium::start().await;
+    the_launcher_opens_a_dialog_that_connects(&mut browser, &page).await;
+    let visitor = a_typed_message_reaches_kafka(&mut browser, &broker).await;
+    wait_for_state(&daemon, &visitor.conversation, "assigned").await;
+    command(
+        &daemon,
+        json!({"command": "resolve", "conversation": visitor.conversation}),
+    )
+    .await;
+    browser
+        .wait_for(
+            &format!(
+                "[...document.querySelectorAll('#omni-chat-log .omni-agent')].some(e => e.textContent.includes({}) && e.querySelectorAll('.omni-star').length === 5)",
+                json!(QUESTION)
+            ),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval(
+                "document.querySelector('.omni-star[data-score=\"4\"]').getAttribute('aria-label')"
+            )
+            .await,
+        "Đánh giá 4 trên 5 sao"
+    );
+    browser
+        .eval("document.querySelector('.omni-star[data-score=\"4\"]').click()")
+        .await;
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('.omni-star')].every(b => b.disabled) && document.querySelectorAll('.omni-star-on').length === 4",
+            Duration::from_secs(5),
+        )
+        .await;
+    let labels = ["tenant=\"demo\"", "channel=\"livechat\""];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = daemon.metrics().await;
+        let count = omni_e2e::metric_value(&metrics, "omni_csat_score_count", &labels);
+        let sum = omni_e2e::metric_value(&metrics, "omni_csat_score_sum", &labels);
+        if count == 1.0 && sum == 4.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "csat count {count}, sum {sum}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answered = routing_event(&broker, |e| {
+        e["type"] == "omni.routing.csat_answered" && e["subject"] == visitor.conversation.as_str()
+    });
+    assert_eq!(answered["data"]["score"], 4);
+    assert_eq!(answered["data"]["agent"], "lan");
+    wait_for_state(&daemon, &visitor.conversation, "resolved").await;
 }

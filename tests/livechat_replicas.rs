@@ -43,6 +43,7 @@ fn crm_reply(s: &Session, text: &str) -> Value {
             subject: None,
             attachments: vec![],
             reply_to: None,
+            csat_survey: false,
         },
     );
     serde_json::to_value(&event).unwrap()

@@ -98,6 +98,7 @@ fn reply(account: &str, recipient: &str, text: &str) -> SendRequest {
             subject: None,
             attachments: vec![],
             reply_to: None,
+            csat_survey: false,
         },
     }
 }
@@ -763,4 +764,132 @@ async fn vonage_parts_spread_over_three_replicas_killed_between_parts_are_publis
         .all(|r| !r.value["data"]["message"]["payload"]
             .to_string()
             .contains("partial")));
+}
+
+/// A command to the router through the agent API.
+async fn command(daemon: &Daemon, body: Value) {
+    let (status, answer) = omni_e2e::post_json(
+        &daemon.url("/v1/tenants/demo/commands"),
+        "demo-agent-token",
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// A conversation's routing state, from the agent API.
+async fn conversation_state(daemon: &Daemon, conversation: &str) -> String {
+    let path = format!("conversations/{conversation}");
+    let (_, v, _) = daemon.get_served("demo", &path, "demo-agent-token").await;
+    v["state"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Waits until `/metrics` has `name{labels}` at `want`.
+async fn wait_metric(daemon: &Daemon, name: &str, labels: &[&str], want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = daemon.metrics().await;
+        if (omni_e2e::metric_value(&m, name, labels) - want).abs() < 1e-9 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}{labels:?} is not {want}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// CSAT by SMS: the agent resolves, the router asks the question by SMS (through the Twilio
+/// stand-in), and the customer's signed "5" is the score on /metrics and the routing topic,
+/// not a reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_survey_after_resolution_is_answered_by_a_signed_sms_and_scored() {
+    const QUESTION: &str = "Anh/chị hài lòng với hỗ trợ của shop không? Trả lời từ 1 đến 5.";
+    let broker = Broker::memory();
+    let api = StandIn::start().await;
+    let public = "https://sms.shop.example.vn";
+    let mut env = sms_env(&api, public);
+    env.push((
+        "OMNI__TENANTS__DEMO__ROUTING__QUEUES__GENERAL__CSAT_SURVEY__QUESTION".into(),
+        QUESTION.into(),
+    ));
+    let daemon = Daemon::start(&broker, &env_refs(&env)).await;
+    command(
+        &daemon,
+        json!({"command": "upsert_agent", "agent": "lan", "skills": {"vi": 5}, "capacity": 3}),
+    )
+    .await;
+    command(
+        &daemon,
+        json!({"command": "set_presence", "agent": "lan", "presence": "online"}),
+    )
+    .await;
+    let event = a_signed_twilio_sms_is_published(&broker, &daemon, public).await;
+    let conversation = event["subject"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while conversation_state(&daemon, &conversation).await != "assigned" {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.answer(
+        TWILIO_PATH,
+        201,
+        r#"{"sid":"SMsurvey01","status":"queued","num_segments":"1"}"#,
+    );
+    command(
+        &daemon,
+        json!({"command": "resolve", "conversation": conversation}),
+    )
+    .await;
+    // The question goes to the customer by SMS, once.
+    let sent = api.wait_for(TWILIO_PATH, 1, Duration::from_secs(20)).await;
+    let form_sent = pairs(sent[0].form());
+    assert_eq!(form_sent["Body"], QUESTION);
+    assert_eq!(form_sent["To"], "+84901234567");
+
+    // The customer answers "5" by SMS, signed by Twilio.
+    let body = form(&[
+        ("MessageSid", "SMe2e00000000000000000000000000002"),
+        ("AccountSid", SID),
+        ("From", "+84901234567"),
+        ("To", TWILIO_NUMBER),
+        ("Body", "5"),
+        ("NumMedia", "0"),
+    ]);
+    let r = post_twilio(
+        &daemon,
+        public,
+        "/v1/webhooks/sms/twilio/demo",
+        "TWILIO-TOKEN",
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let labels = ["tenant=\"demo\"", "channel=\"sms\""];
+    wait_metric(&daemon, "omni_csat_score_count", &labels, 1.0).await;
+    wait_metric(&daemon, "omni_csat_score_sum", &labels, 5.0).await;
+    let routing = read_topic(
+        &broker.bootstrap(),
+        "omni.routing.v1",
+        usize::MAX,
+        Duration::from_secs(3),
+        Duration::ZERO,
+    );
+    let of_type = |t: &str| {
+        routing
+            .iter()
+            .filter(|r| r.value["type"] == t && r.value["subject"] == conversation.as_str())
+            .map(|r| r.value["data"].clone())
+            .collect::<Vec<_>>()
+    };
+    let answered = of_type("omni.routing.csat_answered");
+    assert_eq!(answered.len(), 1, "{routing:?}");
+    assert_eq!(answered[0]["score"], 5);
+    assert_eq!(answered[0]["agent"], "lan");
+    assert_eq!(of_type("omni.routing.csat_survey").len(), 1);
+    assert!(of_type("omni.routing.reopened").is_empty());
+    assert_eq!(conversation_state(&daemon, &conversation).await, "resolved");
+    // Only the question went out: the answer is not answered again.
+    assert_eq!(api.requests_to(TWILIO_PATH).len(), 1);
 }

@@ -42,6 +42,7 @@ fn reply(kind: ChannelKind, account: &str, recipient: &str, agent: Option<&str>)
             subject: None,
             attachments: vec![],
             reply_to: None,
+            csat_survey: false,
         },
     }
 }
@@ -144,6 +145,38 @@ async fn messenger_sends_exactly_the_documented_request_per_part() {
     assert!(String::from_utf8(sent[0].body.clone())
         .unwrap()
         .contains(VI));
+}
+
+#[tokio::test]
+async fn a_csat_survey_goes_to_messenger_with_quick_replies_one_to_five() {
+    let graph = StandIn::start().await;
+    graph.answer(
+        SEND_PATH,
+        200,
+        r#"{"recipient_id":"5384937120339286147","message_id":"m_survey"}"#,
+    );
+    let sender = messenger(&graph, false);
+    let mut request = reply(ChannelKind::Messenger, PAGE, PSID, None);
+    request.message.text = "Anh/chị hài lòng với hỗ trợ của shop không? Chọn 1-5".into();
+    request.message.csat_survey = true;
+    sender
+        .send(&request, &mut SendProgress::default())
+        .await
+        .unwrap();
+    let sent = graph.requests_to(SEND_PATH);
+    assert_eq!(sent.len(), 1);
+    let marker = format!("omnirouter:{}", request.event_id);
+    let quick: Vec<Value> = (1..=5)
+        .map(|n| json!({"content_type": "text", "title": n.to_string(), "payload": format!("CSAT_{n}")}))
+        .collect();
+    assert_eq!(
+        sent[0].json(),
+        json!({
+            "recipient": {"id": PSID},
+            "messaging_type": "RESPONSE",
+            "message": {"text": request.message.text, "metadata": marker, "quick_replies": quick},
+        })
+    );
 }
 
 #[tokio::test]

@@ -80,6 +80,12 @@ pub enum EventType {
     /// Routing event: an agent's KPIs of the day that just ended.
     #[serde(rename = "omni.routing.agent_day")]
     RoutingAgentDay,
+    /// Routing event: a CSAT survey goes to the customer of a resolved conversation.
+    #[serde(rename = "omni.routing.csat_survey")]
+    RoutingCsatSurvey,
+    /// Routing event: the customer answered the CSAT survey.
+    #[serde(rename = "omni.routing.csat_answered")]
+    RoutingCsatAnswered,
 }
 
 impl EventType {
@@ -95,7 +101,7 @@ impl EventType {
 
     /// Every event type the router writes: commands, ticks and routing events (their `data` is
     /// defined by `omni-routing`, not by a schema here).
-    pub const ROUTER: [EventType; 18] = [
+    pub const ROUTER: [EventType; 20] = [
         EventType::Command,
         EventType::RouterTick,
         EventType::RoutingQueued,
@@ -114,6 +120,8 @@ impl EventType {
         EventType::RoutingSlaAtRisk,
         EventType::RoutingAgentAway,
         EventType::RoutingAgentDay,
+        EventType::RoutingCsatSurvey,
+        EventType::RoutingCsatAnswered,
     ];
 
     /// The CloudEvents `type` string.
@@ -142,6 +150,8 @@ impl EventType {
             EventType::RoutingSlaAtRisk => "omni.routing.sla_at_risk",
             EventType::RoutingAgentAway => "omni.routing.agent_away",
             EventType::RoutingAgentDay => "omni.routing.agent_day",
+            EventType::RoutingCsatSurvey => "omni.routing.csat_survey",
+            EventType::RoutingCsatAnswered => "omni.routing.csat_answered",
         }
     }
 
@@ -299,7 +309,7 @@ mod tests {
     const CONVERSATION: &str = "5b0d6c1e-2f3a-5b4c-9d8e-7f6a5b4c3d2e";
 
     /// Every type with its wire name, written out: the names are a contract with consumers.
-    const WIRE_NAMES: [(EventType, &str); 23] = [
+    const WIRE_NAMES: [(EventType, &str); 25] = [
         (EventType::MessageReceived, "omni.message.received"),
         (EventType::MessageEchoed, "omni.message.echoed"),
         (EventType::ChannelSignal, "omni.channel.signal"),
@@ -326,6 +336,8 @@ mod tests {
         (EventType::RoutingSlaAtRisk, "omni.routing.sla_at_risk"),
         (EventType::RoutingAgentAway, "omni.routing.agent_away"),
         (EventType::RoutingAgentDay, "omni.routing.agent_day"),
+        (EventType::RoutingCsatSurvey, "omni.routing.csat_survey"),
+        (EventType::RoutingCsatAnswered, "omni.routing.csat_answered"),
     ];
 
     fn time() -> DateTime<Utc> {

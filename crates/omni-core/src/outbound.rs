@@ -33,6 +33,11 @@ pub struct OutboundMessage {
     /// The provider id of the customer message this answers (threading, quotes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// This is the router's CSAT survey question, not an agent's reply: channels offer the
+    /// answers their way (stars in the live chat widget, quick replies on Messenger), and the
+    /// router does not count it as a response.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub csat_survey: bool,
 }
 
 /// The fate of an outbound message.

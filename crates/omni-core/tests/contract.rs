@@ -256,6 +256,7 @@ fn outbound_message(full: bool) -> Value {
         subject: full.then(|| "Re: Hỗ trợ đơn hàng #1024".into()),
         attachments: if full { full_attachments() } else { vec![] },
         reply_to: full.then(|| "m_AbCdEf".into()),
+        csat_survey: full,
     };
     wire(&CloudEvent::new(
         EventId::new_random(),
@@ -326,7 +327,9 @@ fn event(event_type: EventType, full: bool) -> Value {
         | EventType::RoutingAbandoned
         | EventType::RoutingSlaAtRisk
         | EventType::RoutingAgentAway
-        | EventType::RoutingAgentDay => {
+        | EventType::RoutingAgentDay
+        | EventType::RoutingCsatSurvey
+        | EventType::RoutingCsatAnswered => {
             unreachable!("the router's types are not channel events: pinned in envelope.rs")
         }
     }

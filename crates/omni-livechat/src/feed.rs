@@ -2,6 +2,9 @@
 //! topics (all partitions assigned by this instance itself, nothing committed), starting one
 //! history window back, feeding the [`Hub`]. So the instance holding a visitor's socket sees
 //! each agent reply, wherever it was written, and any instance can replay a conversation.
+//! The routing topic is tailed the same way: the router's news of a conversation the hub
+//! holds (queued with a wait estimate, assigned, ended; see [`crate::routing`]) reaches the
+//! visitor's socket on whichever instance holds it.
 
 use chrono::{DateTime, Utc};
 use omni_bus::tail::{StartAt, TopicTail};
@@ -26,6 +29,9 @@ struct Body<'a> {
     sent_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_id: Option<&'a str>,
+    /// The router's CSAT question: the widget offers stars, and a star is the answer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    survey: bool,
 }
 
 /// Serializes a body without its opening brace, so a socket can prefix its own fields.
@@ -80,6 +86,7 @@ fn decode_as(
                 attachments: &m.attachments,
                 sent_at: event.data.received_at,
                 client_id,
+                survey: false,
             });
             Some((
                 event.tenant,
@@ -97,6 +104,7 @@ fn decode_as(
                 attachments: &event.data.attachments,
                 sent_at: event.time,
                 client_id: None,
+                survey: event.data.csat_survey,
             });
             Some((
                 event.tenant,
@@ -171,53 +179,32 @@ fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), omni_bus::BusError> {
     let group = format!("omnirouter-livechat-{}", uuid::Uuid::now_v7().simple());
     let inbound = bus.topics.inbound.as_str();
     let outbound = bus.topics.outbound.as_str();
+    let routing = bus.topics.routing.as_str();
     let since =
         Utc::now() - chrono::Duration::from_std(chat.settings.history_window).unwrap_or_default();
     // Start one history window back; a broker that cannot look offsets up by time is read
-    // from the beginning (records older than the window are skipped by their time).
+    // from the beginning (records older than the window are skipped by their time). The
+    // routing topic too: a conversation still waiting is shown its wait on a reconnect.
     let start = StartAt::Since(since.timestamp_millis());
-    let consumer = TopicTail::open(bus, &group, &[(inbound, start), (outbound, start)])?;
-    tracing::info!(since = %since, "live chat feed reading inbound and outbound topics");
+    let consumer = TopicTail::open(
+        bus,
+        &group,
+        &[(inbound, start), (outbound, start), (routing, start)],
+    )?;
+    tracing::info!(since = %since, "live chat feed reading inbound, outbound and routing topics");
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let stream = if m.topic() == inbound {
-                    Stream::Inbound
-                } else {
-                    Stream::Outbound
-                };
                 let Some(payload) = m.payload() else { continue };
-                let Some(event_type) = probe(payload) else {
-                    continue;
-                };
-                let Some((tenant, widget, conversation, entry)) =
-                    decode_as(stream, m.offset(), payload, event_type)
-                else {
-                    if stream == Stream::Outbound && event_type == EventType::ChannelSignal {
-                        if let Some((tenant, widget, conversation, on)) =
-                            decode_typing(payload, Utc::now())
-                        {
-                            if chat.has_widget(tenant.as_str(), &widget) {
-                                let frame =
-                                    format!(r#"{{"type":"typing","from":"agent","on":{on}}}"#);
-                                chat.hub.broadcast(conversation, Arc::from(frame));
-                            }
-                        }
-                    }
-                    continue;
-                };
-                if !chat.has_widget(tenant.as_str(), &widget) {
-                    continue;
-                }
-                let reached: Option<Reached> =
-                    chat.hub
-                        .record(&tenant, &widget, conversation, entry, Utc::now());
-                if let Some(r) = reached {
-                    chat.metrics
-                        .replies_pushed
-                        .with_label_values(&["live"])
-                        .inc();
-                    chat.report(vec![r], omni_core::DeliveryStatus::Sent);
+                if m.topic() == routing {
+                    on_routing(chat, payload);
+                } else {
+                    let stream = if m.topic() == inbound {
+                        Stream::Inbound
+                    } else {
+                        Stream::Outbound
+                    };
+                    on_conversation_record(chat, stream, m.offset(), payload);
                 }
             }
             Some(Err(e)) => {
@@ -230,6 +217,51 @@ fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), omni_bus::BusError> {
         }
     }
     Ok(())
+}
+
+/// A record of the inbound or outbound topic: a live chat message goes to the hub (and to the
+/// conversation's sockets), an agent's typing to the sockets only.
+fn on_conversation_record(chat: &Livechat, stream: Stream, offset: i64, payload: &[u8]) {
+    let Some(event_type) = probe(payload) else {
+        return;
+    };
+    let Some((tenant, widget, conversation, entry)) =
+        decode_as(stream, offset, payload, event_type)
+    else {
+        if stream == Stream::Outbound && event_type == EventType::ChannelSignal {
+            if let Some((tenant, widget, conversation, on)) = decode_typing(payload, Utc::now()) {
+                if chat.has_widget(tenant.as_str(), &widget) {
+                    let frame = format!(r#"{{"type":"typing","from":"agent","on":{on}}}"#);
+                    chat.hub.broadcast(conversation, Arc::from(frame));
+                }
+            }
+        }
+        return;
+    };
+    if !chat.has_widget(tenant.as_str(), &widget) {
+        return;
+    }
+    let reached: Option<Reached> =
+        chat.hub
+            .record(&tenant, &widget, conversation, entry, Utc::now());
+    if let Some(r) = reached {
+        chat.metrics
+            .replies_pushed
+            .with_label_values(&["live"])
+            .inc();
+        chat.report(vec![r], omni_core::DeliveryStatus::Sent);
+    }
+}
+
+/// A record of the routing topic: news of a live chat conversation held here (queued with a
+/// wait estimate, assigned, ended) goes to the hub and its sockets; everything else is
+/// skipped after a shallow parse.
+fn on_routing(chat: &Livechat, payload: &[u8]) {
+    if let Some((tenant, conversation, update)) =
+        crate::routing::decode(payload, |c| chat.hub.knows(c))
+    {
+        chat.hub.queue_update(&tenant, conversation, update);
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +290,7 @@ mod tests {
                 subject: None,
                 attachments: vec![],
                 reply_to: None,
+                csat_survey: false,
             },
         );
         serde_json::to_vec(&event).unwrap()

@@ -1,7 +1,8 @@
 //! What one daemon instance knows about live chat conversations: a bounded log per
 //! conversation (rebuilt from Kafka, so every instance holds the same entries at the same
 //! positions; `hub/log.rs`, with the design note on cursors), the sockets attached to each
-//! (`hub/mailbox.rs`), per-conversation rate limits, and connection counts per client IP.
+//! (`hub/mailbox.rs`), per-conversation rate limits, whether the conversation waits for an
+//! agent (from the routing topic), and connection counts per client IP.
 
 use chrono::{DateTime, Utc};
 use omni_core::{ConversationId, EventId, TenantId};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::protocol::{Cursor, Position, Stream};
+use crate::routing::QueueUpdate;
 
 pub use log::{ConvLog, Entry};
 pub use mailbox::{Outgoing, Subscriber};
@@ -32,6 +34,9 @@ struct Conv {
     /// Visitor messages admitted (and charged) on this instance that the feed has not read
     /// back yet: reading them back charges nothing more.
     charged: VecDeque<EventId>,
+    /// The router's last word on the conversation while it waits for an agent (a `queued`
+    /// update), shown to sockets that attach later; `None` once an agent took it or it ended.
+    waiting: Option<QueueUpdate>,
 }
 
 /// At most this many admitted messages wait to be read back per conversation.
@@ -208,8 +213,41 @@ impl Hub {
             .entry(conversation)
             .or_insert_with(|| self.new_conv(tenant, widget));
         conv.subscribers.push(subscriber.clone());
+        // Queued behind the backlog: the socket writes its mailbox once the backlog is out.
+        // Only a wait with an estimate: without one the widget has nothing to show.
+        if let Some(waiting) = conv.waiting.as_ref().filter(|w| w.has_estimate()) {
+            let frame = Arc::from(waiting.frame_at(Utc::now()));
+            subscriber.offer(Outgoing::Frame(frame), self.limits.queue_cap);
+        }
         let (backlog, reached) = Self::collect_after(conv, conversation, cursor);
         (subscriber, backlog, reached)
+    }
+
+    /// True when the conversation is held here (a live chat conversation with messages in
+    /// the log or a socket attached): only those follow routing events.
+    pub fn knows(&self, conversation: ConversationId) -> bool {
+        lock(&self.convs).contains_key(&conversation)
+    }
+
+    /// Applies the router's news about a conversation held here (of `tenant`): remembers
+    /// whether it waits, and sends the matching frame to its sockets on this instance.
+    /// Returns `false` (and does nothing) for a conversation not held here.
+    pub fn queue_update(
+        &self,
+        tenant: &TenantId,
+        conversation: ConversationId,
+        update: QueueUpdate,
+    ) -> bool {
+        let mut convs = lock(&self.convs);
+        let Some(conv) = convs.get_mut(&conversation).filter(|c| c.tenant == *tenant) else {
+            return false;
+        };
+        let frame: Arc<str> = Arc::from(update.frame());
+        conv.waiting = matches!(update, QueueUpdate::Queued { .. }).then_some(update);
+        for s in &conv.subscribers {
+            s.offer(Outgoing::Frame(frame.clone()), self.limits.queue_cap);
+        }
+        true
     }
 
     /// What a socket at `cursor` has not seen (for a `resume` frame on an open socket).
@@ -397,6 +435,7 @@ impl Hub {
             tokens: f64::from(self.limits.burst.max(1)),
             refilled: Instant::now(),
             charged: VecDeque::new(),
+            waiting: None,
         }
     }
 }
@@ -527,6 +566,57 @@ mod tests {
         // Charged once: two tokens of three are left.
         assert!((0..2).all(|_| hub.allow_message(c, t0)));
         assert!(!hub.allow_message(c, t0));
+    }
+
+    #[test]
+    fn a_waiting_conversation_tells_its_sockets_and_those_that_attach_later() {
+        let hub = Hub::new(limits());
+        let (t, c) = conv();
+        let queued = QueueUpdate::Queued {
+            estimated_wait_secs: Some(120),
+            at: Utc::now(),
+        };
+        assert!(
+            !hub.queue_update(&t, c, queued.clone()),
+            "a conversation not held here (maybe not live chat) is ignored"
+        );
+        assert!(!hub.knows(c));
+        let (live, _, _) = hub.attach(&t, "web", c, Cursor::START);
+        assert!(live.drain().is_empty());
+        let other = TenantId::new("other").unwrap();
+        assert!(!hub.queue_update(&other, c, queued.clone()));
+        assert!(hub.queue_update(&t, c, queued));
+        let frames = |s: &Subscriber| -> Vec<String> {
+            s.drain()
+                .into_iter()
+                .map(|o| match o {
+                    Outgoing::Frame(f) => f.to_string(),
+                    Outgoing::Message(..) => "message".into(),
+                })
+                .collect()
+        };
+        assert_eq!(
+            frames(&live),
+            [r#"{"type":"queued","estimated_wait_secs":120}"#]
+        );
+        // A second tab (or a reconnect) is told at once.
+        let (late, _, _) = hub.attach(&t, "web", c, Cursor::START);
+        assert!(frames(&late)[0].starts_with(r#"{"type":"queued","estimated_wait_secs":1"#));
+        // Once an agent took it, both hear so and a new socket hears nothing.
+        assert!(hub.queue_update(&t, c, QueueUpdate::Assigned));
+        assert_eq!(frames(&live), [r#"{"type":"assigned"}"#]);
+        assert_eq!(frames(&late), [r#"{"type":"assigned"}"#]);
+        let (fresh, _, _) = hub.attach(&t, "web", c, Cursor::START);
+        assert!(frames(&fresh).is_empty());
+        // Waiting without an estimate: nothing worth a frame to a socket attaching later.
+        let unknown = QueueUpdate::Queued {
+            estimated_wait_secs: None,
+            at: Utc::now(),
+        };
+        assert!(hub.queue_update(&t, c, unknown));
+        assert_eq!(frames(&live), [r#"{"type":"queued"}"#]);
+        let (later, _, _) = hub.attach(&t, "web", c, Cursor::START);
+        assert!(frames(&later).is_empty());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! messages to `omni.inbound.v1` (acknowledged only after Kafka did), agent replies from
 //! `omni.outbound.v1` pushed by whichever daemon instance holds the visitor's socket, cursors
 //! that let a reconnecting widget resume on any instance with nothing lost or repeated, and
-//! the embeddable, dependency-free widget (`GET /v1/livechat/widget.js`).
+//! the embeddable, dependency-free widget (`GET /v1/livechat/widget.js`), which shows the
+//! router's wait estimate and lets the visitor end the chat (`customer_left`).
 //!
 //! # Layout
 //! - [`token`]: visitor tokens (HMAC-signed, expiring) and identity verification.
@@ -10,6 +11,8 @@
 //! - [`hub`]: per-instance state: conversation logs, attached sockets, rate limits, IP caps
 //!   (with the design note on cursors).
 //! - [`feed`]: the group-less Kafka tail that gives every instance every live chat message.
+//! - [`routing`]: what live chat exchanges with the router over Kafka: routing events of a
+//!   visitor's conversation (the wait estimate) in, the `customer_left` command out.
 //! - [`presence`]: per-IP socket counts shared by every replica over a compacted topic, so the
 //!   per-IP cap counts the whole deployment (with the design note).
 //! - [`server`]: the HTTP routes (session, WebSocket, widget script) and the socket loop.
@@ -25,6 +28,7 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod routing;
 pub mod server;
 pub mod settings;
 pub mod token;

@@ -1,9 +1,28 @@
 //! The WebSocket protocol: JSON text frames, one object each, discriminated by `type`.
 //!
 //! Client → server: `message {client_id, text}`, `typing {on}`, `read {cursor}`,
-//! `resume {after}`, `ping`. Server → client: `status`, `message`, `ack`, `typing`, `error`,
-//! `pong`. A frame the server cannot take is answered with an `error` frame and the connection
-//! stays open: a buggy widget never brings the socket (or the server) down.
+//! `resume {after}`, `ping`, `leave`. Server → client: `status`, `message`, `ack`, `typing`,
+//! `error`, `pong`, `queued`, `assigned`, `ended`, `left`. A frame the server cannot take is
+//! answered with an `error` frame and the connection stays open: a buggy widget never brings
+//! the socket (or the server) down.
+//!
+//! # Waiting for an agent, and leaving
+//! - `{"type":"queued","estimated_wait_secs":N}`: the router queued the conversation
+//!   (`omni.routing.queued`) and expects an agent in about N seconds (0: an agent is free
+//!   now). `estimated_wait_secs` is absent when the router cannot tell (too little history,
+//!   queue closed): show nothing then. Sent when the event is read, and again after a
+//!   (re)connect while the conversation still waits (with an estimate, the time since taken
+//!   off it).
+//! - `{"type":"assigned"}`: an agent took the conversation (`omni.routing.assigned`); the wait
+//!   is over. Which agent stays internal.
+//! - `{"type":"ended","reason":"customer_left"|"patience"|"expired"|"resolved"}`: the router
+//!   ended this contact (abandoned, expired, resolved); a new message starts a new one.
+//! - `{"type":"leave"}` (widget →): the visitor ended the chat. The server publishes the
+//!   router command `customer_left` on `omni.commands.v1` and answers `{"type":"left"}` once
+//!   Kafka acknowledged it, or an `error` frame `leave_failed` (nothing published; the widget
+//!   may try again). A leave uses a token of the conversation's message rate limit
+//!   (`rate_limited` when none is left). A conversation no agent took yet then ends as
+//!   abandoned (`omni.routing.abandoned`, reason `customer_left`, then an `ended` frame).
 
 use serde::Deserialize;
 use std::fmt;
@@ -116,13 +135,17 @@ pub enum ClientFrame {
     },
     /// Keep-alive from the widget (answered with `pong`; resets the idle timer).
     Ping,
+    /// The visitor ended the chat (answered with `left` once the router was told). A struct
+    /// variant without fields, not a unit one: serde refuses unknown fields only in those.
+    Leave {},
 }
 
 /// Why a frame was refused: a bounded `code` and a message for the developer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
     /// `bad_frame`, `bad_client_id`, `empty_message`, `message_too_long`, `bad_cursor`,
-    /// `rate_limited`, `frame_too_large`, `binary_not_supported`, `unavailable`.
+    /// `rate_limited`, `frame_too_large`, `binary_not_supported`, `unavailable`,
+    /// `leave_failed`, `lagging`.
     pub code: &'static str,
     /// What was wrong.
     pub message: String,
@@ -179,7 +202,7 @@ pub fn parse(text: &str, max_text_chars: usize) -> Result<ClientFrame, FrameErro
                 .parse::<Cursor>()
                 .map_err(|()| FrameError::new("bad_cursor", "after is \"<in>.<out>\""))?;
         }
-        ClientFrame::Typing { .. } | ClientFrame::Ping => {}
+        ClientFrame::Typing { .. } | ClientFrame::Ping | ClientFrame::Leave {} => {}
     }
     Ok(frame)
 }
@@ -191,6 +214,29 @@ pub fn error_frame(err: &FrameError, client_id: Option<&str>) -> String {
         v["client_id"] = serde_json::Value::String(id.to_owned());
     }
     v.to_string()
+}
+
+/// A `queued` frame: the conversation waits for an agent, about `estimated_wait_secs` (the
+/// field left out when unknown, so the widget shows nothing rather than a guess).
+pub fn queued_frame(estimated_wait_secs: Option<u64>) -> String {
+    match estimated_wait_secs {
+        Some(secs) => format!(r#"{{"type":"queued","estimated_wait_secs":{secs}}}"#),
+        None => r#"{"type":"queued"}"#.to_owned(),
+    }
+}
+
+/// The `assigned` frame: an agent took the conversation, so the widget stops showing a wait.
+pub const ASSIGNED_FRAME: &str = r#"{"type":"assigned"}"#;
+
+/// The `left` frame: the router was told the visitor left (Kafka acknowledged the command).
+pub const LEFT_FRAME: &str = r#"{"type":"left"}"#;
+
+/// An `ended` frame: the router ended the contact, for `reason` (a bounded code).
+pub fn ended_frame(reason: &str) -> String {
+    format!(
+        r#"{{"type":"ended","reason":{}}}"#,
+        serde_json::Value::from(reason)
+    )
 }
 
 #[cfg(test)]
@@ -214,6 +260,7 @@ mod tests {
             Ok(ClientFrame::Typing { on: true })
         );
         assert_eq!(parse(r#"{"type":"ping"}"#, 100), Ok(ClientFrame::Ping));
+        assert_eq!(parse(r#"{"type":"leave"}"#, 100), Ok(ClientFrame::Leave {}));
         for (input, code) in [
             ("", "bad_frame"),
             ("not json", "bad_frame"),
@@ -237,6 +284,9 @@ mod tests {
                 "message_too_long",
             ),
             (r#"{"type":"resume","after":"x"}"#, "bad_cursor"),
+            // A leave carries nothing: extra fields are refused like everywhere else.
+            (r#"{"type":"leave","conversation":"x"}"#, "bad_frame"),
+            (r#"{"type":"Leave"}"#, "bad_frame"),
             (r#"{"type":"read","cursor":"1.-7"}"#, "bad_cursor"),
         ] {
             assert_eq!(parse(input, 4).unwrap_err().code, code, "{input:?}");

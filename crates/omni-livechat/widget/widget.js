@@ -5,7 +5,10 @@
  * logged-in customer; the hash is hex HMAC-SHA256(identity secret, user id) computed by the
  * site's server), data-open="true" (start open).
  * Protocol: POST {base}/v1/livechat/{tenant}/{widget}/session → token; one WebSocket
- * {base}/v1/livechat/{tenant}/{widget}/ws?token=…&after=<cursor>; see the README. */
+ * {base}/v1/livechat/{tenant}/{widget}/ws?token=…&after=<cursor>; see the README. The router's
+ * wait estimate arrives as {"type":"queued","estimated_wait_secs":N} (shown until "assigned",
+ * "ended", "left" or an agent's message); "End chat" sends {"type":"leave"}, confirmed by
+ * {"type":"left"} or refused with the error "leave_failed". */
 (function () {
   "use strict";
   if (window.OmniChat) return;
@@ -26,7 +29,11 @@
       afterHours: "Hiện ngoài giờ làm việc. Bạn cứ để lại tin nhắn, chúng tôi sẽ trả lời sớm nhất.",
       connecting: "Đang kết nối…", reconnecting: "Mất kết nối, đang thử lại…", offline: "Bạn đang ngoại tuyến.",
       rateLimited: "Bạn gửi hơi nhanh, vui lòng đợi một chút.", failed: "Chưa gửi được, sẽ thử lại.",
-      sending: "Đang gửi", you: "Bạn", agent: "Nhân viên hỗ trợ", typing: "Nhân viên đang soạn tin…"
+      sending: "Đang gửi", you: "Bạn", agent: "Nhân viên hỗ trợ", typing: "Nhân viên đang soạn tin…",
+      wait: "Thời gian chờ dự kiến: khoảng {n} phút", waitSoon: "Nhân viên sẽ hỗ trợ bạn ngay",
+      end: "Kết thúc", endLabel: "Kết thúc trò chuyện", left: "Bạn đã kết thúc cuộc trò chuyện. Cần hỗ trợ thêm, bạn cứ nhắn tin mới.",
+      leaveFailed: "Chưa kết thúc được cuộc trò chuyện, vui lòng thử lại.",
+      stars: "Đánh giá {n} trên 5 sao", thanks: "Cảm ơn bạn đã đánh giá!"
     },
     en: {
       open: "Open chat", close: "Close chat", title: "Customer support",
@@ -35,7 +42,11 @@
       afterHours: "We are outside our opening hours. Leave a message and we will reply as soon as we can.",
       connecting: "Connecting…", reconnecting: "Connection lost, retrying…", offline: "You are offline.",
       rateLimited: "You are sending quickly, please wait a moment.", failed: "Not sent yet, will retry.",
-      sending: "Sending", you: "You", agent: "Support agent", typing: "An agent is typing…"
+      sending: "Sending", you: "You", agent: "Support agent", typing: "An agent is typing…",
+      wait: "Estimated wait: about {n} min", waitSoon: "An agent will be with you shortly",
+      end: "End chat", endLabel: "End chat", left: "You ended the chat. Send a new message if you need more help.",
+      leaveFailed: "Could not end the chat, please try again.",
+      stars: "Rate {n} out of 5 stars", thanks: "Thank you for your rating!"
     }
   }[lang];
   var key = "omnichat:" + tenant + ":" + widget;
@@ -47,7 +58,7 @@
   var state = {
     token: saved.token || null, exp: saved.exp || 0, cursor: saved.cursor || null,
     ws: null, attempts: 0, timer: null, ping: null, open: false, online: true,
-    seen: {}, pending: {}, outbox: []
+    seen: {}, pending: {}, outbox: [], leaving: false, left: false
   };
 
   // ---- markup -------------------------------------------------------------------------
@@ -58,6 +69,11 @@
     "#omni-chat-panel header{display:flex;align-items:center;justify-content:space-between;padding:12px 14px;background:#0b63ce;color:#fff}" +
     "#omni-chat-panel h2{margin:0;font-size:16px}" +
     "#omni-chat-panel header button{background:transparent;border:0;color:#fff;font-size:22px;cursor:pointer;line-height:1}" +
+    "#omni-chat-panel header div{display:flex;align-items:center;gap:10px}" +
+    "#omni-chat-panel #omni-chat-end{font:600 12px system-ui,sans-serif;border:1px solid rgba(255,255,255,.8);border-radius:6px;padding:4px 8px;white-space:nowrap}" +
+    "#omni-chat-panel #omni-chat-end:disabled{opacity:.55;cursor:default}" +
+    "#omni-chat-wait{padding:6px 14px;background:#e8f1fc;color:#0b3d7a;font-size:13px}" +
+    "#omni-chat-wait:empty{display:none}" +
     "#omni-chat-notice{padding:8px 14px;background:#fff4d6;color:#5c4300;font-size:13px}" +
     "#omni-chat-notice:empty{display:none}" +
     "#omni-chat-typing{padding:2px 14px 6px;color:#555;font-size:12px;font-style:italic;min-height:1em}" +
@@ -65,6 +81,7 @@
     ".omni-msg{max-width:80%;margin:6px 0;padding:8px 11px;border-radius:12px;white-space:pre-wrap;word-wrap:break-word}" +
     ".omni-visitor{margin-left:auto;background:#0b63ce;color:#fff;border-bottom-right-radius:3px}" +
     ".omni-agent{margin-right:auto;background:#eef1f5;border-bottom-left-radius:3px}" +
+    ".omni-stars{display:flex;gap:2px;margin-top:6px}.omni-star{border:0;background:none;font-size:22px;line-height:1;color:#c4c9d0;cursor:pointer;padding:2px}.omni-star:hover,.omni-star:focus,.omni-star-on{color:#f5a623}.omni-star:disabled{cursor:default}" +
     ".omni-system{margin:6px auto;color:#555;font-size:13px;text-align:center}" +
     ".omni-pending{opacity:.6}" +
     ".omni-sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}" +
@@ -95,9 +112,15 @@
   var header = el("header", {});
   var title = el("h2", { id: "omni-chat-title" }, ds.title || T.title);
   var closeBtn = el("button", { type: "button", "aria-label": T.close }, "\u00D7");
+  // Ends the conversation for the router (unlike ×, which only hides the panel).
+  var endBtn = el("button", { id: "omni-chat-end", type: "button", "aria-label": T.endLabel }, T.end);
+  var actions = el("div", {});
+  actions.appendChild(endBtn);
+  actions.appendChild(closeBtn);
   header.appendChild(title);
-  header.appendChild(closeBtn);
+  header.appendChild(actions);
   var notice = el("div", { id: "omni-chat-notice", role: "status", "aria-live": "polite" });
+  var waitLine = el("div", { id: "omni-chat-wait", role: "status", "aria-live": "polite" });
   var log = el("ol", { id: "omni-chat-log", role: "log", "aria-live": "polite", "aria-relevant": "additions" });
   var typingLine = el("div", { id: "omni-chat-typing", role: "status", "aria-live": "polite" });
   var form = el("form", { id: "omni-chat-form" });
@@ -109,6 +132,7 @@
   form.appendChild(sendBtn);
   panel.appendChild(header);
   panel.appendChild(notice);
+  panel.appendChild(waitLine);
   panel.appendChild(log);
   panel.appendChild(typingLine);
   panel.appendChild(form);
@@ -131,7 +155,33 @@
     log.scrollTop = log.scrollHeight;
     return li;
   }
+  // The router's satisfaction question: five stars under it; a star sends its number as the
+  // visitor's message (the router takes "1".."5" after a survey as the score). Once.
+  function stars(li) {
+    var row = el("div", { "class": "omni-stars", role: "group", "aria-label": T.stars.replace("{n}", "1-5") });
+    for (var n = 1; n <= 5; n++) {
+      (function (n) {
+        var b = el("button", { type: "button", "class": "omni-star", "data-score": String(n), "aria-label": T.stars.replace("{n}", String(n)) }, "\u2605");
+        b.addEventListener("click", function () {
+          Array.prototype.forEach.call(row.querySelectorAll("button"), function (x, i) {
+            x.disabled = true;
+            if (i < n) x.classList.add("omni-star-on");
+          });
+          send(String(n));
+          system(T.thanks);
+        });
+        row.appendChild(b);
+      })(n);
+    }
+    li.appendChild(row);
+  }
   function setNotice(text) { notice.textContent = text || ""; }
+  // The router's estimate, in whole minutes ("about"); 0 means an agent is free now. Nothing
+  // at all when the router cannot tell (no number is better than a made-up one).
+  function showWait(secs) {
+    if (typeof secs !== "number" || secs < 0) { waitLine.textContent = ""; return; }
+    waitLine.textContent = secs === 0 ? T.waitSoon : T.wait.replace("{n}", String(Math.max(1, Math.round(secs / 60))));
+  }
 
   // ---- open / close, keyboard ---------------------------------------------------------
   function openPanel() {
@@ -152,6 +202,7 @@
   }
   launcher.addEventListener("click", function () { state.open ? closePanel() : openPanel(); });
   closeBtn.addEventListener("click", closePanel);
+  endBtn.addEventListener("click", leave);
   panel.addEventListener("keydown", function (e) { if (e.key === "Escape") { e.preventDefault(); closePanel(); } });
   input.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
@@ -188,9 +239,15 @@
     var text = input.value.trim();
     if (!text) return;
     input.value = "";
+    send(text);
+  }
+  function send(text) {
     clearTimeout(typing.idle);
     if (typing.on) sendTyping(false);
     var id = newId();
+    // A new message after leaving starts a new contact, which can be ended again.
+    state.left = false;
+    endBtn.disabled = state.leaving;
     var li = bubble("visitor", text, "");
     li.classList.add("omni-pending");
     li.setAttribute("aria-busy", "true");
@@ -204,6 +261,21 @@
       var p = state.pending[id];
       if (p) state.ws.send(JSON.stringify({ type: "message", client_id: id, text: p.text }));
     });
+  }
+  // ---- ending the chat ----------------------------------------------------------------
+  // Tells the router the visitor left ("leave"); the server answers "left" once Kafka has it.
+  function leave() {
+    if (state.leaving) return;
+    if (!state.ws || state.ws.readyState !== 1) { setNotice(T.leaveFailed); connectSoon(0); return; }
+    state.leaving = true;
+    endBtn.disabled = true;
+    state.ws.send('{"type":"leave"}');
+  }
+  function leaveDone(ok) {
+    state.leaving = false;
+    state.left = ok;
+    endBtn.disabled = ok;
+    if (ok) { showWait(null); setNotice(""); system(T.left); } else { setNotice(T.leaveFailed); }
   }
   function markRead() {
     if (state.open && state.cursor && state.ws && state.ws.readyState === 1) {
@@ -269,6 +341,8 @@
     ws.onclose = function () {
       clearInterval(state.ping);
       state.ws = null;
+      // A leave not confirmed on this socket may be tried again on the next one.
+      if (state.leaving) { state.leaving = false; endBtn.disabled = state.left; }
       state.timer = setTimeout(connect, backoff());
     };
   }
@@ -289,17 +363,25 @@
         delete state.pending[f.client_id];
         state.outbox = state.outbox.filter(function (id) { return id !== f.client_id; });
       } else {
-        bubble(f.from === "agent" ? "agent" : "visitor", f.text || "", f.id);
+        var shown = bubble(f.from === "agent" ? "agent" : "visitor", f.text || "", f.id);
+        if (f.survey) stars(shown);
       }
-      if (f.from === "agent") { agentTyping(false); markRead(); }
+      if (f.from === "agent") { agentTyping(false); showWait(null); markRead(); }
     } else if (f.type === "typing") {
       if (f.from === "agent") agentTyping(!!f.on);
     } else if (f.type === "ack") {
       state.outbox = state.outbox.filter(function (id) { return id !== f.client_id; });
       var q = state.pending[f.client_id];
       if (q) q.li.setAttribute("data-event-id", f.event_id);
+    } else if (f.type === "queued") {
+      showWait(f.estimated_wait_secs);
+    } else if (f.type === "assigned" || f.type === "ended") {
+      showWait(null);
+    } else if (f.type === "left") {
+      leaveDone(true);
     } else if (f.type === "error") {
-      if (f.code === "rate_limited") setNotice(T.rateLimited);
+      if (f.code === "leave_failed" || (f.code === "rate_limited" && !f.client_id && state.leaving)) leaveDone(false);
+      else if (f.code === "rate_limited") setNotice(T.rateLimited);
       else if (f.code === "unavailable") setNotice(T.failed);
     }
   }
@@ -308,7 +390,12 @@
 
   window.OmniChat = {
     open: openPanel, close: closePanel,
-    state: function () { return { connected: !!(state.ws && state.ws.readyState === 1), cursor: state.cursor, lang: lang }; }
+    state: function () {
+      return {
+        connected: !!(state.ws && state.ws.readyState === 1), cursor: state.cursor, lang: lang,
+        wait: waitLine.textContent, left: state.left
+      };
+    }
   };
   if (document.body) mount(); else document.addEventListener("DOMContentLoaded", mount);
   // Reconnect at load when this browser already has a conversation, so replies show up.

@@ -556,6 +556,7 @@ async fn reply(
             subject: req.subject,
             attachments: req.attachments,
             reply_to: req.reply_to,
+            csat_survey: false,
         },
     );
     publish(&state, &state.topics.outbound, &tenant, id, &event).await
@@ -642,6 +643,7 @@ async fn command(
         | Command::Resolve { conversation }
         | Command::Transfer { conversation, .. }
         | Command::Reopen { conversation }
+        | Command::CustomerLeft { conversation }
         | Command::Csat { conversation, .. } => Some(*conversation),
         _ => None,
     };

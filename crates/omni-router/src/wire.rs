@@ -36,6 +36,8 @@ pub fn routing_type(event: &RoutingEvent) -> EventType {
         RoutingEvent::SlaAtRisk { .. } => EventType::RoutingSlaAtRisk,
         RoutingEvent::AgentAway { .. } => EventType::RoutingAgentAway,
         RoutingEvent::AgentDay { .. } => EventType::RoutingAgentDay,
+        RoutingEvent::CsatSurvey { .. } => EventType::RoutingCsatSurvey,
+        RoutingEvent::CsatAnswered { .. } => EventType::RoutingCsatAnswered,
     }
 }
 
@@ -54,10 +56,59 @@ pub fn routing_conversation(event: &RoutingEvent) -> Option<ConversationId> {
         | RoutingEvent::Expired { conversation, .. }
         | RoutingEvent::Abandoned { conversation, .. }
         | RoutingEvent::SlaAtRisk { conversation, .. }
+        | RoutingEvent::CsatSurvey { conversation, .. }
+        | RoutingEvent::CsatAnswered { conversation, .. }
         | RoutingEvent::Reopened { conversation } => Some(*conversation),
         RoutingEvent::Rejected { conversation, .. } => *conversation,
         RoutingEvent::AgentAway { .. } | RoutingEvent::AgentDay { .. } => None,
     }
+}
+
+/// The customer-facing message of a `csat_survey` routing event (an encoded envelope): the
+/// question as an `omni.message.send` on the customer's channel, marked `csat_survey`, whose
+/// id is derived from the routing event's, so every re-publication of the event (a replay, a
+/// progress record) gives the same message and the channel sends it once. `None` for every
+/// other event.
+pub fn survey_message(routing_event: &serde_json::Value) -> Option<serde_json::Value> {
+    if routing_event["type"] != EventType::RoutingCsatSurvey.as_str() {
+        return None;
+    }
+    let tenant: TenantId = serde_json::from_value(routing_event["tenant"].clone()).ok()?;
+    let time: DateTime<Utc> = serde_json::from_value(routing_event["time"].clone()).ok()?;
+    let routing_id = routing_event["id"].as_str()?;
+    let RoutingEvent::CsatSurvey {
+        conversation,
+        channel,
+        recipient,
+        question,
+        ..
+    } = serde_json::from_value(routing_event["data"].clone()).ok()?
+    else {
+        return None;
+    };
+    let id = omni_core::EventId::derived(&tenant, &[routing_id, "csat_survey"]);
+    let message = OutboundMessage {
+        tenant: tenant.clone(),
+        conversation_id: conversation,
+        channel: channel.clone(),
+        recipient,
+        agent_id: None,
+        text: question,
+        subject: None,
+        attachments: Vec::new(),
+        reply_to: None,
+        csat_survey: true,
+    };
+    let env = omni_core::CloudEvent::new(
+        id,
+        EventType::MessageSend,
+        tenant,
+        &channel,
+        conversation,
+        time,
+        message,
+    );
+    serde_json::to_value(&env).ok()
 }
 
 /// Why a record is not an engine input.
@@ -124,6 +175,10 @@ pub fn decode_input(key: &[u8], payload: &[u8]) -> Result<Option<(TenantId, Inpu
         }
         EventType::MessageSend => {
             let m: OutboundMessage = serde_json::from_value(head.data).map_err(bad)?;
+            // The router's own survey question is not a response to the customer.
+            if m.csat_survey {
+                return Ok(None);
+            }
             Input::Command(Command::AgentReplied {
                 conversation: m.conversation_id,
                 agent: m.agent_id.map(omni_routing::AgentId),

@@ -147,6 +147,39 @@ pub struct QueueConfig {
     /// not refused it yet (overflow steps still apply meanwhile).
     #[serde(default = "default_declined_retry")]
     pub declined_retry_secs: u64,
+    /// A one-question satisfaction survey sent to the customer on their own channel when an
+    /// agent resolves their conversation. `None`: no survey.
+    #[serde(default)]
+    pub csat_survey: Option<CsatSurvey>,
+}
+
+/// A queue's CSAT survey: asked once per resolution of a conversation an agent handled (never
+/// after abandonment); the customer's answer (a score 1-5 as the first line of their next
+/// message, within `answer_within_secs`) becomes the conversation's CSAT score instead of
+/// reopening it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsatSurvey {
+    /// The channel kinds that get it; empty: every channel.
+    #[serde(default)]
+    pub channels: Vec<ChannelKind>,
+    /// The question, sent as written: say how to answer ("Reply with a number from 1 to 5").
+    /// The live chat widget adds stars and Messenger quick replies 1-5.
+    pub question: String,
+    /// How long after the resolution an answer counts.
+    #[serde(default = "default_survey_window")]
+    pub answer_within_secs: u64,
+}
+
+impl CsatSurvey {
+    /// Whether a conversation on `kind` gets the survey.
+    pub fn covers(&self, kind: ChannelKind) -> bool {
+        self.channels.is_empty() || self.channels.contains(&kind)
+    }
+}
+
+fn default_survey_window() -> u64 {
+    24 * 3600
 }
 
 fn default_strategy() -> Strategy {
@@ -171,6 +204,7 @@ impl Default for QueueConfig {
             wrap_up_secs: None,
             abandon_after_secs: None,
             declined_retry_secs: default_declined_retry(),
+            csat_survey: None,
         }
     }
 }
@@ -386,6 +420,26 @@ impl RoutingConfig {
                     format!("{key}.declined_retry_secs"),
                     "must be at least 1",
                 ));
+            }
+            if let Some(survey) = &q.csat_survey {
+                if survey.question.trim().is_empty() {
+                    return Err(err(
+                        format!("{key}.csat_survey.question"),
+                        "must not be empty",
+                    ));
+                }
+                if survey.answer_within_secs == 0
+                    || survey.answer_within_secs > self.resolved_retention_secs
+                {
+                    return Err(err(
+                        format!("{key}.csat_survey.answer_within_secs"),
+                        format!(
+                            "must be 1 to resolved_retention_secs ({}): the conversation is \
+                             remembered that long",
+                            self.resolved_retention_secs
+                        ),
+                    ));
+                }
             }
             if q.sla
                 .at_risk_percent

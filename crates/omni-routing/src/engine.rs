@@ -118,6 +118,7 @@ mod kpis;
 mod offers;
 mod restore;
 pub mod state;
+mod survey;
 mod timers;
 mod views;
 mod work;

@@ -208,6 +208,30 @@ pub enum RoutingEvent {
         /// The figures.
         kpis: crate::AgentKpis,
     },
+    /// The queue's CSAT survey goes to the customer of a conversation just resolved: the
+    /// router also publishes `question` as an `omni.message.send` (marked `csat_survey`) on
+    /// the customer's channel.
+    CsatSurvey {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The customer's channel.
+        channel: omni_core::ChannelRef,
+        /// The channel's id for the customer.
+        recipient: String,
+        /// The question.
+        question: String,
+        /// Answers count until then.
+        answer_until: Timestamp,
+    },
+    /// The customer answered the survey: the score is the conversation's CSAT.
+    CsatAnswered {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The score, 1-5.
+        score: u8,
+        /// The agent who handled the conversation, if still known.
+        agent: Option<AgentId>,
+    },
     /// A resolved conversation was reopened.
     Reopened {
         /// The conversation.

@@ -266,6 +266,17 @@ impl Harness {
                 }
                 self.convs.remove(conversation);
             }
+            RoutingEvent::CsatSurvey { conversation, .. }
+            | RoutingEvent::CsatAnswered { conversation, .. } => {
+                let c = self.shadow(conversation)?;
+                if !c.resolved || !c.assigned {
+                    return Err(format!(
+                        "survey event for a conversation not resolved by an agent (resolved: \
+                         {}, assigned: {})",
+                        c.resolved, c.assigned
+                    ));
+                }
+            }
             RoutingEvent::SlaAtRisk { conversation, .. } => {
                 let c = self.shadow(conversation)?;
                 if c.resolved {

@@ -68,6 +68,7 @@ fn outbound(kind: ChannelKind) -> Vec<u8> {
         subject: None,
         attachments: vec![],
         reply_to: None,
+        csat_survey: false,
     };
     serde_json::to_vec(&CloudEvent::new(
         EventId::new_random(),

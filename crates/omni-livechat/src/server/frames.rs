@@ -1,5 +1,6 @@
 //! What a visitor's frames do: a message is published on the inbound topic and acknowledged,
-//! typing is passed on to agents, `read` reports replies read, `resume` replays.
+//! typing is passed on to agents, `read` reports replies read, `resume` replays, `leave`
+//! tells the router the visitor left.
 
 use chrono::Utc;
 use omni_channel::{Accepted, IngressError, Parsed, PreparedEvent};
@@ -7,7 +8,7 @@ use omni_core::{ChannelKind, ChannelRef, Contact, DeliveryStatus, Direction, Eve
 use std::time::{Duration, Instant};
 
 use super::conn::{reject, send_backlog, Conn, Visitor};
-use crate::protocol::{parse, ClientFrame, Cursor, FrameError};
+use crate::protocol::{parse, ClientFrame, Cursor, FrameError, LEFT_FRAME};
 use crate::Livechat;
 
 /// How often a visitor who keeps typing is reported again.
@@ -91,6 +92,42 @@ pub(super) async fn handle_frame(
             send_backlog(chat, conn, backlog, reached).await
         }
         ClientFrame::Ping => conn.send(r#"{"type":"pong"}"#.to_owned()).await,
+        ClientFrame::Leave {} => leave(chat, conn, visitor).await,
+    }
+}
+
+/// The visitor ended the chat: `customer_left` on the commands topic, then `left` once Kafka
+/// acknowledged it; `leave_failed` (and the rate-limit token back) when it did not, so the
+/// widget can try again. A leave costs a token of the conversation's message bucket: a
+/// widget cannot flood the router's topic with them.
+async fn leave(chat: &Livechat, conn: &mut Conn, visitor: &Visitor) -> bool {
+    if !chat.hub.allow_message(visitor.conversation, Instant::now()) {
+        let err = FrameError::new("rate_limited", "too many frames; wait a moment and retry");
+        return reject(chat, conn, err, None).await;
+    }
+    let published = crate::routing::publish_customer_left(
+        chat.sink.as_ref(),
+        &chat.bus.topics.commands,
+        &visitor.tenant,
+        &visitor.widget,
+        visitor.conversation,
+    )
+    .await;
+    match published {
+        Ok(()) => conn.send(LEFT_FRAME.to_owned()).await,
+        Err(e) => {
+            tracing::warn!(
+                tenant = %visitor.tenant,
+                error = &e as &dyn std::error::Error,
+                "live chat customer_left not published"
+            );
+            chat.hub.admitted(visitor.conversation, None);
+            let err = FrameError::new(
+                "leave_failed",
+                "the chat could not be ended just now; try again",
+            );
+            reject(chat, conn, err, None).await
+        }
     }
 }
 

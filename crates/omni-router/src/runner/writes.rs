@@ -66,6 +66,10 @@ struct Encoded {
     progress: Vec<(i32, String, Vec<u8>)>,
     /// (key, value) of the routing events, replayed ones last.
     events: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (key, value) of the customer messages those events send (CSAT survey questions), for
+    /// the outbound topic: written with their event, so a replay writes them again with the
+    /// same ids.
+    outbound: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Encoded {
@@ -91,17 +95,25 @@ impl Encoded {
                 ))
             })
             .collect::<Result<_, omni_core::EncodeError>>()?;
-        let events: Vec<(Vec<u8>, Vec<u8>)> = writes
-            .events
-            .iter()
-            .map(|(t, e)| (t.as_str().as_bytes().to_vec(), e))
-            .chain(writes.replayed.iter().map(|(k, e)| (k.clone(), e)))
+        let all_events = || {
+            writes
+                .events
+                .iter()
+                .map(|(t, e)| (t.as_str().as_bytes().to_vec(), e))
+                .chain(writes.replayed.iter().map(|(k, e)| (k.clone(), e)))
+        };
+        let events: Vec<(Vec<u8>, Vec<u8>)> = all_events()
             .map(|(k, e)| Ok((k, omni_core::to_json("routing event", e)?)))
+            .collect::<Result<_, omni_core::EncodeError>>()?;
+        let outbound: Vec<(Vec<u8>, Vec<u8>)> = all_events()
+            .filter_map(|(k, e)| Some((k, crate::wire::survey_message(e)?)))
+            .map(|(k, m)| Ok((k, omni_core::to_json("survey message", &m)?)))
             .collect::<Result<_, omni_core::EncodeError>>()?;
         Ok(Self {
             state,
             progress,
             events,
+            outbound,
         })
     }
 }
@@ -149,7 +161,9 @@ impl Router {
             state: state_values,
             progress: progress_values,
             events: event_values,
+            outbound: outbound_values,
         } = Encoded::of(writes)?;
+        let outbound_topic = self.bus.topics.outbound.as_str();
         let forward_headers: Vec<Vec<(&str, &[u8])>> = writes
             .forwards
             .iter()
@@ -181,6 +195,13 @@ impl Router {
                 }))
                 .chain(event_values.iter().map(|(key, value)| OutRecord {
                     topic: routing_topic,
+                    partition: None,
+                    key,
+                    payload: Some(value),
+                    headers: &[],
+                }))
+                .chain(outbound_values.iter().map(|(key, value)| OutRecord {
+                    topic: outbound_topic,
                     partition: None,
                     key,
                     payload: Some(value),

@@ -119,6 +119,12 @@ impl Engine {
             .conversations
             .get(&msg.conversation)
             .map(|c| c.state.clone());
+        if let Some(score) = self.survey_answer(now, msg) {
+            self.answer_survey(msg.conversation, score, out);
+            self.note_activity(now, msg.conversation);
+            return;
+        }
+        self.close_survey(msg.conversation);
         match existing {
             Some(State::Resolved { at }) if now.0.saturating_sub(at.0) <= reopen_ms => {
                 self.reopen(now, msg.conversation, out);
@@ -186,6 +192,7 @@ impl Engine {
             last_activity: now,
             assigned_at: None,
             handled_by: None,
+            survey_until: None,
         };
         let id = msg.conversation;
         let key = (conv.wait_key(self.queues.aging_ms), id);

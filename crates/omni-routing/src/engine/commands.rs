@@ -115,6 +115,7 @@ impl Engine {
                     value: f64::from(*score),
                 }));
                 self.credit_csat(*conversation, *score);
+                self.close_survey(*conversation);
             }
         }
     }
@@ -379,6 +380,7 @@ impl Engine {
             channel: kind,
             value: 1.0,
         }));
+        self.send_survey(now, id, kind, queue, assigned.is_some(), out);
         if let Some((a, since)) = assigned {
             self.credit_resolution(a, since, now);
             out.push(Output::Observe(Observation {
@@ -396,6 +398,7 @@ impl Engine {
     }
 
     pub(super) fn reopen(&mut self, now: Timestamp, id: ConversationId, out: &mut Vec<Output>) {
+        self.close_survey(id);
         if let Some(State::Resolved { at }) = self.conversations.get(&id).map(|c| &c.state) {
             let at = self.forget_at(*at);
             self.timers.remove(&(at, Timer::Forget { conv: id }));

@@ -82,6 +82,8 @@ pub(super) struct Conversation {
     /// The agent it was last assigned to (kept after resolution): a later CSAT score is
     /// theirs.
     pub(super) handled_by: Option<AgentIdx>,
+    /// A CSAT survey was sent at resolution and answers count until then.
+    pub(super) survey_until: Option<Timestamp>,
 }
 
 /// When a conversation's pending timers fire (see [`Conversation::deadlines`]).

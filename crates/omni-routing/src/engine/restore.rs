@@ -269,6 +269,7 @@ impl Engine {
             last_activity: r.last_activity.unwrap_or(now),
             assigned_at: r.assigned_at,
             handled_by: r.handled_by.as_ref().and_then(agent_of),
+            survey_until: r.survey_until,
         };
         repaired |= r.last_activity.is_none();
         conv.deadlines = match r.deadlines {

@@ -153,6 +153,9 @@ pub struct ConversationRecord {
     /// The agent it was last assigned to (a later CSAT score is theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_by: Option<AgentId>,
+    /// Answers to the CSAT survey count until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survey_until: Option<Timestamp>,
 }
 
 /// A conversation's pending timers (each `None` when not scheduled).
@@ -492,6 +495,7 @@ impl Engine {
                 .handled_by
                 .and_then(|a| self.agents.get(a))
                 .map(|a| a.id.clone()),
+            survey_until: c.survey_until,
         }
     }
 }

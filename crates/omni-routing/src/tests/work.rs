@@ -394,3 +394,99 @@ fn each_agent_has_the_day_s_kpis_and_a_summary_at_midnight() {
         .collect();
     assert_eq!(next, vec![("2027-01-16".to_owned(), 86400.0, 0)]);
 }
+
+#[test]
+fn a_resolved_chat_gets_one_survey_and_its_answer_is_a_score_not_a_reopening() {
+    let mut e = engine(QueueConfig {
+        csat_survey: Some(CsatSurvey {
+            channels: vec![ChannelKind::Livechat],
+            question: "How did we do? Reply 1-5".into(),
+            answer_within_secs: 3600,
+        }),
+        ..Default::default()
+    });
+    online(&mut e, at(0), "a", &[], 5);
+    e.handle(at(0), &chat(1));
+    let out = e.handle(at(10), &resolve(1));
+    let surveys: Vec<(ConversationId, String, String, Timestamp)> = events(&out)
+        .iter()
+        .filter_map(|ev| match ev {
+            RoutingEvent::CsatSurvey {
+                conversation,
+                recipient,
+                question,
+                answer_until,
+                ..
+            } => Some((
+                *conversation,
+                recipient.clone(),
+                question.clone(),
+                *answer_until,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        surveys,
+        vec![(
+            conv(1),
+            "c1".to_owned(),
+            "How did we do? Reply 1-5".to_owned(),
+            at(3610)
+        )]
+    );
+    // The answer: a score, credited to the agent, and the conversation stays resolved.
+    let answer = |n: u32, text: &str| {
+        Input::Inbound(Inbound {
+            conversation: conv(n),
+            channel: ChannelRef::new(ChannelKind::Livechat, "main"),
+            contact_id: format!("c{n}"),
+            tags: vec![],
+            language: None,
+            text: text.into(),
+        })
+    };
+    let out = e.handle(at(20), &answer(1, "5 sao"));
+    assert_eq!(observed(&out, ObservationKind::Csat), vec![5.0]);
+    assert!(events(&out).iter().any(|ev| matches!(
+        ev,
+        RoutingEvent::CsatAnswered { score: 5, agent: Some(a), .. } if a.0 == "a"
+    )));
+    assert!(!events(&out)
+        .iter()
+        .any(|ev| matches!(ev, RoutingEvent::Reopened { .. })));
+    assert_eq!(e.conversation(conv(1)).unwrap().state, "resolved");
+    assert_eq!(view(&e, "a").today.at(at(20), true, false).csat, Some(5.0));
+    // One answer per survey: another "4" is a message again (it reopens the conversation).
+    let out = e.handle(at(30), &answer(1, "4"));
+    assert!(observed(&out, ObservationKind::Csat).is_empty());
+    assert!(events(&out)
+        .iter()
+        .any(|ev| matches!(ev, RoutingEvent::Reopened { .. })));
+
+    // Something else than a score is a message; the survey is closed by it.
+    e.handle(at(40), &chat(2));
+    e.handle(at(50), &resolve(2));
+    let out = e.handle(at(60), &answer(2, "one more question"));
+    assert!(events(&out)
+        .iter()
+        .any(|ev| matches!(ev, RoutingEvent::Reopened { .. })));
+    e.handle(at(70), &resolve(2));
+    // ...and a late answer (after the hour) is a message too.
+    let out = e.handle(at(70 + 3601), &answer(2, "5"));
+    assert!(observed(&out, ObservationKind::Csat).is_empty());
+
+    // No survey for another channel, nor for a contact nobody handled.
+    let out = e.handle(at(5000), &msg(3, ChannelKind::Sms));
+    assert_eq!(assigned(&out).len(), 1);
+    let out = e.handle(at(5001), &resolve(3));
+    assert!(!events(&out)
+        .iter()
+        .any(|ev| matches!(ev, RoutingEvent::CsatSurvey { .. })));
+    e.handle(at(5002), &presence("a", Presence::Offline));
+    e.handle(at(5003), &chat(4));
+    let out = e.handle(at(5004), &resolve(4));
+    assert!(!events(&out)
+        .iter()
+        .any(|ev| matches!(ev, RoutingEvent::CsatSurvey { .. })));
+}

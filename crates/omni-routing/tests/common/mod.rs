@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use omni_core::{ChannelKind, ChannelRef, ConversationId, TenantId};
 use omni_routing::hours::BusinessHours;
 use omni_routing::{
-    AfterHours, AgentId, AgentProfile, Command, Engine, Inbound, Input, OverflowAction,
+    AfterHours, AgentId, AgentProfile, Command, CsatSurvey, Engine, Inbound, Input, OverflowAction,
     OverflowStep, Presence, QueueConfig, QueueId, RoutingConfig, Rule, RuleMatch, Skill, Sla,
     Strategy as RouteStrategy, Timestamp, TransferTarget,
 };
@@ -146,6 +146,7 @@ pub fn queue(n: usize, i: usize) -> impl Strategy<Value = QueueConfig> {
         prop::option::weighted(0.3, hours()),
         after_hours,
         work(),
+        prop::option::of(prop::sample::subsequence(KINDS.to_vec(), 0..=2)),
     )
         .prop_map(
             |(
@@ -158,6 +159,7 @@ pub fn queue(n: usize, i: usize) -> impl Strategy<Value = QueueConfig> {
                 hours,
                 after_hours,
                 (wrap_up_secs, abandon_after_secs, declined_retry_secs),
+                survey,
             )| {
                 sla.business_hours_only &= hours.is_some();
                 QueueConfig {
@@ -172,6 +174,12 @@ pub fn queue(n: usize, i: usize) -> impl Strategy<Value = QueueConfig> {
                     wrap_up_secs,
                     abandon_after_secs,
                     declined_retry_secs,
+                    // 30 s: within every generated retention (the reopen window is >= 30 s).
+                    csat_survey: survey.map(|channels| CsatSurvey {
+                        channels,
+                        question: "How did we do? Reply 1-5".into(),
+                        answer_within_secs: 30,
+                    }),
                 }
             },
         )
@@ -471,6 +479,11 @@ pub enum Act {
     CustomerLeft {
         conv: usize,
     },
+    /// The customer writes a survey answer ("1".."5") or a near miss ("0", "6").
+    Score {
+        conv: usize,
+        score: u8,
+    },
     Tick,
     /// Jump to the next pending timer (if later) and tick.
     TickAtNextTimer,
@@ -514,6 +527,7 @@ pub fn act(channel_caps: bool) -> impl Strategy<Value = Act> {
         2 => (conv(), 0u8..=6).prop_map(|(conv, score)| Act::Csat { conv, score }),
         3 => agent().prop_map(|agent| Act::Ready { agent }),
         2 => conv().prop_map(|conv| Act::CustomerLeft { conv }),
+        4 => (conv(), 0u8..=6).prop_map(|(conv, score)| Act::Score { conv, score }),
         10 => Just(Act::Tick),
         3 => Just(Act::TickAtNextTimer),
     ]
@@ -630,6 +644,14 @@ impl World {
             Act::Ready { agent } => Input::Command(Command::Ready { agent: aid(*agent) }),
             Act::CustomerLeft { conv: i } => Input::Command(Command::CustomerLeft {
                 conversation: conv(*i),
+            }),
+            Act::Score { conv: i, score } => Input::Inbound(Inbound {
+                conversation: self.conv_ids[*i],
+                channel: self.channels[*i].clone(),
+                contact_id: format!("contact{i}"),
+                tags: vec![],
+                language: None,
+                text: score.to_string(),
             }),
             Act::Tick => Input::Tick,
             Act::TickAtNextTimer => {

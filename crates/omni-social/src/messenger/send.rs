@@ -61,6 +61,14 @@ fn pages_of<'a>(tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTe
         .collect()
 }
 
+/// The answers to a CSAT survey as quick replies: tapping one sends its title ("1".."5") as
+/// the customer's message, which the router takes as the score.
+fn survey_quick_replies() -> serde_json::Value {
+    (1..=5)
+        .map(|n| json!({"content_type": "text", "title": n.to_string(), "payload": format!("CSAT_{n}")}))
+        .collect()
+}
+
 impl MessengerSender {
     /// A sender for these tenants' pages.
     pub fn new<'a>(
@@ -111,6 +119,9 @@ impl MessengerSender {
                 if let Some(mid) = &message.reply_to {
                     body["message"]["reply_to"] = json!({"mid": mid});
                 }
+            }
+            if message.csat_survey && index + 1 == parts.len() {
+                body["message"]["quick_replies"] = survey_quick_replies();
             }
             // Durable before the call: a replica taking over never sends this part blindly.
             progress.begin_part(index).await?;
