@@ -400,6 +400,55 @@ async fn wait_assigned(
     }
 }
 
+/// lan takes a first customer, answers and resolves: she is in wrap-up (her one place still
+/// taken), her day counts the conversation, and /metrics has the handling time and the
+/// wrap-up gauge.
+async fn a_resolved_chat_leaves_its_agent_in_wrap_up_with_her_day_counted(
+    daemon: &Daemon,
+    api: &Api<'_>,
+) {
+    api.agent_online("lan", json!({"vi": 4}), 1).await;
+    let first = customer_message(daemon, "demo", "demo-token", "cust-1", "Chào shop").await;
+    api.wait_for(&format!("conversations/{first}"), "assignment", |v| {
+        v["state"] == "assigned"
+    })
+    .await;
+    api.command(json!({"command": "agent_replied", "conversation": first, "agent": "lan"}))
+        .await;
+    api.command(json!({"command": "resolve", "conversation": first}))
+        .await;
+    // Resolved, and lan is in wrap-up: her one place is still taken; her day counts it.
+    let agents = api
+        .wait_for("agents", "wrap-up", |v| v["agents"][0]["wrap_up"] == 1)
+        .await;
+    let lan = &agents["agents"][0];
+    assert_eq!(lan["open"], 0);
+    assert_eq!(lan["today"]["handled"], 1);
+    assert!(lan["today"]["aht_secs"].as_f64().is_some(), "{lan}");
+    assert!(
+        lan["today"]["first_response_secs"].as_f64().is_some(),
+        "{lan}"
+    );
+    assert!(
+        lan["today"]["occupancy"].as_f64().is_some_and(|o| o > 0.0),
+        "{lan}"
+    );
+    wait_metric(
+        daemon,
+        "omni_handling_seconds_count",
+        &["queue=\"general\""],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        daemon,
+        "omni_agents_working",
+        &["tenant=\"demo\"", "activity=\"wrap_up\""],
+        1.0,
+    )
+    .await;
+}
+
 /// Events of `event_type` on omni.routing.v1 so far (waits until at least one is there).
 fn routing_events(broker: &Broker, event_type: &str) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -461,47 +510,7 @@ async fn wrap_up_abandonment_and_the_agent_s_day_show_on_the_api_the_topic_and_m
         tenant: "demo",
         token: "demo-agent-token",
     };
-    api.agent_online("lan", json!({"vi": 4}), 1).await;
-    let first = customer_message(&daemon, "demo", "demo-token", "cust-1", "Chào shop").await;
-    api.wait_for(&format!("conversations/{first}"), "assignment", |v| {
-        v["state"] == "assigned"
-    })
-    .await;
-    api.command(json!({"command": "agent_replied", "conversation": first, "agent": "lan"}))
-        .await;
-    api.command(json!({"command": "resolve", "conversation": first}))
-        .await;
-    // Resolved, and lan is in wrap-up: her one place is still taken; her day counts it.
-    let agents = api
-        .wait_for("agents", "wrap-up", |v| v["agents"][0]["wrap_up"] == 1)
-        .await;
-    let lan = &agents["agents"][0];
-    assert_eq!(lan["open"], 0);
-    assert_eq!(lan["today"]["handled"], 1);
-    assert!(lan["today"]["aht_secs"].as_f64().is_some(), "{lan}");
-    assert!(
-        lan["today"]["first_response_secs"].as_f64().is_some(),
-        "{lan}"
-    );
-    assert!(
-        lan["today"]["occupancy"].as_f64().is_some_and(|o| o > 0.0),
-        "{lan}"
-    );
-    wait_metric(
-        &daemon,
-        "omni_handling_seconds_count",
-        &["queue=\"general\""],
-        1.0,
-    )
-    .await;
-    wait_metric(
-        &daemon,
-        "omni_agents_working",
-        &["tenant=\"demo\"", "activity=\"wrap_up\""],
-        1.0,
-    )
-    .await;
-
+    a_resolved_chat_leaves_its_agent_in_wrap_up_with_her_day_counted(&daemon, &api).await;
     // A second customer waits (nobody free) and gives up after the queue's 2 s.
     let second = customer_message(&daemon, "demo", "demo-token", "cust-2", "Alo").await;
     let abandoned = routing_events(&broker, "omni.routing.abandoned");

@@ -361,103 +361,7 @@ impl RoutingConfig {
         }
         let known: BTreeSet<&QueueId> = self.queues.keys().collect();
         for (id, q) in &self.queues {
-            let key = format!("queues.{id}");
-            for (skill, level) in &q.skills {
-                if !(1..=5).contains(level) {
-                    return Err(err(
-                        format!("{key}.skills.{}", skill.0),
-                        "proficiency is 1-5",
-                    ));
-                }
-            }
-            if q.offer_timeout_secs == Some(0) {
-                return Err(err(
-                    format!("{key}.offer_timeout_secs"),
-                    "must be at least 1",
-                ));
-            }
-            let mut last = 0;
-            for (i, step) in q.overflow.iter().enumerate() {
-                let k = format!("{key}.overflow[{i}]");
-                if step.after_secs < last {
-                    return Err(err(k, "steps must be in order of after_secs"));
-                }
-                last = step.after_secs;
-                if let OverflowAction::SpillTo(target) = &step.action {
-                    if !known.contains(target) {
-                        return Err(err(
-                            format!("{k}.spill_to"),
-                            format!("no queue named {:?}", target.0),
-                        ));
-                    }
-                    if target == id {
-                        return Err(err(
-                            format!("{k}.spill_to"),
-                            "a queue cannot spill into itself",
-                        ));
-                    }
-                }
-            }
-            if let AfterHours::SpillTo(target) = &q.after_hours {
-                if !known.contains(target) || target == id {
-                    return Err(err(
-                        format!("{key}.after_hours.spill_to"),
-                        format!("must name another queue, got {:?}", target.0),
-                    ));
-                }
-            }
-            if q.wrap_up_secs == Some(0) {
-                return Err(err(format!("{key}.wrap_up_secs"), "must be at least 1"));
-            }
-            if q.abandon_after_secs == Some(0) {
-                return Err(err(
-                    format!("{key}.abandon_after_secs"),
-                    "must be at least 1",
-                ));
-            }
-            if q.declined_retry_secs == 0 {
-                return Err(err(
-                    format!("{key}.declined_retry_secs"),
-                    "must be at least 1",
-                ));
-            }
-            if let Some(survey) = &q.csat_survey {
-                if survey.question.trim().is_empty() {
-                    return Err(err(
-                        format!("{key}.csat_survey.question"),
-                        "must not be empty",
-                    ));
-                }
-                if survey.answer_within_secs == 0
-                    || survey.answer_within_secs > self.resolved_retention_secs
-                {
-                    return Err(err(
-                        format!("{key}.csat_survey.answer_within_secs"),
-                        format!(
-                            "must be 1 to resolved_retention_secs ({}): the conversation is \
-                             remembered that long",
-                            self.resolved_retention_secs
-                        ),
-                    ));
-                }
-            }
-            if q.sla
-                .at_risk_percent
-                .is_some_and(|p| !(1..=99).contains(&p))
-            {
-                return Err(err(format!("{key}.sla.at_risk_percent"), "must be 1-99"));
-            }
-            if q.sla.business_hours_only && q.hours.is_none() {
-                return Err(err(
-                    format!("{key}.sla.business_hours_only"),
-                    "the queue has no `hours` to count in",
-                ));
-            }
-            if let Some(hours) = &q.hours {
-                hours
-                    .validate()
-                    .map_err(|reason| err(format!("{key}.hours"), reason))?;
-            }
+            self.validate_queue(id, q, &known)?;
         }
         for (i, rule) in self.rules.iter().enumerate() {
             if !known.contains(&rule.queue) {
@@ -474,6 +378,121 @@ impl RoutingConfig {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl RoutingConfig {
+    /// One queue's keys: skills, offers, overflow, hours and work states.
+    fn validate_queue(
+        &self,
+        id: &QueueId,
+        q: &QueueConfig,
+        known: &BTreeSet<&QueueId>,
+    ) -> Result<(), ConfigError> {
+        let key = format!("queues.{id}");
+        for (skill, level) in &q.skills {
+            if !(1..=5).contains(level) {
+                return Err(err(
+                    format!("{key}.skills.{}", skill.0),
+                    "proficiency is 1-5",
+                ));
+            }
+        }
+        if q.offer_timeout_secs == Some(0) {
+            return Err(err(
+                format!("{key}.offer_timeout_secs"),
+                "must be at least 1",
+            ));
+        }
+        let mut last = 0;
+        for (i, step) in q.overflow.iter().enumerate() {
+            let k = format!("{key}.overflow[{i}]");
+            if step.after_secs < last {
+                return Err(err(k, "steps must be in order of after_secs"));
+            }
+            last = step.after_secs;
+            if let OverflowAction::SpillTo(target) = &step.action {
+                if !known.contains(target) {
+                    return Err(err(
+                        format!("{k}.spill_to"),
+                        format!("no queue named {:?}", target.0),
+                    ));
+                }
+                if target == id {
+                    return Err(err(
+                        format!("{k}.spill_to"),
+                        "a queue cannot spill into itself",
+                    ));
+                }
+            }
+        }
+        if let AfterHours::SpillTo(target) = &q.after_hours {
+            if !known.contains(target) || target == id {
+                return Err(err(
+                    format!("{key}.after_hours.spill_to"),
+                    format!("must name another queue, got {:?}", target.0),
+                ));
+            }
+        }
+        self.validate_work(&key, q)?;
+        if let Some(hours) = &q.hours {
+            hours
+                .validate()
+                .map_err(|reason| err(format!("{key}.hours"), reason))?;
+        }
+        Ok(())
+    }
+
+    /// A queue's wrap-up, patience, retry, SLA warning and survey keys.
+    fn validate_work(&self, key: &str, q: &QueueConfig) -> Result<(), ConfigError> {
+        if q.wrap_up_secs == Some(0) {
+            return Err(err(format!("{key}.wrap_up_secs"), "must be at least 1"));
+        }
+        if q.abandon_after_secs == Some(0) {
+            return Err(err(
+                format!("{key}.abandon_after_secs"),
+                "must be at least 1",
+            ));
+        }
+        if q.declined_retry_secs == 0 {
+            return Err(err(
+                format!("{key}.declined_retry_secs"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(survey) = &q.csat_survey {
+            if survey.question.trim().is_empty() {
+                return Err(err(
+                    format!("{key}.csat_survey.question"),
+                    "must not be empty",
+                ));
+            }
+            if survey.answer_within_secs == 0
+                || survey.answer_within_secs > self.resolved_retention_secs
+            {
+                return Err(err(
+                    format!("{key}.csat_survey.answer_within_secs"),
+                    format!(
+                        "must be 1 to resolved_retention_secs ({}): the conversation is \
+                         remembered that long",
+                        self.resolved_retention_secs
+                    ),
+                ));
+            }
+        }
+        if q.sla
+            .at_risk_percent
+            .is_some_and(|p| !(1..=99).contains(&p))
+        {
+            return Err(err(format!("{key}.sla.at_risk_percent"), "must be 1-99"));
+        }
+        if q.sla.business_hours_only && q.hours.is_none() {
+            return Err(err(
+                format!("{key}.sla.business_hours_only"),
+                "the queue has no `hours` to count in",
+            ));
         }
         Ok(())
     }

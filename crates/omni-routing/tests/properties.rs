@@ -251,6 +251,36 @@ impl Harness {
                 }
                 self.convs.remove(conversation);
             }
+            RoutingEvent::Abandoned { .. }
+            | RoutingEvent::CsatSurvey { .. }
+            | RoutingEvent::CsatAnswered { .. }
+            | RoutingEvent::SlaAtRisk { .. }
+            | RoutingEvent::AgentAway { .. } => self.check_work_event(ev)?,
+            RoutingEvent::Reopened { conversation } => self.shadow(conversation)?.resolved = false,
+            RoutingEvent::Offered {
+                conversation,
+                agent,
+                queue,
+                ..
+            } => self.check_fit(*conversation, agent, queue)?,
+            RoutingEvent::Assigned {
+                conversation,
+                agent,
+                queue,
+                ..
+            } => {
+                self.check_fit(*conversation, agent, queue)?;
+                self.shadow(conversation)?.assigned = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks an abandonment, a survey, an at-risk warning or an agent set away against the
+    /// shadow model and applies it there.
+    fn check_work_event(&mut self, ev: &RoutingEvent) -> Result<(), String> {
+        match ev {
             RoutingEvent::Abandoned {
                 conversation,
                 queue,
@@ -260,7 +290,7 @@ impl Harness {
                 if c.queue != *queue || c.resolved || c.assigned {
                     return Err(format!(
                         "abandoned in {queue}, but the conversation is in {} (resolved: {}, \
-                         assigned: {})",
+                     assigned: {})",
                         c.queue, c.resolved, c.assigned
                     ));
                 }
@@ -272,7 +302,7 @@ impl Harness {
                 if !c.resolved || !c.assigned {
                     return Err(format!(
                         "survey event for a conversation not resolved by an agent (resolved: \
-                         {}, assigned: {})",
+                     {}, assigned: {})",
                         c.resolved, c.assigned
                     ));
                 }
@@ -292,22 +322,6 @@ impl Harness {
                     return Err(format!("{agent} set away while {}", presence.as_str()));
                 }
                 *presence = Presence::Away;
-            }
-            RoutingEvent::Reopened { conversation } => self.shadow(conversation)?.resolved = false,
-            RoutingEvent::Offered {
-                conversation,
-                agent,
-                queue,
-                ..
-            } => self.check_fit(*conversation, agent, queue)?,
-            RoutingEvent::Assigned {
-                conversation,
-                agent,
-                queue,
-                ..
-            } => {
-                self.check_fit(*conversation, agent, queue)?;
-                self.shadow(conversation)?.assigned = true;
             }
             _ => {}
         }

@@ -331,6 +331,54 @@ impl Engine {
         self.changes.sticky.insert(key);
     }
 
+    /// A service-level target (`risk`: its at-risk warning) fell due: said and counted unless it
+    /// was met, superseded or resolved meanwhile.
+    fn sla_fired(
+        &mut self,
+        conv: ConversationId,
+        kind: SlaKindOrd,
+        seq: u64,
+        at: Timestamp,
+        risk: bool,
+        out: &mut Vec<Output>,
+    ) {
+        self.fired(conv, if risk { kind.risk() } else { kind.deadline() }, at);
+        let Some((queue, channel)) = self.sla_pending(conv, kind, seq) else {
+            return;
+        };
+        let sla = kind.sla();
+        let (event, observed) = if risk {
+            let due = self.conversations.get(&conv).and_then(|c| {
+                let mut d = c.deadlines;
+                *d.slot(kind.deadline())
+            });
+            let Some(due_at) = due else {
+                return;
+            };
+            let event = RoutingEvent::SlaAtRisk {
+                conversation: conv,
+                queue: queue.clone(),
+                sla,
+                due_at,
+            };
+            (event, ObservationKind::SlaAtRisk(sla))
+        } else {
+            let event = RoutingEvent::SlaBreached {
+                conversation: conv,
+                queue: queue.clone(),
+                sla,
+            };
+            (event, ObservationKind::SlaBreach(sla))
+        };
+        out.push(Output::Event(event));
+        out.push(Output::Observe(Observation {
+            kind: observed,
+            queue,
+            channel,
+            value: 1.0,
+        }));
+    }
+
     /// The queue and channel of a conversation whose target `kind` (of sequence number `seq`)
     /// is still unmet, or `None` when it was met, superseded or resolved.
     fn sla_pending(
@@ -423,47 +471,8 @@ impl Engine {
                 self.fired(conv, DeadlineKind::Overflow, at);
                 self.overflow(now, conv, epoch, step, out)
             }
-            Timer::Sla { conv, kind, seq } => {
-                self.fired(conv, kind.deadline(), at);
-                if let Some((queue, channel)) = self.sla_pending(conv, kind, seq) {
-                    let sla = kind.sla();
-                    out.push(Output::Event(RoutingEvent::SlaBreached {
-                        conversation: conv,
-                        queue: queue.clone(),
-                        sla,
-                    }));
-                    out.push(Output::Observe(Observation {
-                        kind: ObservationKind::SlaBreach(sla),
-                        queue,
-                        channel,
-                        value: 1.0,
-                    }));
-                }
-            }
-            Timer::SlaRisk { conv, kind, seq } => {
-                self.fired(conv, kind.risk(), at);
-                let due = self
-                    .conversations
-                    .get(&conv)
-                    .and_then(|c| *c.deadlines.clone().slot(kind.deadline()));
-                if let (Some((queue, channel)), Some(due_at)) =
-                    (self.sla_pending(conv, kind, seq), due)
-                {
-                    let sla = kind.sla();
-                    out.push(Output::Event(RoutingEvent::SlaAtRisk {
-                        conversation: conv,
-                        queue: queue.clone(),
-                        sla,
-                        due_at,
-                    }));
-                    out.push(Output::Observe(Observation {
-                        kind: ObservationKind::SlaAtRisk(sla),
-                        queue,
-                        channel,
-                        value: 1.0,
-                    }));
-                }
-            }
+            Timer::Sla { conv, kind, seq } => self.sla_fired(conv, kind, seq, at, false, out),
+            Timer::SlaRisk { conv, kind, seq } => self.sla_fired(conv, kind, seq, at, true, out),
             Timer::DeclinedRetry { conv } => {
                 self.fired(conv, DeadlineKind::Retry, at);
                 let declined = self
