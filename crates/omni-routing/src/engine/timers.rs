@@ -171,40 +171,37 @@ impl Engine {
                 epoch: c.queue_epoch,
                 step: c.next_step,
             },
-            DeadlineKind::First => Timer::Sla {
-                conv: id,
-                kind: SlaKindOrd::First,
-                seq: c.episode,
-            },
-            DeadlineKind::Next => Timer::Sla {
-                conv: id,
-                kind: SlaKindOrd::Next,
-                seq: c.awaiting_seq,
-            },
-            DeadlineKind::Resolution => Timer::Sla {
-                conv: id,
-                kind: SlaKindOrd::Resolution,
-                seq: c.episode,
-            },
-            DeadlineKind::FirstRisk => Timer::SlaRisk {
-                conv: id,
-                kind: SlaKindOrd::First,
-                seq: c.episode,
-            },
-            DeadlineKind::NextRisk => Timer::SlaRisk {
-                conv: id,
-                kind: SlaKindOrd::Next,
-                seq: c.awaiting_seq,
-            },
-            DeadlineKind::ResolutionRisk => Timer::SlaRisk {
-                conv: id,
-                kind: SlaKindOrd::Resolution,
-                seq: c.episode,
-            },
+            DeadlineKind::First => Self::sla_timer(id, c, SlaKindOrd::First, false),
+            DeadlineKind::Next => Self::sla_timer(id, c, SlaKindOrd::Next, false),
+            DeadlineKind::Resolution => Self::sla_timer(id, c, SlaKindOrd::Resolution, false),
+            DeadlineKind::FirstRisk => Self::sla_timer(id, c, SlaKindOrd::First, true),
+            DeadlineKind::NextRisk => Self::sla_timer(id, c, SlaKindOrd::Next, true),
+            DeadlineKind::ResolutionRisk => Self::sla_timer(id, c, SlaKindOrd::Resolution, true),
             DeadlineKind::Retry => Timer::DeclinedRetry { conv: id },
             DeadlineKind::Abandon => Timer::Abandon {
                 conv: id,
                 episode: c.episode,
+            },
+        }
+    }
+
+    /// The timer of a service-level target (`risk`: of its at-risk warning): it carries the
+    /// episode, or for the next-response target the unanswered message it is about.
+    fn sla_timer(id: ConversationId, c: &Conversation, kind: SlaKindOrd, risk: bool) -> Timer {
+        let seq = match kind {
+            SlaKindOrd::First | SlaKindOrd::Resolution => c.episode,
+            SlaKindOrd::Next => c.awaiting_seq,
+        };
+        match risk {
+            false => Timer::Sla {
+                conv: id,
+                kind,
+                seq,
+            },
+            true => Timer::SlaRisk {
+                conv: id,
+                kind,
+                seq,
             },
         }
     }
