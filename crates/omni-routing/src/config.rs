@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::hours::BusinessHours;
 use crate::model::{QueueId, Skill};
+use crate::output::SlaKind;
 
 /// Why a routing configuration was refused; names the offending key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,10 +68,70 @@ pub struct Sla {
     /// Warn (a `sla_at_risk` event and metric) when this share of a target, in percent
     /// (1-99), has passed without it being met: a supervisor can still act.
     pub at_risk_percent: Option<u8>,
-    /// Count the targets in the queue's opening hours only: the clock stops while the queue is
+    /// Count targets in the queue's opening hours only: the clock stops while the queue is
     /// closed (an e-mail at 17:25 with a 1 h target is due at 08:35 the next working day), and
-    /// the first-response and response times are measured the same way. Needs `hours`.
-    pub business_hours_only: bool,
+    /// the first-response and response times are measured the same way. `true` for every
+    /// target, or a list of them (`["first_response", "next_response"]`, leaving resolution on
+    /// the wall clock). Needs `hours`.
+    pub business_hours_only: BusinessHoursOnly,
+}
+
+/// Which service-level targets count opening hours only ([`Sla::business_hours_only`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(from = "RawBusinessHoursOnly")]
+pub struct BusinessHoursOnly {
+    /// The first-response target (and the first-response time measured).
+    pub first_response: bool,
+    /// The next-response target (and the response times measured).
+    pub next_response: bool,
+    /// The resolution target.
+    pub resolution: bool,
+}
+
+impl BusinessHoursOnly {
+    /// Every target, or none.
+    pub fn all(on: bool) -> Self {
+        Self {
+            first_response: on,
+            next_response: on,
+            resolution: on,
+        }
+    }
+
+    /// Whether target `kind` counts opening hours only.
+    pub fn covers(self, kind: SlaKind) -> bool {
+        match kind {
+            SlaKind::FirstResponse => self.first_response,
+            SlaKind::NextResponse => self.next_response,
+            SlaKind::Resolution => self.resolution,
+        }
+    }
+
+    /// Whether any target does.
+    pub fn any(self) -> bool {
+        self.first_response || self.next_response || self.resolution
+    }
+}
+
+/// `business_hours_only` as written: `true`/`false`, or a list of targets.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBusinessHoursOnly {
+    All(bool),
+    Some(Vec<SlaKind>),
+}
+
+impl From<RawBusinessHoursOnly> for BusinessHoursOnly {
+    fn from(raw: RawBusinessHoursOnly) -> Self {
+        match raw {
+            RawBusinessHoursOnly::All(on) => Self::all(on),
+            RawBusinessHoursOnly::Some(kinds) => Self {
+                first_response: kinds.contains(&SlaKind::FirstResponse),
+                next_response: kinds.contains(&SlaKind::NextResponse),
+                resolution: kinds.contains(&SlaKind::Resolution),
+            },
+        }
+    }
 }
 
 /// What an overflow step does once a conversation has waited long enough.
@@ -488,7 +549,7 @@ impl RoutingConfig {
         {
             return Err(err(format!("{key}.sla.at_risk_percent"), "must be 1-99"));
         }
-        if q.sla.business_hours_only && q.hours.is_none() {
+        if q.sla.business_hours_only.any() && q.hours.is_none() {
             return Err(err(
                 format!("{key}.sla.business_hours_only"),
                 "the queue has no `hours` to count in",

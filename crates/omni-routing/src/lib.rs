@@ -24,8 +24,8 @@ pub mod model;
 pub mod output;
 
 pub use config::{
-    AfterHours, ConfigError, CsatSurvey, OverflowAction, OverflowStep, QueueConfig, RoutingConfig,
-    Rule, RuleMatch, Sla, Strategy,
+    AfterHours, BusinessHoursOnly, ConfigError, CsatSurvey, OverflowAction, OverflowStep,
+    QueueConfig, RoutingConfig, Rule, RuleMatch, Sla, Strategy,
 };
 pub use engine::state::{StateChange, StateEntry};
 pub use engine::{AgentDay, AgentKpis, AgentView, ConversationView, Engine, QueueView, StateSize};

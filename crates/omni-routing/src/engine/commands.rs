@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::input::{AgentProfile, Command, TransferTarget};
 use crate::model::{AgentId, Presence, Timestamp};
-use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent};
+use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent, SlaKind};
 
 use super::agents::{queue_bits, Agent};
 use super::conversation::{DeadlineKind, State};
@@ -290,8 +290,10 @@ impl Engine {
         let first = c
             .first_reply_at
             .is_none()
-            .then(|| self.sla_secs(q, c.created_at, now));
-        let response = c.awaiting_since.map(|since| self.sla_secs(q, since, now));
+            .then(|| self.sla_secs(q, SlaKind::FirstResponse, c.created_at, now));
+        let response = c
+            .awaiting_since
+            .map(|since| self.sla_secs(q, SlaKind::NextResponse, since, now));
         let holder = match c.state {
             State::Assigned { agent } => Some(agent),
             _ => None,

@@ -120,20 +120,25 @@ impl Engine {
         day.since = now;
     }
 
+    /// The day of agent `a`, to add to (recorded as changed). Counts do not move the agent in
+    /// any index, so this is not an `update_agent`.
+    fn day_of(&mut self, a: AgentIdx) -> &mut AgentDay {
+        self.changes.agents.insert(a);
+        &mut self.agents[a].day
+    }
+
     /// Credits a first reply to an agent.
     pub(super) fn credit_first_reply(&mut self, a: AgentIdx, secs: f64) {
-        self.update_agent(a, |ag| {
-            ag.day.first_replies += 1;
-            ag.day.first_reply_ms += (secs * 1000.0) as u64;
-        });
+        let day = self.day_of(a);
+        day.first_replies += 1;
+        day.first_reply_ms += (secs * 1000.0) as u64;
     }
 
     /// Credits a resolution (and its handling time) to an agent.
     pub(super) fn credit_resolution(&mut self, a: AgentIdx, handling: Timestamp, now: Timestamp) {
-        self.update_agent(a, |ag| {
-            ag.day.handled += 1;
-            ag.day.handling_ms += now.0.saturating_sub(handling.0);
-        });
+        let day = self.day_of(a);
+        day.handled += 1;
+        day.handling_ms += now.0.saturating_sub(handling.0);
     }
 
     /// Credits a CSAT score to the agent who handled the conversation, if they are still here.
@@ -142,10 +147,9 @@ impl Engine {
             return;
         };
         if self.agents.get(a).is_some() {
-            self.update_agent(a, |ag| {
-                ag.day.csat_sum += u32::from(score);
-                ag.day.csat_count += 1;
-            });
+            let day = self.day_of(a);
+            day.csat_sum += u32::from(score);
+            day.csat_count += 1;
         }
     }
 

@@ -418,7 +418,8 @@ impl Engine {
                     .sla
                     .at_risk_percent
                     .map(|p| ms.saturating_mul(u64::from(p)) / 100);
-                let after = |ms: u64| match (&q.hours, q.sla.business_hours_only) {
+                let business = q.sla.business_hours_only.covers(kind.sla());
+                let after = |ms: u64| match (&q.hours, business) {
                     (Some(h), true) => h.after_open_ms(start, ms),
                     _ => Some(Timestamp(start.0.saturating_add(ms))),
                 };
@@ -430,11 +431,17 @@ impl Engine {
         self.set_deadline(id, kind.risk(), risk);
     }
 
-    /// Seconds from `from` to `to` as queue `queue`'s SLA counts them: in its opening hours
-    /// only when its SLA says so.
-    pub(super) fn sla_secs(&self, queue: QueueIdx, from: Timestamp, to: Timestamp) -> f64 {
+    /// Seconds from `from` to `to` as queue `queue`'s SLA counts them for target `kind`: in its
+    /// opening hours only when its SLA says so.
+    pub(super) fn sla_secs(
+        &self,
+        queue: QueueIdx,
+        kind: SlaKind,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> f64 {
         let q = &self.queues[queue].cfg;
-        match (&q.hours, q.sla.business_hours_only) {
+        match (&q.hours, q.sla.business_hours_only.covers(kind)) {
             (Some(h), true) => h.open_ms_between(from, to) as f64 / 1000.0,
             _ => to.secs_since(from),
         }

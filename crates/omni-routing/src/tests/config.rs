@@ -47,3 +47,28 @@ fn config_reads_from_toml_like_serde_data() {
     let config: RoutingConfig = serde_json::from_value(json).unwrap();
     assert!(Engine::new(config).is_ok());
 }
+
+#[test]
+fn business_hours_only_is_every_target_or_a_list_and_needs_hours() {
+    let sla = |v: serde_json::Value| -> Sla { serde_json::from_value(v).unwrap() };
+    assert_eq!(
+        sla(serde_json::json!({"business_hours_only": true})).business_hours_only,
+        BusinessHoursOnly::all(true)
+    );
+    let some = sla(serde_json::json!({"business_hours_only": ["first_response", "next_response"]}));
+    assert!(some.business_hours_only.covers(SlaKind::FirstResponse));
+    assert!(some.business_hours_only.covers(SlaKind::NextResponse));
+    assert!(!some.business_hours_only.covers(SlaKind::Resolution));
+    assert!(
+        serde_json::from_value::<Sla>(serde_json::json!({"business_hours_only": ["soon"]}))
+            .is_err()
+    );
+    let config = RoutingConfig::single_queue(QueueConfig {
+        sla: some,
+        ..Default::default()
+    });
+    assert_eq!(
+        Engine::new(config).unwrap_err().key,
+        "queues.default.sla.business_hours_only"
+    );
+}

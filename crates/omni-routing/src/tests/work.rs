@@ -278,7 +278,7 @@ fn a_business_hours_sla_stops_its_clock_while_the_queue_is_closed() {
         sla: Sla {
             first_response_secs: Some(3600),
             at_risk_percent: Some(50),
-            business_hours_only: true,
+            business_hours_only: BusinessHoursOnly::all(true),
             ..Sla::default()
         },
         ..Default::default()
@@ -489,4 +489,49 @@ fn a_resolved_chat_gets_one_survey_and_its_answer_is_a_score_not_a_reopening() {
     assert!(!events(&out)
         .iter()
         .any(|ev| matches!(ev, RoutingEvent::CsatSurvey { .. })));
+}
+
+#[test]
+fn a_target_left_out_of_business_hours_keeps_the_wall_clock() {
+    let monday = |h: u64, m: u64| Timestamp(1_802_649_600_000 + (h * 60 + m) * 60_000);
+    let hours = BusinessHours::new(
+        "Asia/Ho_Chi_Minh",
+        &[(&["mon", "tue", "wed", "thu", "fri"], "08:00", "17:30")],
+        vec![],
+    )
+    .unwrap();
+    let mut e = engine(QueueConfig {
+        hours: Some(hours),
+        sla: Sla {
+            first_response_secs: Some(3600),
+            resolution_secs: Some(7200),
+            business_hours_only: BusinessHoursOnly {
+                first_response: true,
+                ..BusinessHoursOnly::default()
+            },
+            ..Sla::default()
+        },
+        ..Default::default()
+    });
+    // 17:00 local: resolution is due at 19:00 local on the wall clock, the first response at
+    // 08:30 the next morning in opening hours.
+    e.handle(monday(10, 0), &chat(1));
+    let breached = |out: &[Output]| -> Vec<SlaKind> {
+        events(out)
+            .iter()
+            .filter_map(|ev| match ev {
+                RoutingEvent::SlaBreached { sla, .. } => Some(*sla),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        breached(&e.handle(monday(12, 0), &Input::Tick)),
+        vec![SlaKind::Resolution]
+    );
+    assert!(breached(&e.handle(monday(25, 29), &Input::Tick)).is_empty());
+    assert_eq!(
+        breached(&e.handle(monday(25, 30), &Input::Tick)),
+        vec![SlaKind::FirstResponse]
+    );
 }

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use omni_core::{ChannelKind, ChannelRef, ConversationId, TenantId};
 use omni_routing::hours::BusinessHours;
 use omni_routing::{
-    AfterHours, AgentId, AgentProfile, Command, CsatSurvey, Engine, Inbound, Input, OverflowAction,
-    OverflowStep, Presence, QueueConfig, QueueId, RoutingConfig, Rule, RuleMatch, Skill, Sla,
-    Strategy as RouteStrategy, Timestamp, TransferTarget,
+    AfterHours, AgentId, AgentProfile, BusinessHoursOnly, Command, CsatSurvey, Engine, Inbound,
+    Input, OverflowAction, OverflowStep, Presence, QueueConfig, QueueId, RoutingConfig, Rule,
+    RuleMatch, Skill, Sla, Strategy as RouteStrategy, Timestamp, TransferTarget,
 };
 use proptest::prelude::*;
 
@@ -62,15 +62,19 @@ pub fn sla() -> impl Strategy<Value = Sla> {
         prop::option::of(60u64..=900),
         prop::option::of(300u64..=7200),
         prop::option::of(50u8..=95),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
     )
-        .prop_map(|(first, next, resolution, at_risk, business)| Sla {
+        .prop_map(|(first, next, resolution, at_risk, (f, n, r))| Sla {
             first_response_secs: first,
             next_response_secs: next,
             resolution_secs: resolution,
             at_risk_percent: at_risk,
             // Kept only for queues with hours (see `queue`).
-            business_hours_only: business,
+            business_hours_only: BusinessHoursOnly {
+                first_response: f,
+                next_response: n,
+                resolution: r,
+            },
         })
 }
 
@@ -161,7 +165,9 @@ pub fn queue(n: usize, i: usize) -> impl Strategy<Value = QueueConfig> {
                 (wrap_up_secs, abandon_after_secs, declined_retry_secs),
                 survey,
             )| {
-                sla.business_hours_only &= hours.is_some();
+                if hours.is_none() {
+                    sla.business_hours_only = BusinessHoursOnly::default();
+                }
                 QueueConfig {
                     skills,
                     priority,
@@ -397,7 +403,7 @@ pub fn drain_scenario() -> impl Strategy<Value = Scenario> {
                 let mut config = RoutingConfig::single_queue(QueueConfig {
                     strategy,
                     sla: Sla {
-                        business_hours_only: false,
+                        business_hours_only: BusinessHoursOnly::default(),
                         ..sla
                     },
                     overflow,
