@@ -263,18 +263,25 @@ fn at_risk_warns_before_the_target_and_not_once_it_is_met() {
     );
 }
 
-#[test]
-fn a_business_hours_sla_stops_its_clock_while_the_queue_is_closed() {
-    // 2027-02-15 is a Monday; the queue is open 08:00-17:30 in Ho Chi Minh City (UTC+7).
-    let monday = |h: u64, m: u64| Timestamp(1_802_649_600_000 + (h * 60 + m) * 60_000);
-    let hours = BusinessHours::new(
+/// `h:m` UTC on Monday 2027-02-15 (hours past 24 run into Tuesday).
+fn monday(h: u64, m: u64) -> Timestamp {
+    Timestamp(1_802_649_600_000 + (h * 60 + m) * 60_000)
+}
+
+/// Open 08:00-17:30 on weekdays in Ho Chi Minh City (UTC+7).
+fn weekday_office() -> BusinessHours {
+    BusinessHours::new(
         "Asia/Ho_Chi_Minh",
         &[(&["mon", "tue", "wed", "thu", "fri"], "08:00", "17:30")],
         vec![],
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_business_hours_sla_stops_its_clock_while_the_queue_is_closed() {
     let mut e = engine(QueueConfig {
-        hours: Some(hours),
+        hours: Some(weekday_office()),
         sla: Sla {
             first_response_secs: Some(3600),
             at_risk_percent: Some(50),
@@ -493,15 +500,8 @@ fn a_resolved_chat_gets_one_survey_and_its_answer_is_a_score_not_a_reopening() {
 
 #[test]
 fn a_target_left_out_of_business_hours_keeps_the_wall_clock() {
-    let monday = |h: u64, m: u64| Timestamp(1_802_649_600_000 + (h * 60 + m) * 60_000);
-    let hours = BusinessHours::new(
-        "Asia/Ho_Chi_Minh",
-        &[(&["mon", "tue", "wed", "thu", "fri"], "08:00", "17:30")],
-        vec![],
-    )
-    .unwrap();
     let mut e = engine(QueueConfig {
-        hours: Some(hours),
+        hours: Some(weekday_office()),
         sla: Sla {
             first_response_secs: Some(3600),
             resolution_secs: Some(7200),
