@@ -934,7 +934,7 @@ async fn broker_killed_then_sigterm_exits_in_time_and_loses_nothing_acknowledged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stalled_then_sigterm_exits_in_time_and_loses_nothing_acknowledged() {
     let proxy_port = free_port();
-    let broker = Broker::durable_behind(proxy_port);
+    let mut broker = Broker::durable_behind(proxy_port);
     let proxy = StallProxy::start(proxy_port, broker.port).await;
     let providers = Providers::start().await;
     let env = providers.env();
@@ -953,6 +953,7 @@ async fn broker_stalled_then_sigterm_exits_in_time_and_loses_nothing_acknowledge
     traffic.collect_late(late).await;
 
     proxy.resume();
+    broker.assert_running();
     providers.answer();
     let second = start_daemon(&bootstrap, &env).await;
     assert_taken_over(second, &bootstrap, traffic).await;

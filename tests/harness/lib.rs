@@ -227,6 +227,17 @@ impl Broker {
         self.spawn();
     }
 
+    /// Panics with tansu's exit status and log if it is no longer running: a test that goes
+    /// on against a dead broker only times out later, far from the cause.
+    pub fn assert_running(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            panic!("tansu was stopped by the test; log:\n{}", self.log());
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tansu exited ({status}); log:\n{}", self.log());
+        }
+    }
+
     /// The broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
@@ -235,6 +246,13 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: the broker's last words often say why.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("tansu on {} (last 40 log lines):\n{tail}", self.port);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
