@@ -598,17 +598,7 @@ async fn the_launcher_opens_a_dialog_that_connects(browser: &mut Chromium, page:
 /// Returns the visitor's session as the agent sees it.
 async fn a_typed_message_reaches_kafka(browser: &mut Chromium, broker: &Broker) -> Session {
     let text = "Áo dài size M còn hàng không shop?";
-    browser
-        .call("Input.insertText", json!({"text": text}))
-        .await;
-    for kind in ["keyDown", "keyUp"] {
-        browser
-            .call(
-                "Input.dispatchKeyEvent",
-                json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}),
-            )
-            .await;
-    }
+    type_and_send(browser, text).await;
     browser
         .wait_for(
             "[...document.querySelectorAll('.omni-visitor')].some(e => e.dataset.id && !e.classList.contains('omni-pending'))",
@@ -634,6 +624,93 @@ async fn a_typed_message_reaches_kafka(browser: &mut Chromium, broker: &Broker) 
         conversation: event["subject"].as_str().unwrap().into(),
     };
     s
+}
+
+/// Types `text` into the focused input like a user and presses Enter.
+async fn type_and_send(browser: &mut Chromium, text: &str) {
+    browser
+        .call("Input.insertText", json!({"text": text}))
+        .await;
+    for kind in ["keyDown", "keyUp"] {
+        browser
+            .call(
+                "Input.dispatchKeyEvent",
+                json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}),
+            )
+            .await;
+    }
+}
+
+/// Kafka away when the visitor sends: the daemon answers `unavailable` (not stored, resend),
+/// the widget says it will retry and does so by itself on the same socket, backing off, until
+/// the restarted broker takes the message; it is published under one id.
+#[tokio::test]
+async fn the_widget_resends_a_message_kafka_did_not_take_until_it_is_stored() {
+    let mut broker = Broker::durable();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let page = serve_example(&daemon).await;
+    let mut browser = Chromium::start().await;
+    the_launcher_opens_a_dialog_that_connects(&mut browser, &page).await;
+    let upgrades = || async {
+        let text = daemon.metrics().await;
+        omni_e2e::metric_value(
+            &text,
+            "omni_livechat_attempts_total",
+            &["kind=\"socket\"", "result=\"accepted\""],
+        )
+    };
+    let sockets = upgrades().await;
+
+    broker.stop();
+    let text = "Shop ơi, đơn hàng của mình đến đâu rồi?";
+    type_and_send(&mut browser, text).await;
+    browser
+        .wait_for(
+            "document.getElementById('omni-chat-notice').textContent === 'Chưa gửi được, sẽ thử lại.'",
+            Duration::from_secs(30),
+        )
+        .await;
+    broker.restart();
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('.omni-visitor')].some(e => e.dataset.id && !e.classList.contains('omni-pending'))",
+            Duration::from_secs(90),
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('omni-chat-notice').textContent === ''",
+            Duration::from_secs(5),
+        )
+        .await;
+
+    let metrics = daemon.metrics().await;
+    assert!(
+        omni_e2e::metric_value(
+            &metrics,
+            "omni_livechat_frames_rejected_total",
+            &["code=\"unavailable\""]
+        ) >= 1.0,
+        "the daemon never answered unavailable: {metrics}"
+    );
+    assert_eq!(
+        upgrades().await,
+        sockets,
+        "resent on the same socket, not by reconnecting"
+    );
+    let records = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        1,
+        Duration::from_secs(15),
+        Duration::from_millis(500),
+    );
+    let ids: std::collections::BTreeSet<_> = livechat_events(&records)
+        .iter()
+        .filter(|e| e["data"]["message"]["text"] == text)
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "published under one id: {ids:?}");
 }
 
 /// The agent starts typing: the widget says so, until the reply arrives in the polite live

@@ -246,12 +246,27 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if std::env::var_os("OMNI_E2E_KEEP_TANSU_LOGS").is_some() {
+            let kept = std::env::temp_dir().join(format!("omni-e2e-tansu-ok-{}.log", self.port));
+            let _ = std::fs::write(kept, self.log());
+        }
         if std::thread::panicking() {
             // The test failed: the broker's last words often say why.
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            eprintln!("tansu on {} (last 40 log lines):\n{tail}", self.port);
+            let kept = std::env::temp_dir().join(format!("omni-e2e-tansu-{}.log", self.port));
+            let _ = std::fs::write(&kept, &log);
+            let first_panic = lines
+                .iter()
+                .position(|l| l.contains("panicked"))
+                .map(|i| lines[i..(i + 3).min(lines.len())].join("\n"));
+            eprintln!(
+                "tansu on {} (whole log kept in {}); first panic: {first_panic:?}; last 40 \
+                 lines:\n{tail}",
+                self.port,
+                kept.display()
+            );
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

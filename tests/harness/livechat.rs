@@ -136,7 +136,15 @@ pub struct Visitor {
     pub acked: Vec<String>,
     /// Messages sent and not yet acknowledged: (client id, text).
     pub unacked: Vec<(String, String)>,
+    /// `unavailable` answers (Kafka did not take a message in time) seen so far.
+    pub unavailable: usize,
+    /// When the messages refused as `unavailable` are resent, as the widget does.
+    resend_at: Option<Instant>,
 }
+
+/// How long a visitor waits before resending a message refused as `unavailable` (the widget
+/// starts at this and backs off).
+const RESEND_AFTER: Duration = Duration::from_secs(1);
 
 impl Visitor {
     /// A visitor with `session`, not connected yet.
@@ -149,6 +157,8 @@ impl Visitor {
             typing: Vec::new(),
             acked: Vec::new(),
             unacked: Vec::new(),
+            unavailable: 0,
+            resend_at: None,
         }
     }
 
@@ -192,17 +202,26 @@ impl Visitor {
     }
 
     /// Reads frames until `done` holds (`true`), the socket closes or `wait` passes (`false`).
+    /// Messages refused as `unavailable` are resent meanwhile, as the widget does.
     pub async fn pump_until(&mut self, wait: Duration, done: impl Fn(&Self) -> bool) -> bool {
         let deadline = Instant::now() + wait;
         while !done(self) {
+            if self.resend_at.is_some_and(|at| at <= Instant::now()) {
+                self.resend_at = None;
+                for (client_id, text) in self.unacked.clone() {
+                    self.write(&client_id, &text).await;
+                }
+            }
             let Some(ws) = self.ws.as_mut() else {
                 return false;
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(frame) = next_frame(ws, left).await else {
-                return false;
-            };
-            self.take(frame);
+            let until = self.resend_at.map_or(deadline, |at| at.min(deadline));
+            let left = until.saturating_duration_since(Instant::now());
+            match next_frame(ws, left).await {
+                Some(frame) => self.take(frame),
+                None if Instant::now() >= deadline => return false,
+                None => {}
+            }
         }
         true
     }
@@ -235,6 +254,17 @@ impl Visitor {
             }
             Some("typing") => self.typing.push(frame["on"] == true),
             Some("closed") => self.ws = None,
+            // "not stored; resend with the same client_id": Kafka did not take it in time.
+            Some("error")
+                if frame["code"] == "unavailable"
+                    && self
+                        .unacked
+                        .iter()
+                        .any(|(c, _)| frame["client_id"] == c.as_str()) =>
+            {
+                self.unavailable += 1;
+                self.resend_at.get_or_insert(Instant::now() + RESEND_AFTER);
+            }
             Some("error") => panic!("error frame: {frame}"),
             _ => {}
         }

@@ -58,7 +58,7 @@
   var state = {
     token: saved.token || null, exp: saved.exp || 0, cursor: saved.cursor || null,
     ws: null, attempts: 0, timer: null, ping: null, open: false, online: true,
-    seen: {}, pending: {}, outbox: [], leaving: false, left: false
+    seen: {}, pending: {}, outbox: [], leaving: false, left: false, resend: null, resends: 0
   };
 
   // ---- markup -------------------------------------------------------------------------
@@ -301,6 +301,14 @@
       if (s.open === false) setNotice(T.afterHours);
     });
   }
+  // "unavailable": the server could not store a message in time; it asks for the same
+  // client_id again. Resend the outbox after 1 s, doubling up to 30 s, until acknowledged.
+  function resendSoon() {
+    if (state.resend) return;
+    var delay = Math.min(30000, 1000 * Math.pow(2, state.resends));
+    state.resends++;
+    state.resend = setTimeout(function () { state.resend = null; flush(); }, delay);
+  }
   function connectSoon(delay) {
     if (state.ws || state.timer) return;
     state.timer = setTimeout(connect, delay);
@@ -370,7 +378,9 @@
     } else if (f.type === "typing") {
       if (f.from === "agent") agentTyping(!!f.on);
     } else if (f.type === "ack") {
+      state.resends = 0;
       state.outbox = state.outbox.filter(function (id) { return id !== f.client_id; });
+      if (!state.outbox.length && notice.textContent === T.failed) setNotice("");
       var q = state.pending[f.client_id];
       if (q) q.li.setAttribute("data-event-id", f.event_id);
     } else if (f.type === "queued") {
@@ -382,7 +392,7 @@
     } else if (f.type === "error") {
       if (f.code === "leave_failed" || (f.code === "rate_limited" && !f.client_id && state.leaving)) leaveDone(false);
       else if (f.code === "rate_limited") setNotice(T.rateLimited);
-      else if (f.code === "unavailable") setNotice(T.failed);
+      else if (f.code === "unavailable") { setNotice(T.failed); resendSoon(); }
     }
   }
   window.addEventListener("online", function () { setNotice(""); connectSoon(0); });
