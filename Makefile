@@ -9,7 +9,7 @@ TANSU_ROOT    := $(CACHE)/tansu-$(TANSU_VERSION)
 TANSU         := $(TANSU_ROOT)/bin/tansu
 VENV          := $(CURDIR)/.venv
 APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose \
-                 dovecot-imapd dovecot-lmtpd opensmtpd chromium
+                 dovecot-imapd dovecot-lmtpd dovecot-submissiond opensmtpd chromium
 BENCH_PACKAGES := wrk
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target

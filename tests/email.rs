@@ -9,12 +9,12 @@ use omni_channel::{ChannelSender, EventSink, FailureReason, SendProgress, SendRe
 use omni_core::{
     Attachment, ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret, TenantId,
 };
-use omni_e2e::mail::{MailServer, PASSWORD};
+use omni_e2e::mail::{MailServer, TokenEndpoint, PASSWORD};
 use omni_e2e::{read_topic, Broker, Daemon, Read};
 use omni_email::{
     AttachmentStore, Checkpoint, CheckpointStore, EmailSendSettings, EmailSender, FirstStart,
     ImapSettings, KafkaCheckpoints, MailboxReader, MailboxSettings, Metrics, Security,
-    SmtpSettings, ThreadIndex,
+    SmtpSettings, ThreadIndex, TokenSource, TokenSources,
 };
 use prometheus::Registry;
 use serde_json::Value;
@@ -96,6 +96,7 @@ impl World {
                 password: None,
                 timeout: Duration::from_secs(10),
             }),
+            oauth2: None,
             attachments: AttachmentStore {
                 dir: self.files.path().to_path_buf(),
                 base_url: None,
@@ -104,15 +105,39 @@ impl World {
         }
     }
 
+    /// A mailbox that logs in with OAuth 2.0 through `endpoint`, sending over dovecot's
+    /// submission service.
+    fn oauth2_mailbox(&self, address: &str, endpoint: &TokenEndpoint) -> MailboxSettings {
+        let mut settings = self.mailbox(address, "INBOX", FirstStart::New);
+        settings.imap.password = None;
+        settings.oauth2 = Some(endpoint.settings());
+        if let Some(smtp) = settings.smtp.as_mut() {
+            smtp.port = self.mail.submission_port;
+            smtp.user = Some(address.to_owned());
+        }
+        settings
+    }
+
     /// Starts a reader on `settings`, publishing through `sink`.
     fn start(
         &self,
         settings: MailboxSettings,
         sink: Arc<dyn EventSink>,
     ) -> (watch::Sender<bool>, JoinHandle<()>) {
+        self.start_reader(settings, sink, None)
+    }
+
+    /// Starts a reader on `settings`, publishing through `sink`, logging in with `tokens`
+    /// when given.
+    fn start_reader(
+        &self,
+        settings: MailboxSettings,
+        sink: Arc<dyn EventSink>,
+        tokens: Option<Arc<TokenSource>>,
+    ) -> (watch::Sender<bool>, JoinHandle<()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let checkpoints = Arc::new(KafkaCheckpoints::new(&self.bus, sink.clone()));
-        let reader = MailboxReader::new(
+        let mut reader = MailboxReader::new(
             settings,
             self.bus.topics.inbound.clone(),
             sink,
@@ -121,6 +146,9 @@ impl World {
             self.threads.clone(),
         )
         .unwrap();
+        if let Some(tokens) = tokens {
+            reader = reader.with_tokens(tokens);
+        }
         let task = tokio::spawn(async move { reader.run(stop_rx).await.unwrap() });
         (stop_tx, task)
     }
@@ -1669,4 +1697,330 @@ async fn after_every_replica_restarts_replies_still_carry_the_thread(
             "after a restart of every replica, from the thread topic"
         );
     }
+}
+
+/// Appends the customer mail `<id@khach.example.test>` to `support`.
+async fn customer_writes(mail: &MailServer, support: &str, customer: &str, id: &str) {
+    let raw = customer_mail(
+        customer,
+        support,
+        &format!("{id}@khach.example.test"),
+        "",
+        "Hỏi đơn hàng",
+        VI_TEXT,
+    );
+    mail.append(support, "INBOX", &raw).await;
+}
+
+/// A mailbox that logs in with OAuth 2.0: read over IMAP (`AUTHENTICATE XOAUTH2`) and replied
+/// to over dovecot's submission service (`AUTH XOAUTH2`) with one shared token source. A token
+/// the provider revokes before its expiry is refused by the server: the reader and the sender
+/// each get a fresh one and log in again, once.
+#[tokio::test]
+async fn an_oauth2_mailbox_logs_in_with_xoauth2_and_replaces_a_token_the_server_refuses() {
+    let w = World::new().await;
+    let support = w.mail.address("oauth");
+    let customer = w.mail.address("khach");
+    let endpoint = TokenEndpoint::start(&w.mail, &support, Duration::from_secs(3600), false).await;
+    let settings = w.oauth2_mailbox(&support, &endpoint);
+    let tokens = TokenSources::build([&settings], &w.metrics.oauth2_refreshes).unwrap();
+    let (stop, task) = w.start_reader(settings.clone(), w.producer_sink(), tokens.get(&settings));
+    w.wait_metric("omni_email_checkpoint_writes_total", &support, 1.0)
+        .await;
+    customer_writes(&w.mail, &support, &customer, "x1").await;
+    assert_eq!(w.events(1, Duration::from_millis(100)).await.len(), 1);
+
+    // The provider revokes the token; the server drops the session.
+    let first = endpoint.issued()[0].clone();
+    w.mail.bearer.revoke(&first);
+    w.mail.kick(&support);
+    customer_writes(&w.mail, &support, &customer, "x2").await;
+    let events = w.events(2, Duration::from_millis(300)).await;
+    assert_eq!(
+        events[1].value["data"]["message"]["id"],
+        "x2@khach.example.test",
+        "read after logging in again; mail logs:\n{}",
+        w.mail.log()
+    );
+    let asked: Vec<(String, bool)> = w
+        .mail
+        .bearer
+        .introspected(&support)
+        .into_iter()
+        .map(|a| (a.token, a.active))
+        .collect();
+    let second = endpoint.issued()[1].clone();
+    assert_eq!(
+        asked,
+        [
+            (first.clone(), true),
+            (first, false),
+            (second.clone(), true)
+        ],
+        "the cached token, refused once, then a fresh one"
+    );
+
+    // The sender shares the reader's token: revoked too, it is replaced for the reply.
+    w.mail.bearer.revoke(&second);
+    let sender = EmailSender::with_tokens(
+        [&settings],
+        EmailSendSettings::default(),
+        w.threads.clone(),
+        &tokens,
+    )
+    .unwrap();
+    let request = reply_request(
+        &w,
+        &support,
+        &customer,
+        Some("x2@khach.example.test"),
+        vec![],
+    );
+    let mut progress = SendProgress::default();
+    sender.send(&request, &mut progress).await.unwrap();
+    let mails = w
+        .mail
+        .wait_for_mails(&customer, "INBOX", 1, Duration::from_secs(20))
+        .await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&mails[0])
+        .unwrap();
+    assert_eq!(
+        parsed.in_reply_to().as_text(),
+        Some("x2@khach.example.test")
+    );
+    assert_eq!(endpoint.issued().len(), 3, "one refresh per refused token");
+    assert_eq!(w.metric("omni_email_oauth2_refreshes_total", "ok"), 3.0);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+/// The environment of tenant `demo`'s mailbox `support` logging in with OAuth 2.0 through
+/// `endpoint`, sending over dovecot's submission service.
+fn oauth2_daemon_env(
+    mail: &MailServer,
+    support: &str,
+    endpoint: &TokenEndpoint,
+    files: &tempfile::TempDir,
+) -> Vec<(String, String)> {
+    let prefix = "OMNI__TENANTS__DEMO__EMAIL__MAILBOXES__SUPPORT__";
+    let k = |s: &str| format!("{prefix}{s}");
+    let mut env = vec![
+        (
+            "OMNI__EMAIL__ATTACHMENT_DIR".to_owned(),
+            files.path().display().to_string(),
+        ),
+        (k("ADDRESS"), support.to_owned()),
+        (k("IMAP__HOST"), "127.0.0.1".into()),
+        (k("IMAP__PORT"), mail.imap_port.to_string()),
+        (k("IMAP__SECURITY"), "plain".into()),
+        (k("SMTP__HOST"), "127.0.0.1".into()),
+        (k("SMTP__PORT"), mail.submission_port.to_string()),
+        (k("SMTP__SECURITY"), "plain".into()),
+    ];
+    env.extend(endpoint.env(prefix));
+    env
+}
+
+async fn start_daemon(broker: &Broker, env: &[(String, String)]) -> Daemon {
+    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    Daemon::start(broker, &refs).await
+}
+
+/// Waits until the daemon's metric `name` with `labels` reaches `value`.
+async fn wait_daemon_metric(daemon: &Daemon, name: &str, labels: &[&str], value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while omni_e2e::metric_value(&daemon.metrics().await, name, labels) < value {
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} < {value}; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A customer mail `<id@…>` reaches Kafka (the `n`th inbound event) and the agent's reply to
+/// it reaches the customer.
+async fn mail_in_reply_out(
+    mail: &MailServer,
+    broker: &Broker,
+    daemon: &Daemon,
+    (support, customer): (&str, &str),
+    id: &str,
+    n: usize,
+) {
+    customer_writes(mail, support, customer, id).await;
+    let inbound = read_topic(
+        &broker.bootstrap(),
+        "omni.inbound.v1",
+        n,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+    );
+    let parent = format!("{id}@khach.example.test");
+    let event = inbound
+        .iter()
+        .map(|r| &r.value)
+        .find(|v| v["data"]["message"]["id"] == parent.as_str())
+        .unwrap_or_else(|| panic!("{parent} not on Kafka; log:\n{}", daemon.log()));
+    assert_eq!(event["data"]["message"]["text"], VI_TEXT);
+    let reply = serde_json::json!({
+        "conversation_id": event["subject"],
+        "channel": event["data"]["channel"],
+        "recipient": customer,
+        "agent_id": "lan",
+        "subject": "Hỏi đơn hàng",
+        "text": "Dạ, shop kiểm tra ngay ạ.",
+        "reply_to": parent,
+    });
+    let (status, body) = omni_e2e::post_json(
+        &daemon.url("/v1/tenants/demo/replies"),
+        "demo-agent-token",
+        &reply,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    reply_to(mail, customer, &parent).await;
+}
+
+/// The daemon end to end with an OAuth 2.0 mailbox whose provider rotates refresh tokens and
+/// issues 8-second access tokens: mail is read and replies go out with XOAUTH2; once every
+/// token has expired and the server dropped the session, the daemon logs in again with a
+/// renewed token and keeps reading and sending. It never presents an expired token, every
+/// refresh is the RFC 6749 form with the newest refresh token, and no secret is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_logs_in_with_oauth2_and_renews_expiring_tokens_while_reading_and_sending() {
+    let mail = MailServer::shared();
+    let broker = Broker::memory();
+    let files = tempfile::tempdir().unwrap();
+    let (support, customer) = (mail.address("oauth"), mail.address("khach"));
+    let endpoint = TokenEndpoint::start(&mail, &support, Duration::from_secs(8), true).await;
+    let daemon = start_daemon(
+        &broker,
+        &oauth2_daemon_env(&mail, &support, &endpoint, &files),
+    )
+    .await;
+    wait_daemon_metric(&daemon, "omni_email_imap_connected", &[], 1.0).await;
+    let accounts = (support.as_str(), customer.as_str());
+    mail_in_reply_out(&mail, &broker, &daemon, accounts, "o1", 1).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !endpoint.issued().iter().all(|t| mail.bearer.expired(t)) {
+        assert!(Instant::now() < deadline, "tokens never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = endpoint.issued().len();
+    mail.kick(&support);
+    mail_in_reply_out(&mail, &broker, &daemon, accounts, "o2", 2).await;
+    assert!(endpoint.issued().len() > before, "{}", daemon.log());
+
+    refreshes_were_the_rfc_6749_form_with_the_newest_refresh_token(&endpoint);
+    let asked = mail.bearer.introspected(&support);
+    assert!(asked.len() >= 3, "{asked:?}");
+    assert!(
+        asked.iter().all(|a| a.active && !a.expired),
+        "a token was presented expired or refused: {asked:?}"
+    );
+    let log = daemon.log();
+    assert!(log.contains("rotated the oauth2 refresh token"), "{log}");
+    for secret in endpoint.secrets() {
+        assert!(!log.contains(&secret), "{secret} logged");
+    }
+    let ok = omni_e2e::metric_value(
+        &daemon.metrics().await,
+        "omni_email_oauth2_refreshes_total",
+        &[r#"result="ok""#],
+    );
+    assert_eq!(ok as usize, endpoint.issued().len());
+}
+
+fn refreshes_were_the_rfc_6749_form_with_the_newest_refresh_token(endpoint: &TokenEndpoint) {
+    let requests = endpoint.requests();
+    let chain = endpoint.refresh_tokens();
+    for (n, r) in requests.iter().enumerate() {
+        assert_eq!(r.content_type, "application/x-www-form-urlencoded");
+        let fields: Vec<(&str, &str)> = r
+            .form
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("client_id", TokenEndpoint::CLIENT_ID),
+                ("client_secret", endpoint.client_secret().as_str()),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", chain[n].as_str()),
+                ("scope", TokenEndpoint::SCOPE),
+            ],
+            "request {n}"
+        );
+        assert!(r.issued.is_some(), "request {n} refused");
+    }
+}
+
+/// A refresh token the provider revoked (`invalid_grant`): the mailbox cannot log in, and the
+/// daemon says so as an error asking to re-authorize the mailbox (log, metrics by result and
+/// by reconnect error); replies fail as `bad_token` instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_is_an_error_asking_to_reauthorize_the_mailbox() {
+    let mail = MailServer::shared();
+    let broker = Broker::memory();
+    let files = tempfile::tempdir().unwrap();
+    let (support, customer) = (mail.address("revoked"), mail.address("khach"));
+    let endpoint = TokenEndpoint::start(&mail, &support, Duration::from_secs(3600), false).await;
+    endpoint.revoke_refresh_tokens();
+    let daemon = start_daemon(
+        &broker,
+        &oauth2_daemon_env(&mail, &support, &endpoint, &files),
+    )
+    .await;
+    let result = r#"result="invalid_grant""#;
+    wait_daemon_metric(&daemon, "omni_email_oauth2_refreshes_total", &[result], 1.0).await;
+    let error = r#"error="oauth2_invalid_grant""#;
+    wait_daemon_metric(&daemon, "omni_email_imap_reconnects_total", &[error], 1.0).await;
+
+    let tenant = TenantId::new("demo").unwrap();
+    let conversation = ConversationId::derive(&tenant, &channel(&support), &customer, None);
+    let reply = serde_json::json!({
+        "conversation_id": conversation,
+        "channel": {"kind": "email", "account": support},
+        "recipient": customer,
+        "agent_id": "lan",
+        "text": "Dạ, shop kiểm tra ngay ạ.",
+    });
+    let (status, body) = omni_e2e::post_json(
+        &daemon.url("/v1/tenants/demo/replies"),
+        "demo-agent-token",
+        &reply,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let deliveries = read_topic(
+        &broker.bootstrap(),
+        "omni.delivery.v1",
+        1,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+    );
+    let data = &deliveries[0].value["data"];
+    assert_eq!(
+        (data["status"].as_str(), data["reason"].as_str()),
+        (Some("failed"), Some("bad_token")),
+        "{data}"
+    );
+
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("re-authorize the mailbox") && l.contains(r#""level":"ERROR""#))
+        .unwrap_or_else(|| panic!("no error asking to re-authorize:\n{log}"));
+    assert!(line.contains(&support), "{line}");
+    for secret in endpoint.secrets() {
+        assert!(!log.contains(&secret), "{secret} logged");
+    }
+    let connected =
+        omni_e2e::metric_value(&daemon.metrics().await, "omni_email_imap_connected", &[]);
+    assert_eq!(connected, 0.0);
 }

@@ -1,6 +1,13 @@
 //! Real mail servers for the e-mail tests: dovecot (IMAP + LMTP) and opensmtpd (SMTP, relaying
 //! into dovecot's LMTP), on free 127.0.0.1 ports, configured as in TESTING.md.
 //!
+//! OAuth 2.0: dovecot also accepts `AUTHENTICATE XOAUTH2` / `OAUTHBEARER` (IMAP and its
+//! submission service, which relays to smtpd) through a second passdb, `driver = oauth2`,
+//! tried only for those mechanisms. It asks [`BearerTokens`]' introspection stand-in (RFC 7662
+//! style, `introspection_mode = post`) whether a bearer token is active and whose it is; the
+//! tests' token endpoints ([`TokenEndpoint`]) register the tokens they issue there. The
+//! stand-in runs on a thread of its own, as the servers outlive any one test's runtime.
+//!
 //! Only one smtpd may run per machine (its spool and control socket are fixed paths), so the
 //! servers are shared by the tests of a process: [`MailServer::shared`] hands out one
 //! instance while any test holds it and stops both servers (SIGTERM by PID) when the last
@@ -17,6 +24,12 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::{free_port, stop_child, wait_for_port};
+
+pub use introspection::{BearerTokens, Introspected};
+pub use token_endpoint::{TokenEndpoint, TokenRequest};
+
+mod introspection;
+mod token_endpoint;
 
 /// Every test user's password.
 pub const PASSWORD: &str = "secret";
@@ -37,6 +50,11 @@ pub struct MailServer {
     pub smtp_port: u16,
     /// LMTP (dovecot's delivery port, behind smtpd).
     pub lmtp_port: u16,
+    /// dovecot's SMTP submission service (plain, loopback only; PLAIN or XOAUTH2 login,
+    /// relaying to smtpd).
+    pub submission_port: u16,
+    /// The bearer tokens dovecot accepts (its introspection stand-in).
+    pub bearer: BearerTokens,
     dir: tempfile::TempDir,
     dovecot: Mutex<Option<Child>>,
     smtpd: Mutex<Option<Child>>,
@@ -77,15 +95,25 @@ impl MailServer {
         // nobody:nogroup (65534) owns the maildirs.
         std::os::unix::fs::chown(&mail, Some(65534), Some(65534)).unwrap();
         let (imap_port, lmtp_port, smtp_port) = (free_port(), free_port(), free_port());
+        let submission_port = free_port();
+        let bearer = BearerTokens::start();
         let d_str = d.display().to_string();
         std::fs::write(
             d.join("dovecot.conf"),
             DOVECOT_CONF
                 .replace("$D", &d_str)
                 .replace("$IMAP", &imap_port.to_string())
-                .replace("$LMTP", &lmtp_port.to_string()),
+                .replace("$LMTP", &lmtp_port.to_string())
+                .replace("$SUBMISSION", &submission_port.to_string())
+                .replace("$SMTP", &smtp_port.to_string()),
         )
         .unwrap();
+        std::fs::write(
+            d.join("oauth2.conf"),
+            OAUTH2_CONF.replace("$INTROSPECT", &bearer.introspection_url()),
+        )
+        .unwrap();
+        set_mode(&d.join("oauth2.conf"), 0o644);
         std::fs::write(
             d.join("smtpd.conf"),
             SMTPD_CONF
@@ -100,7 +128,9 @@ impl MailServer {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("dovecot.err")).unwrap())
             .spawn()
-            .expect("start dovecot (apt-get install dovecot-imapd dovecot-lmtpd)");
+            .expect(
+                "start dovecot (apt-get install dovecot-imapd dovecot-lmtpd dovecot-submissiond)",
+            );
         let smtpd = Command::new(bin("smtpd"))
             .arg("-d")
             .arg("-f")
@@ -113,6 +143,8 @@ impl MailServer {
             imap_port,
             smtp_port,
             lmtp_port,
+            submission_port,
+            bearer,
             dir,
             dovecot: Mutex::new(Some(dovecot)),
             smtpd: Mutex::new(Some(smtpd)),
@@ -121,6 +153,7 @@ impl MailServer {
             ("imap", imap_port),
             ("lmtp", lmtp_port),
             ("smtp", smtp_port),
+            ("submission", submission_port),
         ] {
             assert!(
                 wait_for_port(port, Duration::from_secs(10)),
@@ -262,6 +295,7 @@ impl Drop for MailServer {
                 stop_child(child, Duration::from_secs(5));
             }
         }
+        self.bearer.stop();
         *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = false;
     }
 }
@@ -279,21 +313,34 @@ fn set_mode(path: &std::path::Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// The static passdb serves password logins (IMAP LOGIN counts as PLAIN) and the lookups
+/// without a login (`none`: the static userdb asks it whether an LMTP recipient exists); the
+/// oauth2 passdb only the bearer-token mechanisms, so password tests never reach the
+/// introspection stand-in.
 const DOVECOT_CONF: &str = "base_dir = $D/run
 state_dir = $D/state
 log_path = $D/dovecot.log
 listen = 127.0.0.1
-protocols = imap lmtp
+protocols = imap lmtp submission
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain
+auth_mechanisms = plain xoauth2 oauthbearer
 default_internal_user = nobody
 default_internal_group = nogroup
 default_login_user = nobody
 mail_location = maildir:~/Maildir
+hostname = mail.example.test
+submission_relay_host = 127.0.0.1
+submission_relay_port = $SMTP
 passdb {
   driver = static
+  mechanisms = plain login none
   args = password=secret
+}
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $D/oauth2.conf
 }
 userdb {
   driver = static
@@ -314,6 +361,24 @@ service lmtp {
     port = $LMTP
   }
 }
+service submission-login {
+  inet_listener submission {
+    address = 127.0.0.1
+    port = $SUBMISSION
+  }
+}
+";
+
+/// dovecot's oauth2 passdb (2.3): every bearer token is POSTed (`token=…`) to the
+/// introspection stand-in, which answers `{"active": true, "username": …}` for a live token;
+/// the username must be the login's.
+const OAUTH2_CONF: &str = "introspection_mode = post
+introspection_url = $INTROSPECT
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 10000
 ";
 
 const SMTPD_CONF: &str = "table vmap { \"@example.test\" = \"nobody\" }

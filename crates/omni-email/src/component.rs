@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::{
     CheckpointStore, EmailError, EmailSendSettings, EmailSender, KafkaCheckpoints, MailboxReader,
-    MailboxSettings, Metrics, ThreadIndex,
+    MailboxSettings, Metrics, ThreadIndex, TokenSources,
 };
 
 /// What the e-mail channel is built with besides its mailboxes.
@@ -69,16 +69,20 @@ pub fn build(mailboxes: &[MailboxSettings], deps: EmailDeps<'_>) -> Result<Compo
     if mailboxes.is_empty() {
         return Ok(component);
     }
+    let metrics = Metrics::register(deps.registry)?;
+    // One token source per OAuth 2.0 mailbox, shared by its reader and the sender.
+    let tokens =
+        TokenSources::build(mailboxes, &metrics.oauth2_refreshes).map_err(BuildError::Sender)?;
     if deps.send {
-        let sender = EmailSender::new(
+        let sender = EmailSender::with_tokens(
             mailboxes,
             EmailSendSettings::default(),
             deps.threads.clone(),
+            &tokens,
         )
         .map_err(BuildError::Sender)?;
         component = component.with_sender(ChannelKind::Email, Arc::new(sender));
     }
-    let metrics = Metrics::register(deps.registry)?;
     let checkpoints: Arc<dyn CheckpointStore> =
         Arc::new(KafkaCheckpoints::new(deps.kafka, deps.sink.clone()));
     let mut readers = BTreeMap::new();
@@ -98,6 +102,10 @@ pub fn build(mailboxes: &[MailboxSettings], deps: EmailDeps<'_>) -> Result<Compo
         })?
         .with_ingress(deps.ingress.clone())
         .with_takeover_grace(deps.takeover_grace);
+        let reader = match tokens.get(mailbox) {
+            Some(source) => reader.with_tokens(source),
+            None => reader,
+        };
         if readers
             .insert(mailbox.checkpoint_key(), (address, reader))
             .is_some()

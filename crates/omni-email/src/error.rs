@@ -56,6 +56,35 @@ pub enum EmailError {
         #[source]
         source: std::io::Error,
     },
+    /// The token endpoint refused the refresh token (`invalid_grant`: revoked, expired, the
+    /// password changed, consent withdrawn). Only a new consent helps: the operator's to fix.
+    #[error("the oauth2 refresh token of {mailbox} was refused ({detail}): re-authorize the mailbox and set a new oauth2.refresh_token")]
+    OAuth2Reauthorize {
+        /// The mailbox address.
+        mailbox: String,
+        /// The provider's description.
+        detail: String,
+    },
+    /// The token endpoint refused the client or the request (`invalid_client`,
+    /// `unauthorized_client`, `invalid_scope`…): the app registration or the config is wrong.
+    #[error("the oauth2 token endpoint refused the client of {mailbox} ({error}: {detail}): check oauth2.client_id, client_secret and scope")]
+    OAuth2Refused {
+        /// The mailbox address.
+        mailbox: String,
+        /// The OAuth error code (RFC 6749 §5.2) or the HTTP status.
+        error: String,
+        /// The provider's description.
+        detail: String,
+    },
+    /// The token endpoint could not be reached or gave an unusable answer: may pass, so the
+    /// reader's reconnect backoff and the sender's retries try again.
+    #[error("oauth2 token refresh for {mailbox} failed: {detail}")]
+    OAuth2Unavailable {
+        /// The mailbox address.
+        mailbox: String,
+        /// What happened.
+        detail: String,
+    },
     /// The reader was asked to stop.
     #[error("stopped")]
     Stopped,
@@ -71,7 +100,21 @@ impl EmailError {
             EmailError::NoUidValidity { .. } => "no_uidvalidity",
             EmailError::Checkpoint { .. } => "checkpoint",
             EmailError::Store { .. } => "store",
+            EmailError::OAuth2Reauthorize { .. } => "oauth2_invalid_grant",
+            EmailError::OAuth2Refused { .. } => "oauth2_refused",
+            EmailError::OAuth2Unavailable { .. } => "oauth2_unavailable",
             EmailError::Stopped => "stopped",
         }
+    }
+
+    /// Whether only the operator can fix it (a new consent, the client's registration, the
+    /// config): retrying alone will not help, so it is logged as an error, not a warning.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            EmailError::Config { .. }
+                | EmailError::OAuth2Reauthorize { .. }
+                | EmailError::OAuth2Refused { .. }
+        )
     }
 }

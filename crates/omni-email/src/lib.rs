@@ -37,7 +37,9 @@
 //! - [`config`]: `[email]` and the tenants' mailboxes as written, validated into settings.
 //! - [`settings`]: typed mailbox settings (IMAP, SMTP, attachment store) and their validation.
 //! - [`reader`]: the per-mailbox task: connect, catch up, publish, checkpoint, IDLE, reconnect.
-//! - `conn` (private): TCP, TLS / STARTTLS / plain, the greeting and LOGIN.
+//! - `conn` (private): TCP, TLS / STARTTLS / plain, the greeting, LOGIN or XOAUTH2.
+//! - [`oauth2`]: OAuth 2.0 access tokens (refresh, renewal before expiry, rotation) shared
+//!   by a mailbox's reader and sender, and the XOAUTH2 SASL string.
 //! - [`parse`]: raw mail → ids, sender, subject, text, attachments, auto-reply detection.
 //! - [`text`]: text normalization, quoted-history trimming, size bounds.
 //! - [`thread`]: the threading rule, reply subjects and references, the thread index (shared
@@ -46,7 +48,7 @@
 //! - [`store`]: attachment and original-mail files, and the URLs on events.
 //! - [`checkpoint`]: the checkpoint record and where it is kept (Kafka, memory), the inbound
 //!   mark read back on takeovers, and the published memory.
-//! - [`send`]: the SMTP sender and SMTP error classification.
+//! - [`send`]: the SMTP sender (password or XOAUTH2) and SMTP error classification.
 //! - [`metrics`]: `omni_email_*` metric families.
 //! - [`error`]: the crate's error type.
 
@@ -57,6 +59,7 @@ mod conn;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod oauth2;
 pub mod parse;
 pub mod reader;
 pub mod send;
@@ -70,9 +73,11 @@ pub use checkpoint::{
 };
 pub use error::EmailError;
 pub use metrics::Metrics;
+pub use oauth2::{TokenSource, TokenSources};
 pub use reader::{run_mailbox, MailboxReader};
 pub use send::{EmailSendSettings, EmailSender};
 pub use settings::{
-    AttachmentStore, FirstStart, ImapSettings, MailboxSettings, Security, SmtpSettings,
+    AttachmentStore, FirstStart, ImapSettings, MailboxSettings, OAuth2Settings, Security,
+    SmtpSettings,
 };
 pub use thread::{ThreadEntry, ThreadIndex};

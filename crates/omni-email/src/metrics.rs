@@ -29,6 +29,9 @@ pub struct Metrics {
     pub last_uid: IntGaugeVec,
     /// 1 while this instance is the one reading the mailbox (its replicas show 0).
     pub owned: IntGaugeVec,
+    /// OAuth 2.0 token refreshes by result (`ok`, `invalid_grant`, `refused`, `unavailable`):
+    /// `invalid_grant` means the mailbox must be re-authorized.
+    pub oauth2_refreshes: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,6 +95,11 @@ impl Metrics {
                 ),
                 &["mailbox"],
             )?,
+            oauth2_refreshes: counter(
+                "omni_email_oauth2_refreshes_total",
+                "OAuth 2.0 access token refreshes of a mailbox, by result (ok, invalid_grant: re-authorize the mailbox, refused: check the client, unavailable: retried).",
+                &["mailbox", "result"],
+            )?,
             owned: IntGaugeVec::new(
                 Opts::new(
                     "omni_email_mailbox_owned",
@@ -111,6 +119,7 @@ impl Metrics {
         registry.register(Box::new(m.idle_refreshes.clone()))?;
         registry.register(Box::new(m.connected.clone()))?;
         registry.register(Box::new(m.last_uid.clone()))?;
+        registry.register(Box::new(m.oauth2_refreshes.clone()))?;
         Ok(m)
     }
 }

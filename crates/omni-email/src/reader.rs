@@ -45,6 +45,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, InboundMark};
 use crate::conn::{connect, ImapSession};
 use crate::error::EmailError;
 use crate::metrics::Metrics;
+use crate::oauth2::TokenSource;
 use crate::settings::{FirstStart, MailboxSettings};
 use crate::thread::ThreadIndex;
 
@@ -76,6 +77,8 @@ pub struct MailboxReader {
     channel: ChannelRef,
     label: String,
     takeover_grace: Duration,
+    /// Access tokens of a mailbox that logs in with OAuth 2.0 (shared with its sender).
+    tokens: Option<Arc<TokenSource>>,
 }
 
 /// What one run of a reader (one ownership of the mailbox) keeps beside its checkpoint.
@@ -154,6 +157,14 @@ impl MailboxReader {
             0,
             metrics_of_own,
         );
+        let tokens = match &settings.oauth2 {
+            Some(oauth2) => Some(Arc::new(TokenSource::new(
+                &label,
+                oauth2.clone(),
+                metrics.oauth2_refreshes.clone(),
+            )?)),
+            None => None,
+        };
         Ok(Self {
             channel: ChannelRef::new(ChannelKind::Email, label.clone()),
             settings,
@@ -163,7 +174,17 @@ impl MailboxReader {
             threads,
             label,
             takeover_grace: Duration::ZERO,
+            tokens,
         })
+    }
+
+    /// Logs in with `tokens` (the mailbox's OAuth 2.0 token source, shared with its SMTP
+    /// sender so both use one token and one refresh) instead of a source of its own.
+    pub fn with_tokens(mut self, tokens: Arc<TokenSource>) -> Self {
+        if self.settings.oauth2.is_some() {
+            self.tokens = Some(tokens);
+        }
+        self
     }
 
     /// Publishes through `ingress` (the daemon's, on the inbound topic), so mail shares the
@@ -239,16 +260,29 @@ impl MailboxReader {
                         .reconnects
                         .with_label_values(&[self.label.as_str(), e.label()])
                         .inc();
-                    tracing::warn!(mailbox = %self.label, error = %e,
-                        cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
-                        retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                        "imap session failed, reconnecting");
+                    self.log_failure(&e, backoff);
                     if sleep_or_stop(stop, backoff).await {
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(imap.max_backoff);
                 }
             }
+        }
+    }
+
+    /// A failed session: a warning while it may pass, an error when only the operator can
+    /// fix it (a refresh token to re-authorize, a refused OAuth client).
+    fn log_failure(&self, e: &EmailError, backoff: Duration) {
+        let cause = std::error::Error::source(e)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+        if e.needs_operator() {
+            tracing::error!(mailbox = %self.label, error = %e, retry_in_ms,
+                "mailbox cannot log in until the operator acts, retrying");
+        } else {
+            tracing::warn!(mailbox = %self.label, error = %e, cause = %cause, retry_in_ms,
+                "imap session failed, reconnecting");
         }
     }
 
@@ -264,7 +298,7 @@ impl MailboxReader {
         let imap = &self.settings.imap;
         let mut session = self
             .step("connect", stop, async {
-                connect(imap, &self.label)
+                connect(imap, &self.label, self.tokens.as_deref())
                     .await
                     .map_err(|e| Box::new(e) as BoxError)
             })

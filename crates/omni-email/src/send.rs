@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::EmailError;
+use crate::oauth2::TokenSources;
 use crate::settings::{AttachmentStore, MailboxSettings, Security};
 use crate::store::Store;
 use crate::thread::{bare_id, reply_references, reply_subject, ThreadEntry, ThreadIndex};
@@ -51,9 +52,19 @@ impl Default for EmailSendSettings {
     }
 }
 
+mod xoauth2;
+
+/// How a mailbox's replies reach its SMTP server.
+enum Login {
+    /// A password, or no login (a local relay): one transport, built at start.
+    Fixed(AsyncSmtpTransport<Tokio1Executor>),
+    /// XOAUTH2 with the mailbox's current access token.
+    OAuth2(xoauth2::XOAuth2Smtp),
+}
+
 /// One mailbox that can send.
 struct Account {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    login: Login,
     from: Mailbox,
     domain: String,
     store: AttachmentStore,
@@ -70,11 +81,26 @@ pub struct EmailSender {
 
 impl EmailSender {
     /// A sender for `mailboxes` (those without SMTP settings are skipped; replies to them fail
-    /// as `account_not_configured`). `threads` is the index the readers fill.
+    /// as `account_not_configured`). `threads` is the index the readers fill. Mailboxes that
+    /// log in with OAuth 2.0 get token sources of their own: the daemon uses
+    /// [`EmailSender::with_tokens`] to share the readers'.
     pub fn new<'a>(
         mailboxes: impl IntoIterator<Item = &'a MailboxSettings>,
         settings: EmailSendSettings,
         threads: Arc<ThreadIndex>,
+    ) -> Result<Self, EmailError> {
+        let mailboxes: Vec<&MailboxSettings> = mailboxes.into_iter().collect();
+        let counter = crate::oauth2::unregistered_refresh_counter()?;
+        let tokens = TokenSources::build(mailboxes.iter().copied(), &counter)?;
+        Self::with_tokens(mailboxes, settings, threads, &tokens)
+    }
+
+    /// As [`EmailSender::new`], taking OAuth 2.0 access tokens from `tokens`.
+    pub fn with_tokens<'a>(
+        mailboxes: impl IntoIterator<Item = &'a MailboxSettings>,
+        settings: EmailSendSettings,
+        threads: Arc<ThreadIndex>,
+        tokens: &TokenSources,
     ) -> Result<Self, EmailError> {
         let mut accounts = HashMap::new();
         for mailbox in mailboxes {
@@ -85,21 +111,6 @@ impl EmailSender {
                 key: "smtp".into(),
                 reason,
             };
-            let tls = |host: &str| {
-                TlsParameters::new(host.to_owned()).map_err(|e| config(format!("tls: {e}")))
-            };
-            let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-                .port(smtp.port)
-                .timeout(Some(smtp.timeout))
-                .tls(match smtp.security {
-                    Security::Tls => Tls::Wrapper(tls(&smtp.host)?),
-                    Security::StartTls => Tls::Required(tls(&smtp.host)?),
-                    Security::Plain => Tls::None,
-                });
-            if let (Some(user), Some(password)) = (&smtp.user, &smtp.password) {
-                builder = builder
-                    .credentials(Credentials::new(user.clone(), password.expose().to_owned()));
-            }
             let address = mailbox
                 .address
                 .parse()
@@ -110,7 +121,7 @@ impl EmailSender {
                     mailbox.address.to_ascii_lowercase(),
                 ))
                 .or_insert(Account {
-                    transport: builder.build(),
+                    login: login(mailbox, smtp, tokens)?,
                     from: Mailbox::new(mailbox.display_name.clone(), address),
                     domain: mailbox.domain().to_owned(),
                     store: mailbox.attachments.clone(),
@@ -207,11 +218,14 @@ impl EmailSender {
         }
         .map_err(|e| SendError::permanent(FailureReason::InvalidMessage, e.to_string()))?;
         progress.begin_part(0).await?;
-        account
-            .transport
-            .send(email)
-            .await
-            .map_err(|e| classify(&e))?;
+        match &account.login {
+            Login::Fixed(transport) => transport
+                .send(email)
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&e))?,
+            Login::OAuth2(smtp) => smtp.send(&email).await?,
+        }
         progress.part_sent(0, message_id.clone()).await?;
         Ok(SendReceipt {
             provider_message_id: Some(message_id),
@@ -314,6 +328,46 @@ impl ChannelSender for EmailSender {
     fn deduplicates(&self, _request: &SendRequest) -> bool {
         true
     }
+}
+
+/// How `mailbox` logs in to `smtp`: XOAUTH2 with its token source, else a transport built
+/// once with its password (or none).
+fn login(
+    mailbox: &MailboxSettings,
+    smtp: &crate::settings::SmtpSettings,
+    tokens: &TokenSources,
+) -> Result<Login, EmailError> {
+    let config = |reason: String| EmailError::Config {
+        key: "smtp".into(),
+        reason,
+    };
+    let tls = match smtp.security {
+        Security::Tls | Security::StartTls => {
+            Some(TlsParameters::new(smtp.host.clone()).map_err(|e| config(format!("tls: {e}")))?)
+        }
+        Security::Plain => None,
+    };
+    if mailbox.oauth2.is_some() {
+        let source = tokens
+            .get(mailbox)
+            .ok_or_else(|| config(format!("no oauth2 token source for {}", mailbox.address)))?;
+        let user = smtp.user.clone().unwrap_or_else(|| mailbox.address.clone());
+        return Ok(Login::OAuth2(xoauth2::XOAuth2Smtp::new(
+            smtp, user, tls, source,
+        )));
+    }
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+        .port(smtp.port)
+        .timeout(Some(smtp.timeout))
+        .tls(match (smtp.security, tls) {
+            (Security::Tls, Some(tls)) => Tls::Wrapper(tls),
+            (Security::StartTls, Some(tls)) => Tls::Required(tls),
+            _ => Tls::None,
+        });
+    if let (Some(user), Some(password)) = (&smtp.user, &smtp.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+    }
+    Ok(Login::Fixed(builder.build()))
 }
 
 /// Classifies an SMTP failure (see the module docs).

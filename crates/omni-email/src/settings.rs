@@ -43,8 +43,9 @@ pub struct ImapSettings {
     pub security: Security,
     /// Login name (often the mailbox address).
     pub user: String,
-    /// Password, or an app password for Gmail / Microsoft 365 style servers.
-    pub password: Secret,
+    /// Password, or an app password for Gmail / Microsoft 365 style servers; `None` when the
+    /// mailbox logs in with OAuth 2.0 ([`MailboxSettings::oauth2`]).
+    pub password: Option<Secret>,
     /// Folder to watch (`INBOX`).
     pub folder: String,
     /// IDLE is ended and re-issued after this long (RFC 2177: at most 29 minutes, as servers
@@ -91,6 +92,28 @@ pub struct SmtpSettings {
     pub timeout: Duration,
 }
 
+/// How a mailbox gets OAuth 2.0 access tokens: a refresh token exchanged at the provider's
+/// token endpoint (RFC 6749 §6). One set serves IMAP and SMTP, as providers grant both scopes
+/// to one consent.
+#[derive(Debug, Clone)]
+pub struct OAuth2Settings {
+    /// The token endpoint (`https://oauth2.googleapis.com/token`, or
+    /// `https://login.microsoftonline.com/<directory>/oauth2/v2.0/token`).
+    pub token_url: String,
+    /// The app registration's client id.
+    pub client_id: String,
+    /// The client secret; `None` for a public client (Microsoft allows them).
+    pub client_secret: Option<Secret>,
+    /// The refresh token from the mailbox owner's consent; a rotated one replaces it in
+    /// memory only.
+    pub refresh_token: Secret,
+    /// Scopes asked for on refresh (space-separated); `None` keeps the consented ones
+    /// (Microsoft wants them named, Google ignores them).
+    pub scope: Option<String>,
+    /// Timeout of one call to the token endpoint.
+    pub timeout: Duration,
+}
+
 /// Where attachment contents are kept (never on Kafka).
 #[derive(Debug, Clone)]
 pub struct AttachmentStore {
@@ -118,6 +141,9 @@ pub struct MailboxSettings {
     pub imap: ImapSettings,
     /// Sending; `None` for a read-only mailbox (replies to it fail as not configured).
     pub smtp: Option<SmtpSettings>,
+    /// OAuth 2.0 login (XOAUTH2) for both IMAP and SMTP instead of passwords: Gmail and
+    /// Microsoft 365 no longer accept passwords.
+    pub oauth2: Option<OAuth2Settings>,
     /// Attachment storage.
     pub attachments: AttachmentStore,
 }
@@ -162,6 +188,7 @@ impl MailboxSettings {
                 "backoffs must be > 0 and max_backoff >= initial_backoff",
             ));
         }
+        self.validate_login()?;
         if self.imap.security == Security::Plain && !is_loopback(&self.imap.host) {
             return Err(bad(
                 "imap.security",
@@ -172,16 +199,11 @@ impl MailboxSettings {
             if smtp.host.trim().is_empty() {
                 return Err(bad("smtp.host", "must not be empty"));
             }
-            if smtp.security == Security::Plain && !is_loopback(&smtp.host) && smtp.user.is_some() {
+            let logs_in = smtp.user.is_some() || self.oauth2.is_some();
+            if smtp.security == Security::Plain && !is_loopback(&smtp.host) && logs_in {
                 return Err(bad(
                     "smtp.security",
-                    "refusing to send a password unencrypted to a remote server; use tls or starttls",
-                ));
-            }
-            if smtp.user.is_some() != smtp.password.is_some() {
-                return Err(bad(
-                    "smtp.password",
-                    "give both user and password, or neither",
+                    "refusing to send credentials unencrypted to a remote server; use tls or starttls",
                 ));
             }
         }
@@ -189,6 +211,41 @@ impl MailboxSettings {
             return Err(bad("attachments.dir", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// A mailbox logs in with a password or with OAuth 2.0, never both (which one would be
+    /// meant is a guess); the error names the key to remove or set.
+    fn validate_login(&self) -> Result<(), EmailError> {
+        let bad = |key: &str, reason: &str| EmailError::Config {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let smtp_password = self.smtp.as_ref().and_then(|s| s.password.as_ref());
+        let Some(oauth2) = &self.oauth2 else {
+            if self.imap.password.is_none() {
+                return Err(bad(
+                    "imap.password",
+                    "set a password (or app password), or log in with an [oauth2] table",
+                ));
+            }
+            if let Some(smtp) = &self.smtp {
+                if smtp.user.is_some() != smtp.password.is_some() {
+                    return Err(bad(
+                        "smtp.password",
+                        "give both user and password, or neither",
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        let both = "remove it: this mailbox logs in with oauth2 (a password and oauth2 together are ambiguous)";
+        if self.imap.password.is_some() {
+            return Err(bad("imap.password", both));
+        }
+        if smtp_password.is_some() {
+            return Err(bad("smtp.password", both));
+        }
+        oauth2.validate()
     }
 
     /// The key of this mailbox's checkpoint on the checkpoint topic.
@@ -209,6 +266,47 @@ impl MailboxSettings {
     }
 }
 
+impl OAuth2Settings {
+    /// Checks the token endpoint and the client with no I/O: the client secret and refresh
+    /// token go only to an https endpoint (or one on this host, for tests and local proxies).
+    pub fn validate(&self) -> Result<(), EmailError> {
+        let bad = |key: &str, reason: String| EmailError::Config {
+            key: format!("oauth2.{key}"),
+            reason,
+        };
+        let url = reqwest::Url::parse(&self.token_url).map_err(|e| {
+            bad(
+                "token_url",
+                format!("{:?} is not a URL: {e}", self.token_url),
+            )
+        })?;
+        let local = url.host_str().is_some_and(is_loopback);
+        match url.scheme() {
+            "https" => {}
+            "http" if local => {}
+            _ => {
+                return Err(bad(
+                    "token_url",
+                    "must be https:// (http:// only for 127.0.0.1/localhost)".into(),
+                ))
+            }
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(bad("client_id", "must not be empty".into()));
+        }
+        if self.refresh_token.expose().trim().is_empty() {
+            return Err(bad(
+                "refresh_token",
+                "must not be empty: authorize the mailbox (README: E-mail, OAuth 2.0)".into(),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(bad("timeout", "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
 impl ImapSettings {
     /// Settings with the usual defaults for everything but the server and the login.
     pub fn new(
@@ -217,6 +315,17 @@ impl ImapSettings {
         security: Security,
         user: impl Into<String>,
         password: Secret,
+    ) -> Self {
+        Self::with_login(host, port, security, user, Some(password))
+    }
+
+    /// As [`ImapSettings::new`], with no password for a mailbox that logs in with OAuth 2.0.
+    pub fn with_login(
+        host: impl Into<String>,
+        port: u16,
+        security: Security,
+        user: impl Into<String>,
+        password: Option<Secret>,
     ) -> Self {
         Self {
             host: host.into(),
@@ -249,6 +358,7 @@ pub(crate) fn is_address(s: &str) -> bool {
 }
 
 fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -279,6 +389,7 @@ mod tests {
                 password: Some(Secret::new("app-password")),
                 timeout: Duration::from_secs(30),
             }),
+            oauth2: None,
             attachments: AttachmentStore {
                 dir: "/var/lib/omnirouter/mail".into(),
                 base_url: None,
@@ -329,5 +440,74 @@ mod tests {
         assert_eq!(Security::parse("STARTTLS"), Some(Security::StartTls));
         assert_eq!(Security::parse("ssl"), Some(Security::Tls));
         assert_eq!(Security::parse("maybe"), None);
+    }
+
+    fn oauth2_mailbox() -> MailboxSettings {
+        let mut m = mailbox();
+        m.imap.password = None;
+        if let Some(smtp) = m.smtp.as_mut() {
+            smtp.password = None;
+        }
+        m.oauth2 = Some(OAuth2Settings {
+            token_url: "https://oauth2.googleapis.com/token".into(),
+            client_id: "123.apps.googleusercontent.com".into(),
+            client_secret: Some(Secret::new("client-secret")),
+            refresh_token: Secret::new("1//refresh"),
+            scope: None,
+            timeout: Duration::from_secs(30),
+        });
+        m
+    }
+
+    #[test]
+    fn a_mailbox_logs_in_with_a_password_or_oauth2_never_both_nor_neither() {
+        assert_eq!(key_of(&oauth2_mailbox()), None);
+
+        let mut both = oauth2_mailbox();
+        both.imap.password = Some(Secret::new("p"));
+        assert_eq!(key_of(&both).as_deref(), Some("imap.password"));
+        let mut both = oauth2_mailbox();
+        if let Some(smtp) = both.smtp.as_mut() {
+            smtp.password = Some(Secret::new("p"));
+        }
+        assert_eq!(key_of(&both).as_deref(), Some("smtp.password"));
+
+        let mut neither = mailbox();
+        neither.imap.password = None;
+        assert_eq!(key_of(&neither).as_deref(), Some("imap.password"));
+    }
+
+    #[test]
+    fn oauth2_secrets_go_only_to_https_or_this_host() {
+        let with = |f: &dyn Fn(&mut OAuth2Settings)| {
+            let mut m = oauth2_mailbox();
+            if let Some(o) = m.oauth2.as_mut() {
+                f(o);
+            }
+            key_of(&m)
+        };
+        let url = |u: &'static str| move |o: &mut OAuth2Settings| o.token_url = u.into();
+        assert_eq!(
+            with(&url("http://oauth2.example.vn/token")).as_deref(),
+            Some("oauth2.token_url")
+        );
+        assert_eq!(with(&url("token")).as_deref(), Some("oauth2.token_url"));
+        assert_eq!(with(&url("http://127.0.0.1:8080/token")), None);
+        assert_eq!(with(&url("http://localhost/token")), None);
+        assert_eq!(
+            with(&|o| o.client_id = " ".into()).as_deref(),
+            Some("oauth2.client_id")
+        );
+        assert_eq!(
+            with(&|o| o.refresh_token = Secret::new("")).as_deref(),
+            Some("oauth2.refresh_token")
+        );
+        // A bearer token is a credential: never in clear text to a remote SMTP server.
+        let mut m = oauth2_mailbox();
+        if let Some(smtp) = m.smtp.as_mut() {
+            smtp.security = Security::Plain;
+            smtp.user = None;
+        }
+        assert_eq!(key_of(&m).as_deref(), Some("smtp.security"));
     }
 }
