@@ -179,6 +179,14 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
+        if self.child.is_none() && self.dir.path().join("tansu.log").exists() {
+            // The log is appended across restarts: mark where this process starts.
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.dir.path().join("tansu.log"))
+                .unwrap();
+            let _ = std::io::Write::write_all(&mut log, b"--- omni-e2e: tansu restarted ---\n");
+        }
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let log = std::fs::OpenOptions::new()
@@ -459,6 +467,17 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: keep the daemon's log for whoever reads the failure.
+            let kept = std::env::temp_dir().join(format!("omni-e2e-daemon-{}.log", self.port));
+            if std::fs::write(&kept, self.log()).is_ok() {
+                eprintln!(
+                    "omnirouter on {}: log kept in {}",
+                    self.port,
+                    kept.display()
+                );
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

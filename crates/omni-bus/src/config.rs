@@ -30,8 +30,9 @@ pub struct BusConfig {
     /// Create missing topics at start-up (turn off where an operator provisions them).
     pub create_topics: bool,
     /// How long a publish may wait for the broker's acknowledgement before the caller gets an
-    /// error (and a provider a 503). Also librdkafka's `message.timeout.ms`, so a message that
-    /// failed is never delivered later behind the caller's back.
+    /// error (and a provider a 503). The producer enforces it itself and then purges what the
+    /// timed-out producer still holds, so a message that failed is never sent later behind the
+    /// caller's back (see `omni_bus::producer`).
     pub publish_timeout_ms: u64,
     /// `linger.ms`: how long the producer waits to batch. Under `acks=all` throughput is
     /// concurrency divided by latency, so keep it small.
@@ -73,6 +74,10 @@ const PINNED_PRODUCER: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("partitioner", "murmur2_random"),
+    // librdkafka never times a record out itself: after a timeout an idempotent producer bumps
+    // its epoch on its own, which tansu 0.6 (SQLite) does not survive. The producer enforces
+    // `publish_timeout_ms` and replaces itself instead (see `omni_bus::producer`).
+    ("message.timeout.ms", "0"),
 ];
 
 /// Properties that would commit offsets before processing, or split a tenant's co-partitioned
@@ -168,14 +173,15 @@ impl BusConfig {
         Duration::from_millis(self.publish_timeout_ms)
     }
 
-    /// librdkafka config for the producer: idempotent, `acks=all`, message timeout equal to the
-    /// publish deadline, then the operator's pass-through properties.
+    /// librdkafka config for the producer: idempotent, `acks=all`, no message timeout of its
+    /// own (the producer enforces the publish deadline), then the operator's pass-through
+    /// properties.
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.base_config();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
-            .set("message.timeout.ms", self.publish_timeout_ms.to_string())
+            .set("message.timeout.ms", "0")
             .set("compression.type", "lz4")
             // The partitioning contract (see `partitioner`): keyed records go where the Java
             // client and kafkajs put them.
@@ -266,6 +272,19 @@ mod tests {
         cfg.librdkafka
             .insert("enable_auto_commit".into(), "true".into());
         assert!(cfg.validate().is_err());
+
+        // librdkafka's own timeout would bump the producer epoch (see `producer`).
+        assert_eq!(
+            BusConfig::default()
+                .producer_config()
+                .get("message.timeout.ms"),
+            Some("0")
+        );
+        let mut cfg = BusConfig::default();
+        cfg.producer
+            .insert("message_timeout_ms".into(), "5000".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.producer.message_timeout_ms"), "{err}");
     }
 
     #[test]

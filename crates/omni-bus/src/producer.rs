@@ -1,11 +1,15 @@
 //! The acknowledged producer: `send` returns only once the broker has the record (`acks=all`,
 //! idempotent), and fails within the configured publish deadline otherwise.
 //!
-//! After a record times out, an idempotent librdkafka producer must bump its epoch before it
-//! produces again. Some brokers handle that badly (tansu 0.6 with SQLite storage fails every
-//! later produce), and a real cluster loses nothing by the alternative: we replace the
-//! librdkafka producer with a fresh one (a new producer id). Records of the old one have all
-//! failed or been acknowledged by then, so the guarantee "Ok means durable" is unchanged.
+//! The deadline is ours, not librdkafka's (`message.timeout.ms` is pinned to 0): when a
+//! librdkafka idempotent producer times a record out, it bumps its producer epoch on its own
+//! and goes on sending with it. Apache Kafka accepts that; tansu 0.6 with SQLite storage panics
+//! in its storage task on a produce with an epoch it has not registered, after which it fails
+//! every request (`tests/tansu/epoch_bump.py` reproduces it). So when a record misses the
+//! deadline we replace the librdkafka producer with a fresh one (a new producer id, which both
+//! brokers handle) and purge what the old one still holds, queued or in flight: those senders
+//! get an error now, and nothing is sent behind their back later. "Ok means durable" and "an
+//! error means it is not stored and will not be" hold as before.
 
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
@@ -74,8 +78,12 @@ impl Producer {
         (guard.0, guard.1.clone())
     }
 
-    /// Replaces generation `failed` with a fresh producer (once, however many sends saw it fail).
+    /// Replaces generation `failed` with a fresh producer (once, however many sends saw it
+    /// fail) and purges what the old one still holds (see the module docs).
     fn replace(&self, failed: u64) {
+        if self.current().0 != failed {
+            return;
+        }
         let fresh = match Self::build(&self.config, &self.metrics) {
             Ok(p) => p,
             Err(e) => {
@@ -95,8 +103,20 @@ impl Producer {
             generation = old.0 + 1,
             "replaced kafka producer after a timed-out record"
         );
-        // Destroying a librdkafka handle blocks until its threads stop: not on the runtime.
-        tokio::task::spawn_blocking(move || drop(old));
+        // Purging and destroying a librdkafka handle block until its threads answer: not on
+        // the runtime. Purged records' senders get their error from the delivery reports.
+        tokio::task::spawn_blocking(move || {
+            old.1.purge(PurgeConfig::default().queue().inflight());
+            let _ = old.1.flush(Timeout::After(Duration::from_millis(100)));
+            drop(old);
+        });
+    }
+
+    /// The error of a record that missed the publish deadline: counted like librdkafka's own
+    /// timeouts were, and its producer replaced.
+    fn timed_out(&self, topic: &str, generation: u64) -> BusError {
+        let source = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        self.failed(topic, source, generation)
     }
 
     /// Counts a record the broker did not take, replaces the producer after a timeout (see the
@@ -125,21 +145,21 @@ impl Producer {
     }
 
     /// Publishes `payload` under `key` and waits for the broker's acknowledgement. `Ok` means the
-    /// record is durably in the topic; an error means it is not, and never will be (librdkafka's
-    /// message timeout equals the publish deadline).
+    /// record is durably in the topic; an error means it is not, and never will be (a record
+    /// past the deadline is purged with its producer, see the module docs).
     pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), BusError> {
         let record = FutureRecord::to(topic).key(key).payload(payload);
         let (generation, producer) = self.current();
+        let deadline = self.config.publish_timeout();
         // Waiting for queue space counts against the same deadline as the acknowledgement.
-        match producer
-            .send(record, Timeout::After(self.config.publish_timeout()))
-            .await
-        {
-            Ok(_) => {
+        let sent = tokio::time::timeout(deadline, producer.send(record, Timeout::After(deadline)));
+        match sent.await {
+            Ok(Ok(_)) => {
                 self.metrics.produced.with_label_values(&[topic]).inc();
                 Ok(())
             }
-            Err((source, _message)) => Err(self.failed(topic, source, generation)),
+            Ok(Err((source, _message))) => Err(self.failed(topic, source, generation)),
+            Err(_elapsed) => Err(self.timed_out(topic, generation)),
         }
     }
 
@@ -149,6 +169,7 @@ impl Producer {
     /// overlap instead of adding up.
     pub async fn send_batch(&self, records: &[OutRecord<'_>]) -> Result<(), BusError> {
         let (generation, producer) = self.current();
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout();
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(r.topic).key(r.key);
@@ -180,15 +201,15 @@ impl Producer {
         }
         let mut first_error = None;
         for (topic, delivery) in pending {
-            let result = match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((source, _))) => Err(source),
-                Err(_cancelled) => Err(KafkaError::Canceled),
+            let result = match tokio::time::timeout_at(deadline, delivery).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err((source, _)))) => Err(self.failed(topic, source, generation)),
+                Ok(Err(_cancelled)) => Err(self.failed(topic, KafkaError::Canceled, generation)),
+                Err(_elapsed) => Err(self.timed_out(topic, generation)),
             };
             match result {
                 Ok(()) => self.metrics.produced.with_label_values(&[topic]).inc(),
-                Err(source) => {
-                    let error = self.failed(topic, source, generation);
+                Err(error) => {
                     first_error.get_or_insert(error);
                 }
             }
