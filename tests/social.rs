@@ -625,6 +625,7 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
     let run = start_with_meta_and_zalo_stand_ins().await;
     meta_subscribes_only_with_the_verify_token(&run).await;
     let inbound = customer_messages_on_messenger_and_zalo_reach_kafka(&run).await;
+    a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(&run).await;
     agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
     every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
 }
@@ -665,6 +666,19 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
             "VERIFY".into(),
         ),
         (pages_key, "PAGE-TOKEN".into()),
+        // A second tenant on the same Meta app: the same app secret signs its pages' events.
+        (
+            "OMNI__TENANTS__GLOBEX__MESSENGER__APP_SECRET".into(),
+            "META-SECRET".into(),
+        ),
+        (
+            "OMNI__TENANTS__GLOBEX__MESSENGER__VERIFY_TOKEN".into(),
+            "VERIFY-G".into(),
+        ),
+        (
+            format!("OMNI__TENANTS__GLOBEX__MESSENGER__PAGES__{OTHER_PAGE}__ACCESS_TOKEN"),
+            "G-TOKEN".into(),
+        ),
         (oa_key("APP_ID"), "1183926498471234567".into()),
         (oa_key("OA_SECRET_KEY"), "OA-KEY".into()),
         (oa_key("APP_SECRET"), "Z-APP-SECRET".into()),
@@ -745,6 +759,65 @@ async fn customer_messages_on_messenger_and_zalo_reach_kafka(run: &SocialDaemon)
     assert_eq!(zalo["data"]["message"]["text"], VI);
     assert_eq!(zalo["data"]["contact"]["id"], ZUSER);
     Inbound { messenger, zalo }
+}
+
+/// globex's page, on the Meta app demo shares.
+const OTHER_PAGE: &str = "777888999000111";
+
+/// Two tenants share one Meta app (one app secret): an event for globex's page posted to
+/// demo's URL is refused (answered 200, counted, not published); in a mixed batch only demo's
+/// items are published; globex's own URL publishes globex's event.
+async fn a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(run: &SocialDaemon) {
+    let theirs = messenger_text(OTHER_PAGE, PSID, "m_globex", "hello");
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", &theirs).await;
+    assert_eq!(status, 200, "refused items never make Meta retry");
+    let item = |page: &str, mid: &str| {
+        format!(
+            r#"{{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{page}"}},"timestamp":1700000000100,"message":{{"mid":"{mid}","text":"x"}}}}"#
+        )
+    };
+    let mixed = format!(
+        r#"{{"object":"page","entry":[{{"id":"{OTHER_PAGE}","time":1,"messaging":[{}]}},{{"id":"{PAGE}","time":1,"messaging":[{},{}]}}]}}"#,
+        item(OTHER_PAGE, "m_mixed_theirs"),
+        item(PAGE, "m_mixed_ours"),
+        item(OTHER_PAGE, "m_mixed_theirs_2"),
+    );
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", &mixed).await;
+    assert_eq!(status, 200);
+    let status = post_messenger(&run.daemon, "globex", "META-SECRET", &theirs).await;
+    assert_eq!(status, 200);
+    // Two records before these posts. A refused item would be keyed "demo", like the valid
+    // one posted after it, so it would be on the same partition, before it.
+    let inbound = read_topic(
+        &run.broker.bootstrap(),
+        "omni.inbound.v1",
+        4,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    let mut seen: Vec<(String, String)> = inbound
+        .iter()
+        .filter(|r| {
+            !["m_e2e", "z_e2e"].contains(&r.value["data"]["message"]["id"].as_str().unwrap_or(""))
+        })
+        .map(|r| {
+            let data = &r.value["data"];
+            let mid = data["message"]["id"].as_str().unwrap_or("").to_owned();
+            (String::from_utf8_lossy(&r.key).into_owned(), mid)
+        })
+        .collect();
+    seen.sort();
+    let expected = [("demo", "m_mixed_ours"), ("globex", "m_globex")]
+        .map(|(t, m)| (t.to_owned(), m.to_owned()));
+    assert_eq!(seen, expected, "{}", run.daemon.log());
+    let metrics = run.daemon.metrics().await;
+    let labels = [
+        "channel=\"messenger\"",
+        "tenant=\"demo\"",
+        "reason=\"unknown_account\"",
+    ];
+    let refused = metric_value(&metrics, "omni_ingress_refused_items_total", &labels);
+    assert_eq!(refused, 3.0);
 }
 
 /// An agent's reply to `event` through the agent API.

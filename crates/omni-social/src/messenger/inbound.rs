@@ -13,7 +13,7 @@ use omni_core::{
 use serde::Deserialize;
 use std::collections::HashMap;
 
-use super::{MessengerTenant, ECHO_MARKER};
+use super::{MessengerTenant, PageSettings, ECHO_MARKER};
 use crate::wire::{time_from_millis, IdText};
 
 /// The Messenger webhook adapter: the configured tenants and their apps.
@@ -72,6 +72,9 @@ struct Webhook {
 
 #[derive(Deserialize)]
 struct Entry {
+    /// The page (or Instagram account) the entry is for.
+    #[serde(default)]
+    id: Option<IdText>,
     #[serde(default)]
     messaging: Vec<serde_json::Value>,
     /// Items for a page whose conversation another app (a bot) controls under the handover
@@ -253,7 +256,7 @@ impl WebhookAdapter for MessengerChannel {
     fn parse(
         &self,
         tenant: &TenantId,
-        _account: &MessengerTenant,
+        account: &MessengerTenant,
         _request: &Parts,
         body: &[u8],
         now: DateTime<Utc>,
@@ -266,18 +269,16 @@ impl WebhookAdapter for MessengerChannel {
                 reason: format!("expected \"page\", got {:?}", webhook.object),
             });
         }
-        let mut parsed = Parsed::default();
+        let object = MetaObject {
+            kind: ChannelKind::Messenger,
+            accounts: &account.pages,
+        };
+        let mut parsed = Parsed {
+            channel: Some(object.kind),
+            ..Parsed::default()
+        };
         for entry in webhook.entry {
-            for raw in entry.messaging.into_iter().chain(entry.standby) {
-                match serde_json::from_value::<Item>(raw.clone()) {
-                    Ok(item) => item_events(tenant, item, &raw, now, &mut parsed)?,
-                    Err(e) => {
-                        tracing::warn!(channel = "messenger", tenant = %tenant, error = %e,
-                            "messaging item without sender/recipient, ignored");
-                        parsed.ignored.push("malformed_item");
-                    }
-                }
-            }
+            entry_events(tenant, &object, entry, now, &mut parsed)?;
         }
         Ok(parsed)
     }
@@ -287,9 +288,63 @@ impl WebhookAdapter for MessengerChannel {
     }
 }
 
+/// What one webhook `object` is to this tenant: the channel kind its items become and the
+/// accounts (pages) the tenant has there.
+struct MetaObject<'a> {
+    kind: ChannelKind,
+    accounts: &'a HashMap<String, PageSettings>,
+}
+
+/// The events of one entry's items. An item for an account the tenant does not have (its
+/// page, or the entry's `id`) is refused and counted, not published: two tenants sharing one
+/// Meta app sign with the same secret, so the signature alone does not say whose item it is.
+fn entry_events(
+    tenant: &TenantId,
+    object: &MetaObject<'_>,
+    entry: Entry,
+    now: DateTime<Utc>,
+    parsed: &mut Parsed,
+) -> Result<(), IngressError> {
+    let entry_id = entry.id.map(|id| id.0);
+    for raw in entry.messaging.into_iter().chain(entry.standby) {
+        let item = match serde_json::from_value::<Item>(raw.clone()) {
+            Ok(item) => item,
+            Err(e) => {
+                tracing::warn!(channel = %object.kind, tenant = %tenant, error = %e,
+                    "messaging item without sender/recipient, ignored");
+                parsed.ignored.push("malformed_item");
+                continue;
+            }
+        };
+        let unknown = [entry_id.as_deref(), Some(item.account())]
+            .into_iter()
+            .flatten()
+            .find(|a| !object.accounts.contains_key(*a));
+        if let Some(other) = unknown {
+            tracing::warn!(channel = %object.kind, tenant = %tenant, account = %other,
+                "signed item for an account this tenant does not have, refused");
+            parsed.refused.push("unknown_account");
+            continue;
+        }
+        item_events(tenant, object.kind, item, &raw, now, parsed)?;
+    }
+    Ok(())
+}
+
+impl Item {
+    /// The business's account the item belongs to: the sender of an echo, else the recipient.
+    fn account(&self) -> &str {
+        match &self.message {
+            Some(m) if m.is_echo => &self.sender.id.0,
+            _ => &self.recipient.id.0,
+        }
+    }
+}
+
 /// The events of one messaging item.
 fn item_events(
     tenant: &TenantId,
+    kind: ChannelKind,
     item: Item,
     raw: &serde_json::Value,
     now: DateTime<Utc>,
@@ -311,7 +366,7 @@ fn item_events(
             let customer = item.recipient.id.0;
             parsed.events.push(message_event(
                 tenant,
-                &page,
+                ChannelRef::new(kind, page),
                 &customer,
                 EventType::MessageEchoed,
                 message_body(message, Direction::Outbound, sent_at),
@@ -322,7 +377,7 @@ fn item_events(
             let customer = item.sender.id.0;
             parsed.events.push(message_event(
                 tenant,
-                &page,
+                ChannelRef::new(kind, page),
                 &customer,
                 EventType::MessageReceived,
                 message_body(message, Direction::Inbound, sent_at),
@@ -351,7 +406,7 @@ fn item_events(
         };
         parsed.events.push(message_event(
             tenant,
-            &page,
+            ChannelRef::new(kind, page),
             &customer,
             EventType::MessageReceived,
             message,
@@ -364,8 +419,9 @@ fn item_events(
     {
         let page = item.recipient.id.0;
         let customer = item.sender.id.0;
+        let channel = ChannelRef::new(kind, page);
         parsed.events.push(signal_event(
-            tenant, &page, &customer, signal, mark, sent_at, now,
+            tenant, channel, &customer, signal, mark, sent_at, now,
         )?);
     } else {
         parsed.ignored.push(ignored_kind(raw));
@@ -423,7 +479,7 @@ fn content_type_family(kind: &str) -> Option<String> {
 
 fn message_event(
     tenant: &TenantId,
-    page: &str,
+    channel: ChannelRef,
     customer: &str,
     event_type: EventType,
     message: Message,
@@ -431,7 +487,7 @@ fn message_event(
 ) -> Result<PreparedEvent, IngressError> {
     PreparedEvent::message(
         tenant,
-        ChannelRef::new(ChannelKind::Messenger, page),
+        channel,
         Contact::new(customer),
         event_type,
         message,
@@ -441,14 +497,13 @@ fn message_event(
 
 fn signal_event(
     tenant: &TenantId,
-    page: &str,
+    channel: ChannelRef,
     customer: &str,
     signal: SignalKind,
     mark: Watermark,
     occurred_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<PreparedEvent, IngressError> {
-    let channel = ChannelRef::new(ChannelKind::Messenger, page);
     let kind = match signal {
         SignalKind::Read => "read",
         _ => "delivery",

@@ -16,6 +16,11 @@
 //! | `delivery` | `omni.channel.signal` `delivered` with the watermark and mids |
 //! | `read` | `omni.channel.signal` `read` with the watermark |
 //! | anything else (reactions, referrals, handover…) | accepted and counted as ignored |
+//!
+//! Tenant isolation: an item for a page the tenant does not have (its page, or its entry's
+//! `id`) is refused, counted in `omni_ingress_refused_items_total` and logged, never published;
+//! the request is still answered 200, even when every item is refused, because a non-2xx makes
+//! Meta retry the batch and at length disable the app's subscription for every page on it.
 
 pub mod component;
 pub mod config;

@@ -24,23 +24,38 @@ struct Fixture {
     channel: MessengerChannel,
 }
 
-fn fixture(accept_sha1: bool) -> Fixture {
-    let sink = Arc::new(MemorySink::default());
-    let registry = Registry::new();
-    let ingress = Ingress::standalone(sink.clone(), &registry, 64 * 1024).unwrap();
-    let tenant = MessengerTenant {
+/// Another tenant's page on the same Meta app (same app secret).
+const OTHER_PAGE: &str = "777888999000111";
+
+fn tenant_with_page(page: &str, accept_sha1: bool) -> MessengerTenant {
+    MessengerTenant {
         app_secret: Secret::new(SECRET),
         verify_token: Secret::new("verify-me"),
         accept_sha1,
         pages: HashMap::from([(
-            PAGE.to_owned(),
+            page.to_owned(),
             PageSettings {
                 access_token: Secret::new("page-token"),
                 human_agent_tag: true,
             },
         )]),
-    };
-    let channel = MessengerChannel::new([(TenantId::new("acme").unwrap(), tenant)]);
+    }
+}
+
+fn fixture(accept_sha1: bool) -> Fixture {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = Ingress::standalone(sink.clone(), &registry, 64 * 1024).unwrap();
+    let channel = MessengerChannel::new([
+        (
+            TenantId::new("acme").unwrap(),
+            tenant_with_page(PAGE, accept_sha1),
+        ),
+        (
+            TenantId::new("globex").unwrap(),
+            tenant_with_page(OTHER_PAGE, false),
+        ),
+    ]);
     Fixture {
         sink,
         registry,
@@ -367,4 +382,85 @@ async fn a_redelivered_webhook_is_published_once_and_kafka_down_means_503() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(f.sink.records().len(), 1);
+}
+
+/// A text from `PSID` to `page`, in an entry for `entry_id`.
+fn item_for(page: &str, mid: &str) -> String {
+    format!(
+        r#"{{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{page}"}},"timestamp":1700000000000,"message":{{"mid":"{mid}","text":"hi"}}}}"#
+    )
+}
+
+fn entry(entry_id: &str, items: &[String]) -> String {
+    format!(
+        r#"{{"id":"{entry_id}","time":1700000000000,"messaging":[{}]}}"#,
+        items.join(",")
+    )
+}
+
+fn refused(f: &Fixture) -> f64 {
+    counter(
+        &f.registry,
+        "omni_ingress_refused_items_total",
+        &[
+            ("channel", "messenger"),
+            ("tenant", "acme"),
+            ("reason", "unknown_account"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_signed_event_for_another_tenants_page_is_refused_counted_and_answered_200() {
+    let f = fixture(false);
+    // Signed with the app secret both tenants share, posted to acme's URL, for globex's page.
+    let body = format!(
+        r#"{{"object":"page","entry":[{}]}}"#,
+        entry(OTHER_PAGE, &[item_for(OTHER_PAGE, "m_foreign")])
+    );
+    let (status, answer) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (StatusCode::OK, "EVENT_RECEIVED")
+    );
+    assert!(f.sink.records().is_empty());
+    assert_eq!(refused(&f), 1.0);
+    // An echo is the page's own: its sender is the page, so the sender decides.
+    let echo = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","messaging":[{{"sender":{{"id":"{OTHER_PAGE}"}},"recipient":{{"id":"{PSID}"}},"message":{{"mid":"m_e","is_echo":true,"text":"x"}}}}]}}]}}"#
+    );
+    assert_eq!(
+        post(&f, &signed(echo.as_bytes()), echo.as_bytes()).await.0,
+        StatusCode::OK
+    );
+    assert!(f.sink.records().is_empty());
+    assert_eq!(refused(&f), 2.0);
+}
+
+#[tokio::test]
+async fn a_mixed_batch_publishes_only_the_items_for_the_tenants_own_pages() {
+    let f = fixture(false);
+    let body = format!(
+        r#"{{"object":"page","entry":[{},{},{}]}}"#,
+        entry(
+            PAGE,
+            &[item_for(PAGE, "m_ok_1"), item_for(OTHER_PAGE, "m_bad_1")]
+        ),
+        // An entry for another page: none of its items, whatever their recipient.
+        entry(OTHER_PAGE, &[item_for(PAGE, "m_bad_2")]),
+        entry(PAGE, &[item_for(PAGE, "m_ok_2")]),
+    );
+    let (status, _) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    let mids: Vec<String> = f
+        .sink
+        .records()
+        .iter()
+        .map(|r| {
+            let e: CloudEvent<MessageReceived> = serde_json::from_slice(&r.payload).unwrap();
+            e.data.message.id
+        })
+        .collect();
+    assert_eq!(mids, ["m_ok_1", "m_ok_2"]);
+    assert_eq!(refused(&f), 2.0);
 }
