@@ -1,4 +1,4 @@
-//! Messenger and Zalo OA end to end: the senders against local servers standing in for the
+//! Messenger, Instagram Direct and Zalo OA end to end: the senders against local servers standing in for the
 //! Graph API and Zalo's OA and OAuth APIs (asserting the exact requests and answering
 //! success, retryable and permanent errors), and the daemon from a signed webhook to
 //! `omni.inbound.v1`, an agent's reply to the stand-in provider, and the delivery event.
@@ -47,9 +47,9 @@ fn reply(kind: ChannelKind, account: &str, recipient: &str, agent: Option<&str>)
     }
 }
 
-fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
-    let tenant = TenantId::new("acme").unwrap();
-    let m = MessengerTenant {
+/// acme's Meta app: two pages and an Instagram account.
+fn meta_tenant(human_agent_tag: bool) -> MessengerTenant {
+    MessengerTenant {
         app_secret: Secret::new("s"),
         verify_token: Secret::new("v"),
         accept_sha1: false,
@@ -69,18 +69,43 @@ fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
                 },
             ),
         ]),
-    };
-    MessengerSender::new(
-        [(&tenant, &m)],
-        MessengerSendSettings {
-            graph_base_url: graph.url.clone(),
-            api_version: "v23.0".into(),
-            rate_per_page: 0.0,
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .unwrap()
+        instagram: HashMap::from([(
+            IG.to_owned(),
+            PageSettings {
+                access_token: Secret::new("IG-TOKEN"),
+                human_agent_tag,
+            },
+        )]),
+    }
 }
+
+fn graph_settings(graph: &StandIn) -> MessengerSendSettings {
+    MessengerSendSettings {
+        graph_base_url: graph.url.clone(),
+        api_version: "v23.0".into(),
+        rate_per_page: 0.0,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
+    let tenant = TenantId::new("acme").unwrap();
+    let m = meta_tenant(human_agent_tag);
+    MessengerSender::new([(&tenant, &m)], graph_settings(graph)).unwrap()
+}
+
+fn instagram(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
+    let tenant = TenantId::new("acme").unwrap();
+    let m = meta_tenant(human_agent_tag);
+    MessengerSender::instagram([(&tenant, &m)], graph_settings(graph)).unwrap()
+}
+
+/// The Instagram professional account.
+const IG: &str = "17841400000000001";
+/// An Instagram-scoped user id.
+const IGSID: &str = "6543210987654321";
+/// Instagram's Send API: the account the token belongs to.
+const IG_SEND_PATH: &str = "/v23.0/me/messages";
 
 const SEND_PATH: &str = "/v23.0/104912345678901/messages";
 
@@ -285,6 +310,96 @@ async fn outside_the_24h_window_a_human_reply_goes_again_with_the_human_agent_ta
         .unwrap_err();
     assert_eq!(err.reason, FailureReason::OutsideWindow);
     assert_eq!(graph.requests_to(SEND_PATH).len(), before + 1);
+}
+
+#[tokio::test]
+async fn instagram_sends_1000_character_pieces_to_me_messages_without_messenger_extras() {
+    let graph = StandIn::start().await;
+    for id in ["ig_1", "ig_2", "ig_img"] {
+        let answer = format!(r#"{{"recipient_id":"{IGSID}","message_id":"{id}"}}"#);
+        graph.answer(IG_SEND_PATH, 200, &answer);
+    }
+    let sender = instagram(&graph, false);
+    let mut request = reply(ChannelKind::Instagram, IG, IGSID, Some("agent-7"));
+    request.message.text = "Dạ vâng ".repeat(190); // 1,520 characters with spaces
+    request.message.reply_to = Some("ig_customer".into());
+    request.message.attachments = vec![Attachment {
+        url: "https://cdn.shop.example.vn/bang-size.jpg".into(),
+        content_type: Some("image/jpeg".into()),
+        name: None,
+        size: None,
+    }];
+    let mut progress = SendProgress::default();
+    let receipt = sender.send(&request, &mut progress).await.unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("ig_1"));
+    assert_eq!(progress.provider_message_ids, ["ig_1", "ig_2", "ig_img"]);
+    let sent = graph.requests_to(IG_SEND_PATH);
+    assert_eq!(sent.len(), 3, "{:?}", graph.requests());
+    for r in &sent {
+        let token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
+        assert_eq!(r.query_pairs(), token);
+        let body = r.json();
+        assert_eq!(body["recipient"], json!({"id": IGSID}));
+        assert_eq!(body["messaging_type"], "RESPONSE");
+        // Instagram documents neither metadata nor reply_to.
+        let keys: Vec<&String> = body["message"].as_object().unwrap().keys().collect();
+        assert!(keys == ["text"] || keys == ["attachment"], "{keys:?}");
+    }
+    let texts: Vec<String> = sent[..2]
+        .iter()
+        .map(|r| r.json()["message"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(texts.iter().all(|t| t.chars().count() <= 1000));
+    assert_eq!(texts.join(" "), request.message.text.trim_end());
+    let image = json!({"type": "image", "payload": {
+        "url": "https://cdn.shop.example.vn/bang-size.jpg", "is_reusable": true}});
+    assert_eq!(sent[2].json()["message"]["attachment"], image);
+}
+
+#[tokio::test]
+async fn instagram_uses_the_human_agent_tag_and_error_reasons_of_messenger() {
+    let outside = r#"{"error":{"message":"(#10) This message is sent outside of allowed window.","code":10,"error_subcode":2018278}}"#;
+    let graph = StandIn::start().await;
+    graph.answer(IG_SEND_PATH, 400, outside);
+    graph.answer(
+        IG_SEND_PATH,
+        200,
+        r#"{"recipient_id":"1","message_id":"ig_tagged"}"#,
+    );
+    let unavailable =
+        r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#;
+    graph.answer(IG_SEND_PATH, 400, unavailable);
+    let sender = instagram(&graph, true);
+    let human = reply(ChannelKind::Instagram, IG, IGSID, Some("agent-7"));
+    let receipt = sender
+        .send(&human, &mut SendProgress::default())
+        .await
+        .unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("ig_tagged"));
+    let sent = graph.requests_to(IG_SEND_PATH);
+    assert_eq!(sent[0].json()["messaging_type"], "RESPONSE");
+    assert_eq!(sent[1].json()["messaging_type"], "MESSAGE_TAG");
+    assert_eq!(sent[1].json()["tag"], "HUMAN_AGENT");
+    let err = sender
+        .send(&human, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.retryable),
+        (FailureReason::UserUnavailable, false)
+    );
+    assert!(!err.detail.contains("IG-TOKEN"));
+    // A page is not an Instagram account: not configured, and nothing is called.
+    let before = graph.requests().len();
+    let err = sender
+        .send(
+            &reply(ChannelKind::Instagram, PAGE, IGSID, None),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, FailureReason::AccountNotConfigured);
+    assert_eq!(graph.requests().len(), before);
 }
 
 struct Zalo {
@@ -615,6 +730,7 @@ struct SocialDaemon {
 struct Inbound {
     messenger: Value,
     zalo: Value,
+    instagram: Value,
 }
 
 /// The daemon end to end: webhooks in (signed as the providers sign), replies out to the
@@ -624,8 +740,9 @@ struct Inbound {
 async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
     let run = start_with_meta_and_zalo_stand_ins().await;
     meta_subscribes_only_with_the_verify_token(&run).await;
-    let inbound = customer_messages_on_messenger_and_zalo_reach_kafka(&run).await;
+    let mut inbound = customer_messages_on_messenger_and_zalo_reach_kafka(&run).await;
     a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(&run).await;
+    inbound.instagram = instagram_direct_arrives_on_the_same_meta_webhook(&run).await;
     agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
     every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
 }
@@ -666,6 +783,10 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
             "VERIFY".into(),
         ),
         (pages_key, "PAGE-TOKEN".into()),
+        (
+            format!("OMNI__TENANTS__DEMO__MESSENGER__INSTAGRAM__{IG}__ACCESS_TOKEN"),
+            "IG-TOKEN".into(),
+        ),
         // A second tenant on the same Meta app: the same app secret signs its pages' events.
         (
             "OMNI__TENANTS__GLOBEX__MESSENGER__APP_SECRET".into(),
@@ -758,7 +879,11 @@ async fn customer_messages_on_messenger_and_zalo_reach_kafka(run: &SocialDaemon)
     assert_eq!(messenger["data"]["message"]["text"], VI);
     assert_eq!(zalo["data"]["message"]["text"], VI);
     assert_eq!(zalo["data"]["contact"]["id"], ZUSER);
-    Inbound { messenger, zalo }
+    Inbound {
+        messenger,
+        zalo,
+        instagram: Value::Null,
+    }
 }
 
 /// globex's page, on the Meta app demo shares.
@@ -820,6 +945,50 @@ async fn a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(run: &Soci
     assert_eq!(refused, 3.0);
 }
 
+/// An Instagram Direct message comes to the Messenger callback URL (object `instagram`, same
+/// app secret) and is published on channel kind `instagram`; an object we do not handle
+/// (WhatsApp on the same app) is answered 200, counted and not published.
+async fn instagram_direct_arrives_on_the_same_meta_webhook(run: &SocialDaemon) -> Value {
+    let whatsapp = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[]}]}"#;
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", whatsapp).await;
+    assert_eq!(status, 200, "never a 400 Meta would retry");
+    let ig = format!(
+        r#"{{"object":"instagram","entry":[{{"id":"{IG}","time":1700000000200,"messaging":[{{"sender":{{"id":"{IGSID}"}},"recipient":{{"id":"{IG}"}},"timestamp":1700000000200,"message":{{"mid":"ig_e2e","text":"C\u00f2n size M kh\u00f4ng shop?"}}}}]}}]}}"#
+    );
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", &ig).await;
+    assert_eq!(status, 200);
+    let inbound = read_topic(
+        &run.broker.bootstrap(),
+        "omni.inbound.v1",
+        5,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    assert_eq!(inbound.len(), 5, "the WhatsApp object published nothing");
+    let event = inbound
+        .iter()
+        .map(|r| r.value.clone())
+        .find(|v| v["data"]["channel"]["kind"] == "instagram")
+        .unwrap();
+    assert_eq!(event["data"]["channel"]["account"], IG);
+    assert_eq!(event["data"]["contact"]["id"], IGSID);
+    assert_eq!(event["data"]["message"]["text"], "Còn size M không shop?");
+    let schema = omni_e2e::schema("message-received.schema.json");
+    assert!(schema.is_valid(&event["data"]), "{event}");
+    let metrics = run.daemon.metrics().await;
+    let labels = ["channel=\"messenger\"", "kind=\"unhandled_object\""];
+    assert_eq!(
+        metric_value(&metrics, "omni_ingress_ignored_total", &labels),
+        1.0
+    );
+    let labels = ["channel=\"instagram\"", "tenant=\"demo\""];
+    assert_eq!(
+        metric_value(&metrics, "omni_messages_received_total", &labels),
+        1.0
+    );
+    event
+}
+
 /// An agent's reply to `event` through the agent API.
 fn answer(event: &Value, text: &str) -> Value {
     json!({
@@ -851,8 +1020,14 @@ async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, 
         200,
         r#"{"error":0,"message":"Success","data":{"message_id":"z_reply"}}"#,
     );
+    run.graph.answer(
+        IG_SEND_PATH,
+        200,
+        r#"{"recipient_id":"6543210987654321","message_id":"ig_reply"}"#,
+    );
     let replies = run.daemon.url("/v1/tenants/demo/replies");
-    for body in [answer(&inbound.messenger, VI), answer(&inbound.zalo, VI)] {
+    let all = [&inbound.messenger, &inbound.zalo, &inbound.instagram];
+    for body in all.map(|event| answer(event, VI)) {
         let (status, json) = omni_e2e::post_json(&replies, "demo-agent-token", &body).await;
         assert_eq!(status, 202, "{json}");
     }
@@ -862,6 +1037,16 @@ async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, 
         .await;
     assert_eq!(fb_sent[0].json()["message"]["text"], VI);
     assert_eq!(fb_sent[0].json()["recipient"]["id"], PSID);
+    let ig_sent = run
+        .graph
+        .wait_for(IG_SEND_PATH, 1, Duration::from_secs(20))
+        .await;
+    let ig_expected = json!({
+        "recipient": {"id": IGSID}, "messaging_type": "RESPONSE", "message": {"text": VI}
+    });
+    assert_eq!(ig_sent[0].json(), ig_expected);
+    let token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
+    assert_eq!(ig_sent[0].query_pairs(), token);
     let z_sent = run.zapi.wait_for(CS_PATH, 1, Duration::from_secs(20)).await;
     assert_eq!(z_sent[0].json()["message"]["text"], VI);
     assert_eq!(z_sent[0].json()["message"]["quote_message_id"], "z_e2e");
@@ -873,7 +1058,7 @@ async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, 
     assert_eq!(stored.refresh_token, "Z-R1");
 }
 
-/// A reply Meta refuses is `failed` with its reason; the two sent replies are `sent` with the
+/// A reply Meta refuses is `failed` with its reason; the three sent replies are `sent` with the
 /// provider's ids; every delivery event matches the schema and is keyed by tenant.
 async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbound: &Inbound) {
     let refused = answer(&inbound.messenger, "Anh/chị còn cần hỗ trợ gì không ạ?");
@@ -883,7 +1068,7 @@ async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbo
     let deliveries = read_topic(
         &run.broker.bootstrap(),
         "omni.delivery.v1",
-        3,
+        4,
         Duration::from_secs(30),
         Duration::from_millis(300),
     );
@@ -901,6 +1086,7 @@ async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbo
         .collect();
     seen.sort();
     let expected = [
+        ("instagram", "sent", "ig_reply"),
         ("messenger", "failed", "user_unavailable"),
         ("messenger", "sent", "m_reply"),
         ("zalo", "sent", "z_reply"),

@@ -1,6 +1,6 @@
-//! Messenger's entry point: its webhook route (signed events and Meta's `GET` handshake) and,
-//! where replies are sent, its sender; [`Messenger::set_tenants`] gives both a reloaded
-//! config's tenants.
+//! Messenger's (and Instagram Direct's) entry point: the Meta webhook route (signed events of
+//! both objects and Meta's `GET` handshake) and, where replies are sent, a sender per channel
+//! kind; [`Messenger::set_tenants`] gives them a reloaded config's tenants.
 
 use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
@@ -16,7 +16,8 @@ use super::{MessengerChannel, MessengerSendSettings, MessengerSender, MessengerT
 /// The running Messenger channel, as a reload sees it.
 pub struct Messenger {
     adapter: Arc<Swappable<MessengerChannel>>,
-    sender: Option<Arc<MessengerSender>>,
+    /// The Messenger and the Instagram sender, where this instance sends replies.
+    senders: Option<[Arc<MessengerSender>; 2]>,
 }
 
 impl Messenger {
@@ -24,15 +25,16 @@ impl Messenger {
     pub fn set_tenants(&self, tenants: &[(TenantId, MessengerTenant)]) {
         self.adapter
             .replace(MessengerChannel::new(tenants.iter().cloned()));
-        if let Some(sender) = &self.sender {
+        for sender in self.senders.iter().flatten() {
             sender.set_tenants(tenants.iter().map(|(t, m)| (t, m)));
         }
     }
 }
 
-/// Builds Messenger for `tenants`: the webhook at `/v1/webhooks/messenger/{tenant}` through
-/// `ingress`, and the sender when `api` is given (this instance sends replies). Fails only
-/// when the sender's HTTP client cannot be built.
+/// Builds Messenger and Instagram Direct for `tenants`: the webhook at
+/// `/v1/webhooks/messenger/{tenant}` (objects `page` and `instagram`) through `ingress`, and
+/// the senders of channel kinds `messenger` and `instagram` when `api` is given (this instance
+/// sends replies). Fails only when a sender's HTTP client cannot be built.
 pub fn build(
     tenants: &[(TenantId, MessengerTenant)],
     api: Option<MessengerSendSettings>,
@@ -41,21 +43,24 @@ pub fn build(
     let adapter = Arc::new(Swappable::new(MessengerChannel::new(
         tenants.iter().cloned(),
     )));
-    let sender = match api {
-        Some(api) => Some(Arc::new(MessengerSender::new(
-            tenants.iter().map(|(t, m)| (t, m)),
-            api,
-        )?)),
+    let pairs = || tenants.iter().map(|(t, m)| (t, m));
+    let senders = match api {
+        Some(api) => Some([
+            Arc::new(MessengerSender::new(pairs(), api.clone())?),
+            Arc::new(MessengerSender::instagram(pairs(), api)?),
+        ]),
         None => None,
     };
     let route = webhook_route(MethodFilter::POST, ingress.clone(), adapter.clone())
         .merge(handshake_route(ingress, adapter.clone()));
     let mut component = Component::default()
         .with_routes(axum::Router::new().route("/v1/webhooks/messenger/{tenant}", route));
-    if let Some(sender) = &sender {
-        component = component.with_sender(ChannelKind::Messenger, sender.clone());
+    if let Some([messenger, instagram]) = &senders {
+        component = component
+            .with_sender(ChannelKind::Messenger, messenger.clone())
+            .with_sender(ChannelKind::Instagram, instagram.clone());
     }
-    Ok((Arc::new(Messenger { adapter, sender }), component))
+    Ok((Arc::new(Messenger { adapter, senders }), component))
 }
 
 /// Meta's `GET` subscription handshake: echo `hub.challenge` for the right verify token.
