@@ -743,6 +743,7 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
     let mut inbound = customer_messages_on_messenger_and_zalo_reach_kafka(&run).await;
     a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(&run).await;
     inbound.instagram = instagram_direct_arrives_on_the_same_meta_webhook(&run).await;
+    agents_typing_and_seen_reach_meta_as_sender_actions(&run, &inbound).await;
     agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
     every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
 }
@@ -989,6 +990,117 @@ async fn instagram_direct_arrives_on_the_same_meta_webhook(run: &SocialDaemon) -
     event
 }
 
+/// An agent's typing on/off in the Messenger conversation and "seen" in the Instagram one
+/// become exactly Meta's sender actions with the account's token; a refused one is counted;
+/// channels without them are refused with 400. (None is stored in Kafka: the last step finds
+/// only the replies on the outbound topic.)
+async fn agents_typing_and_seen_reach_meta_as_sender_actions(
+    run: &SocialDaemon,
+    inbound: &Inbound,
+) {
+    let ok = |id: &str| format!(r#"{{"recipient_id":"{id}"}}"#);
+    run.graph.answer(SEND_PATH, 200, &ok(PSID));
+    run.graph.answer(SEND_PATH, 200, &ok(PSID));
+    run.graph.answer(IG_SEND_PATH, 200, &ok(IGSID));
+    let unavailable =
+        r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#;
+    run.graph.answer(SEND_PATH, 400, unavailable);
+    let signal = |event: &Value, on: Option<bool>| {
+        let mut body = json!({
+            "conversation_id": event["subject"],
+            "channel": event["data"]["channel"],
+            "recipient": event["data"]["contact"]["id"],
+        });
+        if let Some(on) = on {
+            body["on"] = json!(on);
+        }
+        body
+    };
+    let typing = run.daemon.url("/v1/tenants/demo/typing");
+    let read = run.daemon.url("/v1/tenants/demo/read");
+    let token = "demo-agent-token";
+    let calls = [
+        (&typing, signal(&inbound.messenger, Some(true)), "typing_on"),
+        (
+            &typing,
+            signal(&inbound.messenger, Some(false)),
+            "typing_off",
+        ),
+        (&read, signal(&inbound.instagram, None), "seen"),
+    ];
+    for (url, body, name) in calls {
+        let path = if name == "seen" {
+            IG_SEND_PATH
+        } else {
+            SEND_PATH
+        };
+        let before = run.graph.requests_to(path).len();
+        let (status, json) = omni_e2e::post_json(url, token, &body).await;
+        assert_eq!(status, 202, "{json}");
+        assert_eq!(json, json!({"signal": name, "delivery": "best_effort"}));
+        // One at a time, so the stand-in sees them in order.
+        let _ = run
+            .graph
+            .wait_for(path, before + 1, Duration::from_secs(10))
+            .await;
+    }
+    let fb = run.graph.requests_to(SEND_PATH);
+    let action = |id: &str, a: &str| json!({"recipient": {"id": id}, "sender_action": a});
+    assert_eq!(fb.len(), 2);
+    assert_eq!(fb[0].json(), action(PSID, "typing_on"));
+    assert_eq!(fb[1].json(), action(PSID, "typing_off"));
+    let page_token = [("access_token".to_owned(), "PAGE-TOKEN".to_owned())];
+    assert_eq!(fb[0].query_pairs(), page_token);
+    let ig = run.graph.requests_to(IG_SEND_PATH);
+    assert_eq!(ig.len(), 1);
+    assert_eq!(ig[0].json(), action(IGSID, "mark_seen"));
+    let ig_token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
+    assert_eq!(ig[0].query_pairs(), ig_token);
+    // Meta refuses a "seen": counted by reason, not retried.
+    let (status, _) = omni_e2e::post_json(&read, token, &signal(&inbound.messenger, None)).await;
+    assert_eq!(status, 202);
+    let labels = [
+        "channel=\"messenger\"",
+        "signal=\"seen\"",
+        "result=\"user_unavailable\"",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric_value(
+        &run.daemon.metrics().await,
+        "omni_agent_signals_total",
+        &labels,
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure is never counted"
+        );
+        let _ = run
+            .graph
+            .wait_for(SEND_PATH, 3, Duration::from_millis(50))
+            .await;
+    }
+    assert_eq!(run.graph.requests_to(SEND_PATH).len(), 3, "not retried");
+    let metrics = run.daemon.metrics().await;
+    let sent = [
+        "channel=\"instagram\"",
+        "signal=\"seen\"",
+        "result=\"sent\"",
+    ];
+    assert_eq!(
+        metric_value(&metrics, "omni_agent_signals_total", &sent),
+        1.0
+    );
+    // Zalo has neither: a clear 400, nothing sent.
+    let (status, json) = omni_e2e::post_json(&read, token, &signal(&inbound.zalo, None)).await;
+    assert_eq!(
+        (status, json["error"]["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
+    let (status, _) = omni_e2e::post_json(&typing, token, &signal(&inbound.zalo, Some(true))).await;
+    assert_eq!(status, 400);
+}
+
 /// An agent's reply to `event` through the agent API.
 fn answer(event: &Value, text: &str) -> Value {
     json!({
@@ -1031,16 +1143,19 @@ async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, 
         let (status, json) = omni_e2e::post_json(&replies, "demo-agent-token", &body).await;
         assert_eq!(status, 202, "{json}");
     }
+    // After the three sender actions of the step before.
     let fb_sent = run
         .graph
-        .wait_for(SEND_PATH, 1, Duration::from_secs(20))
+        .wait_for(SEND_PATH, 4, Duration::from_secs(20))
         .await;
+    let fb_sent = &fb_sent[3..];
     assert_eq!(fb_sent[0].json()["message"]["text"], VI);
     assert_eq!(fb_sent[0].json()["recipient"]["id"], PSID);
     let ig_sent = run
         .graph
-        .wait_for(IG_SEND_PATH, 1, Duration::from_secs(20))
+        .wait_for(IG_SEND_PATH, 2, Duration::from_secs(20))
         .await;
+    let ig_sent = &ig_sent[1..];
     let ig_expected = json!({
         "recipient": {"id": IGSID}, "messaging_type": "RESPONSE", "message": {"text": VI}
     });
@@ -1093,6 +1208,19 @@ async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbo
     ]
     .map(|(k, s, i)| (k.to_owned(), s.to_owned(), i.to_owned()));
     assert_eq!(seen, expected, "{}", run.daemon.log());
+    // Agents' typing and "seen" were never stored: only the replies are on the outbound topic.
+    let outbound = read_topic(
+        &run.broker.bootstrap(),
+        "omni.outbound.v1",
+        4,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    let types: Vec<&str> = outbound
+        .iter()
+        .map(|r| r.value["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["omni.message.send"; 4]);
     let schema = omni_e2e::schema("delivery-update.schema.json");
     for d in &deliveries {
         assert!(schema.is_valid(&d.value["data"]), "{}", d.value);

@@ -5,7 +5,8 @@
 //! - [`MessengerChannel`] is the webhook adapter: the `GET` subscription handshake, the
 //!   `X-Hub-Signature-256` check on the exact bytes received (Meta escapes non-ASCII as
 //!   `\uXXXX`, so re-serialized JSON would never match), and every entry and messaging item.
-//! - [`MessengerSender`] sends replies through the Send API.
+//! - [`MessengerSender`] sends replies through the Send API, and agents' typing indicators and
+//!   "seen" as sender actions ([`MessengerSender::sender_action`]).
 //! - [`config`]: `[messenger]` and `[tenants.<id>.messenger]` as written, and their validation.
 //!
 //! What each item becomes on `omni.inbound.v1`:
@@ -40,7 +41,7 @@ mod send;
 mod tests;
 
 pub use inbound::MessengerChannel;
-pub use send::{MessengerSendSettings, MessengerSender};
+pub use send::{MessengerSendSettings, MessengerSender, SenderAction};
 
 use omni_core::Secret;
 use std::collections::HashMap;

@@ -24,6 +24,28 @@ use super::product::{MetaProduct, INSTAGRAM, MESSENGER};
 use super::{MessengerTenant, PageSettings, ECHO_MARKER};
 use crate::wire::split_text;
 
+/// An agent's signal that is not a message, as Meta's `sender_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderAction {
+    /// Show the typing bubble (Meta hides it after 20 s or at the next message).
+    TypingOn,
+    /// Hide the typing bubble.
+    TypingOff,
+    /// Mark the customer's last message seen.
+    MarkSeen,
+}
+
+impl SenderAction {
+    /// Meta's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderAction::TypingOn => "typing_on",
+            SenderAction::TypingOff => "typing_off",
+            SenderAction::MarkSeen => "mark_seen",
+        }
+    }
+}
+
 /// Where and how fast to call the Graph API.
 #[derive(Debug, Clone)]
 pub struct MessengerSendSettings {
@@ -205,6 +227,27 @@ impl MessengerSender {
         body
     }
 
+    /// An agent's typing indicator or "seen" to `recipient` from `account`: one Send API call
+    /// with `sender_action`, under the same rate limit as replies, never retried here (a late
+    /// "typing" is worse than none).
+    pub async fn sender_action(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        recipient: &str,
+        action: SenderAction,
+    ) -> Result<(), SendError> {
+        let accounts = self.pages.snapshot();
+        let settings = sender_account(&accounts, tenant, account, || {
+            format!(
+                "no access token for {} account {account}",
+                self.product.kind
+            )
+        })?;
+        let body = json!({"recipient": {"id": recipient}, "sender_action": action.as_str()});
+        self.post(account, settings, body).await.map(|_| ())
+    }
+
     /// One Send API call; the `message_id` Meta assigned.
     async fn call(
         &self,
@@ -212,6 +255,29 @@ impl MessengerSender {
         page: &PageSettings,
         body: serde_json::Value,
     ) -> Result<String, SendError> {
+        let (status, bytes) = self.post(page_id, page, body).await?;
+        #[derive(Deserialize)]
+        struct Sent {
+            message_id: String,
+        }
+        serde_json::from_slice::<Sent>(&bytes)
+            .map(|s| s.message_id)
+            .map_err(|e| {
+                SendError::permanent(
+                    FailureReason::Rejected,
+                    format!("Send API answered {status} without a message_id: {e}"),
+                )
+            })
+    }
+
+    /// One Send API call under the account's rate limit: the status and body of a success,
+    /// or Meta's error, classified.
+    async fn post(
+        &self,
+        page_id: &str,
+        page: &PageSettings,
+        body: serde_json::Value,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), SendError> {
         self.limiter.acquire(page_id).await;
         let url = format!(
             "{}/{}/{}/messages",
@@ -228,18 +294,7 @@ impl MessengerSender {
         .await?;
         let (status, bytes) = (answer.status, &answer.body);
         if status.is_success() {
-            #[derive(Deserialize)]
-            struct Sent {
-                message_id: String,
-            }
-            return serde_json::from_slice::<Sent>(bytes)
-                .map(|s| s.message_id)
-                .map_err(|e| {
-                    SendError::permanent(
-                        FailureReason::Rejected,
-                        format!("Send API answered {status} without a message_id: {e}"),
-                    )
-                });
+            return Ok((status, bytes.to_vec()));
         }
         #[derive(Deserialize)]
         struct GraphErrorBody {
