@@ -744,6 +744,7 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
     a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(&run).await;
     inbound.instagram = instagram_direct_arrives_on_the_same_meta_webhook(&run).await;
     agents_typing_and_seen_reach_meta_as_sender_actions(&run, &inbound).await;
+    a_refused_sender_action_is_counted_and_other_channels_refused(&run, &inbound).await;
     agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
     every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
 }
@@ -990,10 +991,27 @@ async fn instagram_direct_arrives_on_the_same_meta_webhook(run: &SocialDaemon) -
     event
 }
 
+/// The body of an agent's typing (`on`) or read mark (no `on`) in `event`'s conversation.
+fn agent_signal(event: &Value, on: Option<bool>) -> Value {
+    let mut body = json!({
+        "conversation_id": event["subject"],
+        "channel": event["data"]["channel"],
+        "recipient": event["data"]["contact"]["id"],
+    });
+    if let Some(on) = on {
+        body["on"] = json!(on);
+    }
+    body
+}
+
+/// Meta's sender action body.
+fn sender_action(recipient: &str, action: &str) -> Value {
+    json!({"recipient": {"id": recipient}, "sender_action": action})
+}
+
 /// An agent's typing on/off in the Messenger conversation and "seen" in the Instagram one
-/// become exactly Meta's sender actions with the account's token; a refused one is counted;
-/// channels without them are refused with 400. (None is stored in Kafka: the last step finds
-/// only the replies on the outbound topic.)
+/// become exactly Meta's sender actions with the account's token (none is stored in Kafka:
+/// the last step finds only the replies on the outbound topic).
 async fn agents_typing_and_seen_reach_meta_as_sender_actions(
     run: &SocialDaemon,
     inbound: &Inbound,
@@ -1002,31 +1020,20 @@ async fn agents_typing_and_seen_reach_meta_as_sender_actions(
     run.graph.answer(SEND_PATH, 200, &ok(PSID));
     run.graph.answer(SEND_PATH, 200, &ok(PSID));
     run.graph.answer(IG_SEND_PATH, 200, &ok(IGSID));
-    let unavailable =
-        r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#;
-    run.graph.answer(SEND_PATH, 400, unavailable);
-    let signal = |event: &Value, on: Option<bool>| {
-        let mut body = json!({
-            "conversation_id": event["subject"],
-            "channel": event["data"]["channel"],
-            "recipient": event["data"]["contact"]["id"],
-        });
-        if let Some(on) = on {
-            body["on"] = json!(on);
-        }
-        body
-    };
     let typing = run.daemon.url("/v1/tenants/demo/typing");
     let read = run.daemon.url("/v1/tenants/demo/read");
-    let token = "demo-agent-token";
     let calls = [
-        (&typing, signal(&inbound.messenger, Some(true)), "typing_on"),
         (
             &typing,
-            signal(&inbound.messenger, Some(false)),
+            agent_signal(&inbound.messenger, Some(true)),
+            "typing_on",
+        ),
+        (
+            &typing,
+            agent_signal(&inbound.messenger, Some(false)),
             "typing_off",
         ),
-        (&read, signal(&inbound.instagram, None), "seen"),
+        (&read, agent_signal(&inbound.instagram, None), "seen"),
     ];
     for (url, body, name) in calls {
         let path = if name == "seen" {
@@ -1035,7 +1042,7 @@ async fn agents_typing_and_seen_reach_meta_as_sender_actions(
             SEND_PATH
         };
         let before = run.graph.requests_to(path).len();
-        let (status, json) = omni_e2e::post_json(url, token, &body).await;
+        let (status, json) = omni_e2e::post_json(url, "demo-agent-token", &body).await;
         assert_eq!(status, 202, "{json}");
         assert_eq!(json, json!({"signal": name, "delivery": "best_effort"}));
         // One at a time, so the stand-in sees them in order.
@@ -1045,19 +1052,31 @@ async fn agents_typing_and_seen_reach_meta_as_sender_actions(
             .await;
     }
     let fb = run.graph.requests_to(SEND_PATH);
-    let action = |id: &str, a: &str| json!({"recipient": {"id": id}, "sender_action": a});
     assert_eq!(fb.len(), 2);
-    assert_eq!(fb[0].json(), action(PSID, "typing_on"));
-    assert_eq!(fb[1].json(), action(PSID, "typing_off"));
+    assert_eq!(fb[0].json(), sender_action(PSID, "typing_on"));
+    assert_eq!(fb[1].json(), sender_action(PSID, "typing_off"));
     let page_token = [("access_token".to_owned(), "PAGE-TOKEN".to_owned())];
     assert_eq!(fb[0].query_pairs(), page_token);
     let ig = run.graph.requests_to(IG_SEND_PATH);
     assert_eq!(ig.len(), 1);
-    assert_eq!(ig[0].json(), action(IGSID, "mark_seen"));
+    assert_eq!(ig[0].json(), sender_action(IGSID, "mark_seen"));
     let ig_token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
     assert_eq!(ig[0].query_pairs(), ig_token);
-    // Meta refuses a "seen": counted by reason, not retried.
-    let (status, _) = omni_e2e::post_json(&read, token, &signal(&inbound.messenger, None)).await;
+}
+
+/// A "seen" Meta refuses is counted by its reason and not retried; channels without typing or
+/// read marks (Zalo) are refused with a clear 400 and nothing is sent.
+async fn a_refused_sender_action_is_counted_and_other_channels_refused(
+    run: &SocialDaemon,
+    inbound: &Inbound,
+) {
+    let unavailable =
+        r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#;
+    run.graph.answer(SEND_PATH, 400, unavailable);
+    let read = run.daemon.url("/v1/tenants/demo/read");
+    let token = "demo-agent-token";
+    let (status, _) =
+        omni_e2e::post_json(&read, token, &agent_signal(&inbound.messenger, None)).await;
     assert_eq!(status, 202);
     let labels = [
         "channel=\"messenger\"",
@@ -1080,7 +1099,11 @@ async fn agents_typing_and_seen_reach_meta_as_sender_actions(
             .wait_for(SEND_PATH, 3, Duration::from_millis(50))
             .await;
     }
-    assert_eq!(run.graph.requests_to(SEND_PATH).len(), 3, "not retried");
+    assert_eq!(
+        run.graph.requests_to(SEND_PATH).len(),
+        3,
+        "tried once, not retried"
+    );
     let metrics = run.daemon.metrics().await;
     let sent = [
         "channel=\"instagram\"",
@@ -1091,14 +1114,18 @@ async fn agents_typing_and_seen_reach_meta_as_sender_actions(
         metric_value(&metrics, "omni_agent_signals_total", &sent),
         1.0
     );
-    // Zalo has neither: a clear 400, nothing sent.
-    let (status, json) = omni_e2e::post_json(&read, token, &signal(&inbound.zalo, None)).await;
+    let before = run.graph.requests().len();
+    let (status, json) =
+        omni_e2e::post_json(&read, token, &agent_signal(&inbound.zalo, None)).await;
     assert_eq!(
         (status, json["error"]["code"].as_str()),
         (400, Some("invalid_field"))
     );
-    let (status, _) = omni_e2e::post_json(&typing, token, &signal(&inbound.zalo, Some(true))).await;
+    let typing = run.daemon.url("/v1/tenants/demo/typing");
+    let on = agent_signal(&inbound.zalo, Some(true));
+    let (status, _) = omni_e2e::post_json(&typing, token, &on).await;
     assert_eq!(status, 400);
+    assert_eq!(run.graph.requests().len(), before);
 }
 
 /// An agent's reply to `event` through the agent API.
