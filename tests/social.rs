@@ -789,19 +789,6 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
             format!("OMNI__TENANTS__DEMO__MESSENGER__INSTAGRAM__{IG}__ACCESS_TOKEN"),
             "IG-TOKEN".into(),
         ),
-        // A second tenant on the same Meta app: the same app secret signs its pages' events.
-        (
-            "OMNI__TENANTS__GLOBEX__MESSENGER__APP_SECRET".into(),
-            "META-SECRET".into(),
-        ),
-        (
-            "OMNI__TENANTS__GLOBEX__MESSENGER__VERIFY_TOKEN".into(),
-            "VERIFY-G".into(),
-        ),
-        (
-            format!("OMNI__TENANTS__GLOBEX__MESSENGER__PAGES__{OTHER_PAGE}__ACCESS_TOKEN"),
-            "G-TOKEN".into(),
-        ),
         (oa_key("APP_ID"), "1183926498471234567".into()),
         (oa_key("OA_SECRET_KEY"), "OA-KEY".into()),
         (oa_key("APP_SECRET"), "Z-APP-SECRET".into()),
@@ -811,6 +798,7 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
         ),
         (oa_key("REFRESH_TOKEN"), "Z-R0".into()),
     ];
+    let env = [env, globex_env(&tokens.path().join("zalo-globex.json"))].concat();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let daemon = Daemon::start(&broker, &env_refs).await;
     SocialDaemon {
@@ -821,6 +809,26 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
         token_file,
         _tokens: tokens,
     }
+}
+
+/// A second tenant, globex, on the same Meta app (the same app secret signs its page's events)
+/// and the same Zalo app (the same OA secret key), its tokens kept in `token_file`.
+fn globex_env(token_file: &std::path::Path) -> Vec<(String, String)> {
+    let meta = |k: &str| format!("OMNI__TENANTS__GLOBEX__MESSENGER__{k}");
+    let oa = |k: &str| format!("OMNI__TENANTS__GLOBEX__ZALO__OAS__{OTHER_OA}__{k}");
+    vec![
+        (meta("APP_SECRET"), "META-SECRET".into()),
+        (meta("VERIFY_TOKEN"), "VERIFY-G".into()),
+        (
+            meta(&format!("PAGES__{OTHER_PAGE}__ACCESS_TOKEN")),
+            "G-TOKEN".into(),
+        ),
+        (oa("APP_ID"), "1183926498471234567".into()),
+        (oa("OA_SECRET_KEY"), "OA-KEY".into()),
+        (oa("APP_SECRET"), "Z-APP-SECRET".into()),
+        (oa("TOKEN_FILE"), token_file.to_str().unwrap().to_owned()),
+        (oa("REFRESH_TOKEN"), "G-R0".into()),
+    ]
 }
 
 /// Meta's subscription handshake: the challenge is echoed for the verify token only.
@@ -890,10 +898,13 @@ async fn customer_messages_on_messenger_and_zalo_reach_kafka(run: &SocialDaemon)
 
 /// globex's page, on the Meta app demo shares.
 const OTHER_PAGE: &str = "777888999000111";
+/// globex's OA, on the Zalo app demo shares.
+const OTHER_OA: &str = "9100000000000000001";
 
 /// Two tenants share one Meta app (one app secret): an event for globex's page posted to
 /// demo's URL is refused (answered 200, counted, not published); in a mixed batch only demo's
-/// items are published; globex's own URL publishes globex's event.
+/// items are published; globex's own URL publishes globex's event. The same for a Zalo event
+/// for globex's OA on the Zalo app both share.
 async fn a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(run: &SocialDaemon) {
     let theirs = messenger_text(OTHER_PAGE, PSID, "m_globex", "hello");
     let status = post_messenger(&run.daemon, "demo", "META-SECRET", &theirs).await;
@@ -913,6 +924,14 @@ async fn a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(run: &Soci
     assert_eq!(status, 200);
     let status = post_messenger(&run.daemon, "globex", "META-SECRET", &theirs).await;
     assert_eq!(status, 200);
+    // The same on Zalo: globex's OA, signed with the key both share, at demo's URL.
+    let ts = "1700000000600";
+    let zalo_theirs = zalo_text("1183926498471234567", OTHER_OA, ZUSER, "z_globex", "hi", ts);
+    let app = ("1183926498471234567", "OA-KEY");
+    assert_eq!(
+        post_zalo(&run.daemon, "demo", app, &zalo_theirs, ts).await,
+        200
+    );
     // Two records before these posts. A refused item would be keyed "demo", like the valid
     // one posted after it, so it would be on the same partition, before it.
     let inbound = read_topic(
@@ -945,6 +964,13 @@ async fn a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(run: &Soci
     ];
     let refused = metric_value(&metrics, "omni_ingress_refused_items_total", &labels);
     assert_eq!(refused, 3.0);
+    let zalo = [
+        "channel=\"zalo\"",
+        "tenant=\"demo\"",
+        "reason=\"unknown_account\"",
+    ];
+    let refused = metric_value(&metrics, "omni_ingress_refused_items_total", &zalo);
+    assert_eq!(refused, 1.0);
 }
 
 /// An Instagram Direct message comes to the Messenger callback URL (object `instagram`, same
