@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use omni_channel::signature::{hmac_sha256_hex, sha256_hex};
 use omni_channel::{request_head, WebhookAdapter};
 use omni_core::{Secret, TenantId};
-use omni_social::messenger::{MessengerChannel, MessengerTenant};
+use omni_social::messenger::{MessengerChannel, MessengerTenant, PageSettings};
 use omni_social::zalo::{OaSettings, ZaloChannel, ZaloTenant};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -33,7 +33,15 @@ fn messenger(c: &mut Criterion) {
         app_secret: Secret::new("meta-app-secret"),
         verify_token: Secret::new("v"),
         accept_sha1: false,
-        pages: HashMap::new(),
+        // The page the body is for: an item for another page would be refused, not parsed.
+        pages: HashMap::from([(
+            "104912345678901".to_owned(),
+            PageSettings {
+                access_token: Secret::new("t"),
+                human_agent_tag: false,
+            },
+        )]),
+        instagram: HashMap::new(),
     };
     let channel = MessengerChannel::new([(tenant.clone(), account.clone())]);
     let body = format!(
@@ -50,6 +58,8 @@ fn messenger(c: &mut Criterion) {
     );
     let head = request_head(Method::POST, "/v1/webhooks/messenger/bench", headers);
     assert!(channel.verify(&account, &head, body.as_bytes()).is_ok());
+    let parsed = channel.parse(&tenant, &account, &head, body.as_bytes(), Utc::now());
+    assert_eq!(parsed.map(|p| p.events.len()).ok(), Some(1));
     let mut group = c.benchmark_group("messenger");
     group.throughput(Throughput::Elements(1));
     group.bench_function("verify_parse_serialize", |b| {

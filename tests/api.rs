@@ -29,6 +29,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/conversations/{conversation}"),
     ("post", "/v1/tenants/{tenant}/replies"),
     ("post", "/v1/tenants/{tenant}/typing"),
+    ("post", "/v1/tenants/{tenant}/read"),
     ("post", "/v1/tenants/{tenant}/commands"),
 ];
 
@@ -803,8 +804,8 @@ async fn conversation_reads_refuse_bad_and_unknown_ids(run: &mut Run<'_>, daemon
     run.expect_error(&conv_op, &a, 404, "unknown_conversation", what);
 }
 
-/// A reply with nothing to send or nobody to send it to, an unknown command, and typing on a
-/// channel that has no typing indicator are refused.
+/// A reply with nothing to send or nobody to send it to, an unknown command, and typing or a
+/// read mark on a channel that has none are refused.
 async fn replies_commands_and_typing_refuse_what_cannot_be_sent(
     run: &mut Run<'_>,
     daemon: &Daemon,
@@ -850,6 +851,14 @@ async fn replies_commands_and_typing_refuse_what_cannot_be_sent(
     let a = call(daemon, "post", "/v1/tenants/demo/typing", agent(), on_zalo).await;
     let what = "typing on a channel without typing";
     run.expect_error(&typing, &a, 400, "invalid_field", what);
+
+    let read = doc.op("post", "/v1/tenants/{tenant}/read");
+    let on_sms = Body::Json(json!({
+        "conversation_id": conversation.id, "channel": {"kind": "sms", "account": "+1"},
+        "recipient": "u"
+    }));
+    let a = call(daemon, "post", "/v1/tenants/demo/read", agent(), on_sms).await;
+    run.expect_error(&read, &a, 400, "invalid_field", "a read mark on SMS");
 }
 
 /// Bodies over `server.max_body_bytes` and bodies that are not JSON, on the agent API and on
@@ -859,6 +868,7 @@ async fn oversized_and_non_json_bodies_are_refused(run: &mut Run<'_>, daemon: &D
     for path in [
         "/v1/tenants/demo/replies",
         "/v1/tenants/demo/typing",
+        "/v1/tenants/demo/read",
         "/v1/tenants/demo/commands",
     ] {
         let op = run.doc.op("post", &path.replace("demo", "{tenant}"));
@@ -928,7 +938,10 @@ async fn with_kafka_down_writes_and_readiness_answer_503(
     conversation: &Conversation,
 ) {
     let doc = run.doc;
-    for op in doc.ops().iter().filter(|o| o.method == "post") {
+    // Every write through Kafka; `/read` goes straight to the provider and documents no 503.
+    let writes = doc.ops().into_iter().filter(|o| o.method == "post");
+    for op in writes.filter(|o| doc.statuses(o).contains(&503)) {
+        let op = &op;
         let url = fill(&op.path, TENANT, &conversation.id);
         let (_, example) = doc.request_examples(op).into_iter().next().unwrap();
         let mut body = conversation.substitute(&example);
@@ -940,6 +953,14 @@ async fn with_kafka_down_writes_and_readiness_answer_503(
         let a = call(daemon, "post", &url, token, Body::Json(body)).await;
         run.expect_error(op, &a, 503, "kafka_unavailable", "Kafka down");
     }
+    // A read mark never touches Kafka: still taken.
+    let read = doc.op("post", "/v1/tenants/{tenant}/read");
+    let (_, example) = doc.request_examples(&read).into_iter().next().unwrap();
+    let body = Body::Json(conversation.substitute(&example));
+    let url = fill(&read.path, TENANT, &conversation.id);
+    let a = call(daemon, "post", &url, Auth::Bearer(read.token()), body).await;
+    run.check(&read, &a, "Kafka down");
+    assert_eq!(a.status, 202);
     let readyz = doc.op("get", "/readyz");
     let a = call(daemon, "get", "/readyz", Auth::None, Body::None).await;
     let body = run.check(&readyz, &a, "Kafka down");

@@ -1,4 +1,4 @@
-//! Messenger and Zalo OA end to end: the senders against local servers standing in for the
+//! Messenger, Instagram Direct and Zalo OA end to end: the senders against local servers standing in for the
 //! Graph API and Zalo's OA and OAuth APIs (asserting the exact requests and answering
 //! success, retryable and permanent errors), and the daemon from a signed webhook to
 //! `omni.inbound.v1`, an agent's reply to the stand-in provider, and the delivery event.
@@ -47,9 +47,9 @@ fn reply(kind: ChannelKind, account: &str, recipient: &str, agent: Option<&str>)
     }
 }
 
-fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
-    let tenant = TenantId::new("acme").unwrap();
-    let m = MessengerTenant {
+/// acme's Meta app: two pages and an Instagram account.
+fn meta_tenant(human_agent_tag: bool) -> MessengerTenant {
+    MessengerTenant {
         app_secret: Secret::new("s"),
         verify_token: Secret::new("v"),
         accept_sha1: false,
@@ -69,18 +69,43 @@ fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
                 },
             ),
         ]),
-    };
-    MessengerSender::new(
-        [(&tenant, &m)],
-        MessengerSendSettings {
-            graph_base_url: graph.url.clone(),
-            api_version: "v23.0".into(),
-            rate_per_page: 0.0,
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .unwrap()
+        instagram: HashMap::from([(
+            IG.to_owned(),
+            PageSettings {
+                access_token: Secret::new("IG-TOKEN"),
+                human_agent_tag,
+            },
+        )]),
+    }
 }
+
+fn graph_settings(graph: &StandIn) -> MessengerSendSettings {
+    MessengerSendSettings {
+        graph_base_url: graph.url.clone(),
+        api_version: "v23.0".into(),
+        rate_per_page: 0.0,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn messenger(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
+    let tenant = TenantId::new("acme").unwrap();
+    let m = meta_tenant(human_agent_tag);
+    MessengerSender::new([(&tenant, &m)], graph_settings(graph)).unwrap()
+}
+
+fn instagram(graph: &StandIn, human_agent_tag: bool) -> MessengerSender {
+    let tenant = TenantId::new("acme").unwrap();
+    let m = meta_tenant(human_agent_tag);
+    MessengerSender::instagram([(&tenant, &m)], graph_settings(graph)).unwrap()
+}
+
+/// The Instagram professional account.
+const IG: &str = "17841400000000001";
+/// An Instagram-scoped user id.
+const IGSID: &str = "6543210987654321";
+/// Instagram's Send API: the account the token belongs to.
+const IG_SEND_PATH: &str = "/v23.0/me/messages";
 
 const SEND_PATH: &str = "/v23.0/104912345678901/messages";
 
@@ -285,6 +310,96 @@ async fn outside_the_24h_window_a_human_reply_goes_again_with_the_human_agent_ta
         .unwrap_err();
     assert_eq!(err.reason, FailureReason::OutsideWindow);
     assert_eq!(graph.requests_to(SEND_PATH).len(), before + 1);
+}
+
+#[tokio::test]
+async fn instagram_sends_1000_character_pieces_to_me_messages_without_messenger_extras() {
+    let graph = StandIn::start().await;
+    for id in ["ig_1", "ig_2", "ig_img"] {
+        let answer = format!(r#"{{"recipient_id":"{IGSID}","message_id":"{id}"}}"#);
+        graph.answer(IG_SEND_PATH, 200, &answer);
+    }
+    let sender = instagram(&graph, false);
+    let mut request = reply(ChannelKind::Instagram, IG, IGSID, Some("agent-7"));
+    request.message.text = "Dạ vâng ".repeat(190); // 1,520 characters with spaces
+    request.message.reply_to = Some("ig_customer".into());
+    request.message.attachments = vec![Attachment {
+        url: "https://cdn.shop.example.vn/bang-size.jpg".into(),
+        content_type: Some("image/jpeg".into()),
+        name: None,
+        size: None,
+    }];
+    let mut progress = SendProgress::default();
+    let receipt = sender.send(&request, &mut progress).await.unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("ig_1"));
+    assert_eq!(progress.provider_message_ids, ["ig_1", "ig_2", "ig_img"]);
+    let sent = graph.requests_to(IG_SEND_PATH);
+    assert_eq!(sent.len(), 3, "{:?}", graph.requests());
+    for r in &sent {
+        let token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
+        assert_eq!(r.query_pairs(), token);
+        let body = r.json();
+        assert_eq!(body["recipient"], json!({"id": IGSID}));
+        assert_eq!(body["messaging_type"], "RESPONSE");
+        // Instagram documents neither metadata nor reply_to.
+        let keys: Vec<&String> = body["message"].as_object().unwrap().keys().collect();
+        assert!(keys == ["text"] || keys == ["attachment"], "{keys:?}");
+    }
+    let texts: Vec<String> = sent[..2]
+        .iter()
+        .map(|r| r.json()["message"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(texts.iter().all(|t| t.chars().count() <= 1000));
+    assert_eq!(texts.join(" "), request.message.text.trim_end());
+    let image = json!({"type": "image", "payload": {
+        "url": "https://cdn.shop.example.vn/bang-size.jpg", "is_reusable": true}});
+    assert_eq!(sent[2].json()["message"]["attachment"], image);
+}
+
+#[tokio::test]
+async fn instagram_uses_the_human_agent_tag_and_error_reasons_of_messenger() {
+    let outside = r#"{"error":{"message":"(#10) This message is sent outside of allowed window.","code":10,"error_subcode":2018278}}"#;
+    let graph = StandIn::start().await;
+    graph.answer(IG_SEND_PATH, 400, outside);
+    graph.answer(
+        IG_SEND_PATH,
+        200,
+        r#"{"recipient_id":"1","message_id":"ig_tagged"}"#,
+    );
+    let unavailable =
+        r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#;
+    graph.answer(IG_SEND_PATH, 400, unavailable);
+    let sender = instagram(&graph, true);
+    let human = reply(ChannelKind::Instagram, IG, IGSID, Some("agent-7"));
+    let receipt = sender
+        .send(&human, &mut SendProgress::default())
+        .await
+        .unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("ig_tagged"));
+    let sent = graph.requests_to(IG_SEND_PATH);
+    assert_eq!(sent[0].json()["messaging_type"], "RESPONSE");
+    assert_eq!(sent[1].json()["messaging_type"], "MESSAGE_TAG");
+    assert_eq!(sent[1].json()["tag"], "HUMAN_AGENT");
+    let err = sender
+        .send(&human, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.retryable),
+        (FailureReason::UserUnavailable, false)
+    );
+    assert!(!err.detail.contains("IG-TOKEN"));
+    // A page is not an Instagram account: not configured, and nothing is called.
+    let before = graph.requests().len();
+    let err = sender
+        .send(
+            &reply(ChannelKind::Instagram, PAGE, IGSID, None),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, FailureReason::AccountNotConfigured);
+    assert_eq!(graph.requests().len(), before);
 }
 
 struct Zalo {
@@ -615,6 +730,7 @@ struct SocialDaemon {
 struct Inbound {
     messenger: Value,
     zalo: Value,
+    instagram: Value,
 }
 
 /// The daemon end to end: webhooks in (signed as the providers sign), replies out to the
@@ -624,7 +740,11 @@ struct Inbound {
 async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
     let run = start_with_meta_and_zalo_stand_ins().await;
     meta_subscribes_only_with_the_verify_token(&run).await;
-    let inbound = customer_messages_on_messenger_and_zalo_reach_kafka(&run).await;
+    let mut inbound = customer_messages_on_messenger_and_zalo_reach_kafka(&run).await;
+    a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(&run).await;
+    inbound.instagram = instagram_direct_arrives_on_the_same_meta_webhook(&run).await;
+    agents_typing_and_seen_reach_meta_as_sender_actions(&run, &inbound).await;
+    a_refused_sender_action_is_counted_and_other_channels_refused(&run, &inbound).await;
     agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
     every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
 }
@@ -665,6 +785,10 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
             "VERIFY".into(),
         ),
         (pages_key, "PAGE-TOKEN".into()),
+        (
+            format!("OMNI__TENANTS__DEMO__MESSENGER__INSTAGRAM__{IG}__ACCESS_TOKEN"),
+            "IG-TOKEN".into(),
+        ),
         (oa_key("APP_ID"), "1183926498471234567".into()),
         (oa_key("OA_SECRET_KEY"), "OA-KEY".into()),
         (oa_key("APP_SECRET"), "Z-APP-SECRET".into()),
@@ -674,6 +798,7 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
         ),
         (oa_key("REFRESH_TOKEN"), "Z-R0".into()),
     ];
+    let env = [env, globex_env(&tokens.path().join("zalo-globex.json"))].concat();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let daemon = Daemon::start(&broker, &env_refs).await;
     SocialDaemon {
@@ -684,6 +809,26 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
         token_file,
         _tokens: tokens,
     }
+}
+
+/// A second tenant, globex, on the same Meta app (the same app secret signs its page's events)
+/// and the same Zalo app (the same OA secret key), its tokens kept in `token_file`.
+fn globex_env(token_file: &std::path::Path) -> Vec<(String, String)> {
+    let meta = |k: &str| format!("OMNI__TENANTS__GLOBEX__MESSENGER__{k}");
+    let oa = |k: &str| format!("OMNI__TENANTS__GLOBEX__ZALO__OAS__{OTHER_OA}__{k}");
+    vec![
+        (meta("APP_SECRET"), "META-SECRET".into()),
+        (meta("VERIFY_TOKEN"), "VERIFY-G".into()),
+        (
+            meta(&format!("PAGES__{OTHER_PAGE}__ACCESS_TOKEN")),
+            "G-TOKEN".into(),
+        ),
+        (oa("APP_ID"), "1183926498471234567".into()),
+        (oa("OA_SECRET_KEY"), "OA-KEY".into()),
+        (oa("APP_SECRET"), "Z-APP-SECRET".into()),
+        (oa("TOKEN_FILE"), token_file.to_str().unwrap().to_owned()),
+        (oa("REFRESH_TOKEN"), "G-R0".into()),
+    ]
 }
 
 /// Meta's subscription handshake: the challenge is echoed for the verify token only.
@@ -744,7 +889,269 @@ async fn customer_messages_on_messenger_and_zalo_reach_kafka(run: &SocialDaemon)
     assert_eq!(messenger["data"]["message"]["text"], VI);
     assert_eq!(zalo["data"]["message"]["text"], VI);
     assert_eq!(zalo["data"]["contact"]["id"], ZUSER);
-    Inbound { messenger, zalo }
+    Inbound {
+        messenger,
+        zalo,
+        instagram: Value::Null,
+    }
+}
+
+/// globex's page, on the Meta app demo shares.
+const OTHER_PAGE: &str = "777888999000111";
+/// globex's OA, on the Zalo app demo shares.
+const OTHER_OA: &str = "9100000000000000001";
+
+/// Two tenants share one Meta app (one app secret): an event for globex's page posted to
+/// demo's URL is refused (answered 200, counted, not published); in a mixed batch only demo's
+/// items are published; globex's own URL publishes globex's event. The same for a Zalo event
+/// for globex's OA on the Zalo app both share.
+async fn a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(run: &SocialDaemon) {
+    let theirs = messenger_text(OTHER_PAGE, PSID, "m_globex", "hello");
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", &theirs).await;
+    assert_eq!(status, 200, "refused items never make Meta retry");
+    let item = |page: &str, mid: &str| {
+        format!(
+            r#"{{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{page}"}},"timestamp":1700000000100,"message":{{"mid":"{mid}","text":"x"}}}}"#
+        )
+    };
+    let mixed = format!(
+        r#"{{"object":"page","entry":[{{"id":"{OTHER_PAGE}","time":1,"messaging":[{}]}},{{"id":"{PAGE}","time":1,"messaging":[{},{}]}}]}}"#,
+        item(OTHER_PAGE, "m_mixed_theirs"),
+        item(PAGE, "m_mixed_ours"),
+        item(OTHER_PAGE, "m_mixed_theirs_2"),
+    );
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", &mixed).await;
+    assert_eq!(status, 200);
+    let status = post_messenger(&run.daemon, "globex", "META-SECRET", &theirs).await;
+    assert_eq!(status, 200);
+    // The same on Zalo: globex's OA, signed with the key both share, at demo's URL.
+    let ts = "1700000000600";
+    let zalo_theirs = zalo_text("1183926498471234567", OTHER_OA, ZUSER, "z_globex", "hi", ts);
+    let app = ("1183926498471234567", "OA-KEY");
+    assert_eq!(
+        post_zalo(&run.daemon, "demo", app, &zalo_theirs, ts).await,
+        200
+    );
+    // Two records before these posts. A refused item would be keyed "demo", like the valid
+    // one posted after it, so it would be on the same partition, before it.
+    let inbound = read_topic(
+        &run.broker.bootstrap(),
+        "omni.inbound.v1",
+        4,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    let mut seen: Vec<(String, String)> = inbound
+        .iter()
+        .filter(|r| {
+            !["m_e2e", "z_e2e"].contains(&r.value["data"]["message"]["id"].as_str().unwrap_or(""))
+        })
+        .map(|r| {
+            let data = &r.value["data"];
+            let mid = data["message"]["id"].as_str().unwrap_or("").to_owned();
+            (String::from_utf8_lossy(&r.key).into_owned(), mid)
+        })
+        .collect();
+    seen.sort();
+    let expected = [("demo", "m_mixed_ours"), ("globex", "m_globex")]
+        .map(|(t, m)| (t.to_owned(), m.to_owned()));
+    assert_eq!(seen, expected, "{}", run.daemon.log());
+    let metrics = run.daemon.metrics().await;
+    let labels = [
+        "channel=\"messenger\"",
+        "tenant=\"demo\"",
+        "reason=\"unknown_account\"",
+    ];
+    let refused = metric_value(&metrics, "omni_ingress_refused_items_total", &labels);
+    assert_eq!(refused, 3.0);
+    let zalo = [
+        "channel=\"zalo\"",
+        "tenant=\"demo\"",
+        "reason=\"unknown_account\"",
+    ];
+    let refused = metric_value(&metrics, "omni_ingress_refused_items_total", &zalo);
+    assert_eq!(refused, 1.0);
+}
+
+/// An Instagram Direct message comes to the Messenger callback URL (object `instagram`, same
+/// app secret) and is published on channel kind `instagram`; an object we do not handle
+/// (WhatsApp on the same app) is answered 200, counted and not published.
+async fn instagram_direct_arrives_on_the_same_meta_webhook(run: &SocialDaemon) -> Value {
+    let whatsapp = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[]}]}"#;
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", whatsapp).await;
+    assert_eq!(status, 200, "never a 400 Meta would retry");
+    let ig = format!(
+        r#"{{"object":"instagram","entry":[{{"id":"{IG}","time":1700000000200,"messaging":[{{"sender":{{"id":"{IGSID}"}},"recipient":{{"id":"{IG}"}},"timestamp":1700000000200,"message":{{"mid":"ig_e2e","text":"C\u00f2n size M kh\u00f4ng shop?"}}}}]}}]}}"#
+    );
+    let status = post_messenger(&run.daemon, "demo", "META-SECRET", &ig).await;
+    assert_eq!(status, 200);
+    let inbound = read_topic(
+        &run.broker.bootstrap(),
+        "omni.inbound.v1",
+        5,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    assert_eq!(inbound.len(), 5, "the WhatsApp object published nothing");
+    let event = inbound
+        .iter()
+        .map(|r| r.value.clone())
+        .find(|v| v["data"]["channel"]["kind"] == "instagram")
+        .unwrap();
+    assert_eq!(event["data"]["channel"]["account"], IG);
+    assert_eq!(event["data"]["contact"]["id"], IGSID);
+    assert_eq!(event["data"]["message"]["text"], "Còn size M không shop?");
+    let schema = omni_e2e::schema("message-received.schema.json");
+    assert!(schema.is_valid(&event["data"]), "{event}");
+    let metrics = run.daemon.metrics().await;
+    let labels = ["channel=\"messenger\"", "kind=\"unhandled_object\""];
+    assert_eq!(
+        metric_value(&metrics, "omni_ingress_ignored_total", &labels),
+        1.0
+    );
+    let labels = ["channel=\"instagram\"", "tenant=\"demo\""];
+    assert_eq!(
+        metric_value(&metrics, "omni_messages_received_total", &labels),
+        1.0
+    );
+    event
+}
+
+/// The body of an agent's typing (`on`) or read mark (no `on`) in `event`'s conversation.
+fn agent_signal(event: &Value, on: Option<bool>) -> Value {
+    let mut body = json!({
+        "conversation_id": event["subject"],
+        "channel": event["data"]["channel"],
+        "recipient": event["data"]["contact"]["id"],
+    });
+    if let Some(on) = on {
+        body["on"] = json!(on);
+    }
+    body
+}
+
+/// Meta's sender action body.
+fn sender_action(recipient: &str, action: &str) -> Value {
+    json!({"recipient": {"id": recipient}, "sender_action": action})
+}
+
+/// An agent's typing on/off in the Messenger conversation and "seen" in the Instagram one
+/// become exactly Meta's sender actions with the account's token (none is stored in Kafka:
+/// the last step finds only the replies on the outbound topic).
+async fn agents_typing_and_seen_reach_meta_as_sender_actions(
+    run: &SocialDaemon,
+    inbound: &Inbound,
+) {
+    let ok = |id: &str| format!(r#"{{"recipient_id":"{id}"}}"#);
+    run.graph.answer(SEND_PATH, 200, &ok(PSID));
+    run.graph.answer(SEND_PATH, 200, &ok(PSID));
+    run.graph.answer(IG_SEND_PATH, 200, &ok(IGSID));
+    let typing = run.daemon.url("/v1/tenants/demo/typing");
+    let read = run.daemon.url("/v1/tenants/demo/read");
+    let calls = [
+        (
+            &typing,
+            agent_signal(&inbound.messenger, Some(true)),
+            "typing_on",
+        ),
+        (
+            &typing,
+            agent_signal(&inbound.messenger, Some(false)),
+            "typing_off",
+        ),
+        (&read, agent_signal(&inbound.instagram, None), "seen"),
+    ];
+    for (url, body, name) in calls {
+        let path = if name == "seen" {
+            IG_SEND_PATH
+        } else {
+            SEND_PATH
+        };
+        let before = run.graph.requests_to(path).len();
+        let (status, json) = omni_e2e::post_json(url, "demo-agent-token", &body).await;
+        assert_eq!(status, 202, "{json}");
+        assert_eq!(json, json!({"signal": name, "delivery": "best_effort"}));
+        // One at a time, so the stand-in sees them in order.
+        let _ = run
+            .graph
+            .wait_for(path, before + 1, Duration::from_secs(10))
+            .await;
+    }
+    let fb = run.graph.requests_to(SEND_PATH);
+    assert_eq!(fb.len(), 2);
+    assert_eq!(fb[0].json(), sender_action(PSID, "typing_on"));
+    assert_eq!(fb[1].json(), sender_action(PSID, "typing_off"));
+    let page_token = [("access_token".to_owned(), "PAGE-TOKEN".to_owned())];
+    assert_eq!(fb[0].query_pairs(), page_token);
+    let ig = run.graph.requests_to(IG_SEND_PATH);
+    assert_eq!(ig.len(), 1);
+    assert_eq!(ig[0].json(), sender_action(IGSID, "mark_seen"));
+    let ig_token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
+    assert_eq!(ig[0].query_pairs(), ig_token);
+}
+
+/// A "seen" Meta refuses is counted by its reason and not retried; channels without typing or
+/// read marks (Zalo) are refused with a clear 400 and nothing is sent.
+async fn a_refused_sender_action_is_counted_and_other_channels_refused(
+    run: &SocialDaemon,
+    inbound: &Inbound,
+) {
+    let unavailable =
+        r#"{"error":{"message":"(#551) This person isn't available right now.","code":551}}"#;
+    run.graph.answer(SEND_PATH, 400, unavailable);
+    let read = run.daemon.url("/v1/tenants/demo/read");
+    let token = "demo-agent-token";
+    let (status, _) =
+        omni_e2e::post_json(&read, token, &agent_signal(&inbound.messenger, None)).await;
+    assert_eq!(status, 202);
+    let labels = [
+        "channel=\"messenger\"",
+        "signal=\"seen\"",
+        "result=\"user_unavailable\"",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric_value(
+        &run.daemon.metrics().await,
+        "omni_agent_signals_total",
+        &labels,
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure is never counted"
+        );
+        let _ = run
+            .graph
+            .wait_for(SEND_PATH, 3, Duration::from_millis(50))
+            .await;
+    }
+    assert_eq!(
+        run.graph.requests_to(SEND_PATH).len(),
+        3,
+        "tried once, not retried"
+    );
+    let metrics = run.daemon.metrics().await;
+    let sent = [
+        "channel=\"instagram\"",
+        "signal=\"seen\"",
+        "result=\"sent\"",
+    ];
+    assert_eq!(
+        metric_value(&metrics, "omni_agent_signals_total", &sent),
+        1.0
+    );
+    let before = run.graph.requests().len();
+    let (status, json) =
+        omni_e2e::post_json(&read, token, &agent_signal(&inbound.zalo, None)).await;
+    assert_eq!(
+        (status, json["error"]["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
+    let typing = run.daemon.url("/v1/tenants/demo/typing");
+    let on = agent_signal(&inbound.zalo, Some(true));
+    let (status, _) = omni_e2e::post_json(&typing, token, &on).await;
+    assert_eq!(status, 400);
+    assert_eq!(run.graph.requests().len(), before);
 }
 
 /// An agent's reply to `event` through the agent API.
@@ -778,17 +1185,36 @@ async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, 
         200,
         r#"{"error":0,"message":"Success","data":{"message_id":"z_reply"}}"#,
     );
+    run.graph.answer(
+        IG_SEND_PATH,
+        200,
+        r#"{"recipient_id":"6543210987654321","message_id":"ig_reply"}"#,
+    );
     let replies = run.daemon.url("/v1/tenants/demo/replies");
-    for body in [answer(&inbound.messenger, VI), answer(&inbound.zalo, VI)] {
+    let all = [&inbound.messenger, &inbound.zalo, &inbound.instagram];
+    for body in all.map(|event| answer(event, VI)) {
         let (status, json) = omni_e2e::post_json(&replies, "demo-agent-token", &body).await;
         assert_eq!(status, 202, "{json}");
     }
+    // After the three sender actions of the step before.
     let fb_sent = run
         .graph
-        .wait_for(SEND_PATH, 1, Duration::from_secs(20))
+        .wait_for(SEND_PATH, 4, Duration::from_secs(20))
         .await;
+    let fb_sent = &fb_sent[3..];
     assert_eq!(fb_sent[0].json()["message"]["text"], VI);
     assert_eq!(fb_sent[0].json()["recipient"]["id"], PSID);
+    let ig_sent = run
+        .graph
+        .wait_for(IG_SEND_PATH, 2, Duration::from_secs(20))
+        .await;
+    let ig_sent = &ig_sent[1..];
+    let ig_expected = json!({
+        "recipient": {"id": IGSID}, "messaging_type": "RESPONSE", "message": {"text": VI}
+    });
+    assert_eq!(ig_sent[0].json(), ig_expected);
+    let token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
+    assert_eq!(ig_sent[0].query_pairs(), token);
     let z_sent = run.zapi.wait_for(CS_PATH, 1, Duration::from_secs(20)).await;
     assert_eq!(z_sent[0].json()["message"]["text"], VI);
     assert_eq!(z_sent[0].json()["message"]["quote_message_id"], "z_e2e");
@@ -800,7 +1226,7 @@ async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, 
     assert_eq!(stored.refresh_token, "Z-R1");
 }
 
-/// A reply Meta refuses is `failed` with its reason; the two sent replies are `sent` with the
+/// A reply Meta refuses is `failed` with its reason; the three sent replies are `sent` with the
 /// provider's ids; every delivery event matches the schema and is keyed by tenant.
 async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbound: &Inbound) {
     let refused = answer(&inbound.messenger, "Anh/chị còn cần hỗ trợ gì không ạ?");
@@ -810,7 +1236,7 @@ async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbo
     let deliveries = read_topic(
         &run.broker.bootstrap(),
         "omni.delivery.v1",
-        3,
+        4,
         Duration::from_secs(30),
         Duration::from_millis(300),
     );
@@ -828,12 +1254,26 @@ async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbo
         .collect();
     seen.sort();
     let expected = [
+        ("instagram", "sent", "ig_reply"),
         ("messenger", "failed", "user_unavailable"),
         ("messenger", "sent", "m_reply"),
         ("zalo", "sent", "z_reply"),
     ]
     .map(|(k, s, i)| (k.to_owned(), s.to_owned(), i.to_owned()));
     assert_eq!(seen, expected, "{}", run.daemon.log());
+    // Agents' typing and "seen" were never stored: only the replies are on the outbound topic.
+    let outbound = read_topic(
+        &run.broker.bootstrap(),
+        "omni.outbound.v1",
+        4,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    let types: Vec<&str> = outbound
+        .iter()
+        .map(|r| r.value["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["omni.message.send"; 4]);
     let schema = omni_e2e::schema("delivery-update.schema.json");
     for d in &deliveries {
         assert!(schema.is_valid(&d.value["data"]), "{}", d.value);

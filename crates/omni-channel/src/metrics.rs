@@ -14,6 +14,9 @@ pub struct IngressMetrics {
     pub duplicates: IntCounterVec,
     /// Items accepted but knowingly not published (unknown event kinds, our own echoes).
     pub ignored: IntCounterVec,
+    /// Signed items refused for the tenant whose URL they came to (an account it does not
+    /// have), by reason: the request is still answered 200.
+    pub refused_items: IntCounterVec,
     /// Time from request start to answer, for accepted requests.
     pub duration: HistogramVec,
 }
@@ -49,6 +52,13 @@ impl IngressMetrics {
             ),
             &["channel", "kind"],
         )?;
+        let refused_items = IntCounterVec::new(
+            Opts::new(
+                "omni_ingress_refused_items_total",
+                "Correctly signed inbound items refused for the tenant (an account it does not have), by reason; not published.",
+            ),
+            &["channel", "tenant", "reason"],
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "omni_ingress_request_duration_seconds",
@@ -63,12 +73,14 @@ impl IngressMetrics {
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(ignored.clone()))?;
+        registry.register(Box::new(refused_items.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         Ok(Self {
             received,
             rejected,
             duplicates,
             ignored,
+            refused_items,
             duration,
         })
     }

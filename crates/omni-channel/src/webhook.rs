@@ -137,13 +137,21 @@ pub struct Parsed {
     /// echoes), by a bounded kind label: accepted and counted, never failed, so a provider
     /// adding a new event kind does not make it retry forever.
     pub ignored: Vec<&'static str>,
+    /// Correctly signed items this tenant may not publish (an account another tenant of a
+    /// shared provider app owns), by a bounded reason label: counted in
+    /// `omni_ingress_refused_items_total`, never published. They do not fail the request: the
+    /// provider would retry the same items forever and hold up the valid ones beside them.
+    pub refused: Vec<&'static str>,
+    /// The channel kind the items are counted under when one endpoint serves several (Meta's
+    /// webhook carries Messenger `page` and `instagram` objects); the adapter's own otherwise.
+    pub channel: Option<ChannelKind>,
 }
 
 impl From<Vec<PreparedEvent>> for Parsed {
     fn from(events: Vec<PreparedEvent>) -> Self {
         Self {
             events,
-            ignored: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -320,7 +328,7 @@ impl Ingress {
     }
 
     /// Dedupes and publishes what an adapter parsed, each event to its destination, and
-    /// returns once Kafka acknowledged every one: the dedupe, publish and metrics steps of
+    /// returns once Kafka acknowledged every one (metrics under [`Parsed::channel`] when set): the dedupe, publish and metrics steps of
     /// [`Ingress::handle`], for handlers that drive the steps themselves.
     pub async fn publish(
         &self,
@@ -328,11 +336,23 @@ impl Ingress {
         tenant: &TenantId,
         parsed: Parsed,
     ) -> Result<Accepted, IngressError> {
-        let Parsed { events, ignored } = parsed;
+        let Parsed {
+            events,
+            ignored,
+            refused,
+            channel: items_channel,
+        } = parsed;
+        let channel = items_channel.unwrap_or(channel);
         for kind in ignored {
             self.metrics
                 .ignored
                 .with_label_values(&[channel.as_str(), kind])
+                .inc();
+        }
+        for reason in refused {
+            self.metrics
+                .refused_items
+                .with_label_values(&[channel.as_str(), tenant.as_str(), reason])
                 .inc();
         }
         let mut accepted = Accepted {

@@ -22,17 +22,20 @@ pub enum ChannelKind {
     Zalo,
     /// Website live chat.
     Livechat,
+    /// Instagram Direct, through the same Meta app and webhook as Messenger.
+    Instagram,
 }
 
 impl ChannelKind {
     /// Every kind, for metrics pre-registration and docs.
-    pub const ALL: [ChannelKind; 6] = [
+    pub const ALL: [ChannelKind; 7] = [
         ChannelKind::Api,
         ChannelKind::Email,
         ChannelKind::Sms,
         ChannelKind::Messenger,
         ChannelKind::Zalo,
         ChannelKind::Livechat,
+        ChannelKind::Instagram,
     ];
 
     /// The wire name (also the metric label value).
@@ -44,6 +47,7 @@ impl ChannelKind {
             ChannelKind::Messenger => "messenger",
             ChannelKind::Zalo => "zalo",
             ChannelKind::Livechat => "livechat",
+            ChannelKind::Instagram => "instagram",
         }
     }
 }

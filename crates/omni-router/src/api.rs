@@ -25,7 +25,7 @@ use omni_routing::{Command, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::runner::SharedState;
 use crate::wire::{time_of, Envelope};
@@ -46,6 +46,42 @@ pub struct ApiState {
     pub http: reqwest::Client,
     /// Counts reads by how they were answered.
     pub metrics: Option<crate::RouterMetrics>,
+    /// Sends typing indicators and read marks straight to providers (Messenger, Instagram);
+    /// set once the channels are built, after the API.
+    pub signals: OnceLock<Arc<dyn AgentSignals>>,
+}
+
+/// An agent's signal to a customer that is not a message: shown now or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentSignal {
+    /// The agent started typing.
+    TypingOn,
+    /// The agent stopped typing.
+    TypingOff,
+    /// The agent has seen the customer's messages.
+    Seen,
+}
+
+impl AgentSignal {
+    /// A bounded label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentSignal::TypingOn => "typing_on",
+            AgentSignal::TypingOff => "typing_off",
+            AgentSignal::Seen => "seen",
+        }
+    }
+}
+
+/// Sends agents' typing indicators and read marks straight to a provider (Messenger and
+/// Instagram sender actions): best effort, never through Kafka, so a stale "typing" is never
+/// replayed. The daemon implements it over the channels' senders, which count and log
+/// failures; this crate knows no channel.
+pub trait AgentSignals: Send + Sync {
+    /// Whether signals on channels of `kind` go this way.
+    fn handles(&self, kind: ChannelKind) -> bool;
+    /// Sends `signal` from `channel`'s account to `recipient`, in the background.
+    fn send(&self, tenant: &TenantId, channel: &ChannelRef, recipient: &str, signal: AgentSignal);
 }
 
 /// The API routes (mounted by the daemon).
@@ -59,6 +95,7 @@ pub fn routes(state: Arc<ApiState>) -> HttpRouter {
         )
         .route("/v1/tenants/{tenant}/replies", post(reply))
         .route("/v1/tenants/{tenant}/typing", post(typing))
+        .route("/v1/tenants/{tenant}/read", post(mark_read))
         .route("/v1/tenants/{tenant}/commands", post(command))
         .with_state(state)
 }
@@ -572,8 +609,18 @@ struct TypingRequest {
     on: bool,
 }
 
-/// An agent's typing indicator: an `omni.channel.signal` on the outbound topic, which live
-/// chat shows to the visitor. Only live chat shows typing, so other channels are refused.
+/// Body of `POST /v1/tenants/{tenant}/read`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadRequest {
+    conversation_id: ConversationId,
+    channel: ChannelRef,
+    recipient: String,
+}
+
+/// An agent's typing indicator. Live chat: an `omni.channel.signal` on the outbound topic,
+/// which the instance holding the visitor's socket shows. Messenger and Instagram: a sender
+/// action straight to Meta (best effort, nothing stored). Other channels show no typing.
 async fn typing(
     State(state): State<Arc<ApiState>>,
     Path(tenant): Path<String>,
@@ -589,11 +636,11 @@ async fn typing(
         return error(StatusCode::BAD_REQUEST, "missing_field", "recipient");
     }
     if req.channel.kind != ChannelKind::Livechat {
-        return ApiError::Invalid(
-            "invalid_field",
-            "channel.kind: typing indicators are shown on live chat only".into(),
-        )
-        .into_response();
+        let signal = match req.on {
+            true => AgentSignal::TypingOn,
+            false => AgentSignal::TypingOff,
+        };
+        return to_provider(&state, &tenant, &req.channel, &req.recipient, signal);
     }
     let now = time_of(now_ms());
     let id = EventId::new_random();
@@ -622,6 +669,56 @@ async fn typing(
         signal,
     );
     publish(&state, &state.topics.outbound, &tenant, id, &event).await
+}
+
+/// An agent has seen the customer's messages: Messenger's and Instagram's "seen"
+/// (`mark_seen`), sent straight to Meta, best effort.
+async fn mark_read(
+    State(state): State<Arc<ApiState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (tenant, req): (TenantId, ReadRequest) =
+        match json_request(&state, &tenant, &headers, body).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
+    if req.recipient.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "missing_field", "recipient");
+    }
+    let signal = AgentSignal::Seen;
+    tracing::debug!(tenant = %tenant, conversation = %req.conversation_id,
+        signal = signal.as_str(), "agent signal");
+    to_provider(&state, &tenant, &req.channel, &req.recipient, signal)
+}
+
+/// Hands a signal to the provider's sender (202: taken, best effort), or refuses a channel
+/// that has none.
+fn to_provider(
+    state: &ApiState,
+    tenant: &TenantId,
+    channel: &ChannelRef,
+    recipient: &str,
+    signal: AgentSignal,
+) -> Response {
+    match state.signals.get().filter(|s| s.handles(channel.kind)) {
+        Some(signals) => {
+            signals.send(tenant, channel, recipient, signal);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "signal": signal.as_str(), "delivery": "best_effort" })),
+            )
+                .into_response()
+        }
+        None => {
+            let shown = match signal {
+                AgentSignal::Seen => "read marks are sent on messenger and instagram only",
+                _ => "typing indicators are shown on livechat, messenger and instagram only",
+            };
+            ApiError::Invalid("invalid_field", format!("channel.kind: {shown}")).into_response()
+        }
+    }
 }
 
 async fn command(

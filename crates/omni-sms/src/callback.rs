@@ -179,6 +179,7 @@ pub(crate) fn uncorrelated() -> Parsed {
     Parsed {
         events: vec![],
         ignored: vec!["uncorrelated_status"],
+        ..Parsed::default()
     }
 }
 
@@ -187,6 +188,7 @@ fn pending() -> Parsed {
     Parsed {
         events: vec![],
         ignored: vec!["pending_status"],
+        ..Parsed::default()
     }
 }
 

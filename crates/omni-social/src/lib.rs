@@ -1,5 +1,5 @@
-//! Facebook Messenger and Zalo Official Account, the two social channels Vietnamese customers
-//! write on.
+//! Facebook Messenger, Instagram Direct and Zalo Official Account, the social channels
+//! Vietnamese customers write on.
 //!
 //! Each provider is a folder with the same shape: its settings, the webhook adapter (verify the
 //! signature on the raw bytes, parse every event kind into normalized events) that
@@ -7,9 +7,10 @@
 //! dispatcher calls. Nothing here talks to Kafka or decides retries: `omni-channel` does.
 //!
 //! # Layout
-//! - [`messenger`]: Meta's webhook (handshake, `X-Hub-Signature-256`, entries and messaging
-//!   items, echoes, watermarks) and the Graph Send API (window handling with the
-//!   `HUMAN_AGENT` tag, per-page rate limit).
+//! - [`messenger`]: Meta's messaging webhook (handshake, `X-Hub-Signature-256`, entries and
+//!   messaging items of Messenger pages and Instagram accounts, echoes, watermarks, tenant
+//!   isolation) and the Graph Send API for both (window handling with the `HUMAN_AGENT` tag,
+//!   per-account rate limit).
 //! - [`zalo`]: Zalo OA's webhook (`X-ZEvent-Signature`, every `user_send_*`, OA echoes,
 //!   follow/unfollow, buttons) and the OA v3 CS message API (text, images, files, quotes),
 //!   with access tokens refreshed ahead of expiry ([`zalo::token`]).

@@ -71,10 +71,8 @@ impl Channels {
         components.push(("mailbox reader", email));
         let (messenger, component) = omni_social::messenger::component::build(
             &settings.messenger_tenants,
-            settings
-                .outbound
-                .as_ref()
-                .map(|_| settings.messenger_api.clone()),
+            settings.messenger_api.clone(),
+            settings.outbound.is_some(),
             deps.ingress.clone(),
         )
         .context("building the Messenger HTTP client")?;

@@ -94,7 +94,7 @@ pub fn main() -> ExitCode {
         Command::Simulate(_) => unreachable!("run before the config is read"),
         Command::CheckConfig { connect } => {
             eprintln!(
-                "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Zalo, {} on SMS), topics {}",
+                "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Instagram, {} on Zalo, {} on SMS), topics {}",
                 settings.listen,
                 settings.kafka.bootstrap_servers,
                 settings
@@ -103,6 +103,11 @@ pub fn main() -> ExitCode {
                     .map_or(settings.api_tenants.len(), |r| r.tenants.len()),
                 settings.api_tenants.len(),
                 settings.messenger_tenants.len(),
+                settings
+                    .messenger_tenants
+                    .iter()
+                    .filter(|(_, m)| !m.instagram.is_empty())
+                    .count(),
                 settings.zalo_tenants.len(),
                 settings.sms_tenants.len(),
                 settings.kafka.topics.inbound

@@ -69,6 +69,10 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             senders_stop: outbound_stop.clone(),
         },
     )?;
+    let signals = crate::signals::MetaSignals::new(channels.messenger.senders(), &metrics.registry)
+        .context("registering the agent signal metrics")?;
+    // Set once, here: the API was built before the channels.
+    let _ = agent_api.signals.set(Arc::new(signals));
     let (outbound_task, replies) = match &settings.outbound {
         Some(outbound) => {
             let (task, replies) = crate::outbound::start(
@@ -256,6 +260,7 @@ fn agent_api(
             .build()
             .context("building the HTTP client for forwarded reads")?,
         metrics: router.metrics.clone(),
+        signals: std::sync::OnceLock::new(),
     }))
 }
 

@@ -9,6 +9,7 @@
 //! - [`server`]: the daemon's own routes: the API channel, `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: start-up, topic creation, graceful shutdown.
 //! - [`outbound`]: every channel's reply sender behind the outbound dispatcher.
+//! - [`signals`]: agents' typing indicators and read marks straight to Messenger/Instagram.
 //! - [`simulate`]: `omnirouter simulate`, the what-if staffing simulator ([`omni_sim`]).
 //! - [`shutdown`]: the bounded end of a shutdown: leftovers, exit codes, the watchdog.
 //! - [`reload`]: tenants changed without a restart (SIGHUP, a changed config file), and what
@@ -22,4 +23,5 @@ pub mod reload;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
+pub mod signals;
 pub mod simulate;

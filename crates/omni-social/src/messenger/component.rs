@@ -1,6 +1,6 @@
-//! Messenger's entry point: its webhook route (signed events and Meta's `GET` handshake) and,
-//! where replies are sent, its sender; [`Messenger::set_tenants`] gives both a reloaded
-//! config's tenants.
+//! Messenger's (and Instagram Direct's) entry point: the Meta webhook route (signed events of
+//! both objects and Meta's `GET` handshake) and, where replies are sent, a sender per channel
+//! kind; [`Messenger::set_tenants`] gives them a reloaded config's tenants.
 
 use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
@@ -16,7 +16,9 @@ use super::{MessengerChannel, MessengerSendSettings, MessengerSender, MessengerT
 /// The running Messenger channel, as a reload sees it.
 pub struct Messenger {
     adapter: Arc<Swappable<MessengerChannel>>,
-    sender: Option<Arc<MessengerSender>>,
+    /// The Messenger and the Instagram sender (replies where this instance sends them, and
+    /// agents' sender actions everywhere).
+    senders: [Arc<MessengerSender>; 2],
 }
 
 impl Messenger {
@@ -24,38 +26,54 @@ impl Messenger {
     pub fn set_tenants(&self, tenants: &[(TenantId, MessengerTenant)]) {
         self.adapter
             .replace(MessengerChannel::new(tenants.iter().cloned()));
-        if let Some(sender) = &self.sender {
+        for sender in &self.senders {
             sender.set_tenants(tenants.iter().map(|(t, m)| (t, m)));
         }
     }
 }
 
-/// Builds Messenger for `tenants`: the webhook at `/v1/webhooks/messenger/{tenant}` through
-/// `ingress`, and the sender when `api` is given (this instance sends replies). Fails only
-/// when the sender's HTTP client cannot be built.
+impl Messenger {
+    /// The senders by channel kind, for agents' typing indicators and read marks (sent from
+    /// every instance, under the same per-account rate limit as this instance's replies).
+    pub fn senders(&self) -> [(ChannelKind, Arc<MessengerSender>); 2] {
+        let [messenger, instagram] = &self.senders;
+        [
+            (ChannelKind::Messenger, messenger.clone()),
+            (ChannelKind::Instagram, instagram.clone()),
+        ]
+    }
+}
+
+/// Builds Messenger and Instagram Direct for `tenants`: the webhook at
+/// `/v1/webhooks/messenger/{tenant}` (objects `page` and `instagram`) through `ingress`, and
+/// the senders of channel kinds `messenger` and `instagram`, handed to the outbound
+/// dispatcher when `replies` (this instance sends replies). Fails only when a sender's HTTP
+/// client cannot be built.
 pub fn build(
     tenants: &[(TenantId, MessengerTenant)],
-    api: Option<MessengerSendSettings>,
+    api: MessengerSendSettings,
+    replies: bool,
     ingress: Arc<Ingress>,
 ) -> Result<(Arc<Messenger>, Component), reqwest::Error> {
     let adapter = Arc::new(Swappable::new(MessengerChannel::new(
         tenants.iter().cloned(),
     )));
-    let sender = match api {
-        Some(api) => Some(Arc::new(MessengerSender::new(
-            tenants.iter().map(|(t, m)| (t, m)),
-            api,
-        )?)),
-        None => None,
-    };
+    let pairs = || tenants.iter().map(|(t, m)| (t, m));
+    let senders = [
+        Arc::new(MessengerSender::new(pairs(), api.clone())?),
+        Arc::new(MessengerSender::instagram(pairs(), api)?),
+    ];
     let route = webhook_route(MethodFilter::POST, ingress.clone(), adapter.clone())
         .merge(handshake_route(ingress, adapter.clone()));
     let mut component = Component::default()
         .with_routes(axum::Router::new().route("/v1/webhooks/messenger/{tenant}", route));
-    if let Some(sender) = &sender {
-        component = component.with_sender(ChannelKind::Messenger, sender.clone());
+    if replies {
+        let [messenger, instagram] = &senders;
+        component = component
+            .with_sender(ChannelKind::Messenger, messenger.clone())
+            .with_sender(ChannelKind::Instagram, instagram.clone());
     }
-    Ok((Arc::new(Messenger { adapter, sender }), component))
+    Ok((Arc::new(Messenger { adapter, senders }), component))
 }
 
 /// Meta's `GET` subscription handshake: echo `hub.challenge` for the right verify token.

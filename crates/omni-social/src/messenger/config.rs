@@ -68,9 +68,14 @@ pub struct RawMessenger {
     /// Pages by page id.
     #[serde(default)]
     pub pages: BTreeMap<String, RawPage>,
+    /// Instagram professional accounts by Instagram account id (Instagram Direct through this
+    /// app; the same settings as a page).
+    #[serde(default)]
+    pub instagram: BTreeMap<String, RawPage>,
 }
 
-/// `[tenants.<id>.messenger.pages.<page id>]`.
+/// `[tenants.<id>.messenger.pages.<page id>]` and
+/// `[tenants.<id>.messenger.instagram.<Instagram account id>]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPage {
@@ -93,32 +98,44 @@ impl RawMessenger {
         if self.verify_token.is_empty() {
             return Err(invalid("verify_token", "must not be empty"));
         }
-        let mut pages = HashMap::new();
-        for (page, p) in self.pages {
-            if page.is_empty() || !page.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid(&format!("pages.{page}"), "a page id is digits"));
-            }
-            if p.access_token.is_empty() {
-                return Err(invalid(
-                    &format!("pages.{page}.access_token"),
-                    "must not be empty",
-                ));
-            }
-            pages.insert(
-                page,
-                PageSettings {
-                    access_token: p.access_token,
-                    human_agent_tag: p.human_agent_tag,
-                },
-            );
-        }
+        let pages = accounts(self.pages, &format!("{tenant_key}.messenger.pages"))?;
+        let instagram = accounts(self.instagram, &format!("{tenant_key}.messenger.instagram"))?;
         Ok(MessengerTenant {
             app_secret: self.app_secret,
             verify_token: self.verify_token,
             accept_sha1: self.accept_sha1,
             pages,
+            instagram,
         })
     }
+}
+
+/// Checks one product's accounts; errors name `<section>.<account id>[.<key>]`.
+fn accounts(
+    raw: BTreeMap<String, RawPage>,
+    section: &str,
+) -> Result<HashMap<String, PageSettings>, InvalidKey> {
+    let mut accounts = HashMap::new();
+    for (id, p) in raw {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidKey::new(
+                format!("{section}.{id}"),
+                "an account id is digits",
+            ));
+        }
+        if p.access_token.is_empty() {
+            return Err(InvalidKey::new(
+                format!("{section}.{id}.access_token"),
+                "must not be empty",
+            ));
+        }
+        let settings = PageSettings {
+            access_token: p.access_token,
+            human_agent_tag: p.human_agent_tag,
+        };
+        accounts.insert(id, settings);
+    }
+    Ok(accounts)
 }
 
 #[cfg(test)]
@@ -138,6 +155,28 @@ mod tests {
         .validate("tenants.a")
         .unwrap_err();
         assert_eq!(err.key, "tenants.a.messenger.pages.p1");
+    }
+
+    #[test]
+    fn instagram_accounts_are_validated_like_pages_and_named_by_key() {
+        let ok = raw(serde_json::json!({
+            "app_secret": "s", "verify_token": "v",
+            "instagram": { "17841400000000001": { "access_token": "t", "human_agent_tag": true } }
+        }))
+        .validate("tenants.a")
+        .unwrap();
+        assert!(ok.instagram["17841400000000001"].human_agent_tag);
+        assert!(ok.pages.is_empty());
+        let err = raw(serde_json::json!({
+            "app_secret": "s", "verify_token": "v",
+            "instagram": { "17841400000000001": { "access_token": "" } }
+        }))
+        .validate("tenants.a")
+        .unwrap_err();
+        assert_eq!(
+            err.key,
+            "tenants.a.messenger.instagram.17841400000000001.access_token"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Replies out through the Graph Send API.
+//! Replies out through the Graph Send API, for Messenger pages and Instagram accounts alike
+//! (one [`MetaProduct`] each says what differs: the text limit, the path, Messenger's extras).
 //!
-//! A reply becomes one Send API call per part: the text (split at Messenger's 2,000-character
-//! limit), then each attachment. A reply is first sent as `RESPONSE` (inside the 24-hour
-//! window); when Meta answers that the window is closed and the page enables it, a human
-//! agent's reply is sent again with the `HUMAN_AGENT` tag (7 days). Every part carries
-//! `metadata: "omnirouter:<outbound event id>"` so its echo is recognized. The Send API has no
+//! A reply becomes one Send API call per part: the text (split at the product's limit:
+//! Messenger 2,000 characters, Instagram 1,000), then each attachment. A reply is first sent as `RESPONSE` (inside the 24-hour
+//! window); when Meta answers that the window is closed and the account enables it, a human
+//! agent's reply is sent again with the `HUMAN_AGENT` tag (7 days). On Messenger every part
+//! carries `metadata: "omnirouter:<outbound event id>"` so its echo is recognized (Instagram
+//! documents no `metadata`: its echoes are published, matched by `mid`). The Send API has no
 //! idempotency key: each part's progress is recorded before and after its call
 //! ([`SendProgress::begin_part`], [`SendProgress::part_sent`]), and a call whose answer was lost
 //! is reported `outcome_unknown`, never repeated.
@@ -18,11 +20,31 @@ use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
 
+use super::product::{MetaProduct, INSTAGRAM, MESSENGER};
 use super::{MessengerTenant, PageSettings, ECHO_MARKER};
 use crate::wire::split_text;
 
-/// Messenger's longest text message, in characters.
-const MAX_TEXT_CHARS: usize = 2000;
+/// An agent's signal that is not a message, as Meta's `sender_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderAction {
+    /// Show the typing bubble (Meta hides it after 20 s or at the next message).
+    TypingOn,
+    /// Hide the typing bubble.
+    TypingOff,
+    /// Mark the customer's last message seen.
+    MarkSeen,
+}
+
+impl SenderAction {
+    /// Meta's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderAction::TypingOn => "typing_on",
+            SenderAction::TypingOff => "typing_off",
+            SenderAction::MarkSeen => "mark_seen",
+        }
+    }
+}
 
 /// Where and how fast to call the Graph API.
 #[derive(Debug, Clone)]
@@ -37,10 +59,13 @@ pub struct MessengerSendSettings {
     pub timeout: Duration,
 }
 
-/// Sends Messenger replies for every configured page.
+/// Sends replies for every configured page (or, built with [`MessengerSender::instagram`],
+/// every Instagram account).
 pub struct MessengerSender {
-    /// Pages by (tenant, page id); replaced whole by [`MessengerSender::set_tenants`], read
-    /// once per reply.
+    /// What differs between Messenger and Instagram.
+    product: &'static MetaProduct,
+    /// Accounts by (tenant, account id); replaced whole by [`MessengerSender::set_tenants`],
+    /// read once per reply.
     pages: SenderAccounts<PageSettings>,
     http: reqwest::Client,
     settings: MessengerSendSettings,
@@ -50,11 +75,15 @@ pub struct MessengerSender {
 /// Page settings by (tenant, page id).
 type Pages = AccountMap<PageSettings>;
 
-fn pages_of<'a>(tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>) -> Pages {
+fn pages_of<'a>(
+    product: &MetaProduct,
+    tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
+) -> Pages {
+    let accounts = product.accounts;
     tenants
         .into_iter()
         .flat_map(|(tenant, m)| {
-            m.pages.iter().map(move |(page, settings)| {
+            accounts(m).iter().map(move |(page, settings)| {
                 ((tenant.as_str().to_owned(), page.clone()), settings.clone())
             })
         })
@@ -70,15 +99,32 @@ fn survey_quick_replies() -> serde_json::Value {
 }
 
 impl MessengerSender {
-    /// A sender for these tenants' pages.
+    /// A sender for these tenants' Messenger pages.
     pub fn new<'a>(
+        tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
+        settings: MessengerSendSettings,
+    ) -> Result<Self, reqwest::Error> {
+        Self::for_product(&MESSENGER, tenants, settings)
+    }
+
+    /// A sender for these tenants' Instagram accounts (channel kind `instagram`).
+    pub fn instagram<'a>(
+        tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
+        settings: MessengerSendSettings,
+    ) -> Result<Self, reqwest::Error> {
+        Self::for_product(&INSTAGRAM, tenants, settings)
+    }
+
+    fn for_product<'a>(
+        product: &'static MetaProduct,
         tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
         settings: MessengerSendSettings,
     ) -> Result<Self, reqwest::Error> {
         let http = omni_channel::provider::client(settings.timeout)?;
         let limiter = RateLimiter::new(settings.rate_per_page, 20);
         Ok(Self {
-            pages: SenderAccounts::new(pages_of(tenants)),
+            product,
+            pages: SenderAccounts::new(pages_of(product, tenants)),
             http,
             settings,
             limiter,
@@ -91,7 +137,7 @@ impl MessengerSender {
         &self,
         tenants: impl IntoIterator<Item = (&'a TenantId, &'a MessengerTenant)>,
     ) {
-        self.pages.replace(pages_of(tenants));
+        self.pages.replace(pages_of(self.product, tenants));
     }
 
     async fn send_reply(
@@ -103,26 +149,19 @@ impl MessengerSender {
         let page_id = &message.channel.account;
         let pages = self.pages.snapshot();
         let page = sender_account(&pages, &message.tenant, page_id, || {
-            format!("no access token for page {page_id}")
+            format!(
+                "no access token for {} account {page_id}",
+                self.product.kind
+            )
         })?;
-        let parts = parts(&message.text, &message.attachments)?;
-        let metadata = format!("{ECHO_MARKER}{}", request.event_id);
+        let parts = parts(
+            &message.text,
+            &message.attachments,
+            self.product.max_text_chars,
+        )?;
         let mut tagged = false;
         for (index, part) in parts.iter().enumerate().skip(progress.parts_sent) {
-            let mut body = json!({
-                "recipient": {"id": message.recipient},
-                "messaging_type": "RESPONSE",
-                "message": part,
-            });
-            body["message"]["metadata"] = json!(metadata);
-            if index == 0 {
-                if let Some(mid) = &message.reply_to {
-                    body["message"]["reply_to"] = json!({"mid": mid});
-                }
-            }
-            if message.csat_survey && index + 1 == parts.len() {
-                body["message"]["quick_replies"] = survey_quick_replies();
-            }
+            let body = self.part_body(request, part, index, parts.len());
             // Durable before the call: a replica taking over never sends this part blindly.
             progress.begin_part(index).await?;
             let result = match tagged {
@@ -161,6 +200,54 @@ impl MessengerSender {
         })
     }
 
+    /// The Send API body of part `index` of `count`: Messenger's parts carry the echo marker
+    /// and the first the quoted message; the last of a CSAT survey carries the answers.
+    fn part_body(
+        &self,
+        request: &SendRequest,
+        part: &serde_json::Value,
+        index: usize,
+        count: usize,
+    ) -> serde_json::Value {
+        let message = &request.message;
+        let mut body = json!({
+            "recipient": {"id": message.recipient},
+            "messaging_type": "RESPONSE",
+            "message": part,
+        });
+        if self.product.messenger_extras {
+            body["message"]["metadata"] = json!(format!("{ECHO_MARKER}{}", request.event_id));
+            if let Some(mid) = message.reply_to.as_ref().filter(|_| index == 0) {
+                body["message"]["reply_to"] = json!({"mid": mid});
+            }
+        }
+        if message.csat_survey && index + 1 == count {
+            body["message"]["quick_replies"] = survey_quick_replies();
+        }
+        body
+    }
+
+    /// An agent's typing indicator or "seen" to `recipient` from `account`: one Send API call
+    /// with `sender_action`, under the same rate limit as replies, never retried here (a late
+    /// "typing" is worse than none).
+    pub async fn sender_action(
+        &self,
+        tenant: &TenantId,
+        account: &str,
+        recipient: &str,
+        action: SenderAction,
+    ) -> Result<(), SendError> {
+        let accounts = self.pages.snapshot();
+        let settings = sender_account(&accounts, tenant, account, || {
+            format!(
+                "no access token for {} account {account}",
+                self.product.kind
+            )
+        })?;
+        let body = json!({"recipient": {"id": recipient}, "sender_action": action.as_str()});
+        self.post(account, settings, body).await.map(|_| ())
+    }
+
     /// One Send API call; the `message_id` Meta assigned.
     async fn call(
         &self,
@@ -168,12 +255,35 @@ impl MessengerSender {
         page: &PageSettings,
         body: serde_json::Value,
     ) -> Result<String, SendError> {
+        let (status, bytes) = self.post(page_id, page, body).await?;
+        #[derive(Deserialize)]
+        struct Sent {
+            message_id: String,
+        }
+        serde_json::from_slice::<Sent>(&bytes)
+            .map(|s| s.message_id)
+            .map_err(|e| {
+                SendError::permanent(
+                    FailureReason::Rejected,
+                    format!("Send API answered {status} without a message_id: {e}"),
+                )
+            })
+    }
+
+    /// One Send API call under the account's rate limit: the status and body of a success,
+    /// or Meta's error, classified.
+    async fn post(
+        &self,
+        page_id: &str,
+        page: &PageSettings,
+        body: serde_json::Value,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), SendError> {
         self.limiter.acquire(page_id).await;
         let url = format!(
             "{}/{}/{}/messages",
             self.settings.graph_base_url.trim_end_matches('/'),
             self.settings.api_version,
-            page_id
+            (self.product.send_path)(page_id)
         );
         let answer = omni_channel::provider::call(
             self.http
@@ -184,18 +294,7 @@ impl MessengerSender {
         .await?;
         let (status, bytes) = (answer.status, &answer.body);
         if status.is_success() {
-            #[derive(Deserialize)]
-            struct Sent {
-                message_id: String,
-            }
-            return serde_json::from_slice::<Sent>(bytes)
-                .map(|s| s.message_id)
-                .map_err(|e| {
-                    SendError::permanent(
-                        FailureReason::Rejected,
-                        format!("Send API answered {status} without a message_id: {e}"),
-                    )
-                });
+            return Ok((status, bytes.to_vec()));
         }
         #[derive(Deserialize)]
         struct GraphErrorBody {
@@ -266,10 +365,14 @@ fn with_human_agent_tag(mut body: serde_json::Value) -> serde_json::Value {
     body
 }
 
-/// The Send API `message` objects of a reply: its text in ≤2,000-character pieces, then one
-/// per attachment.
-fn parts(text: &str, attachments: &[Attachment]) -> Result<Vec<serde_json::Value>, SendError> {
-    let mut parts: Vec<serde_json::Value> = split_text(text, MAX_TEXT_CHARS)
+/// The Send API `message` objects of a reply: its text in pieces of at most `max_chars`,
+/// then one per attachment.
+fn parts(
+    text: &str,
+    attachments: &[Attachment],
+    max_chars: usize,
+) -> Result<Vec<serde_json::Value>, SendError> {
+    let mut parts: Vec<serde_json::Value> = split_text(text, max_chars)
         .into_iter()
         .map(|t| json!({"text": t}))
         .collect();

@@ -24,23 +24,45 @@ struct Fixture {
     channel: MessengerChannel,
 }
 
+/// Another tenant's page on the same Meta app (same app secret).
+const OTHER_PAGE: &str = "777888999000111";
+
+/// acme's Instagram professional account, on the same app.
+const IG: &str = "17841400000000001";
+/// An Instagram-scoped user id.
+const IGSID: &str = "6543210987654321";
+
+fn tenant_with_page(page: &str, accept_sha1: bool) -> MessengerTenant {
+    let settings = || PageSettings {
+        access_token: Secret::new("page-token"),
+        human_agent_tag: true,
+    };
+    MessengerTenant {
+        app_secret: Secret::new(SECRET),
+        verify_token: Secret::new("verify-me"),
+        accept_sha1,
+        pages: HashMap::from([(page.to_owned(), settings())]),
+        instagram: HashMap::from([(IG.to_owned(), settings())])
+            .into_iter()
+            .filter(|_| page == PAGE)
+            .collect(),
+    }
+}
+
 fn fixture(accept_sha1: bool) -> Fixture {
     let sink = Arc::new(MemorySink::default());
     let registry = Registry::new();
     let ingress = Ingress::standalone(sink.clone(), &registry, 64 * 1024).unwrap();
-    let tenant = MessengerTenant {
-        app_secret: Secret::new(SECRET),
-        verify_token: Secret::new("verify-me"),
-        accept_sha1,
-        pages: HashMap::from([(
-            PAGE.to_owned(),
-            PageSettings {
-                access_token: Secret::new("page-token"),
-                human_agent_tag: true,
-            },
-        )]),
-    };
-    let channel = MessengerChannel::new([(TenantId::new("acme").unwrap(), tenant)]);
+    let channel = MessengerChannel::new([
+        (
+            TenantId::new("acme").unwrap(),
+            tenant_with_page(PAGE, accept_sha1),
+        ),
+        (
+            TenantId::new("globex").unwrap(),
+            tenant_with_page(OTHER_PAGE, false),
+        ),
+    ]);
     Fixture {
         sink,
         registry,
@@ -306,9 +328,9 @@ async fn bad_signatures_and_bad_bodies_publish_nothing() {
         post(&f, &signed(binary), binary).await.0,
         StatusCode::BAD_REQUEST
     );
-    let other = br#"{"object":"instagram","entry":[]}"#;
+    let no_object = br#"{"entry":[]}"#;
     assert_eq!(
-        post(&f, &signed(other), other).await.0,
+        post(&f, &signed(no_object), no_object).await.0,
         StatusCode::BAD_REQUEST
     );
     // Larger than the limit: refused before the signature is even computed.
@@ -367,4 +389,222 @@ async fn a_redelivered_webhook_is_published_once_and_kafka_down_means_503() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(f.sink.records().len(), 1);
+}
+
+/// A text from `PSID` to `page`, in an entry for `entry_id`.
+fn item_for(page: &str, mid: &str) -> String {
+    format!(
+        r#"{{"sender":{{"id":"{PSID}"}},"recipient":{{"id":"{page}"}},"timestamp":1700000000000,"message":{{"mid":"{mid}","text":"hi"}}}}"#
+    )
+}
+
+fn entry(entry_id: &str, items: &[String]) -> String {
+    format!(
+        r#"{{"id":"{entry_id}","time":1700000000000,"messaging":[{}]}}"#,
+        items.join(",")
+    )
+}
+
+fn refused(f: &Fixture) -> f64 {
+    counter(
+        &f.registry,
+        "omni_ingress_refused_items_total",
+        &[
+            ("channel", "messenger"),
+            ("tenant", "acme"),
+            ("reason", "unknown_account"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_signed_event_for_another_tenants_page_is_refused_counted_and_answered_200() {
+    let f = fixture(false);
+    // Signed with the app secret both tenants share, posted to acme's URL, for globex's page.
+    let body = format!(
+        r#"{{"object":"page","entry":[{}]}}"#,
+        entry(OTHER_PAGE, &[item_for(OTHER_PAGE, "m_foreign")])
+    );
+    let (status, answer) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (StatusCode::OK, "EVENT_RECEIVED")
+    );
+    assert!(f.sink.records().is_empty());
+    assert_eq!(refused(&f), 1.0);
+    // An echo is the page's own: its sender is the page, so the sender decides.
+    let echo = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","messaging":[{{"sender":{{"id":"{OTHER_PAGE}"}},"recipient":{{"id":"{PSID}"}},"message":{{"mid":"m_e","is_echo":true,"text":"x"}}}}]}}]}}"#
+    );
+    assert_eq!(
+        post(&f, &signed(echo.as_bytes()), echo.as_bytes()).await.0,
+        StatusCode::OK
+    );
+    assert!(f.sink.records().is_empty());
+    assert_eq!(refused(&f), 2.0);
+}
+
+#[tokio::test]
+async fn a_mixed_batch_publishes_only_the_items_for_the_tenants_own_pages() {
+    let f = fixture(false);
+    let body = format!(
+        r#"{{"object":"page","entry":[{},{},{}]}}"#,
+        entry(
+            PAGE,
+            &[item_for(PAGE, "m_ok_1"), item_for(OTHER_PAGE, "m_bad_1")]
+        ),
+        // An entry for another page: none of its items, whatever their recipient.
+        entry(OTHER_PAGE, &[item_for(PAGE, "m_bad_2")]),
+        entry(PAGE, &[item_for(PAGE, "m_ok_2")]),
+    );
+    let (status, _) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    let mids: Vec<String> = f
+        .sink
+        .records()
+        .iter()
+        .map(|r| {
+            let e: CloudEvent<MessageReceived> = serde_json::from_slice(&r.payload).unwrap();
+            e.data.message.id
+        })
+        .collect();
+    assert_eq!(mids, ["m_ok_1", "m_ok_2"]);
+    assert_eq!(refused(&f), 2.0);
+}
+
+#[tokio::test]
+async fn an_object_we_do_not_handle_is_answered_200_counted_and_not_published() {
+    let f = fixture(false);
+    // A WhatsApp change subscribed on the same app: not a 400, or Meta retries and at length
+    // disables the subscription.
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[]}]}"#;
+    let (status, answer) = post(&f, &signed(body), body).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (StatusCode::OK, "EVENT_RECEIVED")
+    );
+    assert!(f.sink.records().is_empty());
+    let ignored = counter(
+        &f.registry,
+        "omni_ingress_ignored_total",
+        &[("channel", "messenger"), ("kind", "unhandled_object")],
+    );
+    assert_eq!(ignored, 1.0);
+}
+
+fn decode(record: &omni_channel::sink::PublishedRecord) -> serde_json::Value {
+    serde_json::from_slice(&record.payload).unwrap()
+}
+
+#[tokio::test]
+async fn every_instagram_item_kind_becomes_an_instagram_event_on_the_same_endpoint() {
+    let f = fixture(false);
+    let body = include_str!("../../../../testdata/instagram/every_item_kind.json");
+    let (status, _) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    let events: Vec<serde_json::Value> = f.sink.records().iter().map(decode).collect();
+    let summary: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            let data = &e["data"];
+            let id = data["message"]["id"].as_str().or(data["signal"].as_str());
+            (e["type"].as_str().unwrap(), id.unwrap())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("omni.message.received", "ig_text"),
+            ("omni.message.received", "ig_media"),
+            ("omni.message.received", "ig_mention"),
+            ("omni.message.received", "ig_story_reply"),
+            ("omni.message.echoed", "ig_echo"),
+            ("omni.channel.signal", "read"),
+            ("omni.message.received", "ig_postback"),
+        ]
+    );
+    for e in &events {
+        assert_eq!(
+            e["data"]["channel"],
+            serde_json::json!({"kind": "instagram", "account": IG})
+        );
+        assert_eq!(e["data"]["contact"]["id"], IGSID);
+        assert_eq!(e["subject"], events[0]["subject"], "one conversation");
+    }
+    assert_eq!(
+        events[0]["data"]["message"]["text"],
+        "Shop ơi, còn size M không?"
+    );
+    let names = |i: usize| -> Vec<(String, String)> {
+        let atts = events[i]["data"]["message"]["attachments"]
+            .as_array()
+            .unwrap();
+        atts.iter()
+            .map(|a| {
+                let name = a["name"].as_str().unwrap_or("").to_owned();
+                (name, a["url"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    };
+    let cdn = |f: &str| format!("https://lookaside.fbsbx.example/ig/{f}");
+    assert_eq!(
+        names(1),
+        [
+            (String::new(), cdn("img.jpg")),
+            ("Reel mới".to_owned(), cdn("reel.mp4")),
+            ("share".to_owned(), cdn("post.jpg")),
+        ]
+    );
+    assert_eq!(
+        names(2),
+        [("story_mention".to_owned(), cdn("story-mention.jpg"))]
+    );
+    assert_eq!(names(3), [("story_reply".to_owned(), cdn("story.jpg"))]);
+    assert_eq!(events[3]["data"]["message"]["text"], "Đẹp quá!");
+    assert!(events[3]["data"]["message"]["reply_to"].is_null());
+    assert_eq!(
+        events[5]["data"]["message_ids"],
+        serde_json::json!(["ig_echo"])
+    );
+    for kind in ["reaction", "message_deleted"] {
+        let labels = [("channel", "instagram"), ("kind", kind)];
+        assert_eq!(
+            counter(&f.registry, "omni_ingress_ignored_total", &labels),
+            1.0,
+            "{kind}"
+        );
+    }
+    let received = [("channel", "instagram"), ("tenant", "acme")];
+    assert_eq!(
+        counter(&f.registry, "omni_messages_received_total", &received),
+        7.0
+    );
+}
+
+#[tokio::test]
+async fn an_instagram_event_for_an_account_the_tenant_does_not_have_is_refused() {
+    let f = fixture(false);
+    let item = |account: &str| {
+        format!(
+            r#"{{"sender":{{"id":"{IGSID}"}},"recipient":{{"id":"{account}"}},"message":{{"mid":"m_{account}","text":"x"}}}}"#
+        )
+    };
+    // acme's page id is not an Instagram account of acme; neither is another app user's.
+    let body = format!(
+        r#"{{"object":"instagram","entry":[{},{}]}}"#,
+        entry(PAGE, &[item(PAGE)]),
+        entry("17841499999999999", &[item("17841499999999999")]),
+    );
+    let (status, _) = post(&f, &signed(body.as_bytes()), body.as_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(f.sink.records().is_empty());
+    let labels = [
+        ("channel", "instagram"),
+        ("tenant", "acme"),
+        ("reason", "unknown_account"),
+    ];
+    assert_eq!(
+        counter(&f.registry, "omni_ingress_refused_items_total", &labels),
+        2.0
+    );
 }

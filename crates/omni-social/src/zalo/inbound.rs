@@ -184,13 +184,23 @@ impl WebhookAdapter for ZaloChannel {
     fn parse(
         &self,
         tenant: &TenantId,
-        _account: &ZaloTenant,
+        account: &ZaloTenant,
         _request: &Parts,
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Parsed, IngressError> {
         let event: Event = serde_json::from_slice(body)
             .map_err(|e| IngressError::Malformed(format!("not a Zalo event: {e}")))?;
+        if let Some(oa) = event.oa().filter(|oa| !account.oas.contains_key(*oa)) {
+            // Tenants sharing one Zalo app share its OA secret key: the signature alone does
+            // not say whose OA this is.
+            tracing::warn!(channel = "zalo", tenant = %tenant, oa = %oa,
+                "signed event for an OA this tenant does not have, refused");
+            return Ok(Parsed {
+                refused: vec!["unknown_account"],
+                ..Parsed::default()
+            });
+        }
         let occurred_at = event
             .timestamp
             .as_ref()
@@ -247,6 +257,21 @@ impl WebhookAdapter for ZaloChannel {
 
     fn deadline(&self) -> Option<Duration> {
         Some(DEADLINE)
+    }
+}
+
+impl Event {
+    /// The OA the event belongs to, when it names one: the sender of an OA echo, the `oa_id`
+    /// of a follow, else the recipient.
+    fn oa(&self) -> Option<&str> {
+        let party = if self.event_name.starts_with("oa_send_") {
+            &self.sender
+        } else if let Some(oa) = &self.oa_id {
+            return Some(oa.0.as_str());
+        } else {
+            &self.recipient
+        };
+        party.as_ref().map(|p| p.id.0.as_str())
     }
 }
 

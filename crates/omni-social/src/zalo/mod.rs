@@ -18,6 +18,11 @@
 //! | `user_click_button` | `omni.channel.signal` `action` with the button's payload |
 //! | `user_received_message`, `user_seen_message` | `omni.channel.signal` `delivered` / `read` |
 //! | anything else | accepted and counted as ignored |
+//!
+//! Tenant isolation: tenants sharing one Zalo app share its OA secret key, so an event for an
+//! OA the tenant does not have is refused (counted in `omni_ingress_refused_items_total`,
+//! logged, not published) and still answered 200, so Zalo neither retries it nor revokes the
+//! webhook.
 
 pub mod component;
 pub mod config;

@@ -376,3 +376,55 @@ async fn a_slow_broker_is_answered_503_inside_zalos_two_second_deadline() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(started.elapsed() >= Duration::from_millis(1800));
 }
+
+#[tokio::test]
+async fn a_signed_event_for_an_oa_of_another_tenant_on_the_same_app_is_refused_and_counted() {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = ingress(sink.clone(), &registry);
+    // globex's OA is on the same Zalo app with the same OA secret key as acme's first OA.
+    const GLOBEX_OA: &str = "9100000000000000001";
+    let mut globex = tenant();
+    globex.oas = HashMap::from([(GLOBEX_OA.to_owned(), globex.oas[OA].clone())]);
+    let channel = ZaloChannel::new([
+        (TenantId::new("acme").unwrap(), tenant()),
+        (TenantId::new("globex").unwrap(), globex),
+    ]);
+    let ts = "1700000002000";
+    let theirs = user_event("user_send_text", "z_foreign", r#""text":"hi""#, ts).replace(
+        &format!(r#""recipient":{{"id":"{OA}"}}"#),
+        &format!(r#""recipient":{{"id":"{GLOBEX_OA}"}}"#),
+    );
+    assert!(theirs.contains(GLOBEX_OA));
+    let echo = format!(
+        r#"{{"app_id":"{APP}","event_name":"oa_send_text","timestamp":"{ts}","sender":{{"id":"{GLOBEX_OA}"}},"recipient":{{"id":"{USER}"}},"message":{{"msg_id":"oa9","text":"x"}}}}"#
+    );
+    for body in [&theirs, &echo] {
+        assert_eq!(
+            post(&ingress, &channel, &signed(body, ts, KEY), body).await,
+            StatusCode::OK,
+            "answered 200 so Zalo does not retry it: {body}"
+        );
+    }
+    assert!(sink.records().is_empty());
+    let refused = registry
+        .gather()
+        .iter()
+        .filter(|m| m.name() == "omni_ingress_refused_items_total")
+        .flat_map(|m| m.get_metric().iter())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "reason" && l.value() == "unknown_account")
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum::<f64>();
+    assert_eq!(refused, 2.0);
+    // acme's own OA on the same request path still publishes.
+    let ours = user_event("user_send_text", "z_ours", r#""text":"hi""#, ts);
+    assert_eq!(
+        post(&ingress, &channel, &signed(&ours, ts, KEY), &ours).await,
+        StatusCode::OK
+    );
+    assert_eq!(sink.records().len(), 1);
+}
