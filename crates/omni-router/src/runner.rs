@@ -365,6 +365,7 @@ impl Router {
         ticker.abort();
         stop_owners.store(true, Ordering::Relaxed);
         final_commit(&consumer, &applied);
+        leave_group_within(consumer, LEAVE_GROUP_WAIT).await;
         tracing::info!("router stopped");
         result
     }
@@ -649,6 +650,24 @@ impl Router {
 }
 
 /// On shutdown: what was applied is committed; held and unapplied records are not.
+/// How long a stopping router waits for its consumer to leave the group.
+const LEAVE_GROUP_WAIT: Duration = Duration::from_secs(10);
+
+/// Drops (closes) the consumer: librdkafka leaves the group, which waits for the broker and for
+/// a rebalance in progress, and blocks its thread meanwhile (a graceful stop once waited on it
+/// past a 30 s grace period). So it runs on a blocking thread, waited for at most `wait`; past
+/// it the member is left to expire as a crashed one would (its offsets are already committed).
+async fn leave_group_within(consumer: InputConsumer, wait: Duration) {
+    let closing = tokio::task::spawn_blocking(move || drop(consumer));
+    if tokio::time::timeout(wait, closing).await.is_err() {
+        tracing::warn!(
+            waited_secs = wait.as_secs(),
+            "the router's consumer did not leave its group in time: its membership expires \
+             after the session timeout instead"
+        );
+    }
+}
+
 fn final_commit(consumer: &InputConsumer, applied: &Mutex<omni_bus::batch::Applied>) {
     let mut tpl = Offsets::new();
     for ((topic, partition), offset) in applied.lock().unwrap_or_else(|p| p.into_inner()).iter() {
