@@ -204,7 +204,8 @@ impl Broker {
             ])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
-            .stdout(Stdio::null())
+            // tansu's tracing writes to stdout, its panics to stderr: one log keeps their order.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start tansu");

@@ -1,20 +1,28 @@
 //! The acknowledged producer: `send` returns only once the broker has the record (`acks=all`,
 //! idempotent), and fails within the configured publish deadline otherwise.
 //!
-//! The deadline is ours, not librdkafka's (`message.timeout.ms` is pinned to 0): when a
-//! librdkafka idempotent producer times a record out, it bumps its producer epoch on its own
-//! and goes on sending with it. Apache Kafka accepts that; tansu 0.6 with SQLite storage panics
+//! An idempotent librdkafka producer bumps its producer epoch on its own whenever a record it
+//! sent is given up: a record it timed out, or one purged while in flight. It then goes on
+//! sending with the new epoch. Apache Kafka accepts that; tansu 0.6 with SQLite storage panics
 //! in its storage task on a produce with an epoch it has not registered, after which it fails
-//! every request (`tests/tansu/epoch_bump.py` reproduces it). So when a record misses the
-//! deadline we replace the librdkafka producer with a fresh one (a new producer id, which both
-//! brokers handle) and purge what the old one still holds, queued or in flight: those senders
-//! get an error now, and nothing is sent behind their back later. "Ok means durable" and "an
-//! error means it is not stored and will not be" hold as before.
+//! every request (`tests/tansu/epoch_bump.py` reproduces it). So no record may enter a
+//! librdkafka producer after it gave one up:
+//! - the deadline is ours, not librdkafka's (`message.timeout.ms` is pinned to 0);
+//! - a record past the deadline retires its librdkafka producer: a fresh one (a new producer
+//!   id, which both brokers handle) takes its place, and the old one's records, queued or in
+//!   flight, are purged, so their senders get an error now and nothing is sent behind their
+//!   back later;
+//! - a shutdown that purges what is left closes the producer first;
+//! - records enter a producer only under the read lock and after checking it is still current
+//!   and open, and retiring or closing takes the write lock before purging, so nothing enters
+//!   a producer after its purge.
+//!
+//! "Ok means durable" and "an error means it is not stored and will not be" hold throughout.
 
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use std::sync::{Arc, RwLock};
@@ -42,18 +50,34 @@ pub struct OutRecord<'a> {
 /// A cheaply clonable handle to one idempotent librdkafka producer shared by the whole process.
 #[derive(Clone)]
 pub struct Producer {
-    /// The current librdkafka producer and its generation (bumped on each replacement).
-    current: Arc<RwLock<(u64, FutureProducer<MetricsContext>)>>,
+    /// The librdkafka producer records go into now (see the module docs for the locking rule).
+    current: Arc<RwLock<Slot>>,
     config: Arc<BusConfig>,
     metrics: Arc<BusMetrics>,
 }
 
+/// The librdkafka producer in use.
+struct Slot {
+    /// Bumped on each replacement, so concurrent failures replace it once.
+    generation: u64,
+    producer: FutureProducer<MetricsContext>,
+    /// False once a shutdown purged it: it still answers metadata requests, takes no records.
+    open: bool,
+}
+
+/// How long a record waits before trying again to enter a full librdkafka queue.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
+
 impl Producer {
     /// Creates the producer. Connects lazily: a broker that is down now only delays sends.
     pub fn new(config: &BusConfig, metrics: Arc<BusMetrics>) -> Result<Self, BusError> {
-        let inner = Self::build(config, &metrics)?;
+        let producer = Self::build(config, &metrics)?;
         Ok(Self {
-            current: Arc::new(RwLock::new((0, inner))),
+            current: Arc::new(RwLock::new(Slot {
+                generation: 0,
+                producer,
+                open: true,
+            })),
             config: Arc::new(config.clone()),
             metrics,
         })
@@ -72,10 +96,44 @@ impl Producer {
             .map_err(BusError::Client)
     }
 
-    /// The librdkafka producer to use now, with its generation.
+    /// The librdkafka producer for metadata and counts, with its generation. Records never
+    /// go through this: see [`Producer::enqueue`].
     fn current(&self) -> (u64, FutureProducer<MetricsContext>) {
         let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
-        (guard.0, guard.1.clone())
+        (guard.generation, guard.producer.clone())
+    }
+
+    /// Puts `record` into the current producer's queue, waiting for room until `deadline`,
+    /// and returns the producer's generation with the acknowledgement to wait for. The record
+    /// enters under the read lock, so it cannot enter a producer already retired or closed
+    /// (see the module docs).
+    async fn enqueue<'a>(
+        &self,
+        topic: &str,
+        mut record: FutureRecord<'a, [u8], [u8]>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, DeliveryFuture), BusError> {
+        loop {
+            let (generation, attempt) = {
+                let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+                if !guard.open {
+                    return Err(BusError::NotReady(
+                        "the kafka producer is closed for shutdown".into(),
+                    ));
+                }
+                (guard.generation, guard.producer.send_result(record))
+            };
+            match attempt {
+                Ok(delivery) => return Ok((generation, delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if tokio::time::Instant::now() + QUEUE_FULL_RETRY < deadline =>
+                {
+                    record = back;
+                    tokio::time::sleep(QUEUE_FULL_RETRY).await;
+                }
+                Err((source, _)) => return Err(self.failed(topic, source, generation)),
+            }
+        }
     }
 
     /// Replaces generation `failed` with a fresh producer (once, however many sends saw it
@@ -93,21 +151,21 @@ impl Producer {
         };
         let old = {
             let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
-            if guard.0 != failed {
+            if guard.generation != failed || !guard.open {
                 return;
             }
-            let generation = guard.0 + 1;
-            std::mem::replace(&mut *guard, (generation, fresh))
+            guard.generation += 1;
+            std::mem::replace(&mut guard.producer, fresh)
         };
         tracing::info!(
-            generation = old.0 + 1,
+            generation = failed + 1,
             "replaced kafka producer after a timed-out record"
         );
         // Purging and destroying a librdkafka handle block until its threads answer: not on
         // the runtime. Purged records' senders get their error from the delivery reports.
         tokio::task::spawn_blocking(move || {
-            old.1.purge(PurgeConfig::default().queue().inflight());
-            let _ = old.1.flush(Timeout::After(Duration::from_millis(100)));
+            old.purge(PurgeConfig::default().queue().inflight());
+            let _ = old.flush(Timeout::After(Duration::from_millis(100)));
             drop(old);
         });
     }
@@ -149,16 +207,26 @@ impl Producer {
     /// past the deadline is purged with its producer, see the module docs).
     pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), BusError> {
         let record = FutureRecord::to(topic).key(key).payload(payload);
-        let (generation, producer) = self.current();
-        let deadline = self.config.publish_timeout();
         // Waiting for queue space counts against the same deadline as the acknowledgement.
-        let sent = tokio::time::timeout(deadline, producer.send(record, Timeout::After(deadline)));
-        match sent.await {
-            Ok(Ok(_)) => {
-                self.metrics.produced.with_label_values(&[topic]).inc();
-                Ok(())
-            }
-            Ok(Err((source, _message))) => Err(self.failed(topic, source, generation)),
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout();
+        let (generation, delivery) = self.enqueue(topic, record, deadline).await?;
+        self.acknowledged(topic, generation, delivery, deadline)
+            .await
+            .inspect(|()| self.metrics.produced.with_label_values(&[topic]).inc())
+    }
+
+    /// Waits for a queued record's acknowledgement until `deadline`.
+    async fn acknowledged(
+        &self,
+        topic: &str,
+        generation: u64,
+        delivery: DeliveryFuture,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), BusError> {
+        match tokio::time::timeout_at(deadline, delivery).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err((source, _)))) => Err(self.failed(topic, source, generation)),
+            Ok(Err(_cancelled)) => Err(self.failed(topic, KafkaError::Canceled, generation)),
             Err(_elapsed) => Err(self.timed_out(topic, generation)),
         }
     }
@@ -168,7 +236,6 @@ impl Producer {
     /// or with the first error. Records are enqueued together, so their acknowledgements
     /// overlap instead of adding up.
     pub async fn send_batch(&self, records: &[OutRecord<'_>]) -> Result<(), BusError> {
-        let (generation, producer) = self.current();
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout();
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
@@ -189,25 +256,15 @@ impl Producer {
                 }
                 record = record.headers(headers);
             }
-            match producer.send_result(record) {
-                Ok(delivery) => pending.push((r.topic, delivery)),
-                Err((source, _)) => {
-                    return Err(BusError::Publish {
-                        topic: r.topic.to_owned(),
-                        source,
-                    })
-                }
-            }
+            let (generation, delivery) = self.enqueue(r.topic, record, deadline).await?;
+            pending.push((r.topic, generation, delivery));
         }
         let mut first_error = None;
-        for (topic, delivery) in pending {
-            let result = match tokio::time::timeout_at(deadline, delivery).await {
-                Ok(Ok(Ok(_))) => Ok(()),
-                Ok(Ok(Err((source, _)))) => Err(self.failed(topic, source, generation)),
-                Ok(Err(_cancelled)) => Err(self.failed(topic, KafkaError::Canceled, generation)),
-                Err(_elapsed) => Err(self.timed_out(topic, generation)),
-            };
-            match result {
+        for (topic, generation, delivery) in pending {
+            match self
+                .acknowledged(topic, generation, delivery, deadline)
+                .await
+            {
                 Ok(()) => self.metrics.produced.with_label_values(&[topic]).inc(),
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -230,15 +287,25 @@ impl Producer {
     }
 
     /// For the end of a shutdown: waits until every queued record is acknowledged or
-    /// `timeout` passes, then purges what is left (queued and in flight, so their senders get
-    /// an error and nothing is sent behind their back) and returns how many records that was.
-    /// Whoever produced them did not get an acknowledgement: an HTTP client got no 202, a
-    /// consumed record's offset was not committed, so each is retried or redelivered.
+    /// `timeout` passes, then closes the producer (later sends are refused, see the module
+    /// docs), purges what is left, queued or in flight, so their senders get an error and
+    /// nothing is sent behind their back, and returns how many records that was. Whoever
+    /// produced them did not get an acknowledgement: an HTTP client got no 202, a consumed
+    /// record's offset was not committed, so each is retried or redelivered.
     pub async fn flush_or_purge(&self, timeout: Duration) -> usize {
-        let (_, producer) = self.current();
+        let slot = self.current.clone();
         let left = tokio::task::spawn_blocking(move || {
+            let (_, producer) = {
+                let guard = slot.read().unwrap_or_else(|p| p.into_inner());
+                (guard.generation, guard.producer.clone())
+            };
             // The result only says whether records are left; the count says how many.
             let _ = producer.flush(Timeout::After(timeout));
+            let producer = {
+                let mut guard = slot.write().unwrap_or_else(|p| p.into_inner());
+                guard.open = false;
+                guard.producer.clone()
+            };
             let left = producer.in_flight_count();
             if left > 0 {
                 producer.purge(PurgeConfig::default().queue().inflight());
@@ -324,5 +391,55 @@ impl Producer {
         })
         .await
         .map_err(|e| BusError::NotReady(format!("readiness task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer whose broker is not there: records stay queued, never acknowledged.
+    fn unreachable_producer() -> Producer {
+        let mut config = BusConfig {
+            bootstrap_servers: "127.0.0.1:9".into(),
+            publish_timeout_ms: 30_000,
+            ..BusConfig::default()
+        };
+        config
+            .librdkafka
+            .insert("reconnect_backoff_max_ms".into(), "100".into());
+        let metrics = BusMetrics::register(&prometheus::Registry::new()).unwrap();
+        Producer::new(&config, Arc::new(metrics)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_purge_fails_what_is_left_and_refuses_later_records() {
+        let producer = unreachable_producer();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let record = FutureRecord::to("omni.test.v1")
+            .key(&b"k"[..])
+            .payload(&b"queued"[..]);
+        let (generation, delivery) = producer
+            .enqueue("omni.test.v1", record, deadline)
+            .await
+            .unwrap();
+
+        let purged = producer.flush_or_purge(Duration::from_millis(50)).await;
+
+        // librdkafka's count also holds callbacks it has not served yet (the broker is down).
+        assert!(purged >= 1, "the queued record is counted: {purged}");
+        let sent = producer
+            .acknowledged("omni.test.v1", generation, delivery, deadline)
+            .await;
+        assert!(
+            matches!(&sent, Err(BusError::Publish { .. })),
+            "its sender learns it is not stored: {sent:?}"
+        );
+        let later = producer.send("omni.test.v1", b"k", b"after").await;
+        assert!(
+            matches!(&later, Err(BusError::NotReady(why)) if why.contains("closed")),
+            "nothing enters a purged producer: {later:?}"
+        );
+        assert_eq!(producer.in_flight(), 0);
     }
 }
