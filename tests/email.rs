@@ -938,6 +938,7 @@ fn reply_request(
             attachments,
             reply_to: parent.map(str::to_owned),
             csat_survey: false,
+            template: None,
         },
     }
 }

@@ -44,6 +44,7 @@ fn crm_reply(s: &Session, text: &str) -> Value {
             attachments: vec![],
             reply_to: None,
             csat_survey: false,
+            template: None,
         },
     );
     serde_json::to_value(&event).unwrap()

@@ -99,6 +99,7 @@ fn reply(account: &str, recipient: &str, text: &str) -> SendRequest {
             attachments: vec![],
             reply_to: None,
             csat_survey: false,
+            template: None,
         },
     }
 }

@@ -6,7 +6,8 @@
 
 use omni_channel::{ChannelSender, FailureReason, SendProgress, SendRequest};
 use omni_core::{
-    Attachment, ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret, TenantId,
+    Attachment, ChannelKind, ChannelRef, ConversationId, EventId, OutboundMessage, Secret,
+    Template, TenantId,
 };
 use omni_e2e::standin::StandIn;
 use omni_e2e::webhooks::{messenger_text, post_messenger, post_zalo, zalo_text};
@@ -43,6 +44,7 @@ fn reply(kind: ChannelKind, account: &str, recipient: &str, agent: Option<&str>)
             attachments: vec![],
             reply_to: None,
             csat_survey: false,
+            template: None,
         },
     }
 }
@@ -446,6 +448,7 @@ async fn zalo(stored: Option<StoredTokens>) -> Zalo {
         HashMap::from([(("acme".to_owned(), OA.to_owned()), Arc::new(keeper))]),
         ZaloSendSettings {
             openapi_base_url: api.url.clone(),
+            zns_base_url: api.url.clone(),
             rate_per_oa: 0.0,
             timeout: Duration::from_secs(5),
         },
@@ -530,6 +533,183 @@ async fn zalo_error_codes_in_a_200_answer_are_failures_classified_by_code() {
             .unwrap_err();
         assert_eq!((err.reason, err.retryable), (reason, retryable), "{body}");
     }
+}
+
+const ZNS_PATH: &str = "/message/template";
+
+/// A ZNS reply: template 231187 with two parameters, to `phone`.
+fn zns_reply(phone: Option<&str>) -> SendRequest {
+    let mut request = reply(ChannelKind::Zalo, OA, ZUSER, Some("agent-7"));
+    request.message.template = Some(Template {
+        name: "231187".into(),
+        language: Some("vi".into()),
+        params: [("order_code", "1024"), ("customer_name", "Nguyễn Thị Lan")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        phone: phone.map(str::to_owned),
+    });
+    request
+}
+
+#[tokio::test]
+async fn a_template_goes_to_zns_by_phone_exactly_as_documented() {
+    let z = zalo(Some(valid_tokens("ACCESS-1", "R1"))).await;
+    z.api.answer(ZNS_PATH, 200, r#"{"error":0,"message":"Success","data":{"msg_id":"a3f0e1d2c4b5","sent_time":"1733212800000","quota":{"dailyQuota":"500","remainingQuota":"499"}}}"#);
+    let request = zns_reply(Some("0912 345 678"));
+    let mut progress = SendProgress::default();
+    let receipt = z.sender.send(&request, &mut progress).await.unwrap();
+    assert_eq!(receipt.provider_message_id.as_deref(), Some("a3f0e1d2c4b5"));
+    let sent = z.api.requests_to(ZNS_PATH);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].headers["access_token"], "ACCESS-1");
+    assert_eq!(
+        sent[0].json(),
+        json!({
+            "phone": "84912345678",
+            "template_id": "231187",
+            "template_data": {"customer_name": "Nguyễn Thị Lan", "order_code": "1024"},
+            "tracking_id": request.event_id.to_string(),
+        }),
+        "the national number in the international form, the event id to track it"
+    );
+    assert!(
+        z.api.requests_to(CS_PATH).is_empty(),
+        "the text is not sent beside the template"
+    );
+    // A redelivered reply whose one part was sent is not sent again.
+    let again = z.sender.send(&request, &mut progress).await.unwrap();
+    assert_eq!(again.provider_message_id.as_deref(), Some("a3f0e1d2c4b5"));
+    assert_eq!(z.api.requests_to(ZNS_PATH).len(), 1);
+}
+
+#[tokio::test]
+async fn zns_error_codes_are_classified_by_the_zns_table() {
+    let z = zalo(Some(valid_tokens("ACCESS-1", "R1"))).await;
+    for (code, message, reason, retryable) in [
+        (
+            -108,
+            "Phone number invalid",
+            FailureReason::InvalidRecipient,
+            false,
+        ),
+        (
+            -118,
+            "Zalo account not existed",
+            FailureReason::UserUnavailable,
+            false,
+        ),
+        (
+            -119,
+            "Account can not receive ZNS message",
+            FailureReason::UserUnavailable,
+            false,
+        ),
+        (
+            -109,
+            "Template ID invalid",
+            FailureReason::InvalidMessage,
+            false,
+        ),
+        (
+            -112,
+            "Template data invalid",
+            FailureReason::InvalidMessage,
+            false,
+        ),
+        (-115, "Out of quota", FailureReason::QuotaExceeded, false),
+        (
+            -100,
+            "Unknown error",
+            FailureReason::ProviderUnavailable,
+            true,
+        ),
+        (-1999, "Something new", FailureReason::Rejected, false),
+    ] {
+        let body = json!({"error": code, "message": message}).to_string();
+        z.api.answer(ZNS_PATH, 200, &body);
+        let err = z
+            .sender
+            .send(
+                &zns_reply(Some("+84912345678")),
+                &mut SendProgress::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!((err.reason, err.retryable), (reason, retryable), "{body}");
+        assert!(err.detail.contains(message), "{}", err.detail);
+    }
+    assert_eq!(z.api.requests_to(ZNS_PATH).len(), 8);
+
+    // Refused before any call: no phone, a phone that is not one, attachments.
+    let before = z.api.requests().len();
+    let no_phone = z
+        .sender
+        .send(&zns_reply(None), &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(no_phone.reason, FailureReason::InvalidRecipient);
+    let not_a_phone = z
+        .sender
+        .send(
+            &zns_reply(Some("lan@example.com")),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(not_a_phone.reason, FailureReason::InvalidRecipient);
+    let mut with_file = zns_reply(Some("84912345678"));
+    with_file.message.attachments = vec![Attachment {
+        url: "https://files.shop.example/1024.pdf".into(),
+        content_type: Some("application/pdf".into()),
+        name: None,
+        size: None,
+    }];
+    let with_file = z
+        .sender
+        .send(&with_file, &mut SendProgress::default())
+        .await
+        .unwrap_err();
+    assert_eq!(with_file.reason, FailureReason::InvalidMessage);
+    assert_eq!(z.api.requests().len(), before, "nothing was sent");
+
+    // An invalid token: refreshed, and the next send uses the new one.
+    z.oauth.answer(
+        OAUTH_PATH,
+        200,
+        r#"{"access_token":"ACCESS-2","refresh_token":"R2","expires_in":"90000"}"#,
+    );
+    z.api.answer(
+        ZNS_PATH,
+        200,
+        r#"{"error":-124,"message":"Access token is invalid"}"#,
+    );
+    z.api.answer(
+        ZNS_PATH,
+        200,
+        r#"{"error":0,"message":"Success","data":{"msg_id":"b1"}}"#,
+    );
+    let invalid = z
+        .sender
+        .send(
+            &zns_reply(Some("84912345678")),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (invalid.reason, invalid.retryable),
+        (FailureReason::BadToken, true)
+    );
+    z.sender
+        .send(
+            &zns_reply(Some("84912345678")),
+            &mut SendProgress::default(),
+        )
+        .await
+        .unwrap();
+    let last = z.api.requests_to(ZNS_PATH).pop().unwrap();
+    assert_eq!(last.headers["access_token"], "ACCESS-2");
 }
 
 #[tokio::test]
@@ -747,6 +927,7 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
     a_refused_sender_action_is_counted_and_other_channels_refused(&run, &inbound).await;
     agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
     every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
+    a_template_goes_out_as_zns_and_is_unsupported_on_messenger(&run, &inbound).await;
 }
 
 async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
@@ -767,6 +948,7 @@ async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
     let env: Vec<(String, String)> = vec![
         ("OMNI__MESSENGER__GRAPH_BASE_URL".into(), graph.url.clone()),
         ("OMNI__ZALO__OPENAPI_BASE_URL".into(), zapi.url.clone()),
+        ("OMNI__ZALO__ZNS_BASE_URL".into(), zapi.url.clone()),
         ("OMNI__ZALO__OAUTH_BASE_URL".into(), oauth.url.clone()),
         // Token pairs are shared through Kafka, sealed with this key (32 bytes, base64).
         (
@@ -1286,4 +1468,70 @@ async fn every_reply_has_its_delivery_event_and_metrics(run: &SocialDaemon, inbo
     let zalo_in = ["channel=\"zalo\""];
     let received = metric_value(&metrics, "omni_messages_received_total", &zalo_in);
     assert_eq!(received, 1.0);
+}
+
+/// A CRM sends a ZNS template through the API on the Zalo conversation: it reaches the ZNS
+/// stand-in by phone and is `sent` with ZNS's message id. The same on the Messenger
+/// conversation is `failed` as `unsupported`, with no call to Graph.
+async fn a_template_goes_out_as_zns_and_is_unsupported_on_messenger(
+    run: &SocialDaemon,
+    inbound: &Inbound,
+) {
+    run.zapi.answer(
+        ZNS_PATH,
+        200,
+        r#"{"error":0,"message":"Success","data":{"msg_id":"zns_e2e","sent_time":"1733212800000"}}"#,
+    );
+    let graph_before = run.graph.requests().len();
+    let template =
+        json!({"name": "231187", "params": {"order_code": "1024"}, "phone": "+84912345678"});
+    let replies = run.daemon.url("/v1/tenants/demo/replies");
+    let mut ids = Vec::new();
+    for event in [&inbound.zalo, &inbound.messenger] {
+        let mut body = answer(event, "");
+        body["template"] = template.clone();
+        let (status, json) = omni_e2e::post_json(&replies, "demo-agent-token", &body).await;
+        assert_eq!(status, 202, "{json}");
+        ids.push(json["event_id"].as_str().unwrap().to_owned());
+    }
+    let zns = run
+        .zapi
+        .wait_for(ZNS_PATH, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        zns[0].json(),
+        json!({"phone": "84912345678", "template_id": "231187",
+               "template_data": {"order_code": "1024"}, "tracking_id": ids[0]})
+    );
+    assert_eq!(zns[0].headers["access_token"], "Z-ACCESS");
+    let deliveries = read_topic(
+        &run.broker.bootstrap(),
+        "omni.delivery.v1",
+        6,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    );
+    let fate = |id: &str| {
+        deliveries
+            .iter()
+            .map(|d| &d.value["data"])
+            .find(|d| d["outbound_event_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no delivery event for {id}; log:\n{}", run.daemon.log()))
+    };
+    let zns = fate(&ids[0]);
+    assert_eq!(
+        (zns["status"].as_str(), zns["provider_message_id"].as_str()),
+        (Some("sent"), Some("zns_e2e"))
+    );
+    let messenger = fate(&ids[1]);
+    assert_eq!(
+        (messenger["status"].as_str(), messenger["reason"].as_str()),
+        (Some("failed"), Some("unsupported"))
+    );
+    assert_eq!(
+        run.graph.requests().len(),
+        graph_before,
+        "nothing went to Graph"
+    );
 }

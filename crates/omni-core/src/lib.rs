@@ -32,6 +32,6 @@ pub use message::{
     Attachment, ChannelKind, ChannelRef, ChannelSignal, Contact, Direction, Message,
     MessageReceived, SignalKind,
 };
-pub use outbound::{DeliveryStatus, DeliveryUpdate, OutboundMessage};
+pub use outbound::{DeliveryStatus, DeliveryUpdate, OutboundMessage, Template};
 pub use secret::Secret;
 pub use topics::Topics;

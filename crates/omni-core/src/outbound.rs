@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::ids::{ConversationId, EventId, TenantId};
 use crate::message::{Attachment, ChannelRef};
@@ -38,6 +39,28 @@ pub struct OutboundMessage {
     /// router does not count it as a response.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub csat_survey: bool,
+    /// A message template the provider approved, sent instead of `text` and attachments: the
+    /// only way to reach a customer outside the channel's reply window (Zalo ZNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
+}
+
+/// A provider-approved message template and the values of its parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// The template's id or name at the provider (a ZNS `template_id`).
+    pub name: String,
+    /// The template's language, where the provider keeps one per language (`vi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Parameter values by the template's parameter names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// The customer's phone number, for channels that address templates by phone rather than
+    /// by the conversation's `recipient` (Zalo ZNS): `+84…`, `84…` or `0…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
 }
 
 /// The fate of an outbound message.

@@ -20,7 +20,7 @@ use jsonschema::{Retrieve, Uri, Validator};
 use omni_core::{
     Attachment, ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact, ConversationId,
     DeliveryStatus, DeliveryUpdate, Direction, EventId, EventType, Message, MessageReceived,
-    OutboundMessage, SignalKind, TenantId, Topics,
+    OutboundMessage, SignalKind, Template, TenantId, Topics,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -257,6 +257,15 @@ fn outbound_message(full: bool) -> Value {
         attachments: if full { full_attachments() } else { vec![] },
         reply_to: full.then(|| "m_AbCdEf".into()),
         csat_survey: full,
+        template: full.then(|| Template {
+            name: "231187".into(),
+            language: Some("vi".into()),
+            params: [("order_code", "1024"), ("customer_name", "Nguyễn Thị Lan")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            phone: Some("+84912345678".into()),
+        }),
     };
     wire(&CloudEvent::new(
         EventId::new_random(),
@@ -365,6 +374,8 @@ struct Seen {
     declared: Option<BTreeSet<String>>,
     /// `required` of its schema.
     required: BTreeSet<String>,
+    /// Its schema is a map (`additionalProperties` a schema): any key is declared.
+    map: bool,
 }
 
 /// Follows a local `$ref` (`#/$defs/...`); the contract's data schemas use no other kind.
@@ -397,6 +408,25 @@ fn key_set(v: Option<&Value>) -> BTreeSet<String> {
 fn walk(root: &Value, schema: &Value, value: &Value, path: &str, out: &mut Vec<Seen>) {
     let schema = resolve(root, schema);
     match value {
+        // A map (`additionalProperties` is a schema, e.g. a template's `params`): any keys,
+        // each value checked against that schema.
+        Value::Object(map)
+            if schema
+                .get("additionalProperties")
+                .is_some_and(Value::is_object) =>
+        {
+            let values = &schema["additionalProperties"];
+            out.push(Seen {
+                path: path.to_owned(),
+                keys: map.keys().cloned().collect(),
+                declared: Some(map.keys().cloned().collect()),
+                required: BTreeSet::new(),
+                map: true,
+            });
+            for (k, v) in map {
+                walk(root, values, v, &format!("{path}/{k}"), out);
+            }
+        }
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
             out.push(Seen {
@@ -404,6 +434,7 @@ fn walk(root: &Value, schema: &Value, value: &Value, path: &str, out: &mut Vec<S
                 keys: map.keys().cloned().collect(),
                 declared: props.map(|p| p.keys().cloned().collect()),
                 required: key_set(schema.get("required")),
+                map: false,
             });
             if let Some(props) = props {
                 for (k, v) in map {
@@ -783,13 +814,24 @@ fn object_pointers(value: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
+/// The pointers of a full event's maps (objects whose schema is `additionalProperties`).
+fn map_pointers(event_type: EventType) -> Vec<String> {
+    walk_event(event_type, &event(event_type, true))
+        .into_iter()
+        .filter(|s| s.map)
+        .map(|s| s.path)
+        .collect()
+}
+
 #[test]
 fn unknown_fields_are_rejected_everywhere() {
     for event_type in EventType::ALL {
         let mut pointers = Vec::new();
         object_pointers(&event(event_type, true), "", &mut pointers);
         assert!(pointers.len() >= 3, "{pointers:?}");
-        for pointer in pointers {
+        // Maps take any key by design; only records are closed.
+        let maps = map_pointers(event_type);
+        for pointer in pointers.into_iter().filter(|p| !maps.contains(p)) {
             assert_rejected(event_type, &format!("an extra field at {pointer:?}"), |e| {
                 e.pointer_mut(&pointer)
                     .unwrap()

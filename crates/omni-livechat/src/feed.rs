@@ -291,6 +291,7 @@ mod tests {
                 attachments: vec![],
                 reply_to: None,
                 csat_survey: false,
+                template: None,
             },
         );
         serde_json::to_vec(&event).unwrap()

@@ -19,7 +19,7 @@ use axum::{Json, Router as HttpRouter};
 use omni_bus::Producer;
 use omni_core::{
     Attachment, ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact, ConversationId,
-    EventId, EventType, OutboundMessage, Secret, SignalKind, TenantId, Topics,
+    EventId, EventType, OutboundMessage, Secret, SignalKind, Template, TenantId, Topics,
 };
 use omni_routing::{Command, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -451,6 +451,8 @@ struct ReplyRequest {
     attachments: Vec<Attachment>,
     #[serde(default)]
     reply_to: Option<String>,
+    #[serde(default)]
+    template: Option<Template>,
 }
 
 /// The checks every write starts with: credentials, then a JSON body within the limit.
@@ -561,12 +563,19 @@ async fn reply(
             Ok(x) => x,
             Err(e) => return e.into_response(),
         };
-    if req.text.trim().is_empty() && req.attachments.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-            "text (or at least one attachment)",
-        );
+    match &req.template {
+        Some(t) if t.name.trim().is_empty() => {
+            return error(StatusCode::BAD_REQUEST, "missing_field", "template.name");
+        }
+        Some(_) => {}
+        None if req.text.trim().is_empty() && req.attachments.is_empty() => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "text (or at least one attachment, or a template)",
+            );
+        }
+        None => {}
     }
     if let Some(i) = req.attachments.iter().position(|a| a.url.trim().is_empty()) {
         return ApiError::Invalid("missing_field", format!("attachments[{i}].url")).into_response();
@@ -594,6 +603,7 @@ async fn reply(
             attachments: req.attachments,
             reply_to: req.reply_to,
             csat_survey: false,
+            template: req.template,
         },
     );
     publish(&state, &state.topics.outbound, &tenant, id, &event).await

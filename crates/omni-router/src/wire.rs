@@ -98,6 +98,7 @@ pub fn survey_message(routing_event: &serde_json::Value) -> Option<serde_json::V
         attachments: Vec::new(),
         reply_to: None,
         csat_survey: true,
+        template: None,
     };
     let env = omni_core::CloudEvent::new(
         id,

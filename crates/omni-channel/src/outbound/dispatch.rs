@@ -260,6 +260,12 @@ impl Dispatcher {
                 FailureReason::Expired,
                 format!("written {}s ago, older than the maximum age", age.as_secs()),
             ))),
+            Some(sender) if request.message.template.is_some() && !sender.sends_templates() => {
+                Ok(Err(SendError::permanent(
+                    FailureReason::Unsupported,
+                    format!("{kind} has no message templates (Zalo ZNS has)"),
+                )))
+            }
             Some(sender) if progress.uncertain && !sender.deduplicates(request) => {
                 Ok(Err(SendError::permanent(
                     FailureReason::OutcomeUnknown,

@@ -323,4 +323,10 @@ pub trait ChannelSender: Send + Sync + 'static {
     fn deduplicates(&self, _request: &SendRequest) -> bool {
         false
     }
+
+    /// Whether this sender sends a reply's `template` (Zalo ZNS). Others never get one: the
+    /// dispatcher fails it as `unsupported` rather than send its text without the template.
+    fn sends_templates(&self) -> bool {
+        false
+    }
 }

@@ -69,6 +69,7 @@ fn outbound(kind: ChannelKind) -> Vec<u8> {
         attachments: vec![],
         reply_to: None,
         csat_survey: false,
+        template: None,
     };
     serde_json::to_vec(&CloudEvent::new(
         EventId::new_random(),

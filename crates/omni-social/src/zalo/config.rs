@@ -20,6 +20,8 @@ pub struct RawZaloApi {
     pub openapi_base_url: String,
     /// The OAuth base URL (token refresh).
     pub oauth_base_url: String,
+    /// The Zalo Notification Service (ZNS) base URL, for template messages.
+    pub zns_base_url: String,
     /// OA API calls per second per OA.
     pub rate_per_oa: f64,
     /// Timeout of one API call.
@@ -37,6 +39,7 @@ impl Default for RawZaloApi {
         Self {
             openapi_base_url: "https://openapi.zalo.me".into(),
             oauth_base_url: "https://oauth.zaloapp.com".into(),
+            zns_base_url: "https://business.openapi.zalo.me".into(),
             rate_per_oa: 50.0,
             timeout_secs: 15,
             refresh_before_secs: 3600,
@@ -64,6 +67,7 @@ impl RawZaloApi {
     pub fn validate(self, has_oas: bool) -> Result<ZaloApi, InvalidKey> {
         check_http_url("zalo.openapi_base_url", &self.openapi_base_url)?;
         check_http_url("zalo.oauth_base_url", &self.oauth_base_url)?;
+        check_http_url("zalo.zns_base_url", &self.zns_base_url)?;
         let sealing = match (&self.token_key, self.tokens_in_clear) {
             (Some(key), _) => TokenSealing::from_base64(key.expose())
                 .map_err(|e| InvalidKey::new("zalo.token_key", e.to_string()))?,
@@ -86,6 +90,7 @@ impl RawZaloApi {
         Ok(ZaloApi {
             send: ZaloSendSettings {
                 openapi_base_url: self.openapi_base_url,
+                zns_base_url: self.zns_base_url,
                 rate_per_oa: self.rate_per_oa,
                 timeout: Duration::from_secs(self.timeout_secs),
             },

@@ -5,12 +5,17 @@
 //! uploaded to `/v2.0/oa/upload/image` and sent as a media template by `attachment_id`; any
 //! other file is uploaded to `/v2.0/oa/upload/file` and sent by `token`. Zalo answers HTTP 200
 //! even for failures: a non-zero `error` is a failure, classified by its code.
+//!
+//! A reply with a `template` is a Zalo Notification Service (ZNS) message instead: `POST
+//! /message/template` on the ZNS API with the same OA access token, to the template's phone
+//! number, with the outbound event id as `tracking_id`. ZNS reaches a customer outside the
+//! OA's interaction window; its error codes have their own table.
 
 use omni_channel::{
     sender_account, AccountMap, ChannelSender, FailureReason, RateLimiter, SendError, SendFuture,
     SendProgress, SendReceipt, SendRequest, SenderAccounts,
 };
-use omni_core::{Attachment, Secret};
+use omni_core::{Attachment, Secret, Template};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -31,6 +36,8 @@ const MAX_FILE_BYTES: u64 = 5 * 1024 * 1024;
 pub struct ZaloSendSettings {
     /// `https://openapi.zalo.me` in production; a local stand-in in tests.
     pub openapi_base_url: String,
+    /// `https://business.openapi.zalo.me` (ZNS) in production; a local stand-in in tests.
+    pub zns_base_url: String,
     /// Calls per second per OA.
     pub rate_per_oa: f64,
     /// Timeout of one API call (and of fetching an attachment to upload).
@@ -72,6 +79,9 @@ struct Answer {
 struct AnswerData {
     #[serde(default)]
     message_id: Option<IdText>,
+    /// ZNS names the sent message's id `msg_id`.
+    #[serde(default)]
+    msg_id: Option<IdText>,
     #[serde(default)]
     attachment_id: Option<String>,
     #[serde(default)]
@@ -116,6 +126,9 @@ impl ZaloSender {
             format!("OA {oa} is not configured for tenant {}", message.tenant)
         })?
         .clone();
+        if let Some(template) = &message.template {
+            return self.send_zns(request, template, &token, progress).await;
+        }
         let mut parts: Vec<Part<'_>> = split_text(&message.text, MAX_TEXT_CHARS)
             .into_iter()
             .map(Part::Text)
@@ -166,7 +179,12 @@ impl ZaloSender {
             // Durable before the call (the upload above is safe to repeat, this call is not).
             progress.begin_part(index).await?;
             let answer = self
-                .call(&access, oa, "/v3.0/oa/message/cs", Body::Json(body))
+                .call(
+                    &access,
+                    oa,
+                    self.openapi("/v3.0/oa/message/cs"),
+                    Body::Json(body),
+                )
                 .await;
             let data = match answer {
                 Ok(data) => data,
@@ -183,14 +201,74 @@ impl ZaloSender {
                 .unwrap_or_default();
             progress.part_sent(index, id).await?;
         }
-        Ok(SendReceipt {
-            provider_message_id: progress
-                .provider_message_ids
-                .first()
-                .filter(|id| !id.is_empty())
-                .cloned(),
-            segments: None,
-        })
+        Ok(receipt(progress))
+    }
+
+    /// Sends a ZNS template message (see the module docs): one part, the template.
+    async fn send_zns(
+        &self,
+        request: &SendRequest,
+        template: &Template,
+        token: &OaToken,
+        progress: &mut SendProgress,
+    ) -> Result<SendReceipt, SendError> {
+        let message = &request.message;
+        if !message.attachments.is_empty() {
+            return Err(SendError::permanent(
+                FailureReason::InvalidMessage,
+                "a ZNS message carries its template only, no attachments",
+            ));
+        }
+        let phone = template.phone.as_deref().ok_or_else(|| {
+            SendError::permanent(
+                FailureReason::InvalidRecipient,
+                "a ZNS template is sent to a phone number: set template.phone",
+            )
+        })?;
+        let body = json!({
+            "phone": zns_phone(phone)?,
+            "template_id": template.name,
+            "template_data": template.params,
+            "tracking_id": request.event_id.to_string(),
+        });
+        if progress.parts_sent > 0 {
+            return Ok(receipt(progress));
+        }
+        let access = token.access_token().await.map_err(token_failure)?;
+        progress.begin_part(0).await?;
+        let url = format!(
+            "{}/message/template",
+            self.settings.zns_base_url.trim_end_matches('/')
+        );
+        let data = match self
+            .call_with(
+                &access,
+                &message.channel.account,
+                url,
+                Body::Json(body),
+                classify_zns,
+            )
+            .await
+        {
+            Ok(data) => data,
+            Err(e) => {
+                if e.reason == FailureReason::BadToken && e.retryable {
+                    token.invalidate().await;
+                }
+                return Err(e);
+            }
+        };
+        let id = data.and_then(|d| d.msg_id).map(|m| m.0).unwrap_or_default();
+        progress.part_sent(0, id).await?;
+        Ok(receipt(progress))
+    }
+
+    /// The OA API's URL for `path`.
+    fn openapi(&self, path: &str) -> String {
+        format!(
+            "{}{path}",
+            self.settings.openapi_base_url.trim_end_matches('/')
+        )
     }
 
     /// Fetches an attachment and uploads it; the `attachment_id` (images) or `token` (files).
@@ -234,10 +312,10 @@ impl ZaloSender {
             })?;
         }
         let form = reqwest::multipart::Form::new().part("file", file);
-        let path = format!("/v2.0/oa/upload/{kind}");
+        let url = self.openapi(&format!("/v2.0/oa/upload/{kind}"));
         // An upload is not seen by the customer: one whose answer was lost is safe to repeat.
         let data = self
-            .call(access, oa, &path, Body::Form(form))
+            .call(access, oa, url, Body::Form(form))
             .await
             .map_err(|e| match e.reason {
                 FailureReason::OutcomeUnknown => {
@@ -266,14 +344,22 @@ impl ZaloSender {
         &self,
         access: &Secret,
         oa: &str,
-        path: &str,
+        url: String,
         body: Body,
     ) -> Result<Option<AnswerData>, SendError> {
+        self.call_with(access, oa, url, body, classify).await
+    }
+
+    /// [`ZaloSender::call`] with the error table of the API called (OA or ZNS).
+    async fn call_with(
+        &self,
+        access: &Secret,
+        oa: &str,
+        url: String,
+        body: Body,
+        classify: fn(i64, &str) -> SendError,
+    ) -> Result<Option<AnswerData>, SendError> {
         self.limiter.acquire(oa).await;
-        let url = format!(
-            "{}{path}",
-            self.settings.openapi_base_url.trim_end_matches('/')
-        );
         let request = self.http.post(url).header("access_token", access.expose());
         let request = match body {
             Body::Json(v) => request.json(&v),
@@ -300,6 +386,79 @@ impl ChannelSender for ZaloSender {
         progress: &'a mut SendProgress,
     ) -> SendFuture<'a> {
         Box::pin(self.send_reply(request, progress))
+    }
+
+    fn sends_templates(&self) -> bool {
+        true
+    }
+}
+
+/// The receipt of a reply whose parts are all sent: the first part's message id.
+fn receipt(progress: &SendProgress) -> SendReceipt {
+    SendReceipt {
+        provider_message_id: progress
+            .provider_message_ids
+            .first()
+            .filter(|id| !id.is_empty())
+            .cloned(),
+        segments: None,
+    }
+}
+
+/// A phone number as ZNS takes it: digits with the country code, `84…` for Vietnam (`+84…`,
+/// `84…` and the national `0…` are accepted; spaces, dots, dashes and brackets are dropped).
+pub(crate) fn zns_phone(raw: &str) -> Result<String, SendError> {
+    let digits: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '.' | '-' | '(' | ')'))
+        .collect();
+    let digits = digits.strip_prefix('+').unwrap_or(&digits);
+    let international = match digits.strip_prefix('0') {
+        Some(national) => format!("84{national}"),
+        None => digits.to_owned(),
+    };
+    if (9..=15).contains(&international.len()) && international.bytes().all(|b| b.is_ascii_digit())
+    {
+        Ok(international)
+    } else {
+        Err(SendError::permanent(
+            FailureReason::InvalidRecipient,
+            format!("not a phone number ZNS can send to: {raw:?}"),
+        ))
+    }
+}
+
+/// Sorts a ZNS error code into retryable and permanent failures, by Zalo's ZNS error table
+/// (zalo.cloud, "Cách xử lý mã lỗi"); codes not listed are permanent `rejected` with Zalo's
+/// message in the detail.
+pub(crate) fn classify_zns(code: i64, message: &str) -> SendError {
+    let detail = format!("ZNS error {code}: {message}");
+    match code {
+        // Unknown error: "try again later".
+        -100 => SendError::retryable(FailureReason::ProviderUnavailable, detail),
+        // Access token invalid or expired: refresh and try again.
+        -124 => SendError::retryable(FailureReason::BadToken, detail),
+        // Phone number invalid.
+        -108 => SendError::permanent(FailureReason::InvalidRecipient, detail),
+        // The user is inactive, refuses ZNS or this kind of ZNS, has no Zalo account, cannot
+        // receive ZNS, or runs a Zalo version too old.
+        -110 | -114 | -118 | -119 | -139 | -141 => {
+            SendError::permanent(FailureReason::UserUnavailable, detail)
+        }
+        // The template: its id, data, buttons or text invalid, not approved, or not allowed
+        // for this OA or app.
+        -109 | -111 | -112 | -113 | -116 | -117 | -131 | -132 => {
+            SendError::permanent(FailureReason::InvalidMessage, detail)
+        }
+        // Out of quota (the ZNS balance, the OA's daily quota).
+        -115 | -144 => SendError::permanent(FailureReason::QuotaExceeded, detail),
+        // Outside the hours this kind of ZNS may be sent.
+        -133 => SendError::permanent(FailureReason::OutsideWindow, detail),
+        // The app or OA behind it: invalid, not activated, not linked, no permission.
+        -105..=-101 | -120 | -125 => {
+            SendError::permanent(FailureReason::AccountNotConfigured, detail)
+        }
+        _ => SendError::permanent(FailureReason::Rejected, detail),
     }
 }
 
