@@ -16,8 +16,39 @@ pub fn messenger_text(page: &str, psid: &str, mid: &str, text: &str) -> String {
 /// Posts `body` to `tenant`'s Messenger webhook, signed with `app_secret` as Meta signs
 /// (`X-Hub-Signature-256`); the status.
 pub async fn post_messenger(daemon: &Daemon, tenant: &str, app_secret: &str, body: &str) -> u16 {
+    post_meta(
+        daemon,
+        &format!("/v1/webhooks/messenger/{tenant}"),
+        app_secret,
+        body,
+    )
+    .await
+}
+
+/// A WhatsApp Cloud API text message as Meta posts it (`number` receives it from `wa_id`,
+/// whose profile name is `name`).
+pub fn whatsapp_text(number: &str, wa_id: &str, name: &str, wamid: &str, text: &str) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"84281234567","phone_number_id":"{number}"}},"contacts":[{{"profile":{{"name":"{name}"}},"wa_id":"{wa_id}"}}],"messages":[{{"from":"{wa_id}","id":"{wamid}","timestamp":"1700000000","type":"text","text":{{"body":"{text}"}}}}]}}}}]}}]}}"#
+    )
+}
+
+/// Posts `body` to `tenant`'s WhatsApp webhook, signed with `app_secret` as Meta signs; the
+/// status.
+pub async fn post_whatsapp(daemon: &Daemon, tenant: &str, app_secret: &str, body: &str) -> u16 {
+    post_meta(
+        daemon,
+        &format!("/v1/webhooks/whatsapp/{tenant}"),
+        app_secret,
+        body,
+    )
+    .await
+}
+
+/// Posts a Meta webhook body to `path`, with `X-Hub-Signature-256` over the exact bytes.
+async fn post_meta(daemon: &Daemon, path: &str, app_secret: &str, body: &str) -> u16 {
     reqwest::Client::new()
-        .post(daemon.url(&format!("/v1/webhooks/messenger/{tenant}")))
+        .post(daemon.url(path))
         .header(
             "x-hub-signature-256",
             format!(

@@ -24,11 +24,13 @@ pub enum ChannelKind {
     Livechat,
     /// Instagram Direct, through the same Meta app and webhook as Messenger.
     Instagram,
+    /// WhatsApp Business through Meta's Cloud API.
+    Whatsapp,
 }
 
 impl ChannelKind {
     /// Every kind, for metrics pre-registration and docs.
-    pub const ALL: [ChannelKind; 7] = [
+    pub const ALL: [ChannelKind; 8] = [
         ChannelKind::Api,
         ChannelKind::Email,
         ChannelKind::Sms,
@@ -36,6 +38,7 @@ impl ChannelKind {
         ChannelKind::Zalo,
         ChannelKind::Livechat,
         ChannelKind::Instagram,
+        ChannelKind::Whatsapp,
     ];
 
     /// The wire name (also the metric label value).
@@ -48,6 +51,7 @@ impl ChannelKind {
             ChannelKind::Zalo => "zalo",
             ChannelKind::Livechat => "livechat",
             ChannelKind::Instagram => "instagram",
+            ChannelKind::Whatsapp => "whatsapp",
         }
     }
 }

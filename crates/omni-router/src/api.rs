@@ -46,7 +46,8 @@ pub struct ApiState {
     pub http: reqwest::Client,
     /// Counts reads by how they were answered.
     pub metrics: Option<crate::RouterMetrics>,
-    /// Sends typing indicators and read marks straight to providers (Messenger, Instagram);
+    /// Sends typing indicators and read marks straight to providers (Messenger, Instagram,
+    /// WhatsApp);
     /// set once the channels are built, after the API.
     pub signals: OnceLock<Arc<dyn AgentSignals>>,
 }
@@ -74,14 +75,34 @@ impl AgentSignal {
 }
 
 /// Sends agents' typing indicators and read marks straight to a provider (Messenger and
-/// Instagram sender actions): best effort, never through Kafka, so a stale "typing" is never
+/// Instagram sender actions, WhatsApp read marks): best effort, never through Kafka, so a stale "typing" is never
 /// replayed. The daemon implements it over the channels' senders, which count and log
 /// failures; this crate knows no channel.
 pub trait AgentSignals: Send + Sync {
     /// Whether signals on channels of `kind` go this way.
     fn handles(&self, kind: ChannelKind) -> bool;
-    /// Sends `signal` from `channel`'s account to `recipient`, in the background.
-    fn send(&self, tenant: &TenantId, channel: &ChannelRef, recipient: &str, signal: AgentSignal);
+    /// Whether signals on channels of `kind` name the customer's message they answer
+    /// (WhatsApp marks a message read, not a conversation).
+    fn needs_message_id(&self, kind: ChannelKind) -> bool {
+        let _ = kind;
+        false
+    }
+    /// Sends `signal` from `channel`'s account to `recipient` (about the customer's message
+    /// `message_id`, where the channel needs one), in the background.
+    fn send(&self, to: SignalTarget<'_>, signal: AgentSignal);
+}
+
+/// Whom an agent's signal is for.
+#[derive(Debug, Clone, Copy)]
+pub struct SignalTarget<'a> {
+    /// The tenant.
+    pub tenant: &'a TenantId,
+    /// The channel account it is sent from.
+    pub channel: &'a ChannelRef,
+    /// The customer.
+    pub recipient: &'a str,
+    /// The customer's message it answers, where the channel needs one.
+    pub message_id: Option<&'a str>,
 }
 
 /// The API routes (mounted by the daemon).
@@ -617,6 +638,9 @@ struct TypingRequest {
     channel: ChannelRef,
     recipient: String,
     on: bool,
+    /// The customer's message being answered (WhatsApp: required, marked read with it).
+    #[serde(default)]
+    message_id: Option<String>,
 }
 
 /// Body of `POST /v1/tenants/{tenant}/read`.
@@ -626,6 +650,9 @@ struct ReadRequest {
     conversation_id: ConversationId,
     channel: ChannelRef,
     recipient: String,
+    /// The customer's message seen (WhatsApp: required).
+    #[serde(default)]
+    message_id: Option<String>,
 }
 
 /// An agent's typing indicator. Live chat: an `omni.channel.signal` on the outbound topic,
@@ -650,7 +677,13 @@ async fn typing(
             true => AgentSignal::TypingOn,
             false => AgentSignal::TypingOff,
         };
-        return to_provider(&state, &tenant, &req.channel, &req.recipient, signal);
+        let to = SignalTarget {
+            tenant: &tenant,
+            channel: &req.channel,
+            recipient: &req.recipient,
+            message_id: req.message_id.as_deref(),
+        };
+        return to_provider(&state, to, signal);
     }
     let now = time_of(now_ms());
     let id = EventId::new_random();
@@ -700,21 +733,29 @@ async fn mark_read(
     let signal = AgentSignal::Seen;
     tracing::debug!(tenant = %tenant, conversation = %req.conversation_id,
         signal = signal.as_str(), "agent signal");
-    to_provider(&state, &tenant, &req.channel, &req.recipient, signal)
+    let to = SignalTarget {
+        tenant: &tenant,
+        channel: &req.channel,
+        recipient: &req.recipient,
+        message_id: req.message_id.as_deref(),
+    };
+    to_provider(&state, to, signal)
 }
 
 /// Hands a signal to the provider's sender (202: taken, best effort), or refuses a channel
 /// that has none.
-fn to_provider(
-    state: &ApiState,
-    tenant: &TenantId,
-    channel: &ChannelRef,
-    recipient: &str,
-    signal: AgentSignal,
-) -> Response {
-    match state.signals.get().filter(|s| s.handles(channel.kind)) {
+fn to_provider(state: &ApiState, to: SignalTarget<'_>, signal: AgentSignal) -> Response {
+    let kind = to.channel.kind;
+    match state.signals.get().filter(|s| s.handles(kind)) {
         Some(signals) => {
-            signals.send(tenant, channel, recipient, signal);
+            if signals.needs_message_id(kind) && to.message_id.is_none_or(|m| m.trim().is_empty()) {
+                return ApiError::Invalid(
+                    "missing_field",
+                    format!("message_id: {kind} marks the customer's message it answers"),
+                )
+                .into_response();
+            }
+            signals.send(to, signal);
             (
                 StatusCode::ACCEPTED,
                 Json(json!({ "signal": signal.as_str(), "delivery": "best_effort" })),
@@ -723,8 +764,8 @@ fn to_provider(
         }
         None => {
             let shown = match signal {
-                AgentSignal::Seen => "read marks are sent on messenger and instagram only",
-                _ => "typing indicators are shown on livechat, messenger and instagram only",
+                AgentSignal::Seen => "read marks are sent on messenger, instagram and whatsapp only",
+                _ => "typing indicators are shown on livechat, messenger, instagram and whatsapp only",
             };
             ApiError::Invalid("invalid_field", format!("channel.kind: {shown}")).into_response()
         }

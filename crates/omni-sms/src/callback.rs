@@ -15,51 +15,19 @@
 
 use chrono::{DateTime, Utc};
 use omni_channel::{FailureReason, IngressError, Parsed, PreparedEvent};
-use omni_core::{ChannelKind, ChannelRef, ConversationId, DeliveryUpdate, EventId, TenantId};
+use omni_core::{ChannelKind, ChannelRef, DeliveryUpdate, TenantId};
 
 use crate::params::Params;
 use crate::status::StatusReport;
 
-/// What a status callback must carry back to be filed under the right outbound event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallbackRef {
-    /// The `omni.message.send` event's id.
-    pub outbound: EventId,
-    /// Its conversation.
-    pub conversation: ConversationId,
-}
+pub use omni_channel::delivery::CallbackRef;
 
-impl CallbackRef {
-    /// `ref=…&conv=…&account=…`, form-encoded, for a callback URL's query.
-    pub fn query(&self, account: &str) -> String {
-        form_urlencoded::Serializer::new(String::new())
-            .append_pair("ref", &self.outbound.to_string())
-            .append_pair("conv", &self.conversation.to_string())
-            .append_pair("account", account)
-            .finish()
-    }
-
-    /// Reads `ref` and `conv` from a callback URL's query parameters.
-    pub fn from_query(params: &Params) -> Option<Self> {
-        Some(Self {
-            outbound: params.get("ref")?.parse().ok()?,
-            conversation: params.get("conv")?.parse().ok()?,
-        })
-    }
-
-    /// `<outbound event id>.<conversation id>` (73 characters), for Vonage's `client-ref`.
-    pub fn client_ref(&self) -> String {
-        format!("{}.{}", self.outbound, self.conversation)
-    }
-
-    /// Reads a [`CallbackRef::client_ref`] back.
-    pub fn from_client_ref(client_ref: &str) -> Option<Self> {
-        let (outbound, conversation) = client_ref.trim().split_once('.')?;
-        Some(Self {
-            outbound: outbound.parse().ok()?,
-            conversation: conversation.parse().ok()?,
-        })
-    }
+/// Reads `ref` and `conv` (written by [`CallbackRef::query`]) from a callback URL's query.
+fn reference_from_query(params: &Params) -> Option<CallbackRef> {
+    Some(CallbackRef {
+        outbound: params.get("ref")?.parse().ok()?,
+        conversation: params.get("conv")?.parse().ok()?,
+    })
 }
 
 /// The provider whose words a failure code is in.
@@ -152,7 +120,7 @@ pub(crate) fn status_event(
     report: &StatusReport,
     now: DateTime<Utc>,
 ) -> Result<Parsed, IngressError> {
-    let (Some(reference), Some(account)) = (CallbackRef::from_query(refs), account) else {
+    let (Some(reference), Some(account)) = (reference_from_query(refs), account) else {
         return Ok(uncorrelated());
     };
     reference_event(tenant, &reference, &account, provider, report, now)
@@ -195,6 +163,7 @@ fn pending() -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omni_core::{ConversationId, EventId};
 
     #[test]
     fn references_round_trip_through_query_and_client_ref() {
@@ -207,7 +176,7 @@ mod tests {
         let q = r.query("+84281234567");
         assert!(q.contains("account=%2B84281234567"), "{q}");
         assert_eq!(
-            CallbackRef::from_query(&Params::from_query(&q)),
+            reference_from_query(&Params::from_query(&q)),
             Some(r.clone())
         );
         assert_eq!(r.client_ref().len(), 73);

@@ -1,5 +1,5 @@
 //! Every channel, each built by its own entry point, in one list: live chat, e-mail,
-//! Messenger, Zalo and SMS. Each returns a [`Component`] (its routes, its reply senders, its
+//! Messenger, WhatsApp, Zalo and SMS. Each returns a [`Component`] (its routes, its reply senders, its
 //! background tasks) and, where a reload gives it new tenants, a handle for that.
 
 use anyhow::Context as _;
@@ -8,6 +8,7 @@ use omni_channel::{ChannelSender, Component, Ingress};
 use omni_core::ChannelKind;
 use omni_sms::component::{Sms, SmsDeps};
 use omni_social::messenger::component::Messenger;
+use omni_social::whatsapp::component::Whatsapp;
 use omni_social::zalo::component::{SendDeps, Zalo};
 use prometheus::Registry;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Channels {
     pub livechat: Option<Arc<omni_livechat::Livechat>>,
     /// Messenger.
     pub messenger: Arc<Messenger>,
+    /// WhatsApp.
+    pub whatsapp: Arc<Whatsapp>,
     /// Zalo (its handle also keeps the shared token follower alive).
     pub zalo: Arc<Zalo>,
     /// SMS.
@@ -77,6 +80,14 @@ impl Channels {
         )
         .context("building the Messenger HTTP client")?;
         components.push(("messenger", component));
+        let (whatsapp, component) = omni_social::whatsapp::component::build(
+            &settings.whatsapp_tenants,
+            settings.whatsapp_api.clone(),
+            settings.outbound.is_some(),
+            deps.ingress.clone(),
+        )
+        .context("building the WhatsApp HTTP client")?;
+        components.push(("whatsapp", component));
         let (zalo, component) = zalo(settings, &deps)?;
         components.push(("zalo", component));
         let (sms, component) = sms(settings, &deps)?;
@@ -85,6 +96,7 @@ impl Channels {
             components,
             livechat,
             messenger,
+            whatsapp,
             zalo,
             sms,
         })

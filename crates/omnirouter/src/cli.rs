@@ -94,7 +94,7 @@ pub fn main() -> ExitCode {
         Command::Simulate(_) => unreachable!("run before the config is read"),
         Command::CheckConfig { connect } => {
             eprintln!(
-                "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Instagram, {} on Zalo, {} on SMS), topics {}",
+                "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Instagram, {} on WhatsApp, {} on Zalo, {} on SMS), topics {}",
                 settings.listen,
                 settings.kafka.bootstrap_servers,
                 settings
@@ -108,6 +108,7 @@ pub fn main() -> ExitCode {
                     .iter()
                     .filter(|(_, m)| !m.instagram.is_empty())
                     .count(),
+                settings.whatsapp_tenants.len(),
                 settings.zalo_tenants.len(),
                 settings.sms_tenants.len(),
                 settings.kafka.topics.inbound

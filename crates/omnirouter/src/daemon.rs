@@ -69,8 +69,12 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             senders_stop: outbound_stop.clone(),
         },
     )?;
-    let signals = crate::signals::MetaSignals::new(channels.messenger.senders(), &metrics.registry)
-        .context("registering the agent signal metrics")?;
+    let signals = crate::signals::MetaSignals::new(
+        channels.messenger.senders(),
+        channels.whatsapp.sender(),
+        &metrics.registry,
+    )
+    .context("registering the agent signal metrics")?;
     // Set once, here: the API was built before the channels.
     let _ = agent_api.signals.set(Arc::new(signals));
     let (outbound_task, replies) = match &settings.outbound {
@@ -104,6 +108,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         router: routing.handle.clone(),
         livechat: channels.livechat.clone(),
         messenger: channels.messenger.clone(),
+        whatsapp: channels.whatsapp.clone(),
         zalo: channels.zalo.clone(),
         sms: channels.sms.clone(),
     };

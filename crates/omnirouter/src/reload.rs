@@ -8,13 +8,13 @@
 //!
 //! - **In place:** tenants added, changed or removed, and with them the API channel
 //!   credentials, agent API tokens, routing (queues, rules, strategies: the router takes them
-//!   between two batches), Messenger pages, Zalo OAs (token keepers of unchanged OAs are kept),
+//!   between two batches), Messenger pages, WhatsApp numbers, Zalo OAs (token keepers of unchanged OAs are kept),
 //!   SMS accounts, numbers and gateways, and live chat widgets: both for webhooks and for the
 //!   senders of replies. Every request reads the tenants once, at its start.
 //! - **Needs a restart** (a `warn!` "needs a restart: <keys>", the rest still applied): what
 //!   running tasks, sockets and Kafka clients were built with: `server.*`, `ingress.*`,
 //!   `log.level`, `kafka.*`, `router.*` but tenants' routing, `outbound.*`, the provider API
-//!   sections `messenger.*`, `zalo.*`, `sms.*`, `email.*` and any tenant's mailboxes, and
+//!   sections `messenger.*`, `whatsapp.*`, `zalo.*`, `sms.*`, `email.*` and any tenant's mailboxes, and
 //!   `livechat.*` limits, or live chat's first widget when it was not served at start.
 //!   This is decided against the config the daemon started with, so it is said again on every
 //!   reload until the restart.
@@ -27,6 +27,7 @@ use anyhow::Context as _;
 use omni_core::{Secret, TenantId};
 use omni_sms::component::Sms;
 use omni_social::messenger::component::Messenger;
+use omni_social::whatsapp::component::Whatsapp;
 use omni_social::zalo::component::Zalo;
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{BTreeMap, HashMap};
@@ -213,6 +214,7 @@ fn router_and_outbound(a: &Settings, b: &Settings, check: &mut impl FnMut(&str, 
 fn channels(started: &Loaded, new: &Loaded, check: &mut impl FnMut(&str, bool)) {
     let (a, b) = (&started.settings, &new.settings);
     check("messenger", differs(&a.messenger_api, &b.messenger_api));
+    check("whatsapp", differs(&a.whatsapp_api, &b.whatsapp_api));
     check(
         "zalo",
         differs(&a.zalo_api, &b.zalo_api) || differs(&a.zalo_refresh, &b.zalo_refresh),
@@ -349,6 +351,8 @@ pub struct Live {
     pub livechat: Option<Arc<omni_livechat::Livechat>>,
     /// Messenger pages (webhook and sender).
     pub messenger: Arc<Messenger>,
+    /// WhatsApp numbers (webhook and sender).
+    pub whatsapp: Arc<Whatsapp>,
     /// Zalo OAs (webhook, sender and token keepers).
     pub zalo: Arc<Zalo>,
     /// SMS accounts, numbers and gateways (webhooks, multipart store and sender).
@@ -381,6 +385,7 @@ impl Live {
             );
         }
         self.messenger.set_tenants(&settings.messenger_tenants);
+        self.whatsapp.set_tenants(&settings.whatsapp_tenants);
         self.sms.set_tenants(&settings.sms_tenants);
         Ok(())
     }

@@ -11,6 +11,8 @@ use omni_livechat::config::{RawLivechat, RawTenantLivechat};
 use omni_sms::settings::{RawSms, RawSmsApi, SmsApiSettings, SmsTenant};
 use omni_social::messenger::config::{RawMessenger, RawMessengerApi};
 use omni_social::messenger::{MessengerSendSettings, MessengerTenant};
+use omni_social::whatsapp::config::{RawWhatsapp, RawWhatsappApi};
+use omni_social::whatsapp::{WhatsappSendSettings, WhatsappTenant};
 use omni_social::zalo::config::{RawZalo, RawZaloApi};
 use omni_social::zalo::token::RefreshSettings;
 use omni_social::zalo::{ZaloSendSettings, ZaloTenant};
@@ -67,6 +69,8 @@ pub struct RawSettings {
     pub outbound: RawOutbound,
     /// `[messenger]`.
     pub messenger: RawMessengerApi,
+    /// `[whatsapp]`.
+    pub whatsapp: RawWhatsappApi,
     /// `[zalo]`.
     pub zalo: RawZaloApi,
     /// `[sms]`.
@@ -220,6 +224,8 @@ pub struct RawTenant {
     pub routing: Option<omni_routing::RoutingConfig>,
     /// Facebook Messenger pages.
     pub messenger: Option<RawMessenger>,
+    /// WhatsApp business numbers.
+    pub whatsapp: Option<RawWhatsapp>,
     /// Zalo Official Accounts.
     pub zalo: Option<RawZalo>,
     /// SMS providers and numbers.
@@ -259,10 +265,14 @@ pub struct Settings {
     pub response_buckets: Vec<f64>,
     /// Tenants with Messenger pages.
     pub messenger_tenants: Vec<(TenantId, MessengerTenant)>,
+    /// Tenants with WhatsApp numbers.
+    pub whatsapp_tenants: Vec<(TenantId, WhatsappTenant)>,
     /// Tenants with Zalo OAs.
     pub zalo_tenants: Vec<(TenantId, ZaloTenant)>,
     /// The Graph API.
     pub messenger_api: MessengerSendSettings,
+    /// The WhatsApp Cloud API.
+    pub whatsapp_api: WhatsappSendSettings,
     /// The Zalo OA API.
     pub zalo_api: ZaloSendSettings,
     /// Zalo token refresh.
@@ -405,6 +415,7 @@ impl RawSettings {
         }
         let outbound = self.outbound.validate()?;
         let messenger_api = self.messenger.validate()?;
+        let whatsapp_api = self.whatsapp.validate()?;
         let zalo = self.zalo.validate(!tenants.zalo.is_empty())?;
         let (sms_api, sms_concat) = self.sms.validate()?;
         if tenants.count == 0 {
@@ -444,6 +455,8 @@ impl RawSettings {
                 tenants: tenants.routing,
             }),
             messenger_tenants: tenants.messenger,
+            whatsapp_tenants: tenants.whatsapp,
+            whatsapp_api,
             zalo_tenants: tenants.zalo,
             messenger_api,
             zalo_api: zalo.send,
@@ -539,6 +552,7 @@ struct Tenants {
     agent_tokens: Vec<(TenantId, Secret)>,
     routing: BTreeMap<TenantId, omni_routing::RoutingConfig>,
     messenger: Vec<(TenantId, MessengerTenant)>,
+    whatsapp: Vec<(TenantId, WhatsappTenant)>,
     zalo: Vec<(TenantId, ZaloTenant)>,
     sms: Vec<(TenantId, SmsTenant)>,
     mailboxes: Vec<omni_email::MailboxSettings>,
@@ -556,6 +570,10 @@ impl Tenants {
         let mut has_channel = false;
         if let Some(m) = raw.messenger {
             self.messenger.push((tenant.clone(), m.validate(&key)?));
+            has_channel = true;
+        }
+        if let Some(w) = raw.whatsapp {
+            self.whatsapp.push((tenant.clone(), w.validate(&key)?));
             has_channel = true;
         }
         if let Some(z) = raw.zalo {
@@ -577,7 +595,7 @@ impl Tenants {
         if token.is_none() && hmac.is_none() && !has_channel {
             return Err(invalid(
                 &key,
-                "give the tenant a channel: api_token and/or api_hmac_secret, messenger, zalo, sms, email or livechat"
+                "give the tenant a channel: api_token and/or api_hmac_secret, messenger, whatsapp, zalo, sms, email or livechat"
                     .into(),
             ));
         }

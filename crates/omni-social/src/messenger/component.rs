@@ -2,13 +2,9 @@
 //! both objects and Meta's `GET` handshake) and, where replies are sent, a sender per channel
 //! kind; [`Messenger::set_tenants`] gives them a reloaded config's tenants.
 
-use axum::extract::{Path, Query};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{MethodFilter, MethodRouter};
-use omni_channel::{webhook_route, Component, Ingress, Swappable, WebhookAdapter};
+use axum::routing::MethodFilter;
+use omni_channel::{webhook_route, Component, Ingress, Swappable};
 use omni_core::{ChannelKind, TenantId};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{MessengerChannel, MessengerSendSettings, MessengerSender, MessengerTenant};
@@ -64,7 +60,7 @@ pub fn build(
         Arc::new(MessengerSender::instagram(pairs(), api)?),
     ];
     let route = webhook_route(MethodFilter::POST, ingress.clone(), adapter.clone())
-        .merge(handshake_route(ingress, adapter.clone()));
+        .merge(crate::meta::handshake_route(ingress, adapter.clone()));
     let mut component = Component::default()
         .with_routes(axum::Router::new().route("/v1/webhooks/messenger/{tenant}", route));
     if replies {
@@ -74,24 +70,4 @@ pub fn build(
             .with_sender(ChannelKind::Instagram, instagram.clone());
     }
     Ok((Arc::new(Messenger { adapter, senders }), component))
-}
-
-/// Meta's `GET` subscription handshake: echo `hub.challenge` for the right verify token.
-fn handshake_route(
-    ingress: Arc<Ingress>,
-    adapter: Arc<Swappable<MessengerChannel>>,
-) -> MethodRouter {
-    axum::routing::get(
-        move |Path(tenant): Path<String>, Query(query): Query<HashMap<String, String>>| async move {
-            match adapter.current().handshake(&tenant, &query) {
-                Ok(challenge) => (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                    challenge,
-                )
-                    .into_response(),
-                Err(e) => ingress.refuse(MessengerChannel::CHANNEL, e),
-            }
-        },
-    )
 }

@@ -4,7 +4,6 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use omni_channel::signature::{secrets_match, verify_hmac_sha1_hex, verify_hmac_sha256_hex};
 use omni_channel::{Accepted, IngressError, Parsed, PreparedEvent, WebhookAdapter};
 use omni_core::{
     Attachment, ChannelKind, ChannelRef, ChannelSignal, Contact, ConversationId, Direction,
@@ -15,6 +14,7 @@ use std::collections::HashMap;
 
 use super::product::{by_object, MetaProduct};
 use super::{MessengerTenant, ECHO_MARKER};
+use crate::meta::{MetaApp, MetaWebhook};
 use crate::wire::{time_from_millis, IdText};
 
 /// The Meta messaging webhook adapter (Messenger pages and Instagram accounts of one app):
@@ -33,37 +33,22 @@ impl MessengerChannel {
                 .collect(),
         }
     }
+}
 
-    /// Meta's subscription handshake (`GET ?hub.mode=subscribe&hub.verify_token=T&hub.challenge=C`):
-    /// the challenge to echo when the mode and token are right.
-    pub fn handshake(
-        &self,
-        tenant: &str,
-        query: &HashMap<String, String>,
-    ) -> Result<String, IngressError> {
-        let (_, account) = self.account(tenant).ok_or(IngressError::UnknownTenant)?;
-        if query.get("hub.mode").map(String::as_str) != Some("subscribe") {
-            return Err(IngressError::VerificationFailed(
-                "hub.mode must be subscribe",
-            ));
-        }
-        let token = query.get("hub.verify_token").map_or("", String::as_str);
-        if !secrets_match(token.as_bytes(), account.verify_token.expose().as_bytes()) {
-            return Err(IngressError::VerificationFailed(
-                "hub.verify_token does not match",
-            ));
-        }
-        query
-            .get("hub.challenge")
-            .filter(|c| !c.is_empty() && c.len() <= 256)
-            .cloned()
-            .ok_or(IngressError::MissingField("hub.challenge".into()))
+impl MetaWebhook for MessengerChannel {
+    fn app(&self, tenant: &str) -> Option<MetaApp<'_>> {
+        self.account(tenant).map(|(_, account)| meta_app(account))
     }
 }
 
-/// Meta's signature headers.
-const SIGNATURE_256: &str = "x-hub-signature-256";
-const SIGNATURE_SHA1: &str = "x-hub-signature";
+/// The tenant's app credentials.
+fn meta_app(account: &MessengerTenant) -> MetaApp<'_> {
+    MetaApp {
+        app_secret: &account.app_secret,
+        verify_token: &account.verify_token,
+        accept_sha1: account.accept_sha1,
+    }
+}
 
 #[derive(Deserialize)]
 struct Webhook {
@@ -229,48 +214,7 @@ impl WebhookAdapter for MessengerChannel {
         request: &Parts,
         body: &[u8],
     ) -> Result<(), IngressError> {
-        let headers = &request.headers;
-        let key = account.app_secret.expose().as_bytes();
-        if let Some(sig) = headers.get(SIGNATURE_256) {
-            let hex = sig
-                .to_str()
-                .ok()
-                .and_then(|s| s.strip_prefix("sha256="))
-                .ok_or(IngressError::BadCredentials(
-                    "X-Hub-Signature-256 must be sha256=<hex>",
-                ))?;
-            return if verify_hmac_sha256_hex(key, body, hex) {
-                Ok(())
-            } else {
-                Err(IngressError::BadCredentials(
-                    "X-Hub-Signature-256 does not match the body",
-                ))
-            };
-        }
-        match headers.get(SIGNATURE_SHA1) {
-            Some(sig) if account.accept_sha1 => {
-                let hex = sig
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.strip_prefix("sha1="))
-                    .ok_or(IngressError::BadCredentials(
-                        "X-Hub-Signature must be sha1=<hex>",
-                    ))?;
-                if verify_hmac_sha1_hex(key, body, hex) {
-                    Ok(())
-                } else {
-                    Err(IngressError::BadCredentials(
-                        "X-Hub-Signature does not match the body",
-                    ))
-                }
-            }
-            Some(_) => Err(IngressError::BadCredentials(
-                "only X-Hub-Signature-256 is accepted for this tenant",
-            )),
-            None => Err(IngressError::MissingCredentials(
-                "X-Hub-Signature-256 header is required",
-            )),
-        }
+        meta_app(account).verify(request, body)
     }
 
     fn parse(

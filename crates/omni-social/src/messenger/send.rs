@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use super::product::{MetaProduct, INSTAGRAM, MESSENGER};
 use super::{MessengerTenant, PageSettings, ECHO_MARKER};
+use crate::meta::{GraphError, GraphErrorBody};
 use crate::wire::split_text;
 
 /// An agent's signal that is not a message, as Meta's `sender_action`.
@@ -296,10 +297,6 @@ impl MessengerSender {
         if status.is_success() {
             return Ok((status, bytes.to_vec()));
         }
-        #[derive(Deserialize)]
-        struct GraphErrorBody {
-            error: GraphError,
-        }
         match serde_json::from_slice::<GraphErrorBody>(bytes) {
             Ok(body) => Err(classify(&body.error, status).after(answer.retry_after)),
             Err(_) => Err(answer.status_error()),
@@ -317,28 +314,9 @@ impl ChannelSender for MessengerSender {
     }
 }
 
-/// A Graph API error object.
-#[derive(Debug, Deserialize)]
-pub(crate) struct GraphError {
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    code: i64,
-    #[serde(default)]
-    error_subcode: Option<i64>,
-}
-
 /// Sorts a Graph error into retryable and permanent failures, per Meta's error codes.
 pub(crate) fn classify(error: &GraphError, status: reqwest::StatusCode) -> SendError {
-    let detail = format!(
-        "Graph error {}{}: {}",
-        error.code,
-        error
-            .error_subcode
-            .map(|s| format!("/{s}"))
-            .unwrap_or_default(),
-        error.message
-    );
+    let detail = error.describe();
     match (error.code, error.error_subcode) {
         // Application, user, page and Send API rate limits.
         (4 | 17 | 32 | 613 | 80006, _) => SendError::retryable(FailureReason::RateLimited, detail),

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
+use crate::meta::MetaWebhook;
 
 const SECRET: &str = "meta-app-secret";
 const PAGE: &str = "104912345678901";
