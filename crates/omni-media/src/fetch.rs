@@ -336,4 +336,4 @@ impl Resolve for GuardedResolver {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

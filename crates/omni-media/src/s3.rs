@@ -80,11 +80,13 @@ impl S3Store {
             .with_region(&settings.region)
             .with_access_key_id(&settings.access_key_id)
             .with_secret_access_key(settings.secret_access_key.expose())
-            .with_allow_http(settings.allow_http)
             .with_virtual_hosted_style_request(settings.virtual_hosted_style)
             .with_crypto_provider(Arc::new(Sha2Crypto))
+            // The whole client's options: `allow_http` set on the builder before this would be
+            // replaced by them.
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(settings.allow_http)
                     .with_timeout(settings.timeout)
                     .with_connect_timeout(settings.timeout),
             )
