@@ -5,7 +5,7 @@
 //! 1. the URL parses, its scheme is `http` or `https`, it carries no `user:pass@`;
 //! 2. an IP-literal host is judged at once by [`AllowedNetworks::check`] (reqwest connects
 //!    to literals without asking the resolver, so this is the only check they get);
-//! 3. a host name is resolved by [`GuardedResolver`] at connect time, which drops every
+//! 3. a host name is resolved by `GuardedResolver` at connect time, which drops every
 //!    refused address and fails when none remain: the address checked is the address
 //!    connected to, so DNS rebinding gains nothing;
 //! 4. redirects are followed by hand (the client follows none), up to `max_redirects`, each

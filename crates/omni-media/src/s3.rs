@@ -3,7 +3,7 @@
 //! own URL) rather than signed, so they never expire.
 //!
 //! Built on `object_store` with only its S3 protocol and reqwest connector: TLS is the
-//! workspace's native-tls, and SigV4's SHA-256 and HMAC come from [`Sha2Crypto`] over the
+//! workspace's native-tls, and SigV4's SHA-256 and HMAC come from `Sha2Crypto` over the
 //! `sha2`/`hmac` crates the webhook checks already use, so no second TLS or crypto stack is
 //! compiled in.
 
