@@ -38,7 +38,7 @@ $(TANSU): | apt
 
 $(VENV)/.ok: Makefile
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check confluent-kafka kubernetes-validate pyyaml
+	$(VENV)/bin/pip install -q --disable-pip-version-check confluent-kafka kubernetes-validate pyyaml 'moto[server]'
 	touch $@
 
 build: apt ## Build the daemon (debug)
