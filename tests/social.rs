@@ -453,7 +453,8 @@ async fn zalo(stored: Option<StoredTokens>) -> Zalo {
             timeout: Duration::from_secs(5),
         },
     )
-    .unwrap();
+    .unwrap()
+    .with_media(omni_e2e::loopback_media());
     Zalo {
         api,
         oauth,
@@ -928,6 +929,7 @@ async fn webhook_to_kafka_to_agent_reply_to_provider_and_delivery_event() {
     agent_replies_go_out_to_graph_and_the_zalo_openapi(&run, &inbound).await;
     every_reply_has_its_delivery_event_and_metrics(&run, &inbound).await;
     a_template_goes_out_as_zns_and_is_unsupported_on_messenger(&run, &inbound).await;
+    a_reply_attaching_the_cloud_metadata_address_fails_and_fetches_nothing(&run, &inbound).await;
 }
 
 async fn start_with_meta_and_zalo_stand_ins() -> SocialDaemon {
@@ -1533,5 +1535,49 @@ async fn a_template_goes_out_as_zns_and_is_unsupported_on_messenger(
         run.graph.requests().len(),
         graph_before,
         "nothing went to Graph"
+    );
+}
+
+/// A reply whose attachment points at the cloud metadata address (what an attacker with a
+/// CRM account would try, to have omnirouter fetch instance credentials and upload them to
+/// Zalo) fails as `invalid_message` naming the link-local address; nothing is uploaded.
+async fn a_reply_attaching_the_cloud_metadata_address_fails_and_fetches_nothing(
+    run: &SocialDaemon,
+    inbound: &Inbound,
+) {
+    let uploads = run.zapi.requests_to("/v2.0/oa/upload/image").len();
+    let mut body = answer(&inbound.zalo, "");
+    body["attachments"] = json!([{
+        "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "content_type": "image/png",
+    }]);
+    let replies = run.daemon.url("/v1/tenants/demo/replies");
+    let (status, json) = omni_e2e::post_json(&replies, "demo-agent-token", &body).await;
+    assert_eq!(status, 202, "{json}");
+    let id = json["event_id"].as_str().unwrap().to_owned();
+    let deliveries = read_topic(
+        &run.broker.bootstrap(),
+        "omni.delivery.v1",
+        7,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    );
+    let fate = deliveries
+        .iter()
+        .map(|d| &d.value["data"])
+        .find(|d| d["outbound_event_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no delivery event for {id}; log:\n{}", run.daemon.log()));
+    assert_eq!(fate["status"], "failed");
+    assert_eq!(fate["reason"], "invalid_message");
+    let detail = fate["detail"].as_str().unwrap();
+    assert!(detail.contains("link-local"), "{detail}");
+    assert!(
+        !detail.contains("security-credentials"),
+        "no path in the detail: {detail}"
+    );
+    assert_eq!(
+        run.zapi.requests_to("/v2.0/oa/upload/image").len(),
+        uploads,
+        "nothing uploaded"
     );
 }

@@ -755,6 +755,15 @@ pub fn uuid_like() -> String {
     )
 }
 
+/// The safe fetcher with only `127.0.0.1` allowed beyond the public internet, no store: what
+/// a sender needs to read attachments from a stand-in on this host.
+pub fn loopback_media() -> std::sync::Arc<omni_media::Media> {
+    let config: omni_media::MediaConfig =
+        serde_json::from_value(serde_json::json!({"fetch": {"allow_networks": ["127.0.0.1/32"]}}))
+            .unwrap();
+    std::sync::Arc::new(omni_media::Media::new(&config.validate().unwrap()).unwrap())
+}
+
 /// A JSON Schema validator for a file in `crates/omni-core/schemas/`.
 pub fn schema(file: &str) -> jsonschema::Validator {
     let path = workspace().join("crates/omni-core/schemas").join(file);

@@ -200,7 +200,9 @@ impl WebhookAdapter for ApiChannel {
             now,
             data,
         );
-        Ok(vec![PreparedEvent::from_event(&event)?].into())
+        let mut prepared = PreparedEvent::from_event(&event)?;
+        prepared.media = crate::media::MediaSource::for_message(&event.data.message);
+        Ok(vec![prepared].into())
     }
 
     fn respond(&self, accepted: Accepted) -> Response {

@@ -13,6 +13,7 @@
 //! - [`dedupe`]: the bounded, windowed cache of recently published event ids.
 //! - [`delivery`]: the delivery event, built one way by the dispatcher, status callbacks and
 //!   live chat.
+//! - [`media`]: inbound attachments copied into the media store before publishing.
 //! - [`signature`]: constant-time bearer and HMAC checks shared by adapters.
 //! - [`component`]: what a channel's entry point hands the daemon: routes, senders, tasks.
 //! - [`config`]: what channels' raw config shares ([`InvalidKey`], body limits).
@@ -33,6 +34,7 @@ pub mod config;
 pub mod dedupe;
 pub mod delivery;
 pub mod error;
+pub mod media;
 pub mod metrics;
 pub mod outbound;
 pub mod progress;
@@ -48,6 +50,7 @@ pub use config::InvalidKey;
 pub use dedupe::DedupeCache;
 pub use delivery::{delivery_event, delivery_event_id};
 pub use error::IngressError;
+pub use media::{InboundMedia, MediaLookup, MediaSource};
 pub use metrics::IngressMetrics;
 /// Which per-tenant state this instance keeps: adapters follow the router group's assignment.
 pub use omni_bus::ownership::{run_per_owned_key, Owned, Ownership};

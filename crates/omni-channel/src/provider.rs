@@ -58,46 +58,55 @@ pub async fn call(request: reqwest::RequestBuilder) -> Result<Answer, SendError>
     })
 }
 
-/// Downloads an attachment to re-upload it, refusing it past `limit` bytes (by its
-/// Content-Length, or while streaming). A 5xx may pass; any other refusal is permanent.
+/// Reads a reply's attachment to re-upload or attach it: from our own media store when the
+/// URL is one it handed out, otherwise through the safe fetcher (no private, loopback,
+/// link-local or metadata address, redirects re-checked, at most `limit` bytes, bounded in
+/// time). What the fetcher refuses is a permanent `invalid_message` naming why; a timeout,
+/// a 5xx or a transport error may pass and is retried.
+/// A sender built without the daemon's media settings (`None`) uses the strictest: no store,
+/// no network allowed beyond the public internet.
 pub async fn fetch_attachment(
-    http: &reqwest::Client,
+    media: Option<&omni_media::Media>,
     url: &str,
     limit: u64,
 ) -> Result<Vec<u8>, SendError> {
-    let mut response = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| SendError::from_transport(&e))?;
-    let status = response.status();
-    if !status.is_success() {
-        let detail = format!("fetching the attachment answered HTTP {status}");
-        return Err(if status.is_server_error() {
+    let media = match media {
+        Some(media) => media,
+        None => strict_media()?,
+    };
+    media.read_outbound(url, limit).await.map_err(|e| {
+        let detail = format!("attachment {url_kind}: {e}", url_kind = scheme_of(url));
+        if e.is_retryable() {
             SendError::retryable(FailureReason::ProviderUnavailable, detail)
         } else {
             SendError::permanent(FailureReason::InvalidMessage, detail)
-        });
-    }
-    let too_large = || {
-        SendError::permanent(
-            FailureReason::InvalidMessage,
-            format!("attachment larger than the {limit}-byte limit"),
-        )
-    };
-    if response.content_length().is_some_and(|l| l > limit) {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| SendError::from_transport(&e))?
-    {
-        if (bytes.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
         }
-        bytes.extend_from_slice(&chunk);
+    })
+}
+
+/// The strictest media settings, built once.
+fn strict_media() -> Result<&'static omni_media::Media, SendError> {
+    static STRICT: std::sync::OnceLock<Option<omni_media::Media>> = std::sync::OnceLock::new();
+    STRICT
+        .get_or_init(|| omni_media::Media::new(&omni_media::MediaSettings::default()).ok())
+        .as_ref()
+        .ok_or_else(|| {
+            SendError::retryable(
+                FailureReason::ProviderUnavailable,
+                "the attachment fetcher could not be built",
+            )
+        })
+}
+
+/// An attachment URL's scheme and host only, for an error detail (its path and query may
+/// carry a signature or a token).
+fn scheme_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = host.rsplit('@').next().unwrap_or_default();
+            format!("{scheme}://{host}")
+        }
+        None => url.chars().take(16).collect(),
     }
-    Ok(bytes)
 }

@@ -22,6 +22,7 @@ use std::time::Instant;
 use crate::dedupe::DedupeCache;
 use crate::delivery::delivery_event;
 use crate::error::IngressError;
+use crate::media::{InboundMedia, MediaSource};
 use crate::metrics::IngressMetrics;
 use crate::sink::EventSink;
 
@@ -47,6 +48,9 @@ pub struct PreparedEvent {
     pub destination: Destination,
     /// The serialized CloudEvent.
     pub payload: Vec<u8>,
+    /// How its attachments are copied into the media store: set for a customer message with
+    /// `http(s)` attachments, `None` for everything else.
+    pub media: Option<MediaSource>,
 }
 
 impl PreparedEvent {
@@ -59,6 +63,7 @@ impl PreparedEvent {
             conversation_id: event.subject,
             destination: Destination::Inbound,
             payload,
+            media: None,
         })
     }
 
@@ -89,6 +94,10 @@ impl PreparedEvent {
             _ => "message",
         };
         let id = EventId::from_provider(tenant, &channel, kind, &message.id);
+        let media = match event_type {
+            EventType::MessageReceived => MediaSource::for_message(&message),
+            _ => None,
+        };
         let data = MessageReceived {
             tenant: tenant.clone(),
             conversation_id: conversation,
@@ -97,7 +106,7 @@ impl PreparedEvent {
             message,
             received_at: now,
         };
-        Self::from_event(&CloudEvent::new(
+        let mut event = Self::from_event(&CloudEvent::new(
             id,
             event_type,
             tenant.clone(),
@@ -105,7 +114,18 @@ impl PreparedEvent {
             conversation,
             now,
             data,
-        ))
+        ))?;
+        event.media = media;
+        Ok(event)
+    }
+
+    /// Fetches this message's attachments as `source` says (the provider's credentials, or
+    /// a media lookup) when they are copied into the media store.
+    pub fn with_media_source(mut self, source: MediaSource) -> Self {
+        if self.media.is_some() {
+            self.media = Some(source);
+        }
+        self
     }
 
     /// A channel signal, with an id derived from `provider_id` (what names it at the
@@ -214,6 +234,8 @@ pub struct Ingress {
     dedupe: DedupeCache,
     max_body_bytes: usize,
     metrics: IngressMetrics,
+    /// Copies customer messages' attachments into the media store, when one is configured.
+    media: Option<Arc<InboundMedia>>,
 }
 
 impl Ingress {
@@ -234,7 +256,15 @@ impl Ingress {
             dedupe,
             max_body_bytes,
             metrics,
+            media: None,
         }
+    }
+
+    /// Copies inbound attachments into the media store before publishing (see
+    /// [`crate::media`]).
+    pub fn with_media(mut self, media: Arc<InboundMedia>) -> Self {
+        self.media = Some(media);
+        self
     }
 
     /// An ingress of its own over `sink`, on the default topics (`omni.inbound.v1`,
@@ -358,7 +388,7 @@ impl Ingress {
         let mut accepted = Accepted {
             events: Vec::with_capacity(events.len()),
         };
-        for event in events {
+        for mut event in events {
             let id = event.id.as_u128();
             if self.dedupe.contains(id, Instant::now()) {
                 self.metrics
@@ -369,6 +399,9 @@ impl Ingress {
                     .events
                     .push((event.id, event.conversation_id, true));
                 continue;
+            }
+            if let (Some(media), Some(source)) = (&self.media, event.media.take()) {
+                media.copy(tenant, &source, &mut event).await;
             }
             let topic = match event.destination {
                 Destination::Inbound => &self.topic,

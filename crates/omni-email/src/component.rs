@@ -36,6 +36,8 @@ pub struct EmailDeps<'a> {
     pub takeover_grace: Duration,
     /// Whether this instance sends replies (then mailboxes with SMTP get a sender).
     pub send: bool,
+    /// Reads replies' attachments that are not in the mailbox's store.
+    pub media: Arc<omni_media::Media>,
     /// Ends the readers.
     pub stop: watch::Receiver<bool>,
 }
@@ -80,7 +82,8 @@ pub fn build(mailboxes: &[MailboxSettings], deps: EmailDeps<'_>) -> Result<Compo
             deps.threads.clone(),
             &tokens,
         )
-        .map_err(BuildError::Sender)?;
+        .map_err(BuildError::Sender)?
+        .with_media(deps.media.clone());
         component = component.with_sender(ChannelKind::Email, Arc::new(sender));
     }
     let checkpoints: Arc<dyn CheckpointStore> =
@@ -101,6 +104,7 @@ pub fn build(mailboxes: &[MailboxSettings], deps: EmailDeps<'_>) -> Result<Compo
             source,
         })?
         .with_ingress(deps.ingress.clone())
+        .with_media_store(deps.media.store().cloned())
         .with_takeover_grace(deps.takeover_grace);
         let reader = match tokens.get(mailbox) {
             Some(source) => reader.with_tokens(source),

@@ -56,6 +56,9 @@ pub enum EmailError {
         #[source]
         source: std::io::Error,
     },
+    /// An original or an attachment could not be written to the media store.
+    #[error("media store")]
+    MediaStore(#[source] Box<omni_media::StoreError>),
     /// The token endpoint refused the refresh token (`invalid_grant`: revoked, expired, the
     /// password changed, consent withdrawn). Only a new consent helps: the operator's to fix.
     #[error("the oauth2 refresh token of {mailbox} was refused ({detail}): re-authorize the mailbox and set a new oauth2.refresh_token")]
@@ -99,7 +102,7 @@ impl EmailError {
             EmailError::Timeout { .. } => "timeout",
             EmailError::NoUidValidity { .. } => "no_uidvalidity",
             EmailError::Checkpoint { .. } => "checkpoint",
-            EmailError::Store { .. } => "store",
+            EmailError::Store { .. } | EmailError::MediaStore(_) => "store",
             EmailError::OAuth2Reauthorize { .. } => "oauth2_invalid_grant",
             EmailError::OAuth2Refused { .. } => "oauth2_refused",
             EmailError::OAuth2Unavailable { .. } => "oauth2_unavailable",

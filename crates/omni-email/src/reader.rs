@@ -79,6 +79,9 @@ pub struct MailboxReader {
     takeover_grace: Duration,
     /// Access tokens of a mailbox that logs in with OAuth 2.0 (shared with its sender).
     tokens: Option<Arc<TokenSource>>,
+    /// The daemon's media store, when one is configured: originals and attachments go there
+    /// instead of the mailbox's attachment directory.
+    media: Option<omni_media::MediaStore>,
 }
 
 /// What one run of a reader (one ownership of the mailbox) keeps beside its checkpoint.
@@ -175,7 +178,15 @@ impl MailboxReader {
             label,
             takeover_grace: Duration::ZERO,
             tokens,
+            media: None,
         })
+    }
+
+    /// Stores originals and attachments in `store` (the daemon's `[media]` store: a
+    /// directory or S3) instead of the mailbox's attachment directory.
+    pub fn with_media_store(mut self, store: Option<omni_media::MediaStore>) -> Self {
+        self.media = store;
+        self
     }
 
     /// Logs in with `tokens` (the mailbox's OAuth 2.0 token source, shared with its SMTP

@@ -26,7 +26,6 @@ use omni_channel::{
 use omni_core::{Attachment, ChannelKind};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::error::EmailError;
 use crate::oauth2::TokenSources;
@@ -39,15 +38,12 @@ use crate::thread::{bare_id, reply_references, reply_subject, ThreadEntry, Threa
 pub struct EmailSendSettings {
     /// The most attachment bytes one reply may carry (all attachments together).
     pub max_attachment_bytes: u64,
-    /// Timeout of fetching one attachment over http(s).
-    pub fetch_timeout: Duration,
 }
 
 impl Default for EmailSendSettings {
     fn default() -> Self {
         Self {
             max_attachment_bytes: 20 * 1024 * 1024,
-            fetch_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -76,7 +72,9 @@ pub struct EmailSender {
     accounts: AccountMap<Account>,
     settings: EmailSendSettings,
     threads: Arc<ThreadIndex>,
-    http: reqwest::Client,
+    /// Reads attachments that are not in the mailbox's store: our media store directly,
+    /// anything else safely.
+    media: Option<Arc<omni_media::Media>>,
 }
 
 impl EmailSender {
@@ -127,18 +125,19 @@ impl EmailSender {
                     store: mailbox.attachments.clone(),
                 });
         }
-        let http = omni_channel::provider::client(settings.fetch_timeout).map_err(|e| {
-            EmailError::Config {
-                key: "http client".into(),
-                reason: e.to_string(),
-            }
-        })?;
         Ok(Self {
             accounts,
             settings,
             threads,
-            http,
+            media: None,
         })
+    }
+
+    /// Reads attachments through `media` (the daemon's store and fetch policy) instead of
+    /// the strictest default.
+    pub fn with_media(mut self, media: Arc<omni_media::Media>) -> Self {
+        self.media = Some(media);
+        self
     }
 
     async fn send_one(
@@ -268,16 +267,10 @@ impl EmailSender {
                         format!("attachment {}: {e}", n + 1),
                     )
                 })?
-            } else if a.url.starts_with("https://") || a.url.starts_with("http://") {
-                self.fetch(&a.url, left, n + 1).await?
             } else {
-                return Err(SendError::permanent(
-                    FailureReason::InvalidMessage,
-                    format!(
-                        "attachment {} is neither in the attachment store nor an http(s) URL",
-                        n + 1
-                    ),
-                ));
+                // The media store's own URLs are read from it; anything else is fetched
+                // safely (http(s) only, never an internal address).
+                self.fetch(&a.url, left, n + 1).await?
             };
             total += bytes.len() as u64;
             if total > self.settings.max_attachment_bytes {
@@ -305,7 +298,7 @@ impl EmailSender {
     }
 
     async fn fetch(&self, url: &str, limit: u64, n: usize) -> Result<Vec<u8>, SendError> {
-        omni_channel::provider::fetch_attachment(&self.http, url, limit)
+        omni_channel::provider::fetch_attachment(self.media.as_deref(), url, limit)
             .await
             .map_err(|e| SendError {
                 detail: format!("attachment {n}: {}", e.detail),

@@ -6,6 +6,10 @@
 //! quoted history included). The event id is deterministic, so a mail published again after
 //! a crash overwrites the same files instead of adding copies. URLs are `<base_url>/<tenant>/
 //! <event id>/<file>` when a base URL is configured, else `file://` URLs.
+//!
+//! With the daemon's `[media]` store configured (a directory or S3), the same files go there
+//! instead, under `<tenant>/<event id>/0-original.eml` and `<n>-<safe name>`, with the media
+//! store's URLs.
 
 use omni_core::{Attachment, EventId, TenantId};
 use std::path::{Path, PathBuf};
@@ -20,12 +24,22 @@ pub const ORIGINAL: &str = "original.eml";
 /// Writes attachments of one mail.
 pub struct Store<'a> {
     settings: &'a AttachmentStore,
+    media: Option<&'a omni_media::MediaStore>,
 }
 
 impl<'a> Store<'a> {
     /// A store over `settings`.
     pub fn new(settings: &'a AttachmentStore) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            media: None,
+        }
+    }
+
+    /// Writes into the daemon's media store instead, when there is one.
+    pub fn in_media_store(mut self, media: Option<&'a omni_media::MediaStore>) -> Self {
+        self.media = media;
+        self
     }
 
     /// The directory of one mail's files.
@@ -45,6 +59,9 @@ impl<'a> Store<'a> {
         raw: &[u8],
         attachments: &[MailAttachment],
     ) -> Result<Vec<Attachment>, EmailError> {
+        if let Some(media) = self.media {
+            return self.put_media(media, tenant, event, raw, attachments).await;
+        }
         let dir = self.mail_dir(tenant, event);
         tokio::fs::create_dir_all(&dir)
             .await
@@ -65,6 +82,59 @@ impl<'a> Store<'a> {
             };
             out.push(Attachment {
                 url: self.url(tenant, event, &dir, &file),
+                content_type: Some(a.content_type.clone()),
+                name: a.name.clone(),
+                size: Some(size),
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Store::put`] into the media store.
+    async fn put_media(
+        &self,
+        media: &omni_media::MediaStore,
+        tenant: &TenantId,
+        event: EventId,
+        raw: &[u8],
+        attachments: &[MailAttachment],
+    ) -> Result<Vec<Attachment>, EmailError> {
+        let event_id = event.to_string();
+        let original = media
+            .put(
+                &omni_media::MediaKey {
+                    tenant: tenant.as_str(),
+                    event_id: &event_id,
+                    index: 0,
+                    name: Some(ORIGINAL),
+                },
+                bytes::Bytes::copy_from_slice(raw),
+                Some("message/rfc822"),
+            )
+            .await
+            .map_err(|e| EmailError::MediaStore(Box::new(e)))?;
+        let mut out = Vec::with_capacity(attachments.len());
+        for (n, a) in attachments.iter().enumerate() {
+            let size = a.content.len() as u64;
+            let url = if size <= self.settings.max_attachment_bytes {
+                media
+                    .put(
+                        &omni_media::MediaKey {
+                            tenant: tenant.as_str(),
+                            event_id: &event_id,
+                            index: n + 1,
+                            name: a.name.as_deref(),
+                        },
+                        bytes::Bytes::copy_from_slice(&a.content),
+                        Some(&a.content_type),
+                    )
+                    .await
+                    .map_err(|e| EmailError::MediaStore(Box::new(e)))?
+            } else {
+                original.clone()
+            };
+            out.push(Attachment {
+                url,
                 content_type: Some(a.content_type.clone()),
                 name: a.name.clone(),
                 size: Some(size),
@@ -119,39 +189,12 @@ async fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> Result<(), Emai
     tokio::fs::rename(&tmp, &path).await.map_err(err)
 }
 
-/// A file-system and URL safe version of a sender-given name: ASCII letters, digits, `.`,
-/// `-`, `_`; anything else becomes `_`; no leading dot; at most 80 bytes.
+/// A file-system and URL safe version of a sender-given name (the media store's rule), never
+/// the original mail's own name.
 pub(crate) fn safe_name(name: Option<&str>) -> String {
-    let name = name.unwrap_or("attachment");
-    let mut safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    while safe.starts_with('.') {
-        safe.remove(0);
-    }
-    if safe.len() > 80 {
-        // Keep the extension.
-        let ext = safe
-            .rsplit_once('.')
-            .map(|(_, e)| e.to_owned())
-            .filter(|e| e.len() <= 10);
-        safe.truncate(80 - ext.as_ref().map_or(0, |e| e.len() + 1));
-        if let Some(ext) = ext {
-            safe.push('.');
-            safe.push_str(&ext);
-        }
-    }
-    if safe.is_empty() || safe == ORIGINAL {
-        "attachment".to_owned()
-    } else {
-        safe
+    match omni_media::store::safe_name(name) {
+        safe if safe == ORIGINAL => "attachment".to_owned(),
+        safe => safe,
     }
 }
 
@@ -170,6 +213,22 @@ mod tests {
         assert!(s.len() <= 80 && s.ends_with(".xlsx"), "{s}");
     }
 
+    /// A 3-byte attachment named `name` and a 7-byte one over the tests' 4-byte limit.
+    fn small_and_big(name: &str) -> [MailAttachment; 2] {
+        [
+            MailAttachment {
+                name: Some(name.into()),
+                content_type: "text/plain".into(),
+                content: b"abc".to_vec(),
+            },
+            MailAttachment {
+                name: Some("big.bin".into()),
+                content_type: "application/octet-stream".into(),
+                content: b"too big".to_vec(),
+            },
+        ]
+    }
+
     #[tokio::test]
     async fn stores_files_and_maps_urls_back_only_inside_the_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -182,23 +241,7 @@ mod tests {
         let tenant = TenantId::new("acme").unwrap();
         let event = EventId::new_random();
         let list = store
-            .put(
-                &tenant,
-                event,
-                b"raw mail",
-                &[
-                    MailAttachment {
-                        name: Some("a.txt".into()),
-                        content_type: "text/plain".into(),
-                        content: b"abc".to_vec(),
-                    },
-                    MailAttachment {
-                        name: Some("big.bin".into()),
-                        content_type: "application/octet-stream".into(),
-                        content: b"too big".to_vec(),
-                    },
-                ],
-            )
+            .put(&tenant, event, b"raw mail", &small_and_big("a.txt"))
             .await
             .unwrap();
         assert!(list[0].url.starts_with("file:///"), "{}", list[0].url);
@@ -232,5 +275,57 @@ mod tests {
         assert!(store
             .local_path("https://files.example.vn/mail/acme/../x")
             .is_none());
+    }
+
+    /// With the daemon's media store (S3, a real moto server), the original and each
+    /// attachment go there; an oversized attachment points at the stored original; the
+    /// URLs serve the bytes with their types.
+    #[tokio::test]
+    async fn with_a_media_store_originals_and_attachments_go_to_s3() {
+        let moto = omni_media::testing::Moto::start(&[]).await;
+        moto.create_bucket("mail").await;
+        let media =
+            omni_media::MediaStore::S3(omni_media::S3Store::new(&moto.settings("mail")).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AttachmentStore {
+            dir: dir.path().to_path_buf(),
+            base_url: None,
+            max_attachment_bytes: 4,
+        };
+        let tenant = TenantId::new("acme").unwrap();
+        let event = EventId::new_random();
+        let list = Store::new(&settings)
+            .in_media_store(Some(&media))
+            .put(&tenant, event, b"raw mail", &small_and_big("hóa đơn.txt"))
+            .await
+            .unwrap();
+        let base = format!("{}/mail/acme/{event}", moto.endpoint);
+        assert!(
+            list[0].url.starts_with(&format!("{base}/1-")),
+            "{}",
+            list[0].url
+        );
+        assert_eq!(list[0].name.as_deref(), Some("hóa đơn.txt"));
+        assert_eq!(list[1].url, format!("{base}/0-original.eml"));
+        let get = |url: String| async move {
+            let r = reqwest::get(url).await.unwrap();
+            let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+            (ct, r.bytes().await.unwrap().to_vec())
+        };
+        assert_eq!(
+            get(list[0].url.clone()).await,
+            ("text/plain".to_owned(), b"abc".to_vec())
+        );
+        assert_eq!(
+            get(list[1].url.clone()).await,
+            ("message/rfc822".to_owned(), b"raw mail".to_vec())
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "nothing written to the mailbox's directory"
+        );
+        // A reply attaching it reads it back from the store, not over HTTP.
+        let own = media.get_own(&list[0].url, 1024).await.unwrap().unwrap();
+        assert_eq!(own, b"abc");
     }
 }

@@ -4,7 +4,8 @@
 //! ```toml
 //! [media]
 //! store = "s3"            # "none" (default: events keep provider URLs), "directory", "s3"
-//! max_bytes = 26214400    # default per-attachment limit for channels that set none
+//! max_bytes = 26214400    # per-attachment limit, unless the channel's own is set:
+//! channel_max_bytes = { whatsapp = 104857600, sms = 5242880 }
 //! dir = "/var/lib/omnirouter/media"            # store = "directory"
 //! base_url = "https://media.example.com"       # where a web server serves `dir`
 //!
@@ -30,6 +31,7 @@
 use ipnet::IpNet;
 use omni_core::Secret;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +56,8 @@ pub struct MediaConfig {
     pub base_url: Option<String>,
     /// Per-attachment limit for channels that set none of their own.
     pub max_bytes: u64,
+    /// Per-attachment limits by channel kind (`whatsapp`, `sms`, …), over `max_bytes`.
+    pub channel_max_bytes: BTreeMap<String, u64>,
     /// `[media.s3]`, required by `store = "s3"`.
     pub s3: Option<S3Config>,
     /// `[media.fetch]`: limits of every fetch, inbound and outbound.
@@ -67,6 +71,7 @@ impl Default for MediaConfig {
             dir: None,
             base_url: None,
             max_bytes: DEFAULT_MAX_BYTES,
+            channel_max_bytes: BTreeMap::new(),
             s3: None,
             fetch: FetchConfig::default(),
         }
@@ -127,6 +132,8 @@ pub struct FetchConfig {
     /// Redirects followed.
     pub max_redirects: u8,
     /// Networks (CIDR, or a bare address) allowed although private, loopback, link-local…
+    /// A list, or one comma-separated string (as an environment variable gives it).
+    #[serde(deserialize_with = "one_or_many")]
     pub allow_networks: Vec<String>,
 }
 
@@ -149,6 +156,30 @@ pub struct MediaSettings {
     pub fetch: FetchPolicy,
     /// Per-attachment limit for channels that set none.
     pub max_bytes: u64,
+    /// Per-attachment limits by channel kind's wire name.
+    pub channel_max_bytes: BTreeMap<String, u64>,
+}
+
+impl MediaSettings {
+    /// The per-attachment limit of a channel kind (its wire name, e.g. `whatsapp`).
+    pub fn max_bytes_for(&self, channel: &str) -> u64 {
+        self.channel_max_bytes
+            .get(channel)
+            .copied()
+            .unwrap_or(self.max_bytes)
+    }
+}
+
+impl Default for MediaSettings {
+    /// No store, the strict fetch policy: what a channel built without `[media]` uses.
+    fn default() -> Self {
+        Self {
+            store: StoreSettings::None,
+            fetch: FetchPolicy::default(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            channel_max_bytes: BTreeMap::new(),
+        }
+    }
 }
 
 /// A validated store choice.
@@ -173,6 +204,11 @@ impl MediaConfig {
         let bad = |msg: String| MediaError::Config(msg);
         if self.max_bytes == 0 {
             return Err(bad("media.max_bytes must be positive".into()));
+        }
+        if let Some((kind, _)) = self.channel_max_bytes.iter().find(|(_, n)| **n == 0) {
+            return Err(bad(format!(
+                "media.channel_max_bytes.{kind} must be positive"
+            )));
         }
         let fetch = self.fetch.validate()?;
         let store = match self.store {
@@ -202,6 +238,7 @@ impl MediaConfig {
             store,
             fetch,
             max_bytes: self.max_bytes,
+            channel_max_bytes: self.channel_max_bytes.clone(),
         })
     }
 }
@@ -266,6 +303,25 @@ impl FetchConfig {
             allowed_networks: AllowedNetworks::new(networks),
         })
     }
+}
+
+/// A list of strings, or one string of comma-separated items.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// A CIDR network, or a bare address as its own /32 or /128.

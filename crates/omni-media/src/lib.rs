@@ -26,6 +26,8 @@ pub mod error;
 pub mod fetch;
 pub mod s3;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use addr::AllowedNetworks;
 pub use config::{MediaConfig, MediaSettings, StoreSettings};

@@ -28,6 +28,8 @@ pub struct ChannelDeps<'a> {
     pub registry: &'a Registry,
     /// The webhook path every webhook channel shares (one dedupe cache).
     pub ingress: Arc<Ingress>,
+    /// The media store and safe fetcher: replies' attachments are read through it.
+    pub media: Arc<omni_media::Media>,
     /// A new ingress for a channel that dedupes on its own (e-mail) or takes bodies of
     /// another size (live chat frames).
     pub own_ingress: &'a dyn Fn(usize) -> Ingress,
@@ -161,6 +163,7 @@ fn email(
                 Duration::ZERO
             },
             send: settings.outbound.is_some(),
+            media: deps.media.clone(),
             stop: deps.stop.clone(),
         },
     )
@@ -193,6 +196,7 @@ fn zalo(settings: &Settings, deps: &ChannelDeps<'_>) -> anyhow::Result<(Arc<Zalo
         ownership: deps.ownership.clone(),
         registry: deps.registry,
         stop: deps.senders_stop.clone(),
+        media: deps.media.clone(),
     });
     Ok(omni_social::zalo::component::build(
         &settings.zalo_tenants,

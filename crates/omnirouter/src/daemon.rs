@@ -37,12 +37,20 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     let producer =
         Producer::new(&settings.kafka, metrics.bus.clone()).context("creating kafka producer")?;
     create_topics_in_background(settings, &metrics);
-    let ingress = Arc::new(ingress_for(
-        settings,
-        &producer,
-        settings.max_body_bytes,
-        &metrics,
-    ));
+    let media = Arc::new(
+        omni_media::Media::new(&settings.media).context("building the media store and fetcher")?,
+    );
+    let mut webhooks = ingress_for(settings, &producer, settings.max_body_bytes, &metrics);
+    if media.store().is_some() {
+        let inbound = omni_channel::InboundMedia::new(
+            media.clone(),
+            settings.media.clone(),
+            &metrics.registry,
+        )
+        .context("registering the media metrics")?;
+        webhooks = webhooks.with_media(Arc::new(inbound));
+    }
+    let ingress = Arc::new(webhooks);
     let routing = RouterTask::start(settings, &producer, &metrics)?;
     let agent_api = agent_api(settings, &producer, &routing)?;
     // Every channel's background tasks end on this, after the HTTP drain; the reply senders
@@ -55,6 +63,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             producer: &producer,
             registry: &metrics.registry,
             ingress: ingress.clone(),
+            media: media.clone(),
             own_ingress: &|max_body_bytes| {
                 ingress_for(settings, &producer, max_body_bytes, &metrics)
             },

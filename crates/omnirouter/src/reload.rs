@@ -14,7 +14,7 @@
 //! - **Needs a restart** (a `warn!` "needs a restart: <keys>", the rest still applied): what
 //!   running tasks, sockets and Kafka clients were built with: `server.*`, `ingress.*`,
 //!   `log.level`, `kafka.*`, `router.*` but tenants' routing, `outbound.*`, the provider API
-//!   sections `messenger.*`, `whatsapp.*`, `zalo.*`, `sms.*`, `email.*` and any tenant's mailboxes, and
+//!   sections `messenger.*`, `whatsapp.*`, `media.*`, `zalo.*`, `sms.*`, `email.*` and any tenant's mailboxes, and
 //!   `livechat.*` limits, or live chat's first widget when it was not served at start.
 //!   This is decided against the config the daemon started with, so it is said again on every
 //!   reload until the restart.
@@ -215,6 +215,7 @@ fn channels(started: &Loaded, new: &Loaded, check: &mut impl FnMut(&str, bool)) 
     let (a, b) = (&started.settings, &new.settings);
     check("messenger", differs(&a.messenger_api, &b.messenger_api));
     check("whatsapp", differs(&a.whatsapp_api, &b.whatsapp_api));
+    check("media", a.media != b.media);
     check(
         "zalo",
         differs(&a.zalo_api, &b.zalo_api) || differs(&a.zalo_refresh, &b.zalo_refresh),

@@ -71,6 +71,8 @@ pub struct RawSettings {
     pub messenger: RawMessengerApi,
     /// `[whatsapp]`.
     pub whatsapp: RawWhatsappApi,
+    /// `[media]`: the store inbound attachments are copied into, and the safe fetch policy.
+    pub media: omni_media::MediaConfig,
     /// `[zalo]`.
     pub zalo: RawZaloApi,
     /// `[sms]`.
@@ -273,6 +275,8 @@ pub struct Settings {
     pub messenger_api: MessengerSendSettings,
     /// The WhatsApp Cloud API.
     pub whatsapp_api: WhatsappSendSettings,
+    /// The media store and the safe fetch policy.
+    pub media: omni_media::MediaSettings,
     /// The Zalo OA API.
     pub zalo_api: ZaloSendSettings,
     /// Zalo token refresh.
@@ -416,6 +420,10 @@ impl RawSettings {
         let outbound = self.outbound.validate()?;
         let messenger_api = self.messenger.validate()?;
         let whatsapp_api = self.whatsapp.validate()?;
+        let media = self
+            .media
+            .validate()
+            .map_err(|e| invalid("media", e.to_string()))?;
         let zalo = self.zalo.validate(!tenants.zalo.is_empty())?;
         let (sms_api, sms_concat) = self.sms.validate()?;
         if tenants.count == 0 {
@@ -457,6 +465,7 @@ impl RawSettings {
             messenger_tenants: tenants.messenger,
             whatsapp_tenants: tenants.whatsapp,
             whatsapp_api,
+            media,
             zalo_tenants: tenants.zalo,
             messenger_api,
             zalo_api: zalo.send,

@@ -53,6 +53,7 @@ impl MailboxReader {
             }
         }
         let attachments = Store::new(&self.settings.attachments)
+            .in_media_store(self.media.as_ref())
             .put(tenant, identity.event_id, raw, &mail.attachments)
             .await?;
         let event = message_event(

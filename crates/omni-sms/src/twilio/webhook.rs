@@ -119,6 +119,15 @@ fn message(
         None,
     );
     let event = message_event(tenant, sms, &inbound.from, &inbound.to, message, now)?;
+    // Media URLs may need the account's credentials ("HTTP Basic Auth for media"); Twilio
+    // redirects to a signed CDN URL, where they are not sent on.
+    let event = event.with_media_source(omni_channel::MediaSource {
+        auth: sms.twilio.as_ref().map(|t| omni_media::FetchAuth::Basic {
+            user: t.account_sid.clone(),
+            password: t.auth_token.clone(),
+        }),
+        lookup: omni_channel::MediaLookup::Direct,
+    });
     Ok(vec![event].into())
 }
 

@@ -5,11 +5,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use omni_channel::delivery::CallbackRef;
-use omni_channel::{Accepted, IngressError, Parsed, PreparedEvent, WebhookAdapter};
+use omni_channel::{
+    Accepted, IngressError, MediaLookup, MediaSource, Parsed, PreparedEvent, WebhookAdapter,
+};
 use omni_core::{
     Attachment, ChannelKind, ChannelRef, Contact, DeliveryStatus, DeliveryUpdate, Direction,
     EventType, Message, TenantId,
 };
+use omni_media::FetchAuth;
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -300,7 +303,7 @@ impl WebhookAdapter for WhatsappChannel {
                 }
             };
             let number = &value.metadata.phone_number_id;
-            if !account.numbers.contains_key(number) {
+            let Some(settings) = account.numbers.get(number) else {
                 tracing::warn!(channel = "whatsapp", tenant = %tenant, account = %number,
                     "signed change for a number this tenant does not have, refused");
                 let items = value.messages.len() + value.statuses.len();
@@ -308,9 +311,14 @@ impl WebhookAdapter for WhatsappChannel {
                     .refused
                     .extend(std::iter::repeat_n("unknown_account", items.max(1)));
                 continue;
-            }
+            };
             let ctx = ChangeContext {
                 tenant,
+                // Media ids are looked up, and their content fetched, with the number's token.
+                media: MediaSource {
+                    auth: Some(FetchAuth::Bearer(settings.access_token.clone())),
+                    lookup: MediaLookup::GraphMedia,
+                },
                 channel: ChannelRef::new(ChannelKind::Whatsapp, number.clone()),
                 media_base: &self.media_base,
                 now,
@@ -329,6 +337,7 @@ impl WebhookAdapter for WhatsappChannel {
 /// What every event of one change shares.
 struct ChangeContext<'a> {
     tenant: &'a TenantId,
+    media: MediaSource,
     channel: ChannelRef,
     media_base: &'a str,
     now: DateTime<Utc>,
@@ -366,14 +375,17 @@ impl ChangeContext<'_> {
                 parsed.ignored.push("unknown");
                 continue;
             };
-            parsed.events.push(PreparedEvent::message(
+            let event = PreparedEvent::message(
                 self.tenant,
                 self.channel.clone(),
                 contact,
                 EventType::MessageReceived,
                 body,
                 self.now,
-            )?);
+            )?;
+            parsed
+                .events
+                .push(event.with_media_source(self.media.clone()));
         }
         Ok(())
     }

@@ -70,6 +70,8 @@ pub struct SendDeps<'a> {
     pub registry: &'a Registry,
     /// Ends the upkeep (a refresh in progress finishes first).
     pub stop: watch::Receiver<bool>,
+    /// Reads replies' attachments to upload them.
+    pub media: Arc<omni_media::Media>,
 }
 
 /// Why Zalo could not be built.
@@ -119,7 +121,8 @@ fn start_sending(
     )
     .shared(shared, deps.ownership);
     let keepers = upkeep.prepare(tenants)?;
-    let sender = Arc::new(ZaloSender::new(upkeep.commit(keepers), deps.api)?);
+    let sender =
+        Arc::new(ZaloSender::new(upkeep.commit(keepers), deps.api)?.with_media(deps.media));
     Ok(Sending {
         sender,
         upkeep: Mutex::new(upkeep),

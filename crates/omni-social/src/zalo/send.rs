@@ -55,6 +55,8 @@ pub struct ZaloSender {
     http: reqwest::Client,
     settings: ZaloSendSettings,
     limiter: RateLimiter,
+    /// Reads attachments to upload: our own store directly, anything else safely.
+    media: Option<Arc<omni_media::Media>>,
 }
 
 /// One part of a reply: text, or an uploaded attachment.
@@ -101,7 +103,15 @@ impl ZaloSender {
             http,
             settings,
             limiter,
+            media: None,
         })
+    }
+
+    /// Reads attachments through `media` (the daemon's store and fetch policy) instead of
+    /// the strictest default.
+    pub fn with_media(mut self, media: Arc<omni_media::Media>) -> Self {
+        self.media = Some(media);
+        self
     }
 
     /// Replaces the token keepers (a reloaded config): replies taken from now on use them; a
@@ -285,7 +295,8 @@ impl ZaloSender {
             MAX_FILE_BYTES
         };
         let bytes =
-            omni_channel::provider::fetch_attachment(&self.http, &attachment.url, limit).await?;
+            omni_channel::provider::fetch_attachment(self.media.as_deref(), &attachment.url, limit)
+                .await?;
         let name = attachment
             .name
             .clone()
