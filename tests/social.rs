@@ -141,10 +141,8 @@ async fn messenger_sends_exactly_the_documented_request_per_part() {
     assert_eq!(sent.len(), 2);
     for r in &sent {
         assert_eq!(r.method, "POST");
-        assert_eq!(
-            r.query_pairs(),
-            [("access_token".to_owned(), "PAGE-TOKEN".to_owned())]
-        );
+        assert_eq!(r.headers["authorization"], "Bearer PAGE-TOKEN");
+        assert!(r.query.is_empty(), "no token in the URL: {}", r.query);
         assert_eq!(r.headers["content-type"], "application/json");
     }
     let marker = format!("omnirouter:{}", request.event_id);
@@ -338,8 +336,8 @@ async fn instagram_sends_1000_character_pieces_to_me_messages_without_messenger_
     let sent = graph.requests_to(IG_SEND_PATH);
     assert_eq!(sent.len(), 3, "{:?}", graph.requests());
     for r in &sent {
-        let token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
-        assert_eq!(r.query_pairs(), token);
+        assert_eq!(r.headers["authorization"], "Bearer IG-TOKEN");
+        assert!(r.query.is_empty(), "no token in the URL: {}", r.query);
         let body = r.json();
         assert_eq!(body["recipient"], json!({"id": IGSID}));
         assert_eq!(body["messaging_type"], "RESPONSE");
@@ -1265,13 +1263,13 @@ async fn agents_typing_and_seen_reach_meta_as_sender_actions(
     assert_eq!(fb.len(), 2);
     assert_eq!(fb[0].json(), sender_action(PSID, "typing_on"));
     assert_eq!(fb[1].json(), sender_action(PSID, "typing_off"));
-    let page_token = [("access_token".to_owned(), "PAGE-TOKEN".to_owned())];
-    assert_eq!(fb[0].query_pairs(), page_token);
+    assert_eq!(fb[0].headers["authorization"], "Bearer PAGE-TOKEN");
+    assert!(fb[0].query.is_empty());
     let ig = run.graph.requests_to(IG_SEND_PATH);
     assert_eq!(ig.len(), 1);
     assert_eq!(ig[0].json(), sender_action(IGSID, "mark_seen"));
-    let ig_token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
-    assert_eq!(ig[0].query_pairs(), ig_token);
+    assert_eq!(ig[0].headers["authorization"], "Bearer IG-TOKEN");
+    assert!(ig[0].query.is_empty());
 }
 
 /// A "seen" Meta refuses is counted by its reason and not retried; channels without typing or
@@ -1397,8 +1395,8 @@ async fn agent_replies_go_out_to_graph_and_the_zalo_openapi(run: &SocialDaemon, 
         "recipient": {"id": IGSID}, "messaging_type": "RESPONSE", "message": {"text": VI}
     });
     assert_eq!(ig_sent[0].json(), ig_expected);
-    let token = [("access_token".to_owned(), "IG-TOKEN".to_owned())];
-    assert_eq!(ig_sent[0].query_pairs(), token);
+    assert_eq!(ig_sent[0].headers["authorization"], "Bearer IG-TOKEN");
+    assert!(ig_sent[0].query.is_empty());
     let z_sent = run.zapi.wait_for(CS_PATH, 1, Duration::from_secs(20)).await;
     assert_eq!(z_sent[0].json()["message"]["text"], VI);
     assert_eq!(z_sent[0].json()["message"]["quote_message_id"], "z_e2e");

@@ -285,10 +285,46 @@ impl Drop for Broker {
 }
 
 /// The omnirouter daemon, started with `config/default.toml` and overrides.
+///
+/// Every daemon of the suite checks, when its test ends, that its log holds none of the
+/// secrets it was configured with (tokens, app secrets, passwords, keys given in the
+/// environment, and the demo tenant's): a secret in a log line fails the test that caused it.
 pub struct Daemon {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The configured secrets, by the key that set them.
+    secrets: Vec<(String, String)>,
+}
+
+/// The demo tenant's secrets in `config/default.toml`.
+const DEFAULT_SECRETS: [(&str, &str); 3] = [
+    ("tenants.demo.api_token", "demo-token"),
+    ("tenants.demo.api_hmac_secret", "demo-secret"),
+    ("tenants.demo.agent_api_token", "demo-agent-token"),
+];
+
+/// The secrets among the environment overrides: values of keys naming a token, secret,
+/// password or key (not a file or URL), long enough not to match by chance.
+fn secrets_of(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    let secret_key = |k: &str| {
+        let k = k.to_ascii_uppercase();
+        ["TOKEN", "SECRET", "PASSWORD", "_KEY"]
+            .iter()
+            .any(|s| k.contains(s))
+            && !k.ends_with("_FILE")
+            && !k.ends_with("_URL")
+            && !k.ends_with("_ID")
+    };
+    env.iter()
+        .filter(|(k, v)| secret_key(k) && v.len() >= 6)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .chain(
+            DEFAULT_SECRETS
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .collect()
 }
 
 impl Daemon {
@@ -360,6 +396,7 @@ impl Daemon {
             port,
             dir,
             child: Some(child),
+            secrets: secrets_of(env),
         }
     }
 
@@ -482,6 +519,23 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let log = self.log();
+            let leaked: Vec<&str> = self
+                .secrets
+                .iter()
+                .filter(|(_, value)| log.contains(value.as_str()))
+                .map(|(key, _)| key.as_str())
+                .collect();
+            if !leaked.is_empty() {
+                let kept = std::env::temp_dir().join(format!("omni-e2e-daemon-{}.log", self.port));
+                let _ = std::fs::write(&kept, &log);
+                panic!(
+                    "omnirouter logged the secret of {leaked:?} (log kept in {})",
+                    kept.display()
+                );
+            }
         }
     }
 }
@@ -774,4 +828,60 @@ pub fn schema(file: &str) -> jsonschema::Validator {
         .should_validate_formats(true)
         .build(&json)
         .unwrap_or_else(|e| panic!("schema {file}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check can fail: a daemon whose log holds a configured secret fails its test. (The
+    /// "secret" here is a word every log has, passed in a variable the daemon ignores.)
+    #[test]
+    fn a_daemon_whose_log_holds_a_configured_secret_fails_its_test() {
+        let daemon = Daemon::spawn("127.0.0.1:9", &[("OMNI_E2E_CHECK_SECRET", "omnirouter")]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !daemon.log().contains("omnirouter") {
+            assert!(Instant::now() < deadline, "the daemon wrote no log");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(daemon)));
+        let message = dropped
+            .unwrap_err()
+            .downcast::<String>()
+            .map(|m| *m)
+            .unwrap_or_default();
+        assert!(message.contains("OMNI_E2E_CHECK_SECRET"), "{message}");
+        assert!(
+            !message.contains("\"omnirouter\""),
+            "the value is not echoed"
+        );
+    }
+
+    #[test]
+    fn secrets_are_the_values_of_secret_keys_never_files_urls_or_ids() {
+        let env = [
+            ("OMNI__TENANTS__A__MESSENGER__APP_SECRET", "META-SECRET"),
+            (
+                "OMNI__TENANTS__A__WHATSAPP__NUMBERS__1__ACCESS_TOKEN",
+                "WA-TOKEN-1",
+            ),
+            ("OMNI__ZALO__TOKEN_KEY", "b21uaXJvdXRlcg=="),
+            ("OMNI__TENANTS__A__ZALO__OAS__1__TOKEN_FILE", "/tmp/oa.json"),
+            ("OMNI__MEDIA__S3__ACCESS_KEY_ID", "test-key"),
+            ("OMNI__TENANTS__A__API_TOKEN", "t"),
+            ("OMNI__WHATSAPP__GRAPH_BASE_URL", "http://127.0.0.1:1"),
+        ];
+        let keys: Vec<String> = secrets_of(&env).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "OMNI__TENANTS__A__MESSENGER__APP_SECRET",
+                "OMNI__TENANTS__A__WHATSAPP__NUMBERS__1__ACCESS_TOKEN",
+                "OMNI__ZALO__TOKEN_KEY",
+                "tenants.demo.api_token",
+                "tenants.demo.api_hmac_secret",
+                "tenants.demo.agent_api_token",
+            ]
+        );
+    }
 }

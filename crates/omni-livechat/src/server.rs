@@ -143,8 +143,8 @@ async fn preflight(
     }
 }
 
-/// Body of a session request; every field optional.
-#[derive(Debug, Default, Deserialize)]
+/// Body of a session request; every field optional. No `Debug`: it carries a visitor token.
+#[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct SessionRequest {
     /// A previous token of this browser: the same visitor (and conversation) is kept.
@@ -287,8 +287,8 @@ fn conversation_of(tenant: &TenantId, widget: &str, visitor: &str) -> Conversati
     )
 }
 
-/// Query of the socket URL.
-#[derive(Debug, Deserialize)]
+/// Query of the socket URL. No `Debug`: it carries a visitor token.
+#[derive(Deserialize)]
 struct SocketQuery {
     token: Option<String>,
     after: Option<String>,

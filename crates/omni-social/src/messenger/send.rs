@@ -289,7 +289,8 @@ impl MessengerSender {
         let answer = omni_channel::provider::call(
             self.http
                 .post(url)
-                .query(&[("access_token", page.access_token.expose())])
+                // A header, not `?access_token=`: URLs end up in proxies' and servers' logs.
+                .bearer_auth(page.access_token.expose())
                 .json(&body),
         )
         .await?;

@@ -150,13 +150,23 @@ pub struct RefreshSettings {
     pub timeout: Duration,
 }
 
-/// The current pair and whether it still has to reach the file.
-#[derive(Debug, Default)]
+/// The current pair and whether it still has to reach the file. `Debug` never shows a token.
+#[derive(Default)]
 struct State {
     tokens: Option<StoredTokens>,
     unsaved: bool,
     /// An access token Zalo called invalid: never adopted again from the file.
     rejected: Option<String>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("tokens", &self.tokens)
+            .field("unsaved", &self.unsaved)
+            .field("rejected", &self.rejected.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Where an OA's pair is shared with the other replicas, and who refreshes it.

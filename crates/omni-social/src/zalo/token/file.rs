@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::TokenError;
 
-/// What the token file holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the token file holds. `Debug` shows the expiry and time, never the tokens.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredTokens {
     /// The OA access token.
     pub access_token: String,
@@ -20,6 +20,17 @@ pub struct StoredTokens {
     pub refresh_token: String,
     /// When this pair was obtained.
     pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for StoredTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredTokens")
+            .field("access_token", &"***")
+            .field("access_token_expires_at", &self.access_token_expires_at)
+            .field("refresh_token", &"***")
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
 }
 
 /// One OA's token file.
@@ -90,5 +101,23 @@ impl TokenFile {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let tokens = StoredTokens {
+            access_token: "ACCESS-SECRET-1".into(),
+            access_token_expires_at: None,
+            refresh_token: "REFRESH-SECRET-1".into(),
+            updated_at: Utc::now(),
+        };
+        let shown = format!("{tokens:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("updated_at"), "{shown}");
     }
 }
