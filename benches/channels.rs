@@ -96,6 +96,7 @@ fn zalo(c: &mut Criterion) {
             ("4318458798374519001".to_owned(), oa("oa-key")),
             ("579745863508352884".to_owned(), oa("second-key")),
         ]),
+        replay_window: None,
     };
     let channel = ZaloChannel::new([(tenant.clone(), account.clone())]);
     let ts = "1700000000000";

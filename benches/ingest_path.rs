@@ -48,10 +48,7 @@ fn ingest_path(c: &mut Criterion) {
         Ok(t) => t,
         Err(e) => panic!("tenant id: {e}"),
     };
-    let creds = ApiCredentials {
-        bearer_token: None,
-        hmac_secret: Some(Secret::new(SECRET)),
-    };
+    let creds = ApiCredentials::new(None, Some(Secret::new(SECRET)));
     let channel = ApiChannel::new([(tenant.clone(), creds.clone())]);
     let mut headers = HeaderMap::new();
     headers.insert(

@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use omni_e2e::standin::StandIn;
-use omni_e2e::webhooks::{form, messenger_text, post_messenger, post_twilio, post_zalo, zalo_text};
+use omni_e2e::webhooks::{
+    form, messenger_text, now_millis, post_messenger, post_twilio, post_zalo, zalo_text,
+};
 use omni_e2e::{
     command_event, metric_value, post_json, python_produce, read_topic, workspace, Broker, Daemon,
 };
@@ -268,7 +270,7 @@ async fn t3_webhooks(daemon: &Daemon, n: u32) -> (u16, u16, u16) {
         ),
     )
     .await;
-    let ts = "1700000000000";
+    let ts = &now_millis();
     let zalo = post_zalo(
         daemon,
         "t3",

@@ -27,7 +27,9 @@
 use omni_e2e::livechat::{agent_reply, new_session, Visitor};
 use omni_e2e::mail::{MailServer, PASSWORD};
 use omni_e2e::standin::StandIn;
-use omni_e2e::webhooks::{form, messenger_text, post_messenger, post_twilio, post_zalo, zalo_text};
+use omni_e2e::webhooks::{
+    form, messenger_text, now_millis, post_messenger, post_twilio, post_zalo, zalo_text,
+};
 use omni_e2e::{free_port, read_log, Broker, Daemon};
 use omni_social::zalo::shared::{SharedTokens, TokenSealing};
 use omni_social::zalo::token::StoredTokens;
@@ -518,7 +520,7 @@ async fn mail_in(providers: &Providers, id: &str, acked: &mut Acked) {
 /// Zalo OA: a customer text through the signed webhook (the reply hangs at the OpenAPI).
 async fn zalo_in(daemon: &Daemon, run: &str, acked: &mut Acked) -> String {
     let msg_id = format!("z_{run}");
-    let ts = "1700000000500";
+    let ts = &now_millis();
     let user = format!("25125236254125{}", free_port());
     let body = zalo_text(
         ZALO_APP_ID,

@@ -10,7 +10,7 @@ use omni_core::{
     Template, TenantId,
 };
 use omni_e2e::standin::StandIn;
-use omni_e2e::webhooks::{messenger_text, post_messenger, post_zalo, zalo_text};
+use omni_e2e::webhooks::{messenger_text, now_millis, post_messenger, post_zalo, zalo_text};
 use omni_e2e::{metric_value, read_topic, Broker, Daemon};
 use omni_social::messenger::{
     MessengerSendSettings, MessengerSender, MessengerTenant, PageSettings,
@@ -1044,7 +1044,7 @@ async fn customer_messages_on_messenger_and_zalo_reach_kafka(run: &SocialDaemon)
     let fb = messenger_text(PAGE, PSID, "m_e2e", &escaped);
     let status = post_messenger(&run.daemon, "demo", "META-SECRET", &fb).await;
     assert_eq!(status, 200);
-    let ts = "1700000000500";
+    let ts = &now_millis();
     let zalo_body = zalo_text("1183926498471234567", OA, ZUSER, "z_e2e", VI, ts);
     let app = ("1183926498471234567", "OA-KEY");
     assert_eq!(
@@ -1107,7 +1107,7 @@ async fn a_tenant_publishes_only_its_own_pages_from_a_shared_meta_app(run: &Soci
     let status = post_messenger(&run.daemon, "globex", "META-SECRET", &theirs).await;
     assert_eq!(status, 200);
     // The same on Zalo: globex's OA, signed with the key both share, at demo's URL.
-    let ts = "1700000000600";
+    let ts = &now_millis();
     let zalo_theirs = zalo_text("1183926498471234567", OTHER_OA, ZUSER, "z_globex", "hi", ts);
     let app = ("1183926498471234567", "OA-KEY");
     assert_eq!(

@@ -65,6 +65,11 @@ async fn post_meta(daemon: &Daemon, path: &str, app_secret: &str, body: &str) ->
         .as_u16()
 }
 
+/// Now in Unix milliseconds, as Zalo stamps its events: inside every replay window.
+pub fn now_millis() -> String {
+    chrono::Utc::now().timestamp_millis().to_string()
+}
+
 /// A Zalo OA webhook event: a text from `user` to `oa`, sent at `timestamp` (milliseconds).
 pub fn zalo_text(app_id: &str, oa: &str, user: &str, msg_id: &str, text: &str, ts: &str) -> String {
     format!(

@@ -2,6 +2,12 @@
 //! and systems that have no provider of their own. Authenticated per tenant by a bearer token
 //! (`Authorization: Bearer …`) or an HMAC-SHA256 of the raw body
 //! (`X-Omni-Signature: sha256=<hex>`).
+//!
+//! A signed request may carry its time, `X-Omni-Timestamp: <Unix seconds>`; the HMAC then
+//! covers `<timestamp>.<raw body>`, so the time cannot be changed without the key, and a
+//! request outside the tenant's replay window is refused. A tenant in strict mode refuses a
+//! signed request that has neither a timestamp nor a `client_message_id` (which the dedupe
+//! cache recognises): such a request could be replayed for ever as a new message.
 
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -21,6 +27,9 @@ use crate::webhook::{Accepted, Parsed, PreparedEvent, WebhookAdapter};
 /// The header carrying the body's HMAC-SHA256, as `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "x-omni-signature";
 
+/// The header carrying the signed request's time in Unix seconds, inside the HMAC.
+pub const TIMESTAMP_HEADER: &str = "x-omni-timestamp";
+
 /// Longest id (contact, client message id) accepted, to keep keys and caches bounded.
 const MAX_ID_LEN: usize = 256;
 
@@ -31,6 +40,37 @@ pub struct ApiCredentials {
     pub bearer_token: Option<Secret>,
     /// Key for `X-Omni-Signature: sha256=<hex HMAC-SHA256(key, raw body)>`.
     pub hmac_secret: Option<Secret>,
+    /// How far `X-Omni-Timestamp` may be from now; `None` accepts any signed time.
+    pub replay_window: Option<crate::ReplayWindow>,
+    /// Refuse signed requests with neither `X-Omni-Timestamp` nor `client_message_id`.
+    pub strict_replay: bool,
+}
+
+impl ApiCredentials {
+    /// Credentials with the default replay window and strict mode off.
+    pub fn new(bearer_token: Option<Secret>, hmac_secret: Option<Secret>) -> Self {
+        Self {
+            bearer_token,
+            hmac_secret,
+            replay_window: crate::ReplayWindow::from_config_secs(None),
+            strict_replay: false,
+        }
+    }
+}
+
+/// The bytes `X-Omni-Signature` covers: the raw body, or `<timestamp>.<raw body>` when the
+/// request carries `X-Omni-Timestamp` (public so clients' tests and docs build it one way).
+pub fn signed_bytes(timestamp: Option<&str>, body: &[u8]) -> Vec<u8> {
+    match timestamp {
+        None => body.to_vec(),
+        Some(t) => {
+            let mut bytes = Vec::with_capacity(t.len() + 1 + body.len());
+            bytes.extend_from_slice(t.as_bytes());
+            bytes.push(b'.');
+            bytes.extend_from_slice(body);
+            bytes
+        }
+    }
 }
 
 /// The API channel adapter: the configured tenants and their credentials.
@@ -100,13 +140,32 @@ impl WebhookAdapter for ApiChannel {
                 .ok_or(IngressError::BadCredentials(
                     "signature must be sha256=<hex>",
                 ))?;
-            return if verify_hmac_sha256_hex(secret.expose().as_bytes(), body, sig) {
-                Ok(())
-            } else {
-                Err(IngressError::BadCredentials(
-                    "signature does not match the body",
-                ))
+            let timestamp = match headers.get(TIMESTAMP_HEADER) {
+                None => None,
+                Some(t) => Some(t.to_str().map_err(|_| {
+                    IngressError::BadCredentials("X-Omni-Timestamp must be Unix seconds")
+                })?),
             };
+            let signed = signed_bytes(timestamp, body);
+            if !verify_hmac_sha256_hex(secret.expose().as_bytes(), &signed, sig) {
+                return Err(IngressError::BadCredentials(if timestamp.is_some() {
+                    "signature does not match <X-Omni-Timestamp>.<body>"
+                } else {
+                    "signature does not match the body"
+                }));
+            }
+            if let (Some(t), Some(window)) = (timestamp, creds.replay_window) {
+                let signed_at = t
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|secs| DateTime::from_timestamp(secs, 0))
+                    .ok_or(IngressError::BadCredentials(
+                        "X-Omni-Timestamp must be Unix seconds",
+                    ))?;
+                window.check(signed_at, Utc::now())?;
+            }
+            return Ok(());
         }
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let token = creds
@@ -135,7 +194,7 @@ impl WebhookAdapter for ApiChannel {
     fn parse(
         &self,
         tenant: &TenantId,
-        _creds: &ApiCredentials,
+        creds: &ApiCredentials,
         request: &Parts,
         body: &[u8],
         now: DateTime<Utc>,
@@ -158,6 +217,13 @@ impl WebhookAdapter for ApiChannel {
         }
         let req: ApiInbound = serde_json::from_slice(body).map_err(json_error)?;
         validate(&req)?;
+        let signed_without_time =
+            headers.contains_key(SIGNATURE_HEADER) && !headers.contains_key(TIMESTAMP_HEADER);
+        if creds.strict_replay && signed_without_time && req.client_message_id.is_none() {
+            return Err(IngressError::BadCredentials(
+                "this tenant requires X-Omni-Timestamp or client_message_id on signed requests",
+            ));
+        }
 
         let channel = ChannelRef::new(
             ChannelKind::Api,

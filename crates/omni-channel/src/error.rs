@@ -16,6 +16,15 @@ pub enum IngressError {
     /// Credentials or signature did not match.
     #[error("invalid credentials: {0}")]
     BadCredentials(&'static str),
+    /// The request's signed time is outside the replay window (a captured request replayed,
+    /// or a sender's clock far off).
+    #[error("the signed time is {age_secs}s away from now, more than the {max_age_secs}s allowed")]
+    Stale {
+        /// Distance between the signed time and now, in seconds.
+        age_secs: u64,
+        /// The window, in seconds.
+        max_age_secs: u64,
+    },
     /// A subscription handshake (Meta's `hub.verify_token`) did not match.
     #[error("subscription verification failed: {0}")]
     VerificationFailed(&'static str),
@@ -57,6 +66,7 @@ impl IngressError {
             IngressError::UnknownTenant => StatusCode::NOT_FOUND,
             IngressError::MissingCredentials(_) => StatusCode::UNAUTHORIZED,
             IngressError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            IngressError::Stale { .. } => StatusCode::UNAUTHORIZED,
             IngressError::VerificationFailed(_) => StatusCode::FORBIDDEN,
             IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::Malformed(_)
@@ -74,6 +84,7 @@ impl IngressError {
             IngressError::UnknownTenant => "unknown_tenant",
             IngressError::MissingCredentials(_) => "missing_credentials",
             IngressError::BadCredentials(_) => "bad_credentials",
+            IngressError::Stale { .. } => "stale_timestamp",
             IngressError::VerificationFailed(_) => "verification_failed",
             IngressError::PayloadTooLarge { .. } => "payload_too_large",
             IngressError::Malformed(_) => "malformed",

@@ -14,6 +14,7 @@
 //! - [`delivery`]: the delivery event, built one way by the dispatcher, status callbacks and
 //!   live chat.
 //! - [`media`]: inbound attachments copied into the media store before publishing.
+//! - [`replay`]: replay windows on signed times (Vonage, Zalo, the API channel).
 //! - [`signature`]: constant-time bearer and HMAC checks shared by adapters.
 //! - [`component`]: what a channel's entry point hands the daemon: routes, senders, tasks.
 //! - [`config`]: what channels' raw config shares ([`InvalidKey`], body limits).
@@ -40,6 +41,7 @@ pub mod outbound;
 pub mod progress;
 pub mod provider;
 pub mod ratelimit;
+pub mod replay;
 pub mod signature;
 pub mod sink;
 pub mod webhook;
@@ -61,6 +63,7 @@ pub use outbound::{
 };
 pub use progress::{KafkaStore, PartitionedStore, ProgressLog, ReplyProgress};
 pub use ratelimit::RateLimiter;
+pub use replay::ReplayWindow;
 pub use sink::{EventSink, SinkError};
 pub use webhook::{
     request_head, Accepted, Destination, Ingress, Parsed, PreparedEvent, WebhookAdapter,

@@ -30,16 +30,17 @@ fn fixture() -> Fixture {
     let api = ApiChannel::new([
         (
             TenantId::new("acme").unwrap(),
-            ApiCredentials {
-                bearer_token: Some(Secret::new("tok")),
-                hmac_secret: Some(Secret::new("key")),
-            },
+            ApiCredentials::new(Some(Secret::new("tok")), Some(Secret::new("key"))),
         ),
         (
             TenantId::new("tokenonly").unwrap(),
+            ApiCredentials::new(Some(Secret::new("tok2")), None),
+        ),
+        (
+            TenantId::new("strict").unwrap(),
             ApiCredentials {
-                bearer_token: Some(Secret::new("tok2")),
-                hmac_secret: None,
+                strict_replay: true,
+                ..ApiCredentials::new(None, Some(Secret::new("key")))
             },
         ),
     ]);
@@ -163,6 +164,96 @@ async fn hmac_signed_request_is_accepted_and_a_wrong_signature_refused() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(json["error"]["code"], "bad_credentials");
     assert_eq!(f.sink.records().len(), 1);
+}
+
+/// A request signed over `<timestamp>.<body>` with `X-Omni-Timestamp`.
+fn timed(tenant: &str, body: &str, timestamp: &str, signed_timestamp: &str) -> Request<Body> {
+    let sig = hmac_sha256_hex(
+        b"key",
+        &crate::api::signed_bytes(Some(signed_timestamp), body.as_bytes()),
+    );
+    post_json(tenant)
+        .header("x-omni-signature", format!("sha256={sig}"))
+        .header("x-omni-timestamp", timestamp)
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn signed_timestamps_inside_the_window_pass_and_replays_or_forgeries_do_not() {
+    let f = fixture();
+    let now = chrono::Utc::now().timestamp();
+    let fresh = (now - 30).to_string();
+    let (status, json) = send(&f.app, timed("acme", GOOD, &fresh, &fresh)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    // Captured an hour ago (or stamped an hour ahead): stale, even though the MAC is right.
+    for t in [now - 3_600, now + 3_600] {
+        let t = t.to_string();
+        let body = GOOD.replace("m-1", &format!("m-{t}"));
+        let (status, json) = send(&f.app, timed("acme", &body, &t, &t)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+        assert_eq!(json["error"]["code"], "stale_timestamp");
+    }
+    // An old capture given a fresh X-Omni-Timestamp: the MAC covers the time, so it fails.
+    let old = (now - 3_600).to_string();
+    let (status, json) = send(&f.app, timed("acme", GOOD, &fresh, &old)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(json["error"]["code"], "bad_credentials");
+    // A body-only MAC presented with a timestamp header does not verify either.
+    let body_only = hmac_sha256_hex(b"key", GOOD.as_bytes());
+    let req = post_json("acme")
+        .header("x-omni-signature", format!("sha256={body_only}"))
+        .header("x-omni-timestamp", fresh.as_str())
+        .body(Body::from(GOOD))
+        .unwrap();
+    assert_eq!(send(&f.app, req).await.0, StatusCode::UNAUTHORIZED);
+    // Not a number, though signed.
+    let (status, _) = send(&f.app, timed("acme", GOOD, "yesterday", "yesterday")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.sink.records().len(), 1);
+    assert_eq!(rejected(&f.registry, "stale_timestamp"), 2);
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_signed_requests_that_could_replay_as_new_messages() {
+    let f = fixture();
+    let no_id = r#"{"contact":{"id":"c"},"text":"hi"}"#;
+    let body_only = |body: &str| {
+        post_json("strict")
+            .header(
+                "x-omni-signature",
+                format!("sha256={}", hmac_sha256_hex(b"key", body.as_bytes())),
+            )
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let (status, json) = send(&f.app, body_only(no_id)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-Omni-Timestamp or client_message_id"),
+        "{json}"
+    );
+    assert!(f.sink.records().is_empty());
+    // With a client_message_id (deduped), or with a signed time, it is taken.
+    assert_eq!(send(&f.app, body_only(GOOD)).await.0, StatusCode::ACCEPTED);
+    let now = chrono::Utc::now().timestamp().to_string();
+    assert_eq!(
+        send(&f.app, timed("strict", no_id, &now, &now)).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(f.sink.records().len(), 2);
+    // The same request to a tenant not in strict mode is taken.
+    let lax = post_json("acme")
+        .header(
+            "x-omni-signature",
+            format!("sha256={}", hmac_sha256_hex(b"key", no_id.as_bytes())),
+        )
+        .body(Body::from(no_id))
+        .unwrap();
+    assert_eq!(send(&f.app, lax).await.0, StatusCode::ACCEPTED);
 }
 
 /// A bad request, the status and error code it must get, and its name for failure messages.

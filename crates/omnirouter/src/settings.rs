@@ -220,6 +220,10 @@ pub struct RawTenant {
     pub api_token: Option<Secret>,
     /// HMAC-SHA256 key for signed API channel requests.
     pub api_hmac_secret: Option<Secret>,
+    /// Replay window of `X-Omni-Timestamp` on signed API requests (default 300 s, 0 = off).
+    pub api_signature_max_age_secs: Option<u64>,
+    /// Refuse signed API requests with neither `X-Omni-Timestamp` nor `client_message_id`.
+    pub api_strict_replay: bool,
     /// Bearer token of the agent/operator API (`/v1/tenants/<id>/…`).
     pub agent_api_token: Option<Secret>,
     /// Queues, rules and strategies; without it, one `default` queue, least loaded.
@@ -622,8 +626,11 @@ impl Tenants {
             self.api.push((
                 tenant,
                 ApiCredentials {
-                    bearer_token: token,
-                    hmac_secret: hmac,
+                    replay_window: omni_channel::ReplayWindow::from_config_secs(
+                        raw.api_signature_max_age_secs,
+                    ),
+                    strict_replay: raw.api_strict_replay,
+                    ..ApiCredentials::new(token, hmac)
                 },
             ));
         }

@@ -1,9 +1,8 @@
 //! `[tenants.<id>.sms.vonage]` as written, validated into a [`VonageAccount`].
 
-use omni_channel::InvalidKey;
+use omni_channel::{InvalidKey, ReplayWindow};
 use omni_core::Secret;
 use serde::Deserialize;
-use std::time::Duration;
 
 use super::{SignatureMethod, SignatureSettings, VonageAccount};
 
@@ -21,7 +20,9 @@ pub struct RawVonage {
     /// The dashboard's signature secret.
     #[serde(default)]
     pub signature_secret: Option<Secret>,
-    /// Refuse signed requests whose `timestamp` is further than this from now.
+    /// Refuse signed requests whose `timestamp` is further than this from now (either way).
+    /// On by default (five minutes, [`omni_channel::replay::DEFAULT_MAX_AGE`]): a captured
+    /// signed request must not replay for ever. `0` turns the window off.
     #[serde(default)]
     pub signature_max_age_secs: Option<u64>,
 }
@@ -48,7 +49,8 @@ impl RawVonage {
             (Some(method), Some(secret)) => Some((
                 SignatureSettings {
                     method,
-                    max_age: self.signature_max_age_secs.map(Duration::from_secs),
+                    max_age: ReplayWindow::from_config_secs(self.signature_max_age_secs)
+                        .map(|w| w.max_age()),
                 },
                 secret,
             )),
@@ -71,5 +73,34 @@ impl RawVonage {
             api_secret: self.api_secret,
             signature,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    fn raw(max_age: Option<u64>) -> RawVonage {
+        RawVonage {
+            api_key: "key".into(),
+            api_secret: Secret::new("secret"),
+            signature_method: Some(SignatureMethod::HmacSha256),
+            signature_secret: Some(Secret::new("sig")),
+            signature_max_age_secs: max_age,
+        }
+    }
+
+    fn window(max_age: Option<u64>) -> Option<Duration> {
+        let account = raw(max_age).validate("tenants.t.sms", false).unwrap();
+        account.signature.unwrap().0.max_age
+    }
+
+    #[test]
+    fn signed_webhooks_have_a_replay_window_unless_turned_off() {
+        assert_eq!(window(None), Some(omni_channel::replay::DEFAULT_MAX_AGE));
+        assert_eq!(window(Some(60)), Some(Duration::from_secs(60)));
+        assert_eq!(window(Some(0)), None);
     }
 }

@@ -41,13 +41,8 @@ pub enum VonageError {
     #[error("vonage signature does not match")]
     SignatureMismatch,
     /// The signed `timestamp` is further from `now` than the configured maximum age.
-    #[error("signed timestamp is {age_secs}s away from now, more than {max_age_secs}s")]
-    StaleTimestamp {
-        /// Distance between the timestamp and now, in seconds.
-        age_secs: i64,
-        /// The configured maximum, in seconds.
-        max_age_secs: u64,
-    },
+    #[error("signed timestamp: {0}")]
+    StaleTimestamp(omni_channel::replay::Stale),
     /// A required field is absent or empty.
     #[error("missing field `{field}`")]
     MissingField {

@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
+use omni_channel::replay::ReplayWindow;
 use omni_channel::signature::secrets_match;
 use serde::Deserialize;
 
@@ -116,13 +117,9 @@ pub fn verify_signature(
                 field: "timestamp",
                 value: clip(&raw),
             })?;
-        let age = now.signed_duration_since(signed_at).abs();
-        if age > TimeDelta::from_std(max_age).unwrap_or(TimeDelta::MAX) {
-            return Err(VonageError::StaleTimestamp {
-                age_secs: age.num_seconds(),
-                max_age_secs: max_age.as_secs(),
-            });
-        }
+        ReplayWindow::new(max_age)
+            .check(signed_at, now)
+            .map_err(VonageError::StaleTimestamp)?;
     }
     Ok(())
 }
@@ -131,6 +128,7 @@ pub fn verify_signature(
 mod tests {
     use super::*;
     use crate::vonage::{parse_delivery_receipt, VonageInbound};
+    use omni_channel::replay::Stale;
     use proptest::prelude::*;
 
     fn vector_params() -> Params {
@@ -267,14 +265,14 @@ mod tests {
         );
         assert_eq!(
             verify_signature(&replay_safe, b"secret", &params, at(ts + 301)),
-            Err(VonageError::StaleTimestamp {
+            Err(VonageError::StaleTimestamp(Stale {
                 age_secs: 301,
                 max_age_secs: 300
-            })
+            }))
         );
         assert!(matches!(
             verify_signature(&replay_safe, b"secret", &params, at(ts - 301)),
-            Err(VonageError::StaleTimestamp { .. })
+            Err(VonageError::StaleTimestamp(_))
         ));
         let no_timestamp = signed(method, [("a", "1")].into_iter().collect());
         assert_eq!(

@@ -137,6 +137,38 @@ async fn vonage_get_and_post_are_accepted_in_md5hash_and_hmac_modes() {
     }
 }
 
+/// A validly signed request captured and replayed after the window: refused, nothing published.
+#[tokio::test]
+async fn vonage_replayed_request_outside_the_window_is_refused() {
+    let method = SignatureMethod::HmacSha256;
+    let f = fixture(Some(method));
+    let store = concat_store(&f);
+    let signed_at = |secs_ago: i64| {
+        let mut params: Params = vonage_sms("0A00000000000REPLAY", "hi")
+            .into_iter()
+            .collect();
+        params.push(
+            "timestamp",
+            (chrono::Utc::now().timestamp() - secs_ago).to_string(),
+        );
+        let sig = vonage::sign(method, VONAGE_SECRET.as_bytes(), &params);
+        params.push("sig", sig);
+        params
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    for secs_ago in [3_600, -3_600] {
+        let (status, answer) = vonage(&f, &store, Method::POST, &signed_at(secs_ago)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{secs_ago}: {answer}");
+        assert!(answer.contains("stale_timestamp"), "{answer}");
+    }
+    assert!(f.on("omni.inbound.v1").is_empty());
+    let (status, _) = vonage(&f, &store, Method::POST, &signed_at(60)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(f.on("omni.inbound.v1").len(), 1);
+}
+
 fn part<'a>(id: &'a str, n: &'a str, text: &'a str) -> Vec<(&'a str, &'a str)> {
     let mut p = vonage_sms(id, text);
     p.extend([

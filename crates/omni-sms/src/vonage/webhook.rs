@@ -104,9 +104,7 @@ pub(crate) fn to_ingress(e: VonageError) -> IngressError {
         VonageError::SignatureMismatch => {
             IngressError::BadCredentials("sig does not match the parameters")
         }
-        VonageError::StaleTimestamp { .. } => {
-            IngressError::BadCredentials("the signed timestamp is outside the allowed age")
-        }
+        VonageError::StaleTimestamp(stale) => stale.into(),
         VonageError::MissingField { field } => IngressError::MissingField(field.into()),
         other => IngressError::Malformed(other.to_string()),
     }

@@ -2,6 +2,7 @@
 //! [`ZaloApi`] and [`ZaloTenant`] with no I/O.
 
 use omni_channel::config::{check_http_url, InvalidKey};
+use omni_channel::ReplayWindow;
 use omni_core::Secret;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -110,6 +111,10 @@ impl RawZaloApi {
 pub struct RawZalo {
     /// OAs by OA id.
     pub oas: BTreeMap<String, RawOa>,
+    /// Refuse events whose signed `timestamp` is further than this from now (either way);
+    /// five minutes when absent, `0` turns the window off.
+    #[serde(default)]
+    pub webhook_max_age_secs: Option<u64>,
 }
 
 /// `[tenants.<id>.zalo.oas.<oa id>]`.
@@ -164,7 +169,10 @@ impl RawZalo {
                 },
             );
         }
-        Ok(ZaloTenant { oas })
+        Ok(ZaloTenant {
+            oas,
+            replay_window: ReplayWindow::from_config_secs(self.webhook_max_age_secs),
+        })
     }
 }
 
@@ -177,6 +185,29 @@ mod tests {
         let err = RawZaloApi::default().validate(true).unwrap_err();
         assert_eq!(err.key, "zalo.token_key");
         assert!(RawZaloApi::default().validate(false).is_ok());
+    }
+
+    #[test]
+    fn the_replay_window_is_five_minutes_unless_set_and_zero_turns_it_off() {
+        let window = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({ "oas": { "1": {
+                "app_id": "1", "oa_secret_key": "k", "app_secret": "s", "token_file": "/tmp/t"
+            } } });
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            let raw: RawZalo = serde_json::from_value(v).unwrap();
+            raw.validate("tenants.a").unwrap().replay_window.map(|w| w.max_age())
+        };
+        assert_eq!(
+            window(serde_json::json!({})),
+            Some(omni_channel::replay::DEFAULT_MAX_AGE)
+        );
+        assert_eq!(
+            window(serde_json::json!({ "webhook_max_age_secs": 30 })),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(window(serde_json::json!({ "webhook_max_age_secs": 0 })), None);
     }
 
     #[test]

@@ -93,6 +93,29 @@ struct ZaloAttachment {
     payload: serde_json::Value,
 }
 
+/// Accepts a signed event whose `timestamp` (milliseconds) is within the tenant's replay
+/// window of `now`: the MAC covers the timestamp, so a captured event cannot be made fresh.
+fn check_window(
+    account: &ZaloTenant,
+    timestamp: &IdText,
+    now: DateTime<Utc>,
+) -> Result<(), IngressError> {
+    let Some(window) = account.replay_window else {
+        return Ok(());
+    };
+    let signed_at = timestamp
+        .0
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(time_from_millis)
+        .ok_or_else(|| IngressError::InvalidField {
+            field: "timestamp".into(),
+            reason: "must be Unix milliseconds".into(),
+        })?;
+    Ok(window.check(signed_at, now)?)
+}
+
 /// Events that are customer messages.
 const USER_MESSAGES: &[&str] = &[
     "user_send_text",
@@ -171,7 +194,7 @@ impl WebhookAdapter for ZaloChannel {
             matched |= hex_digests_match(presented, &expected);
         }
         match (known_app, matched) {
-            (_, true) => Ok(()),
+            (_, true) => check_window(account, &timestamp, Utc::now()),
             (false, _) => Err(IngressError::BadCredentials(
                 "no OA of this tenant is registered with the event's app_id",
             )),

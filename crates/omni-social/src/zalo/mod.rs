@@ -47,6 +47,9 @@ use std::path::PathBuf;
 pub struct ZaloTenant {
     /// The OAs this tenant answers for.
     pub oas: HashMap<String, OaSettings>,
+    /// How far an event's signed `timestamp` may be from now; `None` accepts any (the
+    /// signature covers the timestamp, so without a window a captured event replays for ever).
+    pub replay_window: Option<omni_channel::ReplayWindow>,
 }
 
 /// One Official Account.

@@ -33,6 +33,9 @@ fn tenant() -> ZaloTenant {
     };
     ZaloTenant {
         oas: HashMap::from([(OA.to_owned(), oa(KEY)), (OA2.to_owned(), oa(KEY2))]),
+        // The recorded payloads in testdata/ carry their 2023 timestamps; the window has its
+        // own test below.
+        replay_window: None,
     }
 }
 
@@ -331,6 +334,59 @@ async fn wrong_or_missing_signatures_and_bad_bodies_publish_nothing() {
         StatusCode::NOT_FOUND
     );
     assert!(sink.records().is_empty());
+}
+
+/// With the default window, a correctly signed event from an hour ago (a captured request
+/// replayed) or an hour ahead is refused as stale; one from a minute ago is published.
+#[tokio::test]
+async fn a_signed_event_outside_the_replay_window_is_refused() {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let ingress = ingress(sink.clone(), &registry);
+    let mut windowed = tenant();
+    windowed.replay_window = omni_channel::ReplayWindow::from_config_secs(None);
+    let channel = ZaloChannel::new([(TenantId::new("acme").unwrap(), windowed)]);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for (i, offset_ms) in [-3_600_000_i64, 3_600_000].into_iter().enumerate() {
+        let ts = (now_ms + offset_ms).to_string();
+        let body = user_event("user_send_text", &format!("old{i}"), r#""text":"x""#, &ts);
+        assert_eq!(
+            post(&ingress, &channel, &signed(&body, &ts, KEY), &body).await,
+            StatusCode::UNAUTHORIZED,
+            "{offset_ms}"
+        );
+    }
+    let garbage = "yesterday";
+    let body = user_event("user_send_text", "g", r#""text":"x""#, garbage);
+    assert_eq!(
+        post(&ingress, &channel, &signed(&body, garbage, KEY), &body).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(sink.records().is_empty());
+    let rejected = registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == "omni_ingress_rejected_total")
+        .map(|f| {
+            f.get_metric()
+                .iter()
+                .filter(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.value() == "stale_timestamp")
+                })
+                .map(|m| m.get_counter().get_value())
+                .sum::<f64>()
+        })
+        .unwrap_or(0.0);
+    assert_eq!(rejected, 2.0);
+    let fresh = (now_ms - 60_000).to_string();
+    let body = user_event("user_send_text", "fresh", r#""text":"x""#, &fresh);
+    assert_eq!(
+        post(&ingress, &channel, &signed(&body, &fresh, KEY), &body).await,
+        StatusCode::OK
+    );
+    assert_eq!(sink.records().len(), 1);
 }
 
 #[tokio::test]
