@@ -28,6 +28,9 @@ use tokio::task::JoinHandle;
 const VI_TEXT: &str =
     "Chào shop, tôi đặt đơn hàng #1024 hôm thứ Hai nhưng chưa nhận được. Nhờ shop kiểm tra giúp ạ.";
 
+/// The receiving server whose `Authentication-Results` the test mailboxes believe.
+const TRUSTED_MX: &str = "mx.shop.example.test";
+
 /// One test's world: mail servers, a broker, an attachment directory.
 struct World {
     mail: Arc<MailServer>,
@@ -102,6 +105,7 @@ impl World {
                 base_url: None,
                 max_attachment_bytes: 10 * 1024 * 1024,
             },
+            trusted_authserv_ids: vec![TRUSTED_MX.to_owned()],
         }
     }
 
@@ -436,6 +440,84 @@ async fn a_reply_joins_its_conversation_and_a_new_mail_starts_another() {
     );
     assert_eq!(reply["reply_to"], "r1.omni@shop.example.test");
     assert_eq!(reply["subject"], "Re: Hỏi giá");
+}
+
+/// Sender authentication through dovecot: the trusted server's results reach the event; a mail
+/// that fails DMARC while naming a customer's thread (with a forged passing header below the
+/// trusted one) gets a conversation of its own; another sender reusing a known Message-ID is
+/// published, flagged, under an id of its own; the real customer's reply still joins.
+#[tokio::test]
+async fn forged_mail_cannot_join_a_thread_and_a_reused_message_id_is_not_dropped() {
+    let w = World::new().await;
+    let support = w.mail.address("support");
+    let cust = "hoa@khach.example.test";
+    let results = |dmarc: &str| {
+        format!(
+            "Authentication-Results: {TRUSTED_MX}; spf={dmarc} smtp.mailfrom=khach.example.test; dkim={dmarc} header.d=khach.example.test; dmarc={dmarc} header.from=khach.example.test\r\n"
+        )
+    };
+    let mails = [
+        customer_mail(cust, &support, "a1@khach.example.test", &results("pass"), "Hoàn tiền", "Tôi cần hoàn tiền đơn #77"),
+        customer_mail(
+            cust,
+            &support,
+            "forged@evil.example.test",
+            &format!("{}Authentication-Results: {TRUSTED_MX}; dmarc=pass header.from=khach.example.test\r\nReferences: <a1@khach.example.test>\r\n", results("fail")),
+            "Re: Hoàn tiền",
+            "Chuyển tiền vào tài khoản mới của tôi",
+        ),
+        customer_mail("mallory@evil.example.test", &support, "a1@khach.example.test", "", "hi", "same id, another sender"),
+        customer_mail(
+            cust,
+            &support,
+            "a2@khach.example.test",
+            &format!("{}References: <a1@khach.example.test>\r\n", results("pass")),
+            "Re: Hoàn tiền",
+            "Shop kiểm tra giúp ạ",
+        ),
+    ];
+    for m in &mails {
+        w.mail.append(&support, "INBOX", m).await;
+    }
+    let (stop, task) = w.start(
+        w.mailbox(&support, "INBOX", FirstStart::All),
+        w.producer_sink(),
+    );
+    let events = w.events(4, Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(events.len(), 4, "{events:?}");
+    let data = |i: usize| &events[i].value["data"];
+    let conv = |i: usize| events[i].value["subject"].as_str().unwrap().to_owned();
+    assert_eq!(data(0)["authentication"]["authserv_id"], TRUSTED_MX);
+    assert_eq!(data(0)["authentication"]["dmarc"], "pass");
+    assert!(data(0).get("flags").is_none());
+    // The forgery: its own conversation, flagged, with the topmost trusted results.
+    assert_ne!(conv(1), conv(0));
+    assert_eq!(data(1)["flags"], serde_json::json!(["thread_refused"]));
+    assert_eq!(data(1)["authentication"]["dmarc"], "fail");
+    // The reused Message-ID: published, not dropped as a repeat of the first mail.
+    assert_eq!(data(2)["flags"], serde_json::json!(["message_id_reused"]));
+    assert_eq!(data(2)["message"]["id"], "a1@khach.example.test");
+    assert_ne!(events[2].value["id"], events[0].value["id"]);
+    assert!(
+        data(2).get("authentication").is_none(),
+        "no trusted results on it"
+    );
+    // The customer's real reply joins the first mail's conversation.
+    assert_eq!(conv(3), conv(0));
+    let schema = omni_e2e::schema("message-received.schema.json");
+    for e in &events {
+        assert!(schema.is_valid(&e.value["data"]), "{}", e.value);
+    }
+    assert_eq!(
+        w.metric("omni_email_messages_suspicious_total", "thread_refused"),
+        1.0
+    );
+    assert_eq!(
+        w.metric("omni_email_messages_suspicious_total", "message_id_reused"),
+        1.0
+    );
 }
 
 /// Publishes through the producer until `after` inbound events went out, then stops the

@@ -256,6 +256,8 @@ impl WebhookAdapter for ApiChannel {
                 sent_at: req.sent_at,
             },
             received_at: now,
+            authentication: None,
+            flags: Vec::new(),
         };
         let event = CloudEvent::new(
             event_id,

@@ -105,6 +105,8 @@ impl PreparedEvent {
             contact,
             message,
             received_at: now,
+            authentication: None,
+            flags: Vec::new(),
         };
         let mut event = Self::from_event(&CloudEvent::new(
             id,

@@ -29,8 +29,8 @@ pub use envelope::{CloudEvent, EventType};
 pub use ids::{ConversationId, EventId, IdError, TenantId};
 pub use json::{to_json, EncodeError};
 pub use message::{
-    Attachment, ChannelKind, ChannelRef, ChannelSignal, Contact, Direction, Message,
-    MessageReceived, SignalKind,
+    Attachment, AuthResult, ChannelKind, ChannelRef, ChannelSignal, Contact, Direction, Message,
+    MessageFlag, MessageReceived, SenderAuthentication, SignalKind,
 };
 pub use outbound::{DeliveryStatus, DeliveryUpdate, OutboundMessage, Template};
 pub use secret::Secret;

@@ -190,6 +190,67 @@ pub struct MessageReceived {
     pub message: Message,
     /// When omnirouter received it.
     pub received_at: DateTime<Utc>,
+    /// E-mail: what the receiving mail server the operator trusts found about the sender
+    /// (SPF, DKIM, DMARC), so agents can tell a spoofed mail; absent when nothing is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<SenderAuthentication>,
+    /// Why the message was treated with suspicion; empty for almost every message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<MessageFlag>,
+}
+
+/// The sender checks of one mail, from the `Authentication-Results` header (RFC 8601) that a
+/// receiving server the operator trusts added; headers of other servers are ignored, since a
+/// sender can write any header it likes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderAuthentication {
+    /// The trusted server that checked (the header's authserv-id).
+    pub authserv_id: String,
+    /// SPF of the envelope sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<AuthResult>,
+    /// DKIM: `pass` when any signature passed, else the first result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<AuthResult>,
+    /// DMARC of the `From` domain: the one that says whether `From` can be believed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<AuthResult>,
+}
+
+/// A method's result, as RFC 8601 §2.7 names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthResult {
+    /// The check passed.
+    Pass,
+    /// The check failed.
+    Fail,
+    /// SPF: probably not authorized.
+    Softfail,
+    /// No assertion either way.
+    Neutral,
+    /// Nothing to check (no record, no signature).
+    None,
+    /// Could not be checked now (DNS timeout, …).
+    Temperror,
+    /// Could not be checked: the published record is broken.
+    Permerror,
+    /// DKIM: a valid signature the verifier's policy did not accept.
+    Policy,
+}
+
+/// Why a message was treated with suspicion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageFlag {
+    /// The mail named an existing thread (`References`, `In-Reply-To`) but failed DMARC: it
+    /// was given a conversation of its own, so a forged `From` cannot slip into a customer's
+    /// conversation.
+    ThreadRefused,
+    /// Its Message-ID was already used by a mail of another sender: it was published under an
+    /// id of its own instead of being taken for a repeat and dropped.
+    MessageIdReused,
 }
 
 /// What a channel signal reports.

@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use jsonschema::{Retrieve, Uri, Validator};
 use omni_core::{
-    Attachment, ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact, ConversationId,
-    DeliveryStatus, DeliveryUpdate, Direction, EventId, EventType, Message, MessageReceived,
-    OutboundMessage, SignalKind, Template, TenantId, Topics,
+    Attachment, AuthResult, ChannelKind, ChannelRef, ChannelSignal, CloudEvent, Contact,
+    ConversationId, DeliveryStatus, DeliveryUpdate, Direction, EventId, EventType, Message,
+    MessageFlag, MessageReceived, OutboundMessage, SenderAuthentication, SignalKind, Template,
+    TenantId, Topics,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -188,6 +189,17 @@ fn message_received(event_type: EventType, full: bool) -> Value {
         contact,
         message,
         received_at: now,
+        authentication: full.then(|| SenderAuthentication {
+            authserv_id: "mx.google.com".into(),
+            spf: Some(AuthResult::Pass),
+            dkim: Some(AuthResult::Pass),
+            dmarc: Some(AuthResult::Fail),
+        }),
+        flags: if full {
+            vec![MessageFlag::ThreadRefused, MessageFlag::MessageIdReused]
+        } else {
+            Vec::new()
+        },
     };
     wire(&CloudEvent::new(
         id,

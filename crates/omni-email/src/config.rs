@@ -72,6 +72,10 @@ pub struct RawMailbox {
     /// OAuth 2.0 (XOAUTH2) login for IMAP and SMTP instead of passwords.
     #[serde(default)]
     pub oauth2: Option<RawOAuth2>,
+    /// The authserv-ids of the receiving servers whose `Authentication-Results` are believed
+    /// (the mailbox provider's, e.g. `mx.google.com`); empty: none is.
+    #[serde(default)]
+    pub trusted_authserv_ids: Vec<String>,
 }
 
 /// `…mailboxes.<name>.oauth2`: a refresh token exchanged for access tokens, shared by IMAP
@@ -255,6 +259,12 @@ fn mailboxes(
             address: m.address,
             display_name: m.display_name,
             oauth2,
+            trusted_authserv_ids: m
+                .trusted_authserv_ids
+                .iter()
+                .map(|id| id.trim().to_ascii_lowercase())
+                .filter(|id| !id.is_empty())
+                .collect(),
             attachments: AttachmentStore {
                 dir: email.attachment_dir.clone(),
                 base_url: email.attachment_base_url.clone(),

@@ -25,6 +25,11 @@
 //! - Nothing read is marked: mail is fetched with `BODY.PEEK[]`, so `\Seen` stays as it was.
 //! - Threads are shared by every replica through the compacted thread topic: a reply from any
 //!   replica carries the whole `References` chain; see [`thread`] for the rule.
+//! - Sender authentication: with `trusted_authserv_ids`, the SPF/DKIM/DMARC results the
+//!   receiving server wrote go into the event; a mail that fails DMARC cannot join an existing
+//!   thread by naming it (it starts its own conversation, flagged `thread_refused`), and a
+//!   known Message-ID reused by another sender is published under an id of its own, flagged
+//!   `message_id_reused`, instead of being dropped as a repeat. See [`auth`].
 //! - Auto-replies and bounces (`Auto-Submitted`, `X-Autoreply`, `Precedence: bulk|junk|
 //!   auto_reply`, `multipart/report`, MAILER-DAEMON, null return path) are not routed: they
 //!   are skipped and counted in `omni_email_messages_skipped_total{reason}`.
@@ -40,6 +45,7 @@
 //! - `conn` (private): TCP, TLS / STARTTLS / plain, the greeting, LOGIN or XOAUTH2.
 //! - [`oauth2`]: OAuth 2.0 access tokens (refresh, renewal before expiry, rotation) shared
 //!   by a mailbox's reader and sender, and the XOAUTH2 SASL string.
+//! - [`auth`]: `Authentication-Results` of trusted servers → SPF/DKIM/DMARC results.
 //! - [`parse`]: raw mail → ids, sender, subject, text, attachments, auto-reply detection.
 //! - [`text`]: text normalization, quoted-history trimming, size bounds.
 //! - [`thread`]: the threading rule, reply subjects and references, the thread index (shared
@@ -52,6 +58,7 @@
 //! - [`metrics`]: `omni_email_*` metric families.
 //! - [`error`]: the crate's error type.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod component;
 pub mod config;

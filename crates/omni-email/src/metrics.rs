@@ -32,6 +32,9 @@ pub struct Metrics {
     /// OAuth 2.0 token refreshes by result (`ok`, `invalid_grant`, `refused`, `unavailable`):
     /// `invalid_grant` means the mailbox must be re-authorized.
     pub oauth2_refreshes: IntCounterVec,
+    /// Mails published with a flag (`thread_refused`, `message_id_reused`): someone may be
+    /// forging mail to this mailbox.
+    pub suspicious: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +103,11 @@ impl Metrics {
                 "OAuth 2.0 access token refreshes of a mailbox, by result (ok, invalid_grant: re-authorize the mailbox, refused: check the client, unavailable: retried).",
                 &["mailbox", "result"],
             )?,
+            suspicious: counter(
+                "omni_email_messages_suspicious_total",
+                "Mails published with a suspicion flag, by reason (thread_refused: failed DMARC while naming an existing thread; message_id_reused: a known Message-ID from another sender).",
+                &["mailbox", "reason"],
+            )?,
             owned: IntGaugeVec::new(
                 Opts::new(
                     "omni_email_mailbox_owned",
@@ -120,6 +128,7 @@ impl Metrics {
         registry.register(Box::new(m.connected.clone()))?;
         registry.register(Box::new(m.last_uid.clone()))?;
         registry.register(Box::new(m.oauth2_refreshes.clone()))?;
+        registry.register(Box::new(m.suspicious.clone()))?;
         Ok(m)
     }
 }

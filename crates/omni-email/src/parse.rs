@@ -75,6 +75,9 @@ pub struct ParsedMail {
     pub sent_at: Option<DateTime<Utc>>,
     /// Who wrote it.
     pub kind: MailKind,
+    /// Every `Authentication-Results` header value, top to bottom (bounded; see
+    /// [`crate::auth`], which decides which of them to believe).
+    pub authentication_results: Vec<String>,
 }
 
 /// The bytes are not a mail at all (no header could be read).
@@ -133,6 +136,12 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMail, Unreadable> {
         .date()
         .and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0));
     let kind = classify(&message, from.as_ref());
+    let authentication_results = message
+        .headers_raw()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("authentication-results"))
+        .take(crate::auth::MAX_HEADERS)
+        .map(|(_, value)| text::truncate(value.trim(), crate::auth::MAX_HEADER_BYTES, ""))
+        .collect();
     Ok(ParsedMail {
         message_id,
         in_reply_to,
@@ -143,6 +152,7 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMail, Unreadable> {
         attachments,
         sent_at,
         kind,
+        authentication_results,
     })
 }
 

@@ -198,6 +198,8 @@ impl EmailSender {
             let mine = ThreadEntry {
                 root: entry.map_or_else(|| parent.to_owned(), |e| e.root),
                 refs,
+                from: Some(address.clone()),
+                suspect: false,
             };
             if let Err(e) = self.threads.remember(&message_id, mine).await {
                 tracing::warn!(message_id = %message_id, error = %e,

@@ -146,6 +146,9 @@ pub struct MailboxSettings {
     pub oauth2: Option<OAuth2Settings>,
     /// Attachment storage.
     pub attachments: AttachmentStore,
+    /// Receiving servers (authserv-ids, lowercase) whose `Authentication-Results` are
+    /// believed; see [`crate::auth`].
+    pub trusted_authserv_ids: Vec<String>,
 }
 
 impl MailboxSettings {
@@ -395,6 +398,7 @@ mod tests {
                 base_url: None,
                 max_attachment_bytes: 1 << 20,
             },
+            trusted_authserv_ids: Vec::new(),
         }
     }
 

@@ -144,13 +144,35 @@ pub fn bare_id(id: &str) -> &str {
 
 /// What the index knows of one mail: its thread root and its own `References` (bare ids,
 /// root first, at most [`MAX_REFERENCES`]); the value on the thread topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadEntry {
     /// The thread root (see the module docs).
     pub root: String,
     /// The mail's `References` (or its `In-Reply-To` when it had none).
     #[serde(default)]
     pub refs: Vec<String>,
+    /// Who sent it: the customer's address, or the mailbox's for our replies; `None` in
+    /// entries written before senders were recorded. A mail reusing this Message-ID from
+    /// another address is not the same mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// It failed DMARC: its `From` is not believed, so the same Message-ID from a mail that
+    /// does not fail is not taken for a repeat of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspect: bool,
+}
+
+impl ThreadEntry {
+    /// Whether a mail from `from` (`suspect`: failing DMARC) carrying this entry's Message-ID
+    /// is another mail reusing the id rather than this mail again: another sender, or a
+    /// trusted mail after a suspect one. Entries that recorded no sender cannot tell: not
+    /// reused.
+    pub fn reused_by(&self, from: &str, suspect: bool) -> bool {
+        match &self.from {
+            None => false,
+            Some(known) => !known.eq_ignore_ascii_case(from) || (self.suspect && !suspect),
+        }
+    }
 }
 
 /// Message-ID → [`ThreadEntry`], bounded (oldest forgotten first), optionally shared by every
@@ -319,7 +341,7 @@ mod tests {
         let first = thread_root(&[], None, "c1@cust");
         let new_mail = ThreadEntry {
             root: first.to_owned(),
-            refs: vec![],
+            ..ThreadEntry::default()
         };
         let ours = reply_references("c1@cust", Some(&new_mail));
         assert_eq!(ours, ["c1@cust"]);
@@ -330,6 +352,7 @@ mod tests {
         let answer = ThreadEntry {
             root: first.to_owned(),
             refs: answer_refs,
+            ..ThreadEntry::default()
         };
         assert_eq!(
             reply_references("c2@cust", Some(&answer)),
@@ -364,7 +387,32 @@ mod tests {
         ThreadEntry {
             root: root.into(),
             refs: refs.iter().map(|r| (*r).to_owned()).collect(),
+            ..ThreadEntry::default()
         }
+    }
+
+    #[test]
+    fn a_message_id_is_reused_by_another_sender_or_a_trusted_mail_after_a_suspect_one() {
+        let of = |from: Option<&str>, suspect: bool| ThreadEntry {
+            from: from.map(str::to_owned),
+            suspect,
+            ..entry("r", &[])
+        };
+        assert!(!of(Some("an@x.vn"), false).reused_by("AN@x.vn", false));
+        assert!(of(Some("an@x.vn"), false).reused_by("mallory@evil.example", false));
+        assert!(of(Some("an@x.vn"), true).reused_by("an@x.vn", false));
+        assert!(!of(Some("an@x.vn"), true).reused_by("an@x.vn", true));
+        assert!(
+            !of(None, false).reused_by("anyone@x.vn", false),
+            "old entries cannot tell"
+        );
+        // Written without the new fields (an older version), read back the same.
+        let old: ThreadEntry = serde_json::from_str(r#"{"root":"r","refs":["a"]}"#).unwrap();
+        assert_eq!(old, entry("r", &["a"]));
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"root":"r","refs":["a"]}"#
+        );
     }
 
     #[test]

@@ -292,6 +292,8 @@ pub(crate) mod tests {
                 sent_at: None,
             },
             received_at: at(time),
+            authentication: None,
+            flags: Vec::new(),
         };
         line(EventType::MessageReceived, tenant, time, data)
     }

@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use omni_channel::Parsed;
-use omni_core::ChannelKind;
+use omni_core::{ChannelKind, MessageFlag};
 use tokio::sync::watch;
 
 use super::{Handled, MailboxReader, Run, MARK_REFRESH};
@@ -30,6 +30,33 @@ impl MailboxReader {
         let Some((mail, mut identity)) = self.customer_mail(raw, uid, cp) else {
             return Ok(Handled::Skipped);
         };
+        let tenant = &self.settings.tenant;
+        // Before any repeat check: another sender's mail under a known Message-ID is not a
+        // repeat, and must neither be dropped nor take over the id's thread.
+        let reused =
+            match &mail.message_id {
+                Some(id) => self.threads.lookup(id).await.is_some_and(|known| {
+                    known.reused_by(&identity.contact, identity.fails_dmarc())
+                }),
+                None => false,
+            };
+        if reused {
+            identity = identity.reusing_message_id(tenant, &self.channel);
+            self.metrics
+                .suspicious
+                .with_label_values(&[&self.label, "message_id_reused"])
+                .inc();
+            tracing::warn!(mailbox = %self.label, uid, event_id = %identity.event_id,
+                "a known Message-ID reused by another sender: published under an id of its own");
+        }
+        if identity.flags.contains(&MessageFlag::ThreadRefused) {
+            self.metrics
+                .suspicious
+                .with_label_values(&[&self.label, "thread_refused"])
+                .inc();
+            tracing::warn!(mailbox = %self.label, uid, event_id = %identity.event_id,
+                "mail failing DMARC named an existing thread: given a conversation of its own");
+        }
         let hash = provider_hash(&identity.provider_id);
         let known = run.rescan.as_ref().is_some_and(|r| r.known.contains(&hash));
         if cp.seen(&identity.provider_id) || known {
@@ -43,7 +70,6 @@ impl MailboxReader {
             cp.remember(&identity.provider_id);
             return Ok(Handled::Published(hash));
         }
-        let tenant = &self.settings.tenant;
         // A thread the index knows under another root (an answer naming only our reply).
         if identity.root != identity.provider_id {
             if let Some(known) = self.threads.lookup(&identity.root).await {
@@ -72,8 +98,11 @@ impl MailboxReader {
         if run.mark_taken.is_none_or(|t| t.elapsed() > MARK_REFRESH) {
             self.refresh_mark(cp, run, stop).await?;
         }
-        // The thread before the event: whoever answers it finds its chain.
-        self.remember_thread(&mail, &identity, stop).await?;
+        // The thread before the event: whoever answers it finds its chain. A reused id keeps
+        // pointing at the mail that had it first.
+        if !reused {
+            self.remember_thread(&mail, &identity, stop).await?;
+        }
         let parsed = Parsed::from(vec![event]);
         let accepted = self
             .until_done(stop, "publish", || {
@@ -124,7 +153,13 @@ impl MailboxReader {
             uidvalidity: cp.uidvalidity,
             uid,
         };
-        let Some(identity) = identify(&self.settings.tenant, &self.channel, &mail, at) else {
+        let Some(identity) = identify(
+            &self.settings.tenant,
+            &self.channel,
+            &mail,
+            at,
+            &self.settings.trusted_authserv_ids,
+        ) else {
             self.skip("no_sender", uid);
             return None;
         };
@@ -186,6 +221,8 @@ impl MailboxReader {
         let entry = ThreadEntry {
             root: identity.root.clone(),
             refs: bounded_chain(own),
+            from: Some(identity.contact.clone()),
+            suspect: identity.fails_dmarc(),
         };
         self.until_done(stop, "thread", || self.threads.remember(id, entry.clone()))
             .await

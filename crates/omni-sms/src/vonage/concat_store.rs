@@ -582,6 +582,8 @@ fn assembled_event(r: &Ready, now: DateTime<Utc>) -> Result<PreparedEvent, Ingre
             sent_at: Some(r.first_received_at),
         },
         received_at: now,
+        authentication: None,
+        flags: Vec::new(),
     };
     PreparedEvent::from_event(&CloudEvent::new(
         id,
