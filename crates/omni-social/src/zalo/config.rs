@@ -197,7 +197,10 @@ mod tests {
                 o.extend(e.clone());
             }
             let raw: RawZalo = serde_json::from_value(v).unwrap();
-            raw.validate("tenants.a").unwrap().replay_window.map(|w| w.max_age())
+            raw.validate("tenants.a")
+                .unwrap()
+                .replay_window
+                .map(|w| w.max_age())
         };
         assert_eq!(
             window(serde_json::json!({})),
@@ -207,7 +210,10 @@ mod tests {
             window(serde_json::json!({ "webhook_max_age_secs": 30 })),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(window(serde_json::json!({ "webhook_max_age_secs": 0 })), None);
+        assert_eq!(
+            window(serde_json::json!({ "webhook_max_age_secs": 0 })),
+            None
+        );
     }
 
     #[test]

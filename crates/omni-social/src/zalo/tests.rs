@@ -370,11 +370,7 @@ async fn a_signed_event_outside_the_replay_window_is_refused() {
         .map(|f| {
             f.get_metric()
                 .iter()
-                .filter(|m| {
-                    m.get_label()
-                        .iter()
-                        .any(|l| l.value() == "stale_timestamp")
-                })
+                .filter(|m| m.get_label().iter().any(|l| l.value() == "stale_timestamp"))
                 .map(|m| m.get_counter().get_value())
                 .sum::<f64>()
         })
