@@ -10,7 +10,7 @@ TANSU         := $(TANSU_ROOT)/bin/tansu
 VENV          := $(CURDIR)/.venv
 APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose \
                  dovecot-imapd dovecot-lmtpd dovecot-submissiond opensmtpd chromium
-BENCH_PACKAGES := wrk
+BENCH_PACKAGES := wrk jq
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export TANSU_BIN := $(TANSU)

@@ -34,6 +34,9 @@
 #                            kept more than BENCH_MAX_OTHER_LOAD CPUs busy is repeated up to
 #                            BENCH_RETRIES times; the row with the least other load is kept
 #   BENCH_SKIP_BUILD [0]     1: use the binaries already in $CARGO_TARGET_DIR/release
+#   BENCH_SOAK_SECS [60]     seconds of the load-shedding soak at 2x the saturation rate
+#                            (ingest-soak, table in soak.md; 0: no soak)
+#   BENCH_SOAK_ONLY [0]      1: run only the soak
 #   BENCH_OUT_DIR [<workspace>/target/bench]   where ingest.md and the run logs go
 #   CARGO_TARGET_DIR [<workspace>/target], TANSU_BIN [~/.cache/omnirouter/tansu-0.6.0/bin/tansu]
 #
@@ -56,6 +59,8 @@ BODIES=${BENCH_BODIES:-200000}
 DEDUPE_CAPACITY=${BENCH_DEDUPE_CAPACITY:-$((BODIES / 2))}
 BODY_SIZE=${BENCH_BODY_SIZE:-510}
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+SOAK_SECS=${BENCH_SOAK_SECS:-60}
+SOAK_ONLY=${BENCH_SOAK_ONLY:-0}
 OUT_DIR=${BENCH_OUT_DIR:-$ROOT/target/bench}
 TANSU=${TANSU_BIN:-$HOME/.cache/omnirouter/tansu-0.6.0/bin/tansu}
 WRK=${WRK_BIN:-wrk}
@@ -341,19 +346,33 @@ bench_forwarder() {
 # bench_daemon LINGER CONNS ROUTER: ROUTER=1 keeps the daemon's embedded router on (it then
 # consumes and routes what the benchmark publishes, in the same process).
 bench_daemon() {
-	local linger=$1 conns=$2 router=$3 port name i kind=daemon enabled=false
+	local linger=$1 conns=$2 router=$3 name kind=daemon enabled=false
 	if [[ $router == 1 ]]; then
 		kind=daemon+router
 		enabled=true
 	fi
 	name=$kind-l$linger-c$conns
 	start_broker "tansu-$name"
-	port=$(free_port)
+	start_daemon "$name" "$linger" "$enabled"
+	measure_http "$kind" "$linger" "$conns" "$DAEMON_PORT" "$DAEMON_PID"
+	stop_pid "$DAEMON_PID"
+	stop_pid "$BROKER_PID"
+	BROKER_PID=
+}
+
+# start_daemon NAME LINGER ROUTER_ENABLED [ENV=VALUE…]: the release daemon on a free port
+# against the started broker, ready; sets DAEMON_PORT and DAEMON_PID.
+DAEMON_PORT=
+DAEMON_PID=
+start_daemon() {
+	local name=$1 linger=$2 enabled=$3 i
+	shift 3
+	DAEMON_PORT=$(free_port)
 	# Only our overrides: drop OMNI__* and RUST_LOG inherited from the caller's shell.
 	local unset_env=(-u RUST_LOG) v
 	for v in $(compgen -e | grep '^OMNI' || true); do unset_env+=(-u "$v"); done
 	start_bg "$name" env "${unset_env[@]}" \
-		OMNI__SERVER__LISTEN="127.0.0.1:$port" \
+		OMNI__SERVER__LISTEN="127.0.0.1:$DAEMON_PORT" \
 		OMNI__SERVER__SHUTDOWN_GRACE_SECS=5 \
 		OMNI__KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
 		OMNI__KAFKA__LINGER_MS="$linger" \
@@ -361,17 +380,50 @@ bench_daemon() {
 		OMNI__INGRESS__DEDUPE_WINDOW_SECS=600 \
 		OMNI__INGRESS__DEDUPE_CAPACITY="$DEDUPE_CAPACITY" \
 		OMNI__ROUTER__ENABLED="$enabled" \
+		"$@" \
 		"$REL/omnirouter" -c "$ROOT/config/default.toml" --log-format json run
-	local pid=$LAST_PID
-	wait_port "$port" "$pid" 30 "$name"
+	DAEMON_PID=$LAST_PID
+	wait_port "$DAEMON_PORT" "$DAEMON_PID" 30 "$name"
 	for ((i = 0; ; i++)); do
-		curl -sf --max-time 3 "http://127.0.0.1:$port/readyz" >/dev/null && break
-		kill -0 "$pid" 2>/dev/null || die "$name exited; see $RUN_DIR/$name.log"
-		((i < 120)) || die "$name not ready within 60 s: $(curl -s "http://127.0.0.1:$port/readyz")"
+		curl -sf --max-time 3 "http://127.0.0.1:$DAEMON_PORT/readyz" >/dev/null && break
+		kill -0 "$DAEMON_PID" 2>/dev/null || die "$name exited; see $RUN_DIR/$name.log"
+		((i < 120)) || die "$name not ready within 60 s: $(curl -s "http://127.0.0.1:$DAEMON_PORT/readyz")"
 		sleep 0.5
 	done
-	measure_http "$kind" "$linger" "$conns" "$port" "$pid"
-	stop_pid "$pid"
+}
+
+# bench_soak: load shedding. One daemon as deployed (router on, default ingress.max_in_flight);
+# ingest-soak measures its saturation rate (closed loop, 256 in flight, 10 s), then offers twice
+# that rate open-loop for SOAK_SECS and reports the rate held, the share shed with 503 and the
+# daemon's peak resident memory. Writes $OUT_DIR/soak.md.
+bench_soak() {
+	local name=soak token="soak-$$-$RANDOM" out
+	start_broker "tansu-$name"
+	start_daemon "$name" 1 true OMNI__TENANTS__BENCH__API_TOKEN="$token"
+	out=$RUN_DIR/$name.json
+	if ! timeout -k 5 $((SOAK_SECS + 120)) "$REL/ingest-soak" --url "http://127.0.0.1:$DAEMON_PORT/v1/inbound/$TENANT" \
+		--token "$token" --pid "$DAEMON_PID" --seconds "$SOAK_SECS" --factor 2 \
+		>"$out" 2>"$RUN_DIR/$name.txt"; then
+		die "ingest-soak failed: $(tail -5 "$RUN_DIR/$name.txt")"
+	fi
+	kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon died during the soak; see $RUN_DIR/$name.log"
+	local j
+	j=$(tail -1 "$out")
+	{
+		echo "# Load-shedding soak"
+		echo
+		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, daemon with its router on and the default" \
+			"ingress.max_in_flight, tansu in-memory broker, ingest-soak on the same machine (127.0.0.1)." \
+			"Saturation is the accepted rate with 256 requests always in flight for 10 s; the soak then" \
+			"offers $(jq -r .offered_msgs_per_s <<<"$j") msgs/s (2×) open-loop for $(jq -r .seconds <<<"$j") s."
+		echo
+		echo "| saturation msgs/s | offered msgs/s | held msgs/s | held / saturation | worst second | shed 503 share | kafka 503 | errors | not sent | accepted p50 ms | accepted p99 ms | RSS before MiB | peak RSS MiB |"
+		echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		jq -r '"| \(.saturation_msgs_per_s) | \(.offered_msgs_per_s) | \(.accepted_msgs_per_s) | \(.held_of_saturation) | \(.worst_second_msgs_per_s) | \(.shed_share) | \(.kafka_503) | \(.errors_or_timeouts) | \(.not_sent) | \(.accepted_p50_ms) | \(.accepted_p99_ms) | \(.rss_before_mib) | \(.rss_peak_hwm_mib) |"' <<<"$j"
+	} >"$OUT_DIR/soak.md"
+	cat "$OUT_DIR/soak.md"
+	log "$(tail -1 "$RUN_DIR/$name.txt")"
+	stop_pid "$DAEMON_PID"
 	stop_pid "$BROKER_PID"
 	BROKER_PID=
 }
@@ -496,7 +548,14 @@ if [[ $SKIP_BUILD != 1 ]]; then
 	log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 	(cd "$ROOT" && cargo build --release -p omnirouter -p omni-benches)
 fi
-[[ -x $REL/omnirouter && -x $REL/ingest-ref ]] || die "release binaries missing in $REL"
+[[ -x $REL/omnirouter && -x $REL/ingest-ref && -x $REL/ingest-soak ]] || die "release binaries missing in $REL"
+command -v jq >/dev/null || die "jq not found (apt-get install jq)"
+
+if [[ $SOAK_ONLY == 1 ]]; then
+	((SOAK_SECS > 0)) || die "BENCH_SOAK_ONLY=1 needs BENCH_SOAK_SECS > 0"
+	bench_soak
+	exit 0
+fi
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 BODIES_FILE=$RUN_DIR/bodies.lua
@@ -525,3 +584,7 @@ for linger in $LINGERS; do
 done
 
 write_table
+if ((SOAK_SECS > 0)); then
+	log "== load-shedding soak =="
+	bench_soak
+fi

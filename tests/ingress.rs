@@ -484,3 +484,91 @@ async fn signed_api_requests_outside_the_replay_window_or_untimed_in_strict_mode
     );
     assert_eq!(stale, 1.0);
 }
+
+/// Load shedding against a real stall: with the broker stopped, requests wait for Kafka's
+/// acknowledgement; once `ingress.max_in_flight` of them wait, the next is answered at once with
+/// 503 `overloaded` and `Retry-After` instead of joining the queue, and `omni_ingress_in_flight`
+/// shows the bound. When the waiting ones time out (503 `kafka_unavailable`) their places are
+/// free again: the next request waits on Kafka instead of being shed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_kafka_fills_max_in_flight_and_the_next_request_is_shed_at_once() {
+    let mut broker = Broker::durable();
+    let daemon = Daemon::start(
+        &broker,
+        &[
+            ("OMNI__INGRESS__MAX_IN_FLIGHT", "2"),
+            ("OMNI__KAFKA__PUBLISH_TIMEOUT_MS", "8000"),
+        ],
+    )
+    .await;
+    let (s, a) = post(&daemon, "demo", "demo-token", &message("warm")).await;
+    assert_eq!(s, 202, "{a}");
+    broker.stop();
+    let url = daemon.url("/v1/inbound/demo");
+    let waiting: Vec<_> = ["stalled-1", "stalled-2"]
+        .into_iter()
+        .map(|id| {
+            let url = url.clone();
+            tokio::spawn(async move { omni_e2e::post_json(&url, "demo-token", &message(id)).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let m = daemon.metrics().await;
+        if metric_value(&m, "omni_ingress_in_flight", &[]) >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never 2 in flight:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let (s, body) = post(&daemon, "demo", "demo-token", &message("shed")).await;
+    let answered_in = started.elapsed();
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "the shed answer came while the others still waited"
+    );
+    println!("shed answered in {answered_in:?} while two requests waited on Kafka");
+    let retry_after = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth("demo-token")
+        .json(&message("shed-again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry_after.status().as_u16(), 503);
+    assert_eq!(retry_after.headers()["retry-after"], "1");
+    let m = daemon.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "omni_ingress_rejected_total",
+            &["reason=\"overloaded\""]
+        ),
+        2.0
+    );
+    for w in waiting {
+        let (s, a) = w.await.unwrap();
+        assert_eq!(
+            (s, &a["error"]["code"]),
+            (503, &json!("kafka_unavailable")),
+            "{a}"
+        );
+    }
+    let m = daemon.metrics().await;
+    assert_eq!(metric_value(&m, "omni_ingress_in_flight", &[]), 0.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            "omni_ingress_rejected_total",
+            &["reason=\"overloaded\""]
+        ),
+        2.0,
+        "nothing else was shed"
+    );
+}

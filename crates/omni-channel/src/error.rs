@@ -57,6 +57,10 @@ pub enum IngressError {
     /// Kafka did not acknowledge in time: the provider should retry.
     #[error("event store unavailable, retry later")]
     Unavailable,
+    /// This instance is handling as many requests as it may (`ingress.max_in_flight`): the
+    /// request is shed before its body is read, and the provider retries later.
+    #[error("overloaded, retry later")]
+    Overloaded,
 }
 
 impl IngressError {
@@ -74,7 +78,7 @@ impl IngressError {
             | IngressError::InvalidField { .. }
             | IngressError::BodyRead => StatusCode::BAD_REQUEST,
             IngressError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngressError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Unavailable | IngressError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -93,6 +97,7 @@ impl IngressError {
             IngressError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngressError::BodyRead => "body_read",
             IngressError::Unavailable => "kafka_unavailable",
+            IngressError::Overloaded => "overloaded",
         }
     }
 }
@@ -103,7 +108,7 @@ impl IntoResponse for IngressError {
             "error": { "code": self.reason(), "message": self.to_string() }
         });
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, IngressError::Unavailable) {
+        if matches!(self, IngressError::Unavailable | IngressError::Overloaded) {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),

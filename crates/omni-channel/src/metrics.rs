@@ -1,6 +1,6 @@
 //! Ingress metric families, registered once into the registry the daemon passes in.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Counters and latency of every inbound endpoint. Labels are bounded: channel kind, configured
 /// tenant, rejection reason. An unknown tenant is never a label value.
@@ -19,6 +19,9 @@ pub struct IngressMetrics {
     pub refused_items: IntCounterVec,
     /// Time from request start to answer, for accepted requests.
     pub duration: HistogramVec,
+    /// Inbound requests being handled now (admitted, not yet answered): what the
+    /// `ingress.max_in_flight` limit bounds.
+    pub in_flight: IntGauge,
 }
 
 impl IngressMetrics {
@@ -74,7 +77,12 @@ impl IngressMetrics {
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(ignored.clone()))?;
         registry.register(Box::new(refused_items.clone()))?;
+        let in_flight = IntGauge::new(
+            "omni_ingress_in_flight",
+            "Inbound webhook and API requests being handled now; at ingress.max_in_flight new ones are answered 503 (reason overloaded).",
+        )?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
         Ok(Self {
             received,
             rejected,
@@ -82,6 +90,7 @@ impl IngressMetrics {
             ignored,
             refused_items,
             duration,
+            in_flight,
         })
     }
 }

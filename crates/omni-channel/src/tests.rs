@@ -475,3 +475,113 @@ async fn kafka_down_answers_503_and_nothing_is_remembered() {
     assert_eq!(json["duplicate"], false);
     assert_eq!(f.sink.records().len(), 1);
 }
+
+/// Kafka that acknowledges only when the test opens the gate: requests wait in flight.
+struct GatedSink {
+    inner: MemorySink,
+    gate: tokio::sync::Semaphore,
+}
+
+impl crate::EventSink for GatedSink {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a [u8],
+        payload: &'a [u8],
+    ) -> crate::sink::PublishFuture<'a> {
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            self.inner.publish(topic, key, payload).await
+        })
+    }
+
+    fn delete<'a>(&'a self, topic: &'a str, key: &'a [u8]) -> crate::sink::PublishFuture<'a> {
+        self.inner.delete(topic, key)
+    }
+}
+
+/// With two requests waiting on a slow Kafka and `max_in_flight = 2`, the next one is shed at
+/// once (503 `overloaded`, `Retry-After`), publishes nothing, and is counted; the waiting ones
+/// are answered when Kafka acknowledges, and the place they held is free again.
+#[tokio::test]
+async fn beyond_max_in_flight_requests_are_shed_with_503_and_retry_after() {
+    use crate::EventSink as _;
+    let sink = Arc::new(GatedSink {
+        inner: MemorySink::default(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let registry = Registry::new();
+    let ingress = Ingress::standalone(sink.clone(), &registry, 1024)
+        .unwrap()
+        .with_max_in_flight(2);
+    let api = ApiChannel::new([(
+        TenantId::new("acme").unwrap(),
+        ApiCredentials::new(Some(Secret::new("tok")), None),
+    )]);
+    let state = Arc::new((ingress, api));
+    let app = Router::new()
+        .route(
+            "/v1/inbound/{tenant}",
+            post(
+                |State(s): State<Arc<(Ingress, ApiChannel)>>,
+                 Path(t): Path<String>,
+                 req: Request<Body>| async move {
+                    let (head, body) = req.into_parts();
+                    s.0.handle(&s.1, &t, &head, body).await
+                },
+            ),
+        )
+        .with_state(state);
+    let body = |id: &str| GOOD.replace("m-1", id);
+    let waiting: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|id| tokio::spawn(send_owned(app.clone(), bearer("acme", "tok", &body(id)))))
+        .collect();
+    let in_flight = || gauge(&registry, "omni_ingress_in_flight");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while in_flight() < 2 {
+        assert!(std::time::Instant::now() < deadline, "never two in flight");
+        tokio::task::yield_now().await;
+    }
+    let shed: Response = app
+        .clone()
+        .oneshot(bearer("acme", "tok", &body("c")))
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let bytes = axum::body::to_bytes(shed.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["error"]["code"], "overloaded");
+    assert_eq!(rejected(&registry, "overloaded"), 1);
+    assert!(sink.inner.records().is_empty());
+
+    sink.gate.add_permits(100);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), StatusCode::ACCEPTED);
+    }
+    assert_eq!(in_flight(), 0);
+    let (status, _) = send(&app, bearer("acme", "tok", &body("c"))).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the shed request, retried, is taken"
+    );
+    assert_eq!(sink.inner.records().len(), 3);
+}
+
+async fn send_owned(app: Router, req: Request<Body>) -> StatusCode {
+    app.oneshot(req).await.unwrap().status()
+}
+
+fn gauge(registry: &Registry, name: &str) -> i64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_gauge().get_value() as i64)
+        .sum()
+}

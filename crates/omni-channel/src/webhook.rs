@@ -238,6 +238,20 @@ pub struct Ingress {
     metrics: IngressMetrics,
     /// Copies customer messages' attachments into the media store, when one is configured.
     media: Option<Arc<InboundMedia>>,
+    /// Bounds the requests handled at once (see [`Ingress::admit`]); `None`: unbounded.
+    admission: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// A request's place among those handled at once; freed when dropped (after the answer).
+pub struct Admitted {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    in_flight: prometheus::IntGauge,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
 }
 
 impl Ingress {
@@ -259,7 +273,42 @@ impl Ingress {
             max_body_bytes,
             metrics,
             media: None,
+            admission: None,
         }
+    }
+
+    /// Handles at most `max_in_flight` requests at once; more are answered `503 overloaded`
+    /// with `Retry-After` before their body is read. Overload then costs a refusal, not memory:
+    /// requests waiting on a slow Kafka or a saturated CPU can no longer pile up without bound
+    /// (at most `max_in_flight` bodies of `max_body_bytes` are held).
+    pub fn with_max_in_flight(self, max_in_flight: usize) -> Self {
+        self.with_admission(Arc::new(tokio::sync::Semaphore::new(max_in_flight)))
+    }
+
+    /// As [`Ingress::with_max_in_flight`], with places shared with other ingresses of the
+    /// same process (one bound for the whole instance).
+    pub fn with_admission(mut self, places: Arc<tokio::sync::Semaphore>) -> Self {
+        self.admission = Some(places);
+        self
+    }
+
+    /// Takes a place for one request, or refuses it as [`IngressError::Overloaded`] at once.
+    /// Handlers outside [`Ingress::handle`] that read and publish call it first and keep the
+    /// guard until they answer.
+    pub fn admit(&self) -> Result<Admitted, IngressError> {
+        let permit = match &self.admission {
+            Some(s) => Some(
+                s.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| IngressError::Overloaded)?,
+            ),
+            None => None,
+        };
+        self.metrics.in_flight.inc();
+        Ok(Admitted {
+            _permit: permit,
+            in_flight: self.metrics.in_flight.clone(),
+        })
     }
 
     /// Copies inbound attachments into the media store before publishing (see
@@ -296,6 +345,10 @@ impl Ingress {
         body: Body,
     ) -> Response {
         let started = Instant::now();
+        let _admitted = match self.admit() {
+            Ok(admitted) => admitted,
+            Err(err) => return self.refuse(A::CHANNEL, err),
+        };
         let accepted = match adapter.deadline() {
             Some(deadline) => {
                 match tokio::time::timeout(deadline, self.accept(adapter, tenant, request, body))

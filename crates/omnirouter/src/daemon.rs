@@ -40,7 +40,12 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     let media = Arc::new(
         omni_media::Media::new(&settings.media).context("building the media store and fetcher")?,
     );
-    let mut webhooks = ingress_for(settings, &producer, settings.max_body_bytes, &metrics);
+    // One bound on requests in flight for every ingress of this instance (load shedding).
+    let admission = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight));
+    let ingress_for = |max_body_bytes| {
+        ingress_for(settings, &producer, max_body_bytes, &metrics).with_admission(admission.clone())
+    };
+    let mut webhooks = ingress_for(settings.max_body_bytes);
     if media.store().is_some() {
         let inbound = omni_channel::InboundMedia::new(
             media.clone(),
@@ -64,9 +69,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
             registry: &metrics.registry,
             ingress: ingress.clone(),
             media: media.clone(),
-            own_ingress: &|max_body_bytes| {
-                ingress_for(settings, &producer, max_body_bytes, &metrics)
-            },
+            own_ingress: &ingress_for,
             // Per-tenant channel state (Zalo refreshes, SMS reassembly, mailboxes) lives where
             // the router owns the tenant; without a router this instance is the only one.
             ownership: routing.handle.as_ref().map_or_else(

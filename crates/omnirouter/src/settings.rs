@@ -121,6 +121,9 @@ pub struct RawIngress {
     pub dedupe_window_secs: u64,
     /// At most this many ids are remembered (memory bound: ~64 bytes each).
     pub dedupe_capacity: usize,
+    /// Webhook and API requests handled at once by this instance; more are answered 503
+    /// with `Retry-After` (load shedding), so overload cannot grow memory without bound.
+    pub max_in_flight: usize,
 }
 
 impl Default for RawIngress {
@@ -128,6 +131,7 @@ impl Default for RawIngress {
         Self {
             dedupe_window_secs: 600,
             dedupe_capacity: 200_000,
+            max_in_flight: 2048,
         }
     }
 }
@@ -257,6 +261,8 @@ pub struct Settings {
     pub dedupe_window: Duration,
     /// Dedupe capacity.
     pub dedupe_capacity: usize,
+    /// Webhook and API requests handled at once; more are shed with 503.
+    pub max_in_flight: usize,
     /// Kafka.
     pub kafka: BusConfig,
     /// Log filter.
@@ -409,6 +415,12 @@ impl RawSettings {
     /// `omni_livechat`: their `config`); this checks the rest and puts them together.
     pub fn validate(self) -> Result<Settings, SettingsError> {
         let listen = self.server.validate()?;
+        if self.ingress.max_in_flight == 0 {
+            return Err(invalid(
+                "ingress.max_in_flight",
+                "must be at least 1".into(),
+            ));
+        }
         if self.ingress.dedupe_capacity == 0 {
             return Err(invalid(
                 "ingress.dedupe_capacity",
@@ -456,6 +468,7 @@ impl RawSettings {
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
             dedupe_window: Duration::from_secs(self.ingress.dedupe_window_secs),
             dedupe_capacity: self.ingress.dedupe_capacity,
+            max_in_flight: self.ingress.max_in_flight,
             kafka: self.kafka,
             log_level: self.log.level,
             api_tenants: tenants.api,

@@ -225,6 +225,7 @@ impl ConcatStore {
         request: &Parts,
         body: Body,
     ) -> Result<(), IngressError> {
+        let _admitted = ingress.admit()?;
         let adapter = self.adapter();
         let (tenant, sms) = adapter.account(tenant).ok_or(IngressError::UnknownTenant)?;
         let body = ingress.read_body(request, body).await?;
