@@ -31,6 +31,10 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/v1/tenants/{tenant}/typing"),
     ("post", "/v1/tenants/{tenant}/read"),
     ("post", "/v1/tenants/{tenant}/commands"),
+    (
+        "post",
+        "/v1/tenants/{tenant}/livechat/visitors/{visitor}/revoke",
+    ),
 ];
 
 /// Documented statuses no black-box test can provoke.
@@ -355,7 +359,11 @@ fn substitute(v: &Value, from: &str, to: &str) -> Value {
 fn fill(path: &str, tenant: &str, conversation: &str) -> String {
     path.replace("{tenant}", tenant)
         .replace("{conversation}", conversation)
+        .replace("{visitor}", VISITOR)
 }
+
+/// The live chat visitor revocations name (the document's example).
+const VISITOR: &str = "v_01957c2b3a4e7c1d";
 
 enum Auth<'a> {
     None,
@@ -605,6 +613,7 @@ async fn the_running_daemon_answers_as_documented() {
     )
     .await;
     conversation_reads_refuse_bad_and_unknown_ids(&mut run, &daemon).await;
+    revocations_refuse_what_cannot_be_a_visitor(&mut run, &daemon).await;
     replies_commands_and_typing_refuse_what_cannot_be_sent(&mut run, &daemon, &conversation).await;
     oversized_and_non_json_bodies_are_refused(&mut run, &daemon).await;
     the_api_channel_refuses_a_bad_account(&mut run, &daemon).await;
@@ -804,6 +813,17 @@ async fn conversation_reads_refuse_bad_and_unknown_ids(run: &mut Run<'_>, daemon
     run.expect_error(&conv_op, &a, 404, "unknown_conversation", what);
 }
 
+/// A live chat revocation of something that cannot be a visitor id is refused.
+async fn revocations_refuse_what_cannot_be_a_visitor(run: &mut Run<'_>, daemon: &Daemon) {
+    let op = run.doc.op(
+        "post",
+        "/v1/tenants/{tenant}/livechat/visitors/{visitor}/revoke",
+    );
+    let path = "/v1/tenants/demo/livechat/visitors/a%0Ab/revoke";
+    let a = call(daemon, "post", path, Auth::Bearer(AGENT_TOKEN), Body::None).await;
+    run.expect_error(&op, &a, 400, "invalid_visitor", "a control character");
+}
+
 /// A reply with nothing to send or nobody to send it to, an unknown command, and typing or a
 /// read mark on a channel that has none are refused.
 async fn replies_commands_and_typing_refuse_what_cannot_be_sent(
@@ -943,14 +963,20 @@ async fn with_kafka_down_writes_and_readiness_answer_503(
     for op in writes.filter(|o| doc.statuses(o).contains(&503)) {
         let op = &op;
         let url = fill(&op.path, TENANT, &conversation.id);
-        let (_, example) = doc.request_examples(op).into_iter().next().unwrap();
-        let mut body = conversation.substitute(&example);
-        if body.get("client_message_id").is_some() {
-            // Not one already published (a repeat is answered from the dedupe cache).
-            body["client_message_id"] = json!("while-kafka-is-down");
-        }
+        // Revocations have no body.
+        let body = match doc.request_examples(op).into_iter().next() {
+            Some((_, example)) => {
+                let mut body = conversation.substitute(&example);
+                if body.get("client_message_id").is_some() {
+                    // Not one already published (a repeat is answered from the dedupe cache).
+                    body["client_message_id"] = json!("while-kafka-is-down");
+                }
+                Body::Json(body)
+            }
+            None => Body::None,
+        };
         let token = Auth::Bearer(op.token());
-        let a = call(daemon, "post", &url, token, Body::Json(body)).await;
+        let a = call(daemon, "post", &url, token, body).await;
         run.expect_error(op, &a, 503, "kafka_unavailable", "Kafka down");
     }
     // A read mark never touches Kafka: still taken.

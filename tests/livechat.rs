@@ -6,10 +6,9 @@
 use futures_util::{SinkExt, StreamExt};
 use omni_channel::signature::hmac_sha256_hex;
 use omni_e2e::browser::Chromium;
-use omni_e2e::{post_json, read_topic, Broker, Daemon};
+use omni_e2e::{livechat, post_json, read_topic, Broker, Daemon};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -49,28 +48,33 @@ async fn new_session(daemon: &Daemon) -> Session {
     }
 }
 
-fn ws_url(daemon: &Daemon, token: &str, after: Option<&str>) -> String {
+/// A socket to open: its URL and the token the widget offers as a subprotocol.
+struct WsTarget {
+    url: String,
+    token: String,
+}
+
+fn ws_url(daemon: &Daemon, token: &str, after: Option<&str>) -> WsTarget {
     let base = daemon
         .url("/v1/livechat/demo/web/ws")
         .replace("http://", "ws://");
-    match after {
-        Some(a) => format!("{base}?token={token}&after={a}"),
-        None => format!("{base}?token={token}"),
+    let url = match after {
+        Some(a) => format!("{base}?after={a}"),
+        None => base,
+    };
+    WsTarget {
+        url,
+        token: token.to_owned(),
     }
 }
 
-/// Connects with `origin`; `Err(status)` when the upgrade is refused.
-async fn connect_from(url: &str, origin: Option<&str>) -> Result<Ws, u16> {
-    let mut request = url.into_client_request().unwrap();
-    if let Some(o) = origin {
-        request
-            .headers_mut()
-            .insert("origin", HeaderValue::from_str(o).unwrap());
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("connect: {e}"),
+/// Connects with `origin` as the widget does (token as a subprotocol); `Err(status)` when
+/// the upgrade is refused.
+async fn connect_from(target: &WsTarget, origin: Option<&str>) -> Result<Ws, u16> {
+    let request = livechat::socket_request(&target.url, Some(&target.token), origin);
+    match livechat::connect_request(request).await {
+        Err(0) => panic!("connect: daemon unreachable"),
+        r => r,
     }
 }
 
@@ -463,6 +467,7 @@ async fn tokens_origins_and_identities_are_checked() {
         widget: "web".into(),
         visitor: s.visitor.clone(),
         exp,
+        iat_ms: chrono::Utc::now().timestamp_millis(),
         language: None,
     };
     let expired = omni_livechat::token::sign(
@@ -531,6 +536,234 @@ async fn tokens_origins_and_identities_are_checked() {
     let closed = try_next(&mut quiet, Duration::from_secs(3)).await.unwrap();
     assert_eq!(closed["type"], "closed", "{closed}");
     assert_eq!(closed["code"], 1000);
+}
+
+#[tokio::test]
+async fn the_token_travels_as_a_subprotocol_and_never_in_the_url() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let s = new_session(&daemon).await;
+    // The widget's way: accepted, and the server answers omni.v1 only (connect_request
+    // fails the test on any other answer, the token above all).
+    let mut ws = connect(&daemon, &s, None).await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut ws).await["type"], "pong");
+
+    // The token in the URL: refused by default, before the upgrade.
+    let base = daemon
+        .url("/v1/livechat/demo/web/ws")
+        .replace("http://", "ws://");
+    let in_url = format!("{base}?token={}", s.token);
+    let refused = livechat::connect_request(livechat::socket_request(&in_url, None, Some(ORIGIN)));
+    assert_eq!(refused.await.err(), Some(401));
+    let bare = livechat::connect_request(livechat::socket_request(&base, None, Some(ORIGIN)));
+    assert_eq!(bare.await.err(), Some(401), "no token at all");
+    let metrics = daemon.metrics().await;
+    for result in ["token_in_url", "token_missing"] {
+        let label = format!("result=\"{result}\"");
+        assert_eq!(
+            omni_e2e::metric_value(
+                &metrics,
+                "omni_livechat_attempts_total",
+                &["kind=\"socket\"", &label]
+            ),
+            1.0,
+            "{result}"
+        );
+    }
+    // Neither the refused URL nor the accepted socket left the token in a log line.
+    assert!(!daemon.log().contains(&s.token), "the token is in the log");
+    assert!(!metrics.contains(&s.token), "the token is in a metric");
+
+    // An operator may allow the URL for the hour old widget scripts stay cached.
+    let lenient = Daemon::start(&broker, &[("OMNI__LIVECHAT__ALLOW_TOKEN_IN_URL", "true")]).await;
+    let url = lenient
+        .url(&format!("/v1/livechat/demo/web/ws?token={}", s.token))
+        .replace("http://", "ws://");
+    let mut old = livechat::connect_request(livechat::socket_request(&url, None, Some(ORIGIN)))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut old).await["type"], "status");
+}
+
+#[tokio::test]
+async fn every_frame_type_is_throttled_and_a_flooding_socket_is_closed() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(
+        &broker,
+        &[
+            ("OMNI__LIVECHAT__FRAME_RATE_PER_SECOND", "1"),
+            ("OMNI__LIVECHAT__FRAME_BURST", "5"),
+        ],
+    )
+    .await;
+    let s = new_session(&daemon).await;
+    let mut ws = connect(&daemon, &s, None).await;
+    // The burst: five pings, five pongs.
+    for _ in 0..5 {
+        send(&mut ws, json!({"type": "ping"})).await;
+    }
+    // Past it, without waiting: a message, typing, reads, garbage and binary frames.
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "over", "text": "hi"}),
+    )
+    .await;
+    for i in 0..40 {
+        let frame = match i % 4 {
+            0 => Message::text(r#"{"type":"typing","on":true}"#),
+            1 => Message::text(r#"{"type":"read","cursor":"-1.-1"}"#),
+            2 => Message::text("garbage"),
+            _ => Message::binary(vec![0u8; 4]),
+        };
+        if ws.send(frame).await.is_err() {
+            break; // already closed
+        }
+    }
+    let mut frames = Vec::new();
+    loop {
+        let f = next(&mut ws).await;
+        let closed = f["type"] == "closed";
+        frames.push(f);
+        if closed {
+            break;
+        }
+    }
+    let of = |kind: &str| frames.iter().filter(|f| f["type"] == kind).count();
+    assert_eq!(of("pong"), 5, "{frames:?}");
+    assert_eq!(
+        of("ack"),
+        0,
+        "the message over the budget was dropped: {frames:?}"
+    );
+    let limited: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "error" && f["code"] == "rate_limited")
+        .collect();
+    assert!(!limited.is_empty(), "{frames:?}");
+    assert_eq!(
+        limited[0]["client_id"], "over",
+        "a dropped message says which"
+    );
+    assert_eq!(frames.last().unwrap()["code"], 1008, "{frames:?}");
+
+    let metrics = daemon.metrics().await;
+    let throttled = |frame: &str| {
+        let label = format!("frame=\"{frame}\"");
+        omni_e2e::metric_value(&metrics, "omni_livechat_frames_throttled_total", &[&label])
+    };
+    assert_eq!(throttled("message"), 1.0);
+    assert!(throttled("typing") >= 1.0, "{metrics}");
+    assert_eq!(
+        omni_e2e::metric_value(
+            &metrics,
+            "omni_livechat_policy_closes_total",
+            &["reason=\"flooding\""]
+        ),
+        1.0
+    );
+    // The socket went, the visitor did not: a new socket works.
+    let mut again = connect(&daemon, &s, None).await;
+    send(&mut again, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut again).await["type"], "pong");
+}
+
+/// A session request forwarded by a proxy on 127.0.0.1 with `X-Forwarded-For`.
+async fn session_via_proxy(daemon: &Daemon, forwarded_for: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(daemon.url("/v1/livechat/demo/web/session"))
+        .header("origin", ORIGIN)
+        .header("x-forwarded-for", forwarded_for)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sessions_are_limited_per_client_ip_behind_trusted_proxies_and_per_widget() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(
+        &broker,
+        &[
+            ("OMNI__LIVECHAT__SESSIONS_PER_MINUTE_PER_IP", "3"),
+            ("OMNI__LIVECHAT__SESSIONS_PER_MINUTE_PER_WIDGET", "6"),
+            (
+                "OMNI__LIVECHAT__TRUSTED_PROXIES",
+                "127.0.0.1/32, 10.0.0.0/8",
+            ),
+            ("OMNI__LIVECHAT__MAX_CONNECTIONS_PER_IP", "1"),
+        ],
+    )
+    .await;
+    // The proxy itself (no header): its own address. One of the widget's six.
+    let s = new_session(&daemon).await;
+    for _ in 0..3 {
+        assert_eq!(
+            session_via_proxy(&daemon, "203.0.113.1").await.status(),
+            200
+        );
+    }
+    let r = session_via_proxy(&daemon, "203.0.113.1").await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=20).contains(&retry),
+        "3 a minute: one every 20 s, not {retry}"
+    );
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        ORIGIN,
+        "the widget can read it"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ip_rate_limited", "{body}");
+
+    // A client that writes the limited address first is still itself: rightmost untrusted.
+    let spoofed = session_via_proxy(&daemon, "203.0.113.1, 203.0.113.2").await;
+    assert_eq!(spoofed.status(), 200);
+    // Through two of our proxies: the hop before them.
+    let chained = session_via_proxy(&daemon, "203.0.113.1, 203.0.113.3, 10.1.2.3").await;
+    assert_eq!(chained.status(), 200);
+    // The widget's six are used up, whoever asks.
+    let r = session_via_proxy(&daemon, "203.0.113.4").await;
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "widget_rate_limited", "{body}");
+    let metrics = daemon.metrics().await;
+    for result in ["ip_rate_limited", "widget_rate_limited"] {
+        let label = format!("result=\"{result}\"");
+        assert_eq!(
+            omni_e2e::metric_value(
+                &metrics,
+                "omni_livechat_attempts_total",
+                &["kind=\"session\"", &label]
+            ),
+            1.0,
+            "{result}"
+        );
+    }
+
+    // The per-IP socket cap (1 here) counts the same client address.
+    let target = ws_url(&daemon, &s.token, None);
+    let via = |xff: &'static str| {
+        let mut r = livechat::socket_request(&target.url, Some(&target.token), Some(ORIGIN));
+        r.headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static(xff));
+        livechat::connect_request(r)
+    };
+    let _first = via("198.51.100.7").await.unwrap();
+    assert_eq!(via("198.51.100.7").await.err(), Some(429));
+    assert_eq!(
+        via("198.51.100.9, 198.51.100.7").await.err(),
+        Some(429),
+        "spoofed"
+    );
+    let _other = via("198.51.100.7, 198.51.100.8").await.unwrap();
 }
 
 /// Serves the example page (pointing at `daemon`) from its own origin on 127.0.0.1.

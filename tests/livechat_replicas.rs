@@ -1,7 +1,8 @@
 //! Live chat with three daemons on one broker, as replicas behind a load balancer: a visitor
 //! keeps a complete, ordered transcript while replicas are killed (SIGKILL) and restarted
 //! under traffic; the per-IP socket cap and the per-conversation message rate count every
-//! replica.
+//! replica; a visitor's tokens revoked through one replica are refused and cut off on all,
+//! including one started later.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use omni_core::{
@@ -561,4 +562,111 @@ async fn a_conversations_message_rate_counts_messages_sent_through_every_replica
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "rate_limited");
     assert_eq!(refused["client_id"], "m3");
+}
+
+/// Revokes `visitor`'s tokens through `daemon`'s agent API.
+async fn revoke(daemon: &Daemon, visitor: &str, bearer: &str) -> (u16, Value) {
+    omni_e2e::post_json(
+        &daemon.url(&format!(
+            "/v1/tenants/demo/livechat/visitors/{visitor}/revoke"
+        )),
+        bearer,
+        &serde_json::json!({}),
+    )
+    .await
+}
+
+/// A session request of the demo widget renewing `token`: the status and the body.
+async fn renew(daemon: &Daemon, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(daemon.url("/v1/livechat/demo/web/session"))
+        .header("origin", omni_e2e::livechat::ORIGIN)
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_revoked_through_one_replica_is_cut_off_on_all_and_on_one_started_later() {
+    let broker = Broker::memory();
+    let d = Daemon::start_many(&broker, 2, &[]).await;
+    let s = new_session(&d[0]).await;
+    let bystander = new_session(&d[0]).await;
+    let mut on_b = open(&d[1], &s.token, None).await.unwrap();
+    let mut other = open(&d[1], &bystander.token, None).await.unwrap();
+    for ws in [&mut on_b, &mut other] {
+        let status = omni_e2e::livechat::next_frame(ws, Duration::from_secs(15)).await;
+        assert_eq!(status.unwrap()["type"], "status");
+    }
+
+    // Only the tenant's agent token may revoke.
+    assert_eq!(revoke(&d[0], &s.visitor, "not-the-token").await.0, 401);
+    let started = Instant::now();
+    let (status, body) = revoke(&d[0], &s.visitor, omni_e2e::livechat::AGENT).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["visitor_id"], s.visitor.as_str());
+    assert!(body["revoked_at"].is_string(), "{body}");
+
+    // Replica A applied it before answering: no new socket, no renewal.
+    assert_eq!(open(&d[0], &s.token, None).await.err(), Some(401));
+    let (status, body) = renew(&d[0], &s.token).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked"))
+    );
+
+    // The visitor's socket on replica B is told and closed; the bystander's is not.
+    let told = omni_e2e::livechat::next_frame(&mut on_b, Duration::from_secs(15)).await;
+    let told = told.expect("no frame on B within 15 s");
+    assert_eq!(
+        (told["type"].as_str(), told["code"].as_str()),
+        (Some("error"), Some("token_revoked")),
+        "{told}"
+    );
+    let closed = omni_e2e::livechat::next_frame(&mut on_b, Duration::from_secs(5)).await;
+    assert_eq!(closed.unwrap()["code"], 1008);
+    let cut_off = started.elapsed();
+    use futures_util::SinkExt;
+    other
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"type":"ping"}"#,
+        ))
+        .await
+        .unwrap();
+    let pong = omni_e2e::livechat::next_frame(&mut other, Duration::from_secs(15)).await;
+    assert_eq!(pong.unwrap()["type"], "pong");
+
+    // A replica started afterwards reads the revocation from the topic before refusing.
+    let c = Daemon::start(&broker, &[]).await;
+    let learnt = wait_gauge(
+        &c,
+        "omni_livechat_revocations",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(open(&c, &s.token, None).await.err(), Some(401));
+    let (status, _) = renew(&c, &s.token).await;
+    assert_eq!(status, 401);
+    // A new session (a new visitor: revocation is not a ban) works there.
+    let fresh = new_session(&c).await;
+    assert_ne!(fresh.visitor, s.visitor);
+    let mut ws = open(&c, &fresh.token, None).await.unwrap();
+    let status = omni_e2e::livechat::next_frame(&mut ws, Duration::from_secs(15)).await;
+    assert_eq!(status.unwrap()["type"], "status");
+    let metrics = d[1].metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "omni_livechat_policy_closes_total",
+            &["reason=\"token_revoked\""]
+        ),
+        1.0
+    );
+    println!(
+        "revocation: a socket on another replica closed within {cut_off:?} of the call; a \
+         replica started later knew it {learnt:?} after it was ready"
+    );
 }

@@ -145,6 +145,9 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             .env("OMNI__ROUTER__ENABLED", "false")
             .env("OMNI__OUTBOUND__ENABLED", "false")
             .env("OMNI__LIVECHAT__MAX_CONNECTIONS_PER_IP", "1000000")
+            // Every session comes from 127.0.0.1: no minting limit.
+            .env("OMNI__LIVECHAT__SESSIONS_PER_MINUTE_PER_IP", "0")
+            .env("OMNI__LIVECHAT__SESSIONS_PER_MINUTE_PER_WIDGET", "0")
             .env("OMNI__LIVECHAT__IDLE_TIMEOUT_SECS", "3600")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -197,7 +200,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
     // A first socket warms up the code paths (lazy statics, thread-local caches).
-    let ws_base = format!("ws://127.0.0.1:{port}/v1/livechat/demo/web/ws?token=");
+    let ws_base = format!("ws://127.0.0.1:{port}/v1/livechat/demo/web/ws");
     let warm = open(&ws_base, &tokens[0], Ipv4Addr::new(127, 0, 0, 1), port).await?;
     drop(warm);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -267,10 +270,15 @@ async fn open(
     let stream = socket
         .connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
         .await?;
-    let mut request = format!("{base}{token}").into_client_request()?;
+    let mut request = base.into_client_request()?;
     request
         .headers_mut()
         .insert("origin", HeaderValue::from_static(ORIGIN));
+    // The token as the widget sends it: a subprotocol, never in the URL.
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("omni.v1, omni.token.{token}"))?,
+    );
     let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await?;
     match ws.next().await {
         Some(Ok(_status)) => Ok(ws),

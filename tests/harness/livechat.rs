@@ -47,25 +47,68 @@ pub async fn new_session(daemon: &Daemon) -> Session {
     }
 }
 
-/// Opens the visitor socket on `daemon` (resuming after `after`); `Err(status)` when the
-/// upgrade is refused, `Err(0)` when the daemon cannot be reached.
+/// A socket request for `url` as the widget makes it: the token as the subprotocol
+/// `omni.token.<token>` after `omni.v1` (never in the URL), and the page's `origin`.
+pub fn socket_request(
+    url: &str,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(t) = token {
+        let protocols = format!("omni.v1, omni.token.{t}");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&protocols).unwrap(),
+        );
+    }
+    if let Some(o) = origin {
+        request
+            .headers_mut()
+            .insert("origin", HeaderValue::from_str(o).unwrap());
+    }
+    request
+}
+
+/// Connects with `request`; `Err(status)` when the upgrade is refused, `Err(0)` when the
+/// daemon cannot be reached. A daemon that answered with any subprotocol but `omni.v1` (the
+/// token echoed back) fails the test.
+pub async fn connect_request(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<Ws, u16> {
+    let offered = request.headers().contains_key("sec-websocket-protocol");
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => {
+            let chosen = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap().to_owned());
+            if offered {
+                assert_eq!(
+                    chosen.as_deref(),
+                    Some("omni.v1"),
+                    "the server's subprotocol"
+                );
+            }
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(_) => Err(0),
+    }
+}
+
+/// Opens the visitor socket on `daemon` (resuming after `after`) with the token as the
+/// widget sends it; `Err(status)` when the upgrade is refused, `Err(0)` when the daemon
+/// cannot be reached.
 pub async fn open(daemon: &Daemon, token: &str, after: Option<&str>) -> Result<Ws, u16> {
     let base = daemon
         .url("/v1/livechat/demo/web/ws")
         .replace("http://", "ws://");
     let url = match after {
-        Some(a) => format!("{base}?token={token}&after={a}"),
-        None => format!("{base}?token={token}"),
+        Some(a) => format!("{base}?after={a}"),
+        None => base,
     };
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("origin", HeaderValue::from_static(ORIGIN));
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(_) => Err(0),
-    }
+    connect_request(socket_request(&url, Some(token), Some(ORIGIN))).await
 }
 
 /// The next JSON frame within `wait` (control frames skipped); a closed socket reads as

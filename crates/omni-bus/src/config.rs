@@ -121,6 +121,10 @@ impl BusConfig {
             ("topics.outbound_progress", &self.topics.outbound_progress),
             ("topics.zalo_tokens", &self.topics.zalo_tokens),
             ("topics.livechat_presence", &self.topics.livechat_presence),
+            (
+                "topics.livechat_revocations",
+                &self.topics.livechat_revocations,
+            ),
         ] {
             let valid = !value.is_empty()
                 && value.len() <= 249

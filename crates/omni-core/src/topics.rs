@@ -48,6 +48,9 @@ pub struct Topics {
     /// Compacted: each live chat replica's open sockets per (hashed) client IP, republished
     /// every heartbeat (key: the replica), so the per-IP socket cap counts every replica.
     pub livechat_presence: String,
+    /// Compacted: live chat visitors whose tokens issued before a time are void (key
+    /// `<tenant>/<visitor>`), read by every replica from the beginning.
+    pub livechat_revocations: String,
 }
 
 impl Default for Topics {
@@ -67,6 +70,7 @@ impl Default for Topics {
             outbound_progress: "omni.outbound-progress.v1".into(),
             zalo_tokens: "omni.zalo-tokens.v1".into(),
             livechat_presence: "omni.livechat-presence.v1".into(),
+            livechat_revocations: "omni.livechat-revocations.v1".into(),
         }
     }
 }
@@ -74,7 +78,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 14] {
+    pub fn all(&self) -> [(&str, bool); 15] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -90,6 +94,7 @@ impl Topics {
             (&self.outbound_progress, true),
             (&self.zalo_tokens, true),
             (&self.livechat_presence, true),
+            (&self.livechat_revocations, true),
         ]
     }
 }

@@ -41,9 +41,26 @@ pub struct RawLivechat {
     pub queue_cap: usize,
     /// Read buffer per socket in bytes (allocated up front for every idle socket).
     pub ws_read_buffer_bytes: usize,
-    /// Count connections per IP by the first `X-Forwarded-For` entry (only behind a proxy
-    /// that sets it).
-    pub trust_forwarded_for: bool,
+    /// Replaced by `trusted_proxies`: `true` is refused (it believed the leftmost
+    /// `X-Forwarded-For` entry, which any client writes); `false` is accepted and means
+    /// nothing.
+    pub trust_forwarded_for: Option<bool>,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` entries are believed: a list, or a
+    /// comma-separated string from the environment. The client is the rightmost hop that is
+    /// not one of them.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trusted_proxies: Vec<String>,
+    /// Frames per second a socket may send, sustained (every frame type)…
+    pub frame_rate_per_second: u32,
+    /// …and at once; a socket that keeps sending as many again past it is closed (1008).
+    pub frame_burst: u32,
+    /// Session requests per minute per client IP (IPv6: per /64), per replica; 0 = no limit.
+    pub sessions_per_minute_per_ip: u32,
+    /// Session requests per minute per widget, per replica; 0 = no limit.
+    pub sessions_per_minute_per_widget: u32,
+    /// Also accept `?token=` in the socket URL (widgets older than the subprotocol): only
+    /// while old widget scripts may still be cached (an hour) during an upgrade.
+    pub allow_token_in_url: bool,
     /// Each replica republishes its per-IP socket counts this often (and at once on a change).
     pub presence_heartbeat_ms: u64,
     /// A replica not heard from for this long stops counting toward the per-IP cap.
@@ -70,7 +87,13 @@ impl Default for RawLivechat {
             log_ttl_secs: d.log_ttl.as_secs(),
             queue_cap: d.queue_cap,
             ws_read_buffer_bytes: d.ws_read_buffer_bytes,
-            trust_forwarded_for: d.trust_forwarded_for,
+            trust_forwarded_for: None,
+            trusted_proxies: Vec::new(),
+            frame_rate_per_second: d.frame_rate_per_second,
+            frame_burst: d.frame_burst,
+            sessions_per_minute_per_ip: d.sessions_per_minute_per_ip,
+            sessions_per_minute_per_widget: d.sessions_per_minute_per_widget,
+            allow_token_in_url: d.allow_token_in_url,
             presence_heartbeat_ms: u64::try_from(d.presence_heartbeat.as_millis())
                 .unwrap_or(u64::MAX),
             presence_expiry_ms: u64::try_from(d.presence_expiry.as_millis()).unwrap_or(u64::MAX),
@@ -91,6 +114,11 @@ impl RawLivechat {
             ("livechat.max_text_chars", self.max_text_chars as u64),
             ("livechat.rate_per_minute", u64::from(self.rate_per_minute)),
             ("livechat.burst", u64::from(self.burst)),
+            (
+                "livechat.frame_rate_per_second",
+                u64::from(self.frame_rate_per_second),
+            ),
+            ("livechat.frame_burst", u64::from(self.frame_burst)),
             ("livechat.idle_timeout_secs", self.idle_timeout_secs),
             (
                 "livechat.max_connections_per_ip",
@@ -119,6 +147,24 @@ impl RawLivechat {
                 "must be at least twice presence_heartbeat_ms (one late heartbeat must not expire a replica)",
             ));
         }
+        if self.trust_forwarded_for == Some(true) {
+            return Err(InvalidKey::new(
+                "livechat.trust_forwarded_for",
+                "replaced by livechat.trusted_proxies: list your proxies' addresses or CIDRs \
+                 (e.g. [\"10.0.0.0/8\"]) and remove trust_forwarded_for; it believed the leftmost \
+                 X-Forwarded-For entry, which any client can write",
+            ));
+        }
+        let mut proxies = Vec::with_capacity(self.trusted_proxies.len());
+        for entry in &self.trusted_proxies {
+            let net = crate::client_ip::TrustedProxies::parse_entry(entry).ok_or_else(|| {
+                InvalidKey::new(
+                    "livechat.trusted_proxies",
+                    format!("{entry:?} is not an address or a CIDR like 10.0.0.0/8"),
+                )
+            })?;
+            proxies.push(net);
+        }
         if self.max_frame_bytes > MAX_BODY_BYTES {
             return Err(InvalidKey::new(
                 "livechat.max_frame_bytes",
@@ -139,7 +185,12 @@ impl RawLivechat {
             log_ttl: Duration::from_secs(self.log_ttl_secs),
             queue_cap: self.queue_cap,
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
-            trust_forwarded_for: self.trust_forwarded_for,
+            frame_rate_per_second: self.frame_rate_per_second,
+            frame_burst: self.frame_burst,
+            sessions_per_minute_per_ip: self.sessions_per_minute_per_ip,
+            sessions_per_minute_per_widget: self.sessions_per_minute_per_widget,
+            trusted_proxies: crate::client_ip::TrustedProxies::new(proxies),
+            allow_token_in_url: self.allow_token_in_url,
             presence_heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
             presence_expiry: Duration::from_millis(self.presence_expiry_ms),
             ip_hash_secret: self.ip_hash_secret,
@@ -342,6 +393,48 @@ mod tests {
         }))
         .unwrap_err();
         assert_eq!(err.key, "tenants.a.livechat.widgets.w.hours.to");
+    }
+
+    #[test]
+    fn trust_forwarded_for_is_refused_in_favour_of_trusted_proxies() {
+        let raw = RawLivechat {
+            trust_forwarded_for: Some(true),
+            ..RawLivechat::default()
+        };
+        let err = raw.validate().unwrap_err();
+        assert_eq!(err.key, "livechat.trust_forwarded_for");
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        let off = RawLivechat {
+            trust_forwarded_for: Some(false),
+            ..RawLivechat::default()
+        };
+        assert!(off.validate().is_ok(), "false changes nothing: accepted");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses_from_a_list_or_the_environment() {
+        let raw: RawLivechat = serde_json::from_value(serde_json::json!({
+            "trusted_proxies": "10.0.0.0/8, 127.0.0.1"
+        }))
+        .unwrap();
+        let s = raw.validate().unwrap().unwrap();
+        assert!(s.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+        assert!(s.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
+        assert!(!s.trusted_proxies.contains("127.0.0.2".parse().unwrap()));
+        let bad = RawLivechat {
+            trusted_proxies: vec!["proxy.internal".into()],
+            ..RawLivechat::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "livechat.trusted_proxies");
+    }
+
+    #[test]
+    fn a_frame_budget_of_zero_is_refused() {
+        let raw = RawLivechat {
+            frame_burst: 0,
+            ..RawLivechat::default()
+        };
+        assert_eq!(raw.validate().unwrap_err().key, "livechat.frame_burst");
     }
 
     #[test]

@@ -15,12 +15,19 @@
 //!   visitor's conversation (the wait estimate) in, the `customer_left` command out.
 //! - [`presence`]: per-IP socket counts shared by every replica over a compacted topic, so the
 //!   per-IP cap counts the whole deployment (with the design note).
+//! - [`revocation`]: revoking a visitor's tokens on every replica over a compacted topic
+//!   (with the design note).
+//! - [`client_ip`]: the client's address behind trusted proxies (rightmost untrusted
+//!   `X-Forwarded-For` hop; with the design note).
+//! - [`throttle`]: the per-socket frame budget and the session minting limits (per client
+//!   address, per widget).
 //! - [`server`]: the HTTP routes (session, WebSocket, widget script) and the socket loop.
 //! - [`component`]: the channel's entry point: routes and the feed's task.
 //! - [`config`]: `[livechat]` and the tenants' widgets as written, and their validation.
 //! - [`settings`]: validated settings: limits, widgets, allowed origins, opening hours.
 //! - [`metrics`]: metric families.
 
+pub mod client_ip;
 pub mod component;
 pub mod config;
 pub mod feed;
@@ -28,9 +35,11 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod revocation;
 pub mod routing;
 pub mod server;
 pub mod settings;
+pub mod throttle;
 pub mod token;
 
 use chrono::Utc;
@@ -66,6 +75,10 @@ pub struct Livechat {
     pub metrics: LivechatMetrics,
     /// This replica's id and the other replicas' per-IP socket counts.
     pub presence: presence::Presence,
+    /// Visitors whose older tokens are void, from every replica.
+    pub revocations: revocation::Revocations,
+    /// Session minting limits of this replica.
+    sessions: std::sync::Mutex<throttle::SessionLimits>,
     /// Turns true once when the daemon shuts down: every socket closes with 1001 at once, so
     /// widgets reconnect (to another replica) instead of waiting on a socket that is going.
     closing: tokio::sync::watch::Sender<bool>,
@@ -77,6 +90,7 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     feed: Option<std::thread::JoinHandle<()>>,
     presence: Option<std::thread::JoinHandle<()>>,
+    revocations: Option<std::thread::JoinHandle<()>>,
     /// Wakes the presence publisher to withdraw this replica's counts.
     wake: Arc<tokio::sync::Notify>,
     withdrawn: std::sync::mpsc::Receiver<()>,
@@ -91,9 +105,13 @@ impl Running {
         let _ = self
             .withdrawn
             .recv_timeout(std::time::Duration::from_secs(2));
-        for t in [self.feed.take(), self.presence.take()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.feed.take(),
+            self.presence.take(),
+            self.revocations.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = t.join();
         }
@@ -126,6 +144,12 @@ impl Livechat {
         }));
         let presence =
             presence::Presence::new(settings.ip_hash_secret.as_ref(), settings.presence_expiry);
+        let revocations =
+            revocation::Revocations::new(settings.token_ttl.saturating_add(settings.renew_window));
+        let sessions = std::sync::Mutex::new(throttle::SessionLimits::new(
+            settings.sessions_per_minute_per_ip,
+            settings.sessions_per_minute_per_widget,
+        ));
         Self {
             settings,
             widgets: RwLock::new(Arc::new(widgets)),
@@ -135,6 +159,8 @@ impl Livechat {
             bus,
             metrics,
             presence,
+            revocations,
+            sessions,
             closing: tokio::sync::watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
         }
@@ -156,8 +182,21 @@ impl Livechat {
         }
     }
 
-    /// Starts the Kafka feed and the presence reader (a thread each), the presence publisher
-    /// and the periodic sweep of expired entries.
+    /// Charges a session request of `ip` for the widget to this replica's minting limits.
+    pub(crate) fn admit_session(
+        &self,
+        ip: std::net::IpAddr,
+        tenant: &str,
+        widget: &str,
+    ) -> Result<(), throttle::SessionRefusal> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(ip, tenant, widget, std::time::Instant::now())
+    }
+
+    /// Starts the Kafka feed, the presence reader and the revocations reader (a thread
+    /// each), the presence publisher and the periodic sweep of expired entries.
     pub fn start(self: &Arc<Self>) -> Running {
         let stop = Arc::new(AtomicBool::new(false));
         let (chat, flag) = (self.clone(), stop.clone());
@@ -170,6 +209,11 @@ impl Livechat {
             .name("livechat-presence".into())
             .spawn(move || presence::run_reader(chat, flag))
             .ok();
+        let (chat, flag) = (self.clone(), stop.clone());
+        let revocations = std::thread::Builder::new()
+            .name("livechat-revocations".into())
+            .spawn(move || revocation::run_reader(chat, flag))
+            .ok();
         let wake = Arc::new(tokio::sync::Notify::new());
         let (done, withdrawn) = std::sync::mpsc::channel();
         self.runtime.spawn(presence::run_publisher(
@@ -178,18 +222,20 @@ impl Livechat {
             wake.clone(),
             done,
         ));
-        let (hub, flag) = (self.hub.clone(), stop.clone());
+        let (chat, flag) = (self.clone(), stop.clone());
         self.runtime.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
             while !flag.load(Ordering::Relaxed) {
                 tick.tick().await;
-                hub.sweep(Utc::now());
+                chat.hub.sweep(Utc::now());
+                chat.sweep_revocations().await;
             }
         });
         Running {
             stop,
             feed,
             presence,
+            revocations,
             wake,
             withdrawn,
         }

@@ -19,7 +19,22 @@ pub struct LivechatMetrics {
     pub presence_replicas: IntGauge,
     /// Sockets open over the whole deployment as this replica counts them for the per-IP cap.
     pub presence_sockets: IntGauge,
+    /// Frames dropped because their socket was over its frame budget, by `frame` (a fixed
+    /// set: see [`FRAME_KINDS`]).
+    pub frames_throttled: IntCounterVec,
+    /// Sockets closed by the server for what their visitor did, by `reason` (`flooding`,
+    /// `token_revoked`).
+    pub policy_closes: IntCounterVec,
+    /// Visitor revocations in force on this replica (from every replica).
+    pub revocations: IntGauge,
 }
+
+/// Every value of the `frame` label of `omni_livechat_frames_throttled_total`: the client
+/// frame types, `invalid` (a text frame that is not one), `binary` and `control` (WebSocket
+/// ping/pong).
+pub const FRAME_KINDS: [&str; 9] = [
+    "message", "typing", "read", "resume", "ping", "leave", "invalid", "binary", "control",
+];
 
 impl LivechatMetrics {
     /// Creates the families and registers them into `registry`.
@@ -57,6 +72,27 @@ impl LivechatMetrics {
             "omni_livechat_presence_sockets",
             "Live chat sockets open over every live replica, as this instance last heard.",
         ))?;
+        let frames_throttled = IntCounterVec::new(
+            Opts::new(
+                "omni_livechat_frames_throttled_total",
+                "Widget frames dropped because their socket was over its frame budget, by frame type.",
+            ),
+            &["frame"],
+        )?;
+        let policy_closes = IntCounterVec::new(
+            Opts::new(
+                "omni_livechat_policy_closes_total",
+                "Live chat sockets closed by the server with 1008, by reason (flooding, token_revoked).",
+            ),
+            &["reason"],
+        )?;
+        let revocations = IntGauge::with_opts(Opts::new(
+            "omni_livechat_revocations",
+            "Visitor token revocations in force on this instance (made on any replica).",
+        ))?;
+        registry.register(Box::new(frames_throttled.clone()))?;
+        registry.register(Box::new(policy_closes.clone()))?;
+        registry.register(Box::new(revocations.clone()))?;
         registry.register(Box::new(presence_replicas.clone()))?;
         registry.register(Box::new(presence_sockets.clone()))?;
         registry.register(Box::new(connections.clone()))?;
@@ -70,6 +106,9 @@ impl LivechatMetrics {
             replies_pushed,
             presence_replicas,
             presence_sockets,
+            frames_throttled,
+            policy_closes,
+            revocations,
         })
     }
 }

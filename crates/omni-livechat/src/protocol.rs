@@ -6,6 +6,13 @@
 //! answered with an `error` frame and the connection stays open: a buggy widget never brings
 //! the socket (or the server) down.
 //!
+//! Every frame from the widget, whatever its type (garbage, binary and WebSocket pings
+//! included), costs a token of the socket's frame budget (`frame_rate_per_second`,
+//! `frame_burst`): a frame over it is dropped and answered `rate_limited` (with the
+//! `client_id` of a message), and a socket that keeps sending another burst's worth past it
+//! is closed with 1008 (`flooding`). A socket whose token is revoked gets `token_revoked`
+//! and is closed with 1008.
+//!
 //! # Waiting for an agent, and leaving
 //! - `{"type":"queued","estimated_wait_secs":N}`: the router queued the conversation
 //!   (`omni.routing.queued`) and expects an agent in about N seconds (0: an agent is free
@@ -140,12 +147,27 @@ pub enum ClientFrame {
     Leave {},
 }
 
+impl ClientFrame {
+    /// The frame's type, a bounded label (`message`, `typing`, `read`, `resume`, `ping`,
+    /// `leave`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Message { .. } => "message",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Read { .. } => "read",
+            ClientFrame::Resume { .. } => "resume",
+            ClientFrame::Ping => "ping",
+            ClientFrame::Leave {} => "leave",
+        }
+    }
+}
+
 /// Why a frame was refused: a bounded `code` and a message for the developer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
     /// `bad_frame`, `bad_client_id`, `empty_message`, `message_too_long`, `bad_cursor`,
     /// `rate_limited`, `frame_too_large`, `binary_not_supported`, `unavailable`,
-    /// `leave_failed`, `lagging`.
+    /// `leave_failed`, `lagging`, `token_revoked`.
     pub code: &'static str,
     /// What was wrong.
     pub message: String,

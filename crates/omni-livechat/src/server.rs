@@ -1,14 +1,28 @@
 //! The HTTP surface of live chat and the per-socket loop.
 //!
 //! - `GET /v1/livechat/widget.js`: the widget script (cacheable for an hour).
-//! - `POST /v1/livechat/{tenant}/{widget}/session` (+ CORS preflight): a visitor token.
-//! - `GET /v1/livechat/{tenant}/{widget}/ws?token=…[&after=<cursor>]`: the visitor's socket.
+//! - `POST /v1/livechat/{tenant}/{widget}/session` (+ CORS preflight): a visitor token;
+//!   limited per client IP and per widget on each replica (`429` with `Retry-After`).
+//! - `GET /v1/livechat/{tenant}/{widget}/ws[?after=<cursor>]` with
+//!   `Sec-WebSocket-Protocol: omni.v1, omni.token.<token>`: the visitor's socket.
 //!
-//! Refusals before the upgrade are plain HTTP (`403` wrong origin, `401` bad token, `429` too
-//! many sockets from one IP, counted over every replica); after it, every problem with a frame is an `error` frame and the
-//! socket stays open, except an oversized frame (closed with 1009), a lagging socket
+//! # Why the token travels as a subprotocol
+//! A browser's `WebSocket` can send no header but `Sec-WebSocket-Protocol`, and a URL ends up
+//! in proxies' and load balancers' access logs, so the token goes in the subprotocol list;
+//! the server answers with `omni.v1` only, never echoing the token. A first `auth` frame was
+//! the other way: it would let unauthenticated sockets in (a per-IP slot, a read buffer and a
+//! timer each until they authenticate) and could refuse a bad token only by a close code;
+//! with the subprotocol every check happens before the upgrade and refusals stay HTTP
+//! statuses. `?token=` is refused (`401 token_in_url`) unless `livechat.allow_token_in_url`
+//! (for the hour an old, cached widget script may still send it during an upgrade).
+//!
+//! Refusals before the upgrade are plain HTTP (`403` wrong origin, `401` bad or revoked
+//! token, `429` too many sockets from one IP, counted over every replica); after it, every problem with a frame is an `error` frame and the
+//! socket stays open, except an oversized frame (closed with 1009), a socket flooding past
+//! its frame budget or whose token was revoked (1008), a lagging socket
 //! (closed with 1013; the widget resumes by cursor) and every socket when the daemon shuts
 //! down (closed with 1001 at once; the widget reconnects, to another replica, and resumes).
+//! No log line or metric holds a token: refusals are counted by reason only.
 
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
@@ -25,6 +39,7 @@ use std::sync::Arc;
 
 use crate::protocol::Cursor;
 use crate::settings::WidgetSettings;
+use crate::throttle::SessionRefusal;
 use crate::token::{self, VisitorClaims};
 use crate::Livechat;
 use conn::{run_socket, Visitor};
@@ -160,6 +175,7 @@ struct SessionRequest {
 async fn session(
     State(chat): State<Arc<Livechat>>,
     Path((tenant, widget)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -170,6 +186,30 @@ async fn session(
     };
     let refuse_cors =
         |status, code, message: &str| cors(refuse(&chat, KIND, status, code, message), &origin);
+    let ip = client_ip(&chat, &headers, peer);
+    if let Err(refusal) = chat.admit_session(ip, &tenant, &widget) {
+        let (code, message, wait) = match refusal {
+            SessionRefusal::Ip(wait) => (
+                "ip_rate_limited",
+                "too many sessions from this address; retry after Retry-After seconds",
+                wait,
+            ),
+            SessionRefusal::Widget(wait) => (
+                "widget_rate_limited",
+                "too many sessions for this widget; retry after Retry-After seconds",
+                wait,
+            ),
+        };
+        let mut r = refuse_cors(StatusCode::TOO_MANY_REQUESTS, code, message);
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after"),
+        );
+        return r;
+    }
     if body.len() > 4096 {
         return refuse_cors(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,7 +225,8 @@ async fn session(
             Err(e) => return refuse_cors(StatusCode::BAD_REQUEST, "malformed", &e.to_string()),
         }
     };
-    let now = Utc::now().timestamp();
+    let now_ms = Utc::now().timestamp_millis();
+    let now = now_ms.div_euclid(1000);
     let secret = settings.secret.expose().as_bytes();
     let visitor = match session_visitor(&chat, &settings, &req, &tenant, &widget, now) {
         Ok(v) => v,
@@ -205,6 +246,7 @@ async fn session(
         widget: widget.clone(),
         visitor: visitor.clone(),
         exp,
+        iat_ms: now_ms,
         language,
     };
     let conversation = conversation_of(&tenant_id, &widget, &visitor);
@@ -231,7 +273,8 @@ async fn session(
 }
 
 /// The visitor a session is for: the logged-in customer whose `user_hash` matches, the
-/// visitor of a still-renewable token of this widget, or a new one; or why it is refused.
+/// visitor of a still-renewable token of this widget, or a new one; or why it is refused (a
+/// renewal with a revoked token: 401 `token_revoked`, so the widget starts afresh).
 fn session_visitor(
     chat: &Livechat,
     settings: &WidgetSettings,
@@ -265,15 +308,22 @@ fn session_visitor(
         )),
         (None, None) => {
             let renew = i64::try_from(chat.settings.renew_window.as_secs()).unwrap_or(i64::MAX);
-            Ok(req
+            let previous = req
                 .token
                 .as_deref()
                 .and_then(|t| token::verify(t, secret, now, renew).ok())
                 .filter(|c| {
                     c.tenant == tenant && c.widget == widget && !c.visitor.starts_with("user:")
-                })
-                .map(|c| c.visitor)
-                .unwrap_or_else(|| format!("v_{}", uuid::Uuid::now_v7().simple())))
+                });
+            match previous {
+                Some(c) if chat.revocations.is_revoked(tenant, &c.visitor, c.iat_ms) => Err((
+                    StatusCode::UNAUTHORIZED,
+                    "token_revoked",
+                    "this token was revoked; ask for a session without it",
+                )),
+                Some(c) => Ok(c.visitor),
+                None => Ok(format!("v_{}", uuid::Uuid::now_v7().simple())),
+            }
         }
     }
 }
@@ -287,11 +337,28 @@ fn conversation_of(tenant: &TenantId, widget: &str, visitor: &str) -> Conversati
     )
 }
 
-/// Query of the socket URL. No `Debug`: it carries a visitor token.
+/// Query of the socket URL. No `Debug`: it may carry a visitor token (refused unless
+/// `allow_token_in_url`).
 #[derive(Deserialize)]
 struct SocketQuery {
     token: Option<String>,
     after: Option<String>,
+}
+
+/// The subprotocol the server speaks, and the only one it ever answers with.
+pub const PROTOCOL: &str = "omni.v1";
+/// Prefix of the subprotocol that carries the visitor token (`omni.token.<token>`).
+pub const TOKEN_PROTOCOL_PREFIX: &str = "omni.token.";
+
+/// The token offered as a subprotocol (the first `omni.token.…` of every
+/// `Sec-WebSocket-Protocol` header), if any.
+fn protocol_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL_PREFIX))
 }
 
 async fn socket(
@@ -307,7 +374,21 @@ async fn socket(
         Ok((t, s, _)) => (t, s),
         Err(r) => return *r,
     };
-    let claims = match socket_claims(&chat, &settings, &tenant, &widget, query.token.as_deref()) {
+    let token = match (protocol_token(&headers), query.token.as_deref()) {
+        (Some(t), _) => Some(t),
+        (None, Some(t)) if chat.settings.allow_token_in_url => Some(t),
+        (None, Some(_)) => {
+            return refuse(
+                &chat,
+                KIND,
+                StatusCode::UNAUTHORIZED,
+                "token_in_url",
+                "send the token as the subprotocol omni.token.<token> (Sec-WebSocket-Protocol: omni.v1, omni.token.<token>), never in the URL",
+            )
+        }
+        (None, None) => None,
+    };
+    let claims = match socket_claims(&chat, &settings, &tenant, &widget, token) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -349,6 +430,7 @@ async fn socket(
         .is_none_or(|h| h.is_open(Utc::now()));
     let limit = chat.settings.max_frame_bytes;
     upgrade
+        .protocols([PROTOCOL])
         .read_buffer_size(chat.settings.ws_read_buffer_bytes)
         .write_buffer_size(0)
         .max_message_size(limit)
@@ -382,7 +464,7 @@ fn socket_claims(
             KIND,
             StatusCode::UNAUTHORIZED,
             "token_missing",
-            "give ?token=",
+            "send Sec-WebSocket-Protocol: omni.v1, omni.token.<token>",
         )));
     };
     match token::verify(
@@ -391,7 +473,18 @@ fn socket_claims(
         Utc::now().timestamp(),
         0,
     ) {
-        Ok(c) if c.tenant == tenant && c.widget == widget => Ok(c),
+        Ok(c) if c.tenant == tenant && c.widget == widget => {
+            if chat.revocations.is_revoked(tenant, &c.visitor, c.iat_ms) {
+                return Err(Box::new(refuse(
+                    chat,
+                    KIND,
+                    StatusCode::UNAUTHORIZED,
+                    "token_revoked",
+                    "this token was revoked; ask for a new session",
+                )));
+            }
+            Ok(c)
+        }
         Ok(_) => Err(Box::new(refuse(
             chat,
             KIND,
@@ -409,16 +502,21 @@ fn socket_claims(
     }
 }
 
+/// The client's address: the peer, or behind `trusted_proxies` the rightmost untrusted
+/// `X-Forwarded-For` hop (see [`crate::client_ip`]). A header value that is not text is
+/// unreadable, like an unreadable entry.
 fn client_ip(chat: &Livechat, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    if chat.settings.trust_forwarded_for {
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return ip;
+    let trusted = &chat.settings.trusted_proxies;
+    if trusted.is_empty() {
+        return crate::client_ip::canonical(peer.ip());
+    }
+    let mut values = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        match v.to_str() {
+            Ok(v) => values.push(v),
+            // Not text: an entry no address can be read from, where it stands.
+            Err(_) => values.push("?"),
         }
     }
-    peer.ip()
+    crate::client_ip::resolve(peer.ip(), values, trusted)
 }

@@ -34,8 +34,22 @@ pub struct LivechatSettings {
     pub queue_cap: usize,
     /// tungstenite's read buffer per socket (allocated up front: keep it small).
     pub ws_read_buffer_bytes: usize,
-    /// Take the client IP from the first `X-Forwarded-For` entry (behind a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Frames a socket may send per second, sustained (every type: typing, reads, pings…).
+    pub frame_rate_per_second: u32,
+    /// Frames a socket may send at once; a socket that keeps sending this many past its
+    /// budget is closed with 1008.
+    pub frame_burst: u32,
+    /// Session requests per minute per client IP (an IPv6 client: its /64) on this replica;
+    /// 0 = no limit.
+    pub sessions_per_minute_per_ip: u32,
+    /// Session requests per minute per widget on this replica; 0 = no limit.
+    pub sessions_per_minute_per_widget: u32,
+    /// Proxies whose `X-Forwarded-For` entries are believed (the client is the rightmost hop
+    /// that is not one of them); empty: the peer address is the client.
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
+    /// Also accept the visitor token in the socket URL (`?token=`), as widgets before the
+    /// subprotocol sent it: for a rolling upgrade only (URLs end up in proxies' logs).
+    pub allow_token_in_url: bool,
     /// How often each replica republishes its per-IP socket counts on the presence topic (it
     /// also publishes at once when a socket opens or closes).
     pub presence_heartbeat: Duration,
@@ -63,7 +77,12 @@ impl Default for LivechatSettings {
             log_ttl: Duration::from_secs(24 * 3600),
             queue_cap: 256,
             ws_read_buffer_bytes: 1024,
-            trust_forwarded_for: false,
+            frame_rate_per_second: 5,
+            frame_burst: 30,
+            sessions_per_minute_per_ip: 60,
+            sessions_per_minute_per_widget: 1200,
+            trusted_proxies: crate::client_ip::TrustedProxies::default(),
+            allow_token_in_url: false,
             presence_heartbeat: Duration::from_secs(1),
             presence_expiry: Duration::from_millis(3500),
             ip_hash_secret: None,

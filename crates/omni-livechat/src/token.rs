@@ -1,9 +1,12 @@
-//! Visitor tokens: `base64url(JSON {t, w, v, exp}) "." hex(HMAC-SHA256(widget secret, payload))`.
+//! Visitor tokens: `base64url(JSON {t, w, v, exp, iat_ms, l}) "." hex(HMAC-SHA256(widget secret,
+//! payload))`.
 //!
 //! The token is the visitor's only credential (as in Rocket.Chat): whoever holds it reads and
 //! writes that visitor's conversation, so it is signed with the widget's secret, carries an
-//! expiry, and is checked in constant time. The payload is base64url so it is URL-safe (it
-//! travels in the WebSocket URL's query) and the MAC covers the exact encoded bytes.
+//! expiry and its issue time (what a revocation compares, see [`crate::revocation`]), and is
+//! checked in constant time. The payload is base64url and the MAC hex, so the whole token is
+//! made of HTTP token characters: it travels as a WebSocket subprotocol
+//! (`omni.token.<token>`, never in a URL) and the MAC covers the exact encoded bytes.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -24,6 +27,10 @@ pub struct VisitorClaims {
     pub visitor: String,
     /// Expiry, Unix seconds.
     pub exp: i64,
+    /// When it was issued, Unix milliseconds (0 in tokens minted before it existed: every
+    /// revocation of the visitor voids those).
+    #[serde(default)]
+    pub iat_ms: i64,
     /// The visitor's language (BCP 47), for routing rules.
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -103,6 +110,7 @@ mod tests {
             widget: "web".into(),
             visitor: "v_0192".into(),
             exp,
+            iat_ms: 1_000,
             language: Some("vi".into()),
         }
     }
@@ -147,6 +155,19 @@ mod tests {
                 "{garbage:?}"
             );
         }
+    }
+
+    #[test]
+    fn tokens_without_an_issue_time_read_as_issued_at_zero() {
+        let json = br#"{"t":"demo","w":"web","v":"v_1","exp":9}"#;
+        let payload = URL_SAFE_NO_PAD.encode(json);
+        let token = format!("{payload}.{}", hmac_sha256_hex(b"k", payload.as_bytes()));
+        assert_eq!(verify(&token, b"k", 0, 0).unwrap().iat_ms, 0);
+        // Every character is an HTTP token character: the token is a valid subprotocol.
+        let t = sign(&claims(i64::MAX), b"k");
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
     }
 
     #[test]

@@ -5,7 +5,9 @@
  * logged-in customer; the hash is hex HMAC-SHA256(identity secret, user id) computed by the
  * site's server), data-open="true" (start open).
  * Protocol: POST {base}/v1/livechat/{tenant}/{widget}/session → token; one WebSocket
- * {base}/v1/livechat/{tenant}/{widget}/ws?token=…&after=<cursor>; see the README. The router's
+ * {base}/v1/livechat/{tenant}/{widget}/ws?after=<cursor> with the subprotocols
+ * ["omni.v1", "omni.token.<token>"] (the token never goes in a URL); see the README. A revoked
+ * token (error "token_revoked", or a session answered 401) is forgotten. The router's
  * wait estimate arrives as {"type":"queued","estimated_wait_secs":N} (shown until "assigned",
  * "ended", "left" or an agent's message); "End chat" sends {"type":"leave"}, confirmed by
  * {"type":"left"} or refused with the error "leave_failed". */
@@ -291,15 +293,23 @@
     return fetch(base + "/v1/livechat/" + encodeURIComponent(tenant) + "/" + encodeURIComponent(widget) + "/session", {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), credentials: "omit"
     }).then(function (r) {
+      // A revoked (or otherwise refused) previous token: forget it and start afresh.
+      if (r.status === 401 && body.token) { forgetToken(); return session(); }
       if (!r.ok) throw new Error("session " + r.status);
-      return r.json();
-    }).then(function (s) {
-      if (s.visitor_id !== saved.visitor) state.cursor = null;
-      state.token = s.token; state.exp = s.expires_at; state.wsPath = s.ws_path;
-      saved = { token: s.token, exp: s.expires_at, visitor: s.visitor_id, cursor: state.cursor };
-      store.set(saved);
-      if (s.open === false) setNotice(T.afterHours);
+      return r.json().then(adopt);
     });
+  }
+  function forgetToken() {
+    state.token = null; state.exp = 0;
+    saved = { token: null, exp: 0, visitor: saved.visitor, cursor: state.cursor };
+    store.set(saved);
+  }
+  function adopt(s) {
+    if (s.visitor_id !== saved.visitor) state.cursor = null;
+    state.token = s.token; state.exp = s.expires_at; state.wsPath = s.ws_path;
+    saved = { token: s.token, exp: s.expires_at, visitor: s.visitor_id, cursor: state.cursor };
+    store.set(saved);
+    if (s.open === false) setNotice(T.afterHours);
   }
   // "unavailable": the server could not store a message in time; it asks for the same
   // client_id again. Resend the outbox after 1 s, doubling up to 30 s, until acknowledged.
@@ -330,9 +340,11 @@
     });
   }
   function open() {
-    var url = base.replace(/^http/, "ws") + state.wsPath + "?token=" + encodeURIComponent(state.token) +
-      (state.cursor ? "&after=" + encodeURIComponent(state.cursor) : "");
-    var ws = new WebSocket(url);
+    var url = base.replace(/^http/, "ws") + state.wsPath +
+      (state.cursor ? "?after=" + encodeURIComponent(state.cursor) : "");
+    // The token as a subprotocol: browsers send no other header, and URLs end up in logs.
+    // The server answers "omni.v1", never the token.
+    var ws = new WebSocket(url, ["omni.v1", "omni.token." + state.token]);
     state.ws = ws;
     ws.onopen = function () {
       state.attempts = 0;
@@ -393,6 +405,8 @@
       if (f.code === "leave_failed" || (f.code === "rate_limited" && !f.client_id && state.leaving)) leaveDone(false);
       else if (f.code === "rate_limited") setNotice(T.rateLimited);
       else if (f.code === "unavailable") { setNotice(T.failed); resendSoon(); }
+      // The server closes the socket next; the reconnect asks for a new session.
+      else if (f.code === "token_revoked") forgetToken();
     }
   }
   window.addEventListener("online", function () { setNotice(""); connectSoon(0); });

@@ -7,8 +7,8 @@
 //! Every read says how fresh it is: `X-Omni-Served-By` (the owning instance),
 //! `X-Omni-Owner-Epoch` and `X-Omni-State-As-Of` (the time of the last input the state
 //! reflects). A 503 `tenant_not_owned` means no instance owns the tenant right now (a
-//! rebalance or takeover in progress): retry after `Retry-After`. Writes (replies, commands)
-//! go to Kafka and work on every instance.
+//! rebalance or takeover in progress): retry after `Retry-After`. Writes (replies, commands,
+//! live chat revocations) go to Kafka and work on every instance.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -50,6 +50,30 @@ pub struct ApiState {
     /// WhatsApp);
     /// set once the channels are built, after the API.
     pub signals: OnceLock<Arc<dyn AgentSignals>>,
+    /// Revokes live chat visitors' tokens; set once the channels are built, when this
+    /// instance serves live chat.
+    pub livechat: OnceLock<Arc<dyn VisitorRevoker>>,
+}
+
+/// A boxed revocation future.
+pub type RevokeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, RevokeFailure>> + Send + 'a>>;
+
+/// Revokes a live chat visitor's tokens on every replica. The daemon implements it over live
+/// chat; this crate knows no channel.
+pub trait VisitorRevoker: Send + Sync {
+    /// Voids every token issued to `visitor` of `tenant` until now, on every replica;
+    /// resolves with the revocation time (Unix ms) once Kafka stored it.
+    fn revoke<'a>(&'a self, tenant: &'a TenantId, visitor: &'a str) -> RevokeFuture<'a>;
+}
+
+/// Why a revocation was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeFailure {
+    /// The visitor id cannot be one (the reason).
+    InvalidVisitor(String),
+    /// Kafka did not store it: nothing was revoked.
+    Unavailable,
 }
 
 /// An agent's signal to a customer that is not a message: shown now or never.
@@ -118,6 +142,10 @@ pub fn routes(state: Arc<ApiState>) -> HttpRouter {
         .route("/v1/tenants/{tenant}/typing", post(typing))
         .route("/v1/tenants/{tenant}/read", post(mark_read))
         .route("/v1/tenants/{tenant}/commands", post(command))
+        .route(
+            "/v1/tenants/{tenant}/livechat/visitors/{visitor}/revoke",
+            post(revoke_visitor),
+        )
         .with_state(state)
 }
 
@@ -653,6 +681,53 @@ struct ReadRequest {
     /// The customer's message seen (WhatsApp: required).
     #[serde(default)]
     message_id: Option<String>,
+}
+
+/// Revokes every live chat token issued to the visitor until now, on every replica: new
+/// sockets and renewals with those tokens are refused (401 `token_revoked`) and the visitor's
+/// open sockets are closed. `200 {tenant, visitor_id, revoked_at}` once Kafka stored the
+/// revocation (this instance has applied it; the others apply it as they read it).
+async fn revoke_visitor(
+    State(state): State<Arc<ApiState>>,
+    Path((tenant, visitor)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match authorize(&state, &tenant, &headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let Some(revoker) = state.livechat.get() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "livechat_not_served",
+            "live chat is not served by this instance (livechat.enabled, a widget)",
+        );
+    };
+    match revoker.revoke(&tenant, &visitor).await {
+        Ok(at_ms) => {
+            let at = chrono::DateTime::from_timestamp_millis(at_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            Json(json!({
+                "tenant": tenant.as_str(),
+                "visitor_id": visitor,
+                "revoked_at": at,
+            }))
+            .into_response()
+        }
+        Err(RevokeFailure::InvalidVisitor(reason)) => {
+            ApiError::Invalid("invalid_visitor", reason).into_response()
+        }
+        Err(RevokeFailure::Unavailable) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kafka_unavailable",
+                "event store unavailable, nothing was revoked; retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+    }
 }
 
 /// An agent's typing indicator. Live chat: an `omni.channel.signal` on the outbound topic,

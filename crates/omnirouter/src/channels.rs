@@ -122,6 +122,32 @@ impl Channels {
     }
 }
 
+/// The agent API's live chat revocations, made by live chat.
+pub struct LivechatRevoker(pub Arc<omni_livechat::Livechat>);
+
+impl omni_router::api::VisitorRevoker for LivechatRevoker {
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a omni_core::TenantId,
+        visitor: &'a str,
+    ) -> omni_router::api::RevokeFuture<'a> {
+        use omni_livechat::revocation::RevokeError;
+        use omni_router::api::RevokeFailure;
+        Box::pin(async move {
+            self.0
+                .revoke(tenant.as_str(), visitor)
+                .await
+                .map_err(|e| match e {
+                    RevokeError::InvalidVisitor => RevokeFailure::InvalidVisitor(e.to_string()),
+                    RevokeError::Unavailable(source) => {
+                        tracing::warn!(tenant = %tenant, error = %source, "live chat revocation not stored");
+                        RevokeFailure::Unavailable
+                    }
+                })
+        })
+    }
+}
+
 /// Live chat's entry point, when some tenant has a widget and live chat is enabled.
 fn livechat(
     settings: &Settings,

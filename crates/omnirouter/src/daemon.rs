@@ -89,6 +89,11 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     .context("registering the agent signal metrics")?;
     // Set once, here: the API was built before the channels.
     let _ = agent_api.signals.set(Arc::new(signals));
+    if let Some(chat) = &channels.livechat {
+        let _ = agent_api
+            .livechat
+            .set(Arc::new(crate::channels::LivechatRevoker(chat.clone())));
+    }
     let (outbound_task, replies) = match &settings.outbound {
         Some(outbound) => {
             let (task, replies) = crate::outbound::start(
@@ -278,6 +283,7 @@ fn agent_api(
             .context("building the HTTP client for forwarded reads")?,
         metrics: router.metrics.clone(),
         signals: std::sync::OnceLock::new(),
+        livechat: std::sync::OnceLock::new(),
     }))
 }
 

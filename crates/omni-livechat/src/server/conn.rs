@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::frames::handle_frame;
 use crate::hub::{IpSlot, Outgoing, Subscriber};
-use crate::protocol::{error_frame, Cursor, FrameError, Position, Stream};
+use crate::protocol::{error_frame, parse, ClientFrame, Cursor, FrameError, Position, Stream};
+use crate::throttle::{FrameBudget, Verdict};
 use crate::token::VisitorClaims;
 use crate::Livechat;
 
@@ -103,6 +104,10 @@ pub(super) async fn run_socket(
     cursor: Cursor,
 ) {
     chat.metrics.connections.inc();
+    // Watched from before the token is looked at again: a revocation applied between the
+    // check before the upgrade and here is seen now, one applied later wakes the loop.
+    let mut revoked = chat.revocations.subscribe();
+    revoked.borrow_and_update();
     let (subscriber, backlog, reached) = chat.hub.attach(
         &visitor.tenant,
         &visitor.widget,
@@ -121,12 +126,18 @@ pub(super) async fn run_socket(
         "open": visitor.open,
     })
     .to_string();
+    if is_revoked(&chat, &visitor) {
+        close_revoked(&chat, &mut conn).await;
+        chat.hub.detach(visitor.conversation, &subscriber);
+        chat.metrics.connections.dec();
+        return;
+    }
     let mut alive = conn.send(status).await;
     if alive {
         alive = send_backlog(&chat, &mut conn, backlog, reached).await;
     }
     if alive {
-        socket_loop(&chat, &mut conn, &visitor, &subscriber).await;
+        socket_loop(&chat, &mut conn, &visitor, &subscriber, &mut revoked).await;
     }
     chat.hub.detach(visitor.conversation, &subscriber);
     chat.metrics.connections.dec();
@@ -157,12 +168,47 @@ pub(super) async fn send_backlog(
     true
 }
 
+fn is_revoked(chat: &Livechat, visitor: &Visitor) -> bool {
+    chat.revocations.is_revoked(
+        visitor.tenant.as_str(),
+        &visitor.claims.visitor,
+        visitor.claims.iat_ms,
+    )
+}
+
+/// Tells the widget its token was revoked and closes with 1008 (policy violation).
+async fn close_revoked(chat: &Livechat, conn: &mut Conn) {
+    chat.metrics
+        .policy_closes
+        .with_label_values(&["token_revoked"])
+        .inc();
+    let err = FrameError::new(
+        "token_revoked",
+        "this visitor's token was revoked; ask for a new session",
+    );
+    let _ = conn.send(error_frame(&err, None)).await;
+    conn.close(1008, "token revoked").await;
+}
+
+/// A frame read from the widget, before its budget is charged.
+enum Incoming {
+    Text(Result<ClientFrame, FrameError>),
+    Binary,
+    Control,
+}
+
 async fn socket_loop(
     chat: &Livechat,
     conn: &mut Conn,
     visitor: &Visitor,
     subscriber: &Arc<Subscriber>,
+    revoked: &mut tokio::sync::watch::Receiver<u64>,
 ) {
+    let mut budget = FrameBudget::new(
+        chat.settings.frame_rate_per_second,
+        chat.settings.frame_burst,
+        Instant::now(),
+    );
     let idle = chat.settings.idle_timeout;
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
@@ -192,9 +238,16 @@ async fn socket_loop(
                     return;
                 }
             }
+            changed = revoked.changed() => {
+                // The sender lives as long as `chat`: an error cannot happen while it does.
+                if changed.is_ok() && is_revoked(chat, visitor) {
+                    close_revoked(chat, conn).await;
+                    return;
+                }
+            }
             incoming = conn.ws.recv() => {
-                let text = match incoming {
-                    None => return,
+                let (kind, frame) = match incoming {
+                    None | Some(Ok(WsMessage::Close(_))) => return,
                     Some(Err(e)) => {
                         // tungstenite: "Space limit exceeded: Message too long: N > max".
                         let message = e.to_string().to_ascii_lowercase();
@@ -206,26 +259,51 @@ async fn socket_loop(
                         }
                         return;
                     }
-                    Some(Ok(WsMessage::Text(t))) => t,
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+                    Some(Ok(WsMessage::Text(t))) => {
+                        let parsed = parse(t.as_str(), chat.settings.max_text_chars);
+                        let kind = parsed.as_ref().map_or("invalid", ClientFrame::kind);
+                        (kind, Incoming::Text(parsed))
+                    }
+                    Some(Ok(WsMessage::Binary(_))) => ("binary", Incoming::Binary),
+                    Some(Ok(_)) => ("control", Incoming::Control),
+                };
+                sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+                match budget.charge(Instant::now()) {
+                    Verdict::Admit => {}
+                    Verdict::Refuse => {
+                        chat.metrics.frames_throttled.with_label_values(&[kind]).inc();
+                        let client_id = match &frame {
+                            Incoming::Text(Ok(ClientFrame::Message { client_id, .. })) => Some(client_id.as_str()),
+                            _ => None,
+                        };
+                        let err = FrameError::new("rate_limited", "too many frames; slow down (this one was dropped)");
+                        if !reject(chat, conn, err, client_id).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Verdict::Close => {
+                        chat.metrics.frames_throttled.with_label_values(&[kind]).inc();
+                        chat.metrics.policy_closes.with_label_values(&["flooding"]).inc();
+                        conn.close(1008, "flooding").await;
+                        return;
+                    }
+                }
+                let frame = match frame {
+                    Incoming::Text(frame) => frame,
+                    Incoming::Binary => {
                         reject(chat, conn, FrameError::new("binary_not_supported", "send JSON text frames"), None).await;
                         continue;
                     }
-                    Some(Ok(WsMessage::Close(_))) => return,
-                    Some(Ok(_)) => {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + idle);
-                        continue;
-                    }
+                    Incoming::Control => continue,
                 };
-                sleep.as_mut().reset(tokio::time::Instant::now() + idle);
                 // Boxed: frame handling (publishing to Kafka) is a large future that an idle
                 // socket should not carry. A shutdown does not wait for it (Kafka may be
                 // away): the message stays unacknowledged and the widget resends it.
                 let handled = tokio::select! {
                     biased;
                     () = &mut closing => None,
-                    alive = Box::pin(handle_frame(chat, conn, visitor, text.as_str())) => Some(alive),
+                    alive = Box::pin(handle_frame(chat, conn, visitor, frame)) => Some(alive),
                 };
                 match handled {
                     Some(true) => {}

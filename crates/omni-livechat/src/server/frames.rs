@@ -8,7 +8,7 @@ use omni_core::{ChannelKind, ChannelRef, Contact, DeliveryStatus, Direction, Eve
 use std::time::{Duration, Instant};
 
 use super::conn::{reject, send_backlog, Conn, Visitor};
-use crate::protocol::{parse, ClientFrame, Cursor, FrameError, LEFT_FRAME};
+use crate::protocol::{ClientFrame, Cursor, FrameError, LEFT_FRAME};
 use crate::Livechat;
 
 /// How often a visitor who keeps typing is reported again.
@@ -47,14 +47,15 @@ async fn publish_typing(chat: &Livechat, visitor: &Visitor, on: bool) {
     }
 }
 
-/// Handles one text frame; `false` when the socket is gone.
+/// Handles one parsed text frame (within the socket's budget); `false` when the socket is
+/// gone.
 pub(super) async fn handle_frame(
     chat: &Livechat,
     conn: &mut Conn,
     visitor: &Visitor,
-    text: &str,
+    frame: Result<ClientFrame, FrameError>,
 ) -> bool {
-    let frame = match parse(text, chat.settings.max_text_chars) {
+    let frame = match frame {
         Ok(f) => f,
         Err(e) => return reject(chat, conn, e, None).await,
     };
