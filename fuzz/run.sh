@@ -30,8 +30,7 @@ seed() {
 }
 
 mkdir -p fuzz/logs
-summary=fuzz/logs/summary.txt
-printf '%-18s %12s %7s %7s  %s\n' target executions cov ft result | tee "$summary"
+printf '%-18s %12s %7s %7s  %s\n' target executions cov ft result
 failed=()
 for target in "$@"; do
   corpus=fuzz/corpus/$target
@@ -50,9 +49,9 @@ for target in "$@"; do
   status=$(grep -E '^#[0-9]+.*cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$status")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$status")
-  printf '%-18s %12s %7s %7s  %s\n' "$target" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$result" |
-    tee -a "$summary"
+  printf '%-18s %12s %7s %7s  %s\n' "$target" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$result"
 done
+echo "fuzz: $(($# - ${#failed[@]})) passed, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz targets that failed: ${failed[*]}" >&2
   for target in "${failed[@]}"; do

@@ -1,11 +1,11 @@
 //! A customer's raw mail through mail-parser and our reduction (`parse_mail`: ids, sender,
 //! RFC 2047 subject, plain or HTML-reduced text, quote trimming, bounds, auto-reply
-//! detection) and into its event (`identify`, `message_event`); and the text functions on
-//! their own.
+//! detection) and into its event (`identify`, `message_event`) and the subject of our reply
+//! (`reply_subject`); and the text functions on their own.
 //!
 //! Invariants: text and subject within their bounds, at most `MAX_ATTACHMENTS` attachments, a
-//! lowercase sender address, trimming never adds text, normalizing twice changes nothing, and
-//! the event reads back as itself.
+//! lowercase sender address, trimming never adds text, normalizing twice changes nothing, a
+//! reply's subject never stacks `Re:`, and the event reads back as itself.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +14,7 @@ use omni_core::{ChannelKind, ChannelRef};
 use omni_email::event::{identify, message_event, Location};
 use omni_email::parse::{parse_mail, MAX_ATTACHMENTS};
 use omni_email::text;
+use omni_email::thread::reply_subject;
 use omni_fuzz::{check_parsed, now, tenant};
 
 fuzz_target!(|raw: &[u8]| {
@@ -31,6 +32,13 @@ fuzz_target!(|raw: &[u8]| {
                 "addresses are lowercased"
             );
         }
+        let subject = reply_subject(mail.subject.as_deref());
+        assert!(subject.starts_with("Re:"));
+        assert_eq!(
+            reply_subject(Some(&subject)),
+            subject,
+            "a reply's reply keeps one Re:"
+        );
         let tenant = tenant();
         let channel = ChannelRef::new(ChannelKind::Email, "support@shop.example");
         let at = Location {
