@@ -11,12 +11,28 @@ VENV          := $(CURDIR)/.venv
 APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose \
                  dovecot-imapd dovecot-lmtpd dovecot-submissiond opensmtpd chromium
 BENCH_PACKAGES := wrk jq
+# Coverage-guided fuzzing (`make fuzz`): cargo-fuzz drives libFuzzer, which it builds with g++.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ_ROOT    := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+CARGO_FUZZ         := $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz
+FUZZ_TARGETS       := api_body meta_webhook whatsapp_webhook zalo_webhook webhook_signature \
+                      sms_params sms_reassembly mime_mail livechat_frame visitor_token config_file
+FUZZ_SECS          ?= 60
+FUZZ_SMOKE_SECS    ?= 10
+FUZZ_TARGET_DIR    ?= $(CARGO_TARGET_DIR)/fuzz
+# Stable Rust only (CI cannot fetch nightly), so no sanitizer: `-s none` asks for no `-Z` flag
+# (cargo-fuzz's coverage instrumentation, `-Cpasses=sancov-module` and `-Cllvm-args`, is stable).
+# Our crates forbid unsafe code, so AddressSanitizer would watch only dependencies' unsafe code;
+# panics, broken invariants, timeouts and out-of-memory are what libFuzzer catches here.
+# Release with 16 codegen units: the instrumented build of the whole dependency tree is the
+# cost of a cold run, and cargo-fuzz's default of one unit per crate doubles it.
+FUZZ_FLAGS         := -s none -O --codegen-units 16
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export TANSU_BIN := $(TANSU)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps run test lint bench build clean-run
+.PHONY: help deps run test lint bench build clean-run fuzz fuzz-smoke fuzz-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,9 +65,10 @@ run: deps ## Start a local broker and the daemon with config/default.toml
 	TANSU=$(TANSU) OMNIROUTER=$(CARGO_TARGET_DIR)/release/omnirouter PYTHON=$(VENV)/bin/python \
 	  bash deploy/local/run.sh
 
-test: deps ## Everything: unit, property and end-to-end tests against the real broker
+test: deps ## Everything: unit, property and end-to-end tests against the real broker, then the fuzz smoke run
 	cargo build -p omnirouter
 	cargo test --workspace --all-targets
+	$(MAKE) fuzz-smoke
 
 lint: apt ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
@@ -64,6 +81,20 @@ bench: deps ## Ingest load test (wrk) with its references, the 10k idle live cha
 	$(CARGO_TARGET_DIR)/release/livechat-load --daemon $(CARGO_TARGET_DIR)/release/omnirouter --connections 10000
 	$(CARGO_TARGET_DIR)/release/omnirouter simulate benches/simulate_day.toml > /dev/null
 	cargo bench -p omni-benches
+
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION) --root $(CARGO_FUZZ_ROOT)
+
+fuzz-build: $(CARGO_FUZZ) ## Build the fuzz targets (instrumented, into FUZZ_TARGET_DIR, default target/fuzz)
+	$(MAKE) apt EXTRA_APT=g++
+	$(CARGO_FUZZ) fuzz build $(FUZZ_FLAGS) --target-dir $(FUZZ_TARGET_DIR)
+
+fuzz: fuzz-build ## Fuzz every parser of outside bytes for FUZZ_SECS (60) s each; prints executions and coverage
+	CARGO_FUZZ=$(CARGO_FUZZ) FUZZ_FLAGS="$(FUZZ_FLAGS)" FUZZ_TARGET_DIR=$(FUZZ_TARGET_DIR) \
+	  bash fuzz/run.sh $(FUZZ_SECS) $(FUZZ_TARGETS)
+
+fuzz-smoke: ## The fuzz targets for FUZZ_SMOKE_SECS (10) s each (part of `make test`)
+	$(MAKE) fuzz FUZZ_SECS=$(FUZZ_SMOKE_SECS)
 
 clean-run: ## Remove the local broker's data (.run/)
 	rm -rf .run

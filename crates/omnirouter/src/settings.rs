@@ -382,7 +382,17 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// environment variables. Start-up, `check-config` and every reload go through this one
 /// function, so a config `check-config` accepts is one a reload accepts.
 pub fn load(file: Option<&Path>) -> Result<Loaded, SettingsError> {
-    let config = RawSettings::sources(file).build()?;
+    loaded(RawSettings::sources(file).build()?)
+}
+
+/// Reads and validates config text exactly as [`load`] reads a TOML file, without the
+/// environment: public so the `config_file` fuzz target drives the same merge and checks.
+pub fn load_toml(text: &str) -> Result<Loaded, SettingsError> {
+    let source = config::File::from_str(text, config::FileFormat::Toml);
+    loaded(config::Config::builder().add_source(source).build()?)
+}
+
+fn loaded(config: config::Config) -> Result<Loaded, SettingsError> {
     let tree = ConfigTree(config.clone().try_deserialize()?);
     let raw: RawSettings = config.try_deserialize()?;
     Ok(Loaded {
@@ -675,6 +685,21 @@ mod tests {
         ));
         let file = std::fs::File::create(&path).unwrap();
         (path, file)
+    }
+
+    #[test]
+    fn config_text_loads_as_the_same_file_does() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml");
+        let from_file = load(Some(&path)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let from_text = load_toml(&text).unwrap();
+        assert_eq!(from_text.tree, from_file.tree);
+        assert_eq!(
+            from_text.settings.api_tenants.len(),
+            from_file.settings.api_tenants.len()
+        );
+        let err = load_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.listen"), "{err}");
     }
 
     #[test]
