@@ -37,6 +37,8 @@
 #   BENCH_SOAK_SECS [60]     seconds of the load-shedding soak at 2x the saturation rate
 #                            (ingest-soak, table in soak.md; 0: no soak)
 #   BENCH_SOAK_ONLY [0]      1: run only the soak
+#   BENCH_SOAK_MAX_IN_FLIGHT [the daemon's default]   its ingress.max_in_flight in the soak
+#   BENCH_SOAK_PIN [1]       the soak's generator on CPU 1, daemon and broker on CPU 0 (taskset)
 #   BENCH_OUT_DIR [<workspace>/target/bench]   where ingest.md and the run logs go
 #   CARGO_TARGET_DIR [<workspace>/target], TANSU_BIN [~/.cache/omnirouter/tansu-0.6.0/bin/tansu]
 #
@@ -61,6 +63,11 @@ BODY_SIZE=${BENCH_BODY_SIZE:-510}
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 SOAK_SECS=${BENCH_SOAK_SECS:-60}
 SOAK_ONLY=${BENCH_SOAK_ONLY:-0}
+SOAK_MAX_IN_FLIGHT=${BENCH_SOAK_MAX_IN_FLIGHT:-}
+SOAK_PIN=${BENCH_SOAK_PIN:-1}
+# CPU pinning of servers and load generator (the soak only; empty: none).
+SERVER_PIN=()
+LOAD_PIN=()
 OUT_DIR=${BENCH_OUT_DIR:-$ROOT/target/bench}
 TANSU=${TANSU_BIN:-$HOME/.cache/omnirouter/tansu-0.6.0/bin/tansu}
 WRK=${WRK_BIN:-wrk}
@@ -82,7 +89,7 @@ for v in BENCH_SECS WARMUP_SECS THREADS BODIES DEDUPE_CAPACITY BODY_SIZE RETRIES
 	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((BENCH_SECS > 0)) || die "BENCH_SECS must be at least 1"
-command -v "$WRK" >/dev/null || die "wrk not found (apt-get install wrk)"
+[[ $SOAK_ONLY == 1 ]] || command -v "$WRK" >/dev/null || die "wrk not found (apt-get install wrk)"
 command -v curl >/dev/null || die "curl not found"
 [[ -x $TANSU ]] || die "tansu not found at $TANSU (set TANSU_BIN)"
 if ((DEDUPE_CAPACITY * 2 > BODIES)); then
@@ -217,7 +224,7 @@ start_broker() {
 	local name=$1
 	BROKER_PORT=$(free_port)
 	local url=tcp://127.0.0.1:$BROKER_PORT
-	start_bg "$name" "$TANSU" broker --listener-url "$url" --advertised-listener-url "$url" \
+	start_bg "$name" "${SERVER_PIN[@]}" "$TANSU" broker --listener-url "$url" --advertised-listener-url "$url" \
 		--storage-engine memory://tansu/
 	BROKER_PID=$LAST_PID
 	wait_port "$BROKER_PORT" "$BROKER_PID" 20 "$name"
@@ -371,7 +378,7 @@ start_daemon() {
 	# Only our overrides: drop OMNI__* and RUST_LOG inherited from the caller's shell.
 	local unset_env=(-u RUST_LOG) v
 	for v in $(compgen -e | grep '^OMNI' || true); do unset_env+=(-u "$v"); done
-	start_bg "$name" env "${unset_env[@]}" \
+	start_bg "$name" "${SERVER_PIN[@]}" env "${unset_env[@]}" \
 		OMNI__SERVER__LISTEN="127.0.0.1:$DAEMON_PORT" \
 		OMNI__SERVER__SHUTDOWN_GRACE_SECS=5 \
 		OMNI__KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
@@ -398,10 +405,19 @@ start_daemon() {
 # daemon's peak resident memory. Writes $OUT_DIR/soak.md.
 bench_soak() {
 	local name=soak token="soak-$$-$RANDOM" out
+	# The load generator on one core, the daemon and the broker on the other: offering twice the
+	# rate must not take the daemon's CPU away (on a shared core the generator's own work at 2x
+	# would be measured as the daemon's collapse).
+	if ((SOAK_PIN)) && (($(nproc) >= 2)) && command -v taskset >/dev/null; then
+		SERVER_PIN=(taskset -c 0)
+		LOAD_PIN=(taskset -c 1)
+	fi
 	start_broker "tansu-$name"
-	start_daemon "$name" 1 true OMNI__TENANTS__BENCH__API_TOKEN="$token"
+	local extra=(OMNI__TENANTS__BENCH__API_TOKEN="$token")
+	[[ -z $SOAK_MAX_IN_FLIGHT ]] || extra+=(OMNI__INGRESS__MAX_IN_FLIGHT="$SOAK_MAX_IN_FLIGHT")
+	start_daemon "$name" 1 "${BENCH_SOAK_ROUTER:-true}" "${extra[@]}"
 	out=$RUN_DIR/$name.json
-	if ! timeout -k 5 $((SOAK_SECS + 120)) "$REL/ingest-soak" --url "http://127.0.0.1:$DAEMON_PORT/v1/inbound/$TENANT" \
+	if ! timeout -k 5 $((SOAK_SECS + 120)) "${LOAD_PIN[@]}" "$REL/ingest-soak" --url "http://127.0.0.1:$DAEMON_PORT/v1/inbound/$TENANT" \
 		--token "$token" --pid "$DAEMON_PID" --seconds "$SOAK_SECS" --factor 2 \
 		>"$out" 2>"$RUN_DIR/$name.txt"; then
 		die "ingest-soak failed: $(tail -5 "$RUN_DIR/$name.txt")"
@@ -412,8 +428,9 @@ bench_soak() {
 	{
 		echo "# Load-shedding soak"
 		echo
-		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, daemon with its router on and the default" \
-			"ingress.max_in_flight, tansu in-memory broker, ingest-soak on the same machine (127.0.0.1)." \
+		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, daemon with its router ${BENCH_SOAK_ROUTER:-true}" \
+			"and ingress.max_in_flight ${SOAK_MAX_IN_FLIGHT:-at its default}, tansu in-memory broker," \
+			"ingest-soak on the same machine (127.0.0.1)$( ((${#LOAD_PIN[@]})) && echo ", pinned to CPU 1 with daemon and broker on CPU 0")." \
 			"Saturation is the accepted rate with 256 requests always in flight for 10 s; the soak then" \
 			"offers $(jq -r .offered_msgs_per_s <<<"$j") msgs/s (2×) open-loop for $(jq -r .seconds <<<"$j") s."
 		echo
@@ -426,6 +443,8 @@ bench_soak() {
 	stop_pid "$DAEMON_PID"
 	stop_pid "$BROKER_PID"
 	BROKER_PID=
+	SERVER_PIN=()
+	LOAD_PIN=()
 }
 
 bench_produce() {
@@ -548,7 +567,7 @@ if [[ $SKIP_BUILD != 1 ]]; then
 	log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 	(cd "$ROOT" && cargo build --release -p omnirouter -p omni-benches)
 fi
-[[ -x $REL/omnirouter && -x $REL/ingest-ref && -x $REL/ingest-soak ]] || die "release binaries missing in $REL"
+[[ -x $REL/omnirouter && -x $REL/ingest-soak ]] || die "release binaries missing in $REL"
 command -v jq >/dev/null || die "jq not found (apt-get install jq)"
 
 if [[ $SOAK_ONLY == 1 ]]; then
@@ -556,6 +575,7 @@ if [[ $SOAK_ONLY == 1 ]]; then
 	bench_soak
 	exit 0
 fi
+[[ -x $REL/ingest-ref ]] || die "release binaries missing in $REL"
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 BODIES_FILE=$RUN_DIR/bodies.lua

@@ -1051,6 +1051,14 @@ async fn customer_messages_on_messenger_and_zalo_reach_kafka(run: &SocialDaemon)
         post_zalo(&run.daemon, "demo", app, &zalo_body, ts).await,
         200
     );
+    // The same OA's event signed an hour ago (a captured request replayed): refused, and not
+    // among the two records read below.
+    let old_ts = (chrono::Utc::now().timestamp_millis() - 3_600_000).to_string();
+    let replayed = zalo_text("1183926498471234567", OA, ZUSER, "z_old", VI, &old_ts);
+    assert_eq!(
+        post_zalo(&run.daemon, "demo", app, &replayed, &old_ts).await,
+        401
+    );
     let inbound = read_topic(
         &run.broker.bootstrap(),
         "omni.inbound.v1",

@@ -505,7 +505,6 @@ impl crate::EventSink for GatedSink {
 /// are answered when Kafka acknowledges, and the place they held is free again.
 #[tokio::test]
 async fn beyond_max_in_flight_requests_are_shed_with_503_and_retry_after() {
-    use crate::EventSink as _;
     let sink = Arc::new(GatedSink {
         inner: MemorySink::default(),
         gate: tokio::sync::Semaphore::new(0),
