@@ -44,8 +44,17 @@ fn fixture() -> Fixture {
             },
         ),
     ]);
-    let state = Arc::new((ingress, api));
-    let app = Router::new()
+    let app = app(ingress, api);
+    Fixture {
+        sink,
+        registry,
+        app,
+    }
+}
+
+/// `POST /v1/inbound/{tenant}` served by `ingress` for `api`, as the daemon routes it.
+fn app(ingress: Ingress, api: ApiChannel) -> Router {
+    Router::new()
         .route(
             "/v1/inbound/{tenant}",
             post(
@@ -57,12 +66,7 @@ fn fixture() -> Fixture {
                 },
             ),
         )
-        .with_state(state);
-    Fixture {
-        sink,
-        registry,
-        app,
-    }
+        .with_state(Arc::new((ingress, api)))
 }
 
 const GOOD: &str = r#"{"contact":{"id":"cust-1","name":"Nguyễn Thị Hoa","language":"vi"},"text":"Xin chào, tôi cần hỗ trợ","client_message_id":"m-1"}"#;
@@ -517,20 +521,7 @@ async fn beyond_max_in_flight_requests_are_shed_with_503_and_retry_after() {
         TenantId::new("acme").unwrap(),
         ApiCredentials::new(Some(Secret::new("tok")), None),
     )]);
-    let state = Arc::new((ingress, api));
-    let app = Router::new()
-        .route(
-            "/v1/inbound/{tenant}",
-            post(
-                |State(s): State<Arc<(Ingress, ApiChannel)>>,
-                 Path(t): Path<String>,
-                 req: Request<Body>| async move {
-                    let (head, body) = req.into_parts();
-                    s.0.handle(&s.1, &t, &head, body).await
-                },
-            ),
-        )
-        .with_state(state);
+    let app = app(ingress, api);
     let body = |id: &str| GOOD.replace("m-1", id);
     let waiting: Vec<_> = ["a", "b"]
         .into_iter()
