@@ -77,10 +77,10 @@ impl IngressMetrics {
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(ignored.clone()))?;
         registry.register(Box::new(refused_items.clone()))?;
-        let in_flight = IntGauge::new(
+        let in_flight = IntGauge::with_opts(Opts::new(
             "omni_ingress_in_flight",
             "Inbound webhook and API requests being handled now; at ingress.max_in_flight new ones are answered 503 (reason overloaded).",
-        )?;
+        ))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         Ok(Self {
