@@ -610,7 +610,7 @@ fn vonage_part(id: &str, n: &str, text: &str) -> String {
 }
 
 fn vonage_part_of(reference: &str, id: &str, n: &str, text: &str) -> String {
-    let mut params: Params = [
+    let params: Params = [
         ("msisdn", "84901234567"),
         ("to", "447700900123"),
         ("messageId", id),
@@ -623,7 +623,12 @@ fn vonage_part_of(reference: &str, id: &str, n: &str, text: &str) -> String {
     ]
     .into_iter()
     .collect();
-    params.push("timestamp", chrono::Utc::now().timestamp().to_string());
+    signed_vonage_form(params, chrono::Utc::now().timestamp())
+}
+
+/// `params` with Vonage's signed `timestamp` (Unix seconds) and HMAC-SHA256 `sig`, as a form.
+fn signed_vonage_form(mut params: Params, timestamp: i64) -> String {
+    params.push("timestamp", timestamp.to_string());
     let sig = omni_sms::vonage::sign(
         omni_sms::vonage::SignatureMethod::HmacSha256,
         b"VSIG",
@@ -637,7 +642,7 @@ fn vonage_part_of(reference: &str, id: &str, n: &str, text: &str) -> String {
 /// A correctly signed single-part Vonage message whose signed `timestamp` is an hour old: a
 /// captured request replayed.
 fn replayed_vonage_message(id: &str) -> String {
-    let mut params: Params = [
+    let params: Params = [
         ("msisdn", "84901234567"),
         ("to", "447700900123"),
         ("messageId", id),
@@ -646,18 +651,7 @@ fn replayed_vonage_message(id: &str) -> String {
     ]
     .into_iter()
     .collect();
-    params.push(
-        "timestamp",
-        (chrono::Utc::now().timestamp() - 3_600).to_string(),
-    );
-    let sig = omni_sms::vonage::sign(
-        omni_sms::vonage::SignatureMethod::HmacSha256,
-        b"VSIG",
-        &params,
-    );
-    params.push("sig", sig);
-    let pairs: Vec<(&str, &str)> = params.iter().collect();
-    form(&pairs)
+    signed_vonage_form(params, chrono::Utc::now().timestamp() - 3_600)
 }
 
 /// Posts a Vonage inbound webhook (form-encoded) to `daemon`; the status it answered.

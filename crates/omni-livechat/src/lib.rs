@@ -300,3 +300,25 @@ impl Livechat {
         });
     }
 }
+
+/// Runs `tail` (a blocking reader of a compacted topic, on its own thread) until it returns
+/// cleanly or `stop` is set; a failure (typically: the topic does not exist yet) is logged
+/// with `what` and retried with a doubling delay of at most 10 s. Presence and revocations
+/// read their topics this way.
+pub(crate) fn tail_until_stopped(
+    stop: &AtomicBool,
+    what: &'static str,
+    mut tail: impl FnMut() -> Result<(), omni_bus::BusError>,
+) {
+    let mut delay = std::time::Duration::from_millis(200);
+    while !stop.load(Ordering::Relaxed) {
+        match tail() {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = &e as &dyn std::error::Error, "{what}");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    }
+}

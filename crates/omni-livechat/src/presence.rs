@@ -226,17 +226,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Tails the presence topic from the beginning until `stop` (blocking: its own thread).
 /// Retries until the topic exists; until then the cap counts this replica only.
 pub fn run_reader(chat: Arc<Livechat>, stop: Arc<AtomicBool>) {
-    let mut delay = Duration::from_millis(200);
-    while !stop.load(Ordering::Relaxed) {
-        match tail(&chat, &stop) {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = &e as &dyn std::error::Error, "live chat presence cannot read kafka yet, retrying (the per-IP cap counts this replica only)");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    crate::tail_until_stopped(
+        &stop,
+        "live chat presence cannot read kafka yet, retrying (the per-IP cap counts this replica only)",
+        || tail(&chat, &stop),
+    );
 }
 
 fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), omni_bus::BusError> {

@@ -269,17 +269,11 @@ impl Livechat {
 /// Tails the revocations topic from the beginning until `stop` (blocking: its own thread).
 /// Retries until the topic exists.
 pub fn run_reader(chat: Arc<Livechat>, stop: Arc<AtomicBool>) {
-    let mut delay = Duration::from_millis(200);
-    while !stop.load(Ordering::Relaxed) {
-        match tail(&chat, &stop) {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = &e as &dyn std::error::Error, "live chat revocations cannot read kafka yet, retrying (revocations made elsewhere are not applied here meanwhile)");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    crate::tail_until_stopped(
+        &stop,
+        "live chat revocations cannot read kafka yet, retrying (revocations made elsewhere are not applied here meanwhile)",
+        || tail(&chat, &stop),
+    );
 }
 
 fn tail(chat: &Livechat, stop: &AtomicBool) -> Result<(), omni_bus::BusError> {
