@@ -38,13 +38,46 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A port that was free a moment ago.
+/// A 127.0.0.1 port for a server a test is about to start (tansu, a daemon, dovecot).
+///
+/// A port the kernel hands out for `127.0.0.1:0` is released again before the server binds it,
+/// and in that gap any outgoing connection (a Kafka client's, another daemon's) may take it as
+/// its source port: the server then fails with "address already in use". So ports come from
+/// below the kernel's ephemeral range, where no outgoing connection is given one, each at most
+/// once per test process, and only after a bind shows no one is listening there.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let (low, high) = port_range();
+    let span = high - low;
+    // Processes started together (two test binaries, two clones) start far apart.
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % span));
+    for _ in 0..span {
+        let port = low + next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(port).expect("ports are below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
+}
+
+/// The ports [`free_port`] hands out: those below the kernel's ephemeral range (from
+/// `ip_local_port_range`), or above it when it starts too low to leave room.
+fn port_range() -> (u32, u32) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(str::parse::<u32>);
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999));
+    match ephemeral {
+        (low, _) if low >= 12_000 => (10_000, low),
+        (_, high) if high <= 63_000 => (high + 1, 65_536),
+        _ => panic!("the ephemeral port range {ephemeral:?} leaves no room for test servers"),
+    }
 }
 
 fn tansu_bin() -> PathBuf {

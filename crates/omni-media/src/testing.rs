@@ -32,31 +32,43 @@ impl Moto {
              .venv) or set MOTO_SERVER to its path",
             bin.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut moto = Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
+        // The port is free when picked but may be taken (as some outgoing connection's source
+        // port) before moto binds it; moto then exits, and it is started again on another.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let mut moto = Self {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+            };
+            if moto.answers().await {
+                return moto;
+            }
+        }
+        panic!("moto_server exited before answering, five times");
+    }
+
+    /// Waits (bounded) until moto answers HTTP; false when it exited first.
+    async fn answers(&mut self) -> bool {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if client.get(&moto.endpoint).send().await.is_ok() {
-                return moto;
+            if client.get(&self.endpoint).send().await.is_ok() {
+                return true;
             }
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                panic!("moto_server exited before answering: {status}");
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
