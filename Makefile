@@ -8,8 +8,12 @@ TANSU_VERSION := 0.6.0
 TANSU_ROOT    := $(CACHE)/tansu-$(TANSU_VERSION)
 TANSU         := $(TANSU_ROOT)/bin/tansu
 VENV          := $(CURDIR)/.venv
-APT_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl prometheus docker-compose \
-                 dovecot-imapd dovecot-lmtpd dovecot-submissiond opensmtpd chromium
+# What building and `make run` need, and what the tests talk to besides (`make deps`).
+RUN_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl
+TEST_PACKAGES := prometheus docker-compose dovecot-imapd dovecot-lmtpd dovecot-submissiond \
+                 opensmtpd chromium
+# apt needs root: run as root, or have sudo.
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_PACKAGES := wrk jq
 # Coverage-guided fuzzing (`make fuzz`): cargo-fuzz drives libFuzzer, which it builds with g++.
 CARGO_FUZZ_VERSION := 0.13.2
@@ -37,15 +41,20 @@ export CARGO_TERM_COLOR ?= never
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: apt $(TANSU) $(VENV)/.ok ## Install what builds and tests need (apt packages, tansu broker, Python client)
+deps: ## Install what builds and tests need (apt packages, tansu broker, Python client)
+	$(MAKE) apt EXTRA_APT="$(TEST_PACKAGES) $(EXTRA_APT)"
+	$(MAKE) $(TANSU) $(VENV)/.ok
 
 .PHONY: apt
-apt:
-	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+apt: ## Install the Debian packages building needs (root or sudo; EXTRA_APT adds more)
+	@missing=""; for p in $(RUN_PACKAGES) $(EXTRA_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
+	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
+	    echo "need root to install:$$missing (run as root, install sudo, or install them yourself)" >&2; exit 1; \
+	  fi; \
 	  echo "installing:$$missing"; \
-	  [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; }; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  [ -e /usr/sbin/policy-rc.d ] || $(SUDO) sh -c "printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 $(TANSU): | apt
@@ -60,7 +69,7 @@ $(VENV)/.ok: Makefile
 build: apt ## Build the daemon (debug)
 	cargo build -p omnirouter
 
-run: deps ## Start a local broker and the daemon with config/default.toml
+run: apt $(TANSU) $(VENV)/.ok ## Start a local broker and the daemon with config/default.toml
 	cargo build --release -p omnirouter
 	TANSU=$(TANSU) OMNIROUTER=$(CARGO_TARGET_DIR)/release/omnirouter PYTHON=$(VENV)/bin/python \
 	  bash deploy/local/run.sh

@@ -74,8 +74,9 @@ fn check_config_connect_reports_an_unreachable_broker() {
         )
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka"));
+    // 69 (EX_UNAVAILABLE), as docs/operations.md says: not 2, which means a bad config.
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka check failed"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,7 +117,7 @@ fn simulate(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// The example day, as the README shows it: a table per queue and interval on standard
+/// The example day, as docs/routing.md shows it: a table per queue and interval on standard
 /// output, the same figures as CSV in a file, with no broker and no config.
 #[test]
 fn simulate_prints_the_example_day_and_writes_its_csv() {

@@ -1955,6 +1955,35 @@ async fn dashboard_queries_use_only_metrics_the_daemon_exposes() {
     dashboard_labels_exist_on_a_running_daemon(&exprs, &registered).await;
 }
 
+/// The metrics table of docs/operations.md has one row per family the crates register, typed
+/// as registered, and no row for a family that does not exist.
+#[test]
+fn the_metrics_table_documents_every_family_as_its_kind() {
+    let doc = read(&workspace().join("docs/operations.md"));
+    let rows: BTreeMap<String, String> = doc
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix("`omni_")?.strip_suffix('`')?;
+            Some((format!("omni_{name}"), cells.get(2)?.to_string()))
+        })
+        .collect();
+    let registered = registered_metrics();
+    let mut wrong = Vec::new();
+    for (name, kind) in &registered {
+        let expected = format!("{kind:?}").to_lowercase();
+        match rows.get(name) {
+            None => wrong.push(format!("{name}: no row")),
+            Some(k) if *k != expected => wrong.push(format!("{name}: row says {k}, is {expected}")),
+            Some(_) => {}
+        }
+    }
+    for name in rows.keys().filter(|n| !registered.contains_key(*n)) {
+        wrong.push(format!("{name}: documented, never registered"));
+    }
+    assert!(wrong.is_empty(), "docs/operations.md, Metrics: {wrong:#?}");
+}
+
 /// A recent schema, a Prometheus datasource variable, and tenant/queue label variables on it.
 fn dashboard_has_a_datasource_and_label_variables(dashboard: &Value) -> BTreeMap<String, Value> {
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);

@@ -987,7 +987,7 @@ async fn the_agent_typing_then_replying_shows_in_the_widget(
 }
 
 /// A screenshot, kept beside the test's build output; `OMNI_UPDATE_SCREENSHOT=1` refreshes the
-/// README's.
+/// one docs/channels.md shows.
 async fn keep_a_screenshot(browser: &mut Chromium) {
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"));

@@ -79,7 +79,7 @@ fn rule_files_pass_promtool_check_and_their_unit_tests() {
     println!("{}", String::from_utf8_lossy(&out.stdout));
 
     // Every alert and every recording rule has a unit test, and every alert links its runbook
-    // at the README anchor the runbook section uses.
+    // at the docs/operations.md anchor the runbook section uses.
     let tests_text: String = tests
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
@@ -95,7 +95,7 @@ fn rule_files_pass_promtool_check_and_their_unit_tests() {
             "alert {alert} needs a firing and a not-firing unit test"
         );
         let runbook = format!(
-            "runbook_url: https://github.com/omnirouter/omnirouter/blob/main/README.md#runbook-{}",
+            "runbook_url: https://github.com/omnirouter/omnirouter/blob/main/docs/operations.md#runbook-{}",
             alert.to_lowercase()
         );
         let rule = alerts_text

@@ -7,7 +7,7 @@
 //! errors, latency of accepted requests, and the daemon's resident memory (sampled, and its
 //! peak `VmHWM`). Everything is on 127.0.0.1.
 //!
-//! Output: one JSON line on stdout (`make bench` turns it into the README row) and a summary on
+//! Output: one JSON line on stdout (`make bench` turns it into the docs/benchmarks.md row) and a summary on
 //! stderr.
 
 use bytes::Bytes;

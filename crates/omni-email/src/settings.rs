@@ -300,7 +300,8 @@ impl OAuth2Settings {
         if self.refresh_token.expose().trim().is_empty() {
             return Err(bad(
                 "refresh_token",
-                "must not be empty: authorize the mailbox (README: E-mail, OAuth 2.0)".into(),
+                "must not be empty: authorize the mailbox (docs/channels.md: E-mail, OAuth 2.0)"
+                    .into(),
             ));
         }
         if self.timeout.is_zero() {

@@ -6,7 +6,7 @@
  * site's server), data-open="true" (start open).
  * Protocol: POST {base}/v1/livechat/{tenant}/{widget}/session → token; one WebSocket
  * {base}/v1/livechat/{tenant}/{widget}/ws?after=<cursor> with the subprotocols
- * ["omni.v1", "omni.token.<token>"] (the token never goes in a URL); see the README. A revoked
+ * ["omni.v1", "omni.token.<token>"] (the token never goes in a URL); see docs/channels.md. A revoked
  * token (error "token_revoked", or a session answered 401) is forgotten. The router's
  * wait estimate arrives as {"type":"queued","estimated_wait_secs":N} (shown until "assigned",
  * "ended", "left" or an agent's message); "End chat" sends {"type":"leave"}, confirmed by

@@ -2,7 +2,7 @@
 //!
 //! Labels are bounded by configuration: tenant, queue, channel kind, SLA kind, presence.
 //!
-//! PromQL (see the README for more):
+//! PromQL (see docs/routing.md for more):
 //! - ART: `sum(rate(omni_response_seconds_sum[1h])) / sum(rate(omni_response_seconds_count[1h]))`
 //! - FCR: `1 - sum(increase(omni_conversations_reopened_total[1d])) / sum(increase(omni_conversations_resolved_total[1d]))`
 //! - service level (first response within 60 s, a bucket bound):

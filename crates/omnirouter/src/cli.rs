@@ -47,7 +47,8 @@ pub enum Command {
     /// keeps running).
     Run,
     /// Validate the config (file + environment) without starting, exactly as a reload does;
-    /// exits non-zero naming the bad key. With --connect, also checks that Kafka answers.
+    /// exits 2 naming the bad key. With --connect, also checks that Kafka answers and the topics
+    /// exist (exit 69 when not).
     CheckConfig {
         /// Also connect to Kafka and check the topics.
         #[arg(long)]
@@ -125,7 +126,7 @@ pub fn main() -> ExitCode {
                 });
                 if let Err(e) = result {
                     eprintln!("kafka check failed: {e:#}");
-                    return ExitCode::FAILURE;
+                    return ExitCode::from(EXIT_KAFKA_UNAVAILABLE);
                 }
                 eprintln!("kafka ok: reachable, topics present");
             }
@@ -133,6 +134,11 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// `check-config --connect` when Kafka does not answer or a topic is missing: sysexits'
+/// `EX_UNAVAILABLE`, so a deploy script tells "the broker is not there yet" (retry) from a bad
+/// config (2, fix it).
+const EXIT_KAFKA_UNAVAILABLE: u8 = 69;
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
     eprintln!("error: {}", error_chain(e));
