@@ -125,6 +125,7 @@ impl BusConfig {
                 "topics.livechat_revocations",
                 &self.topics.livechat_revocations,
             ),
+            ("topics.dead_letter", &self.topics.dead_letter),
         ] {
             let valid = !value.is_empty()
                 && value.len() <= 249

@@ -3,7 +3,7 @@
 
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::config::BusConfig;
+use crate::dead_letter::DeadLetters;
 use crate::error::BusError;
 use crate::gate::{GroupContext, PartitionGate};
 use crate::lanes::{Fetched, Lanes, Position};
@@ -32,6 +33,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// The record value.
     pub payload: Option<Vec<u8>>,
+    /// The record headers (a CRM's `traceparent`, …), kept for a dead letter.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// What a handler did with a record, which decides whether its offset is committed.
@@ -39,8 +42,9 @@ pub struct Record {
 pub enum HandlerOutcome {
     /// Processed: commit.
     Done,
-    /// Can never be processed (malformed, unknown type): count, log and commit, so one bad
-    /// record does not stop the partition.
+    /// Can never be processed (malformed, a required field missing): count, copy to the
+    /// dead-letter topic when the consumer has one ([`Consumer::with_dead_letters`]), then
+    /// commit, so one bad record does not stop the partition.
     Skip(String),
     /// Failed for a reason that may pass (a provider or broker down): retry the same record
     /// with backoff; nothing after it is processed meanwhile, preserving order.
@@ -58,6 +62,8 @@ pub struct Consumer {
     unfinished: Unfinished,
     /// The subscribed topics, to subscribe again on a rejoin.
     topics: Vec<String>,
+    /// Where skipped records go; `None`: they are only counted and logged.
+    dead_letters: Option<DeadLetters>,
     /// Set by [`Consumer::rejoin_handle`]'s holders: leave and rejoin the group.
     rejoin: Arc<tokio::sync::Notify>,
 }
@@ -108,7 +114,16 @@ impl Consumer {
             unfinished: Unfinished::default(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             rejoin: Arc::new(tokio::sync::Notify::new()),
+            dead_letters: None,
         })
+    }
+
+    /// Records a handler skips are copied to the dead-letter topic (acknowledged by Kafka)
+    /// before their offset is committed.
+    #[must_use]
+    pub fn with_dead_letters(mut self, dead_letters: DeadLetters) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
     }
 
     /// A handle that asks this consumer to leave its group and join it again (unsubscribe,
@@ -204,6 +219,19 @@ impl Consumer {
                     continue;
                 }
                 self.count(&record, &outcome);
+                if let HandlerOutcome::Skip(reason) = &outcome {
+                    if !dead_letter(
+                        self.dead_letters.as_ref(),
+                        &self.group,
+                        &record,
+                        reason,
+                        &mut shutdown,
+                    )
+                    .await
+                    {
+                        return Ok(());
+                    }
+                }
                 finished = !matches!(outcome, HandlerOutcome::Abandon(_));
                 break;
             }
@@ -252,13 +280,31 @@ impl Consumer {
             let handler = handler.clone();
             let gate = gate.clone();
             let mut stop = stop_rx.clone();
+            let dead_letters = self.dead_letters.clone();
+            let group = self.group.clone();
             running.spawn(async move {
                 let still_held = || {
                     gate.generation(&fetched.record.topic, fetched.record.partition)
                         == Some(fetched.generation)
                 };
-                let outcome =
+                let mut outcome =
                     retry_until_final(&*handler, &fetched.record, &mut stop, still_held).await;
+                if let Some(HandlerOutcome::Skip(reason)) = &outcome {
+                    let mut stopped = Box::pin(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    });
+                    if !dead_letter(
+                        dead_letters.as_ref(),
+                        &group,
+                        &fetched.record,
+                        reason,
+                        &mut stopped,
+                    )
+                    .await
+                    {
+                        outcome = None;
+                    }
+                }
                 (key, fetched, outcome)
             });
         };
@@ -352,6 +398,19 @@ impl Consumer {
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
             Err(e) => {
                 tracing::warn!(group = %self.group, error = %e, "kafka receive failed");
@@ -455,6 +514,36 @@ impl Consumer {
         self.inner
             .commit(&tpl, CommitMode::Async)
             .map_err(BusError::Consume)
+    }
+}
+
+/// Copies a skipped record to the dead-letter topic, trying again (with backoff) until Kafka
+/// takes it; `false` if `stop` resolved first (the record then stays uncommitted and is read
+/// again). Without a dead-letter topic there is nothing to do.
+async fn dead_letter(
+    dead_letters: Option<&DeadLetters>,
+    group: &str,
+    record: &Record,
+    reason: &str,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> bool {
+    let Some(dead_letters) = dead_letters else {
+        return true;
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match dead_letters.send(record, group, reason).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(group, topic = %record.topic, partition = record.partition,
+                offset = record.offset, error = %e,
+                "cannot write the dead letter yet: the record stays uncommitted"),
+        }
+        tokio::select! {
+            biased;
+            () = &mut *stop => return false,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

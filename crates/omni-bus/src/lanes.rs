@@ -172,6 +172,7 @@ mod tests {
                 offset,
                 key: None,
                 payload: None,
+                headers: Vec::new(),
             },
             generation,
         }

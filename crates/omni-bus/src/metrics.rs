@@ -31,6 +31,8 @@ pub struct BusMetrics {
     pub client_errors: IntCounterVec,
     /// Times a consumer left and rejoined its group because a partition had no live owner.
     pub group_rejoins: IntCounterVec,
+    /// Records a consumer could not use, copied to the dead-letter topic.
+    pub dead_letters: IntCounterVec,
 }
 
 impl BusMetrics {
@@ -92,6 +94,11 @@ impl BusMetrics {
                 "omni_kafka_group_rejoins_total",
                 "Times a consumer left and rejoined its group because a partition of its topic had no live owner (see omni_bus::liveness).",
                 &["group"],
+            )?,
+            dead_letters: counter(
+                "omni_kafka_dead_letters_total",
+                "Records a consumer could not use (malformed, wrong type, missing field), copied with the reason to the dead-letter topic.",
+                &["group", "topic"],
             )?,
         })
     }

@@ -204,8 +204,11 @@ impl<'de> Deserialize<'de> for SpecVersion {
 /// attribute so consumers can filter without parsing `data`. Channel events always have a
 /// subject (`S` = [`ConversationId`]); the router's commands and ticks may have none
 /// (`S` = `Option<ConversationId>`: an absent subject is left out of the JSON).
+///
+/// Read tolerantly: attributes it does not know (extensions such as `traceparent`, added by a
+/// CRM's tracing or by a newer omnirouter) and unknown optional fields in `data` are ignored, as
+/// the contract promises new optional fields may appear in a `.v1` topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CloudEvent<T, S: Subject = ConversationId> {
     /// Always `1.0`.
     pub specversion: SpecVersion,

@@ -65,7 +65,6 @@ impl fmt::Display for ChannelKind {
 /// One channel endpoint of a tenant: a kind and the account within it (a page id, an OA id, a
 /// phone number, a mailbox, a widget id). A tenant may have several accounts of one kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ChannelRef {
     /// The kind of channel.
     pub kind: ChannelKind,
@@ -85,7 +84,6 @@ impl ChannelRef {
 
 /// The customer, as far as the channel tells us.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Contact {
     /// The channel's handle for the customer (PSID, Zalo user id, E.164 number, e-mail address,
     /// visitor id, or the caller's own id on the API channel). Stable per channel account.
@@ -130,7 +128,6 @@ pub enum Direction {
 /// A file or media item attached to a message. Content stays with the provider or the
 /// operator's store; Kafka carries only where to get it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Attachment {
     /// Where the content can be fetched.
     pub url: String,
@@ -147,7 +144,6 @@ pub struct Attachment {
 
 /// A message as the channel delivered it, normalized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Message {
     /// The provider's (or client's) id for this message: the dedupe key.
     pub id: String,
@@ -176,7 +172,6 @@ pub struct Message {
 /// `data` of `omni.message.received` (customer messages) and `omni.message.echoed` (messages
 /// the business sent from the provider's own tools, recorded so the conversation is complete).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MessageReceived {
     /// The routing domain.
     pub tenant: TenantId,
@@ -203,7 +198,6 @@ pub struct MessageReceived {
 /// receiving server the operator trusts added; headers of other servers are ignored, since a
 /// sender can write any header it likes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SenderAuthentication {
     /// The trusted server that checked (the header's authserv-id).
     pub authserv_id: String,
@@ -276,7 +270,6 @@ pub enum SignalKind {
 
 /// `data` of `omni.channel.signal`: something a channel tells us that is not a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ChannelSignal {
     /// The routing domain.
     pub tenant: TenantId,

@@ -10,7 +10,6 @@ use crate::message::{Attachment, ChannelRef};
 /// `data` of `omni.message.send` on the outbound topic: a reply an agent or CRM wants delivered
 /// on the customer's channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OutboundMessage {
     /// The routing domain.
     pub tenant: TenantId,
@@ -47,7 +46,6 @@ pub struct OutboundMessage {
 
 /// A provider-approved message template and the values of its parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Template {
     /// The template's id or name at the provider (a ZNS `template_id`).
     pub name: String,
@@ -79,7 +77,6 @@ pub enum DeliveryStatus {
 
 /// `data` of `omni.delivery.updated` on the delivery topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeliveryUpdate {
     /// The routing domain.
     pub tenant: TenantId,

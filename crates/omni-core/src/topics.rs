@@ -51,6 +51,10 @@ pub struct Topics {
     /// Compacted: live chat visitors whose tokens issued before a time are void (key
     /// `<tenant>/<visitor>`), read by every replica from the beginning.
     pub livechat_revocations: String,
+    /// Records a consumer could not use (not JSON, a wrong type, a required field missing),
+    /// with their original key, value and headers and the reason in headers, so nothing read
+    /// is dropped silently and each can be published again once its producer is fixed.
+    pub dead_letter: String,
 }
 
 impl Default for Topics {
@@ -71,6 +75,7 @@ impl Default for Topics {
             zalo_tokens: "omni.zalo-tokens.v1".into(),
             livechat_presence: "omni.livechat-presence.v1".into(),
             livechat_revocations: "omni.livechat-revocations.v1".into(),
+            dead_letter: "omni.dead-letter.v1".into(),
         }
     }
 }
@@ -78,7 +83,7 @@ impl Default for Topics {
 impl Topics {
     /// Every topic with whether it is compacted, in a stable order (for topic creation and
     /// readiness checks).
-    pub fn all(&self) -> [(&str, bool); 15] {
+    pub fn all(&self) -> [(&str, bool); 16] {
         [
             (&self.inbound, false),
             (&self.outbound, false),
@@ -95,6 +100,7 @@ impl Topics {
             (&self.zalo_tokens, true),
             (&self.livechat_presence, true),
             (&self.livechat_revocations, true),
+            (&self.dead_letter, false),
         ]
     }
 }

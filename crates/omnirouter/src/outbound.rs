@@ -42,9 +42,15 @@ pub fn start(
         &settings.kafka,
         &outbound.group_id,
         &[settings.kafka.topics.outbound.as_str()],
-        bus_metrics,
+        bus_metrics.clone(),
     )
-    .context("joining the outbound consumer group")?;
+    .context("joining the outbound consumer group")?
+    // A reply that cannot be read is kept, with why, rather than dropped.
+    .with_dead_letters(omni_bus::DeadLetters::new(
+        producer.clone(),
+        settings.kafka.topics.dead_letter.clone(),
+        bus_metrics,
+    ));
     let replies = consumer.unfinished();
     let task = dispatch(settings, outbound, producer, consumer, dispatcher, stop);
     Ok((task, replies))

@@ -3,10 +3,12 @@
 
 use chrono::Utc;
 use omni_bus::HandlerOutcome;
-use omni_core::{CloudEvent, DeliveryStatus, DeliveryUpdate};
+use omni_core::{
+    ChannelRef, CloudEvent, ConversationId, DeliveryStatus, DeliveryUpdate, EventType,
+};
 use std::time::Duration;
 
-use super::{Dispatcher, SendError, SendReceipt, SendRequest};
+use super::{Dispatcher, FailureReason, SendError, SendReceipt, SendRequest};
 
 impl Dispatcher {
     /// Counts the outcome and builds the delivery event.
@@ -55,22 +57,18 @@ impl Dispatcher {
 
     /// Publishes the delivery event, retrying until Kafka takes it: the reply went out (or
     /// definitely failed), so the outbound record must not be committed before its fate is.
-    pub(super) async fn publish(
-        &self,
-        request: &SendRequest,
-        update: CloudEvent<DeliveryUpdate>,
-    ) -> HandlerOutcome {
+    pub(super) async fn publish(&self, update: CloudEvent<DeliveryUpdate>) -> HandlerOutcome {
         let payload = match serde_json::to_vec(&update) {
             Ok(p) => p,
             Err(e) => return HandlerOutcome::Skip(format!("cannot serialize delivery: {e}")),
         };
-        let key = request.message.tenant.as_str().as_bytes();
+        let key = update.data.tenant.as_str().as_bytes();
         let mut wait = Duration::from_millis(200);
         loop {
             match self.sink.publish(&self.delivery_topic, key, &payload).await {
                 Ok(()) => return HandlerOutcome::Done,
                 Err(e) => {
-                    tracing::warn!(error = %e, event_id = %request.event_id,
+                    tracing::warn!(error = %e, event_id = %update.data.outbound_event_id,
                         "cannot publish delivery result yet, retrying");
                 }
             }
@@ -84,6 +82,58 @@ impl Dispatcher {
                 () = tokio::time::sleep(wait) => {}
             }
             wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// A reply that cannot be read (its `data` is not an `omni.message.send`): when it still
+    /// names its conversation and channel, its fate is published as `failed` with reason
+    /// `invalid_message`, so the agent's tool learns of it; then the record is skipped, which
+    /// copies it to the dead-letter topic.
+    pub(super) async fn refuse(
+        &self,
+        event: &CloudEvent<serde_json::Value>,
+        reason: String,
+    ) -> HandlerOutcome {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            conversation_id: ConversationId,
+            channel: ChannelRef,
+        }
+        if event.event_type != EventType::MessageSend {
+            return HandlerOutcome::Skip(reason);
+        }
+        let Ok(named) = <Named as serde::Deserialize>::deserialize(&event.data) else {
+            return HandlerOutcome::Skip(reason);
+        };
+        let invalid = FailureReason::InvalidMessage.as_str();
+        let kind = named.channel.kind.as_str();
+        self.metrics
+            .deliveries
+            .with_label_values(&[kind, "failed"])
+            .inc();
+        self.metrics
+            .failures
+            .with_label_values(&[kind, invalid])
+            .inc();
+        let now = Utc::now();
+        let update = DeliveryUpdate {
+            tenant: event.tenant.clone(),
+            conversation_id: named.conversation_id,
+            outbound_event_id: event.id,
+            channel: named.channel,
+            status: DeliveryStatus::Failed,
+            provider_message_id: None,
+            reason: Some(invalid.to_owned()),
+            detail: Some(reason.clone()),
+            segments: None,
+            occurred_at: now,
+        };
+        match self
+            .publish(crate::delivery::delivery_event(update, now))
+            .await
+        {
+            HandlerOutcome::Done => HandlerOutcome::Skip(reason),
+            other => other,
         }
     }
 }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use omni_bus::{partition_for, HandlerOutcome, Record};
 use omni_core::{CloudEvent, EventType, OutboundMessage};
+use serde::Deserialize as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,7 +103,7 @@ impl Dispatcher {
             .duration
             .with_label_values(&[kind.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let outcome = self.publish(&request, update).await;
+        let outcome = self.publish(update).await;
         if outcome == HandlerOutcome::Done {
             self.mark_finished(record, &request, &progress, event_ms)
                 .await;
@@ -157,12 +158,11 @@ impl Dispatcher {
                 event.tenant
             )));
         }
-        let message: OutboundMessage = match serde_json::from_value(event.data) {
+        let message = match OutboundMessage::deserialize(&event.data) {
             Ok(m) => m,
             Err(e) => {
-                return Err(HandlerOutcome::Skip(format!(
-                    "bad omni.message.send data: {e}"
-                )))
+                let reason = format!("bad omni.message.send data: {e}");
+                return Err(self.refuse(&event, reason).await);
             }
         };
         if self.elsewhere.contains(&message.channel.kind) {

@@ -51,6 +51,7 @@ fn rec(key: &[u8], payload: Option<&[u8]>) -> Record {
         offset: 0,
         key: Some(key.to_vec()),
         payload: payload.map(<[u8]>::to_vec),
+        headers: Vec::new(),
     }
 }
 
@@ -243,6 +244,71 @@ async fn bad_records_are_skipped_not_retried() {
     let payload = outbound(ChannelKind::Messenger);
     assert!(matches!(
         d.handle(&rec(b"other-tenant", Some(&payload))).await,
+        HandlerOutcome::Skip(_)
+    ));
+    assert!(sink.records().is_empty());
+}
+
+#[tokio::test]
+async fn a_newer_producers_fields_and_extension_attributes_are_read_past() {
+    let sender = Arc::new(Scripted::default());
+    sender
+        .answers
+        .lock()
+        .unwrap()
+        .push_back(Ok(SendReceipt::default()));
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let (d, _stop) = dispatcher(sender.clone(), sink.clone(), &registry);
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&outbound(ChannelKind::Messenger)).unwrap();
+    event["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+    event["data"]["x_priority"] = "high".into();
+    let payload = serde_json::to_vec(&event).unwrap();
+    assert_eq!(
+        d.handle(&rec(b"acme", Some(&payload))).await,
+        HandlerOutcome::Done
+    );
+    assert_eq!(delivery(&sink).status, omni_core::DeliveryStatus::Sent);
+}
+
+#[tokio::test]
+async fn a_reply_that_cannot_be_read_fails_with_a_reason_before_it_is_skipped() {
+    let sink = Arc::new(MemorySink::default());
+    let registry = Registry::new();
+    let (d, _stop) = dispatcher(Arc::new(Scripted::default()), sink.clone(), &registry);
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&outbound(ChannelKind::Messenger)).unwrap();
+    // Conversation and channel are there; the recipient is not.
+    event["data"].as_object_mut().unwrap().remove("recipient");
+    let payload = serde_json::to_vec(&event).unwrap();
+    let outcome = d.handle(&rec(b"acme", Some(&payload))).await;
+    assert!(
+        matches!(&outcome, HandlerOutcome::Skip(r) if r.contains("recipient")),
+        "{outcome:?}"
+    );
+    let update = delivery(&sink);
+    assert_eq!(update.status, omni_core::DeliveryStatus::Failed);
+    assert_eq!(update.reason.as_deref(), Some("invalid_message"));
+    assert!(update.detail.unwrap().contains("recipient"));
+    assert_eq!(
+        update.outbound_event_id.to_string(),
+        event["id"].as_str().unwrap()
+    );
+    // Without a conversation nothing can be said about it: skipped (dead-lettered) only.
+    let sink = Arc::new(MemorySink::default());
+    let (d, _stop) = dispatcher(
+        Arc::new(Scripted::default()),
+        sink.clone(),
+        &Registry::new(),
+    );
+    event["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("conversation_id");
+    let payload = serde_json::to_vec(&event).unwrap();
+    assert!(matches!(
+        d.handle(&rec(b"acme", Some(&payload))).await,
         HandlerOutcome::Skip(_)
     ));
     assert!(sink.records().is_empty());

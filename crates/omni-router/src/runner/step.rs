@@ -107,8 +107,7 @@ impl Router {
             Ok(Some(x)) => x,
             Ok(None) => return Ok(Outcome::Ignored),
             Err(e) => {
-                tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
-                    error = %e, "skipping undecodable router input");
+                self.refuse(rec, &e, writes);
                 return Ok(Outcome::Skipped);
             }
         };
@@ -156,5 +155,54 @@ impl Router {
         p.events.push((rec.offset, step_events));
         writes.epochs.insert(rec.partition, epoch);
         Ok(Outcome::Applied)
+    }
+
+    /// An input the router cannot use. Nothing is dropped silently: the record goes to the
+    /// dead-letter topic with the reason (the outbound dispatcher does that for replies, which
+    /// it reads too), and a command of a known tenant is answered with `omni.routing.rejected`,
+    /// so the CRM that sent it learns why, as it would of a command the engine refused.
+    fn refuse(&self, rec: &Rec, error: &crate::wire::DecodeError, writes: &mut Writes) {
+        let reason = format!("undecodable {} record: {error}", rec.topic);
+        tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
+            %reason, "router input refused");
+        if rec.topic != self.bus.topics.outbound {
+            writes.dead_letters.push((rec.clone(), reason.clone()));
+        }
+        if rec.topic != self.bus.topics.commands {
+            return;
+        }
+        let Some(tenant) = std::str::from_utf8(&rec.key)
+            .ok()
+            .and_then(|k| TenantId::new(k).ok())
+            .filter(|t| self.config_of(t).is_some())
+        else {
+            return;
+        };
+        let now = Timestamp(
+            rec.timestamp
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or_else(wall_clock_ms),
+        );
+        let rejected = [Output::Event(omni_routing::RoutingEvent::Rejected {
+            conversation: None,
+            reason,
+        })];
+        let (partition, offset) = (rec.partition.to_string(), rec.offset.to_string());
+        let step_events = writes.outputs(&tenant, now, &rejected, |i| {
+            [
+                rec.topic.clone(),
+                partition.clone(),
+                offset.clone(),
+                i.to_string(),
+            ]
+        });
+        // Recorded like an applied input's events, so a replay writes the rejection again.
+        let p = writes
+            .progress
+            .entry((rec.topic.clone(), rec.partition))
+            .or_default();
+        p.offset = rec.offset;
+        p.time = now.0;
+        p.events.push((rec.offset, step_events));
     }
 }

@@ -13,6 +13,8 @@ pub(super) struct Writes {
     pub(super) events: Vec<(TenantId, serde_json::Value)>,
     pub(super) replayed: Vec<(Vec<u8>, serde_json::Value)>,
     pub(super) forwards: Vec<(Rec, i32)>,
+    /// Inputs the router cannot use, with why, for the dead-letter topic.
+    pub(super) dead_letters: Vec<(Rec, String)>,
     pub(super) observations: Vec<(TenantId, omni_routing::Observation)>,
 }
 
@@ -174,6 +176,25 @@ impl Router {
                     .collect()
             })
             .collect();
+        let dead_letter_headers: Vec<Vec<(String, Vec<u8>)>> = writes
+            .dead_letters
+            .iter()
+            .map(|(rec, reason)| {
+                omni_bus::dead_letter::headers(
+                    &rec.headers,
+                    &rec.topic,
+                    rec.partition,
+                    rec.offset,
+                    "router",
+                    reason,
+                )
+            })
+            .collect();
+        let dead_letter_refs: Vec<Vec<(&str, &[u8])>> = dead_letter_headers
+            .iter()
+            .map(|hs| hs.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect())
+            .collect();
+        let dead_letter_topic = self.bus.topics.dead_letter.as_str();
         let records: Vec<OutRecord<'_>> =
             writes
                 .state
@@ -216,9 +237,24 @@ impl Router {
                         headers,
                     },
                 ))
+                .chain(writes.dead_letters.iter().zip(&dead_letter_refs).map(
+                    |((rec, _), headers)| OutRecord {
+                        topic: dead_letter_topic,
+                        partition: None,
+                        key: &rec.key,
+                        payload: rec.payload.as_deref(),
+                        headers,
+                    },
+                ))
                 .collect();
         if !records.is_empty() {
             self.producer.send_batch(&records).await?;
+        }
+        for (rec, _) in &writes.dead_letters {
+            self.bus_metrics
+                .dead_letters
+                .with_label_values(&["router", rec.topic.as_str()])
+                .inc();
         }
         Ok(())
     }
