@@ -55,6 +55,16 @@ async fn a_posted_message_is_read_back_with_tenant_key_and_valid_schema() {
         "data invalid: {}",
         r.value["data"]
     );
+    // The CloudEvents Kafka binding: a structured-mode record says so in `content-type`, which
+    // is how SDKs tell it from a binary-mode one.
+    let b = broker.bootstrap();
+    let log =
+        tokio::task::block_in_place(|| omni_e2e::read_log(&b, INBOUND, Duration::from_secs(1)));
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        log[0].headers.get("content-type").map(Vec::as_slice),
+        Some(&b"application/cloudevents+json"[..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,6 +32,12 @@ use crate::config::BusConfig;
 use crate::error::BusError;
 use crate::metrics::{BusMetrics, MetricsContext};
 
+/// The record header that names the value's media type (CloudEvents Kafka protocol binding).
+pub const CONTENT_TYPE: &str = "content-type";
+/// The media type of a structured-mode CloudEvent in JSON, the value of every record on the
+/// event topics.
+pub const STRUCTURED_CLOUDEVENT: &str = "application/cloudevents+json";
+
 /// One record for [`Producer::send_batch`].
 #[derive(Debug, Clone, Copy)]
 pub struct OutRecord<'a> {
@@ -206,13 +212,52 @@ impl Producer {
     /// record is durably in the topic; an error means it is not, and never will be (a record
     /// past the deadline is purged with its producer, see the module docs).
     pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), BusError> {
-        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(headers) = self.headers_for(topic, &[]) {
+            record = record.headers(headers);
+        }
         // Waiting for queue space counts against the same deadline as the acknowledgement.
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout();
         let (generation, delivery) = self.enqueue(topic, record, deadline).await?;
         self.acknowledged(topic, generation, delivery, deadline)
             .await
             .inspect(|()| self.metrics.produced.with_label_values(&[topic]).inc())
+    }
+
+    /// The headers of a record for `topic`: `given`, and on the event topics, whose values are
+    /// structured-mode CloudEvents, `content-type: application/cloudevents+json` unless given
+    /// (the CloudEvents Kafka binding: it is how SDKs tell structured from binary mode).
+    fn headers_for(&self, topic: &str, given: &[(&str, &[u8])]) -> Option<OwnedHeaders> {
+        let t = &self.config.topics;
+        let structured = [
+            &t.inbound,
+            &t.outbound,
+            &t.delivery,
+            &t.commands,
+            &t.routing,
+        ]
+        .iter()
+        .any(|event_topic| event_topic.as_str() == topic)
+            && !given
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(CONTENT_TYPE));
+        if given.is_empty() && !structured {
+            return None;
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(given.len() + 1);
+        for (name, value) in given {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        if structured {
+            headers = headers.insert(Header {
+                key: CONTENT_TYPE,
+                value: Some(STRUCTURED_CLOUDEVENT),
+            });
+        }
+        Some(headers)
     }
 
     /// Waits for a queued record's acknowledgement until `deadline`.
@@ -246,14 +291,7 @@ impl Producer {
             if let Some(partition) = r.partition {
                 record = record.partition(partition);
             }
-            if !r.headers.is_empty() {
-                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-                for (name, value) in r.headers {
-                    headers = headers.insert(Header {
-                        key: name,
-                        value: Some(*value),
-                    });
-                }
+            if let Some(headers) = self.headers_for(r.topic, r.headers) {
                 record = record.headers(headers);
             }
             let (generation, delivery) = self.enqueue(r.topic, record, deadline).await?;
