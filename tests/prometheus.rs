@@ -296,6 +296,8 @@ async fn the_daemons_metrics_pass_promtool_check_metrics() {
         "omni_router_inputs_total",
         "omni_sla_target_seconds",
         "omni_queue_open",
+        "omni_http_requests_total",
+        "omni_http_request_duration_seconds_bucket",
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
@@ -322,6 +324,40 @@ async fn the_daemons_metrics_pass_promtool_check_metrics() {
         ) && metrics.contains(r#"omni_queue_open{queue="general",tenant="demo"} 1"#),
         "{metrics}"
     );
+
+    // Every endpoint is counted by its route template (the API channel, the agent API), with
+    // the status it answered; the process and the runtime are on the page too.
+    for (route, method, status) in [
+        ("/v1/inbound/{tenant}", "POST", "202"),
+        ("/v1/inbound/{tenant}", "POST", "401"),
+        ("/v1/tenants/{tenant}/commands", "POST", "202"),
+        ("/v1/tenants/{tenant}/replies", "POST", "202"),
+    ] {
+        let labels = [
+            format!("route=\"{route}\""),
+            format!("method=\"{method}\""),
+            format!("status=\"{status}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert!(
+            metric_value(&metrics, "omni_http_requests_total", &labels) >= 1.0,
+            "{route} {method} {status} not counted:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("route=\"/v1/inbound/demo\""),
+        "a path became a label"
+    );
+    for family in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "omni_tokio_workers",
+    ] {
+        assert!(
+            metric_value(&metrics, family, &[]) > 0.0,
+            "{family} missing or zero:\n{metrics}"
+        );
+    }
 
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])

@@ -161,6 +161,18 @@ impl Outcome {
     }
 }
 
+/// How often a partition whose claim failed is claimed again when no record brings it up.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// The assigned partitions not in `owned` (claimed and restored), in order.
+fn unrestored<V>(assigned: &BTreeSet<i32>, owned: &BTreeMap<i32, V>) -> Vec<i32> {
+    assigned
+        .iter()
+        .filter(|p| !owned.contains_key(p))
+        .copied()
+        .collect()
+}
+
 /// Records held back per partition because their tenant is not configured here yet; the
 /// partition is paused until a config that knows them arrives.
 type Held = BTreeMap<i32, Vec<Rec>>;
@@ -179,6 +191,10 @@ pub struct Router {
     rejoin: tokio::sync::Notify,
     /// The partitions this instance owns, for channels whose per-tenant state follows them.
     ownership: omni_bus::ownership::OwnershipSender,
+    /// The input partitions the group gave this instance (kept by the rebalance callbacks).
+    assignment: Arc<Mutex<Assignment>>,
+    /// Set once the router is in its consumer group.
+    started: AtomicBool,
 }
 
 impl Router {
@@ -205,7 +221,45 @@ impl Router {
             tenants,
             rejoin: tokio::sync::Notify::new(),
             ownership: omni_bus::ownership::Ownership::channel(omni_bus::Owned::nothing()).0,
+            assignment: Arc::default(),
+            started: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this instance may take traffic as far as routing goes (`/readyz`): `Err` says
+    /// why not while the router is not in its group yet, or holds partitions whose state it
+    /// has not restored (their conversations would be read as empty and nothing routed). An
+    /// instance that holds no partition is ready: it forwards reads to the owners.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.started.load(Ordering::Relaxed) {
+            return Err("router starting: waiting for the input topics and its group".into());
+        }
+        let assigned = self
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assigned
+            .clone();
+        let s = self.lock();
+        let loading = unrestored(&assigned, &s.owned);
+        if loading.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "router restoring the state of partition(s) {loading:?}"
+            ))
+        }
+    }
+
+    /// Assigned partitions not yet claimed and restored.
+    fn unclaimed(&self) -> bool {
+        let assigned = self
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assigned
+            .clone();
+        !unrestored(&assigned, &self.lock().owned).is_empty()
     }
 
     /// Follows the partitions this instance owns (claimed and restored, not yet revoked):
@@ -284,7 +338,7 @@ impl Router {
             return Ok(());
         };
         let stop_owners = self.follow_owners(partitions);
-        let assignment = Arc::new(Mutex::new(Assignment::default()));
+        let assignment = self.assignment.clone();
         let applied = Arc::new(Mutex::new(BTreeMap::new()));
         let newly_assigned = Arc::new(tokio::sync::Notify::new());
         let context = RouterContext {
@@ -304,11 +358,20 @@ impl Router {
         let mut held = Held::new();
         tracing::info!(group = %self.settings.group_id, partitions, member = %self.lock().member,
             "router started");
+        self.started.store(true, Ordering::Relaxed);
+        // A partition whose claim failed is claimed again with its next record, or here, so
+        // a quiet partition does not stay unrestored (and the instance not ready).
+        let mut claim_retry = tokio::time::interval(CLAIM_RETRY);
+        claim_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let result = loop {
             let batch = tokio::select! {
                 biased;
                 () = &mut shutdown => break Ok(()),
                 () = newly_assigned.notified() => {
+                    self.claim_assigned(&assignment, &mut held).await;
+                    continue;
+                }
+                _ = claim_retry.tick(), if self.unclaimed() => {
                     self.claim_assigned(&assignment, &mut held).await;
                     continue;
                 }
@@ -363,6 +426,7 @@ impl Router {
             }
         };
         ticker.abort();
+        self.started.store(false, Ordering::Relaxed);
         stop_owners.store(true, Ordering::Relaxed);
         final_commit(&consumer, &applied);
         leave_group_within(consumer, LEAVE_GROUP_WAIT).await;
@@ -702,4 +766,19 @@ fn wall_clock_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_assigned_partitions_without_restored_state_hold_readiness_back() {
+        let assigned: BTreeSet<i32> = [0, 2, 3].into();
+        let owned: BTreeMap<i32, ()> = [(0, ()), (1, ())].into();
+        assert_eq!(unrestored(&assigned, &owned), [2, 3]);
+        assert!(unrestored(&BTreeSet::new(), &owned).is_empty());
+        let all: BTreeMap<i32, ()> = [(0, ()), (2, ()), (3, ())].into();
+        assert!(unrestored(&assigned, &all).is_empty());
+    }
 }

@@ -113,10 +113,15 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         ingress,
         producer.clone(),
         metrics.registry.clone(),
+        routing.handle.clone(),
     ));
     let app = router(state.clone())
         .merge(omni_router::api::routes(agent_api.clone()))
-        .merge(channels.take_routes());
+        .merge(channels.take_routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics.http.clone(),
+            crate::observe::track,
+        ));
     let (stop_tx, server) = serve(settings, app).await?;
     let (reload_stop_tx, reload_stop_rx) = watch::channel(false);
     let live = Live {
@@ -161,6 +166,7 @@ struct Metrics {
     bus: Arc<BusMetrics>,
     ingress: IngressMetrics,
     reload: ReloadMetrics,
+    http: crate::observe::HttpMetrics,
 }
 
 impl Metrics {
@@ -172,7 +178,10 @@ impl Metrics {
         )?;
         build_info.set(1);
         registry.register(Box::new(build_info))?;
+        crate::observe::register_process(&registry)?;
+        crate::observe::register_runtime(&registry, tokio::runtime::Handle::current())?;
         Ok(Self {
+            http: crate::observe::HttpMetrics::register(&registry)?,
             bus: Arc::new(BusMetrics::register(&registry)?),
             ingress: IngressMetrics::register(&registry)?,
             reload: ReloadMetrics::register(&registry)?,

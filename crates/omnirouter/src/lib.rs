@@ -8,6 +8,7 @@
 //! - [`channels`]: every channel built by its own entry point, in one list.
 //! - [`server`]: the daemon's own routes: the API channel, `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: start-up, topic creation, graceful shutdown.
+//! - [`observe`]: HTTP request, process and runtime metrics.
 //! - [`outbound`]: every channel's reply sender behind the outbound dispatcher.
 //! - [`signals`]: agents' typing indicators and read marks straight to Messenger/Instagram.
 //! - [`simulate`]: `omnirouter simulate`, the what-if staffing simulator ([`omni_sim`]).
@@ -18,6 +19,7 @@
 pub mod channels;
 pub mod cli;
 pub mod daemon;
+pub mod observe;
 pub mod outbound;
 pub mod reload;
 pub mod server;

@@ -24,6 +24,8 @@ pub struct AppState {
     pub producer: Producer,
     /// Everything `/metrics` serves.
     pub registry: Registry,
+    /// The router, when this instance routes: not ready until its state is restored.
+    pub router: Option<Arc<omni_router::Router>>,
 }
 
 impl AppState {
@@ -33,12 +35,14 @@ impl AppState {
         ingress: Arc<Ingress>,
         producer: Producer,
         registry: Registry,
+        router: Option<Arc<omni_router::Router>>,
     ) -> Self {
         Self {
             api: Arc::new(Swappable::new(api_channel(settings))),
             ingress,
             producer,
             registry,
+            router,
         }
     }
 
@@ -72,9 +76,18 @@ async fn healthz() -> Response {
         .into_response()
 }
 
-/// Ready to take traffic: Kafka answers and every topic exists.
+/// Ready to take traffic: Kafka answers, every topic exists, and the router (if this instance
+/// routes) is in its group with the state of every partition it holds restored, so a rolling
+/// update waits for the takeover before it stops the next old instance.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.producer.check_ready(Duration::from_secs(2)).await {
+    let ready = match state.producer.check_ready(Duration::from_secs(2)).await {
+        Ok(()) => state
+            .router
+            .as_ref()
+            .map_or(Ok(()), |router| router.readiness()),
+        Err(e) => Err(e.to_string()),
+    };
+    match ready {
         Ok(()) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"status": "ready"})),
@@ -82,7 +95,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "not_ready", "reason": e.to_string()})),
+            axum::Json(serde_json::json!({"status": "not_ready", "reason": e})),
         )
             .into_response(),
     }
