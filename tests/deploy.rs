@@ -542,6 +542,14 @@ fn k8s_files() -> Vec<PathBuf> {
     files
 }
 
+/// The `kind` document called `name`.
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .map(|d| &d["doc"])
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
 fn by_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = docs
         .iter()
@@ -617,7 +625,7 @@ fn kubernetes_manifests_validate_and_fit_together() {
     k8s_manifests_are_namespace_agnostic_and_all_kustomized(&files, &docs);
     let w = workload(&docs);
     k8s_deployment_runs_the_kustomized_image_unprivileged(&docs, &w);
-    k8s_probes_and_scrape_annotations_use_the_http_port(&w);
+    k8s_probes_and_scrape_annotations_use_the_right_ports(&w);
     let config = k8s_config_is_mounted_where_the_command_reads_it(&docs, &w);
     k8s_grace_period_covers_pre_stop_and_drain(&w, &config.toml);
     let secret_env = k8s_secrets_come_from_the_secret_not_the_configmap(&docs, &w, &config.toml);
@@ -733,7 +741,7 @@ fn k8s_deployment_runs_the_kustomized_image_unprivileged(docs: &[Value], w: &Wor
 }
 
 /// Probes: liveness /healthz, readiness /readyz, a startup probe, on a declared port.
-fn k8s_probes_and_scrape_annotations_use_the_http_port(w: &Workload<'_>) {
+fn k8s_probes_and_scrape_annotations_use_the_right_ports(w: &Workload<'_>) {
     let (spec, c, port_names) = (w.spec, w.c, &w.port_names);
     let probe = |name: &str| -> (&str, u64) {
         let get = &c[name]["httpGet"];
@@ -743,13 +751,14 @@ fn k8s_probes_and_scrape_annotations_use_the_http_port(w: &Workload<'_>) {
         };
         (str_of(&get["path"], name), port)
     };
-    let http = port_names["http"];
+    // /healthz is on both listeners; /readyz and /metrics only on the admin one.
+    let (http, admin) = (port_names["http"], port_names["admin"]);
     assert_eq!(probe("livenessProbe"), ("/healthz", http));
-    assert_eq!(probe("readinessProbe"), ("/readyz", http));
+    assert_eq!(probe("readinessProbe"), ("/readyz", admin));
     assert_eq!(probe("startupProbe").1, http);
     let annotations = &spec["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
-    assert_eq!(annotations["prometheus.io/port"], http.to_string());
+    assert_eq!(annotations["prometheus.io/port"], admin.to_string());
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
 }
 
@@ -911,14 +920,54 @@ fn k8s_daemon_accepts_the_config_with_the_pods_environment(
 
 /// Service, PDB, HPA and ServiceMonitor select these pods / this Deployment.
 fn k8s_service_pdb_and_hpa_select_the_deployment(docs: &[Value], w: &Workload<'_>, config: &Value) {
-    let service = by_kind(docs, "Service");
     let pdb = by_kind(docs, "PodDisruptionBudget");
     let hpa = by_kind(docs, "HorizontalPodAutoscaler");
     let (deployment, spec, pod_labels, port_names) =
         (w.deployment, w.spec, w.pod_labels, &w.port_names);
-    assert!(selects(&service["spec"]["selector"], pod_labels));
-    let svc_port = &service["spec"]["ports"][0];
-    assert!(port_names.contains_key(str_of(&svc_port["targetPort"], "targetPort")));
+    // The public Service reaches the webhooks' port, the admin Service the admin one; the
+    // config's admin_listen is that port.
+    for (name, port) in [("omnirouter", "http"), ("omnirouter-admin", "admin")] {
+        let service = named(docs, "Service", name);
+        assert!(selects(&service["spec"]["selector"], pod_labels), "{name}");
+        let ports = service["spec"]["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 1, "{name}: one port");
+        assert_eq!(ports[0]["targetPort"], port, "{name}");
+        assert!(port_names.contains_key(port));
+    }
+    let admin = str_of(&config["server"]["admin_listen"], "server.admin_listen");
+    assert_eq!(u64::from(port_of(admin)), port_names["admin"]);
+    let policy = by_kind(docs, "NetworkPolicy");
+    assert!(selects(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        pod_labels
+    ));
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let open_to = |port: &str| {
+        rules
+            .iter()
+            .filter(|r| {
+                r["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"] == port)
+            })
+            .map(|r| r["from"].as_array().cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        open_to("http"),
+        vec![Vec::<Value>::new()],
+        "the public port is open"
+    );
+    let admin_from = open_to("admin");
+    assert_eq!(admin_from.len(), 1);
+    assert!(
+        admin_from[0]
+            .iter()
+            .any(|f| selects(&f["podSelector"]["matchLabels"], pod_labels)),
+        "the replicas must reach each other's admin port (forwarded reads)"
+    );
     assert!(selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels));
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     let target = &hpa["spec"]["scaleTargetRef"];
@@ -941,7 +990,8 @@ fn k8s_service_pdb_and_hpa_select_the_deployment(docs: &[Value], w: &Workload<'_
 /// ServiceMonitor (monitoring.coreos.com/v1): no schema in kubernetes-validate, so its
 /// structure is checked here, field names included (what --strict does for core kinds).
 fn k8s_service_monitor_is_well_formed_and_scrapes_the_service(docs: &[Value]) {
-    let service = by_kind(docs, "Service");
+    let service = named(docs, "Service", "omnirouter-admin");
+    let public = named(docs, "Service", "omnirouter");
     let monitor = by_kind(docs, "ServiceMonitor");
     let svc_port = &service["spec"]["ports"][0];
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
@@ -976,6 +1026,13 @@ fn k8s_service_monitor_is_well_formed_and_scrapes_the_service(docs: &[Value]) {
         &monitor["spec"]["selector"]["matchLabels"],
         &service["metadata"]["labels"]
     ));
+    assert!(
+        !selects(
+            &monitor["spec"]["selector"]["matchLabels"],
+            &public["metadata"]["labels"]
+        ),
+        "the ServiceMonitor must scrape the admin Service only"
+    );
     let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
     assert!(!endpoints.is_empty());
     for e in endpoints {
@@ -1374,7 +1431,16 @@ fn dockerfile_runtime_stage_runs_the_daemon_unprivileged(stages: &[Stage<'_>]) -
         .collect();
     let listen = &env["OMNI__SERVER__LISTEN"];
     assert!(listen.starts_with("0.0.0.0:"));
-    assert_eq!(in_stage(last, "EXPOSE"), vec![port_of(listen).to_string()]);
+    let image_config = toml_str(&read(&workspace().join("config/image.toml")));
+    let admin = str_of(
+        &image_config["server"]["admin_listen"],
+        "server.admin_listen",
+    );
+    assert!(admin.starts_with("0.0.0.0:"));
+    assert_eq!(
+        in_stage(last, "EXPOSE"),
+        vec![format!("{} {}", port_of(listen), port_of(admin))]
+    );
 
     let copies = in_stage(last, "COPY");
     let stage_names: BTreeSet<&str> = stages.iter().map(|s| s.0.as_str()).collect();
@@ -1388,26 +1454,50 @@ fn dockerfile_runtime_stage_runs_the_daemon_unprivileged(stages: &[Stage<'_>]) -
     }
     let config_copy = copies
         .iter()
-        .find(|c| c.contains("config/default.toml"))
-        .expect("the config is copied");
+        .find(|c| c.contains("config/image.toml"))
+        .expect("the image's config is copied");
     let config_in_image = config_copy.split_whitespace().last().unwrap();
     let position = entrypoint.iter().position(|a| a == "--config").unwrap();
     assert_eq!(entrypoint[position + 1], config_in_image);
     let mut argv = entrypoint.clone();
     argv.extend(cmd);
-    let env_for_daemon: BTreeMap<String, String> = env
+    let mut env_for_daemon: BTreeMap<String, String> = env
         .iter()
         .filter(|(k, _)| k.starts_with("OMNI__"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // The image has no tenant, so no token of its own: it refuses to run until given one.
+    let image_toml = workspace().join("config/image.toml");
+    let text_of_config = read(&image_toml);
+    assert!(
+        !text_of_config.contains("[tenants") && !text_of_config.contains("demo"),
+        "the image's config holds a tenant"
+    );
+    let bare = omnirouter(
+        &[
+            "--config".into(),
+            image_toml.to_str().unwrap().into(),
+            "check-config".into(),
+        ],
+        &env_for_daemon,
+    );
+    assert_eq!(bare.status.code(), Some(2), "{}", text(&bare));
+    assert!(text(&bare).contains("tenant"), "{}", text(&bare));
+    env_for_daemon.insert(
+        "OMNI__TENANTS__ACME__API_TOKEN".into(),
+        "a-token-from-the-secret-store".into(),
+    );
     let verdict = check_command_line(
         "ENTRYPOINT + CMD",
         &argv,
         config_in_image,
-        &workspace().join("config/default.toml"),
+        &image_toml,
         &env_for_daemon,
     );
-    assert!(verdict.contains(&format!("listen {listen}")), "{verdict}");
+    assert!(
+        verdict.contains(&format!("listen {listen}")) && verdict.contains("1 tenant(s)"),
+        "{verdict}"
+    );
     runtime_run
 }
 

@@ -21,8 +21,12 @@ fn page(tenant: &str) -> String {
 /// Each tenant's agents take this many conversations at once.
 const CAPACITY: u32 = 3;
 
+/// The cluster's environment; every replica listens for the agent API and metrics apart from
+/// its webhooks (`server.admin_listen`), as in the Kubernetes manifests, so forwarded reads go
+/// to the owner's admin listener.
 fn cluster_env() -> Vec<(String, String)> {
     let mut env = omni_e2e::cluster_env(&TENANTS);
+    env.push((omni_e2e::ADMIN_LISTEN.into(), omni_e2e::ADMIN_AUTO.into()));
     for t in TENANTS {
         let up = t.to_uppercase();
         env.push((
@@ -67,7 +71,7 @@ async fn messenger_message(daemon: &Daemon, tenant: &str, psid: &str) {
 }
 
 async fn post(daemon: &Daemon, path: &str, token: &str, body: Value) -> (u16, Value) {
-    omni_e2e::post_json(&daemon.url(path), token, &body).await
+    omni_e2e::post_json(&daemon.url_for(path), token, &body).await
 }
 
 async fn customer_message(daemon: &Daemon, tenant: &str, contact: &str) -> String {

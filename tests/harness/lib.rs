@@ -324,11 +324,19 @@ impl Drop for Broker {
 /// environment, and the demo tenant's): a secret in a log line fails the test that caused it.
 pub struct Daemon {
     pub port: u16,
+    /// The admin listener's port (metrics, readiness, agent API), when apart from `port`.
+    pub admin_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     /// The configured secrets, by the key that set them.
     secrets: Vec<(String, String)>,
 }
+
+/// The environment key of the admin listener; given [`ADMIN_AUTO`] as its value, the harness
+/// gives each daemon a free port of its own (so `start_many` splits every replica).
+pub const ADMIN_LISTEN: &str = "OMNI__SERVER__ADMIN_LISTEN";
+/// See [`ADMIN_LISTEN`].
+pub const ADMIN_AUTO: &str = "auto";
 
 /// The demo tenant's secrets in `config/default.toml`.
 const DEFAULT_SECRETS: [(&str, &str); 3] = [
@@ -409,6 +417,10 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Self {
         let port = free_port();
+        let admin_port = env
+            .iter()
+            .any(|(k, v)| *k == ADMIN_LISTEN && *v == ADMIN_AUTO)
+            .then(free_port);
         let log = std::fs::File::create(dir.path().join("omnirouter.log")).unwrap();
         let mut cmd = Command::new(omnirouter_bin());
         cmd.arg("--config")
@@ -424,9 +436,13 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        if let Some(admin) = admin_port {
+            cmd.env(ADMIN_LISTEN, format!("127.0.0.1:{admin}"));
+        }
         let child = cmd.spawn().expect("start omnirouter");
         Self {
             port,
+            admin_port,
             dir,
             child: Some(child),
             secrets: secrets_of(env),
@@ -438,12 +454,32 @@ impl Daemon {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// The URL of `path` on the listener that serves it: the agent API, `/metrics` and
+    /// `/readyz` on the admin one, everything else (webhooks, the API channel, live chat) on
+    /// the public one.
+    pub fn url_for(&self, path: &str) -> String {
+        if path.starts_with("/v1/tenants/") || path == "/metrics" || path == "/readyz" {
+            self.admin_url(path)
+        } else {
+            self.url(path)
+        }
+    }
+
+    /// `http://127.0.0.1:admin_port` (or `port` when there is one listener).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{}",
+            self.admin_port.unwrap_or(self.port),
+            path
+        )
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await {
+            if let Ok(r) = client.get(self.admin_url("/readyz")).send().await {
                 if r.status() == 200 {
                     return;
                 }
@@ -507,7 +543,7 @@ impl Daemon {
         token: &str,
     ) -> (u16, serde_json::Value, Option<String>) {
         let r = reqwest::Client::new()
-            .get(self.url(&format!("/v1/tenants/{tenant}/{path}")))
+            .get(self.admin_url(&format!("/v1/tenants/{tenant}/{path}")))
             .bearer_auth(token)
             .send()
             .await
@@ -527,7 +563,7 @@ impl Daemon {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
+        reqwest::get(self.admin_url("/metrics"))
             .await
             .unwrap()
             .text()

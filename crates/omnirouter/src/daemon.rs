@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::channels::{ChannelDeps, Channels};
 use crate::reload::{agent_tokens, Live, ReloadMetrics, Reloader};
-use crate::server::{router, AppState};
+use crate::server::AppState;
 use crate::settings::{Loaded, Settings};
 use crate::shutdown::{Leftovers, Pending, WATCHDOG_MARGIN};
 
@@ -115,14 +115,36 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         metrics.registry.clone(),
         routing.handle.clone(),
     ));
-    let app = router(state.clone())
-        .merge(omni_router::api::routes(agent_api.clone()))
-        .merge(channels.take_routes())
-        .route_layer(axum::middleware::from_fn_with_state(
+    let public = crate::server::public(&state).merge(channels.take_routes());
+    let admin =
+        crate::server::admin(state.clone()).merge(omni_router::api::routes(agent_api.clone()));
+    let tracked = |app: axum::Router| {
+        app.route_layer(axum::middleware::from_fn_with_state(
             metrics.http.clone(),
             crate::observe::track,
-        ));
-    let (stop_tx, server) = serve(settings, app).await?;
+        ))
+    };
+    let servers = match settings.admin_listen {
+        None => vec![
+            serve(
+                settings,
+                settings.listen,
+                "public and admin",
+                tracked(public.merge(admin)),
+            )
+            .await?,
+        ],
+        Some(admin_listen) => vec![
+            serve(
+                settings,
+                settings.listen,
+                "public",
+                tracked(public.merge(crate::server::liveness())),
+            )
+            .await?,
+            serve(settings, admin_listen, "admin", tracked(admin)).await?,
+        ],
+    };
     let (reload_stop_tx, reload_stop_rx) = watch::channel(false);
     let live = Live {
         app: state,
@@ -143,7 +165,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         producer,
         replies,
         reload: (reload_stop_tx, reload_task),
-        server: (stop_tx, server),
+        servers,
         router: routing,
         channels: (channels_stop_tx, channels),
         outbound: (outbound_stop_tx, outbound_task),
@@ -252,9 +274,10 @@ impl RouterTask {
             router_metrics,
             metrics.bus.clone(),
         ));
+        // Forwarded reads go to the agent API, on the admin listener when it is apart.
         router.set_advertised_url(advertised_url(
             settings.advertised_url.as_deref(),
-            settings.listen,
+            settings.admin_listen.unwrap_or(settings.listen),
         ));
         this.shared = Some(router.shared());
         this.handle = Some(router.clone());
@@ -296,20 +319,25 @@ fn agent_api(
     }))
 }
 
-/// Binds and serves `app` until the returned sender fires (then drains).
-async fn serve(
-    settings: &Settings,
-    app: axum::Router,
-) -> anyhow::Result<(
+/// A listener being served: the sender stops it (then it drains), the task ends with it.
+type Server = (
     tokio::sync::oneshot::Sender<()>,
     JoinHandle<std::io::Result<()>>,
-)> {
-    let listener = TcpListener::bind(settings.listen)
+);
+
+/// Binds `listen` and serves `app` (the `role` side) until the returned sender fires.
+async fn serve(
+    settings: &Settings,
+    listen: std::net::SocketAddr,
+    role: &'static str,
+    app: axum::Router,
+) -> anyhow::Result<Server> {
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", settings.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, kafka = %settings.kafka.bootstrap_servers,
-        "omnirouter listening: POST /v1/inbound/{{tenant}}, GET /metrics /healthz /readyz");
+    tracing::info!(listen = %local, role, kafka = %settings.kafka.bootstrap_servers,
+        "omnirouter listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Connection info: live chat caps sockets per client IP.
     let server = axum::serve(
@@ -327,10 +355,8 @@ struct Running {
     producer: Producer,
     replies: Option<omni_bus::Unfinished>,
     reload: (watch::Sender<bool>, JoinHandle<()>),
-    server: (
-        tokio::sync::oneshot::Sender<()>,
-        JoinHandle<std::io::Result<()>>,
-    ),
+    /// Every listener (one, or public and admin apart).
+    servers: Vec<Server>,
     router: RouterTask,
     /// Stops every channel's tasks; the components (named for the log) are awaited in order,
     /// and the channel handles (the Zalo token follower) live until the end.
@@ -357,7 +383,11 @@ impl Running {
         );
         // No reload while shutting down.
         let _ = self.reload.0.send(true);
-        let _ = self.server.0.send(());
+        let mut servers = Vec::new();
+        for (stop, task) in self.servers {
+            let _ = stop.send(());
+            servers.push(task);
+        }
         // Upgraded sockets are not part of the HTTP drain: close them now (1001), so widgets
         // reconnect elsewhere at once rather than when the process is gone.
         if let Some(chat) = &self.channels.1.livechat {
@@ -369,11 +399,15 @@ impl Running {
         {
             tracing::warn!("a reload did not finish within the grace period");
         }
-        match tokio::time::timeout_at(deadline, self.server.1).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server failed while draining"),
-            Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
-            Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+        for server in servers {
+            match tokio::time::timeout_at(deadline, server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server failed while draining"),
+                Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+                Err(_) => {
+                    tracing::warn!("in-flight requests did not finish within the grace period");
+                }
+            }
         }
         let _ = self.router.stop_tx.send(true);
         // The live chat feed first, then the mailbox readers, then the multipart SMS upkeep.

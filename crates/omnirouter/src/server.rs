@@ -1,5 +1,6 @@
-//! The daemon's own HTTP surface: the generic API channel, health, readiness and metrics.
-//! Each channel's webhooks come with its component.
+//! The daemon's own HTTP surface: the generic API channel (public), health, readiness and
+//! metrics (admin). Each channel's webhooks come with its component; the agent API with the
+//! router. The two sides share one listener unless `server.admin_listen` sets them apart.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -56,15 +57,24 @@ fn api_channel(settings: &Settings) -> ApiChannel {
     ApiChannel::new(settings.api_tenants.iter().cloned())
 }
 
-/// The daemon's own routes: the API channel, health, readiness and metrics.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The daemon's own public route: the API channel (each channel adds its webhooks).
+pub fn public(state: &AppState) -> Router {
     let api = webhook_route(MethodFilter::POST, state.ingress.clone(), state.api.clone());
-    Router::new()
-        .route("/healthz", get(healthz))
+    Router::new().route("/v1/inbound/{tenant}", api)
+}
+
+/// What only operators and Prometheus need (the agent API joins it): health, readiness and
+/// metrics.
+pub fn admin(state: Arc<AppState>) -> Router {
+    liveness()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .route("/v1/inbound/{tenant}", api)
+}
+
+/// `/healthz` alone, for a public listener apart from the admin one (a load balancer checks it).
+pub fn liveness<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/healthz", get(healthz))
 }
 
 /// The process is up and serving HTTP (liveness): says nothing about Kafka.

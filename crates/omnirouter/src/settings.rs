@@ -96,16 +96,22 @@ pub struct RawServer {
     /// How long SIGTERM waits for in-flight requests and the producer flush.
     pub shutdown_grace_secs: u64,
     /// Base URL other replicas use to reach this one (`http://<pod IP>:8080`): a tenant's API
-    /// reads are forwarded to the replica that owns it. Defaults to `http://<listen>` when
-    /// `listen` names one interface; with `0.0.0.0` set it, or reads of tenants owned by this
-    /// replica cannot be forwarded to it.
+    /// reads are forwarded to the replica that owns it, at its agent API (the admin listener
+    /// when there is one). Defaults to `http://<admin_listen or listen>` when that names one
+    /// interface; with `0.0.0.0` set it, or reads of tenants owned by this replica cannot be
+    /// forwarded to it.
     pub advertised_url: Option<String>,
+    /// A second address for what only operators, Prometheus and the CRM should reach:
+    /// `/metrics`, `/readyz` and the agent API (`/healthz` is on both). Unset: everything is on
+    /// `listen`.
+    pub admin_listen: Option<String>,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
             advertised_url: None,
+            admin_listen: None,
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
@@ -251,6 +257,8 @@ pub struct RawTenant {
 pub struct Settings {
     /// HTTP listen address.
     pub listen: SocketAddr,
+    /// The admin listener (metrics, readiness, the agent API), when apart from `listen`.
+    pub admin_listen: Option<SocketAddr>,
     /// Base URL other replicas forward reads to (`server.advertised_url`).
     pub advertised_url: Option<String>,
     /// Body limit for inbound endpoints.
@@ -424,7 +432,7 @@ impl RawSettings {
     /// channel checks its own sections (`omni_social`, `omni_sms`, `omni_email`,
     /// `omni_livechat`: their `config`); this checks the rest and puts them together.
     pub fn validate(self) -> Result<Settings, SettingsError> {
-        let listen = self.server.validate()?;
+        let (listen, admin_listen) = self.server.validate()?;
         if self.ingress.max_in_flight == 0 {
             return Err(invalid(
                 "ingress.max_in_flight",
@@ -473,6 +481,7 @@ impl RawSettings {
         }
         Ok(Settings {
             listen,
+            admin_listen,
             advertised_url,
             max_body_bytes: self.server.max_body_bytes,
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
@@ -517,8 +526,8 @@ fn invalid(key: &str, reason: String) -> SettingsError {
 }
 
 impl RawServer {
-    /// The listen address, once the section is checked.
-    fn validate(&self) -> Result<SocketAddr, SettingsError> {
+    /// The listen and admin addresses, once the section is checked.
+    fn validate(&self) -> Result<(SocketAddr, Option<SocketAddr>), SettingsError> {
         let listen: SocketAddr = self.listen.parse().map_err(|e| {
             invalid(
                 "server.listen",
@@ -531,7 +540,25 @@ impl RawServer {
                 format!("must be between 1 and {MAX_BODY_LIMIT}"),
             ));
         }
-        Ok(listen)
+        let admin = match self.admin_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => {
+                let admin: SocketAddr = text.parse().map_err(|e| {
+                    invalid(
+                        "server.admin_listen",
+                        format!("{text:?} is not host:port ({e})"),
+                    )
+                })?;
+                if admin.port() == listen.port() {
+                    return Err(invalid(
+                        "server.admin_listen",
+                        format!("must use another port than server.listen ({listen})"),
+                    ));
+                }
+                Some(admin)
+            }
+        };
+        Ok((listen, admin))
     }
 }
 
