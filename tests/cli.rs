@@ -231,3 +231,300 @@ fn simulate_replays_a_recorded_day() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--tenant"), "{stderr}");
 }
+
+/// `omnirouter <args>` with the shipped config against `bootstrap`, as an operator runs it.
+fn operator(bootstrap: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(omnirouter_bin());
+    cmd.arg("--config")
+        .arg(workspace().join("config/default.toml"))
+        .args(args)
+        .env("OMNI__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
+        .env("OMNI__KAFKA__PARTITIONS", "3");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs `cmd` to its end, failing the test after 60 s.
+fn finish(mut cmd: Command) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg(id.to_string()).status();
+            panic!("omnirouter did not finish in 60 s");
+        }
+    }
+}
+
+#[test]
+fn user_hash_prints_the_widgets_identity_hash() {
+    let hash = |env: &[(&str, &str)]| {
+        let out = finish(operator(
+            "127.0.0.1:1",
+            &[
+                "user-hash",
+                "--tenant",
+                "demo",
+                "--widget",
+                "web",
+                "cust-42",
+            ],
+            env,
+        ));
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // config/default.toml: identity_secret = "demo-identity-secret"; the environment overrides.
+    assert_eq!(
+        hash(&[]),
+        format!(
+            "{}\n",
+            omni_channel::signature::hmac_sha256_hex(b"demo-identity-secret", b"cust-42")
+        )
+    );
+    let rotated = "a-rotated-identity-secret";
+    assert_eq!(
+        hash(&[(
+            "OMNI__TENANTS__DEMO__LIVECHAT__WIDGETS__WEB__IDENTITY_SECRET",
+            rotated
+        )]),
+        format!(
+            "{}\n",
+            omni_channel::signature::hmac_sha256_hex(rotated.as_bytes(), b"cust-42")
+        )
+    );
+    let out = finish(operator(
+        "127.0.0.1:1",
+        &[
+            "user-hash",
+            "--tenant",
+            "demo",
+            "--widget",
+            "nope",
+            "cust-42",
+        ],
+        &[],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no live chat widget"));
+}
+
+async fn customer_message(daemon: &Daemon, contact: &str) -> String {
+    let (status, v) = omni_e2e::post_json(
+        &daemon.url("/v1/inbound/demo"),
+        "demo-token",
+        &serde_json::json!({"contact": {"id": contact}, "text": format!("chào từ {contact}"),
+                            "client_message_id": contact}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    v["conversation_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_follows_one_conversation_and_nothing_else() {
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let a = customer_message(&daemon, "cust-a").await;
+    let b = customer_message(&daemon, "cust-b").await;
+    assert_ne!(a, b);
+    let bootstrap = broker.bootstrap();
+    let cmd = operator(
+        &bootstrap,
+        &[
+            "tail",
+            "--tenant",
+            "demo",
+            "--conversation",
+            &a,
+            "--from-beginning",
+            "--json",
+            "--count",
+            "2",
+        ],
+        &[],
+    );
+    let out = tokio::task::block_in_place(|| finish(cmd));
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|e| e["subject"] == a.as_str()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|e| e["type"] == "omni.message.received"
+            && e["data"]["message"]["text"] == "chào từ cust-a"),
+        "{lines:?}"
+    );
+    // The summary form: one line per event, the conversation on it.
+    let cmd = operator(
+        &bootstrap,
+        &[
+            "tail",
+            "--conversation",
+            &b,
+            "--from-beginning",
+            "--count",
+            "1",
+            "--topics",
+            "omni.inbound.v1",
+        ],
+        &[],
+    );
+    let out = tokio::task::block_in_place(|| finish(cmd));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("omni.message.received  demo")
+            && text.contains(&b)
+            && text.contains("from cust-b: \"chào từ cust-b\""),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_publishes_dead_letters_again_and_counts_a_time_range() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let broker = Broker::memory();
+    let daemon = Daemon::start(&broker, &[]).await;
+    let bootstrap = broker.bootstrap();
+    // A command the router cannot read: dead-lettered.
+    let bad = br#"{"specversion":"1.0","type":"omni.command","tenant":"demo","data":{"command":"teleport"}}"#;
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: "traceparent",
+        value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    });
+    producer
+        .send(
+            BaseRecord::to("omni.commands.v1")
+                .key("demo")
+                .payload(&bad[..])
+                .headers(headers),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(producer.flush(std::time::Duration::from_secs(30)), Ok(()));
+    let letters = |n: usize| {
+        let b = bootstrap.clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let log = omni_e2e::read_log(
+                &b,
+                "omni.dead-letter.v1",
+                std::time::Duration::from_millis(500),
+            );
+            if log.len() >= n {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} dead letter(s), want {n}",
+                log.len()
+            );
+        }
+    };
+    tokio::task::block_in_place(|| letters(1));
+
+    let dry = operator(&bootstrap, &["replay", "--dead-letters", "--dry-run"], &[]);
+    let out = tokio::task::block_in_place(|| finish(dry));
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("selected 1, published 0 (dry run)"), "{said}");
+    let other = operator(
+        &bootstrap,
+        &[
+            "replay",
+            "--dead-letters",
+            "--from-topic",
+            "omni.outbound.v1",
+        ],
+        &[],
+    );
+    let out = tokio::task::block_in_place(|| finish(other));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("selected 0, published 0"));
+
+    let replay = operator(
+        &bootstrap,
+        &[
+            "replay",
+            "--dead-letters",
+            "--from-topic",
+            "omni.commands.v1",
+        ],
+        &[],
+    );
+    let out = tokio::task::block_in_place(|| finish(replay));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("selected 1, published 1"));
+    // Back on its topic byte for byte, its own headers kept and the dead-letter ones gone; the
+    // router, which still cannot read it, dead-letters it again.
+    let b = bootstrap.clone();
+    let commands = tokio::task::block_in_place(|| {
+        omni_e2e::read_log(&b, "omni.commands.v1", std::time::Duration::from_secs(1))
+    });
+    let copies: Vec<_> = commands
+        .iter()
+        .filter(|r| r.value.as_deref() == Some(&bad[..]))
+        .collect();
+    assert_eq!(copies.len(), 2, "{commands:?}");
+    assert_eq!(copies[1].key, b"demo");
+    assert!(copies[1].headers.contains_key("traceparent"));
+    assert!(!copies[1]
+        .headers
+        .keys()
+        .any(|k| k.starts_with("omni-dead-letter-")));
+    tokio::task::block_in_place(|| letters(2));
+
+    // A time range of a topic: only the records written since the given time.
+    // (Each step waits for the clock's next millisecond, so the times are strictly ordered.)
+    let next_ms = || {
+        let now = chrono::Utc::now().timestamp_millis();
+        while chrono::Utc::now().timestamp_millis() <= now {
+            std::hint::spin_loop();
+        }
+    };
+    customer_message(&daemon, "before").await;
+    next_ms();
+    let since = chrono::Utc::now().to_rfc3339();
+    next_ms();
+    customer_message(&daemon, "after-1").await;
+    customer_message(&daemon, "after-2").await;
+    let range = operator(
+        &bootstrap,
+        &[
+            "replay",
+            "--topic",
+            "omni.inbound.v1",
+            "--since",
+            &since,
+            "--dry-run",
+        ],
+        &[],
+    );
+    let out = tokio::task::block_in_place(|| finish(range));
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("from omni.inbound.v1, selected 2,"), "{said}");
+}

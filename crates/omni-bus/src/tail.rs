@@ -15,7 +15,7 @@
 //! either, but a broker that looks times up and skips mid-batch would lose records without it.
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
@@ -69,6 +69,28 @@ impl TailMessage<'_> {
     /// Its value; `None` for a tombstone.
     pub fn payload(&self) -> Option<&[u8]> {
         self.inner.payload()
+    }
+
+    /// Its headers, in order (a header without a value as an empty one).
+    pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Its timestamp (milliseconds since the epoch), if it has one.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.inner.timestamp().to_millis()
     }
 }
 
@@ -157,6 +179,55 @@ impl TopicTail {
                 }
             },
             Err(e) => Some(Err(BusError::Consume(e))),
+        }
+    }
+}
+
+/// Reads `topics` from where they start up to their end as of now, handing every record to
+/// `record`, for one-shot tools (`omnirouter replay`). The end is each partition's high
+/// watermark at the start and then no record for `quiet`: tansu 0.6 can report a watermark
+/// short of the last batch (see the crate docs), so the watermark alone would stop early.
+/// Returns how many records were read.
+pub fn read_to_end(
+    bus: &BusConfig,
+    group: &str,
+    topics: &[(&str, StartAt)],
+    quiet: Duration,
+    mut record: impl FnMut(&TailMessage<'_>),
+) -> Result<u64, BusError> {
+    let tail = TopicTail::open(bus, group, topics)?;
+    let assignment = tail.consumer.assignment().map_err(BusError::Consume)?;
+    let mut ends = std::collections::BTreeMap::new();
+    for elem in assignment.elements() {
+        let (_, high) = tail
+            .consumer
+            .fetch_watermarks(elem.topic(), elem.partition(), Duration::from_secs(10))
+            .map_err(BusError::Consume)?;
+        if high > 0 {
+            ends.insert((elem.topic().to_owned(), elem.partition()), high);
+        }
+    }
+    let mut read = 0;
+    let mut last = std::time::Instant::now();
+    loop {
+        match tail.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = std::time::Instant::now();
+                read += 1;
+                let key = (m.topic().to_owned(), m.partition());
+                if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&key);
+                }
+                record(&m);
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+        // A partition that starts at its end (nothing since the start time) never reaches
+        // its watermark: five quiet periods in a row end the read too.
+        let idle = last.elapsed();
+        if idle >= quiet && (ends.is_empty() || idle >= quiet * 5) {
+            return Ok(read);
         }
     }
 }

@@ -100,6 +100,12 @@ pub fn identity_matches(identity_secret: &[u8], user_id: &str, user_hash: &str) 
     verify_hmac_sha256_hex(identity_secret, user_id.as_bytes(), user_hash)
 }
 
+/// The identity hash of `user_id` under `identity_secret`, as a site computes it (what
+/// `omnirouter user-hash` prints, for checking an integration).
+pub fn identity_hash(identity_secret: &[u8], user_id: &str) -> String {
+    omni_channel::signature::hmac_sha256_hex(identity_secret, user_id.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

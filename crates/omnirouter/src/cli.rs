@@ -59,6 +59,19 @@ pub enum Command {
     /// average speed of answer, abandonment and occupancy per queue and interval; with
     /// --search, the smallest roster that meets the profile's target. Needs no broker.
     Simulate(crate::simulate::SimulateArgs),
+    /// Follow the event topics (inbound, outbound, delivery, commands, routing) and print a
+    /// tenant's or a conversation's events as they are written, one line each (or JSON with
+    /// --json), from now, --since a time or --from-beginning.
+    Tail(crate::tools::TailArgs),
+    /// Publish records again: the dead letters (--dead-letters), each to the topic it came
+    /// from with its original key, value and headers, or a time range of a topic (--topic,
+    /// --since, --until, --to). Prints how many it read and published; --dry-run publishes
+    /// nothing.
+    Replay(crate::tools::ReplayArgs),
+    /// Print the live chat identity hash of a logged-in customer for a configured widget:
+    /// hex(HMAC-SHA256(identity_secret, user_id)), what the site's server passes as
+    /// user_hash.
+    UserHash(crate::tools::UserHashArgs),
 }
 
 /// Entry point used by `main`.
@@ -93,6 +106,9 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Simulate(_) => unreachable!("run before the config is read"),
+        Command::Tail(args) => crate::tools::tail(settings, &args),
+        Command::Replay(args) => crate::tools::replay(settings, &args, &runtime),
+        Command::UserHash(args) => crate::tools::user_hash(settings, &args),
         Command::CheckConfig { connect } => {
             eprintln!(
                 "config ok: listen {}, kafka {}, {} tenant(s) ({} on the API channel, {} on Messenger, {} on Instagram, {} on WhatsApp, {} on Zalo, {} on SMS), topics {}",
@@ -138,7 +154,7 @@ pub fn main() -> ExitCode {
 /// `check-config --connect` when Kafka does not answer or a topic is missing: sysexits'
 /// `EX_UNAVAILABLE`, so a deploy script tells "the broker is not there yet" (retry) from a bad
 /// config (2, fix it).
-const EXIT_KAFKA_UNAVAILABLE: u8 = 69;
+pub(crate) const EXIT_KAFKA_UNAVAILABLE: u8 = 69;
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
     eprintln!("error: {}", error_chain(e));
