@@ -33,6 +33,7 @@
 //!   metadata probe for partition counts and end offsets.
 //! - [`tail`]: a group-less reader of topics from their beginning or from a time, polled by
 //!   the caller (the live chat feed and presence).
+//! - [`trace`]: the W3C `traceparent` carried on records, and spans around the work.
 //! - [`metrics`]: metric families and the librdkafka client context that feeds them.
 //! - [`error`]: the crate's error type.
 
@@ -53,6 +54,7 @@ pub mod reader;
 pub mod resume;
 pub mod table;
 pub mod tail;
+pub mod trace;
 
 pub use admin::ensure_topics;
 pub use config::BusConfig;

@@ -226,10 +226,11 @@ impl Producer {
 
     /// The headers of a record for `topic`: `given`, and on the event topics, whose values are
     /// structured-mode CloudEvents, `content-type: application/cloudevents+json` unless given
-    /// (the CloudEvents Kafka binding: it is how SDKs tell structured from binary mode).
+    /// (the CloudEvents Kafka binding: it is how SDKs tell structured from binary mode) and the
+    /// `traceparent` of the running [`crate::trace::in_trace`] unless given.
     fn headers_for(&self, topic: &str, given: &[(&str, &[u8])]) -> Option<OwnedHeaders> {
         let t = &self.config.topics;
-        let structured = [
+        let event_topic = [
             &t.inbound,
             &t.outbound,
             &t.delivery,
@@ -237,14 +238,22 @@ impl Producer {
             &t.routing,
         ]
         .iter()
-        .any(|event_topic| event_topic.as_str() == topic)
-            && !given
+        .any(|event_topic| event_topic.as_str() == topic);
+        let has = |header: &str| {
+            given
                 .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case(CONTENT_TYPE));
-        if given.is_empty() && !structured {
+                .any(|(name, _)| name.eq_ignore_ascii_case(header))
+        };
+        let structured = event_topic && !has(CONTENT_TYPE);
+        let traceparent = if event_topic && !has(crate::trace::TRACEPARENT) {
+            crate::trace::current()
+        } else {
+            None
+        };
+        if given.is_empty() && !structured && traceparent.is_none() {
             return None;
         }
-        let mut headers = OwnedHeaders::new_with_capacity(given.len() + 1);
+        let mut headers = OwnedHeaders::new_with_capacity(given.len() + 2);
         for (name, value) in given {
             headers = headers.insert(Header {
                 key: name,
@@ -255,6 +264,12 @@ impl Producer {
             headers = headers.insert(Header {
                 key: CONTENT_TYPE,
                 value: Some(STRUCTURED_CLOUDEVENT),
+            });
+        }
+        if let Some(traceparent) = &traceparent {
+            headers = headers.insert(Header {
+                key: crate::trace::TRACEPARENT,
+                value: Some(traceparent.as_str()),
             });
         }
         Some(headers)

@@ -33,6 +33,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
     let hangup = listen_for_hangup();
     let settings = &loaded.settings;
     raise_open_file_limit();
+    let traces = crate::telemetry::install(&settings.telemetry);
     let metrics = Metrics::register()?;
     let producer =
         Producer::new(&settings.kafka, metrics.bus.clone()).context("creating kafka producer")?;
@@ -169,6 +170,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<Left
         router: routing,
         channels: (channels_stop_tx, channels),
         outbound: (outbound_stop_tx, outbound_task),
+        traces,
     };
     Ok(running.shut_down(grace).await)
 }
@@ -358,6 +360,8 @@ struct Running {
     /// Every listener (one, or public and admin apart).
     servers: Vec<Server>,
     router: RouterTask,
+    /// The trace provider: what it still batches is sent at the end.
+    traces: opentelemetry_sdk::trace::SdkTracerProvider,
     /// Stops every channel's tasks; the components (named for the log) are awaited in order,
     /// and the channel handles (the Zalo token follower) live until the end.
     channels: (watch::Sender<bool>, Channels),
@@ -430,6 +434,7 @@ impl Running {
             .producer
             .flush_or_purge(left().max(Duration::from_millis(100)))
             .await;
+        crate::telemetry::shutdown(self.traces, left().min(Duration::from_secs(2))).await;
         drop(channels);
         Leftovers {
             records_unflushed,

@@ -11,6 +11,7 @@
 //! - [`observe`]: HTTP request, process and runtime metrics.
 //! - [`outbound`]: every channel's reply sender behind the outbound dispatcher.
 //! - [`signals`]: agents' typing indicators and read marks straight to Messenger/Instagram.
+//! - [`telemetry`]: traces exported over OTLP/HTTP.
 //! - [`tools`]: `omnirouter tail`, `replay` and `user-hash`, for operators.
 //! - [`simulate`]: `omnirouter simulate`, the what-if staffing simulator ([`omni_sim`]).
 //! - [`shutdown`]: the bounded end of a shutdown: leftovers, exit codes, the watchdog.
@@ -28,4 +29,5 @@ pub mod settings;
 pub mod shutdown;
 pub mod signals;
 pub mod simulate;
+pub mod telemetry;
 pub mod tools;

@@ -60,15 +60,39 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Middleware (installed with `route_layer`, where the matched route is known): counts and
 /// times each request under its route template, never its path, so a tenant or a contact id
-/// is never a label value.
+/// is never a label value; and traces it: a server span in the caller's trace (its
+/// `traceparent` header) or a new one, whose context every record the request publishes
+/// carries.
 pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    use omni_bus::trace;
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(request.method());
+    let parent = request
+        .headers()
+        .get(trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let span = trace::start(
+        format!("{method} {route}"),
+        trace::Kind::Server,
+        parent.as_deref(),
+        vec![
+            trace::KeyValue::new("http.request.method", method),
+            trace::KeyValue::new("http.route", route.clone()),
+        ],
+    );
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = trace::in_trace(trace::traceparent_of(&span), next.run(request)).await;
+    {
+        use opentelemetry::trace::TraceContextExt as _;
+        span.span().set_attribute(trace::KeyValue::new(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        ));
+    }
     metrics
         .duration
         .with_label_values(&[route.as_str(), method])

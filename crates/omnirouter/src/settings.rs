@@ -63,6 +63,8 @@ pub struct RawSettings {
     pub kafka: BusConfig,
     /// `[log]`.
     pub log: RawLog,
+    /// `[telemetry]`.
+    pub telemetry: RawTelemetry,
     /// `[router]`.
     pub router: RawRouter,
     /// `[outbound]`.
@@ -222,6 +224,65 @@ impl Default for RawLog {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry traces.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/HTTP base URL of a collector (`http://otel-collector:4318`); spans are posted as
+    /// JSON to `<it>/v1/traces`. Unset: nothing is exported (records still carry
+    /// `traceparent`).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` on every span.
+    pub service_name: String,
+    /// How often batched spans are sent, in milliseconds.
+    pub export_interval_ms: u64,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "omnirouter".into(),
+            export_interval_ms: 5000,
+        }
+    }
+}
+
+impl RawTelemetry {
+    fn validate(&self) -> Result<crate::telemetry::TelemetrySettings, SettingsError> {
+        let endpoint = self
+            .otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        if let Some(e) = endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    "must be an http:// or https:// URL (OTLP over HTTP)".into(),
+                ));
+            }
+        }
+        if self.export_interval_ms == 0 {
+            return Err(invalid(
+                "telemetry.export_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(invalid(
+                "telemetry.service_name",
+                "must not be empty".into(),
+            ));
+        }
+        Ok(crate::telemetry::TelemetrySettings {
+            otlp_endpoint: endpoint.map(str::to_owned),
+            service_name: self.service_name.clone(),
+            export_interval: std::time::Duration::from_millis(self.export_interval_ms),
+        })
+    }
+}
+
 /// `[tenants.<id>]`: one routing domain and its credentials.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -275,6 +336,8 @@ pub struct Settings {
     pub kafka: BusConfig,
     /// Log filter.
     pub log_level: String,
+    /// Traces: where they are exported, if anywhere.
+    pub telemetry: crate::telemetry::TelemetrySettings,
     /// Tenants with API channel credentials.
     pub api_tenants: Vec<(TenantId, ApiCredentials)>,
     /// Agent API tokens per tenant.
@@ -490,6 +553,7 @@ impl RawSettings {
             max_in_flight: self.ingress.max_in_flight,
             kafka: self.kafka,
             log_level: self.log.level,
+            telemetry: self.telemetry.validate()?,
             api_tenants: tenants.api,
             agent_tokens: tenants.agent_tokens,
             response_buckets: self.router.response_buckets_secs.clone(),

@@ -74,8 +74,24 @@ impl Checkpoint for ProgressCheckpoint {
 }
 
 impl Dispatcher {
-    /// Handles one outbound record: send, retry while it may pass, publish the result.
+    /// Handles one outbound record: send, retry while it may pass, publish the result. A span
+    /// in the reply's trace (its `traceparent` header: the CRM's, or the agent API request's)
+    /// covers it, and the delivery event carries it on.
     pub async fn handle(&self, record: &Record) -> HandlerOutcome {
+        use omni_bus::trace;
+        let span = trace::start(
+            "deliver a reply",
+            trace::Kind::Consumer,
+            trace::header_of(&record.headers),
+            vec![trace::KeyValue::new(
+                "messaging.destination.name",
+                record.topic.clone(),
+            )],
+        );
+        trace::in_trace(trace::traceparent_of(&span), self.handle_traced(record)).await
+    }
+
+    async fn handle_traced(&self, record: &Record) -> HandlerOutcome {
         let (request, time) = match self.take(record).await {
             Ok(Some(taken)) => taken,
             Ok(None) => return HandlerOutcome::Done,

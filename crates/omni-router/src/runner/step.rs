@@ -115,6 +115,24 @@ impl Router {
             // Held before this point unless the config changed in between: not applied.
             return Ok(Outcome::Ignored);
         };
+        // A span for the decision, in the input's trace; the events it causes carry it. Ticks
+        // (many a second) are not traced.
+        let span = (!matches!(input, Input::Tick)).then(|| {
+            let what = match &input {
+                Input::Inbound(_) => "route a customer message",
+                _ => "route a command",
+            };
+            omni_bus::trace::start(
+                what,
+                omni_bus::trace::Kind::Consumer,
+                omni_bus::trace::header_of(&rec.headers),
+                vec![
+                    omni_bus::trace::KeyValue::new("omni.tenant", tenant.to_string()),
+                    omni_bus::trace::KeyValue::new("messaging.destination.name", rec.topic.clone()),
+                ],
+            )
+        });
+
         let now = Timestamp(
             rec.timestamp
                 .and_then(|t| u64::try_from(t).ok())
@@ -141,6 +159,7 @@ impl Router {
         writes.changes(&tenant, rec.partition, epoch, changes);
         let partition = rec.partition.to_string();
         let offset = rec.offset.to_string();
+        writes.trace = span.as_ref().and_then(omni_bus::trace::traceparent_of);
         let step_events = writes.outputs(&tenant, now, &outputs, |i| {
             [
                 rec.topic.clone(),
@@ -149,6 +168,7 @@ impl Router {
                 i.to_string(),
             ]
         });
+        writes.trace = None;
         let p = writes.progress.entry(progress_key).or_default();
         p.offset = rec.offset;
         p.time = now.0;

@@ -11,6 +11,10 @@ pub(super) struct Writes {
     pub(super) epochs: BTreeMap<i32, u64>,
     pub(super) progress: BTreeMap<(String, i32), Progress>,
     pub(super) events: Vec<(TenantId, serde_json::Value)>,
+    /// The `traceparent` each of `events` carries: the trace of the input that caused it.
+    pub(super) event_traces: Vec<Option<String>>,
+    /// The trace of the input being applied, for the events it causes.
+    pub(super) trace: Option<String>,
     pub(super) replayed: Vec<(Vec<u8>, serde_json::Value)>,
     pub(super) forwards: Vec<(Rec, i32)>,
     /// Inputs the router cannot use, with why, for the dead-letter topic.
@@ -52,6 +56,7 @@ impl Writes {
                     let env = routing_envelope(tenant, id, now, ev);
                     step_events.push(env.clone());
                     self.events.push((tenant.clone(), env));
+                    self.event_traces.push(self.trace.clone());
                 }
                 Output::Observe(o) => self.observations.push((tenant.clone(), o.clone())),
             }
@@ -195,6 +200,13 @@ impl Router {
             .map(|hs| hs.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect())
             .collect();
         let dead_letter_topic = self.bus.topics.dead_letter.as_str();
+        // The routing events carry their input's trace (replayed ones, written again, none).
+        let event_headers: Vec<Vec<(&str, &[u8])>> = (0..event_values.len())
+            .map(|i| match writes.event_traces.get(i) {
+                Some(Some(tp)) => vec![(omni_bus::trace::TRACEPARENT, tp.as_bytes())],
+                _ => Vec::new(),
+            })
+            .collect();
         let records: Vec<OutRecord<'_>> =
             writes
                 .state
@@ -214,13 +226,18 @@ impl Router {
                     payload: Some(value),
                     headers: headers_of(p),
                 }))
-                .chain(event_values.iter().map(|(key, value)| OutRecord {
-                    topic: routing_topic,
-                    partition: None,
-                    key,
-                    payload: Some(value),
-                    headers: &[],
-                }))
+                .chain(
+                    event_values
+                        .iter()
+                        .zip(&event_headers)
+                        .map(|((key, value), headers)| OutRecord {
+                            topic: routing_topic,
+                            partition: None,
+                            key,
+                            payload: Some(value),
+                            headers,
+                        }),
+                )
                 .chain(outbound_values.iter().map(|(key, value)| OutRecord {
                     topic: outbound_topic,
                     partition: None,
