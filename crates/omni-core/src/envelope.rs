@@ -89,9 +89,39 @@ pub enum EventType {
 }
 
 impl EventType {
-    /// Every event type a channel writes (those with a data schema in `schemas/`, listed in
-    /// `cloudevent.schema.json`), for docs and contract tests.
-    pub const ALL: [EventType; 5] = [
+    /// Every event type, channel types first: each has a data schema in `schemas/`, a
+    /// `dataschema` URI and a message in `asyncapi.json`, so docs and contract tests walk them all.
+    pub const ALL: [EventType; 25] = [
+        EventType::MessageReceived,
+        EventType::MessageEchoed,
+        EventType::ChannelSignal,
+        EventType::MessageSend,
+        EventType::DeliveryUpdated,
+        EventType::Command,
+        EventType::RouterTick,
+        EventType::RoutingQueued,
+        EventType::RoutingAfterHours,
+        EventType::RoutingOffered,
+        EventType::RoutingOfferDeclined,
+        EventType::RoutingAssigned,
+        EventType::RoutingRequeued,
+        EventType::RoutingEscalated,
+        EventType::RoutingSlaBreached,
+        EventType::RoutingResolved,
+        EventType::RoutingExpired,
+        EventType::RoutingReopened,
+        EventType::RoutingRejected,
+        EventType::RoutingAbandoned,
+        EventType::RoutingSlaAtRisk,
+        EventType::RoutingAgentAway,
+        EventType::RoutingAgentDay,
+        EventType::RoutingCsatSurvey,
+        EventType::RoutingCsatAnswered,
+    ];
+
+    /// The event types a channel writes (their `data` is defined here in omni-core, and their
+    /// envelope always has a conversation as `subject`).
+    pub const CHANNEL: [EventType; 5] = [
         EventType::MessageReceived,
         EventType::MessageEchoed,
         EventType::ChannelSignal,
@@ -100,7 +130,7 @@ impl EventType {
     ];
 
     /// Every event type the router writes: commands, ticks and routing events (their `data` is
-    /// defined by `omni-routing`, not by a schema here).
+    /// defined by `omni-routing`; their subject may be absent).
     pub const ROUTER: [EventType; 20] = [
         EventType::Command,
         EventType::RouterTick,
@@ -155,20 +185,62 @@ impl EventType {
         }
     }
 
-    /// The JSON Schema file (in `schemas/`) that describes this type's `data`; `None` for the
-    /// router's types, whose `data` is `omni-routing`'s.
+    /// The JSON Schema file (in `schemas/`) that describes this type's `data`. `Some` for every
+    /// type (an `Option` so callers written when only channel types had one keep compiling).
     pub fn schema_file(self) -> Option<&'static str> {
+        Some(self.schema().0)
+    }
+
+    /// The `$id` of this type's data schema, set as the CloudEvents `dataschema` of every
+    /// event omnirouter builds: [`SCHEMA_BASE_URI`] followed by [`EventType::schema_file`].
+    pub fn dataschema(self) -> &'static str {
+        self.schema().1
+    }
+
+    /// (file name, `$id`) of this type's data schema.
+    fn schema(self) -> (&'static str, &'static str) {
+        // `concat!` takes literals only: the base is spelled here and pinned to
+        // `SCHEMA_BASE_URI` by a test.
+        macro_rules! schema {
+            ($file:literal) => {
+                ($file, concat!("https://omnirouter.dev/schemas/v1/", $file))
+            };
+        }
         match self {
             EventType::MessageReceived | EventType::MessageEchoed => {
-                Some("message-received.schema.json")
+                schema!("message-received.schema.json")
             }
-            EventType::ChannelSignal => Some("channel-signal.schema.json"),
-            EventType::MessageSend => Some("outbound-message.schema.json"),
-            EventType::DeliveryUpdated => Some("delivery-update.schema.json"),
-            _ => None,
+            EventType::ChannelSignal => schema!("channel-signal.schema.json"),
+            EventType::MessageSend => schema!("outbound-message.schema.json"),
+            EventType::DeliveryUpdated => schema!("delivery-update.schema.json"),
+            EventType::Command => schema!("command.schema.json"),
+            EventType::RouterTick => schema!("router-tick.schema.json"),
+            EventType::RoutingQueued => schema!("routing-queued.schema.json"),
+            EventType::RoutingAfterHours => schema!("routing-after-hours.schema.json"),
+            EventType::RoutingOffered => schema!("routing-offered.schema.json"),
+            EventType::RoutingOfferDeclined => schema!("routing-offer-declined.schema.json"),
+            EventType::RoutingAssigned => schema!("routing-assigned.schema.json"),
+            EventType::RoutingRequeued => schema!("routing-requeued.schema.json"),
+            EventType::RoutingEscalated => schema!("routing-escalated.schema.json"),
+            EventType::RoutingSlaBreached => schema!("routing-sla-breached.schema.json"),
+            EventType::RoutingResolved => schema!("routing-resolved.schema.json"),
+            EventType::RoutingExpired => schema!("routing-expired.schema.json"),
+            EventType::RoutingReopened => schema!("routing-reopened.schema.json"),
+            EventType::RoutingRejected => schema!("routing-rejected.schema.json"),
+            EventType::RoutingAbandoned => schema!("routing-abandoned.schema.json"),
+            EventType::RoutingSlaAtRisk => schema!("routing-sla-at-risk.schema.json"),
+            EventType::RoutingAgentAway => schema!("routing-agent-away.schema.json"),
+            EventType::RoutingAgentDay => schema!("routing-agent-day.schema.json"),
+            EventType::RoutingCsatSurvey => schema!("routing-csat-survey.schema.json"),
+            EventType::RoutingCsatAnswered => schema!("routing-csat-answered.schema.json"),
         }
     }
 }
+
+/// Where the contract's JSON Schemas are published: every schema file's `$id` is this base
+/// followed by its file name. The `v1` goes with the topics' `.v1`: a breaking change makes
+/// `v2` schemas beside `.v2` topics.
+pub const SCHEMA_BASE_URI: &str = "https://omnirouter.dev/schemas/v1/";
 
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -226,6 +298,11 @@ pub struct CloudEvent<T, S: Subject = ConversationId> {
     pub subject: S,
     /// Always `application/json`.
     pub datacontenttype: String,
+    /// The `$id` of the JSON Schema `data` follows ([`EventType::dataschema`]): set on every
+    /// event omnirouter builds, so a consumer can pick the schema without a table of types.
+    /// Optional on the way in: a CRM's events may leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
     /// Extension attribute: the routing domain.
     pub tenant: TenantId,
     /// The payload, described by the type's JSON Schema.
@@ -252,7 +329,8 @@ impl Subject for Option<ConversationId> {
 
 impl<T, S: Subject> CloudEvent<T, S> {
     /// Wraps `data` in an envelope with the given `source` (the router's events:
-    /// `/omnirouter/{tenant}/router`, `/omnirouter/{tenant}/api`).
+    /// `/omnirouter/{tenant}/router`, `/omnirouter/{tenant}/api`); `dataschema` is the type's
+    /// schema `$id`.
     pub fn with_source(
         id: EventId,
         event_type: EventType,
@@ -270,6 +348,7 @@ impl<T, S: Subject> CloudEvent<T, S> {
             time,
             subject,
             datacontenttype: "application/json".into(),
+            dataschema: Some(event_type.dataschema().to_owned()),
             tenant,
             data,
         }
@@ -359,41 +438,76 @@ mod tests {
         )
     }
 
-    fn json_with_subject(type_name: &str) -> String {
+    fn json_with_subject(type_name: &str, file: &str) -> String {
         format!(
-            r#"{{"specversion":"1.0","id":"{ID}","source":"/omnirouter/acme/router","type":"{type_name}","time":"2024-05-01T10:00:00.123Z","subject":"{CONVERSATION}","datacontenttype":"application/json","tenant":"acme","data":{{"a":[true],"b":1}}}}"#
+            r#"{{"specversion":"1.0","id":"{ID}","source":"/omnirouter/acme/router","type":"{type_name}","time":"2024-05-01T10:00:00.123Z","subject":"{CONVERSATION}","datacontenttype":"application/json","dataschema":"https://omnirouter.dev/schemas/v1/{file}","tenant":"acme","data":{{"a":[true],"b":1}}}}"#
         )
     }
 
-    fn json_without_subject(type_name: &str) -> String {
+    fn json_without_subject(type_name: &str, file: &str) -> String {
         format!(
-            r#"{{"specversion":"1.0","id":"{ID}","source":"/omnirouter/acme/router","type":"{type_name}","time":"2024-05-01T10:00:00.123Z","datacontenttype":"application/json","tenant":"acme","data":{{"a":[true],"b":1}}}}"#
+            r#"{{"specversion":"1.0","id":"{ID}","source":"/omnirouter/acme/router","type":"{type_name}","time":"2024-05-01T10:00:00.123Z","datacontenttype":"application/json","dataschema":"https://omnirouter.dev/schemas/v1/{file}","tenant":"acme","data":{{"a":[true],"b":1}}}}"#
         )
+    }
+
+    /// The data schema file of `t`, which the test below pins.
+    fn file(t: EventType) -> &'static str {
+        t.schema_file().unwrap()
     }
 
     #[test]
     fn every_type_is_listed_once_with_its_wire_name() {
-        let listed: Vec<EventType> = EventType::ALL
+        let listed: Vec<EventType> = EventType::CHANNEL
             .iter()
             .chain(EventType::ROUTER.iter())
             .copied()
             .collect();
         assert_eq!(listed, WIRE_NAMES.map(|(t, _)| t).to_vec());
+        assert_eq!(EventType::ALL.to_vec(), listed);
         let names: BTreeSet<&str> = WIRE_NAMES.iter().map(|(_, n)| *n).collect();
         assert_eq!(names.len(), WIRE_NAMES.len());
         for (t, name) in WIRE_NAMES {
             assert_eq!(t.as_str(), name);
             assert_eq!(t.to_string(), name);
             assert_eq!(serde_json::to_value(t).unwrap(), name);
-            assert_eq!(t.schema_file().is_some(), EventType::ALL.contains(&t));
         }
+    }
+
+    #[test]
+    fn every_type_has_a_data_schema_and_its_dataschema_uri() {
+        let mut files = BTreeSet::new();
+        for t in EventType::ALL {
+            let file = t.schema_file().expect("every type has a data schema");
+            assert!(file.ends_with(".schema.json"), "{t}: {file}");
+            assert_eq!(t.dataschema(), format!("{SCHEMA_BASE_URI}{file}"), "{t}");
+            files.insert(file);
+        }
+        // Received and echoed messages share one; every other type has its own.
+        assert_eq!(files.len(), EventType::ALL.len() - 1);
+        assert_eq!(
+            EventType::MessageEchoed.schema_file(),
+            EventType::MessageReceived.schema_file()
+        );
+        // Every event built here names its schema; one read without it stays without it.
+        let built = event(EventType::RoutingAssigned, None::<ConversationId>);
+        assert_eq!(
+            built.dataschema.as_deref(),
+            Some("https://omnirouter.dev/schemas/v1/routing-assigned.schema.json")
+        );
+        let crm = json_without_subject("omni.command", "x")
+            .replace(r#""dataschema":"https://omnirouter.dev/schemas/v1/x","#, "");
+        assert!(!crm.contains("dataschema"));
+        let back: CloudEvent<serde_json::Value, Option<ConversationId>> =
+            serde_json::from_str(&crm).unwrap();
+        assert_eq!(back.dataschema, None);
+        assert_eq!(serde_json::to_string(&back).unwrap(), crm);
     }
 
     #[test]
     fn the_json_of_every_type_with_a_subject_is_pinned() {
         let conversation: ConversationId = CONVERSATION.parse().unwrap();
         for (t, name) in WIRE_NAMES {
-            let expected = json_with_subject(name);
+            let expected = json_with_subject(name, file(t));
             let always = serde_json::to_string(&event(t, conversation)).unwrap();
             assert_eq!(always, expected, "{name}");
             let maybe = serde_json::to_string(&event(t, Some(conversation))).unwrap();
@@ -407,7 +521,7 @@ mod tests {
     #[test]
     fn an_absent_subject_stays_absent() {
         for (t, name) in WIRE_NAMES {
-            let expected = json_without_subject(name);
+            let expected = json_without_subject(name, file(t));
             let json = serde_json::to_string(&event(t, None::<ConversationId>)).unwrap();
             assert_eq!(json, expected, "{name}");
             let back: CloudEvent<serde_json::Value, Option<ConversationId>> =

@@ -25,7 +25,7 @@ pub mod outbound;
 pub mod secret;
 pub mod topics;
 
-pub use envelope::{CloudEvent, EventType};
+pub use envelope::{CloudEvent, EventType, SCHEMA_BASE_URI};
 pub use ids::{ConversationId, EventId, IdError, TenantId};
 pub use json::{to_json, EncodeError};
 pub use message::{

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::runner::SharedState;
-use crate::wire::{time_of, Envelope};
+use crate::wire::time_of;
 
 /// What the API handlers share.
 pub struct ApiState {
@@ -859,23 +859,10 @@ async fn command(
             Err(e) => return e.into_response(),
         };
     let id = EventId::new_random();
-    let subject = match &cmd {
-        Command::Accept { conversation, .. }
-        | Command::Decline { conversation, .. }
-        | Command::AgentReplied { conversation, .. }
-        | Command::Resolve { conversation }
-        | Command::Transfer { conversation, .. }
-        | Command::Reopen { conversation }
-        | Command::CustomerLeft { conversation }
-        | Command::Csat { conversation, .. } => Some(*conversation),
-        _ => None,
-    };
-    let env = Envelope::with_source(
+    let env = crate::wire::command_envelope(
         id,
-        EventType::Command,
         tenant.clone(),
         format!("/omnirouter/{tenant}/api"),
-        subject,
         time_of(now_ms()),
         cmd,
     );

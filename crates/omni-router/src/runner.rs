@@ -10,7 +10,7 @@
 use omni_bus::batch::{BatchConsumer, BatchRecord as Rec, ClientError, Commit, Offsets};
 use omni_bus::{partition_for, BusConfig, BusError, BusMetrics, OutRecord, Producer};
 use omni_core::{ConversationId, EventId, EventType, TenantId};
-use omni_routing::{Engine, Input, Output, RoutingConfig, RoutingEvent, StateEntry, Timestamp};
+use omni_routing::{Engine, Input, Output, RoutingConfig, StateEntry, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::RouterMetrics;
 use crate::ownership::{self, OwnerRecord, Owners, EPOCH_HEADER, MEMBER_HEADER};
-use crate::wire::{decode_input, routing_conversation, routing_type, time_of, Envelope};
+use crate::wire::{decode_input, time_of, Envelope};
 
 mod rebalance;
 mod reconfigure;

@@ -9,7 +9,7 @@
 //! as `data`.
 
 use chrono::{DateTime, TimeZone, Utc};
-use omni_core::{ConversationId, EventType, MessageReceived, OutboundMessage, TenantId};
+use omni_core::{ConversationId, EventId, EventType, MessageReceived, OutboundMessage, TenantId};
 use omni_routing::{Command, Inbound, Input, RoutingEvent};
 use serde::Deserialize;
 
@@ -39,6 +39,47 @@ pub fn routing_type(event: &RoutingEvent) -> EventType {
         RoutingEvent::CsatSurvey { .. } => EventType::RoutingCsatSurvey,
         RoutingEvent::CsatAnswered { .. } => EventType::RoutingCsatAnswered,
     }
+}
+
+/// A routing event in its envelope, as the router writes it on `omni.routing.v1`: type
+/// [`routing_type`], source `/omnirouter/{tenant}/router`, subject [`routing_conversation`]
+/// (absent for events about no conversation), `dataschema` the type's schema.
+pub fn routing_envelope<'e>(
+    tenant: &TenantId,
+    id: EventId,
+    time: DateTime<Utc>,
+    event: &'e RoutingEvent,
+) -> Envelope<&'e RoutingEvent> {
+    Envelope::with_source(
+        id,
+        routing_type(event),
+        tenant.clone(),
+        format!("/omnirouter/{tenant}/router"),
+        routing_conversation(event),
+        time,
+        event,
+    )
+}
+
+/// A command in its envelope, as omnirouter writes it on `omni.commands.v1` (the agent API):
+/// type `omni.command`, subject the conversation the command names ([`Command::conversation`]).
+pub fn command_envelope(
+    id: EventId,
+    tenant: TenantId,
+    source: String,
+    time: DateTime<Utc>,
+    command: Command,
+) -> Envelope<Command> {
+    let subject = command.conversation();
+    Envelope::with_source(
+        id,
+        EventType::Command,
+        tenant,
+        source,
+        subject,
+        time,
+        command,
+    )
 }
 
 /// The conversation a routing event is about.
@@ -202,7 +243,6 @@ pub fn time_of(ms: u64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omni_core::EventId;
 
     #[test]
     fn commands_and_ticks_decode_and_tenant_must_match_key() {

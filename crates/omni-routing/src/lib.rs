@@ -29,7 +29,7 @@ pub use config::{
 };
 pub use engine::state::{StateChange, StateEntry};
 pub use engine::{AgentDay, AgentKpis, AgentView, ConversationView, Engine, QueueView, StateSize};
-pub use input::{AgentProfile, Command, Inbound, Input, TransferTarget};
+pub use input::{AgentProfile, Command, Inbound, Input, TransferTarget, TransferTargetError};
 pub use model::{AgentId, Presence, QueueId, Skill, Timestamp};
 pub use output::{Explanation, Observation, ObservationKind, Output, RoutingEvent, SlaKind};
 

@@ -53,7 +53,8 @@ impl Writes {
                     let parts = id_parts(i);
                     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
                     let id = EventId::derived(tenant, &refs);
-                    let env = routing_envelope(tenant, id, now, ev);
+                    let env = crate::wire::routing_envelope(tenant, id, time_of(now.0), ev);
+                    let env = serde_json::to_value(&env).unwrap_or_default();
                     step_events.push(env.clone());
                     self.events.push((tenant.clone(), env));
                     self.event_traces.push(self.trace.clone());
@@ -300,22 +301,4 @@ impl Router {
             self.metrics.observe(tenant.as_str(), o);
         }
     }
-}
-
-fn routing_envelope(
-    tenant: &TenantId,
-    id: EventId,
-    now: Timestamp,
-    ev: &RoutingEvent,
-) -> serde_json::Value {
-    let env = Envelope::with_source(
-        id,
-        routing_type(ev),
-        tenant.clone(),
-        format!("/omnirouter/{tenant}/router"),
-        routing_conversation(ev),
-        time_of(now.0),
-        ev,
-    );
-    serde_json::to_value(&env).unwrap_or_default()
 }
