@@ -15,7 +15,9 @@ import uuid
 
 from confluent_kafka import Consumer
 
-REQUIRED = ("specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data")
+# `subject` (the conversation) is there on every event about a conversation, not on all
+# (a tick, an agent's presence): not required here.
+REQUIRED = ("specversion", "id", "source", "type", "time", "datacontenttype", "data")
 
 
 def main() -> int:
