@@ -8,6 +8,8 @@ TANSU_VERSION := 0.6.0
 TANSU_ROOT    := $(CACHE)/tansu-$(TANSU_VERSION)
 TANSU         := $(TANSU_ROOT)/bin/tansu
 VENV          := $(CURDIR)/.venv
+# The Node.js CRM example (examples/node): its packages, installed by `npm ci` from the lockfile.
+NODE_MODULES  := $(CURDIR)/examples/node/node_modules/.ok
 # What building and `make run` need, and what the tests talk to besides (`make deps`).
 RUN_PACKAGES  := pkg-config libssl-dev zlib1g-dev make curl
 TEST_PACKAGES := prometheus docker-compose dovecot-imapd dovecot-lmtpd dovecot-submissiond \
@@ -41,9 +43,9 @@ export CARGO_TERM_COLOR ?= never
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install what builds and tests need (apt packages, tansu broker, Python client)
+deps: ## Install what builds and tests need (apt packages, tansu broker, Python client, Node.js example)
 	$(MAKE) apt EXTRA_APT="$(TEST_PACKAGES) $(EXTRA_APT)"
-	$(MAKE) $(TANSU) $(VENV)/.ok
+	$(MAKE) $(TANSU) $(VENV)/.ok node-deps
 
 .PHONY: apt
 apt: ## Install the Debian packages building needs (root or sudo; EXTRA_APT adds more)
@@ -64,6 +66,18 @@ $(TANSU): | apt
 $(VENV)/.ok: Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check confluent-kafka kubernetes-validate pyyaml 'moto[server]'
+	touch $@
+
+.PHONY: node node-deps
+node: ## Node.js and npm (Debian's, when there is no node)
+	@command -v node >/dev/null && command -v npm >/dev/null || $(MAKE) apt EXTRA_APT="nodejs npm"
+
+node-deps: $(NODE_MODULES) ## The Node.js example's packages (npm ci, again only when its lockfile changes)
+	@:
+
+# --prefer-offline takes what npm's cache (~/.npm) has; the summary line goes.
+$(NODE_MODULES): examples/node/package.json examples/node/package-lock.json | node
+	npm ci --prefix examples/node --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null
 	touch $@
 
 build: apt ## Build the daemon (debug)

@@ -11,7 +11,15 @@ use std::path::{Path, PathBuf};
 const REPOSITORY_TREE: &str = "https://github.com/omnirouter/omnirouter/blob/main/";
 
 /// Directories that are not documentation: build output, tool caches, local state.
-const SKIPPED_DIRS: &[&str] = &["target", ".venv", ".git", ".run", "corpus", "artifacts"];
+const SKIPPED_DIRS: &[&str] = &[
+    "target",
+    ".venv",
+    ".git",
+    ".run",
+    "corpus",
+    "artifacts",
+    "node_modules",
+];
 
 fn files_under(dir: &Path, keep: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
