@@ -54,6 +54,23 @@ pub enum HandlerOutcome {
     Abandon(String),
 }
 
+/// A record's headers, owned and in order (a header without a value as an empty one): what a
+/// dead letter keeps and what carries the trace context.
+pub(crate) fn headers_of(m: &impl rdkafka::message::Message) -> Vec<(String, Vec<u8>)> {
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A member of a consumer group reading some topics.
 pub struct Consumer {
     inner: StreamConsumer<GroupContext>,
@@ -398,19 +415,7 @@ impl Consumer {
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
-                headers: m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: headers_of(&m),
             }),
             Err(e) => {
                 tracing::warn!(group = %self.group, error = %e, "kafka receive failed");

@@ -15,7 +15,7 @@
 //! either, but a broker that looks times up and skips mid-batch would lose records without it.
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
@@ -73,19 +73,7 @@ impl TailMessage<'_> {
 
     /// Its headers, in order (a header without a value as an empty one).
     pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.inner
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::consumer::headers_of(&self.inner)
     }
 
     /// Its timestamp (milliseconds since the epoch), if it has one.

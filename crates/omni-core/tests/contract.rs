@@ -25,7 +25,6 @@ use omni_core::{
     ChannelKind, CloudEvent, DeliveryStatus, Direction, EventId, EventType, SignalKind, TenantId,
     Topics, SCHEMA_BASE_URI,
 };
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use support::channel::{event, serde_accepts, Channel};
@@ -35,7 +34,8 @@ use support::{
     check_required_is_exactly_what_minimal_events_serialize,
     check_schemas_declare_exactly_what_full_events_serialize,
     check_unknown_fields_and_extension_attributes_are_accepted, compile, data_schema_files,
-    key_set, load, load_asyncapi, resolve, schema_files, schemas_dir, ENVELOPE,
+    key_set, load, load_asyncapi, resolve, schema_enum, schema_files, schemas_dir, wire_names,
+    ENVELOPE,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -75,27 +75,6 @@ fn missing_required_fields_are_rejected() {
 // ---------------------------------------------------------------------------------------------
 // Enums and identifiers
 // ---------------------------------------------------------------------------------------------
-
-fn wire_names<T: Serialize>(values: &[T]) -> BTreeSet<String> {
-    values
-        .iter()
-        .map(|v| {
-            serde_json::to_value(v)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
-fn schema_enum(file: &str, pointer: &str) -> BTreeSet<String> {
-    let schema = load(file);
-    let node = schema
-        .pointer(pointer)
-        .unwrap_or_else(|| panic!("{file} has nothing at {pointer}"));
-    key_set(node.get("enum"))
-}
 
 // Exhaustive matches (no wildcard): a new variant stops compiling until it is added to the
 // list right beside it, and so to the check against the schema.

@@ -35,8 +35,8 @@ use support::{
     check_events_validate, check_missing_required_fields_are_rejected,
     check_required_is_exactly_what_minimal_events_serialize,
     check_schemas_declare_exactly_what_full_events_serialize,
-    check_unknown_fields_and_extension_attributes_are_accepted, key_set, load, Fixtures,
-    Validators,
+    check_unknown_fields_and_extension_attributes_are_accepted, load, schema_enum, wire_names,
+    Fixtures, Validators,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -507,27 +507,6 @@ fn the_survey_question_the_router_sends_is_a_valid_outbound_message() {
 // ---------------------------------------------------------------------------------------------
 // Enums
 // ---------------------------------------------------------------------------------------------
-
-fn wire_names<T: serde::Serialize>(values: &[T]) -> BTreeSet<String> {
-    values
-        .iter()
-        .map(|v| {
-            serde_json::to_value(v)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
-fn schema_enum(file: &str, pointer: &str) -> BTreeSet<String> {
-    let schema = load(file);
-    let node = schema
-        .pointer(pointer)
-        .unwrap_or_else(|| panic!("{file} has nothing at {pointer}"));
-    key_set(node.get("enum"))
-}
 
 fn all_presences() -> Vec<Presence> {
     let all = vec![Presence::Online, Presence::Away, Presence::Offline];

@@ -244,6 +244,29 @@ pub fn select<'a>(root: &'a Value, schema: &'a Value, value: &Value) -> &'a Valu
 }
 
 /// The keys of an object, or the strings of an array.
+/// How each of `values` is written on the wire (a string per unit variant).
+pub fn wire_names<T: serde::Serialize>(values: &[T]) -> BTreeSet<String> {
+    values
+        .iter()
+        .map(|v| {
+            serde_json::to_value(v)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The `enum` of the schema node at `pointer` in `file`.
+pub fn schema_enum(file: &str, pointer: &str) -> BTreeSet<String> {
+    let schema = load(file);
+    let node = schema
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("{file} has nothing at {pointer}"));
+    key_set(node.get("enum"))
+}
+
 pub fn key_set(v: Option<&Value>) -> BTreeSet<String> {
     match v {
         Some(Value::Object(map)) => map.keys().cloned().collect(),
