@@ -460,7 +460,11 @@ async fn conversation(
             let history: Vec<serde_json::Value> = slot
                 .history
                 .get(&id)
-                .map(|h| h.iter().cloned().collect())
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|json| serde_json::from_str(json).ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             json!({
                 "id": id.to_string(),

@@ -77,8 +77,9 @@ pub struct TenantSlot {
     pub config: RoutingConfig,
     /// The partition the tenant lives on.
     pub partition: i32,
-    /// Recent routing events per conversation (for the API; not durable).
-    pub history: HashMap<ConversationId, VecDeque<serde_json::Value>>,
+    /// Recent routing events per conversation, as written to Kafka (for the API; not
+    /// durable).
+    pub history: HashMap<ConversationId, VecDeque<Box<str>>>,
 }
 
 /// A partition this instance owns: the epoch of its claim and how fresh its state is.

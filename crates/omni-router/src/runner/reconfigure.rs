@@ -82,8 +82,8 @@ impl Router {
                 }
             }
         }
-        self.write(&writes).await?;
-        self.observe(&writes);
+        let encoded = self.write(&writes).await?;
+        self.observe(&writes, encoded);
         // Held records: try them again in their order; a tenant still unknown holds again.
         let partitions: BTreeSet<i32> = held.keys().copied().collect();
         if partitions.is_empty() {

@@ -48,7 +48,7 @@ impl Router {
             }
             outcomes.push(self.step_one(rec, partition_count, &mut writes)?);
         }
-        self.write(&writes).await?;
+        let encoded = self.write(&writes).await?;
         {
             let mut s = self.lock();
             for (key, prog) in std::mem::take(&mut writes.progress) {
@@ -58,7 +58,7 @@ impl Router {
                 s.progress.insert(key, prog);
             }
         }
-        self.observe(&writes);
+        self.observe(&writes, encoded);
         Ok(outcomes)
     }
 

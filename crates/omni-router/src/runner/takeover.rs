@@ -36,10 +36,10 @@ impl Router {
         self.lock().owners.record(claim);
         // Nothing is owned until the restore's own decisions are written too: on an error the
         // next record claims the partition again, with a newer epoch.
-        self.write(&writes).await?;
+        let encoded = self.write(&writes).await?;
         let count = restored.len();
         self.take_ownership(partition, epoch, latest, restored, progress);
-        self.observe(&writes);
+        self.observe(&writes, encoded);
         self.metrics.ownership.with_label_values(&["claimed"]).inc();
         tracing::info!(
             partition,

@@ -131,8 +131,9 @@ impl Router {
     /// one batch and waits for the broker. Their order does not matter: with events but no
     /// state, a replay recomputes the same events (same ids) from the old state (the engine is
     /// deterministic, timers included); with state but no events, the progress record
-    /// re-publishes them. Only the commit, by the caller, must come last.
-    pub(super) async fn write(&self, writes: &Writes) -> Result<(), RouterError> {
+    /// re-publishes them. Only the commit, by the caller, must come last. Returns the encoded
+    /// routing events of `writes.events` (not the replayed ones), for the API history.
+    pub(super) async fn write(&self, writes: &Writes) -> Result<Vec<Box<str>>, RouterError> {
         let state_topic = self.bus.topics.router_state.as_str();
         let routing_topic = self.bus.topics.routing.as_str();
         let epochs: BTreeMap<i32, String> = writes
@@ -274,14 +275,25 @@ impl Router {
                 .with_label_values(&["router", rec.topic.as_str()])
                 .inc();
         }
-        Ok(())
+        drop(records);
+        Ok(event_values
+            .into_iter()
+            .take(writes.events.len())
+            .map(|(_, value)| {
+                String::from_utf8(value)
+                    .unwrap_or_default()
+                    .into_boxed_str()
+            })
+            .collect())
     }
 
-    /// After a write: routing events into the API history, observations into the metrics.
-    pub(super) fn observe(&self, writes: &Writes) {
+    /// After a write: routing events into the API history (as the JSON written, which takes a
+    /// fraction of the memory of a parsed value: the history holds up to [`HISTORY_LEN`]
+    /// events for every conversation a tenant remembers), observations into the metrics.
+    pub(super) fn observe(&self, writes: &Writes, encoded: Vec<Box<str>>) {
         {
             let mut s = self.lock();
-            for (tenant, ev) in &writes.events {
+            for ((tenant, ev), json) in writes.events.iter().zip(encoded) {
                 let Some(slot) = s.tenants.get_mut(tenant) else {
                     continue;
                 };
@@ -290,7 +302,7 @@ impl Router {
                     .and_then(|c| c.parse::<ConversationId>().ok());
                 if let Some(c) = conv {
                     let h = slot.history.entry(c).or_default();
-                    h.push_back(ev.clone());
+                    h.push_back(json);
                     if h.len() > HISTORY_LEN {
                         h.pop_front();
                     }
