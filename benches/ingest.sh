@@ -39,6 +39,14 @@
 #   BENCH_SOAK_ONLY [0]      1: run only the soak
 #   BENCH_SOAK_MAX_IN_FLIGHT [the daemon's default]   its ingress.max_in_flight in the soak
 #   BENCH_SOAK_PIN [1]       the soak's generator on CPU 1, daemon and broker on CPU 0 (taskset)
+#   BENCH_LATENCY_RATES ["100,1000"]   steady rates of the message → assignment latency run
+#                            (assign-latency, table in latency.md; empty: none)
+#   BENCH_LATENCY_SECS [10]  seconds measured per rate
+#   BENCH_LATENCY_ONLY [0]   1: run only the latency run
+#   BENCH_MEMORY_CONVERSATIONS [1000000], BENCH_MEMORY_AGENTS [10000]   the state-memory run
+#                            (resident memory per agent and per open conversation, table in
+#                            memory.md; BENCH_MEMORY_CONVERSATIONS=0: none)
+#   BENCH_MEMORY_ONLY [0]    1: run only the memory run
 #   BENCH_OUT_DIR [<workspace>/target/bench]   where ingest.md and the run logs go
 #   CARGO_TARGET_DIR [<workspace>/target], TANSU_BIN [~/.cache/omnirouter/tansu-0.6.0/bin/tansu]
 #
@@ -65,6 +73,12 @@ SOAK_SECS=${BENCH_SOAK_SECS:-60}
 SOAK_ONLY=${BENCH_SOAK_ONLY:-0}
 SOAK_MAX_IN_FLIGHT=${BENCH_SOAK_MAX_IN_FLIGHT:-}
 SOAK_PIN=${BENCH_SOAK_PIN:-1}
+LATENCY_RATES=${BENCH_LATENCY_RATES-100,1000}
+LATENCY_SECS=${BENCH_LATENCY_SECS:-10}
+LATENCY_ONLY=${BENCH_LATENCY_ONLY:-0}
+MEMORY_CONVERSATIONS=${BENCH_MEMORY_CONVERSATIONS:-1000000}
+MEMORY_AGENTS=${BENCH_MEMORY_AGENTS:-10000}
+MEMORY_ONLY=${BENCH_MEMORY_ONLY:-0}
 # CPU pinning of servers and load generator (the soak only; empty: none).
 SERVER_PIN=()
 LOAD_PIN=()
@@ -89,7 +103,7 @@ for v in BENCH_SECS WARMUP_SECS THREADS BODIES DEDUPE_CAPACITY BODY_SIZE RETRIES
 	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((BENCH_SECS > 0)) || die "BENCH_SECS must be at least 1"
-[[ $SOAK_ONLY == 1 ]] || command -v "$WRK" >/dev/null || die "wrk not found (apt-get install wrk)"
+[[ $SOAK_ONLY == 1 || $LATENCY_ONLY == 1 || $MEMORY_ONLY == 1 ]] || command -v "$WRK" >/dev/null || die "wrk not found (apt-get install wrk)"
 command -v curl >/dev/null || die "curl not found"
 [[ -x $TANSU ]] || die "tansu not found at $TANSU (set TANSU_BIN)"
 if ((DEDUPE_CAPACITY * 2 > BODIES)); then
@@ -447,6 +461,74 @@ bench_soak() {
 	LOAD_PIN=()
 }
 
+# bench_latency: message → assignment latency at steady rates. One daemon as deployed (router
+# on) and an in-memory tansu; assign-latency creates agents through the command API, measures
+# two plain Kafka hops on the same broker with the daemon's client settings (the reference),
+# then posts new conversations open-loop at each rate and reads omni.routing.v1 for their
+# assignments. Writes $OUT_DIR/latency.md.
+bench_latency() {
+	local name=latency token="latency-$$-$RANDOM" out
+	start_broker "tansu-$name"
+	start_daemon "$name" 1 true OMNI__TENANTS__BENCH__API_TOKEN="$token" \
+		OMNI__TENANTS__BENCH__AGENT_API_TOKEN="agent-$token"
+	out=$RUN_DIR/$name.json
+	if ! timeout -k 5 $((LATENCY_SECS * 4 + 300)) "$REL/assign-latency" --brokers "127.0.0.1:$BROKER_PORT" \
+		--url "http://127.0.0.1:$DAEMON_PORT" --token "$token" --agent-token "agent-$token" \
+		--tenant "$TENANT" --rates "$LATENCY_RATES" --seconds "$LATENCY_SECS" --linger-ms 1 \
+		>"$out" 2>"$RUN_DIR/$name.txt"; then
+		die "assign-latency failed: $(tail -5 "$RUN_DIR/$name.txt")"
+	fi
+	{
+		echo "# Message → assignment latency"
+		echo
+		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, one daemon with its router on, tansu" \
+			"in-memory broker, ${LATENCY_SECS}s per rate after a 2 s warm-up, new conversations posted" \
+			"open-loop (one request every 1/rate s). The reference is two plain Kafka hops on the same" \
+			"broker with the daemon's client settings (linger.ms=1, fetch.wait.max.ms=20, acks=all," \
+			"idempotent, lz4): producer → topic → relay (consume, produce) → topic → reader. The" \
+			"split of the daemon's time uses the Kafka timestamps of the inbound and routing records" \
+			"(millisecond resolution)."
+		echo
+		cat "$RUN_DIR/$name.txt"
+	} >"$OUT_DIR/latency.md"
+	cat "$OUT_DIR/latency.md"
+	stop_pid "$DAEMON_PID"
+	stop_pid "$BROKER_PID"
+	BROKER_PID=
+}
+
+# bench_memory: resident memory per agent and per open conversation. One daemon as deployed
+# (router on) and an in-memory tansu; state-memory adds MEMORY_AGENTS agents and then
+# MEMORY_CONVERSATIONS open conversations through the HTTP API and reads the daemon's VmRSS
+# after each step. Writes $OUT_DIR/memory.md.
+bench_memory() {
+	local name=memory token="memory-$$-$RANDOM" out
+	start_broker "tansu-$name"
+	start_daemon "$name" 1 true OMNI__TENANTS__BENCH__API_TOKEN="$token" \
+		OMNI__TENANTS__BENCH__AGENT_API_TOKEN="agent-$token"
+	out=$RUN_DIR/$name.json
+	if ! timeout -k 5 3600 "$REL/state-memory" --url "http://127.0.0.1:$DAEMON_PORT" \
+		--token "$token" --agent-token "agent-$token" --tenant "$TENANT" --pid "$DAEMON_PID" \
+		--agents "$MEMORY_AGENTS" --conversations "$MEMORY_CONVERSATIONS" \
+		>"$out" 2>"$RUN_DIR/$name.txt"; then
+		die "state-memory failed: $(tail -5 "$RUN_DIR/$name.txt")"
+	fi
+	{
+		echo "# Resident memory per agent and per open conversation"
+		echo
+		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, one daemon as deployed (router on," \
+			"config/default.toml), one tenant, tansu in-memory broker. state-memory adds the agents" \
+			"(online, one queue) through the command API, then one message from each new contact," \
+			"until the router shows every conversation assigned; VmRSS before and after each step."
+		echo
+		cat "$RUN_DIR/$name.txt"
+	} >"$OUT_DIR/memory.md"
+	cat "$OUT_DIR/memory.md"
+	stop_pid "$DAEMON_PID"
+	stop_pid "$BROKER_PID"
+	BROKER_PID=
+}
+
 bench_produce() {
 	local linger=$1 conns=$2 name out line
 	name=produce-l$linger-c$conns
@@ -567,9 +649,19 @@ if [[ $SKIP_BUILD != 1 ]]; then
 	log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 	(cd "$ROOT" && cargo build --release -p omnirouter -p omni-benches)
 fi
-[[ -x $REL/omnirouter && -x $REL/ingest-soak ]] || die "release binaries missing in $REL"
+[[ -x $REL/omnirouter && -x $REL/ingest-soak && -x $REL/assign-latency && -x $REL/state-memory ]] || die "release binaries missing in $REL"
 command -v jq >/dev/null || die "jq not found (apt-get install jq)"
 
+if [[ $MEMORY_ONLY == 1 ]]; then
+	((MEMORY_CONVERSATIONS > 0)) || die "BENCH_MEMORY_ONLY=1 needs BENCH_MEMORY_CONVERSATIONS > 0"
+	bench_memory
+	exit 0
+fi
+if [[ $LATENCY_ONLY == 1 ]]; then
+	[[ -n $LATENCY_RATES ]] || die "BENCH_LATENCY_ONLY=1 needs BENCH_LATENCY_RATES"
+	bench_latency
+	exit 0
+fi
 if [[ $SOAK_ONLY == 1 ]]; then
 	((SOAK_SECS > 0)) || die "BENCH_SOAK_ONLY=1 needs BENCH_SOAK_SECS > 0"
 	bench_soak
@@ -604,6 +696,14 @@ for linger in $LINGERS; do
 done
 
 write_table
+if [[ -n $LATENCY_RATES ]]; then
+	log "== message → assignment latency =="
+	bench_latency
+fi
+if ((MEMORY_CONVERSATIONS > 0)); then
+	log "== memory per agent and per open conversation =="
+	bench_memory
+fi
 if ((SOAK_SECS > 0)); then
 	log "== load-shedding soak =="
 	bench_soak

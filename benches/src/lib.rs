@@ -4,6 +4,8 @@
 
 use serde_json::json;
 
+pub mod tenant_api;
+
 /// The default body size in bytes: a typical chat message with a short Vietnamese text.
 pub const DEFAULT_BODY_SIZE: usize = 510;
 

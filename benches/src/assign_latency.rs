@@ -1,0 +1,507 @@
+//! `assign-latency`: how long a customer message takes from the HTTP request to its
+//! `omni.routing.assigned` record, at a steady rate, beside the same broker's own latency.
+//!
+//! For each rate it runs, on 127.0.0.1 against one broker:
+//! - **the reference**: two plain Kafka hops with the daemon's client settings (a producer
+//!   writes a record to one topic, a relay consumes it and produces it to a second topic, a
+//!   consumer reads it there): what any consume → produce service on this broker pays, and
+//!   the pipeline a message takes through the daemon (HTTP → inbound topic → router →
+//!   routing topic) is two such hops;
+//! - **the daemon**: new conversations posted open-loop at the rate (each request leaves on its
+//!   schedule), the routing topic read from its end, each `omni.routing.assigned` matched to
+//!   its request by conversation id. The inbound record's and the routing record's Kafka
+//!   timestamps (set by the daemon's producers) split the time into request → inbound
+//!   record, inbound record → routing record (the router) and routing record → read.
+//!
+//! Agents are created through the daemon's command API first, with capacity for every
+//! conversation of the run. Output: one JSON line per rate on stdout and a Markdown table on
+//! stderr (`benches/ingest.sh` collects both).
+
+use clap::Parser;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use omni_benches::tenant_api::TenantApi;
+use omni_bus::BusConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Steady-rate latency of assignment, and of two plain Kafka hops on the same broker.
+#[derive(Debug, Parser)]
+#[command(name = "assign-latency")]
+struct Cli {
+    /// The broker the daemon uses (`host:port`).
+    #[arg(long)]
+    brokers: String,
+    /// The daemon's base URL (public listener: `/v1/inbound/...`).
+    #[arg(long)]
+    url: String,
+    /// The daemon's admin base URL (the tenant API); the public one when not split.
+    #[arg(long)]
+    admin_url: Option<String>,
+    /// The tenant posted to.
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    /// The tenant's API bearer token (`api_token`: posting messages).
+    #[arg(long)]
+    token: String,
+    /// The tenant's agent API token (`agent_api_token`: commands, agents).
+    #[arg(long)]
+    agent_token: String,
+    /// Comma-separated message rates (messages per second).
+    #[arg(long, default_value = "100,1000", value_delimiter = ',')]
+    rates: Vec<u32>,
+    /// Seconds measured per rate (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds at each rate before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// The daemon's producer `linger.ms` (the reference uses the same).
+    #[arg(long, default_value_t = 1)]
+    linger_ms: u64,
+    /// The daemon's consumer `fetch.wait.max.ms` (the reference uses the same).
+    #[arg(long, default_value_t = 20)]
+    fetch_wait_max_ms: u64,
+    /// Agents created (all online, one skill-less queue).
+    #[arg(long, default_value_t = 20)]
+    agents: u32,
+    /// Reference record size in bytes (about a CloudEvent of a short message).
+    #[arg(long, default_value_t = 1000)]
+    record_bytes: usize,
+    /// The routing topic.
+    #[arg(long, default_value = "omni.routing.v1")]
+    routing_topic: String,
+    /// The inbound topic.
+    #[arg(long, default_value = "omni.inbound.v1")]
+    inbound_topic: String,
+}
+
+/// Latency percentiles of one series, milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    count: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Summary {
+    fn of(mut v: Vec<f64>) -> Self {
+        if v.is_empty() {
+            return Self::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        Self {
+            count: v.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"count": self.count, "p50_ms": round2(self.p50), "p99_ms": round2(self.p99), "max_ms": round2(self.max)})
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bus(cli: &Cli) -> BusConfig {
+    BusConfig {
+        bootstrap_servers: cli.brokers.clone(),
+        client_id: "assign-latency".into(),
+        linger_ms: cli.linger_ms,
+        fetch_wait_max_ms: cli.fetch_wait_max_ms,
+        ..BusConfig::default()
+    }
+}
+
+/// A consumer of every partition of `topic` from its current end (the high watermarks read
+/// before anything is sent, so nothing sent later is missed and nothing older is read).
+fn tail_from_end(bus: &BusConfig, topic: &str) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = bus
+        .consumer_config(&format!("assign-latency-{}-{topic}", std::process::id()))
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("topic {topic} has no partitions").into());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Sleeps until the `i`-th send of a schedule at `rate` per second from `start`.
+async fn on_schedule(start: tokio::time::Instant, i: u64, rate: u32) {
+    let at = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+    tokio::time::sleep_until(at).await;
+}
+
+// ------------------------------------------------------------------------------------------
+// The reference: two plain Kafka hops.
+
+/// Two hops at `rate`: producer → topic A → relay (consume, produce) → topic B → reader.
+/// Returns (one hop: A's record read by the relay; two hops: B's record read by the reader).
+async fn reference(cli: &Cli, rate: u32) -> Result<(Summary, Summary)> {
+    let bus = bus(cli);
+    let run = format!("{}-{rate}-{}", std::process::id(), now_us());
+    let (hop_a, hop_b) = (format!("bench.hop-a.{run}"), format!("bench.hop-b.{run}"));
+    let admin: AdminClient<_> = bus.admin_config().create()?;
+    let topics = [
+        NewTopic::new(&hop_a, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&hop_b, 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
+    }
+    let producer: FutureProducer = bus.producer_config().create()?;
+    let relay_in = tail_from_end(&bus, &hop_a)?;
+    let reader = tail_from_end(&bus, &hop_b)?;
+    let total = u64::from(rate) * (cli.warmup_secs + cli.seconds);
+    let skip = u64::from(rate) * cli.warmup_secs;
+
+    let one_hop = Arc::new(Mutex::new(Vec::new()));
+    let relay = {
+        let producer = producer.clone();
+        let hop_b = hop_b.clone();
+        let one_hop = one_hop.clone();
+        tokio::spawn(async move {
+            let mut sends = FuturesUnordered::new();
+            let mut relayed = 0u64;
+            while relayed < total {
+                tokio::select! {
+                    m = relay_in.recv() => {
+                        let Ok(m) = m else { continue };
+                        let payload = m.payload().unwrap_or_default().to_vec();
+                        if let Some((n, sent)) = header(&payload) {
+                            if n >= skip {
+                                lock(&one_hop).push(now_us().saturating_sub(sent) as f64 / 1000.0);
+                            }
+                        }
+                        let producer = producer.clone();
+                        let hop_b = hop_b.clone();
+                        sends.push(async move {
+                            producer
+                                .send(FutureRecord::<[u8], _>::to(&hop_b).payload(&payload), Duration::from_secs(10))
+                                .await
+                                .is_ok()
+                        });
+                        relayed += 1;
+                    }
+                    Some(_) = sends.next(), if !sends.is_empty() => {}
+                }
+            }
+            while sends.next().await.is_some() {}
+        })
+    };
+    let read = tokio::spawn(async move {
+        let mut two_hops = Vec::new();
+        let mut seen = 0u64;
+        while seen < total {
+            let Ok(m) = reader.recv().await else { continue };
+            if let Some((n, sent)) = header(m.payload().unwrap_or_default()) {
+                seen += 1;
+                if n >= skip {
+                    two_hops.push(now_us().saturating_sub(sent) as f64 / 1000.0);
+                }
+            }
+        }
+        two_hops
+    });
+
+    let start = tokio::time::Instant::now();
+    let mut sends = FuturesUnordered::new();
+    for n in 0..total {
+        on_schedule(start, n, rate).await;
+        let mut payload = vec![b'x'; cli.record_bytes.max(16)];
+        payload[..8].copy_from_slice(&n.to_be_bytes());
+        payload[8..16].copy_from_slice(&now_us().to_be_bytes());
+        let producer = producer.clone();
+        let topic = hop_a.clone();
+        sends.push(async move {
+            producer
+                .send(
+                    FutureRecord::<[u8], _>::to(&topic).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .is_ok()
+        });
+        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(sends.next()) {}
+    }
+    while sends.next().await.is_some() {}
+    let two_hops = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .map_err(|_| "the reference reader did not see every record within 60 s")??;
+    tokio::time::timeout(Duration::from_secs(30), relay)
+        .await
+        .map_err(|_| "the relay did not finish within 30 s")??;
+    let one_hop = std::mem::take(&mut *lock(&one_hop));
+    let _ = admin
+        .delete_topics(&[&hop_a, &hop_b], &AdminOptions::new())
+        .await;
+    Ok((Summary::of(one_hop), Summary::of(two_hops)))
+}
+
+/// (sequence number, send time µs) at the start of a reference record.
+fn header(payload: &[u8]) -> Option<(u64, u64)> {
+    let n = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let sent = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((n, sent))
+}
+
+// ------------------------------------------------------------------------------------------
+// The daemon.
+
+/// What is known of one posted conversation (times in µs since the epoch).
+#[derive(Debug, Default, Clone, Copy)]
+struct Trace {
+    measured: bool,
+    sent: Option<u64>,
+    inbound_record: Option<u64>,
+    routing_record: Option<u64>,
+    assigned_read: Option<u64>,
+}
+
+type Traces = Arc<Mutex<HashMap<String, Trace>>>;
+
+fn kafka_time_us(ts: Timestamp) -> Option<u64> {
+    ts.to_millis()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| ms * 1000)
+}
+
+/// Follows `topic` and records, per conversation (`subject`), the record's timestamp and when
+/// it was read; `want` picks the event type.
+fn follow(
+    consumer: StreamConsumer,
+    traces: Traces,
+    want: &'static str,
+    on: fn(&mut Trace, u64, u64),
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let m = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+                Ok(Ok(m)) => m,
+                _ => continue,
+            };
+            let read = now_us();
+            let Ok(event) = serde_json::from_slice::<Value>(m.payload().unwrap_or_default()) else {
+                continue;
+            };
+            let matches = event["type"]
+                .as_str()
+                .is_some_and(|t| want.is_empty() || t == want);
+            let Some(subject) = event["subject"].as_str().filter(|_| matches) else {
+                continue;
+            };
+            let record = kafka_time_us(m.timestamp()).unwrap_or(read);
+            on(
+                lock(&traces).entry(subject.to_owned()).or_default(),
+                record,
+                read,
+            );
+        }
+    })
+}
+
+/// Posts new conversations at `rate`; returns the summaries of (request → assigned read,
+/// request → inbound record, inbound record → routing record, routing record → read), and
+/// how many measured conversations were not assigned.
+async fn daemon(cli: &Cli, api: &TenantApi, rate: u32) -> Result<([Summary; 4], usize, usize)> {
+    let bus = bus(cli);
+    let traces: Traces = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let routing = follow(
+        tail_from_end(&bus, &cli.routing_topic)?,
+        traces.clone(),
+        "omni.routing.assigned",
+        |t, record, read| {
+            t.routing_record = Some(record);
+            t.assigned_read = Some(read);
+        },
+        stop.clone(),
+    );
+    let inbound = follow(
+        tail_from_end(&bus, &cli.inbound_topic)?,
+        traces.clone(),
+        "",
+        |t, record, _| {
+            t.inbound_record.get_or_insert(record);
+        },
+        stop.clone(),
+    );
+    let run = format!("{}-{rate}-{}", std::process::id(), now_us());
+    let total = u64::from(rate) * (cli.warmup_secs + cli.seconds);
+    let skip = u64::from(rate) * cli.warmup_secs;
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
+    let mut posts = FuturesUnordered::new();
+    for n in 0..total {
+        on_schedule(start, n, rate).await;
+        let (api, traces, failed, run) = (api.clone(), traces.clone(), failed.clone(), run.clone());
+        posts.push(tokio::spawn(async move {
+            let sent = now_us();
+            let id = format!("lat-{run}-{n}");
+            match api
+                .message(&id, &id, "Chào shop, đơn hàng của mình giao chưa ạ?")
+                .await
+            {
+                Ok(conversation) => {
+                    let mut traces = lock(&traces);
+                    let t = traces.entry(conversation).or_default();
+                    t.sent = Some(sent);
+                    t.measured = n >= skip;
+                }
+                Err(_) => {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(posts.next()) {}
+    }
+    while posts.next().await.is_some() {}
+    // Wait (for a condition, bounded) until every measured conversation was seen assigned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = lock(&traces)
+            .values()
+            .filter(|t| t.measured && t.assigned_read.is_none())
+            .count();
+        if waiting == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = routing.await;
+    let _ = inbound.await;
+    let traces = std::mem::take(&mut *lock(&traces));
+    let mut series: [Vec<f64>; 4] = Default::default();
+    let mut unassigned = 0;
+    let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
+    for t in traces.values().filter(|t| t.measured) {
+        let (Some(sent), Some(read)) = (t.sent, t.assigned_read) else {
+            unassigned += 1;
+            continue;
+        };
+        series[0].push(ms(sent, read));
+        if let (Some(inbound), Some(routing)) = (t.inbound_record, t.routing_record) {
+            series[1].push(ms(sent, inbound));
+            series[2].push(ms(inbound, routing));
+            series[3].push(ms(routing, read));
+        }
+    }
+    let [a, b, c, d] = series.map(Summary::of);
+    Ok((
+        [a, b, c, d],
+        unassigned,
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "assign-latency: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let api = TenantApi::new(
+        &cli.url,
+        cli.admin_url.as_deref(),
+        &cli.tenant,
+        &cli.token,
+        &cli.agent_token,
+        1024,
+    )?;
+    let conversations: u64 = cli
+        .rates
+        .iter()
+        .map(|r| u64::from(*r) * (cli.warmup_secs + cli.seconds))
+        .sum();
+    let capacity = u32::try_from(conversations / u64::from(cli.agents.max(1)) + 100)?;
+    api.agents_online(
+        "lat-agent-",
+        cli.agents,
+        capacity,
+        16,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let mut table = String::from(
+        "| msgs/s | two Kafka hops p50 / p99 ms | message → assigned p50 / p99 ms | p99 / two hops p99 | request → inbound record p50 / p99 | inbound → routing record (router) p50 / p99 | routing record → read p50 / p99 | one hop p50 / p99 | not assigned |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for &rate in &cli.rates {
+        let (one_hop, two_hops) = reference(&cli, rate).await?;
+        let ([total, to_inbound, router, to_read], unassigned, failed) =
+            daemon(&cli, &api, rate).await?;
+        let ratio = if two_hops.p99 > 0.0 {
+            total.p99 / two_hops.p99
+        } else {
+            0.0
+        };
+        let row = json!({
+            "rate": rate,
+            "seconds": cli.seconds,
+            "reference_one_hop": one_hop.json(),
+            "reference_two_hops": two_hops.json(),
+            "assigned": total.json(),
+            "p99_over_two_hops": round2(ratio),
+            "request_to_inbound_record": to_inbound.json(),
+            "inbound_to_routing_record": router.json(),
+            "routing_record_to_read": to_read.json(),
+            "not_assigned": unassigned,
+            "failed_requests": failed,
+        });
+        writeln!(std::io::stdout(), "{row}")?;
+        table.push_str(&format!(
+            "| {rate} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |\n",
+            two_hops.p50, two_hops.p99, total.p50, total.p99, ratio, to_inbound.p50,
+            to_inbound.p99, router.p50, router.p99, to_read.p50, to_read.p99, one_hop.p50,
+            one_hop.p99, unassigned + failed,
+        ));
+    }
+    writeln!(std::io::stderr(), "{table}")?;
+    Ok(())
+}
