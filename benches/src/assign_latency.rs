@@ -19,7 +19,7 @@
 
 use clap::Parser;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use omni_benches::tenant_api::TenantApi;
+use omni_benches::tenant_api::{TenantApi, TenantArgs};
 use omni_bus::BusConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -42,21 +42,8 @@ struct Cli {
     /// The broker the daemon uses (`host:port`).
     #[arg(long)]
     brokers: String,
-    /// The daemon's base URL (public listener: `/v1/inbound/...`).
-    #[arg(long)]
-    url: String,
-    /// The daemon's admin base URL (the tenant API); the public one when not split.
-    #[arg(long)]
-    admin_url: Option<String>,
-    /// The tenant posted to.
-    #[arg(long, default_value = "bench")]
-    tenant: String,
-    /// The tenant's API bearer token (`api_token`: posting messages).
-    #[arg(long)]
-    token: String,
-    /// The tenant's agent API token (`agent_api_token`: commands, agents).
-    #[arg(long)]
-    agent_token: String,
+    #[command(flatten)]
+    daemon: TenantArgs,
     /// Comma-separated message rates (messages per second).
     #[arg(long, default_value = "100,1000", value_delimiter = ',')]
     rates: Vec<u32>,
@@ -447,14 +434,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let api = TenantApi::new(
-        &cli.url,
-        cli.admin_url.as_deref(),
-        &cli.tenant,
-        &cli.token,
-        &cli.agent_token,
-        1024,
-    )?;
+    let api = cli.daemon.api(1024)?;
     let conversations: u64 = cli
         .rates
         .iter()

@@ -17,6 +17,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use omni_benches::memory_kib;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -194,18 +195,6 @@ async fn saturation(client: &HttpClient, cli: &Arc<Cli>, next: &Arc<AtomicU64>) 
     let rate = tally.accepted.load(Ordering::Relaxed) as f64 / secs;
     let tally = Arc::try_unwrap(tally).unwrap_or_default();
     (rate, tally)
-}
-
-/// The daemon's resident memory in KiB (`VmRSS`, or `VmHWM`: the peak).
-fn memory_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Open loop at `rate` for `cli.seconds`: requests go out on schedule, each in its own task,

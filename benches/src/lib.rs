@@ -6,6 +6,19 @@ use serde_json::json;
 
 pub mod tenant_api;
 
+/// A memory field of `/proc/PID/status` in KiB (`"VmRSS:"`: resident now, `"VmHWM:"`: its
+/// peak): how the load generators watch the daemon's memory.
+pub fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// The default body size in bytes: a typical chat message with a short Vietnamese text.
 pub const DEFAULT_BODY_SIZE: usize = 510;
 

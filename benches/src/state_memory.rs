@@ -14,7 +14,8 @@
 
 use clap::Parser;
 use futures_util::stream::{self, StreamExt};
-use omni_benches::tenant_api::{BoxError, TenantApi};
+use omni_benches::memory_kib;
+use omni_benches::tenant_api::{BoxError, TenantApi, TenantArgs};
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
@@ -25,21 +26,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Parser)]
 #[command(name = "state-memory")]
 struct Cli {
-    /// The daemon's base URL (public listener).
-    #[arg(long)]
-    url: String,
-    /// The daemon's admin base URL (the tenant API); the public one when not split.
-    #[arg(long)]
-    admin_url: Option<String>,
-    /// The tenant.
-    #[arg(long, default_value = "bench")]
-    tenant: String,
-    /// The tenant's `api_token`.
-    #[arg(long)]
-    token: String,
-    /// The tenant's `agent_api_token`.
-    #[arg(long)]
-    agent_token: String,
+    #[command(flatten)]
+    daemon: TenantArgs,
     /// The daemon's process id (memory from /proc).
     #[arg(long)]
     pid: u32,
@@ -57,20 +45,8 @@ struct Cli {
     within_secs: u64,
 }
 
-/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn rss(pid: u32) -> Result<u64, BoxError> {
-    status_kib(pid, "VmRSS:").ok_or_else(|| format!("no VmRSS for pid {pid}").into())
+    memory_kib(pid, "VmRSS:").ok_or_else(|| format!("no VmRSS for pid {pid}").into())
 }
 
 fn mib(kib: u64) -> f64 {
@@ -128,14 +104,7 @@ async fn post(
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
-    let api = TenantApi::new(
-        &cli.url,
-        cli.admin_url.as_deref(),
-        &cli.tenant,
-        &cli.token,
-        &cli.agent_token,
-        cli.connections,
-    )?;
+    let api = cli.daemon.api(cli.connections)?;
     let within = Duration::from_secs(cli.within_secs);
     let prefix = "mem-agent-";
     let idle = rss(cli.pid)?;
@@ -191,7 +160,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     let failed = failed.load(Ordering::Relaxed);
     let want = cli.conversations - failed;
     let with_conversations = rss(cli.pid)?;
-    let peak = status_kib(cli.pid, "VmHWM:").unwrap_or(0);
+    let peak = memory_kib(cli.pid, "VmHWM:").unwrap_or(0);
     let per_agent = (with_agents.saturating_sub(with_half_agents) * 1024) as f64
         / f64::from((cli.agents - half_agents).max(1));
     let per_conversation = (with_conversations.saturating_sub(with_half_conversations) * 1024)

@@ -7,6 +7,40 @@ use std::time::{Duration, Instant};
 /// Errors of the benchmark clients (they report and exit; nothing to match on).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The command-line arguments that name a daemon and a tenant's tokens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TenantArgs {
+    /// The daemon's base URL (public listener: `/v1/inbound/...`).
+    #[arg(long)]
+    pub url: String,
+    /// The daemon's admin base URL (the tenant API); the public one when not split.
+    #[arg(long)]
+    pub admin_url: Option<String>,
+    /// The tenant.
+    #[arg(long, default_value = "bench")]
+    pub tenant: String,
+    /// The tenant's `api_token` (posting customer messages).
+    #[arg(long)]
+    pub token: String,
+    /// The tenant's `agent_api_token` (commands, agents).
+    #[arg(long)]
+    pub agent_token: String,
+}
+
+impl TenantArgs {
+    /// A client with room for `connections` pooled connections.
+    pub fn api(&self, connections: usize) -> Result<TenantApi, BoxError> {
+        TenantApi::new(
+            &self.url,
+            self.admin_url.as_deref(),
+            &self.tenant,
+            &self.token,
+            &self.agent_token,
+            connections,
+        )
+    }
+}
+
 /// One tenant of one daemon.
 #[derive(Debug, Clone)]
 pub struct TenantApi {
