@@ -113,6 +113,7 @@ mod arrival;
 mod choice;
 mod commands;
 mod conversation;
+mod idhash;
 mod invariants;
 mod kpis;
 mod offers;
@@ -121,6 +122,7 @@ pub mod state;
 mod survey;
 mod timers;
 mod views;
+mod waiting;
 mod work;
 
 use agents::{AgentIndex, Agents};
@@ -132,6 +134,8 @@ use timers::Timer;
 pub use views::{AgentView, ConversationView, QueueView, StateSize};
 
 type AgentIdx = u32;
+/// Open and retained conversations by id, hashed fast ([`idhash`]).
+type Conversations = HashMap<ConversationId, Conversation, idhash::IdHashBuilder>;
 type QueueIdx = usize;
 type SkillIdx = u16;
 
@@ -156,7 +160,7 @@ pub struct Engine {
     index: AgentIndex,
     /// Every open conversation, and resolved ones until their retention ends: looked up by
     /// id only, so hash order never shows.
-    conversations: HashMap<ConversationId, Conversation>,
+    conversations: Conversations,
     /// Each contact's last agent and when they were assigned (by sticky key), for sticky
     /// routing within the window; forgotten by a timer just after it.
     sticky: HashMap<String, (AgentIdx, Timestamp)>,
@@ -196,9 +200,9 @@ impl Engine {
                 i64::try_from(config.aging_step_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             ),
             rules: Rules::default(),
-            agents: Agents::new(),
+            agents: Agents::new(config.queues.len()),
             index: AgentIndex::default(),
-            conversations: HashMap::new(),
+            conversations: Conversations::default(),
             sticky: HashMap::new(),
             timers: BTreeSet::new(),
             changes: Changes::default(),
@@ -228,7 +232,7 @@ impl Engine {
                 cfg: q.clone(),
                 required,
                 primary,
-                waiting: BTreeSet::new(),
+                waiting: waiting::Waiting::default(),
                 available_agents: 0,
                 rr_last: None,
                 open_cache: None,
@@ -296,7 +300,7 @@ impl Engine {
 /// A conversation to change, recorded as changed (for the state changelog).
 fn touch<'a>(
     dirty: &mut BTreeSet<ConversationId>,
-    conversations: &'a mut HashMap<ConversationId, Conversation>,
+    conversations: &'a mut Conversations,
     id: ConversationId,
 ) -> Option<&'a mut Conversation> {
     dirty.insert(id);

@@ -2,7 +2,6 @@
 
 use omni_core::{ChannelKind, ConversationId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::model::{AgentId, Presence, Timestamp};
 
@@ -36,11 +35,9 @@ pub(super) struct Agent {
     pub(super) missed_offers: u32,
     /// The last assignment or coming online: `longest_idle` orders by it.
     pub(super) idle_since: Timestamp,
-    /// Queues whose required skills the agent meets at full proficiency.
+    /// Queues whose required skills the agent meets at full proficiency (also kept as bits in
+    /// [`Agents`], set with [`Agents::set_queues`]).
     pub(super) queues: Vec<QueueIdx>,
-    /// The same queues as a bit set, so most agents who cannot serve a conversation's queue
-    /// are skipped in one test while walking an index.
-    pub(super) queue_bits: Vec<u64>,
     /// Index entries currently held (so they can be removed before a change).
     pub(super) indexed: Option<IndexEntry>,
     /// The day's figures (`kpis.rs`).
@@ -62,10 +59,23 @@ pub(super) struct WrapUp {
 /// Agents by number. Numbers are handed out in creation order and never reused, so every
 /// tie between agents (the indexes below order equal keys by number) and the round-robin
 /// cursor mean the same thing in a restored engine as in the live one: the number is written
-/// in the agent's record (`seq`). A removed agent's number simply disappears from the map.
+/// in the agent's record (`seq`). Numbers are dense (handed out one after another), so agents
+/// sit in a vector indexed by number: a lookup while walking an index is one bounds check, not
+/// a hash probe. A removed agent's slot is simply empty.
 #[derive(Debug, Clone)]
 pub(super) struct Agents {
-    map: HashMap<AgentIdx, Agent, BuildHasherDefault<IdxHasher>>,
+    slots: Vec<Option<Agent>>,
+    /// How many slots hold an agent.
+    count: usize,
+    /// The queues each agent serves, as `words` bits per agent number side by side: a walk
+    /// of the agent index skips most agents who cannot serve a conversation's queue with one
+    /// load from this small array, without touching the agents themselves.
+    serves: Vec<u64>,
+    /// Words per agent in `serves` (the number of queues, fixed by the configuration, / 64).
+    words: usize,
+    /// Per queue, the agents who serve it (in no particular order): when few of them are
+    /// available, looking at each is cheaper than walking the global index to the first.
+    members: Vec<Vec<AgentIdx>>,
     /// Numbers by name, for commands (which name agents).
     pub(super) by_name: HashMap<AgentId, AgentIdx>,
     /// The number the next new agent gets (numbers start at 1; 0 marks a record written
@@ -74,54 +84,133 @@ pub(super) struct Agents {
 }
 
 impl Agents {
-    pub(super) fn new() -> Self {
+    /// No agents, for `queues` configured queues.
+    pub(super) fn new(queues: usize) -> Self {
         Agents {
-            map: HashMap::default(),
+            slots: Vec::new(),
+            count: 0,
+            serves: Vec::new(),
+            words: queues.div_ceil(64),
+            members: vec![Vec::new(); queues],
             by_name: HashMap::new(),
             next: 1,
         }
     }
 
     pub(super) fn get(&self, a: AgentIdx) -> Option<&Agent> {
-        self.map.get(&a)
+        self.slots.get(a as usize).and_then(Option::as_ref)
     }
 
     pub(super) fn insert(&mut self, a: AgentIdx, agent: Agent) {
-        self.map.insert(a, agent);
+        let i = a as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+            self.serves.resize((i + 1) * self.words, 0);
+        }
+        match self.slots[i].take() {
+            Some(old) => self.leave_members(a, &old.queues),
+            None => self.count += 1,
+        }
+        let queues = agent.queues.clone();
+        self.slots[i] = Some(agent);
+        self.set_queues(a, queues);
     }
 
     pub(super) fn remove(&mut self, a: AgentIdx) -> Option<Agent> {
-        self.map.remove(&a)
+        let agent = self.slots.get_mut(a as usize).and_then(Option::take);
+        if let Some(agent) = &agent {
+            self.count -= 1;
+            self.bits_mut(a).fill(0);
+            self.leave_members(a, &agent.queues);
+        }
+        agent
+    }
+
+    fn leave_members(&mut self, a: AgentIdx, queues: &[QueueIdx]) {
+        for &q in queues {
+            if let Some(list) = self.members.get_mut(q) {
+                if let Some(i) = list.iter().position(|x| *x == a) {
+                    list.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    /// The agents who serve `queue`, in no particular order.
+    pub(super) fn members(&self, queue: QueueIdx) -> &[AgentIdx] {
+        self.members.get(queue).map_or(&[], Vec::as_slice)
+    }
+
+    /// Sets the queues agent `a` serves (their list and their bits).
+    pub(super) fn set_queues(&mut self, a: AgentIdx, queues: Vec<QueueIdx>) {
+        let old = self
+            .get(a)
+            .map(|agent| agent.queues.clone())
+            .unwrap_or_default();
+        self.leave_members(a, &old);
+        for &q in &queues {
+            if let Some(list) = self.members.get_mut(q) {
+                list.push(a);
+            }
+        }
+        let bits = self.bits_mut(a);
+        bits.fill(0);
+        for q in &queues {
+            if let Some(w) = bits.get_mut(q / 64) {
+                *w |= 1u64 << (q % 64);
+            }
+        }
+        if let Some(agent) = self.slots.get_mut(a as usize).and_then(Option::as_mut) {
+            agent.queues = queues;
+        }
+    }
+
+    /// Whether agent `a` has the queue's skills at full proficiency.
+    pub(super) fn serves(&self, a: AgentIdx, queue: QueueIdx) -> bool {
+        self.serves
+            .get(a as usize * self.words + queue / 64)
+            .is_some_and(|w| w & (1u64 << (queue % 64)) != 0)
+    }
+
+    fn bits_mut(&mut self, a: AgentIdx) -> &mut [u64] {
+        let start = (a as usize * self.words).min(self.serves.len());
+        let end = (start + self.words).min(self.serves.len());
+        &mut self.serves[start..end]
     }
 
     /// Every agent number, ascending (creation order).
     pub(super) fn numbers(&self) -> Vec<AgentIdx> {
-        let mut v: Vec<AgentIdx> = self.map.keys().copied().collect();
-        v.sort_unstable();
-        v
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .filter_map(|(i, _)| AgentIdx::try_from(i).ok())
+            .collect()
     }
 
-    /// Every agent, in no particular order (for counting only).
+    /// Every agent, in number order.
     pub(super) fn values(&self) -> impl Iterator<Item = &Agent> {
-        self.map.values()
+        self.slots.iter().flatten()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.map.len()
+        self.count
     }
 }
 
 impl std::ops::Index<AgentIdx> for Agents {
     type Output = Agent;
     fn index(&self, a: AgentIdx) -> &Agent {
-        &self.map[&a]
+        self.get(a)
+            .unwrap_or_else(|| unreachable!("unknown agent number {a}"))
     }
 }
 
 impl std::ops::IndexMut<AgentIdx> for Agents {
     fn index_mut(&mut self, a: AgentIdx) -> &mut Agent {
-        self.map
-            .get_mut(&a)
+        self.slots
+            .get_mut(a as usize)
+            .and_then(Option::as_mut)
             .unwrap_or_else(|| unreachable!("unknown agent number {a}"))
     }
 }
@@ -144,26 +233,6 @@ pub(super) struct AgentIndex {
     pub(super) skills: BTreeSet<SkillIdx>,
 }
 
-/// A hasher for agent numbers: one multiplication (numbers are not attacker-chosen).
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct IdxHasher(u64);
-
-impl Hasher for IdxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct IndexEntry {
     pub(super) idle: (u64, AgentIdx),
@@ -177,13 +246,6 @@ impl Agent {
             .binary_search_by_key(&skill, |(s, _)| *s)
             .map(|i| self.skills[i].1)
             .unwrap_or(0)
-    }
-
-    /// Whether the agent has the queue's skills at full proficiency.
-    pub(super) fn serves(&self, queue: QueueIdx) -> bool {
-        self.queue_bits
-            .get(queue / 64)
-            .is_some_and(|w| w & (1u64 << (queue % 64)) != 0)
     }
 
     /// Places taken: conversations offered or assigned, and wrap-ups.
@@ -365,13 +427,4 @@ impl Engine {
             }
         }
     }
-}
-
-/// `queues` as a bit set over `count` queues.
-pub(super) fn queue_bits(queues: &[QueueIdx], count: usize) -> Vec<u64> {
-    let mut bits = vec![0u64; count.div_ceil(64)];
-    for q in queues {
-        bits[q / 64] |= 1u64 << (q % 64);
-    }
-    bits
 }

@@ -166,7 +166,7 @@ impl Engine {
             match c.state {
                 State::Waiting => {
                     let key = (c.wait_key(self.queues.aging_ms), *id);
-                    if !self.queues[c.queue].waiting.contains(&key) {
+                    if !self.queues[c.queue].waiting.contains(c.class(), &key) {
                         return Err(format!("waiting conversation {id} is in no queue"));
                     }
                 }
