@@ -10,8 +10,33 @@ use super::{AgentIdx, Engine, QueueIdx, SkillIdx};
 /// Ratio scale for load keys: open/capacity in millionths.
 pub(super) const RATIO_SCALE: u64 = 1_000_000;
 
-/// Ordering key of an agent in an index: three numbers compared in order, then the agent.
-pub(super) type Key = (u64, u64, u64);
+/// An agent's place in an index: up to three numbers compared in order, then the agent
+/// number, packed into one `u128` so that a B-tree node holds more keys and a comparison is
+/// one integer compare. From the top: a rank (12 bits: 5 − proficiency), a load ratio (20
+/// bits: at most [`RATIO_SCALE`]), a time in milliseconds (64 bits), the agent (32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Key(u128);
+
+impl Key {
+    pub(super) fn new(rank: u8, ratio: u64, time: u64, a: AgentIdx) -> Self {
+        Key(u128::from(rank) << 116
+            | u128::from(ratio.min(RATIO_SCALE)) << 96
+            | u128::from(time) << 32
+            | u128::from(a))
+    }
+
+    /// The agent whose key this is.
+    pub(super) fn agent(self) -> AgentIdx {
+        // The low 32 bits are the agent number.
+        (self.0 & u128::from(u32::MAX)) as AgentIdx
+    }
+
+    /// The same key for another time (rank and ratio kept).
+    fn at(self, ratio: u64, time: u64) -> Self {
+        let rank = (self.0 >> 116) as u8;
+        Key::new(rank, ratio, time, self.agent())
+    }
+}
 
 /// An agent as routing needs them: profile, what they hold, and their place in the index.
 #[derive(Debug, Clone)]
@@ -222,22 +247,26 @@ impl std::ops::IndexMut<AgentIdx> for Agents {
 #[derive(Debug, Clone, Default)]
 pub(super) struct AgentIndex {
     /// By idle since, oldest first (`longest_idle`).
-    pub(super) by_idle: BTreeSet<(u64, AgentIdx)>,
+    pub(super) by_idle: BTreeSet<Key>,
     /// By load ratio, then idle since (`least_loaded`, and `best_skill` without a skill).
-    pub(super) by_load: BTreeSet<(Key, AgentIdx)>,
+    pub(super) by_load: BTreeSet<Key>,
     /// By number (`round_robin`, whose cursor is a number).
     pub(super) by_id: BTreeSet<AgentIdx>,
     /// Per indexed skill: by proficiency (highest first), then load, then idle (`best_skill`).
-    pub(super) by_skill: BTreeMap<SkillIdx, BTreeSet<(Key, AgentIdx)>>,
+    pub(super) by_skill: BTreeMap<SkillIdx, BTreeSet<Key>>,
     /// The skills `by_skill` holds: the primary skills of best-skill queues.
     pub(super) skills: BTreeSet<SkillIdx>,
 }
 
+/// The keys an available agent holds in the index, so they can be found and moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct IndexEntry {
-    pub(super) idle: (u64, AgentIdx),
-    pub(super) load: (Key, AgentIdx),
-    pub(super) skills: Vec<(SkillIdx, Key, AgentIdx)>,
+    /// In `by_idle`: (idle since).
+    pub(super) idle: Key,
+    /// In `by_load`: (load ratio, idle since).
+    pub(super) load: Key,
+    /// In `by_skill`, per indexed skill: (5 − proficiency, load ratio, idle since).
+    pub(super) skills: Vec<(SkillIdx, Key)>,
 }
 
 impl Agent {
@@ -329,23 +358,24 @@ impl Engine {
     fn rekey(&mut self, a: AgentIdx, mut entry: IndexEntry) -> IndexEntry {
         let agent = &self.agents[a];
         let (idle, ratio) = (agent.idle_since.0, agent.ratio());
-        if entry.idle.0 != idle {
+        let moved = Key::new(0, 0, idle, a);
+        if entry.idle != moved {
             self.index.by_idle.remove(&entry.idle);
-            entry.idle = (idle, a);
-            self.index.by_idle.insert(entry.idle);
+            entry.idle = moved;
+            self.index.by_idle.insert(moved);
         }
-        let load = ((ratio, idle, 0), a);
+        let load = Key::new(0, ratio, idle, a);
         if entry.load != load {
             self.index.by_load.remove(&entry.load);
             entry.load = load;
             self.index.by_load.insert(load);
         }
-        for (skill, key, idx) in &mut entry.skills {
-            let moved = (key.0, ratio, idle);
+        for (skill, key) in &mut entry.skills {
+            let moved = key.at(ratio, idle);
             if *key != moved {
                 if let Some(set) = self.index.by_skill.get_mut(skill) {
-                    set.remove(&(*key, *idx));
-                    set.insert((moved, *idx));
+                    set.remove(key);
+                    set.insert(moved);
                 }
                 *key = moved;
             }
@@ -362,13 +392,13 @@ impl Engine {
         let idle = agent.idle_since.0;
         let ratio = agent.ratio();
         Some(IndexEntry {
-            idle: (idle, a),
-            load: ((ratio, idle, 0), a),
+            idle: Key::new(0, 0, idle, a),
+            load: Key::new(0, ratio, idle, a),
             skills: agent
                 .skills
                 .iter()
                 .filter(|(s, _)| self.index.skills.contains(s))
-                .map(|(s, l)| (*s, (u64::from(5 - (*l).min(5)), ratio, idle), a))
+                .map(|(s, l)| (*s, Key::new(5 - (*l).min(5), ratio, idle, a)))
                 .collect(),
         })
     }
@@ -383,9 +413,9 @@ impl Engine {
                 self.index.by_idle.remove(&o.idle);
                 self.index.by_load.remove(&o.load);
                 self.index.by_id.remove(&a);
-                for (skill, key, idx) in o.skills {
+                for (skill, key) in o.skills {
                     if let Some(set) = self.index.by_skill.get_mut(&skill) {
-                        set.remove(&(key, idx));
+                        set.remove(&key);
                     }
                 }
             }
@@ -393,12 +423,8 @@ impl Engine {
                 self.index.by_idle.insert(n.idle);
                 self.index.by_load.insert(n.load);
                 self.index.by_id.insert(a);
-                for (skill, key, idx) in &n.skills {
-                    self.index
-                        .by_skill
-                        .entry(*skill)
-                        .or_default()
-                        .insert((*key, *idx));
+                for (skill, key) in &n.skills {
+                    self.index.by_skill.entry(*skill).or_default().insert(*key);
                 }
             }
             (Some(o), Some(n)) => {
@@ -411,17 +437,13 @@ impl Engine {
                     self.index.by_load.insert(n.load);
                 }
                 if o.skills != n.skills {
-                    for (skill, key, idx) in o.skills {
+                    for (skill, key) in o.skills {
                         if let Some(set) = self.index.by_skill.get_mut(&skill) {
-                            set.remove(&(key, idx));
+                            set.remove(&key);
                         }
                     }
-                    for (skill, key, idx) in &n.skills {
-                        self.index
-                            .by_skill
-                            .entry(*skill)
-                            .or_default()
-                            .insert((*key, *idx));
+                    for (skill, key) in &n.skills {
+                        self.index.by_skill.entry(*skill).or_default().insert(*key);
                     }
                 }
             }

@@ -174,23 +174,24 @@ impl Engine {
         // Each agent's key in the index the walk would use, as the walk orders it.
         let key = |a: AgentIdx, e: &IndexEntry| -> Option<Key> {
             match strategy {
-                Strategy::LongestIdle => Some((e.idle.0, 0, 0)),
-                Strategy::RoundRobin => Some((u64::from(a < start), u64::from(a), 0)),
+                Strategy::LongestIdle => Some(e.idle),
+                // Agents from the cursor on first, then from the start.
+                Strategy::RoundRobin => Some(Key::new(u8::from(a < start), 0, 0, a)),
                 Strategy::BestSkill if skill.is_some() => e
                     .skills
                     .iter()
-                    .find(|(s, _, _)| Some(*s) == skill)
-                    .map(|(_, k, _)| *k),
-                Strategy::LeastLoaded | Strategy::BestSkill => Some(e.load.0),
+                    .find(|(s, _)| Some(*s) == skill)
+                    .map(|(_, k)| *k),
+                Strategy::LeastLoaded | Strategy::BestSkill => Some(e.load),
             }
         };
         self.agents
             .members(c.queue)
             .iter()
             .filter(|a| self.can_take(**a, c))
-            .filter_map(|&a| Some((key(a, self.agents[a].indexed.as_ref()?)?, a)))
+            .filter_map(|&a| key(a, self.agents[a].indexed.as_ref()?))
             .min()
-            .map(|(_, a)| a)
+            .map(Key::agent)
     }
 
     /// The first agent in the strategy's index order who can take the conversation.
@@ -201,13 +202,13 @@ impl Engine {
                 .index
                 .by_idle
                 .iter()
-                .map(|(_, a)| *a)
+                .map(|k| k.agent())
                 .find(|a| self.can_take(*a, c)),
             Strategy::LeastLoaded => self
                 .index
                 .by_load
                 .iter()
-                .map(|(_, a)| *a)
+                .map(|k| k.agent())
                 .find(|a| self.can_take(*a, c)),
             Strategy::RoundRobin => {
                 let start = q.rr_last.map_or(0, |l| l + 1);
@@ -219,12 +220,15 @@ impl Engine {
                     .find(|a| self.can_take(*a, c))
             }
             Strategy::BestSkill => match q.primary.and_then(|p| self.index.by_skill.get(&p)) {
-                Some(index) => index.iter().map(|(_, a)| *a).find(|a| self.can_take(*a, c)),
+                Some(index) => index
+                    .iter()
+                    .map(|k| k.agent())
+                    .find(|a| self.can_take(*a, c)),
                 None => self
                     .index
                     .by_load
                     .iter()
-                    .map(|(_, a)| *a)
+                    .map(|k| k.agent())
                     .find(|a| self.can_take(*a, c)),
             },
         }

@@ -106,11 +106,11 @@ impl Engine {
             let in_sets = self.index.by_idle.contains(&entry.idle)
                 && self.index.by_load.contains(&entry.load)
                 && self.index.by_id.contains(&i)
-                && entry.skills.iter().all(|(s, k, x)| {
+                && entry.skills.iter().all(|(s, k)| {
                     self.index
                         .by_skill
                         .get(s)
-                        .is_some_and(|set| set.contains(&(*k, *x)))
+                        .is_some_and(|set| set.contains(k))
                 });
             if fresh.as_ref() != Some(entry) || !in_sets {
                 return Err(format!("agent {} index keys out of date", a.id));
