@@ -256,6 +256,34 @@ pub(super) struct AgentIndex {
     pub(super) by_skill: BTreeMap<SkillIdx, BTreeSet<Key>>,
     /// The skills `by_skill` holds: the primary skills of best-skill queues.
     pub(super) skills: BTreeSet<SkillIdx>,
+    /// Per skill, how many available agents have it at each proficiency or more (index 1-5):
+    /// a conversation needing a skill nobody available has (a rule's rare skill, a relaxed
+    /// level) is not walked past every available agent in vain.
+    pub(super) with_skill: Vec<[u32; 6]>,
+}
+
+impl AgentIndex {
+    /// Counts an agent with `skill` at `level` in (`available`) or out of the skill counts.
+    fn count_skill(&mut self, skill: SkillIdx, level: u8, available: bool) {
+        let s = usize::from(skill);
+        if self.with_skill.len() <= s {
+            self.with_skill.resize(s + 1, [0; 6]);
+        }
+        for n in &mut self.with_skill[s][1..=usize::from(level.min(5))] {
+            *n = if available {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Whether some available agent has `skill` at `level` or more.
+    pub(super) fn someone_has(&self, skill: SkillIdx, level: u8) -> bool {
+        self.with_skill
+            .get(usize::from(skill))
+            .is_some_and(|n| n[usize::from(level.clamp(1, 5))] > 0)
+    }
 }
 
 /// The keys an available agent holds in the index, so they can be found and moved.
@@ -349,6 +377,10 @@ impl Engine {
                 } else {
                     n.saturating_sub(1)
                 };
+            }
+            for i in 0..self.agents[a].skills.len() {
+                let (skill, level) = self.agents[a].skills[i];
+                self.index.count_skill(skill, level, now_available);
             }
         }
     }

@@ -133,6 +133,13 @@ impl Engine {
         if q.available_agents == 0 && c.relax == 0 {
             return false;
         }
+        // Nobody available has a skill it needs at its level: skip the walk too.
+        if !self
+            .requirement(c.class())
+            .all(|(s, l)| self.index.someone_has(s, l))
+        {
+            return false;
+        }
         let found = if c.relax == 0 && self.members_cheaper(c.queue) {
             self.best_member(strategy, c)
         } else {
