@@ -17,12 +17,13 @@
 //!   when they have room);
 //! - channel caps: live chat, e-mail and Messenger arrivals, and agents who take at most two
 //!   e-mails and three Messenger conversations of their five places;
-//! - a backlog longer than the 64 conversations a drain used to look at: three arrivals in
-//!   a hundred need a skill no agent has and waits in the `backlog` queue until the customer gives up
-//!   (120 s), about 150 at a time, while that queue's other conversations (two arrivals in a
-//!   hundred, which every agent can take) are routed past them;
-//! - ticks: offer expiries, overflow steps, abandonment, forgetting resolved conversations
-//!   (a 5-minute reopen window and retention, so the state stays bounded) and sticky expiry fire as they fall due.
+//! - a backlog longer than the 64 conversations a drain used to look at: three arrivals in a
+//!   hundred need a skill no agent has and wait in the `backlog` queue until the customer
+//!   gives up (120 s), about 150 at a time, while that queue's other conversations (two
+//!   arrivals in a hundred, which every agent can take) are routed past them;
+//! - ticks: offer expiries, overflow steps, abandonment, sticky expiry and forgetting resolved
+//!   conversations (a 5-minute reopen window and retention, so the state stays bounded) fire
+//!   as they fall due.
 //!
 //! Criterion measures the mean; a second pass times every decision to report p50/p99/p99.9,
 //! and writes `target/bench/routing.md`.
@@ -36,7 +37,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use omni_core::{ChannelKind, ChannelRef, ConversationId, TenantId};
 use omni_routing::{
-    AgentId, AgentProfile, Command, Engine, Inbound, Input, OverflowAction, OverflowStep, Output,
+    AgentId, AgentProfile, Command, Engine, Inbound, Input, Output, OverflowAction, OverflowStep,
     Presence, QueueConfig, QueueId, RoutingConfig, RoutingEvent, Rule, RuleMatch, Skill, Strategy,
     Timestamp,
 };
@@ -314,11 +315,7 @@ impl Workload {
             decide += d;
             changelog += c;
         }
-        if self
-            .engine
-            .next_timer()
-            .is_some_and(|t| t.0 <= self.now)
-        {
+        if self.engine.next_timer().is_some_and(|t| t.0 <= self.now) {
             let (d, c) = self.step(&Input::Tick);
             decide += d;
             changelog += c;
