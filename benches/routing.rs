@@ -156,6 +156,8 @@ struct Workload {
     next_conv: u64,
     /// Conversations to resolve, oldest first (the backlog's are left to be abandoned).
     open: VecDeque<ConversationId>,
+    /// How many conversations are kept open: half of the agents' places.
+    target: usize,
     /// Recently resolved conversations (id, channel, contact), for customers writing again.
     resolved: VecDeque<(ConversationId, ChannelRef, String)>,
     /// Offers made in the last step, answered in the next: (agent, conversation).
@@ -203,6 +205,7 @@ impl Workload {
             now,
             next_conv: 0,
             open: VecDeque::new(),
+            target: agents * 5 / 2,
             resolved: VecDeque::new(),
             offers: Vec::new(),
             contacts: BTreeMap::new(),
@@ -299,7 +302,12 @@ impl Workload {
             inputs.push(Input::Command(answer));
         }
         inputs.push(self.next_arrival());
-        if let Some(old) = self.open.pop_front() {
+        // Resolve the oldest while more than the target are open (an arrival that needs the
+        // rare skill adds none), so the load stays at about half.
+        let oldest = (self.open.len() > self.target)
+            .then(|| self.open.pop_front())
+            .flatten();
+        if let Some(old) = oldest {
             if let Some((channel, contact)) = self.contacts.remove(&old) {
                 self.resolved.push_back((old, channel, contact));
                 if self.resolved.len() > 1_000 {
