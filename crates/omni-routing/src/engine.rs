@@ -56,6 +56,8 @@
 //! - `kpis.rs`: each agent's figures of the day (handled, handling and first-response time,
 //!   occupancy, CSAT) and the end-of-day summary;
 //! - `agents.rs`: agents by number and the agent index (the ordered sets a strategy walks);
+//! - `waiting.rs`: a queue's waiting conversations, split by what it takes to serve them;
+//! - `idhash.rs`: the fast seeded hasher of the conversation map;
 //! - `conversation.rs`: a conversation's routing state, its sequence numbers and deadlines;
 //! - `views.rs`: read-only views for the agent/operator API and gauges;
 //! - `invariants.rs`: [`Engine::check_invariants`], run by the property tests after every step;
@@ -73,12 +75,22 @@
 //! for its channel kind, not having declined it). An agent change updates a handful of index
 //! entries (not one per queue), and the walk length depends on the share of agents that are
 //! eligible, not on how many agents there are — so the cost of a decision grows with log(N).
+//! Three things keep the walk short where that share is small: agents sit in a vector by
+//! number with the queues each serves as dense bits beside it, so skipping an agent outside
+//! the queue is one load; when few of a queue's agents are available among many, the engine
+//! takes the least index key among the queue's own agents instead (the agent the walk would
+//! reach first — debug builds check both agree); and available agents are counted per skill
+//! and level, so a conversation needing a skill nobody available has is not walked at all.
+//! Index keys are packed into one `u128` (rank, load ratio, idle time, agent number).
 //!
 //! Waiting conversations sit per queue, ordered by `arrival − priority × aging_step`: since every
 //! waiting conversation ages at the same rate, that key orders them by aged priority forever,
-//! and FIFO among equals, without re-sorting. When an agent frees capacity, the engine looks at
-//! the queues the agent can serve (computed once per agent) and takes the best conversation
-//! among their heads — a queue drains the moment capacity frees, never on a timer.
+//! and FIFO among equals, without re-sorting. Within a queue they are split by class (channel
+//! kind, overflow relaxation, skills a rule added: everything an agent's eligibility depends on
+//! but the decline list; `waiting.rs`). When an agent frees capacity, the engine looks at the
+//! queues the agent can serve (computed once per agent), checks each class once, and takes the
+//! best conversation among the classes' heads — a queue drains the moment capacity frees, never
+//! on a timer, and a backlog nobody can take never hides eligible work behind it.
 //!
 //! Timers (offer expiry, overflow steps, SLA targets, queue opening, forgetting resolved
 //! conversations) live in one ordered set and fire on [`Input::Tick`]; a timer carries the
@@ -113,6 +125,7 @@ mod arrival;
 mod choice;
 mod commands;
 mod conversation;
+mod idhash;
 mod invariants;
 mod kpis;
 mod offers;
@@ -121,6 +134,7 @@ pub mod state;
 mod survey;
 mod timers;
 mod views;
+mod waiting;
 mod work;
 
 use agents::{AgentIndex, Agents};
@@ -132,6 +146,8 @@ use timers::Timer;
 pub use views::{AgentView, ConversationView, QueueView, StateSize};
 
 type AgentIdx = u32;
+/// Open and retained conversations by id, hashed fast ([`idhash`]).
+type Conversations = HashMap<ConversationId, Conversation, idhash::IdHashBuilder>;
 type QueueIdx = usize;
 type SkillIdx = u16;
 
@@ -156,7 +172,7 @@ pub struct Engine {
     index: AgentIndex,
     /// Every open conversation, and resolved ones until their retention ends: looked up by
     /// id only, so hash order never shows.
-    conversations: HashMap<ConversationId, Conversation>,
+    conversations: Conversations,
     /// Each contact's last agent and when they were assigned (by sticky key), for sticky
     /// routing within the window; forgotten by a timer just after it.
     sticky: HashMap<String, (AgentIdx, Timestamp)>,
@@ -196,9 +212,9 @@ impl Engine {
                 i64::try_from(config.aging_step_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             ),
             rules: Rules::default(),
-            agents: Agents::new(),
+            agents: Agents::new(config.queues.len()),
             index: AgentIndex::default(),
-            conversations: HashMap::new(),
+            conversations: Conversations::default(),
             sticky: HashMap::new(),
             timers: BTreeSet::new(),
             changes: Changes::default(),
@@ -228,7 +244,7 @@ impl Engine {
                 cfg: q.clone(),
                 required,
                 primary,
-                waiting: BTreeSet::new(),
+                waiting: waiting::Waiting::default(),
                 available_agents: 0,
                 rr_last: None,
                 open_cache: None,
@@ -296,7 +312,7 @@ impl Engine {
 /// A conversation to change, recorded as changed (for the state changelog).
 fn touch<'a>(
     dirty: &mut BTreeSet<ConversationId>,
-    conversations: &'a mut HashMap<ConversationId, Conversation>,
+    conversations: &'a mut Conversations,
     id: ConversationId,
 ) -> Option<&'a mut Conversation> {
     dirty.insert(id);

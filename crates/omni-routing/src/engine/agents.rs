@@ -2,7 +2,6 @@
 
 use omni_core::{ChannelKind, ConversationId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::model::{AgentId, Presence, Timestamp};
 
@@ -11,8 +10,33 @@ use super::{AgentIdx, Engine, QueueIdx, SkillIdx};
 /// Ratio scale for load keys: open/capacity in millionths.
 pub(super) const RATIO_SCALE: u64 = 1_000_000;
 
-/// Ordering key of an agent in an index: three numbers compared in order, then the agent.
-pub(super) type Key = (u64, u64, u64);
+/// An agent's place in an index: up to three numbers compared in order, then the agent
+/// number, packed into one `u128` so that a B-tree node holds more keys and a comparison is
+/// one integer compare. From the top: a rank (12 bits: 5 − proficiency), a load ratio (20
+/// bits: at most [`RATIO_SCALE`]), a time in milliseconds (64 bits), the agent (32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Key(u128);
+
+impl Key {
+    pub(super) fn new(rank: u8, ratio: u64, time: u64, a: AgentIdx) -> Self {
+        Key(u128::from(rank) << 116
+            | u128::from(ratio.min(RATIO_SCALE)) << 96
+            | u128::from(time) << 32
+            | u128::from(a))
+    }
+
+    /// The agent whose key this is.
+    pub(super) fn agent(self) -> AgentIdx {
+        // The low 32 bits are the agent number.
+        (self.0 & u128::from(u32::MAX)) as AgentIdx
+    }
+
+    /// The same key for another time (rank and ratio kept).
+    fn at(self, ratio: u64, time: u64) -> Self {
+        let rank = (self.0 >> 116) as u8;
+        Key::new(rank, ratio, time, self.agent())
+    }
+}
 
 /// An agent as routing needs them: profile, what they hold, and their place in the index.
 #[derive(Debug, Clone)]
@@ -36,11 +60,9 @@ pub(super) struct Agent {
     pub(super) missed_offers: u32,
     /// The last assignment or coming online: `longest_idle` orders by it.
     pub(super) idle_since: Timestamp,
-    /// Queues whose required skills the agent meets at full proficiency.
+    /// Queues whose required skills the agent meets at full proficiency (also kept as bits in
+    /// [`Agents`], set with [`Agents::set_queues`]).
     pub(super) queues: Vec<QueueIdx>,
-    /// The same queues as a bit set, so most agents who cannot serve a conversation's queue
-    /// are skipped in one test while walking an index.
-    pub(super) queue_bits: Vec<u64>,
     /// Index entries currently held (so they can be removed before a change).
     pub(super) indexed: Option<IndexEntry>,
     /// The day's figures (`kpis.rs`).
@@ -62,10 +84,23 @@ pub(super) struct WrapUp {
 /// Agents by number. Numbers are handed out in creation order and never reused, so every
 /// tie between agents (the indexes below order equal keys by number) and the round-robin
 /// cursor mean the same thing in a restored engine as in the live one: the number is written
-/// in the agent's record (`seq`). A removed agent's number simply disappears from the map.
+/// in the agent's record (`seq`). Numbers are dense (handed out one after another), so agents
+/// sit in a vector indexed by number: a lookup while walking an index is one bounds check, not
+/// a hash probe. A removed agent's slot is simply empty.
 #[derive(Debug, Clone)]
 pub(super) struct Agents {
-    map: HashMap<AgentIdx, Agent, BuildHasherDefault<IdxHasher>>,
+    slots: Vec<Option<Agent>>,
+    /// How many slots hold an agent.
+    count: usize,
+    /// The queues each agent serves, as `words` bits per agent number side by side: a walk
+    /// of the agent index skips most agents who cannot serve a conversation's queue with one
+    /// load from this small array, without touching the agents themselves.
+    serves: Vec<u64>,
+    /// Words per agent in `serves` (the number of queues, fixed by the configuration, / 64).
+    words: usize,
+    /// Per queue, the agents who serve it (in no particular order): when few of them are
+    /// available, looking at each is cheaper than walking the global index to the first.
+    members: Vec<Vec<AgentIdx>>,
     /// Numbers by name, for commands (which name agents).
     pub(super) by_name: HashMap<AgentId, AgentIdx>,
     /// The number the next new agent gets (numbers start at 1; 0 marks a record written
@@ -74,54 +109,133 @@ pub(super) struct Agents {
 }
 
 impl Agents {
-    pub(super) fn new() -> Self {
+    /// No agents, for `queues` configured queues.
+    pub(super) fn new(queues: usize) -> Self {
         Agents {
-            map: HashMap::default(),
+            slots: Vec::new(),
+            count: 0,
+            serves: Vec::new(),
+            words: queues.div_ceil(64),
+            members: vec![Vec::new(); queues],
             by_name: HashMap::new(),
             next: 1,
         }
     }
 
     pub(super) fn get(&self, a: AgentIdx) -> Option<&Agent> {
-        self.map.get(&a)
+        self.slots.get(a as usize).and_then(Option::as_ref)
     }
 
     pub(super) fn insert(&mut self, a: AgentIdx, agent: Agent) {
-        self.map.insert(a, agent);
+        let i = a as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+            self.serves.resize((i + 1) * self.words, 0);
+        }
+        match self.slots[i].take() {
+            Some(old) => self.leave_members(a, &old.queues),
+            None => self.count += 1,
+        }
+        let queues = agent.queues.clone();
+        self.slots[i] = Some(agent);
+        self.set_queues(a, queues);
     }
 
     pub(super) fn remove(&mut self, a: AgentIdx) -> Option<Agent> {
-        self.map.remove(&a)
+        let agent = self.slots.get_mut(a as usize).and_then(Option::take);
+        if let Some(agent) = &agent {
+            self.count -= 1;
+            self.bits_mut(a).fill(0);
+            self.leave_members(a, &agent.queues);
+        }
+        agent
+    }
+
+    fn leave_members(&mut self, a: AgentIdx, queues: &[QueueIdx]) {
+        for &q in queues {
+            if let Some(list) = self.members.get_mut(q) {
+                if let Some(i) = list.iter().position(|x| *x == a) {
+                    list.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    /// The agents who serve `queue`, in no particular order.
+    pub(super) fn members(&self, queue: QueueIdx) -> &[AgentIdx] {
+        self.members.get(queue).map_or(&[], Vec::as_slice)
+    }
+
+    /// Sets the queues agent `a` serves (their list and their bits).
+    pub(super) fn set_queues(&mut self, a: AgentIdx, queues: Vec<QueueIdx>) {
+        let old = self
+            .get(a)
+            .map(|agent| agent.queues.clone())
+            .unwrap_or_default();
+        self.leave_members(a, &old);
+        for &q in &queues {
+            if let Some(list) = self.members.get_mut(q) {
+                list.push(a);
+            }
+        }
+        let bits = self.bits_mut(a);
+        bits.fill(0);
+        for q in &queues {
+            if let Some(w) = bits.get_mut(q / 64) {
+                *w |= 1u64 << (q % 64);
+            }
+        }
+        if let Some(agent) = self.slots.get_mut(a as usize).and_then(Option::as_mut) {
+            agent.queues = queues;
+        }
+    }
+
+    /// Whether agent `a` has the queue's skills at full proficiency.
+    pub(super) fn serves(&self, a: AgentIdx, queue: QueueIdx) -> bool {
+        self.serves
+            .get(a as usize * self.words + queue / 64)
+            .is_some_and(|w| w & (1u64 << (queue % 64)) != 0)
+    }
+
+    fn bits_mut(&mut self, a: AgentIdx) -> &mut [u64] {
+        let start = (a as usize * self.words).min(self.serves.len());
+        let end = (start + self.words).min(self.serves.len());
+        &mut self.serves[start..end]
     }
 
     /// Every agent number, ascending (creation order).
     pub(super) fn numbers(&self) -> Vec<AgentIdx> {
-        let mut v: Vec<AgentIdx> = self.map.keys().copied().collect();
-        v.sort_unstable();
-        v
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .filter_map(|(i, _)| AgentIdx::try_from(i).ok())
+            .collect()
     }
 
-    /// Every agent, in no particular order (for counting only).
+    /// Every agent, in number order.
     pub(super) fn values(&self) -> impl Iterator<Item = &Agent> {
-        self.map.values()
+        self.slots.iter().flatten()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.map.len()
+        self.count
     }
 }
 
 impl std::ops::Index<AgentIdx> for Agents {
     type Output = Agent;
     fn index(&self, a: AgentIdx) -> &Agent {
-        &self.map[&a]
+        self.get(a)
+            .unwrap_or_else(|| unreachable!("unknown agent number {a}"))
     }
 }
 
 impl std::ops::IndexMut<AgentIdx> for Agents {
     fn index_mut(&mut self, a: AgentIdx) -> &mut Agent {
-        self.map
-            .get_mut(&a)
+        self.slots
+            .get_mut(a as usize)
+            .and_then(Option::as_mut)
             .unwrap_or_else(|| unreachable!("unknown agent number {a}"))
     }
 }
@@ -133,42 +247,54 @@ impl std::ops::IndexMut<AgentIdx> for Agents {
 #[derive(Debug, Clone, Default)]
 pub(super) struct AgentIndex {
     /// By idle since, oldest first (`longest_idle`).
-    pub(super) by_idle: BTreeSet<(u64, AgentIdx)>,
+    pub(super) by_idle: BTreeSet<Key>,
     /// By load ratio, then idle since (`least_loaded`, and `best_skill` without a skill).
-    pub(super) by_load: BTreeSet<(Key, AgentIdx)>,
+    pub(super) by_load: BTreeSet<Key>,
     /// By number (`round_robin`, whose cursor is a number).
     pub(super) by_id: BTreeSet<AgentIdx>,
     /// Per indexed skill: by proficiency (highest first), then load, then idle (`best_skill`).
-    pub(super) by_skill: BTreeMap<SkillIdx, BTreeSet<(Key, AgentIdx)>>,
+    pub(super) by_skill: BTreeMap<SkillIdx, BTreeSet<Key>>,
     /// The skills `by_skill` holds: the primary skills of best-skill queues.
     pub(super) skills: BTreeSet<SkillIdx>,
+    /// Per skill, how many available agents have it at each proficiency or more (index 1-5):
+    /// a conversation needing a skill nobody available has (a rule's rare skill, a relaxed
+    /// level) is not walked past every available agent in vain.
+    pub(super) with_skill: Vec<[u32; 6]>,
 }
 
-/// A hasher for agent numbers: one multiplication (numbers are not attacker-chosen).
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct IdxHasher(u64);
-
-impl Hasher for IdxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+impl AgentIndex {
+    /// Counts an agent with `skill` at `level` in (`available`) or out of the skill counts.
+    fn count_skill(&mut self, skill: SkillIdx, level: u8, available: bool) {
+        let s = usize::from(skill);
+        if self.with_skill.len() <= s {
+            self.with_skill.resize(s + 1, [0; 6]);
+        }
+        for n in &mut self.with_skill[s][1..=usize::from(level.min(5))] {
+            *n = if available {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
         }
     }
 
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    /// Whether some available agent has `skill` at `level` or more.
+    pub(super) fn someone_has(&self, skill: SkillIdx, level: u8) -> bool {
+        self.with_skill
+            .get(usize::from(skill))
+            .is_some_and(|n| n[usize::from(level.clamp(1, 5))] > 0)
     }
 }
 
+/// The keys an available agent holds in the index, so they can be found and moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct IndexEntry {
-    pub(super) idle: (u64, AgentIdx),
-    pub(super) load: (Key, AgentIdx),
-    pub(super) skills: Vec<(SkillIdx, Key, AgentIdx)>,
+    /// In `by_idle`: (idle since).
+    pub(super) idle: Key,
+    /// In `by_load`: (load ratio, idle since).
+    pub(super) load: Key,
+    /// In `by_skill`, per indexed skill: (5 − proficiency, load ratio, idle since).
+    pub(super) skills: Vec<(SkillIdx, Key)>,
 }
 
 impl Agent {
@@ -177,13 +303,6 @@ impl Agent {
             .binary_search_by_key(&skill, |(s, _)| *s)
             .map(|i| self.skills[i].1)
             .unwrap_or(0)
-    }
-
-    /// Whether the agent has the queue's skills at full proficiency.
-    pub(super) fn serves(&self, queue: QueueIdx) -> bool {
-        self.queue_bits
-            .get(queue / 64)
-            .is_some_and(|w| w & (1u64 << (queue % 64)) != 0)
     }
 
     /// Places taken: conversations offered or assigned, and wrap-ups.
@@ -259,6 +378,10 @@ impl Engine {
                     n.saturating_sub(1)
                 };
             }
+            for i in 0..self.agents[a].skills.len() {
+                let (skill, level) = self.agents[a].skills[i];
+                self.index.count_skill(skill, level, now_available);
+            }
         }
     }
 
@@ -267,23 +390,24 @@ impl Engine {
     fn rekey(&mut self, a: AgentIdx, mut entry: IndexEntry) -> IndexEntry {
         let agent = &self.agents[a];
         let (idle, ratio) = (agent.idle_since.0, agent.ratio());
-        if entry.idle.0 != idle {
+        let moved = Key::new(0, 0, idle, a);
+        if entry.idle != moved {
             self.index.by_idle.remove(&entry.idle);
-            entry.idle = (idle, a);
-            self.index.by_idle.insert(entry.idle);
+            entry.idle = moved;
+            self.index.by_idle.insert(moved);
         }
-        let load = ((ratio, idle, 0), a);
+        let load = Key::new(0, ratio, idle, a);
         if entry.load != load {
             self.index.by_load.remove(&entry.load);
             entry.load = load;
             self.index.by_load.insert(load);
         }
-        for (skill, key, idx) in &mut entry.skills {
-            let moved = (key.0, ratio, idle);
+        for (skill, key) in &mut entry.skills {
+            let moved = key.at(ratio, idle);
             if *key != moved {
                 if let Some(set) = self.index.by_skill.get_mut(skill) {
-                    set.remove(&(*key, *idx));
-                    set.insert((moved, *idx));
+                    set.remove(key);
+                    set.insert(moved);
                 }
                 *key = moved;
             }
@@ -300,13 +424,13 @@ impl Engine {
         let idle = agent.idle_since.0;
         let ratio = agent.ratio();
         Some(IndexEntry {
-            idle: (idle, a),
-            load: ((ratio, idle, 0), a),
+            idle: Key::new(0, 0, idle, a),
+            load: Key::new(0, ratio, idle, a),
             skills: agent
                 .skills
                 .iter()
                 .filter(|(s, _)| self.index.skills.contains(s))
-                .map(|(s, l)| (*s, (u64::from(5 - (*l).min(5)), ratio, idle), a))
+                .map(|(s, l)| (*s, Key::new(5 - (*l).min(5), ratio, idle, a)))
                 .collect(),
         })
     }
@@ -321,9 +445,9 @@ impl Engine {
                 self.index.by_idle.remove(&o.idle);
                 self.index.by_load.remove(&o.load);
                 self.index.by_id.remove(&a);
-                for (skill, key, idx) in o.skills {
+                for (skill, key) in o.skills {
                     if let Some(set) = self.index.by_skill.get_mut(&skill) {
-                        set.remove(&(key, idx));
+                        set.remove(&key);
                     }
                 }
             }
@@ -331,12 +455,8 @@ impl Engine {
                 self.index.by_idle.insert(n.idle);
                 self.index.by_load.insert(n.load);
                 self.index.by_id.insert(a);
-                for (skill, key, idx) in &n.skills {
-                    self.index
-                        .by_skill
-                        .entry(*skill)
-                        .or_default()
-                        .insert((*key, *idx));
+                for (skill, key) in &n.skills {
+                    self.index.by_skill.entry(*skill).or_default().insert(*key);
                 }
             }
             (Some(o), Some(n)) => {
@@ -349,29 +469,16 @@ impl Engine {
                     self.index.by_load.insert(n.load);
                 }
                 if o.skills != n.skills {
-                    for (skill, key, idx) in o.skills {
+                    for (skill, key) in o.skills {
                         if let Some(set) = self.index.by_skill.get_mut(&skill) {
-                            set.remove(&(key, idx));
+                            set.remove(&key);
                         }
                     }
-                    for (skill, key, idx) in &n.skills {
-                        self.index
-                            .by_skill
-                            .entry(*skill)
-                            .or_default()
-                            .insert((*key, *idx));
+                    for (skill, key) in &n.skills {
+                        self.index.by_skill.entry(*skill).or_default().insert(*key);
                     }
                 }
             }
         }
     }
-}
-
-/// `queues` as a bit set over `count` queues.
-pub(super) fn queue_bits(queues: &[QueueIdx], count: usize) -> Vec<u64> {
-    let mut bits = vec![0u64; count.div_ceil(64)];
-    for q in queues {
-        bits[q / 64] |= 1u64 << (q % 64);
-    }
-    bits
 }

@@ -11,6 +11,7 @@ use crate::output::{Observation, ObservationKind, Output, RoutingEvent};
 
 use super::conversation::{Conversation, DeadlineKind, Deadlines, State};
 use super::timers::SlaKindOrd;
+use super::waiting::Waiting;
 use super::{touch, AgentIdx, Engine, QueueIdx, SkillIdx};
 
 /// A rule with its queue resolved and its words lower-cased once, at start-up.
@@ -35,8 +36,8 @@ pub(super) struct Queues {
     pub(super) by_id: HashMap<QueueId, QueueIdx>,
     /// Where a conversation goes when no rule matches.
     pub(super) default: QueueIdx,
-    /// Waiting conversations with relaxed proficiency, across queues, by wait key.
-    pub(super) relaxed: BTreeSet<(i64, ConversationId)>,
+    /// Waiting conversations with relaxed proficiency, across queues, by class and wait key.
+    pub(super) relaxed: Waiting,
     /// How much one priority step is worth in waiting time (ms): the wait-key scale.
     pub(super) aging_ms: i64,
 }
@@ -47,7 +48,7 @@ impl Queues {
             list: Vec::new(),
             by_id: HashMap::new(),
             default: 0,
-            relaxed: BTreeSet::new(),
+            relaxed: Waiting::default(),
             aging_ms,
         }
     }
@@ -95,9 +96,9 @@ pub(super) struct Queue {
     pub(super) required: Vec<(SkillIdx, u8)>,
     /// The skill `best_skill` orders by: the highest minimum, ties by name.
     pub(super) primary: Option<SkillIdx>,
-    /// Waiting conversations by wait key (`arrival − priority × aging`), then id: the first
-    /// is the one to route next, forever, without re-sorting.
-    pub(super) waiting: BTreeSet<(i64, ConversationId)>,
+    /// Waiting conversations by class, then wait key (`arrival − priority × aging`) and id:
+    /// the first of a class is the one to route next, forever, without re-sorting.
+    pub(super) waiting: Waiting,
     /// Available agents with the queue's skills: lets a routing attempt skip the walk.
     pub(super) available_agents: usize,
     /// The round-robin cursor: the number of the agent who got the last turn.
@@ -264,7 +265,7 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         self.set_deadline(id, DeadlineKind::Overflow, None);
-        let key = {
+        {
             let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
@@ -273,12 +274,8 @@ impl Engine {
             c.entered_queue_at = now;
             c.queue_epoch += 1;
             c.next_step = 0;
-            c.wait_key(self.queues.aging_ms)
-        };
-        self.queues[queue].waiting.insert((key, id));
-        if self.conversations[&id].relax > 0 {
-            self.queues.relaxed.insert((key, id));
         }
+        self.join_waiting(id);
         if let Some(step) = self.queues[queue].cfg.overflow.first() {
             let at = now.plus_secs(step.after_secs);
             self.set_deadline(id, DeadlineKind::Overflow, Some(at));
@@ -357,9 +354,8 @@ impl Engine {
             c.entered_queue_at = now;
             c.queue_epoch += 1;
             c.next_step = 0;
-            let key = c.wait_key(self.queues.aging_ms);
-            self.queues[queue].waiting.insert((key, id));
         }
+        self.join_waiting(id);
     }
 
     pub(super) fn queue_open(&mut self, queue: QueueIdx, now: Timestamp) -> bool {
@@ -389,13 +385,29 @@ impl Engine {
         }
     }
 
-    /// Removes a conversation from its queue's waiting set (and the relaxed set).
+    /// Puts a waiting conversation into its queue's waiting set (and the relaxed set when
+    /// overflow relaxed it), under its current wait key and class.
+    pub(super) fn join_waiting(&mut self, id: ConversationId) {
+        let Some(c) = self.conversations.get(&id) else {
+            return;
+        };
+        let key = (c.wait_key(self.queues.aging_ms), id);
+        self.queues[c.queue].waiting.insert(c.class(), key);
+        if c.relax > 0 {
+            self.queues.relaxed.insert(c.class(), key);
+        }
+    }
+
+    /// Removes a conversation from its queue's waiting set (and the relaxed set). Call it
+    /// before changing what its wait key or class is made of.
     pub(super) fn leave_waiting(&mut self, id: ConversationId) {
         let Some(c) = self.conversations.get(&id) else {
             return;
         };
         let key = (c.wait_key(self.queues.aging_ms), id);
-        self.queues[c.queue].waiting.remove(&key);
-        self.queues.relaxed.remove(&key);
+        self.queues[c.queue].waiting.remove(c.class(), &key);
+        if c.relax > 0 {
+            self.queues.relaxed.remove(c.class(), &key);
+        }
     }
 }

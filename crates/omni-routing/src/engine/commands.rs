@@ -7,7 +7,7 @@ use crate::input::{AgentProfile, Command, TransferTarget};
 use crate::model::{AgentId, Presence, Timestamp};
 use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent, SlaKind};
 
-use super::agents::{queue_bits, Agent};
+use super::agents::Agent;
 use super::conversation::{DeadlineKind, State};
 use super::timers::{SlaKindOrd, Timer};
 use super::{reject, touch, AgentIdx, Engine};
@@ -157,7 +157,6 @@ impl Engine {
                         },
                         idle_since: now,
                         queues: Vec::new(),
-                        queue_bits: Vec::new(),
                         indexed: None,
                     },
                 );
@@ -174,9 +173,8 @@ impl Engine {
             ag.skills = skills;
             ag.capacity = p.capacity;
             ag.channel_capacity = p.channel_capacity.clone();
-            ag.queue_bits = queue_bits(&queues, self.queues.len());
-            ag.queues = queues;
         }
+        self.agents.set_queues(a, queues);
         self.update_agent(a, |ag| ag.removed = false);
         // Pending offers the agent no longer has the skills for go to someone else.
         let offers: Vec<ConversationId> = self.agents[a]
@@ -186,7 +184,7 @@ impl Engine {
                 self.conversations.get(id).is_some_and(|c| {
                     matches!(c.state, State::Offered { .. })
                         && !self
-                            .requirement(c)
+                            .requirement(c.class())
                             .all(|(s, l)| self.agents[a].level(s) >= l)
                 })
             })

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use crate::model::Timestamp;
 use crate::output::Explanation;
 
+use super::waiting::ClassRef;
 use super::{AgentIdx, QueueIdx, SkillIdx};
 
 /// Where a conversation stands; an offered or assigned one is also in its agent's `open`.
@@ -112,6 +113,16 @@ pub(super) struct Deadlines {
 impl Conversation {
     pub(super) fn wait_key(&self, aging_ms: i64) -> i64 {
         i64::try_from(self.arrival.0).unwrap_or(i64::MAX) - i64::from(self.priority) * aging_ms
+    }
+
+    /// What an agent needs to take it while it waits (see [`super::waiting`]).
+    pub(super) fn class(&self) -> ClassRef<'_> {
+        ClassRef {
+            queue: self.queue,
+            kind: self.channel.kind,
+            relax: self.relax,
+            extra: &self.extra_skills,
+        }
     }
 }
 

@@ -106,11 +106,11 @@ impl Engine {
             let in_sets = self.index.by_idle.contains(&entry.idle)
                 && self.index.by_load.contains(&entry.load)
                 && self.index.by_id.contains(&i)
-                && entry.skills.iter().all(|(s, k, x)| {
+                && entry.skills.iter().all(|(s, k)| {
                     self.index
                         .by_skill
                         .get(s)
-                        .is_some_and(|set| set.contains(&(*k, *x)))
+                        .is_some_and(|set| set.contains(k))
                 });
             if fresh.as_ref() != Some(entry) || !in_sets {
                 return Err(format!("agent {} index keys out of date", a.id));
@@ -120,9 +120,28 @@ impl Engine {
         Ok(())
     }
 
-    /// The agent index holds every available agent and nobody else.
+    /// The agent index holds every available agent and nobody else, and counts their skills.
     fn check_index_counts(&self) -> Result<(), String> {
         let available = self.agents.values().filter(|a| a.available()).count();
+        let mut with_skill: Vec<[u32; 6]> = Vec::new();
+        for a in self.agents.values().filter(|a| a.available()) {
+            for &(s, l) in &a.skills {
+                let s = usize::from(s);
+                if with_skill.len() <= s {
+                    with_skill.resize(s + 1, [0; 6]);
+                }
+                for n in &mut with_skill[s][1..=usize::from(l.min(5))] {
+                    *n += 1;
+                }
+            }
+        }
+        let counted = &self.index.with_skill;
+        let padded = |v: &[[u32; 6]], i: usize| v.get(i).copied().unwrap_or([0; 6]);
+        if (0..with_skill.len().max(counted.len()))
+            .any(|i| padded(&with_skill, i) != padded(counted, i))
+        {
+            return Err("available agents by skill out of date".into());
+        }
         if self.index.by_idle.len() != available
             || self.index.by_load.len() != available
             || self.index.by_id.len() != available
@@ -166,7 +185,7 @@ impl Engine {
             match c.state {
                 State::Waiting => {
                     let key = (c.wait_key(self.queues.aging_ms), *id);
-                    if !self.queues[c.queue].waiting.contains(&key) {
+                    if !self.queues[c.queue].waiting.contains(c.class(), &key) {
                         return Err(format!("waiting conversation {id} is in no queue"));
                     }
                 }

@@ -1,7 +1,7 @@
 //! Offers and holding: giving a conversation to an agent (an offer or an assignment), taking it
 //! back (decline, timeout, requeue), and routing it again.
 
-use omni_core::ConversationId;
+use omni_core::{ChannelKind, ConversationId};
 
 use crate::model::{AgentId, Timestamp};
 use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEvent};
@@ -9,6 +9,15 @@ use crate::output::{Explanation, Observation, ObservationKind, Output, RoutingEv
 use super::conversation::{DeadlineKind, State};
 use super::timers::Timer;
 use super::{reject, touch, AgentIdx, Engine};
+
+/// How an agent holds a conversation being assigned to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// As an offer (now accepted): their idle time restarts at the assignment.
+    Offer,
+    /// Taken just now, in the same step: their idle time restarted with it.
+    JustTaken,
+}
 
 impl Engine {
     /// Gives a waiting conversation to `agent`: an offer, or an assignment in auto-assign queues.
@@ -25,11 +34,13 @@ impl Engine {
             let c = &self.conversations[&id];
             (c.channel.kind, c.queue)
         };
-        self.update_agent(a, |agent| {
-            agent.open.insert(id, now);
-            *agent.open_by_kind.entry(kind).or_insert(0) += 1;
-        });
         let timeout = self.queues[queue].cfg.offer_timeout_secs;
+        let held = if timeout.is_some() {
+            Held::Offer
+        } else {
+            Held::JustTaken
+        };
+        self.hold(now, a, id, kind, held);
         match timeout {
             Some(secs) => {
                 let expires = now.plus_secs(secs);
@@ -51,16 +62,37 @@ impl Engine {
                     expires_at: expires,
                 }));
             }
-            None => self.assign(now, id, a, explanation, out),
+            None => self.assign(now, id, a, explanation, held, out),
         }
     }
 
+    /// Puts a conversation in agent `a`'s hands: a place taken (and for an assignment, the
+    /// agent's idle time restarts), in one agent update so that the index moves once.
+    fn hold(
+        &mut self,
+        now: Timestamp,
+        a: AgentIdx,
+        id: ConversationId,
+        kind: ChannelKind,
+        held: Held,
+    ) {
+        self.update_agent(a, |agent| {
+            agent.open.insert(id, now);
+            *agent.open_by_kind.entry(kind).or_insert(0) += 1;
+            if held == Held::JustTaken {
+                agent.idle_since = agent.idle_since.max(now);
+            }
+        });
+    }
+
+    /// Makes a conversation the agent holds theirs (`held` says how they hold it).
     fn assign(
         &mut self,
         now: Timestamp,
         id: ConversationId,
         a: AgentIdx,
         explanation: Explanation,
+        held: Held,
         out: &mut Vec<Output>,
     ) {
         self.cancel_offer_timer(id);
@@ -78,7 +110,9 @@ impl Engine {
         self.set_deadline(id, DeadlineKind::Retry, None);
         self.set_deadline(id, DeadlineKind::Abandon, None);
         self.note_assignment(now, queue);
-        self.update_agent(a, |agent| agent.idle_since = agent.idle_since.max(now));
+        if held == Held::Offer {
+            self.update_agent(a, |agent| agent.idle_since = agent.idle_since.max(now));
+        }
         self.set_sticky(sticky_key, Some((a, now)));
         out.push(Output::Event(RoutingEvent::Assigned {
             conversation: id,
@@ -104,11 +138,8 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let kind = self.conversations[&id].channel.kind;
-        self.update_agent(a, |agent| {
-            agent.open.insert(id, now);
-            *agent.open_by_kind.entry(kind).or_insert(0) += 1;
-        });
-        self.assign(now, id, a, explanation, out);
+        self.hold(now, a, id, kind, Held::JustTaken);
+        self.assign(now, id, a, explanation, Held::JustTaken, out);
     }
 
     /// Detaches a conversation from the agent holding it (offer or assignment); returns them.
@@ -157,7 +188,7 @@ impl Engine {
                         eligible: 0,
                         reason: "accepted".into(),
                     });
-                self.assign(now, id, a, explanation, out);
+                self.assign(now, id, a, explanation, Held::Offer, out);
             }
             _ => reject(
                 out,
@@ -183,19 +214,16 @@ impl Engine {
             );
         };
         self.release(id);
-        let (queue, kind, key) = {
+        let (queue, kind) = {
             let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.declined.insert(a);
             c.state = State::Waiting;
             c.pending_explanation = None;
-            (c.queue, c.channel.kind, c.wait_key(self.queues.aging_ms))
+            (c.queue, c.channel.kind)
         };
-        self.queues[queue].waiting.insert((key, id));
-        if self.conversations[&id].relax > 0 {
-            self.queues.relaxed.insert((key, id));
-        }
+        self.join_waiting(id);
         out.push(Output::Event(RoutingEvent::OfferDeclined {
             conversation: id,
             agent: self.agents[a].id.clone(),
@@ -255,17 +283,13 @@ impl Engine {
             from_agent: Some(self.agents[agent].id.clone()),
             reason: reason.to_owned(),
         }));
-        let key = {
+        {
             let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id) else {
                 return;
             };
             c.state = State::Waiting;
-            c.wait_key(self.queues.aging_ms)
-        };
-        self.queues[queue].waiting.insert((key, id));
-        if self.conversations[&id].relax > 0 {
-            self.queues.relaxed.insert((key, id));
         }
+        self.join_waiting(id);
         self.catch_up_overflow(now, id, out);
         self.route_if_waiting(now, id, out);
         self.drain_agent(now, agent, out);

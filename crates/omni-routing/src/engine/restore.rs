@@ -9,7 +9,7 @@ use crate::model::{AgentId, Presence, Timestamp};
 use crate::output::{Output, RoutingEvent};
 use crate::ConfigError;
 
-use super::agents::{queue_bits, Agent, WrapUp};
+use super::agents::{Agent, WrapUp};
 use super::conversation::{Conversation, DeadlineKind, Deadlines, State};
 use super::state::{
     AgentRecord, ConversationRecord, QueueRecord, StateEntry, StateRecord, StickyRecord,
@@ -157,7 +157,6 @@ impl Engine {
                     missed_offers: a.missed_offers,
                     day: a.today.unwrap_or_default(),
                     idle_since: a.idle_since,
-                    queue_bits: queue_bits(&queues, self.queues.len()),
                     queues,
                     indexed: None,
                 },
@@ -189,10 +188,10 @@ impl Engine {
                 *ag.open_by_kind.entry(conv.channel.kind).or_insert(0) += 1;
             }
             State::Waiting => {
-                let key = conv.wait_key(self.queues.aging_ms);
-                self.queues[conv.queue].waiting.insert((key, id));
+                let key = (conv.wait_key(self.queues.aging_ms), id);
+                self.queues[conv.queue].waiting.insert(conv.class(), key);
                 if conv.relax > 0 {
-                    self.queues.relaxed.insert((key, id));
+                    self.queues.relaxed.insert(conv.class(), key);
                 }
             }
             State::Resolved { .. } => {}

@@ -569,17 +569,15 @@ impl Engine {
         match action {
             OverflowAction::RelaxProficiency(by) => {
                 self.leave_waiting(id);
-                let key = {
+                {
                     let Some(c) = touch(&mut self.changes.convs, &mut self.conversations, id)
                     else {
                         return;
                     };
                     c.relax = c.relax.max(by);
                     c.declined.clear();
-                    c.wait_key(self.queues.aging_ms)
-                };
-                self.queues[queue].waiting.insert((key, id));
-                self.queues.relaxed.insert((key, id));
+                }
+                self.join_waiting(id);
                 out.push(Output::Event(RoutingEvent::Escalated {
                     conversation: id,
                     from_queue: from.clone(),

@@ -92,7 +92,8 @@ impl Engine {
                 assigned: assigned[i],
                 oldest_arrival: q
                     .waiting
-                    .iter()
+                    .classes()
+                    .flat_map(|(_, set)| set.iter())
                     .map(|(_, id)| self.conversations[id].arrival)
                     .min(),
                 available_agents: q.available_agents,

@@ -208,7 +208,7 @@ impl Engine {
             return None;
         }
         let q = &self.queues[queue];
-        let ahead = q.waiting.range(..key).count() as u64;
+        let ahead = q.waiting.count_before(&key) as u64;
         if ahead == 0 && q.available_agents > 0 {
             return Some(0);
         }

@@ -295,3 +295,40 @@ fn after_hours_can_spill_to_a_round_the_clock_queue() {
     assert_eq!(assigned(&out), vec![(conv(1), "night-agent".into())]);
     assert_eq!(e.conversation(conv(1)).unwrap().queue.0, "night");
 }
+
+#[test]
+fn eligible_work_behind_a_backlog_longer_than_the_scan_window_is_not_starved() {
+    // One agent with room for two conversations, but for only one e-mail at a time.
+    let mut e = engine(QueueConfig::default());
+    e.handle(
+        at(0),
+        &cmd(Command::UpsertAgent(AgentProfile {
+            agent: "a".into(),
+            skills: BTreeMap::new(),
+            capacity: 2,
+            channel_capacity: BTreeMap::from([(ChannelKind::Email, 1)]),
+        })),
+    );
+    e.handle(at(0), &presence("a", Presence::Online));
+    e.handle(at(1), &msg(0, ChannelKind::Email));
+    e.handle(at(1), &chat(1));
+    assert_eq!(agent_of(&e, 0).as_deref(), Some("a"));
+    assert_eq!(agent_of(&e, 1).as_deref(), Some("a"));
+    // 99 more e-mails queue up ahead (more than the 64 a drain used to look at), which the
+    // agent cannot take while their e-mail place is full; then a chat they could take.
+    for n in 2..=100 {
+        e.handle(at(2), &msg(n, ChannelKind::Email));
+    }
+    e.handle(at(3), &chat(101));
+    assert_eq!(agent_of(&e, 101), None);
+    // The chat frees a place: the agent gets conversation #101, behind the whole backlog.
+    let out = e.handle(
+        at(4),
+        &cmd(Command::Resolve {
+            conversation: conv(1),
+        }),
+    );
+    assert_eq!(assigned(&out), vec![(conv(101), "a".to_owned())]);
+    e.check_invariants().unwrap();
+    assert_eq!(e.queue_views()[0].waiting, 99);
+}
