@@ -124,8 +124,14 @@ impl Engine {
             .tenant
             .as_ref()
             .map_or(1, |t| t.next_agent_seq.max(1));
+        if next > MAX_AGENT_SEQ {
+            next = 1;
+        }
         for a in &records.agents {
-            let number = if a.seq == 0 || self.agents.get(seq_number(a.seq)).is_some() {
+            let number = if a.seq == 0
+                || a.seq > MAX_AGENT_SEQ
+                || self.agents.get(seq_number(a.seq)).is_some()
+            {
                 repairs.agents.insert(next);
                 next += 1;
                 next - 1
@@ -594,6 +600,11 @@ impl Engine {
 }
 
 /// An agent number from a record's `seq`.
+/// The highest agent number a restore accepts. Agents live in a vector indexed by number, so a
+/// damaged record with a huge number would make the restore allocate without bound; an agent
+/// numbered above it (no tenant creates a million agents) is numbered again, as a repair.
+pub(super) const MAX_AGENT_SEQ: u64 = 1 << 20;
+
 pub(super) fn seq_number(seq: u64) -> AgentIdx {
     AgentIdx::try_from(seq).unwrap_or(AgentIdx::MAX)
 }

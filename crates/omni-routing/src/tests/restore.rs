@@ -227,3 +227,48 @@ fn records_written_before_numbering_and_deadlines_still_restore() {
     assert!(changes.iter().any(|c| c.key == "agent/a"), "{changes:?}");
     assert_eq!(assigned(&restored.handle(at(1), &chat(1))).len(), 1);
 }
+
+#[test]
+fn a_damaged_agent_number_is_renumbered_instead_of_allocated() {
+    let config = RoutingConfig::single_queue(QueueConfig::default());
+    let mut original = Engine::new(config.clone()).unwrap();
+    let mut store = BTreeMap::new();
+    for (t, input) in [
+        (0, agent("a", &[], 2)),
+        (0, presence("a", Presence::Online)),
+        (1, agent("b", &[], 2)),
+        (1, presence("b", Presence::Online)),
+        (2, chat(1)),
+    ] {
+        original.handle(at(t), &input);
+        apply(&mut store, original.take_changes());
+    }
+    // Agent b's record and the tenant's next number say 4 billion: a damaged changelog.
+    for entry in store.values_mut() {
+        match entry {
+            crate::StateEntry::Agent(a) if a.id.0 == "b" => a.seq = u64::from(u32::MAX) - 1,
+            crate::StateEntry::Tenant(t) => t.next_agent_seq = u64::from(u32::MAX),
+            _ => {}
+        }
+    }
+    let (mut restored, _) = Engine::restore(config, store.values().cloned(), at(3)).unwrap();
+    // The renumbered agent is a repair: its record is left to write.
+    let keys: Vec<String> = restored.take_changes().into_iter().map(|c| c.key).collect();
+    assert!(keys.contains(&"agent/b".to_owned()), "{keys:?}");
+    restored.check_invariants().unwrap();
+    assert_eq!(restored.agent_views(), original.agent_views());
+    // It routes as before, and a new agent gets a small number.
+    restored.handle(at(4), &agent("c", &[], 2));
+    restored.handle(at(4), &presence("c", Presence::Online));
+    restored.handle(at(5), &chat(2));
+    restored.check_invariants().unwrap();
+    let snapshot = restored.snapshot();
+    assert!(
+        snapshot.iter().all(|e| match e {
+            crate::StateEntry::Agent(a) => a.seq < 100,
+            crate::StateEntry::Tenant(t) => t.next_agent_seq < 100,
+            _ => true,
+        }),
+        "{snapshot:?}"
+    );
+}
