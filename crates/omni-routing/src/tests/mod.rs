@@ -85,6 +85,20 @@ fn online(e: &mut Engine, now: Timestamp, id: &str, skills: &[(&str, u8)], capac
     e.handle(now, &presence(id, Presence::Online));
 }
 
+/// An online agent with no skills, `capacity` places and room for only one e-mail at a time.
+fn online_with_one_email_place(e: &mut Engine, now: Timestamp, id: &str, capacity: u32) {
+    e.handle(
+        now,
+        &cmd(Command::UpsertAgent(AgentProfile {
+            agent: id.into(),
+            skills: BTreeMap::new(),
+            capacity,
+            channel_capacity: BTreeMap::from([(ChannelKind::Email, 1)]),
+        })),
+    );
+    e.handle(now, &presence(id, Presence::Online));
+}
+
 fn assigned(out: &[Output]) -> Vec<(ConversationId, String)> {
     out.iter()
         .filter_map(|o| match o {

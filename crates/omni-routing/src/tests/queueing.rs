@@ -300,16 +300,7 @@ fn after_hours_can_spill_to_a_round_the_clock_queue() {
 fn eligible_work_behind_a_backlog_longer_than_the_scan_window_is_not_starved() {
     // One agent with room for two conversations, but for only one e-mail at a time.
     let mut e = engine(QueueConfig::default());
-    e.handle(
-        at(0),
-        &cmd(Command::UpsertAgent(AgentProfile {
-            agent: "a".into(),
-            skills: BTreeMap::new(),
-            capacity: 2,
-            channel_capacity: BTreeMap::from([(ChannelKind::Email, 1)]),
-        })),
-    );
-    e.handle(at(0), &presence("a", Presence::Online));
+    online_with_one_email_place(&mut e, at(0), "a", 2);
     e.handle(at(1), &msg(0, ChannelKind::Email));
     e.handle(at(1), &chat(1));
     assert_eq!(agent_of(&e, 0).as_deref(), Some("a"));

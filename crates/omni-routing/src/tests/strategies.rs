@@ -116,16 +116,7 @@ fn agents_without_the_required_proficiency_are_never_chosen() {
 #[test]
 fn capacity_is_respected_in_total_and_per_channel_kind() {
     let mut e = engine(QueueConfig::default());
-    e.handle(
-        at(0),
-        &cmd(Command::UpsertAgent(AgentProfile {
-            agent: "a".into(),
-            skills: BTreeMap::new(),
-            capacity: 3,
-            channel_capacity: BTreeMap::from([(ChannelKind::Email, 1)]),
-        })),
-    );
-    e.handle(at(0), &presence("a", Presence::Online));
+    online_with_one_email_place(&mut e, at(0), "a", 3);
     e.handle(at(1), &msg(1, ChannelKind::Email));
     e.handle(at(2), &msg(2, ChannelKind::Email)); // email full
     e.handle(at(3), &msg(3, ChannelKind::Livechat));
