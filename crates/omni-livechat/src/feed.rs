@@ -41,8 +41,12 @@ fn body_tail(body: &Body<'_>) -> Arc<str> {
 }
 
 /// The event type of a live chat record; `None` for every other channel. A cheap probe (the
-/// type and the channel only), read once per record: most records are other channels.
+/// type and the channel only), read once per record: most records are other channels, and
+/// those that cannot name the live chat channel are not parsed at all.
 fn probe(payload: &[u8]) -> Option<EventType> {
+    if !may_be_livechat(payload) {
+        return None;
+    }
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "type")]
@@ -55,6 +59,15 @@ fn probe(payload: &[u8]) -> Option<EventType> {
     }
     let probe: Probe = serde_json::from_slice(payload).ok()?;
     (probe.data.channel.kind == ChannelKind::Livechat).then_some(probe.event_type)
+}
+
+/// Whether a record can be a live chat one: its channel kind is the JSON string `livechat`,
+/// written as is or, by a producer that escapes freely, with a `\u` escape. Every instance
+/// reads every inbound and outbound record, so the other channels' records (nearly all of
+/// them) cost a substring search instead of a JSON parse.
+fn may_be_livechat(payload: &[u8]) -> bool {
+    memchr::memmem::find(payload, ChannelKind::Livechat.as_str().as_bytes()).is_some()
+        || memchr::memmem::find(payload, b"\\u").is_some()
 }
 
 /// What one record means for live chat, if anything: (tenant, widget, conversation, entry).
@@ -317,6 +330,25 @@ mod tests {
         assert!(decode(Stream::Outbound, 1, &reply(ChannelKind::Messenger)).is_none());
         assert!(decode(Stream::Inbound, 1, &reply(ChannelKind::Livechat)).is_none());
         assert!(decode(Stream::Outbound, 1, b"garbage").is_none());
+    }
+
+    #[test]
+    fn the_prefilter_skips_other_channels_but_not_a_live_chat_kind_written_with_escapes() {
+        assert!(may_be_livechat(&reply(ChannelKind::Livechat)));
+        assert!(!may_be_livechat(&reply(ChannelKind::Messenger)));
+        assert!(!may_be_livechat(&reply(ChannelKind::Sms)));
+        // A CRM's JSON library may escape any character: "livechat" spelled with \u escapes
+        // is still the live chat channel, and still decoded.
+        let plain = String::from_utf8(reply(ChannelKind::Livechat)).unwrap();
+        let escaped = plain
+            .replace(r#""kind":"livechat""#, r#""kind":"\u006civechat""#)
+            .replace("/livechat/", "/crm/");
+        assert!(
+            !escaped.contains("livechat"),
+            "no plain name is left: {escaped}"
+        );
+        let (tenant, widget, _, _) = decode(Stream::Outbound, 7, escaped.as_bytes()).unwrap();
+        assert_eq!((tenant.as_str(), widget.as_str()), ("demo", "web"));
     }
 
     fn typing(kind: ChannelKind, on: bool, at: DateTime<Utc>) -> Vec<u8> {

@@ -56,7 +56,7 @@ impl Router {
                         &i.to_string(),
                     ]
                     .map(str::to_owned)
-                });
+                })?;
                 tracing::info!(tenant = %tenant, "routing config changed: engine rebuilt from its state");
             }
         }

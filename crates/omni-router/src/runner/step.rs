@@ -107,7 +107,7 @@ impl Router {
             Ok(Some(x)) => x,
             Ok(None) => return Ok(Outcome::Ignored),
             Err(e) => {
-                self.refuse(rec, &e, writes);
+                self.refuse(rec, &e, writes)?;
                 return Ok(Outcome::Skipped);
             }
         };
@@ -169,6 +169,7 @@ impl Router {
             ]
         });
         writes.trace = None;
+        let step_events = step_events?;
         let p = writes.progress.entry(progress_key).or_default();
         p.offset = rec.offset;
         p.time = now.0;
@@ -181,7 +182,12 @@ impl Router {
     /// dead-letter topic with the reason (the outbound dispatcher does that for replies, which
     /// it reads too), and a command of a known tenant is answered with `omni.routing.rejected`,
     /// so the CRM that sent it learns why, as it would of a command the engine refused.
-    fn refuse(&self, rec: &Rec, error: &crate::wire::DecodeError, writes: &mut Writes) {
+    fn refuse(
+        &self,
+        rec: &Rec,
+        error: &crate::wire::DecodeError,
+        writes: &mut Writes,
+    ) -> Result<(), RouterError> {
         let reason = format!("undecodable {} record: {error}", rec.topic);
         tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
             %reason, "router input refused");
@@ -189,14 +195,14 @@ impl Router {
             writes.dead_letters.push((rec.clone(), reason.clone()));
         }
         if rec.topic != self.bus.topics.commands {
-            return;
+            return Ok(());
         }
         let Some(tenant) = std::str::from_utf8(&rec.key)
             .ok()
             .and_then(|k| TenantId::new(k).ok())
             .filter(|t| self.config_of(t).is_some())
         else {
-            return;
+            return Ok(());
         };
         let now = Timestamp(
             rec.timestamp
@@ -215,7 +221,7 @@ impl Router {
                 offset.clone(),
                 i.to_string(),
             ]
-        });
+        })?;
         // Recorded like an applied input's events, so a replay writes the rejection again.
         let p = writes
             .progress
@@ -224,5 +230,6 @@ impl Router {
         p.offset = rec.offset;
         p.time = now.0;
         p.events.push((rec.offset, step_events));
+        Ok(())
     }
 }

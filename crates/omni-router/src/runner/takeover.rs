@@ -159,7 +159,7 @@ impl Router {
             let (p, e) = (partition.to_string(), epoch.to_string());
             writes.outputs(&tenant, now, &outputs, |i| {
                 ["restore".to_owned(), p.clone(), e.clone(), i.to_string()]
-            });
+            })?;
             restored.insert(tenant, (engine, config));
         }
         // Configured tenants of this partition without state yet get an empty engine, so the

@@ -10,12 +10,13 @@ pub(super) struct Writes {
     /// The owner epoch to stamp on each partition's state records.
     pub(super) epochs: BTreeMap<i32, u64>,
     pub(super) progress: BTreeMap<(String, i32), Progress>,
-    pub(super) events: Vec<(TenantId, serde_json::Value)>,
+    /// The routing events, each with the conversation it is about (for the API history).
+    pub(super) events: Vec<(TenantId, Option<ConversationId>, EventJson)>,
     /// The `traceparent` each of `events` carries: the trace of the input that caused it.
     pub(super) event_traces: Vec<Option<String>>,
     /// The trace of the input being applied, for the events it causes.
     pub(super) trace: Option<String>,
-    pub(super) replayed: Vec<(Vec<u8>, serde_json::Value)>,
+    pub(super) replayed: Vec<(Vec<u8>, EventJson)>,
     pub(super) forwards: Vec<(Rec, i32)>,
     /// Inputs the router cannot use, with why, for the dead-letter topic.
     pub(super) dead_letters: Vec<(Rec, String)>,
@@ -38,14 +39,15 @@ impl Writes {
     }
 
     /// Adds the events and observations of `outputs`; event `i`'s id is derived from
-    /// `id_parts(i)`, so the same step always yields the same ids. Returns the events.
+    /// `id_parts(i)`, so the same step always yields the same ids. Returns the events, encoded
+    /// (for the progress record).
     pub(super) fn outputs<const N: usize>(
         &mut self,
         tenant: &TenantId,
         now: Timestamp,
         outputs: &[Output],
         id_parts: impl Fn(usize) -> [String; N],
-    ) -> Vec<serde_json::Value> {
+    ) -> Result<Vec<EventJson>, omni_core::EncodeError> {
         let mut step_events = Vec::new();
         for (i, out) in outputs.iter().enumerate() {
             match out {
@@ -54,34 +56,40 @@ impl Writes {
                     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
                     let id = EventId::derived(tenant, &refs);
                     let env = crate::wire::routing_envelope(tenant, id, time_of(now.0), ev);
-                    let env = serde_json::to_value(&env).unwrap_or_default();
-                    step_events.push(env.clone());
-                    self.events.push((tenant.clone(), env));
+                    let json = serde_json::value::to_raw_value(&env).map_err(|source| {
+                        omni_core::EncodeError {
+                            what: "routing event",
+                            source,
+                        }
+                    })?;
+                    step_events.push(json.clone());
+                    self.events
+                        .push((tenant.clone(), crate::wire::routing_conversation(ev), json));
                     self.event_traces.push(self.trace.clone());
                 }
                 Output::Observe(o) => self.observations.push((tenant.clone(), o.clone())),
             }
         }
-        step_events
+        Ok(step_events)
     }
 }
 
 /// The values of one step's records, encoded.
-struct Encoded {
+struct Encoded<'w> {
     /// Per state key, in key order (`None`: a tombstone).
     state: Vec<Option<Vec<u8>>>,
     /// (partition, key, value) of the progress records.
     progress: Vec<(i32, String, Vec<u8>)>,
-    /// (key, value) of the routing events, replayed ones last.
-    events: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (key, value) of the routing events, replayed ones last (encoded already).
+    events: Vec<(&'w [u8], &'w [u8])>,
     /// (key, value) of the customer messages those events send (CSAT survey questions), for
     /// the outbound topic: written with their event, so a replay writes them again with the
     /// same ids.
-    outbound: Vec<(Vec<u8>, Vec<u8>)>,
+    outbound: Vec<(&'w [u8], Vec<u8>)>,
 }
 
-impl Encoded {
-    fn of(writes: &Writes) -> Result<Self, omni_core::EncodeError> {
+impl<'w> Encoded<'w> {
+    fn of(writes: &'w Writes) -> Result<Self, omni_core::EncodeError> {
         let state: Vec<Option<Vec<u8>>> = writes
             .state
             .values()
@@ -103,18 +111,26 @@ impl Encoded {
                 ))
             })
             .collect::<Result<_, omni_core::EncodeError>>()?;
-        let all_events = || {
-            writes
-                .events
-                .iter()
-                .map(|(t, e)| (t.as_str().as_bytes().to_vec(), e))
-                .chain(writes.replayed.iter().map(|(k, e)| (k.clone(), e)))
-        };
-        let events: Vec<(Vec<u8>, Vec<u8>)> = all_events()
-            .map(|(k, e)| Ok((k, omni_core::to_json("routing event", e)?)))
-            .collect::<Result<_, omni_core::EncodeError>>()?;
-        let outbound: Vec<(Vec<u8>, Vec<u8>)> = all_events()
-            .filter_map(|(k, e)| Some((k, crate::wire::survey_message(e)?)))
+        let events: Vec<(&[u8], &[u8])> = writes
+            .events
+            .iter()
+            .map(|(t, _, e)| (t.as_str().as_bytes(), e.get().as_bytes()))
+            .chain(
+                writes
+                    .replayed
+                    .iter()
+                    .map(|(k, e)| (k.as_slice(), e.get().as_bytes())),
+            )
+            .collect();
+        // A CSAT survey event also sends its question; only those few are parsed again.
+        let survey = omni_core::EventType::RoutingCsatSurvey.as_str().as_bytes();
+        let outbound: Vec<(&[u8], Vec<u8>)> = events
+            .iter()
+            .filter(|(_, e)| memchr::memmem::find(e, survey).is_some())
+            .filter_map(|(k, e)| {
+                let event = serde_json::from_slice::<serde_json::Value>(e).ok()?;
+                Some((*k, crate::wire::survey_message(&event)?))
+            })
             .map(|(k, m)| Ok((k, omni_core::to_json("survey message", &m)?)))
             .collect::<Result<_, omni_core::EncodeError>>()?;
         Ok(Self {
@@ -236,7 +252,7 @@ impl Router {
                             topic: routing_topic,
                             partition: None,
                             key,
-                            payload: Some(value),
+                            payload: Some(*value),
                             headers,
                         }),
                 )
@@ -276,14 +292,10 @@ impl Router {
                 .inc();
         }
         drop(records);
-        Ok(event_values
-            .into_iter()
-            .take(writes.events.len())
-            .map(|(_, value)| {
-                String::from_utf8(value)
-                    .unwrap_or_default()
-                    .into_boxed_str()
-            })
+        Ok(writes
+            .events
+            .iter()
+            .map(|(_, _, json)| Box::from(json.get()))
             .collect())
     }
 
@@ -293,14 +305,11 @@ impl Router {
     pub(super) fn observe(&self, writes: &Writes, encoded: Vec<Box<str>>) {
         {
             let mut s = self.lock();
-            for ((tenant, ev), json) in writes.events.iter().zip(encoded) {
+            for ((tenant, conv, _), json) in writes.events.iter().zip(encoded) {
                 let Some(slot) = s.tenants.get_mut(tenant) else {
                     continue;
                 };
-                let conv = ev["subject"]
-                    .as_str()
-                    .and_then(|c| c.parse::<ConversationId>().ok());
-                if let Some(c) = conv {
+                if let Some(c) = *conv {
                     let h = slot.history.entry(c).or_default();
                     h.push_back(json);
                     if h.len() > HISTORY_LEN {
