@@ -114,11 +114,12 @@ impl Waiting {
         self.classes.iter().map(|(c, s)| (c, s))
     }
 
-    /// How many conversations wait ahead of `key`.
+    /// How many conversations wait ahead of `key`: asked for every arrival (its wait
+    /// estimate), so it must not cost a walk of the backlog (see [`count_before_in`]).
     pub(super) fn count_before(&self, key: &WaitKey) -> usize {
         self.classes
             .iter()
-            .map(|(_, s)| s.range(..*key).count())
+            .map(|(_, s)| count_before_in(s, key))
             .sum()
     }
 
@@ -131,5 +132,54 @@ impl Waiting {
             .collect();
         all.sort_unstable();
         all
+    }
+}
+
+/// How many keys of `set` are below `key`, walking out from `key` on both sides at once and
+/// stopping at the shorter side: O(min(before, after)) steps. An ordinary arrival lands behind
+/// everyone and a priority one near the front, so either costs a few steps however long the
+/// backlog; counting one side only made every arrival O(backlog), which under a growing
+/// backlog slowed the router exactly when it had to catch up.
+fn count_before_in(set: &BTreeSet<WaitKey>, key: &WaitKey) -> usize {
+    let mut before = set.range(..*key).rev();
+    let mut after = set.range(*key..);
+    let mut both = 0;
+    loop {
+        match (before.next(), after.next()) {
+            (None, _) => return both,
+            (Some(_), None) => return set.len() - both,
+            (Some(_), Some(_)) => both += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(at: i64, n: u128) -> WaitKey {
+        let id = format!("00000000-0000-0000-0000-{n:012x}");
+        (at, id.parse().expect("a uuid"))
+    }
+
+    proptest! {
+        #[test]
+        fn counting_from_both_sides_agrees_with_counting_one(
+            keys in proptest::collection::btree_set((-50i64..50, 0u128..4), 0..60),
+            probe in (-60i64..60, 0u128..5),
+        ) {
+            let set: BTreeSet<WaitKey> = keys.iter().map(|&(a, n)| key(a, n)).collect();
+            let probe = key(probe.0, probe.1);
+            prop_assert_eq!(count_before_in(&set, &probe), set.range(..probe).count());
+        }
+    }
+
+    #[test]
+    fn the_ends_and_the_middle_of_a_long_backlog_are_counted_exactly() {
+        let set: BTreeSet<WaitKey> = (0..100_000).map(|i| key(i, 0)).collect();
+        assert_eq!(count_before_in(&set, &key(100_000, 0)), 100_000);
+        assert_eq!(count_before_in(&set, &key(-1, 0)), 0);
+        assert_eq!(count_before_in(&set, &key(99_990, 1)), 99_991);
     }
 }
