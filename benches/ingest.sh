@@ -43,6 +43,14 @@
 #                            (assign-latency, table in latency.md; empty: none)
 #   BENCH_LATENCY_SECS [10]  seconds measured per rate
 #   BENCH_LATENCY_ONLY [0]   1: run only the latency run
+#   BENCH_ROUTER_RATES ["5000,10000"]   conversation rates of the router-throughput run:
+#                            assign-latency --resolve, each conversation resolved once
+#                            assigned, so twice as many router inputs/s (table in router.md;
+#                            empty: none)
+#   BENCH_ROUTER_AGENTS [200], BENCH_ROUTER_CAPACITY [50]   its agents and their capacity
+#   BENCH_ROUTER_DIRECT [1]  1: messages and resolves written to Kafka directly (the router
+#                            alone); 0: through the daemon's HTTP API
+#   BENCH_ROUTER_ONLY [0]    1: run only the router-throughput run
 #   BENCH_MEMORY_CONVERSATIONS [1000000], BENCH_MEMORY_AGENTS [10000]   the state-memory run
 #                            (resident memory per agent and per open conversation, table in
 #                            memory.md; BENCH_MEMORY_CONVERSATIONS=0: none)
@@ -76,6 +84,11 @@ SOAK_PIN=${BENCH_SOAK_PIN:-1}
 LATENCY_RATES=${BENCH_LATENCY_RATES-100,1000}
 LATENCY_SECS=${BENCH_LATENCY_SECS:-10}
 LATENCY_ONLY=${BENCH_LATENCY_ONLY:-0}
+ROUTER_RATES=${BENCH_ROUTER_RATES-5000,10000}
+ROUTER_AGENTS=${BENCH_ROUTER_AGENTS:-200}
+ROUTER_CAPACITY=${BENCH_ROUTER_CAPACITY:-50}
+ROUTER_ONLY=${BENCH_ROUTER_ONLY:-0}
+ROUTER_DIRECT=${BENCH_ROUTER_DIRECT:-1}
 MEMORY_CONVERSATIONS=${BENCH_MEMORY_CONVERSATIONS:-1000000}
 MEMORY_AGENTS=${BENCH_MEMORY_AGENTS:-10000}
 MEMORY_ONLY=${BENCH_MEMORY_ONLY:-0}
@@ -103,7 +116,7 @@ for v in BENCH_SECS WARMUP_SECS THREADS BODIES DEDUPE_CAPACITY BODY_SIZE RETRIES
 	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((BENCH_SECS > 0)) || die "BENCH_SECS must be at least 1"
-[[ $SOAK_ONLY == 1 || $LATENCY_ONLY == 1 || $MEMORY_ONLY == 1 ]] || command -v "$WRK" >/dev/null || die "wrk not found (apt-get install wrk)"
+[[ $SOAK_ONLY == 1 || $LATENCY_ONLY == 1 || $MEMORY_ONLY == 1 || $ROUTER_ONLY == 1 ]] || command -v "$WRK" >/dev/null || die "wrk not found (apt-get install wrk)"
 command -v curl >/dev/null || die "curl not found"
 [[ -x $TANSU ]] || die "tansu not found at $TANSU (set TANSU_BIN)"
 if ((DEDUPE_CAPACITY * 2 > BODIES)); then
@@ -497,6 +510,46 @@ bench_latency() {
 	BROKER_PID=
 }
 
+# bench_router: one tenant's router under load, inputs at twice the conversation rate.
+# assign-latency --resolve posts new conversations open-loop at each rate and resolves each
+# through the command API as soon as its assignment is read, so the router applies a message
+# and a resolve per conversation while agents' capacity frees; "inbound → routing record" is
+# how far the router lags. Writes $OUT_DIR/router.md.
+bench_router() {
+	local name=router token="router-$$-$RANDOM" out direct=() how="through the daemon's HTTP API"
+	if [[ $ROUTER_DIRECT == 1 ]]; then
+		direct=(--direct)
+		how="written to the inbound and commands topics directly (as channel adapters and a CRM would)"
+	fi
+	start_broker "tansu-$name"
+	start_daemon "$name" 1 true OMNI__TENANTS__BENCH__API_TOKEN="$token" \
+		OMNI__TENANTS__BENCH__AGENT_API_TOKEN="agent-$token"
+	out=$RUN_DIR/$name.json
+	if ! timeout -k 5 $((LATENCY_SECS * 4 + 300)) "$REL/assign-latency" --brokers "127.0.0.1:$BROKER_PORT" \
+		--url "http://127.0.0.1:$DAEMON_PORT" --token "$token" --agent-token "agent-$token" \
+		--tenant "$TENANT" --rates "$ROUTER_RATES" --seconds "$LATENCY_SECS" --linger-ms 1 \
+		--resolve --agents "$ROUTER_AGENTS" --capacity "$ROUTER_CAPACITY" "${direct[@]}" \
+		>"$out" 2>"$RUN_DIR/$name.txt"; then
+		die "assign-latency --resolve failed: $(tail -5 "$RUN_DIR/$name.txt")"
+	fi
+	{
+		echo "# One tenant's router under load"
+		echo
+		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, one daemon with its router on, tansu" \
+			"in-memory broker, ${LATENCY_SECS}s per rate after a 2 s warm-up; new conversations posted" \
+			"open-loop and each resolved once its assignment is read, both $how" \
+			"(router inputs/s = 2 × msgs/s), $ROUTER_AGENTS agents of capacity $ROUTER_CAPACITY." \
+			"The load generator, the daemon and the broker share the CPUs. The router keeps up" \
+			"while \"inbound → routing record\" stays under a second."
+		echo
+		cat "$RUN_DIR/$name.txt"
+	} >"$OUT_DIR/router.md"
+	cat "$OUT_DIR/router.md"
+	stop_pid "$DAEMON_PID"
+	stop_pid "$BROKER_PID"
+	BROKER_PID=
+}
+
 # bench_memory: resident memory per agent and per open conversation. One daemon as deployed
 # (router on) and an in-memory tansu; state-memory adds MEMORY_AGENTS agents and then
 # MEMORY_CONVERSATIONS open conversations through the HTTP API and reads the daemon's VmRSS
@@ -657,6 +710,11 @@ if [[ $MEMORY_ONLY == 1 ]]; then
 	bench_memory
 	exit 0
 fi
+if [[ $ROUTER_ONLY == 1 ]]; then
+	[[ -n $ROUTER_RATES ]] || die "BENCH_ROUTER_ONLY=1 needs BENCH_ROUTER_RATES"
+	bench_router
+	exit 0
+fi
 if [[ $LATENCY_ONLY == 1 ]]; then
 	[[ -n $LATENCY_RATES ]] || die "BENCH_LATENCY_ONLY=1 needs BENCH_LATENCY_RATES"
 	bench_latency
@@ -699,6 +757,10 @@ write_table
 if [[ -n $LATENCY_RATES ]]; then
 	log "== message → assignment latency =="
 	bench_latency
+fi
+if [[ -n $ROUTER_RATES ]]; then
+	log "== one tenant's router under load =="
+	bench_router
 fi
 if ((MEMORY_CONVERSATIONS > 0)); then
 	log "== memory per agent and per open conversation =="

@@ -14,7 +14,13 @@
 //!   record, inbound record → routing record (the router) and routing record → read.
 //!
 //! Agents are created through the daemon's command API first, with capacity for every
-//! conversation of the run. Output: one JSON line per rate on stdout and a Markdown table on
+//! conversation of the run. With `--resolve`, each conversation is resolved through the command
+//! API as soon as its assignment is read: the router then sees two inputs per conversation (the
+//! message and the resolve), agents' capacity frees as in a contact centre, and `--capacity`
+//! sets each agent's. With `--direct`, the messages and the resolves are written straight to
+//! the inbound and commands topics, as a channel adapter and a CRM would, instead of through
+//! the daemon's HTTP API: the router is measured without the HTTP work of the daemon and of
+//! this generator on the same CPUs. Output: one JSON line per rate on stdout and a Markdown table on
 //! stderr (`benches/ingest.sh` collects both).
 
 use clap::Parser;
@@ -62,6 +68,19 @@ struct Cli {
     /// Agents created (all online, one skill-less queue).
     #[arg(long, default_value_t = 20)]
     agents: u32,
+    /// Resolve each conversation once its assignment is read (two router inputs per
+    /// conversation; see the module docs).
+    #[arg(long)]
+    resolve: bool,
+    /// Each agent's capacity with `--resolve` (without it, room for every conversation).
+    #[arg(long, default_value_t = 50)]
+    capacity: u32,
+    /// Write messages and resolves to Kafka directly (see the module docs).
+    #[arg(long)]
+    direct: bool,
+    /// The commands topic (for `--direct` resolves).
+    #[arg(long, default_value = "omni.commands.v1")]
+    commands_topic: String,
     /// Reference record size in bytes (about a CloudEvent of a short message).
     #[arg(long, default_value_t = 1000)]
     record_bytes: usize,
@@ -292,12 +311,14 @@ fn kafka_time_us(ts: Timestamp) -> Option<u64> {
 }
 
 /// Follows `topic` and records, per conversation (`subject`), the record's timestamp and when
-/// it was read; `want` picks the event type.
+/// it was read; `want` picks the event type. Each matching conversation is also sent to
+/// `then`, if given.
 fn follow(
     consumer: StreamConsumer,
     traces: Traces,
     want: &'static str,
     on: fn(&mut Trace, u64, u64),
+    then: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -322,6 +343,9 @@ fn follow(
                 record,
                 read,
             );
+            if let Some(then) = &then {
+                let _ = then.send(subject.to_owned());
+            }
         }
     })
 }
@@ -333,6 +357,16 @@ async fn daemon(cli: &Cli, api: &TenantApi, rate: u32) -> Result<([Summary; 4], 
     let bus = bus(cli);
     let traces: Traces = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let customers = Customers::new(cli, api)?;
+    let (assigned_tx, resolver) = if cli.resolve {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Some(tx),
+            Some(tokio::spawn(resolve_all(customers.clone(), rx))),
+        )
+    } else {
+        (None, None)
+    };
     let routing = follow(
         tail_from_end(&bus, &cli.routing_topic)?,
         traces.clone(),
@@ -341,6 +375,7 @@ async fn daemon(cli: &Cli, api: &TenantApi, rate: u32) -> Result<([Summary; 4], 
             t.routing_record = Some(record);
             t.assigned_read = Some(read);
         },
+        assigned_tx,
         stop.clone(),
     );
     let inbound = follow(
@@ -350,6 +385,7 @@ async fn daemon(cli: &Cli, api: &TenantApi, rate: u32) -> Result<([Summary; 4], 
         |t, record, _| {
             t.inbound_record.get_or_insert(record);
         },
+        None,
         stop.clone(),
     );
     let run = format!("{}-{rate}-{}", std::process::id(), now_us());
@@ -360,14 +396,16 @@ async fn daemon(cli: &Cli, api: &TenantApi, rate: u32) -> Result<([Summary; 4], 
     let mut posts = FuturesUnordered::new();
     for n in 0..total {
         on_schedule(start, n, rate).await;
-        let (api, traces, failed, run) = (api.clone(), traces.clone(), failed.clone(), run.clone());
+        let (customers, traces, failed, run) = (
+            customers.clone(),
+            traces.clone(),
+            failed.clone(),
+            run.clone(),
+        );
         posts.push(tokio::spawn(async move {
             let sent = now_us();
             let id = format!("lat-{run}-{n}");
-            match api
-                .message(&id, &id, "Chào shop, đơn hàng của mình giao chưa ạ?")
-                .await
-            {
+            match customers.message(&id).await {
                 Ok(conversation) => {
                     let mut traces = lock(&traces);
                     let t = traces.entry(conversation).or_default();
@@ -397,6 +435,11 @@ async fn daemon(cli: &Cli, api: &TenantApi, rate: u32) -> Result<([Summary; 4], 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = routing.await;
     let _ = inbound.await;
+    // The follower's end of the channel is gone with it: the resolver finishes what it has.
+    let failed_resolves = match resolver {
+        Some(r) => r.await.unwrap_or(0),
+        None => 0,
+    };
     let traces = std::mem::take(&mut *lock(&traces));
     let mut series: [Vec<f64>; 4] = Default::default();
     let mut unassigned = 0;
@@ -417,8 +460,145 @@ async fn daemon(cli: &Cli, api: &TenantApi, rate: u32) -> Result<([Summary; 4], 
     Ok((
         [a, b, c, d],
         unassigned,
-        failed.load(std::sync::atomic::Ordering::Relaxed),
+        failed.load(std::sync::atomic::Ordering::Relaxed) + failed_resolves,
     ))
+}
+
+/// Where the customers' messages and the CRM's resolves go: the daemon's HTTP API, or
+/// (`--direct`) the topics themselves.
+#[derive(Clone)]
+enum Customers {
+    Api(TenantApi),
+    Kafka {
+        producer: FutureProducer,
+        tenant: omni_core::TenantId,
+        inbound: String,
+        commands: String,
+    },
+}
+
+impl Customers {
+    fn new(cli: &Cli, api: &TenantApi) -> Result<Self> {
+        if !cli.direct {
+            return Ok(Self::Api(api.clone()));
+        }
+        Ok(Self::Kafka {
+            producer: bus(cli).producer_config().create()?,
+            tenant: omni_core::TenantId::new(&cli.daemon.tenant)?,
+            inbound: cli.inbound_topic.clone(),
+            commands: cli.commands_topic.clone(),
+        })
+    }
+
+    /// A new customer's first message; returns its conversation id.
+    async fn message(&self, contact: &str) -> Result<String> {
+        const TEXT: &str = "Chào shop, đơn hàng của mình giao chưa ạ?";
+        let (producer, tenant, topic) = match self {
+            Self::Api(api) => return api.message(contact, contact, TEXT).await,
+            Self::Kafka {
+                producer,
+                tenant,
+                inbound,
+                ..
+            } => (producer, tenant, inbound),
+        };
+        let now = chrono::Utc::now();
+        let message = omni_core::Message {
+            id: contact.to_owned(),
+            direction: omni_core::Direction::Inbound,
+            text: TEXT.to_owned(),
+            subject: None,
+            attachments: Vec::new(),
+            reply_to: None,
+            payload: None,
+            sent_at: None,
+        };
+        let event = omni_channel::webhook::PreparedEvent::message(
+            tenant,
+            omni_core::ChannelRef::new(omni_core::ChannelKind::Api, "default"),
+            omni_core::Contact::new(contact),
+            omni_core::EventType::MessageReceived,
+            message,
+            now,
+        )?;
+        send(producer, topic, tenant, &event.payload).await?;
+        Ok(event.conversation_id.to_string())
+    }
+
+    /// Resolves a conversation, as an agent or the CRM does.
+    async fn resolve(&self, conversation: &str) -> Result<()> {
+        let (producer, tenant, topic) = match self {
+            Self::Api(api) => {
+                return api
+                    .command(json!({"command": "resolve", "conversation": conversation}))
+                    .await
+            }
+            Self::Kafka {
+                producer,
+                tenant,
+                commands,
+                ..
+            } => (producer, tenant, commands),
+        };
+        let conversation: omni_core::ConversationId = conversation.parse()?;
+        let event = omni_core::CloudEvent::with_source(
+            omni_core::EventId::new_random(),
+            omni_core::EventType::Command,
+            tenant.clone(),
+            format!("/omnirouter/{tenant}/crm"),
+            Some(conversation),
+            chrono::Utc::now(),
+            omni_routing::Command::Resolve { conversation },
+        );
+        send(producer, topic, tenant, &serde_json::to_vec(&event)?).await
+    }
+}
+
+/// One record keyed by tenant (the partitioning contract), acknowledged.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    tenant: &omni_core::TenantId,
+    payload: &[u8],
+) -> Result<()> {
+    let record = FutureRecord::to(topic)
+        .key(tenant.as_str().as_bytes())
+        .payload(payload)
+        .headers(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: omni_bus::producer::CONTENT_TYPE,
+                value: Some(omni_bus::producer::STRUCTURED_CLOUDEVENT),
+            }),
+        );
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e.into())
+}
+
+/// Resolves every conversation it is sent (up to 256 at a time); returns how many resolves
+/// failed.
+async fn resolve_all(
+    customers: Customers,
+    mut assigned: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> usize {
+    let mut pending = FuturesUnordered::new();
+    let mut failed = 0;
+    loop {
+        tokio::select! {
+            next = assigned.recv(), if pending.len() < 256 => {
+                let Some(conversation) = next else { break };
+                let customers = customers.clone();
+                pending.push(async move { customers.resolve(&conversation).await.is_ok() });
+            }
+            Some(ok) = pending.next(), if !pending.is_empty() => failed += usize::from(!ok),
+        }
+    }
+    while let Some(ok) = pending.next().await {
+        failed += usize::from(!ok);
+    }
+    failed
 }
 
 #[tokio::main]
@@ -440,7 +620,11 @@ async fn run(cli: Cli) -> Result<()> {
         .iter()
         .map(|r| u64::from(*r) * (cli.warmup_secs + cli.seconds))
         .sum();
-    let capacity = u32::try_from(conversations / u64::from(cli.agents.max(1)) + 100)?;
+    let capacity = if cli.resolve {
+        cli.capacity
+    } else {
+        u32::try_from(conversations / u64::from(cli.agents.max(1)) + 100)?
+    };
     api.agents_online(
         "lat-agent-",
         cli.agents,
@@ -450,7 +634,7 @@ async fn run(cli: Cli) -> Result<()> {
     )
     .await?;
     let mut table = String::from(
-        "| msgs/s | two Kafka hops p50 / p99 ms | message → assigned p50 / p99 ms | p99 / two hops p99 | request → inbound record p50 / p99 | inbound → routing record (router) p50 / p99 | routing record → read p50 / p99 | one hop p50 / p99 | not assigned |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| msgs/s | router inputs/s | two Kafka hops p50 / p99 ms | message → assigned p50 / p99 ms | p99 / two hops p99 | request → inbound record p50 / p99 | inbound → routing record (router) p50 / p99 | routing record → read p50 / p99 | one hop p50 / p99 | not assigned |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &rate in &cli.rates {
         let (one_hop, two_hops) = reference(&cli, rate).await?;
@@ -461,8 +645,10 @@ async fn run(cli: Cli) -> Result<()> {
         } else {
             0.0
         };
+        let inputs = rate * if cli.resolve { 2 } else { 1 };
         let row = json!({
             "rate": rate,
+            "router_inputs_per_s": inputs,
             "seconds": cli.seconds,
             "reference_one_hop": one_hop.json(),
             "reference_two_hops": two_hops.json(),
@@ -476,7 +662,7 @@ async fn run(cli: Cli) -> Result<()> {
         });
         writeln!(std::io::stdout(), "{row}")?;
         table.push_str(&format!(
-            "| {rate} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |\n",
+            "| {rate} | {inputs} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |\n",
             two_hops.p50, two_hops.p99, total.p50, total.p99, ratio, to_inbound.p50,
             to_inbound.p99, router.p50, router.p99, to_read.p50, to_read.p99, one_hop.p50,
             one_hop.p99, unassigned + failed,
