@@ -97,7 +97,7 @@ lint: apt ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench: deps ## Ingest load test (wrk) with its references, message-to-assignment latency, memory per agent and conversation, the load-shedding soak, the 10k idle live chat sockets test, the 50,000-conversation simulated day, and criterion benches
+bench: deps ## Ingest load test (wrk) with its references, message-to-assignment latency, one tenant's router under load, memory per agent and conversation, the load-shedding soak, the 10k idle live chat sockets test, the 50,000-conversation simulated day, and criterion benches
 	$(MAKE) apt EXTRA_APT="$(BENCH_PACKAGES)"
 	bash benches/ingest.sh
 	cargo build --release -p omnirouter -p omni-benches --bin omnirouter --bin livechat-load
