@@ -474,80 +474,67 @@ bench_soak() {
 	LOAD_PIN=()
 }
 
-# bench_latency: message → assignment latency at steady rates. One daemon as deployed (router
-# on) and an in-memory tansu; assign-latency creates agents through the command API, measures
-# two plain Kafka hops on the same broker with the daemon's client settings (the reference),
-# then posts new conversations open-loop at each rate and reads omni.routing.v1 for their
-# assignments. Writes $OUT_DIR/latency.md.
-bench_latency() {
-	local name=latency token="latency-$$-$RANDOM" out
+# run_assign_latency NAME TITLE DESCRIPTION RATES [ARGS…]: one daemon as deployed (router on)
+# and an in-memory tansu; assign-latency at RATES with ARGS; writes $OUT_DIR/NAME.md (TITLE,
+# then DESCRIPTION after the date and machine, then assign-latency's table) and prints it.
+run_assign_latency() {
+	local name=$1 title=$2 description=$3 rates=$4 token out
+	shift 4
+	token="$name-$$-$RANDOM"
 	start_broker "tansu-$name"
 	start_daemon "$name" 1 true OMNI__TENANTS__BENCH__API_TOKEN="$token" \
 		OMNI__TENANTS__BENCH__AGENT_API_TOKEN="agent-$token"
 	out=$RUN_DIR/$name.json
 	if ! timeout -k 5 $((LATENCY_SECS * 4 + 300)) "$REL/assign-latency" --brokers "127.0.0.1:$BROKER_PORT" \
 		--url "http://127.0.0.1:$DAEMON_PORT" --token "$token" --agent-token "agent-$token" \
-		--tenant "$TENANT" --rates "$LATENCY_RATES" --seconds "$LATENCY_SECS" --linger-ms 1 \
+		--tenant "$TENANT" --rates "$rates" --seconds "$LATENCY_SECS" --linger-ms 1 "$@" \
 		>"$out" 2>"$RUN_DIR/$name.txt"; then
-		die "assign-latency failed: $(tail -5 "$RUN_DIR/$name.txt")"
+		die "assign-latency ($name) failed: $(tail -5 "$RUN_DIR/$name.txt")"
 	fi
 	{
-		echo "# Message → assignment latency"
+		echo "# $title"
 		echo
 		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, one daemon with its router on, tansu" \
-			"in-memory broker, ${LATENCY_SECS}s per rate after a 2 s warm-up, new conversations posted" \
-			"open-loop (one request every 1/rate s). The reference is two plain Kafka hops on the same" \
-			"broker with the daemon's client settings (linger.ms=1, fetch.wait.max.ms=20, acks=all," \
-			"idempotent, lz4): producer → topic → relay (consume, produce) → topic → reader. The" \
-			"split of the daemon's time uses the Kafka timestamps of the inbound and routing records" \
-			"(millisecond resolution)."
+			"in-memory broker, ${LATENCY_SECS}s per rate after a 2 s warm-up. $description"
 		echo
 		cat "$RUN_DIR/$name.txt"
-	} >"$OUT_DIR/latency.md"
-	cat "$OUT_DIR/latency.md"
+	} >"$OUT_DIR/$name.md"
+	cat "$OUT_DIR/$name.md"
 	stop_pid "$DAEMON_PID"
 	stop_pid "$BROKER_PID"
 	BROKER_PID=
 }
 
+# bench_latency: message → assignment latency at steady rates. assign-latency creates agents
+# through the command API, measures two plain Kafka hops on the same broker with the daemon's
+# client settings (the reference), then posts new conversations open-loop at each rate and
+# reads omni.routing.v1 for their assignments. Writes $OUT_DIR/latency.md.
+bench_latency() {
+	run_assign_latency latency "Message → assignment latency" \
+		"New conversations posted open-loop (one request every 1/rate s). The reference is two plain
+Kafka hops on the same broker with the daemon's client settings (linger.ms=1,
+fetch.wait.max.ms=20, acks=all, idempotent, lz4): producer → topic → relay (consume, produce) →
+topic → reader. The split of the daemon's time uses the Kafka timestamps of the inbound and
+routing records (millisecond resolution)." "$LATENCY_RATES"
+}
+
 # bench_router: one tenant's router under load, inputs at twice the conversation rate.
-# assign-latency --resolve posts new conversations open-loop at each rate and resolves each
-# through the command API as soon as its assignment is read, so the router applies a message
-# and a resolve per conversation while agents' capacity frees; "inbound → routing record" is
-# how far the router lags. Writes $OUT_DIR/router.md.
+# assign-latency --resolve posts new conversations open-loop at each rate and resolves each as
+# soon as its assignment is read, so the router applies a message and a resolve per
+# conversation while agents' capacity frees; "inbound → routing record" is how far the router
+# lags. Writes $OUT_DIR/router.md.
 bench_router() {
-	local name=router token="router-$$-$RANDOM" out direct=() how="through the daemon's HTTP API"
+	local direct=() how="through the daemon's HTTP API"
 	if [[ $ROUTER_DIRECT == 1 ]]; then
 		direct=(--direct)
 		how="written to the inbound and commands topics directly (as channel adapters and a CRM would)"
 	fi
-	start_broker "tansu-$name"
-	start_daemon "$name" 1 true OMNI__TENANTS__BENCH__API_TOKEN="$token" \
-		OMNI__TENANTS__BENCH__AGENT_API_TOKEN="agent-$token"
-	out=$RUN_DIR/$name.json
-	if ! timeout -k 5 $((LATENCY_SECS * 4 + 300)) "$REL/assign-latency" --brokers "127.0.0.1:$BROKER_PORT" \
-		--url "http://127.0.0.1:$DAEMON_PORT" --token "$token" --agent-token "agent-$token" \
-		--tenant "$TENANT" --rates "$ROUTER_RATES" --seconds "$LATENCY_SECS" --linger-ms 1 \
-		--resolve --agents "$ROUTER_AGENTS" --capacity "$ROUTER_CAPACITY" "${direct[@]}" \
-		>"$out" 2>"$RUN_DIR/$name.txt"; then
-		die "assign-latency --resolve failed: $(tail -5 "$RUN_DIR/$name.txt")"
-	fi
-	{
-		echo "# One tenant's router under load"
-		echo
-		echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, one daemon with its router on, tansu" \
-			"in-memory broker, ${LATENCY_SECS}s per rate after a 2 s warm-up; new conversations posted" \
-			"open-loop and each resolved once its assignment is read, both $how" \
-			"(router inputs/s = 2 × msgs/s), $ROUTER_AGENTS agents of capacity $ROUTER_CAPACITY." \
-			"The load generator, the daemon and the broker share the CPUs. The router keeps up" \
-			"while \"inbound → routing record\" stays under a second."
-		echo
-		cat "$RUN_DIR/$name.txt"
-	} >"$OUT_DIR/router.md"
-	cat "$OUT_DIR/router.md"
-	stop_pid "$DAEMON_PID"
-	stop_pid "$BROKER_PID"
-	BROKER_PID=
+	run_assign_latency router "One tenant's router under load" \
+		"New conversations posted open-loop and each resolved once its assignment is read, both
+$how (router inputs/s = 2 × msgs/s), $ROUTER_AGENTS agents of capacity $ROUTER_CAPACITY. The
+load generator, the daemon and the broker share the CPUs. The router keeps up while \"inbound →
+routing record\" stays under a second." "$ROUTER_RATES" \
+		--resolve --agents "$ROUTER_AGENTS" --capacity "$ROUTER_CAPACITY" "${direct[@]}"
 }
 
 # bench_memory: resident memory per agent and per open conversation. One daemon as deployed
