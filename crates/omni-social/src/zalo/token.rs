@@ -310,7 +310,6 @@ impl OaToken {
 
     /// A usable access token, refreshing first if it expires within `refresh_before`.
     pub async fn access_token(&self) -> Result<Secret, TokenError> {
-        let now = Utc::now();
         let mut state = self.state.lock().await;
         self.adopt_shared(&mut state);
         let here = self.refreshes_here();
@@ -323,6 +322,9 @@ impl OaToken {
         if state.unsaved && here {
             self.save(&mut state).await?;
         }
+        // Read the clock only now: waiting for the lock, or for the shared pairs to be read
+        // from Kafka at a replica's start, can take seconds under load.
+        let now = Utc::now();
         if let Some(tokens) = state.tokens.as_ref().filter(|t| self.fresh(t, now)) {
             return Ok(Secret::new(tokens.access_token.clone()));
         }
@@ -346,7 +348,7 @@ impl OaToken {
             .ok_or_else(|| TokenError::NoRefreshToken {
                 oa: self.oa.clone(),
             })?;
-        let fresh = match self.call_refresh(&refresh_token, now).await {
+        let fresh = match self.call_refresh(&refresh_token).await {
             Ok(fresh) => fresh,
             Err(e) => {
                 self.metrics
@@ -512,12 +514,11 @@ impl OaToken {
         Ok(seeded)
     }
 
-    /// `POST /v4/oa/access_token` with the app's secret key.
-    async fn call_refresh(
-        &self,
-        refresh_token: &str,
-        now: DateTime<Utc>,
-    ) -> Result<StoredTokens, TokenError> {
+    /// `POST /v4/oa/access_token` with the app's secret key. The new access token's expiry
+    /// counts from the moment the request is sent (Zalo's `expires_in` counts from when it
+    /// issues the token, a little later), never from an earlier reading of the clock: an
+    /// expiry counted from before a wait makes the next refresh early by that wait.
+    async fn call_refresh(&self, refresh_token: &str) -> Result<StoredTokens, TokenError> {
         let unreachable = |detail: String| TokenError::Unreachable {
             oa: self.oa.clone(),
             detail,
@@ -526,6 +527,7 @@ impl OaToken {
             "{}/v4/oa/access_token",
             self.settings.oauth_base_url.trim_end_matches('/')
         );
+        let requested_at = Utc::now();
         let response = self
             .http
             .post(url)
@@ -568,9 +570,9 @@ impl OaToken {
                     .unwrap_or(3600);
                 Ok(StoredTokens {
                     access_token: access,
-                    access_token_expires_at: now.checked_add_signed(ChronoDuration::seconds(
-                        expires_in.clamp(0, 366 * 86_400),
-                    )),
+                    access_token_expires_at: requested_at.checked_add_signed(
+                        ChronoDuration::seconds(expires_in.clamp(0, 366 * 86_400)),
+                    ),
                     refresh_token: refresh,
                     // When Zalo issued it (after the call), so it sorts after the pair it replaces.
                     updated_at: Utc::now(),
@@ -631,5 +633,84 @@ pub async fn keep_fresh(tokens: Vec<Arc<OaToken>>, mut stop: tokio::sync::watch:
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Zalo OAuth stand-in on 127.0.0.1 that issues `A1`/`R1` valid 20 s and records when
+    /// each refresh arrived.
+    async fn oauth() -> (String, Arc<std::sync::Mutex<Vec<DateTime<Utc>>>>) {
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = arrivals.clone();
+        let app = axum::Router::new().route(
+            "/v4/oa/access_token",
+            axum::routing::post(move || {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(Utc::now());
+                    axum::Json(serde_json::json!({
+                        "access_token": "A1", "refresh_token": "R1", "expires_in": "20"
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, arrivals)
+    }
+
+    #[tokio::test]
+    async fn a_refresh_after_a_wait_counts_the_new_expiry_from_the_request_not_from_before_the_wait(
+    ) {
+        let (url, arrivals) = oauth().await;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = OaSettings {
+            app_id: "app".into(),
+            oa_secret_key: Secret::new("oa-key"),
+            app_secret: Secret::new("app-secret"),
+            token_file: dir.path().join("tokens.json"),
+            initial_refresh_token: Some(Secret::new("R0")),
+            initial_access_token: None,
+        };
+        let refresh = RefreshSettings {
+            oauth_base_url: url,
+            refresh_before: Duration::from_secs(14),
+            timeout: Duration::from_secs(10),
+        };
+        let metrics = TokenMetrics::register(&Registry::new()).unwrap();
+        let token = Arc::new(OaToken::new("oa", &settings, refresh, metrics).unwrap());
+
+        // Another caller holds the token's state for a second (a Kafka write, a replica
+        // catching up) while this one asks for a token that must be refreshed.
+        let held = token.state.lock().await;
+        let asking = tokio::spawn({
+            let token = token.clone();
+            async move { token.access_token().await }
+        });
+        let hold = Duration::from_millis(1000);
+        tokio::time::sleep(hold).await;
+        drop(held);
+        let access = asking.await.unwrap().unwrap();
+        assert_eq!(access.expose(), "A1");
+
+        let arrived = *arrivals.lock().unwrap().first().expect("one refresh");
+        let expires = token
+            .state
+            .lock()
+            .await
+            .tokens
+            .as_ref()
+            .and_then(|t| t.access_token_expires_at)
+            .unwrap();
+        let early = (arrived + ChronoDuration::seconds(20)) - expires;
+        assert!(
+            early < ChronoDuration::from_std(hold / 2).unwrap(),
+            "the expiry is {early} earlier than 20 s after the refresh arrived: counted from \
+             before the wait"
+        );
     }
 }
